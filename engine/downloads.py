@@ -1,0 +1,124 @@
+"""Downloading a checkpoint for a user who has none, verified before it is used.
+
+The file arrives as `<name>.part` (resumed if a previous try was cut off), its sha256 is checked
+against the published one, and only then is it renamed into models/Stable-diffusion.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DownloadOffer:
+    label: str
+    url: str
+    filename: str
+    sha256: str
+    size_label: str
+
+
+SD15 = DownloadOffer(
+    label="Stable Diffusion 1.5 (v1-5-pruned-emaonly)",
+    url="https://huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5/resolve/main/"
+        "v1-5-pruned-emaonly.safetensors",
+    filename="v1-5-pruned-emaonly.safetensors",
+    sha256="6ce0161689b3853acaa03779ec93eafe75a02f4ced659bee03f50797806fa2fa",
+    size_label="4.3 GB",
+)
+
+CHUNK = 1 << 20
+
+
+class DownloadError(Exception):
+    pass
+
+
+class ModelDownloader:
+    """One offer, one destination folder; a download at a time."""
+
+    def __init__(self, offer: DownloadOffer, dest_dir: Path, timeout: float = 30.0):
+        self.offer = offer
+        self.dest_dir = Path(dest_dir)
+        self.timeout = timeout
+        self._busy = threading.Lock()
+
+    @property
+    def target(self) -> Path:
+        return self.dest_dir / self.offer.filename
+
+    def reachable(self, timeout: float = 4.0) -> bool:
+        """Whether the file's host answers at all (no network: the offer is not shown)."""
+        request = urllib.request.Request(self.offer.url, method="HEAD")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout):
+                return True
+        except urllib.error.HTTPError as error:
+            return error.code < 500
+        except (OSError, ValueError):
+            return False
+
+    def download(self, progress: Callable[[int, int | None], None] | None = None,
+                 cancel: threading.Event | None = None) -> Path:
+        if not self._busy.acquire(blocking=False):
+            raise DownloadError("A download is already running")
+        try:
+            return self._download(progress or (lambda done, total: None), cancel)
+        finally:
+            self._busy.release()
+
+    def _download(self, progress, cancel) -> Path:
+        if self.target.exists():
+            return self.target
+        self.dest_dir.mkdir(parents=True, exist_ok=True)
+        part = self.target.with_name(self.target.name + ".part")
+        digest = hashlib.sha256()
+        done = 0
+        if part.exists():
+            with open(part, "rb") as handle:
+                for block in iter(lambda: handle.read(CHUNK), b""):
+                    digest.update(block)
+                    done += len(block)
+        request = urllib.request.Request(self.offer.url)
+        if done:
+            request.add_header("Range", f"bytes={done}-")
+        try:
+            response = urllib.request.urlopen(request, timeout=self.timeout)
+        except (OSError, ValueError) as error:
+            raise DownloadError(f"Could not reach {self.offer.url}: {error}") from error
+        with response:
+            if done and response.status != 206:  # server ignored the range: start over
+                digest, done = hashlib.sha256(), 0
+            length = response.headers.get("Content-Length")
+            total = done + int(length) if length and length.isdigit() else None
+            with open(part, "ab" if done else "wb") as handle:
+                while True:
+                    if cancel is not None and cancel.is_set():
+                        raise DownloadError("Download cancelled; it resumes where it stopped next time")
+                    block = response.read(CHUNK)
+                    if not block:
+                        break
+                    handle.write(block)
+                    digest.update(block)
+                    done += len(block)
+                    progress(done, total)
+                handle.flush()
+                os.fsync(handle.fileno())
+        if digest.hexdigest() != self.offer.sha256:
+            part.unlink(missing_ok=True)
+            raise DownloadError(
+                f"The downloaded file's sha256 does not match the published one for "
+                f"{self.offer.filename}; it was deleted. Try again.")
+        os.replace(part, self.target)
+        log.info("downloaded %s", self.target)
+        return self.target

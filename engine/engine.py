@@ -1,0 +1,110 @@
+"""The engine's front door: what the UI and the API call.
+
+It validates requests, puts work on the one GPU lane and hands back jobs; the caller waits on a
+job or polls its progress.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from .errors import UserError
+from .generation import GenerationResult, OutputPolicy, Txt2ImgRun
+from .jobs import Job, JobQueue
+from .outputs import OutputWriter
+from .pipelines import LoadedModel, ModelManager
+from .request import GenerationRequest
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class Engine:
+    def __init__(self, models: ModelManager, writer: OutputWriter, settings: Settings,
+                 queue: JobQueue | None = None):
+        self.models = models
+        self.writer = writer
+        self.settings = settings
+        self.queue = queue or JobQueue()
+
+    # Generation.
+    def submit(self, request: GenerationRequest, owner: str = "", job_id: str | None = None,
+               make_grid: bool = True) -> Job:
+        """Validate now (so a bad request fails at once), run later on the GPU lane."""
+        request = request.validate()
+        policy = self._policy(request, make_grid)
+        job = Job(lambda job: self._run(job, request, policy), owner=owner, job_id=job_id,
+                  description=f"{request.mode}: {request.prompt[:60]}")
+        return self.queue.submit(job)
+
+    def generate(self, request: GenerationRequest, owner: str = "", **kwargs) -> GenerationResult:
+        return self.submit(request, owner, **kwargs).outcome()
+
+    def _policy(self, request: GenerationRequest, make_grid: bool) -> OutputPolicy:
+        settings = self.settings
+        preview_every = settings["show_progress_every_n_steps"] if settings["live_previews_enable"] else 0
+        return OutputPolicy(
+            save_images=request.save_images and settings["samples_save"],
+            save_grid=request.save_grid and settings["grid_save"],
+            make_grid=make_grid,
+            preview_every=preview_every,
+        )
+
+    def _run(self, job: Job, request: GenerationRequest, policy: OutputPolicy) -> GenerationResult:
+        model = self.models.require()
+        return Txt2ImgRun(job, request, model, policy).run(self.writer)
+
+    # Checkpoints.
+    def load_checkpoint(self, wanted: str, owner: str = "") -> Job:
+        """Switch checkpoints on the GPU lane, after any job already waiting."""
+        self.models.registry.find(wanted)  # an unknown name fails now, not in the queue
+
+        def work(job: Job) -> LoadedModel:
+            job.textinfo = f"Loading {wanted}"
+            model = self.models.load(wanted)
+            self.settings.update({"sd_model_checkpoint": model.info.title})
+            return model
+
+        return self.queue.submit(Job(work, owner=owner, kind="load", description=f"load {wanted}"))
+
+    def unload_checkpoint(self, owner: str = "") -> Job:
+        return self.queue.submit(Job(lambda job: self.models.unload(), owner=owner, kind="unload"))
+
+    def initial_checkpoint(self, preferred: str | None) -> str | None:
+        """What to load at start: the flag, else the last used, else the first one found."""
+        registry = self.models.registry
+        for wanted in (preferred, self.settings["sd_model_checkpoint"]):
+            if wanted:
+                try:
+                    return registry.find(wanted).title
+                except UserError:
+                    log.warning("checkpoint %r not found; choosing another", wanted)
+        checkpoints = registry.checkpoints
+        return checkpoints[0].title if checkpoints else None
+
+    # Controls and progress.
+    def current_job(self) -> Job | None:
+        return self.queue.current
+
+    def interrupt(self, owner: str | None = None) -> int:
+        """Interrupt the caller's jobs (the running job when owner is None). Returns how many."""
+        jobs = self._jobs(owner)
+        for job in jobs:
+            job.interrupt()
+        return len(jobs)
+
+    def skip(self, owner: str | None = None) -> int:
+        current = self.queue.current
+        if current is not None and (owner is None or current.owner == owner):
+            current.skip()
+            return 1
+        return 0
+
+    def _jobs(self, owner: str | None) -> list[Job]:
+        if owner is None:
+            current = self.queue.current
+            return [current] if current else []
+        return self.queue.jobs_of(owner)
+
+    def shutdown(self) -> None:
+        self.queue.shutdown()

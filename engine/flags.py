@@ -1,0 +1,92 @@
+"""Command-line flags, with the names users of the mature web UIs already type.
+
+Flags come from the command line and from the COMMANDLINE_ARGS environment variable (the command
+line wins where both set the same flag).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+from typing import Sequence
+
+
+def _credentials(text: str) -> list[tuple[str, str]]:
+    """"user:pass,user2:pass2" -> [(user, pass), ...]; a password may contain ':'."""
+    pairs = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        if ":" not in item:
+            raise argparse.ArgumentTypeError(f"'{item}' is not user:password")
+        user, password = item.split(":", 1)
+        if not user or not password:
+            raise argparse.ArgumentTypeError(f"'{item}' needs both a user name and a password")
+        pairs.append((user, password))
+    if not pairs:
+        raise argparse.ArgumentTypeError("no user:password given")
+    return pairs
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="app.py", description="Stable Diffusion web UI: generate images in the browser.")
+    net = parser.add_argument_group("network")
+    net.add_argument("--listen", action="store_true",
+                     help="listen on all network interfaces (0.0.0.0) so others on the LAN can connect")
+    net.add_argument("--port", type=int, default=7860, help="port to serve on (default 7860)")
+    net.add_argument("--share", action="store_true", help="also open a public gradio.live link")
+    net.add_argument("--gradio-auth", type=_credentials, metavar="USER:PASS[,USER:PASS]",
+                     help="require a login for the UI")
+    net.add_argument("--api", action="store_true", help="serve the /sdapi/v1 HTTP API")
+    net.add_argument("--api-auth", type=_credentials, metavar="USER:PASS[,USER:PASS]",
+                     help="require HTTP Basic credentials for the API")
+    net.add_argument("--tls-keyfile", help="TLS private key file (serve https)")
+    net.add_argument("--tls-certfile", help="TLS certificate file (serve https)")
+    net.add_argument("--autolaunch", action="store_true", help="open the UI in the default browser")
+
+    models = parser.add_argument_group("models and files")
+    models.add_argument("--ckpt", help="checkpoint to load at start (a file path, name or hash)")
+    models.add_argument("--ckpt-dir", help="another folder to look for checkpoints in")
+    models.add_argument("--data-dir", default=None,
+                        help="folder for config.json, outputs/ and models/ (default: the app folder)")
+    models.add_argument("--allow-unsafe-checkpoints", action="store_true",
+                        help="allow pickled .ckpt/.pt checkpoints (read with weights_only=True)")
+    models.add_argument("--demo", action="store_true",
+                        help="add a tiny built-in random model: try the UI with no download")
+
+    compute = parser.add_argument_group("compute")
+    compute.add_argument("--use-cpu", nargs="+", default=[], metavar="all",
+                         help="run on the CPU ('all')")
+    compute.add_argument("--no-half", action="store_true",
+                         help="keep the model in 32-bit floats (slower, more memory; for cards "
+                              "that produce black images in half precision)")
+    return parser
+
+
+def parse(argv: Sequence[str] | None = None, environ: dict | None = None) -> argparse.Namespace:
+    environ = os.environ if environ is None else environ
+    from_env = shlex.split(environ.get("COMMANDLINE_ARGS", ""))
+    args = list(from_env) + list(argv or [])
+    flags = build_parser().parse_args(args)
+    if flags.port < 1 or flags.port > 65535:
+        build_parser().error(f"--port must be between 1 and 65535, got {flags.port}")
+    if bool(flags.tls_keyfile) != bool(flags.tls_certfile):
+        build_parser().error("--tls-keyfile and --tls-certfile go together")
+    return flags
+
+
+def uses_cpu(flags: argparse.Namespace) -> bool:
+    return any(item.lower() in ("all", "sd") for item in flags.use_cpu)
+
+
+def public_dict(flags: argparse.Namespace) -> dict:
+    """The flags as /sdapi/v1/cmd-flags shows them, with credentials hidden."""
+    values = {}
+    for key, value in vars(flags).items():
+        if key in ("gradio_auth", "api_auth") and value:
+            value = "<hidden>"
+        values[key] = value
+    return values

@@ -1,0 +1,121 @@
+"""The loaded checkpoint and the task pipelines derived from it.
+
+One base pipeline per checkpoint. Other tasks get pipelines made with `from_pipe`, which share the
+base's modules: the weights are in memory once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .devices import DeviceConfig, free_memory
+from .errors import CheckpointError, NoModelError
+from .loading import CONFIG_ROOT, check_loadable, load_checkpoint
+from .models import CheckpointInfo, ModelRegistry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedModel:
+    info: CheckpointInfo
+    family: str
+    base: Any
+    # The scheduler config the checkpoint came with: every job's scheduler is built from it, so
+    # a sampler choice never leaks into the next job.
+    scheduler_config: dict
+    _derived: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return int(getattr(self.base, "vae_scale_factor", 8))
+
+    @property
+    def is_sdxl(self) -> bool:
+        return self.family == "sdxl"
+
+    def pipeline_for(self, task: str):
+        if task == "txt2img":
+            return self.base
+        if task not in self._derived:
+            from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
+
+            maker = {"img2img": AutoPipelineForImage2Image, "inpaint": AutoPipelineForInpainting}[task]
+            self._derived[task] = maker.from_pipe(self.base)
+        return self._derived[task]
+
+
+class ModelManager:
+    """Loads, switches and unloads checkpoints. Only the GPU lane calls load/unload."""
+
+    def __init__(self, registry: ModelRegistry, device: DeviceConfig, config_root: Path = CONFIG_ROOT,
+                 allow_unsafe: bool = False):
+        self.registry = registry
+        self.device = device
+        self.config_root = Path(config_root)
+        self.allow_unsafe = allow_unsafe
+        self._lock = threading.RLock()
+        self._current: LoadedModel | None = None
+        self.last_error: str | None = None
+
+    @property
+    def current(self) -> LoadedModel | None:
+        return self._current
+
+    def require(self) -> LoadedModel:
+        model = self._current
+        if model is None:
+            hint = ("No checkpoint is loaded. Put a .safetensors checkpoint into "
+                    "models/Stable-diffusion and pick it in the checkpoint list, or start with --demo.")
+            if self.last_error:
+                hint += f" (Last load failed: {self.last_error})"
+            raise NoModelError(hint, "checkpoint")
+        return model
+
+    def load(self, wanted: str) -> LoadedModel:
+        """Make `wanted` (a title, name or hash) the current model; keep the old one on failure."""
+        with self._lock:
+            info = self.registry.find(wanted)
+            if self._current and self._current.info.path == info.path and \
+                    self._current.info.kind == info.kind:
+                return self._current
+            try:
+                check_loadable(info, self.allow_unsafe)
+                info = self.registry.with_hash(info)
+            except CheckpointError as error:
+                self.last_error = error.message
+                raise
+            previous = self._current.info if self._current else None
+            self.unload()
+            try:
+                self._current = self._load(info)
+                self.last_error = None
+            except BaseException as error:
+                self.last_error = getattr(error, "message", str(error))
+                if previous is not None:
+                    self._restore(previous)
+                raise
+            return self._current
+
+    def _load(self, info: CheckpointInfo) -> LoadedModel:
+        log.info("loading checkpoint %s", info.title)
+        loaded = load_checkpoint(info, self.device, self.config_root, self.allow_unsafe)
+        config = dict(loaded.pipe.scheduler.config)
+        return LoadedModel(info, loaded.family, loaded.pipe, config)
+
+    def _restore(self, info: CheckpointInfo) -> None:
+        try:
+            self._current = self._load(info)
+        except BaseException:
+            log.exception("could not reload the previous checkpoint %s", info.title)
+
+    def unload(self) -> None:
+        with self._lock:
+            if self._current is not None:
+                log.info("unloading checkpoint %s", self._current.info.title)
+            self._current = None
+            free_memory()

@@ -1,0 +1,120 @@
+"""The one typed description of a generation job.
+
+The UI and the API each build a `GenerationRequest` in one place; validation lives here so both
+refuse bad input with the same words.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from . import samplers
+from .errors import RequestError
+
+MAX_SEED = 2**32 - 1
+MIN_SIZE, MAX_SIZE, SIZE_STEP = 64, 2048, 8
+MAX_STEPS = 150
+MAX_BATCH_SIZE = 8
+MAX_BATCH_COUNT = 100
+MIN_CFG, MAX_CFG = 1.0, 30.0
+# Far beyond any useful prompt (the tokenizer would make hundreds of 75-token chunks); a guard
+# against pasting a file into the box, not a creative limit.
+MAX_PROMPT_CHARS = 20_000
+
+MODES = ("txt2img",)
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    mode: str = "txt2img"
+    prompt: str = ""
+    negative_prompt: str = ""
+    seed: int = -1
+    subseed: int = -1
+    subseed_strength: float = 0.0
+    seed_resize_from_w: int = 0
+    seed_resize_from_h: int = 0
+    sampler_name: str = samplers.DEFAULT_SAMPLER
+    scheduler: str = "Automatic"
+    steps: int = 20
+    cfg_scale: float = 7.0
+    width: int = 512
+    height: int = 512
+    batch_size: int = 1
+    n_iter: int = 1
+    save_images: bool = True
+    save_grid: bool = True
+    # Per-extension options: {extension name: {field: value}}.
+    extensions: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: MappingProxyType({}))
+
+    def replace(self, **changes: Any) -> "GenerationRequest":
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def images_per_job(self) -> int:
+        return self.batch_size * self.n_iter
+
+    def validate(self) -> "GenerationRequest":
+        """Raise RequestError naming the first bad field; return self when all is well."""
+        if self.mode not in MODES:
+            raise RequestError(f"Unknown mode '{self.mode}'. Known: {', '.join(MODES)}", "mode")
+        _check_text(self.prompt, "prompt")
+        _check_text(self.negative_prompt, "negative_prompt")
+        for name in ("width", "height"):
+            _check_size(getattr(self, name), name)
+        _check_int(self.steps, "steps", 1, MAX_STEPS)
+        _check_int(self.batch_size, "batch_size", 1, MAX_BATCH_SIZE)
+        _check_int(self.n_iter, "n_iter", 1, MAX_BATCH_COUNT)
+        _check_number(self.cfg_scale, "cfg_scale", MIN_CFG, MAX_CFG)
+        _check_int(self.seed, "seed", -1, MAX_SEED)
+        _check_int(self.subseed, "subseed", -1, MAX_SEED)
+        _check_number(self.subseed_strength, "subseed_strength", 0.0, 1.0)
+        for name in ("seed_resize_from_w", "seed_resize_from_h"):
+            value = getattr(self, name)
+            _check_int(value, name, -1, MAX_SIZE)
+            if value > 0:
+                _check_size(value, name)
+        samplers.resolve(self.sampler_name, self.scheduler)
+        return self
+
+    @property
+    def seed_resize(self) -> tuple[int, int] | None:
+        """(width, height) the noise is drawn at before being fitted to the image, if asked for."""
+        w, h = self.seed_resize_from_w, self.seed_resize_from_h
+        if w > 0 and h > 0 and (w, h) != (self.width, self.height):
+            return w, h
+        return None
+
+
+def _check_text(value: Any, name: str) -> None:
+    if not isinstance(value, str):
+        raise RequestError(f"{name} must be text", name)
+    if len(value) > MAX_PROMPT_CHARS:
+        raise RequestError(
+            f"{name} is too long: {len(value)} characters (at most {MAX_PROMPT_CHARS})", name)
+
+
+def _check_int(value: Any, name: str, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RequestError(f"{name} must be a whole number, got {value!r}", name)
+    if not low <= value <= high:
+        raise RequestError(f"{name} must be between {low} and {high}, got {value}", name)
+
+
+def _check_number(value: Any, name: str, low: float, high: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise RequestError(f"{name} must be a number, got {value!r}", name)
+    if not low <= value <= high:
+        raise RequestError(f"{name} must be between {low:g} and {high:g}, got {value:g}", name)
+
+
+def _check_size(value: Any, name: str) -> None:
+    _check_int(value, name, MIN_SIZE, MAX_SIZE)
+    if value % SIZE_STEP:
+        raise RequestError(
+            f"{name} must be a multiple of {SIZE_STEP}, got {value} "
+            f"(nearest: {value - value % SIZE_STEP} or {value - value % SIZE_STEP + SIZE_STEP})", name)

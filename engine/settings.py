@@ -1,0 +1,150 @@
+"""User settings, kept in config.json in the data folder.
+
+Keys are the ecosystem's names, so client programs that read and write /sdapi/v1/options work.
+The file is written atomically; keys we do not know are kept; a broken file is moved aside and
+defaults are used, so a hand edit gone wrong never stops the app from starting.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from .errors import RequestError
+from .outputs import write_atomically
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Option:
+    key: str
+    default: Any
+    label: str
+    section: str
+    choices: tuple | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    restart: bool = False
+
+    def coerce(self, value: Any) -> Any:
+        """The value converted to this option's type, or RequestError naming the key."""
+        kind = type(self.default)
+        try:
+            if kind is bool:
+                if isinstance(value, str) and value.lower() in ("true", "false"):
+                    value = value.lower() == "true"
+                if not isinstance(value, bool):
+                    raise TypeError
+            elif kind is int:
+                if isinstance(value, bool) or not float(value).is_integer():
+                    raise TypeError
+                value = int(value)
+            elif kind is float:
+                if isinstance(value, bool):
+                    raise TypeError
+                value = float(value)
+                if not math.isfinite(value):
+                    raise TypeError
+            elif kind is str:
+                if not isinstance(value, str):
+                    raise TypeError
+        except (TypeError, ValueError):
+            raise RequestError(f"Setting {self.key} must be {kind.__name__}, got {value!r}", self.key)
+        if self.choices is not None and value not in self.choices:
+            raise RequestError(f"Setting {self.key} must be one of {list(self.choices)}, got {value!r}",
+                               self.key)
+        if self.minimum is not None and value < self.minimum or \
+                self.maximum is not None and value > self.maximum:
+            raise RequestError(
+                f"Setting {self.key} must be between {self.minimum:g} and {self.maximum:g}, got {value}",
+                self.key)
+        return value
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("samples_save", True, "Always save all generated images", "Saving images"),
+    Option("samples_format", "png", "File format for images", "Saving images", choices=("png",)),
+    Option("grid_save", True, "Always save all generated image grids", "Saving images"),
+    Option("sd_model_checkpoint", "", "Stable Diffusion checkpoint", "Stable Diffusion"),
+    Option("live_previews_enable", True, "Show live previews of the image being made", "Live previews"),
+    Option("show_progress_every_n_steps", 5, "Live preview every N sampling steps", "Live previews",
+           minimum=1, maximum=100),
+    Option("send_seed", True, "Send seed when sending prompt or image to other interface", "User interface"),
+    Option("send_size", True, "Send size when sending prompt or image to other interface", "User interface"),
+)
+
+
+class Settings:
+    """The current settings; thread-safe; persisted on every change."""
+
+    def __init__(self, path: Path, options: Iterable[Option] = OPTIONS):
+        self.path = Path(path)
+        self.options = {option.key: option for option in options}
+        self._lock = threading.Lock()
+        self._values: dict[str, Any] = {}
+        self.load_warning: str | None = None
+        self._load()
+
+    def _load(self) -> None:
+        if not self.path.exists():
+            return
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+            if not isinstance(data, dict):
+                raise ValueError("top level is not an object")
+        except (OSError, ValueError) as error:
+            aside = self.path.with_name(f"{self.path.name}.broken-{time.strftime('%Y%m%d-%H%M%S')}")
+            try:
+                self.path.replace(aside)
+            except OSError:
+                aside = None
+            self.load_warning = (f"{self.path.name} could not be read ({error}); using defaults"
+                                 + (f". The broken file was moved to {aside}" if aside else ""))
+            log.warning(self.load_warning)
+            return
+        for key, value in data.items():
+            option = self.options.get(key)
+            if option is None:
+                self._values[key] = value  # unknown keys are kept for whoever wrote them
+                continue
+            try:
+                self._values[key] = option.coerce(value)
+            except RequestError as error:
+                log.warning("config.json: %s; using the default", error.message)
+
+    def __getitem__(self, key: str) -> Any:
+        with self._lock:
+            if key in self._values:
+                return self._values[key]
+        return self.options[key].default
+
+    def as_dict(self) -> dict[str, Any]:
+        with self._lock:
+            values = {key: option.default for key, option in self.options.items()}
+            values.update(self._values)
+            return values
+
+    def validate(self, changes: dict[str, Any]) -> dict[str, Any]:
+        """Coerced values for known keys (unknown keys pass through unchanged)."""
+        return {key: self.options[key].coerce(value) if key in self.options else value
+                for key, value in changes.items()}
+
+    def update(self, changes: dict[str, Any]) -> list[str]:
+        """Validate all, then apply all and save; returns the keys whose value changed."""
+        coerced = self.validate(changes)
+        with self._lock:
+            changed = [key for key, value in coerced.items() if self._values.get(key, object()) != value]
+            self._values.update(coerced)
+            self._save_locked()
+        return changed
+
+    def _save_locked(self) -> None:
+        data = json.dumps(self._values, indent=4, ensure_ascii=False).encode("utf-8")
+        write_atomically(self.path, data)

@@ -1,0 +1,1 @@
+"""The browser UI (Gradio) and the HTTP API: they turn user input into engine requests."""

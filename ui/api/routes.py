@@ -1,0 +1,102 @@
+"""The /sdapi/v1 routes. They share the engine, and its one GPU lane, with the browser UI."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Body, Depends, Request
+
+from engine import samplers
+from engine.errors import RequestError
+from engine.flags import public_dict
+
+from ..context import UIContext
+from . import convert
+from .models import (ErrorResponse, ImagesResponse, ProgressResponse, ProgressState,
+                     SamplerItem, SchedulerItem, SDModelItem, Txt2ImgBody)
+
+ERRORS = {400: {"model": ErrorResponse}, 422: {"model": ErrorResponse}, 503: {"model": ErrorResponse}}
+
+
+def api_owner(request: Request) -> str:
+    """Who a job belongs to: the authenticated user, else the client's address."""
+    user = getattr(request.state, "api_user", None)
+    return f"api:{user}" if user else f"api:{request.client.host if request.client else ''}"
+
+
+def build_router(ctx: UIContext, auth_dependency) -> APIRouter:
+    router = APIRouter(prefix="/sdapi/v1", dependencies=[Depends(auth_dependency)], tags=["sdapi"])
+    engine, settings, registry = ctx.engine, ctx.settings, ctx.registry
+
+    @router.post("/txt2img", response_model=ImagesResponse, responses=ERRORS)
+    def txt2img(body: Txt2ImgBody, request: Request) -> dict:
+        generation = convert.txt2img_request(body)
+        job = engine.submit(generation, owner=api_owner(request), job_id=body.force_task_id)
+        result = job.outcome()
+        return convert.images_response(result, body.model_dump(), body.send_images)
+
+    @router.get("/progress", response_model=ProgressResponse)
+    def progress(skip_current_image: bool = False, id_task: str | None = None) -> dict:
+        job = engine.queue.find(id_task) if id_task else engine.current_job()
+        if job is None or job.kind != "generate":
+            return ProgressResponse(progress=0, eta_relative=0, state=ProgressState(
+                job_count=engine.queue.queued_count())).model_dump()
+        snap = job.snapshot()
+        image = None
+        if not skip_current_image and job.preview is not None:
+            image = convert.encode_png(job.preview, None)
+        state = ProgressState(
+            skipped=job.skipped, interrupted=job.interrupted, job=job.id,
+            job_count=1 + engine.queue.queued_count(), job_no=snap.batch_index,
+            sampling_step=snap.step, sampling_steps=snap.total_steps,
+            job_timestamp=str(int(job.created_at)))
+        return {"progress": snap.fraction, "eta_relative": snap.eta or 0.0, "state": state.model_dump(),
+                "current_image": image, "textinfo": snap.textinfo or None, "current_task": job.id}
+
+    @router.post("/interrupt")
+    def interrupt() -> None:
+        engine.interrupt()
+
+    @router.post("/skip")
+    def skip() -> None:
+        engine.skip()
+
+    @router.get("/samplers", response_model=list[SamplerItem])
+    def sampler_list() -> list[dict]:
+        return samplers.api_sampler_list()
+
+    @router.get("/schedulers", response_model=list[SchedulerItem])
+    def scheduler_list() -> list[dict]:
+        return samplers.api_schedule_list()
+
+    @router.get("/sd-models", response_model=list[SDModelItem])
+    def sd_models() -> list[dict]:
+        return [{"title": c.title, "model_name": c.model_name, "hash": c.short_hash,
+                 "sha256": c.sha256, "filename": c.path or c.name, "config": None}
+                for c in registry.checkpoints]
+
+    @router.post("/refresh-checkpoints")
+    def refresh_checkpoints() -> None:
+        registry.refresh()
+
+    @router.get("/options")
+    def get_options() -> dict[str, Any]:
+        return settings.as_dict()
+
+    @router.post("/options", responses=ERRORS)
+    def set_options(changes: dict[str, Any] = Body(...)) -> None:
+        wanted = changes.get("sd_model_checkpoint")
+        if wanted is not None and not isinstance(wanted, str):
+            raise RequestError("sd_model_checkpoint must be text", "sd_model_checkpoint")
+        settings.validate(changes)  # refuse the whole change if any value is bad
+        rest = {k: v for k, v in changes.items() if k != "sd_model_checkpoint"}
+        if wanted:
+            engine.load_checkpoint(wanted, owner="api").outcome()
+        if rest:
+            settings.update(rest)
+
+    @router.get("/cmd-flags")
+    def cmd_flags() -> dict[str, Any]:
+        return public_dict(ctx.flags)
+
+    return router

@@ -1,0 +1,121 @@
+"""The checkpoint picker above the tabs, and the notice shown when there is no model at all."""
+
+from __future__ import annotations
+
+import html
+import threading
+
+import gradio as gr
+
+from engine.errors import UserError
+
+from .context import UIContext
+from .progress_view import POLL_SECONDS
+from .widgets import REFRESH
+
+
+def _current_title(ctx: UIContext) -> str | None:
+    model = ctx.models.current
+    return model.info.title if model else None
+
+
+def no_model_text(ctx: UIContext) -> str:
+    folders = ", ".join(f"`{folder}`" for folder in ctx.registry.folders)
+    return (
+        "### No checkpoint yet\n"
+        f"Put a Stable Diffusion checkpoint (`.safetensors`, SD 1.x, SD 2.x or SDXL) into {folders}, "
+        f"then press {REFRESH} next to the checkpoint list. To try the UI without a download, "
+        "restart with `--demo`."
+    )
+
+
+def build(ctx: UIContext) -> dict:
+    with gr.Row(elem_id="checkpoint_bar"):
+        dropdown = gr.Dropdown(ctx.registry.titles(), value=_current_title(ctx),
+                               label="Stable Diffusion checkpoint", elem_id="sd_checkpoint",
+                               scale=6, allow_custom_value=False)
+        refresh = gr.Button(REFRESH, elem_id="sd_checkpoint_refresh", scale=0, min_width=40,
+                            elem_classes=["tool"])
+        status = gr.Markdown("", elem_id="sd_checkpoint_status")
+    with gr.Group(visible=False, elem_id="no_model_notice") as notice:
+        notice_text = gr.Markdown(no_model_text(ctx))
+        download = _download_offer(ctx)
+
+    def refreshed():
+        ctx.registry.refresh()
+        titles = ctx.registry.titles()
+        return {dropdown: gr.update(choices=titles, value=_current_title(ctx)),
+                notice: gr.update(visible=not titles and ctx.models.current is None)}
+
+    def switch(title: str | None, request: gr.Request):
+        if not title or title == _current_title(ctx):
+            return
+        try:
+            job = ctx.engine.load_checkpoint(title, owner=request.session_hash or "")
+        except UserError as error:
+            yield {status: f"**{html.escape(error.message)}**"}
+            return
+        yield {status: f"Loading {html.escape(title)}..."}
+        while not job.wait(POLL_SECONDS):
+            pass
+        if job.error is not None:
+            text = getattr(job.error, "message", str(job.error))
+            yield {status: f"**Could not load:** {html.escape(text)}",
+                   dropdown: gr.update(value=_current_title(ctx))}
+        else:
+            yield {status: "", dropdown: gr.update(choices=ctx.registry.titles(),
+                                                   value=_current_title(ctx))}
+
+    private = {"api_visibility": "private"}
+    refresh.click(refreshed, outputs=[dropdown, notice], queue=False, **private)
+    dropdown.input(switch, inputs=dropdown, outputs=[status, dropdown], concurrency_id="generate",
+                   concurrency_limit=32, show_progress="hidden", **private)
+    return {"dropdown": dropdown, "notice": notice, "notice_text": notice_text, "refresh": refreshed,
+            "download": download}
+
+
+def _download_offer(ctx: UIContext) -> dict:
+    """A button to fetch SD 1.5, shown only when its host can be reached."""
+    downloader = ctx.download
+    button = gr.Button("Download", visible=False, elem_id="download_model")
+    bar = gr.HTML("", elem_id="download_progress")
+    if downloader is None:
+        return {"button": button, "bar": bar, "check": None}
+    offer = downloader.offer
+
+    def check():
+        visible = downloader.reachable()
+        label = f"Download {offer.label} ({offer.size_label}) into {downloader.dest_dir}"
+        return gr.update(visible=visible, value=label)
+
+    def run():
+        state = {"done": 0, "total": None, "error": None}
+
+        def work():
+            try:
+                downloader.download(lambda done, total: state.update(done=done, total=total))
+            except Exception as error:  # shown to the user; the app keeps running
+                state["error"] = str(error)
+
+        thread = threading.Thread(target=work, daemon=True)
+        thread.start()
+        while thread.is_alive():
+            thread.join(POLL_SECONDS)
+            yield _bar_html(state["done"], state["total"])
+        if state["error"]:
+            yield f"<b>Download failed:</b> {html.escape(state['error'])}"
+        else:
+            yield f"Downloaded {html.escape(offer.filename)}. Press {REFRESH} to list it."
+
+    button.click(run, outputs=bar, concurrency_id="download", concurrency_limit=1,
+                 api_visibility="private", show_progress="hidden")
+    return {"button": button, "bar": bar, "check": check}
+
+
+def _bar_html(done: int, total: int | None) -> str:
+    mb = done / 1e6
+    if not total:
+        return f"<div class='progress-text'>{mb:,.0f} MB</div>"
+    percent = int(done * 100 / total)
+    return (f"<div class='progress-bar'><div class='progress-fill' style='width:{percent}%'></div></div>"
+            f"<div class='progress-text'>{mb:,.0f} / {total / 1e6:,.0f} MB · {percent}%</div>")

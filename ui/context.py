@@ -1,0 +1,23 @@
+"""What every UI builder needs, made once by app.py and passed in (no module-level state)."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+from engine.engine import Engine
+from engine.models import ModelRegistry
+from engine.settings import Settings
+
+
+@dataclass(frozen=True)
+class UIContext:
+    engine: Engine
+    registry: ModelRegistry
+    settings: Settings
+    flags: argparse.Namespace
+    download: "object | None" = None  # engine.downloads.ModelDownloader when offered
+
+    @property
+    def models(self):
+        return self.engine.models

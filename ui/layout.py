@@ -1,0 +1,42 @@
+"""The whole page: checkpoint bar, then one tab per task."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+
+from engine.version import VERSION
+
+from . import checkpoint_bar, txt2img_tab
+from .context import UIContext
+
+ASSETS = Path(__file__).parent / "assets"
+
+
+def build_app(ctx: UIContext) -> gr.Blocks:
+    with gr.Blocks(title="SD Studio", analytics_enabled=False) as blocks:
+        bar = checkpoint_bar.build(ctx)
+        with gr.Tabs(elem_id="tabs"):
+            with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
+                txt2img_tab.build(ctx)
+        gr.Markdown(f"SD Studio {VERSION}", elem_id="footer_version")
+        _on_page_load(blocks, ctx, bar)
+    return blocks
+
+
+def _on_page_load(blocks: gr.Blocks, ctx: UIContext, bar: dict) -> None:
+    """Every page load sees the current checkpoint list, and the no-model notice if it applies."""
+    blocks.load(bar["refresh"], outputs=[bar["dropdown"], bar["notice"]], queue=False,
+                api_visibility="private")
+    check = bar["download"]["check"]
+    if check is not None:
+        blocks.load(check, outputs=bar["download"]["button"], api_visibility="private")
+
+
+def page_css() -> str:
+    return (ASSETS / "style.css").read_text(encoding="utf-8")
+
+
+def page_js() -> str:
+    return (ASSETS / "shortcuts.js").read_text(encoding="utf-8")

@@ -1,0 +1,50 @@
+"""The one place the UI's control values become a GenerationRequest."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from engine.errors import RequestError
+from engine.request import GenerationRequest
+
+
+def _whole(value: Any, name: str) -> Any:
+    """Sliders and number boxes send floats; whole floats become ints, anything else is refused."""
+    if value is None:
+        raise RequestError(f"{name} is empty", name)
+    if isinstance(value, float):
+        if not math.isfinite(value) or not value.is_integer():
+            raise RequestError(f"{name} must be a whole number, got {value:g}", name)
+        return int(value)
+    return value
+
+
+INT_FIELDS = ("steps", "width", "height", "batch_size", "n_iter", "seed", "subseed",
+              "seed_resize_from_w", "seed_resize_from_h")
+
+
+def request_from_ui(values: dict[str, Any], mode: str = "txt2img") -> GenerationRequest:
+    """Build (and validate) a request from {control name: value}."""
+    fields: dict[str, Any] = {
+        "mode": mode,
+        "prompt": values.get("prompt") or "",
+        "negative_prompt": values.get("negative_prompt") or "",
+        "sampler_name": values["sampler_name"],
+        "scheduler": values.get("scheduler") or "Automatic",
+        "cfg_scale": values["cfg_scale"],
+    }
+    for name in INT_FIELDS:
+        if name in values:
+            fields[name] = _whole(values[name], name)
+    if values.get("subseed_show"):
+        fields["subseed_strength"] = values.get("subseed_strength") or 0.0
+    else:
+        # Hidden variation options do not apply, as users of the mature UIs expect.
+        fields.update(subseed=-1, subseed_strength=0.0, seed_resize_from_w=0, seed_resize_from_h=0)
+    return GenerationRequest(**fields).validate()
+
+
+def named_values(controls: dict[str, Any], data: dict) -> dict[str, Any]:
+    """Gradio's dict inputs are keyed by component; turn them into {control name: value}."""
+    return {name: data[component] for name, component in controls.items() if component in data}

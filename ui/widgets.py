@@ -1,0 +1,137 @@
+"""Widgets every generation tab shares, built once: prompts, sampler, size, batch, seeds, results.
+
+Each builder returns a dict of named components; a tab merges them into one `controls` dict and
+`ui.request_builder` turns their values into a GenerationRequest.
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from engine import request as limits
+from engine import samplers
+from engine.errors import UserError
+
+DICE = "\U0001F3B2"     # random seed
+RECYCLE = "\u267B\ufe0f"  # reuse last seed
+SWAP = "\u21C5"          # swap width and height
+REFRESH = "\U0001F504"
+
+
+def prompt_boxes(tab: str) -> dict[str, gr.components.Component]:
+    prompt = gr.Textbox(label="Prompt", lines=3, max_lines=20, elem_id=f"{tab}_prompt",
+                        placeholder="Prompt (Ctrl+Enter to generate)", elem_classes=["prompt"])
+    negative = gr.Textbox(label="Negative prompt", lines=2, max_lines=20,
+                          elem_id=f"{tab}_neg_prompt", placeholder="Negative prompt",
+                          elem_classes=["prompt"])
+    return {"prompt": prompt, "negative_prompt": negative}
+
+
+def sampler_row(tab: str) -> dict[str, gr.components.Component]:
+    with gr.Row():
+        sampler = gr.Dropdown(samplers.sampler_names(), value=samplers.DEFAULT_SAMPLER,
+                              label="Sampling method", elem_id=f"{tab}_sampling")
+        schedule = gr.Dropdown(list(samplers.SCHEDULE_TYPES), value="Automatic", label="Schedule type",
+                               elem_id=f"{tab}_scheduler")
+        steps = gr.Slider(1, limits.MAX_STEPS, value=20, step=1, label="Sampling steps",
+                          elem_id=f"{tab}_steps")
+
+    def schedules_for(name: str, current: str):
+        # Offer only the schedule types this sampler can use; keep the choice when it still fits.
+        try:
+            allowed = list(samplers.resolve(name)[0].supported_schedules())
+        except UserError:
+            return gr.update()
+        return gr.update(choices=allowed, value=current if current in allowed else "Automatic")
+
+    sampler.change(schedules_for, inputs=[sampler, schedule], outputs=schedule, queue=False,
+                   api_visibility="private")
+    return {"sampler_name": sampler, "scheduler": schedule, "steps": steps}
+
+
+def size_and_batch(tab: str) -> dict[str, gr.components.Component]:
+    with gr.Row():
+        with gr.Column(scale=4):
+            width = gr.Slider(limits.MIN_SIZE, limits.MAX_SIZE, value=512, step=limits.SIZE_STEP,
+                              label="Width", elem_id=f"{tab}_width")
+            height = gr.Slider(limits.MIN_SIZE, limits.MAX_SIZE, value=512, step=limits.SIZE_STEP,
+                               label="Height", elem_id=f"{tab}_height")
+        swap = gr.Button(SWAP, elem_id=f"{tab}_swap_size", scale=0, min_width=40,
+                         elem_classes=["tool"])
+        with gr.Column(scale=2):
+            n_iter = gr.Slider(1, limits.MAX_BATCH_COUNT, value=1, step=1, label="Batch count",
+                               elem_id=f"{tab}_batch_count")
+            batch_size = gr.Slider(1, limits.MAX_BATCH_SIZE, value=1, step=1, label="Batch size",
+                                   elem_id=f"{tab}_batch_size")
+    swap.click(lambda w, h: (h, w), inputs=[width, height], outputs=[width, height], queue=False,
+               api_visibility="private")
+    cfg = gr.Slider(limits.MIN_CFG, limits.MAX_CFG, value=7.0, step=0.5, label="CFG Scale",
+                    elem_id=f"{tab}_cfg_scale")
+    return {"width": width, "height": height, "n_iter": n_iter, "batch_size": batch_size,
+            "cfg_scale": cfg}
+
+
+def seed_row(tab: str, last_seeds: gr.State) -> dict[str, gr.components.Component]:
+    """Seed with dice and reuse buttons, plus variation seed options behind 'Extra'."""
+    with gr.Row():
+        seed = gr.Number(label="Seed", value=-1, precision=0, elem_id=f"{tab}_seed", scale=4)
+        random_seed = gr.Button(DICE, elem_id=f"{tab}_random_seed", scale=0, min_width=40,
+                                elem_classes=["tool"])
+        reuse_seed = gr.Button(RECYCLE, elem_id=f"{tab}_reuse_seed", scale=0, min_width=40,
+                               elem_classes=["tool"])
+        extra = gr.Checkbox(label="Extra", value=False, elem_id=f"{tab}_subseed_show", scale=1)
+    with gr.Group(visible=False) as extra_group:
+        with gr.Row():
+            subseed = gr.Number(label="Variation seed", value=-1, precision=0,
+                                elem_id=f"{tab}_subseed", scale=4)
+            random_subseed = gr.Button(DICE, elem_id=f"{tab}_random_subseed", scale=0, min_width=40,
+                                       elem_classes=["tool"])
+            reuse_subseed = gr.Button(RECYCLE, elem_id=f"{tab}_reuse_subseed", scale=0,
+                                      min_width=40, elem_classes=["tool"])
+            strength = gr.Slider(0, 1, value=0, step=0.01, label="Variation strength",
+                                 elem_id=f"{tab}_subseed_strength", scale=4)
+        with gr.Row():
+            resize_w = gr.Slider(0, limits.MAX_SIZE, value=0, step=limits.SIZE_STEP,
+                                 label="Resize seed from width", elem_id=f"{tab}_seed_resize_from_w")
+            resize_h = gr.Slider(0, limits.MAX_SIZE, value=0, step=limits.SIZE_STEP,
+                                 label="Resize seed from height", elem_id=f"{tab}_seed_resize_from_h")
+
+    private = {"queue": False, "api_visibility": "private"}
+    extra.change(lambda shown: gr.update(visible=shown), inputs=extra, outputs=extra_group, **private)
+    random_seed.click(lambda: -1, outputs=seed, **private)
+    random_subseed.click(lambda: -1, outputs=subseed, **private)
+    reuse_seed.click(lambda last: last.get("seed", -1) if last else -1, inputs=last_seeds,
+                     outputs=seed, **private)
+    reuse_subseed.click(lambda last: last.get("subseed", -1) if last else -1, inputs=last_seeds,
+                        outputs=subseed, **private)
+    return {"seed": seed, "subseed_show": extra, "subseed": subseed, "subseed_strength": strength,
+            "seed_resize_from_w": resize_w, "seed_resize_from_h": resize_h}
+
+
+def action_buttons(tab: str) -> dict[str, gr.Button]:
+    generate = gr.Button("Generate", variant="primary", elem_id=f"{tab}_generate",
+                         elem_classes=["generate-button"])
+    with gr.Row():
+        interrupt = gr.Button("Interrupt", elem_id=f"{tab}_interrupt", size="sm")
+        skip = gr.Button("Skip", elem_id=f"{tab}_skip", size="sm")
+    return {"generate": generate, "interrupt": interrupt, "skip": skip}
+
+
+def results_panel(tab: str) -> dict[str, gr.components.Component]:
+    """Progress, gallery (PNG, so downloads keep their metadata) and the selected image's infotext."""
+    progress = gr.HTML("", elem_id=f"{tab}_progress", elem_classes=["progress-view"])
+    gallery = gr.Gallery(label="Output", format="png", columns=4, height="auto", object_fit="contain",
+                         elem_id=f"{tab}_gallery", interactive=False, preview=True)
+    info = gr.Textbox(label="Generation parameters", lines=4, interactive=False,
+                      elem_id=f"{tab}_infotext", buttons=["copy"])
+    message = gr.Markdown("", elem_id=f"{tab}_message", elem_classes=["message"])
+    infotexts = gr.State([])
+
+    def show_selected(texts: list[str], event: gr.SelectData):
+        index = event.index if isinstance(event.index, int) else 0
+        return texts[index] if 0 <= index < len(texts) else ""
+
+    gallery.select(show_selected, inputs=infotexts, outputs=info, queue=False,
+                   api_visibility="private")
+    return {"progress": progress, "gallery": gallery, "infotext": info, "message": message,
+            "infotexts": infotexts}
