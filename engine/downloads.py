@@ -7,6 +7,7 @@ against the published one, and only then is it renamed into models/Stable-diffus
 from __future__ import annotations
 
 import hashlib
+import http.client
 import logging
 import os
 import threading
@@ -94,6 +95,10 @@ class ModelDownloader:
             request.add_header("Range", f"bytes={done}-")
         try:
             response = urllib.request.urlopen(request, timeout=self.timeout)
+        except urllib.error.HTTPError as error:
+            if error.code != 416 or not done:
+                raise DownloadError(f"The server refused the download: {error}") from error
+            return self._finish(part, digest)  # 416: the part file already holds everything
         except (OSError, ValueError) as error:
             raise DownloadError(f"Could not reach {self.offer.url}: {error}") from error
         with response:
@@ -102,18 +107,16 @@ class ModelDownloader:
             length = response.headers.get("Content-Length")
             total = done + int(length) if length and length.isdigit() else None
             with open(part, "ab" if done else "wb") as handle:
-                while True:
-                    if cancel is not None and cancel.is_set():
-                        raise DownloadError("Download cancelled; it resumes where it stopped next time")
-                    block = response.read(CHUNK)
-                    if not block:
-                        break
-                    handle.write(block)
-                    digest.update(block)
-                    done += len(block)
-                    progress(done, total)
-                handle.flush()
-                os.fsync(handle.fileno())
+                try:
+                    done = self._stream(response, handle, digest, done, total, progress, cancel)
+                finally:
+                    handle.flush()
+                    os.fsync(handle.fileno())
+        if total is not None and done < total:
+            raise DownloadError("The connection dropped before the end; try again to resume")
+        return self._finish(part, digest)
+
+    def _finish(self, part: Path, digest) -> Path:
         if digest.hexdigest() != self.offer.sha256:
             part.unlink(missing_ok=True)
             raise DownloadError(
@@ -122,3 +125,19 @@ class ModelDownloader:
         os.replace(part, self.target)
         log.info("downloaded %s", self.target)
         return self.target
+
+    @staticmethod
+    def _stream(response, handle, digest, done: int, total: int | None, progress, cancel) -> int:
+        while True:
+            if cancel is not None and cancel.is_set():
+                raise DownloadError("Download cancelled; it resumes where it stopped next time")
+            try:
+                block = response.read(CHUNK)
+            except (OSError, http.client.HTTPException) as error:
+                raise DownloadError(f"The connection dropped ({error}); try again to resume") from error
+            if not block:
+                return done
+            handle.write(block)
+            digest.update(block)
+            done += len(block)
+            progress(done, total)

@@ -196,8 +196,8 @@ def load_diffusers_folder(info: CheckpointInfo, device: DeviceConfig) -> LoadedP
 def family_of_pipeline(pipe) -> str:
     if getattr(pipe, "text_encoder_2", None) is not None:
         return "sdxl"
-    dim = pipe.unet.config.cross_attention_dim
-    return "sd2" if dim == 1024 else "sd1"
+    # SD 2.x's OpenCLIP text encoder uses gelu; SD 1.x's CLIP uses quick_gelu.
+    return "sd2" if pipe.text_encoder.config.hidden_act == "gelu" else "sd1"
 
 
 def load_builtin_demo(device: DeviceConfig, config_root: Path) -> LoadedPipeline:
