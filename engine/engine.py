@@ -67,6 +67,10 @@ class Engine:
 
         return self.queue.submit(Job(work, owner=owner, kind="load", description=f"load {wanted}"))
 
+    def pending_load(self) -> Job | None:
+        """The checkpoint switch waiting or running on the lane, if any."""
+        return next(iter(self.queue.jobs_of_kind("load")), None)
+
     def unload_checkpoint(self, owner: str = "") -> Job:
         return self.queue.submit(Job(lambda job: self.models.unload(), owner=owner, kind="unload"))
 

@@ -108,7 +108,6 @@ class Txt2ImgRun:
             job.batch_index = batch
             seeds, subseeds = self.seeds.batch(batch, request.batch_size)
             images = self._sample(seeds, subseeds, cond, uncond, batch)
-            job.step = min(job.total_steps, (batch + 1) * self._batch_steps)
             for image, seed, subseed in zip(images, seeds, subseeds):
                 text = infotext.build(request.prompt, request.negative_prompt,
                                       image_params(request, self.model, seed, subseed, {}))

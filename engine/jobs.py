@@ -170,16 +170,17 @@ class JobQueue:
             return len(self._waiting)
 
     def find(self, job_id: str) -> Job | None:
+        return next((job for job in self._all() if job.id == job_id), None)
+
+    def _all(self) -> list[Job]:
         with self._lock:
-            for job in ([self.current] if self.current else []) + self._waiting:
-                if job.id == job_id:
-                    return job
-        return None
+            return ([self.current] if self.current else []) + list(self._waiting)
 
     def jobs_of(self, owner: str) -> list[Job]:
-        with self._lock:
-            jobs = ([self.current] if self.current else []) + list(self._waiting)
-        return [job for job in jobs if job.owner == owner]
+        return [job for job in self._all() if job.owner == owner]
+
+    def jobs_of_kind(self, kind: str) -> list[Job]:
+        return [job for job in self._all() if job.kind == kind]
 
     def shutdown(self) -> None:
         self._pending.put(None)

@@ -155,7 +155,7 @@ def load_single_file(info: CheckpointInfo, device: DeviceConfig, config_root: Pa
         extra = {"safety_checker": None, "requires_safety_checker": False}
     try:
         pipe = pipeline_class.from_single_file(
-            str(path), config=str(config_dir), local_files_only=True, torch_dtype=device.dtype, **extra)
+            str(path), config=str(config_dir), local_files_only=True, dtype=device.dtype, **extra)
     except CheckpointError:
         raise
     except Exception as error:
@@ -183,7 +183,7 @@ def load_diffusers_folder(info: CheckpointInfo, device: DeviceConfig) -> LoadedP
 
     try:
         pipe = DiffusionPipeline.from_pretrained(
-            info.path, torch_dtype=device.dtype, local_files_only=True, safety_checker=None,
+            info.path, dtype=device.dtype, local_files_only=True, safety_checker=None,
             requires_safety_checker=False)
     except Exception as error:
         raise CheckpointError(f"Could not load diffusers folder '{info.name}': {_short(error)}",

@@ -69,8 +69,9 @@ class ModelManager:
     def require(self) -> LoadedModel:
         model = self._current
         if model is None:
-            hint = ("No checkpoint is loaded. Put a .safetensors checkpoint into "
-                    "models/Stable-diffusion and pick it in the checkpoint list, or start with --demo.")
+            folder = self.registry.folders[0] if self.registry.folders else "models/Stable-diffusion"
+            hint = (f"No checkpoint is loaded. Put a .safetensors checkpoint into {folder} and pick "
+                    "it in the checkpoint list, or start with --demo.")
             if self.last_error:
                 hint += f" (Last load failed: {self.last_error})"
             raise NoModelError(hint, "checkpoint")

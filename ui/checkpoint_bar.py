@@ -38,7 +38,7 @@ def build(ctx: UIContext) -> dict:
                             elem_classes=["tool"])
         status = gr.Markdown("", elem_id="sd_checkpoint_status")
     with gr.Group(visible=False, elem_id="no_model_notice") as notice:
-        notice_text = gr.Markdown(no_model_text(ctx))
+        notice_text = gr.Markdown(no_model_text(ctx), elem_id="no_model_text")
         download = _download_offer(ctx)
 
     def refreshed():
@@ -46,6 +46,17 @@ def build(ctx: UIContext) -> dict:
         titles = ctx.registry.titles()
         return {dropdown: gr.update(choices=titles, value=_current_title(ctx)),
                 notice: gr.update(visible=not titles and ctx.models.current is None)}
+
+    def on_page_load():
+        """Show the list at once; if a checkpoint is still loading, say so and update when done."""
+        yield refreshed()
+        loading = ctx.engine.pending_load()
+        if loading is None:
+            return
+        yield {status: f"Loading {html.escape(loading.description.removeprefix('load '))}..."}
+        loading.wait()
+        failure = getattr(loading.error, "message", None) if loading.error else None
+        yield {**refreshed(), status: f"**Could not load:** {html.escape(failure)}" if failure else ""}
 
     def switch(title: str | None, request: gr.Request):
         if not title or title == _current_title(ctx):
@@ -70,7 +81,7 @@ def build(ctx: UIContext) -> dict:
     refresh.click(refreshed, outputs=[dropdown, notice], queue=False, **private)
     dropdown.input(switch, inputs=dropdown, outputs=[status, dropdown], concurrency_id="generate",
                    concurrency_limit=32, show_progress="hidden", **private)
-    return {"dropdown": dropdown, "notice": notice, "notice_text": notice_text, "refresh": refreshed,
+    return {"dropdown": dropdown, "notice": notice, "status": status, "on_load": on_page_load,
             "download": download}
 
 

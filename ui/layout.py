@@ -27,8 +27,9 @@ def build_app(ctx: UIContext) -> gr.Blocks:
 
 def _on_page_load(blocks: gr.Blocks, ctx: UIContext, bar: dict) -> None:
     """Every page load sees the current checkpoint list, and the no-model notice if it applies."""
-    blocks.load(bar["refresh"], outputs=[bar["dropdown"], bar["notice"]], queue=False,
-                api_visibility="private")
+    blocks.load(bar["on_load"], outputs=[bar["dropdown"], bar["notice"], bar["status"]],
+                concurrency_id="page_load", concurrency_limit=None, api_visibility="private",
+                show_progress="hidden")
     check = bar["download"]["check"]
     if check is not None:
         blocks.load(check, outputs=bar["download"]["button"], api_visibility="private")

@@ -31,7 +31,9 @@ def build_router(ctx: UIContext, auth_dependency) -> APIRouter:
     @router.post("/txt2img", response_model=ImagesResponse, responses=ERRORS)
     def txt2img(body: Txt2ImgBody, request: Request) -> dict:
         generation = convert.txt2img_request(body)
-        job = engine.submit(generation, owner=api_owner(request), job_id=body.force_task_id)
+        # As in the mature API, a grid is made (and returned first) only when it is also saved.
+        job = engine.submit(generation, owner=api_owner(request), job_id=body.force_task_id,
+                            make_grid=generation.save_grid)
         result = job.outcome()
         return convert.images_response(result, body.model_dump(), body.send_images)
 

@@ -1,0 +1,121 @@
+"""Shared fixtures: tiny seeded checkpoints written to disk in the format users download, and an
+engine that loads them through the same code a user's file takes. CPU only, no network."""
+
+from __future__ import annotations
+
+import os
+
+# Before torch is imported: one thread each, because the suite also runs servers beside itself
+# on small machines, and oversubscribed cores make everything slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from transformers import CLIPTokenizer  # noqa: E402
+
+torch.set_num_threads(1)
+
+from engine.devices import DeviceConfig  # noqa: E402
+from engine.engine import Engine  # noqa: E402
+from engine.models import HashCache, ModelRegistry  # noqa: E402
+from engine.outputs import OutputWriter  # noqa: E402
+from engine.pipelines import ModelManager  # noqa: E402
+from engine.settings import Settings  # noqa: E402
+from engine.tiny_models import build_tiny_pipeline, write_config_folder  # noqa: E402
+from tests.support.ldm_export import export_single_file  # noqa: E402
+from tests.support.tiny_tokenizer import write_tiny_clip_tokenizer  # noqa: E402
+
+FAMILIES = ("sd1", "sd2", "sdxl")
+
+
+@dataclass(frozen=True)
+class TinyModels:
+    """Tiny checkpoints in models_dir (tiny-sd1.safetensors, ...) and the config root they need."""
+
+    root: Path
+    config_root: Path
+    models_dir: Path
+    tokenizer_dir: Path
+    tokenizer_2_dir: Path
+
+    def checkpoint(self, family: str) -> Path:
+        return self.models_dir / f"tiny-{family}.safetensors"
+
+    def reference_pipeline(self, family: str, seed: int = 0):
+        """The same weights, built directly in diffusers (what the file must load back to)."""
+        tokenizer = CLIPTokenizer.from_pretrained(str(self.tokenizer_dir))
+        tokenizer_2 = CLIPTokenizer.from_pretrained(str(self.tokenizer_2_dir)) if family == "sdxl" else None
+        return build_tiny_pipeline(family, tokenizer, tokenizer_2, seed=seed)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> TinyModels:
+    root = tmp_path_factory.mktemp("tiny-models")
+    tokenizer_dir = Path(write_tiny_clip_tokenizer(root / "tokenizer"))
+    tokenizer_2_dir = Path(write_tiny_clip_tokenizer(root / "tokenizer_2", pad_token="!"))
+    models = TinyModels(root, root / "model_configs", root / "models" / "Stable-diffusion",
+                        tokenizer_dir, tokenizer_2_dir)
+    models.models_dir.mkdir(parents=True)
+    for family in FAMILIES:
+        second = str(tokenizer_2_dir) if family == "sdxl" else None
+        write_config_folder(family, models.config_root / family, str(tokenizer_dir), second)
+        export_single_file(models.reference_pipeline(family), models.checkpoint(family), family)
+    # The ecosystem marks an SD 2.x epsilon model with a .yaml beside it (tiny-sd2 is epsilon).
+    models.checkpoint("sd2").with_suffix(".yaml").write_text(
+        "model:\n  params:\n    parameterization: \"eps\"\n")
+    return models
+
+
+def make_engine(tiny_models: TinyModels, data_dir: Path, checkpoint: str | None = "tiny-sd1",
+                allow_unsafe: bool = False) -> Engine:
+    registry = ModelRegistry([tiny_models.models_dir], HashCache(data_dir / "cache.json"))
+    models = ModelManager(registry, DeviceConfig.choose(use_cpu=True),
+                          config_root=tiny_models.config_root, allow_unsafe=allow_unsafe)
+    engine = Engine(models, OutputWriter(data_dir / "outputs"), Settings(data_dir / "config.json"))
+    if checkpoint:
+        engine.load_checkpoint(checkpoint).outcome()
+    return engine
+
+
+@pytest.fixture(scope="session")
+def engine(tiny_models, tmp_path_factory):
+    """An engine with tiny-sd1 loaded. Tests must leave its model and settings as they found them."""
+    engine = make_engine(tiny_models, tmp_path_factory.mktemp("engine-data"))
+    yield engine
+    engine.shutdown()
+
+
+@pytest.fixture(scope="session")
+def demo_server(tmp_path_factory):
+    """`app.py --demo --api` on 127.0.0.1, shared by the API and browser tests."""
+    from tests.support.server import AppServer
+
+    with AppServer(tmp_path_factory.mktemp("demo-server"), "--demo", "--api") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    from tests.support.browser import launch
+
+    with sync_playwright() as playwright:
+        chromium = launch(playwright)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser, tmp_path):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    yield page
+    context.close()

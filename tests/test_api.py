@@ -1,0 +1,175 @@
+"""The /sdapi/v1 API through a real server on 127.0.0.1 (app.py --demo --api)."""
+
+import base64
+import io
+import json
+import threading
+import time
+
+import httpx
+import pytest
+from PIL import Image
+
+from engine.infotext import parse
+
+SMALL = {"prompt": "a cat", "steps": 3, "width": 64, "height": 64}
+
+
+@pytest.fixture(scope="module")
+def api(demo_server):
+    with httpx.Client(base_url=demo_server.url + "/sdapi/v1", timeout=120) as client:
+        yield client
+
+
+def decode(b64: str) -> Image.Image:
+    return Image.open(io.BytesIO(base64.b64decode(b64)))
+
+
+def test_txt2img_returns_a_png_with_infotext(api):
+    response = api.post("/txt2img", json=SMALL)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert set(body) == {"images", "parameters", "info"}
+    image = decode(body["images"][0])
+    assert image.format == "PNG" and image.size == (64, 64)
+    text = image.info["parameters"]
+    assert text.startswith("a cat\nSteps: 3, Sampler: Euler, ")
+    info = json.loads(body["info"])
+    assert info["infotexts"] == [text]
+    assert info["seed"] == info["all_seeds"][0] and info["sd_model_name"] == "demo-tiny"
+    assert parse(text)[2]["Seed"] == str(info["seed"])
+    assert body["parameters"]["prompt"] == "a cat" and body["parameters"]["steps"] == 3
+
+
+def test_same_seed_same_bytes_and_batches_over_the_api(api):
+    one = api.post("/txt2img", json={**SMALL, "seed": 99}).json()
+    two = api.post("/txt2img", json={**SMALL, "seed": 99}).json()
+    assert one["images"] == two["images"]
+    batch = api.post("/txt2img", json={**SMALL, "seed": 99, "batch_size": 2}).json()
+    assert len(batch["images"]) == 2  # nothing saved by default, so no grid
+    assert json.loads(batch["info"])["all_seeds"] == [99, 100]
+    assert batch["images"][0] == one["images"][0]
+
+
+def test_save_images_writes_files_and_returns_the_grid_first(api, demo_server):
+    body = api.post("/txt2img", json={**SMALL, "seed": 7, "batch_size": 2, "save_images": True}).json()
+    info = json.loads(body["info"])
+    assert len(body["images"]) == 3 and info["index_of_first_image"] == 1
+    assert decode(body["images"][0]).size == (128, 64)
+    saved = sorted((demo_server.data_dir / "outputs" / "txt2img-images").rglob("*-7.png"))
+    assert saved and Image.open(saved[-1]).info["parameters"] == info["infotexts"][1]
+
+
+def test_infotext_fills_the_fields_not_given(api):
+    first = api.post("/txt2img", json={**SMALL, "seed": 5, "sampler_name": "DPM++ 2M"}).json()
+    text = json.loads(first["info"])["infotexts"][0]
+    again = api.post("/txt2img", json={"infotext": text}).json()
+    assert again["images"] == first["images"]
+    changed = api.post("/txt2img", json={"infotext": text, "seed": 6}).json()
+    assert json.loads(changed["info"])["seed"] == 6
+
+
+def test_listing_routes(api):
+    samplers = api.get("/samplers").json()
+    names = [s["name"] for s in samplers]
+    assert {"Euler a", "Euler", "DPM++ 2M", "DDIM", "UniPC", "LCM"} <= set(names)
+    assert {"name": "DPM++ 2M", "aliases": ["k_dpmpp_2m"], "options": {"scheduler": "karras"}} in samplers
+    schedulers = api.get("/schedulers").json()
+    assert [s["label"] for s in schedulers][:3] == ["Automatic", "Uniform", "Karras"]
+    models = api.get("/sd-models").json()
+    assert models[0]["model_name"] == "demo-tiny" and len(models[0]["hash"]) == 10
+    assert set(models[0]) == {"title", "model_name", "hash", "sha256", "filename", "config"}
+    flags = api.get("/cmd-flags").json()
+    assert flags["demo"] is True and flags["api"] is True
+    assert api.post("/refresh-checkpoints").status_code == 200
+
+
+def test_options_get_and_set_persist(api, demo_server):
+    options = api.get("/options").json()
+    assert options["sd_model_checkpoint"].startswith("demo-tiny")
+    assert api.post("/options", json={"grid_save": False}).status_code == 200
+    assert api.get("/options").json()["grid_save"] is False
+    saved = json.loads((demo_server.data_dir / "config.json").read_text())
+    assert saved["grid_save"] is False
+    api.post("/options", json={"grid_save": True})
+
+
+@pytest.mark.parametrize("body, status, words", [
+    ({"sd_model_checkpoint": "no-such-model"}, 400, "Checkpoint not found"),
+    ({"grid_save": "sometimes"}, 422, "grid_save"),
+    ({"show_progress_every_n_steps": 0}, 422, "between 1 and 100"),
+])
+def test_bad_options_are_refused(api, body, status, words):
+    response = api.post("/options", json=body)
+    assert response.status_code == status
+    assert words in response.text
+
+
+def test_progress_and_interrupt(api):
+    outcome = {}
+
+    def long_job():
+        outcome["response"] = api.post("/txt2img", json={**SMALL, "steps": 150, "n_iter": 3})
+
+    worker = threading.Thread(target=long_job)
+    worker.start()
+    progress = {}
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        progress = api.get("/progress").json()
+        if progress["state"]["sampling_step"] >= 3:
+            break
+        time.sleep(0.05)
+    assert 0 < progress["progress"] < 1
+    assert progress["state"]["sampling_steps"] == 450
+    assert progress["state"]["job"]
+    assert api.post("/interrupt").status_code == 200
+    worker.join(60)
+    info = json.loads(outcome["response"].json()["info"])
+    assert info["interrupted"] is True and len(info["all_seeds"]) == 1
+    idle = api.get("/progress").json()
+    assert idle["progress"] == 0 and idle["state"]["job"] == ""
+    assert api.post("/skip").status_code == 200
+
+
+@pytest.mark.parametrize("body, status, field, words", [
+    ({"width": 65}, 422, "width", "multiple of 8"),
+    ({"height": 99999}, 422, "height", "between 64 and 2048"),
+    ({"steps": 0}, 422, "steps", "between 1 and 150"),
+    ({"batch_size": 9}, 422, "batch_size", "between 1 and 8"),
+    ({"seed": 2**40}, 422, "seed", "between -1"),
+    ({"cfg_scale": 1e9}, 422, "cfg_scale", "between 1 and 30"),
+    ({"sampler_name": "Nope"}, 400, "sampler_name", "Sampler not found"),
+    ({"scheduler": "Wobbly"}, 422, "scheduler", "Unknown schedule type"),
+    ({"prompt": "x" * 20001}, 422, "prompt", "too long"),
+    ({"styles": ["Cinematic"]}, 422, "styles", "not available"),
+])
+def test_bad_input_names_the_field(api, body, status, field, words):
+    response = api.post("/txt2img", json={**SMALL, **body})
+    assert response.status_code == status, response.text
+    error = response.json()
+    assert error["field"] == field and words in error["detail"]
+
+
+@pytest.mark.parametrize("content", [b"{not json", b'{"steps": "many"}', b'{"seed": [1]}', b"[]"])
+def test_malformed_bodies_are_422_and_name_the_problem(api, content):
+    response = api.post("/txt2img", content=content, headers={"Content-Type": "application/json"})
+    assert response.status_code == 422
+    assert "detail" in response.json()
+
+
+def test_server_keeps_serving_after_bad_input(api):
+    api.post("/txt2img", json={**SMALL, "width": 65})
+    api.post("/txt2img", content=b"garbage", headers={"Content-Type": "application/json"})
+    assert api.post("/txt2img", json=SMALL).status_code == 200
+
+
+def test_openapi_lists_the_routes_and_the_ui_is_served(demo_server):
+    spec = httpx.get(demo_server.url + "/openapi.json").json()
+    for route in ("/sdapi/v1/txt2img", "/sdapi/v1/progress", "/sdapi/v1/options",
+                  "/sdapi/v1/samplers", "/sdapi/v1/schedulers", "/sdapi/v1/sd-models",
+                  "/sdapi/v1/interrupt", "/sdapi/v1/skip"):
+        assert route in spec["paths"], route
+    assert httpx.get(demo_server.url + "/docs").status_code == 200
+    page = httpx.get(demo_server.url + "/")
+    assert page.status_code == 200 and "<html" in page.text.lower()

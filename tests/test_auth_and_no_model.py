@@ -1,0 +1,59 @@
+"""A server with logins and no model: nobody gets in without credentials, and it says what to do."""
+
+import httpx
+import pytest
+
+from tests.support.server import AppServer
+
+
+@pytest.fixture(scope="module")
+def locked_server(tmp_path_factory):
+    data = tmp_path_factory.mktemp("locked-server")
+    with AppServer(data, "--api", "--api-auth", "api:secret", "--gradio-auth", "ui:pass") as server:
+        yield server
+
+
+def test_api_requires_its_credentials(locked_server):
+    url = locked_server.url + "/sdapi/v1/sd-models"
+    assert httpx.get(url).status_code == 401
+    assert httpx.get(url, auth=("api", "wrong")).status_code == 401
+    assert httpx.get(url, auth=("ui", "pass")).status_code == 401  # UI logins are not API logins
+    response = httpx.get(url, auth=("api", "secret"))
+    assert response.status_code == 200 and response.json() == []
+
+
+def test_ui_requires_a_login(locked_server):
+    assert httpx.get(locked_server.url + "/config").status_code == 401
+    bad = httpx.post(locked_server.url + "/login", data={"username": "ui", "password": "nope"})
+    assert bad.status_code >= 400
+    with httpx.Client(base_url=locked_server.url) as client:
+        assert client.post("/login", data={"username": "ui", "password": "pass"}).status_code == 200
+        assert client.get("/config").status_code == 200
+
+
+def test_generation_without_a_model_says_how_to_add_one(locked_server):
+    response = httpx.post(locked_server.url + "/sdapi/v1/txt2img", auth=("api", "secret"),
+                          json={"prompt": "x", "steps": 2, "width": 64, "height": 64}, timeout=60)
+    assert response.status_code == 503
+    detail = response.json()["detail"]
+    assert "No checkpoint is loaded" in detail
+    assert str(locked_server.data_dir / "models" / "Stable-diffusion") in detail
+
+
+def test_api_uses_the_ui_logins_when_no_api_auth_is_given(tmp_path):
+    with AppServer(tmp_path, "--api", "--gradio-auth", "ui:pass") as server:
+        url = server.url + "/sdapi/v1/options"
+        assert httpx.get(url).status_code == 401
+        assert httpx.get(url, auth=("ui", "pass")).status_code == 200
+
+
+def test_browser_login_then_the_no_model_notice(page, locked_server):
+    page.goto(locked_server.url)
+    page.get_by_label("username").fill("ui")
+    page.get_by_label("password").fill("pass")
+    page.get_by_role("button", name="Login").click()
+    notice = page.locator("#no_model_text")
+    notice.get_by_text("No checkpoint yet").wait_for()
+    assert str(locked_server.data_dir / "models" / "Stable-diffusion") in notice.inner_text()
+    page.click("#txt2img_generate")
+    page.locator("#txt2img_message").get_by_text("No checkpoint is loaded").wait_for()

@@ -1,0 +1,80 @@
+"""The UI in a real browser: Playwright drives Debian's Chromium against app.py on 127.0.0.1."""
+
+import base64
+
+import pytest
+
+from engine.infotext import parse
+
+SHOTS = None  # set PWDEBUG-style screenshots by passing a folder in SD_TEST_SCREENSHOTS
+
+
+def set_number(page, elem_id: str, value: int) -> None:
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def prepare_small_job(page, url: str, prompt: str) -> None:
+    page.goto(url)
+    page.locator("#txt2img_prompt textarea").fill(prompt)
+    set_number(page, "txt2img_steps", 3)
+    set_number(page, "txt2img_width", 64)
+    set_number(page, "txt2img_height", 64)
+    # The model loads on the GPU lane at start; the dropdown shows it once it is there.
+    page.wait_for_function(
+        "() => document.querySelector('#sd_checkpoint input')?.value.startsWith('demo-tiny')")
+
+
+def wait_for_infotext(page, containing: str) -> str:
+    page.wait_for_function(
+        "text => document.querySelector('#txt2img_infotext textarea')?.value.includes(text)",
+        arg=containing)
+    return page.locator("#txt2img_infotext textarea").input_value()
+
+
+def test_type_a_prompt_click_generate_and_see_the_image_with_its_infotext(page, demo_server):
+    prepare_small_job(page, demo_server.url, "a lighthouse at dusk")
+    page.click("#txt2img_generate")
+    text = wait_for_infotext(page, "Steps: 3")
+    prompt, _, params = parse(text)
+    assert prompt == "a lighthouse at dusk"
+    assert params["Size"] == "64x64" and params["Sampler"] == "Euler a"
+    image = page.locator("#txt2img_gallery img").first
+    image.wait_for()
+    # The gallery serves PNG (not webp), so a downloaded image keeps its metadata.
+    source = image.get_attribute("src")
+    fetched = page.request.get(source)
+    assert fetched.headers["content-type"] == "image/png"
+    assert b"parameters" in fetched.body()[:400] and b"a lighthouse at dusk" in fetched.body()[:600]
+
+
+def test_ctrl_enter_generates(page, demo_server):
+    prepare_small_job(page, demo_server.url, "ctrl enter works")
+    page.locator("#txt2img_prompt textarea").press("Control+Enter")
+    text = wait_for_infotext(page, "ctrl enter works")
+    assert "Steps: 3" in text
+
+
+def test_a_bad_input_shows_a_message_and_the_next_job_works(page, demo_server):
+    prepare_small_job(page, demo_server.url, "x" * 20001)
+    page.click("#txt2img_generate")
+    message = page.locator("#txt2img_message")
+    message.get_by_text("prompt is too long").wait_for()
+    page.locator("#txt2img_prompt textarea").fill("after the error")
+    page.click("#txt2img_generate")
+    wait_for_infotext(page, "after the error")
+    assert "too long" not in message.inner_text()
+
+
+def test_seed_buttons(page, demo_server):
+    prepare_small_job(page, demo_server.url, "seed buttons")
+    seed = page.locator("#txt2img_seed input")
+    seed.fill("1234")
+    page.click("#txt2img_generate")
+    text = wait_for_infotext(page, "seed buttons")
+    assert parse(text)[2]["Seed"] == "1234"
+    page.click("#txt2img_random_seed")
+    page.wait_for_function("() => document.querySelector('#txt2img_seed input').value === '-1'")
+    page.click("#txt2img_reuse_seed")
+    page.wait_for_function("() => document.querySelector('#txt2img_seed input').value === '1234'")
