@@ -92,11 +92,17 @@ def engine(tiny_models, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def demo_server(tmp_path_factory):
-    """`app.py --demo --api` on 127.0.0.1, shared by the API and browser tests."""
+def demo_server(tmp_path_factory, tiny_models):
+    """`app.py --demo --api` on 127.0.0.1, shared by the API and browser tests.
+
+    Its models folder also holds a tiny diffusers-format model, "tiny-folder", to switch to.
+    Tests that switch must switch back to the demo model.
+    """
     from tests.support.server import AppServer
 
-    with AppServer(tmp_path_factory.mktemp("demo-server"), "--demo", "--api") as server:
+    data = tmp_path_factory.mktemp("demo-server")
+    tiny_models.reference_pipeline("sd1").save_pretrained(data / "models" / "Stable-diffusion" / "tiny-folder")
+    with AppServer(data, "--demo", "--api") as server:
         yield server
 
 

@@ -173,3 +173,16 @@ def test_openapi_lists_the_routes_and_the_ui_is_served(demo_server):
     assert httpx.get(demo_server.url + "/docs").status_code == 200
     page = httpx.get(demo_server.url + "/")
     assert page.status_code == 200 and "<html" in page.text.lower()
+
+
+def test_switching_checkpoints_through_options(api):
+    titles = [model["title"] for model in api.get("/sd-models").json()]
+    assert any(title.startswith("tiny-folder") for title in titles)
+    try:
+        assert api.post("/options", json={"sd_model_checkpoint": "tiny-folder"}).status_code == 200
+        assert api.get("/options").json()["sd_model_checkpoint"].startswith("tiny-folder [")
+        text = json.loads(api.post("/txt2img", json=SMALL).json()["info"])["infotexts"][0]
+        assert "Model: tiny-folder," in text
+    finally:
+        api.post("/options", json={"sd_model_checkpoint": "demo-tiny"})
+    assert api.get("/options").json()["sd_model_checkpoint"].startswith("demo-tiny")

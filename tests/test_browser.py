@@ -78,3 +78,43 @@ def test_seed_buttons(page, demo_server):
     page.wait_for_function("() => document.querySelector('#txt2img_seed input').value === '-1'")
     page.click("#txt2img_reuse_seed")
     page.wait_for_function("() => document.querySelector('#txt2img_seed input').value === '1234'")
+
+
+def test_batch_gallery_shows_the_grid_and_each_images_infotext(page, demo_server):
+    prepare_small_job(page, demo_server.url, "pick me")
+    set_number(page, "txt2img_batch_size", 2)
+    page.locator("#txt2img_seed input").fill("300")
+    page.click("#txt2img_generate")
+    wait_for_infotext(page, "pick me")
+    thumbnails = page.locator("#txt2img_gallery .thumbnail-item")
+    thumbnails.nth(2).wait_for()
+    assert thumbnails.count() == 3  # the grid, then the two images
+    thumbnails.nth(2).click()
+    page.wait_for_function(
+        "() => document.querySelector('#txt2img_infotext textarea').value.includes('Seed: 301')")
+
+
+def test_swap_width_and_height(page, demo_server):
+    page.goto(demo_server.url)
+    set_number(page, "txt2img_width", 640)
+    set_number(page, "txt2img_height", 256)
+    page.click("#txt2img_swap_size")
+    page.wait_for_function(
+        "() => document.querySelector('#txt2img_width input[type=number]').value === '256'")
+    assert page.locator("#txt2img_height input[type=number]").input_value() == "640"
+
+
+def test_switch_checkpoint_from_the_dropdown(page, demo_server):
+    prepare_small_job(page, demo_server.url, "which model")
+    try:
+        page.locator("#sd_checkpoint input").click()
+        page.get_by_role("option", name="tiny-folder").click()
+        page.wait_for_function(
+            "() => document.querySelector('#sd_checkpoint input').value.startsWith('tiny-folder [')")
+        page.click("#txt2img_generate")
+        assert "Model: tiny-folder," in wait_for_infotext(page, "which model")
+    finally:
+        page.locator("#sd_checkpoint input").click()
+        page.get_by_role("option", name="demo-tiny (built-in demo)").click()
+        page.wait_for_function(
+            "() => document.querySelector('#sd_checkpoint input').value.startsWith('demo-tiny')")
