@@ -7,6 +7,7 @@ the engine and the server, and hands each what it needs.
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import socket
 import sys
@@ -23,7 +24,7 @@ log = logging.getLogger("sd-studio")
 def build(flags):
     """Everything the server needs, from parsed flags."""
     from engine.devices import DeviceConfig
-    from engine.downloads import SD15, ModelDownloader
+    from engine.downloads import ModelDownloader, sd15_offer
     from engine.engine import Engine
     from engine.flags import uses_cpu
     from engine.models import BUILTIN_DEMO, HashCache, ModelRegistry
@@ -44,7 +45,8 @@ def build(flags):
     device = DeviceConfig.choose(use_cpu=uses_cpu(flags), no_half=flags.no_half)
     models = ModelManager(registry, device, allow_unsafe=flags.allow_unsafe_checkpoints)
     engine = Engine(models, OutputWriter(data_dir / "outputs"), settings)
-    ctx = UIContext(engine, registry, settings, flags, ModelDownloader(SD15, checkpoint_dir))
+    downloader = ModelDownloader(sd15_offer(os.environ.get("HF_ENDPOINT")), checkpoint_dir)
+    ctx = UIContext(engine, registry, settings, flags, downloader)
 
     wanted = flags.ckpt or (BUILTIN_DEMO if flags.demo else None)
     first = engine.initial_checkpoint(str(Path(flags.ckpt).resolve()) if explicit else wanted)

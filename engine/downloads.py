@@ -29,14 +29,24 @@ class DownloadOffer:
     size_label: str
 
 
-SD15 = DownloadOffer(
-    label="Stable Diffusion 1.5 (v1-5-pruned-emaonly)",
-    url="https://huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5/resolve/main/"
-        "v1-5-pruned-emaonly.safetensors",
-    filename="v1-5-pruned-emaonly.safetensors",
-    sha256="6ce0161689b3853acaa03779ec93eafe75a02f4ced659bee03f50797806fa2fa",
-    size_label="4.3 GB",
-)
+DEFAULT_ENDPOINT = "https://huggingface.co"
+
+
+def sd15_offer(endpoint: str | None = None) -> DownloadOffer:
+    """The standard SD 1.5 checkpoint, from the Hub or a mirror (HF_ENDPOINT, as huggingface_hub
+    uses it); the sha256 check makes a mirror as trustworthy as the original."""
+    base = (endpoint or DEFAULT_ENDPOINT).rstrip("/")
+    return DownloadOffer(
+        label="Stable Diffusion 1.5 (v1-5-pruned-emaonly)",
+        url=f"{base}/stable-diffusion-v1-5/stable-diffusion-v1-5/resolve/main/"
+            "v1-5-pruned-emaonly.safetensors",
+        filename="v1-5-pruned-emaonly.safetensors",
+        sha256="6ce0161689b3853acaa03779ec93eafe75a02f4ced659bee03f50797806fa2fa",
+        size_label="4.3 GB",
+    )
+
+
+SD15 = sd15_offer()
 
 CHUNK = 1 << 20
 

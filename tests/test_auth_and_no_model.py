@@ -3,13 +3,16 @@
 import httpx
 import pytest
 
+from tests.support.fake_host import FileHost
 from tests.support.server import AppServer
 
 
 @pytest.fixture(scope="module")
 def locked_server(tmp_path_factory):
     data = tmp_path_factory.mktemp("locked-server")
-    with AppServer(data, "--api", "--api-auth", "api:secret", "--gradio-auth", "ui:pass") as server:
+    # No model hub can be reached (a closed port stands in for it): no download is offered.
+    with AppServer(data, "--api", "--api-auth", "api:secret", "--gradio-auth", "ui:pass",
+                   env={"HF_ENDPOINT": "http://127.0.0.1:9"}) as server:
         yield server
 
 
@@ -57,3 +60,18 @@ def test_browser_login_then_the_no_model_notice(page, locked_server):
     assert str(locked_server.data_dir / "models" / "Stable-diffusion") in notice.inner_text()
     page.click("#txt2img_generate")
     page.locator("#txt2img_message").get_by_text("No checkpoint is loaded").wait_for()
+    assert not page.locator("#download_model").is_visible()
+
+
+def test_download_offer_streams_with_progress_and_refuses_a_wrong_file(page, tmp_path):
+    """With a reachable hub (a local stand-in via HF_ENDPOINT), the UI offers SD 1.5, streams it
+    with a progress bar, and throws it away when its sha256 is not the published one."""
+    with FileHost() as hub, AppServer(tmp_path, env={"HF_ENDPOINT": hub.url}) as server:
+        page.goto(server.url)
+        button = page.locator("#download_model")
+        button.wait_for()
+        assert "Stable Diffusion 1.5" in button.inner_text()
+        button.click()
+        page.locator("#download_progress").get_by_text("does not match").wait_for()
+        folder = tmp_path / "models" / "Stable-diffusion"
+        assert list(folder.iterdir()) == []

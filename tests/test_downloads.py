@@ -4,56 +4,18 @@ Runs against a real HTTP server on 127.0.0.1 that stands in for the model host.
 """
 
 import hashlib
-import http.server
-import threading
 from dataclasses import replace
 
 import pytest
 
-from engine.downloads import SD15, DownloadError, ModelDownloader
-
-PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
-
-
-class _Host(http.server.BaseHTTPRequestHandler):
-    payload = PAYLOAD
-    cut_after: int | None = None  # simulate a dropped connection on the first full request
-
-    def do_HEAD(self):
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(self.payload)))
-        self.end_headers()
-
-    def do_GET(self):
-        start = 0
-        header = self.headers.get("Range")
-        if header:
-            start = int(header.split("=")[1].split("-")[0])
-            self.send_response(206)
-        else:
-            self.send_response(200)
-        body = self.payload[start:]
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if _Host.cut_after is not None and not header:
-            # The connection drops part-way: the client was promised more than it gets.
-            self.wfile.write(body[:_Host.cut_after])
-            _Host.cut_after = None
-            self.close_connection = True
-            return
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
+from engine.downloads import SD15, DownloadError, ModelDownloader, sd15_offer
+from tests.support.fake_host import PAYLOAD, FileHost
 
 
 @pytest.fixture
 def host():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Host)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/model.safetensors"
-    server.shutdown()
+    with FileHost() as server:
+        yield server.url + "/model.safetensors"
 
 
 def _offer(url, payload=PAYLOAD):
@@ -80,7 +42,7 @@ def test_wrong_checksum_deletes_the_file(host, tmp_path):
 
 
 def test_a_cut_download_resumes_from_the_part_file(host, tmp_path):
-    _Host.cut_after = 300_000
+    FileHost.cut_after = 300_000
     downloader = ModelDownloader(_offer(host), tmp_path)
     with pytest.raises(DownloadError):
         downloader.download()
@@ -95,3 +57,9 @@ def test_unreachable_host_is_not_offered(tmp_path):
     assert downloader.reachable(timeout=1) is False
     with pytest.raises(DownloadError, match="Could not reach"):
         downloader.download()
+
+
+def test_the_offer_follows_hf_endpoint_for_mirrors():
+    assert sd15_offer().url.startswith("https://huggingface.co/stable-diffusion-v1-5/")
+    assert sd15_offer("http://mirror.local/").url.startswith("http://mirror.local/stable-diffusion-v1-5/")
+    assert sd15_offer("http://mirror.local").sha256 == SD15.sha256

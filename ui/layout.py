@@ -15,7 +15,8 @@ ASSETS = Path(__file__).parent / "assets"
 
 
 def build_app(ctx: UIContext) -> gr.Blocks:
-    with gr.Blocks(title="SD Studio", analytics_enabled=False) as blocks:
+    # Gallery images are copied into Gradio's cache; clear out day-old copies every hour.
+    with gr.Blocks(title="SD Studio", analytics_enabled=False, delete_cache=(3600, 86400)) as blocks:
         bar = checkpoint_bar.build(ctx)
         with gr.Tabs(elem_id="tabs"):
             with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):

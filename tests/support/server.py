@@ -23,8 +23,10 @@ def free_port() -> int:
 class AppServer:
     """`python app.py <args> --port N --data-dir D`, started and stopped around a test session."""
 
-    def __init__(self, data_dir: Path, *args: str, startup_timeout: float = 180):
+    def __init__(self, data_dir: Path, *args: str, startup_timeout: float = 180,
+                 env: dict[str, str] | None = None):
         self.data_dir = Path(data_dir)
+        self.extra_env = env or {}
         self.port = free_port()
         self.args = [*args, "--port", str(self.port), "--data-dir", str(self.data_dir)]
         self.url = f"http://127.0.0.1:{self.port}"
@@ -35,7 +37,7 @@ class AppServer:
     def start(self) -> "AppServer":
         self.data_dir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
-                   COMMANDLINE_ARGS="")
+                   COMMANDLINE_ARGS="", **self.extra_env)
         log = open(self.log_path, "w")
         self.process = subprocess.Popen([sys.executable, str(ROOT / "app.py"), *self.args], cwd=ROOT,
                                         env=env, stdout=log, stderr=subprocess.STDOUT)
