@@ -86,7 +86,7 @@ UNAVAILABLE_SAMPLERS: tuple[str, ...] = (
     "DPM++ 2S a", "DPM fast", "DPM adaptive", "Restart", "DDIM CFG++",
 )
 
-DEFAULT_SAMPLER = "Euler a"
+DEFAULT_SAMPLER = "DPM++ 2M"  # the mature UI's default since v1.9
 API_DEFAULT_SAMPLER = "Euler"
 
 

@@ -1,7 +1,5 @@
 """Command-line flags, COMMANDLINE_ARGS and the start-up messages."""
 
-import argparse
-
 import pytest
 
 import app

@@ -38,7 +38,7 @@ def build(ctx: UIContext) -> dict:
                             elem_classes=["tool"])
         status = gr.Markdown("", elem_id="sd_checkpoint_status")
     with gr.Group(visible=False, elem_id="no_model_notice") as notice:
-        notice_text = gr.Markdown(no_model_text(ctx), elem_id="no_model_text")
+        gr.Markdown(no_model_text(ctx), elem_id="no_model_text")
         download = _download_offer(ctx)
 
     def refreshed():
