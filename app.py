@@ -23,6 +23,7 @@ log = logging.getLogger("sd-studio")
 
 def build(flags):
     """Everything the server needs, from parsed flags."""
+    from engine.addons import AddOns
     from engine.devices import DeviceConfig
     from engine.downloads import ModelDownloader, sd15_offer
     from engine.engine import Engine
@@ -40,11 +41,12 @@ def build(flags):
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     folders = [checkpoint_dir] + ([Path(flags.ckpt_dir)] if flags.ckpt_dir else [])
     explicit = [Path(flags.ckpt)] if flags.ckpt and Path(flags.ckpt).is_file() else []
-    registry = ModelRegistry(folders, HashCache(data_dir / "cache.json"), explicit,
-                             include_demo=flags.demo)
+    hashes = HashCache(data_dir / "cache.json")
+    registry = ModelRegistry(folders, hashes, explicit, include_demo=flags.demo)
     device = DeviceConfig.choose(use_cpu=uses_cpu(flags), no_half=flags.no_half)
     models = ModelManager(registry, device, allow_unsafe=flags.allow_unsafe_checkpoints)
-    engine = Engine(models, OutputWriter(data_dir / "outputs"), settings)
+    engine = Engine(models, OutputWriter(data_dir / "outputs"), settings,
+                    AddOns.in_data_dir(data_dir, hashes))
     downloader = ModelDownloader(sd15_offer(os.environ.get("HF_ENDPOINT")), checkpoint_dir)
     ctx = UIContext(engine, registry, settings, flags, downloader)
 
@@ -145,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
                         datefmt="%H:%M:%S")
     # torchsde warns on float rounding of its own time bounds every step; it is harmless.
     warnings.filterwarnings("ignore", message="Should have ta>=t0")
+    # Several LoRAs in one prompt are several PEFT adapters on one model: intended.
+    warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
     for noisy in ("httpx", "httpcore", "diffusers", "transformers", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     flags = parse(sys.argv[1:] if argv is None else argv)

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import logging
 
+from .addons import AddOns
+from .conditioning import CHUNK_TOKENS, PromptEncoder
 from .errors import UserError
+from .prompt_parser import extract_extra_networks, prompt_schedule
 from .generation import GenerationResult, OutputPolicy, Txt2ImgRun
 from .jobs import Job, JobQueue
 from .outputs import OutputWriter
@@ -21,17 +24,18 @@ log = logging.getLogger(__name__)
 
 class Engine:
     def __init__(self, models: ModelManager, writer: OutputWriter, settings: Settings,
-                 queue: JobQueue | None = None):
+                 addons: AddOns, queue: JobQueue | None = None):
         self.models = models
         self.writer = writer
         self.settings = settings
+        self.addons = addons
         self.queue = queue or JobQueue()
 
     # Generation.
     def submit(self, request: GenerationRequest, owner: str = "", job_id: str | None = None,
                make_grid: bool = True) -> Job:
         """Validate now (so a bad request fails at once), run later on the GPU lane."""
-        request = request.validate()
+        request = self.complete(request.validate())
         policy = self._policy(request, make_grid)
         job = Job(lambda job: self._run(job, request, policy), owner=owner, job_id=job_id,
                   description=f"{request.mode}: {request.prompt[:60]}")
@@ -39,6 +43,17 @@ class Engine:
 
     def generate(self, request: GenerationRequest, owner: str = "", **kwargs) -> GenerationResult:
         return self.submit(request, owner, **kwargs).outcome()
+
+    def complete(self, request: GenerationRequest) -> GenerationRequest:
+        """Fill what the request leaves to the settings, and check names against what exists,
+        so a queued job is fixed and a bad name fails before it waits in the queue."""
+        settings = self.settings
+        self.addons.styles.apply("", "", request.styles)  # unknown style names fail here
+        return request.replace(
+            clip_skip=request.clip_skip or settings["CLIP_stop_at_last_layers"],
+            emphasis=request.emphasis or settings["emphasis"],
+            vae=self.addons.vaes.check_choice(request.vae or settings["sd_vae"]),
+        )
 
     def _policy(self, request: GenerationRequest, make_grid: bool) -> OutputPolicy:
         settings = self.settings
@@ -52,7 +67,7 @@ class Engine:
 
     def _run(self, job: Job, request: GenerationRequest, policy: OutputPolicy) -> GenerationResult:
         model = self.models.require()
-        return Txt2ImgRun(job, request, model, policy).run(self.writer)
+        return Txt2ImgRun(job, request, model, policy, self.addons).run(self.writer)
 
     # Checkpoints.
     def load_checkpoint(self, wanted: str, owner: str = "") -> Job:
@@ -66,6 +81,17 @@ class Engine:
             return model
 
         return self.queue.submit(Job(work, owner=owner, kind="load", description=f"load {wanted}"))
+
+    def token_count(self, text: str, steps: int = 20) -> tuple[int, int]:
+        """(tokens, limit) for a prompt box's counter, as the loaded model's tokenizer counts:
+        the longest text the prompt takes during its steps, LoRA tags left out."""
+        model = self.models.current
+        if model is None:
+            return 0, CHUNK_TOKENS
+        encoder = PromptEncoder(model.base, model.family, **self.addons.embeddings.encoder_options(model))
+        text, _ = extract_extra_networks(text)
+        counts = [encoder.token_count(part) for _, part in prompt_schedule(text, max(1, steps))]
+        return max(counts)
 
     def pending_load(self) -> Job | None:
         """The checkpoint switch waiting or running on the lane, if any."""

@@ -1,4 +1,5 @@
-"""Running one generation job: the batch loop, progress, previews, infotext and saving."""
+"""Running one generation job: prompts, add-on networks, the batch loop, progress, previews,
+decoding, infotext and saving."""
 
 from __future__ import annotations
 
@@ -11,14 +12,18 @@ import torch
 from PIL import Image
 
 from . import infotext, samplers
-from .conditioning import Conditioning, PromptEncoder
+from .addons import AddOns
+from .conditioning import PromptEncoder, ScheduledConditioning
 from .jobs import Job
+from .lora import AppliedLoras, applied_loras
 from .models import CheckpointInfo
 from .outputs import OutputWriter, make_grid
 from .pipelines import LoadedModel
 from .preview import latents_to_rgb
+from .prompt_parser import extract_extra_networks
 from .request import GenerationRequest
 from .seeds import JobSeeds, initial_latents, job_seeds, step_generators
+from .vae import decode
 from .version import VERSION
 
 
@@ -45,7 +50,10 @@ class GenerationResult:
     grid_path: Path | None = None
     interrupted: bool = False
     job_timestamp: str = ""
+    prompt: str = ""            # after styles: what the images were made from
+    negative_prompt: str = ""
     extra_params: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     def gallery(self) -> list[tuple[Image.Image, str]]:
         """(image, infotext) pairs as a gallery shows them: the grid first when there is one."""
@@ -80,14 +88,20 @@ def image_params(request: GenerationRequest, model: LoadedModel, seed: int, subs
     return params
 
 
+def _hash_list(hashes: dict[str, str]) -> str | None:
+    return ", ".join(f"{name}: {short}" for name, short in hashes.items()) or None
+
+
 class Txt2ImgRun:
     """One txt2img job on one loaded model."""
 
-    def __init__(self, job: Job, request: GenerationRequest, model: LoadedModel, policy: OutputPolicy):
+    def __init__(self, job: Job, request: GenerationRequest, model: LoadedModel,
+                 policy: OutputPolicy, addons: AddOns):
         self.job = job
         self.request = request
         self.model = model
         self.policy = policy
+        self.addons = addons
         self.sampler, self.schedule = samplers.resolve(request.sampler_name, request.scheduler)
         self.seeds: JobSeeds = job_seeds(request)
         self.pipe = model.pipeline_for("txt2img")
@@ -96,28 +110,26 @@ class Txt2ImgRun:
     def run(self, writer: OutputWriter) -> GenerationResult:
         request, job = self.request, self.job
         job.set_total(request.steps * request.n_iter, request.n_iter)
-        cond, uncond = PromptEncoder(self.pipe, self.model.family).encode_pair(
-            request.prompt, request.negative_prompt)
-        result = GenerationResult(request.replace(seed=self.seeds.seeds[0], subseed=self.seeds.subseeds[0]),
-                                  self.model.info, [], [], [], [],
-                                  job_timestamp=dt.datetime.now().strftime("%Y%m%d%H%M%S"))
-        for batch in range(request.n_iter):
-            if job.interrupted:
-                break
-            job.skipped = False
-            job.batch_index = batch
-            seeds, subseeds = self.seeds.batch(batch, request.batch_size)
-            images = self._sample(seeds, subseeds, cond, uncond, batch)
-            for image, seed, subseed in zip(images, seeds, subseeds):
-                text = infotext.build(request.prompt, request.negative_prompt,
-                                      image_params(request, self.model, seed, subseed, {}))
-                image.info[infotext.INFOTEXT_KEY] = text
-                result.images.append(image)
-                result.seeds.append(seed)
-                result.subseeds.append(subseed)
-                result.infotexts.append(text)
-                result.paths.append(
-                    writer.save_image(image, request.mode, seed, text) if self.policy.save_images else None)
+        vae_file = self.model.use_vae(request.vae, self.addons.vaes)
+        prompt, negative = self.addons.styles.apply(request.prompt, request.negative_prompt,
+                                                    request.styles)
+        text, networks = extract_extra_networks(prompt)
+        negative_text, _ = extract_extra_networks(negative)
+        result = GenerationResult(
+            request.replace(seed=self.seeds.seeds[0], subseed=self.seeds.subseeds[0]),
+            self.model.info, [], [], [], [], prompt=prompt, negative_prompt=negative,
+            job_timestamp=dt.datetime.now().strftime("%Y%m%d%H%M%S"))
+        with applied_loras(self.pipe, networks, self.addons.loras) as loras:
+            encoder = PromptEncoder(self.pipe, self.model.family, clip_skip=request.clip_skip,
+                                    emphasis=request.emphasis,
+                                    **self.addons.embeddings.encoder_options(self.model))
+            cond, uncond = encoder.encode_schedules(text, negative_text, request.steps)
+            result.extra_params = self._extra_params(loras, encoder, vae_file)
+            result.warnings = list(loras.warnings)
+            for batch in range(request.n_iter):
+                if job.interrupted:
+                    break
+                self._run_batch(batch, cond, uncond, result, writer)
         result.interrupted = job.interrupted
         if self.policy.make_grid and len(result.images) >= 2:
             result.grid = make_grid(result.images)
@@ -126,7 +138,39 @@ class Txt2ImgRun:
                 result.grid_path = writer.save_grid(result.images, request.mode, result.infotexts[0])
         return result
 
-    def _sample(self, seeds, subseeds, cond: Conditioning, uncond: Conditioning,
+    def _extra_params(self, loras: AppliedLoras, encoder: PromptEncoder, vae_file) -> dict[str, Any]:
+        request = self.request
+        extra: dict[str, Any] = {}
+        if vae_file is not None:
+            extra["VAE hash"] = self.addons.vaes.short_hash(vae_file)
+            extra["VAE"] = vae_file.name
+        if request.clip_skip > 1 and not self.model.is_sdxl:
+            extra["Clip skip"] = request.clip_skip
+        if request.emphasis not in ("", "Original"):
+            extra["Emphasis"] = request.emphasis
+        extra["Lora hashes"] = _hash_list(loras.hashes)
+        extra["TI hashes"] = _hash_list(self.addons.embeddings.hashes(encoder.used_embeddings))
+        return {key: value for key, value in extra.items() if value is not None}
+
+    def _run_batch(self, batch: int, cond: ScheduledConditioning, uncond: ScheduledConditioning,
+                   result: GenerationResult, writer: OutputWriter) -> None:
+        request, job = self.request, self.job
+        job.skipped = False
+        job.batch_index = batch
+        seeds, subseeds = self.seeds.batch(batch, request.batch_size)
+        images = self._sample(seeds, subseeds, cond, uncond, batch)
+        for image, seed, subseed in zip(images, seeds, subseeds):
+            text = infotext.build(result.prompt, result.negative_prompt,
+                                  image_params(request, self.model, seed, subseed, result.extra_params))
+            image.info[infotext.INFOTEXT_KEY] = text
+            result.images.append(image)
+            result.seeds.append(seed)
+            result.subseeds.append(subseed)
+            result.infotexts.append(text)
+            saved = writer.save_image(image, request.mode, seed, text) if self.policy.save_images else None
+            result.paths.append(saved)
+
+    def _sample(self, seeds, subseeds, cond: ScheduledConditioning, uncond: ScheduledConditioning,
                 batch: int) -> list[Image.Image]:
         request, pipe = self.request, self.pipe
         device, dtype = pipe.device, pipe.unet.dtype
@@ -134,36 +178,67 @@ class Txt2ImgRun:
         latents = initial_latents(request, seeds, subseeds, self.model.vae_scale_factor)
         pipe.scheduler = samplers.build_scheduler(self.sampler, self.schedule,
                                                   self.model.scheduler_config, seeds[0])
+        first_cond, first_uncond = cond.at(1), uncond.at(1)
+        switching = not (cond.is_constant and uncond.is_constant)
+        tensor_inputs = ["latents"] + (["prompt_embeds"] if switching else [])
         kwargs = dict(
-            prompt_embeds=cond.embeds.expand(count, -1, -1),
-            negative_prompt_embeds=uncond.embeds.expand(count, -1, -1),
+            prompt_embeds=first_cond.embeds.expand(count, -1, -1),
+            negative_prompt_embeds=first_uncond.embeds.expand(count, -1, -1),
             num_inference_steps=request.steps, guidance_scale=request.cfg_scale,
             width=request.width, height=request.height,
             latents=latents.to(device, dtype), generator=step_generators(seeds),
-            callback_on_step_end=self._callback(batch),
-            callback_on_step_end_tensor_inputs=["latents"], output_type="pil",
+            callback_on_step_end=self._callback(batch, cond, uncond, count),
+            output_type="latent",
         )
         if self.model.is_sdxl:
-            kwargs["pooled_prompt_embeds"] = cond.pooled.expand(count, -1)
-            kwargs["negative_pooled_prompt_embeds"] = uncond.pooled.expand(count, -1)
+            kwargs["pooled_prompt_embeds"] = first_cond.pooled.expand(count, -1)
+            kwargs["negative_pooled_prompt_embeds"] = first_uncond.pooled.expand(count, -1)
+            if switching:
+                tensor_inputs.append("add_text_embeds")
+        kwargs["callback_on_step_end_tensor_inputs"] = tensor_inputs
         with torch.inference_mode():
-            return list(pipe(**kwargs).images)
+            latents = pipe(**kwargs).images
+            images = decode(pipe.vae, latents)
+            return list(pipe.image_processor.postprocess(images, output_type="pil"))
 
-    def _callback(self, batch: int):
+    def _callback(self, batch: int, cond: ScheduledConditioning, uncond: ScheduledConditioning,
+                  count: int):
         job, every, family = self.job, self.policy.preview_every, self.model.family
-        n_iter = self.request.n_iter
+        n_iter, steps, is_sdxl = self.request.n_iter, self.request.steps, self.model.is_sdxl
+        switching = not (cond.is_constant and uncond.is_constant)
 
-        def on_step_end(pipe, step: int, timestep, tensors: dict) -> dict:
-            if step == 0:
+        def on_step_end(pipe, index: int, timestep, tensors: dict) -> dict:
+            if index == 0:
                 # Second-order samplers call the model more often than `steps`: use the real count.
                 self._batch_steps = max(1, pipe.num_timesteps)
                 job.set_total(self._batch_steps * n_iter)
                 job.step = batch * self._batch_steps
             job.advance()
-            if every and (step + 1) % every == 0 and "latents" in tensors:
+            if every and (index + 1) % every == 0 and "latents" in tensors:
                 job.set_preview(latents_to_rgb(tensors["latents"][:1], family)[0])
+            if switching:
+                # Prompt editing: the sampling step that runs next, counted in the user's steps.
+                this_step = index * steps // self._batch_steps + 1
+                next_step = (index + 1) * steps // self._batch_steps + 1
+                if cond.at(next_step) is not cond.at(this_step) or \
+                        uncond.at(next_step) is not uncond.at(this_step):
+                    _switch_conditioning(pipe, tensors, cond.at(next_step), uncond.at(next_step),
+                                         count, is_sdxl)
             if job.should_stop_sampling:
                 pipe._interrupt = True
             return tensors
 
         return on_step_end
+
+
+def _switch_conditioning(pipe, tensors: dict, cond, uncond, count: int, is_sdxl: bool) -> None:
+    """Replace the embeddings the pipeline uses from the next step on (negative first, with CFG)."""
+    embeds = cond.embeds.expand(count, -1, -1)
+    if pipe.do_classifier_free_guidance:
+        embeds = torch.cat([uncond.embeds.expand(count, -1, -1), embeds])
+    tensors["prompt_embeds"] = embeds.to(tensors["prompt_embeds"].dtype)
+    if is_sdxl:
+        pooled = cond.pooled.expand(count, -1)
+        if pipe.do_classifier_free_guidance:
+            pooled = torch.cat([uncond.pooled.expand(count, -1), pooled])
+        tensors["add_text_embeds"] = pooled.to(tensors["add_text_embeds"].dtype)

@@ -104,6 +104,7 @@ def request_fields(text: str) -> dict[str, Any]:
         "Steps": ("steps", int), "Sampler": ("sampler_name", str), "Schedule type": ("scheduler", str),
         "CFG scale": ("cfg_scale", float), "Seed": ("seed", int), "Variation seed": ("subseed", int),
         "Variation seed strength": ("subseed_strength", float),
+        "Clip skip": ("clip_skip", int), "Emphasis": ("emphasis", str),
     }
     for key, (name, kind) in simple.items():
         if key in params:

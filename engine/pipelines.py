@@ -16,6 +16,7 @@ from .devices import DeviceConfig, free_memory
 from .errors import CheckpointError, NoModelError
 from .loading import CONFIG_ROOT, check_loadable, load_checkpoint
 from .models import CheckpointInfo, ModelRegistry
+from .vae import load_vae_file
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,29 @@ class LoadedModel:
     # The scheduler config the checkpoint came with: every job's scheduler is built from it, so
     # a sampler choice never leaks into the next job.
     scheduler_config: dict
+    config_root: Path | None = None
     _derived: dict[str, Any] = field(default_factory=dict)
+    vae_file: Any = None         # the VaeFile in use, None for the checkpoint's own
+    _own_vae: Any = None
+
+    def use_vae(self, choice: str, library) -> Any:
+        """Put the chosen VAE into this model's pipelines; returns its VaeFile or None."""
+        wanted = library.resolve(choice, self.info.path)
+        if self._own_vae is None:
+            self._own_vae = self.base.vae
+        if wanted is None:
+            self._set_vae(self._own_vae)
+        elif self.vae_file is None or self.vae_file.path != wanted.path:
+            module = load_vae_file(wanted, self.config_root / self.family, self._own_vae.dtype,
+                                   self._own_vae.device)
+            self._set_vae(module)
+        self.vae_file = wanted
+        return wanted
+
+    def _set_vae(self, module) -> None:
+        # Pipelines made with from_pipe hold their own reference to the VAE: update them all.
+        for pipe in [self.base, *self._derived.values()]:
+            pipe.vae = module
 
     @property
     def vae_scale_factor(self) -> int:
@@ -106,7 +129,7 @@ class ModelManager:
         log.info("loading checkpoint %s", info.title)
         loaded = load_checkpoint(info, self.device, self.config_root, self.allow_unsafe)
         config = dict(loaded.pipe.scheduler.config)
-        return LoadedModel(info, loaded.family, loaded.pipe, config)
+        return LoadedModel(info, loaded.family, loaded.pipe, config, config_root=self.config_root)
 
     def _restore(self, info: CheckpointInfo) -> None:
         try:

@@ -13,6 +13,7 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from . import samplers
+from .conditioning import EMPHASIS_MODES
 from .errors import RequestError
 
 MAX_SEED = 2**32 - 1
@@ -24,6 +25,7 @@ MIN_CFG, MAX_CFG = 1.0, 30.0
 # Far beyond any useful prompt (the tokenizer would make hundreds of 75-token chunks); a guard
 # against pasting a file into the box, not a creative limit.
 MAX_PROMPT_CHARS = 20_000
+MAX_CLIP_SKIP = 12
 
 MODES = ("txt2img",)
 
@@ -46,6 +48,11 @@ class GenerationRequest:
     height: int = 512
     batch_size: int = 1
     n_iter: int = 1
+    styles: tuple[str, ...] = ()
+    # 0 / "" mean "as in the settings"; Engine.submit fills them in, so a queued job is fixed.
+    clip_skip: int = 0
+    emphasis: str = ""
+    vae: str = ""
     save_images: bool = True
     save_grid: bool = True
     # Per-extension options: {extension name: {field: value}}.
@@ -79,6 +86,14 @@ class GenerationRequest:
             if value > 0:
                 _check_size(value, name)
         samplers.resolve(self.sampler_name, self.scheduler)
+        _check_int(self.clip_skip, "clip_skip", 0, MAX_CLIP_SKIP)
+        if self.emphasis not in ("",) + EMPHASIS_MODES:
+            raise RequestError(f"Unknown emphasis mode '{self.emphasis}'. Choose one of: "
+                               f"{', '.join(EMPHASIS_MODES)}", "emphasis")
+        if isinstance(self.styles, str) or not all(isinstance(s, str) for s in self.styles):
+            raise RequestError("styles must be a list of style names", "styles")
+        if not isinstance(self.vae, str):
+            raise RequestError("vae must be a VAE name", "vae")
         return self
 
     @property

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from .conditioning import EMPHASIS_MODES
 from .errors import RequestError
 from .outputs import write_atomically
 
@@ -73,6 +74,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("samples_format", "png", "File format for images", "Saving images", choices=("png",)),
     Option("grid_save", True, "Always save all generated image grids", "Saving images"),
     Option("sd_model_checkpoint", "", "Stable Diffusion checkpoint", "Stable Diffusion"),
+    # Which VAE: "Automatic", "None" or a file in models/VAE (checked against the files on disk).
+    Option("sd_vae", "Automatic", "SD VAE", "Stable Diffusion"),
+    Option("CLIP_stop_at_last_layers", 1, "Clip skip", "Stable Diffusion", minimum=1, maximum=12),
+    Option("emphasis", "Original", "Emphasis mode", "Stable Diffusion",
+           choices=EMPHASIS_MODES),
     Option("live_previews_enable", True, "Show live previews of the image being made", "Live previews"),
     Option("show_progress_every_n_steps", 5, "Live preview every N sampling steps", "Live previews",
            minimum=1, maximum=100),

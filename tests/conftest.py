@@ -21,6 +21,7 @@ from transformers import CLIPTokenizer  # noqa: E402
 
 torch.set_num_threads(1)
 
+from engine.addons import AddOns  # noqa: E402
 from engine.devices import DeviceConfig  # noqa: E402
 from engine.engine import Engine  # noqa: E402
 from engine.models import HashCache, ModelRegistry  # noqa: E402
@@ -74,10 +75,12 @@ def tiny_models(tmp_path_factory) -> TinyModels:
 
 def make_engine(tiny_models: TinyModels, data_dir: Path, checkpoint: str | None = "tiny-sd1",
                 allow_unsafe: bool = False) -> Engine:
-    registry = ModelRegistry([tiny_models.models_dir], HashCache(data_dir / "cache.json"))
+    hashes = HashCache(data_dir / "cache.json")
+    registry = ModelRegistry([tiny_models.models_dir], hashes)
     models = ModelManager(registry, DeviceConfig.choose(use_cpu=True),
                           config_root=tiny_models.config_root, allow_unsafe=allow_unsafe)
-    engine = Engine(models, OutputWriter(data_dir / "outputs"), Settings(data_dir / "config.json"))
+    engine = Engine(models, OutputWriter(data_dir / "outputs"), Settings(data_dir / "config.json"),
+                    AddOns.in_data_dir(data_dir, hashes))
     if checkpoint:
         engine.load_checkpoint(checkpoint).outcome()
     return engine

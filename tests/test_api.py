@@ -142,7 +142,10 @@ def test_progress_and_interrupt(api):
     ({"sampler_name": "Nope"}, 400, "sampler_name", "Sampler not found"),
     ({"scheduler": "Wobbly"}, 422, "scheduler", "Unknown schedule type"),
     ({"prompt": "x" * 20001}, 422, "prompt", "too long"),
-    ({"styles": ["Cinematic"]}, 422, "styles", "not available"),
+    ({"styles": ["Cinematic"]}, 422, "styles", "Unknown style 'Cinematic'"),
+    ({"enable_hr": True}, 422, "enable_hr", "not available"),
+    ({"override_settings": {"samples_save": False}}, 422, "override_settings", "cannot be overridden"),
+    ({"override_settings": {"CLIP_stop_at_last_layers": 40}}, 422, "clip_skip", "between 0 and 12"),
 ])
 def test_bad_input_names_the_field(api, body, status, field, words):
     response = api.post("/txt2img", json={**SMALL, **body})

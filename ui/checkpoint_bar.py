@@ -36,6 +36,7 @@ def build(ctx: UIContext) -> dict:
                                scale=6, allow_custom_value=False)
         refresh = gr.Button(REFRESH, elem_id="sd_checkpoint_refresh", scale=0, min_width=40,
                             elem_classes=["tool"])
+        quick = _quick_settings(ctx)
         status = gr.Markdown("", elem_id="sd_checkpoint_status")
     with gr.Group(visible=False, elem_id="no_model_notice") as notice:
         gr.Markdown(no_model_text(ctx), elem_id="no_model_text")
@@ -43,9 +44,13 @@ def build(ctx: UIContext) -> dict:
 
     def refreshed():
         ctx.registry.refresh()
+        ctx.engine.addons.vaes.refresh()
         titles = ctx.registry.titles()
         return {dropdown: gr.update(choices=titles, value=_current_title(ctx)),
-                notice: gr.update(visible=not titles and ctx.models.current is None)}
+                notice: gr.update(visible=not titles and ctx.models.current is None),
+                quick["sd_vae"]: gr.update(choices=ctx.engine.addons.vaes.choices(),
+                                           value=ctx.settings["sd_vae"]),
+                quick["CLIP_stop_at_last_layers"]: ctx.settings["CLIP_stop_at_last_layers"]}
 
     def on_page_load():
         """Show the list at once; if a checkpoint is still loading, say so and update when done."""
@@ -78,11 +83,33 @@ def build(ctx: UIContext) -> dict:
                                                    value=_current_title(ctx))}
 
     private = {"api_visibility": "private"}
-    refresh.click(refreshed, outputs=[dropdown, notice], queue=False, **private)
+    refresh.click(refreshed, outputs=[dropdown, notice, *quick.values()], queue=False, **private)
     dropdown.input(switch, inputs=dropdown, outputs=[status, dropdown], concurrency_id="generate",
                    concurrency_limit=32, show_progress="hidden", **private)
     return {"dropdown": dropdown, "notice": notice, "status": status, "on_load": on_page_load,
-            "download": download}
+            "download": download, "quick": quick}
+
+
+def _quick_settings(ctx: UIContext) -> dict:
+    """The settings people change all the time, beside the checkpoint: VAE and clip skip."""
+    settings = ctx.settings
+    vae = gr.Dropdown(ctx.engine.addons.vaes.choices(), value=settings["sd_vae"], label="SD VAE",
+                      elem_id="sd_vae", scale=3)
+    clip_skip = gr.Slider(1, 12, step=1, value=settings["CLIP_stop_at_last_layers"], label="Clip skip",
+                          elem_id="clip_skip", scale=2)
+
+    def store(key: str):
+        def handler(value):
+            try:
+                settings.update({key: value})
+            except UserError as error:
+                gr.Warning(error.message)
+        return handler
+
+    vae.input(store("sd_vae"), inputs=vae, queue=False, api_visibility="private")
+    clip_skip.release(store("CLIP_stop_at_last_layers"), inputs=clip_skip, queue=False,
+                      api_visibility="private")
+    return {"sd_vae": vae, "CLIP_stop_at_last_layers": clip_skip}
 
 
 def _download_offer(ctx: UIContext) -> dict:

@@ -8,7 +8,7 @@ import gradio as gr
 
 from engine.version import VERSION
 
-from . import checkpoint_bar, txt2img_tab
+from . import checkpoint_bar, settings_tab, txt2img_tab
 from .context import UIContext
 
 ASSETS = Path(__file__).parent / "assets"
@@ -21,14 +21,18 @@ def build_app(ctx: UIContext) -> gr.Blocks:
         with gr.Tabs(elem_id="tabs"):
             with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
                 txt2img_tab.build(ctx)
+            with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
+                settings_values, settings_components = settings_tab.build(ctx)
         gr.Markdown(f"SD Studio {VERSION}", elem_id="footer_version")
         _on_page_load(blocks, ctx, bar)
+        blocks.load(settings_values, outputs=settings_components, queue=False, api_visibility="private")
     return blocks
 
 
 def _on_page_load(blocks: gr.Blocks, ctx: UIContext, bar: dict) -> None:
     """Every page load sees the current checkpoint list, and the no-model notice if it applies."""
-    blocks.load(bar["on_load"], outputs=[bar["dropdown"], bar["notice"], bar["status"]],
+    outputs = [bar["dropdown"], bar["notice"], bar["status"], *bar["quick"].values()]
+    blocks.load(bar["on_load"], outputs=outputs,
                 concurrency_id="page_load", concurrency_limit=None, api_visibility="private",
                 show_progress="hidden")
     check = bar["download"]["check"]

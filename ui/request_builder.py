@@ -33,6 +33,7 @@ def request_from_ui(values: dict[str, Any], mode: str = "txt2img") -> Generation
         "sampler_name": values["sampler_name"],
         "scheduler": values.get("scheduler") or "Automatic",
         "cfg_scale": values["cfg_scale"],
+        "styles": tuple(values.get("styles") or ()),
     }
     for name in INT_FIELDS:
         if name in values:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import html
+
 import gradio as gr
 
 from engine.errors import UserError
 
-from . import widgets
+from . import prompt_tools, widgets
 from .context import UIContext
 from .progress_view import poll
 from .request_builder import named_values, request_from_ui
@@ -18,9 +20,12 @@ def build(ctx: UIContext) -> dict[str, gr.components.Component]:
     last_seeds = gr.State({})
     with gr.Row(equal_height=False):
         with gr.Column(scale=6):
-            controls = widgets.prompt_boxes(TAB)
+            controls, counters = widgets.prompt_boxes(TAB)
         with gr.Column(scale=1, min_width=160):
             buttons = widgets.action_buttons(TAB)
+            controls["styles"] = prompt_tools.styles_row(ctx, TAB, controls["prompt"],
+                                                         controls["negative_prompt"])
+    prompt_tools.lora_browser(ctx, TAB, controls["prompt"])
     with gr.Row(equal_height=False):
         with gr.Column(scale=1):
             controls.update(widgets.sampler_row(TAB))
@@ -28,6 +33,7 @@ def build(ctx: UIContext) -> dict[str, gr.components.Component]:
             controls.update(widgets.seed_row(TAB, last_seeds))
         with gr.Column(scale=1):
             results = widgets.results_panel(TAB)
+    prompt_tools.token_counters(ctx, {k: controls[k] for k in counters}, counters, controls["steps"])
 
     _wire_generate(ctx, controls, buttons, results, last_seeds)
     _wire_stop_buttons(ctx, buttons)
@@ -78,7 +84,8 @@ def _wire_generate(ctx: UIContext, controls: dict, buttons: dict, results: dict,
             return
         result = job.result
         items = result.gallery()
-        note = "Interrupted: showing what was made so far." if result.interrupted else ""
+        notes = (["Interrupted: showing what was made so far."] if result.interrupted else [])
+        note = "  \n".join(notes + [f"Note: {html.escape(w)}" for w in result.warnings])
         yield {
             progress: "",
             gallery: [image for image, _ in items],

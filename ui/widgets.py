@@ -18,13 +18,16 @@ SWAP = "\u21C5"          # swap width and height
 REFRESH = "\U0001F504"
 
 
-def prompt_boxes(tab: str) -> dict[str, gr.components.Component]:
-    prompt = gr.Textbox(label="Prompt", lines=3, max_lines=20, elem_id=f"{tab}_prompt",
-                        placeholder="Prompt (Ctrl+Enter to generate)", elem_classes=["prompt"])
-    negative = gr.Textbox(label="Negative prompt", lines=2, max_lines=20,
-                          elem_id=f"{tab}_neg_prompt", placeholder="Negative prompt",
-                          elem_classes=["prompt"])
-    return {"prompt": prompt, "negative_prompt": negative}
+def prompt_boxes(tab: str) -> tuple[dict[str, gr.components.Component], dict[str, gr.HTML]]:
+    """The prompt and negative prompt boxes, each with a token counter (wired by the tab)."""
+    boxes, counters = {}, {}
+    for name, label, lines in (("prompt", "Prompt", 3), ("negative_prompt", "Negative prompt", 2)):
+        placeholder = f"{label} (Ctrl+Enter to generate)" if name == "prompt" else label
+        elem = f"{tab}_prompt" if name == "prompt" else f"{tab}_neg_prompt"
+        counters[name] = gr.HTML("", elem_id=f"{elem}_token_counter", elem_classes=["token-counter-box"])
+        boxes[name] = gr.Textbox(label=label, lines=lines, max_lines=20, elem_id=elem,
+                                 placeholder=placeholder, elem_classes=["prompt"])
+    return boxes, counters
 
 
 def sampler_row(tab: str) -> dict[str, gr.components.Component]:

@@ -91,11 +91,45 @@ def build_router(ctx: UIContext, auth_dependency) -> APIRouter:
         if wanted is not None and not isinstance(wanted, str):
             raise RequestError("sd_model_checkpoint must be text", "sd_model_checkpoint")
         settings.validate(changes)  # refuse the whole change if any value is bad
+        if "sd_vae" in changes:
+            engine.addons.vaes.check_choice(changes["sd_vae"])
         rest = {k: v for k, v in changes.items() if k != "sd_model_checkpoint"}
         if wanted:
             engine.load_checkpoint(wanted, owner="api").outcome()
         if rest:
             settings.update(rest)
+
+    addons = engine.addons
+
+    @router.get("/loras")
+    def loras() -> list[dict]:
+        return [{"name": lora.name, "alias": lora.alias, "path": lora.path, "metadata": {}}
+                for lora in addons.loras.files]
+
+    @router.post("/refresh-loras")
+    def refresh_loras() -> None:
+        addons.loras.refresh()
+
+    @router.get("/embeddings")
+    def embeddings() -> dict:
+        return addons.embeddings.api_listing(engine.models.current)
+
+    @router.post("/refresh-embeddings")
+    def refresh_embeddings() -> None:
+        addons.embeddings.refresh()
+
+    @router.get("/prompt-styles")
+    def prompt_styles() -> list[dict]:
+        return [{"name": s.name, "prompt": s.prompt, "negative_prompt": s.negative_prompt}
+                for s in addons.styles.styles()]
+
+    @router.get("/sd-vae")
+    def sd_vae() -> list[dict]:
+        return [{"model_name": v.name, "filename": v.path} for v in addons.vaes.files]
+
+    @router.post("/refresh-vae")
+    def refresh_vae() -> None:
+        addons.vaes.refresh()
 
     @router.get("/cmd-flags")
     def cmd_flags() -> dict[str, Any]:

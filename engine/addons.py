@@ -1,0 +1,37 @@
+"""The add-ons a generation can use besides the checkpoint: LoRAs, embeddings, VAEs, styles.
+
+Made once by app.py from the data folder and handed to the engine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .embeddings import EmbeddingLibrary
+from .lora import LoraLibrary
+from .models import HashCache
+from .styles import StyleStore
+from .vae import VaeLibrary
+
+
+@dataclass(frozen=True)
+class AddOns:
+    loras: LoraLibrary
+    embeddings: EmbeddingLibrary
+    vaes: VaeLibrary
+    styles: StyleStore
+
+    @classmethod
+    def in_data_dir(cls, data_dir: Path, hashes: HashCache) -> "AddOns":
+        """The ecosystem's folders: models/Lora, models/embeddings (and the older embeddings/),
+        models/VAE and styles.csv."""
+        models = Path(data_dir) / "models"
+        for name in ("Lora", "embeddings", "VAE"):
+            (models / name).mkdir(parents=True, exist_ok=True)
+        return cls(
+            loras=LoraLibrary(models / "Lora", hashes),
+            embeddings=EmbeddingLibrary([models / "embeddings", Path(data_dir) / "embeddings"]),
+            vaes=VaeLibrary(models / "VAE", hashes),
+            styles=StyleStore(Path(data_dir) / "styles.csv"),
+        )

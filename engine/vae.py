@@ -1,0 +1,135 @@
+"""VAEs: choosing one from models/VAE, and decoding latents without black images.
+
+The choice is "Automatic" (a VAE file named like the checkpoint, e.g. model.vae.safetensors
+beside model.safetensors or in models/VAE, else the checkpoint's own), "None" (the checkpoint's
+own) or a file name. An fp16 VAE that overflows to NaN is switched to fp32 for the rest of the
+session and the decode is repeated, rather than returning a black image.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import CheckpointError, NotFoundError
+from .models import HashCache
+
+log = logging.getLogger(__name__)
+
+AUTOMATIC, NONE = "Automatic", "None"
+VAE_SUFFIXES = (".safetensors",)
+
+
+@dataclass(frozen=True)
+class VaeFile:
+    name: str  # file name with suffix, as the ecosystem lists it ("vae-ft-mse-840000.safetensors")
+    path: str
+
+    @property
+    def model_name(self) -> str:
+        return Path(self.name).stem
+
+
+class VaeLibrary:
+    def __init__(self, folder: Path, hashes: HashCache):
+        self.folder = Path(folder)
+        self.hashes = hashes
+        self._lock = threading.Lock()
+        self._files: list[VaeFile] = []
+        self.refresh()
+
+    def refresh(self) -> list[VaeFile]:
+        found = []
+        if self.folder.is_dir():
+            for root, dirs, files in os.walk(self.folder, followlinks=True):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                for file in sorted(files):
+                    if file.lower().endswith(VAE_SUFFIXES) and not file.startswith("."):
+                        path = Path(root) / file
+                        found.append(VaeFile(path.relative_to(self.folder).as_posix(), str(path)))
+        with self._lock:
+            self._files = sorted(found, key=lambda v: v.name.lower())
+        return self.files
+
+    @property
+    def files(self) -> list[VaeFile]:
+        with self._lock:
+            return list(self._files)
+
+    def choices(self) -> list[str]:
+        return [AUTOMATIC, NONE] + [v.name for v in self.files]
+
+    def check_choice(self, choice: str) -> str:
+        if choice in ("", AUTOMATIC, NONE) or self.find(choice):
+            return choice or AUTOMATIC
+        raise NotFoundError(f"VAE not found: '{choice}'. Available: {', '.join(self.choices())}",
+                            "sd_vae")
+
+    def short_hash(self, vae: VaeFile) -> str:
+        return self.hashes.sha256(Path(vae.path))[:10]
+
+    def find(self, name: str) -> VaeFile | None:
+        for vae in self.files:
+            if name in (vae.name, vae.model_name, vae.path):
+                return vae
+        return None
+
+    def resolve(self, choice: str, checkpoint_path: str) -> VaeFile | None:
+        """The file a choice means for this checkpoint; None means the checkpoint's own VAE."""
+        if choice == NONE:
+            return None
+        if choice not in ("", AUTOMATIC):
+            found = self.find(choice)
+            if found is None:
+                raise NotFoundError(f"VAE not found: '{choice}'", "sd_vae")
+            return found
+        if not checkpoint_path:
+            return None
+        stem = Path(checkpoint_path).with_suffix("")
+        for candidate in (stem.parent / f"{stem.name}.vae.safetensors",
+                          self.folder / f"{stem.name}.vae.safetensors",
+                          self.folder / f"{stem.name}.safetensors"):
+            if candidate.is_file():
+                return VaeFile(candidate.name, str(candidate))
+        return None
+
+
+def load_vae_file(vae: VaeFile, config_dir: Path, dtype: torch.dtype, device: torch.device):
+    from diffusers import AutoencoderKL
+
+    try:
+        model = AutoencoderKL.from_single_file(vae.path, config=str(config_dir), subfolder="vae",
+                                               local_files_only=True, dtype=dtype)
+    except Exception as error:
+        raise CheckpointError(f"Could not load VAE '{vae.name}': {str(error).splitlines()[0][:200]}",
+                              "sd_vae") from error
+    return model.to(device)
+
+
+def _scaled(vae, latents: torch.Tensor) -> torch.Tensor:
+    config = vae.config
+    mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
+    if mean is not None and std is not None:
+        mean = torch.tensor(mean, device=latents.device, dtype=latents.dtype).view(1, -1, 1, 1)
+        std = torch.tensor(std, device=latents.device, dtype=latents.dtype).view(1, -1, 1, 1)
+        return latents * std / config.scaling_factor + mean
+    shift = getattr(config, "shift_factor", None) or 0.0
+    return latents / config.scaling_factor + shift
+
+
+@torch.no_grad()
+def decode(vae, latents: torch.Tensor) -> torch.Tensor:
+    """Latents to images in [-1, 1]. Upcasts to fp32 when the VAE asks for it or overflows."""
+    wants_fp32 = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
+    if not wants_fp32:
+        images = vae.decode(_scaled(vae, latents.to(vae.dtype)), return_dict=False)[0]
+        if not torch.isnan(images).any():
+            return images
+        log.warning("The VAE produced NaNs in %s; decoding in fp32 from now on.", vae.dtype)
+    vae.to(torch.float32)
+    return vae.decode(_scaled(vae, latents.float()), return_dict=False)[0]
