@@ -82,8 +82,6 @@ OPTIONS: tuple[Option, ...] = (
     Option("live_previews_enable", True, "Show live previews of the image being made", "Live previews"),
     Option("show_progress_every_n_steps", 5, "Live preview every N sampling steps", "Live previews",
            minimum=1, maximum=100),
-    Option("send_seed", True, "Send seed when sending prompt or image to other interface", "User interface"),
-    Option("send_size", True, "Send size when sending prompt or image to other interface", "User interface"),
 )
 
 
@@ -131,6 +129,12 @@ class Settings:
                 return self._values[key]
         return self.options[key].default
 
+    def _current(self, key: str) -> Any:
+        if key in self._values:
+            return self._values[key]
+        option = self.options.get(key)
+        return option.default if option else object()
+
     def as_dict(self) -> dict[str, Any]:
         with self._lock:
             values = {key: option.default for key, option in self.options.items()}
@@ -146,7 +150,7 @@ class Settings:
         """Validate all, then apply all and save; returns the keys whose value changed."""
         coerced = self.validate(changes)
         with self._lock:
-            changed = [key for key, value in coerced.items() if self._values.get(key, object()) != value]
+            changed = [key for key, value in coerced.items() if self._current(key) != value]
             self._values.update(coerced)
             self._save_locked()
         return changed

@@ -98,13 +98,21 @@ def engine(tiny_models, tmp_path_factory):
 def demo_server(tmp_path_factory, tiny_models):
     """`app.py --demo --api` on 127.0.0.1, shared by the API and browser tests.
 
-    Its models folder also holds a tiny diffusers-format model, "tiny-folder", to switch to.
+    Its models folder also holds a tiny diffusers-format model, "tiny-folder", to switch to, and
+    a LoRA for the demo model, "glowing-edges".
     Tests that switch must switch back to the demo model.
     """
     from tests.support.server import AppServer
 
+    from engine.loading import CONFIG_ROOT
+    from engine.tiny_models import build_demo_pipeline
+    from tests.support.lora_files import write_kohya_lora
+
     data = tmp_path_factory.mktemp("demo-server")
     tiny_models.reference_pipeline("sd1").save_pretrained(data / "models" / "Stable-diffusion" / "tiny-folder")
+    (data / "models" / "Lora").mkdir(parents=True)
+    write_kohya_lora(build_demo_pipeline(CONFIG_ROOT / "sd1" / "tokenizer"),
+                     data / "models" / "Lora" / "glowing-edges.safetensors")
     with AppServer(data, "--demo", "--api") as server:
         yield server
 

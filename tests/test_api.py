@@ -189,3 +189,43 @@ def test_switching_checkpoints_through_options(api):
     finally:
         api.post("/options", json={"sd_model_checkpoint": "demo-tiny"})
     assert api.get("/options").json()["sd_model_checkpoint"].startswith("demo-tiny")
+
+
+def test_loras_embeddings_styles_and_vaes_are_listed(api, demo_server):
+    loras = api.get("/loras").json()
+    assert [lora["name"] for lora in loras] == ["glowing-edges"]
+    assert set(loras[0]) >= {"name", "alias", "path", "metadata"}
+    assert api.post("/refresh-loras").status_code == 200
+    assert api.get("/embeddings").json() == {"loaded": {}, "skipped": {}}
+    assert api.get("/sd-vae").json() == []
+    assert api.post("/refresh-vae").status_code == 200
+    (demo_server.data_dir / "styles.csv").write_text(
+        "name,prompt,negative_prompt\nNoir,\"{prompt}, black and white\",color\n")
+    assert api.get("/prompt-styles").json() == [
+        {"name": "Noir", "prompt": "{prompt}, black and white", "negative_prompt": "color"}]
+
+
+def test_styles_loras_and_override_settings_in_txt2img(api, demo_server):
+    (demo_server.data_dir / "styles.csv").write_text(
+        "name,prompt,negative_prompt\nNoir,\"{prompt}, black and white\",color\n")
+    styled = api.post("/txt2img", json={**SMALL, "seed": 4, "styles": ["Noir"]}).json()
+    info = json.loads(styled["info"])
+    assert info["prompt"] == "a cat, black and white" and info["negative_prompt"] == "color"
+    assert info["styles"] == ["Noir"]
+
+    plain = api.post("/txt2img", json={**SMALL, "seed": 4}).json()
+    lora = api.post("/txt2img", json={**SMALL, "seed": 4,
+                                      "prompt": "a cat <lora:glowing-edges:1>"}).json()
+    assert lora["images"] != plain["images"]
+    assert "Lora hashes: \"glowing-edges: " in json.loads(lora["info"])["infotexts"][0]
+    missing = api.post("/txt2img", json={**SMALL, "seed": 4, "prompt": "a cat <lora:nope:1>"}).json()
+    assert json.loads(missing["info"])["warnings"] == ["LoRA not found: nope"]
+    assert decode(missing["images"][0]).tobytes() == decode(plain["images"][0]).tobytes()
+
+    skipped = api.post("/txt2img", json={**SMALL, "seed": 4,
+                                         "override_settings": {"CLIP_stop_at_last_layers": 2}}).json()
+    text = json.loads(skipped["info"])["infotexts"][0]
+    assert "Clip skip: 2" in text and skipped["images"] != plain["images"]
+    assert api.get("/options").json()["CLIP_stop_at_last_layers"] == 1, "only for that request"
+    again = api.post("/txt2img", json={"infotext": text}).json()
+    assert again["images"] == skipped["images"], "the infotext carries the clip skip"

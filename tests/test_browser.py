@@ -113,3 +113,54 @@ def test_switch_checkpoint_from_the_dropdown(page, demo_server):
         page.get_by_role("option", name="demo-tiny (built-in demo)").click()
         page.wait_for_function(
             "() => document.querySelector('#sd_checkpoint input').value.startsWith('demo-tiny')")
+
+
+def test_token_counter_follows_the_typing(page, demo_server):
+    page.goto(demo_server.url)
+    box = page.locator("#txt2img_prompt textarea")
+    box.fill("a photo of a cat")
+    counter = page.locator("#txt2img_prompt_token_counter")
+    counter.get_by_text("5/75").wait_for()
+    box.fill(", ".join(["a red cat"] * 30))
+    counter.get_by_text("/150").wait_for()
+
+
+def test_lora_browser_inserts_the_tag_and_the_lora_is_used(page, demo_server):
+    prepare_small_job(page, demo_server.url, "a cat")
+    page.locator("#txt2img_lora_browser").get_by_text("LoRA", exact=True).click()
+    page.locator("#txt2img_lora_search input, #txt2img_lora_search textarea").fill("glow")
+    page.locator("#txt2img_lora_list").get_by_text("glowing-edges").click()
+    page.wait_for_function(
+        "() => document.querySelector('#txt2img_prompt textarea').value === 'a cat <lora:glowing-edges:1>'")
+    page.click("#txt2img_generate")
+    assert 'Lora hashes: "glowing-edges: ' in wait_for_infotext(page, "Lora hashes")
+
+
+def test_save_a_style_then_use_it(page, demo_server):
+    prepare_small_job(page, demo_server.url, "{prompt}, in the rain")
+    page.locator("#txt2img_style_save_box").get_by_text("Save prompts as a style").click()
+    page.locator("#txt2img_style_name input, #txt2img_style_name textarea").fill("Rainy")
+    page.click("#txt2img_style_save")
+    page.locator("#txt2img_style_note").get_by_text("Saved style").wait_for()
+    assert "Rainy" in (demo_server.data_dir / "styles.csv").read_text()
+    page.locator("#txt2img_prompt textarea").fill("a lamp post")
+    page.locator("#txt2img_styles input").click()
+    page.get_by_role("option", name="Rainy").click()
+    page.click("#txt2img_generate")
+    assert wait_for_infotext(page, "in the rain").startswith("a lamp post, in the rain\n")
+
+
+def test_settings_tab_applies_and_persists(page, demo_server):
+    page.goto(demo_server.url)
+    page.get_by_role("tab", name="Settings").click()
+    emphasis = page.locator("#setting_emphasis input")
+    emphasis.click()
+    page.get_by_role("option", name="No norm").click()
+    page.click("#settings_apply")
+    page.locator("#settings_result").get_by_text("Saved 1 setting").wait_for()
+    import httpx
+    options = httpx.get(demo_server.url + "/sdapi/v1/options").json()
+    try:
+        assert options["emphasis"] == "No norm"
+    finally:
+        httpx.post(demo_server.url + "/sdapi/v1/options", json={"emphasis": "Original"})

@@ -12,8 +12,9 @@ def test_defaults_then_update_persists(tmp_path):
     path = tmp_path / "config.json"
     settings = Settings(path)
     assert settings["samples_save"] is True
-    changed = settings.update({"samples_save": False, "show_progress_every_n_steps": 3})
-    assert set(changed) == {"samples_save", "show_progress_every_n_steps"}
+    changed = settings.update({"samples_save": False, "show_progress_every_n_steps": 3,
+                               "grid_save": True})
+    assert set(changed) == {"samples_save", "show_progress_every_n_steps"}  # grid_save was already on
     again = Settings(path)
     assert again["samples_save"] is False and again["show_progress_every_n_steps"] == 3
 

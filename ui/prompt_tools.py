@@ -40,16 +40,16 @@ def token_counters(ctx: UIContext, boxes: dict, counters: dict, steps: gr.Slider
 def styles_row(ctx: UIContext, tab: str, prompt: gr.Textbox, negative: gr.Textbox) -> gr.Dropdown:
     """A multi-select of saved styles, and a way to save the current prompts as a new one."""
     store = ctx.engine.addons.styles
-    with gr.Row():
+    with gr.Row(equal_height=False):
         styles = gr.Dropdown(store.names(), value=[], multiselect=True, label="Styles",
                              elem_id=f"{tab}_styles", scale=6)
         refresh = gr.Button("\U0001F504", elem_id=f"{tab}_styles_refresh", scale=0, min_width=40,
                             elem_classes=["tool"])
-    with gr.Accordion("Save prompts as a style", open=False, elem_id=f"{tab}_style_save_box"):
-        with gr.Row():
-            name = gr.Textbox(label="Style name", elem_id=f"{tab}_style_name", scale=4)
-            save = gr.Button("Save style", elem_id=f"{tab}_style_save", scale=1)
-        note = gr.Markdown("", elem_id=f"{tab}_style_note")
+        with gr.Accordion("Save prompts as a style", open=False, elem_id=f"{tab}_style_save_box"):
+            with gr.Row():
+                name = gr.Textbox(label="Style name", elem_id=f"{tab}_style_name", scale=4)
+                save = gr.Button("Save style", elem_id=f"{tab}_style_save", scale=1)
+            note = gr.Markdown("", elem_id=f"{tab}_style_note")
 
     def refreshed(chosen: list[str]):
         names = store.names()

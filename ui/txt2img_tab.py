@@ -23,8 +23,8 @@ def build(ctx: UIContext) -> dict[str, gr.components.Component]:
             controls, counters = widgets.prompt_boxes(TAB)
         with gr.Column(scale=1, min_width=160):
             buttons = widgets.action_buttons(TAB)
-            controls["styles"] = prompt_tools.styles_row(ctx, TAB, controls["prompt"],
-                                                         controls["negative_prompt"])
+    controls["styles"] = prompt_tools.styles_row(ctx, TAB, controls["prompt"],
+                                                 controls["negative_prompt"])
     prompt_tools.lora_browser(ctx, TAB, controls["prompt"])
     with gr.Row(equal_height=False):
         with gr.Column(scale=1):

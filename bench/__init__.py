@@ -1,0 +1,1 @@
+"""Benchmarks: speed and memory are measured here, side by side in one process, never in tests."""
