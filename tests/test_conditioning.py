@@ -105,44 +105,37 @@ def test_clip_skip_uses_an_earlier_layer(pipe):
     assert not torch.allclose(skipped, plain(pipe, "a red cube"))
 
 
-def _record_unet_context(pipe):
-    """Capture the text conditioning the UNet sees at each call."""
+def _prompt_contexts(engine, prompt: str, steps: int = 4) -> list[torch.Tensor]:
+    """The prompt conditioning the UNet sees at each call while generating `prompt`."""
+    pipe = engine.models.current.base
     seen = []
 
     def hook(module, args, kwargs):
-        seen.append(kwargs["encoder_hidden_states"].detach().clone())
+        seen.append(kwargs["encoder_hidden_states"][1:].detach().clone())  # [negative, prompt]
 
-    return seen, pipe.unet.register_forward_pre_hook(hook, with_kwargs=True)
+    handle = pipe.unet.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        engine.generate(GenerationRequest(prompt=prompt, steps=steps, width=64, height=64,
+                                          sampler_name="Euler", seed=1, save_images=False))
+    finally:
+        handle.remove()
+    return seen
 
 
 def test_prompt_editing_switches_conditioning_at_the_named_step(engine):
-    pipe = engine.models.current.base
-    seen, handle = _record_unet_context(pipe)
-    try:
-        engine.generate(GenerationRequest(prompt="a [red:blue:2] cube", steps=4, width=64, height=64,
-                                          sampler_name="Euler", seed=1, save_images=False))
-    finally:
-        handle.remove()
-    enc = encoder(pipe, emphasis=engine.settings["emphasis"])
+    enc = encoder(engine.models.current.base, emphasis=engine.settings["emphasis"])
     red, blue = enc.encode("a red cube").embeds, enc.encode("a blue cube").embeds
-    conds = [context[1:] for context in seen]  # with CFG the batch is [negative, prompt]
-    assert len(conds) == 4
-    assert torch.equal(conds[0], red) and torch.equal(conds[1], red)
-    assert torch.equal(conds[2], blue) and torch.equal(conds[3], blue)
+    seen = _prompt_contexts(engine, "a [red:blue:2] cube")
+    assert len(seen) == 4
+    assert [torch.equal(c, red) for c in seen] == [True, True, False, False]
+    assert [torch.equal(c, blue) for c in seen] == [False, False, True, True]
 
 
 def test_alternation_changes_every_step(engine):
-    pipe = engine.models.current.base
-    seen, handle = _record_unet_context(pipe)
-    try:
-        engine.generate(GenerationRequest(prompt="[red|blue] cube", steps=4, width=64, height=64,
-                                          sampler_name="Euler", seed=1, save_images=False))
-    finally:
-        handle.remove()
-    enc = encoder(pipe)
+    enc = encoder(engine.models.current.base)
     red, blue = enc.encode("red cube").embeds, enc.encode("blue cube").embeds
-    expected = [red, blue, red, blue]
-    assert all(torch.equal(context[1:], want) for context, want in zip(seen, expected))
+    seen = _prompt_contexts(engine, "[red|blue] cube")
+    assert all(torch.equal(context, want) for context, want in zip(seen, [red, blue, red, blue]))
 
 
 def test_token_counter_ignores_lora_tags_and_counts_the_longest_step(engine):
