@@ -23,6 +23,7 @@ from . import prompt_parser
 CHUNK_TOKENS = 75
 COMMA_BACKTRACK = 20  # a chunk that fills up moves text after a comma this close to its end
 EMPHASIS_MODES = ("Original", "No norm", "Ignore", "None")
+EMBEDDING_PLACEHOLDER = 0
 
 
 @dataclass(frozen=True)
@@ -162,7 +163,9 @@ class PromptEncoder:
                 if len(chunk.tokens) + count > CHUNK_TOKENS:
                     chunk = close(chunk)
                 chunk.embeddings.append((len(chunk.tokens), embedding))
-                chunk.tokens.extend([self.tokenizer.eos_token_id] * count)  # replaced by vectors
+                # Placeholder ids, replaced by the vectors. Not the end token: the pooled output
+                # is read at the (first or highest) end token, which must stay the real one.
+                chunk.tokens.extend([EMBEDDING_PLACEHOLDER] * count)
                 chunk.weights.extend([weight] * count)
                 self.used_embeddings[getattr(embedding, "name", str(embedding))] = embedding
                 position += name_length

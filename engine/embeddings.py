@@ -11,7 +11,14 @@ import threading
 from pathlib import Path
 
 from .conditioning import EmbeddingIndex
-from .embedding_files import CLIP_G, CLIP_L, SINGLE, EmbeddingFile, compatible, scan_embeddings
+from .embedding_files import (
+    CLIP_G,
+    CLIP_L,
+    SINGLE,
+    EmbeddingFile,
+    compatible,
+    scan_embeddings,
+)
 
 
 def _signature(folders: list[Path]) -> tuple:

@@ -11,11 +11,11 @@ import logging
 from .addons import AddOns
 from .conditioning import CHUNK_TOKENS, PromptEncoder
 from .errors import UserError
-from .prompt_parser import extract_extra_networks, prompt_schedule
 from .generation import GenerationResult, OutputPolicy, Txt2ImgRun
 from .jobs import Job, JobQueue
 from .outputs import OutputWriter
 from .pipelines import LoadedModel, ModelManager
+from .prompt_parser import extract_extra_networks, prompt_schedule
 from .request import GenerationRequest
 from .settings import Settings
 

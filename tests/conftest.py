@@ -102,11 +102,10 @@ def demo_server(tmp_path_factory, tiny_models):
     a LoRA for the demo model, "glowing-edges".
     Tests that switch must switch back to the demo model.
     """
-    from tests.support.server import AppServer
-
     from engine.loading import CONFIG_ROOT
     from engine.tiny_models import build_demo_pipeline
     from tests.support.lora_files import write_kohya_lora
+    from tests.support.server import AppServer
 
     data = tmp_path_factory.mktemp("demo-server")
     tiny_models.reference_pipeline("sd1").save_pretrained(data / "models" / "Stable-diffusion" / "tiny-folder")

@@ -196,3 +196,37 @@ def test_an_fp16_vae_that_overflows_is_decoded_in_fp32(tiny_models):
     assert not torch.isnan(images).any()
     assert vae.dtype == torch.float32, "it stays fp32 for the rest of the session"
     assert torch.allclose(images, expected, atol=1e-4)
+
+
+def test_sdxl_lora_and_embedding_use_both_text_encoders(tiny_models, tmp_path):
+    engine = make_engine(tiny_models, tmp_path, checkpoint="tiny-sdxl")
+    try:
+        pipe = engine.models.current.base
+        write_kohya_lora(pipe, engine.addons.loras.folder / "xl.safetensors")
+        engine.addons.loras.refresh()
+        before = image_bytes(engine)
+        with_lora = engine.generate(BASE.replace(prompt="a red cube <lora:xl:1>"))
+        assert with_lora.images[0].tobytes() != before
+        assert not any(pipe.get_list_adapters().values())
+        assert image_bytes(engine) == before
+
+        ids = pipe.tokenizer("red", add_special_tokens=False).input_ids
+        vectors = {"clip_l": pipe.text_encoder.get_input_embeddings().weight[ids].detach().clone(),
+                   "clip_g": pipe.text_encoder_2.get_input_embeddings().weight[ids].detach().clone()}
+        save_file(vectors, str(engine.addons.embeddings.folders[0] / "xlred.safetensors"))
+        word = image_bytes(engine, prompt="a (red:1.2) cube")
+        assert image_bytes(engine, prompt="a (xlred:1.2) cube") == word
+    finally:
+        engine.shutdown()
+
+
+def test_sd2_weighted_long_prompt_generates(tiny_models, tmp_path):
+    engine = make_engine(tiny_models, tmp_path, checkpoint="tiny-sd2")
+    try:
+        prompt = "(a red cube:1.4), " + ", ".join(["[x]"] * 90)
+        weighted = engine.generate(BASE.replace(prompt=prompt, clip_skip=2))
+        plain = engine.generate(BASE.replace(prompt="a red cube"))
+        assert weighted.images[0].tobytes() != plain.images[0].tobytes()
+        assert parse(weighted.infotexts[0])[2]["Clip skip"] == "2"
+    finally:
+        engine.shutdown()

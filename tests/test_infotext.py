@@ -1,10 +1,11 @@
 """Infotext is written in the ecosystem's format and reads back to the same request."""
 
+import io
+
 from PIL import Image
 
 from engine import infotext
 from engine.outputs import png_bytes
-import io
 
 
 def test_build_matches_the_documented_format():

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import os
 
+import diffusers
 import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
 from transformers import CLIPTokenizer
 
-import diffusers
 from engine.tiny_models import (
     FAMILIES,
     build_demo_pipeline,
@@ -23,7 +23,11 @@ from engine.tiny_models import (
     tiny_component_configs,
     write_config_folder,
 )
-from tests.support.ldm_export import export_single_file, ldm_state_dict, save_ldm_state_dict
+from tests.support.ldm_export import (
+    export_single_file,
+    ldm_state_dict,
+    save_ldm_state_dict,
+)
 from tests.support.tiny_tokenizer import write_tiny_clip_tokenizer
 
 MODEL_COMPONENTS = {

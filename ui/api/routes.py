@@ -12,8 +12,16 @@ from engine.flags import public_dict
 
 from ..context import UIContext
 from . import convert
-from .models import (ErrorResponse, ImagesResponse, ProgressResponse, ProgressState,
-                     SamplerItem, SchedulerItem, SDModelItem, Txt2ImgBody)
+from .models import (
+    ErrorResponse,
+    ImagesResponse,
+    ProgressResponse,
+    ProgressState,
+    SamplerItem,
+    SchedulerItem,
+    SDModelItem,
+    Txt2ImgBody,
+)
 
 ERRORS = {400: {"model": ErrorResponse}, 422: {"model": ErrorResponse}, 503: {"model": ErrorResponse}}
 
