@@ -110,6 +110,7 @@ class PromptEncoder:
         self.used_embeddings: dict[str, object] = {}
         self._comma = self.tokenizer.convert_tokens_to_ids(",</w>")
         self._cache: dict[tuple[str, int], Conditioning] = {}
+        self._chunks: dict[str, list[Chunk]] = {}
 
     # Text to chunks.
     def _fragments(self, text: str) -> list[tuple[str, float]]:
@@ -118,6 +119,12 @@ class PromptEncoder:
         return prompt_parser.parse_emphasis(text)
 
     def tokenize(self, text: str) -> list[Chunk]:
+        """The text's chunks; computed once per text (a job asks for its length, then encodes)."""
+        if text not in self._chunks:
+            self._chunks[text] = self._tokenize(text)
+        return [Chunk(list(c.tokens), list(c.weights), list(c.embeddings)) for c in self._chunks[text]]
+
+    def _tokenize(self, text: str) -> list[Chunk]:
         chunks: list[Chunk] = []
         chunk = Chunk()
         last_comma = -1
