@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import logging
 
+from . import image_prep, outpainting
 from .addons import AddOns
 from .conditioning import CHUNK_TOKENS, PromptEncoder
-from .errors import UserError
+from .errors import RequestError, UserError
 from .generation import GenerationResult, OutputPolicy, Txt2ImgRun
+from .img2img import Img2ImgRun
 from .jobs import Job, JobQueue
 from .outputs import OutputWriter
 from .pipelines import LoadedModel, ModelManager
 from .prompt_parser import extract_extra_networks, prompt_schedule
 from .request import GenerationRequest
 from .settings import Settings
+from .uploads import check_pixel_limit
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +38,7 @@ class Engine:
     def submit(self, request: GenerationRequest, owner: str = "", job_id: str | None = None,
                make_grid: bool = True) -> Job:
         """Validate now (so a bad request fails at once), run later on the GPU lane."""
-        request = self.complete(request.validate())
+        request = self.complete(request.validate()).validate()
         policy = self._policy(request, make_grid)
         job = Job(lambda job: self._run(job, request, policy), owner=owner, job_id=job_id,
                   description=f"{request.mode}: {request.prompt[:60]}")
@@ -49,11 +52,37 @@ class Engine:
         so a queued job is fixed and a bad name fails before it waits in the queue."""
         settings = self.settings
         self.addons.styles.apply("", "", request.styles)  # unknown style names fail here
-        return request.replace(
+        request = request.replace(
             clip_skip=request.clip_skip or settings["CLIP_stop_at_last_layers"],
             emphasis=request.emphasis or settings["emphasis"],
             vae=self.addons.vaes.check_choice(request.vae or settings["sd_vae"]),
         )
+        if request.mode == "img2img":
+            self._check_upload_sizes(request)
+            request = self._check_mask(outpainting.expand(request),
+                                       settings["img2img_empty_mask_as_img2img"])
+        return request
+
+    def _check_upload_sizes(self, request: GenerationRequest) -> None:
+        limit = self.settings["upload_max_megapixels"]
+        named = [(f"init_images[{i}]", image) for i, image in enumerate(request.init_images)]
+        named += [("mask", request.mask)] if request.mask is not None else []
+        for name, image in named:
+            check_pixel_limit(image, limit, name)
+
+    @staticmethod
+    def _check_mask(request: GenerationRequest, empty_means_img2img: bool) -> GenerationRequest:
+        """An empty mask would change nothing: say so, or run plain img2img if the user chose so."""
+        if request.mask is None:
+            return request
+        mask = image_prep.binary_mask(request.mask, request.init_images[0].size)
+        if request.inpainting_mask_invert or not image_prep.is_empty(mask):
+            return request
+        if empty_means_img2img:
+            return request.replace(mask=None)
+        raise RequestError("The mask is empty: paint over the part of the picture to change "
+                           "(white in an uploaded mask), or use plain img2img. (Setting "
+                           "'img2img_empty_mask_as_img2img' runs plain img2img instead.)", "mask")
 
     def _policy(self, request: GenerationRequest, make_grid: bool) -> OutputPolicy:
         settings = self.settings
@@ -67,7 +96,8 @@ class Engine:
 
     def _run(self, job: Job, request: GenerationRequest, policy: OutputPolicy) -> GenerationResult:
         model = self.models.require()
-        return Txt2ImgRun(job, request, model, policy, self.addons).run(self.writer)
+        run = Img2ImgRun if request.mode == "img2img" else Txt2ImgRun
+        return run(job, request, model, policy, self.addons).run(self.writer)
 
     # Checkpoints.
     def load_checkpoint(self, wanted: str, owner: str = "") -> Job:

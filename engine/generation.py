@@ -23,7 +23,7 @@ from .preview import latents_to_rgb
 from .prompt_parser import extract_extra_networks
 from .request import GenerationRequest
 from .seeds import JobSeeds, initial_latents, job_seeds, step_generators
-from .vae import decode
+from .vae import decode, encode
 from .version import VERSION
 
 
@@ -54,6 +54,7 @@ class GenerationResult:
     negative_prompt: str = ""
     extra_params: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    inpainting_model: bool = False  # made by a dedicated (9-channel) inpainting model
 
     def gallery(self) -> list[tuple[Image.Image, str]]:
         """(image, infotext) pairs as a gallery shows them: the grid first when there is one."""
@@ -104,12 +105,23 @@ class Txt2ImgRun:
         self.addons = addons
         self.sampler, self.schedule = samplers.resolve(request.sampler_name, request.scheduler)
         self.seeds: JobSeeds = job_seeds(request)
-        self.pipe = model.pipeline_for("txt2img")
-        self._batch_steps = request.steps
+        self.pipe = model.pipeline_for(self.task)
+        self._batch_steps = self.sampling_steps
+        self._blank_conditioning = None
+
+    @property
+    def task(self) -> str:
+        # A dedicated inpainting model makes pictures from nothing as an inpaint of an empty canvas.
+        return "inpaint" if self.model.is_inpainting else "txt2img"
+
+    @property
+    def sampling_steps(self) -> int:
+        """The steps that actually run (and that prompt editing counts in)."""
+        return self.request.steps
 
     def run(self, writer: OutputWriter) -> GenerationResult:
         request, job = self.request, self.job
-        job.set_total(request.steps * request.n_iter, request.n_iter)
+        job.set_total(self.sampling_steps * request.n_iter, request.n_iter)
         vae_file = self.model.use_vae(request.vae, self.addons.vaes)
         prompt, negative = self.addons.styles.apply(request.prompt, request.negative_prompt,
                                                     request.styles)
@@ -118,12 +130,13 @@ class Txt2ImgRun:
         result = GenerationResult(
             request.replace(seed=self.seeds.seeds[0], subseed=self.seeds.subseeds[0]),
             self.model.info, [], [], [], [], prompt=prompt, negative_prompt=negative,
-            job_timestamp=dt.datetime.now().strftime("%Y%m%d%H%M%S"))
+            job_timestamp=dt.datetime.now().strftime("%Y%m%d%H%M%S"),
+            inpainting_model=self.model.is_inpainting)
         with applied_loras(self.pipe, networks, self.addons.loras) as loras:
             encoder = PromptEncoder(self.pipe, self.model.family, clip_skip=request.clip_skip,
                                     emphasis=request.emphasis,
                                     **self.addons.embeddings.encoder_options(self.model))
-            cond, uncond = encoder.encode_schedules(text, negative_text, request.steps)
+            cond, uncond = encoder.encode_schedules(text, negative_text, self.sampling_steps)
             result.extra_params = self._extra_params(loras, encoder, vae_file)
             result.warnings = list(loras.warnings)
             for batch in range(request.n_iter):
@@ -148,9 +161,14 @@ class Txt2ImgRun:
             extra["Clip skip"] = request.clip_skip
         if request.emphasis not in ("", "Original"):
             extra["Emphasis"] = request.emphasis
+        extra.update(self._task_params())
         extra["Lora hashes"] = _hash_list(loras.hashes)
         extra["TI hashes"] = _hash_list(self.addons.embeddings.hashes(encoder.used_embeddings))
         return {key: value for key, value in extra.items() if value is not None}
+
+    def _task_params(self) -> dict[str, Any]:
+        """Infotext keys only this kind of job has."""
+        return {}
 
     def _run_batch(self, batch: int, cond: ScheduledConditioning, uncond: ScheduledConditioning,
                    result: GenerationResult, writer: OutputWriter) -> None:
@@ -158,7 +176,7 @@ class Txt2ImgRun:
         job.skipped = False
         job.batch_index = batch
         seeds, subseeds = self.seeds.batch(batch, request.batch_size)
-        images = self._sample(seeds, subseeds, cond, uncond, batch)
+        images = self._finish(self._sample(seeds, subseeds, cond, uncond, batch), batch)
         for image, seed, subseed in zip(images, seeds, subseeds):
             text = infotext.build(result.prompt, result.negative_prompt,
                                   image_params(request, self.model, seed, subseed, result.extra_params))
@@ -175,7 +193,7 @@ class Txt2ImgRun:
         request, pipe = self.request, self.pipe
         device, dtype = pipe.device, pipe.unet.dtype
         count = len(seeds)
-        latents = initial_latents(request, seeds, subseeds, self.model.vae_scale_factor)
+        noise = initial_latents(request, seeds, subseeds, self.model.vae_scale_factor)
         pipe.scheduler = samplers.build_scheduler(self.sampler, self.schedule,
                                                   self.model.scheduler_config, seeds[0])
         first_cond, first_uncond = cond.at(1), uncond.at(1)
@@ -185,11 +203,12 @@ class Txt2ImgRun:
             prompt_embeds=first_cond.embeds.expand(count, -1, -1),
             negative_prompt_embeds=first_uncond.embeds.expand(count, -1, -1),
             num_inference_steps=request.steps, guidance_scale=request.cfg_scale,
-            width=request.width, height=request.height,
-            latents=latents.to(device, dtype), generator=step_generators(seeds),
+            generator=step_generators(seeds),
             callback_on_step_end=self._callback(batch, cond, uncond, count),
             output_type="latent",
         )
+        with torch.inference_mode():
+            kwargs.update(self._task_inputs(noise.to(device, dtype), batch))
         if self.model.is_sdxl:
             kwargs["pooled_prompt_embeds"] = first_cond.pooled.expand(count, -1)
             kwargs["negative_pooled_prompt_embeds"] = first_uncond.pooled.expand(count, -1)
@@ -201,10 +220,33 @@ class Txt2ImgRun:
             images = decode(pipe.vae, latents)
             return list(pipe.image_processor.postprocess(images, output_type="pil"))
 
+    def _task_inputs(self, noise: torch.Tensor, batch: int) -> dict[str, Any]:
+        """The pipeline arguments that say what to start from (here: pure noise)."""
+        request = self.request
+        inputs: dict[str, Any] = {"latents": noise, "width": request.width, "height": request.height}
+        if self.model.is_inpainting:
+            inputs.update(self._blank_canvas_inputs(noise))
+        return inputs
+
+    def _blank_canvas_inputs(self, noise: torch.Tensor) -> dict[str, Any]:
+        """An inpainting model's txt2img: everything masked, nothing of a (grey) image kept."""
+        count, _, height, width = noise.shape
+        if self._blank_conditioning is None:
+            scale = self.model.vae_scale_factor
+            grey = torch.zeros(1, 3, height * scale, width * scale)
+            self._blank_conditioning = encode(self.pipe.vae, grey)
+        masked = self._blank_conditioning.to(noise.device, noise.dtype).expand(count, -1, -1, -1)
+        return {"image": torch.zeros_like(noise), "strength": 1.0, "masked_image_latents": masked,
+                "mask_image": Image.new("L", (self.request.width, self.request.height), 255)}
+
+    def _finish(self, images: list[Image.Image], batch: int) -> list[Image.Image]:
+        """Work on the decoded images before they are saved (img2img pastes them back)."""
+        return images
+
     def _callback(self, batch: int, cond: ScheduledConditioning, uncond: ScheduledConditioning,
                   count: int):
         job, every, family = self.job, self.policy.preview_every, self.model.family
-        n_iter, steps, is_sdxl = self.request.n_iter, self.request.steps, self.model.is_sdxl
+        n_iter, steps, is_sdxl = self.request.n_iter, self.sampling_steps, self.model.is_sdxl
         switching = not (cond.is_constant and uncond.is_constant)
 
         def on_step_end(pipe, index: int, timestep, tensors: dict) -> dict:

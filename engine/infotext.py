@@ -13,6 +13,8 @@ import json
 import re
 from typing import Any, Mapping
 
+from .image_prep import INPAINT_AREAS, MASK_MODES, MASKED_CONTENT, RESIZE_MODES
+
 # The order keys appear in (COMPAT.md); keys not listed follow, in the order given, then Version.
 KEY_ORDER: tuple[str, ...] = (
     "Steps", "Sampler", "Schedule type", "CFG scale", "Image CFG scale", "Seed", "Face restoration",
@@ -96,6 +98,12 @@ def parse(text: str) -> tuple[str, str, dict[str, str]]:
     return "\n".join(prompt_lines), "\n".join(negative_lines), params
 
 
+def fields_table(text: str) -> dict[str, str]:
+    """Every field of an infotext by its name, prompts first (what PNG Info shows)."""
+    prompt, negative, params = parse(text)
+    return {"Prompt": prompt, "Negative prompt": negative, **params}
+
+
 def request_fields(text: str) -> dict[str, Any]:
     """The request fields an infotext describes (what "send to txt2img" and `infotext` fill in)."""
     prompt, negative, params = parse(text)
@@ -105,6 +113,13 @@ def request_fields(text: str) -> dict[str, Any]:
         "CFG scale": ("cfg_scale", float), "Seed": ("seed", int), "Variation seed": ("subseed", int),
         "Variation seed strength": ("subseed_strength", float),
         "Clip skip": ("clip_skip", int), "Emphasis": ("emphasis", str),
+        "Denoising strength": ("denoising_strength", float), "Mask blur": ("mask_blur", int),
+        "Masked area padding": ("inpaint_full_res_padding", int),
+        "Noise multiplier": ("initial_noise_multiplier", float),
+        "Masked content": ("inpainting_fill", MASKED_CONTENT.index),
+        "Resize mode": ("resize_mode", RESIZE_MODES.index),
+        "Inpaint area": ("inpaint_full_res", lambda v: bool(INPAINT_AREAS.index(v))),
+        "Mask mode": ("inpainting_mask_invert", lambda v: bool(MASK_MODES.index(v))),
     }
     for key, (name, kind) in simple.items():
         if key in params:

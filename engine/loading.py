@@ -32,6 +32,8 @@ SDXL_TEXT_G = "conditioner.embedders.1.model.transformer.resblocks.0.attn.in_pro
 SDXL_REFINER_TEXT = "conditioner.embedders.0.model.transformer.resblocks.0.attn.in_proj_weight"
 
 FAMILY_LABELS = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
+# An inpainting UNet takes the latents plus the mask (1) and the masked image's latents (4).
+INPAINTING_CHANNELS = 9
 
 
 @dataclass(frozen=True)
@@ -106,10 +108,11 @@ def detect_layout(shapes: dict[str, tuple[int, ...]], name: str) -> CheckpointLa
         raise CheckpointError(
             f"'{name}' has UNet weights but no text encoder this app recognises "
             "(SD 1.x, SD 2.x or SDXL)", "checkpoint")
-    if in_channels != 4:
+    if in_channels not in (4, INPAINTING_CHANNELS):
         raise CheckpointError(
             f"'{name}' is a {FAMILY_LABELS[family]} model with a {in_channels}-channel UNet "
-            "(an inpainting or instruct model); it cannot be used for txt2img.", "checkpoint")
+            "(an instruct-pix2pix style model?); only ordinary (4-channel) and inpainting "
+            "(9-channel) models are supported.", "checkpoint")
     return CheckpointLayout(family, in_channels)
 
 
@@ -154,6 +157,12 @@ def load_single_file(info: CheckpointInfo, device: DeviceConfig, config_root: Pa
     else:
         extra = {"safety_checker": None, "requires_safety_checker": False}
     try:
+        if layout.unet_in_channels != 4:
+            # The family's config describes a 4-channel UNet; build this one with its own width.
+            from diffusers import UNet2DConditionModel
+            extra["unet"] = UNet2DConditionModel.from_single_file(
+                str(path), config=str(config_dir), subfolder="unet", local_files_only=True,
+                in_channels=layout.unet_in_channels, dtype=device.dtype)
         pipe = pipeline_class.from_single_file(
             str(path), config=str(config_dir), local_files_only=True, dtype=device.dtype, **extra)
     except CheckpointError:

@@ -32,9 +32,36 @@ def png_bytes(image: Image.Image, infotext: str | None) -> bytes:
     return buffer.getvalue()
 
 
+EXIF_IFD, EXIF_USER_COMMENT = 0x8769, 0x9286
+
+
 def read_infotext(image: Image.Image) -> str | None:
+    """The generation parameters stored in an image: the PNG text chunk, else (JPEG, WEBP) the
+    EXIF UserComment, as the ecosystem writes them."""
     value = image.info.get(INFOTEXT_KEY)
-    return value if isinstance(value, str) else None
+    if isinstance(value, str):
+        return value
+    try:
+        comment = image.getexif().get_ifd(EXIF_IFD).get(EXIF_USER_COMMENT)
+    except Exception:  # a damaged EXIF block is no reason to fail: there is simply no infotext
+        return None
+    return _decode_user_comment(comment)
+
+
+def _decode_user_comment(comment) -> str | None:
+    """EXIF UserComment: an 8-byte character code, then the text."""
+    if isinstance(comment, str):
+        return comment or None
+    if not isinstance(comment, bytes) or not comment:
+        return None
+    code, body = comment[:8], comment[8:]
+    if code.startswith(b"UNICODE"):
+        # The ecosystem writes UTF-16 big-endian; some tools write little-endian. The right
+        # reading of an infotext is the one that is mostly ASCII.
+        readings = [body.decode(encoding, errors="replace") for encoding in ("utf-16-be", "utf-16-le")]
+        text = max(readings, key=lambda t: sum(ch.isascii() for ch in t))
+        return text.rstrip("\x00") or None
+    return body.decode("utf-8", errors="replace").rstrip("\x00") or None
 
 
 def write_atomically(path: Path, data: bytes) -> None:

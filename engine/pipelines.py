@@ -61,6 +61,11 @@ class LoadedModel:
     def is_sdxl(self) -> bool:
         return self.family == "sdxl"
 
+    @property
+    def is_inpainting(self) -> bool:
+        """A dedicated inpainting model: its UNet also takes the mask and the masked image."""
+        return self.base.unet.config.in_channels == 9
+
     def pipeline_for(self, task: str):
         if task == "txt2img":
             return self.base
@@ -68,7 +73,9 @@ class LoadedModel:
             from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
 
             maker = {"img2img": AutoPipelineForImage2Image, "inpaint": AutoPipelineForInpainting}[task]
-            self._derived[task] = maker.from_pipe(self.base)
+            pipe = maker.from_pipe(self.base)
+            pipe.set_progress_bar_config(disable=True)
+            self._derived[task] = pipe
         return self._derived[task]
 
 

@@ -12,9 +12,12 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
 
+from PIL import Image
+
 from . import samplers
 from .conditioning import EMPHASIS_MODES
 from .errors import RequestError
+from .image_prep import MASKED_CONTENT, RESIZE_MODES
 
 MAX_SEED = 2**32 - 1
 MIN_SIZE, MAX_SIZE, SIZE_STEP = 64, 2048, 8
@@ -27,7 +30,13 @@ MIN_CFG, MAX_CFG = 1.0, 30.0
 MAX_PROMPT_CHARS = 20_000
 MAX_CLIP_SKIP = 12
 
-MODES = ("txt2img",)
+MAX_MASK_BLUR = 64
+MAX_PADDING = 256
+MAX_OUTPAINT = 512
+OUTPAINT_DIRECTIONS = ("left", "right", "up", "down")
+
+# img2img covers every edit of an existing picture: with a mask it is inpainting.
+MODES = ("txt2img", "img2img")
 
 
 @dataclass(frozen=True)
@@ -55,6 +64,20 @@ class GenerationRequest:
     vae: str = ""
     save_images: bool = True
     save_grid: bool = True
+    # img2img and inpainting (mode "img2img"). Image i of a job starts from init_images[i % n].
+    init_images: tuple[Image.Image, ...] = ()
+    mask: Image.Image | None = None          # white = repaint
+    resize_mode: int = 0                     # index into image_prep.RESIZE_MODES
+    denoising_strength: float = 0.75
+    mask_blur: int = 4
+    inpainting_fill: int = 1                 # index into image_prep.MASKED_CONTENT
+    inpaint_full_res: bool = False           # "Only masked"
+    inpaint_full_res_padding: int = 32
+    inpainting_mask_invert: bool = False
+    initial_noise_multiplier: float = 1.0
+    # The Outpainting script: grow the canvas by this many pixels on these sides, then inpaint.
+    outpaint_pixels: int = 0
+    outpaint_directions: tuple[str, ...] = ()
     # Per-extension options: {extension name: {field: value}}.
     extensions: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: MappingProxyType({}))
 
@@ -94,7 +117,51 @@ class GenerationRequest:
             raise RequestError("styles must be a list of style names", "styles")
         if not isinstance(self.vae, str):
             raise RequestError("vae must be a VAE name", "vae")
+        if self.mode == "img2img":
+            self._validate_img2img()
         return self
+
+    @property
+    def is_inpaint(self) -> bool:
+        return self.mode == "img2img" and self.mask is not None
+
+    @property
+    def img2img_steps(self) -> int:
+        """How many sampling steps an img2img job runs: the last `strength` part of the schedule."""
+        return min(int(self.steps * self.denoising_strength), self.steps)
+
+    def _validate_img2img(self) -> None:
+        if not self.init_images:
+            raise RequestError("img2img needs an init image: upload the picture to change",
+                               "init_images")
+        for index, image in enumerate(self.init_images):
+            if not isinstance(image, Image.Image):
+                raise RequestError(f"init_images[{index}] is not an image", "init_images")
+        if self.mask is not None and not isinstance(self.mask, Image.Image):
+            raise RequestError("mask is not an image", "mask")
+        _check_number(self.denoising_strength, "denoising_strength", 0.0, 1.0)
+        if self.img2img_steps < 1:
+            raise RequestError(
+                f"Denoising strength {self.denoising_strength:g} with {self.steps} steps runs no "
+                f"sampling step (img2img runs steps x strength = "
+                f"{self.steps * self.denoising_strength:.2f}, rounded down): raise the denoising "
+                "strength or the sampling steps", "denoising_strength")
+        _check_int(self.resize_mode, "resize_mode", 0, len(RESIZE_MODES) - 1)
+        _check_int(self.inpainting_fill, "inpainting_fill", 0, len(MASKED_CONTENT) - 1)
+        _check_int(self.mask_blur, "mask_blur", 0, MAX_MASK_BLUR)
+        _check_int(self.inpaint_full_res_padding, "inpaint_full_res_padding", 0, MAX_PADDING)
+        _check_number(self.initial_noise_multiplier, "initial_noise_multiplier", 0.0, 1.5)
+        for name in ("inpaint_full_res", "inpainting_mask_invert"):
+            if not isinstance(getattr(self, name), bool):
+                raise RequestError(f"{name} must be true or false", name)
+        _check_int(self.outpaint_pixels, "outpaint_pixels", 0, MAX_OUTPAINT)
+        if self.outpaint_pixels % SIZE_STEP:
+            raise RequestError(f"outpaint_pixels must be a multiple of {SIZE_STEP}, got "
+                               f"{self.outpaint_pixels}", "outpaint_pixels")
+        unknown = [d for d in self.outpaint_directions if d not in OUTPAINT_DIRECTIONS]
+        if isinstance(self.outpaint_directions, str) or unknown:
+            raise RequestError(f"Unknown outpainting direction {unknown or self.outpaint_directions}."
+                               f" Choose from: {', '.join(OUTPAINT_DIRECTIONS)}", "outpaint_directions")
 
     @property
     def seed_resize(self) -> tuple[int, int] | None:

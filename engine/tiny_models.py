@@ -105,7 +105,7 @@ def _clip_text_config(vocab_size, hidden, hidden_act, projection_dim, architectu
 
 
 def tiny_component_configs(family: str, vocab_size: int = REAL_CLIP_VOCAB_SIZE,
-                           vocab_size_2: int | None = None) -> dict[str, dict]:
+                           vocab_size_2: int | None = None, unet_in_channels: int = 4) -> dict[str, dict]:
     """The config dicts of each model component of the tiny model of ``family``.
 
     Returns ``{"unet": ..., "vae": ..., "text_encoder": ...}`` plus ``"text_encoder_2"`` for
@@ -113,13 +113,14 @@ def tiny_component_configs(family: str, vocab_size: int = REAL_CLIP_VOCAB_SIZE,
     encoder dicts are ``CLIPTextConfig(**d)`` keyword arguments; ``COMPONENT_CLASSES[family]``
     names the classes.  ``vocab_size`` (and ``vocab_size_2`` for SDXL's second encoder; it
     defaults to ``vocab_size``) must equal the length of the tokenizer used with the model.
+    ``unet_in_channels=9`` makes a dedicated inpainting model (latents + mask + masked image).
     """
     _check_family(family)
     if vocab_size_2 is None:
         vocab_size_2 = vocab_size
     unet = {
         "sample_size": TINY_IMAGE_SIZE // 8,
-        "in_channels": 4,
+        "in_channels": unet_in_channels,
         "out_channels": 4,
         "center_input_sample": False,
         "flip_sin_to_cos": True,
@@ -243,9 +244,9 @@ def _randomize_(module: torch.nn.Module, generator: torch.Generator) -> None:
 
 
 def build_tiny_components(family: str, vocab_size: int, vocab_size_2: int | None = None,
-                          seed: int = 0) -> dict[str, torch.nn.Module]:
+                          seed: int = 0, unet_in_channels: int = 4) -> dict[str, torch.nn.Module]:
     """The tiny model components of ``family`` with seeded random weights (float32)."""
-    configs = tiny_component_configs(family, vocab_size, vocab_size_2)
+    configs = tiny_component_configs(family, vocab_size, vocab_size_2, unet_in_channels)
     generator = torch.Generator().manual_seed(int(seed))
     components = {}
     # fork_rng keeps the default initialisers from disturbing the caller's global RNG.
@@ -274,16 +275,20 @@ def build_scheduler(family: str, prediction_type: str = "epsilon"):
 
 
 def build_tiny_pipeline(family: str, tokenizer, tokenizer_2=None, seed: int = 0,
-                        torch_dtype: torch.dtype = torch.float32, prediction_type: str = "epsilon"):
+                        torch_dtype: torch.dtype = torch.float32, prediction_type: str = "epsilon",
+                        unet_in_channels: int = 4):
     """A ``StableDiffusionPipeline`` (sd1, sd2) or ``StableDiffusionXLPipeline`` (sdxl) with tiny,
-    seeded random weights.  ``tokenizer_2`` (SDXL only) defaults to ``tokenizer``."""
+    seeded random weights.  ``tokenizer_2`` (SDXL only) defaults to ``tokenizer``.
+    With ``unet_in_channels=9`` the UNet is an inpainting one (export it; the pipeline class is
+    the plain one)."""
     _check_family(family)
     import diffusers
 
     if family == "sdxl" and tokenizer_2 is None:
         tokenizer_2 = tokenizer
     components = build_tiny_components(
-        family, len(tokenizer), len(tokenizer_2) if tokenizer_2 is not None else None, seed=seed)
+        family, len(tokenizer), len(tokenizer_2) if tokenizer_2 is not None else None, seed=seed,
+        unet_in_channels=unet_in_channels)
     if torch_dtype is not None and torch_dtype != torch.float32:
         for module in components.values():
             # nn.Module.to: diffusers' ModelMixin.to warns about "modules that should be kept in

@@ -111,15 +111,25 @@ def load_vae_file(vae: VaeFile, config_dir: Path, dtype: torch.dtype, device: to
     return model.to(device)
 
 
-def _scaled(vae, latents: torch.Tensor) -> torch.Tensor:
+def _latent_affine(vae, like: torch.Tensor) -> tuple[torch.Tensor | float, torch.Tensor | float]:
+    """(multiplier, offset) taking UNet latents to what the VAE decodes: x * m + o."""
     config = vae.config
     mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
     if mean is not None and std is not None:
-        mean = torch.tensor(mean, device=latents.device, dtype=latents.dtype).view(1, -1, 1, 1)
-        std = torch.tensor(std, device=latents.device, dtype=latents.dtype).view(1, -1, 1, 1)
-        return latents * std / config.scaling_factor + mean
-    shift = getattr(config, "shift_factor", None) or 0.0
-    return latents / config.scaling_factor + shift
+        mean = torch.tensor(mean, device=like.device, dtype=like.dtype).view(1, -1, 1, 1)
+        std = torch.tensor(std, device=like.device, dtype=like.dtype).view(1, -1, 1, 1)
+        return std / config.scaling_factor, mean
+    return 1.0 / config.scaling_factor, getattr(config, "shift_factor", None) or 0.0
+
+
+def _scaled(vae, latents: torch.Tensor) -> torch.Tensor:
+    multiplier, offset = _latent_affine(vae, latents)
+    return latents * multiplier + offset
+
+
+def _unscaled(vae, latents: torch.Tensor) -> torch.Tensor:
+    multiplier, offset = _latent_affine(vae, latents)
+    return (latents - offset) / multiplier
 
 
 @torch.no_grad()
@@ -133,3 +143,18 @@ def decode(vae, latents: torch.Tensor) -> torch.Tensor:
         log.warning("The VAE produced NaNs in %s; decoding in fp32 from now on.", vae.dtype)
     vae.to(torch.float32)
     return vae.decode(_scaled(vae, latents.float()), return_dict=False)[0]
+
+
+@torch.no_grad()
+def encode(vae, images: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] to UNet latents, deterministically (the distribution's mode), with the
+    same fp32 fallback as decoding."""
+    wants_fp32 = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
+    if not wants_fp32:
+        latents = vae.encode(images.to(vae.device, vae.dtype)).latent_dist.mode()
+        if not torch.isnan(latents).any():
+            return _unscaled(vae, latents)
+        log.warning("The VAE produced NaNs in %s; encoding in fp32 from now on.", vae.dtype)
+    vae.to(torch.float32)
+    latents = vae.encode(images.to(vae.device, torch.float32)).latent_dist.mode()
+    return _unscaled(vae, latents)

@@ -6,28 +6,33 @@ import base64
 import json
 from typing import Any
 
-from engine import infotext, samplers
+from engine import image_prep, infotext, samplers
 from engine.errors import RequestError
 from engine.generation import GenerationResult
 from engine.outputs import png_bytes
 from engine.request import GenerationRequest
+from engine.uploads import image_from_base64
 
-from .models import Txt2ImgBody
+from .models import Img2ImgBody, Txt2ImgBody
 
 # Fields whose features arrive in later versions: refused with a clear message when used, rather
 # than silently producing something other than what was asked for.
 _NOT_YET = {
     "restore_faces": "face restoration", "tiling": "tiling", "enable_hr": "hires fix",
     "script_name": "scripts", "alwayson_scripts": "always-on scripts",
-    "refiner_checkpoint": "the SDXL refiner",
+    "refiner_checkpoint": "the SDXL refiner", "latent_mask": "a separate latent mask",
 }
+# The selectable img2img scripts this version has, by their titles (matched case-insensitively).
+OUTPAINTING_SCRIPTS = ("outpainting", "poor man's outpainting")
 
 # Settings a request may override for itself, and the request field each one sets.
 OVERRIDABLE = {"CLIP_stop_at_last_layers": "clip_skip", "emphasis": "emphasis", "sd_vae": "vae"}
 
 _INFOTEXT_FIELDS = ("prompt", "negative_prompt", "steps", "sampler_name", "scheduler", "cfg_scale",
                     "seed", "subseed", "subseed_strength", "width", "height",
-                    "seed_resize_from_w", "seed_resize_from_h", "clip_skip", "emphasis")
+                    "seed_resize_from_w", "seed_resize_from_h", "clip_skip", "emphasis",
+                    "denoising_strength", "mask_blur", "inpainting_fill", "inpaint_full_res",
+                    "inpaint_full_res_padding", "inpainting_mask_invert", "resize_mode")
 
 
 def _apply_infotext(body: Txt2ImgBody) -> dict[str, Any]:
@@ -42,10 +47,58 @@ def _apply_infotext(body: Txt2ImgBody) -> dict[str, Any]:
 
 
 def txt2img_request(body: Txt2ImgBody) -> GenerationRequest:
-    for name, feature in _NOT_YET.items():
-        if getattr(body, name):
-            raise RequestError(f"{name}: {feature} is not available in this version", name)
+    return GenerationRequest(**_common_fields(body, _apply_infotext(body))).validate()
+
+
+def img2img_request(body: Img2ImgBody, limit_megapixels: float) -> GenerationRequest:
     values = _apply_infotext(body)
+    fields = _common_fields(body, values, scripts=OUTPAINTING_SCRIPTS)
+    mask_blur = values["mask_blur"] if values["mask_blur"] is not None else \
+        max(values["mask_blur_x"], values["mask_blur_y"])
+    fields.update(
+        mode="img2img",
+        init_images=tuple(image_from_base64(data, f"init_images[{i}]", limit_megapixels)
+                          for i, data in enumerate(body.init_images)),
+        mask=image_from_base64(body.mask, "mask", limit_megapixels) if body.mask else None,
+        resize_mode=values["resize_mode"], denoising_strength=values["denoising_strength"],
+        mask_blur=mask_blur, inpainting_fill=values["inpainting_fill"],
+        inpaint_full_res=values["inpaint_full_res"],
+        inpaint_full_res_padding=values["inpaint_full_res_padding"],
+        inpainting_mask_invert=bool(values["inpainting_mask_invert"]),
+        initial_noise_multiplier=values["initial_noise_multiplier"] or 1.0,
+    )
+    if body.script_name:
+        fields.update(_outpainting_fields(body.script_args))
+    return GenerationRequest(**fields).validate()
+
+
+def _outpainting_fields(args: list[Any]) -> dict[str, Any]:
+    """script_args of the Outpainting script: [pixels, mask_blur, masked content, directions]."""
+    names = ("pixels", "mask_blur", "inpainting_fill", "directions")
+    if len(args) < 1:
+        raise RequestError(f"script_args for outpainting: give [{', '.join(names)}]", "script_args")
+    pixels, blur, fill, directions = (list(args) + [None] * 4)[:4]
+    fields: dict[str, Any] = {"outpaint_pixels": pixels,
+                              "outpaint_directions": tuple(directions or ("left", "right", "up", "down"))}
+    if blur is not None:
+        fields["mask_blur"] = blur
+    if isinstance(fill, str):
+        if fill not in image_prep.MASKED_CONTENT:
+            raise RequestError(f"script_args: unknown masked content '{fill}'. Choose one of: "
+                               f"{', '.join(image_prep.MASKED_CONTENT)}", "script_args")
+        fill = image_prep.MASKED_CONTENT.index(fill)
+    if fill is not None:
+        fields["inpainting_fill"] = fill
+    return fields
+
+
+def _common_fields(body: Txt2ImgBody, values: dict[str, Any], scripts: tuple[str, ...] = ()) -> dict:
+    """The request fields txt2img and img2img bodies share."""
+    for name, feature in _NOT_YET.items():
+        if name == "script_name" and (values.get(name) or "").lower() in scripts:
+            continue
+        if values.get(name):
+            raise RequestError(f"{name}: {feature} is not available in this version", name)
     overrides = _overrides(body.override_settings)
     sampler = values["sampler_name"] or values["sampler_index"] or samplers.API_DEFAULT_SAMPLER
     save = values["save_images"]
@@ -65,7 +118,7 @@ def txt2img_request(body: Txt2ImgBody) -> GenerationRequest:
     )
     fields.update({k: values[k] for k in ("clip_skip", "emphasis") if k in values})  # from infotext
     fields.update(overrides)
-    return GenerationRequest(**fields).validate()
+    return fields
 
 
 def _overrides(settings: dict[str, Any]) -> dict[str, Any]:
@@ -105,13 +158,24 @@ def info_json(result: GenerationResult) -> str:
         "sd_vae_name": result.extra_params.get("VAE"), "sd_vae_hash": result.extra_params.get("VAE hash"),
         "seed_resize_from_w": request.seed_resize_from_w or -1,
         "seed_resize_from_h": request.seed_resize_from_h or -1,
-        "denoising_strength": None, "extra_generation_params": dict(result.extra_params),
+        "denoising_strength": request.denoising_strength if request.mode == "img2img" else None,
+        "extra_generation_params": dict(result.extra_params),
         "index_of_first_image": first, "infotexts": ([result.infotexts[0]] if first else [])
         + result.infotexts, "styles": list(request.styles), "job_timestamp": result.job_timestamp,
-        "clip_skip": request.clip_skip, "is_using_inpainting_conditioning": False,
+        "clip_skip": request.clip_skip, "is_using_inpainting_conditioning": result.inpainting_model,
         "interrupted": result.interrupted, "warnings": result.warnings,
     }
     return json.dumps(info, ensure_ascii=False)
+
+
+def png_info(image) -> dict[str, Any]:
+    """What /png-info answers: the infotext, the image's other text, and the fields read out."""
+    from engine.outputs import read_infotext
+
+    text = read_infotext(image) or ""
+    items = {key: value for key, value in image.info.items()
+             if key != infotext.INFOTEXT_KEY and isinstance(value, (str, int, float))}
+    return {"info": text, "items": items, "parameters": infotext.fields_table(text) if text else {}}
 
 
 def images_response(result: GenerationResult, body: dict, send_images: bool) -> dict:

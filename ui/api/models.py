@@ -68,6 +68,34 @@ class Txt2ImgBody(BaseModel):
     infotext: str | None = None
 
 
+class Img2ImgBody(Txt2ImgBody):
+    init_images: list[str] = Field(default_factory=list, description="base64 images (or data: URLs)")
+    resize_mode: int = 0
+    denoising_strength: float = 0.75
+    image_cfg_scale: float | None = None
+    mask: str | None = Field(default=None, description="base64 mask image: white is repainted")
+    mask_blur: int | None = None
+    mask_blur_x: int = 4
+    mask_blur_y: int = 4
+    inpainting_fill: int = 0
+    inpaint_full_res: bool = True
+    inpaint_full_res_padding: int = 0
+    inpainting_mask_invert: int = 0
+    initial_noise_multiplier: float | None = None
+    latent_mask: str | None = None
+    include_init_images: bool = False
+
+
+class PngInfoBody(BaseModel):
+    image: str = Field(description="base64 image (or data: URL)")
+
+
+class PngInfoResponse(BaseModel):
+    info: str = Field(description="the infotext, empty when the image has none")
+    items: dict[str, Any] = Field(description="other text stored in the image")
+    parameters: dict[str, Any] = Field(description="the infotext read into its fields")
+
+
 class ImagesResponse(BaseModel):
     images: list[str] | None = Field(default=None, description="base64-encoded PNG images")
     parameters: dict[str, Any]

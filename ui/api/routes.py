@@ -9,12 +9,16 @@ from fastapi import APIRouter, Body, Depends, Request
 from engine import samplers
 from engine.errors import RequestError
 from engine.flags import public_dict
+from engine.uploads import image_from_base64
 
 from ..context import UIContext
 from . import convert
 from .models import (
     ErrorResponse,
     ImagesResponse,
+    Img2ImgBody,
+    PngInfoBody,
+    PngInfoResponse,
     ProgressResponse,
     ProgressState,
     SamplerItem,
@@ -38,12 +42,26 @@ def build_router(ctx: UIContext, auth_dependency) -> APIRouter:
 
     @router.post("/txt2img", response_model=ImagesResponse, responses=ERRORS)
     def txt2img(body: Txt2ImgBody, request: Request) -> dict:
-        generation = convert.txt2img_request(body)
+        return _generate(convert.txt2img_request(body), body, request, body.model_dump())
+
+    @router.post("/img2img", response_model=ImagesResponse, responses=ERRORS)
+    def img2img(body: Img2ImgBody, request: Request) -> dict:
+        generation = convert.img2img_request(body, settings["upload_max_megapixels"])
+        echo = body.model_dump()
+        if not body.include_init_images:  # as in the mature API: do not echo big uploads back
+            echo.update(init_images=None, mask=None)
+        return _generate(generation, body, request, echo)
+
+    def _generate(generation, body, request: Request, echo: dict) -> dict:
         # As in the mature API, a grid is made (and returned first) only when it is also saved.
         job = engine.submit(generation, owner=api_owner(request), job_id=body.force_task_id,
                             make_grid=generation.save_grid)
-        result = job.outcome()
-        return convert.images_response(result, body.model_dump(), body.send_images)
+        return convert.images_response(job.outcome(), echo, body.send_images)
+
+    @router.post("/png-info", response_model=PngInfoResponse, responses=ERRORS)
+    def png_info(body: PngInfoBody) -> dict:
+        image = image_from_base64(body.image, "image", settings["upload_max_megapixels"])
+        return convert.png_info(image)
 
     @router.get("/progress", response_model=ProgressResponse)
     def progress(skip_current_image: bool = False, id_task: str | None = None) -> dict:

@@ -1,0 +1,158 @@
+"""img2img and inpainting jobs: the txt2img batch loop, starting from encoded init images.
+
+The starting noise is ours (seeded on the CPU, as for txt2img), so the pipeline's own noise is
+replaced through this job's scheduler, which is built fresh for every job. Masked content and
+the "only masked" crop are prepared in pixel space by `image_prep`; results are pasted back onto
+the original so that everything outside the mask keeps its pixels.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import image_prep
+from .generation import Txt2ImgRun
+from .image_prep import InitImage, PreparedMask
+from .vae import encode
+
+
+def image_tensor(image: Image.Image) -> torch.Tensor:
+    """An RGB image as a (1, 3, H, W) tensor in [-1, 1]."""
+    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(array).permute(2, 0, 1)[None]
+
+
+def _replace_noise(scheduler, noise: torch.Tensor) -> None:
+    """Make the pipeline noise the init latents with our seeded noise instead of its own."""
+    add_noise = scheduler.add_noise
+
+    def add_our_noise(samples, _their_noise, timesteps):
+        return add_noise(samples, noise.to(samples.device, samples.dtype), timesteps)
+
+    scheduler.add_noise = add_our_noise
+
+
+class Img2ImgRun(Txt2ImgRun):
+    """One img2img or inpainting job."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        request = self.request
+        self.mask: PreparedMask | None = None
+        first = image_prep.flatten(request.init_images[0])
+        if request.mask is not None:
+            self.mask = image_prep.prepare_mask(
+                request.mask, first.size, request.width, request.height,
+                invert=request.inpainting_mask_invert, blur=request.mask_blur,
+                only_masked=request.inpaint_full_res, padding=request.inpaint_full_res_padding,
+                resize_mode=request.resize_mode)
+        self.inits: list[InitImage] = [
+            image_prep.prepare_init(image if image.size == first.size else
+                                    image.resize(first.size, Image.Resampling.LANCZOS),
+                                    request.width, request.height, request.resize_mode,
+                                    self.mask, request.inpainting_fill)
+            for image in request.init_images]
+        self._encoded: dict[int, torch.Tensor] = {}
+        self._masked_encoded: dict[int, torch.Tensor] = {}
+
+    @property
+    def task(self) -> str:
+        return "inpaint" if self.request.mask is not None or self.model.is_inpainting else "img2img"
+
+    @property
+    def sampling_steps(self) -> int:
+        return self.request.img2img_steps
+
+    def _task_params(self) -> dict[str, Any]:
+        request = self.request
+        params: dict[str, Any] = {"Denoising strength": request.denoising_strength}
+        if request.resize_mode != image_prep.JUST_RESIZE:
+            params["Resize mode"] = image_prep.RESIZE_MODES[request.resize_mode]
+        if request.initial_noise_multiplier != 1.0:
+            params["Noise multiplier"] = request.initial_noise_multiplier
+        if request.mask is not None:
+            params["Mask blur"] = request.mask_blur
+            params["Masked content"] = image_prep.MASKED_CONTENT[request.inpainting_fill]
+            params["Inpaint area"] = image_prep.INPAINT_AREAS[int(request.inpaint_full_res)]
+            if request.inpaint_full_res:
+                params["Masked area padding"] = request.inpaint_full_res_padding
+            if request.inpainting_mask_invert:
+                params["Mask mode"] = image_prep.MASK_MODES[1]
+        return params
+
+    def _indices(self, batch: int, count: int) -> list[int]:
+        start = batch * self.request.batch_size
+        return [(start + j) % len(self.inits) for j in range(count)]
+
+    def _task_inputs(self, noise: torch.Tensor, batch: int) -> dict[str, Any]:
+        request = self.request
+        count = noise.shape[0]
+        indices = self._indices(batch, count)
+        noise = noise * request.initial_noise_multiplier
+        latents = torch.cat([self._init_latents(i) for i in indices]).to(noise.device, noise.dtype)
+        latent_mask = None
+        if self.mask is not None:
+            latent_mask = torch.from_numpy(self.mask.latent()).to(noise.device, noise.dtype)
+            if request.inpainting_fill == image_prep.LATENT_NOISE:
+                latents = latents * (1 - latent_mask) + noise * latent_mask
+            elif request.inpainting_fill == image_prep.LATENT_NOTHING:
+                latents = latents * (1 - latent_mask)
+        _replace_noise(self.pipe.scheduler, noise)
+        inputs: dict[str, Any] = {"image": latents, "strength": request.denoising_strength}
+        if self.task == "inpaint":
+            inputs.update(width=request.width, height=request.height,
+                          mask_image=self._pipeline_mask(latent_mask))
+            if self.model.is_inpainting:
+                inputs["masked_image_latents"] = torch.cat(
+                    [self._masked_latents(i) for i in indices]).to(noise.device, noise.dtype)
+            else:
+                # Unused by an ordinary UNet, but without it the pipeline would mask `image`,
+                # which here is latents, with a full-size mask.
+                inputs["masked_image_latents"] = latents
+            if request.denoising_strength >= 1.0:
+                # At full strength the pipeline starts from `latents` alone, unscaled noise.
+                inputs["latents"] = noise
+        return inputs
+
+    def _pipeline_mask(self, latent_mask: torch.Tensor | None) -> Image.Image:
+        """The mask at image size, made of whole latent pixels, so the pipeline's downscaled copy
+        is exactly the latent mask used above."""
+        request = self.request
+        if latent_mask is None:  # an inpainting model doing plain img2img: all of it may change
+            return Image.new("L", (request.width, request.height), 255)
+        small = Image.fromarray((latent_mask.cpu().float().numpy() * 255).astype(np.uint8), "L")
+        return small.resize((request.width, request.height), Image.Resampling.NEAREST)
+
+    def _init_latents(self, index: int) -> torch.Tensor:
+        if index not in self._encoded:
+            latents = encode(self.pipe.vae, image_tensor(self.inits[index].image))
+            self._encoded[index] = self._to_latent_size(latents)
+        return self._encoded[index]
+
+    def _to_latent_size(self, latents: torch.Tensor) -> torch.Tensor:
+        """"Just resize (latent upscale)" encodes at the image's own size and scales the latents."""
+        scale = self.model.vae_scale_factor
+        size = (self.request.height // scale, self.request.width // scale)
+        if latents.shape[-2:] == size:
+            return latents
+        return torch.nn.functional.interpolate(latents.float(), size=size, mode="bilinear")
+
+    def _masked_latents(self, index: int) -> torch.Tensor:
+        """An inpainting model's view of the picture: the kept part, grey where it repaints."""
+        if index not in self._masked_encoded:
+            pixels = image_tensor(self.inits[index].image)
+            if self.mask is None:
+                pixels = torch.zeros_like(pixels)
+            else:
+                keep = torch.from_numpy(1.0 - self.mask.pixels())[None, None]
+                pixels = pixels * keep
+            self._masked_encoded[index] = self._to_latent_size(encode(self.pipe.vae, pixels))
+        return self._masked_encoded[index]
+
+    def _finish(self, images: list[Image.Image], batch: int) -> list[Image.Image]:
+        indices = self._indices(batch, len(images))
+        return [self.inits[i].restore(image) for i, image in zip(indices, images)]

@@ -1,0 +1,243 @@
+"""img2img and inpainting through the engine, on the tiny seeded model at 64x64."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from engine import image_prep
+from engine.errors import RequestError
+from engine.img2img import Img2ImgRun
+from engine.infotext import parse, request_fields
+from engine.jobs import Job
+from engine.request import GenerationRequest
+from engine.seeds import initial_latents
+
+BASE = GenerationRequest(mode="img2img", prompt="a red cube", steps=4, width=64, height=64,
+                         sampler_name="Euler", seed=3, denoising_strength=0.75,
+                         save_images=False, save_grid=False)
+
+
+def noise_image(width=64, height=64, seed=0) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def square_mask(size=(64, 64), box=(24, 24, 40, 40)) -> Image.Image:
+    mask = Image.new("L", size, 0)
+    mask.paste(255, box)
+    return mask
+
+
+def change(a: Image.Image, b: Image.Image) -> np.ndarray:
+    """Per-pixel largest channel difference."""
+    return np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16)).max(-1)
+
+
+ORIGINAL = noise_image()
+
+
+def test_img2img_starts_from_the_picture_and_is_reproducible(engine):
+    result = engine.generate(BASE.replace(init_images=(ORIGINAL,)))
+    again = engine.generate(BASE.replace(init_images=(ORIGINAL,)))
+    assert result.images[0].size == (64, 64)
+    assert result.images[0].tobytes() == again.images[0].tobytes()
+    other = engine.generate(BASE.replace(init_images=(noise_image(seed=9),)))
+    assert other.images[0].tobytes() != result.images[0].tobytes()
+    _, _, params = parse(result.infotexts[0])
+    assert params["Denoising strength"] == "0.75"
+
+
+def test_low_strength_stays_closer_to_the_picture(engine):
+    weak = engine.generate(BASE.replace(init_images=(ORIGINAL,), denoising_strength=0.25))
+    strong = engine.generate(BASE.replace(init_images=(ORIGINAL,), denoising_strength=1.0))
+    assert change(weak.images[0], ORIGINAL).mean() < change(strong.images[0], ORIGINAL).mean()
+
+
+def test_inpaint_keeps_pixels_outside_the_mask_and_changes_inside(engine):
+    result = engine.generate(BASE.replace(init_images=(ORIGINAL,), mask=square_mask(), mask_blur=4))
+    diff = change(result.images[0], ORIGINAL)
+    # Beyond the blur's reach (about 3 radii) the original pixels are kept exactly.
+    far = np.ones_like(diff, dtype=bool)
+    far[24 - 12:40 + 12, 24 - 12:40 + 12] = False
+    assert diff[far].max() <= 1
+    assert diff[28:36, 28:36].mean() > 20
+
+
+def test_inverted_mask_changes_the_outside_instead(engine):
+    result = engine.generate(BASE.replace(init_images=(ORIGINAL,), mask=square_mask((64, 64), (12, 12, 52, 52)),
+                                          mask_blur=2, inpainting_mask_invert=True))
+    diff = change(result.images[0], ORIGINAL)
+    assert diff[22:42, 22:42].max() <= 1
+    assert diff[:4].mean() > 20 and diff[-4:].mean() > 20
+
+
+def _start_latents(engine, **fields) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """The init latents an inpainting job would start from, the noise, and the latent mask."""
+    request = engine.complete(BASE.replace(init_images=(ORIGINAL,), mask=square_mask(), **fields))
+    from engine.generation import OutputPolicy
+    run = Img2ImgRun(Job(lambda job: None), request, engine.models.require(), OutputPolicy(),
+                     engine.addons)
+    noise = initial_latents(request, (request.seed,), (0,))
+    inputs = run._task_inputs(noise, 0)
+    return inputs["image"], noise, run.mask.latent()
+
+
+def test_each_masked_content_mode_starts_from_its_own_latent(engine):
+    original, noise, mask = _start_latents(engine, inpainting_fill=image_prep.ORIGINAL)
+    inside = torch.from_numpy(mask).bool().expand_as(original)
+    assert inside.any() and not inside.all()
+    fill, _, _ = _start_latents(engine, inpainting_fill=image_prep.FILL)
+    latent_noise, _, _ = _start_latents(engine, inpainting_fill=image_prep.LATENT_NOISE)
+    nothing, _, _ = _start_latents(engine, inpainting_fill=image_prep.LATENT_NOTHING)
+    # fill changes the picture under the mask before encoding: different latents inside.
+    assert not torch.allclose(fill[inside], original[inside], atol=1e-3)
+    # latent noise: the seed's noise under the mask, the picture's latents elsewhere.
+    assert torch.equal(latent_noise[inside], noise[inside])
+    assert torch.equal(latent_noise[~inside], original[~inside])
+    # latent nothing: zeros under the mask.
+    assert torch.count_nonzero(nothing[inside]) == 0
+    assert torch.equal(nothing[~inside], original[~inside])
+
+
+def test_only_masked_works_on_the_crop_and_pastes_it_back(engine):
+    wide = noise_image(128, 96, seed=4)
+    mask = square_mask(wide.size, (80, 40, 96, 48))
+    request = BASE.replace(init_images=(wide,), mask=mask, mask_blur=0, inpaint_full_res=True,
+                           inpaint_full_res_padding=8)
+    result = engine.generate(request)
+    assert result.images[0].size == wide.size
+    box = image_prep.match_aspect(image_prep.crop_region(mask, 8), 64, 64, *wide.size)
+    assert box == (72, 28, 104, 60)  # the padded 32x24 box, grown to the 64x64 target's shape
+    diff = change(result.images[0], wide)
+    outside = np.ones_like(diff, dtype=bool)
+    outside[box[1]:box[3], box[0]:box[2]] = False
+    assert diff[outside].max() == 0
+    assert diff[41:47, 82:94].mean() > 20
+    _, _, params = parse(result.infotexts[0])
+    assert params["Inpaint area"] == "Only masked" and params["Masked area padding"] == "8"
+
+
+def _stripes() -> Image.Image:
+    """128x64: four 32-pixel vertical stripes, red, green, blue, yellow."""
+    colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)]
+    image = Image.new("RGB", (128, 64))
+    for i, colour in enumerate(colours):
+        image.paste(colour, (32 * i, 0, 32 * (i + 1), 64))
+    return image
+
+
+def test_resize_modes_frame_the_picture_as_named():
+    stripes = _stripes()
+    just = np.asarray(image_prep.resize_image(stripes, image_prep.JUST_RESIZE, 64, 64))
+    assert tuple(just[32, 8]) == (255, 0, 0) and tuple(just[32, 56]) == (255, 255, 0)
+    crop = np.asarray(image_prep.resize_image(stripes, image_prep.CROP_AND_RESIZE, 64, 64))
+    assert tuple(crop[32, 8]) == (0, 255, 0) and tuple(crop[32, 56]) == (0, 0, 255)
+    fill = np.asarray(image_prep.resize_image(stripes, image_prep.RESIZE_AND_FILL, 64, 64))
+    assert tuple(fill[32, 4]) == (255, 0, 0) and tuple(fill[32, 60]) == (255, 255, 0)
+    # The picture is 64x32 in the middle; the bands above and below repeat its edge rows.
+    assert tuple(fill[2, 4]) == (255, 0, 0) and tuple(fill[61, 60]) == (255, 255, 0)
+    for mode in range(4):
+        assert image_prep.resize_image(stripes, mode, 48, 80).size == (48, 80)
+
+
+@pytest.mark.parametrize("mode", range(4))
+def test_every_resize_mode_generates_at_the_requested_size(engine, mode):
+    result = engine.generate(BASE.replace(init_images=(_stripes(),), resize_mode=mode, width=64, height=80))
+    assert result.images[0].size == (64, 80)
+
+
+def test_latent_upscale_encodes_at_the_pictures_own_size(engine):
+    from engine.generation import OutputPolicy
+    request = engine.complete(BASE.replace(init_images=(_stripes(),), resize_mode=3))
+    run = Img2ImgRun(Job(lambda job: None), request, engine.models.require(), OutputPolicy(),
+                     engine.addons)
+    assert run.inits[0].image.size == (128, 64)
+    assert run._init_latents(0).shape[-2:] == (8, 8)
+
+
+def test_outpainting_grows_the_canvas_by_exactly_the_pixels_asked(engine):
+    request = BASE.replace(init_images=(ORIGINAL,), outpaint_pixels=16, outpaint_directions=("left", "down"),
+                           mask_blur=2, inpainting_fill=image_prep.FILL)
+    result = engine.generate(request)
+    assert result.images[0].size == (64 + 16, 64 + 16)
+    kept = change(result.images[0].crop((16, 0, 80, 64)), ORIGINAL)
+    # The old picture survives except for the seam (twice the blur, plus the blur) by the new area.
+    assert kept[:64 - 10, 10:].max() <= 1
+    assert change(result.images[0].crop((0, 0, 16, 64)), ORIGINAL.crop((0, 0, 16, 64))).mean() > 10
+
+
+def test_outpainting_beyond_the_largest_size_is_refused(engine):
+    with pytest.raises(RequestError, match="2048"):
+        engine.submit(BASE.replace(init_images=(ORIGINAL,), width=2048, height=64,
+                                   outpaint_pixels=64, outpaint_directions=("right",)))
+
+
+def test_batch_cycles_through_several_init_images(engine):
+    other = noise_image(seed=5)
+    both = engine.generate(BASE.replace(init_images=(ORIGINAL, other), batch_size=2,
+                                        sampler_name="Euler", seed=10, subseed_strength=0.0))
+    alone = engine.generate(BASE.replace(init_images=(other,), seed=11))
+    assert change(both.images[1], alone.images[0]).max() <= 2
+
+
+def test_img2img_and_inpaint_pipelines_share_the_loaded_weights(engine):
+    model = engine.models.require()
+    for task in ("img2img", "inpaint"):
+        pipe = model.pipeline_for(task)
+        assert pipe is not model.base
+        for name in ("unet", "vae", "text_encoder", "tokenizer"):
+            assert getattr(pipe, name) is getattr(model.base, name), (task, name)
+
+
+def test_infotext_keys_read_back(engine):
+    result = engine.generate(BASE.replace(init_images=(ORIGINAL,), mask=square_mask(), mask_blur=6,
+                                          inpainting_fill=2, denoising_strength=0.5))
+    _, _, params = parse(result.infotexts[0])
+    assert params["Mask blur"] == "6" and params["Masked content"] == "latent noise"
+    assert params["Inpaint area"] == "Whole picture"
+    fields = request_fields(result.infotexts[0])
+    assert fields["denoising_strength"] == 0.5 and fields["mask_blur"] == 6
+    assert fields["inpainting_fill"] == 2 and fields["inpaint_full_res"] is False
+
+
+# Bad input: a clear message naming the problem, and the engine keeps working.
+
+def test_missing_init_image_is_refused(engine):
+    with pytest.raises(RequestError, match="init image"):
+        engine.submit(BASE)
+
+
+def test_too_few_steps_for_the_strength_is_refused(engine):
+    with pytest.raises(RequestError, match="steps x strength") as caught:
+        engine.submit(BASE.replace(init_images=(ORIGINAL,), steps=4, denoising_strength=0.2))
+    assert caught.value.field == "denoising_strength"
+
+
+def test_mask_of_another_size_is_stretched_not_refused(engine):
+    result = engine.generate(BASE.replace(init_images=(ORIGINAL,), mask=square_mask((32, 32), (12, 12, 20, 20)),
+                                          mask_blur=0))
+    diff = change(result.images[0], ORIGINAL)
+    assert diff[:16].max() <= 1 and diff[28:36, 28:36].mean() > 20
+
+
+def test_empty_mask_is_refused_unless_the_setting_says_img2img(engine):
+    empty = Image.new("L", (64, 64), 0)
+    with pytest.raises(RequestError, match="mask is empty"):
+        engine.submit(BASE.replace(init_images=(ORIGINAL,), mask=empty))
+    engine.settings.update({"img2img_empty_mask_as_img2img": True})
+    try:
+        result = engine.generate(BASE.replace(init_images=(ORIGINAL,), mask=empty))
+        plain = engine.generate(BASE.replace(init_images=(ORIGINAL,)))
+        assert result.images[0].tobytes() == plain.images[0].tobytes()
+    finally:
+        engine.settings.update({"img2img_empty_mask_as_img2img": False})
+
+
+def test_huge_upload_is_refused_naming_the_limit(engine):
+    engine.settings.update({"upload_max_megapixels": 1.0})
+    try:
+        with pytest.raises(RequestError, match="limited to 1 megapixels"):
+            engine.submit(BASE.replace(init_images=(Image.new("RGB", (1200, 1000)),)))
+    finally:
+        engine.settings.update({"upload_max_megapixels": 16.0})
+    assert engine.generate(BASE.replace(init_images=(ORIGINAL,))).images
