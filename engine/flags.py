@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="folder for config.json, outputs/ and models/ (default: the app folder)")
     models.add_argument("--allow-unsafe-checkpoints", action="store_true",
                         help="allow pickled .ckpt/.pt checkpoints (read with weights_only=True)")
+    models.add_argument("--allow-server-folders", action="store_true",
+                        help="let the img2img Batch tab read and write folders on this machine "
+                             "even when the UI is shared with --listen or --share")
     models.add_argument("--demo", action="store_true",
                         help="add a tiny built-in random model: try the UI with no download")
 

@@ -241,3 +241,26 @@ def test_huge_upload_is_refused_naming_the_limit(engine):
     finally:
         engine.settings.update({"upload_max_megapixels": 16.0})
     assert engine.generate(BASE.replace(init_images=(ORIGINAL,))).images
+
+
+def test_fill_spreads_the_surrounding_colours_into_the_hole():
+    picture = Image.new("RGB", (64, 64), (200, 0, 0))
+    picture.paste((0, 0, 200), (32, 0, 64, 64))
+    picture.paste((0, 255, 0), (8, 24, 24, 40))  # what the mask hides must not leak out
+    mask = square_mask((64, 64), (8, 24, 24, 40))
+    filled = np.asarray(image_prep.fill_masked(picture, mask), dtype=np.int16)
+    hole = filled[26:38, 10:22]
+    assert hole[..., 1].max() < 10, "the hidden green is gone"
+    assert hole[..., 0].mean() > 120 and hole[..., 2].mean() < 80, "red from around the hole"
+    outside = np.asarray(picture, dtype=np.int16)
+    keep = np.asarray(mask) == 0
+    assert np.array_equal(filled[keep], outside[keep])
+
+
+def test_unknown_unet_widths_are_refused_by_name():
+    from engine.errors import CheckpointError
+    from engine.loading import UNET_IN, detect_layout
+    shapes = {UNET_IN: (320, 8, 3, 3), "cond_stage_model.transformer.text_model.embeddings."
+              "token_embedding.weight": (49408, 768)}
+    with pytest.raises(CheckpointError, match="8-channel UNet"):
+        detect_layout(shapes, "pix2pix")

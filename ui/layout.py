@@ -8,7 +8,7 @@ import gradio as gr
 
 from engine.version import VERSION
 
-from . import checkpoint_bar, settings_tab, txt2img_tab
+from . import checkpoint_bar, img2img_tab, png_info_tab, send_to, settings_tab, txt2img_tab
 from .context import UIContext
 
 ASSETS = Path(__file__).parent / "assets"
@@ -18,11 +18,16 @@ def build_app(ctx: UIContext) -> gr.Blocks:
     # Gallery images are copied into Gradio's cache; clear out day-old copies every hour.
     with gr.Blocks(title="SD Studio", analytics_enabled=False, delete_cache=(3600, 86400)) as blocks:
         bar = checkpoint_bar.build(ctx)
-        with gr.Tabs(elem_id="tabs"):
+        with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
-                txt2img_tab.build(ctx)
+                txt2img = txt2img_tab.build(ctx)
+            with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"):
+                img2img = img2img_tab.build(ctx)
+            with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
+                png_info = png_info_tab.build(ctx)
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
                 settings_values, settings_components = settings_tab.build(ctx)
+        send_to.wire(ctx, tabs, txt2img, img2img, png_info)
         gr.Markdown(f"SD Studio {VERSION}", elem_id="footer_version")
         _on_page_load(blocks, ctx, bar)
         blocks.load(settings_values, outputs=settings_components, queue=False, api_visibility="private")
@@ -44,5 +49,10 @@ def page_css() -> str:
     return (ASSETS / "style.css").read_text(encoding="utf-8")
 
 
+SCRIPTS = ("shortcuts.js", "infotext_drop.js")
+
+
 def page_js() -> str:
-    return (ASSETS / "shortcuts.js").read_text(encoding="utf-8")
+    """One function (what Gradio takes) that runs each script's function."""
+    calls = "".join(f"({(ASSETS / name).read_text(encoding='utf-8').strip()})();\n" for name in SCRIPTS)
+    return "() => {\n" + calls + "}"

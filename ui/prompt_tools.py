@@ -115,3 +115,20 @@ def _listing_label(count: int, folder) -> str:
         return f"{count} LoRA file(s): click one to add it to the prompt"
     return f"No LoRA files found in {folder}"
 
+
+
+def prompt_area(ctx: UIContext, tab: str) -> tuple[dict, dict, dict]:
+    """The top of a generation tab: prompts with counters, the action buttons, styles, LoRAs.
+
+    Returns (controls, counters, buttons); the tab wires the counters once its steps exist.
+    """
+    from . import widgets
+
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=6):
+            controls, counters = widgets.prompt_boxes(tab)
+        with gr.Column(scale=1, min_width=160):
+            buttons = widgets.action_buttons(tab)
+    controls["styles"] = styles_row(ctx, tab, controls["prompt"], controls["negative_prompt"])
+    lora_browser(ctx, tab, controls["prompt"])
+    return controls, counters, buttons

@@ -26,6 +26,11 @@ INT_FIELDS = ("steps", "width", "height", "batch_size", "n_iter", "seed", "subse
 
 def request_from_ui(values: dict[str, Any], mode: str = "txt2img") -> GenerationRequest:
     """Build (and validate) a request from {control name: value}."""
+    return GenerationRequest(**common_fields(values, mode)).validate()
+
+
+def common_fields(values: dict[str, Any], mode: str) -> dict[str, Any]:
+    """The request fields every generation tab has."""
     fields: dict[str, Any] = {
         "mode": mode,
         "prompt": values.get("prompt") or "",
@@ -43,7 +48,7 @@ def request_from_ui(values: dict[str, Any], mode: str = "txt2img") -> Generation
     else:
         # Hidden variation options do not apply, as users of the mature UIs expect.
         fields.update(subseed=-1, subseed_strength=0.0, seed_resize_from_w=0, seed_resize_from_h=0)
-    return GenerationRequest(**fields).validate()
+    return fields
 
 
 def named_values(controls: dict[str, Any], data: dict) -> dict[str, Any]:

@@ -16,6 +16,8 @@ DICE = "\U0001F3B2"     # random seed
 RECYCLE = "\u267B\ufe0f"  # reuse last seed
 SWAP = "\u21C5"          # swap width and height
 REFRESH = "\U0001F504"
+PASTE = "\u2199\ufe0f"     # read generation parameters into the controls
+SEND_TARGETS = {"img2img": "Send to img2img", "inpaint": "Send to inpaint"}
 
 
 def prompt_boxes(tab: str) -> tuple[dict[str, gr.components.Component], dict[str, gr.HTML]]:
@@ -52,7 +54,7 @@ def sampler_row(tab: str) -> dict[str, gr.components.Component]:
     return {"sampler_name": sampler, "scheduler": schedule, "steps": steps}
 
 
-def size_and_batch(tab: str) -> dict[str, gr.components.Component]:
+def size_sliders(tab: str) -> dict[str, gr.components.Component]:
     with gr.Row():
         with gr.Column(scale=4):
             width = gr.Slider(limits.MIN_SIZE, limits.MAX_SIZE, value=512, step=limits.SIZE_STEP,
@@ -61,17 +63,33 @@ def size_and_batch(tab: str) -> dict[str, gr.components.Component]:
                                label="Height", elem_id=f"{tab}_height")
         swap = gr.Button(SWAP, elem_id=f"{tab}_swap_size", scale=0, min_width=40,
                          elem_classes=["tool"])
-        with gr.Column(scale=2):
-            n_iter = gr.Slider(1, limits.MAX_BATCH_COUNT, value=1, step=1, label="Batch count",
-                               elem_id=f"{tab}_batch_count")
-            batch_size = gr.Slider(1, limits.MAX_BATCH_SIZE, value=1, step=1, label="Batch size",
-                                   elem_id=f"{tab}_batch_size")
     swap.click(lambda w, h: (h, w), inputs=[width, height], outputs=[width, height], queue=False,
                api_visibility="private")
-    cfg = gr.Slider(limits.MIN_CFG, limits.MAX_CFG, value=7.0, step=0.5, label="CFG Scale",
-                    elem_id=f"{tab}_cfg_scale")
-    return {"width": width, "height": height, "n_iter": n_iter, "batch_size": batch_size,
-            "cfg_scale": cfg}
+    return {"width": width, "height": height}
+
+
+def batch_sliders(tab: str) -> dict[str, gr.components.Component]:
+    with gr.Row():
+        n_iter = gr.Slider(1, limits.MAX_BATCH_COUNT, value=1, step=1, label="Batch count",
+                           elem_id=f"{tab}_batch_count")
+        batch_size = gr.Slider(1, limits.MAX_BATCH_SIZE, value=1, step=1, label="Batch size",
+                               elem_id=f"{tab}_batch_size")
+    return {"n_iter": n_iter, "batch_size": batch_size}
+
+
+def cfg_slider(tab: str) -> dict[str, gr.components.Component]:
+    return {"cfg_scale": gr.Slider(limits.MIN_CFG, limits.MAX_CFG, value=7.0, step=0.5,
+                                   label="CFG Scale", elem_id=f"{tab}_cfg_scale")}
+
+
+def size_and_batch(tab: str) -> dict[str, gr.components.Component]:
+    with gr.Row():
+        with gr.Column(scale=4):
+            controls = size_sliders(tab)
+        with gr.Column(scale=2):
+            controls.update(batch_sliders(tab))
+    controls.update(cfg_slider(tab))
+    return controls
 
 
 def seed_row(tab: str, last_seeds: gr.State) -> dict[str, gr.components.Component]:
@@ -117,24 +135,34 @@ def action_buttons(tab: str) -> dict[str, gr.Button]:
     with gr.Row():
         interrupt = gr.Button("Interrupt", elem_id=f"{tab}_interrupt", size="sm")
         skip = gr.Button("Skip", elem_id=f"{tab}_skip", size="sm")
-    return {"generate": generate, "interrupt": interrupt, "skip": skip}
+        # Reads an infotext pasted (or a PNG dropped) into the prompt box into the controls.
+        paste = gr.Button(PASTE, elem_id=f"{tab}_paste", size="sm", min_width=40,
+                          elem_classes=["tool"])
+    return {"generate": generate, "interrupt": interrupt, "skip": skip, "paste": paste}
 
 
 def results_panel(tab: str) -> dict[str, gr.components.Component]:
     """Progress, gallery (PNG, so downloads keep their metadata) and the selected image's infotext."""
     progress = gr.HTML("", elem_id=f"{tab}_progress", elem_classes=["progress-view"])
-    gallery = gr.Gallery(label="Output", format="png", columns=4, height="auto", object_fit="contain",
-                         elem_id=f"{tab}_gallery", interactive=False, preview=True)
+    gallery = gr.Gallery(label="Output", format="png", type="pil", columns=4, height="auto",
+                         object_fit="contain", elem_id=f"{tab}_gallery", interactive=False,
+                         preview=True)
+    with gr.Row(elem_id=f"{tab}_send_buttons"):
+        send = {target: gr.Button(label, elem_id=f"{tab}_send_to_{target}", size="sm")
+                for target, label in SEND_TARGETS.items()}
     info = gr.Textbox(label="Generation parameters", lines=4, interactive=False,
                       elem_id=f"{tab}_infotext", buttons=["copy"])
     message = gr.Markdown("", elem_id=f"{tab}_message", elem_classes=["message"])
     infotexts = gr.State([])
+    selected = gr.State(0)
 
     def show_selected(texts: list[str], event: gr.SelectData):
         index = event.index if isinstance(event.index, int) else 0
-        return texts[index] if 0 <= index < len(texts) else ""
+        return (texts[index] if 0 <= index < len(texts) else ""), index
 
-    gallery.select(show_selected, inputs=infotexts, outputs=info, queue=False,
+    gallery.select(show_selected, inputs=infotexts, outputs=[info, selected], queue=False,
                    api_visibility="private")
+    # New results: the first one is selected until the user picks another.
+    gallery.change(lambda: 0, outputs=selected, queue=False, api_visibility="private")
     return {"progress": progress, "gallery": gallery, "infotext": info, "message": message,
-            "infotexts": infotexts}
+            "infotexts": infotexts, "selected": selected, "send": send}

@@ -1,0 +1,121 @@
+"""Moving pictures and their parameters between tabs: the gallery's "Send to" buttons, PNG Info's
+buttons, and each tab's paste button."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+from PIL import Image
+
+from engine.errors import UserError
+from engine.uploads import open_image
+
+from . import paste
+from .context import UIContext
+
+# Request field -> the img2img control that shows it, where the names differ.
+CONTROL_NAMES = {"inpaint_full_res": "inpaint_area", "inpainting_mask_invert": "mask_mode"}
+PASTABLE = ("prompt", "negative_prompt", "steps", "sampler_name", "scheduler", "cfg_scale", "seed",
+            "subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h", "subseed_show",
+            "width", "height", "denoising_strength", "mask_blur", "inpainting_fill", "inpaint_area",
+            "inpaint_full_res_padding", "mask_mode", "resize_mode")
+SUBTAB_OF = {"img2img": "img2img", "inpaint": "Inpaint"}
+
+
+def pasted(controls: dict, values: dict) -> dict:
+    """{component: value} for the parsed parameters this tab has controls for."""
+    out = {}
+    for name, value in values.items():
+        name = CONTROL_NAMES.get(name, name)
+        if name in controls and name in PASTABLE:
+            out[controls[name]] = value
+    return out
+
+
+def _targets(controls: dict) -> list:
+    return [controls[name] for name in PASTABLE if name in controls]
+
+
+def wire(ctx: UIContext, tabs: gr.Tabs, txt2img: dict, img2img: dict, png_info: dict) -> None:
+    for tab in (txt2img, img2img):
+        _wire_paste_button(tab)
+        for target, button in tab["results"]["send"].items():
+            _wire_gallery_send(ctx, tabs, tab["results"], img2img, target, button)
+    _wire_png_info(ctx, tabs, png_info, txt2img, img2img)
+
+
+def _wire_paste_button(tab: dict) -> None:
+    controls, message = tab["controls"], tab["results"]["message"]
+
+    def read_prompt_box(text: str) -> dict:
+        if not paste.has_parameters(text):
+            return {message: "Nothing to read: paste generation parameters (or drop a PNG made "
+                             "by a Stable Diffusion UI) into the prompt box first."}
+        return {**pasted(controls, paste.control_values(text)), message: ""}
+
+    tab["buttons"]["paste"].click(read_prompt_box, inputs=controls["prompt"],
+                                  outputs=[*_targets(controls), message], queue=False,
+                                  api_visibility="private")
+
+
+def _img2img_outputs(tabs: gr.Tabs, img2img: dict) -> list:
+    controls = img2img["controls"]
+    return [tabs, img2img["subtabs"], controls["subtab"], img2img["inpaint_group"],
+            controls["init_image"], controls["inpaint"], *_targets(controls)]
+
+
+def _into_img2img(tabs: gr.Tabs, img2img: dict, target: str, image: Image.Image, values: dict) -> dict:
+    controls = img2img["controls"]
+    out = pasted(controls, values)
+    out.update({
+        tabs: gr.Tabs(selected="img2img"),
+        img2img["subtabs"]: gr.Tabs(selected=SUBTAB_OF[target]),
+        controls["subtab"]: SUBTAB_OF[target],
+        img2img["inpaint_group"]: gr.update(visible=target == "inpaint"),
+    })
+    if target == "inpaint":
+        out[controls["inpaint"]] = {"background": image, "layers": [], "composite": image}
+    else:
+        out[controls["init_image"]] = image
+    return out
+
+
+def _wire_gallery_send(ctx: UIContext, tabs: gr.Tabs, results: dict, img2img: dict, target: str,
+                       button: gr.Button) -> None:
+    def send(images, index: int, texts: list[str]) -> dict:
+        if not images:
+            return {}
+        index = index if 0 <= index < len(images) else 0
+        item = images[index]
+        image = item[0] if isinstance(item, (tuple, list)) else item
+        settings = ctx.settings
+        values = paste.control_values(texts[index] if index < len(texts) else "",
+                                      send_seed=settings["send_seed"], send_size=settings["send_size"])
+        return _into_img2img(tabs, img2img, target, image, values)
+
+    button.click(send, inputs=[results["gallery"], results["selected"], results["infotexts"]],
+                 outputs=_img2img_outputs(tabs, img2img), queue=False, api_visibility="private")
+
+
+def _wire_png_info(ctx: UIContext, tabs: gr.Tabs, png_info: dict, txt2img: dict, img2img: dict) -> None:
+    def to_txt2img(text: str) -> dict:
+        return {**pasted(txt2img["controls"], paste.control_values(text)),
+                tabs: gr.Tabs(selected="txt2img")}
+
+    png_info["send"]["txt2img"].click(to_txt2img, inputs=png_info["text"],
+                                      outputs=[tabs, *_targets(txt2img["controls"])], queue=False,
+                                      api_visibility="private")
+    for target in ("img2img", "inpaint"):
+        def to_img2img(path: str | None, text: str, target=target) -> dict:
+            if not path:
+                return {}
+            try:
+                image = open_image(Path(path).read_bytes(), "image", ctx.settings["upload_max_megapixels"])
+            except UserError:
+                return {}  # PNG Info already shows what is wrong with the file
+            return _into_img2img(tabs, img2img, target, image.convert("RGBA"), paste.control_values(text))
+
+        png_info["send"][target].click(to_img2img, inputs=[png_info["image"], png_info["text"]],
+                                       outputs=_img2img_outputs(tabs, img2img), queue=False,
+                                       api_visibility="private")
