@@ -136,8 +136,7 @@ def action_buttons(tab: str) -> dict[str, gr.Button]:
         interrupt = gr.Button("Interrupt", elem_id=f"{tab}_interrupt", size="sm")
         skip = gr.Button("Skip", elem_id=f"{tab}_skip", size="sm")
         # Reads an infotext pasted (or a PNG dropped) into the prompt box into the controls.
-        paste = gr.Button(PASTE, elem_id=f"{tab}_paste", size="sm", min_width=40,
-                          elem_classes=["tool"])
+        paste = gr.Button(f"{PASTE} Read parameters", elem_id=f"{tab}_paste", size="sm")
     return {"generate": generate, "interrupt": interrupt, "skip": skip, "paste": paste}
 
 
