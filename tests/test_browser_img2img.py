@@ -41,9 +41,9 @@ def test_paint_a_mask_and_only_the_stroke_changes(page, demo_server, tmp_path):
     page.click("#img2img_tab_inpaint-button")
     editor = page.locator("#img2img_inpaint")
     editor.locator("canvas").first.wait_for()
-    page.wait_for_timeout(1000)  # the editor mounts its canvas before it takes an upload
+    page.wait_for_timeout(2000)  # the editor mounts its canvas before it takes an upload
     editor.locator("input[type=file]").first.set_input_files(str(tmp_path / "picture.png"))
-    page.wait_for_timeout(1500)  # and draws the upload before it takes strokes
+    page.wait_for_timeout(3000)  # and draws the upload before it takes strokes
     for name, value in (("img2img_steps", 4), ("img2img_width", 64), ("img2img_height", 64)):
         set_number(page, name, value)
     page.locator("#img2img_prompt textarea").fill("a painted stroke")
