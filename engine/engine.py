@@ -12,6 +12,7 @@ from . import image_prep, outpainting
 from .addons import AddOns
 from .conditioning import CHUNK_TOKENS, PromptEncoder
 from .errors import RequestError, UserError
+from .extras import ExtrasRequest, ExtrasResult, upscale
 from .generation import GenerationResult, OutputPolicy, Txt2ImgRun
 from .img2img import Img2ImgRun
 from .jobs import Job, JobQueue
@@ -98,6 +99,20 @@ class Engine:
         model = self.models.require()
         run = Img2ImgRun if request.mode == "img2img" else Txt2ImgRun
         return run(job, request, model, policy, self.addons).run(self.writer)
+
+    # Post-processing.
+    def extras(self, request: ExtrasRequest, owner: str = "", save: bool = True) -> Job:
+        """Upscale a finished picture on the lane (model upscalers will need the GPU)."""
+        request.validate()
+        check_pixel_limit(request.image, self.settings["upload_max_megapixels"], "image")
+
+        def work(job: Job) -> ExtrasResult:
+            result = upscale(request)
+            if save and self.settings["samples_save"]:
+                result.path = self.writer.save_extras(result.image, result.infotext, result.extras)
+            return result
+
+        return self.queue.submit(Job(work, owner=owner, kind="extras", description="extras"))
 
     # Checkpoints.
     def load_checkpoint(self, wanted: str, owner: str = "") -> Job:

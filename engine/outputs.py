@@ -18,15 +18,17 @@ from PIL import Image, PngImagePlugin
 
 from .infotext import INFOTEXT_KEY
 
-_NUMBERED = re.compile(r"^(\d+)-")
+_NUMBERED = re.compile(r"^(\d+)[-.]")
 _GRID = re.compile(r"^grid-(\d+)")
 
 
-def png_bytes(image: Image.Image, infotext: str | None) -> bytes:
-    """The image as PNG with the infotext in its `parameters` text chunk."""
+def png_bytes(image: Image.Image, infotext: str | None, more_text: dict[str, str] | None = None) -> bytes:
+    """The image as PNG with the infotext in its `parameters` text chunk (and any other text)."""
     meta = PngImagePlugin.PngInfo()
     if infotext:
         meta.add_text(INFOTEXT_KEY, infotext)
+    for key, value in (more_text or {}).items():
+        meta.add_text(key, value)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", pnginfo=meta)
     return buffer.getvalue()
@@ -124,6 +126,13 @@ class OutputWriter:
         number = _next_number(folder, _NUMBERED)
         path = folder / f"{number:05d}-{seed}.png"
         write_atomically(path, png_bytes(image, infotext))
+        return path
+
+    def save_extras(self, image: Image.Image, infotext: str | None, extras: str) -> Path:
+        """outputs/extras-images/YYYY-MM-DD/NNNNN.png"""
+        folder = self.images_dir("extras")
+        path = folder / f"{_next_number(folder, _NUMBERED):05d}.png"
+        write_atomically(path, png_bytes(image, infotext, {"extras": extras}))
         return path
 
     def save_grid(self, images: list[Image.Image], mode: str, infotext: str | None) -> Path:

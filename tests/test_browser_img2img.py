@@ -138,3 +138,21 @@ def test_send_a_result_to_inpaint(page, demo_server):
         "() => document.querySelector('#img2img_prompt textarea')?.value === 'to be inpainted'")
     assert page.locator("#img2img_tab_inpaint-button").get_attribute("aria-selected") == "true"
     assert page.locator("#img2img_mask_blur").is_visible()
+
+
+def test_send_a_result_to_extras_and_upscale_it(page, demo_server):
+    open_tab(page, demo_server.url, "txt2img")
+    page.locator("#txt2img_prompt textarea").fill("to be upscaled")
+    for name, value in (("txt2img_steps", 3), ("txt2img_width", 64), ("txt2img_height", 64)):
+        set_number(page, name, value)
+    page.click("#txt2img_generate")
+    wait_for_infotext(page, "txt2img", "to be upscaled")
+    page.click("#txt2img_send_to_extras")
+    page.locator("#extras_image img").wait_for()
+    page.click("#extras_generate")
+    page.wait_for_function("() => document.querySelector('#extras_info textarea')?.value.includes('128x128')")
+    source = page.locator("#extras_result img").get_attribute("src")
+    upscaled = Image.open(io.BytesIO(page.request.get(source).body()))
+    assert upscaled.size == (128, 128)
+    saved = sorted((demo_server.data_dir / "outputs" / "extras-images").rglob("*.png"))[-1]
+    assert "to be upscaled" in Image.open(saved).info["parameters"]

@@ -8,7 +8,15 @@ import gradio as gr
 
 from engine.version import VERSION
 
-from . import checkpoint_bar, img2img_tab, png_info_tab, send_to, settings_tab, txt2img_tab
+from . import (
+    checkpoint_bar,
+    extras_tab,
+    img2img_tab,
+    png_info_tab,
+    send_to,
+    settings_tab,
+    txt2img_tab,
+)
 from .context import UIContext
 
 ASSETS = Path(__file__).parent / "assets"
@@ -23,11 +31,13 @@ def build_app(ctx: UIContext) -> gr.Blocks:
                 txt2img = txt2img_tab.build(ctx)
             with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"):
                 img2img = img2img_tab.build(ctx)
+            with gr.Tab("Extras", id="extras", elem_id="tab_extras"):
+                extras = extras_tab.build(ctx)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 png_info = png_info_tab.build(ctx)
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
                 settings_values, settings_components = settings_tab.build(ctx)
-        send_to.wire(ctx, tabs, txt2img, img2img, png_info)
+        send_to.wire(ctx, tabs, txt2img, img2img, png_info, extras)
         gr.Markdown(f"SD Studio {VERSION}", elem_id="footer_version")
         _on_page_load(blocks, ctx, bar)
         blocks.load(settings_values, outputs=settings_components, queue=False, api_visibility="private")

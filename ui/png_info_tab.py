@@ -14,7 +14,8 @@ from engine.uploads import open_image
 
 from .context import UIContext
 
-TARGETS = {"txt2img": "Send to txt2img", "img2img": "Send to img2img", "inpaint": "Send to inpaint"}
+TARGETS = {"txt2img": "Send to txt2img", "img2img": "Send to img2img", "inpaint": "Send to inpaint",
+           "extras": "Send to extras"}
 
 
 def read(path: str | None, limit_megapixels: float) -> tuple[str, str]:

@@ -37,12 +37,40 @@ def _targets(controls: dict) -> list:
     return [controls[name] for name in PASTABLE if name in controls]
 
 
-def wire(ctx: UIContext, tabs: gr.Tabs, txt2img: dict, img2img: dict, png_info: dict) -> None:
+def wire(ctx: UIContext, tabs: gr.Tabs, txt2img: dict, img2img: dict, png_info: dict,
+         extras: dict) -> None:
     for tab in (txt2img, img2img):
         _wire_paste_button(tab)
         for target, button in tab["results"]["send"].items():
-            _wire_gallery_send(ctx, tabs, tab["results"], img2img, target, button)
-    _wire_png_info(ctx, tabs, png_info, txt2img, img2img)
+            if target == "extras":
+                _wire_gallery_to_extras(tabs, tab["results"], extras, button)
+            else:
+                _wire_gallery_send(ctx, tabs, tab["results"], img2img, target, button)
+    _wire_png_info(ctx, tabs, png_info, txt2img, img2img, extras)
+
+
+def _selected(images, index: int, texts: list[str]) -> tuple[Image.Image, str] | None:
+    """The gallery's selected picture (with its parameters inside) and its infotext."""
+    if not images:
+        return None
+    index = index if 0 <= index < len(images) else 0
+    item = images[index]
+    image = item[0] if isinstance(item, (tuple, list)) else item
+    text = texts[index] if index < len(texts) else ""
+    if text:
+        image.info["parameters"] = text
+    return image, text
+
+
+def _wire_gallery_to_extras(tabs: gr.Tabs, results: dict, extras: dict, button: gr.Button) -> None:
+    def send(images, index: int, texts: list[str]) -> dict:
+        chosen = _selected(images, index, texts)
+        if chosen is None:
+            return {}
+        return {tabs: gr.Tabs(selected="extras"), extras["image"]: chosen[0]}
+
+    button.click(send, inputs=[results["gallery"], results["selected"], results["infotexts"]],
+                 outputs=[tabs, extras["image"]], queue=False, api_visibility="private")
 
 
 def _wire_paste_button(tab: dict) -> None:
@@ -84,21 +112,20 @@ def _into_img2img(tabs: gr.Tabs, img2img: dict, target: str, image: Image.Image,
 def _wire_gallery_send(ctx: UIContext, tabs: gr.Tabs, results: dict, img2img: dict, target: str,
                        button: gr.Button) -> None:
     def send(images, index: int, texts: list[str]) -> dict:
-        if not images:
+        chosen = _selected(images, index, texts)
+        if chosen is None:
             return {}
-        index = index if 0 <= index < len(images) else 0
-        item = images[index]
-        image = item[0] if isinstance(item, (tuple, list)) else item
+        image, text = chosen
         settings = ctx.settings
-        values = paste.control_values(texts[index] if index < len(texts) else "",
-                                      send_seed=settings["send_seed"], send_size=settings["send_size"])
+        values = paste.control_values(text, send_seed=settings["send_seed"], send_size=settings["send_size"])
         return _into_img2img(tabs, img2img, target, image, values)
 
     button.click(send, inputs=[results["gallery"], results["selected"], results["infotexts"]],
                  outputs=_img2img_outputs(tabs, img2img), queue=False, api_visibility="private")
 
 
-def _wire_png_info(ctx: UIContext, tabs: gr.Tabs, png_info: dict, txt2img: dict, img2img: dict) -> None:
+def _wire_png_info(ctx: UIContext, tabs: gr.Tabs, png_info: dict, txt2img: dict, img2img: dict,
+                   extras: dict) -> None:
     def to_txt2img(text: str) -> dict:
         return {**pasted(txt2img["controls"], paste.control_values(text)),
                 tabs: gr.Tabs(selected="txt2img")}
@@ -106,14 +133,25 @@ def _wire_png_info(ctx: UIContext, tabs: gr.Tabs, png_info: dict, txt2img: dict,
     png_info["send"]["txt2img"].click(to_txt2img, inputs=png_info["text"],
                                       outputs=[tabs, *_targets(txt2img["controls"])], queue=False,
                                       api_visibility="private")
+    def load(path: str | None) -> Image.Image | None:
+        if not path:
+            return None
+        try:
+            return open_image(Path(path).read_bytes(), "image", ctx.settings["upload_max_megapixels"])
+        except UserError:
+            return None  # PNG Info already shows what is wrong with the file
+
+    def to_extras(path: str | None) -> dict:
+        image = load(path)
+        return {} if image is None else {tabs: gr.Tabs(selected="extras"), extras["image"]: image}
+
+    png_info["send"]["extras"].click(to_extras, inputs=png_info["image"], outputs=[tabs, extras["image"]],
+                                     queue=False, api_visibility="private")
     for target in ("img2img", "inpaint"):
         def to_img2img(path: str | None, text: str, target=target) -> dict:
-            if not path:
+            image = load(path)
+            if image is None:
                 return {}
-            try:
-                image = open_image(Path(path).read_bytes(), "image", ctx.settings["upload_max_megapixels"])
-            except UserError:
-                return {}  # PNG Info already shows what is wrong with the file
             return _into_img2img(tabs, img2img, target, image.convert("RGBA"), paste.control_values(text))
 
         png_info["send"][target].click(to_img2img, inputs=[png_info["image"], png_info["text"]],

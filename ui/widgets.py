@@ -17,7 +17,7 @@ RECYCLE = "\u267B\ufe0f"  # reuse last seed
 SWAP = "\u21C5"          # swap width and height
 REFRESH = "\U0001F504"
 PASTE = "\u2199\ufe0f"     # read generation parameters into the controls
-SEND_TARGETS = {"img2img": "Send to img2img", "inpaint": "Send to inpaint"}
+SEND_TARGETS = {"img2img": "Send to img2img", "inpaint": "Send to inpaint", "extras": "Send to extras"}
 
 
 def prompt_boxes(tab: str) -> tuple[dict[str, gr.components.Component], dict[str, gr.HTML]]:

@@ -1,0 +1,96 @@
+"""Extras: post-processing a finished picture (upscaling), saved under outputs/extras-images.
+
+The picture keeps the generation parameters it came with (`parameters`); what extras did is
+written beside them in an `extras` text chunk, as the ecosystem does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from .errors import RequestError
+from .image_prep import CROP_AND_RESIZE, JUST_RESIZE, flatten, resize_image
+from .outputs import read_infotext
+
+# Resampling upscalers; model upscalers (ESRGAN and the like) come with the extension loader.
+UPSCALERS = {"None": None, "Lanczos": Image.Resampling.LANCZOS, "Nearest": Image.Resampling.NEAREST}
+MAX_SCALE = 8.0
+MAX_SIDE = 8192
+EXTRAS_KEY = "extras"
+
+
+@dataclass(frozen=True)
+class ExtrasRequest:
+    image: Image.Image
+    upscaler: str = "Lanczos"
+    scale: float = 2.0          # used when width/height are 0
+    width: int = 0
+    height: int = 0
+    crop: bool = True           # resize to: crop to fit (else stretch)
+
+    def validate(self) -> "ExtrasRequest":
+        if not isinstance(self.image, Image.Image):
+            raise RequestError("No image: upload the picture to post-process", "image")
+        if self.upscaler not in UPSCALERS:
+            raise RequestError(f"Upscaler not found: '{self.upscaler}'. Available: "
+                               f"{', '.join(UPSCALERS)}", "upscaler")
+        if not 1.0 <= float(self.scale) <= MAX_SCALE:
+            raise RequestError(f"scale must be between 1 and {MAX_SCALE:g}, got {self.scale}", "scale")
+        width, height = self.target_size
+        if not (1 <= width <= MAX_SIDE and 1 <= height <= MAX_SIDE):
+            raise RequestError(f"The result would be {width}x{height}; each side must be at most "
+                               f"{MAX_SIDE}", "scale")
+        return self
+
+    @property
+    def target_size(self) -> tuple[int, int]:
+        if self.width > 0 and self.height > 0:
+            return self.width, self.height
+        return round(self.image.width * self.scale), round(self.image.height * self.scale)
+
+    @property
+    def params(self) -> str:
+        if self.width > 0 and self.height > 0:
+            resize = f"Postprocess upscale to: {self.width}x{self.height}, Postprocess crop to fit: {self.crop}"
+        else:
+            resize = f"Postprocess upscale by: {self.scale:g}"
+        return f"{resize}, Postprocess upscaler: {self.upscaler}"
+
+
+@dataclass
+class ExtrasResult:
+    image: Image.Image
+    infotext: str | None        # the picture's own generation parameters, kept
+    extras: str                 # what post-processing did
+    path: Path | None = None
+
+
+def upscale(request: ExtrasRequest) -> ExtrasResult:
+    request.validate()
+    source = flatten(request.image)
+    width, height = request.target_size
+    method = UPSCALERS[request.upscaler]
+    if method is None:
+        image = source.copy()
+    elif request.width > 0 and request.height > 0:
+        mode = CROP_AND_RESIZE if request.crop else JUST_RESIZE
+        image = _resample(source, method, width, height, mode)
+    else:
+        image = source.resize((width, height), method)
+    return ExtrasResult(image, read_infotext(request.image), request.params)
+
+
+def _resample(image: Image.Image, method, width: int, height: int, mode: int) -> Image.Image:
+    if method == Image.Resampling.LANCZOS:
+        return resize_image(image, mode, width, height)
+    # resize_image uses Lanczos; Nearest scales first, then frames the same way.
+    src_w, src_h = image.size
+    factor = max(width / src_w, height / src_h) if mode == CROP_AND_RESIZE else None
+    if factor is None:
+        return image.resize((width, height), method)
+    scaled = image.resize((max(width, round(src_w * factor)), max(height, round(src_h * factor))), method)
+    left, top = (scaled.width - width) // 2, (scaled.height - height) // 2
+    return scaled.crop((left, top, left + width, top + height))
