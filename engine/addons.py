@@ -1,4 +1,5 @@
-"""The add-ons a generation can use besides the checkpoint: LoRAs, embeddings, VAEs, styles.
+"""The add-ons a generation can use besides the checkpoint: LoRAs, embeddings, VAEs, styles,
+and extensions.
 
 Made once by app.py from the data folder and handed to the engine.
 """
@@ -9,10 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .embeddings import EmbeddingLibrary
+from .extensions import ExtensionRegistry
 from .lora import LoraLibrary
 from .models import HashCache
 from .styles import StyleStore
 from .vae import VaeLibrary
+
+
+BUILTIN_EXTENSIONS = Path(__file__).resolve().parent.parent / "extensions"
 
 
 @dataclass(frozen=True)
@@ -21,11 +26,14 @@ class AddOns:
     embeddings: EmbeddingLibrary
     vaes: VaeLibrary
     styles: StyleStore
+    extensions: ExtensionRegistry
 
     @classmethod
-    def in_data_dir(cls, data_dir: Path, hashes: HashCache) -> "AddOns":
+    def in_data_dir(cls, data_dir: Path, hashes: HashCache,
+                    extension_folders: list[Path] = ()) -> "AddOns":
         """The ecosystem's folders: models/Lora, models/embeddings (and the older embeddings/),
-        models/VAE and styles.csv."""
+        models/VAE and styles.csv; the built-in extensions, then <data dir>/extensions and any
+        other extension folders given."""
         models = Path(data_dir) / "models"
         for name in ("Lora", "embeddings", "VAE"):
             (models / name).mkdir(parents=True, exist_ok=True)
@@ -34,4 +42,7 @@ class AddOns:
             embeddings=EmbeddingLibrary([models / "embeddings", Path(data_dir) / "embeddings"]),
             vaes=VaeLibrary(models / "VAE", hashes),
             styles=StyleStore(Path(data_dir) / "styles.csv"),
+            extensions=ExtensionRegistry(
+                [(BUILTIN_EXTENSIONS, True), (Path(data_dir) / "extensions", False)]
+                + [(Path(folder), False) for folder in extension_folders]),
         )

@@ -34,6 +34,8 @@ class Engine:
         self.settings = settings
         self.addons = addons
         self.queue = queue or JobQueue()
+        addons.extensions.set_enabled(
+            {e.name for e in addons.extensions.entries} - set(settings["disabled_extensions"]))
 
     # Generation.
     def submit(self, request: GenerationRequest, owner: str = "", job_id: str | None = None,
@@ -57,6 +59,7 @@ class Engine:
             clip_skip=request.clip_skip or settings["CLIP_stop_at_last_layers"],
             emphasis=request.emphasis or settings["emphasis"],
             vae=self.addons.vaes.check_choice(request.vae or settings["sd_vae"]),
+            extensions=self.addons.extensions.check(request.mode, request.extensions),
         )
         if request.mode == "img2img":
             self._check_upload_sizes(request)

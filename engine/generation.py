@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from . import infotext, samplers
+from . import extensions, infotext, samplers
 from .addons import AddOns
 from .conditioning import PromptEncoder, ScheduledConditioning
 from .jobs import Job
@@ -108,6 +108,7 @@ class Txt2ImgRun:
         self.pipe = model.pipeline_for(self.task)
         self._batch_steps = self.sampling_steps
         self._blank_conditioning = None
+        self.active = addons.extensions.active(request.mode, request.extensions)
 
     @property
     def task(self) -> str:
@@ -132,7 +133,9 @@ class Txt2ImgRun:
             self.model.info, [], [], [], [], prompt=prompt, negative_prompt=negative,
             job_timestamp=dt.datetime.now().strftime("%Y%m%d%H%M%S"),
             inpainting_model=self.model.is_inpainting)
-        with applied_loras(self.pipe, networks, self.addons.loras) as loras:
+        registry = self.addons.extensions
+        with extensions.patched(registry, self.active, self.pipe, request), \
+                applied_loras(self.pipe, networks, self.addons.loras) as loras:
             encoder = PromptEncoder(self.pipe, self.model.family, clip_skip=request.clip_skip,
                                     emphasis=request.emphasis,
                                     **self.addons.embeddings.encoder_options(self.model))
@@ -162,6 +165,7 @@ class Txt2ImgRun:
         if request.emphasis not in ("", "Original"):
             extra["Emphasis"] = request.emphasis
         extra.update(self._task_params())
+        extra.update(extensions.infotext(self.addons.extensions, self.active, request))
         extra["Lora hashes"] = _hash_list(loras.hashes)
         extra["TI hashes"] = _hash_list(self.addons.embeddings.hashes(encoder.used_embeddings))
         return {key: value for key, value in extra.items() if value is not None}
@@ -177,6 +181,8 @@ class Txt2ImgRun:
         job.batch_index = batch
         seeds, subseeds = self.seeds.batch(batch, request.batch_size)
         images = self._finish(self._sample(seeds, subseeds, cond, uncond, batch), batch)
+        images = [extensions.process(self.addons.extensions, self.active, image, request, self)
+                  for image in images]
         for image, seed, subseed in zip(images, seeds, subseeds):
             text = infotext.build(result.prompt, result.negative_prompt,
                                   image_params(request, self.model, seed, subseed, result.extra_params))

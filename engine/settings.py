@@ -56,6 +56,12 @@ class Option:
             elif kind is str:
                 if not isinstance(value, str):
                     raise TypeError
+            elif kind is list:
+                if isinstance(value, str):
+                    value = [part.strip() for part in value.split(",") if part.strip()]
+                if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+                    raise TypeError
+                value = list(value)
         except (TypeError, ValueError):
             raise RequestError(f"Setting {self.key} must be {kind.__name__}, got {value!r}", self.key)
         if self.choices is not None and value not in self.choices:
@@ -88,6 +94,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("img2img_empty_mask_as_img2img", False,
            "Inpainting with an empty mask runs plain img2img (instead of asking for a mask)",
            "img2img"),
+    Option("disabled_extensions", [], "Disabled extensions", "Extensions"),
     Option("live_previews_enable", True, "Show live previews of the image being made", "Live previews"),
     Option("show_progress_every_n_steps", 5, "Live preview every N sampling steps", "Live previews",
            minimum=1, maximum=100),

@@ -4,6 +4,7 @@ engine that loads them through the same code a user's file takes. CPU only, no n
 from __future__ import annotations
 
 import os
+import shutil
 
 # Before torch is imported: one thread each, because the suite also runs servers beside itself
 # on small machines, and oversubscribed cores make everything slower.
@@ -99,7 +100,8 @@ def demo_server(tmp_path_factory, tiny_models):
     """`app.py --demo --api` on 127.0.0.1, shared by the API and browser tests.
 
     Its models folder also holds a tiny diffusers-format model, "tiny-folder", to switch to, and
-    a LoRA for the demo model, "glowing-edges".
+    a LoRA for the demo model, "glowing-edges"; its extensions folder the test extensions "glow"
+    (works) and "broken_import" (fails to load).
     Tests that switch must switch back to the demo model.
     """
     from engine.loading import CONFIG_ROOT
@@ -112,6 +114,8 @@ def demo_server(tmp_path_factory, tiny_models):
     (data / "models" / "Lora").mkdir(parents=True)
     write_kohya_lora(build_demo_pipeline(CONFIG_ROOT / "sd1" / "tokenizer"),
                      data / "models" / "Lora" / "glowing-edges.safetensors")
+    for name in ("glow", "broken_import"):
+        shutil.copytree(Path(__file__).parent / "support" / "extensions" / name, data / "extensions" / name)
     with AppServer(data, "--demo", "--api") as server:
         yield server
 

@@ -229,3 +229,18 @@ def test_styles_loras_and_override_settings_in_txt2img(api, demo_server):
     assert api.get("/options").json()["CLIP_stop_at_last_layers"] == 1, "only for that request"
     again = api.post("/txt2img", json={"infotext": text}).json()
     assert again["images"] == skipped["images"], "the infotext carries the clip skip"
+
+
+def test_tiling_and_always_on_extensions_by_title(api):
+    tiled = api.post("/txt2img", json={**SMALL, "seed": 3, "tiling": True})
+    assert tiled.status_code == 200, tiled.text
+    assert "Tiling: True" in json.loads(tiled.json()["info"])["infotexts"][0]
+    glow = api.post("/txt2img", json={**SMALL, "seed": 3, "alwayson_scripts": {"Glow": {"args": [True, 20]}}})
+    assert glow.status_code == 200, glow.text
+    assert "Glow: 20" in json.loads(glow.json()["info"])["infotexts"][0]
+    by_name = api.post("/txt2img", json={**SMALL, "alwayson_scripts": {"glow": {"args": {"enabled": True}}}})
+    assert "Glow: 40" in json.loads(by_name.json()["info"])["infotexts"][0]
+    unknown = api.post("/txt2img", json={**SMALL, "alwayson_scripts": {"controlnet": {"args": []}}})
+    assert unknown.status_code == 422 and "no extension called 'controlnet'" in unknown.text
+    bad = api.post("/txt2img", json={**SMALL, "alwayson_scripts": {"Glow": {"args": [True, 900]}}})
+    assert bad.status_code == 422 and "Glow amount" in bad.text

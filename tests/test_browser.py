@@ -164,3 +164,17 @@ def test_settings_tab_applies_and_persists(page, demo_server):
         assert options["emphasis"] == "No norm"
     finally:
         httpx.post(demo_server.url + "/sdapi/v1/options", json={"emphasis": "Original"})
+
+
+def test_extension_fields_are_rendered_and_reach_the_extension(page, demo_server):
+    prepare_small_job(page, demo_server.url, "with glow")
+    page.locator("#txt2img_ext_glow").get_by_text("Glow", exact=True).first.click()
+    page.locator("#txt2img_ext_glow_enabled input").check()
+    page.click("#txt2img_generate")
+    text = wait_for_infotext(page, "with glow")
+    assert "Glow: 40" in text
+    page.click("#tab_extensions-button")
+    table = page.locator("#extensions_table")
+    table.get_by_text("broken_import", exact=True).wait_for()
+    assert "failed" in table.inner_text() and "broken on purpose" in table.inner_text()
+    assert "tiling" in table.inner_text()

@@ -13,7 +13,7 @@ from engine.outputs import png_bytes, write_atomically
 from engine.request import MAX_MASK_BLUR, MAX_OUTPAINT, MAX_PADDING, OUTPAINT_DIRECTIONS
 
 from . import img2img_requests as build_requests
-from . import prompt_tools, widgets
+from . import extension_fields, prompt_tools, widgets
 from .context import UIContext
 from .job_flow import wire_generate, wire_stop_buttons
 from .request_builder import named_values
@@ -40,6 +40,7 @@ def build(ctx: UIContext) -> dict:
             inpaint_group, inpaint_controls = _inpaint_options()
             controls.update(inpaint_controls)
             controls.update(widgets.seed_row(TAB, last_seeds))
+            controls.update(extension_fields.render(ctx, TAB, "img2img"))
             controls.update(_scripts())
         with gr.Column(scale=1):
             results = widgets.results_panel(TAB)

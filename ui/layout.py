@@ -10,6 +10,7 @@ from engine.version import VERSION
 
 from . import (
     checkpoint_bar,
+    extension_fields,
     extras_tab,
     img2img_tab,
     png_info_tab,
@@ -35,6 +36,8 @@ def build_app(ctx: UIContext) -> gr.Blocks:
                 extras = extras_tab.build(ctx)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 png_info = png_info_tab.build(ctx)
+            with gr.Tab("Extensions", id="extensions", elem_id="tab_extensions"):
+                extension_fields.extensions_tab(ctx)
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
                 settings_values, settings_components = settings_tab.build(ctx)
         send_to.wire(ctx, tabs, txt2img, img2img, png_info, extras)

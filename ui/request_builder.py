@@ -8,6 +8,8 @@ from typing import Any
 from engine.errors import RequestError
 from engine.request import GenerationRequest
 
+from .extension_fields import extension_values
+
 
 def _whole(value: Any, name: str) -> Any:
     """Sliders and number boxes send floats; whole floats become ints, anything else is refused."""
@@ -39,6 +41,7 @@ def common_fields(values: dict[str, Any], mode: str) -> dict[str, Any]:
         "scheduler": values.get("scheduler") or "Automatic",
         "cfg_scale": values["cfg_scale"],
         "styles": tuple(values.get("styles") or ()),
+        "extensions": extension_values(values),
     }
     for name in INT_FIELDS:
         if name in values:

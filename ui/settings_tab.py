@@ -13,7 +13,8 @@ from .context import UIContext
 
 # Options whose choices come from what is on disk, not from the schema.
 _DYNAMIC_CHOICES = {"sd_vae": lambda ctx: ctx.engine.addons.vaes.choices()}
-_HIDDEN = {"sd_model_checkpoint"}  # chosen with the checkpoint list above the tabs
+# Chosen elsewhere: the checkpoint list above the tabs, the Extensions tab.
+_HIDDEN = {"sd_model_checkpoint", "disabled_extensions"}
 
 
 def _component(ctx: UIContext, option: Option):

@@ -8,6 +8,7 @@ from typing import Any
 
 from engine import image_prep, infotext, samplers
 from engine.errors import RequestError
+from engine.extensions import ExtensionRegistry
 from engine.generation import GenerationResult
 from engine.outputs import png_bytes
 from engine.request import GenerationRequest
@@ -18,8 +19,7 @@ from .models import Img2ImgBody, Txt2ImgBody
 # Fields whose features arrive in later versions: refused with a clear message when used, rather
 # than silently producing something other than what was asked for.
 _NOT_YET = {
-    "restore_faces": "face restoration", "tiling": "tiling", "enable_hr": "hires fix",
-    "script_name": "scripts", "alwayson_scripts": "always-on scripts",
+    "restore_faces": "face restoration", "enable_hr": "hires fix", "script_name": "scripts",
     "refiner_checkpoint": "the SDXL refiner", "latent_mask": "a separate latent mask",
 }
 # The selectable img2img scripts this version has, by their titles (matched case-insensitively).
@@ -46,13 +46,14 @@ def _apply_infotext(body: Txt2ImgBody) -> dict[str, Any]:
     return values
 
 
-def txt2img_request(body: Txt2ImgBody) -> GenerationRequest:
-    return GenerationRequest(**_common_fields(body, _apply_infotext(body))).validate()
+def txt2img_request(body: Txt2ImgBody, registry: ExtensionRegistry | None = None) -> GenerationRequest:
+    return GenerationRequest(**_common_fields(body, _apply_infotext(body), registry)).validate()
 
 
-def img2img_request(body: Img2ImgBody, limit_megapixels: float) -> GenerationRequest:
+def img2img_request(body: Img2ImgBody, limit_megapixels: float,
+                    registry: ExtensionRegistry | None = None) -> GenerationRequest:
     values = _apply_infotext(body)
-    fields = _common_fields(body, values, scripts=OUTPAINTING_SCRIPTS)
+    fields = _common_fields(body, values, registry, scripts=OUTPAINTING_SCRIPTS)
     mask_blur = values["mask_blur"] if values["mask_blur"] is not None else \
         max(values["mask_blur_x"], values["mask_blur_y"])
     fields.update(
@@ -92,7 +93,32 @@ def _outpainting_fields(args: list[Any]) -> dict[str, Any]:
     return fields
 
 
-def _common_fields(body: Txt2ImgBody, values: dict[str, Any], scripts: tuple[str, ...] = ()) -> dict:
+def _extension_options(body: Txt2ImgBody, registry: ExtensionRegistry | None) -> dict[str, dict]:
+    """alwayson_scripts ({title: {"args": [...]}}, args by field order or by name) and the
+    ecosystem's shortcut fields (tiling) as per-extension options."""
+    options: dict[str, dict] = {}
+    for title, payload in (body.alwayson_scripts or {}).items():
+        entry = registry.find(title) if registry else None
+        if entry is None:
+            known = ", ".join(e.extension.title for e in registry.loaded()) if registry else "none"
+            raise RequestError(f"alwayson_scripts: no extension called '{title}'. Installed: {known}",
+                               "alwayson_scripts")
+        args = payload.get("args", []) if isinstance(payload, dict) else payload
+        fields = entry.extension.fields
+        if isinstance(args, dict):
+            options[entry.name] = dict(args)
+        elif isinstance(args, list) and len(args) <= len(fields):
+            options[entry.name] = {f.name: value for f, value in zip(fields, args)}
+        else:
+            raise RequestError(f"alwayson_scripts['{title}'].args: give at most {len(fields)} values "
+                               f"({', '.join(f.name for f in fields)}) or an object", "alwayson_scripts")
+    if body.tiling:
+        options.setdefault("tiling", {})["enabled"] = True
+    return options
+
+
+def _common_fields(body: Txt2ImgBody, values: dict[str, Any], registry: ExtensionRegistry | None,
+                   scripts: tuple[str, ...] = ()) -> dict:
     """The request fields txt2img and img2img bodies share."""
     for name, feature in _NOT_YET.items():
         if name == "script_name" and (values.get(name) or "").lower() in scripts:
@@ -115,6 +141,7 @@ def _common_fields(body: Txt2ImgBody, values: dict[str, Any], scripts: tuple[str
         styles=tuple(values["styles"]),
         save_images=save and not values["do_not_save_samples"],
         save_grid=save and not values["do_not_save_grid"],
+        extensions=_extension_options(body, registry),
     )
     fields.update({k: values[k] for k in ("clip_skip", "emphasis") if k in values})  # from infotext
     fields.update(overrides)

@@ -42,11 +42,12 @@ def build_router(ctx: UIContext, auth_dependency) -> APIRouter:
 
     @router.post("/txt2img", response_model=ImagesResponse, responses=ERRORS)
     def txt2img(body: Txt2ImgBody, request: Request) -> dict:
-        return _generate(convert.txt2img_request(body), body, request, body.model_dump())
+        return _generate(convert.txt2img_request(body, engine.addons.extensions), body, request, body.model_dump())
 
     @router.post("/img2img", response_model=ImagesResponse, responses=ERRORS)
     def img2img(body: Img2ImgBody, request: Request) -> dict:
-        generation = convert.img2img_request(body, settings["upload_max_megapixels"])
+        generation = convert.img2img_request(body, settings["upload_max_megapixels"],
+                                             engine.addons.extensions)
         echo = body.model_dump()
         if not body.include_init_images:  # as in the mature API: do not echo big uploads back
             echo.update(init_images=None, mask=None)

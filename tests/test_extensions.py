@@ -1,0 +1,138 @@
+"""The extension loader and contract, and the built-in tiling extension, through the engine."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from engine.addons import AddOns
+from engine.engine import Engine
+from engine.errors import RequestError
+from engine.models import HashCache
+from engine.request import GenerationRequest
+from tests.conftest import make_engine
+
+THIRD_PARTY = Path(__file__).parent / "support" / "extensions"
+BASE = GenerationRequest(prompt="a texture", steps=3, width=64, height=64, sampler_name="Euler",
+                         seed=21, save_images=False, save_grid=False)
+
+
+@pytest.fixture(scope="module")
+def ext_engine(tiny_models, tmp_path_factory):
+    """tiny-sd1 with the test extensions folder added, as a user's extensions/ would be."""
+    data = tmp_path_factory.mktemp("extensions")
+    engine = make_engine(tiny_models, data)
+    addons = AddOns.in_data_dir(data, HashCache(data / "cache.json"), extension_folders=[THIRD_PARTY])
+    engine = Engine(engine.models, engine.writer, engine.settings, addons, queue=engine.queue)
+    yield engine
+    engine.shutdown()
+
+
+def test_loader_finds_builtins_and_third_party_ones_and_keeps_their_order(ext_engine):
+    entries = ext_engine.addons.extensions.entries
+    assert [e.name for e in entries if not e.error] == ["glow", "tiling", "broken_hook"]
+    by_name = {e.name: e for e in entries}
+    assert by_name["tiling"].builtin and not by_name["glow"].builtin
+    assert by_name["broken_import"].status == "failed"
+    assert "broken on purpose" in by_name["broken_import"].error
+    assert "must export `extension`" in by_name["no_export"].error
+
+
+def test_a_third_party_extension_is_called_with_its_options(ext_engine):
+    plain = ext_engine.generate(BASE)
+    glowing = ext_engine.generate(BASE.replace(extensions={"glow": {"enabled": True, "amount": 30}}))
+    expected = np.minimum(np.asarray(plain.images[0], dtype=np.int16) + 30, 255)
+    assert np.array_equal(np.asarray(glowing.images[0], dtype=np.int16), expected)
+    assert "Glow: 30" in glowing.infotexts[0] and "Glow" not in plain.infotexts[0]
+
+
+def test_an_extension_that_raises_is_skipped_and_listed_as_failed(ext_engine):
+    result = ext_engine.generate(BASE.replace(extensions={"broken_hook": {"enabled": True}}))
+    assert result.images[0].size == (64, 64)
+    entry = ext_engine.addons.extensions.find("broken_hook")
+    assert entry.status == "failed" and "process exploded" in entry.error
+    assert ext_engine.generate(BASE).images
+
+
+def test_bad_extension_options_are_refused_by_name(ext_engine):
+    with pytest.raises(RequestError, match="Extension not found: 'sparkle'"):
+        ext_engine.submit(BASE.replace(extensions={"sparkle": {"enabled": True}}))
+    with pytest.raises(RequestError, match="Glow amount must be between 0 and 100"):
+        ext_engine.submit(BASE.replace(extensions={"glow": {"enabled": True, "amount": 500}}))
+    with pytest.raises(RequestError, match="unknown field 'colour'"):
+        ext_engine.submit(BASE.replace(extensions={"glow": {"colour": "red"}}))
+
+
+def test_disabling_is_persisted_and_a_disabled_extension_does_nothing(ext_engine):
+    registry = ext_engine.addons.extensions
+    ext_engine.settings.update({"disabled_extensions": ["glow"]})
+    try:
+        again = Engine(ext_engine.models, ext_engine.writer, ext_engine.settings, ext_engine.addons,
+                       queue=ext_engine.queue)
+        assert not registry.find("glow").enabled and registry.find("tiling").enabled
+        result = again.generate(BASE.replace(extensions={"glow": {"enabled": True}}))
+        assert "Glow" not in result.infotexts[0]
+    finally:
+        ext_engine.settings.update({"disabled_extensions": []})
+        registry.set_enabled({e.name for e in registry.entries})
+
+
+def _seams(image) -> tuple[float, float, float]:
+    """Mean difference across the left/right seam, the top/bottom seam, and between neighbours."""
+    a = np.asarray(image, dtype=np.float64)
+    neighbours = (np.abs(np.diff(a, axis=1)).mean() + np.abs(np.diff(a, axis=0)).mean()) / 2
+    return np.abs(a[:, 0] - a[:, -1]).mean(), np.abs(a[0] - a[-1]).mean(), neighbours
+
+
+def _padding_modes(model) -> set[str]:
+    return {m.padding_mode for module in (model.base.unet, model.base.vae) for m in module.modules()
+            if isinstance(m, torch.nn.Conv2d)}
+
+
+@pytest.mark.parametrize("mode", ["txt2img", "img2img"])
+def test_tiling_wraps_the_picture_and_restores_the_model(ext_engine, mode):
+    from PIL import Image
+    request = BASE.replace(mode=mode, width=128, height=128, steps=6)
+    if mode == "img2img":
+        noise = np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+        request = request.replace(init_images=(Image.fromarray(noise),), denoising_strength=1.0)
+    model = ext_engine.models.require()
+    tiled = ext_engine.generate(request.replace(extensions={"tiling": {"enabled": True}}))
+    plain = ext_engine.generate(request)
+    assert _padding_modes(model) == {"zeros"}
+    assert "Tiling: True" in tiled.infotexts[0]
+    horizontal, vertical, neighbours = _seams(tiled.images[0])
+    assert max(horizontal, vertical) <= 1.25 * neighbours
+    horizontal, vertical, neighbours = _seams(plain.images[0])
+    assert max(horizontal, vertical) > 1.25 * neighbours, "without tiling the edges do not meet"
+
+
+def test_tiling_is_undone_even_when_the_job_fails():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("tiling_for_test",
+                                                  Path(__file__).parent.parent / "extensions" / "tiling" / "__init__.py")
+    tiling = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tiling)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 3, padding=1), torch.nn.Conv2d(3, 3, 3, padding=1,
+                                                                                  padding_mode="reflect"))
+    with pytest.raises(RuntimeError):
+        with tiling.circular_padding(net):
+            assert {m.padding_mode for m in net} == {"circular"}
+            raise RuntimeError("the job failed")
+    assert [m.padding_mode for m in net] == ["zeros", "reflect"]
+
+
+def test_the_guides_example_extension_loads_and_works(tmp_path):
+    from PIL import Image
+
+    from engine.extensions import ExtensionRegistry
+    guide = (Path(__file__).parent.parent / "docs" / "extensions.md").read_text()
+    code = guide.split("```python\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "sepia").mkdir()
+    (tmp_path / "sepia" / "__init__.py").write_text(code)
+    registry = ExtensionRegistry([(tmp_path, False)])
+    [active] = registry.active("txt2img", registry.check("txt2img", {"Sepia": {"enabled": True}}))
+    toned = active.extension.process(Image.new("RGB", (4, 4), (0, 0, 255)), None, active.options, None)
+    assert toned.size == (4, 4) and toned.getpixel((0, 0)) != (0, 0, 255)
+    assert active.extension.infotext(None, active.options) == {"Sepia": 0.5}

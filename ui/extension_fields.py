@@ -1,0 +1,92 @@
+"""Extensions in the UI: an accordion of fields per extension in each tab it applies to, and the
+Extensions tab that lists them all with their status."""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+import gradio as gr
+
+from engine.extensions import Field
+
+from .context import UIContext
+
+PREFIX = "ext::"
+
+
+def control_name(extension: str, field: str) -> str:
+    return f"{PREFIX}{extension}::{field}"
+
+
+def extension_values(values: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """{extension: {field: value}} from a tab's named control values."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in values.items():
+        if key.startswith(PREFIX):
+            extension, field = key[len(PREFIX):].split("::", 1)
+            out.setdefault(extension, {})[field] = value
+    return out
+
+
+def _component(field: Field, elem_id: str):
+    common = {"label": field.label, "value": field.default, "elem_id": elem_id}
+    if field.kind == "checkbox":
+        return gr.Checkbox(**common)
+    if field.kind == "slider":
+        return gr.Slider(field.minimum, field.maximum, step=field.step or 1, **common)
+    if field.kind == "number":
+        return gr.Number(minimum=field.minimum, maximum=field.maximum, **common)
+    if field.kind == "dropdown":
+        return gr.Dropdown(list(field.choices), **common)
+    if field.kind == "radio":
+        return gr.Radio(list(field.choices), **common)
+    return gr.Textbox(**common)
+
+
+def render(ctx: UIContext, tab: str, mode: str) -> dict:
+    """The enabled extensions' fields for this tab, as named controls."""
+    controls = {}
+    for entry in ctx.engine.addons.extensions.for_mode(mode):
+        extension = entry.extension
+        if not extension.fields:
+            continue
+        with gr.Accordion(extension.title, open=False, elem_id=f"{tab}_ext_{entry.name}"):
+            for field in extension.fields:
+                controls[control_name(entry.name, field.name)] = _component(
+                    field, f"{tab}_ext_{entry.name}_{field.name}")
+    return controls
+
+
+def _table(ctx: UIContext) -> str:
+    rows = []
+    for entry in ctx.engine.addons.extensions.entries:
+        extension = entry.extension
+        cells = [entry.name, extension.title if extension else "", str(extension.order) if extension else "",
+                 ", ".join(extension.modes) if extension else "", "built-in" if entry.builtin else "third-party",
+                 entry.status, entry.error or ""]
+        rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+    head = "".join(f"<th>{h}</th>" for h in ("Name", "Title", "Order", "Modes", "Where", "Status", "Error"))
+    return f"<table class='extensions-table'><tr>{head}</tr>{''.join(rows)}</table>"
+
+
+def extensions_tab(ctx: UIContext) -> None:
+    """Every extension found, in run order, with its status; enable or disable them."""
+    registry = ctx.engine.addons.extensions
+    table = gr.HTML(_table(ctx), elem_id="extensions_table")
+    names = [e.name for e in registry.loaded()]
+    enabled = gr.CheckboxGroup(names, value=[e.name for e in registry.loaded() if e.enabled],
+                               label="Enabled (in the order they run)", elem_id="extensions_enabled")
+    apply = gr.Button("Apply", elem_id="extensions_apply")
+    note = gr.Markdown("", elem_id="extensions_message")
+
+    def save(chosen: list[str]):
+        chosen = set(chosen or [])
+        ctx.settings.update({"disabled_extensions": sorted(set(names) - chosen)})
+        registry.set_enabled(chosen)
+        return _table(ctx), ("Saved. Generation uses the change at once; the tabs show or hide "
+                             "extension fields after a restart.")
+
+    apply.click(save, inputs=enabled, outputs=[table, note], queue=False, api_visibility="private")
+    refresh = gr.Button("Refresh status", size="sm", elem_id="extensions_refresh")
+    refresh.click(lambda: _table(ctx), outputs=table, queue=False, api_visibility="private")
