@@ -7,7 +7,8 @@ Hooks:
   - `patch(pipe, request, options)` -> a context manager that changes the model for one job and
     undoes the change on exit, even on error;
   - `process(image, request, options, ctx)` -> image, run on each decoded image, in order;
-  - `infotext(request, options)` -> {key: value} added to each image's parameters.
+  - `infotext(request, options)` -> {key: value} added to each image's parameters;
+  - `summary(options, width, height)` -> a live line the UI shows under the fields.
 An extension that fails to import or raises in a hook is logged, marked failed and skipped.
 Nothing is ever downloaded or installed by the loader.
 """
@@ -48,20 +49,20 @@ class Field:
         where = f"{owner}: {self.label}"
         if self.kind == "checkbox":
             if not isinstance(value, bool):
-                raise RequestError(f"{where} must be true or false, got {value!r}", owner)
+                raise RequestError(f"{where} must be true or false, got {value!r}", "extensions")
             return value
         if self.kind in ("slider", "number"):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-                raise RequestError(f"{where} must be a number, got {value!r}", owner)
+                raise RequestError(f"{where} must be a number, got {value!r}", "extensions")
             if (self.minimum is not None and value < self.minimum) or \
                     (self.maximum is not None and value > self.maximum):
                 raise RequestError(f"{where} must be between {self.minimum:g} and {self.maximum:g}, "
-                                   f"got {value}", owner)
+                                   f"got {value}", "extensions")
             return type(self.default)(value) if isinstance(self.default, int) and float(value).is_integer() else value
         if self.kind in ("dropdown", "radio") and self.choices and value not in self.choices:
-            raise RequestError(f"{where} must be one of {list(self.choices)}, got {value!r}", owner)
+            raise RequestError(f"{where} must be one of {list(self.choices)}, got {value!r}", "extensions")
         if not isinstance(value, str):
-            raise RequestError(f"{where} must be text, got {value!r}", owner)
+            raise RequestError(f"{where} must be text, got {value!r}", "extensions")
         return value
 
 
@@ -87,6 +88,10 @@ class Extension:
 
     def infotext(self, request, options: Mapping[str, Any]) -> dict[str, Any]:
         return {}
+
+    def summary(self, options: Mapping[str, Any], width: int, height: int) -> str | None:
+        """A live line the UI shows under the fields (e.g. hires fix's target size), or None."""
+        return None
 
 
 @dataclass

@@ -30,13 +30,18 @@ class ExtrasRequest:
     width: int = 0
     height: int = 0
     crop: bool = True           # resize to: crop to fit (else stretch)
+    upscaler_2: str = "None"    # blended over the first upscaler's result...
+    upscaler_2_visibility: float = 0.0  # ...this much (0: not used)
 
     def validate(self) -> "ExtrasRequest":
         if not isinstance(self.image, Image.Image):
             raise RequestError("No image: upload the picture to post-process", "image")
-        if self.upscaler not in UPSCALERS:
-            raise RequestError(f"Upscaler not found: '{self.upscaler}'. Available: "
-                               f"{', '.join(UPSCALERS)}", "upscaler")
+        for name, value in (("upscaler", self.upscaler), ("upscaler_2", self.upscaler_2)):
+            if value not in UPSCALERS:
+                raise RequestError(f"Upscaler not found: '{value}'. Available: "
+                                   f"{', '.join(UPSCALERS)}", name)
+        if not 0.0 <= float(self.upscaler_2_visibility) <= 1.0:
+            raise RequestError("upscaler_2_visibility must be between 0 and 1", "upscaler_2_visibility")
         if not 1.0 <= float(self.scale) <= MAX_SCALE:
             raise RequestError(f"scale must be between 1 and {MAX_SCALE:g}, got {self.scale}", "scale")
         width, height = self.target_size
@@ -57,7 +62,15 @@ class ExtrasRequest:
             resize = f"Postprocess upscale to: {self.width}x{self.height}, Postprocess crop to fit: {self.crop}"
         else:
             resize = f"Postprocess upscale by: {self.scale:g}"
-        return f"{resize}, Postprocess upscaler: {self.upscaler}"
+        text = f"{resize}, Postprocess upscaler: {self.upscaler}"
+        if self.second_upscaler_used:
+            text += (f", Postprocess upscaler 2: {self.upscaler_2}, "
+                     f"Postprocess upscaler 2 visibility: {self.upscaler_2_visibility:g}")
+        return text
+
+    @property
+    def second_upscaler_used(self) -> bool:
+        return self.upscaler_2 != "None" and self.upscaler_2_visibility > 0
 
 
 @dataclass
@@ -71,16 +84,22 @@ class ExtrasResult:
 def upscale(request: ExtrasRequest) -> ExtrasResult:
     request.validate()
     source = flatten(request.image)
-    width, height = request.target_size
-    method = UPSCALERS[request.upscaler]
-    if method is None:
-        image = source.copy()
-    elif request.width > 0 and request.height > 0:
-        mode = CROP_AND_RESIZE if request.crop else JUST_RESIZE
-        image = _resample(source, method, width, height, mode)
-    else:
-        image = source.resize((width, height), method)
+    image = _upscaled(source, request, request.upscaler)
+    if request.second_upscaler_used:
+        second = _upscaled(source, request, request.upscaler_2)
+        image = Image.blend(image, second.resize(image.size), request.upscaler_2_visibility)
     return ExtrasResult(image, read_infotext(request.image), request.params)
+
+
+def _upscaled(source: Image.Image, request: ExtrasRequest, upscaler: str) -> Image.Image:
+    width, height = request.target_size
+    method = UPSCALERS[upscaler]
+    if method is None:
+        return source.copy()
+    if request.width > 0 and request.height > 0:
+        mode = CROP_AND_RESIZE if request.crop else JUST_RESIZE
+        return _resample(source, method, width, height, mode)
+    return source.resize((width, height), method)
 
 
 def _resample(image: Image.Image, method, width: int, height: int, mode: int) -> Image.Image:

@@ -93,6 +93,20 @@ def _hash_list(hashes: dict[str, str]) -> str | None:
     return ", ".join(f"{name}: {short}" for name, short in hashes.items()) or None
 
 
+@dataclass(frozen=True)
+class ImageContext:
+    """What an extension's process hook knows about the image it gets."""
+
+    run: "Txt2ImgRun"
+    seed: int
+    subseed: int
+
+    def second_pass(self, request: GenerationRequest) -> Image.Image:
+        """Run `request` (an img2img request) as part of this job, with this image's seeds and
+        the job's prompts unless the request brings its own; return its image."""
+        return self.run.second_pass(request, self.seed, self.subseed)
+
+
 class Txt2ImgRun:
     """One txt2img job on one loaded model."""
 
@@ -128,6 +142,8 @@ class Txt2ImgRun:
                                                     request.styles)
         text, networks = extract_extra_networks(prompt)
         negative_text, _ = extract_extra_networks(negative)
+        # What a second pass (hires fix) prompts with: styles applied, networks already loaded.
+        self.final_prompt, self.final_negative = text, negative_text
         result = GenerationResult(
             request.replace(seed=self.seeds.seeds[0], subseed=self.seeds.subseeds[0]),
             self.model.info, [], [], [], [], prompt=prompt, negative_prompt=negative,
@@ -174,6 +190,22 @@ class Txt2ImgRun:
         """Infotext keys only this kind of job has."""
         return {}
 
+    def second_pass(self, request: GenerationRequest, seed: int, subseed: int) -> Image.Image:
+        """An img2img pass inside this job (on the lane already, so it is not queued): the
+        prompts are the job's (after styles, with its LoRAs still loaded) unless given."""
+        from .img2img import Img2ImgRun  # img2img builds on this module
+
+        request = request.replace(
+            mode="img2img", seed=seed, subseed=subseed, batch_size=1, n_iter=1, styles=(),
+            prompt=extract_extra_networks(request.prompt)[0] if request.prompt else self.final_prompt,
+            negative_prompt=extract_extra_networks(request.negative_prompt)[0]
+            if request.negative_prompt else self.final_negative,
+            extensions={}, save_images=False, save_grid=False).validate()
+        policy = OutputPolicy(save_images=False, save_grid=False, make_grid=False,
+                              preview_every=self.policy.preview_every)
+        result = Img2ImgRun(self.job, request, self.model, policy, self.addons).run(None)
+        return result.images[0]
+
     def _run_batch(self, batch: int, cond: ScheduledConditioning, uncond: ScheduledConditioning,
                    result: GenerationResult, writer: OutputWriter) -> None:
         request, job = self.request, self.job
@@ -181,8 +213,9 @@ class Txt2ImgRun:
         job.batch_index = batch
         seeds, subseeds = self.seeds.batch(batch, request.batch_size)
         images = self._finish(self._sample(seeds, subseeds, cond, uncond, batch), batch)
-        images = [extensions.process(self.addons.extensions, self.active, image, request, self)
-                  for image in images]
+        images = [extensions.process(self.addons.extensions, self.active, image, request,
+                                     ImageContext(self, seed, subseed))
+                  for image, seed, subseed in zip(images, seeds, subseeds)]
         for image, seed, subseed in zip(images, seeds, subseeds):
             text = infotext.build(result.prompt, result.negative_prompt,
                                   image_params(request, self.model, seed, subseed, result.extra_params))

@@ -17,6 +17,7 @@ from PIL import Image
 from . import image_prep
 from .generation import Txt2ImgRun
 from .image_prep import InitImage, PreparedMask
+from .request import LATENT_UPSCALE_MODES
 from .vae import encode
 
 
@@ -139,7 +140,8 @@ class Img2ImgRun(Txt2ImgRun):
         size = (self.request.height // scale, self.request.width // scale)
         if latents.shape[-2:] == size:
             return latents
-        return torch.nn.functional.interpolate(latents.float(), size=size, mode="bilinear")
+        mode, antialias = LATENT_UPSCALE_MODES[self.request.latent_upscale_mode]
+        return torch.nn.functional.interpolate(latents.float(), size=size, mode=mode, antialias=antialias)
 
     def _masked_latents(self, index: int) -> torch.Tensor:
         """An inpainting model's view of the picture: the kept part, grey where it repaints."""

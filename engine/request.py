@@ -30,6 +30,12 @@ MIN_CFG, MAX_CFG = 1.0, 30.0
 MAX_PROMPT_CHARS = 20_000
 MAX_CLIP_SKIP = 12
 
+# Latent upscaler name -> (torch interpolation mode, antialias), as the ecosystem names them.
+LATENT_UPSCALE_MODES = {
+    "Latent": ("bilinear", False), "Latent (antialiased)": ("bilinear", True),
+    "Latent (bicubic)": ("bicubic", False), "Latent (bicubic antialiased)": ("bicubic", True),
+    "Latent (nearest)": ("nearest", False), "Latent (nearest-exact)": ("nearest-exact", False),
+}
 MAX_MASK_BLUR = 64
 MAX_PADDING = 256
 MAX_OUTPAINT = 512
@@ -75,6 +81,8 @@ class GenerationRequest:
     inpaint_full_res_padding: int = 32
     inpainting_mask_invert: bool = False
     initial_noise_multiplier: float = 1.0
+    # How "Just resize (latent upscale)" scales the latents (a hires-fix latent upscaler name).
+    latent_upscale_mode: str = "Latent"
     # The Outpainting script: grow the canvas by this many pixels on these sides, then inpaint.
     outpaint_pixels: int = 0
     outpaint_directions: tuple[str, ...] = ()
@@ -151,6 +159,9 @@ class GenerationRequest:
         _check_int(self.mask_blur, "mask_blur", 0, MAX_MASK_BLUR)
         _check_int(self.inpaint_full_res_padding, "inpaint_full_res_padding", 0, MAX_PADDING)
         _check_number(self.initial_noise_multiplier, "initial_noise_multiplier", 0.0, 1.5)
+        if self.latent_upscale_mode not in LATENT_UPSCALE_MODES:
+            raise RequestError(f"Unknown latent upscale mode '{self.latent_upscale_mode}'. Choose one "
+                               f"of: {', '.join(LATENT_UPSCALE_MODES)}", "latent_upscale_mode")
         for name in ("inpaint_full_res", "inpainting_mask_invert"):
             if not isinstance(getattr(self, name), bool):
                 raise RequestError(f"{name} must be true or false", name)

@@ -143,7 +143,8 @@ def test_progress_and_interrupt(api):
     ({"scheduler": "Wobbly"}, 422, "scheduler", "Unknown schedule type"),
     ({"prompt": "x" * 20001}, 422, "prompt", "too long"),
     ({"styles": ["Cinematic"]}, 422, "styles", "Unknown style 'Cinematic'"),
-    ({"enable_hr": True}, 422, "enable_hr", "not available"),
+    ({"restore_faces": True}, 422, "restore_faces", "not available"),
+    ({"enable_hr": True, "hr_scale": 9}, 422, "extensions", "between 1 and 4"),
     ({"override_settings": {"samples_save": False}}, 422, "override_settings", "cannot be overridden"),
     ({"override_settings": {"CLIP_stop_at_last_layers": 40}}, 422, "clip_skip", "between 0 and 12"),
 ])
@@ -244,3 +245,18 @@ def test_tiling_and_always_on_extensions_by_title(api):
     assert unknown.status_code == 422 and "no extension called 'controlnet'" in unknown.text
     bad = api.post("/txt2img", json={**SMALL, "alwayson_scripts": {"Glow": {"args": [True, 900]}}})
     assert bad.status_code == 422 and "Glow amount" in bad.text
+
+
+def test_hires_fix_fields(api):
+    response = api.post("/txt2img", json={**SMALL, "enable_hr": True, "hr_scale": 1.5, "hr_upscaler": "Lanczos",
+                                          "hr_second_pass_steps": 4, "denoising_strength": 0.5})
+    assert response.status_code == 200, response.text
+    image = decode(response.json()["images"][0])
+    assert image.size == (96, 96)
+    params = parse(image.info["parameters"])[2]
+    assert params["Hires upscale"] == "1.5" and params["Hires steps"] == "4" and params["Denoising strength"] == "0.5"
+    old_style = api.post("/txt2img", json={**SMALL, "width": 128, "height": 96, "enable_hr": True,
+                                           "firstphase_width": 64, "firstphase_height": 64})
+    assert decode(old_style.json()["images"][0]).size == (128, 96)
+    bad = api.post("/txt2img", json={**SMALL, "enable_hr": True, "hr_upscaler": "4x-Nothing"})
+    assert bad.status_code == 422 and "Upscaler must be one of" in bad.text

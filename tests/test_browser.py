@@ -178,3 +178,17 @@ def test_extension_fields_are_rendered_and_reach_the_extension(page, demo_server
     table.get_by_text("broken_import", exact=True).wait_for()
     assert "failed" in table.inner_text() and "broken on purpose" in table.inner_text()
     assert "tiling" in table.inner_text()
+
+
+def test_hires_fix_shows_the_target_size_live_and_upscales(page, demo_server):
+    prepare_small_job(page, demo_server.url, "hires in the browser")
+    page.locator("#txt2img_ext_hires_fix").get_by_text("Hires. fix", exact=True).first.click()
+    summary = page.locator("#txt2img_ext_hires_fix_summary")
+    summary.get_by_text("128x128").wait_for()
+    assert "from 64x64 to" in summary.inner_text()
+    set_number(page, "txt2img_ext_hires_fix_scale", 1.5)
+    summary.get_by_text("96x96").wait_for()
+    page.locator("#txt2img_ext_hires_fix_enabled input").check()
+    page.click("#txt2img_generate")
+    text = wait_for_infotext(page, "hires in the browser")
+    assert "Hires upscale: 1.5" in text and "Size: 64x64" in text

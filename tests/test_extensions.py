@@ -31,7 +31,7 @@ def ext_engine(tiny_models, tmp_path_factory):
 
 def test_loader_finds_builtins_and_third_party_ones_and_keeps_their_order(ext_engine):
     entries = ext_engine.addons.extensions.entries
-    assert [e.name for e in entries if not e.error] == ["glow", "tiling", "broken_hook"]
+    assert [e.name for e in entries if not e.error] == ["glow", "tiling", "hires_fix", "broken_hook"]
     by_name = {e.name: e for e in entries}
     assert by_name["tiling"].builtin and not by_name["glow"].builtin
     assert by_name["broken_import"].status == "failed"
@@ -136,3 +136,44 @@ def test_the_guides_example_extension_loads_and_works(tmp_path):
     toned = active.extension.process(Image.new("RGB", (4, 4), (0, 0, 255)), None, active.options, None)
     assert toned.size == (4, 4) and toned.getpixel((0, 0)) != (0, 0, 255)
     assert active.extension.infotext(None, active.options) == {"Sepia": 0.5}
+
+
+def _unet_sizes(engine):
+    """Records the latent size of every UNet call while a job runs."""
+    seen = []
+    hook = engine.models.require().base.unet.register_forward_pre_hook(
+        lambda module, args: seen.append(tuple(args[0].shape[-2:])))
+    return seen, hook
+
+
+@pytest.mark.parametrize("options, size, second_pass_calls", [
+    ({}, (128, 128), 2),                                                    # 3 steps x 0.7
+    ({"upscaler": "Lanczos", "steps": 10, "denoising_strength": 0.5}, (128, 128), 5),
+    ({"upscaler": "Latent (nearest-exact)", "scale": 1.5}, (96, 96), 2),
+    ({"resize_x": 96, "resize_y": 128, "upscaler": "Nearest"}, (96, 128), 2),  # crop, then upscale
+    ({"resize_x": 128}, (128, 128), 2),                                     # one side keeps the shape
+])
+def test_hires_fix_reaches_the_target_size_with_the_requested_second_pass(ext_engine, options, size,
+                                                                          second_pass_calls):
+    seen, hook = _unet_sizes(ext_engine)
+    try:
+        result = ext_engine.generate(BASE.replace(extensions={"hires_fix": {"enabled": True, **options}}))
+    finally:
+        hook.remove()
+    assert result.images[0].size == size
+    first, second = seen[:3], seen[3:]
+    assert first == [(8, 8)] * 3
+    assert second == [(size[1] // 8, size[0] // 8)] * second_pass_calls
+    from engine.infotext import parse
+    params = parse(result.infotexts[0])[2]
+    assert params["Size"] == "64x64" and params["Hires upscaler"] == options.get("upscaler", "Latent")
+    assert params["Denoising strength"] == str(options.get("denoising_strength", 0.7))
+    assert ("Hires resize" in params) == ("resize_x" in options)
+
+
+def test_hires_fix_keeps_the_seed_and_is_reproducible(ext_engine):
+    request = BASE.replace(extensions={"hires_fix": {"enabled": True, "upscaler": "Lanczos"}})
+    first, again = ext_engine.generate(request), ext_engine.generate(request)
+    assert first.images[0].tobytes() == again.images[0].tobytes()
+    other = ext_engine.generate(request.replace(seed=22))
+    assert other.images[0].tobytes() != first.images[0].tobytes()

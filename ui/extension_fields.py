@@ -44,18 +44,41 @@ def _component(field: Field, elem_id: str):
     return gr.Textbox(**common)
 
 
-def render(ctx: UIContext, tab: str, mode: str) -> dict:
-    """The enabled extensions' fields for this tab, as named controls."""
+def render(ctx: UIContext, tab: str, mode: str, size: tuple | None = None) -> dict:
+    """The enabled extensions' fields for this tab, as named controls. `size` (the tab's width
+    and height controls) feeds the extensions' live summary lines."""
     controls = {}
     for entry in ctx.engine.addons.extensions.for_mode(mode):
         extension = entry.extension
         if not extension.fields:
             continue
         with gr.Accordion(extension.title, open=False, elem_id=f"{tab}_ext_{entry.name}"):
+            fields = {}
             for field in extension.fields:
-                controls[control_name(entry.name, field.name)] = _component(
-                    field, f"{tab}_ext_{entry.name}_{field.name}")
+                fields[field.name] = _component(field, f"{tab}_ext_{entry.name}_{field.name}")
+                controls[control_name(entry.name, field.name)] = fields[field.name]
+            if size is not None:
+                _live_summary(extension, fields, size, f"{tab}_ext_{entry.name}_summary")
     return controls
+
+
+def _live_summary(extension, fields: dict, size: tuple, elem_id: str) -> None:
+    names = list(fields)
+
+    def describe(width, height, *values):
+        try:
+            text = extension.summary(dict(zip(names, values)), int(width), int(height))
+        except Exception:  # a summary is a courtesy; it must never break the page
+            return ""
+        return text or ""
+
+    inputs = [*size, *fields.values()]
+    initial = describe(*(c.value for c in inputs))
+    if not initial:
+        return
+    label = gr.Markdown(initial, elem_id=elem_id)
+    for component in inputs:
+        component.change(describe, inputs=inputs, outputs=label, queue=False, api_visibility="private")
 
 
 def _table(ctx: UIContext) -> str:

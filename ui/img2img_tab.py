@@ -40,7 +40,8 @@ def build(ctx: UIContext) -> dict:
             inpaint_group, inpaint_controls = _inpaint_options()
             controls.update(inpaint_controls)
             controls.update(widgets.seed_row(TAB, last_seeds))
-            controls.update(extension_fields.render(ctx, TAB, "img2img"))
+            controls.update(extension_fields.render(ctx, TAB, "img2img",
+                                                    (controls["width"], controls["height"])))
             controls.update(_scripts())
         with gr.Column(scale=1):
             results = widgets.results_panel(TAB)

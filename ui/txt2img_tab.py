@@ -21,7 +21,8 @@ def build(ctx: UIContext) -> dict:
             controls.update(widgets.sampler_row(TAB))
             controls.update(widgets.size_and_batch(TAB))
             controls.update(widgets.seed_row(TAB, last_seeds))
-            controls.update(extension_fields.render(ctx, TAB, "txt2img"))
+            controls.update(extension_fields.render(ctx, TAB, "txt2img",
+                                                    (controls["width"], controls["height"])))
         with gr.Column(scale=1):
             results = widgets.results_panel(TAB)
     prompt_tools.token_counters(ctx, {k: controls[k] for k in counters}, counters, controls["steps"])

@@ -19,7 +19,7 @@ from .models import Img2ImgBody, Txt2ImgBody
 # Fields whose features arrive in later versions: refused with a clear message when used, rather
 # than silently producing something other than what was asked for.
 _NOT_YET = {
-    "restore_faces": "face restoration", "enable_hr": "hires fix", "script_name": "scripts",
+    "restore_faces": "face restoration", "script_name": "scripts",
     "refiner_checkpoint": "the SDXL refiner", "latent_mask": "a separate latent mask",
 }
 # The selectable img2img scripts this version has, by their titles (matched case-insensitively).
@@ -114,6 +114,23 @@ def _extension_options(body: Txt2ImgBody, registry: ExtensionRegistry | None) ->
                                f"({', '.join(f.name for f in fields)}) or an object", "alwayson_scripts")
     if body.tiling:
         options.setdefault("tiling", {})["enabled"] = True
+    if getattr(body, "enable_hr", False) and not isinstance(body, Img2ImgBody):
+        options.setdefault("hires_fix", {}).update(_hires_options(body))
+    return options
+
+
+def _hires_options(body: Txt2ImgBody) -> dict[str, Any]:
+    """The ecosystem's hr_* fields as the hires-fix extension's options."""
+    options: dict[str, Any] = {
+        "enabled": True, "scale": body.hr_scale, "steps": body.hr_second_pass_steps,
+        "resize_x": body.hr_resize_x, "resize_y": body.hr_resize_y,
+        "denoising_strength": 0.7 if body.denoising_strength is None else body.denoising_strength,
+        "prompt": body.hr_prompt or "", "negative_prompt": body.hr_negative_prompt or "",
+    }
+    if body.hr_upscaler:
+        options["upscaler"] = body.hr_upscaler
+    if body.hr_sampler_name:
+        options["sampler"] = body.hr_sampler_name
     return options
 
 
@@ -126,6 +143,9 @@ def _common_fields(body: Txt2ImgBody, values: dict[str, Any], registry: Extensio
         if values.get(name):
             raise RequestError(f"{name}: {feature} is not available in this version", name)
     overrides = _overrides(body.override_settings)
+    if getattr(body, "enable_hr", False) and body.firstphase_width > 0 and body.firstphase_height > 0:
+        body = body.model_copy(update={"hr_resize_x": values["width"], "hr_resize_y": values["height"]})
+        values = {**values, "width": body.firstphase_width, "height": body.firstphase_height}
     sampler = values["sampler_name"] or values["sampler_index"] or samplers.API_DEFAULT_SAMPLER
     save = values["save_images"]
     fields = dict(
