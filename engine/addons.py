@@ -16,7 +16,6 @@ from .models import HashCache
 from .styles import StyleStore
 from .vae import VaeLibrary
 
-
 BUILTIN_EXTENSIONS = Path(__file__).resolve().parent.parent / "extensions"
 
 

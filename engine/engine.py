@@ -20,6 +20,7 @@ from .outputs import OutputWriter
 from .pipelines import LoadedModel, ModelManager
 from .prompt_parser import extract_extra_networks, prompt_schedule
 from .request import GenerationRequest
+from .sd_upscale import SdUpscaleRun
 from .settings import Settings
 from .uploads import check_pixel_limit
 
@@ -101,6 +102,8 @@ class Engine:
     def _run(self, job: Job, request: GenerationRequest, policy: OutputPolicy) -> GenerationResult:
         model = self.models.require()
         run = Img2ImgRun if request.mode == "img2img" else Txt2ImgRun
+        if request.mode == "img2img" and request.sd_upscale_scale > 0:
+            run = SdUpscaleRun
         return run(job, request, model, policy, self.addons).run(self.writer)
 
     # Post-processing.

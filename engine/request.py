@@ -86,6 +86,11 @@ class GenerationRequest:
     # The Outpainting script: grow the canvas by this many pixels on these sides, then inpaint.
     outpaint_pixels: int = 0
     outpaint_directions: tuple[str, ...] = ()
+    # The SD upscale script: upscale by this factor (0: off), then img2img in overlapping tiles
+    # of width x height.
+    sd_upscale_scale: float = 0.0
+    sd_upscale_overlap: int = 64
+    sd_upscale_upscaler: str = "Lanczos"
     # Per-extension options: {extension name: {field: value}}.
     extensions: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: MappingProxyType({}))
 
@@ -129,6 +134,17 @@ class GenerationRequest:
             self._validate_img2img()
         return self
 
+    def _validate_sd_upscale(self) -> None:
+        from .extras import UPSCALERS
+
+        if self.sd_upscale_scale == 0:
+            return
+        _check_number(self.sd_upscale_scale, "sd_upscale_scale", 1.0, 4.0)
+        _check_int(self.sd_upscale_overlap, "sd_upscale_overlap", 0, min(self.width, self.height) // 2)
+        if self.sd_upscale_upscaler not in UPSCALERS:
+            raise RequestError(f"SD upscale: upscaler not found: '{self.sd_upscale_upscaler}'. "
+                               f"Available: {', '.join(UPSCALERS)}", "sd_upscale_upscaler")
+
     @property
     def is_inpaint(self) -> bool:
         return self.mode == "img2img" and self.mask is not None
@@ -169,6 +185,7 @@ class GenerationRequest:
         if self.outpaint_pixels % SIZE_STEP:
             raise RequestError(f"outpaint_pixels must be a multiple of {SIZE_STEP}, got "
                                f"{self.outpaint_pixels}", "outpaint_pixels")
+        self._validate_sd_upscale()
         unknown = [d for d in self.outpaint_directions if d not in OUTPAINT_DIRECTIONS]
         if isinstance(self.outpaint_directions, str) or unknown:
             raise RequestError(f"Unknown outpainting direction {unknown or self.outpaint_directions}."

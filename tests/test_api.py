@@ -260,3 +260,14 @@ def test_hires_fix_fields(api):
     assert decode(old_style.json()["images"][0]).size == (128, 96)
     bad = api.post("/txt2img", json={**SMALL, "enable_hr": True, "hr_upscaler": "4x-Nothing"})
     assert bad.status_code == 422 and "Upscaler must be one of" in bad.text
+
+
+def test_scripts_and_script_info_list_scripts_and_extensions(api):
+    assert api.get("/scripts").json() == {"txt2img": [], "img2img": ["Outpainting"]}
+    info = api.get("/script-info").json()
+    by_key = {(item["name"], item["is_img2img"]): item for item in info}
+    assert not by_key[("outpainting", True)]["is_alwayson"]
+    hires = by_key[("hires. fix", False)]
+    assert hires["is_alwayson"] and [a["label"] for a in hires["args"]][:2] == ["Hires. fix", "Upscaler"]
+    assert ("tiling", True) in by_key and ("glow", False) in by_key
+    assert ("hires. fix", True) not in by_key  # hires fix is txt2img only

@@ -135,3 +135,41 @@ def test_png_info_reads_our_infotext_and_other_tools(api):
     assert plain["info"] == "" and plain["parameters"] == {}
     bad = api.post("/png-info", json={"image": "bm90IGFuIGltYWdl"})
     assert bad.status_code == 422 and "not an image" in bad.text
+
+
+def test_extras_routes(api):
+    text = "a dog\nSteps: 7, Sampler: Euler, CFG scale: 5, Seed: 4, Size: 64x64"
+    picture = base64.b64encode(png_bytes(ORIGINAL, text)).decode()
+    single = api.post("/extra-single-image", json={"image": picture, "upscaler_1": "Lanczos",
+                                                    "upscaling_resize": 1.5})
+    assert single.status_code == 200, single.text
+    image = decode(single.json()["image"])
+    assert image.size == (96, 96) and image.info["parameters"] == text
+    assert "Postprocess upscale by: 1.5" in single.json()["html_info"]
+    batch = api.post("/extra-batch-images", json={
+        "imageList": [{"data": picture, "name": "a.png"}, {"data": b64(noise_image(32, 32)), "name": "b.png"}],
+        "resize_mode": 1, "upscaling_resize_w": 80, "upscaling_resize_h": 48, "upscaler_1": "Nearest"})
+    assert batch.status_code == 200, batch.text
+    assert [decode(i).size for i in batch.json()["images"]] == [(80, 48), (80, 48)]
+    names = [u["name"] for u in api.get("/upscalers").json()]
+    assert names[:3] == ["None", "Lanczos", "Nearest"]
+    assert {"name": "Latent (bicubic antialiased)"} in api.get("/latent-upscale-modes").json()
+    assert api.get("/realesrgan-models").json() == []
+    for body, words in (({"image": picture, "upscaler_1": "4x-Magic"}, "Upscaler not found"),
+                        ({"image": picture, "gfpgan_visibility": 1}, "face restoration"),
+                        ({"image": "bm90IGFuIGltYWdl"}, "not an image")):
+        response = api.post("/extra-single-image", json=body)
+        assert response.status_code == 422 and words in response.text
+    assert api.post("/extra-batch-images", json={"imageList": []}).status_code == 422
+
+
+def test_sd_upscale_script(api):
+    body = {**SMALL, "init_images": [b64(ORIGINAL)], "denoising_strength": 0.5,
+            "script_name": "SD upscale", "script_args": [None, 32, 1, 1.5]}  # upscaler 1: Lanczos
+    response = api.post("/img2img", json=body)
+    assert response.status_code == 200, response.text
+    image = decode(response.json()["images"][0])
+    assert image.size == (96, 96)
+    assert "SD upscale upscaler: Lanczos" in image.info["parameters"]
+    bad = api.post("/img2img", json={**body, "script_args": [None, 32, 99, 2]})
+    assert bad.status_code == 422 and "out of range" in bad.text

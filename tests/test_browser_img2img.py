@@ -151,7 +151,7 @@ def test_send_a_result_to_extras_and_upscale_it(page, demo_server):
     page.locator("#extras_image img").wait_for()
     page.click("#extras_generate")
     page.wait_for_function("() => document.querySelector('#extras_info textarea')?.value.includes('128x128')")
-    source = page.locator("#extras_result img").get_attribute("src")
+    source = page.locator("#extras_result img").first.get_attribute("src")
     upscaled = Image.open(io.BytesIO(page.request.get(source).body()))
     assert upscaled.size == (128, 128)
     saved = sorted((demo_server.data_dir / "outputs" / "extras-images").rglob("*.png"))[-1]

@@ -61,3 +61,13 @@ def test_png_bytes_can_carry_more_text():
     data = png_bytes(picture(), TEXT, {"extras": "Postprocess upscale by: 2"})
     image = Image.open(io.BytesIO(data))
     assert image.info == {"parameters": TEXT, "extras": "Postprocess upscale by: 2"}
+
+
+def test_a_second_upscaler_is_blended_by_its_visibility(engine):
+    def run(**kw):
+        return np.asarray(engine.extras(ExtrasRequest(picture(), scale=2, **kw), save=False).outcome().image,
+                          dtype=np.float64)
+    lanczos, nearest = run(upscaler="Lanczos"), run(upscaler="Nearest")
+    half = run(upscaler="Lanczos", upscaler_2="Nearest", upscaler_2_visibility=0.5)
+    assert np.abs(half - (lanczos + nearest) / 2).max() <= 1
+    assert np.array_equal(run(upscaler="Lanczos", upscaler_2="Nearest", upscaler_2_visibility=0), lanczos)

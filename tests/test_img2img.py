@@ -264,3 +264,25 @@ def test_unknown_unet_widths_are_refused_by_name():
               "token_embedding.weight": (49408, 768)}
     with pytest.raises(CheckpointError, match="8-channel UNet"):
         detect_layout(shapes, "pix2pix")
+
+
+def test_sd_upscale_tiles_the_scaled_picture_and_blends_it_back(engine):
+    from engine.sd_upscale import tile_starts
+    assert tile_starts(128, 64, 16) == [0, 48, 64] and tile_starts(64, 64, 16) == [0]
+    seen = []
+    hook = engine.models.require().base.unet.register_forward_pre_hook(
+        lambda module, args: seen.append(tuple(args[0].shape[-2:])))
+    try:
+        result = engine.generate(BASE.replace(init_images=(ORIGINAL,), denoising_strength=0.5,
+                                              sd_upscale_scale=2.0, sd_upscale_overlap=16))
+    finally:
+        hook.remove()
+    assert result.images[0].size == (128, 128)
+    assert seen == [(8, 8)] * (9 * 2)  # 3 x 3 tiles of 64x64, 4 steps x 0.5 each
+    _, _, params = parse(result.infotexts[0])
+    assert params["SD upscale overlap"] == "16" and params["SD upscale upscaler"] == "Lanczos"
+    again = engine.generate(BASE.replace(init_images=(ORIGINAL,), denoising_strength=0.5, seed=3,
+                                         sd_upscale_scale=2.0, sd_upscale_overlap=16))
+    assert again.images[0].tobytes() == result.images[0].tobytes()
+    with pytest.raises(RequestError, match="sd_upscale_scale must be between 1 and 4"):
+        engine.submit(BASE.replace(init_images=(ORIGINAL,), sd_upscale_scale=9.0))

@@ -180,3 +180,10 @@ def test_outpainting_script_fields_reach_the_request():
     assert (request.outpaint_pixels, request.outpaint_directions) == (32, ("up",))
     assert request.mask_blur == 6 and request.inpainting_fill == 3
     assert np.asarray(request.init_images[0]).shape == (64, 64, 3)
+
+
+def test_sd_upscale_script_fields_reach_the_request():
+    [(_, request)] = img2img_requests.requests_from_ui(
+        _values(init_image=Image.new("RGB", (64, 64)), width=64, height=64, script="SD upscale",
+                sd_upscale_scale=2.5, sd_upscale_overlap=32, sd_upscale_upscaler="Nearest"), 16.0)
+    assert (request.sd_upscale_scale, request.sd_upscale_overlap, request.sd_upscale_upscaler) == (2.5, 32, "Nearest")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import gradio as gr
 
 from engine.errors import UserError
 from engine.extras import MAX_SCALE, UPSCALERS, ExtrasRequest
+from engine.uploads import open_image
 
 from .context import UIContext
 from .job_flow import owner_of
@@ -17,8 +20,14 @@ def build(ctx: UIContext) -> dict:
     with gr.Row(equal_height=False):
         with gr.Column():
             # Decoded without a mode change, so the picture's text chunks (its parameters) survive.
-            image = gr.Image(label="Source", type="pil", image_mode=None, format="png",
-                             sources=["upload", "clipboard"], elem_id="extras_image", height=420)
+            source = gr.State("single")
+            with gr.Tabs(elem_id="extras_source"):
+                with gr.Tab("Single image", elem_id="extras_single_tab") as single_tab:
+                    image = gr.Image(label="Source", type="pil", image_mode=None, format="png",
+                                     sources=["upload", "clipboard"], elem_id="extras_image", height=420)
+                with gr.Tab("Batch", elem_id="extras_batch_tab") as batch_tab:
+                    files = gr.File(label="Pictures", file_count="multiple", file_types=["image"],
+                                    elem_id="extras_batch_files")
             mode = gr.State(SCALE_BY)
             with gr.Tabs(elem_id="extras_resize_mode"):
                 with gr.Tab(SCALE_BY, elem_id="extras_scale_by_tab") as by_tab:
@@ -29,30 +38,51 @@ def build(ctx: UIContext) -> dict:
                         width = gr.Number(label="Width", value=512, precision=0, elem_id="extras_upscaling_resize_w")
                         height = gr.Number(label="Height", value=512, precision=0, elem_id="extras_upscaling_resize_h")
                         crop = gr.Checkbox(label="Crop to fit", value=True, elem_id="extras_upscaling_crop")
-            upscaler = gr.Dropdown(list(UPSCALERS), value="Lanczos", label="Upscaler",
-                                   elem_id="extras_upscaler_1")
+            with gr.Row():
+                upscaler = gr.Dropdown(list(UPSCALERS), value="Lanczos", label="Upscaler 1",
+                                       elem_id="extras_upscaler_1")
+                upscaler_2 = gr.Dropdown(list(UPSCALERS), value="None", label="Upscaler 2",
+                                         elem_id="extras_upscaler_2")
+                visibility = gr.Slider(0, 1, value=0, step=0.01, label="Upscaler 2 visibility",
+                                       elem_id="extras_upscaler_2_visibility")
             run = gr.Button("Generate", variant="primary", elem_id="extras_generate")
         with gr.Column():
-            result = gr.Image(label="Result", type="pil", format="png", interactive=False,
-                              elem_id="extras_result", height=420)
+            result = gr.Gallery(label="Result", format="png", interactive=False, columns=2,
+                                elem_id="extras_result", height=420)
             info = gr.Textbox(label="Post-processing", interactive=False, elem_id="extras_info")
             message = gr.Markdown("", elem_id="extras_message", elem_classes=["message"])
     private = {"queue": False, "api_visibility": "private"}
     by_tab.select(lambda: SCALE_BY, outputs=mode, **private)
     to_tab.select(lambda: SCALE_TO, outputs=mode, **private)
+    single_tab.select(lambda: "single", outputs=source, **private)
+    batch_tab.select(lambda: "batch", outputs=source, **private)
 
-    def process(picture, how, factor, w, h, crop_to_fit, method, request: gr.Request):
+    def process(where, picture, uploads, how, factor, w, h, crop_to_fit, method, method_2, blend,
+                request: gr.Request):
+        sized = {"width": int(w or 0), "height": int(h or 0), "crop": bool(crop_to_fit)} \
+            if how == SCALE_TO else {"scale": float(factor)}
+        done = []
         try:
-            sized = {"width": int(w or 0), "height": int(h or 0), "crop": bool(crop_to_fit)} \
-                if how == SCALE_TO else {"scale": float(factor)}
-            job = ctx.engine.extras(ExtrasRequest(picture, upscaler=method, **sized),
-                                    owner=owner_of(request))
-            done = job.outcome()
+            limit = ctx.settings["upload_max_megapixels"]
+            pictures = [picture] if where == "single" else [_read(f, limit) for f in uploads or []]
+            if not pictures or pictures[0] is None:
+                raise UserError("No image: upload the picture(s) to post-process", "image")
+            for item in pictures:
+                job = ctx.engine.extras(ExtrasRequest(item, upscaler=method, upscaler_2=method_2,
+                                                      upscaler_2_visibility=float(blend), **sized),
+                                        owner=owner_of(request))
+                done.append(job.outcome())
         except UserError as error:
-            return gr.update(), "", f"**Cannot process:** {error.message}"
-        size = f"{done.image.width}x{done.image.height}"
-        return done.image, f"{done.extras} ({size})", ""
+            return [r.image for r in done] or None, "", f"**Cannot process:** {error.message}"
+        size = f"{done[0].image.width}x{done[0].image.height}"
+        return [r.image for r in done], f"{done[0].extras} ({size})", ""
 
-    run.click(process, inputs=[image, mode, scale, width, height, crop, upscaler],
+    run.click(process, inputs=[source, image, files, mode, scale, width, height, crop, upscaler,
+                               upscaler_2, visibility],
               outputs=[result, info, message], concurrency_id="generate", api_visibility="private")
     return {"image": image}
+
+
+def _read(upload, limit: float):
+    path = Path(str(getattr(upload, "name", upload)))
+    return open_image(path.read_bytes(), path.name, limit)

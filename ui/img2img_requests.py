@@ -19,7 +19,8 @@ SUBTABS = ("img2img", "Sketch", "Inpaint", "Inpaint sketch", "Inpaint upload", "
 MASKED_SUBTABS = ("Inpaint", "Inpaint sketch", "Inpaint upload", "Batch")
 RESIZE_TO, RESIZE_BY = "Resize to", "Resize by"
 OUTPAINTING = "Outpainting"
-SCRIPTS = ("None", OUTPAINTING)
+SD_UPSCALE = "SD upscale"
+SCRIPTS = ("None", OUTPAINTING, SD_UPSCALE)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
@@ -75,6 +76,10 @@ def request_for(values: dict[str, Any], image: Image.Image, mask: Image.Image | 
         )
         if not fields["outpaint_directions"]:
             raise RequestError("Outpainting: choose at least one side to expand", "outpaint_directions")
+    if values.get("script") == SD_UPSCALE:
+        fields.update(sd_upscale_scale=float(values["sd_upscale_scale"]),
+                      sd_upscale_overlap=int(values["sd_upscale_overlap"]),
+                      sd_upscale_upscaler=values["sd_upscale_upscaler"], mask=None)
     return GenerationRequest(**fields).validate()
 
 

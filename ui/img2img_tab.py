@@ -8,12 +8,13 @@ from pathlib import Path
 import gradio as gr
 
 from engine import image_prep
+from engine.extras import UPSCALERS
 from engine.generation import GenerationResult
 from engine.outputs import png_bytes, write_atomically
 from engine.request import MAX_MASK_BLUR, MAX_OUTPAINT, MAX_PADDING, OUTPAINT_DIRECTIONS
 
-from . import img2img_requests as build_requests
 from . import extension_fields, prompt_tools, widgets
+from . import img2img_requests as build_requests
 from .context import UIContext
 from .job_flow import wire_generate, wire_stop_buttons
 from .request_builder import named_values
@@ -185,10 +186,19 @@ def _scripts() -> dict:
                         elem_id=f"{TAB}_outpaint_fill")
         directions = gr.CheckboxGroup(list(OUTPAINT_DIRECTIONS), value=list(OUTPAINT_DIRECTIONS),
                                       label="Outpainting direction", elem_id=f"{TAB}_outpaint_directions")
-    script.change(lambda name: gr.update(visible=name == build_requests.OUTPAINTING), inputs=script,
-                  outputs=group, queue=False, api_visibility="private")
+    with gr.Group(visible=False, elem_id=f"{TAB}_sd_upscale") as upscale_group:
+        gr.Markdown("Tiles are the width and height above; the picture is upscaled first, then "
+                    "each tile is redrawn with img2img and the tiles are blended.")
+        overlap = gr.Slider(0, 256, value=64, step=16, label="Tile overlap", elem_id=f"{TAB}_sd_upscale_overlap")
+        upscaler = gr.Radio(list(UPSCALERS), value="Lanczos", label="Upscaler",
+                            elem_id=f"{TAB}_sd_upscale_upscaler")
+        factor = gr.Slider(1.0, 4.0, value=2.0, step=0.05, label="Scale factor", elem_id=f"{TAB}_sd_upscale_scale")
+    script.change(lambda name: (gr.update(visible=name == build_requests.OUTPAINTING),
+                                gr.update(visible=name == build_requests.SD_UPSCALE)),
+                  inputs=script, outputs=[group, upscale_group], queue=False, api_visibility="private")
     return {"script": script, "outpaint_pixels": pixels, "outpaint_mask_blur": blur,
-            "outpaint_fill": fill, "outpaint_directions": directions}
+            "outpaint_fill": fill, "outpaint_directions": directions, "sd_upscale_overlap": overlap,
+            "sd_upscale_upscaler": upscaler, "sd_upscale_scale": factor}
 
 
 def _wire_subtabs(subtabs: gr.Tabs, subtab: gr.State, inpaint_group: gr.Group) -> None:

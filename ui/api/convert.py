@@ -9,6 +9,7 @@ from typing import Any
 from engine import image_prep, infotext, samplers
 from engine.errors import RequestError
 from engine.extensions import ExtensionRegistry
+from engine.extras import ExtrasRequest
 from engine.generation import GenerationResult
 from engine.outputs import png_bytes
 from engine.request import GenerationRequest
@@ -23,7 +24,33 @@ _NOT_YET = {
     "refiner_checkpoint": "the SDXL refiner", "latent_mask": "a separate latent mask",
 }
 # The selectable img2img scripts this version has, by their titles (matched case-insensitively).
-OUTPAINTING_SCRIPTS = ("outpainting", "poor man's outpainting")
+OUTPAINTING_SCRIPTS = ("outpainting", "poor man's outpainting", "sd upscale")
+OUTPAINTING_TITLE = "Outpainting"
+SD_UPSCALE_TITLE = "SD upscale"
+
+
+def sd_upscale_script_info() -> dict:
+    from engine.extras import UPSCALERS
+
+    return {"name": SD_UPSCALE_TITLE.lower(), "is_alwayson": False, "is_img2img": True, "args": [
+        {"label": "(unused)", "value": None, "minimum": None, "maximum": None, "step": None, "choices": None},
+        {"label": "Tile overlap", "value": 64, "minimum": 0, "maximum": 256, "step": 16, "choices": None},
+        {"label": "Upscaler", "value": "Lanczos", "minimum": None, "maximum": None, "step": None,
+         "choices": list(UPSCALERS)},
+        {"label": "Scale factor", "value": 2.0, "minimum": 1.0, "maximum": 4.0, "step": 0.05, "choices": None},
+    ]}
+
+
+def outpainting_script_info() -> dict:
+    """The Outpainting script as /script-info lists it: its positional script_args."""
+    return {"name": OUTPAINTING_TITLE.lower(), "is_alwayson": False, "is_img2img": True, "args": [
+        {"label": "Pixels to expand", "value": 128, "minimum": 8, "maximum": 512, "step": 8, "choices": None},
+        {"label": "Mask blur", "value": 4, "minimum": 0, "maximum": 64, "step": 1, "choices": None},
+        {"label": "Masked content", "value": "fill", "minimum": None, "maximum": None, "step": None,
+         "choices": list(image_prep.MASKED_CONTENT)},
+        {"label": "Outpainting direction", "value": ["left", "right", "up", "down"], "minimum": None,
+         "maximum": None, "step": None, "choices": ["left", "right", "up", "down"]},
+    ]}
 
 # Settings a request may override for itself, and the request field each one sets.
 OVERRIDABLE = {"CLIP_stop_at_last_layers": "clip_skip", "emphasis": "emphasis", "sd_vae": "vae"}
@@ -68,9 +95,27 @@ def img2img_request(body: Img2ImgBody, limit_megapixels: float,
         inpainting_mask_invert=bool(values["inpainting_mask_invert"]),
         initial_noise_multiplier=values["initial_noise_multiplier"] or 1.0,
     )
-    if body.script_name:
+    if body.script_name and body.script_name.lower() == SD_UPSCALE_TITLE.lower():
+        fields.update(_sd_upscale_fields(body.script_args))
+    elif body.script_name:
         fields.update(_outpainting_fields(body.script_args))
     return GenerationRequest(**fields).validate()
+
+
+def _sd_upscale_fields(args: list[Any]) -> dict[str, Any]:
+    """script_args of SD upscale: [unused, overlap, upscaler (name or index), scale]."""
+    from engine.extras import UPSCALERS
+
+    _, overlap, upscaler, scale = (list(args) + [None] * 4)[:4]
+    names = list(UPSCALERS)
+    if isinstance(upscaler, int) and not isinstance(upscaler, bool):
+        if not 0 <= upscaler < len(names):
+            raise RequestError(f"script_args: upscaler index {upscaler} out of range; upscalers: "
+                               f"{', '.join(names)}", "script_args")
+        upscaler = names[upscaler]
+    return {"sd_upscale_scale": 2.0 if scale is None else scale,
+            "sd_upscale_overlap": 64 if overlap is None else overlap,
+            "sd_upscale_upscaler": upscaler or "Lanczos"}
 
 
 def _outpainting_fields(args: list[Any]) -> dict[str, Any]:
@@ -213,6 +258,20 @@ def info_json(result: GenerationResult) -> str:
         "interrupted": result.interrupted, "warnings": result.warnings,
     }
     return json.dumps(info, ensure_ascii=False)
+
+
+def extras_request(body, image) -> ExtrasRequest:
+    """An extra-single-image / extra-batch-images body as the request for one picture."""
+    if body.gfpgan_visibility > 0 or body.codeformer_visibility > 0:
+        raise RequestError("gfpgan_visibility / codeformer_visibility: face restoration is not "
+                           "available in this version", "gfpgan_visibility")
+    if body.resize_mode not in (0, 1):
+        raise RequestError(f"resize_mode must be 0 (scale by) or 1 (scale to), got {body.resize_mode}",
+                           "resize_mode")
+    size = {"width": body.upscaling_resize_w, "height": body.upscaling_resize_h, "crop": body.upscaling_crop} \
+        if body.resize_mode == 1 else {"scale": body.upscaling_resize}
+    return ExtrasRequest(image, upscaler=body.upscaler_1, upscaler_2=body.upscaler_2,
+                         upscaler_2_visibility=body.extras_upscaler_2_visibility, **size).validate()
 
 
 def png_info(image) -> dict[str, Any]:

@@ -86,6 +86,45 @@ class Img2ImgBody(Txt2ImgBody):
     include_init_images: bool = False
 
 
+class ExtrasBaseBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    resize_mode: int = Field(0, description="0: scale by upscaling_resize, 1: to upscaling_resize_w/h")
+    show_extras_results: bool = True
+    gfpgan_visibility: float = 0.0
+    codeformer_visibility: float = 0.0
+    codeformer_weight: float = 0.0
+    upscaling_resize: float = 2.0
+    upscaling_resize_w: int = 512
+    upscaling_resize_h: int = 512
+    upscaling_crop: bool = True
+    upscaler_1: str = "None"
+    upscaler_2: str = "None"
+    extras_upscaler_2_visibility: float = 0.0
+    upscale_first: bool = False
+
+
+class ExtrasSingleBody(ExtrasBaseBody):
+    image: str = Field("", description="base64 image (or data: URL)")
+
+
+class ExtrasBatchImage(BaseModel):
+    data: str
+    name: str = ""
+
+
+class ExtrasBatchBody(ExtrasBaseBody):
+    imageList: list[ExtrasBatchImage] = Field(default_factory=list)  # noqa: N815 (the ecosystem's name)
+
+
+class UpscalerItem(BaseModel):
+    name: str
+    model_name: str | None = None
+    model_path: str | None = None
+    model_url: str | None = None
+    scale: float | None = None
+
+
 class PngInfoBody(BaseModel):
     image: str = Field(description="base64 image (or data: URL)")
 

@@ -8,13 +8,17 @@ from fastapi import APIRouter, Body, Depends, Request
 
 from engine import samplers
 from engine.errors import RequestError
+from engine.extras import UPSCALERS
 from engine.flags import public_dict
+from engine.request import LATENT_UPSCALE_MODES
 from engine.uploads import image_from_base64
 
 from ..context import UIContext
 from . import convert
 from .models import (
     ErrorResponse,
+    ExtrasBatchBody,
+    ExtrasSingleBody,
     ImagesResponse,
     Img2ImgBody,
     PngInfoBody,
@@ -25,6 +29,7 @@ from .models import (
     SchedulerItem,
     SDModelItem,
     Txt2ImgBody,
+    UpscalerItem,
 )
 
 ERRORS = {400: {"model": ErrorResponse}, 422: {"model": ErrorResponse}, 503: {"model": ErrorResponse}}
@@ -58,6 +63,60 @@ def build_router(ctx: UIContext, auth_dependency) -> APIRouter:
         job = engine.submit(generation, owner=api_owner(request), job_id=body.force_task_id,
                             make_grid=generation.save_grid)
         return convert.images_response(job.outcome(), echo, body.send_images)
+
+    @router.post("/extra-single-image", responses=ERRORS)
+    def extra_single_image(body: ExtrasSingleBody, request: Request) -> dict:
+        image = image_from_base64(body.image, "image", settings["upload_max_megapixels"])
+        result = _extras(body, image, request)
+        return {"html_info": result.extras, "image": convert.encode_png(result.image, result.infotext)}
+
+    @router.post("/extra-batch-images", responses=ERRORS)
+    def extra_batch_images(body: ExtrasBatchBody, request: Request) -> dict:
+        if not body.imageList:
+            raise RequestError("imageList is empty: send [{data: base64, name}, ...]", "imageList")
+        limit = settings["upload_max_megapixels"]
+        images = [image_from_base64(item.data, f"imageList[{i}]", limit) for i, item in enumerate(body.imageList)]
+        results = [_extras(body, image, request) for image in images]
+        return {"html_info": results[0].extras,
+                "images": [convert.encode_png(r.image, r.infotext) for r in results]}
+
+    def _extras(body, image, request: Request):
+        job = engine.extras(convert.extras_request(body, image), owner=api_owner(request))
+        return job.outcome()
+
+    @router.get("/scripts")
+    def scripts() -> dict:
+        """Selectable scripts per tab (always-on extensions are in script-info)."""
+        return {"txt2img": [], "img2img": [convert.OUTPAINTING_TITLE, convert.SD_UPSCALE_TITLE]}
+
+    @router.get("/script-info")
+    def script_info() -> list[dict]:
+        info = [convert.outpainting_script_info(), convert.sd_upscale_script_info()]
+        for entry in engine.addons.extensions.loaded():
+            extension = entry.extension
+            if not entry.enabled or entry.error:
+                continue
+            for mode in ("txt2img", "img2img"):
+                if mode in extension.modes:
+                    info.append({
+                        "name": extension.title.lower(), "is_alwayson": True, "is_img2img": mode == "img2img",
+                        "args": [{"label": f.label, "value": f.default, "minimum": f.minimum,
+                                  "maximum": f.maximum, "step": f.step, "choices": list(f.choices) or None}
+                                 for f in extension.fields]})
+        return info
+
+    @router.get("/upscalers", response_model=list[UpscalerItem])
+    def upscalers() -> list[dict]:
+        return [{"name": name, "model_name": None, "model_path": None, "model_url": None,
+                 "scale": None} for name in UPSCALERS]
+
+    @router.get("/latent-upscale-modes")
+    def latent_upscale_modes() -> list[dict]:
+        return [{"name": name} for name in LATENT_UPSCALE_MODES]
+
+    @router.get("/realesrgan-models")
+    def realesrgan_models() -> list[dict]:
+        return []  # model upscalers need a loader library that is not installed
 
     @router.post("/png-info", response_model=PngInfoResponse, responses=ERRORS)
     def png_info(body: PngInfoBody) -> dict:
