@@ -13,7 +13,8 @@ from .addons import AddOns
 from .conditioning import CHUNK_TOKENS, PromptEncoder
 from .errors import RequestError, UserError
 from .extras import ExtrasRequest, ExtrasResult, upscale
-from .generation import GenerationResult, OutputPolicy, Txt2ImgRun
+from .faces import detail_faces
+from .generation import GenerationResult, ImageContext, OutputPolicy, Txt2ImgRun
 from .img2img import Img2ImgRun
 from .jobs import Job, JobQueue
 from .outputs import OutputWriter
@@ -25,6 +26,8 @@ from .settings import Settings
 from .uploads import check_pixel_limit
 
 log = logging.getLogger(__name__)
+
+FACE_PROMPT = "a detailed face, sharp focus"  # what the face detailer asks for outside a job
 
 
 class Engine:
@@ -60,13 +63,21 @@ class Engine:
             clip_skip=request.clip_skip or settings["CLIP_stop_at_last_layers"],
             emphasis=request.emphasis or settings["emphasis"],
             vae=self.addons.vaes.check_choice(request.vae or settings["sd_vae"]),
-            extensions=self.addons.extensions.check(request.mode, request.extensions),
+            extensions=self.addons.extensions.check(request.mode, self._with_settings(request.extensions)),
         )
         if request.mode == "img2img":
             self._check_upload_sizes(request)
             request = self._check_mask(outpainting.expand(request),
                                        settings["img2img_empty_mask_as_img2img"])
         return request
+
+    def _with_settings(self, requested) -> dict:
+        """Extension options the settings provide when a request leaves them out."""
+        options = {name: dict(values) for name, values in (requested or {}).items()}
+        if "restore_faces" in options:
+            options["restore_faces"].setdefault("restorer", self.settings["face_restoration_model"])
+            options["restore_faces"].setdefault("strength", self.settings["face_restoration_strength"])
+        return options
 
     def _check_upload_sizes(self, request: GenerationRequest) -> None:
         limit = self.settings["upload_max_megapixels"]
@@ -114,11 +125,23 @@ class Engine:
 
         def work(job: Job) -> ExtrasResult:
             result = upscale(request)
+            if request.face_detailer_visibility > 0:
+                result.image = self._restore_faces(job, result.image, request.face_detailer_visibility)
             if save and self.settings["samples_save"]:
                 result.path = self.writer.save_extras(result.image, result.infotext, result.extras)
             return result
 
         return self.queue.submit(Job(work, owner=owner, kind="extras", description="extras"))
+
+    def _restore_faces(self, job: Job, image, visibility: float):
+        """Extras' face restoration: the face detailer with a neutral prompt, blended in."""
+        from PIL import Image
+
+        base = GenerationRequest(prompt=FACE_PROMPT, negative_prompt="blurry, deformed", steps=20,
+                                 seed=0, width=512, height=512, save_images=False, save_grid=False)
+        run = Txt2ImgRun(job, base, self.models.require(), OutputPolicy(save_images=False), self.addons)
+        detailed = detail_faces(image, base, 0.4, ImageContext(run, 0, 0).second_pass)
+        return Image.blend(image.convert("RGB"), detailed, visibility)
 
     # Checkpoints.
     def load_checkpoint(self, wanted: str, owner: str = "") -> Job:

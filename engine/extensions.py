@@ -44,6 +44,7 @@ class Field:
     maximum: float | None = None
     step: float | None = None
     choices: tuple = ()
+    in_ui: bool = True  # False: set elsewhere (a setting) but still accepted from the API
 
     def coerce(self, value: Any, owner: str) -> Any:
         where = f"{owner}: {self.label}"
@@ -79,6 +80,9 @@ class Extension:
     def is_active(self, options: Mapping[str, Any]) -> bool:
         """Whether this job uses the extension: by default, its "enabled" field."""
         return bool(options.get("enabled", False))
+
+    def check(self, options: Mapping[str, Any]) -> None:
+        """Refuse options that cannot work here (raise RequestError) before the job is queued."""
 
     def patch(self, pipe, request, options: Mapping[str, Any]):
         return None
@@ -185,6 +189,7 @@ class ExtensionRegistry:
                     raise RequestError(f"{entry.name}: unknown field '{key}'. Fields: "
                                        f"{', '.join(fields) or 'none'}", "extensions")
                 options[key] = fields[key].coerce(value, entry.extension.title or entry.name)
+            entry.extension.check(options)
             checked[entry.name] = options
         return checked
 

@@ -32,6 +32,7 @@ class ExtrasRequest:
     crop: bool = True           # resize to: crop to fit (else stretch)
     upscaler_2: str = "None"    # blended over the first upscaler's result...
     upscaler_2_visibility: float = 0.0  # ...this much (0: not used)
+    face_detailer_visibility: float = 0.0  # restore faces, blended over the upscale this much
 
     def validate(self) -> "ExtrasRequest":
         if not isinstance(self.image, Image.Image):
@@ -40,8 +41,9 @@ class ExtrasRequest:
             if value not in UPSCALERS:
                 raise RequestError(f"Upscaler not found: '{value}'. Available: "
                                    f"{', '.join(UPSCALERS)}", name)
-        if not 0.0 <= float(self.upscaler_2_visibility) <= 1.0:
-            raise RequestError("upscaler_2_visibility must be between 0 and 1", "upscaler_2_visibility")
+        for name in ("upscaler_2_visibility", "face_detailer_visibility"):
+            if not 0.0 <= float(getattr(self, name)) <= 1.0:
+                raise RequestError(f"{name} must be between 0 and 1", name)
         if not 1.0 <= float(self.scale) <= MAX_SCALE:
             raise RequestError(f"scale must be between 1 and {MAX_SCALE:g}, got {self.scale}", "scale")
         width, height = self.target_size
@@ -66,6 +68,8 @@ class ExtrasRequest:
         if self.second_upscaler_used:
             text += (f", Postprocess upscaler 2: {self.upscaler_2}, "
                      f"Postprocess upscaler 2 visibility: {self.upscaler_2_visibility:g}")
+        if self.face_detailer_visibility > 0:
+            text += f", Face restoration: Face detailer, Face restoration visibility: {self.face_detailer_visibility:g}"
         return text
 
     @property

@@ -123,6 +123,8 @@ class Txt2ImgRun:
         self._batch_steps = self.sampling_steps
         self._blank_conditioning = None
         self.active = addons.extensions.active(request.mode, request.extensions)
+        # What a second pass prompts with; run() sets them after styles and LoRA tags.
+        self.final_prompt, self.final_negative = request.prompt, request.negative_prompt
 
     @property
     def task(self) -> str:

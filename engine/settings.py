@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .conditioning import EMPHASIS_MODES
+from .faces import RESTORERS
 from .errors import RequestError
 from .outputs import write_atomically
 
@@ -95,6 +96,10 @@ OPTIONS: tuple[Option, ...] = (
            "Inpainting with an empty mask runs plain img2img (instead of asking for a mask)",
            "img2img"),
     Option("disabled_extensions", [], "Disabled extensions", "Extensions"),
+    Option("face_restoration_model", "Face detailer", "Face restorer", "Face restoration",
+           choices=RESTORERS),
+    Option("face_restoration_strength", 0.4, "Face detailer denoising strength", "Face restoration",
+           minimum=0.05, maximum=1.0),
     Option("live_previews_enable", True, "Show live previews of the image being made", "Live previews"),
     Option("show_progress_every_n_steps", 5, "Live preview every N sampling steps", "Live previews",
            minimum=1, maximum=100),

@@ -143,7 +143,7 @@ def test_progress_and_interrupt(api):
     ({"scheduler": "Wobbly"}, 422, "scheduler", "Unknown schedule type"),
     ({"prompt": "x" * 20001}, 422, "prompt", "too long"),
     ({"styles": ["Cinematic"]}, 422, "styles", "Unknown style 'Cinematic'"),
-    ({"restore_faces": True}, 422, "restore_faces", "not available"),
+    ({"refiner_checkpoint": "sdxl-refiner"}, 422, "refiner_checkpoint", "not available"),
     ({"enable_hr": True, "hr_scale": 9}, 422, "extensions", "between 1 and 4"),
     ({"override_settings": {"samples_save": False}}, 422, "override_settings", "cannot be overridden"),
     ({"override_settings": {"CLIP_stop_at_last_layers": 40}}, 422, "clip_skip", "between 0 and 12"),
@@ -263,11 +263,21 @@ def test_hires_fix_fields(api):
 
 
 def test_scripts_and_script_info_list_scripts_and_extensions(api):
-    assert api.get("/scripts").json() == {"txt2img": [], "img2img": ["Outpainting"]}
+    assert api.get("/scripts").json() == {"txt2img": [], "img2img": ["Outpainting", "SD upscale"]}
     info = api.get("/script-info").json()
     by_key = {(item["name"], item["is_img2img"]): item for item in info}
-    assert not by_key[("outpainting", True)]["is_alwayson"]
+    assert not by_key[("outpainting", True)]["is_alwayson"] and not by_key[("sd upscale", True)]["is_alwayson"]
     hires = by_key[("hires. fix", False)]
     assert hires["is_alwayson"] and [a["label"] for a in hires["args"]][:2] == ["Hires. fix", "Upscaler"]
     assert ("tiling", True) in by_key and ("glow", False) in by_key
     assert ("hires. fix", True) not in by_key  # hires fix is txt2img only
+
+
+def test_restore_faces_and_face_restorers(api):
+    response = api.post("/txt2img", json={**SMALL, "restore_faces": True})
+    assert response.status_code == 200, response.text
+    info = json.loads(response.json()["info"])
+    assert info["restore_faces"] is True and "Face restoration: Face detailer" in info["infotexts"][0]
+    listed = {r["name"]: r for r in api.get("/face-restorers").json()}
+    assert listed["Face detailer"]["available"] and not listed["GFPGAN"]["available"]
+    assert "not installed" in listed["GFPGAN"]["reason"]

@@ -31,7 +31,7 @@ def ext_engine(tiny_models, tmp_path_factory):
 
 def test_loader_finds_builtins_and_third_party_ones_and_keeps_their_order(ext_engine):
     entries = ext_engine.addons.extensions.entries
-    assert [e.name for e in entries if not e.error] == ["glow", "tiling", "hires_fix", "broken_hook"]
+    assert [e.name for e in entries if not e.error] == ["glow", "tiling", "hires_fix", "restore_faces", "broken_hook"]
     by_name = {e.name: e for e in entries}
     assert by_name["tiling"].builtin and not by_name["glow"].builtin
     assert by_name["broken_import"].status == "failed"

@@ -50,11 +50,11 @@ def render(ctx: UIContext, tab: str, mode: str, size: tuple | None = None) -> di
     controls = {}
     for entry in ctx.engine.addons.extensions.for_mode(mode):
         extension = entry.extension
-        if not extension.fields:
+        if not any(f.in_ui for f in extension.fields):
             continue
         with gr.Accordion(extension.title, open=False, elem_id=f"{tab}_ext_{entry.name}"):
             fields = {}
-            for field in extension.fields:
+            for field in (f for f in extension.fields if f.in_ui):
                 fields[field.name] = _component(field, f"{tab}_ext_{entry.name}_{field.name}")
                 controls[control_name(entry.name, field.name)] = fields[field.name]
             if size is not None:

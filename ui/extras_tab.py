@@ -45,6 +45,8 @@ def build(ctx: UIContext) -> dict:
                                          elem_id="extras_upscaler_2")
                 visibility = gr.Slider(0, 1, value=0, step=0.01, label="Upscaler 2 visibility",
                                        elem_id="extras_upscaler_2_visibility")
+            faces = gr.Slider(0, 1, value=0, step=0.05, label="Restore faces (face detailer) visibility",
+                              elem_id="extras_face_detailer_visibility")
             run = gr.Button("Generate", variant="primary", elem_id="extras_generate")
         with gr.Column():
             result = gr.Gallery(label="Result", format="png", interactive=False, columns=2,
@@ -58,7 +60,7 @@ def build(ctx: UIContext) -> dict:
     batch_tab.select(lambda: "batch", outputs=source, **private)
 
     def process(where, picture, uploads, how, factor, w, h, crop_to_fit, method, method_2, blend,
-                request: gr.Request):
+                face_visibility, request: gr.Request):
         sized = {"width": int(w or 0), "height": int(h or 0), "crop": bool(crop_to_fit)} \
             if how == SCALE_TO else {"scale": float(factor)}
         done = []
@@ -69,7 +71,8 @@ def build(ctx: UIContext) -> dict:
                 raise UserError("No image: upload the picture(s) to post-process", "image")
             for item in pictures:
                 job = ctx.engine.extras(ExtrasRequest(item, upscaler=method, upscaler_2=method_2,
-                                                      upscaler_2_visibility=float(blend), **sized),
+                                                      upscaler_2_visibility=float(blend),
+                                                      face_detailer_visibility=float(face_visibility), **sized),
                                         owner=owner_of(request))
                 done.append(job.outcome())
         except UserError as error:
@@ -78,7 +81,7 @@ def build(ctx: UIContext) -> dict:
         return [r.image for r in done], f"{done[0].extras} ({size})", ""
 
     run.click(process, inputs=[source, image, files, mode, scale, width, height, crop, upscaler,
-                               upscaler_2, visibility],
+                               upscaler_2, visibility, faces],
               outputs=[result, info, message], concurrency_id="generate", api_visibility="private")
     return {"image": image}
 

@@ -10,6 +10,7 @@ from engine import image_prep, infotext, samplers
 from engine.errors import RequestError
 from engine.extensions import ExtensionRegistry
 from engine.extras import ExtrasRequest
+from engine.faces import FACE_DETAILER
 from engine.generation import GenerationResult
 from engine.outputs import png_bytes
 from engine.request import GenerationRequest
@@ -20,7 +21,7 @@ from .models import Img2ImgBody, Txt2ImgBody
 # Fields whose features arrive in later versions: refused with a clear message when used, rather
 # than silently producing something other than what was asked for.
 _NOT_YET = {
-    "restore_faces": "face restoration", "script_name": "scripts",
+    "script_name": "scripts",
     "refiner_checkpoint": "the SDXL refiner", "latent_mask": "a separate latent mask",
 }
 # The selectable img2img scripts this version has, by their titles (matched case-insensitively).
@@ -159,6 +160,8 @@ def _extension_options(body: Txt2ImgBody, registry: ExtensionRegistry | None) ->
                                f"({', '.join(f.name for f in fields)}) or an object", "alwayson_scripts")
     if body.tiling:
         options.setdefault("tiling", {})["enabled"] = True
+    if body.restore_faces:
+        options.setdefault("restore_faces", {})["enabled"] = True
     if getattr(body, "enable_hr", False) and not isinstance(body, Img2ImgBody):
         options.setdefault("hires_fix", {}).update(_hires_options(body))
     return options
@@ -233,6 +236,8 @@ def info_json(result: GenerationResult) -> str:
     request = result.request
     sampler, _ = samplers.resolve(request.sampler_name, request.scheduler)
     first = 1 if result.grid is not None else 0
+    restoring = request.extensions.get("restore_faces", {})
+    faces = restoring.get("restorer", FACE_DETAILER) if restoring.get("enabled") else None
     info = {
         "prompt": result.prompt,
         "all_prompts": [result.prompt] * len(result.images),
@@ -245,7 +250,8 @@ def info_json(result: GenerationResult) -> str:
         "subseed_strength": request.subseed_strength,
         "width": request.width, "height": request.height,
         "sampler_name": sampler.name, "cfg_scale": request.cfg_scale, "steps": request.steps,
-        "batch_size": request.batch_size, "restore_faces": False, "face_restoration_model": None,
+        "batch_size": request.batch_size, "restore_faces": faces is not None,
+        "face_restoration_model": faces,
         "sd_model_name": result.model.model_name, "sd_model_hash": result.model.short_hash,
         "sd_vae_name": result.extra_params.get("VAE"), "sd_vae_hash": result.extra_params.get("VAE hash"),
         "seed_resize_from_w": request.seed_resize_from_w or -1,

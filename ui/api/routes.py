@@ -9,6 +9,7 @@ from fastapi import APIRouter, Body, Depends, Request
 from engine import samplers
 from engine.errors import RequestError
 from engine.extras import UPSCALERS
+from engine.faces import restorers
 from engine.flags import public_dict
 from engine.request import LATENT_UPSCALE_MODES
 from engine.uploads import image_from_base64
@@ -104,6 +105,12 @@ def build_router(ctx: UIContext, auth_dependency) -> APIRouter:
                                   "maximum": f.maximum, "step": f.step, "choices": list(f.choices) or None}
                                  for f in extension.fields]})
         return info
+
+    @router.get("/face-restorers")
+    def face_restorers() -> list[dict]:
+        models_dir = engine.writer.root.parent / "models"
+        return [{"name": r.name, "cmd_dir": None, "available": r.available, "reason": r.reason or None}
+                for r in restorers(models_dir)]
 
     @router.get("/upscalers", response_model=list[UpscalerItem])
     def upscalers() -> list[dict]:

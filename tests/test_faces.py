@@ -1,0 +1,114 @@
+"""Restore faces: detection, the built-in face detailer, and the extension in a job."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine import faces
+from engine.errors import RequestError
+from engine.generation import ImageContext, OutputPolicy, Txt2ImgRun
+from engine.jobs import Job
+from engine.request import GenerationRequest
+from tests.support.face_image import picture_with_a_face
+
+BASE = GenerationRequest(prompt="a face", steps=4, width=64, height=64, sampler_name="Euler", seed=8,
+                         save_images=False, save_grid=False)
+
+
+def test_the_detector_finds_the_drawn_face_and_nothing_in_a_plain_picture():
+    [box] = faces.detect_faces(picture_with_a_face())
+    x1, y1, x2, y2 = box
+    assert 140 <= x1 <= 175 and 50 <= y1 <= 85 and 250 <= x2 <= 290 and 160 <= y2 <= 200
+    assert faces.detect_faces(Image.linear_gradient("L").resize((320, 240)).convert("RGB")) == []
+
+
+def _second_pass(engine):
+    run = Txt2ImgRun(Job(lambda job: None), BASE, engine.models.require(), OutputPolicy(), engine.addons)
+    return ImageContext(run, BASE.seed, 0).second_pass
+
+
+def test_the_face_detailer_changes_only_the_face_region(engine):
+    picture = picture_with_a_face()
+    restored = faces.detail_faces(picture, BASE, 0.6, _second_pass(engine))
+    assert restored.size == picture.size
+    changed = np.abs(np.asarray(restored, dtype=np.int16) - np.asarray(picture, dtype=np.int16)).max(-1) > 2
+    [box] = faces.detect_faces(picture)
+    left, top, right, bottom = faces._padded_square(box, picture.size)
+    outside = np.ones_like(changed)
+    outside[top:bottom, left:right] = False
+    assert not changed[outside].any(), "nothing outside the face's box changes"
+    x1, y1, x2, y2 = box
+    assert changed[y1:y2, x1:x2].mean() > 0.3, "the face itself is redrawn"
+
+
+def test_a_picture_without_faces_comes_back_unchanged(engine):
+    plain = Image.linear_gradient("L").resize((160, 120)).convert("RGB")
+    assert faces.detail_faces(plain, BASE, 0.6, _second_pass(engine)).tobytes() == plain.tobytes()
+
+
+FACE_PAINTER = """
+from engine.extensions import Extension, Field
+from tests.support.face_image import picture_with_a_face
+
+
+class FacePainter(Extension):
+    name = "face_painter"
+    order = 1  # before restore faces (30)
+    fields = (Field("enabled", "Paint a face", False),)
+
+    def process(self, image, request, options, ctx):
+        return picture_with_a_face(*image.size, at=(96, 48))
+
+
+extension = FacePainter()
+"""
+
+
+def test_restore_faces_runs_after_the_picture_is_made_and_says_so(engine, tmp_path):
+    from engine.addons import AddOns
+    from engine.engine import Engine
+    from engine.models import HashCache
+    (tmp_path / "extensions" / "face_painter").mkdir(parents=True)
+    (tmp_path / "extensions" / "face_painter" / "__init__.py").write_text(FACE_PAINTER)
+    with_painter = Engine(engine.models, engine.writer, engine.settings,
+                          AddOns.in_data_dir(tmp_path, HashCache(tmp_path / "cache.json")), queue=engine.queue)
+    request = BASE.replace(width=320, height=256, extensions={"face_painter": {"enabled": True}})
+    painted = with_painter.generate(request).images[0]
+    restored = with_painter.generate(request.replace(
+        extensions={"face_painter": {"enabled": True}, "restore_faces": {"enabled": True}}))
+    assert "Face restoration: Face detailer" in restored.infotexts[0]
+    changed = np.abs(np.asarray(restored.images[0], dtype=np.int16) - np.asarray(painted, dtype=np.int16)).max(-1) > 2
+    [box] = faces.detect_faces(painted)
+    left, top, right, bottom = faces._padded_square(box, painted.size)
+    assert changed[top:bottom, left:right].any() and not changed[:, :left].any() and not changed[:, right:].any()
+
+
+def test_unavailable_restorers_are_refused_with_the_reason(engine):
+    with pytest.raises(RequestError, match="GFPGAN' is not available: the 'gfpgan' library is not installed"):
+        engine.submit(BASE.replace(extensions={"restore_faces": {"enabled": True, "restorer": "GFPGAN"}}))
+    listed = {r.name: r for r in faces.restorers(engine.writer.root.parent / "models")}
+    assert listed["Face detailer"].available and not listed["CodeFormer"].available
+
+
+def test_extras_restores_faces_only_where_they_are(engine):
+    from engine.extras import ExtrasRequest
+    picture = picture_with_a_face()
+    result = engine.extras(ExtrasRequest(picture, upscaler="None", scale=1, face_detailer_visibility=1.0),
+                           save=False).outcome()
+    changed = np.abs(np.asarray(result.image, dtype=np.int16) - np.asarray(picture, dtype=np.int16)).max(-1) > 2
+    [box] = faces.detect_faces(picture)
+    left, top, right, bottom = faces._padded_square(box, picture.size)
+    assert changed[top:bottom, left:right].any() and not changed[:, :left].any()
+    assert "Face restoration: Face detailer" in result.extras
+
+
+def test_the_restorer_and_strength_come_from_the_settings(engine):
+    engine.settings.update({"face_restoration_strength": 0.25})
+    try:
+        request = engine.complete(BASE.replace(extensions={"restore_faces": {"enabled": True}}))
+        assert request.extensions["restore_faces"] == {"enabled": True, "restorer": "Face detailer",
+                                                       "strength": 0.25}
+        given = engine.complete(BASE.replace(extensions={"restore_faces": {"enabled": True, "strength": 0.7}}))
+        assert given.extensions["restore_faces"]["strength"] == 0.7
+    finally:
+        engine.settings.update({"face_restoration_strength": 0.4})
