@@ -17,6 +17,7 @@ from PIL import Image
 from . import samplers
 from .conditioning import EMPHASIS_MODES
 from .errors import RequestError
+from .extras import UPSCALERS
 from .image_prep import MASKED_CONTENT, RESIZE_MODES
 
 MAX_SEED = 2**32 - 1
@@ -135,8 +136,6 @@ class GenerationRequest:
         return self
 
     def _validate_sd_upscale(self) -> None:
-        from .extras import UPSCALERS
-
         if self.sd_upscale_scale == 0:
             return
         _check_number(self.sd_upscale_scale, "sd_upscale_scale", 1.0, 4.0)

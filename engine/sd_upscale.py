@@ -71,7 +71,8 @@ class SdUpscaleRun:
             tile = big.crop((x, y, x + tile_w, y + tile_h))
             tile_request = request.replace(
                 init_images=(tile,), mask=None, seed=seed + index, batch_size=1, n_iter=1,
-                resize_mode=0, sd_upscale_scale=0.0, save_images=False, save_grid=False)
+                resize_mode=0, sd_upscale_scale=0.0, save_images=False, save_grid=False,
+                extensions={})  # per-tile tiling or face restoration would break the blend
             policy = OutputPolicy(save_images=False, save_grid=False, make_grid=False,
                                   preview_every=self.policy.preview_every)
             done = Img2ImgRun(self.job, tile_request, self.model, policy, self.addons).run(None)
