@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .conditioning import EMPHASIS_MODES
-from .faces import RESTORERS
 from .errors import RequestError
+from .faces import RESTORERS
 from .outputs import write_atomically
 
 log = logging.getLogger(__name__)
