@@ -14,6 +14,7 @@ from .extensions import ExtensionRegistry
 from .lora import LoraLibrary
 from .models import HashCache
 from .styles import StyleStore
+from .upscalers import UpscalerLibrary
 from .vae import VaeLibrary
 
 BUILTIN_EXTENSIONS = Path(__file__).resolve().parent.parent / "extensions"
@@ -26,6 +27,7 @@ class AddOns:
     vaes: VaeLibrary
     styles: StyleStore
     extensions: ExtensionRegistry
+    upscalers: UpscalerLibrary
 
     @classmethod
     def in_data_dir(cls, data_dir: Path, hashes: HashCache,
@@ -34,13 +36,14 @@ class AddOns:
         models/VAE and styles.csv; the built-in extensions, then <data dir>/extensions and any
         other extension folders given."""
         models = Path(data_dir) / "models"
-        for name in ("Lora", "embeddings", "VAE"):
+        for name in ("Lora", "embeddings", "VAE", "ESRGAN"):
             (models / name).mkdir(parents=True, exist_ok=True)
         return cls(
             loras=LoraLibrary(models / "Lora", hashes),
             embeddings=EmbeddingLibrary([models / "embeddings", Path(data_dir) / "embeddings"]),
             vaes=VaeLibrary(models / "VAE", hashes),
             styles=StyleStore(Path(data_dir) / "styles.csv"),
+            upscalers=UpscalerLibrary([models / "ESRGAN", models / "RealESRGAN"]),
             extensions=ExtensionRegistry(
                 [(BUILTIN_EXTENSIONS, True), (Path(data_dir) / "extensions", False)]
                 + [(Path(folder), False) for folder in extension_folders]),

@@ -12,7 +12,7 @@ from . import image_prep, outpainting
 from .addons import AddOns
 from .conditioning import CHUNK_TOKENS, PromptEncoder
 from .errors import RequestError, UserError
-from .extras import ExtrasRequest, ExtrasResult, upscale
+from .extras import UPSCALERS, ExtrasRequest, ExtrasResult, upscale
 from .faces import detail_faces
 from .generation import GenerationResult, ImageContext, OutputPolicy, Txt2ImgRun
 from .img2img import Img2ImgRun
@@ -40,6 +40,8 @@ class Engine:
         self.queue = queue or JobQueue()
         addons.extensions.set_enabled(
             {e.name for e in addons.extensions.entries} - set(settings["disabled_extensions"]))
+        for entry in addons.extensions.loaded():
+            entry.extension.attach(addons)
 
     # Generation.
     def submit(self, request: GenerationRequest, owner: str = "", job_id: str | None = None,
@@ -120,11 +122,11 @@ class Engine:
     # Post-processing.
     def extras(self, request: ExtrasRequest, owner: str = "", save: bool = True) -> Job:
         """Upscale a finished picture on the lane (model upscalers will need the GPU)."""
-        request.validate()
+        request.validate(self.upscaler_names())
         check_pixel_limit(request.image, self.settings["upload_max_megapixels"], "image")
 
         def work(job: Job) -> ExtrasResult:
-            result = upscale(request)
+            result = upscale(request, self.addons.upscalers, self._device())
             if request.face_detailer_visibility > 0:
                 result.image = self._restore_faces(job, result.image, request.face_detailer_visibility)
             if save and self.settings["samples_save"]:
@@ -132,6 +134,14 @@ class Engine:
             return result
 
         return self.queue.submit(Job(work, owner=owner, kind="extras", description="extras"))
+
+    def upscaler_names(self) -> tuple[str, ...]:
+        """Every upscaler: the resampling ones, then the model files on disk."""
+        return tuple(UPSCALERS) + tuple(self.addons.upscalers.names())
+
+    def _device(self):
+        model = self.models.current
+        return model.base.device if model is not None else self.models.device.device
 
     def _restore_faces(self, job: Job, image, visibility: float):
         """Extras' face restoration: the face detailer with a neutral prompt, blended in."""

@@ -81,6 +81,9 @@ class Extension:
         """Whether this job uses the extension: by default, its "enabled" field."""
         return bool(options.get("enabled", False))
 
+    def attach(self, addons: Any) -> None:
+        """Called once at start with the add-on libraries (LoRAs, VAEs, upscalers, ...)."""
+
     def check(self, options: Mapping[str, Any]) -> None:
         """Refuse options that cannot work here (raise RequestError) before the job is queued."""
 

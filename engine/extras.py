@@ -34,13 +34,14 @@ class ExtrasRequest:
     upscaler_2_visibility: float = 0.0  # ...this much (0: not used)
     face_detailer_visibility: float = 0.0  # restore faces, blended over the upscale this much
 
-    def validate(self) -> "ExtrasRequest":
+    def validate(self, known: tuple[str, ...] = tuple(UPSCALERS)) -> "ExtrasRequest":
+        """`known`: the upscaler names that exist (the resampling ones and the models on disk)."""
         if not isinstance(self.image, Image.Image):
             raise RequestError("No image: upload the picture to post-process", "image")
         for name, value in (("upscaler", self.upscaler), ("upscaler_2", self.upscaler_2)):
-            if value not in UPSCALERS:
+            if value not in known:
                 raise RequestError(f"Upscaler not found: '{value}'. Available: "
-                                   f"{', '.join(UPSCALERS)}", name)
+                                   f"{', '.join(known)}", name)
         for name in ("upscaler_2_visibility", "face_detailer_visibility"):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
                 raise RequestError(f"{name} must be between 0 and 1", name)
@@ -85,18 +86,22 @@ class ExtrasResult:
     path: Path | None = None
 
 
-def upscale(request: ExtrasRequest) -> ExtrasResult:
-    request.validate()
+def upscale(request: ExtrasRequest, models=None, device="cpu") -> ExtrasResult:
+    """`models`: an UpscalerLibrary for upscaler names that are model files."""
     source = flatten(request.image)
-    image = _upscaled(source, request, request.upscaler)
+    image = _upscaled(source, request, request.upscaler, models, device)
     if request.second_upscaler_used:
-        second = _upscaled(source, request, request.upscaler_2)
+        second = _upscaled(source, request, request.upscaler_2, models, device)
         image = Image.blend(image, second.resize(image.size), request.upscaler_2_visibility)
     return ExtrasResult(image, read_infotext(request.image), request.params)
 
 
-def _upscaled(source: Image.Image, request: ExtrasRequest, upscaler: str) -> Image.Image:
+def _upscaled(source: Image.Image, request: ExtrasRequest, upscaler: str, models, device) -> Image.Image:
     width, height = request.target_size
+    if upscaler not in UPSCALERS:  # a model file
+        if request.width > 0 and request.height > 0 and request.crop:
+            source = _crop_to_shape(source, width, height)
+        return models.upscale(source, upscaler, width, height, device)
     method = UPSCALERS[upscaler]
     if method is None:
         return source.copy()
@@ -117,3 +122,11 @@ def _resample(image: Image.Image, method, width: int, height: int, mode: int) ->
     scaled = image.resize((max(width, round(src_w * factor)), max(height, round(src_h * factor))), method)
     left, top = (scaled.width - width) // 2, (scaled.height - height) // 2
     return scaled.crop((left, top, left + width, top + height))
+
+
+def _crop_to_shape(image: Image.Image, width: int, height: int) -> Image.Image:
+    """The centre of the picture with the target's aspect ratio (crop to fit, before upscaling)."""
+    scale = min(image.width / width, image.height / height)
+    w, h = max(1, round(width * scale)), max(1, round(height * scale))
+    left, top = (image.width - w) // 2, (image.height - h) // 2
+    return image.crop((left, top, left + w, top + h))

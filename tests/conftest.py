@@ -101,7 +101,7 @@ def demo_server(tmp_path_factory, tiny_models):
 
     Its models folder also holds a tiny diffusers-format model, "tiny-folder", to switch to, and
     a LoRA for the demo model, "glowing-edges"; its extensions folder the test extensions "glow"
-    (works) and "broken_import" (fails to load).
+    (works) and "broken_import" (fails to load); models/ESRGAN a tiny x4 upscaler, "tiny-x4".
     Tests that switch must switch back to the demo model.
     """
     from engine.loading import CONFIG_ROOT
@@ -114,6 +114,12 @@ def demo_server(tmp_path_factory, tiny_models):
     (data / "models" / "Lora").mkdir(parents=True)
     write_kohya_lora(build_demo_pipeline(CONFIG_ROOT / "sd1" / "tokenizer"),
                      data / "models" / "Lora" / "glowing-edges.safetensors")
+    (data / "models" / "ESRGAN").mkdir(parents=True)
+    from safetensors.torch import save_file
+
+    from tests.support.esrgan_files import tiny_rrdbnet
+    save_file({k: v.contiguous() for k, v in tiny_rrdbnet(4).state_dict().items()},
+              str(data / "models" / "ESRGAN" / "tiny-x4.safetensors"))
     for name in ("glow", "broken_import"):
         shutil.copytree(Path(__file__).parent / "support" / "extensions" / name, data / "extensions" / name)
     with AppServer(data, "--demo", "--api") as server:

@@ -173,3 +173,12 @@ def test_sd_upscale_script(api):
     assert "SD upscale upscaler: Lanczos" in image.info["parameters"]
     bad = api.post("/img2img", json={**body, "script_args": [None, 32, 99, 2]})
     assert bad.status_code == 422 and "out of range" in bad.text
+
+
+def test_model_upscalers_are_listed_and_used(api):
+    listed = [u for u in api.get("/upscalers").json() if u["name"] == "tiny-x4"]
+    assert listed and listed[0]["model_path"] == "tiny-x4.safetensors"
+    response = api.post("/extra-single-image", json={"image": b64(ORIGINAL), "upscaler_1": "tiny-x4",
+                                                      "upscaling_resize": 2})
+    assert response.status_code == 200, response.text
+    assert decode(response.json()["image"]).size == (128, 128)

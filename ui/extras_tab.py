@@ -7,7 +7,7 @@ from pathlib import Path
 import gradio as gr
 
 from engine.errors import UserError
-from engine.extras import MAX_SCALE, UPSCALERS, ExtrasRequest
+from engine.extras import MAX_SCALE, ExtrasRequest
 from engine.uploads import open_image
 
 from .context import UIContext
@@ -39,10 +39,9 @@ def build(ctx: UIContext) -> dict:
                         height = gr.Number(label="Height", value=512, precision=0, elem_id="extras_upscaling_resize_h")
                         crop = gr.Checkbox(label="Crop to fit", value=True, elem_id="extras_upscaling_crop")
             with gr.Row():
-                upscaler = gr.Dropdown(list(UPSCALERS), value="Lanczos", label="Upscaler 1",
-                                       elem_id="extras_upscaler_1")
-                upscaler_2 = gr.Dropdown(list(UPSCALERS), value="None", label="Upscaler 2",
-                                         elem_id="extras_upscaler_2")
+                names = list(ctx.engine.upscaler_names())
+                upscaler = gr.Dropdown(names, value="Lanczos", label="Upscaler 1", elem_id="extras_upscaler_1")
+                upscaler_2 = gr.Dropdown(names, value="None", label="Upscaler 2", elem_id="extras_upscaler_2")
                 visibility = gr.Slider(0, 1, value=0, step=0.01, label="Upscaler 2 visibility",
                                        elem_id="extras_upscaler_2_visibility")
             faces = gr.Slider(0, 1, value=0, step=0.05, label="Restore faces (face detailer) visibility",

@@ -38,21 +38,32 @@ class HiresFix(Extension):
     title = "Hires. fix"
     order = 20
     modes = ("txt2img",)
-    fields = (
-        Field("enabled", "Hires. fix", False),
-        Field("upscaler", "Upscaler", "Latent", kind="dropdown", choices=UPSCALERS),
-        Field("steps", "Hires steps (0: as many as the first pass)", 0, kind="slider", minimum=0,
-              maximum=MAX_STEPS, step=1),
-        Field("denoising_strength", "Denoising strength", 0.7, kind="slider", minimum=0, maximum=1,
-              step=0.01),
-        Field("scale", "Upscale by", 2.0, kind="slider", minimum=1, maximum=4, step=0.05),
-        Field("resize_x", "Resize width to", 0, kind="slider", minimum=0, maximum=MAX_SIZE, step=SIZE_STEP),
-        Field("resize_y", "Resize height to", 0, kind="slider", minimum=0, maximum=MAX_SIZE, step=SIZE_STEP),
-        Field("sampler", "Hires sampling method", SAME_SAMPLER, kind="dropdown",
-              choices=(SAME_SAMPLER, *samplers.sampler_names())),
-        Field("prompt", "Hires prompt (empty: the same prompt)", "", kind="text"),
-        Field("negative_prompt", "Hires negative prompt (empty: the same)", "", kind="text"),
-    )
+    upscalers = None  # the model upscaler library, given at start (attach)
+
+    def fields_with(self, model_upscalers: tuple[str, ...]) -> tuple[Field, ...]:
+        return (
+            Field("enabled", "Hires. fix", False),
+            Field("upscaler", "Upscaler", "Latent", kind="dropdown", choices=UPSCALERS + model_upscalers),
+            Field("steps", "Hires steps (0: as many as the first pass)", 0, kind="slider", minimum=0,
+                  maximum=MAX_STEPS, step=1),
+            Field("denoising_strength", "Denoising strength", 0.7, kind="slider", minimum=0, maximum=1,
+                  step=0.01),
+            Field("scale", "Upscale by", 2.0, kind="slider", minimum=1, maximum=4, step=0.05),
+            Field("resize_x", "Resize width to", 0, kind="slider", minimum=0, maximum=MAX_SIZE, step=SIZE_STEP),
+            Field("resize_y", "Resize height to", 0, kind="slider", minimum=0, maximum=MAX_SIZE, step=SIZE_STEP),
+            Field("sampler", "Hires sampling method", SAME_SAMPLER, kind="dropdown",
+                  choices=(SAME_SAMPLER, *samplers.sampler_names())),
+            Field("prompt", "Hires prompt (empty: the same prompt)", "", kind="text"),
+            Field("negative_prompt", "Hires negative prompt (empty: the same)", "", kind="text"),
+        )
+
+    def __init__(self):
+        self.fields = self.fields_with(())
+
+    def attach(self, addons):
+        # Model upscalers found in models/ESRGAN (and similar) join the list.
+        self.upscalers = addons.upscalers
+        self.fields = self.fields_with(tuple(addons.upscalers.names()))
     description = "Upscales the first pass and refines it with a second img2img pass."
 
     def summary(self, options, width: int, height: int) -> str:
@@ -67,6 +78,9 @@ class HiresFix(Extension):
             image = resize_image(image, CROP_AND_RESIZE, *_fit(image.size, width, height))
         if upscaler in LATENT_UPSCALE_MODES:
             init, resize_mode = image, LATENT_UPSCALE
+        elif upscaler not in PIXEL_UPSCALERS:  # a model upscaler
+            device = ctx.run.model.base.device
+            init, resize_mode = self.upscalers.upscale(image, upscaler, width, height, device), JUST_RESIZE
         else:
             init, resize_mode = image.resize((width, height), PIXEL_UPSCALERS[upscaler]), JUST_RESIZE
         sampler = options["sampler"] if options["sampler"] != SAME_SAMPLER else request.sampler_name

@@ -277,7 +277,7 @@ def extras_request(body, image) -> ExtrasRequest:
     size = {"width": body.upscaling_resize_w, "height": body.upscaling_resize_h, "crop": body.upscaling_crop} \
         if body.resize_mode == 1 else {"scale": body.upscaling_resize}
     return ExtrasRequest(image, upscaler=body.upscaler_1, upscaler_2=body.upscaler_2,
-                         upscaler_2_visibility=body.extras_upscaler_2_visibility, **size).validate()
+                         upscaler_2_visibility=body.extras_upscaler_2_visibility, **size)
 
 
 def png_info(image) -> dict[str, Any]:

@@ -114,8 +114,10 @@ def build_router(ctx: UIContext, auth_dependency) -> APIRouter:
 
     @router.get("/upscalers", response_model=list[UpscalerItem])
     def upscalers() -> list[dict]:
-        return [{"name": name, "model_name": None, "model_path": None, "model_url": None,
-                 "scale": None} for name in UPSCALERS]
+        listed = [{"name": name, "model_name": None, "model_path": None, "model_url": None,
+                   "scale": None} for name in UPSCALERS]
+        return listed + [{"name": name, "model_name": "ESRGAN", "model_path": path.name, "model_url": None,
+                          "scale": None} for name, path in engine.addons.upscalers.files().items()]
 
     @router.get("/latent-upscale-modes")
     def latent_upscale_modes() -> list[dict]:
@@ -123,7 +125,8 @@ def build_router(ctx: UIContext, auth_dependency) -> APIRouter:
 
     @router.get("/realesrgan-models")
     def realesrgan_models() -> list[dict]:
-        return []  # model upscalers need a loader library that is not installed
+        return [{"name": name, "path": path.name, "scale": None}
+                for name, path in engine.addons.upscalers.files().items() if "realesrgan" in str(path).lower()]
 
     @router.post("/png-info", response_model=PngInfoResponse, responses=ERRORS)
     def png_info(body: PngInfoBody) -> dict:
