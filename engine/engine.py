@@ -69,6 +69,9 @@ class Engine:
         )
         if request.mode == "img2img":
             self._check_upload_sizes(request)
+            if request.sd_upscale_scale and request.sd_upscale_upscaler not in self.upscaler_names():
+                raise RequestError(f"SD upscale: upscaler not found: '{request.sd_upscale_upscaler}'. "
+                                   f"Available: {', '.join(self.upscaler_names())}", "sd_upscale_upscaler")
             request = self._check_mask(outpainting.expand(request),
                                        settings["img2img_empty_mask_as_img2img"])
         return request

@@ -17,7 +17,6 @@ from PIL import Image
 from . import samplers
 from .conditioning import EMPHASIS_MODES
 from .errors import RequestError
-from .extras import UPSCALERS
 from .image_prep import MASKED_CONTENT, RESIZE_MODES
 
 MAX_SEED = 2**32 - 1
@@ -140,9 +139,9 @@ class GenerationRequest:
             return
         _check_number(self.sd_upscale_scale, "sd_upscale_scale", 1.0, 4.0)
         _check_int(self.sd_upscale_overlap, "sd_upscale_overlap", 0, min(self.width, self.height) // 2)
-        if self.sd_upscale_upscaler not in UPSCALERS:
-            raise RequestError(f"SD upscale: upscaler not found: '{self.sd_upscale_upscaler}'. "
-                               f"Available: {', '.join(UPSCALERS)}", "sd_upscale_upscaler")
+        if not isinstance(self.sd_upscale_upscaler, str) or not self.sd_upscale_upscaler:
+            raise RequestError("SD upscale: name an upscaler", "sd_upscale_upscaler")
+        # Whether the name exists (resampling or a model file on disk) is checked by the engine.
 
     @property
     def is_inpaint(self) -> bool:

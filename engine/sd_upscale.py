@@ -52,8 +52,11 @@ class SdUpscaleRun:
         if width > MAX_SIZE * 4 or height > MAX_SIZE * 4:
             raise RequestError(f"SD upscale would make a {width}x{height} picture; the largest is "
                                f"{MAX_SIZE * 4} on a side", "sd_upscale_scale")
-        method = UPSCALERS[request.sd_upscale_upscaler] or Image.Resampling.LANCZOS
-        return source.resize((max(width, request.width), max(height, request.height)), method)
+        size = (max(width, request.width), max(height, request.height))
+        if request.sd_upscale_upscaler not in UPSCALERS:  # a model file
+            return self.addons.upscalers.upscale(source, request.sd_upscale_upscaler, *size,
+                                                 self.model.base.device)
+        return source.resize(size, UPSCALERS[request.sd_upscale_upscaler] or Image.Resampling.LANCZOS)
 
     def run(self, writer) -> GenerationResult:
         request = self.request

@@ -8,7 +8,6 @@ from pathlib import Path
 import gradio as gr
 
 from engine import image_prep
-from engine.extras import UPSCALERS
 from engine.generation import GenerationResult
 from engine.outputs import png_bytes, write_atomically
 from engine.request import MAX_MASK_BLUR, MAX_OUTPAINT, MAX_PADDING, OUTPAINT_DIRECTIONS
@@ -43,7 +42,7 @@ def build(ctx: UIContext) -> dict:
             controls.update(widgets.seed_row(TAB, last_seeds))
             controls.update(extension_fields.render(ctx, TAB, "img2img",
                                                     (controls["width"], controls["height"])))
-            controls.update(_scripts())
+            controls.update(_scripts(ctx.engine.upscaler_names()))
         with gr.Column(scale=1):
             results = widgets.results_panel(TAB)
     prompt_tools.token_counters(ctx, {k: controls[k] for k in counters}, counters, controls["steps"])
@@ -174,7 +173,7 @@ def _inpaint_options() -> tuple[gr.Group, dict]:
                    "inpaint_area": area, "inpaint_full_res_padding": padding}
 
 
-def _scripts() -> dict:
+def _scripts(upscalers: tuple[str, ...]) -> dict:
     script = gr.Dropdown(list(build_requests.SCRIPTS), value="None", label="Script",
                          elem_id=f"{TAB}_script")
     with gr.Group(visible=False, elem_id=f"{TAB}_outpainting") as group:
@@ -190,7 +189,7 @@ def _scripts() -> dict:
         gr.Markdown("Tiles are the width and height above; the picture is upscaled first, then "
                     "each tile is redrawn with img2img and the tiles are blended.")
         overlap = gr.Slider(0, 256, value=64, step=16, label="Tile overlap", elem_id=f"{TAB}_sd_upscale_overlap")
-        upscaler = gr.Radio(list(UPSCALERS), value="Lanczos", label="Upscaler",
+        upscaler = gr.Radio(list(upscalers), value="Lanczos", label="Upscaler",
                             elem_id=f"{TAB}_sd_upscale_upscaler")
         factor = gr.Slider(1.0, 4.0, value=2.0, step=0.05, label="Scale factor", elem_id=f"{TAB}_sd_upscale_scale")
     script.change(lambda name: (gr.update(visible=name == build_requests.OUTPAINTING),

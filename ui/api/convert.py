@@ -9,7 +9,7 @@ from typing import Any
 from engine import image_prep, infotext, samplers
 from engine.errors import RequestError
 from engine.extensions import ExtensionRegistry
-from engine.extras import ExtrasRequest
+from engine.extras import UPSCALERS, ExtrasRequest
 from engine.faces import FACE_DETAILER
 from engine.generation import GenerationResult
 from engine.outputs import png_bytes
@@ -30,14 +30,12 @@ OUTPAINTING_TITLE = "Outpainting"
 SD_UPSCALE_TITLE = "SD upscale"
 
 
-def sd_upscale_script_info() -> dict:
-    from engine.extras import UPSCALERS
-
+def sd_upscale_script_info(upscalers: tuple[str, ...] = tuple(UPSCALERS)) -> dict:
     return {"name": SD_UPSCALE_TITLE.lower(), "is_alwayson": False, "is_img2img": True, "args": [
         {"label": "(unused)", "value": None, "minimum": None, "maximum": None, "step": None, "choices": None},
         {"label": "Tile overlap", "value": 64, "minimum": 0, "maximum": 256, "step": 16, "choices": None},
         {"label": "Upscaler", "value": "Lanczos", "minimum": None, "maximum": None, "step": None,
-         "choices": list(UPSCALERS)},
+         "choices": list(upscalers)},
         {"label": "Scale factor", "value": 2.0, "minimum": 1.0, "maximum": 4.0, "step": 0.05, "choices": None},
     ]}
 
@@ -79,7 +77,8 @@ def txt2img_request(body: Txt2ImgBody, registry: ExtensionRegistry | None = None
 
 
 def img2img_request(body: Img2ImgBody, limit_megapixels: float,
-                    registry: ExtensionRegistry | None = None) -> GenerationRequest:
+                    registry: ExtensionRegistry | None = None,
+                    upscalers: tuple[str, ...] = ()) -> GenerationRequest:
     values = _apply_infotext(body)
     fields = _common_fields(body, values, registry, scripts=OUTPAINTING_SCRIPTS)
     mask_blur = values["mask_blur"] if values["mask_blur"] is not None else \
@@ -97,18 +96,16 @@ def img2img_request(body: Img2ImgBody, limit_megapixels: float,
         initial_noise_multiplier=values["initial_noise_multiplier"] or 1.0,
     )
     if body.script_name and body.script_name.lower() == SD_UPSCALE_TITLE.lower():
-        fields.update(_sd_upscale_fields(body.script_args))
+        fields.update(_sd_upscale_fields(body.script_args, upscalers or tuple(UPSCALERS)))
     elif body.script_name:
         fields.update(_outpainting_fields(body.script_args))
     return GenerationRequest(**fields).validate()
 
 
-def _sd_upscale_fields(args: list[Any]) -> dict[str, Any]:
+def _sd_upscale_fields(args: list[Any], upscalers: tuple[str, ...]) -> dict[str, Any]:
     """script_args of SD upscale: [unused, overlap, upscaler (name or index), scale]."""
-    from engine.extras import UPSCALERS
-
     _, overlap, upscaler, scale = (list(args) + [None] * 4)[:4]
-    names = list(UPSCALERS)
+    names = list(upscalers)
     if isinstance(upscaler, int) and not isinstance(upscaler, bool):
         if not 0 <= upscaler < len(names):
             raise RequestError(f"script_args: upscaler index {upscaler} out of range; upscalers: "

@@ -53,7 +53,7 @@ def build_router(ctx: UIContext, auth_dependency) -> APIRouter:
     @router.post("/img2img", response_model=ImagesResponse, responses=ERRORS)
     def img2img(body: Img2ImgBody, request: Request) -> dict:
         generation = convert.img2img_request(body, settings["upload_max_megapixels"],
-                                             engine.addons.extensions)
+                                             engine.addons.extensions, engine.upscaler_names())
         echo = body.model_dump()
         if not body.include_init_images:  # as in the mature API: do not echo big uploads back
             echo.update(init_images=None, mask=None)
@@ -92,7 +92,7 @@ def build_router(ctx: UIContext, auth_dependency) -> APIRouter:
 
     @router.get("/script-info")
     def script_info() -> list[dict]:
-        info = [convert.outpainting_script_info(), convert.sd_upscale_script_info()]
+        info = [convert.outpainting_script_info(), convert.sd_upscale_script_info(engine.upscaler_names())]
         for entry in engine.addons.extensions.loaded():
             extension = entry.extension
             if not entry.enabled or entry.error:
