@@ -55,10 +55,11 @@ class Field:
         if self.kind in ("slider", "number"):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
                 raise RequestError(f"{where} must be a number, got {value!r}", "extensions")
-            if (self.minimum is not None and value < self.minimum) or \
-                    (self.maximum is not None and value > self.maximum):
-                raise RequestError(f"{where} must be between {self.minimum:g} and {self.maximum:g}, "
-                                   f"got {value}", "extensions")
+            low = self.minimum if self.minimum is not None else float("-inf")
+            high = self.maximum if self.maximum is not None else float("inf")
+            if not low <= value <= high:
+                raise RequestError(f"{where} must be between {low:g} and {high:g}, got {value}",
+                                   "extensions")
             return type(self.default)(value) if isinstance(self.default, int) and float(value).is_integer() else value
         if self.kind in ("dropdown", "radio") and self.choices and value not in self.choices:
             raise RequestError(f"{where} must be one of {list(self.choices)}, got {value!r}", "extensions")

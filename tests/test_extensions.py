@@ -177,3 +177,14 @@ def test_hires_fix_keeps_the_seed_and_is_reproducible(ext_engine):
     assert first.images[0].tobytes() == again.images[0].tobytes()
     other = ext_engine.generate(request.replace(seed=22))
     assert other.images[0].tobytes() != first.images[0].tobytes()
+
+
+def test_field_values_are_checked_with_clear_words():
+    from engine.extensions import Field
+    at_least_one = Field("count", "Count", 1, kind="number", minimum=1)
+    assert at_least_one.coerce(3.0, "Demo") == 3
+    for bad, words in ((0, "between 1 and inf"), (float("nan"), "must be a number"), (True, "must be a number")):
+        with pytest.raises(RequestError, match=words):
+            at_least_one.coerce(bad, "Demo")
+    with pytest.raises(RequestError, match="Demo: Mode must be one of"):
+        Field("mode", "Mode", "a", kind="radio", choices=("a", "b")).coerce("c", "Demo")
