@@ -10,6 +10,7 @@ download). Restorers:
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,11 +56,17 @@ def _cv2_ready() -> bool:
     return Path(cv2.data.haarcascades, "haarcascade_frontalface_default.xml").is_file()
 
 
-def detect_faces(image: Image.Image, min_size: int = 32) -> list[tuple[int, int, int, int]]:
-    """(left, top, right, bottom) of each frontal face, largest first."""
+@functools.lru_cache(maxsize=1)
+def _cascade():
+    """The detector, read from disk once (it runs on every image of a job)."""
     import cv2
 
-    cascade = cv2.CascadeClassifier(str(Path(cv2.data.haarcascades, "haarcascade_frontalface_default.xml")))
+    return cv2.CascadeClassifier(str(Path(cv2.data.haarcascades, "haarcascade_frontalface_default.xml")))
+
+
+def detect_faces(image: Image.Image, min_size: int = 32) -> list[tuple[int, int, int, int]]:
+    """(left, top, right, bottom) of each frontal face, largest first."""
+    cascade = _cascade()
     gray = np.asarray(image.convert("L"))
     found = cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=4, minSize=(min_size, min_size))
     boxes = [(int(x), int(y), int(x + w), int(y + h)) for x, y, w, h in found]

@@ -36,6 +36,11 @@ class OutputPolicy:
     make_grid: bool = True
     preview_every: int = 0  # 0: no live previews
 
+    def inner_pass(self) -> "OutputPolicy":
+        """For a pass inside a job (hires fix, a tile): nothing saved, previews as the job's."""
+        return OutputPolicy(save_images=False, save_grid=False, make_grid=False,
+                            preview_every=self.preview_every)
+
 
 @dataclass
 class GenerationResult:
@@ -203,9 +208,7 @@ class Txt2ImgRun:
             negative_prompt=extract_extra_networks(request.negative_prompt)[0]
             if request.negative_prompt else self.final_negative,
             extensions={}, save_images=False, save_grid=False).validate()
-        policy = OutputPolicy(save_images=False, save_grid=False, make_grid=False,
-                              preview_every=self.policy.preview_every)
-        result = Img2ImgRun(self.job, request, self.model, policy, self.addons).run(None)
+        result = Img2ImgRun(self.job, request, self.model, self.policy.inner_pass(), self.addons).run(None)
         return result.images[0]
 
     def _run_batch(self, batch: int, cond: ScheduledConditioning, uncond: ScheduledConditioning,

@@ -76,9 +76,8 @@ class SdUpscaleRun:
                 init_images=(tile,), mask=None, seed=seed + index, batch_size=1, n_iter=1,
                 resize_mode=0, sd_upscale_scale=0.0, save_images=False, save_grid=False,
                 extensions={})  # per-tile tiling or face restoration would break the blend
-            policy = OutputPolicy(save_images=False, save_grid=False, make_grid=False,
-                                  preview_every=self.policy.preview_every)
-            done = Img2ImgRun(self.job, tile_request, self.model, policy, self.addons).run(None)
+            done = Img2ImgRun(self.job, tile_request, self.model, self.policy.inner_pass(),
+                              self.addons).run(None)
             feather = _feather(tile_w, tile_h, overlap)
             total[y:y + tile_h, x:x + tile_w] += np.asarray(done.images[0], dtype=np.float64) * feather
             weight[y:y + tile_h, x:x + tile_w] += feather

@@ -33,6 +33,18 @@ def wait_for_infotext(page, tab: str, containing: str) -> str:
     return page.locator(f"#{tab}_infotext textarea").input_value()
 
 
+def generate_small_txt2img(page, url: str, prompt: str, negative: str = "") -> str:
+    """A 3-step 64x64 txt2img job from a fresh page; returns its infotext."""
+    open_tab(page, url, "txt2img")
+    page.locator("#txt2img_prompt textarea").fill(prompt)
+    if negative:
+        page.locator("#txt2img_neg_prompt textarea").fill(negative)
+    for name, value in (("txt2img_steps", 3), ("txt2img_width", 64), ("txt2img_height", 64)):
+        set_number(page, name, value)
+    page.click("#txt2img_generate")
+    return wait_for_infotext(page, "txt2img", prompt)
+
+
 def test_paint_a_mask_and_only_the_stroke_changes(page, demo_server, tmp_path):
     picture = Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8))
     picture = picture.resize((256, 256), Image.Resampling.NEAREST)
@@ -73,13 +85,7 @@ def test_paint_a_mask_and_only_the_stroke_changes(page, demo_server, tmp_path):
 
 
 def test_png_info_then_send_to_txt2img_reproduces_the_image(page, demo_server, tmp_path):
-    open_tab(page, demo_server.url, "txt2img")
-    page.locator("#txt2img_prompt textarea").fill("round trip, (red:1.2)")
-    page.locator("#txt2img_neg_prompt textarea").fill("blurry")
-    for name, value in (("txt2img_steps", 3), ("txt2img_width", 64), ("txt2img_height", 64)):
-        set_number(page, name, value)
-    page.click("#txt2img_generate")
-    first_text = wait_for_infotext(page, "txt2img", "round trip")
+    first_text = generate_small_txt2img(page, demo_server.url, "round trip, (red:1.2)", "blurry")
     first = gallery_png(page, "txt2img")
     (tmp_path / "made.png").write_bytes(first)
 
@@ -126,12 +132,7 @@ def test_dropping_a_png_on_the_prompt_fills_the_fields(page, demo_server):
 
 
 def test_send_a_result_to_inpaint(page, demo_server):
-    open_tab(page, demo_server.url, "txt2img")
-    page.locator("#txt2img_prompt textarea").fill("to be inpainted")
-    for name, value in (("txt2img_steps", 3), ("txt2img_width", 64), ("txt2img_height", 64)):
-        set_number(page, name, value)
-    page.click("#txt2img_generate")
-    wait_for_infotext(page, "txt2img", "to be inpainted")
+    generate_small_txt2img(page, demo_server.url, "to be inpainted")
     page.click("#txt2img_send_to_inpaint")
     page.locator("#img2img_inpaint canvas").first.wait_for()
     page.wait_for_function(
@@ -141,12 +142,7 @@ def test_send_a_result_to_inpaint(page, demo_server):
 
 
 def test_send_a_result_to_extras_and_upscale_it(page, demo_server):
-    open_tab(page, demo_server.url, "txt2img")
-    page.locator("#txt2img_prompt textarea").fill("to be upscaled")
-    for name, value in (("txt2img_steps", 3), ("txt2img_width", 64), ("txt2img_height", 64)):
-        set_number(page, name, value)
-    page.click("#txt2img_generate")
-    wait_for_infotext(page, "txt2img", "to be upscaled")
+    generate_small_txt2img(page, demo_server.url, "to be upscaled")
     page.click("#txt2img_send_to_extras")
     page.locator("#extras_image img").wait_for()
     page.click("#extras_generate")
