@@ -1,5 +1,5 @@
 """The add-ons a generation can use besides the checkpoint: LoRAs, embeddings, VAEs, styles,
-and extensions.
+extensions, upscalers and face restoration networks.
 
 Made once by app.py from the data folder and handed to the engine.
 """
@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .embeddings import EmbeddingLibrary
 from .extensions import ExtensionRegistry
+from .face_models import FaceModelLibrary
 from .lora import LoraLibrary
 from .models import HashCache
 from .styles import StyleStore
@@ -28,6 +29,7 @@ class AddOns:
     styles: StyleStore
     extensions: ExtensionRegistry
     upscalers: UpscalerLibrary
+    faces: FaceModelLibrary
 
     @classmethod
     def in_data_dir(cls, data_dir: Path, hashes: HashCache,
@@ -36,7 +38,7 @@ class AddOns:
         models/VAE and styles.csv; the built-in extensions, then <data dir>/extensions and any
         other extension folders given."""
         models = Path(data_dir) / "models"
-        for name in ("Lora", "embeddings", "VAE", "ESRGAN"):
+        for name in ("Lora", "embeddings", "VAE", "ESRGAN", "GFPGAN", "Codeformer"):
             (models / name).mkdir(parents=True, exist_ok=True)
         return cls(
             loras=LoraLibrary(models / "Lora", hashes),
@@ -44,6 +46,7 @@ class AddOns:
             vaes=VaeLibrary(models / "VAE", hashes),
             styles=StyleStore(Path(data_dir) / "styles.csv"),
             upscalers=UpscalerLibrary([models / "ESRGAN", models / "RealESRGAN"]),
+            faces=FaceModelLibrary(models),
             extensions=ExtensionRegistry(
                 [(BUILTIN_EXTENSIONS, True), (Path(data_dir) / "extensions", False)]
                 + [(Path(folder), False) for folder in extension_folders]),

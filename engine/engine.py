@@ -13,7 +13,7 @@ from .addons import AddOns
 from .conditioning import CHUNK_TOKENS, PromptEncoder
 from .errors import RequestError, UserError
 from .extras import UPSCALERS, ExtrasRequest, ExtrasResult, upscale
-from .faces import detail_faces
+from .faces import check_restorer, detail_faces, restore_with_model
 from .generation import GenerationResult, ImageContext, OutputPolicy, Txt2ImgRun
 from .img2img import Img2ImgRun
 from .jobs import Job, JobQueue
@@ -38,10 +38,15 @@ class Engine:
         self.settings = settings
         self.addons = addons
         self.queue = queue or JobQueue()
-        addons.extensions.set_enabled(
-            {e.name for e in addons.extensions.entries} - set(settings["disabled_extensions"]))
+        self.sync_extensions()
         for entry in addons.extensions.loaded():
             entry.extension.attach(addons)
+
+    def sync_extensions(self) -> None:
+        """Enable the extensions the `disabled_extensions` setting does not name (it may have
+        been changed from the Extensions tab, the Settings tab or the options API)."""
+        registry = self.addons.extensions
+        registry.set_enabled({e.name for e in registry.entries} - set(self.settings["disabled_extensions"]))
 
     # Generation.
     def submit(self, request: GenerationRequest, owner: str = "", job_id: str | None = None,
@@ -60,6 +65,7 @@ class Engine:
         """Fill what the request leaves to the settings, and check names against what exists,
         so a queued job is fixed and a bad name fails before it waits in the queue."""
         settings = self.settings
+        self.sync_extensions()
         self.addons.styles.apply("", "", request.styles)  # unknown style names fail here
         request = request.replace(
             clip_skip=request.clip_skip or settings["CLIP_stop_at_last_layers"],
@@ -82,6 +88,7 @@ class Engine:
         if "restore_faces" in options:
             options["restore_faces"].setdefault("restorer", self.settings["face_restoration_model"])
             options["restore_faces"].setdefault("strength", self.settings["face_restoration_strength"])
+            options["restore_faces"].setdefault("codeformer_weight", self.settings["code_former_weight"])
         return options
 
     def _check_upload_sizes(self, request: GenerationRequest) -> None:
@@ -127,9 +134,17 @@ class Engine:
         """Upscale a finished picture on the lane (model upscalers will need the GPU)."""
         request.validate(self.upscaler_names())
         check_pixel_limit(request.image, self.settings["upload_max_megapixels"], "image")
+        restoring = {"GFPGAN": request.gfpgan_visibility, "CodeFormer": request.codeformer_visibility}
+        for name, visibility in restoring.items():
+            if visibility > 0:
+                check_restorer(name, self.addons.faces)
 
         def work(job: Job) -> ExtrasResult:
             result = upscale(request, self.addons.upscalers, self._device())
+            for name, visibility in restoring.items():
+                if visibility > 0:
+                    result.image = restore_with_model(result.image, self.addons.faces, name, self._device(),
+                                                      request.codeformer_weight, visibility)
             if request.face_detailer_visibility > 0:
                 result.image = self._restore_faces(job, result.image, request.face_detailer_visibility)
             if save and self.settings["samples_save"]:

@@ -114,7 +114,7 @@ def build_from_state(state: dict[str, torch.Tensor], name: str) -> RRDBNet:
     return model.eval()
 
 
-def read_state(path: Path) -> dict[str, torch.Tensor]:
+def read_state(path: Path, field: str = "upscaler") -> dict[str, torch.Tensor]:
     """The tensors of a .safetensors or .pth file (a pickle is read with weights_only=True)."""
     if path.suffix.lower() == ".safetensors":
         from safetensors.torch import load_file
@@ -122,7 +122,7 @@ def read_state(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise RequestError(f"'{path.name}' could not be read as plain weights ({error})", "upscaler") from error
+        raise RequestError(f"'{path.name}' could not be read as plain weights ({error})", field) from error
     for key in ("params_ema", "params", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

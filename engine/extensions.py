@@ -25,11 +25,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from .errors import RequestError
+import torch
+
+from .errors import JobInterrupted, RequestError, UserError
 
 log = logging.getLogger(__name__)
 
 FIELD_KINDS = ("checkbox", "slider", "number", "dropdown", "radio", "text")
+
+# Raised through a hook but not the hook's fault: a stopped job, a refused request, memory
+# running out. They end the job as usual and leave the extension enabled.
+NOT_EXTENSION_FAULTS = (JobInterrupted, UserError, MemoryError, torch.OutOfMemoryError)
 
 
 @dataclass(frozen=True)
@@ -172,6 +178,8 @@ class ExtensionRegistry:
                 entry.enabled = entry.name in names
 
     def mark_failed(self, entry: LoadedExtension, error: BaseException, hook: str) -> None:
+        if isinstance(error, NOT_EXTENSION_FAULTS):
+            raise error  # the job ends as it would without extensions; the extension is fine
         log.error("extension %s failed in %s; it is skipped from now on", entry.name, hook,
                   exc_info=error)
         entry.error = f"{hook}: {type(error).__name__}: {error}"

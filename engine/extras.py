@@ -32,7 +32,12 @@ class ExtrasRequest:
     crop: bool = True           # resize to: crop to fit (else stretch)
     upscaler_2: str = "None"    # blended over the first upscaler's result...
     upscaler_2_visibility: float = 0.0  # ...this much (0: not used)
-    face_detailer_visibility: float = 0.0  # restore faces, blended over the upscale this much
+    # Face restoration after the upscale, each blended over the picture this much (0: not run),
+    # in this order, as the ecosystem does.
+    gfpgan_visibility: float = 0.0
+    codeformer_visibility: float = 0.0
+    codeformer_weight: float = 0.5  # 0: CodeFormer changes the most, 1: the least
+    face_detailer_visibility: float = 0.0
 
     def validate(self, known: tuple[str, ...] = tuple(UPSCALERS)) -> "ExtrasRequest":
         """`known`: the upscaler names that exist (the resampling ones and the models on disk)."""
@@ -42,7 +47,8 @@ class ExtrasRequest:
             if value not in known:
                 raise RequestError(f"Upscaler not found: '{value}'. Available: "
                                    f"{', '.join(known)}", name)
-        for name in ("upscaler_2_visibility", "face_detailer_visibility"):
+        for name in ("upscaler_2_visibility", "gfpgan_visibility", "codeformer_visibility",
+                     "codeformer_weight", "face_detailer_visibility"):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
                 raise RequestError(f"{name} must be between 0 and 1", name)
         if not 1.0 <= float(self.scale) <= MAX_SCALE:
@@ -69,6 +75,11 @@ class ExtrasRequest:
         if self.second_upscaler_used:
             text += (f", Postprocess upscaler 2: {self.upscaler_2}, "
                      f"Postprocess upscaler 2 visibility: {self.upscaler_2_visibility:g}")
+        if self.gfpgan_visibility > 0:
+            text += f", GFPGAN visibility: {self.gfpgan_visibility:g}"
+        if self.codeformer_visibility > 0:
+            text += (f", CodeFormer visibility: {self.codeformer_visibility:g}, "
+                     f"CodeFormer weight: {self.codeformer_weight:g}")
         if self.face_detailer_visibility > 0:
             text += f", Face restoration: Face detailer, Face restoration visibility: {self.face_detailer_visibility:g}"
         return text

@@ -4,26 +4,27 @@ Faces are found with OpenCV's Haar cascade (shipped inside opencv-python-headles
 download). Restorers:
   - "Face detailer" (built in, no extra weights): each face is redrawn with the loaded model as
     an inpainting pass at a higher resolution, then blended back with a feathered oval;
-  - "GFPGAN", "CodeFormer": offered when their weights are in models/GFPGAN or models/Codeformer
-    and their library is installed; otherwise listed as unavailable with the reason.
+  - "GFPGAN", "CodeFormer": networks written here (engine/face_models) that read the weight files
+    users put in models/GFPGAN or models/Codeformer; listed as unavailable, with the reason, until
+    a file is there.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw, ImageFilter
 
 from .errors import RequestError
+from .face_models import KINDS, FaceModelLibrary
 from .request import GenerationRequest
 
 FACE_DETAILER = "Face detailer"
-RESTORERS = (FACE_DETAILER, "GFPGAN", "CodeFormer")
-_LIBRARIES = {"GFPGAN": ("gfpgan", "GFPGAN"), "CodeFormer": ("codeformer", "Codeformer")}
+RESTORERS = (FACE_DETAILER, *KINDS)
 
 
 @dataclass(frozen=True)
@@ -33,18 +34,13 @@ class Restorer:
     reason: str = ""
 
 
-def restorers(models_dir: Path) -> list[Restorer]:
+def restorers(library: FaceModelLibrary) -> list[Restorer]:
     """Every restorer, with whether it can run here and, if not, why."""
-    found = [Restorer(FACE_DETAILER, _cv2_ready(), "" if _cv2_ready() else
-                      "needs opencv-python-headless 4.x (pip install 'opencv-python-headless<5')")]
-    for name, (module, folder) in _LIBRARIES.items():
-        weights = sorted(Path(models_dir, folder).glob("*.pth")) + sorted(Path(models_dir, folder).glob("*.safetensors"))
-        if importlib.util.find_spec(module) is None:
-            found.append(Restorer(name, False, f"the '{module}' library is not installed"))
-        elif not weights:
-            found.append(Restorer(name, False, f"no weights in models/{folder}"))
-        else:
-            found.append(Restorer(name, False, "its loader is not wired in this version"))
+    cv2_reason = "" if _cv2_ready() else "needs opencv-python-headless 4.x (pip install 'opencv-python-headless<5')"
+    found = [Restorer(FACE_DETAILER, not cv2_reason, cv2_reason)]
+    for name in KINDS:
+        reason = cv2_reason or library.unavailable_reason(name)
+        found.append(Restorer(name, not reason, reason))
     return found
 
 
@@ -113,8 +109,8 @@ def detail_faces(image: Image.Image, request: GenerationRequest, strength: float
     return result
 
 
-def check_restorer(name: str, models_dir: Path) -> None:
-    for restorer in restorers(models_dir):
+def check_restorer(name: str, library: FaceModelLibrary) -> None:
+    for restorer in restorers(library):
         if restorer.name == name:
             if not restorer.available:
                 raise RequestError(f"Face restorer '{name}' is not available: {restorer.reason}",
@@ -122,3 +118,45 @@ def check_restorer(name: str, models_dir: Path) -> None:
             return
     raise RequestError(f"Unknown face restorer '{name}'. Known: {', '.join(RESTORERS)}",
                        "face_restoration_model")
+
+
+def _aligned_box(box) -> tuple[int, int, int, int]:
+    """The square around a detected face framed the way GFPGAN and CodeFormer were trained
+    (whole head, eyes a little above the middle). Without landmarks this is an approximation of
+    their 5-point alignment: the box is not rotated."""
+    x1, y1, x2, y2 = box
+    side = round(1.8 * max(x2 - x1, y2 - y1))
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    left, top = round(cx - side / 2), round(cy - 0.55 * side)
+    return left, top, left + side, top + side
+
+
+def restore_with_model(image: Image.Image, library: FaceModelLibrary, name: str,
+                       device: torch.device | str, fidelity: float = 0.5, visibility: float = 1.0) -> Image.Image:
+    """Each face through GFPGAN or CodeFormer at the network's size, pasted back with a soft
+    oval, `visibility` of the way. `fidelity` is CodeFormer's weight (0: most restored)."""
+    faces = detect_faces(image)
+    if not faces or visibility <= 0:
+        return image
+    size = library.model(name).input_size
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
+    height, width = pixels.shape[:2]
+    boxes = [_aligned_box(box) for box in faces]
+    # Faces near an edge reach outside the picture: work on a copy padded with its edge pixels.
+    pad = max(0, *(max(-b[0], -b[1], b[2] - width, b[3] - height) for b in boxes))
+    canvas = np.pad(pixels, ((pad, pad), (pad, pad), (0, 0)), mode="edge")
+    for left, top, right, bottom in reversed(boxes):  # the largest face is pasted last, on top
+        left, top, right, bottom = left + pad, top + pad, right + pad, bottom + pad
+        crop = Image.fromarray(canvas[top:bottom, left:right].round().astype(np.uint8))
+        face = torch.from_numpy(np.asarray(crop.resize((size, size), Image.Resampling.LANCZOS), dtype=np.float32))
+        face = (face / 127.5 - 1.0).permute(2, 0, 1)[None]
+        restored = library.restore(name, face, device, fidelity)[0]
+        restored = ((restored.clamp(-1, 1) + 1.0) * 127.5).permute(1, 2, 0).round().byte().numpy()
+        side = right - left
+        back = np.asarray(Image.fromarray(restored).resize((side, side), Image.Resampling.LANCZOS), dtype=np.float32)
+        weight = np.asarray(oval_mask((side, side), inset=0.1, feather=0.08), dtype=np.float32)[..., None] / 255.0
+        weight *= visibility
+        region = canvas[top:bottom, left:right]
+        canvas[top:bottom, left:right] = region * (1.0 - weight) + back * weight
+    result = canvas[pad:pad + height, pad:pad + width].round().clip(0, 255).astype(np.uint8)
+    return Image.fromarray(result, "RGB")

@@ -100,6 +100,8 @@ OPTIONS: tuple[Option, ...] = (
            choices=RESTORERS),
     Option("face_restoration_strength", 0.4, "Face detailer denoising strength", "Face restoration",
            minimum=0.05, maximum=1.0),
+    Option("code_former_weight", 0.5, "CodeFormer weight (0 = maximum effect, 1 = minimum effect)",
+           "Face restoration", minimum=0.0, maximum=1.0),
     Option("live_previews_enable", True, "Show live previews of the image being made", "Live previews"),
     Option("show_progress_every_n_steps", 5, "Live preview every N sampling steps", "Live previews",
            minimum=1, maximum=100),

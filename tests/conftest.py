@@ -101,7 +101,8 @@ def demo_server(tmp_path_factory, tiny_models):
 
     Its models folder also holds a tiny diffusers-format model, "tiny-folder", to switch to, and
     a LoRA for the demo model, "glowing-edges"; its extensions folder the test extensions "glow"
-    (works) and "broken_import" (fails to load); models/ESRGAN a tiny x4 upscaler, "tiny-x4".
+    (works) and "broken_import" (fails to load); models/ESRGAN a tiny x4 upscaler, "tiny-x4"; models/GFPGAN and models/Codeformer
+    tiny GFPGAN and CodeFormer networks.
     Tests that switch must switch back to the demo model.
     """
     from engine.loading import CONFIG_ROOT
@@ -120,6 +121,9 @@ def demo_server(tmp_path_factory, tiny_models):
     from tests.support.esrgan_files import tiny_rrdbnet
     save_file({k: v.contiguous() for k, v in tiny_rrdbnet(4).state_dict().items()},
               str(data / "models" / "ESRGAN" / "tiny-x4.safetensors"))
+    from tests.support.face_model_files import write_codeformer_file, write_gfpgan_file
+    write_gfpgan_file(data / "models" / "GFPGAN" / "GFPGANv1.4.pth")
+    write_codeformer_file(data / "models" / "Codeformer" / "codeformer.pth")
     for name in ("glow", "broken_import"):
         shutil.copytree(Path(__file__).parent / "support" / "extensions" / name, data / "extensions" / name)
     with AppServer(data, "--demo", "--api") as server:

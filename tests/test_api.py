@@ -279,5 +279,6 @@ def test_restore_faces_and_face_restorers(api):
     info = json.loads(response.json()["info"])
     assert info["restore_faces"] is True and "Face restoration: Face detailer" in info["infotexts"][0]
     listed = {r["name"]: r for r in api.get("/face-restorers").json()}
-    assert listed["Face detailer"]["available"] and not listed["GFPGAN"]["available"]
-    assert "not installed" in listed["GFPGAN"]["reason"]
+    assert listed["Face detailer"]["available"] and listed["GFPGAN"]["available"]
+    assert listed["GFPGAN"]["cmd_dir"].endswith("models/GFPGAN")
+    assert listed["CodeFormer"]["available"] and listed["CodeFormer"]["cmd_dir"].endswith("models/Codeformer")

@@ -156,7 +156,7 @@ def test_extras_routes(api):
     assert {"name": "Latent (bicubic antialiased)"} in api.get("/latent-upscale-modes").json()
     assert api.get("/realesrgan-models").json() == []
     for body, words in (({"image": picture, "upscaler_1": "4x-Magic"}, "Upscaler not found"),
-                        ({"image": picture, "gfpgan_visibility": 1}, "face restoration"),
+                        ({"image": picture, "codeformer_visibility": 2}, "codeformer_visibility must be between 0 and 1"),
                         ({"image": "bm90IGFuIGltYWdl"}, "not an image")):
         response = api.post("/extra-single-image", json=body)
         assert response.status_code == 422 and words in response.text
@@ -182,3 +182,18 @@ def test_model_upscalers_are_listed_and_used(api):
                                                       "upscaling_resize": 2})
     assert response.status_code == 200, response.text
     assert decode(response.json()["image"]).size == (128, 128)
+
+
+@pytest.mark.parametrize("fields, words", [
+    ({"gfpgan_visibility": 1}, "GFPGAN visibility: 1"),
+    ({"codeformer_visibility": 0.8, "codeformer_weight": 0.3}, "CodeFormer visibility: 0.8, CodeFormer weight: 0.3"),
+])
+def test_extras_restores_faces_with_gfpgan_and_codeformer(api, fields, words):
+    from tests.support.face_image import picture_with_a_face
+    picture = picture_with_a_face()
+    response = api.post("/extra-single-image", json={"image": b64(picture), "upscaler_1": "None",
+                                                      "upscaling_resize": 1, **fields})
+    assert response.status_code == 200, response.text
+    restored = decode(response.json()["image"])
+    assert restored.size == picture.size and restored.tobytes() != picture.tobytes()
+    assert words in response.json()["html_info"]

@@ -180,6 +180,31 @@ def test_extension_fields_are_rendered_and_reach_the_extension(page, demo_server
     assert "tiling" in table.inner_text()
 
 
+def test_disabling_an_extension_hides_its_fields_at_once_and_on_new_pages(page, demo_server):
+    page.goto(demo_server.url)
+    glow = page.locator("#txt2img_ext_glow").get_by_text("Glow", exact=True).first
+    glow.wait_for()
+    page.click("#tab_extensions-button")
+    page.locator("#extensions_enabled").get_by_label("glow").uncheck()
+    try:
+        page.click("#extensions_apply")
+        page.locator("#extensions_message").get_by_text("Saved").wait_for()
+        page.click("#tab_txt2img-button")
+        glow.wait_for(state="hidden")
+        assert page.locator("#txt2img_ext_tiling").get_by_text("Tiling", exact=True).first.is_visible()
+        page.reload()  # a new page gets the current state, not the one at start
+        page.locator("#txt2img_ext_tiling").get_by_text("Tiling", exact=True).first.wait_for()
+        glow.wait_for(state="hidden")
+        page.click("#tab_extensions-button")
+        page.locator("#extensions_enabled").get_by_label("glow").check()
+        page.click("#extensions_apply")
+        page.click("#tab_txt2img-button")
+        glow.wait_for()
+    finally:
+        import httpx
+        httpx.post(demo_server.url + "/sdapi/v1/options", json={"disabled_extensions": []})
+
+
 def test_hires_fix_shows_the_target_size_live_and_upscales(page, demo_server):
     prepare_small_job(page, demo_server.url, "hires in the browser")
     page.locator("#txt2img_ext_hires_fix").get_by_text("Hires. fix", exact=True).first.click()

@@ -31,7 +31,7 @@ def ext_engine(tiny_models, tmp_path_factory):
 
 def test_loader_finds_builtins_and_third_party_ones_and_keeps_their_order(ext_engine):
     entries = ext_engine.addons.extensions.entries
-    assert [e.name for e in entries if not e.error] == ["glow", "tiling", "hires_fix", "restore_faces", "broken_hook"]
+    assert [e.name for e in entries if not e.error] == ["face_painter", "glow", "tiling", "hires_fix", "restore_faces", "broken_hook"]
     by_name = {e.name: e for e in entries}
     assert by_name["tiling"].builtin and not by_name["glow"].builtin
     assert by_name["broken_import"].status == "failed"
@@ -188,3 +188,34 @@ def test_field_values_are_checked_with_clear_words():
             at_least_one.coerce(bad, "Demo")
     with pytest.raises(RequestError, match="Demo: Mode must be one of"):
         Field("mode", "Mode", "a", kind="radio", choices=("a", "b")).coerce("c", "Demo")
+
+
+STOPPING = """
+from engine.errors import JobInterrupted, RequestError
+from engine.extensions import Extension, Field
+
+
+class Stopping(Extension):
+    name = "stopping"
+    fields = (Field("enabled", "On", False), Field("how", "How", "interrupt"))
+
+    def process(self, image, request, options, ctx):
+        if options["how"] == "interrupt":
+            raise JobInterrupted("stopped by the user")
+        raise RequestError("the request cannot be done", "prompt")
+
+
+extension = Stopping()
+"""
+
+
+@pytest.mark.parametrize("how, error", [("interrupt", "JobInterrupted"), ("refuse", "RequestError")])
+def test_a_stopped_job_or_a_refused_request_does_not_mark_the_extension_failed(tmp_path, how, error):
+    from engine import errors, extensions
+    (tmp_path / "stopping").mkdir()
+    (tmp_path / "stopping" / "__init__.py").write_text(STOPPING)
+    registry = extensions.ExtensionRegistry([(tmp_path, False)])
+    active = registry.active("txt2img", {"stopping": {"enabled": True, "how": how}})
+    with pytest.raises(getattr(errors, error)):
+        extensions.process(registry, active, None, None, None)
+    assert registry.find("stopping").error is None and registry.for_mode("txt2img")

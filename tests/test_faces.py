@@ -1,5 +1,8 @@
 """Restore faces: detection, the built-in face detailer, and the extension in a job."""
 
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -46,32 +49,19 @@ def test_a_picture_without_faces_comes_back_unchanged(engine):
     assert faces.detail_faces(plain, BASE, 0.6, _second_pass(engine)).tobytes() == plain.tobytes()
 
 
-FACE_PAINTER = """
-from engine.extensions import Extension, Field
-from tests.support.face_image import picture_with_a_face
-
-
-class FacePainter(Extension):
-    name = "face_painter"
-    order = 1  # before restore faces (30)
-    fields = (Field("enabled", "Paint a face", False),)
-
-    def process(self, image, request, options, ctx):
-        return picture_with_a_face(*image.size, at=(96, 48))
-
-
-extension = FacePainter()
-"""
-
-
-def test_restore_faces_runs_after_the_picture_is_made_and_says_so(engine, tmp_path):
+def engine_with_face_painter(engine, data_dir):
+    """The session engine's model and queue, with add-ons from `data_dir` plus the face painter."""
     from engine.addons import AddOns
     from engine.engine import Engine
     from engine.models import HashCache
-    (tmp_path / "extensions" / "face_painter").mkdir(parents=True)
-    (tmp_path / "extensions" / "face_painter" / "__init__.py").write_text(FACE_PAINTER)
-    with_painter = Engine(engine.models, engine.writer, engine.settings,
-                          AddOns.in_data_dir(tmp_path, HashCache(tmp_path / "cache.json")), queue=engine.queue)
+    shutil.copytree(Path(__file__).parent / "support" / "extensions" / "face_painter",
+                    data_dir / "extensions" / "face_painter")
+    return Engine(engine.models, engine.writer, engine.settings,
+                  AddOns.in_data_dir(data_dir, HashCache(data_dir / "cache.json")), queue=engine.queue)
+
+
+def test_restore_faces_runs_after_the_picture_is_made_and_says_so(engine, tmp_path):
+    with_painter = engine_with_face_painter(engine, tmp_path)
     request = BASE.replace(width=320, height=256, extensions={"face_painter": {"enabled": True}})
     painted = with_painter.generate(request).images[0]
     restored = with_painter.generate(request.replace(
@@ -84,9 +74,9 @@ def test_restore_faces_runs_after_the_picture_is_made_and_says_so(engine, tmp_pa
 
 
 def test_unavailable_restorers_are_refused_with_the_reason(engine):
-    with pytest.raises(RequestError, match="GFPGAN' is not available: the 'gfpgan' library is not installed"):
+    with pytest.raises(RequestError, match="GFPGAN' is not available: no GFPGAN weights in models/GFPGAN"):
         engine.submit(BASE.replace(extensions={"restore_faces": {"enabled": True, "restorer": "GFPGAN"}}))
-    listed = {r.name: r for r in faces.restorers(engine.writer.root.parent / "models")}
+    listed = {r.name: r for r in faces.restorers(engine.addons.faces)}
     assert listed["Face detailer"].available and not listed["CodeFormer"].available
 
 
@@ -107,7 +97,7 @@ def test_the_restorer_and_strength_come_from_the_settings(engine):
     try:
         request = engine.complete(BASE.replace(extensions={"restore_faces": {"enabled": True}}))
         assert request.extensions["restore_faces"] == {"enabled": True, "restorer": "Face detailer",
-                                                       "strength": 0.25}
+                                                       "strength": 0.25, "codeformer_weight": 0.5}
         given = engine.complete(BASE.replace(extensions={"restore_faces": {"enabled": True, "strength": 0.7}}))
         assert given.extensions["restore_faces"]["strength"] == 0.7
     finally:

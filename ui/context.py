@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from engine.engine import Engine
 from engine.models import ModelRegistry
@@ -17,6 +17,9 @@ class UIContext:
     settings: Settings
     flags: argparse.Namespace
     download: "object | None" = None  # engine.downloads.ModelDownloader when offered
+    # (extension name, its accordion) in every tab, so enabling or disabling one in the
+    # Extensions tab shows or hides its fields at once.
+    extension_accordions: list = field(default_factory=list)
 
     @property
     def models(self):

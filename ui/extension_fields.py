@@ -45,14 +45,17 @@ def _component(field: Field, elem_id: str):
 
 
 def render(ctx: UIContext, tab: str, mode: str, size: tuple | None = None) -> dict:
-    """The enabled extensions' fields for this tab, as named controls. `size` (the tab's width
-    and height controls) feeds the extensions' live summary lines."""
+    """The fields of the extensions for this tab, as named controls; disabled ones are drawn
+    hidden, so enabling them needs no restart. `size` (the tab's width and height controls)
+    feeds the extensions' live summary lines."""
     controls = {}
-    for entry in ctx.engine.addons.extensions.for_mode(mode):
+    for entry in ctx.engine.addons.extensions.loaded():
         extension = entry.extension
-        if not any(f.in_ui for f in extension.fields):
+        if mode not in extension.modes or not any(f.in_ui for f in extension.fields):
             continue
-        with gr.Accordion(extension.title, open=False, elem_id=f"{tab}_ext_{entry.name}"):
+        with gr.Accordion(extension.title, open=False, visible=entry.enabled,
+                          elem_id=f"{tab}_ext_{entry.name}") as accordion:
+            ctx.extension_accordions.append((entry.name, accordion))
             fields = {}
             for field in (f for f in extension.fields if f.in_ui):
                 fields[field.name] = _component(field, f"{tab}_ext_{entry.name}_{field.name}")
@@ -93,8 +96,9 @@ def _table(ctx: UIContext) -> str:
     return f"<table class='extensions-table'><tr>{head}</tr>{''.join(rows)}</table>"
 
 
-def extensions_tab(ctx: UIContext) -> None:
-    """Every extension found, in run order, with its status; enable or disable them."""
+def extensions_tab(ctx: UIContext) -> tuple:
+    """Every extension found, in run order, with its status; enable or disable them.
+    Returns what a page load calls (and its outputs) so every new page shows the current state."""
     registry = ctx.engine.addons.extensions
     table = gr.HTML(_table(ctx), elem_id="extensions_table")
     names = [e.name for e in registry.loaded()]
@@ -103,13 +107,25 @@ def extensions_tab(ctx: UIContext) -> None:
     apply = gr.Button("Apply", elem_id="extensions_apply")
     note = gr.Markdown("", elem_id="extensions_message")
 
+    accordions = list(ctx.extension_accordions)  # the tabs are built before this one
+
     def save(chosen: list[str]):
         chosen = set(chosen or [])
         ctx.settings.update({"disabled_extensions": sorted(set(names) - chosen)})
-        registry.set_enabled(chosen)
-        return _table(ctx), ("Saved. Generation uses the change at once; the tabs show or hide "
-                             "extension fields after a restart.")
+        ctx.engine.sync_extensions()
+        return _table(ctx), "Saved: generation and every tab use the change now.", *_shown(chosen)
 
-    apply.click(save, inputs=enabled, outputs=[table, note], queue=False, api_visibility="private")
+    def _shown(chosen: set[str]) -> list:
+        return [gr.update(visible=name in chosen) for name, _ in accordions]
+
+    apply.click(save, inputs=enabled, outputs=[table, note, *(a for _, a in accordions)], queue=False,
+                api_visibility="private")
     refresh = gr.Button("Refresh status", size="sm", elem_id="extensions_refresh")
     refresh.click(lambda: _table(ctx), outputs=table, queue=False, api_visibility="private")
+
+    def current():
+        ctx.engine.sync_extensions()
+        chosen = {e.name for e in registry.loaded() if e.enabled}
+        return _table(ctx), sorted(chosen, key=names.index), *_shown(chosen)
+
+    return current, [table, enabled, *(a for _, a in accordions)]

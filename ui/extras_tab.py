@@ -8,6 +8,7 @@ import gradio as gr
 
 from engine.errors import UserError
 from engine.extras import MAX_SCALE, ExtrasRequest
+from engine.faces import restorers
 from engine.uploads import open_image
 
 from .context import UIContext
@@ -44,8 +45,17 @@ def build(ctx: UIContext) -> dict:
                 upscaler_2 = gr.Dropdown(names, value="None", label="Upscaler 2", elem_id="extras_upscaler_2")
                 visibility = gr.Slider(0, 1, value=0, step=0.01, label="Upscaler 2 visibility",
                                        elem_id="extras_upscaler_2_visibility")
+            with gr.Row():
+                gfpgan = gr.Slider(0, 1, value=0, step=0.05, label="GFPGAN visibility",
+                                   elem_id="extras_gfpgan_visibility")
+                codeformer = gr.Slider(0, 1, value=0, step=0.05, label="CodeFormer visibility",
+                                       elem_id="extras_codeformer_visibility")
+                codeformer_weight = gr.Slider(0, 1, value=0.5, step=0.05,
+                                              label="CodeFormer weight (0 = maximum effect, 1 = minimum effect)",
+                                              elem_id="extras_codeformer_weight")
             faces = gr.Slider(0, 1, value=0, step=0.05, label="Restore faces (face detailer) visibility",
                               elem_id="extras_face_detailer_visibility")
+            gr.Markdown(_restorer_note(ctx), elem_id="extras_face_restorers")
             run = gr.Button("Generate", variant="primary", elem_id="extras_generate")
         with gr.Column():
             result = gr.Gallery(label="Result", format="png", interactive=False, columns=2,
@@ -59,7 +69,7 @@ def build(ctx: UIContext) -> dict:
     batch_tab.select(lambda: "batch", outputs=source, **private)
 
     def process(where, picture, uploads, how, factor, w, h, crop_to_fit, method, method_2, blend,
-                face_visibility, request: gr.Request):
+                gfpgan_visibility, codeformer_visibility, fidelity, face_visibility, request: gr.Request):
         sized = {"width": int(w or 0), "height": int(h or 0), "crop": bool(crop_to_fit)} \
             if how == SCALE_TO else {"scale": float(factor)}
         done = []
@@ -71,6 +81,9 @@ def build(ctx: UIContext) -> dict:
             for item in pictures:
                 job = ctx.engine.extras(ExtrasRequest(item, upscaler=method, upscaler_2=method_2,
                                                       upscaler_2_visibility=float(blend),
+                                                      gfpgan_visibility=float(gfpgan_visibility),
+                                                      codeformer_visibility=float(codeformer_visibility),
+                                                      codeformer_weight=float(fidelity),
                                                       face_detailer_visibility=float(face_visibility), **sized),
                                         owner=owner_of(request))
                 done.append(job.outcome())
@@ -80,9 +93,15 @@ def build(ctx: UIContext) -> dict:
         return [r.image for r in done], f"{done[0].extras} ({size})", ""
 
     run.click(process, inputs=[source, image, files, mode, scale, width, height, crop, upscaler,
-                               upscaler_2, visibility, faces],
+                               upscaler_2, visibility, gfpgan, codeformer, codeformer_weight, faces],
               outputs=[result, info, message], concurrency_id="generate", api_visibility="private")
     return {"image": image}
+
+
+def _restorer_note(ctx: UIContext) -> str:
+    """Which face restorers have no weights yet, so a user knows before trying."""
+    missing = [f"{r.name}: {r.reason}" for r in restorers(ctx.engine.addons.faces) if not r.available]
+    return ("Not available here: " + "; ".join(missing)) if missing else ""
 
 
 def _read(upload, limit: float):

@@ -25,6 +25,7 @@ ASSETS = Path(__file__).parent / "assets"
 
 def build_app(ctx: UIContext) -> gr.Blocks:
     # Gallery images are copied into Gradio's cache; clear out day-old copies every hour.
+    ctx.extension_accordions.clear()  # filled again by the tabs below
     with gr.Blocks(title="SD Studio", analytics_enabled=False, delete_cache=(3600, 86400)) as blocks:
         bar = checkpoint_bar.build(ctx)
         with gr.Tabs(elem_id="tabs") as tabs:
@@ -37,22 +38,25 @@ def build_app(ctx: UIContext) -> gr.Blocks:
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 png_info = png_info_tab.build(ctx)
             with gr.Tab("Extensions", id="extensions", elem_id="tab_extensions"):
-                extension_fields.extensions_tab(ctx)
+                extensions_state = extension_fields.extensions_tab(ctx)
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
                 settings_values, settings_components = settings_tab.build(ctx)
         send_to.wire(ctx, tabs, txt2img, img2img, png_info, extras)
         gr.Markdown(f"SD Studio {VERSION}", elem_id="footer_version")
-        _on_page_load(blocks, ctx, bar)
+        _on_page_load(blocks, ctx, bar, extensions_state)
         blocks.load(settings_values, outputs=settings_components, queue=False, api_visibility="private")
     return blocks
 
 
-def _on_page_load(blocks: gr.Blocks, ctx: UIContext, bar: dict) -> None:
-    """Every page load sees the current checkpoint list, and the no-model notice if it applies."""
+def _on_page_load(blocks: gr.Blocks, ctx: UIContext, bar: dict, extensions_state: tuple) -> None:
+    """Every page load sees the current checkpoint list, the no-model notice if it applies, and
+    the extensions as they are enabled now."""
     outputs = [bar["dropdown"], bar["notice"], bar["status"], *bar["quick"].values()]
     blocks.load(bar["on_load"], outputs=outputs,
                 concurrency_id="page_load", concurrency_limit=None, api_visibility="private",
                 show_progress="hidden")
+    current, outputs = extensions_state
+    blocks.load(current, outputs=outputs, queue=False, api_visibility="private", show_progress="hidden")
     check = bar["download"]["check"]
     if check is not None:
         blocks.load(check, outputs=bar["download"]["button"], api_visibility="private")

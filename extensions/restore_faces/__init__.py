@@ -1,11 +1,16 @@
-"""Restore faces: find the faces in each finished picture and redraw them in more detail."""
+"""Restore faces: find the faces in each finished picture and restore them, with the built-in
+face detailer (the loaded model redraws each face) or GFPGAN / CodeFormer weight files."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from engine.extensions import Extension, Field
-from engine.faces import FACE_DETAILER, RESTORERS, check_restorer, detail_faces
+from engine.faces import (
+    FACE_DETAILER,
+    RESTORERS,
+    check_restorer,
+    detail_faces,
+    restore_with_model,
+)
 
 
 class RestoreFaces(Extension):
@@ -15,21 +20,30 @@ class RestoreFaces(Extension):
     modes = ("txt2img", "img2img")
     fields = (
         Field("enabled", "Restore faces", False),
-        # Chosen in Settings (face_restoration_model, face_restoration_strength); the API may
-        # still give them per request.
+        # Chosen in Settings (face_restoration_model, face_restoration_strength,
+        # code_former_weight); the API may still give them per request.
         Field("restorer", "Face restorer", FACE_DETAILER, kind="dropdown", choices=RESTORERS, in_ui=False),
         Field("strength", "Face detailer denoising strength", 0.4, kind="slider", minimum=0.05,
               maximum=1.0, step=0.05, in_ui=False),
+        Field("codeformer_weight", "CodeFormer weight", 0.5, kind="slider", minimum=0.0, maximum=1.0,
+              step=0.05, in_ui=False),
     )
-    description = "Finds faces (OpenCV) and redraws each with the loaded model, blended back softly."
+    description = ("Finds faces (OpenCV) and restores each: the face detailer redraws it with the "
+                   "loaded model; GFPGAN and CodeFormer use their weight files.")
+
+    def attach(self, addons):
+        self.library = addons.faces
 
     def check(self, options):
         if options.get("restorer", FACE_DETAILER) != FACE_DETAILER:
-            check_restorer(options["restorer"], Path("models"))
+            check_restorer(options["restorer"], self.library)
 
     def process(self, image, request, options, ctx):
-        return detail_faces(image, request.replace(steps=max(request.steps, 4)), options["strength"],
-                            ctx.second_pass)
+        if options["restorer"] == FACE_DETAILER:
+            return detail_faces(image, request.replace(steps=max(request.steps, 4)), options["strength"],
+                                ctx.second_pass)
+        return restore_with_model(image, self.library, options["restorer"], ctx.run.model.base.device,
+                                  fidelity=options["codeformer_weight"])
 
     def infotext(self, request, options):
         return {"Face restoration": options["restorer"]}

@@ -265,16 +265,15 @@ def info_json(result: GenerationResult) -> str:
 
 def extras_request(body, image) -> ExtrasRequest:
     """An extra-single-image / extra-batch-images body as the request for one picture."""
-    if body.gfpgan_visibility > 0 or body.codeformer_visibility > 0:
-        raise RequestError("gfpgan_visibility / codeformer_visibility: face restoration is not "
-                           "available in this version", "gfpgan_visibility")
     if body.resize_mode not in (0, 1):
         raise RequestError(f"resize_mode must be 0 (scale by) or 1 (scale to), got {body.resize_mode}",
                            "resize_mode")
     size = {"width": body.upscaling_resize_w, "height": body.upscaling_resize_h, "crop": body.upscaling_crop} \
         if body.resize_mode == 1 else {"scale": body.upscaling_resize}
     return ExtrasRequest(image, upscaler=body.upscaler_1, upscaler_2=body.upscaler_2,
-                         upscaler_2_visibility=body.extras_upscaler_2_visibility, **size)
+                         upscaler_2_visibility=body.extras_upscaler_2_visibility,
+                         gfpgan_visibility=body.gfpgan_visibility, codeformer_visibility=body.codeformer_visibility,
+                         codeformer_weight=body.codeformer_weight, **size)
 
 
 def png_info(image) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Body, Depends, Request
 from engine import samplers
 from engine.errors import RequestError
 from engine.extras import UPSCALERS
+from engine.face_models import KINDS
 from engine.faces import restorers
 from engine.flags import public_dict
 from engine.request import LATENT_UPSCALE_MODES
@@ -108,9 +109,10 @@ def build_router(ctx: UIContext, auth_dependency) -> APIRouter:
 
     @router.get("/face-restorers")
     def face_restorers() -> list[dict]:
-        models_dir = engine.writer.root.parent / "models"
-        return [{"name": r.name, "cmd_dir": None, "available": r.available, "reason": r.reason or None}
-                for r in restorers(models_dir)]
+        library = engine.addons.faces
+        folders = {name: kind.folder for name, kind in KINDS.items()}
+        return [{"name": r.name, "cmd_dir": str(library.models_dir / folders[r.name]) if r.name in folders else None,
+                 "available": r.available, "reason": r.reason or None} for r in restorers(library)]
 
     @router.get("/upscalers", response_model=list[UpscalerItem])
     def upscalers() -> list[dict]:

@@ -1,0 +1,87 @@
+"""Face restoration networks read from the ecosystem's weight files (models/GFPGAN,
+models/Codeformer), written here so no extra library (nor its weight downloads) is needed.
+
+FaceModelLibrary finds the files, loads the chosen network when first used (one kept in memory)
+and restores one aligned face crop at a time.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+SUFFIXES = (".pth", ".safetensors")
+
+
+@dataclass(frozen=True)
+class FaceModelKind:
+    name: str        # what users pick ("GFPGAN", "CodeFormer")
+    folder: str      # under models/
+    example: str     # the file users download, for the "no weights" message
+    build: Callable[[dict], nn.Module]
+
+
+def _gfpgan(state: dict) -> nn.Module:
+    from .gfpgan import gfpgan_from_state_dict
+    return gfpgan_from_state_dict(state)
+
+
+def _codeformer(state: dict) -> nn.Module:
+    from .codeformer import codeformer_from_state_dict
+    return codeformer_from_state_dict(state)
+
+
+KINDS = {kind.name: kind for kind in (
+    FaceModelKind("GFPGAN", "GFPGAN", "GFPGANv1.4.pth", _gfpgan),
+    FaceModelKind("CodeFormer", "Codeformer", "codeformer.pth", _codeformer),
+)}
+
+
+class FaceModelLibrary:
+    def __init__(self, models_dir: Path):
+        self.models_dir = Path(models_dir)
+        self._lock = threading.Lock()
+        self._loaded: tuple[Path, float, nn.Module] | None = None
+
+    def weights(self, name: str) -> Path | None:
+        """The weight file used for `name`: the last by name, so GFPGANv1.4 wins over v1.3.
+        Files are only counted when their name says which network they are."""
+        folder = self.models_dir / KINDS[name].folder
+        if not folder.is_dir():
+            return None
+        found = [path for path in folder.iterdir() if path.suffix.lower() in SUFFIXES
+                 and name.lower() in path.name.lower() and not path.name.startswith(".")]
+        return sorted(found, key=lambda p: p.name.lower())[-1] if found else None
+
+    def unavailable_reason(self, name: str) -> str:
+        kind = KINDS[name]
+        if self.weights(name) is None:
+            return f"no {kind.name} weights in models/{kind.folder} (put {kind.example} there)"
+        return ""
+
+    def model(self, name: str) -> nn.Module:
+        """The network for `name`, built from its file; a file that is not one raises ValueError."""
+        from ..esrgan import read_state
+
+        path = self.weights(name)
+        if path is None:
+            raise ValueError(self.unavailable_reason(name))
+        with self._lock:
+            stamp = path.stat().st_mtime
+            if self._loaded is None or self._loaded[:2] != (path, stamp):
+                self._loaded = None  # let the old network go before the new one is read
+                self._loaded = (path, stamp, KINDS[name].build(read_state(path, "face_restoration_model")))
+            return self._loaded[2]
+
+    @torch.inference_mode()
+    def restore(self, name: str, face: torch.Tensor, device: torch.device | str, fidelity: float) -> torch.Tensor:
+        """One face crop (1, 3, size, size) in [-1, 1], at the network's own size, restored."""
+        model = self.model(name).to(device)
+        face = face.to(device)
+        out = model(face, fidelity) if name == "CodeFormer" else model(face)
+        return out.float().cpu()
