@@ -46,7 +46,12 @@ def build(flags):
     device = DeviceConfig.choose(use_cpu=uses_cpu(flags), no_half=flags.no_half)
     models = ModelManager(registry, device, allow_unsafe=flags.allow_unsafe_checkpoints)
     engine = Engine(models, OutputWriter(data_dir / "outputs"), settings,
-                    AddOns.in_data_dir(data_dir, hashes))
+                    AddOns.in_data_dir(data_dir, hashes, device=device,
+                                       allow_unsafe=flags.allow_unsafe_checkpoints))
+    if flags.demo:
+        from engine.controlnet.demo import ensure_demo_controlnet
+        ensure_demo_controlnet(engine.addons.controlnets.folder)
+        engine.addons.controlnets.refresh()
     downloader = ModelDownloader(sd15_offer(os.environ.get("HF_ENDPOINT")), checkpoint_dir)
     ctx = UIContext(engine, registry, settings, flags, downloader)
 

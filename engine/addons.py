@@ -1,5 +1,5 @@
 """The add-ons a generation can use besides the checkpoint: LoRAs, embeddings, VAEs, styles,
-extensions, upscalers and face restoration networks.
+extensions, upscalers, face restoration networks and ControlNets.
 
 Made once by app.py from the data folder and handed to the engine.
 """
@@ -9,6 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
+from .controlnet.models import ControlNetLibrary
+from .devices import DeviceConfig
 from .embeddings import EmbeddingLibrary
 from .extensions import ExtensionRegistry
 from .face_models import FaceModelLibrary
@@ -30,15 +34,16 @@ class AddOns:
     extensions: ExtensionRegistry
     upscalers: UpscalerLibrary
     faces: FaceModelLibrary
+    controlnets: ControlNetLibrary
 
     @classmethod
-    def in_data_dir(cls, data_dir: Path, hashes: HashCache,
-                    extension_folders: list[Path] = ()) -> "AddOns":
+    def in_data_dir(cls, data_dir: Path, hashes: HashCache, extension_folders: list[Path] = (),
+                    device: DeviceConfig | None = None, allow_unsafe: bool = False) -> "AddOns":
         """The ecosystem's folders: models/Lora, models/embeddings (and the older embeddings/),
         models/VAE and styles.csv; the built-in extensions, then <data dir>/extensions and any
         other extension folders given."""
         models = Path(data_dir) / "models"
-        for name in ("Lora", "embeddings", "VAE", "ESRGAN", "GFPGAN", "Codeformer"):
+        for name in ("Lora", "embeddings", "VAE", "ESRGAN", "GFPGAN", "Codeformer", "ControlNet"):
             (models / name).mkdir(parents=True, exist_ok=True)
         return cls(
             loras=LoraLibrary(models / "Lora", hashes),
@@ -47,6 +52,9 @@ class AddOns:
             styles=StyleStore(Path(data_dir) / "styles.csv"),
             upscalers=UpscalerLibrary([models / "ESRGAN", models / "RealESRGAN"]),
             faces=FaceModelLibrary(models),
+            # Loaded where generation runs (the GPU lane's device) when first used.
+            controlnets=ControlNetLibrary(models / "ControlNet", device or DeviceConfig(torch.device("cpu"), torch.float32),
+                                          allow_unsafe=allow_unsafe),
             extensions=ExtensionRegistry(
                 [(BUILTIN_EXTENSIONS, True), (Path(data_dir) / "extensions", False)]
                 + [(Path(folder), False) for folder in extension_folders]),

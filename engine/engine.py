@@ -11,6 +11,7 @@ import logging
 from . import image_prep, outpainting
 from .addons import AddOns
 from .conditioning import CHUNK_TOKENS, PromptEncoder
+from .controlnet.checks import check_units
 from .errors import RequestError, UserError
 from .extras import UPSCALERS, ExtrasRequest, ExtrasResult, upscale
 from .faces import check_restorer, detail_faces, restore_with_model
@@ -80,6 +81,13 @@ class Engine:
                                    f"Available: {', '.join(self.upscaler_names())}", "sd_upscale_upscaler")
             request = self._check_mask(outpainting.expand(request),
                                        settings["img2img_empty_mask_as_img2img"])
+        if request.active_controlnet_units:
+            if request.sd_upscale_scale:
+                raise RequestError("ControlNet units cannot be used with the SD upscale script (its "
+                                   "tiles do not line up with the control image)", "controlnet_units")
+            current = self.models.current
+            request = request.replace(controlnet_units=check_units(
+                request.controlnet_units, self.addons.controlnets, current.family if current else None))
         return request
 
     def _with_settings(self, requested) -> dict:

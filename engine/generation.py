@@ -3,6 +3,7 @@ decoding, infotext and saving."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ from PIL import Image
 from . import extensions, infotext, samplers
 from .addons import AddOns
 from .conditioning import PromptEncoder, ScheduledConditioning
+from .controlnet import apply as control
 from .jobs import Job
 from .lora import AppliedLoras, applied_loras
 from .models import CheckpointInfo
@@ -130,6 +132,7 @@ class Txt2ImgRun:
         self.active = addons.extensions.active(request.mode, request.extensions)
         # What a second pass prompts with; run() sets them after styles and LoRA tags.
         self.final_prompt, self.final_negative = request.prompt, request.negative_prompt
+        self._control_step = 0  # sampling steps done in this pass, for the ControlNet windows
 
     @property
     def task(self) -> str:
@@ -158,7 +161,8 @@ class Txt2ImgRun:
             inpainting_model=self.model.is_inpainting)
         registry = self.addons.extensions
         with extensions.patched(registry, self.active, self.pipe, request), \
-                applied_loras(self.pipe, networks, self.addons.loras) as loras:
+                applied_loras(self.pipe, networks, self.addons.loras) as loras, \
+                self._controlnets():
             encoder = PromptEncoder(self.pipe, self.model.family, clip_skip=request.clip_skip,
                                     emphasis=request.emphasis,
                                     **self.addons.embeddings.encoder_options(self.model))
@@ -188,6 +192,8 @@ class Txt2ImgRun:
         if request.emphasis not in ("", "Original"):
             extra["Emphasis"] = request.emphasis
         extra.update(self._task_params())
+        for index, unit in self.request.active_controlnet_units:
+            extra[f"ControlNet {index}"] = unit.infotext_value()
         extra.update(extensions.infotext(self.addons.extensions, self.active, request))
         extra["Lora hashes"] = _hash_list(loras.hashes)
         extra["TI hashes"] = _hash_list(self.addons.embeddings.hashes(encoder.used_embeddings))
@@ -196,6 +202,26 @@ class Txt2ImgRun:
     def _task_params(self) -> dict[str, Any]:
         """Infotext keys only this kind of job has."""
         return {}
+
+    def _control_fallback(self) -> tuple[Image.Image | None, Image.Image | None]:
+        """The picture (and mask) a ControlNet unit without its own image uses: none here."""
+        return None, None
+
+    def _controlnets(self):
+        """The request's ControlNet units attached to the UNet for this job (or nothing)."""
+        units = self.request.active_controlnet_units
+        if not units:
+            return contextlib.nullcontext()
+        request, unet = self.request, self.pipe.unet
+        image, mask = self._control_fallback()
+        prepared = control.prepare(units, self.addons.controlnets, request.width, request.height,
+                                   unet.device, unet.dtype, image, mask, self.addons.controlnets.folder)
+
+        def progress() -> tuple[int, int]:
+            return self._control_step, max(1, getattr(self.pipe, "_num_timesteps", 0) or self.sampling_steps)
+
+        return control.attached(unet, prepared, cfg=request.cfg_scale > 1, progress=progress,
+                                vae_scale=self.model.vae_scale_factor)
 
     def second_pass(self, request: GenerationRequest, seed: int, subseed: int) -> Image.Image:
         """An img2img pass inside this job (on the lane already, so it is not queued): the
@@ -207,7 +233,7 @@ class Txt2ImgRun:
             prompt=extract_extra_networks(request.prompt)[0] if request.prompt else self.final_prompt,
             negative_prompt=extract_extra_networks(request.negative_prompt)[0]
             if request.negative_prompt else self.final_negative,
-            extensions={}, save_images=False, save_grid=False).validate()
+            extensions={}, controlnet_units=(), save_images=False, save_grid=False).validate()
         result = Img2ImgRun(self.job, request, self.model, self.policy.inner_pass(), self.addons).run(None)
         return result.images[0]
 
@@ -216,6 +242,7 @@ class Txt2ImgRun:
         request, job = self.request, self.job
         job.skipped = False
         job.batch_index = batch
+        self._control_step = 0
         seeds, subseeds = self.seeds.batch(batch, request.batch_size)
         images = self._finish(self._sample(seeds, subseeds, cond, uncond, batch), batch)
         images = [extensions.process(self.addons.extensions, self.active, image, request,
@@ -294,6 +321,7 @@ class Txt2ImgRun:
         switching = not (cond.is_constant and uncond.is_constant)
 
         def on_step_end(pipe, index: int, timestep, tensors: dict) -> dict:
+            self._control_step = index + 1
             if index == 0:
                 # Second-order samplers call the model more often than `steps`: use the real count.
                 self._batch_steps = max(1, pipe.num_timesteps)

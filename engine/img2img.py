@@ -85,6 +85,9 @@ class Img2ImgRun(Txt2ImgRun):
                 params["Mask mode"] = image_prep.MASK_MODES[1]
         return params
 
+    def _control_fallback(self):
+        return image_prep.flatten(self.request.init_images[0]), self.request.mask
+
     def _indices(self, batch: int, count: int) -> list[int]:
         start = batch * self.request.batch_size
         return [(start + j) % len(self.inits) for j in range(count)]

@@ -91,6 +91,8 @@ class GenerationRequest:
     sd_upscale_scale: float = 0.0
     sd_upscale_overlap: int = 64
     sd_upscale_upscaler: str = "Lanczos"
+    # ControlNet units (engine.controlnet.units.ControlUnit); only enabled ones act.
+    controlnet_units: tuple = ()
     # Per-extension options: {extension name: {field: value}}.
     extensions: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: MappingProxyType({}))
 
@@ -132,7 +134,25 @@ class GenerationRequest:
             raise RequestError("vae must be a VAE name", "vae")
         if self.mode == "img2img":
             self._validate_img2img()
+        self._validate_controlnet()
         return self
+
+    def _validate_controlnet(self) -> None:
+        from .controlnet.units import ControlUnit
+
+        if not isinstance(self.controlnet_units, tuple) or \
+                not all(isinstance(unit, ControlUnit) for unit in self.controlnet_units):
+            raise RequestError("controlnet_units must be a list of ControlNet units", "controlnet_units")
+        for index, unit in enumerate(self.controlnet_units):
+            unit.validate(index)
+            if unit.enabled and unit.image is None and not self.init_images:
+                raise RequestError(f"ControlNet unit {index} is enabled but has no control image "
+                                   "(upload one, or draw a scribble)", "image")
+
+    @property
+    def active_controlnet_units(self) -> list:
+        """(index, unit) of the units that act."""
+        return [(index, unit) for index, unit in enumerate(self.controlnet_units) if unit.enabled]
 
     def _validate_sd_upscale(self) -> None:
         if self.sd_upscale_scale == 0:

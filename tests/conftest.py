@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 
 # Before torch is imported: one thread each, because the suite also runs servers beside itself
 # on small machines, and oversubscribed cores make everything slower.
@@ -149,3 +150,13 @@ def page(browser, tmp_path):
     page.set_default_timeout(60_000)
     yield page
     context.close()
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to open a network connection fails the test (model files must load offline)."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("tried to use the network")
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -241,8 +241,8 @@ def test_tiling_and_always_on_extensions_by_title(api):
     assert "Glow: 20" in json.loads(glow.json()["info"])["infotexts"][0]
     by_name = api.post("/txt2img", json={**SMALL, "alwayson_scripts": {"glow": {"args": {"enabled": True}}}})
     assert "Glow: 40" in json.loads(by_name.json()["info"])["infotexts"][0]
-    unknown = api.post("/txt2img", json={**SMALL, "alwayson_scripts": {"controlnet": {"args": []}}})
-    assert unknown.status_code == 422 and "no extension called 'controlnet'" in unknown.text
+    unknown = api.post("/txt2img", json={**SMALL, "alwayson_scripts": {"adetailer": {"args": []}}})
+    assert unknown.status_code == 422 and "no extension called 'adetailer'" in unknown.text
     bad = api.post("/txt2img", json={**SMALL, "alwayson_scripts": {"Glow": {"args": [True, 900]}}})
     assert bad.status_code == 422 and "Glow amount" in bad.text
 
@@ -263,7 +263,7 @@ def test_hires_fix_fields(api):
 
 
 def test_scripts_and_script_info_list_scripts_and_extensions(api):
-    assert api.get("/scripts").json() == {"txt2img": [], "img2img": ["Outpainting", "SD upscale"]}
+    assert api.get("/scripts").json() == {"txt2img": ["controlnet"], "img2img": ["Outpainting", "SD upscale", "controlnet"]}
     info = api.get("/script-info").json()
     by_key = {(item["name"], item["is_img2img"]): item for item in info}
     assert not by_key[("outpainting", True)]["is_alwayson"] and not by_key[("sd upscale", True)]["is_alwayson"]

@@ -2,7 +2,6 @@
 
 import hashlib
 import shutil
-import socket
 
 import pytest
 import torch
@@ -15,16 +14,6 @@ from tests.support.ldm_export import ldm_state_dict
 
 COMPONENTS = {"sd1": ("unet", "vae", "text_encoder"), "sd2": ("unet", "vae", "text_encoder"),
               "sdxl": ("unet", "vae", "text_encoder", "text_encoder_2")}
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    """Any attempt to open a network connection fails the test."""
-    def refuse(*args, **kwargs):
-        raise AssertionError("tried to use the network while loading a checkpoint")
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
 def assert_same_weights(loaded, reference, family):

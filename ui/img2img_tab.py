@@ -12,7 +12,7 @@ from engine.generation import GenerationResult
 from engine.outputs import png_bytes, write_atomically
 from engine.request import MAX_MASK_BLUR, MAX_OUTPAINT, MAX_PADDING, OUTPAINT_DIRECTIONS
 
-from . import extension_fields, prompt_tools, widgets
+from . import controlnet_ui, extension_fields, prompt_tools, widgets
 from . import img2img_requests as build_requests
 from .context import UIContext
 from .job_flow import wire_generate, wire_stop_buttons
@@ -40,6 +40,7 @@ def build(ctx: UIContext) -> dict:
             inpaint_group, inpaint_controls = _inpaint_options()
             controls.update(inpaint_controls)
             controls.update(widgets.seed_row(TAB, last_seeds))
+            controls.update(controlnet_ui.accordion(ctx, TAB, (controls["width"], controls["height"])))
             controls.update(extension_fields.render(ctx, TAB, "img2img",
                                                     (controls["width"], controls["height"])))
             controls.update(_scripts(ctx.engine.upscaler_names()))

@@ -10,6 +10,7 @@ from engine.version import VERSION
 
 from . import (
     checkpoint_bar,
+    controlnet_tab,
     extension_fields,
     extras_tab,
     img2img_tab,
@@ -33,6 +34,8 @@ def build_app(ctx: UIContext) -> gr.Blocks:
                 txt2img = txt2img_tab.build(ctx)
             with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"):
                 img2img = img2img_tab.build(ctx)
+            with gr.Tab("ControlNet", id="controlnet", elem_id="tab_controlnet"):
+                controlnet_tab.build(ctx)
             with gr.Tab("Extras", id="extras", elem_id="tab_extras"):
                 extras = extras_tab.build(ctx)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):

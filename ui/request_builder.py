@@ -8,6 +8,7 @@ from typing import Any
 from engine.errors import RequestError
 from engine.request import GenerationRequest
 
+from .controlnet_ui import units_from_values
 from .extension_fields import extension_values
 
 
@@ -42,6 +43,7 @@ def common_fields(values: dict[str, Any], mode: str) -> dict[str, Any]:
         "cfg_scale": values["cfg_scale"],
         "styles": tuple(values.get("styles") or ()),
         "extensions": extension_values(values),
+        "controlnet_units": units_from_values(values),
     }
     for name in INT_FIELDS:
         if name in values:

@@ -16,6 +16,7 @@ from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from engine.errors import UserError
 from engine.version import VERSION
 
+from .api import controlnet_api
 from .api.routes import build_router
 from .context import UIContext
 from .layout import build_app, page_css, page_js
@@ -62,6 +63,7 @@ def create_server(ctx: UIContext) -> FastAPI:
         # Without --api-auth, a UI login (if any) protects the API too: never an open back door.
         credentials = flags.api_auth or flags.gradio_auth
         app.include_router(build_router(ctx, api_auth_dependency(credentials)))
+        app.include_router(controlnet_api.build_router(ctx, api_auth_dependency(credentials)))
 
     blocks = build_app(ctx)
     blocks.queue(api_open=False, default_concurrency_limit=1)

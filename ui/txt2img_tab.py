@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from . import extension_fields, prompt_tools, widgets
+from . import controlnet_ui, extension_fields, prompt_tools, widgets
 from .context import UIContext
 from .job_flow import wire_generate, wire_stop_buttons
 from .request_builder import named_values, request_from_ui
@@ -21,6 +21,7 @@ def build(ctx: UIContext) -> dict:
             controls.update(widgets.sampler_row(TAB))
             controls.update(widgets.size_and_batch(TAB))
             controls.update(widgets.seed_row(TAB, last_seeds))
+            controls.update(controlnet_ui.accordion(ctx, TAB, (controls["width"], controls["height"])))
             controls.update(extension_fields.render(ctx, TAB, "txt2img",
                                                     (controls["width"], controls["height"])))
         with gr.Column(scale=1):

@@ -12,7 +12,13 @@ None of the parsers raises on any input string: text that is not valid syntax is
 """
 
 
-from .editing import Schedule, distinct_texts, prompt_schedule, prompt_schedules, text_at_step
+from .editing import (
+    Schedule,
+    distinct_texts,
+    prompt_schedule,
+    prompt_schedules,
+    text_at_step,
+)
 from .emphasis import BREAK, MAX_WEIGHT, parse_emphasis, strip_emphasis
 from .extra_networks import ExtraNetwork, extract_extra_networks, lora_weights
 

@@ -16,6 +16,7 @@ from engine.outputs import png_bytes
 from engine.request import GenerationRequest
 from engine.uploads import image_from_base64
 
+from . import controlnet_api
 from .models import Img2ImgBody, Txt2ImgBody
 
 # Fields whose features arrive in later versions: refused with a clear message when used, rather
@@ -72,15 +73,17 @@ def _apply_infotext(body: Txt2ImgBody) -> dict[str, Any]:
     return values
 
 
-def txt2img_request(body: Txt2ImgBody, registry: ExtensionRegistry | None = None) -> GenerationRequest:
-    return GenerationRequest(**_common_fields(body, _apply_infotext(body), registry)).validate()
+def txt2img_request(body: Txt2ImgBody, registry: ExtensionRegistry | None = None,
+                    limit_megapixels: float = 16.0) -> GenerationRequest:
+    return GenerationRequest(**_common_fields(body, _apply_infotext(body), registry,
+                                              limit_megapixels=limit_megapixels)).validate()
 
 
 def img2img_request(body: Img2ImgBody, limit_megapixels: float,
                     registry: ExtensionRegistry | None = None,
                     upscalers: tuple[str, ...] = ()) -> GenerationRequest:
     values = _apply_infotext(body)
-    fields = _common_fields(body, values, registry, scripts=OUTPAINTING_SCRIPTS)
+    fields = _common_fields(body, values, registry, scripts=OUTPAINTING_SCRIPTS, limit_megapixels=limit_megapixels)
     mask_blur = values["mask_blur"] if values["mask_blur"] is not None else \
         max(values["mask_blur_x"], values["mask_blur_y"])
     fields.update(
@@ -141,6 +144,8 @@ def _extension_options(body: Txt2ImgBody, registry: ExtensionRegistry | None) ->
     ecosystem's shortcut fields (tiling) as per-extension options."""
     options: dict[str, dict] = {}
     for title, payload in (body.alwayson_scripts or {}).items():
+        if controlnet_api.is_controlnet_script(title):
+            continue  # units, read by _common_fields
         entry = registry.find(title) if registry else None
         if entry is None:
             known = ", ".join(e.extension.title for e in registry.loaded()) if registry else "none"
@@ -180,7 +185,7 @@ def _hires_options(body: Txt2ImgBody) -> dict[str, Any]:
 
 
 def _common_fields(body: Txt2ImgBody, values: dict[str, Any], registry: ExtensionRegistry | None,
-                   scripts: tuple[str, ...] = ()) -> dict:
+                   scripts: tuple[str, ...] = (), limit_megapixels: float = 16.0) -> dict:
     """The request fields txt2img and img2img bodies share."""
     for name, feature in _NOT_YET.items():
         if name == "script_name" and (values.get(name) or "").lower() in scripts:
@@ -207,6 +212,7 @@ def _common_fields(body: Txt2ImgBody, values: dict[str, Any], registry: Extensio
         save_images=save and not values["do_not_save_samples"],
         save_grid=save and not values["do_not_save_grid"],
         extensions=_extension_options(body, registry),
+        controlnet_units=controlnet_api.units_from_scripts(body.alwayson_scripts, limit_megapixels),
     )
     fields.update({k: values[k] for k in ("clip_skip", "emphasis") if k in values})  # from infotext
     fields.update(overrides)

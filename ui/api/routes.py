@@ -49,7 +49,8 @@ def build_router(ctx: UIContext, auth_dependency) -> APIRouter:
 
     @router.post("/txt2img", response_model=ImagesResponse, responses=ERRORS)
     def txt2img(body: Txt2ImgBody, request: Request) -> dict:
-        return _generate(convert.txt2img_request(body, engine.addons.extensions), body, request, body.model_dump())
+        generation = convert.txt2img_request(body, engine.addons.extensions, settings["upload_max_megapixels"])
+        return _generate(generation, body, request, body.model_dump())
 
     @router.post("/img2img", response_model=ImagesResponse, responses=ERRORS)
     def img2img(body: Img2ImgBody, request: Request) -> dict:
@@ -88,12 +89,16 @@ def build_router(ctx: UIContext, auth_dependency) -> APIRouter:
 
     @router.get("/scripts")
     def scripts() -> dict:
-        """Selectable scripts per tab (always-on extensions are in script-info)."""
-        return {"txt2img": [], "img2img": [convert.OUTPAINTING_TITLE, convert.SD_UPSCALE_TITLE]}
+        """Selectable scripts per tab, and "controlnet", which client programs look for here
+        (the other always-on extensions are in script-info)."""
+        return {"txt2img": ["controlnet"], "img2img": [convert.OUTPAINTING_TITLE, convert.SD_UPSCALE_TITLE, "controlnet"]}
 
     @router.get("/script-info")
     def script_info() -> list[dict]:
         info = [convert.outpainting_script_info(), convert.sd_upscale_script_info(engine.upscaler_names())]
+        info += [{"name": "controlnet", "is_alwayson": True, "is_img2img": img2img,
+                  "args": [{"label": f"ControlNet Unit {i}", "value": None} for i in range(3)]}
+                 for img2img in (False, True)]
         for entry in engine.addons.extensions.loaded():
             extension = entry.extension
             if not entry.enabled or entry.error:

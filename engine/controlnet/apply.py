@@ -1,0 +1,160 @@
+"""Putting ControlNet units to work in a job.
+
+The ControlNets are attached to the loaded pipeline's own UNet for the length of one job: its
+forward first runs every active unit's ControlNet on the same inputs and hands the summed
+residuals to the UNet. One mechanism so serves txt2img, img2img, inpainting (9-channel models
+included) and every sampler, with our own seeded latents, and no pipeline or module is copied.
+(diffusers' ControlNet pipelines were not used for this: its inpaint variant cannot start from
+latents we encoded ourselves, which our masked-content modes need.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .. import image_prep
+from ..errors import RequestError
+from . import preprocessors
+from .units import (
+    CONTROLNET_MORE,
+    PROMPT_MORE,
+    RESIZE_MODES,
+    ControlUnit,
+    pixel_perfect_resolution,
+)
+
+_RESIZE = dict(zip(RESIZE_MODES, (image_prep.JUST_RESIZE, image_prep.CROP_AND_RESIZE, image_prep.RESIZE_AND_FILL)))
+PROMPT_SOFTNESS = 0.825  # "My prompt is more important": each shallower residual this much weaker
+
+
+def detect_map(unit: ControlUnit, image: Image.Image, width: int, height: int,
+               models_dir: Path | None = None, mask: Image.Image | None = None) -> Image.Image:
+    """The unit's preprocessor run on `image`, at the resolution the unit asks for."""
+    if unit.pixel_perfect:
+        resolution = pixel_perfect_resolution(image, width, height, unit.resize_mode)
+    else:
+        resolution = unit.processor_res if unit.processor_res > 0 else 512
+    return preprocessors.run(unit.module, image, resolution,
+                             unit.threshold_a if unit.threshold_a >= 0 else None,
+                             unit.threshold_b if unit.threshold_b >= 0 else None,
+                             mask=unit.mask if unit.mask is not None else mask, models_dir=models_dir)
+
+
+def control_tensor(control_map: Image.Image, width: int, height: int, resize_mode: str) -> torch.Tensor:
+    """The map framed to width x height as the unit's resize mode says, as a (1, 3, H, W) tensor
+    in [0, 1]; pixels an inpaint map marks (alpha 0) are -1, as inpaint ControlNets expect."""
+    mode = _RESIZE[resize_mode]
+    rgb = image_prep.resize_image(control_map.convert("RGB"), mode, width, height)
+    pixels = torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+    if control_map.mode == "RGBA":
+        alpha = image_prep.resize_image(control_map.getchannel("A"), mode, width, height)
+        masked = torch.from_numpy(np.asarray(alpha) < 128)[None, None].expand_as(pixels)
+        pixels = pixels.masked_fill(masked, -1.0)
+    return pixels
+
+
+@dataclass
+class PreparedUnit:
+    index: int
+    unit: ControlUnit
+    net: torch.nn.Module
+    control: torch.Tensor                  # (1, 3, H, W) at the job's size
+    detected: Image.Image                  # the map, for showing
+    _sized: dict = field(default_factory=dict)
+
+    def control_for(self, sample: torch.Tensor, scale: int) -> torch.Tensor:
+        """The control image at the size of this sample (a hires pass has another), batched."""
+        size = (sample.shape[-2] * scale, sample.shape[-1] * scale)
+        if size not in self._sized:
+            control = self.control
+            if control.shape[-2:] != size:
+                control = torch.nn.functional.interpolate(control, size=size, mode="bilinear", align_corners=False)
+            self._sized[size] = control.to(sample.device, self.net.dtype)
+        control = self._sized[size]
+        return control.expand(sample.shape[0], -1, -1, -1)
+
+    def active_at(self, step: int, total: int) -> bool:
+        """Whether this step lies in the unit's window (as a fraction of the steps that run)."""
+        total = max(1, total)
+        return not (step / total < self.unit.guidance_start or (step + 1) / total > self.unit.guidance_end)
+
+
+def prepare(units: list[tuple[int, ControlUnit]], library, width: int, height: int, device, dtype,
+            fallback_image: Image.Image | None = None, fallback_mask: Image.Image | None = None,
+            models_dir: Path | None = None) -> list[PreparedUnit]:
+    """Each unit's map and ControlNet, ready for `attached`. `fallback_image`: img2img's init
+    image, used by units without their own picture (as the ecosystem does)."""
+    prepared = []
+    for index, unit in units:
+        image = unit.image if unit.image is not None else fallback_image
+        if image is None:
+            raise RequestError(f"ControlNet unit {index} is enabled but has no control image", "image")
+        detected = detect_map(unit, image.convert("RGBA") if image.mode == "RGBA" else image.convert("RGB"),
+                              width, height, models_dir, fallback_mask)
+        net = library.load(unit.model)
+        if net.device != torch.device(device) or net.dtype != dtype:
+            net = net.to(device, dtype)
+        prepared.append(PreparedUnit(index, unit, net, control_tensor(detected, width, height, unit.resize_mode),
+                                     detected))
+    return prepared
+
+
+def _residuals(item: PreparedUnit, sample, timestep, hidden, added, cfg: bool, scale: int):
+    channels = item.net.config.in_channels  # a 9-channel inpainting UNet's extra inputs are not for it
+    down, mid = item.net(sample[:, :channels], timestep, encoder_hidden_states=hidden,
+                         controlnet_cond=item.control_for(sample, scale), conditioning_scale=float(item.unit.weight),
+                         added_cond_kwargs=added, return_dict=False)
+    down, mid = list(down), mid
+    if item.unit.control_mode == PROMPT_MORE:
+        count = len(down) + 1
+        down = [d * PROMPT_SOFTNESS ** (count - 1 - k) for k, d in enumerate(down)]
+    if item.unit.control_mode == CONTROLNET_MORE and cfg and sample.shape[0] % 2 == 0:
+        # Control on the prompted half of the batch only: guidance then pushes towards it.
+        half = sample.shape[0] // 2
+        keep = torch.ones(sample.shape[0], 1, 1, 1, device=mid.device, dtype=mid.dtype)
+        keep[:half] = 0
+        down, mid = [d * keep for d in down], mid * keep
+    return down, mid
+
+
+@contextlib.contextmanager
+def attached(unet: torch.nn.Module, units: list[PreparedUnit], cfg: bool, progress: Callable[[], tuple[int, int]],
+             vae_scale: int = 8) -> Iterator[None]:
+    """For the duration: `unet` adds the active units' residuals on every call. `progress`
+    gives (step index, steps in this pass); `cfg`: the batch is [negative, positive]."""
+    previous = unet.__dict__.get("forward")  # an instance-level forward (e.g. an offload hook)
+    inner = unet.forward
+
+    def forward(sample, timestep, encoder_hidden_states=None, *args, **kwargs):
+        step, total = progress()
+        down_sum, mid_sum = None, None
+        for item in units:
+            if item.unit.weight == 0 or not item.active_at(step, total):
+                continue  # skipped outright: the result is exactly that of no unit
+            down, mid = _residuals(item, sample, timestep, encoder_hidden_states,
+                                   kwargs.get("added_cond_kwargs"), cfg, vae_scale)
+            if down_sum is None:
+                down_sum, mid_sum = down, mid
+            else:
+                down_sum = [a + b for a, b in zip(down_sum, down)]
+                mid_sum = mid_sum + mid
+        if down_sum is not None:
+            kwargs["down_block_additional_residuals"] = tuple(down_sum)
+            kwargs["mid_block_additional_residual"] = mid_sum
+        return inner(sample, timestep, encoder_hidden_states, *args, **kwargs)
+
+    unet.forward = forward
+    try:
+        yield
+    finally:
+        if previous is None:
+            del unet.forward
+        else:
+            unet.forward = previous

@@ -1,0 +1,48 @@
+"""Checking a request's ControlNet units against what is installed, before the job is queued:
+the preprocessor exists and can run here, the model exists and fits the loaded checkpoint."""
+
+from __future__ import annotations
+
+import re
+
+from ..errors import RequestError
+from ..loading import FAMILY_LABELS
+from . import preprocessors
+from .units import ControlUnit
+
+_HASH_SUFFIX = re.compile(r"\s*\[[0-9a-fA-F]{6,}\]$")  # "control_v11p_sd15_canny [d14c016b]"
+
+
+def resolve_model(library, name: str, index: int) -> str:
+    """The library's name for `name`, which client programs often send with a hash suffix."""
+    for names in (library.names(), list(library.refresh())):  # the second look sees new files
+        for candidate in (name, _HASH_SUFFIX.sub("", name)):
+            for known in names:
+                if known.lower() == candidate.lower():
+                    return known
+    listed = ", ".join(names) or "none (put ControlNet models in models/ControlNet)"
+    raise RequestError(f"ControlNet unit {index}: model '{name}' not found. Available: {listed}", "model")
+
+
+def check_units(units: tuple[ControlUnit, ...], library, family: str | None) -> tuple[ControlUnit, ...]:
+    """The units with model names resolved; RequestError for the first that cannot run."""
+    checked = []
+    available = {name: (ok, reason) for name, ok, reason in preprocessors.availability(library.folder)}
+    for index, unit in enumerate(units):
+        if not unit.enabled:
+            checked.append(unit)
+            continue
+        module = preprocessors.find(unit.module).name
+        ok, reason = available.get(module, (True, ""))
+        if not ok:
+            raise RequestError(f"ControlNet unit {index}: preprocessor '{module}' is not available: {reason}",
+                               "module")
+        model = resolve_model(library, unit.model, index)
+        model_family = library.family(model)
+        if family is not None and model_family != family:
+            raise RequestError(
+                f"ControlNet unit {index}: '{model}' is a {FAMILY_LABELS.get(model_family, model_family)} "
+                f"ControlNet, but the loaded checkpoint is {FAMILY_LABELS.get(family, family)}: pick a "
+                "ControlNet made for this checkpoint's family", "model")
+        checked.append(unit.replace(module=module, model=model))
+    return tuple(checked)

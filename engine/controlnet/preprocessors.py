@@ -1,0 +1,604 @@
+"""ControlNet preprocessors ("annotators"): control maps made from a picture.
+
+Module names follow the ecosystem's (sd-webui-controlnet) where the operation is the same, and
+ALIASES maps the other names its API clients send onto ours; several of those (the HED/PiDiNet
+soft edges and scribbles, the neural line-art models) need network weights there and are
+approximated here by weight-free filters.
+
+Sizes: a preprocessor with `uses_resolution` first resizes the picture so its shorter side is
+`resolution` pixels (the longer side keeps the aspect ratio, rounded to a whole pixel; no padding
+or rounding to multiples of 8/64) and returns the map at that size; the others return it at the
+picture's own size. The caller frames the map to the generation size.
+
+Inpaint maps are RGBA: alpha 0 marks the pixels to regenerate (the pipeline turns them into -1,
+the value inpaint ControlNets were trained with); everything else is RGB.
+
+The depth, pose and normal preprocessors run controlnet_aux's detectors on weight files kept in
+models/ControlNet/annotators (the files of the lllyasviel/Annotators repository, flat or in the
+ecosystem's sub-folders); segmentation runs an ADE20K model folder through transformers.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import numbers
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from ..errors import RequestError
+
+MIN_RESOLUTION, MAX_RESOLUTION, DEFAULT_RESOLUTION = 64, 2048, 512
+MAX_SIDE = 8192  # longest processing side: a thin strip scaled up would not fit in memory
+SHUFFLE_SEED = 0  # fixed: the same picture always shuffles the same way
+DEFAULT_MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
+
+
+@dataclass(frozen=True)
+class Slider:
+    """A threshold the UI shows as a slider."""
+
+    label: str
+    minimum: float
+    maximum: float
+    default: float
+    step: float
+
+
+@dataclass(frozen=True)
+class _Job:
+    image: np.ndarray          # H x W x 3 uint8, at the processing size
+    a: float | None
+    b: float | None
+    mask: np.ndarray | None    # H x W bool, True = regenerate (inpaint only)
+    annotators: Path
+
+
+@dataclass(frozen=True)
+class Preprocessor:
+    name: str
+    title: str
+    uses_resolution: bool
+    threshold_a: Slider | None
+    threshold_b: Slider | None
+    needs_mask: bool = False
+    requires: str = ""
+    _fn: Callable[[_Job], np.ndarray] | None = field(default=None, repr=False, compare=False)
+    _backend: str = field(default="", repr=False)          # "", "controlnet_aux" or "transformers"
+    _files: tuple[str, ...] = field(default=(), repr=False)  # weight files (or a folder) in annotators/
+    _subfolder: str = field(default="", repr=False)        # where the ecosystem keeps them
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+def _gray(rgb: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
+
+
+def _three(gray: np.ndarray) -> np.ndarray:
+    return np.repeat(np.clip(gray, 0, 255).astype(np.uint8)[:, :, None], 3, axis=2)
+
+
+def _flatten(image: Image.Image) -> np.ndarray:
+    """RGB pixels; transparent ones become white (line art is often drawn on a transparent sheet)."""
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"))
+    return np.asarray(image.convert("RGB"))
+
+
+def _resize_short_side(rgb: np.ndarray, resolution: int) -> np.ndarray:
+    height, width = rgb.shape[:2]
+    scale = resolution / min(height, width)
+    if height <= width:
+        size = (max(1, round(width * scale)), resolution)
+    else:
+        size = (resolution, max(1, round(height * scale)))
+    if size == (width, height):
+        return rgb
+    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
+
+
+def _mask_array(mask: Image.Image, size: tuple[int, int]) -> np.ndarray:
+    """White = masked. A mask with alpha counts only its opaque strokes (a painted layer)."""
+    if "A" in mask.getbands():
+        rgba = mask.convert("RGBA")
+        gray = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba).convert("L")
+    else:
+        gray = mask.convert("L")
+    if gray.size != size:
+        gray = gray.resize(size, Image.NEAREST)
+    return np.asarray(gray) >= 128
+
+
+# --- weight-free preprocessors -------------------------------------------------------------------
+
+def _none(job: _Job) -> np.ndarray:
+    return job.image
+
+
+def _invert(job: _Job) -> np.ndarray:
+    return 255 - job.image
+
+
+def _canny(job: _Job) -> np.ndarray:
+    edges = cv2.Canny(job.image, int(round(job.a)), int(round(job.b)))
+    return _three(edges)
+
+
+def _scribble(job: _Job) -> np.ndarray:
+    # The canvas colour is the median of a thin frame; whatever differs from it is a stroke, so
+    # dark-on-light and light-on-dark drawings (and coloured ones) give the same map.
+    rgb = job.image.astype(np.int16)
+    height, width = rgb.shape[:2]
+    edge = max(1, min(height, width) // 50)
+    frame = np.concatenate([rgb[:edge].reshape(-1, 3), rgb[-edge:].reshape(-1, 3),
+                            rgb[:, :edge].reshape(-1, 3), rgb[:, -edge:].reshape(-1, 3)])
+    canvas = np.median(frame, axis=0)
+    ink = np.abs(rgb - canvas).max(axis=2)
+    return _three((ink > job.a) * 255)
+
+
+def _scribble_xdog(job: _Job) -> np.ndarray:
+    # Difference of Gaussians: positive where a pixel is darker than its surroundings (lines,
+    # the dark side of contours); thresholded, then thickened as scribble models expect.
+    gray = _gray(job.image)
+    difference = cv2.GaussianBlur(gray, (0, 0), 5.0) - cv2.GaussianBlur(gray, (0, 0), 0.5)
+    lines = ((2.0 * difference) > job.a).astype(np.uint8) * 255
+    lines = cv2.dilate(lines, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3)))
+    return _three(lines)
+
+
+def _softedge_gradient(job: _Job) -> np.ndarray:
+    # Colour gradient magnitude at three blur scales (scale-normalised, so wide soft contours
+    # count as well as sharp ones), normalised by a high percentile and lifted by a gamma, giving
+    # HED-like grey edges on black.
+    rgb = job.image.astype(np.float32) / 255.0
+    total = np.zeros(rgb.shape[:2], np.float32)
+    for sigma in (1.0, 2.0, 4.0):
+        blurred = cv2.GaussianBlur(rgb, (0, 0), sigma)
+        gx = cv2.Sobel(blurred, cv2.CV_32F, 1, 0, ksize=3)
+        gy = cv2.Sobel(blurred, cv2.CV_32F, 0, 1, ksize=3)
+        total += np.sqrt(gx * gx + gy * gy).max(axis=2) * sigma
+    peak = float(np.percentile(total, 99.5))
+    if peak <= 1e-6:
+        return np.zeros_like(job.image)
+    edges = np.clip(total / peak, 0.0, 1.0)
+    edges = np.clip((edges - 0.04) / 0.96, 0.0, 1.0) ** 0.75  # drop faint noise, lift weak edges
+    return _three(edges * 255.0)
+
+
+def _lineart_standard(job: _Job) -> np.ndarray:
+    # How much darker each pixel is than a wide blur of its neighbourhood, scaled so the typical
+    # line reaches mid-grey: thin white lines on black, like the ecosystem's lineart_standard.
+    gray = _gray(job.image)
+    darker = np.clip(cv2.GaussianBlur(gray, (0, 0), 6.0) - gray, 0, 255)
+    strong = darker[darker > 8]
+    scale = max(16.0, float(np.median(strong))) if strong.size else 16.0
+    return _three(darker / scale * 127.0)
+
+
+def _tile_resample(job: _Job) -> np.ndarray:
+    rate = float(job.a)
+    height, width = job.image.shape[:2]
+    if rate <= 1.0:
+        return job.image
+    small = cv2.resize(job.image, (max(1, int(width / rate)), max(1, int(height / rate))),
+                       interpolation=cv2.INTER_AREA)
+    return cv2.resize(small, (width, height), interpolation=cv2.INTER_CUBIC)
+
+
+def _blur_gaussian(job: _Job) -> np.ndarray:
+    return cv2.GaussianBlur(job.image, (0, 0), float(job.a))
+
+
+def _smooth_noise(rng: np.random.Generator, height: int, width: int, cell: int) -> np.ndarray:
+    """Random values on a coarse grid, interpolated smoothly and stretched to [0, 1]."""
+    coarse = rng.random((height // cell + 3, width // cell + 3)).astype(np.float32)
+    fine = cv2.resize(coarse, (coarse.shape[1] * cell, coarse.shape[0] * cell), interpolation=cv2.INTER_CUBIC)
+    fine = fine[cell:cell + height, cell:cell + width]
+    low, high = float(fine.min()), float(fine.max())
+    return (fine - low) / max(high - low, 1e-6)
+
+
+def _shuffle(job: _Job) -> np.ndarray:
+    # Content shuffle: every output pixel reads the picture at a position given by two smooth
+    # random fields spanning the whole picture, which scrambles layout but keeps colours and
+    # local texture. Seeded with SHUFFLE_SEED, so the same input gives the same map.
+    height, width = job.image.shape[:2]
+    rng = np.random.default_rng(SHUFFLE_SEED)
+    cell = max(8, min(height, width) // 2)
+    map_x = _smooth_noise(rng, height, width, cell) * (width - 1)
+    map_y = _smooth_noise(rng, height, width, cell) * (height - 1)
+    return cv2.remap(job.image, map_x, map_y, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+
+
+def _inpaint(job: _Job) -> np.ndarray:
+    alpha = np.where(job.mask, 0, 255).astype(np.uint8)
+    return np.dstack([job.image, alpha])
+
+
+# --- preprocessors that need weights -------------------------------------------------------------
+
+_AUX = "controlnet_aux"
+_AUX_DEPS = (("torchvision", "torchvision"), ("timm", "timm"), ("einops", "einops"), ("skimage", "scikit-image"))
+_ANNOTATORS = "models/ControlNet/annotators"
+_SEG_FOLDER = "seg_ade20k"
+_loaded: dict[tuple, Any] = {}
+_load_lock = threading.Lock()
+
+
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _find_file(annotators: Path, name: str, subfolder: str) -> str | None:
+    """The file's path relative to `annotators`: flat, or in the ecosystem's sub-folder."""
+    for relative in (name, f"{subfolder}/{name}" if subfolder else None):
+        if relative and (annotators / relative).is_file():
+            return relative
+    return None
+
+
+def _aux_detector(kind: str, annotators: Path, files: tuple[str, ...], subfolder: str):
+    """controlnet_aux's detector for `kind`, built once from the local files and kept."""
+    paths = tuple(_find_file(annotators, name, subfolder) for name in files)
+    group = "openpose" if kind.startswith("openpose") else kind  # one detector serves both
+    key = (group, str(annotators), paths)
+    with _load_lock:
+        if key in _loaded:
+            return _loaded[key]
+        try:
+            import controlnet_aux
+        except Exception as error:  # an installed but broken dependency chain
+            raise RequestError(f"Preprocessor '{kind}' is not available: controlnet_aux is installed but "
+                               f"cannot be imported ({error})", "module") from error
+        try:
+            detector = _build_detector(controlnet_aux, kind, str(annotators), paths).to(_device())
+        except RequestError:
+            raise
+        except Exception as error:  # a damaged or wrong file is for the user to replace
+            raise RequestError(f"Preprocessor '{kind}' could not load its weights from {annotators}: "
+                               f"{type(error).__name__}: {error}", "module") from error
+        _loaded[key] = detector
+        return detector
+
+
+def _build_detector(controlnet_aux, kind: str, folder: str, paths: tuple[str, ...]):
+    if kind == "depth_midas":
+        return controlnet_aux.MidasDetector.from_pretrained(folder, model_type="dpt_hybrid", filename=paths[0])
+    if kind == "depth_zoe":
+        return controlnet_aux.ZoeDetector.from_pretrained(folder, filename=paths[0])
+    if kind in ("openpose", "openpose_full"):
+        # Body, hand and face files are all read when the detector is built.
+        return controlnet_aux.OpenposeDetector.from_pretrained(
+            folder, filename=paths[0], hand_filename=paths[1], face_filename=paths[2])
+    if kind == "normal_bae":
+        return controlnet_aux.NormalBaeDetector.from_pretrained(folder, filename=paths[0])
+    raise AssertionError(kind)
+
+
+def _run_aux(kind: str, job: _Job, **options) -> np.ndarray:
+    preprocessor = PREPROCESSORS[kind]
+    detector = _aux_detector(kind, job.annotators, preprocessor._files, preprocessor._subfolder)
+    height, width = job.image.shape[:2]
+    side = min(height, width)
+    # controlnet_aux rounds its working size to multiples of 64; the map is brought back to ours.
+    result = detector(job.image, detect_resolution=side, image_resolution=side, output_type="np", **options)
+    result = np.asarray(result)
+    if result.ndim == 2:
+        result = np.repeat(result[:, :, None], 3, axis=2)
+    result = np.ascontiguousarray(result[:, :, :3]).astype(np.uint8)
+    if result.shape[:2] != (height, width):
+        result = cv2.resize(result, (width, height), interpolation=cv2.INTER_LINEAR)
+    return result
+
+
+def _depth_midas(job: _Job) -> np.ndarray:
+    return _run_aux("depth_midas", job)
+
+
+def _depth_zoe(job: _Job) -> np.ndarray:
+    return _run_aux("depth_zoe", job)
+
+
+def _openpose(job: _Job) -> np.ndarray:
+    return _run_aux("openpose", job, include_body=True, include_hand=False, include_face=False)
+
+
+def _openpose_full(job: _Job) -> np.ndarray:
+    return _run_aux("openpose_full", job, include_body=True, include_hand=True, include_face=True)
+
+
+def _normal_bae(job: _Job) -> np.ndarray:
+    return _run_aux("normal_bae", job)
+
+
+# The 150 ADE20K class colours (MMSegmentation's table), which seg ControlNets were trained on.
+_ADE20K_HEX = (
+    "787878b4787806e6e650323204c8037878508c8c8ccc05ffe6e6e604fa07e005ffebff0796053d78784608ff33ff0652"
+    "8fff8cccff04ff3307cc46030066c83de6faff06330b66ffff0747ff09e00907e6dcdcdcff095c7009ff08ffd607ffe0"
+    "ffb8060aff47ff290a07ffffe0ff086608ffff3d06ffc207ff7a0800ff14ff0829ff05990633ffeb0cffa0961400a3ff"
+    "8c8c8cfa0a0f14ff001fff00ff1f00ffe00099ff000000ffff470000ebff00adff1f00ff0bc8c8ff520000fff5003dff"
+    "00ff7000ff85ff0000ffa300ff6600c2ff00008fff33ff000052ff00ff2900ffad0a00ffadff0000ff99ff5c00ff00ff"
+    "ff00f5ff0066ffad00ff0014ffb8b8001fff00ff3d0047ffff00cc00ffc200ff52000aff0070ff3300ff00c2ff007aff"
+    "00ffa3ff990000ff0aff70008fff005200ffa3ff00ffeb0008b8aa8500ff00ff5cb800ffff001f00b8ff00d6ffff0070"
+    "5cff0000e0ff70e0ff46b8a0a300ff9900ff47ff00ff00a3ffcc00ff008f00ffeb85ff00ff00ebf500ffff007afff500"
+    "0abed4d6ff0000ccff1400ffffff000099ff0029ff00ffcc2900ff29ff00ad00ff00f5ff4700ff7a00ff00ffb8005cff"
+    "b8ff000085ffffd60019c2c266ff005c00ff"
+)
+ADE20K_PALETTE = np.frombuffer(bytes.fromhex(_ADE20K_HEX), dtype=np.uint8).reshape(150, 3)
+
+
+def _segmenter(folder: Path):
+    key = ("seg", str(folder))
+    with _load_lock:
+        if key not in _loaded:
+            try:
+                from transformers import AutoModelForSemanticSegmentation
+
+                model = AutoModelForSemanticSegmentation.from_pretrained(str(folder), local_files_only=True)
+            except Exception as error:  # a damaged or unsupported folder is for the user to replace
+                raise RequestError(f"Preprocessor 'seg_ofade20k' could not load the model in {folder}: "
+                                   f"{type(error).__name__}: {error}", "module") from error
+            labels = int(model.config.num_labels)
+            if labels != len(ADE20K_PALETTE):
+                raise RequestError(f"Preprocessor 'seg_ofade20k' is not available: the model in {folder} has "
+                                   f"{labels} classes, not ADE20K's 150", "module")
+            mean, std, rescale = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 1 / 255
+            config_file = folder / "preprocessor_config.json"
+            if config_file.is_file():  # read by hand: transformers' processors want torchvision
+                config = json.loads(config_file.read_text(encoding="utf-8"))
+                mean = config.get("image_mean", mean)
+                std = config.get("image_std", std)
+                rescale = config.get("rescale_factor", rescale) if config.get("do_rescale", True) else 1.0
+            _loaded[key] = (model.eval().to(_device()), np.asarray(mean, np.float32),
+                            np.asarray(std, np.float32), float(rescale))
+        return _loaded[key]
+
+
+def _seg_ade20k(job: _Job) -> np.ndarray:
+    import torch
+
+    model, mean, std, rescale = _segmenter(job.annotators / _SEG_FOLDER)
+    height, width = job.image.shape[:2]
+    # Backbones downsample by up to 32; pad by reflection rather than distort the picture.
+    pad_h, pad_w = -height % 32, -width % 32
+    padded = cv2.copyMakeBorder(job.image, 0, pad_h, 0, pad_w, cv2.BORDER_REFLECT_101)
+    pixels = (padded.astype(np.float32) * rescale - mean) / std
+    tensor = torch.from_numpy(pixels).permute(2, 0, 1)[None]
+    parameter = next(model.parameters())
+    with torch.no_grad():
+        logits = model(pixel_values=tensor.to(parameter.device, parameter.dtype)).logits
+        logits = torch.nn.functional.interpolate(logits.float(), size=padded.shape[:2], mode="bilinear",
+                                                 align_corners=False)
+    labels = logits[0].argmax(0).cpu().numpy()[:height, :width]
+    return ADE20K_PALETTE[labels]
+
+
+# --- the table -----------------------------------------------------------------------------------
+
+_AUX_REQUIRES = "the controlnet_aux library and its annotator weights ({files}) in " + _ANNOTATORS
+
+
+def _aux(name: str, title: str, fn, files: tuple[str, ...], subfolder: str) -> Preprocessor:
+    return Preprocessor(name, title, True, None, None, requires=_AUX_REQUIRES.format(files=", ".join(files)),
+                        _fn=fn, _backend=_AUX, _files=files, _subfolder=subfolder)
+
+
+_OPENPOSE_FILES = ("body_pose_model.pth", "hand_pose_model.pth", "facenet.pth")
+
+PREPROCESSORS: dict[str, Preprocessor] = {p.name: p for p in (
+    Preprocessor("none", "None (the picture as it is)", False, None, None, _fn=_none),
+    Preprocessor("invert", "Invert (white background, black lines)", False, None, None, _fn=_invert),
+    Preprocessor("canny", "Canny edges", True, Slider("Low threshold", 1, 255, 100, 1),
+                 Slider("High threshold", 1, 255, 200, 1), _fn=_canny),
+    Preprocessor("scribble", "Scribble (your drawing)", True, Slider("Stroke threshold", 1, 255, 32, 1), None,
+                 _fn=_scribble),
+    Preprocessor("scribble_xdog", "Scribble from a photo (XDoG)", True, Slider("XDoG threshold", 1, 64, 32, 1),
+                 None, _fn=_scribble_xdog),
+    Preprocessor("softedge_gradient", "Soft edges (gradients)", True, None, None, _fn=_softedge_gradient),
+    Preprocessor("lineart_standard", "Line art (standard)", True, None, None, _fn=_lineart_standard),
+    _aux("depth_midas", "Depth (MiDaS)", _depth_midas, ("dpt_hybrid-midas-501f0c75.pt",), "midas"),
+    _aux("depth_zoe", "Depth (ZoeDepth)", _depth_zoe, ("ZoeD_M12_N.pt",), "zoedepth"),
+    _aux("normal_bae", "Normal map (BAE)", _normal_bae, ("scannet.pt",), "normal_bae"),
+    _aux("openpose", "OpenPose (body)", _openpose, _OPENPOSE_FILES, "openpose"),
+    _aux("openpose_full", "OpenPose (body, hands, face)", _openpose_full, _OPENPOSE_FILES, "openpose"),
+    Preprocessor("seg_ofade20k", "Segmentation (ADE20K)", True, None, None,
+                 requires=("the transformers library and an ADE20K semantic-segmentation model folder "
+                           f"(config.json and weights, e.g. openmmlab/upernet-convnext-small) in "
+                           f"{_ANNOTATORS}/{_SEG_FOLDER}"),
+                 _fn=_seg_ade20k, _backend="transformers", _files=(_SEG_FOLDER,)),
+    Preprocessor("shuffle", "Content shuffle", True, None, None, _fn=_shuffle),
+    Preprocessor("tile_resample", "Tile (resample)", False, Slider("Down sampling rate", 1, 8, 1, 0.01), None,
+                 _fn=_tile_resample),
+    Preprocessor("blur_gaussian", "Tile (Gaussian blur)", True, Slider("Sigma", 0.01, 64, 9, 0.01), None,
+                 _fn=_blur_gaussian),
+    Preprocessor("inpaint", "Inpaint (global harmonious)", False, None, None, needs_mask=True, _fn=_inpaint),
+    Preprocessor("inpaint_only", "Inpaint only (masked area)", False, None, None, needs_mask=True,
+                 _fn=_inpaint),
+)}
+
+ALIASES: dict[str, str] = {
+    "invert (from white bg & black line)": "invert",
+    "scribble_hed": "scribble_xdog",
+    "scribble_pidinet": "scribble_xdog",
+    "pidinet_scribble": "scribble_xdog",
+    "fake_scribble": "scribble_xdog",
+    "softedge_hed": "softedge_gradient",
+    "softedge_pidinet": "softedge_gradient",
+    "softedge_hedsafe": "softedge_gradient",
+    "softedge_pidisafe": "softedge_gradient",
+    "hed": "softedge_gradient",
+    "hed_safe": "softedge_gradient",
+    "pidinet": "softedge_gradient",
+    "pidinet_safe": "softedge_gradient",
+    "lineart_standard (from white bg & black line)": "lineart_standard",
+    "lineart": "lineart_standard",
+    "lineart_realistic": "lineart_standard",
+    "lineart_coarse": "lineart_standard",
+    "depth": "depth_midas",
+    "dw_openpose_full": "openpose_full",
+    "oneformer_ade20k": "seg_ofade20k",
+    "seg_ufade20k": "seg_ofade20k",
+    "segmentation": "seg_ofade20k",
+    "inpaint_global_harmonious": "inpaint",
+}
+
+
+# --- lookup, availability and running ------------------------------------------------------------
+
+def find(name: str) -> Preprocessor:
+    """The preprocessor called `name` (ours, an alias or a title, any case); "" means "none"."""
+    if name is None or isinstance(name, str):
+        key = (name or "").strip().lower() or "none"
+        key = ALIASES.get(key, key)
+        if key in PREPROCESSORS:
+            return PREPROCESSORS[key]
+        for preprocessor in PREPROCESSORS.values():  # lists of titles get sent back as names
+            if preprocessor.title.lower() == key:
+                return preprocessor
+    raise RequestError(f"Unknown preprocessor '{name}'. Known: {', '.join(PREPROCESSORS)}", "module")
+
+
+def annotators_dir(models_dir: Path | None) -> Path:
+    """Where annotator weights live. `models_dir` may be the models folder, models/ControlNet or
+    the annotators folder itself; None is the app's own models folder."""
+    folder = Path(models_dir) if models_dir is not None else DEFAULT_MODELS_DIR
+    if folder.name.lower() == "annotators":
+        return folder
+    if folder.name.lower() == "controlnet":
+        return folder / "annotators"
+    return folder / "ControlNet" / "annotators"
+
+
+def _missing_modules(preprocessor: Preprocessor) -> list[str]:
+    if preprocessor._backend == _AUX:
+        if importlib.util.find_spec(_AUX) is None:
+            return ["the controlnet_aux library is not installed (pip install controlnet_aux)"]
+        missing = [package for module, package in _AUX_DEPS if importlib.util.find_spec(module) is None]
+        return [f"controlnet_aux needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} "
+                "not installed"] if missing else []
+    if preprocessor._backend == "transformers" and importlib.util.find_spec("transformers") is None:
+        return ["the transformers library is not installed"]
+    return []
+
+
+def _missing_weights(preprocessor: Preprocessor, annotators: Path) -> list[str]:
+    if preprocessor._backend == "transformers":
+        folder = annotators / _SEG_FOLDER
+        has_weights = any((folder / name).is_file() for name in
+                          ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json"))
+        if (folder / "config.json").is_file() and has_weights:
+            return []
+        return [f"no ADE20K segmentation model (config.json and model.safetensors or pytorch_model.bin) "
+                f"in {folder}"]
+    missing = [name for name in preprocessor._files if _find_file(annotators, name, preprocessor._subfolder) is None]
+    if not missing:
+        return []
+    return [f"missing weights in {annotators}: {', '.join(missing)}"]
+
+
+def _unavailable_reason(preprocessor: Preprocessor, models_dir: Path | None) -> str:
+    if not preprocessor._backend:
+        return ""
+    problems = _missing_modules(preprocessor) + _missing_weights(preprocessor, annotators_dir(models_dir))
+    return "; ".join(problems)
+
+
+def availability(models_dir: Path | None) -> list[tuple[str, bool, str]]:
+    """(name, available, reason) for every preprocessor, in display order; reason is "" when available."""
+    result = []
+    for preprocessor in PREPROCESSORS.values():
+        reason = _unavailable_reason(preprocessor, models_dir)
+        result.append((preprocessor.name, not reason, reason))
+    return result
+
+
+def _threshold(preprocessor: Preprocessor, slider: Slider | None, value, field_name: str) -> float | None:
+    if slider is None:
+        return None  # ignored: API clients send values for sliders a module does not have
+    if value is None or (value == -1 and not isinstance(value, bool)):  # -1: the ecosystem's "unset"
+        return float(slider.default)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value):
+        raise RequestError(f"{field_name} ({slider.label}) for '{preprocessor.name}' must be a number, "
+                           f"got {value!r}", field_name)
+    if not slider.minimum <= value <= slider.maximum:
+        raise RequestError(f"{field_name} ({slider.label}) for '{preprocessor.name}' must be between "
+                           f"{slider.minimum:g} and {slider.maximum:g}, got {value:g}", field_name)
+    return float(value)
+
+
+def _resolution(value) -> int:
+    if value is None or (value == -1 and not isinstance(value, bool)):
+        return DEFAULT_RESOLUTION
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
+            or value != int(value):
+        raise RequestError(f"processor_res must be a whole number of pixels, got {value!r}", "processor_res")
+    if not MIN_RESOLUTION <= value <= MAX_RESOLUTION:
+        raise RequestError(f"processor_res must be between {MIN_RESOLUTION} and {MAX_RESOLUTION}, got {value:g}",
+                           "processor_res")
+    return int(value)
+
+
+def run(name: str, image: Image.Image, resolution: int = DEFAULT_RESOLUTION, threshold_a: float | None = None,
+        threshold_b: float | None = None, mask: Image.Image | None = None,
+        models_dir: Path | None = None) -> Image.Image:
+    """The control map of `image` (RGB; RGBA with alpha 0 on masked pixels for inpaint).
+
+    Thresholds None (or -1, the ecosystem's "unset") mean the slider's default, and are ignored by
+    modules without that slider; `resolution` (-1: 512) is only checked (64-2048) where the module
+    uses it. Inpaint modules take `mask`
+    (white = regenerate) and, without one, the picture's transparent pixels."""
+    preprocessor = find(name)
+    a = _threshold(preprocessor, preprocessor.threshold_a, threshold_a, "threshold_a")
+    b = _threshold(preprocessor, preprocessor.threshold_b, threshold_b, "threshold_b")
+    size = _resolution(resolution) if preprocessor.uses_resolution else None
+    if not isinstance(image, Image.Image):
+        raise RequestError("The control image is not a picture", "image")
+    reason = _unavailable_reason(preprocessor, models_dir)
+    if reason:
+        raise RequestError(f"Preprocessor '{preprocessor.name}' is not available: {reason}", "module")
+
+    masked = None
+    if preprocessor.needs_mask:
+        pixels = np.asarray(image.convert("RGB"))
+        if "A" in image.getbands() or (image.mode == "P" and "transparency" in image.info):
+            alpha = np.asarray(image.convert("RGBA"))[:, :, 3]
+            if alpha.min() < 128:
+                masked = alpha < 128
+        if mask is not None:
+            painted = _mask_array(mask, image.size)
+            masked = painted if masked is None else masked | painted
+        if masked is None:
+            raise RequestError(f"Preprocessor '{preprocessor.name}' needs a mask: paint the area to regenerate, "
+                               "or send a picture whose transparent pixels mark it", "mask")
+    else:
+        pixels = _flatten(image)
+    if size is not None:
+        longest = round(max(pixels.shape[:2]) * size / min(pixels.shape[:2]))
+        if longest > MAX_SIDE:
+            raise RequestError(f"At processor_res {size} this {pixels.shape[1]}x{pixels.shape[0]} picture would be "
+                               f"{longest} pixels long (at most {MAX_SIDE}): lower processor_res or crop the "
+                               "picture", "processor_res")
+        pixels = _resize_short_side(pixels, size)
+
+    job = _Job(np.ascontiguousarray(pixels), a, b, masked, annotators_dir(models_dir))
+    result = preprocessor._fn(job)
+    return Image.fromarray(np.ascontiguousarray(result, dtype=np.uint8), "RGBA" if result.shape[2] == 4 else "RGB")
+
+
+def unload() -> None:
+    """Forget the detectors loaded for weight-needing preprocessors (frees their memory)."""
+    with _load_lock:
+        _loaded.clear()

@@ -1,0 +1,127 @@
+"""A ControlNet unit: what one control image, preprocessor and model should do to a job.
+
+Field names and defaults follow the ecosystem's API (COMPAT.md), so client programs' units read
+as they are; `from_api` also takes the older spellings of the resize and control modes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image
+
+from ..errors import RequestError
+
+MAX_UNITS = 3  # what the tabs show; the API takes more
+NO_MODEL = "None"
+CONTROL_MODES = ("Balanced", "My prompt is more important", "ControlNet is more important")
+BALANCED, PROMPT_MORE, CONTROLNET_MORE = CONTROL_MODES
+RESIZE_MODES = ("Just Resize", "Crop and Resize", "Resize and Fill")
+# The older names API clients still send, lower-cased, and the index forms.
+_RESIZE_ALIASES = {"envelope (outer fit)": "Crop and Resize", "scale to fit (inner fit)": "Resize and Fill",
+                   "inner fit": "Resize and Fill", "outer fit": "Crop and Resize"}
+
+
+@dataclass(frozen=True)
+class ControlUnit:
+    enabled: bool = False
+    module: str = "none"                 # the preprocessor
+    model: str = NO_MODEL                # a ControlNet in models/ControlNet
+    weight: float = 1.0                  # 0-2
+    image: Image.Image | None = None     # the control image (img2img falls back to the init image)
+    mask: Image.Image | None = None      # for inpaint preprocessors; white = masked
+    resize_mode: str = "Crop and Resize"
+    processor_res: int = 512             # -1: the preprocessor's default
+    threshold_a: float = -1.0            # -1: the preprocessor's default
+    threshold_b: float = -1.0
+    guidance_start: float = 0.0          # fraction of the steps where control begins...
+    guidance_end: float = 1.0            # ...and ends
+    pixel_perfect: bool = False          # preprocess at the resolution the output needs
+    control_mode: str = BALANCED
+
+    def replace(self, **changes: Any) -> "ControlUnit":
+        return dataclasses.replace(self, **changes)
+
+    def validate(self, index: int) -> "ControlUnit":
+        """Check the values that need no model or file; raise RequestError naming the unit."""
+        where = f"ControlNet unit {index}"
+        if not isinstance(self.weight, (int, float)) or not 0.0 <= float(self.weight) <= 2.0:
+            raise RequestError(f"{where}: weight must be between 0 and 2, got {self.weight}", "weight")
+        for name in ("guidance_start", "guidance_end"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0 or math.isnan(value):
+                raise RequestError(f"{where}: {name} must be between 0 and 1, got {value}", name)
+        if self.guidance_start >= self.guidance_end:
+            raise RequestError(f"{where}: guidance_start ({self.guidance_start}) must be below "
+                               f"guidance_end ({self.guidance_end})", "guidance_start")
+        if self.resize_mode not in RESIZE_MODES:
+            raise RequestError(f"{where}: unknown resize mode '{self.resize_mode}'. Known: "
+                               f"{', '.join(RESIZE_MODES)}", "resize_mode")
+        if self.control_mode not in CONTROL_MODES:
+            raise RequestError(f"{where}: unknown control mode '{self.control_mode}'. Known: "
+                               f"{', '.join(CONTROL_MODES)}", "control_mode")
+        if self.enabled and (not self.model or self.model == NO_MODEL):
+            raise RequestError(f"{where} is enabled but has no model: pick a ControlNet model", "model")
+        for name in ("image", "mask"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Image.Image):
+                raise RequestError(f"{where}: {name} is not an image", name)
+        return self
+
+    def params(self) -> dict[str, Any]:
+        """What the infotext records of this unit (as the ecosystem writes it)."""
+        return {"Module": self.module, "Model": self.model, "Weight": _number(self.weight),
+                "Resize Mode": self.resize_mode, "Processor Res": self.processor_res,
+                "Threshold A": _number(self.threshold_a), "Threshold B": _number(self.threshold_b),
+                "Guidance Start": _number(self.guidance_start), "Guidance End": _number(self.guidance_end),
+                "Pixel Perfect": self.pixel_perfect, "Control Mode": self.control_mode}
+
+    def infotext_value(self) -> str:
+        return ", ".join(f"{key}: {value}" for key, value in self.params().items())
+
+
+def _number(value: float) -> float | int:
+    return int(value) if float(value).is_integer() else round(float(value), 4)
+
+
+def resize_mode_name(value: Any) -> str:
+    """An API resize mode (a name, an old name, or an index) as one of RESIZE_MODES."""
+    if isinstance(value, bool):
+        raise RequestError(f"Unknown ControlNet resize mode {value!r}", "resize_mode")
+    if isinstance(value, int):
+        if 0 <= value < len(RESIZE_MODES):
+            return RESIZE_MODES[value]
+        raise RequestError(f"ControlNet resize_mode index must be 0-{len(RESIZE_MODES) - 1}, got {value}",
+                           "resize_mode")
+    text = str(value).strip()
+    for name in RESIZE_MODES:
+        if text.lower() == name.lower():
+            return name
+    if text.lower() in _RESIZE_ALIASES:
+        return _RESIZE_ALIASES[text.lower()]
+    raise RequestError(f"Unknown ControlNet resize mode '{text}'. Known: {', '.join(RESIZE_MODES)}",
+                       "resize_mode")
+
+
+def control_mode_name(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        if 0 <= value < len(CONTROL_MODES):
+            return CONTROL_MODES[value]
+        raise RequestError(f"ControlNet control_mode index must be 0-2, got {value}", "control_mode")
+    text = str(value).strip()
+    for name in CONTROL_MODES:
+        if text.lower() == name.lower():
+            return name
+    raise RequestError(f"Unknown ControlNet control mode '{text}'. Known: {', '.join(CONTROL_MODES)}",
+                       "control_mode")
+
+
+def pixel_perfect_resolution(image: Image.Image, width: int, height: int, resize_mode: str) -> int:
+    """The preprocessor resolution at which the map comes out at the size the generation uses:
+    the image's short side once it is scaled to cover the output (crop) or fit inside it (fill)."""
+    scale_w, scale_h = width / image.width, height / image.height
+    scale = min(scale_w, scale_h) if resize_mode == "Resize and Fill" else max(scale_w, scale_h)
+    return max(64, min(2048, round(scale * min(image.width, image.height))))

@@ -1,0 +1,65 @@
+"""ControlNet in a real browser against app.py --demo: draw a scribble on a unit's blank canvas,
+preview the detected map, then generate with the demo ControlNet."""
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from tests.test_browser import set_number
+from tests.test_browser_img2img import gallery_png, open_tab, wait_for_infotext
+
+
+def draw_scribble(page, editor) -> None:
+    editor.locator("canvas").first.wait_for()
+    page.wait_for_timeout(1500)  # the editor mounts its blank canvas before it takes strokes
+    editor.locator("button[aria-label='Brush']").click()
+    box = editor.locator("canvas").first.bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x - 60, y - 40)
+    page.mouse.down()
+    for step in range(13):  # a zigzag across the middle
+        page.mouse.move(x - 60 + step * 10, y - 40 + (step % 2) * 60, steps=3)
+    page.mouse.up()
+
+
+def test_scribble_preview_and_generate_in_the_controlnet_tab(page, demo_server, tmp_path):
+    open_tab(page, demo_server.url, "controlnet")
+    editor = page.locator("#controlnet_cn0_image")
+    draw_scribble(page, editor)
+    page.locator("#controlnet_cn0_module input").click()
+    page.get_by_role("option", name="scribble", exact=True).click()
+    page.click("#controlnet_cn0_preview")
+    detected = page.locator("#controlnet_cn0_detected img")
+    detected.wait_for()
+    mapped = Image.open(io.BytesIO(page.request.get(detected.get_attribute("src")).body())).convert("L")
+    lines = np.asarray(mapped) > 127
+    assert 0.002 < lines.mean() < 0.3, "the zigzag shows as white lines on black"
+
+    page.locator("#controlnet_cn0_enabled input").check()
+    page.locator("#controlnet_cn0_model input").click()
+    page.get_by_role("option", name="demo-controlnet").click()
+    page.locator("#controlnet_prompt textarea").fill("a scribbled zigzag")
+    for name, value in (("controlnet_steps", 3), ("controlnet_width", 64), ("controlnet_height", 64)):
+        set_number(page, name, value)
+    page.click("#controlnet_generate")
+    text = wait_for_infotext(page, "controlnet", "a scribbled zigzag")
+    assert 'ControlNet 0: "Module: scribble, Model: demo-controlnet, Weight: 1' in text
+    result = Image.open(io.BytesIO(gallery_png(page, "controlnet")))
+    assert result.size == (64, 64)
+    screenshots = Path(os.environ.get("SCREENSHOT_DIR", tmp_path))
+    screenshots.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(screenshots / "controlnet-after-generation.png"), full_page=True)
+
+
+def test_a_unit_in_the_txt2img_accordion_without_an_image_says_so(page, demo_server):
+    open_tab(page, demo_server.url, "txt2img")
+    page.locator("#txt2img_controlnet").get_by_text("ControlNet", exact=True).first.click()
+    page.locator("#txt2img_cn0_enabled input").check()
+    page.locator("#txt2img_cn0_model input").click()
+    page.get_by_role("option", name="demo-controlnet").click()
+    page.locator("#txt2img_prompt textarea").fill("no control image")
+    page.click("#txt2img_generate")
+    page.locator("#txt2img_message").get_by_text("ControlNet unit 0 is enabled but has no control image").wait_for()

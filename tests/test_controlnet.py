@@ -1,0 +1,176 @@
+"""ControlNet units in jobs: a control image steers the picture, weight 0 is no unit, the
+start/end window limits the steps, units combine, the UNet is shared, and bad units are refused
+by name."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from engine.addons import AddOns
+from engine.controlnet.models import build_tiny_controlnet, save_original_layout
+from engine.controlnet.units import ControlUnit
+from engine.engine import Engine
+from engine.errors import RequestError, UserError
+from engine.models import HashCache
+from engine.request import GenerationRequest
+
+BASE = GenerationRequest(prompt="a house", steps=4, width=64, height=64, sampler_name="Euler", seed=11,
+                         save_images=False, save_grid=False)
+
+
+def drawing(size=(64, 64), shape="square") -> Image.Image:
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    if shape == "square":
+        draw.rectangle((12, 12, 50, 50), outline="black", width=4)
+    else:
+        draw.ellipse((8, 20, 56, 44), outline="black", width=4)
+    return image
+
+
+@pytest.fixture(scope="module")
+def cn_engine(engine, tmp_path_factory):
+    """The session engine's model and queue, with models/ControlNet holding two tiny ControlNets
+    (original single-file layout) made for its UNet."""
+    data = tmp_path_factory.mktemp("controlnet")
+    unet = engine.models.require().base.unet
+    for name, seed in (("tiny-cn", 1), ("tiny-cn-b", 2)):
+        save_original_layout(build_tiny_controlnet(unet, seed=seed), data / "models" / "ControlNet" / f"{name}.safetensors")
+    return Engine(engine.models, engine.writer, engine.settings,
+                  AddOns.in_data_dir(data, HashCache(data / "cache.json")), queue=engine.queue)
+
+
+def unit(**fields) -> ControlUnit:
+    values = dict(enabled=True, module="canny", model="tiny-cn", image=drawing())
+    values.update(fields)
+    return ControlUnit(**values)
+
+
+def pixels(result) -> np.ndarray:
+    return np.asarray(result.images[0], dtype=np.int16)
+
+
+def test_a_control_image_changes_the_picture_and_weight_zero_is_no_unit(cn_engine):
+    plain = cn_engine.generate(BASE)
+    square = cn_engine.generate(BASE.replace(controlnet_units=(unit(),)))
+    oval = cn_engine.generate(BASE.replace(controlnet_units=(unit(image=drawing(shape="oval")),)))
+    assert np.abs(pixels(square) - pixels(plain)).mean() > 0.5
+    assert np.abs(pixels(square) - pixels(oval)).mean() > 0.5
+    weightless = cn_engine.generate(BASE.replace(controlnet_units=(unit(weight=0.0),)))
+    assert weightless.images[0].tobytes() == plain.images[0].tobytes()
+
+
+def test_the_infotext_records_each_enabled_unit(cn_engine):
+    result = cn_engine.generate(BASE.replace(controlnet_units=(ControlUnit(), unit(weight=0.5, threshold_a=50))))
+    text = result.infotexts[0]
+    assert ('ControlNet 1: "Module: canny, Model: tiny-cn, Weight: 0.5, Resize Mode: Crop and Resize, '
+            'Processor Res: 512, Threshold A: 50, Threshold B: -1, Guidance Start: 0, Guidance End: 1, '
+            'Pixel Perfect: False, Control Mode: Balanced"') in text
+    assert "ControlNet 0" not in text
+
+
+def _steps_with_control(cn_engine, **window) -> list[int]:
+    """The sampling steps (from the job's own step counter) at which the ControlNet ran."""
+    net = cn_engine.addons.controlnets.load("tiny-cn")
+    seen = []
+    job_holder = {}
+    hook = net.register_forward_hook(lambda *_: seen.append(job_holder["job"].step))
+    try:
+        job = cn_engine.submit(BASE.replace(steps=8, controlnet_units=(unit(**window),)))
+        job_holder["job"] = job
+        job.outcome()
+    finally:
+        hook.remove()
+    return seen
+
+
+def test_the_start_and_end_window_limits_the_steps_where_the_controlnet_runs(cn_engine):
+    assert _steps_with_control(cn_engine) == list(range(8))
+    assert _steps_with_control(cn_engine, guidance_end=0.5) == [0, 1, 2, 3]
+    assert _steps_with_control(cn_engine, guidance_start=0.25, guidance_end=0.75) == [2, 3, 4, 5]
+
+
+def test_two_units_combine(cn_engine):
+    first = cn_engine.generate(BASE.replace(controlnet_units=(unit(),)))
+    second = cn_engine.generate(BASE.replace(controlnet_units=(unit(model="tiny-cn-b", image=drawing(shape="oval")),)))
+    both = cn_engine.generate(BASE.replace(controlnet_units=(unit(), unit(model="tiny-cn-b", image=drawing(shape="oval")))))
+    assert np.abs(pixels(both) - pixels(first)).mean() > 0.5 and np.abs(pixels(both) - pixels(second)).mean() > 0.5
+
+
+def test_control_modes_differ_from_balanced(cn_engine):
+    results = {mode: cn_engine.generate(BASE.replace(controlnet_units=(unit(control_mode=mode),))).images[0].tobytes()
+               for mode in ("Balanced", "My prompt is more important", "ControlNet is more important")}
+    assert len(set(results.values())) == 3
+
+
+def test_the_unet_is_shared_and_given_back_unchanged(cn_engine):
+    model = cn_engine.models.require()
+    unet, pipelines = model.base.unet, dict(model._derived)
+    cn_engine.generate(BASE.replace(controlnet_units=(unit(),)))
+    cn_engine.generate(BASE.replace(mode="img2img", init_images=(drawing(),), denoising_strength=0.5,
+                                    controlnet_units=(unit(image=None),)))
+    assert model.base.unet is unet and "forward" not in unet.__dict__
+    assert all(pipe.unet is unet for pipe in model._derived.values())
+    assert set(model._derived) - set(pipelines) <= {"img2img", "inpaint"}  # no ControlNet copies
+
+
+def test_img2img_and_inpaint_with_a_unit(cn_engine):
+    picture = drawing()
+    mask = Image.new("L", (64, 64), 0)
+    ImageDraw.Draw(mask).rectangle((20, 20, 44, 44), fill=255)
+    request = BASE.replace(mode="img2img", init_images=(picture,), denoising_strength=0.6)
+    plain = cn_engine.generate(request.replace(mask=mask))
+    controlled = cn_engine.generate(request.replace(mask=mask, controlnet_units=(unit(module="none"),)))
+    changed = np.abs(pixels(controlled) - pixels(plain)).max(-1) > 0
+    assert changed[20:44, 20:44].any() and not changed[:8, :].any()  # only inside the mask (plus blur)
+    # A unit without its own picture uses the init image.
+    assert "ControlNet 0" in cn_engine.generate(request.replace(controlnet_units=(unit(image=None),))).infotexts[0]
+
+
+def test_inpaint_preprocessor_marks_the_masked_part_for_the_controlnet(cn_engine):
+    mask = Image.new("L", (64, 64), 0)
+    ImageDraw.Draw(mask).rectangle((0, 0, 31, 63), fill=255)
+    request = BASE.replace(mode="img2img", init_images=(drawing(),), mask=mask, denoising_strength=0.8)
+    result = cn_engine.generate(request.replace(controlnet_units=(unit(module="inpaint_only", image=None),)))
+    assert "Module: inpaint_only" in result.infotexts[0]
+
+
+def test_a_control_image_of_another_size_is_framed_by_the_resize_mode(cn_engine):
+    wide = drawing((160, 64))
+    results = {mode: cn_engine.generate(BASE.replace(controlnet_units=(unit(image=wide, resize_mode=mode),)))
+               for mode in ("Just Resize", "Crop and Resize", "Resize and Fill")}
+    assert len({r.images[0].tobytes() for r in results.values()}) == 3
+
+
+@pytest.mark.parametrize("fields, words", [
+    ({"image": None}, "ControlNet unit 0 is enabled but has no control image"),
+    ({"module": "sparkles"}, "Unknown preprocessor"),
+    ({"model": "nowhere"}, "model 'nowhere' not found. Available: tiny-cn, tiny-cn-b"),
+    ({"model": "None"}, "has no model"),
+    ({"weight": 3.0}, "weight must be between 0 and 2"),
+    ({"guidance_start": 0.8, "guidance_end": 0.2}, "must be below guidance_end"),
+    ({"control_mode": "Loud"}, "unknown control mode 'Loud'"),
+    ({"module": "depth_midas"}, "preprocessor 'depth_midas' is not available"),
+])
+def test_bad_units_are_refused_by_name(cn_engine, fields, words):
+    with pytest.raises(UserError, match=words):
+        cn_engine.submit(BASE.replace(controlnet_units=(unit(**fields),)))
+
+
+def test_a_controlnet_of_another_family_is_refused(cn_engine, tiny_models, tmp_path):
+    sdxl_unet = tiny_models.reference_pipeline("sdxl").unet
+    folder = cn_engine.addons.controlnets.folder
+    path = folder / "tiny-xl-cn.safetensors"
+    save_original_layout(build_tiny_controlnet(sdxl_unet), path)
+    try:
+        with pytest.raises(RequestError, match="'tiny-xl-cn' is a SDXL ControlNet, but the loaded checkpoint is SD 1.x"):
+            cn_engine.submit(BASE.replace(controlnet_units=(unit(model="tiny-xl-cn"),)))
+    finally:
+        path.unlink()
+
+
+def test_hash_suffixed_names_from_client_programs_resolve(cn_engine):
+    result = cn_engine.generate(BASE.replace(controlnet_units=(unit(model="tiny-cn [0123abcd]"),)))
+    assert "Model: tiny-cn," in result.infotexts[0]
+    assert torch.is_tensor(cn_engine.addons.controlnets.load("tiny-cn").controlnet_cond_embedding.conv_in.weight)
