@@ -186,6 +186,9 @@ class Engine:
 
         def work(job: Job) -> LoadedModel:
             job.textinfo = f"Loading {wanted}"
+            if self.models.current is None or wanted not in (self.models.current.info.title,
+                                                              self.models.current.info.model_name):
+                self.addons.controlnets.clear()  # ControlNets of the old family: free their memory
             model = self.models.load(wanted)
             self.settings.update({"sd_model_checkpoint": model.info.title})
             return model
@@ -208,7 +211,11 @@ class Engine:
         return next(iter(self.queue.jobs_of_kind("load")), None)
 
     def unload_checkpoint(self, owner: str = "") -> Job:
-        return self.queue.submit(Job(lambda job: self.models.unload(), owner=owner, kind="unload"))
+        def work(job: Job) -> None:
+            self.models.unload()
+            self.addons.controlnets.clear()
+
+        return self.queue.submit(Job(work, owner=owner, kind="unload"))
 
     def initial_checkpoint(self, preferred: str | None) -> str | None:
         """What to load at start: the flag, else the last used, else the first one found."""

@@ -118,7 +118,10 @@ def read_state(path: Path, field: str = "upscaler") -> dict[str, torch.Tensor]:
     """The tensors of a .safetensors or .pth file (a pickle is read with weights_only=True)."""
     if path.suffix.lower() == ".safetensors":
         from safetensors.torch import load_file
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as error:  # a truncated or damaged file
+            raise RequestError(f"'{path.name}' could not be read as .safetensors ({error})", field) from error
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:

@@ -16,6 +16,7 @@ from . import extensions, infotext, samplers
 from .addons import AddOns
 from .conditioning import PromptEncoder, ScheduledConditioning
 from .controlnet import apply as control
+from .errors import RequestError
 from .jobs import Job
 from .lora import AppliedLoras, applied_loras
 from .models import CheckpointInfo
@@ -108,10 +109,11 @@ class ImageContext:
     seed: int
     subseed: int
 
-    def second_pass(self, request: GenerationRequest) -> Image.Image:
+    def second_pass(self, request: GenerationRequest, keep_control: bool = False) -> Image.Image:
         """Run `request` (an img2img request) as part of this job, with this image's seeds and
-        the job's prompts unless the request brings its own; return its image."""
-        return self.run.second_pass(request, self.seed, self.subseed)
+        the job's prompts unless the request brings its own; return its image. `keep_control`:
+        the job's ControlNet units act in it (only for a pass over the same frame)."""
+        return self.run.second_pass(request, self.seed, self.subseed, keep_control)
 
 
 class Txt2ImgRun:
@@ -133,6 +135,7 @@ class Txt2ImgRun:
         # What a second pass prompts with; run() sets them after styles and LoRA tags.
         self.final_prompt, self.final_negative = request.prompt, request.negative_prompt
         self._control_step = 0  # sampling steps done in this pass, for the ControlNet windows
+        self._control_pass: "Txt2ImgRun | None" = self  # whose steps the ControlNet windows follow
 
     @property
     def task(self) -> str:
@@ -207,25 +210,44 @@ class Txt2ImgRun:
         """The picture (and mask) a ControlNet unit without its own image uses: none here."""
         return None, None
 
+    def _frame_control(self, image: Image.Image | None) -> Image.Image | None:
+        """A unit's own picture (or mask) framed like the region this job generates."""
+        return image
+
     def _controlnets(self):
         """The request's ControlNet units attached to the UNet for this job (or nothing)."""
         units = self.request.active_controlnet_units
         if not units:
             return contextlib.nullcontext()
-        request, unet = self.request, self.pipe.unet
+        request, unet, library = self.request, self.pipe.unet, self.addons.controlnets
+        for index, unit in units:  # the checkpoint may have changed since the request was checked
+            if library.family(unit.model) != self.model.family:
+                raise RequestError(f"ControlNet unit {index}: '{unit.model}' does not fit the loaded "
+                                   f"checkpoint ({self.model.info.model_name}); pick one of its family", "model")
+        units = [(index, unit.replace(image=self._frame_control(unit.image), mask=self._frame_control(unit.mask)))
+                 for index, unit in units]
         image, mask = self._control_fallback()
-        prepared = control.prepare(units, self.addons.controlnets, request.width, request.height,
-                                   unet.device, unet.dtype, image, mask, self.addons.controlnets.folder)
-
-        def progress() -> tuple[int, int]:
-            return self._control_step, max(1, getattr(self.pipe, "_num_timesteps", 0) or self.sampling_steps)
-
-        return control.attached(unet, prepared, cfg=request.cfg_scale > 1, progress=progress,
+        prepared = control.prepare(units, library, request.width, request.height,
+                                   unet.device, unet.dtype, image, mask, library.folder)
+        # An LCM-style UNet (guidance embedded) has no negative half in its batch.
+        cfg = request.cfg_scale > 1 and getattr(unet.config, "time_cond_proj_dim", None) is None
+        return control.attached(unet, prepared, cfg=cfg, progress=self._control_progress,
                                 vae_scale=self.model.vae_scale_factor)
 
-    def second_pass(self, request: GenerationRequest, seed: int, subseed: int) -> Image.Image:
+    def _control_progress(self) -> tuple[int, int] | None:
+        """(step, steps) of the pass now sampling, or None while control is off (an inner pass
+        over another frame, like the face detailer's crops)."""
+        run = self._control_pass
+        if run is None:
+            return None
+        return run._control_step, max(1, getattr(run.pipe, "_num_timesteps", 0) or run.sampling_steps)
+
+    def second_pass(self, request: GenerationRequest, seed: int, subseed: int,
+                    keep_control: bool = False) -> Image.Image:
         """An img2img pass inside this job (on the lane already, so it is not queued): the
-        prompts are the job's (after styles, with its LoRAs still loaded) unless given."""
+        prompts are the job's (after styles, with its LoRAs still loaded) unless given.
+        `keep_control`: the job's ControlNet units act in it too (a pass over the same frame,
+        like hires fix); otherwise they are off for it."""
         from .img2img import Img2ImgRun  # img2img builds on this module
 
         request = request.replace(
@@ -234,8 +256,12 @@ class Txt2ImgRun:
             negative_prompt=extract_extra_networks(request.negative_prompt)[0]
             if request.negative_prompt else self.final_negative,
             extensions={}, controlnet_units=(), save_images=False, save_grid=False).validate()
-        result = Img2ImgRun(self.job, request, self.model, self.policy.inner_pass(), self.addons).run(None)
-        return result.images[0]
+        inner = Img2ImgRun(self.job, request, self.model, self.policy.inner_pass(), self.addons)
+        outer, self._control_pass = self._control_pass, (inner if keep_control else None)
+        try:
+            return inner.run(None).images[0]
+        finally:
+            self._control_pass = outer
 
     def _run_batch(self, batch: int, cond: ScheduledConditioning, uncond: ScheduledConditioning,
                    result: GenerationResult, writer: OutputWriter) -> None:

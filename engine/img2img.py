@@ -86,7 +86,19 @@ class Img2ImgRun(Txt2ImgRun):
         return params
 
     def _control_fallback(self):
-        return image_prep.flatten(self.request.init_images[0]), self.request.mask
+        """The init image and mask as this job sees them (cropped for "only masked", the mask
+        inverted when asked), so units that use them line up with what is generated."""
+        mask = None
+        if self.mask is not None:
+            mask = self.mask.processing.point(lambda v: 255 if v >= 128 else 0)
+        return self.inits[0].image, mask
+
+    def _frame_control(self, image):
+        """"Only masked" generates a crop of the picture: frame a unit's own picture the same way."""
+        if image is None or self.mask is None or self.mask.crop is None:
+            return image
+        size = image_prep.flatten(self.request.init_images[0]).size
+        return image.resize(size, Image.Resampling.LANCZOS).crop(self.mask.crop)
 
     def _indices(self, batch: int, count: int) -> list[int]:
         start = batch * self.request.batch_size

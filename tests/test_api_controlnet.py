@@ -78,8 +78,19 @@ def test_img2img_with_a_unit_and_hash_suffixed_model_name(server):
     ({"weight": "heavy"}, "weight must be a number"),
     ({"resize_mode": "Squash"}, "Unknown ControlNet resize mode 'Squash'"),
     ({"image": "bm90IGFuIGltYWdl"}, "not an image"),
+    ({"processor_res": 5000}, "processor_res must be -1 (default) or 64-2048"),
+    ({"enabled": "maybe"}, "enabled must be true or false"),
 ])
 def test_bad_units_get_a_4xx_naming_the_problem(server, fields, words):
     response = txt2img(server, unit(**fields))
     assert response.status_code in (400, 422) and words in response.text, response.text
     assert server.post("/sdapi/v1/txt2img", json=SMALL).status_code == 200
+
+
+def test_non_finite_numbers_and_string_flags_in_units(server):
+    # NaN is not JSON, but Python's and many clients' encoders write it: it must be a 4xx.
+    body = json.dumps({**SMALL, "alwayson_scripts": {"controlnet": {"args": [unit(processor_res=float("nan"))]}}})
+    response = server.post("/sdapi/v1/txt2img", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422 and "processor_res must be a number" in response.text
+    off = txt2img(server, unit(enabled="false"))
+    assert off.status_code == 200 and "ControlNet 0" not in json.loads(off.json()["info"])["infotexts"][0]

@@ -174,3 +174,29 @@ def test_hash_suffixed_names_from_client_programs_resolve(cn_engine):
     result = cn_engine.generate(BASE.replace(controlnet_units=(unit(model="tiny-cn [0123abcd]"),)))
     assert "Model: tiny-cn," in result.infotexts[0]
     assert torch.is_tensor(cn_engine.addons.controlnets.load("tiny-cn").controlnet_cond_embedding.conv_in.weight)
+
+
+def test_hires_fix_keeps_control_in_its_second_pass(cn_engine):
+    net = cn_engine.addons.controlnets.load("tiny-cn")
+    sizes = []
+    hook = net.register_forward_hook(lambda module, args, output: sizes.append(tuple(args[0].shape[-2:])))
+    try:
+        result = cn_engine.generate(BASE.replace(controlnet_units=(unit(),), extensions={
+            "hires_fix": {"enabled": True, "scale": 2.0, "upscaler": "Lanczos", "steps": 2, "denoising_strength": 0.5}}))
+    finally:
+        hook.remove()
+    assert result.images[0].size == (128, 128)
+    assert (8, 8) in sizes and (16, 16) in sizes  # the first pass and the hires pass, both controlled
+
+
+def test_only_masked_inpaint_frames_the_control_like_the_crop(cn_engine):
+    mask = Image.new("L", (64, 64), 0)
+    ImageDraw.Draw(mask).rectangle((36, 36, 60, 60), fill=255)
+    request = BASE.replace(mode="img2img", init_images=(drawing(),), mask=mask, denoising_strength=0.6,
+                           inpaint_full_res=True, inpaint_full_res_padding=4)
+    own = cn_engine.generate(request.replace(controlnet_units=(unit(image=drawing(shape="oval")),)))
+    fallback = cn_engine.generate(request.replace(controlnet_units=(unit(module="inpaint_only", image=None),)))
+    for result in (own, fallback):
+        changed = np.abs(np.asarray(result.images[0], dtype=np.int16)
+                         - np.asarray(drawing(), dtype=np.int16)).max(-1) > 0
+        assert changed[36:60, 36:60].any() and not changed[:24, :24].any()

@@ -157,3 +157,14 @@ def test_codeformer_restores_only_the_face_and_its_weight_matters(tmp_path):
 def test_codeformer_weight_comes_from_the_settings(engine):
     request = engine.complete(BASE_REQUEST.replace(extensions={"restore_faces": {"enabled": True}}))
     assert request.extensions["restore_faces"]["codeformer_weight"] == engine.settings["code_former_weight"] == 0.5
+
+
+@pytest.mark.parametrize("name, content", [("GFPGANv1.4.pth", "lora"), ("GFPGANv1.4.safetensors", b"\x00" * 7)])
+def test_a_file_that_is_not_a_restorer_is_a_clear_error(tmp_path, name, content):
+    (tmp_path / "GFPGAN").mkdir()
+    if content == "lora":
+        torch.save({"params_ema": {"lora_unet.weight": torch.zeros(2)}}, tmp_path / "GFPGAN" / name)
+    else:
+        (tmp_path / "GFPGAN" / name).write_bytes(content)
+    with pytest.raises(RequestError, match=f"'{name}'"):
+        FaceModelLibrary(tmp_path).model("GFPGAN")

@@ -112,7 +112,7 @@ def _residuals(item: PreparedUnit, sample, timestep, hidden, added, cfg: bool, s
                          controlnet_cond=item.control_for(sample, scale), conditioning_scale=float(item.unit.weight),
                          added_cond_kwargs=added, return_dict=False)
     down, mid = list(down), mid
-    if item.unit.control_mode == PROMPT_MORE:
+    if item.unit.control_mode in (PROMPT_MORE, CONTROLNET_MORE):  # both soften, as the ecosystem does
         count = len(down) + 1
         down = [d * PROMPT_SOFTNESS ** (count - 1 - k) for k, d in enumerate(down)]
     if item.unit.control_mode == CONTROLNET_MORE and cfg and sample.shape[0] % 2 == 0:
@@ -125,15 +125,19 @@ def _residuals(item: PreparedUnit, sample, timestep, hidden, added, cfg: bool, s
 
 
 @contextlib.contextmanager
-def attached(unet: torch.nn.Module, units: list[PreparedUnit], cfg: bool, progress: Callable[[], tuple[int, int]],
-             vae_scale: int = 8) -> Iterator[None]:
+def attached(unet: torch.nn.Module, units: list[PreparedUnit], cfg: bool,
+             progress: Callable[[], tuple[int, int] | None], vae_scale: int = 8) -> Iterator[None]:
     """For the duration: `unet` adds the active units' residuals on every call. `progress`
-    gives (step index, steps in this pass); `cfg`: the batch is [negative, positive]."""
+    gives (step index, steps in this pass), or None for no control in this call; `cfg`: the
+    batch is [negative, positive]."""
     previous = unet.__dict__.get("forward")  # an instance-level forward (e.g. an offload hook)
     inner = unet.forward
 
     def forward(sample, timestep, encoder_hidden_states=None, *args, **kwargs):
-        step, total = progress()
+        where = progress()
+        if where is None:
+            return inner(sample, timestep, encoder_hidden_states, *args, **kwargs)
+        step, total = where
         down_sum, mid_sum = None, None
         for item in units:
             if item.unit.weight == 0 or not item.active_at(step, total):

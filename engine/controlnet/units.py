@@ -54,6 +54,13 @@ class ControlUnit:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0 or math.isnan(value):
                 raise RequestError(f"{where}: {name} must be between 0 and 1, got {value}", name)
+        if not isinstance(self.processor_res, int) or not (self.processor_res == -1 or 64 <= self.processor_res <= 2048):
+            raise RequestError(f"{where}: processor_res must be -1 (default) or 64-2048, got {self.processor_res}",
+                               "processor_res")
+        for name in ("threshold_a", "threshold_b"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise RequestError(f"{where}: {name} must be a number, got {value}", name)
         if self.guidance_start >= self.guidance_end:
             raise RequestError(f"{where}: guidance_start ({self.guidance_start}) must be below "
                                f"guidance_end ({self.guidance_end})", "guidance_start")

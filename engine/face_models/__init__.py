@@ -15,6 +15,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..errors import RequestError, UserError
+
 SUFFIXES = (".pth", ".safetensors")
 
 
@@ -65,17 +67,25 @@ class FaceModelLibrary:
         return ""
 
     def model(self, name: str) -> nn.Module:
-        """The network for `name`, built from its file; a file that is not one raises ValueError."""
+        """The network for `name`, built from its file; RequestError when there is none or the
+        file is not one."""
         from ..esrgan import read_state
 
         path = self.weights(name)
         if path is None:
-            raise ValueError(self.unavailable_reason(name))
+            raise RequestError(self.unavailable_reason(name), "face_restoration_model")
         with self._lock:
             stamp = path.stat().st_mtime
             if self._loaded is None or self._loaded[:2] != (path, stamp):
                 self._loaded = None  # let the old network go before the new one is read
-                self._loaded = (path, stamp, KINDS[name].build(read_state(path, "face_restoration_model")))
+                try:
+                    network = KINDS[name].build(read_state(path, "face_restoration_model"))
+                except UserError:
+                    raise
+                except Exception as error:  # a wrong or damaged file is the user's to replace
+                    raise RequestError(f"'{path.name}' in models/{KINDS[name].folder} is not a {name} "
+                                       f"model this app can read: {error}", "face_restoration_model") from error
+                self._loaded = (path, stamp, network)
             return self._loaded[2]
 
     @torch.inference_mode()

@@ -90,7 +90,7 @@ class HiresFix(Extension):
             denoising_strength=options["denoising_strength"], steps=int(options["steps"]) or request.steps,
             sampler_name=sampler, scheduler=request.scheduler if sampler == request.sampler_name else "Automatic",
             prompt=options["prompt"], negative_prompt=options["negative_prompt"])
-        return ctx.second_pass(second)
+        return ctx.second_pass(second, keep_control=True)  # the same frame, only larger
 
     def infotext(self, request, options):
         params = {"Denoising strength": options["denoising_strength"]}

@@ -4,6 +4,7 @@ and the /controlnet routes (model_list, module_list, version, detect)."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from fastapi import APIRouter, Body, Depends
@@ -32,11 +33,20 @@ def _image_field(value: Any, field: str, limit: float) -> tuple[Any, Any]:
     return image_from_base64(value, field, limit), None
 
 
+def _flag(value: Any, field: str) -> bool:
+    """true/false, as JSON or as the strings some clients send ("false" must not read as on)."""
+    if isinstance(value, bool) or value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise RequestError(f"{field} must be true or false, got {value!r}", field.rsplit(".", 1)[-1])
+
+
 def unit_from_api(data: Any, index: int, limit: float) -> ControlUnit:
     where = f"alwayson_scripts.controlnet.args[{index}]"
     if not isinstance(data, dict):
         raise RequestError(f"{where} must be an object (a ControlNet unit)", "alwayson_scripts")
-    fields: dict[str, Any] = {"enabled": bool(data.get("enabled", True))}
+    fields: dict[str, Any] = {"enabled": _flag(data.get("enabled", True), f"{where}.enabled")}
     for name in ("module", "model"):
         if name in data and data[name] is not None:
             if not isinstance(data[name], str):
@@ -45,11 +55,11 @@ def unit_from_api(data: Any, index: int, limit: float) -> ControlUnit:
     for name in _NUMBERS:
         if data.get(name) is not None:
             value = data[name]
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise RequestError(f"{where}.{name} must be a number, got {value!r}", name)
             fields[name] = int(value) if name == "processor_res" else float(value)
     if "pixel_perfect" in data:
-        fields["pixel_perfect"] = bool(data["pixel_perfect"])
+        fields["pixel_perfect"] = _flag(data["pixel_perfect"], f"{where}.pixel_perfect")
     if data.get("resize_mode") is not None:
         fields["resize_mode"] = resize_mode_name(data["resize_mode"])
     if data.get("control_mode") is not None:
