@@ -236,7 +236,18 @@ _loaded: dict[tuple, Any] = {}
 _load_lock = threading.Lock()
 
 
+_chosen_device: str | None = None  # the app's device (--use-cpu etc.); set by use_device()
+
+
+def use_device(device: str) -> None:
+    """Run weight-needing preprocessors where generation runs."""
+    global _chosen_device
+    _chosen_device = device
+
+
 def _device() -> str:
+    if _chosen_device is not None:
+        return _chosen_device
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
