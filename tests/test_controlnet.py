@@ -200,3 +200,18 @@ def test_only_masked_inpaint_frames_the_control_like_the_crop(cn_engine):
         changed = np.abs(np.asarray(result.images[0], dtype=np.int16)
                          - np.asarray(drawing(), dtype=np.int16)).max(-1) > 0
         assert changed[36:60, 36:60].any() and not changed[:24, :24].any()
+
+
+def test_pasting_the_infotext_restores_the_units_and_the_picture(cn_engine):
+    from ui import paste
+    from ui.controlnet_ui import units_from_values
+    original = unit(model="tiny-cn-b", weight=0.75, threshold_a=60, threshold_b=180, guidance_end=0.8,
+                    control_mode="My prompt is more important", resize_mode="Just Resize")
+    made = cn_engine.generate(BASE.replace(controlnet_units=(ControlUnit(), original)))
+    values = paste.control_values(made.infotexts[0])
+    assert values["cn::1::model"] == "tiny-cn-b" and values["cn::1::enabled"] is True
+    assert not any(key.startswith("cn::0::") for key in values)
+    values["cn::1::image"] = drawing()  # pictures are not in an infotext: the user gives it again
+    [restored] = units_from_values(values)
+    again = cn_engine.generate(BASE.replace(controlnet_units=(ControlUnit(), restored)))
+    assert again.images[0].tobytes() == made.images[0].tobytes()

@@ -3,9 +3,11 @@ PNG dropped on a prompt box all go through `control_values`."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from engine import image_prep, infotext, samplers
+from engine.controlnet.units import MAX_UNITS
 from engine.errors import UserError
 
 SEED_FIELDS = ("seed", "subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h")
@@ -17,6 +19,37 @@ CHOICE_NAMES = {
     "inpaint_full_res": image_prep.INPAINT_AREAS,
     "inpainting_mask_invert": image_prep.MASK_MODES,
 }
+
+
+# A "ControlNet N" infotext entry's keys -> the unit's control, and how to read the value.
+_UNIT_KEYS = {"Module": ("module", str), "Model": ("model", str), "Weight": ("weight", float),
+              "Resize Mode": ("resize_mode", str), "Processor Res": ("processor_res", int),
+              "Threshold A": ("threshold_a", float), "Threshold B": ("threshold_b", float),
+              "Guidance Start": ("guidance_start", float), "Guidance End": ("guidance_end", float),
+              "Pixel Perfect": ("pixel_perfect", lambda v: v.strip().lower() == "true"),
+              "Control Mode": ("control_mode", str)}
+_UNIT = re.compile(r"^ControlNet (\d+)$")
+CONTROLNET_PASTABLE = tuple(f"cn::{unit}::{field}" for unit in range(MAX_UNITS)
+                            for field in ("enabled", *(name for name, _ in _UNIT_KEYS.values())))
+
+
+def controlnet_values(params: dict[str, str]) -> dict[str, Any]:
+    """The units an infotext records, as the unit controls' values (the pictures are not in it)."""
+    values: dict[str, Any] = {}
+    for key, text in params.items():
+        match = _UNIT.match(key)
+        if not match or int(match.group(1)) >= MAX_UNITS:
+            continue
+        unit = int(match.group(1))
+        values[f"cn::{unit}::enabled"] = True
+        for name, value in infotext.parse_pairs(text).items():
+            if name in _UNIT_KEYS:
+                field, read = _UNIT_KEYS[name]
+                try:
+                    values[f"cn::{unit}::{field}"] = read(value)
+                except ValueError:
+                    continue  # a damaged value leaves that control as it is
+    return values
 
 
 def control_values(text: str, send_seed: bool = True, send_size: bool = True) -> dict[str, Any]:
@@ -34,6 +67,7 @@ def control_values(text: str, send_seed: bool = True, send_size: bool = True) ->
             value = CHOICE_NAMES[name][int(value)]
         values[name] = value
     _resolve_sampler(values)
+    values.update(controlnet_values(infotext.parse(text)[2]))
     if send_seed and (values.get("subseed_strength", 0) > 0 or values.get("seed_resize_from_w", 0) > 0):
         values["subseed_show"] = True
     return values
