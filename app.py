@@ -52,8 +52,8 @@ def build(flags):
         from engine.controlnet.demo import ensure_demo_controlnet
         ensure_demo_controlnet(engine.addons.controlnets.folder)
         engine.addons.controlnets.refresh()
-    from engine.controlnet import preprocessors
-    preprocessors.use_device(str(device.device))
+    from engine.controlnet import annotators
+    annotators.use_device(str(device.device))
     downloader = ModelDownloader(sd15_offer(os.environ.get("HF_ENDPOINT")), checkpoint_dir)
     ctx = UIContext(engine, registry, settings, flags, downloader)
 

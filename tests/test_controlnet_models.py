@@ -10,15 +10,17 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from engine.controlnet.models import (
+from engine.controlnet.layouts import (
     CONFIG_ROOT,
-    ControlNetLibrary,
     base_config,
-    build_tiny_controlnet,
     config_from_shapes,
     diffusers_to_ldm_keys,
-    save_original_layout,
     to_diffusers_names,
+)
+from engine.controlnet.models import (
+    ControlNetLibrary,
+    build_tiny_controlnet,
+    save_original_layout,
 )
 from engine.devices import DeviceConfig
 from engine.errors import CheckpointError, NotFoundError

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from engine.controlnet import preprocessors
+from engine.controlnet import annotators, preprocessors
 from engine.errors import RequestError
 
 WIDTH, HEIGHT = 300, 200
@@ -340,9 +340,9 @@ def test_segmentation_runs_an_ade20k_model_folder(tmp_path):
     finally:
         preprocessors.unload()
     assert result.size == (150, 100) and result.mode == "RGB"
-    palette = {tuple(colour) for colour in preprocessors.ADE20K_PALETTE.tolist()}
+    palette = {tuple(colour) for colour in annotators.ADE20K_PALETTE.tolist()}
     assert len(palette) == 149  # 150 classes; two share a grey in MMSegmentation's table
-    assert preprocessors.ADE20K_PALETTE[[0, 2, 12, 149]].tolist() == [  # wall, sky, person, flag
+    assert annotators.ADE20K_PALETTE[[0, 2, 12, 149]].tolist() == [  # wall, sky, person, flag
         [120, 120, 120], [6, 230, 230], [150, 5, 61], [92, 0, 255]]
     assert {tuple(colour) for colour in np.asarray(result).reshape(-1, 3).tolist()} <= palette
 

@@ -15,25 +15,25 @@ the value inpaint ControlNets were trained with); everything else is RGB.
 
 The depth, pose and normal preprocessors run controlnet_aux's detectors on weight files kept in
 models/ControlNet/annotators (the files of the lllyasviel/Annotators repository, flat or in the
-ecosystem's sub-folders); segmentation runs an ADE20K model folder through transformers.
+ecosystem's sub-folders); segmentation runs an ADE20K model folder through transformers (see
+annotators.py).
 """
 
 from __future__ import annotations
 
 import importlib.util
-import json
 import math
 import numbers
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import cv2
 import numpy as np
 from PIL import Image
 
 from ..errors import RequestError
+from . import annotators as weighted
 
 MIN_RESOLUTION, MAX_RESOLUTION, DEFAULT_RESOLUTION = 64, 2048, 512
 MAX_SIDE = 8192  # longest processing side: a thin strip scaled up would not fit in memory
@@ -226,185 +226,14 @@ def _inpaint(job: _Job) -> np.ndarray:
     return np.dstack([job.image, alpha])
 
 
-# --- preprocessors that need weights -------------------------------------------------------------
-
-_AUX = "controlnet_aux"
-_AUX_DEPS = (("torchvision", "torchvision"), ("timm", "timm"), ("einops", "einops"), ("skimage", "scikit-image"))
-_ANNOTATORS = "models/ControlNet/annotators"
-_SEG_FOLDER = "seg_ade20k"
-_loaded: dict[tuple, Any] = {}
-_load_lock = threading.Lock()
-
-
-_chosen_device: str | None = None  # the app's device (--use-cpu etc.); set by use_device()
-
-
-def use_device(device: str) -> None:
-    """Run weight-needing preprocessors where generation runs."""
-    global _chosen_device
-    _chosen_device = device
-
-
-def _device() -> str:
-    if _chosen_device is not None:
-        return _chosen_device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _find_file(annotators: Path, name: str, subfolder: str) -> str | None:
-    """The file's path relative to `annotators`: flat, or in the ecosystem's sub-folder."""
-    for relative in (name, f"{subfolder}/{name}" if subfolder else None):
-        if relative and (annotators / relative).is_file():
-            return relative
-    return None
-
-
-def _aux_detector(kind: str, annotators: Path, files: tuple[str, ...], subfolder: str):
-    """controlnet_aux's detector for `kind`, built once from the local files and kept."""
-    paths = tuple(_find_file(annotators, name, subfolder) for name in files)
-    group = "openpose" if kind.startswith("openpose") else kind  # one detector serves both
-    key = (group, str(annotators), paths)
-    with _load_lock:
-        if key in _loaded:
-            return _loaded[key]
-        try:
-            import controlnet_aux
-        except Exception as error:  # an installed but broken dependency chain
-            raise RequestError(f"Preprocessor '{kind}' is not available: controlnet_aux is installed but "
-                               f"cannot be imported ({error})", "module") from error
-        try:
-            detector = _build_detector(controlnet_aux, kind, str(annotators), paths).to(_device())
-        except RequestError:
-            raise
-        except Exception as error:  # a damaged or wrong file is for the user to replace
-            raise RequestError(f"Preprocessor '{kind}' could not load its weights from {annotators}: "
-                               f"{type(error).__name__}: {error}", "module") from error
-        _loaded[key] = detector
-        return detector
-
-
-def _build_detector(controlnet_aux, kind: str, folder: str, paths: tuple[str, ...]):
-    if kind == "depth_midas":
-        return controlnet_aux.MidasDetector.from_pretrained(folder, model_type="dpt_hybrid", filename=paths[0])
-    if kind == "depth_zoe":
-        return controlnet_aux.ZoeDetector.from_pretrained(folder, filename=paths[0])
-    if kind in ("openpose", "openpose_full"):
-        # Body, hand and face files are all read when the detector is built.
-        return controlnet_aux.OpenposeDetector.from_pretrained(
-            folder, filename=paths[0], hand_filename=paths[1], face_filename=paths[2])
-    if kind == "normal_bae":
-        return controlnet_aux.NormalBaeDetector.from_pretrained(folder, filename=paths[0])
-    raise AssertionError(kind)
-
-
-def _run_aux(kind: str, job: _Job, **options) -> np.ndarray:
-    preprocessor = PREPROCESSORS[kind]
-    detector = _aux_detector(kind, job.annotators, preprocessor._files, preprocessor._subfolder)
-    height, width = job.image.shape[:2]
-    side = min(height, width)
-    # controlnet_aux rounds its working size to multiples of 64; the map is brought back to ours.
-    result = detector(job.image, detect_resolution=side, image_resolution=side, output_type="np", **options)
-    result = np.asarray(result)
-    if result.ndim == 2:
-        result = np.repeat(result[:, :, None], 3, axis=2)
-    result = np.ascontiguousarray(result[:, :, :3]).astype(np.uint8)
-    if result.shape[:2] != (height, width):
-        result = cv2.resize(result, (width, height), interpolation=cv2.INTER_LINEAR)
-    return result
-
-
-def _depth_midas(job: _Job) -> np.ndarray:
-    return _run_aux("depth_midas", job)
-
-
-def _depth_zoe(job: _Job) -> np.ndarray:
-    return _run_aux("depth_zoe", job)
-
-
-def _openpose(job: _Job) -> np.ndarray:
-    return _run_aux("openpose", job, include_body=True, include_hand=False, include_face=False)
-
-
-def _openpose_full(job: _Job) -> np.ndarray:
-    return _run_aux("openpose_full", job, include_body=True, include_hand=True, include_face=True)
-
-
-def _normal_bae(job: _Job) -> np.ndarray:
-    return _run_aux("normal_bae", job)
-
-
-# The 150 ADE20K class colours (MMSegmentation's table), which seg ControlNets were trained on.
-_ADE20K_HEX = (
-    "787878b4787806e6e650323204c8037878508c8c8ccc05ffe6e6e604fa07e005ffebff0796053d78784608ff33ff0652"
-    "8fff8cccff04ff3307cc46030066c83de6faff06330b66ffff0747ff09e00907e6dcdcdcff095c7009ff08ffd607ffe0"
-    "ffb8060aff47ff290a07ffffe0ff086608ffff3d06ffc207ff7a0800ff14ff0829ff05990633ffeb0cffa0961400a3ff"
-    "8c8c8cfa0a0f14ff001fff00ff1f00ffe00099ff000000ffff470000ebff00adff1f00ff0bc8c8ff520000fff5003dff"
-    "00ff7000ff85ff0000ffa300ff6600c2ff00008fff33ff000052ff00ff2900ffad0a00ffadff0000ff99ff5c00ff00ff"
-    "ff00f5ff0066ffad00ff0014ffb8b8001fff00ff3d0047ffff00cc00ffc200ff52000aff0070ff3300ff00c2ff007aff"
-    "00ffa3ff990000ff0aff70008fff005200ffa3ff00ffeb0008b8aa8500ff00ff5cb800ffff001f00b8ff00d6ffff0070"
-    "5cff0000e0ff70e0ff46b8a0a300ff9900ff47ff00ff00a3ffcc00ff008f00ffeb85ff00ff00ebf500ffff007afff500"
-    "0abed4d6ff0000ccff1400ffffff000099ff0029ff00ffcc2900ff29ff00ad00ff00f5ff4700ff7a00ff00ffb8005cff"
-    "b8ff000085ffffd60019c2c266ff005c00ff"
-)
-ADE20K_PALETTE = np.frombuffer(bytes.fromhex(_ADE20K_HEX), dtype=np.uint8).reshape(150, 3)
-
-
-def _segmenter(folder: Path):
-    key = ("seg", str(folder))
-    with _load_lock:
-        if key not in _loaded:
-            try:
-                from transformers import AutoModelForSemanticSegmentation
-
-                model = AutoModelForSemanticSegmentation.from_pretrained(str(folder), local_files_only=True)
-            except Exception as error:  # a damaged or unsupported folder is for the user to replace
-                raise RequestError(f"Preprocessor 'seg_ofade20k' could not load the model in {folder}: "
-                                   f"{type(error).__name__}: {error}", "module") from error
-            labels = int(model.config.num_labels)
-            if labels != len(ADE20K_PALETTE):
-                raise RequestError(f"Preprocessor 'seg_ofade20k' is not available: the model in {folder} has "
-                                   f"{labels} classes, not ADE20K's 150", "module")
-            mean, std, rescale = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 1 / 255
-            config_file = folder / "preprocessor_config.json"
-            if config_file.is_file():  # read by hand: transformers' processors want torchvision
-                config = json.loads(config_file.read_text(encoding="utf-8"))
-                mean = config.get("image_mean", mean)
-                std = config.get("image_std", std)
-                rescale = config.get("rescale_factor", rescale) if config.get("do_rescale", True) else 1.0
-            _loaded[key] = (model.eval().to(_device()), np.asarray(mean, np.float32),
-                            np.asarray(std, np.float32), float(rescale))
-        return _loaded[key]
-
-
-def _seg_ade20k(job: _Job) -> np.ndarray:
-    import torch
-
-    model, mean, std, rescale = _segmenter(job.annotators / _SEG_FOLDER)
-    height, width = job.image.shape[:2]
-    # Backbones downsample by up to 32; pad by reflection rather than distort the picture.
-    pad_h, pad_w = -height % 32, -width % 32
-    padded = cv2.copyMakeBorder(job.image, 0, pad_h, 0, pad_w, cv2.BORDER_REFLECT_101)
-    pixels = (padded.astype(np.float32) * rescale - mean) / std
-    tensor = torch.from_numpy(pixels).permute(2, 0, 1)[None]
-    parameter = next(model.parameters())
-    with torch.no_grad():
-        logits = model(pixel_values=tensor.to(parameter.device, parameter.dtype)).logits
-        logits = torch.nn.functional.interpolate(logits.float(), size=padded.shape[:2], mode="bilinear",
-                                                 align_corners=False)
-    labels = logits[0].argmax(0).cpu().numpy()[:height, :width]
-    return ADE20K_PALETTE[labels]
-
-
 # --- the table -----------------------------------------------------------------------------------
 
-_AUX_REQUIRES = "the controlnet_aux library and its annotator weights ({files}) in " + _ANNOTATORS
+_AUX_REQUIRES = "the controlnet_aux library and its annotator weights ({files}) in " + weighted.ANNOTATORS
 
 
 def _aux(name: str, title: str, fn, files: tuple[str, ...], subfolder: str) -> Preprocessor:
     return Preprocessor(name, title, True, None, None, requires=_AUX_REQUIRES.format(files=", ".join(files)),
-                        _fn=fn, _backend=_AUX, _files=files, _subfolder=subfolder)
+                        _fn=fn, _backend=weighted.AUX, _files=files, _subfolder=subfolder)
 
 
 _OPENPOSE_FILES = ("body_pose_model.pth", "hand_pose_model.pth", "facenet.pth")
@@ -420,16 +249,16 @@ PREPROCESSORS: dict[str, Preprocessor] = {p.name: p for p in (
                  None, _fn=_scribble_xdog),
     Preprocessor("softedge_gradient", "Soft edges (gradients)", True, None, None, _fn=_softedge_gradient),
     Preprocessor("lineart_standard", "Line art (standard)", True, None, None, _fn=_lineart_standard),
-    _aux("depth_midas", "Depth (MiDaS)", _depth_midas, ("dpt_hybrid-midas-501f0c75.pt",), "midas"),
-    _aux("depth_zoe", "Depth (ZoeDepth)", _depth_zoe, ("ZoeD_M12_N.pt",), "zoedepth"),
-    _aux("normal_bae", "Normal map (BAE)", _normal_bae, ("scannet.pt",), "normal_bae"),
-    _aux("openpose", "OpenPose (body)", _openpose, _OPENPOSE_FILES, "openpose"),
-    _aux("openpose_full", "OpenPose (body, hands, face)", _openpose_full, _OPENPOSE_FILES, "openpose"),
+    _aux("depth_midas", "Depth (MiDaS)", weighted.depth_midas, ("dpt_hybrid-midas-501f0c75.pt",), "midas"),
+    _aux("depth_zoe", "Depth (ZoeDepth)", weighted.depth_zoe, ("ZoeD_M12_N.pt",), "zoedepth"),
+    _aux("normal_bae", "Normal map (BAE)", weighted.normal_bae, ("scannet.pt",), "normal_bae"),
+    _aux("openpose", "OpenPose (body)", weighted.openpose, _OPENPOSE_FILES, "openpose"),
+    _aux("openpose_full", "OpenPose (body, hands, face)", weighted.openpose_full, _OPENPOSE_FILES, "openpose"),
     Preprocessor("seg_ofade20k", "Segmentation (ADE20K)", True, None, None,
                  requires=("the transformers library and an ADE20K semantic-segmentation model folder "
                            f"(config.json and weights, e.g. openmmlab/upernet-convnext-small) in "
-                           f"{_ANNOTATORS}/{_SEG_FOLDER}"),
-                 _fn=_seg_ade20k, _backend="transformers", _files=(_SEG_FOLDER,)),
+                           f"{weighted.ANNOTATORS}/{weighted.SEG_FOLDER}"),
+                 _fn=weighted.seg_ade20k, _backend="transformers", _files=(weighted.SEG_FOLDER,)),
     Preprocessor("shuffle", "Content shuffle", True, None, None, _fn=_shuffle),
     Preprocessor("tile_resample", "Tile (resample)", False, Slider("Down sampling rate", 1, 8, 1, 0.01), None,
                  _fn=_tile_resample),
@@ -494,10 +323,10 @@ def annotators_dir(models_dir: Path | None) -> Path:
 
 
 def _missing_modules(preprocessor: Preprocessor) -> list[str]:
-    if preprocessor._backend == _AUX:
-        if importlib.util.find_spec(_AUX) is None:
+    if preprocessor._backend == weighted.AUX:
+        if importlib.util.find_spec(weighted.AUX) is None:
             return ["the controlnet_aux library is not installed (pip install controlnet_aux)"]
-        missing = [package for module, package in _AUX_DEPS if importlib.util.find_spec(module) is None]
+        missing = [package for module, package in weighted.AUX_DEPS if importlib.util.find_spec(module) is None]
         return [f"controlnet_aux needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} "
                 "not installed"] if missing else []
     if preprocessor._backend == "transformers" and importlib.util.find_spec("transformers") is None:
@@ -507,14 +336,14 @@ def _missing_modules(preprocessor: Preprocessor) -> list[str]:
 
 def _missing_weights(preprocessor: Preprocessor, annotators: Path) -> list[str]:
     if preprocessor._backend == "transformers":
-        folder = annotators / _SEG_FOLDER
+        folder = annotators / weighted.SEG_FOLDER
         has_weights = any((folder / name).is_file() for name in
                           ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json"))
         if (folder / "config.json").is_file() and has_weights:
             return []
         return [f"no ADE20K segmentation model (config.json and model.safetensors or pytorch_model.bin) "
                 f"in {folder}"]
-    missing = [name for name in preprocessor._files if _find_file(annotators, name, preprocessor._subfolder) is None]
+    missing = [name for name in preprocessor._files if weighted.find_file(annotators, name, preprocessor._subfolder) is None]
     if not missing:
         return []
     return [f"missing weights in {annotators}: {', '.join(missing)}"]
@@ -611,5 +440,5 @@ def run(name: str, image: Image.Image, resolution: int = DEFAULT_RESOLUTION, thr
 
 def unload() -> None:
     """Forget the detectors loaded for weight-needing preprocessors (frees their memory)."""
-    with _load_lock:
-        _loaded.clear()
+    with weighted.load_lock:
+        weighted.loaded.clear()
