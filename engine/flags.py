@@ -41,8 +41,17 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument("--gradio-auth", type=_credentials, metavar="USER:PASS[,USER:PASS]",
                      help="require a login for the UI")
     net.add_argument("--api", action="store_true", help="serve the /sdapi/v1 HTTP API")
+    net.add_argument("--gradio-auth-path", metavar="FILE",
+                     help="a file of user:pass logins for the UI (one or more per line, comma-separated)")
     net.add_argument("--api-auth", type=_credentials, metavar="USER:PASS[,USER:PASS]",
                      help="require HTTP Basic credentials for the API")
+    net.add_argument("--cors-allow-origins", metavar="ORIGIN[,ORIGIN]",
+                     help="let web pages from these origins call the server (no cross-origin access without it)")
+    net.add_argument("--queue-size", type=int, default=50,
+                     help="most jobs waiting at once; more are refused with 'queue full' (default 50)")
+    net.add_argument("--enable-insecure-extension-access", action="store_true",
+                     help="allow installing and updating extensions from the UI even when it is "
+                          "shared with --listen or --share")
     net.add_argument("--tls-keyfile", help="TLS private key file (serve https)")
     net.add_argument("--tls-certfile", help="TLS certificate file (serve https)")
     net.add_argument("--autolaunch", action="store_true", help="open the UI in the default browser")
@@ -78,7 +87,38 @@ def parse(argv: Sequence[str] | None = None, environ: dict | None = None) -> arg
         build_parser().error(f"--port must be between 1 and 65535, got {flags.port}")
     if bool(flags.tls_keyfile) != bool(flags.tls_certfile):
         build_parser().error("--tls-keyfile and --tls-certfile go together")
+    if flags.queue_size < 1:
+        build_parser().error(f"--queue-size must be at least 1, got {flags.queue_size}")
+    if flags.gradio_auth_path:
+        flags.gradio_auth = (flags.gradio_auth or []) + _logins_from_file(flags.gradio_auth_path)
     return flags
+
+
+def _logins_from_file(path: str) -> list[tuple[str, str]]:
+    try:
+        text = open(path, encoding="utf-8").read()
+    except OSError as error:
+        build_parser().error(f"--gradio-auth-path: cannot read {path}: {error.strerror}")
+    logins = []
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if line and not line.startswith("#"):
+            try:
+                logins += _credentials(line)
+            except argparse.ArgumentTypeError as error:
+                build_parser().error(f"--gradio-auth-path {path}, line {number}: {error}")
+    if not logins:
+        build_parser().error(f"--gradio-auth-path {path} holds no user:password line")
+    return logins
+
+
+def is_exposed(flags: argparse.Namespace) -> bool:
+    """Whether others than this machine's user can reach the UI (--listen or --share)."""
+    return bool(getattr(flags, "listen", False) or getattr(flags, "share", False))
+
+
+def cors_origins(flags: argparse.Namespace) -> list[str]:
+    return [o.strip() for o in (getattr(flags, "cors_allow_origins", None) or "").split(",") if o.strip()]
 
 
 def uses_cpu(flags: argparse.Namespace) -> bool:
@@ -89,7 +129,7 @@ def public_dict(flags: argparse.Namespace) -> dict:
     """The flags as /sdapi/v1/cmd-flags shows them, with credentials hidden."""
     values = {}
     for key, value in vars(flags).items():
-        if key in ("gradio_auth", "api_auth") and value:
+        if key in ("gradio_auth", "api_auth", "gradio_auth_path") and value:
             value = "<hidden>"
         values[key] = value
     return values

@@ -9,77 +9,25 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
 from .conditioning import EMPHASIS_MODES
 from .errors import RequestError
 from .faces import RESTORERS
+from .option import Option
+from .options_saving import SAVING_OPTIONS
+from .options_ui import UI_OPTIONS
 from .outputs import write_atomically
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Option:
-    key: str
-    default: Any
-    label: str
-    section: str
-    choices: tuple | None = None
-    minimum: float | None = None
-    maximum: float | None = None
-    restart: bool = False
+__all__ = ["OPTIONS", "Option", "Settings"]
 
-    def coerce(self, value: Any) -> Any:
-        """The value converted to this option's type, or RequestError naming the key."""
-        kind = type(self.default)
-        try:
-            if kind is bool:
-                if isinstance(value, str) and value.lower() in ("true", "false"):
-                    value = value.lower() == "true"
-                if not isinstance(value, bool):
-                    raise TypeError
-            elif kind is int:
-                if isinstance(value, bool) or not float(value).is_integer():
-                    raise TypeError
-                value = int(value)
-            elif kind is float:
-                if isinstance(value, bool):
-                    raise TypeError
-                value = float(value)
-                if not math.isfinite(value):
-                    raise TypeError
-            elif kind is str:
-                if not isinstance(value, str):
-                    raise TypeError
-            elif kind is list:
-                if isinstance(value, str):
-                    value = [part.strip() for part in value.split(",") if part.strip()]
-                if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-                    raise TypeError
-                value = list(value)
-        except (TypeError, ValueError):
-            raise RequestError(f"Setting {self.key} must be {kind.__name__}, got {value!r}", self.key)
-        if self.choices is not None and value not in self.choices:
-            raise RequestError(f"Setting {self.key} must be one of {list(self.choices)}, got {value!r}",
-                               self.key)
-        if self.minimum is not None and value < self.minimum or \
-                self.maximum is not None and value > self.maximum:
-            raise RequestError(
-                f"Setting {self.key} must be between {self.minimum:g} and {self.maximum:g}, got {value}",
-                self.key)
-        return value
-
-
-OPTIONS: tuple[Option, ...] = (
-    Option("samples_save", True, "Always save all generated images", "Saving images"),
-    Option("samples_format", "png", "File format for images", "Saving images", choices=("png",)),
-    Option("grid_save", True, "Always save all generated image grids", "Saving images"),
+OPTIONS: tuple[Option, ...] = SAVING_OPTIONS + (
     Option("sd_model_checkpoint", "", "Stable Diffusion checkpoint", "Stable Diffusion"),
     # Which VAE: "Automatic", "None" or a file in models/VAE (checked against the files on disk).
     Option("sd_vae", "Automatic", "SD VAE", "Stable Diffusion"),
@@ -105,7 +53,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("live_previews_enable", True, "Show live previews of the image being made", "Live previews"),
     Option("show_progress_every_n_steps", 5, "Live preview every N sampling steps", "Live previews",
            minimum=1, maximum=100),
-)
+) + UI_OPTIONS
 
 
 class Settings:

@@ -8,6 +8,7 @@ from pathlib import Path
 import gradio as gr
 
 from engine import image_prep
+from engine.flags import is_exposed
 from engine.generation import GenerationResult
 from engine.outputs import png_bytes, write_atomically
 from engine.request import MAX_MASK_BLUR, MAX_OUTPAINT, MAX_PADDING, OUTPAINT_DIRECTIONS
@@ -65,9 +66,7 @@ def build(ctx: UIContext) -> dict:
 def folders_allowed(ctx: UIContext) -> bool:
     """Server folders in Batch read and write this machine's disk: only for a UI that is not
     shared, unless the owner opts in."""
-    flags = ctx.flags
-    exposed = getattr(flags, "listen", False) or getattr(flags, "share", False)
-    return not exposed or getattr(flags, "allow_server_folders", False)
+    return not is_exposed(ctx.flags) or getattr(ctx.flags, "allow_server_folders", False)
 
 
 def _picture_inputs(ctx: UIContext, controls: dict) -> tuple[gr.Tabs, dict]:

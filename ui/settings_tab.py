@@ -7,7 +7,7 @@ import html
 import gradio as gr
 
 from engine.errors import UserError
-from engine.settings import Option
+from engine.option import Option
 
 from .context import UIContext
 

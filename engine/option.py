@@ -1,0 +1,64 @@
+"""One setting's schema: its key (the ecosystem's name), default, label, section and limits.
+
+Kept apart from engine/settings.py so each group of options can live next to the code it steers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import RequestError
+
+
+@dataclass(frozen=True)
+class Option:
+    key: str
+    default: Any
+    label: str
+    section: str
+    choices: tuple | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    restart: bool = False
+
+    def coerce(self, value: Any) -> Any:
+        """The value converted to this option's type, or RequestError naming the key."""
+        kind = type(self.default)
+        try:
+            if kind is bool:
+                if isinstance(value, str) and value.lower() in ("true", "false"):
+                    value = value.lower() == "true"
+                if not isinstance(value, bool):
+                    raise TypeError
+            elif kind is int:
+                if isinstance(value, bool) or not float(value).is_integer():
+                    raise TypeError
+                value = int(value)
+            elif kind is float:
+                if isinstance(value, bool):
+                    raise TypeError
+                value = float(value)
+                if not math.isfinite(value):
+                    raise TypeError
+            elif kind is str:
+                if not isinstance(value, str):
+                    raise TypeError
+            elif kind is list:
+                if isinstance(value, str):
+                    value = [part.strip() for part in value.split(",") if part.strip()]
+                if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+                    raise TypeError
+                value = list(value)
+        except (TypeError, ValueError):
+            raise RequestError(f"Setting {self.key} must be {kind.__name__}, got {value!r}", self.key)
+        if self.choices is not None and value not in self.choices:
+            raise RequestError(f"Setting {self.key} must be one of {list(self.choices)}, got {value!r}",
+                               self.key)
+        if self.minimum is not None and value < self.minimum or \
+                self.maximum is not None and value > self.maximum:
+            raise RequestError(
+                f"Setting {self.key} must be between {self.minimum:g} and {self.maximum:g}, got {value}",
+                self.key)
+        return value
