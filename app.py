@@ -28,6 +28,7 @@ def build(flags):
     from engine.downloads import ModelDownloader, sd15_offer
     from engine.engine import Engine
     from engine.flags import uses_cpu
+    from engine.jobs import JobQueue
     from engine.models import BUILTIN_DEMO, HashCache, ModelRegistry
     from engine.outputs import OutputWriter
     from engine.pipelines import ModelManager
@@ -45,9 +46,10 @@ def build(flags):
     registry = ModelRegistry(folders, hashes, explicit, include_demo=flags.demo)
     device = DeviceConfig.choose(use_cpu=uses_cpu(flags), no_half=flags.no_half)
     models = ModelManager(registry, device, allow_unsafe=flags.allow_unsafe_checkpoints)
-    engine = Engine(models, OutputWriter(data_dir / "outputs"), settings,
+    engine = Engine(models, OutputWriter(data_dir / "outputs", settings), settings,
                     AddOns.in_data_dir(data_dir, hashes, device=device,
-                                       allow_unsafe=flags.allow_unsafe_checkpoints))
+                                       allow_unsafe=flags.allow_unsafe_checkpoints),
+                    queue=JobQueue(max_waiting=flags.queue_size))
     if flags.demo:
         from engine.controlnet.demo import ensure_demo_controlnet
         ensure_demo_controlnet(engine.addons.controlnets.folder)
@@ -109,7 +111,8 @@ def open_share_link(port: int) -> None:
         url = networking.setup_tunnel("127.0.0.1", port, secrets.token_urlsafe(32), None, None)
         print(f"Running on public URL: {url}", flush=True)
     except Exception as error:  # no network, or the share service refused: the app keeps running
-        print(f"Could not create a share link: {error}", flush=True)
+        print(f"Could not create a share link: the share server could not be reached ({error}). "
+              "The UI is still served on this machine and, with --listen, on your network.", flush=True)
 
 
 def serve(ctx) -> None:

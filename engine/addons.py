@@ -43,7 +43,7 @@ class AddOns:
         models/VAE and styles.csv; the built-in extensions, then <data dir>/extensions and any
         other extension folders given."""
         models = Path(data_dir) / "models"
-        for name in ("Lora", "embeddings", "VAE", "ESRGAN", "GFPGAN", "Codeformer", "ControlNet"):
+        for name in ("Lora", "embeddings", "VAE", "ESRGAN", "GFPGAN", "Codeformer", "ControlNet", "BLIP"):
             (models / name).mkdir(parents=True, exist_ok=True)
         return cls(
             loras=LoraLibrary(models / "Lora", hashes),

@@ -6,7 +6,9 @@ job or polls its progress.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from typing import Iterator
 
 from . import image_prep, outpainting
 from .addons import AddOns
@@ -18,6 +20,7 @@ from .faces import check_restorer, detail_faces, restore_with_model
 from .generation import GenerationResult, ImageContext, OutputPolicy, Txt2ImgRun
 from .img2img import Img2ImgRun
 from .jobs import Job, JobQueue
+from .memory_modes import MemoryModes
 from .outputs import OutputWriter
 from .pipelines import LoadedModel, ModelManager
 from .prompt_parser import extract_extra_networks, prompt_schedule
@@ -51,13 +54,46 @@ class Engine:
 
     # Generation.
     def submit(self, request: GenerationRequest, owner: str = "", job_id: str | None = None,
-               make_grid: bool = True) -> Job:
-        """Validate now (so a bad request fails at once), run later on the GPU lane."""
-        request = self.complete(request.validate()).validate()
-        policy = self._policy(request, make_grid)
-        job = Job(lambda job: self._run(job, request, policy), owner=owner, job_id=job_id,
-                  description=f"{request.mode}: {request.prompt[:60]}")
+               make_grid: bool = True, overrides: dict | None = None, restore_overrides: bool = True) -> Job:
+        """Validate now (so a bad request fails at once), run later on the GPU lane.
+
+        `overrides` are settings for this job only (the API's override_settings); a checkpoint
+        among them is loaded for the job and, with `restore_overrides`, the previous one after it."""
+        overrides = dict(overrides or {})
+        checkpoint = overrides.pop("sd_model_checkpoint", None)
+        if checkpoint is not None:
+            if not isinstance(checkpoint, str):
+                raise RequestError("override_settings: sd_model_checkpoint must be text", "override_settings")
+            checkpoint = self.models.registry.find(checkpoint).title if checkpoint else None
+        with self.settings.overridden(overrides):
+            request = self.complete(request.validate()).validate()
+            policy = self._policy(request, make_grid)
+
+        def work(job: Job) -> GenerationResult:
+            with self.settings.overridden(overrides), self._checkpoint_for(checkpoint, restore_overrides):
+                return self._run(job, request, policy)
+
+        job = Job(work, owner=owner, job_id=job_id, description=f"{request.mode}: {request.prompt[:60]}")
         return self.queue.submit(job)
+
+    @contextlib.contextmanager
+    def _checkpoint_for(self, wanted: str | None, restore: bool) -> Iterator[None]:
+        """Run with checkpoint `wanted` loaded (None: whatever is loaded)."""
+        current = self.models.current
+        previous = current.info.title if current else None
+        if wanted is None or wanted == previous:
+            yield
+            return
+        self.addons.controlnets.clear()
+        self.models.load(wanted)
+        try:
+            yield
+        finally:
+            if restore and previous is not None:
+                self.addons.controlnets.clear()
+                self.models.load(previous)
+            elif not restore:
+                self.settings.update({"sd_model_checkpoint": wanted})
 
     def generate(self, request: GenerationRequest, owner: str = "", **kwargs) -> GenerationResult:
         return self.submit(request, owner, **kwargs).outcome()
@@ -71,6 +107,7 @@ class Engine:
         request = request.replace(
             clip_skip=request.clip_skip or settings["CLIP_stop_at_last_layers"],
             emphasis=request.emphasis or settings["emphasis"],
+            randn_source=request.randn_source or settings["randn_source"],
             vae=self.addons.vaes.check_choice(request.vae or settings["sd_vae"]),
             extensions=self.addons.extensions.check(request.mode, self._with_settings(request.extensions)),
         )
@@ -128,6 +165,9 @@ class Engine:
             save_grid=request.save_grid and settings["grid_save"],
             make_grid=make_grid,
             preview_every=preview_every,
+            preview_method=settings["show_progress_type"],
+            memory=MemoryModes(vae_tiling=settings["sd_vae_tiling"],
+                               attention_slicing=settings["attention_slicing"]),
         )
 
     def _run(self, job: Job, request: GenerationRequest, policy: OutputPolicy) -> GenerationResult:

@@ -38,5 +38,11 @@ class NoModelError(UserError):
     status = 503
 
 
+class QueueFullError(UserError):
+    """Too many jobs are waiting already (--queue-size): try again when some have run."""
+
+    status = 429
+
+
 class JobInterrupted(Exception):
     """Raised inside a job when the user interrupts it before anything was produced."""

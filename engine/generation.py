@@ -17,15 +17,18 @@ from .addons import AddOns
 from .conditioning import PromptEncoder, ScheduledConditioning
 from .controlnet import apply as control
 from .errors import RequestError
+from .filenames import ImageFields
 from .jobs import Job
 from .lora import AppliedLoras, applied_loras
+from .memory_modes import MemoryModes
+from .memory_modes import applied as memory_modes_applied
 from .models import CheckpointInfo
 from .outputs import OutputWriter, make_grid
 from .pipelines import LoadedModel
-from .preview import latents_to_rgb
+from .preview import APPROX_CHEAP, preview_image
 from .prompt_parser import extract_extra_networks
 from .request import GenerationRequest
-from .seeds import JobSeeds, initial_latents, job_seeds, step_generators
+from .seeds import JobSeeds, initial_latents, job_seeds, noise_device, step_generators
 from .vae import decode, encode
 from .version import VERSION
 
@@ -38,11 +41,15 @@ class OutputPolicy:
     save_grid: bool = True
     make_grid: bool = True
     preview_every: int = 0  # 0: no live previews
+    preview_method: str = APPROX_CHEAP  # engine.preview.PREVIEW_METHODS
+    memory: MemoryModes = MemoryModes()
 
     def inner_pass(self) -> "OutputPolicy":
-        """For a pass inside a job (hires fix, a tile): nothing saved, previews as the job's."""
+        """For a pass inside a job (hires fix, a tile): nothing saved, previews and memory
+        modes as the job's."""
         return OutputPolicy(save_images=False, save_grid=False, make_grid=False,
-                            preview_every=self.preview_every)
+                            preview_every=self.preview_every, preview_method=self.preview_method,
+                            memory=self.memory)
 
 
 @dataclass
@@ -163,7 +170,8 @@ class Txt2ImgRun:
             job_timestamp=dt.datetime.now().strftime("%Y%m%d%H%M%S"),
             inpainting_model=self.model.is_inpainting)
         registry = self.addons.extensions
-        with extensions.patched(registry, self.active, self.pipe, request), \
+        with memory_modes_applied(self.pipe, self.policy.memory), \
+                extensions.patched(registry, self.active, self.pipe, request), \
                 applied_loras(self.pipe, networks, self.addons.loras) as loras, \
                 self._controlnets():
             encoder = PromptEncoder(self.pipe, self.model.family, clip_skip=request.clip_skip,
@@ -181,7 +189,8 @@ class Txt2ImgRun:
             result.grid = make_grid(result.images)
             result.grid.info[infotext.INFOTEXT_KEY] = result.infotexts[0]
             if self.policy.save_grid:
-                result.grid_path = writer.save_grid(result.images, request.mode, result.infotexts[0])
+                result.grid_path = writer.save_grid(result.images, request.mode, result.infotexts[0],
+                                                    self._name_fields(result, 0))
         return result
 
     def _extra_params(self, loras: AppliedLoras, encoder: PromptEncoder, vae_file) -> dict[str, Any]:
@@ -194,6 +203,8 @@ class Txt2ImgRun:
             extra["Clip skip"] = request.clip_skip
         if request.emphasis not in ("", "Original"):
             extra["Emphasis"] = request.emphasis
+        if request.randn_source not in ("", "CPU"):
+            extra["RNG"] = request.randn_source
         extra.update(self._task_params())
         for index, unit in self.request.active_controlnet_units:
             extra[f"ControlNet {index}"] = unit.infotext_value()
@@ -282,15 +293,22 @@ class Txt2ImgRun:
             result.seeds.append(seed)
             result.subseeds.append(subseed)
             result.infotexts.append(text)
-            saved = writer.save_image(image, request.mode, seed, text) if self.policy.save_images else None
+            saved = writer.save_image(image, request.mode, seed, text, self._name_fields(result, -1)) \
+                if self.policy.save_images else None
             result.paths.append(saved)
+
+    def _name_fields(self, result: GenerationResult, index: int) -> ImageFields:
+        """What a saved file's name may tell about image `index` of the result."""
+        return ImageFields.of(self.request, self.model.info, result.seeds[index], result.images[index],
+                              result.prompt, result.negative_prompt, result.job_timestamp)
 
     def _sample(self, seeds, subseeds, cond: ScheduledConditioning, uncond: ScheduledConditioning,
                 batch: int) -> list[Image.Image]:
         request, pipe = self.request, self.pipe
         device, dtype = pipe.device, pipe.unet.dtype
         count = len(seeds)
-        noise = initial_latents(request, seeds, subseeds, self.model.vae_scale_factor)
+        draw_on = noise_device(request.randn_source, device)
+        noise = initial_latents(request, seeds, subseeds, self.model.vae_scale_factor, draw_on)
         pipe.scheduler = samplers.build_scheduler(self.sampler, self.schedule,
                                                   self.model.scheduler_config, seeds[0])
         first_cond, first_uncond = cond.at(1), uncond.at(1)
@@ -300,7 +318,7 @@ class Txt2ImgRun:
             prompt_embeds=first_cond.embeds.expand(count, -1, -1),
             negative_prompt_embeds=first_uncond.embeds.expand(count, -1, -1),
             num_inference_steps=request.steps, guidance_scale=request.cfg_scale,
-            generator=step_generators(seeds),
+            generator=step_generators(seeds, draw_on),
             callback_on_step_end=self._callback(batch, cond, uncond, count),
             output_type="latent",
         )
@@ -343,6 +361,7 @@ class Txt2ImgRun:
     def _callback(self, batch: int, cond: ScheduledConditioning, uncond: ScheduledConditioning,
                   count: int):
         job, every, family = self.job, self.policy.preview_every, self.model.family
+        preview_method = self.policy.preview_method
         n_iter, steps, is_sdxl = self.request.n_iter, self.sampling_steps, self.model.is_sdxl
         switching = not (cond.is_constant and uncond.is_constant)
 
@@ -355,7 +374,7 @@ class Txt2ImgRun:
                 job.step = batch * self._batch_steps
             job.advance()
             if every and (index + 1) % every == 0 and "latents" in tensors:
-                job.set_preview(latents_to_rgb(tensors["latents"][:1], family)[0])
+                job.set_preview(preview_image(preview_method, pipe, tensors["latents"], family))
             if switching:
                 # Prompt editing: the sampling step that runs next, counted in the user's steps.
                 this_step = index * steps // self._batch_steps + 1

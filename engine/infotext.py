@@ -112,7 +112,7 @@ def request_fields(text: str) -> dict[str, Any]:
         "Steps": ("steps", int), "Sampler": ("sampler_name", str), "Schedule type": ("scheduler", str),
         "CFG scale": ("cfg_scale", float), "Seed": ("seed", int), "Variation seed": ("subseed", int),
         "Variation seed strength": ("subseed_strength", float),
-        "Clip skip": ("clip_skip", int), "Emphasis": ("emphasis", str),
+        "Clip skip": ("clip_skip", int), "Emphasis": ("emphasis", str), "RNG": ("randn_source", str),
         "Denoising strength": ("denoising_strength", float), "Mask blur": ("mask_blur", int),
         "Masked area padding": ("inpaint_full_res_padding", int),
         "Noise multiplier": ("initial_noise_multiplier", float),

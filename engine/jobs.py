@@ -17,7 +17,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .errors import UserError
+from .errors import QueueFullError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,8 @@ class Job:
 class JobQueue:
     """First come, first served; one worker thread runs every job."""
 
-    def __init__(self, name: str = "gpu-lane"):
+    def __init__(self, name: str = "gpu-lane", max_waiting: int | None = None):
+        self.max_waiting = max_waiting  # None: no limit
         self._pending: "queue.Queue[Job | None]" = queue.Queue()
         self._waiting: list[Job] = []
         self._lock = threading.Lock()
@@ -153,7 +154,12 @@ class JobQueue:
         self._thread.start()
 
     def submit(self, job: Job) -> Job:
+        """Queue the job, or raise QueueFullError when --queue-size jobs are waiting already."""
         with self._lock:
+            if self.max_waiting is not None and len(self._waiting) >= self.max_waiting:
+                raise QueueFullError(
+                    f"The queue is full: {len(self._waiting)} jobs are waiting (the limit is "
+                    f"{self.max_waiting}, set by --queue-size). Try again when some have finished.")
             self._waiting.append(job)
         self._pending.put(job)
         return job

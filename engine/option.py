@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 from .errors import RequestError
 
@@ -22,6 +23,16 @@ class Option:
     minimum: float | None = None
     maximum: float | None = None
     restart: bool = False
+    # A rule the type and limits cannot say (a folder must stay inside outputs/): called with
+    # (key, coerced value, data dir), raises RequestError naming the key.
+    check: Callable[[str, Any, Path], None] | None = None
+
+    def accept(self, value: Any, data_dir: Path) -> Any:
+        """The value coerced and checked against every rule, or RequestError naming the key."""
+        value = self.coerce(value)
+        if self.check is not None:
+            self.check(self.key, value, data_dir)
+        return value
 
     def coerce(self, value: Any) -> Any:
         """The value converted to this option's type, or RequestError naming the key."""

@@ -43,6 +43,9 @@ OUTPAINT_DIRECTIONS = ("left", "right", "up", "down")
 
 # img2img covers every edit of an existing picture: with a mask it is inpainting.
 MODES = ("txt2img", "img2img")
+# Where starting and step noise are drawn: CPU (the default: a seed means the same picture on any
+# machine) or GPU (the device the model runs on; the same as CPU where that is the CPU).
+RANDN_SOURCES = ("CPU", "GPU")
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,7 @@ class GenerationRequest:
     clip_skip: int = 0
     emphasis: str = ""
     vae: str = ""
+    randn_source: str = ""
     save_images: bool = True
     save_grid: bool = True
     # img2img and inpainting (mode "img2img"). Image i of a job starts from init_images[i % n].
@@ -128,6 +132,9 @@ class GenerationRequest:
         if self.emphasis not in ("",) + EMPHASIS_MODES:
             raise RequestError(f"Unknown emphasis mode '{self.emphasis}'. Choose one of: "
                                f"{', '.join(EMPHASIS_MODES)}", "emphasis")
+        if self.randn_source not in ("",) + RANDN_SOURCES:
+            raise RequestError(f"Unknown random number source '{self.randn_source}'. Choose one of: "
+                               f"{', '.join(RANDN_SOURCES)}", "randn_source")
         if isinstance(self.styles, str) or not all(isinstance(s, str) for s in self.styles):
             raise RequestError("styles must be a list of style names", "styles")
         if not isinstance(self.vae, str):

@@ -14,6 +14,7 @@ from PIL import Image
 from . import infotext
 from .errors import RequestError
 from .extras import UPSCALERS
+from .filenames import ImageFields
 from .generation import GenerationResult, OutputPolicy, image_params
 from .image_prep import flatten
 from .img2img import Img2ImgRun
@@ -97,7 +98,8 @@ class SdUpscaleRun:
         })
         text = infotext.build(prompt, negative, params)
         image.info[infotext.INFOTEXT_KEY] = text
-        path = writer.save_image(image, request.mode, seed, text) if self.policy.save_images else None
+        fields = ImageFields.of(request, self.model.info, seed, image, prompt, negative)
+        path = writer.save_image(image, request.mode, seed, text, fields) if self.policy.save_images else None
         return GenerationResult(request.replace(seed=seed), self.model.info, [image], [seed],
                                 [request.subseed], [text], [path], interrupted=self.job.interrupted,
                                 job_timestamp=dt.datetime.now().strftime("%Y%m%d%H%M%S"),

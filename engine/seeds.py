@@ -1,7 +1,10 @@
 """Seeds and starting noise.
 
 Noise is drawn on the CPU by default, one generator per image, so a seed means the same picture on
-any device and image i of a batch does not depend on the batch size.
+any device and image i of a batch does not depend on the batch size. The `randn_source` setting
+"GPU" draws it on the device the model runs on instead (as the ecosystem's "RNG: GPU" does): a
+GPU's generator gives other numbers than the CPU's, so the same seed makes another picture there.
+Where the model runs on the CPU, "GPU" draws on the CPU and gives exactly the CPU's noise.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .request import MAX_SEED, GenerationRequest
+from .request import MAX_SEED, RANDN_SOURCES, GenerationRequest
 
 LATENT_CHANNELS = 4
 
@@ -48,9 +51,18 @@ def _wrap(seed: int) -> int:
     return seed % (MAX_SEED + 1)
 
 
-def cpu_noise(seed: int, shape: tuple[int, ...]) -> torch.Tensor:
-    generator = torch.Generator("cpu").manual_seed(seed)
-    return torch.randn(shape, generator=generator, dtype=torch.float32)
+def noise_device(randn_source: str, model_device: torch.device | str) -> torch.device:
+    """Where a job draws its noise: the CPU, or for "GPU" the device the model runs on."""
+    if randn_source not in ("",) + RANDN_SOURCES:
+        raise ValueError(f"unknown randn_source {randn_source!r}")
+    return torch.device(model_device) if randn_source == "GPU" else torch.device("cpu")
+
+
+def cpu_noise(seed: int, shape: tuple[int, ...], device: torch.device | str = "cpu") -> torch.Tensor:
+    """Unit noise for one seed, drawn on `device` and handed back on the CPU (where the rest of
+    the noise arithmetic happens, in float64 where needed, which not every device has)."""
+    generator = torch.Generator(device).manual_seed(seed)
+    return torch.randn(shape, generator=generator, dtype=torch.float32, device=device).cpu()
 
 
 def slerp(t: float, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -73,13 +85,14 @@ def latent_shape(width: int, height: int, scale: int = 8) -> tuple[int, int, int
     return LATENT_CHANNELS, height // scale, width // scale
 
 
-def _resized_noise(seed: int, shape: tuple[int, int, int], source_shape: tuple[int, int, int]) -> torch.Tensor:
+def _resized_noise(seed: int, shape: tuple[int, int, int], source_shape: tuple[int, int, int],
+                   device: torch.device) -> torch.Tensor:
     """Noise for `shape` whose centre is the centre of the noise drawn at `source_shape`.
 
     Keeps a picture's composition when its size changes ("Resize seed from").
     """
-    noise = cpu_noise(seed, shape)
-    source = cpu_noise(seed, source_shape)
+    noise = cpu_noise(seed, shape, device)
+    source = cpu_noise(seed, source_shape, device)
     _, h, w = shape
     _, sh, sw = source_shape
     ch, cw = min(h, sh), min(w, sw)
@@ -90,26 +103,30 @@ def _resized_noise(seed: int, shape: tuple[int, int, int], source_shape: tuple[i
 
 
 def initial_latents(request: GenerationRequest, seeds: tuple[int, ...], subseeds: tuple[int, ...],
-                    scale: int = 8) -> torch.Tensor:
-    """A (batch, 4, H/8, W/8) CPU tensor of unit noise for the given images."""
+                    scale: int = 8, device: torch.device | str = "cpu") -> torch.Tensor:
+    """A (batch, 4, H/8, W/8) CPU tensor of unit noise for the given images, drawn on `device`
+    (see `noise_device`)."""
     shape = latent_shape(request.width, request.height, scale)
     source_shape = None
     if request.seed_resize:
         source_shape = latent_shape(*request.seed_resize, scale)
     noises = []
     for seed, subseed in zip(seeds, subseeds):
-        noise = _draw(seed, shape, source_shape)
+        noise = _draw(seed, shape, source_shape, device)
         if request.subseed_strength > 0:
-            noise = slerp(request.subseed_strength, noise, _draw(subseed, shape, source_shape))
+            noise = slerp(request.subseed_strength, noise, _draw(subseed, shape, source_shape, device))
         noises.append(noise)
     return torch.stack(noises)
 
 
-def _draw(seed: int, shape, source_shape) -> torch.Tensor:
-    return _resized_noise(seed, shape, source_shape) if source_shape else cpu_noise(seed, shape)
+def _draw(seed: int, shape, source_shape, device) -> torch.Tensor:
+    if source_shape:
+        return _resized_noise(seed, shape, source_shape, device)
+    return cpu_noise(seed, shape, device)
 
 
-def step_generators(seeds: tuple[int, ...]) -> list[torch.Generator]:
-    """Generators for the noise ancestral/SDE samplers add at each step, one per image."""
+def step_generators(seeds: tuple[int, ...], device: torch.device | str = "cpu") -> list[torch.Generator]:
+    """Generators for the noise ancestral/SDE samplers add at each step, one per image, on the
+    device the job draws its noise on."""
     # Offset so the step noise is not a copy of the starting noise drawn from the same seed.
-    return [torch.Generator("cpu").manual_seed(_wrap(seed + 0x5EED)) for seed in seeds]
+    return [torch.Generator(device).manual_seed(_wrap(seed + 0x5EED)) for seed in seeds]

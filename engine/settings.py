@@ -7,12 +7,13 @@ defaults are used, so a hand edit gone wrong never stops the app from starting.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from .conditioning import EMPHASIS_MODES
 from .errors import RequestError
@@ -21,6 +22,8 @@ from .option import Option
 from .options_saving import SAVING_OPTIONS
 from .options_ui import UI_OPTIONS
 from .outputs import write_atomically
+from .preview import PREVIEW_METHODS
+from .request import RANDN_SOURCES
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +37,9 @@ OPTIONS: tuple[Option, ...] = SAVING_OPTIONS + (
     Option("CLIP_stop_at_last_layers", 1, "Clip skip", "Stable Diffusion", minimum=1, maximum=12),
     Option("emphasis", "Original", "Emphasis mode", "Stable Diffusion",
            choices=EMPHASIS_MODES),
+    Option("randn_source", "CPU",
+           "Random number generator source (GPU: draw noise where the model runs; same as CPU "
+           "on a machine without a GPU)", "Stable Diffusion", choices=RANDN_SOURCES),
     Option("send_seed", True, "Send seed when sending prompt or image to other interface",
            "User interface"),
     Option("send_size", True, "Send size when sending prompt or image to another interface",
@@ -53,6 +59,15 @@ OPTIONS: tuple[Option, ...] = SAVING_OPTIONS + (
     Option("live_previews_enable", True, "Show live previews of the image being made", "Live previews"),
     Option("show_progress_every_n_steps", 5, "Live preview every N sampling steps", "Live previews",
            minimum=1, maximum=100),
+    Option("show_progress_type", "Approx cheap",
+           "Live preview method (Full: decode with the VAE, exact but slower)", "Live previews",
+           choices=PREVIEW_METHODS),
+    Option("sd_vae_tiling", False, "VAE tiling: decode and encode large images in tiles (less memory)",
+           "Memory and speed"),
+    Option("api_log_requests", False, "Log every API call (route, caller, status, time) to the console",
+           "API"),
+    Option("attention_slicing", False, "Attention slicing: compute attention in slices (less memory, "
+           "slower)", "Memory and speed"),
 ) + UI_OPTIONS
 
 
@@ -64,6 +79,8 @@ class Settings:
         self.options = {option.key: option for option in options}
         self._lock = threading.Lock()
         self._values: dict[str, Any] = {}
+        # override_settings of the request this thread is working on; never saved.
+        self._overlay = threading.local()
         self.load_warning: str | None = None
         self._load()
 
@@ -90,11 +107,19 @@ class Settings:
                 self._values[key] = value  # unknown keys are kept for whoever wrote them
                 continue
             try:
-                self._values[key] = option.coerce(value)
+                self._values[key] = option.accept(value, self.data_dir)
             except RequestError as error:
                 log.warning("config.json: %s; using the default", error.message)
 
+    @property
+    def data_dir(self) -> Path:
+        """The folder that holds config.json (and outputs/): what relative folder settings mean."""
+        return self.path.parent
+
     def __getitem__(self, key: str) -> Any:
+        overlay = getattr(self._overlay, "values", None)
+        if overlay and key in overlay:
+            return overlay[key]
         with self._lock:
             if key in self._values:
                 return self._values[key]
@@ -114,8 +139,24 @@ class Settings:
 
     def validate(self, changes: dict[str, Any]) -> dict[str, Any]:
         """Coerced values for known keys (unknown keys pass through unchanged)."""
-        return {key: self.options[key].coerce(value) if key in self.options else value
+        return {key: self.options[key].accept(value, self.data_dir) if key in self.options else value
                 for key, value in changes.items()}
+
+    @contextlib.contextmanager
+    def overridden(self, changes: dict[str, Any]) -> Iterator[None]:
+        """Within the block, this thread reads `changes` in place of the stored values; nothing
+        is written to config.json and other threads see the stored values."""
+        unknown = [key for key in changes if key not in self.options]
+        if unknown:
+            raise RequestError(f"override_settings: unknown setting(s) {', '.join(map(repr, unknown))}; "
+                               "GET /sdapi/v1/options lists them", "override_settings")
+        coerced = self.validate(changes)
+        before = getattr(self._overlay, "values", None)
+        self._overlay.values = {**(before or {}), **coerced}
+        try:
+            yield
+        finally:
+            self._overlay.values = before
 
     def update(self, changes: dict[str, Any]) -> list[str]:
         """Validate all, then apply all and save; returns the keys whose value changed."""

@@ -103,7 +103,7 @@ def demo_server(tmp_path_factory, tiny_models):
     Its models folder also holds a tiny diffusers-format model, "tiny-folder", to switch to, and
     a LoRA for the demo model, "glowing-edges"; its extensions folder the test extensions "glow"
     (works) and "broken_import" (fails to load); models/ESRGAN a tiny x4 upscaler, "tiny-x4"; models/GFPGAN and models/Codeformer
-    tiny GFPGAN and CodeFormer networks.
+    tiny GFPGAN and CodeFormer networks; models/BLIP a tiny captioning model.
     Tests that switch must switch back to the demo model.
     """
     from engine.loading import CONFIG_ROOT
@@ -125,6 +125,8 @@ def demo_server(tmp_path_factory, tiny_models):
     from tests.support.face_model_files import write_codeformer_file, write_gfpgan_file
     write_gfpgan_file(data / "models" / "GFPGAN" / "GFPGANv1.4.pth")
     write_codeformer_file(data / "models" / "Codeformer" / "codeformer.pth")
+    from tests.support.blip_files import write_tiny_blip
+    write_tiny_blip(data / "models" / "BLIP" / "tiny-blip")
     for name in ("glow", "broken_import"):
         shutil.copytree(Path(__file__).parent / "support" / "extensions" / name, data / "extensions" / name)
     with AppServer(data, "--demo", "--api") as server:

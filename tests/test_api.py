@@ -145,8 +145,8 @@ def test_progress_and_interrupt(api):
     ({"styles": ["Cinematic"]}, 422, "styles", "Unknown style 'Cinematic'"),
     ({"refiner_checkpoint": "sdxl-refiner"}, 422, "refiner_checkpoint", "not available"),
     ({"enable_hr": True, "hr_scale": 9}, 422, "extensions", "between 1 and 4"),
-    ({"override_settings": {"samples_save": False}}, 422, "override_settings", "cannot be overridden"),
-    ({"override_settings": {"CLIP_stop_at_last_layers": 40}}, 422, "clip_skip", "between 0 and 12"),
+    ({"override_settings": {"no_such_setting": False}}, 422, "override_settings", "unknown setting"),
+    ({"override_settings": {"CLIP_stop_at_last_layers": 40}}, 422, "CLIP_stop_at_last_layers", "between 1 and 12"),
 ])
 def test_bad_input_names_the_field(api, body, status, field, words):
     response = api.post("/txt2img", json={**SMALL, **body})

@@ -1,13 +1,16 @@
 """Extensions in the UI: an accordion of fields per extension in each tab it applies to, and the
-Extensions tab that lists them all with their status."""
+Extensions tab that lists them all with their status and installs or updates third-party ones."""
 
 from __future__ import annotations
 
 import html
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
+from engine import extension_install
+from engine.errors import UserError
 from engine.extensions import Field
 
 from .context import UIContext
@@ -96,13 +99,23 @@ def _table(ctx: UIContext) -> str:
     return f"<table class='extensions-table'><tr>{head}</tr>{''.join(rows)}</table>"
 
 
+def _loaded_names(ctx: UIContext) -> list[str]:
+    return [e.name for e in ctx.engine.addons.extensions.loaded()]
+
+
+def _enabled_choices(ctx: UIContext):
+    """The Enabled box as the registry is now (an install adds a name to it)."""
+    loaded = ctx.engine.addons.extensions.loaded()
+    return gr.update(choices=[e.name for e in loaded], value=[e.name for e in loaded if e.enabled])
+
+
 def extensions_tab(ctx: UIContext) -> tuple:
-    """Every extension found, in run order, with its status; enable or disable them.
+    """Every extension found, in run order, with its status; enable or disable them; install
+    and update third-party ones from git.
     Returns what a page load calls (and its outputs) so every new page shows the current state."""
     registry = ctx.engine.addons.extensions
     table = gr.HTML(_table(ctx), elem_id="extensions_table")
-    names = [e.name for e in registry.loaded()]
-    enabled = gr.CheckboxGroup(names, value=[e.name for e in registry.loaded() if e.enabled],
+    enabled = gr.CheckboxGroup(_loaded_names(ctx), value=[e.name for e in registry.loaded() if e.enabled],
                                label="Enabled (in the order they run)", elem_id="extensions_enabled")
     apply = gr.Button("Apply", elem_id="extensions_apply")
     note = gr.Markdown("", elem_id="extensions_message")
@@ -111,7 +124,7 @@ def extensions_tab(ctx: UIContext) -> tuple:
 
     def save(chosen: list[str]):
         chosen = set(chosen or [])
-        ctx.settings.update({"disabled_extensions": sorted(set(names) - chosen)})
+        ctx.settings.update({"disabled_extensions": sorted(set(_loaded_names(ctx)) - chosen)})
         ctx.engine.sync_extensions()
         return _table(ctx), "Saved: generation and every tab use the change now.", *_shown(chosen)
 
@@ -122,10 +135,103 @@ def extensions_tab(ctx: UIContext) -> tuple:
                 api_visibility="private")
     refresh = gr.Button("Refresh status", size="sm", elem_id="extensions_refresh")
     refresh.click(lambda: _table(ctx), outputs=table, queue=False, api_visibility="private")
+    updatable = _install_section(ctx, table, enabled)
 
     def current():
         ctx.engine.sync_extensions()
         chosen = {e.name for e in registry.loaded() if e.enabled}
-        return _table(ctx), sorted(chosen, key=names.index), *_shown(chosen)
+        return _table(ctx), _enabled_choices(ctx), _updatable_choices(ctx), *_shown(chosen)
 
-    return current, [table, enabled, *(a for _, a in accordions)]
+    return current, [table, enabled, updatable, *(a for _, a in accordions)]
+
+
+def _third_party_folder(ctx: UIContext) -> Path | None:
+    """<data dir>/extensions: the first folder the registry reads that does not hold built-ins."""
+    return next((Path(folder) for folder, builtin in ctx.engine.addons.extensions.folders if not builtin),
+                None)
+
+
+def _updatable_choices(ctx: UIContext):
+    folder = _third_party_folder(ctx)
+    return gr.update(choices=extension_install.updatable(folder) if folder else [])
+
+
+def _install_section(ctx: UIContext, table, enabled) -> gr.Dropdown:
+    """Install from a git URL, update from git. Off (drawn disabled, and refused by the handlers
+    themselves, whatever a client sends) while the UI is reachable from the network."""
+    refused = extension_install.refusal(ctx.flags)
+    folder = _third_party_folder(ctx)
+    allowed = refused is None and folder is not None
+    with gr.Accordion("Install from URL", open=True, elem_id="extension_install_section"):
+        if refused:
+            gr.Markdown(f"**{html.escape(refused)}**", elem_id="extension_install_refused")
+        url = gr.Textbox(label="URL of the extension's git repository", interactive=allowed,
+                         placeholder="https://github.com/someone/some-extension.git",
+                         elem_id="extension_install_url")
+        name = gr.Textbox(label="Folder name (optional; taken from the URL when empty)",
+                          interactive=allowed, elem_id="extension_install_name")
+        install = gr.Button("Install", variant="primary", interactive=allowed, elem_id="extension_install")
+        installed = gr.Markdown("", elem_id="extension_install_result")
+    with gr.Accordion("Update", open=True, elem_id="extension_update_section"):
+        chosen = gr.Dropdown(extension_install.updatable(folder) if folder else [], value=None,
+                             label="Third-party extension installed from git", interactive=allowed,
+                             elem_id="extension_update_name")
+        update = gr.Button("Update", interactive=allowed, elem_id="extension_update")
+        updated = gr.Markdown("", elem_id="extension_update_result")
+
+    def run_install(url_text: str, name_text: str):
+        try:
+            message = _install(ctx, url_text, name_text)
+        except UserError as error:
+            message = f"**Not installed:** {html.escape(error.message)}"
+        return _table(ctx), _enabled_choices(ctx), _updatable_choices(ctx), message
+
+    def run_update(name_text: str):
+        try:
+            message = html.escape(_update(ctx, name_text))
+        except UserError as error:
+            message = f"**Not updated:** {html.escape(error.message)}"
+        return _table(ctx), message
+
+    # Off the GPU lane (a clone needs no model), one at a time so two installs never race.
+    install.click(run_install, inputs=[url, name], outputs=[table, enabled, chosen, installed],
+                  concurrency_id="extension_install", concurrency_limit=1, api_visibility="private")
+    update.click(run_update, inputs=chosen, outputs=[table, updated],
+                 concurrency_id="extension_install", concurrency_limit=1, api_visibility="private")
+    return chosen
+
+
+def _checked_folder(ctx: UIContext) -> Path:
+    """The third-party extensions folder, when installing is allowed now (checked on every call:
+    the button being drawn disabled protects nothing)."""
+    refused = extension_install.refusal(ctx.flags)
+    if refused:
+        raise UserError(refused)
+    folder = _third_party_folder(ctx)
+    if folder is None:
+        raise UserError("This app has no folder for third-party extensions")
+    return folder
+
+
+def _install(ctx: UIContext, url: str, name: str) -> str:
+    folder = _checked_folder(ctx)
+    registry = ctx.engine.addons.extensions
+    builtins = [e.name for e in registry.entries if e.builtin]
+    path = extension_install.install_from_url(url, folder, name or None, reserved=builtins)
+    extension_install.reload_registry(ctx.engine.addons, set(ctx.settings["disabled_extensions"]))
+    entry = next((e for e in registry.entries if e.path == path), None)
+    where = html.escape(str(path))
+    if entry is None or entry.error:
+        error = entry.error if entry else "the loader did not find it"
+        return (f"Installed **{html.escape(path.name)}** into `{where}`, but it failed to load: "
+                f"{html.escape(error)}")
+    return (f"Installed **{html.escape(path.name)}** into `{where}`; it is listed above and jobs can use "
+            "it now. Its fields appear in the tabs after a restart of the web UI (the tabs are "
+            "built at start).")
+
+
+def _update(ctx: UIContext, name: str) -> str:
+    folder = _checked_folder(ctx)
+    if not name:
+        raise UserError("Choose the extension to update")
+    return extension_install.update(name, folder)

@@ -13,7 +13,7 @@ from engine.generation import GenerationResult
 from engine.outputs import png_bytes, write_atomically
 from engine.request import MAX_MASK_BLUR, MAX_OUTPAINT, MAX_PADDING, OUTPAINT_DIRECTIONS
 
-from . import controlnet_ui, extension_fields, prompt_tools, widgets
+from . import controlnet_ui, extension_fields, prompt_tools, ui_defaults, widgets
 from . import img2img_requests as build_requests
 from .context import UIContext
 from .job_flow import wire_generate, wire_stop_buttons
@@ -26,19 +26,20 @@ SKETCH_COLOURS = ["#000000", "#ffffff", "#ff0000", "#00a000", "#0000ff", "#ffd00
 def build(ctx: UIContext) -> dict:
     """The tab; returns its controls, image inputs, results and buttons (for "send to")."""
     last_seeds = gr.State({})
+    start = ui_defaults.start_values(ctx.settings, TAB)
     controls, counters, buttons = prompt_tools.prompt_area(ctx, TAB)
     with gr.Row(equal_height=False):
         with gr.Column(scale=1):
             subtabs, inputs = _picture_inputs(ctx, controls)
             controls.update(inputs)
-            controls.update(_resize_controls(controls))
-            controls.update(widgets.sampler_row(TAB))
-            controls.update(widgets.batch_sliders(TAB))
-            controls.update(widgets.cfg_slider(TAB))
-            controls["denoising_strength"] = gr.Slider(0.0, 1.0, value=0.75, step=0.01,
-                                                       label="Denoising strength",
-                                                       elem_id=f"{TAB}_denoising_strength")
-            inpaint_group, inpaint_controls = _inpaint_options()
+            controls.update(_resize_controls(controls, start))
+            controls.update(widgets.sampler_row(TAB, start))
+            controls.update(widgets.batch_sliders(TAB, start))
+            controls.update(widgets.cfg_slider(TAB, start))
+            controls["denoising_strength"] = gr.Slider(
+                0.0, 1.0, step=0.01, label="Denoising strength", elem_id=f"{TAB}_denoising_strength",
+                **widgets.initial(start, "denoising_strength", value=0.75))
+            inpaint_group, inpaint_controls = _inpaint_options(start)
             controls.update(inpaint_controls)
             controls.update(widgets.seed_row(TAB, last_seeds))
             controls.update(controlnet_ui.accordion(ctx, TAB, (controls["width"], controls["height"])))
@@ -123,13 +124,13 @@ def _batch_inputs(ctx: UIContext) -> dict:
     return inputs
 
 
-def _resize_controls(controls: dict) -> dict:
+def _resize_controls(controls: dict, start: dict) -> dict:
     resize_mode = gr.Radio(list(image_prep.RESIZE_MODES), value=image_prep.RESIZE_MODES[0],
                            label="Resize mode", elem_id=f"{TAB}_resize_mode")
     resize_tab = gr.State(build_requests.RESIZE_TO)
     with gr.Tabs(elem_id=f"{TAB}_resize_tabs"):
         with gr.Tab(build_requests.RESIZE_TO, elem_id=f"{TAB}_tab_resize_to") as to_tab:
-            size = widgets.size_sliders(TAB)
+            size = widgets.size_sliders(TAB, start)
         with gr.Tab(build_requests.RESIZE_BY, elem_id=f"{TAB}_tab_resize_by") as by_tab:
             scale = gr.Slider(0.05, 4.0, value=1.0, step=0.05, label="Scale", elem_id=f"{TAB}_scale")
             scale_label = gr.Markdown("", elem_id=f"{TAB}_scale_label")
@@ -156,10 +157,10 @@ def _resize_controls(controls: dict) -> dict:
     return {"resize_mode": resize_mode, "resize_tab": resize_tab, "scale": scale, **size}
 
 
-def _inpaint_options() -> tuple[gr.Group, dict]:
+def _inpaint_options(start: dict) -> tuple[gr.Group, dict]:
     with gr.Group(visible=False, elem_id=f"{TAB}_inpaint_controls") as group:
-        mask_blur = gr.Slider(0, MAX_MASK_BLUR, value=4, step=1, label="Mask blur",
-                              elem_id=f"{TAB}_mask_blur")
+        mask_blur = gr.Slider(0, MAX_MASK_BLUR, step=1, label="Mask blur", elem_id=f"{TAB}_mask_blur",
+                              **widgets.initial(start, "mask_blur", value=4))
         mask_mode = gr.Radio(list(image_prep.MASK_MODES), value=image_prep.MASK_MODES[0],
                              label="Mask mode", elem_id=f"{TAB}_mask_mode")
         fill = gr.Radio(list(image_prep.MASKED_CONTENT), value="original", label="Masked content",

@@ -18,6 +18,7 @@ from . import (
     send_to,
     settings_tab,
     txt2img_tab,
+    ui_defaults,
 )
 from .context import UIContext
 
@@ -27,27 +28,32 @@ ASSETS = Path(__file__).parent / "assets"
 def build_app(ctx: UIContext) -> gr.Blocks:
     # Gallery images are copied into Gradio's cache; clear out day-old copies every hour.
     ctx.extension_accordions.clear()  # filled again by the tabs below
+    hidden = set(ctx.settings["hidden_tabs"])  # laid out once: a change needs a restart
     with gr.Blocks(title="SD Studio", analytics_enabled=False, delete_cache=(3600, 86400)) as blocks:
         bar = checkpoint_bar.build(ctx)
         with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
                 txt2img = txt2img_tab.build(ctx)
-            with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"):
+            with gr.Tab("img2img", id="img2img", elem_id="tab_img2img", visible="img2img" not in hidden):
                 img2img = img2img_tab.build(ctx)
-            with gr.Tab("ControlNet", id="controlnet", elem_id="tab_controlnet"):
+            with gr.Tab("ControlNet", id="controlnet", elem_id="tab_controlnet",
+                        visible="ControlNet" not in hidden):
                 controlnet_tab.build(ctx)
-            with gr.Tab("Extras", id="extras", elem_id="tab_extras"):
+            with gr.Tab("Extras", id="extras", elem_id="tab_extras", visible="Extras" not in hidden):
                 extras = extras_tab.build(ctx)
-            with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
+            with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo", visible="PNG Info" not in hidden):
                 png_info = png_info_tab.build(ctx)
-            with gr.Tab("Extensions", id="extensions", elem_id="tab_extensions"):
+            with gr.Tab("Extensions", id="extensions", elem_id="tab_extensions",
+                        visible="Extensions" not in hidden):
                 extensions_state = extension_fields.extensions_tab(ctx)
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
-                settings_values, settings_components = settings_tab.build(ctx)
+                settings_load = settings_tab.build(ctx, linked=bar["quick"], extensions=extensions_state)
         send_to.wire(ctx, tabs, txt2img, img2img, png_info, extras)
         gr.Markdown(f"SD Studio {VERSION}", elem_id="footer_version")
         _on_page_load(blocks, ctx, bar, extensions_state)
-        blocks.load(settings_values, outputs=settings_components, queue=False, api_visibility="private")
+        settings_load(blocks)
+        ui_defaults.wire_page_load(blocks, ctx.settings, {"txt2img": txt2img["controls"],
+                                                          "img2img": img2img["controls"]})
     return blocks
 
 
@@ -69,7 +75,7 @@ def page_css() -> str:
     return (ASSETS / "style.css").read_text(encoding="utf-8")
 
 
-SCRIPTS = ("shortcuts.js", "infotext_drop.js")
+SCRIPTS = ("shortcuts.js", "infotext_drop.js", "theme.js", "settings_search.js")
 
 
 def page_js() -> str:

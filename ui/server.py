@@ -1,36 +1,31 @@
 """One HTTP server for the UI and the API: FastAPI with the Gradio app mounted at /.
 
-Gradio's own login does not cover routes we add, so the API checks HTTP Basic credentials itself.
+Gradio's own login does not cover routes we add, so the API checks HTTP Basic credentials itself
+and ui/access.py guards everything else.
 """
 
 from __future__ import annotations
 
 import logging
-import secrets
+import time
 
 import gradio as gr
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 
 from engine.errors import UserError
+from engine.flags import cors_origins
 from engine.version import VERSION
 
-from .api import controlnet_api
+from .access import AccessGuard, check_credentials, mounted_gradio_app
+from .api import controlnet_api, system_api
 from .api.routes import build_router
 from .context import UIContext
 from .layout import build_app, page_css, page_js
 
 log = logging.getLogger(__name__)
-
-
-def _check_credentials(allowed: list[tuple[str, str]], user: str, password: str) -> bool:
-    # Compare every pair in constant time so timing does not reveal which user exists.
-    ok = False
-    for name, secret in allowed:
-        ok |= secrets.compare_digest(user.encode(), name.encode()) & \
-            secrets.compare_digest(password.encode(), secret.encode())
-    return ok
 
 
 def api_auth_dependency(allowed: list[tuple[str, str]] | None):
@@ -40,8 +35,8 @@ def api_auth_dependency(allowed: list[tuple[str, str]] | None):
         if not allowed:
             return
         credentials: HTTPBasicCredentials | None = await basic(request)
-        if credentials is None or not _check_credentials(allowed, credentials.username,
-                                                         credentials.password):
+        if credentials is None or not check_credentials(allowed, credentials.username,
+                                                        credentials.password):
             raise HTTPException(status_code=401, detail="Incorrect or missing API credentials",
                                 headers={"WWW-Authenticate": "Basic"})
         request.state.api_user = credentials.username
@@ -59,17 +54,43 @@ def create_server(ctx: UIContext) -> FastAPI:
         return JSONResponse(status_code=error.status, content={
             "error": type(error).__name__, "detail": error.message, "field": error.field})
 
+    @app.middleware("http")
+    async def log_api_calls(request: Request, call_next):
+        """With the `api_log_requests` setting: one line per API call, to see who uses a shared UI."""
+        if not request.url.path.startswith("/sdapi/") or not ctx.settings["api_log_requests"]:
+            return await call_next(request)
+        started = time.perf_counter()
+        response = await call_next(request)
+        user = getattr(request.state, "api_user", None) or (request.client.host if request.client else "?")
+        log.info("API %s %s by %s -> %d in %.2fs", request.method, request.url.path, user,
+                 response.status_code, time.perf_counter() - started)
+        return response
+
     if flags.api:
         # Without --api-auth, a UI login (if any) protects the API too: never an open back door.
         credentials = flags.api_auth or flags.gradio_auth
         app.include_router(build_router(ctx, api_auth_dependency(credentials)))
+        app.include_router(system_api.build_router(ctx, api_auth_dependency(credentials)))
         app.include_router(controlnet_api.build_router(ctx, api_auth_dependency(credentials)))
 
     blocks = build_app(ctx)
     blocks.queue(api_open=False, default_concurrency_limit=1)
+    logins = flags.gradio_auth
     gr.mount_gradio_app(
-        app, blocks, path="", auth=flags.gradio_auth,
+        app, blocks, path="",
+        # Our check, so the login form compares in constant time like the API does.
+        auth=(lambda user, password: check_credentials(logins, user, password)) if logins else None,
         auth_message="Log in to SD Studio" if flags.gradio_auth else None,
         footer_links=[], css=page_css(), js=page_js(), show_error=True, ssr_mode=False,
+        # Gradio's run history records every call in the browser and can copy them to the Hugging
+        # Face hub: neither belongs in a private studio.
+        run_history=False,
     )
+    gradio_app = mounted_gradio_app(app)
+    app.add_middleware(AccessGuard, ui_logins=flags.gradio_auth, api_logins=flags.api_auth,
+                       gradio_app=lambda: gradio_app)
+    origins = cors_origins(flags)
+    if origins:  # no cross-origin access at all unless the owner names the origins
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"],
+                           allow_headers=["*"], allow_credentials=True)
     return app

@@ -1,66 +1,226 @@
-"""The Settings tab: every option, grouped by section, drawn from the settings schema."""
+"""The Settings tab: every option, grouped by section, drawn from the settings schema.
+
+A search box filters the settings in the browser (ui/assets/settings_search.js). "Apply settings"
+saves only what was changed on this page, so a stale value never undoes a change made meanwhile
+in the checkpoint bar, the Extensions tab or through the API.
+"""
 
 from __future__ import annotations
 
 import html
+import re
+from typing import Any, Callable, Iterable, Mapping
 
 import gradio as gr
 
 from engine.errors import UserError
 from engine.option import Option
+from engine.options_ui import HIDEABLE_TABS
+from engine.settings import Settings
 
+from . import ui_defaults
 from .context import UIContext
 
-# Options whose choices come from what is on disk, not from the schema.
-_DYNAMIC_CHOICES = {"sd_vae": lambda ctx: ctx.engine.addons.vaes.choices()}
-# Chosen elsewhere: the checkpoint list above the tabs, the Extensions tab.
-_HIDDEN = {"sd_model_checkpoint", "disabled_extensions"}
+SECTION_ORDER = ("Saving images", "Stable Diffusion", "Live previews", "Memory and speed", "Extensions",
+                 "User interface", "API")
+EXTENSIONS_KEY = "disabled_extensions"
+THEME_KEY = "ui_theme"
+# Chosen in the checkpoint bar above the tabs, which loads it on the GPU lane.
+_HIDDEN = {"sd_model_checkpoint"}
+# Options whose choices come from what is on disk, not from the schema (refreshed on page load).
+_DYNAMIC_CHOICES = {"sd_vae": lambda ctx: ctx.engine.addons.vaes.choices(),
+                    EXTENSIONS_KEY: lambda ctx: _extension_names(ctx)}
+# List settings offered as a fixed set of checkboxes.
+_LIST_CHOICES = {"hidden_tabs": HIDEABLE_TABS}
+# Applies the theme in the browser (ui/assets/theme.js) once the page holds the stored one.
+_THEME_JS = ("(theme) => { window.sdStudioTheme ? window.sdStudioTheme(theme) "
+             ": (window.sdStudioPendingTheme = theme); }")
+
+
+# Pure helpers (no Gradio): what the tab shows and what "Apply settings" says.
+
+def grouped(options: Iterable[Option]) -> list[tuple[str, list[Option]]]:
+    """Options by section: the known sections in SECTION_ORDER, then any others in the order
+    they first appear; within a section, schema order."""
+    sections: dict[str, list[Option]] = {}
+    for option in options:
+        sections.setdefault(option.section, []).append(option)
+    rank = {name: index for index, name in enumerate(SECTION_ORDER)}
+    return sorted(sections.items(), key=lambda item: rank.get(item[0], len(rank)))
+
+
+def section_id(section: str) -> str:
+    return "settings_section_" + re.sub(r"[^a-z0-9]+", "_", section.lower()).strip("_")
+
+
+def saved_message(changed: list[str], options: Mapping[str, Option]) -> str:
+    """What "Apply settings" says: how many were saved, and which need a restart (by label)."""
+    if not changed:
+        return "Nothing changed."
+    count = len(changed)
+    text = f"Saved {count} setting{'s' if count != 1 else ''}."
+    restart = [options[key].label for key in changed if key in options and options[key].restart]
+    if restart:
+        text += f" Needs a restart to take effect: {', '.join(restart)}."
+    if any(ui_defaults.is_tab_default(key) for key in changed):
+        text += " New tab defaults show when the page is reloaded."
+    return text
+
+
+def refused_message(error: UserError, options: Mapping[str, Option]) -> str:
+    option = options.get(error.field or "")
+    where = f"{option.label} ({option.key}): " if option else ""
+    return f"**Not saved:** {html.escape(where + error.message)}"
+
+
+def apply_changes(settings: Settings, changes: dict[str, Any],
+                  extra_check: Callable[[dict[str, Any]], None] | None = None) -> tuple[str, list[str] | None]:
+    """Validate every change (each on its own, then the tab defaults against their ranges, then
+    `extra_check`); save all or nothing. Returns the message and the keys whose value changed,
+    or None when the changes were refused."""
+    try:
+        coerced = settings.validate(changes)
+        ui_defaults.check({**settings.as_dict(), **coerced}, set(coerced), settings.options)
+        if extra_check is not None:
+            extra_check(coerced)
+        changed = settings.update(coerced)
+    except UserError as error:
+        return refused_message(error, settings.options), None
+    return saved_message(changed, settings.options), changed
+
+
+def edited(shown: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    """The values the user changed on this page, compared with what the page was shown."""
+    return {key: value for key, value in values.items() if key not in shown or shown[key] != value}
+
+
+def enabled_names(names: list[str], disabled: list[str]) -> list[str]:
+    return [name for name in names if name not in set(disabled)]
+
+
+def disabled_names(names: list[str], enabled: list[str] | None, stored: list[str]) -> list[str]:
+    """The disabled list for the chosen enabled extensions. Names not loaded now (an extension
+    that failed or was removed) keep their stored state."""
+    offered = set(names)
+    return sorted({name for name in stored if name not in offered} | (offered - set(enabled or [])))
+
+
+# The tab.
+
+def _shown_value(ctx: UIContext, option: Option) -> Any:
+    """The stored value as its component shows it."""
+    value = ctx.settings[option.key]
+    if option.key == EXTENSIONS_KEY:
+        return enabled_names(_extension_names(ctx), value)
+    if isinstance(option.default, list) and option.key not in _LIST_CHOICES:
+        return ", ".join(value)
+    return value
+
+
+def _setting_value(ctx: UIContext, option: Option, shown: Any) -> Any:
+    """A component's value as the setting stores it (checked later by Settings.validate)."""
+    if option.key == EXTENSIONS_KEY:
+        return disabled_names(_extension_names(ctx), shown, ctx.settings[EXTENSIONS_KEY])
+    return shown
+
+
+def _extension_names(ctx: UIContext) -> list[str]:
+    return [entry.name for entry in ctx.engine.addons.extensions.loaded()]
+
+
+def _slider_step(option: Option) -> float:
+    if option.key.endswith(("_width", "_height", "size_max")):
+        return 8
+    if isinstance(option.default, int):
+        return 1
+    return 0.01 if option.maximum - option.minimum <= 2 else 0.5
 
 
 def _component(ctx: UIContext, option: Option):
-    value = ctx.settings[option.key]
-    common = {"label": option.label, "elem_id": f"setting_{option.key}", "value": value}
+    common = {"label": option.label, "elem_id": f"setting_{option.key}", "value": _shown_value(ctx, option)}
+    if option.restart:
+        common["info"] = "Needs a restart to take effect."
+    if option.key == EXTENSIONS_KEY:
+        common["label"] = "Enabled extensions (in the order they run)"
+        return gr.CheckboxGroup(_DYNAMIC_CHOICES[EXTENSIONS_KEY](ctx), **common)
+    if option.key in _LIST_CHOICES:
+        return gr.CheckboxGroup(list(_LIST_CHOICES[option.key]), **common)
     if option.key in _DYNAMIC_CHOICES:
         return gr.Dropdown(_DYNAMIC_CHOICES[option.key](ctx), **common)
     if isinstance(option.default, bool):
         return gr.Checkbox(**common)
+    if option.choices and len(option.choices) <= 3:
+        return gr.Radio(list(option.choices), **common)
     if option.choices:
         return gr.Dropdown(list(option.choices), **common)
-    if isinstance(option.default, (int, float)) and option.minimum is not None:
-        step = 1 if isinstance(option.default, int) else 0.01
-        return gr.Slider(option.minimum, option.maximum, step=step, **common)
+    if isinstance(option.default, (int, float)) and option.minimum is not None and option.maximum is not None:
+        return gr.Slider(option.minimum, option.maximum, step=_slider_step(option), **common)
     if isinstance(option.default, (int, float)):
         return gr.Number(precision=0 if isinstance(option.default, int) else None, **common)
+    if isinstance(option.default, list):
+        common["info"] = "Separate names with commas."
     return gr.Textbox(**common)
 
 
-def build(ctx: UIContext):
-    options = [o for o in ctx.settings.options.values() if o.key not in _HIDDEN]
-    sections: dict[str, list[Option]] = {}
-    for option in options:
-        sections.setdefault(option.section, []).append(option)
+def build(ctx: UIContext, linked: Mapping[str, gr.components.Component] | None = None,
+          extensions: tuple[Callable, list] | None = None) -> Callable[[gr.Blocks], None]:
+    """The tab. `linked`: components elsewhere that show a setting (the checkpoint bar's VAE and
+    clip skip), refreshed after saving; `extensions`: the Extensions tab's (refresh function,
+    outputs), so its list and every tab's extension fields follow a change made here.
+    Returns what wires the tab's page load (it needs the Blocks)."""
+    settings = ctx.settings
+    options = [o for o in settings.options.values() if o.key not in _HIDDEN]
+    # Kept in view while scrolling (style.css), so Apply and its message are never far away.
+    with gr.Column(elem_id="settings_header"):
+        with gr.Row(elem_id="settings_top", equal_height=True):
+            gr.Textbox(placeholder="Search settings by name or key", show_label=False, container=False,
+                       elem_id="settings_search", scale=4)
+            apply = gr.Button("Apply settings", variant="primary", elem_id="settings_apply", scale=1)
+        result = gr.Markdown("", elem_id="settings_result")
+    theme = gr.Textbox(settings[THEME_KEY], visible="hidden", elem_id="settings_applied_theme")
     components: dict[str, gr.components.Component] = {}
-    apply = gr.Button("Apply settings", variant="primary", elem_id="settings_apply")
-    result = gr.Markdown("", elem_id="settings_result")
-    for section, members in sections.items():
-        with gr.Accordion(section, open=True):
+    for section, members in grouped(options):
+        with gr.Accordion(section, open=True, elem_id=section_id(section), elem_classes=["settings-section"]):
             for option in members:
                 components[option.key] = _component(ctx, option)
+    # What the page shows, to tell the user's edits apart; until the page load answers, that is
+    # what the tab was built with.
+    shown_state = gr.State({key: _shown_value(ctx, settings.options[key]) for key in components})
+    linked = dict(linked or {})
+    refresh_extensions, extension_outputs = extensions or (None, [])
 
-    def applied(data: dict):
-        changes = {key: data[component] for key, component in components.items()}
-        try:
-            changed = ctx.settings.update(changes)
-        except UserError as error:
-            return f"**Not saved:** {html.escape(error.message)}"
-        if not changed:
-            return "Nothing changed."
-        return f"Saved {len(changed)} setting(s): {', '.join(sorted(changed))}. They apply to the next job."
+    def current() -> dict:
+        """The stored values, for each page load (they may have changed via the API)."""
+        values = {key: _shown_value(ctx, settings.options[key]) for key in components}
+        updates = {components[key]: gr.update(value=value, choices=_DYNAMIC_CHOICES[key](ctx))
+                   if key in _DYNAMIC_CHOICES else value for key, value in values.items()}
+        return {**updates, shown_state: values, theme: settings[THEME_KEY]}
 
-    def current():
-        """The stored values, for the page to show on load (they may have changed via the API)."""
-        return [ctx.settings[key] for key in components]
+    def check_vae(coerced: dict) -> None:
+        if "sd_vae" in coerced:
+            ctx.engine.addons.vaes.check_choice(coerced["sd_vae"])
 
-    apply.click(applied, inputs=set(components.values()), outputs=result, queue=False,
-                api_visibility="private")
-    return current, list(components.values())
+    def applied(data: dict) -> dict:
+        shown = data[shown_state]
+        values = edited(shown, {key: data[component] for key, component in components.items()})
+        changes = {key: _setting_value(ctx, settings.options[key], value) for key, value in values.items()}
+        message, changed = apply_changes(settings, changes, check_vae)
+        if changed is None:  # refused: keep the user's edits on screen to correct them
+            return {result: message}
+        out = {result: message, **current()}
+        out.update({component: settings[key] for key, component in linked.items() if key in changed})
+        if EXTENSIONS_KEY in changed:
+            ctx.engine.sync_extensions()
+            if refresh_extensions is not None:
+                out.update(zip(extension_outputs, refresh_extensions()))
+        return out
+
+    outputs = [result, shown_state, theme, *components.values(), *linked.values(), *extension_outputs]
+    apply.click(applied, inputs={shown_state, *components.values()}, outputs=outputs, queue=False,
+                api_visibility="private").then(None, inputs=theme, js=_THEME_JS)
+
+    def wire_page_load(blocks: gr.Blocks) -> None:
+        blocks.load(current, outputs=[shown_state, theme, *components.values()], queue=False,
+                    api_visibility="private", show_progress="hidden").then(None, inputs=theme, js=_THEME_JS)
+
+    return wire_page_load

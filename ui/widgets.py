@@ -32,14 +32,20 @@ def prompt_boxes(tab: str) -> tuple[dict[str, gr.components.Component], dict[str
     return boxes, counters
 
 
-def sampler_row(tab: str) -> dict[str, gr.components.Component]:
+def initial(start: dict | None, name: str, **builtin) -> dict:
+    """A control's value and range: the builder's own, unless the user's UI defaults
+    (ui.ui_defaults.start_values) say otherwise."""
+    return {**builtin, **(start or {}).get(name, {})}
+
+
+def sampler_row(tab: str, start: dict | None = None) -> dict[str, gr.components.Component]:
     with gr.Row():
-        sampler = gr.Dropdown(samplers.sampler_names(), value=samplers.DEFAULT_SAMPLER,
-                              label="Sampling method", elem_id=f"{tab}_sampling")
-        schedule = gr.Dropdown(list(samplers.SCHEDULE_TYPES), value="Automatic", label="Schedule type",
-                               elem_id=f"{tab}_scheduler")
-        steps = gr.Slider(1, limits.MAX_STEPS, value=20, step=1, label="Sampling steps",
-                          elem_id=f"{tab}_steps")
+        sampler = gr.Dropdown(samplers.sampler_names(), label="Sampling method", elem_id=f"{tab}_sampling",
+                              **initial(start, "sampler_name", value=samplers.DEFAULT_SAMPLER))
+        schedule = gr.Dropdown(list(samplers.SCHEDULE_TYPES), label="Schedule type",
+                               elem_id=f"{tab}_scheduler", **initial(start, "scheduler", value="Automatic"))
+        steps = gr.Slider(step=1, label="Sampling steps", elem_id=f"{tab}_steps",
+                          **initial(start, "steps", minimum=1, maximum=limits.MAX_STEPS, value=20))
 
     def schedules_for(name: str, current: str):
         # Offer only the schedule types this sampler can use; keep the choice when it still fits.
@@ -54,13 +60,14 @@ def sampler_row(tab: str) -> dict[str, gr.components.Component]:
     return {"sampler_name": sampler, "scheduler": schedule, "steps": steps}
 
 
-def size_sliders(tab: str) -> dict[str, gr.components.Component]:
+def size_sliders(tab: str, start: dict | None = None) -> dict[str, gr.components.Component]:
+    size = {"minimum": limits.MIN_SIZE, "maximum": limits.MAX_SIZE, "value": 512}
     with gr.Row():
         with gr.Column(scale=4):
-            width = gr.Slider(limits.MIN_SIZE, limits.MAX_SIZE, value=512, step=limits.SIZE_STEP,
-                              label="Width", elem_id=f"{tab}_width")
-            height = gr.Slider(limits.MIN_SIZE, limits.MAX_SIZE, value=512, step=limits.SIZE_STEP,
-                               label="Height", elem_id=f"{tab}_height")
+            width = gr.Slider(step=limits.SIZE_STEP, label="Width", elem_id=f"{tab}_width",
+                              **initial(start, "width", **size))
+            height = gr.Slider(step=limits.SIZE_STEP, label="Height", elem_id=f"{tab}_height",
+                               **initial(start, "height", **size))
         swap = gr.Button(SWAP, elem_id=f"{tab}_swap_size", scale=0, min_width=40,
                          elem_classes=["tool"])
     swap.click(lambda w, h: (h, w), inputs=[width, height], outputs=[width, height], queue=False,
@@ -68,27 +75,28 @@ def size_sliders(tab: str) -> dict[str, gr.components.Component]:
     return {"width": width, "height": height}
 
 
-def batch_sliders(tab: str) -> dict[str, gr.components.Component]:
+def batch_sliders(tab: str, start: dict | None = None) -> dict[str, gr.components.Component]:
     with gr.Row():
-        n_iter = gr.Slider(1, limits.MAX_BATCH_COUNT, value=1, step=1, label="Batch count",
-                           elem_id=f"{tab}_batch_count")
-        batch_size = gr.Slider(1, limits.MAX_BATCH_SIZE, value=1, step=1, label="Batch size",
-                               elem_id=f"{tab}_batch_size")
+        n_iter = gr.Slider(1, limits.MAX_BATCH_COUNT, step=1, label="Batch count",
+                           elem_id=f"{tab}_batch_count", **initial(start, "n_iter", value=1))
+        batch_size = gr.Slider(1, limits.MAX_BATCH_SIZE, step=1, label="Batch size",
+                               elem_id=f"{tab}_batch_size", **initial(start, "batch_size", value=1))
     return {"n_iter": n_iter, "batch_size": batch_size}
 
 
-def cfg_slider(tab: str) -> dict[str, gr.components.Component]:
-    return {"cfg_scale": gr.Slider(limits.MIN_CFG, limits.MAX_CFG, value=7.0, step=0.5,
-                                   label="CFG Scale", elem_id=f"{tab}_cfg_scale")}
+def cfg_slider(tab: str, start: dict | None = None) -> dict[str, gr.components.Component]:
+    return {"cfg_scale": gr.Slider(step=0.5, label="CFG Scale", elem_id=f"{tab}_cfg_scale",
+                                   **initial(start, "cfg_scale", minimum=limits.MIN_CFG,
+                                             maximum=limits.MAX_CFG, value=7.0))}
 
 
-def size_and_batch(tab: str) -> dict[str, gr.components.Component]:
+def size_and_batch(tab: str, start: dict | None = None) -> dict[str, gr.components.Component]:
     with gr.Row():
         with gr.Column(scale=4):
-            controls = size_sliders(tab)
+            controls = size_sliders(tab, start)
         with gr.Column(scale=2):
-            controls.update(batch_sliders(tab))
-    controls.update(cfg_slider(tab))
+            controls.update(batch_sliders(tab, start))
+    controls.update(cfg_slider(tab, start))
     return controls
 
 

@@ -24,12 +24,13 @@ class AppServer:
     """`python app.py <args> --port N --data-dir D`, started and stopped around a test session."""
 
     def __init__(self, data_dir: Path, *args: str, startup_timeout: float = 180,
-                 env: dict[str, str] | None = None):
+                 env: dict[str, str] | None = None, scheme: str = "http", verify=True):
         self.data_dir = Path(data_dir)
         self.extra_env = env or {}
         self.port = free_port()
         self.args = [*args, "--port", str(self.port), "--data-dir", str(self.data_dir)]
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
+        self.verify = verify  # the certificate to trust when serving https
         self.log_path = self.data_dir / "server.log"
         self.startup_timeout = startup_timeout
         self.process: subprocess.Popen | None = None
@@ -46,7 +47,7 @@ class AppServer:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited early:\n{self.log()}")
             try:
-                if httpx.get(self.url + "/", timeout=2).status_code < 500:
+                if httpx.get(self.url + "/", timeout=2, verify=self.verify).status_code < 500:
                     return self
             except httpx.HTTPError:
                 pass

@@ -52,9 +52,6 @@ def outpainting_script_info() -> dict:
          "maximum": None, "step": None, "choices": ["left", "right", "up", "down"]},
     ]}
 
-# Settings a request may override for itself, and the request field each one sets.
-OVERRIDABLE = {"CLIP_stop_at_last_layers": "clip_skip", "emphasis": "emphasis", "sd_vae": "vae"}
-
 _INFOTEXT_FIELDS = ("prompt", "negative_prompt", "steps", "sampler_name", "scheduler", "cfg_scale",
                     "seed", "subseed", "subseed_strength", "width", "height",
                     "seed_resize_from_w", "seed_resize_from_h", "clip_skip", "emphasis",
@@ -192,7 +189,6 @@ def _common_fields(body: Txt2ImgBody, values: dict[str, Any], registry: Extensio
             continue
         if values.get(name):
             raise RequestError(f"{name}: {feature} is not available in this version", name)
-    overrides = _overrides(body.override_settings)
     if getattr(body, "enable_hr", False) and body.firstphase_width > 0 and body.firstphase_height > 0:
         body = body.model_copy(update={"hr_resize_x": values["width"], "hr_resize_y": values["height"]})
         values = {**values, "width": body.firstphase_width, "height": body.firstphase_height}
@@ -215,19 +211,6 @@ def _common_fields(body: Txt2ImgBody, values: dict[str, Any], registry: Extensio
         controlnet_units=controlnet_api.units_from_scripts(body.alwayson_scripts, limit_megapixels),
     )
     fields.update({k: values[k] for k in ("clip_skip", "emphasis") if k in values})  # from infotext
-    fields.update(overrides)
-    return fields
-
-
-def _overrides(settings: dict[str, Any]) -> dict[str, Any]:
-    """override_settings as request fields: they apply to this request only."""
-    fields = {}
-    for key, value in settings.items():
-        if key not in OVERRIDABLE:
-            raise RequestError(
-                f"override_settings: '{key}' cannot be overridden per request in this version; "
-                f"these can: {', '.join(OVERRIDABLE)}", "override_settings")
-        fields[OVERRIDABLE[key]] = value
     return fields
 
 

@@ -129,6 +129,11 @@ class PngInfoBody(BaseModel):
     image: str = Field(description="base64 image (or data: URL)")
 
 
+class InterrogateBody(BaseModel):
+    image: str = Field(description="base64 image (or data: URL)")
+    model: str = Field("clip", description="'clip' (a BLIP caption) or 'deepdanbooru'")
+
+
 class PngInfoResponse(BaseModel):
     info: str = Field(description="the infotext, empty when the image has none")
     items: dict[str, Any] = Field(description="other text stored in the image")

@@ -64,7 +64,8 @@ def build_router(ctx: UIContext, auth_dependency) -> APIRouter:
     def _generate(generation, body, request: Request, echo: dict) -> dict:
         # As in the mature API, a grid is made (and returned first) only when it is also saved.
         job = engine.submit(generation, owner=api_owner(request), job_id=body.force_task_id,
-                            make_grid=generation.save_grid)
+                            make_grid=generation.save_grid, overrides=body.override_settings,
+                            restore_overrides=body.override_settings_restore_afterwards)
         return convert.images_response(job.outcome(), echo, body.send_images)
 
     @router.post("/extra-single-image", responses=ERRORS)
