@@ -31,6 +31,8 @@ from .uploads import check_pixel_limit
 
 log = logging.getLogger(__name__)
 
+# Settings that change the app for everyone at once, never for one request.
+SHARED_SETTINGS = frozenset({"disabled_extensions", "hidden_tabs"})
 FACE_PROMPT = "a detailed face, sharp focus"  # what the face detailer asks for outside a job
 
 
@@ -60,6 +62,11 @@ class Engine:
         `overrides` are settings for this job only (the API's override_settings); a checkpoint
         among them is loaded for the job and, with `restore_overrides`, the previous one after it."""
         overrides = dict(overrides or {})
+        shared = sorted(set(overrides) & SHARED_SETTINGS)
+        if shared:
+            raise RequestError(f"override_settings: {', '.join(shared)} cannot be set for one request "
+                               "(it changes the app for everyone); set it with POST /sdapi/v1/options",
+                               "override_settings")
         checkpoint = overrides.pop("sd_model_checkpoint", None)
         if checkpoint is not None:
             if not isinstance(checkpoint, str):
@@ -88,12 +95,15 @@ class Engine:
         self.models.load(wanted)
         try:
             yield
+            if not restore:
+                self.settings.update({"sd_model_checkpoint": wanted})
         finally:
             if restore and previous is not None:
                 self.addons.controlnets.clear()
-                self.models.load(previous)
-            elif not restore:
-                self.settings.update({"sd_model_checkpoint": wanted})
+                try:
+                    self.models.load(previous)
+                except Exception:  # the job's images are made and saved: do not lose them for this
+                    log.exception("could not load %s back after a request's override", previous)
 
     def generate(self, request: GenerationRequest, owner: str = "", **kwargs) -> GenerationResult:
         return self.submit(request, owner, **kwargs).outcome()

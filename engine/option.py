@@ -62,7 +62,7 @@ class Option:
                 if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
                     raise TypeError
                 value = list(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise RequestError(f"Setting {self.key} must be {kind.__name__}, got {value!r}", self.key)
         if self.choices is not None and value not in self.choices:
             raise RequestError(f"Setting {self.key} must be one of {list(self.choices)}, got {value!r}",

@@ -48,6 +48,8 @@ def resolve_folder(key: str, value: str, base: Path, jail: Path) -> Path:
         raise refuse(f"the path cannot be used ({error})")
     if target != inside and inside not in target.parents:
         raise refuse("it points outside the outputs folder")
+    if target.exists() and not target.is_dir():
+        raise refuse("a file of that name is in the way")
     return target
 
 

@@ -246,7 +246,7 @@ class OutputWriter:
                 path = folder / (f"{number}-{name}{suffix}" if name else f"{number}{suffix}")
             else:  # the bare name, made unique rather than overwriting an earlier picture
                 path, count = folder / f"{name}{suffix}", 0
-                while path.exists():
+                while path.exists() or path.with_suffix(".txt").exists():
                     count += 1
                     path = folder / f"{name}-{count}{suffix}"
             return self._write(path, image, file_format, infotext, more_text)

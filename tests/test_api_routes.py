@@ -183,3 +183,18 @@ def test_api_calls_are_logged_when_the_setting_asks(api, demo_server):
     finally:
         api.post("/options", json={"api_log_requests": False})
     assert "API GET /sdapi/v1/sd-vae by 127.0.0.1 -> 200" in demo_server.log()
+
+
+def test_settings_that_change_the_app_for_everyone_cannot_be_overridden(api):
+    before = api.get("/options").json()["disabled_extensions"]
+    response = api.post("/txt2img", json={**SMALL, "override_settings": {"disabled_extensions": ["hires_fix"]}})
+    assert response.status_code == 422 and "POST /sdapi/v1/options" in response.json()["detail"]
+    assert api.get("/options").json()["disabled_extensions"] == before
+
+
+def test_huge_numbers_in_options_are_a_clear_4xx(api):
+    for body in ({"jpeg_quality": 10**400}, {"CLIP_stop_at_last_layers": 10**400}):
+        response = api.post("/options", json=body)
+        assert response.status_code == 422, response.text
+    response = api.post("/txt2img", json={**SMALL, "override_settings": {"jpeg_quality": 10**400}})
+    assert response.status_code == 422

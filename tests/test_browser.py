@@ -1,5 +1,7 @@
 """The UI in a real browser: Playwright drives Debian's Chromium against app.py on 127.0.0.1."""
 
+import time
+
 from engine.infotext import parse
 
 
@@ -217,3 +219,24 @@ def test_hires_fix_shows_the_target_size_live_and_upscales(page, demo_server):
     page.click("#txt2img_generate")
     text = wait_for_infotext(page, "hires in the browser")
     assert "Hires upscale: 1.5" in text and "Size: 64x64" in text
+
+
+def test_checkpoint_chosen_in_settings_is_loaded(page, demo_server):
+    import httpx
+
+    page.goto(demo_server.url)
+    page.get_by_role("tab", name="Settings").click()
+    try:
+        page.locator("#setting_sd_model_checkpoint input").click()
+        page.get_by_role("option", name="tiny-folder").click()
+        page.click("#settings_apply")
+        page.locator("#settings_result").get_by_text("Loading checkpoint tiny-folder").wait_for()
+        deadline = time.time() + 60
+        while not httpx.get(demo_server.url + "/sdapi/v1/options").json()["sd_model_checkpoint"].startswith("tiny-folder"):
+            assert time.time() < deadline, "the checkpoint chosen in Settings was not loaded"
+            time.sleep(0.2)
+        page.reload()
+        page.wait_for_function(
+            "() => (document.querySelector('#sd_checkpoint input') || {value: ''}).value.startsWith('tiny-folder')")
+    finally:
+        httpx.post(demo_server.url + "/sdapi/v1/options", json={"sd_model_checkpoint": "demo-tiny"}, timeout=60)

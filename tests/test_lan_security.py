@@ -307,3 +307,50 @@ def test_extras_upscaler_names_are_looked_up(shared):
     response = httpx.post(server.url + "/sdapi/v1/extra-single-image", auth=API_LOGIN, timeout=60,
                           json={"image": picture, "upscaling_resize": 2, "upscaler_1": "../../secret.txt"})
     assert 400 <= response.status_code < 500 and "upscaler" in response.json()["detail"].lower()
+
+
+@pytest.mark.parametrize("path", ["/assets/../config", "/static/..%2F..%2Fconfig", "//config",
+                                  "/sdapi/v1/no-such-route", "/sdapi/../config", "/controlnet/x",
+                                  "/gradio_api/upload", "/gradio_api/queue/data", "/monitoring"])
+def test_odd_paths_are_locked_too(shared, path):
+    """Raw paths (no client-side clean-up) that try to slip past the public prefixes or the API's."""
+    server, _ = shared
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    connection.request("GET", path)
+    status = connection.getresponse().status
+    connection.close()
+    assert status in (401, 403), f"{path}: {status}"
+
+
+def test_a_lan_address_with_a_foreign_origin_gets_no_cross_origin_access(shared):
+    """Gradio's own CORS rule lets any origin in once the Host is not localhost; ours does not."""
+    server, _ = shared
+    foreign = {"Host": f"192.168.1.5:{server.port}", "Origin": "http://evil.example"}
+    for path in ("/config", "/", "/sdapi/v1/options"):
+        response = httpx.get(server.url + path, headers=foreign)
+        assert response.headers.get("access-control-allow-origin") in (None, ""), path
+    preflight = httpx.options(server.url + "/gradio_api/queue/join", headers={
+        **foreign, "Access-Control-Request-Method": "POST"})
+    assert preflight.headers.get("access-control-allow-origin") in (None, "")
+
+
+def test_a_local_only_server_answers_only_to_loopback_names(tmp_path):
+    """DNS rebinding: a page on evil.example whose name now resolves to 127.0.0.1 is refused."""
+    with AppServer(tmp_path, "--api") as server:
+        for host in ("evil.example", f"evil.example:{server.port}", "192.168.1.5"):
+            response = httpx.get(server.url + "/config", headers={"Host": host})
+            assert response.status_code == 403 and "--listen" in response.json()["detail"]
+            assert httpx.post(server.url + "/gradio_api/queue/join", headers={"Host": host},
+                              json={}).status_code == 403
+        for host in (f"localhost:{server.port}", f"127.0.0.1:{server.port}", f"[::1]:{server.port}"):
+            assert httpx.get(server.url + "/config", headers={"Host": host}).status_code == 200, host
+
+
+def test_api_docs_follow_the_api_logins_when_the_ui_is_open(tmp_path):
+    with AppServer(tmp_path, "--api", "--api-auth", "a:b") as server:
+        assert httpx.get(server.url + "/docs").status_code == 401
+        assert httpx.get(server.url + "/openapi.json", auth=("a", "b")).status_code == 200
+        assert httpx.get(server.url + "/docs", auth=("a", "b")).status_code == 200
+        assert httpx.get(server.url + "/").status_code == 200  # the UI itself is open by choice

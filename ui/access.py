@@ -4,7 +4,7 @@ Gradio's login covers only Gradio's own routes, and not all of those (its monito
 routes, for example). So one guard in front of the whole app decides for every request: with
 --gradio-auth, nothing but the login page and the static files it needs answers without a login
 (a Gradio session cookie, or HTTP Basic credentials for scripts). The API routes check their own
-HTTP Basic credentials (ui/server.py), because --api-auth may give them separate logins.
+HTTP Basic credentials too (ui/server.py); --api-auth may give them separate logins.
 """
 
 from __future__ import annotations
@@ -51,7 +51,18 @@ def basic_credentials(headers: dict[bytes, bytes]) -> tuple[str, str] | None:
     return (user, password) if sep else None
 
 
+def is_loopback_host(host: bytes | None) -> bool:
+    """Whether a Host header names this machine by a loopback name (any port)."""
+    if not host:
+        return True  # HTTP/1.0 clients send none; browsers always do
+    text = host.decode("latin-1").strip().lower()
+    name = text[1:text.index("]")] if text.startswith("[") and "]" in text else text.rsplit(":", 1)[0]
+    return name in ("localhost", "::1") or name.startswith("127.") and name.replace(".", "").isdigit()
+
+
 def is_public(path: str) -> bool:
+    if ".." in path or "\\" in path or "//" in path:
+        return False  # static routes get plain file names; anything else needs a login first
     return path in PUBLIC_EXACT or path.startswith(PUBLIC_PREFIXES)
 
 
@@ -69,13 +80,26 @@ class AccessGuard:
     websocket) that carries neither a valid Gradio session nor valid HTTP Basic credentials."""
 
     def __init__(self, app: ASGIApp, ui_logins: Logins | None, api_logins: Logins | None,
-                 gradio_app: Callable[[], object | None]):
+                 gradio_app: Callable[[], object | None], local_only: bool = False):
         self.app = app
+        # Not shared on the network: answer only to requests addressed to this machine by a
+        # loopback name, so a web page whose domain re-resolves to 127.0.0.1 (DNS rebinding)
+        # cannot drive the UI, install extensions or read outputs.
+        self.local_only = local_only
         self.ui_logins = ui_logins or []
         self.api_logins = api_logins or []
         self.gradio_app = gradio_app  # found after mounting; holds the session tokens
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket") and self.local_only and \
+                not is_loopback_host(dict(scope.get("headers") or []).get(b"host")):
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008})
+                return
+            await JSONResponse({"error": "Forbidden", "detail": "This server answers only to localhost "
+                                "addresses; start it with --listen to share it on the network"},
+                               status_code=403)(scope, receive, send)
+            return
         if scope["type"] not in ("http", "websocket") or self._allowed(scope):
             await self.app(scope, receive, send)
             return
@@ -88,14 +112,22 @@ class AccessGuard:
 
     def _allowed(self, scope: Scope) -> bool:
         path = scope.get("path", "")
+        headers = dict(scope.get("headers") or [])
         if path.startswith(API_PREFIXES):
-            return True  # the API router's own dependency decides
+            # The API's logins (the UI's when --api-auth is not given), over HTTP Basic. The API
+            # routes check again themselves; this also covers any path under these prefixes that
+            # no API route answers.
+            api_logins = self.api_logins or self.ui_logins
+            login = basic_credentials(headers)
+            return not api_logins or (login is not None and check_credentials(api_logins, *login))
         if not self.ui_logins:
             # The UI is open by the owner's choice; only the API's own docs follow --api-auth.
-            return not (self.api_logins and path in ("/docs", "/openapi.json", "/docs/oauth2-redirect"))
+            if self.api_logins and path in ("/docs", "/openapi.json", "/docs/oauth2-redirect"):
+                login = basic_credentials(headers)
+                return login is not None and check_credentials(self.api_logins, *login)
+            return True
         if is_public(path):
             return True
-        headers = dict(scope.get("headers") or [])
         login = basic_credentials(headers)
         if login is not None:
             return check_credentials(self.ui_logins + self.api_logins, *login)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 
+import anyio
 import gradio as gr
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.middleware.cors import CORSMiddleware
@@ -16,7 +17,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 
 from engine.errors import UserError
-from engine.flags import cors_origins
+from engine.flags import cors_origins, is_exposed
 from engine.version import VERSION
 
 from .access import AccessGuard, check_credentials, mounted_gradio_app
@@ -88,9 +89,19 @@ def create_server(ctx: UIContext) -> FastAPI:
     )
     gradio_app = mounted_gradio_app(app)
     app.add_middleware(AccessGuard, ui_logins=flags.gradio_auth, api_logins=flags.api_auth,
-                       gradio_app=lambda: gradio_app)
+                       gradio_app=lambda: gradio_app, local_only=not is_exposed(flags))
+    # Always ours: without it Gradio adds its own, which lets any origin in once the UI is
+    # reached by a LAN address. No origin is allowed unless the owner names it; "*" never
+    # carries credentials.
     origins = cors_origins(flags)
-    if origins:  # no cross-origin access at all unless the owner names the origins
-        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"],
-                           allow_headers=["*"], allow_credentials=True)
+    app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"], allow_headers=["*"],
+                       allow_credentials="*" not in origins)
+
+    @app.on_event("startup")
+    async def widen_thread_pool() -> None:
+        # API calls wait for their job in a worker thread; with the default 40 threads, a full
+        # queue would starve /progress, /interrupt and the UI before "queue full" could be said.
+        limiter = anyio.to_thread.current_default_thread_limiter()
+        limiter.total_tokens = max(limiter.total_tokens, flags.queue_size + 40)
+
     return app

@@ -25,10 +25,11 @@ SECTION_ORDER = ("Saving images", "Stable Diffusion", "Live previews", "Memory a
                  "User interface", "API")
 EXTENSIONS_KEY = "disabled_extensions"
 THEME_KEY = "ui_theme"
-# Chosen in the checkpoint bar above the tabs, which loads it on the GPU lane.
-_HIDDEN = {"sd_model_checkpoint"}
+CHECKPOINT_KEY = "sd_model_checkpoint"
+_HIDDEN: set[str] = set()
 # Options whose choices come from what is on disk, not from the schema (refreshed on page load).
 _DYNAMIC_CHOICES = {"sd_vae": lambda ctx: ctx.engine.addons.vaes.choices(),
+                    CHECKPOINT_KEY: lambda ctx: ctx.registry.titles(),
                     EXTENSIONS_KEY: lambda ctx: _extension_names(ctx)}
 # List settings offered as a fixed set of checkboxes.
 _LIST_CHOICES = {"hidden_tabs": HIDEABLE_TABS}
@@ -146,7 +147,10 @@ def _component(ctx: UIContext, option: Option):
     if option.key in _LIST_CHOICES:
         return gr.CheckboxGroup(list(_LIST_CHOICES[option.key]), **common)
     if option.key in _DYNAMIC_CHOICES:
-        return gr.Dropdown(_DYNAMIC_CHOICES[option.key](ctx), **common)
+        choices = _DYNAMIC_CHOICES[option.key](ctx)
+        if common["value"] not in choices:  # e.g. no checkpoint yet: show none rather than a stale name
+            common["value"] = None
+        return gr.Dropdown(choices, **common)
     if isinstance(option.default, bool):
         return gr.Checkbox(**common)
     if option.choices and len(option.choices) <= 3:
@@ -204,10 +208,24 @@ def build(ctx: UIContext, linked: Mapping[str, gr.components.Component] | None =
         shown = data[shown_state]
         values = edited(shown, {key: data[component] for key, component in components.items()})
         changes = {key: _setting_value(ctx, settings.options[key], value) for key, value in values.items()}
+        # The checkpoint is loaded on the GPU lane like the bar above does it; the setting
+        # follows once it has loaded.
+        wanted = changes.pop(CHECKPOINT_KEY, None)
+        if wanted:
+            try:
+                ctx.registry.find(wanted)
+            except UserError as error:
+                return {result: refused_message(error, settings.options)}
         message, changed = apply_changes(settings, changes, check_vae)
         if changed is None:  # refused: keep the user's edits on screen to correct them
             return {result: message}
+        if wanted:
+            ctx.engine.load_checkpoint(wanted, owner="settings")
+            message = (message if changes else "") + f" Loading checkpoint {wanted}: the bar above shows it when ready."
         out = {result: message, **current()}
+        if wanted:  # show the one being loaded, not the one it replaces
+            out[components[CHECKPOINT_KEY]] = wanted
+            out[shown_state] = {**out[shown_state], CHECKPOINT_KEY: wanted}
         out.update({component: settings[key] for key, component in linked.items() if key in changed})
         if EXTENSIONS_KEY in changed:
             ctx.engine.sync_extensions()
