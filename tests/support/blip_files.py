@@ -10,7 +10,13 @@ WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "cat", "dog", "on", 
 
 def write_tiny_blip(folder: Path, seed: int = 0) -> Path:
     import torch
-    from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
+    from transformers import (
+        BertTokenizer,
+        BlipConfig,
+        BlipForConditionalGeneration,
+        BlipImageProcessor,
+        BlipProcessor,
+    )
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
