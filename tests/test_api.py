@@ -282,3 +282,11 @@ def test_restore_faces_and_face_restorers(api):
     assert listed["Face detailer"]["available"] and listed["GFPGAN"]["available"]
     assert listed["GFPGAN"]["cmd_dir"].endswith("models/GFPGAN")
     assert listed["CodeFormer"]["available"] and listed["CodeFormer"]["cmd_dir"].endswith("models/Codeformer")
+
+
+@pytest.mark.parametrize("content", [b'{"steps": NaN}', b'{"width": Infinity}', b'{"seed": -Infinity}',
+                                     b'{"steps": "' + b"x" * 100000 + b'"}'])
+def test_unprintable_bad_values_are_still_a_422(api, content):
+    response = api.post("/txt2img", content=content, headers={"Content-Type": "application/json"})
+    assert response.status_code == 422
+    assert response.json()["detail"] and len(response.content) < 5000

@@ -7,11 +7,15 @@ and ui/access.py guards everything else.
 from __future__ import annotations
 
 import logging
+import math
 import time
+from typing import Any
 
 import anyio
 import gradio as gr
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
@@ -27,6 +31,21 @@ from .context import UIContext
 from .layout import build_app, page_css, page_js
 
 log = logging.getLogger(__name__)
+
+
+def _printable(value: Any, depth: int = 0) -> Any:
+    """A JSON-safe, bounded copy of a request value for an error message."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, str):
+        return value if len(value) <= 200 else value[:200] + "..."
+    if depth > 3:
+        return "..."
+    if isinstance(value, dict):
+        return {str(k)[:100]: _printable(v, depth + 1) for k, v in list(value.items())[:50]}
+    if isinstance(value, (list, tuple)):
+        return [_printable(v, depth + 1) for v in value[:50]]
+    return value if value is None or isinstance(value, (bool, int, float)) else str(value)[:200]
 
 
 def api_auth_dependency(allowed: list[tuple[str, str]] | None):
@@ -66,6 +85,13 @@ def create_server(ctx: UIContext) -> FastAPI:
         log.info("API %s %s by %s -> %d in %.2fs", request.method, request.url.path, user,
                  response.status_code, time.perf_counter() - started)
         return response
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_body(request: Request, error: RequestValidationError) -> JSONResponse:
+        """FastAPI's 422 shape, with the offending input made printable: echoing NaN or a huge
+        body back as-is would turn a bad request into a 500."""
+        errors = [{**item, "input": _printable(item.get("input"))} for item in error.errors()]
+        return JSONResponse(status_code=422, content={"detail": jsonable_encoder(errors)})
 
     if flags.api:
         # Without --api-auth, a UI login (if any) protects the API too: never an open back door.
