@@ -23,6 +23,7 @@ log = logging.getLogger("sd-studio")
 
 def build(flags):
     """Everything the server needs, from parsed flags."""
+    from engine import memory_guard
     from engine.addons import AddOns
     from engine.devices import DeviceConfig
     from engine.downloads import ModelDownloader, sd15_offer
@@ -35,6 +36,7 @@ def build(flags):
     from engine.settings import Settings
     from ui.context import UIContext
 
+    memory_guard.inject_from_env(os.environ.get(memory_guard.FAULTS_ENV))  # set by tests only
     data_dir = Path(flags.data_dir).resolve() if flags.data_dir else APP_DIR
     data_dir.mkdir(parents=True, exist_ok=True)
     settings = Settings(data_dir / "config.json")

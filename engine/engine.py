@@ -80,8 +80,15 @@ class Engine:
             with self.settings.overridden(overrides), self._checkpoint_for(checkpoint, restore_overrides):
                 return self._run(job, request, policy)
 
-        job = Job(work, owner=owner, job_id=job_id, description=f"{request.mode}: {request.prompt[:60]}")
+        job = Job(work, owner=owner, job_id=job_id, description=f"{request.mode}: {request.prompt[:60]}",
+                  if_stopped_early=lambda: self._nothing_made(request))
         return self.queue.submit(job)
+
+    def _nothing_made(self, request: GenerationRequest) -> GenerationResult:
+        """What a generation interrupted while it waited returns: an interrupted result with no
+        images, which the UI and the API already know how to show."""
+        return GenerationResult(request, self.models.require().info, [], [], [], [], interrupted=True,
+                                prompt=request.prompt, negative_prompt=request.negative_prompt)
 
     @contextlib.contextmanager
     def _checkpoint_for(self, wanted: str | None, restore: bool) -> Iterator[None]:
@@ -279,29 +286,41 @@ class Engine:
         checkpoints = registry.checkpoints
         return checkpoints[0].title if checkpoints else None
 
-    # Controls and progress.
+    # Controls and progress: a caller only ever acts on, or sees the preview of, its own jobs.
     def current_job(self) -> Job | None:
         return self.queue.current
 
-    def interrupt(self, owner: str | None = None) -> int:
-        """Interrupt the caller's jobs (the running job when owner is None). Returns how many."""
-        jobs = self._jobs(owner)
+    def generations_of(self, owner: str) -> list[Job]:
+        """The owner's generations, running one first, then in the order they will run.
+        (Checkpoint switches and upscales are not generations: Interrupt leaves them be.)"""
+        return [job for job in self.queue.jobs_of(owner) if job.kind == "generate"]
+
+    def job_to_watch(self, owner: str) -> Job | None:
+        """The generation a progress display shows the caller: theirs (running, else the next of
+        theirs to run), else whatever generation is running, so a client without a job of its
+        own still sees the lane busy."""
+        mine = self.generations_of(owner)
+        if mine:
+            return mine[0]
+        current = self.queue.current
+        return current if current is not None and current.kind == "generate" else None
+
+    def interrupt(self, owner: str) -> int:
+        """Stop the owner's generations: the running one stops early, waiting ones never start.
+        Returns how many."""
+        jobs = self.generations_of(owner)
         for job in jobs:
             job.interrupt()
+            self.queue.cancel(job)
         return len(jobs)
 
-    def skip(self, owner: str | None = None) -> int:
+    def skip(self, owner: str) -> int:
+        """Skip the image the owner's running generation is making, if one of theirs runs."""
         current = self.queue.current
-        if current is not None and (owner is None or current.owner == owner):
+        if current is not None and current.kind == "generate" and current.owner == owner:
             current.skip()
             return 1
         return 0
-
-    def _jobs(self, owner: str | None) -> list[Job]:
-        if owner is None:
-            current = self.queue.current
-            return [current] if current else []
-        return self.queue.jobs_of(owner)
 
     def shutdown(self) -> None:
         self.queue.shutdown()

@@ -44,5 +44,20 @@ class QueueFullError(UserError):
     status = 429
 
 
+class OutOfMemoryUserError(UserError):
+    """A job ran out of GPU or system memory; engine.memory_guard writes the message (the stage,
+    what to change). The API answers 507 Insufficient Storage: the server lacks the room this
+    request needs. Not 503, which clients and proxies retry unchanged (the same request would
+    run out again), and not 4xx, since the request is valid and may fit on a bigger machine."""
+
+    status = 507
+
+    def __init__(self, message: str, stages: tuple[str, ...] = (), memory: str = "GPU", needed: str = ""):
+        super().__init__(message)
+        self.stages = stages    # where it ran out, innermost first ("denoise", "hires_fix")
+        self.memory = memory    # "GPU" or "system"
+        self.needed = needed    # what the failed allocation asked for, when torch said ("2.00 GiB")
+
+
 class JobInterrupted(Exception):
     """Raised inside a job when the user interrupts it before anything was produced."""

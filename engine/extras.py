@@ -11,6 +11,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from . import memory_guard
 from .errors import RequestError
 from .image_prep import CROP_AND_RESIZE, JUST_RESIZE, flatten, resize_image
 from .outputs import read_infotext
@@ -99,11 +100,12 @@ class ExtrasResult:
 
 def upscale(request: ExtrasRequest, models=None, device="cpu") -> ExtrasResult:
     """`models`: an UpscalerLibrary for upscaler names that are model files."""
-    source = flatten(request.image)
-    image = _upscaled(source, request, request.upscaler, models, device)
-    if request.second_upscaler_used:
-        second = _upscaled(source, request, request.upscaler_2, models, device)
-        image = Image.blend(image, second.resize(image.size), request.upscaler_2_visibility)
+    with memory_guard.stage("upscale"):
+        source = flatten(request.image)
+        image = _upscaled(source, request, request.upscaler, models, device)
+        if request.second_upscaler_used:
+            second = _upscaled(source, request, request.upscaler_2, models, device)
+            image = Image.blend(image, second.resize(image.size), request.upscaler_2_visibility)
     return ExtrasResult(image, read_infotext(request.image), request.params)
 
 

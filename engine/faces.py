@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFilter
 
+from . import memory_guard
 from .errors import RequestError
 from .face_models import KINDS, FaceModelLibrary
 from .request import GenerationRequest
@@ -87,6 +88,7 @@ def oval_mask(size: tuple[int, int], inset: float = 0.12, feather: float = 0.06)
     return soft.point(lambda v: 0 if v < 8 else v)  # no faint tail reaching the box's corners
 
 
+@memory_guard.stage("face_restore")
 def detail_faces(image: Image.Image, request: GenerationRequest, strength: float, second_pass,
                  work_size: int = 512) -> Image.Image:
     """The face detailer: each face redrawn by `second_pass` (an img2img request -> image)."""
@@ -131,6 +133,7 @@ def _aligned_box(box) -> tuple[int, int, int, int]:
     return left, top, left + side, top + side
 
 
+@memory_guard.stage("face_restore")
 def restore_with_model(image: Image.Image, library: FaceModelLibrary, name: str,
                        device: torch.device | str, fidelity: float = 0.5, visibility: float = 1.0) -> Image.Image:
     """Each face through GFPGAN or CodeFormer at the network's size, pasted back with a soft

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from . import extensions, infotext, samplers
+from . import extensions, infotext, memory_guard, samplers
 from .addons import AddOns
 from .conditioning import PromptEncoder, ScheduledConditioning
 from .controlnet import apply as control
@@ -29,7 +29,7 @@ from .preview import APPROX_CHEAP, preview_image
 from .prompt_parser import extract_extra_networks
 from .request import GenerationRequest
 from .seeds import JobSeeds, initial_latents, job_seeds, noise_device, step_generators
-from .vae import decode, encode
+from .vae import decode_fitting, encode
 from .version import VERSION
 
 
@@ -143,6 +143,7 @@ class Txt2ImgRun:
         self.final_prompt, self.final_negative = request.prompt, request.negative_prompt
         self._control_step = 0  # sampling steps done in this pass, for the ControlNet windows
         self._control_pass: "Txt2ImgRun | None" = self  # whose steps the ControlNet windows follow
+        self.memory_notes: list[str] = []  # what was done to fit in memory (shared with inner passes)
 
     @property
     def task(self) -> str:
@@ -177,13 +178,15 @@ class Txt2ImgRun:
             encoder = PromptEncoder(self.pipe, self.model.family, clip_skip=request.clip_skip,
                                     emphasis=request.emphasis,
                                     **self.addons.embeddings.encoder_options(self.model))
-            cond, uncond = encoder.encode_schedules(text, negative_text, self.sampling_steps)
+            with memory_guard.stage("text_encoding"):
+                cond, uncond = encoder.encode_schedules(text, negative_text, self.sampling_steps)
             result.extra_params = self._extra_params(loras, encoder, vae_file)
             result.warnings = list(loras.warnings)
             for batch in range(request.n_iter):
                 if job.interrupted:
                     break
                 self._run_batch(batch, cond, uncond, result, writer)
+        result.warnings += self.memory_notes
         result.interrupted = job.interrupted
         if self.policy.make_grid and len(result.images) >= 2:
             result.grid = make_grid(result.images)
@@ -268,6 +271,7 @@ class Txt2ImgRun:
             if request.negative_prompt else self.final_negative,
             extensions={}, controlnet_units=(), save_images=False, save_grid=False).validate()
         inner = Img2ImgRun(self.job, request, self.model, self.policy.inner_pass(), self.addons)
+        inner.memory_notes = self.memory_notes
         outer, self._control_pass = self._control_pass, (inner if keep_control else None)
         try:
             return inner.run(None).images[0]
@@ -331,8 +335,9 @@ class Txt2ImgRun:
                 tensor_inputs.append("add_text_embeds")
         kwargs["callback_on_step_end_tensor_inputs"] = tensor_inputs
         with torch.inference_mode():
-            latents = pipe(**kwargs).images
-            images = decode(pipe.vae, latents)
+            with memory_guard.stage("denoise"):
+                latents = pipe(**kwargs).images
+            images = decode_fitting(pipe.vae, latents, self.memory_notes)
             return list(pipe.image_processor.postprocess(images, output_type="pil"))
 
     def _task_inputs(self, noise: torch.Tensor, batch: int) -> dict[str, Any]:

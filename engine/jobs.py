@@ -1,16 +1,18 @@
 """Jobs and the one GPU lane they share.
 
 Every piece of GPU work (a generation from the UI or the API, a checkpoint switch) is a `Job` run
-by a single worker thread, one at a time, in the order they arrived. A job carries its progress,
-its latest preview and its interrupt/skip flags; the pipeline's step callback reads the flags,
-so stopping never kills a thread.
+by a single worker thread, one at a time. Each job has an owner (a browser session, an API user);
+the lane takes owners in turn, so one owner's long list of jobs cannot starve another's single
+job. A job carries its progress, its latest preview and its interrupt/skip flags; the pipeline's
+step callback reads the flags, so stopping never kills a thread.
 """
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import logging
-import queue
+import math
 import threading
 import time
 import uuid
@@ -46,12 +48,16 @@ class Job:
     """One unit of GPU work, its progress and its controls."""
 
     def __init__(self, work: Callable[["Job"], Any], owner: str = "", kind: str = "generate",
-                 job_id: str | None = None, description: str = ""):
+                 job_id: str | None = None, description: str = "",
+                 if_stopped_early: Callable[[], Any] | None = None):
         self.id = job_id or uuid.uuid4().hex[:16]
         self.owner = owner
         self.kind = kind
         self.description = description
         self._work = work
+        # The result of a job interrupted before it started (a generation's "no images yet"),
+        # so its caller gets an answer of the usual shape rather than None.
+        self._if_stopped_early = if_stopped_early
         self._lock = threading.Lock()
         self._done = threading.Event()
         self.state = QUEUED
@@ -116,13 +122,27 @@ class Job:
             self.result = self._work(self)
             self.state = DONE
         except BaseException as error:  # the worker must survive anything a job does
-            self.error = error
+            # Imported here, so the queue alone loads no torch. Out of memory: a message saying
+            # what to change, and the job's memory given back.
+            from .memory_guard import as_user_error
+
+            self.error = error = as_user_error(error)
             self.state = FAILED
             if not isinstance(error, UserError):
                 log.exception("job %s failed", self.id)
         finally:
             self.finished_at = time.time()
             self._done.set()
+
+    def finish_unstarted(self) -> None:
+        """End a job that was stopped while it waited; its work never runs."""
+        try:
+            self.result = self._if_stopped_early() if self._if_stopped_early else None
+        except BaseException as error:  # e.g. no model to describe the empty result with
+            self.error = error
+        self.state = FAILED if self.error is not None else DONE
+        self.finished_at = time.time()
+        self._done.set()
 
     def wait(self, timeout: float | None = None) -> bool:
         return self._done.wait(timeout)
@@ -139,14 +159,31 @@ class Job:
         return self.result
 
 
+# Jobs of these kinds change the model every later job runs with, so they keep their place: each
+# runs after every job submitted before it and before every job submitted after it.
+BARRIER_KINDS = frozenset({"load", "unload"})
+
+
 class JobQueue:
-    """First come, first served; one worker thread runs every job."""
+    """One worker thread runs every job: first come, first served within an owner, owners in turn.
+
+    Fairness is start-time fair queueing: a job's tag is one more than the later of the tag of the
+    job running now and the owner's last waiting job, and jobs run in tag order (ties: the earlier
+    submitted). An owner who queues ten jobs gets tags 1..10; another who then queues one gets the
+    tag after the running job's, so it runs second or third, not eleventh. Tags are fixed when a
+    job is submitted, so a waiting job only moves back when another owner's job takes a turn it
+    is owed. Checkpoint switches split the queue into segments that run one after the other.
+    """
 
     def __init__(self, name: str = "gpu-lane", max_waiting: int | None = None):
         self.max_waiting = max_waiting  # None: no limit
-        self._pending: "queue.Queue[Job | None]" = queue.Queue()
-        self._waiting: list[Job] = []
+        self._waiting: list[Job] = []  # in the order they will run
+        self._keys: dict[Job, tuple[int, float, int]] = {}  # (segment, tag, submit order)
+        self._segment = 0  # jobs submitted now go in this segment, after every barrier so far
+        self._clock = 0.0  # tag of the job that started last
         self._lock = threading.Lock()
+        self._ready = threading.Condition(self._lock)
+        self._closing = False
         self._counter = itertools.count()
         self.current: Job | None = None
         self.jobs_done = 0
@@ -160,12 +197,30 @@ class JobQueue:
                 raise QueueFullError(
                     f"The queue is full: {len(self._waiting)} jobs are waiting (the limit is "
                     f"{self.max_waiting}, set by --queue-size). Try again when some have finished.")
-            self._waiting.append(job)
-        self._pending.put(job)
+            if job.kind in BARRIER_KINDS:
+                key = (self._segment, math.inf, next(self._counter))
+                self._segment += 1
+            else:
+                backlog = [self._keys[other][1] for other in self._waiting
+                           if other.owner == job.owner and other.kind not in BARRIER_KINDS]
+                key = (self._segment, max([self._clock, *backlog]) + 1, next(self._counter))
+            self._keys[job] = key
+            bisect.insort(self._waiting, job, key=self._keys.__getitem__)
+            self._ready.notify()
         return job
 
+    def cancel(self, job: Job) -> bool:
+        """Take a waiting job off the queue and end it unstarted. False if it is not waiting."""
+        with self._lock:
+            if job not in self._waiting:
+                return False
+            self._waiting.remove(job)
+            del self._keys[job]
+        job.finish_unstarted()
+        return True
+
     def position(self, job: Job) -> tuple[int, int] | None:
-        """(1-based place, number waiting) while the job waits; None once it runs."""
+        """(1-based place in the run order, number waiting) while the job waits; None once it runs."""
         with self._lock:
             if job in self._waiting:
                 return self._waiting.index(job) + 1, len(self._waiting)
@@ -179,6 +234,7 @@ class JobQueue:
         return next((job for job in self._all() if job.id == job_id), None)
 
     def _all(self) -> list[Job]:
+        """The running job, then the waiting ones in the order they will run."""
         with self._lock:
             return ([self.current] if self.current else []) + list(self._waiting)
 
@@ -189,20 +245,26 @@ class JobQueue:
         return [job for job in self._all() if job.kind == kind]
 
     def shutdown(self) -> None:
-        self._pending.put(None)
+        """Stop once the jobs already waiting have run (for at most 5 s here)."""
+        with self._lock:
+            self._closing = True
+            self._ready.notify()
         self._thread.join(timeout=5)
 
     def _loop(self) -> None:
         while True:
-            job = self._pending.get()
-            if job is None:
-                return
             with self._lock:
-                self._waiting.remove(job)
+                while not self._waiting and not self._closing:
+                    self._ready.wait()
+                if not self._waiting:
+                    return
+                job = self._waiting.pop(0)
+                tag = self._keys.pop(job)[1]
+                if tag != math.inf:
+                    self._clock = tag
                 self.current = job
-            if job.interrupted:  # stopped while waiting: never started
-                job.state = DONE
-                job._done.set()
+            if job.interrupted:  # stopped between the interrupt and its cancel
+                job.finish_unstarted()
             else:
                 job.run()
             with self._lock:

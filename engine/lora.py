@@ -19,6 +19,7 @@ from pathlib import Path
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from .memory_guard import is_out_of_memory
 from .models import HashCache
 from .prompt_parser import ExtraNetwork, lora_weights
 
@@ -114,6 +115,8 @@ def applied_loras(pipe, calls: list[ExtraNetwork], library: LoraLibrary):
             try:
                 pipe.load_lora_weights(load_file(lora.path), adapter_name=adapter)
             except Exception as error:  # a file diffusers cannot read must not fail the job
+                if is_out_of_memory(error):  # not the file's fault: the job ends with that message
+                    raise
                 applied.warnings.append(f"LoRA {lora.name} could not be loaded: {_first_line(error)}")
                 log.warning("LoRA %s failed to load", lora.path, exc_info=True)
                 continue

@@ -67,7 +67,7 @@ class SdUpscaleRun:
         seed = fixed_seed(request.seed)
         total = np.zeros((big.height, big.width, 3))
         weight = np.zeros((big.height, big.width, 1))
-        tile_text = ""
+        tile_text, notes = "", []
         for index, (y, x) in enumerate((y, x) for y in ys for x in xs):
             if self.job.interrupted:
                 break
@@ -83,9 +83,12 @@ class SdUpscaleRun:
             total[y:y + tile_h, x:x + tile_w] += np.asarray(done.images[0], dtype=np.float64) * feather
             weight[y:y + tile_h, x:x + tile_w] += feather
             tile_text = tile_text or done.infotexts[0]
+            notes += [note for note in done.warnings if note not in notes]  # e.g. decoded in tiles
         covered = np.where(weight > 0, total / np.maximum(weight, 1e-8), np.asarray(big, dtype=np.float64))
         image = Image.fromarray(np.clip(covered + 0.5, 0, 255).astype(np.uint8), "RGB")
-        return self._result(image, seed, tile_text, writer)
+        result = self._result(image, seed, tile_text, writer)
+        result.warnings = notes
+        return result
 
     def _result(self, image: Image.Image, seed: int, tile_text: str, writer) -> GenerationResult:
         request = self.request

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from . import memory_guard
 from .esrgan import build_from_state, read_state
 
 SUFFIXES = (".pth", ".safetensors")
@@ -47,10 +48,11 @@ class UpscalerLibrary:
     def upscale(self, image: Image.Image, name: str, width: int, height: int,
                 device: torch.device | str = "cpu") -> Image.Image:
         """The picture through the model (its own factor, tile by tile), then to width x height."""
-        model = self.model(name).to(device)
-        pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0)
-        pixels = pixels.permute(2, 0, 1)[None].to(device)
-        out = _tiled(model, pixels)
+        with memory_guard.stage("upscale"):
+            model = self.model(name).to(device)
+            pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0)
+            pixels = pixels.permute(2, 0, 1)[None].to(device)
+            out = _tiled(model, pixels)
         array = (out[0].clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
         result = Image.fromarray(array, "RGB")
         if result.size != (width, height):

@@ -3,11 +3,13 @@
 The choice is "Automatic" (a VAE file named like the checkpoint, e.g. model.vae.safetensors
 beside model.safetensors or in models/VAE, else the checkpoint's own), "None" (the checkpoint's
 own) or a file name. An fp16 VAE that overflows to NaN is switched to fp32 for the rest of the
-session and the decode is repeated, rather than returning a black image.
+session and the decode is repeated, rather than returning a black image. A decode that runs out
+of memory is repeated in tiles, one image at a time, before the job gives up.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -16,13 +18,20 @@ from pathlib import Path
 
 import torch
 
-from .errors import CheckpointError, NotFoundError
+from . import memory_guard
+from .devices import free_memory
+from .errors import CheckpointError, NotFoundError, OutOfMemoryUserError
 from .models import HashCache
 
 log = logging.getLogger(__name__)
 
 AUTOMATIC, NONE = "Automatic", "None"
 VAE_SUFFIXES = (".safetensors",)
+# The smallest tile (in latents) a retry shrinks to: much smaller tiles see too little of the
+# picture for the VAE's group norms, and their colours drift apart.
+MIN_RETRY_TILE = 32
+TILED_NOTE = ("The image did not fit in memory to decode at once, so it was decoded in tiles "
+              "(turning on `sd_vae_tiling` in Settings > Memory and speed does this from the start).")
 
 
 @dataclass(frozen=True)
@@ -145,10 +154,53 @@ def decode(vae, latents: torch.Tensor) -> torch.Tensor:
     return vae.decode(_scaled(vae, latents.float()), return_dict=False)[0]
 
 
+def decode_fitting(vae, latents: torch.Tensor, notes: list[str]) -> torch.Tensor:
+    """decode(), and when that runs out of memory, once more in tiles and one image at a time
+    (a note for the user is added to `notes`). Out of memory again: OutOfMemoryUserError."""
+    try:
+        with memory_guard.stage("vae_decode"):
+            return decode(vae, latents)
+    except OutOfMemoryUserError as error:
+        if not hasattr(vae, "tiled_decode"):
+            raise
+        memory_guard.forget_frames(error)
+    # Out of the handler, so the failed attempt's tensors can go before the retry needs room.
+    free_memory()
+    with memory_guard.stage("vae_decode_tiled", fault="vae_decode"), _tiling_for_retry(vae, latents):
+        images = decode(vae, latents)
+    if TILED_NOTE not in notes:
+        notes.append(TILED_NOTE)
+    return images
+
+
+@contextlib.contextmanager
+def _tiling_for_retry(vae, latents: torch.Tensor):
+    """The VAE tiling and slicing for the block. Latents that fit in one of the VAE's own tiles
+    get tiles half their size (not below MIN_RETRY_TILE), so tiling still splits the work."""
+    saved = {name: getattr(vae, name) for name in
+             ("use_tiling", "use_slicing", "tile_latent_min_size", "tile_sample_min_size")}
+    side = max(latents.shape[-2:])
+    half = max(MIN_RETRY_TILE, (side + 1) // 2)
+    if side <= vae.tile_latent_min_size and half < side:
+        scale = vae.tile_sample_min_size // vae.tile_latent_min_size
+        vae.tile_latent_min_size, vae.tile_sample_min_size = half, half * scale
+    vae.use_tiling = vae.use_slicing = True
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(vae, name, value)
+
+
 @torch.no_grad()
 def encode(vae, images: torch.Tensor) -> torch.Tensor:
     """Images in [-1, 1] to UNet latents, deterministically (the distribution's mode), with the
     same fp32 fallback as decoding."""
+    with memory_guard.stage("vae_encode"):
+        return _encode(vae, images)
+
+
+def _encode(vae, images: torch.Tensor) -> torch.Tensor:
     wants_fp32 = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
     if not wants_fp32:
         latents = vae.encode(images.to(vae.device, vae.dtype)).latent_dist.mode()

@@ -68,7 +68,9 @@ def wire_generate(ctx: UIContext, button: gr.Button, inputs: set, results: dict,
                 items = result.gallery()
                 images += [image for image, _ in items]
                 texts += [text for _, text in items]
-                notes += (["Interrupted: showing what was made so far."] if result.interrupted else [])
+                if result.interrupted:
+                    notes.append("Interrupted: showing what was made so far." if result.images
+                                 else "Interrupted before any image was made.")
                 notes += [f"Note: {html.escape(w)}" for w in result.warnings]
                 if on_result is not None:
                     notes += [n for n in [on_result(result)] if n]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from PIL import Image
 
-from engine import samplers
+from engine import memory_guard, samplers
 from engine.extensions import Extension, Field
 from engine.image_prep import CROP_AND_RESIZE, JUST_RESIZE, LATENT_UPSCALE, resize_image
 from engine.request import LATENT_UPSCALE_MODES, MAX_SIZE, MAX_STEPS, SIZE_STEP
@@ -70,6 +70,7 @@ class HiresFix(Extension):
         new_width, new_height = target_size(width, height, options)
         return f"from {width}x{height} to **{new_width}x{new_height}**"
 
+    @memory_guard.stage("hires_fix")  # running out of memory here: say so, with hires advice
     def process(self, image, request, options, ctx):
         width, height = target_size(request.width, request.height, options)
         upscaler = options["upscaler"]

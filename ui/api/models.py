@@ -165,6 +165,7 @@ class ProgressResponse(BaseModel):
     current_image: str | None = None
     textinfo: str | None = None
     current_task: str | None = None
+    queue_position: int | None = Field(default=None, description="1-based place of a waiting job")
 
 
 class SamplerItem(BaseModel):

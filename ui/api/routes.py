@@ -34,7 +34,8 @@ from .models import (
     UpscalerItem,
 )
 
-ERRORS = {400: {"model": ErrorResponse}, 422: {"model": ErrorResponse}, 503: {"model": ErrorResponse}}
+# 429: the queue is full (--queue-size); 503: no checkpoint loaded; 507: the job ran out of memory.
+ERRORS = {status: {"model": ErrorResponse} for status in (400, 422, 429, 503, 507)}
 
 
 def api_owner(request: Request) -> str:
@@ -142,30 +143,43 @@ def build_router(ctx: UIContext, auth_dependency) -> APIRouter:
         return convert.png_info(image)
 
     @router.get("/progress", response_model=ProgressResponse)
-    def progress(skip_current_image: bool = False, id_task: str | None = None) -> dict:
-        job = engine.queue.find(id_task) if id_task else engine.current_job()
+    def progress(request: Request, skip_current_image: bool = False, id_task: str | None = None) -> dict:
+        """The caller's generation (`id_task` names one), else the running one; only the caller's
+        own job comes with its live preview."""
+        owner = api_owner(request)
+        job = engine.job_to_watch(owner)
+        if id_task:
+            own = [mine for mine in engine.generations_of(owner) if mine.id == id_task]
+            job = own[0] if own else engine.queue.find(id_task)
         if job is None or job.kind != "generate":
             return ProgressResponse(progress=0, eta_relative=0, state=ProgressState(
                 job_count=engine.queue.queued_count())).model_dump()
+        return _progress_of(job, job.owner == owner and not skip_current_image)
+
+    def _progress_of(job, with_preview: bool) -> dict:
         snap = job.snapshot()
-        image = None
-        if not skip_current_image and job.preview is not None:
-            image = convert.encode_png(job.preview, None)
+        image = convert.encode_png(job.preview, None) if with_preview and job.preview is not None else None
+        textinfo = snap.textinfo or None
+        place = engine.queue.position(job)
+        if place is not None:
+            textinfo = f"In queue: {place[0]} of {place[1]}"
         state = ProgressState(
             skipped=job.skipped, interrupted=job.interrupted, job=job.id,
-            job_count=1 + engine.queue.queued_count(), job_no=snap.batch_index,
-            sampling_step=snap.step, sampling_steps=snap.total_steps,
+            job_count=(engine.queue.current is not None) + engine.queue.queued_count(),
+            job_no=snap.batch_index, sampling_step=snap.step, sampling_steps=snap.total_steps,
             job_timestamp=str(int(job.created_at)))
         return {"progress": snap.fraction, "eta_relative": snap.eta or 0.0, "state": state.model_dump(),
-                "current_image": image, "textinfo": snap.textinfo or None, "current_task": job.id}
+                "current_image": image, "textinfo": textinfo, "current_task": job.id,
+                "queue_position": place[0] if place else None}
 
     @router.post("/interrupt")
-    def interrupt() -> None:
-        engine.interrupt()
+    def interrupt(request: Request) -> None:
+        """Stop the caller's own generations, running or waiting; nobody else's."""
+        engine.interrupt(api_owner(request))
 
     @router.post("/skip")
-    def skip() -> None:
-        engine.skip()
+    def skip(request: Request) -> None:
+        engine.skip(api_owner(request))
 
     @router.get("/samplers", response_model=list[SamplerItem])
     def sampler_list() -> list[dict]:
@@ -190,7 +204,7 @@ def build_router(ctx: UIContext, auth_dependency) -> APIRouter:
         return settings.as_dict()
 
     @router.post("/options", responses=ERRORS)
-    def set_options(changes: dict[str, Any] = Body(...)) -> None:
+    def set_options(request: Request, changes: dict[str, Any] = Body(...)) -> None:
         wanted = changes.get("sd_model_checkpoint")
         if wanted is not None and not isinstance(wanted, str):
             raise RequestError("sd_model_checkpoint must be text", "sd_model_checkpoint")
@@ -199,7 +213,7 @@ def build_router(ctx: UIContext, auth_dependency) -> APIRouter:
             engine.addons.vaes.check_choice(changes["sd_vae"])
         rest = {k: v for k, v in changes.items() if k != "sd_model_checkpoint"}
         if wanted:
-            engine.load_checkpoint(wanted, owner="api").outcome()
+            engine.load_checkpoint(wanted, owner=api_owner(request)).outcome()
         if rest:
             settings.update(rest)
 
