@@ -31,7 +31,7 @@ def build(flags):
     from engine.flags import uses_cpu
     from engine.jobs import JobQueue
     from engine.models import BUILTIN_DEMO, HashCache, ModelRegistry
-    from engine.outputs import OutputWriter
+    from engine.outputs import OutputWriter, remove_unfinished
     from engine.pipelines import ModelManager
     from engine.settings import Settings
     from ui.context import UIContext
@@ -48,6 +48,9 @@ def build(flags):
     registry = ModelRegistry(folders, hashes, explicit, include_demo=flags.demo)
     device = DeviceConfig.choose(use_cpu=uses_cpu(flags), no_half=flags.no_half)
     models = ModelManager(registry, device, allow_unsafe=flags.allow_unsafe_checkpoints)
+    # A crash mid-write leaves a temporary file beside the whole old one: tidy those away.
+    if remove_unfinished(data_dir / "outputs") + remove_unfinished(data_dir, recursive=False):
+        log.info("removed the temporary files of writes a crash cut short")
     engine = Engine(models, OutputWriter(data_dir / "outputs", settings), settings,
                     AddOns.in_data_dir(data_dir, hashes, device=device,
                                        allow_unsafe=flags.allow_unsafe_checkpoints),

@@ -113,13 +113,30 @@ def _decode_user_comment(comment) -> str | None:
     return body.decode("utf-8", errors="replace").rstrip("\x00") or None
 
 
+TEMP_PREFIX, TEMP_SUFFIX = ".tmp-", ".part"
+
+
+def remove_unfinished(folder: Path, recursive: bool = True) -> int:
+    """Delete the temporary files of writes a crash cut short (kill -9, power loss); the files
+    they were going to replace are whole. Returns how many were removed."""
+    removed = 0
+    pattern = f"{TEMP_PREFIX}*{TEMP_SUFFIX}"
+    for path in Path(folder).rglob(pattern) if recursive else Path(folder).glob(pattern):
+        try:
+            path.unlink()
+            removed += 1
+        except OSError:
+            pass
+    return removed
+
+
 def write_atomically(path: Path, data: bytes) -> None:
     """Write to a temporary file in the same folder, flush it to disk, then rename over `path`.
 
     A crash at any moment leaves either no file or the whole file, never a truncated image.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".part")
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
