@@ -11,7 +11,7 @@ from fastapi import APIRouter, Body, Depends
 
 from engine.controlnet import preprocessors
 from engine.controlnet.units import ControlUnit, control_mode_name, resize_mode_name
-from engine.errors import RequestError
+from engine.errors import RequestError, UserError
 from engine.outputs import png_bytes
 from engine.uploads import image_from_base64
 
@@ -123,6 +123,8 @@ def build_router(ctx, auth_dependency) -> APIRouter:
 
         if not controlnet_input_images:
             raise RequestError("controlnet_input_images: give at least one base64 image", "controlnet_input_images")
+        _check_detect_numbers(controlnet_module, controlnet_processor_res, controlnet_threshold_a,
+                              controlnet_threshold_b)
         limit = ctx.settings["upload_max_megapixels"]
         results = []
         for i, data in enumerate(controlnet_input_images):
@@ -137,3 +139,22 @@ def build_router(ctx, auth_dependency) -> APIRouter:
         return {"images": results, "info": "Success"}
 
     return router
+
+
+def _check_detect_numbers(module: str, resolution: int, threshold_a: float, threshold_b: float) -> None:
+    """The numbers /detect takes, within what the preprocessor's sliders allow (a huge resolution
+    or threshold would try to allocate a giant picture or kernel)."""
+    if not (resolution == -1 or 64 <= resolution <= 2048):
+        raise RequestError(f"controlnet_processor_res must be -1 (default) or 64-2048, got {resolution}",
+                           "controlnet_processor_res")
+    try:
+        pre = preprocessors.find(module)
+    except UserError:
+        pre = None  # an unknown name is refused when the preprocessor runs
+    for name, value, spec in (("controlnet_threshold_a", threshold_a, pre.threshold_a if pre else None),
+                              ("controlnet_threshold_b", threshold_b, pre.threshold_b if pre else None)):
+        if not math.isfinite(value):
+            raise RequestError(f"{name} must be a number, got {value}", name)
+        if value >= 0 and spec is not None and not spec.minimum <= value <= spec.maximum:
+            raise RequestError(f"{name} for {module} must be between {spec.minimum:g} and {spec.maximum:g}, "
+                               f"got {value:g}", name)
