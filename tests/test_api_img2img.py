@@ -3,8 +3,6 @@
 import base64
 import io
 import json
-import struct
-import zlib
 
 import httpx
 import numpy as np
@@ -13,6 +11,7 @@ from PIL import Image
 
 from engine.infotext import parse
 from engine.outputs import png_bytes
+from tests.support.bad_images import bomb_png, truncated_png
 from tests.test_img2img import noise_image, square_mask
 
 SMALL = {"prompt": "a cat", "steps": 4, "width": 64, "height": 64, "seed": 5}
@@ -75,17 +74,11 @@ def test_outpainting_script_grows_the_canvas(api):
 
 
 def _truncated_png() -> str:
-    return base64.b64encode(png_bytes(ORIGINAL, None)[:300]).decode()
+    return base64.b64encode(truncated_png()).decode()
 
 
-def _bomb_png(side: int = 30_000) -> str:
-    """A tiny file that claims to be a 30000x30000 image."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
-    raw = zlib.compress(b"\0" * 1000)
-    data = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", raw) + chunk(b"IEND", b"")
-    return base64.b64encode(data).decode()
+def _bomb_png() -> str:
+    return base64.b64encode(bomb_png()).decode()
 
 
 @pytest.mark.parametrize("init, words", [

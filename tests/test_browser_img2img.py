@@ -11,6 +11,7 @@ from PIL import Image
 from engine.image_prep import JUST_RESIZE, resize_image
 from engine.infotext import parse
 from engine.outputs import png_bytes
+from tests.support.bad_images import truncated_png
 from tests.test_browser import set_number
 
 
@@ -152,3 +153,22 @@ def test_send_a_result_to_extras_and_upscale_it(page, demo_server):
     assert upscaled.size == (128, 128)
     saved = sorted((demo_server.data_dir / "outputs" / "extras-images").rglob("*.png"))[-1]
     assert "to be upscaled" in Image.open(saved).info["parameters"]
+
+
+def test_a_truncated_upload_shows_what_is_wrong_and_a_good_one_then_works(page, demo_server, tmp_path):
+    (tmp_path / "broken.png").write_bytes(truncated_png())
+    Image.effect_noise((64, 64), 60).convert("RGB").save(tmp_path / "good.png")
+    open_tab(page, demo_server.url, "img2img")
+    for name, value in (("img2img_steps", 3), ("img2img_width", 64), ("img2img_height", 64)):
+        set_number(page, name, value)
+    page.locator("#img2img_prompt textarea").fill("after a broken upload")
+    upload = page.locator("#img2img_image input[type=file]")
+    upload.set_input_files(str(tmp_path / "broken.png"))
+    page.wait_for_timeout(1000)
+    page.click("#img2img_generate")
+    page.get_by_text("Image for img2img could not be read: the file is damaged or truncated").first.wait_for()
+    page.locator("#img2img_image button[aria-label='Remove Image']").click()
+    upload.set_input_files(str(tmp_path / "good.png"))
+    page.wait_for_timeout(1000)
+    page.click("#img2img_generate")
+    assert "Denoising strength" in wait_for_infotext(page, "img2img", "after a broken upload")

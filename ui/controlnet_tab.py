@@ -8,7 +8,7 @@ import gradio as gr
 from engine.errors import RequestError
 from engine.request import GenerationRequest
 
-from . import controlnet_ui, prompt_tools, widgets
+from . import checked_images, controlnet_ui, prompt_tools, widgets
 from .context import UIContext
 from .editor_inputs import inpaint_input
 from .job_flow import wire_generate, wire_stop_buttons
@@ -27,7 +27,8 @@ def build(ctx: UIContext) -> dict:
         with gr.Column(scale=1):
             start = gr.Radio([FROM_NOISE, FROM_PICTURE, FROM_MASK], value=FROM_NOISE, label="Start from",
                              elem_id=f"{TAB}_start_from")
-            picture = gr.ImageEditor(label="Picture to change (for inpaint, paint over the part to redraw)",
+            picture = checked_images.image_editor(
+                ctx.settings, label="Picture to change (for inpaint, paint over the part to redraw)",
                                      type="pil", sources=["upload", "clipboard"], layers=False,
                                      brush=gr.Brush(colors=["#ffffff"], color_mode="fixed", default_size=24),
                                      visible=False, height=360, elem_id=f"{TAB}_picture")

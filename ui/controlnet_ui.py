@@ -21,6 +21,7 @@ from engine.controlnet.units import (
 from engine.errors import UserError
 from engine.image_prep import flatten
 
+from . import checked_images
 from .context import UIContext
 from .editor_inputs import strokes_mask
 
@@ -107,7 +108,8 @@ def _unit(ctx: UIContext, tab: str, index: int, library, modules: list[str], siz
     eid = f"{tab}_cn{index}"
     first = preprocessors.PREPROCESSORS[modules[0]]
     with gr.Row(equal_height=False):
-        image = gr.ImageEditor(scale=3, label="Control image: upload a picture, or draw a scribble on the canvas",
+        image = checked_images.image_editor(
+            ctx.settings, scale=3, label="Control image: upload a picture, or draw a scribble on the canvas",
                                type="pil", sources=["upload", "clipboard"], canvas_size=(512, 512),
                                brush=gr.Brush(colors=["#000000", "#ffffff"], default_size=6,
                                               color_mode="fixed"),

@@ -11,6 +11,7 @@ from engine.extras import MAX_SCALE, ExtrasRequest
 from engine.faces import restorers
 from engine.uploads import open_image
 
+from . import checked_images
 from .context import UIContext
 from .job_flow import owner_of
 
@@ -24,7 +25,8 @@ def build(ctx: UIContext) -> dict:
             source = gr.State("single")
             with gr.Tabs(elem_id="extras_source"):
                 with gr.Tab("Single image", elem_id="extras_single_tab") as single_tab:
-                    image = gr.Image(label="Source", type="pil", image_mode=None, format="png",
+                    image = checked_images.image(ctx.settings, label="Source", type="pil", image_mode=None,
+                                                 format="png",
                                      sources=["upload", "clipboard"], elem_id="extras_image", height=420)
                 with gr.Tab("Batch", elem_id="extras_batch_tab") as batch_tab:
                     files = gr.File(label="Pictures", file_count="multiple", file_types=["image"],

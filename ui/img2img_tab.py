@@ -13,7 +13,14 @@ from engine.generation import GenerationResult
 from engine.outputs import png_bytes, write_atomically
 from engine.request import MAX_MASK_BLUR, MAX_OUTPAINT, MAX_PADDING, OUTPAINT_DIRECTIONS
 
-from . import controlnet_ui, extension_fields, prompt_tools, ui_defaults, widgets
+from . import (
+    checked_images,
+    controlnet_ui,
+    extension_fields,
+    prompt_tools,
+    ui_defaults,
+    widgets,
+)
 from . import img2img_requests as build_requests
 from .context import UIContext
 from .job_flow import wire_generate, wire_stop_buttons
@@ -76,27 +83,30 @@ def _picture_inputs(ctx: UIContext, controls: dict) -> tuple[gr.Tabs, dict]:
     inputs: dict = {"subtab": gr.State("img2img")}
     with gr.Tabs(elem_id=f"{TAB}_modes") as subtabs:
         with gr.Tab("img2img", id="img2img", elem_id=f"{TAB}_tab_img2img"):
-            inputs["init_image"] = gr.Image(label="Image for img2img", elem_id=f"{TAB}_image", **image_args)
+            inputs["init_image"] = checked_images.image(ctx.settings, label="Image for img2img",
+                                                         elem_id=f"{TAB}_image", **image_args)
         with gr.Tab("Sketch", id="Sketch", elem_id=f"{TAB}_tab_sketch"):
-            inputs["sketch"] = gr.ImageEditor(
-                label="Sketch", type="pil", image_mode="RGBA", format="png", height=420,
+            inputs["sketch"] = checked_images.image_editor(
+                ctx.settings, label="Sketch", type="pil", image_mode="RGBA", format="png", height=420,
                 elem_id=f"{TAB}_sketch", canvas_size=(512, 512),
                 brush=gr.Brush(default_size=8, colors=SKETCH_COLOURS, color_mode="defaults"))
         with gr.Tab("Inpaint", id="Inpaint", elem_id=f"{TAB}_tab_inpaint"):
-            inputs["inpaint"] = gr.ImageEditor(
-                label="Paint the part to change", type="pil", image_mode="RGBA", format="png",
+            inputs["inpaint"] = checked_images.image_editor(
+                ctx.settings, label="Paint the part to change", type="pil", image_mode="RGBA", format="png",
                 height=420, elem_id=f"{TAB}_inpaint", sources=["upload", "clipboard"],
                 brush=gr.Brush(default_size=24, colors=["#ffffff"], color_mode="fixed"),
                 eraser=gr.Eraser(default_size=24), layers=False)
         with gr.Tab("Inpaint sketch", id="Inpaint sketch", elem_id=f"{TAB}_tab_inpaint_sketch"):
-            inputs["inpaint_sketch"] = gr.ImageEditor(
-                label="Paint new content in colour", type="pil", image_mode="RGBA", format="png",
+            inputs["inpaint_sketch"] = checked_images.image_editor(
+                ctx.settings, label="Paint new content in colour", type="pil", image_mode="RGBA", format="png",
                 height=420, elem_id=f"{TAB}_inpaint_sketch", sources=["upload", "clipboard"],
                 brush=gr.Brush(default_size=16, colors=SKETCH_COLOURS, color_mode="defaults"),
                 layers=False)
         with gr.Tab("Inpaint upload", id="Inpaint upload", elem_id=f"{TAB}_tab_inpaint_upload"):
-            inputs["upload_image"] = gr.Image(label="Image", elem_id=f"{TAB}_upload_image", **image_args)
-            inputs["upload_mask"] = gr.Image(label="Mask (white = change)", elem_id=f"{TAB}_upload_mask",
+            inputs["upload_image"] = checked_images.image(ctx.settings, label="Image",
+                                                           elem_id=f"{TAB}_upload_image", **image_args)
+            inputs["upload_mask"] = checked_images.image(ctx.settings, label="Mask (white = change)",
+                                                          elem_id=f"{TAB}_upload_mask",
                                              **image_args)
         with gr.Tab("Batch", id="Batch", elem_id=f"{TAB}_tab_batch"):
             inputs.update(_batch_inputs(ctx))

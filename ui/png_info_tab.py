@@ -12,6 +12,7 @@ from engine.errors import UserError
 from engine.outputs import read_infotext
 from engine.uploads import open_image
 
+from . import checked_images
 from .context import UIContext
 
 TARGETS = {"txt2img": "Send to txt2img", "img2img": "Send to img2img", "inpaint": "Send to inpaint",
@@ -38,7 +39,7 @@ def build(ctx: UIContext) -> dict:
     with gr.Row(equal_height=False):
         with gr.Column():
             # A file path, not a decoded image: decoding would drop the text chunks.
-            image = gr.Image(label="Source", type="filepath", sources=["upload", "clipboard"],
+            image = checked_images.image(ctx.settings, label="Source", type="filepath", sources=["upload", "clipboard"],
                              elem_id="pnginfo_image", height=420)
         with gr.Column():
             table = gr.HTML("", elem_id="pnginfo_html")
