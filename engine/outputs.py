@@ -201,8 +201,9 @@ class OutputWriter:
         return SAVING_DEFAULTS[key]
 
     # Folders.
-    def _base_folder(self, kind: str, mode: str) -> Path:
-        """`kind` "samples" or "grids": the folder the settings choose for this mode."""
+    def base_folder(self, kind: str, mode: str) -> Path:
+        """`kind` "samples" or "grids": the folder the settings choose for this mode, before any
+        date sub-folder (the History tab lists what is below it)."""
         default = self.root / f"{mode}-{'images' if kind == 'samples' else 'grids'}"
         for key in (f"outdir_{kind}", f"outdir_{mode}_{kind}"):
             value = self._option(key) if key in FOLDER_DEFAULTS else ""
@@ -218,7 +219,7 @@ class OutputWriter:
         return default
 
     def _folder(self, kind: str, mode: str, now: dt.datetime, fields: ImageFields | None) -> Path:
-        folder = self._base_folder(kind, mode)
+        folder = self.base_folder(kind, mode)
         if self._option("grid_save_to_dirs" if kind == "grids" else "save_to_dirs"):
             pattern = self._option("directories_filename_pattern") or "[date]"
             sub = safe_name(expand(pattern, fields or ImageFields(), now))

@@ -13,6 +13,7 @@ from . import (
     controlnet_tab,
     extension_fields,
     extras_tab,
+    history_tab,
     img2img_tab,
     png_info_tab,
     send_to,
@@ -43,12 +44,15 @@ def build_app(ctx: UIContext) -> gr.Blocks:
                 extras = extras_tab.build(ctx)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo", visible="PNG Info" not in hidden):
                 png_info = png_info_tab.build(ctx)
+            with gr.Tab("History", id="history", elem_id="tab_history",
+                        visible="History" not in hidden) as history_block:
+                history = history_tab.build(ctx, history_block)
             with gr.Tab("Extensions", id="extensions", elem_id="tab_extensions",
                         visible="Extensions" not in hidden):
                 extensions_state = extension_fields.extensions_tab(ctx)
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
                 settings_load = settings_tab.build(ctx, linked=bar["quick"], extensions=extensions_state)
-        send_to.wire(ctx, tabs, txt2img, img2img, png_info, extras)
+        send_to.wire(ctx, tabs, txt2img, img2img, png_info, extras, history)
         gr.Markdown(f"SD Studio {VERSION}", elem_id="footer_version")
         _on_page_load(blocks, ctx, bar, extensions_state)
         settings_load(blocks)

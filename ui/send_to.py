@@ -1,5 +1,5 @@
 """Moving pictures and their parameters between tabs: the gallery's "Send to" buttons, PNG Info's
-buttons, and each tab's paste button."""
+and History's buttons, and each tab's paste button."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def _targets(controls: dict) -> list:
 
 
 def wire(ctx: UIContext, tabs: gr.Tabs, txt2img: dict, img2img: dict, png_info: dict,
-         extras: dict) -> None:
+         extras: dict, history: dict) -> None:
     for tab in (txt2img, img2img):
         _wire_paste_button(tab)
         for target, button in tab["results"]["send"].items():
@@ -47,6 +47,7 @@ def wire(ctx: UIContext, tabs: gr.Tabs, txt2img: dict, img2img: dict, png_info: 
             else:
                 _wire_gallery_send(ctx, tabs, tab["results"], img2img, target, button)
     _wire_png_info(ctx, tabs, png_info, txt2img, img2img, extras)
+    _wire_history(tabs, history, txt2img, img2img, extras)
 
 
 def _selected(images, index: int, texts: list[str]) -> tuple[Image.Image, str] | None:
@@ -126,13 +127,6 @@ def _wire_gallery_send(ctx: UIContext, tabs: gr.Tabs, results: dict, img2img: di
 
 def _wire_png_info(ctx: UIContext, tabs: gr.Tabs, png_info: dict, txt2img: dict, img2img: dict,
                    extras: dict) -> None:
-    def to_txt2img(text: str) -> dict:
-        return {**pasted(txt2img["controls"], paste.control_values(text)),
-                tabs: gr.Tabs(selected="txt2img")}
-
-    png_info["send"]["txt2img"].click(to_txt2img, inputs=png_info["text"],
-                                      outputs=[tabs, *_targets(txt2img["controls"])], queue=False,
-                                      api_visibility="private")
     def load(path: str | None) -> Image.Image | None:
         if not path:
             return None
@@ -141,19 +135,43 @@ def _wire_png_info(ctx: UIContext, tabs: gr.Tabs, png_info: dict, txt2img: dict,
         except UserError:
             return None  # PNG Info already shows what is wrong with the file
 
-    def to_extras(path: str | None) -> dict:
-        image = load(path)
+    _wire_picture_sends(tabs, png_info["send"], png_info["image"], png_info["text"], load,
+                        txt2img, img2img, extras)
+
+
+def _wire_history(tabs: gr.Tabs, history: dict, txt2img: dict, img2img: dict, extras: dict) -> None:
+    _wire_picture_sends(tabs, history["send"], history["chosen"], history["text"], history["load"],
+                        txt2img, img2img, extras)
+
+
+def _wire_picture_sends(tabs: gr.Tabs, send: dict, source, text, load, txt2img: dict, img2img: dict,
+                        extras: dict) -> None:
+    """PNG Info's and History's buttons: `load(source's value)` gives the picture (None when there
+    is none), `text` holds its parameters. All of them go along, seed and size included (unlike a
+    gallery's Send to): the picture itself is what is wanted again."""
+    private = {"queue": False, "api_visibility": "private"}
+
+    def to_txt2img(parameters: str) -> dict:
+        if not (parameters or "").strip():
+            return {}  # nothing to send: leave txt2img's fields as they are
+        return {**pasted(txt2img["controls"], paste.control_values(parameters)),
+                tabs: gr.Tabs(selected="txt2img")}
+
+    send["txt2img"].click(to_txt2img, inputs=text, outputs=[tabs, *_targets(txt2img["controls"])],
+                          **private)
+
+    def to_extras(key) -> dict:
+        image = load(key)
         return {} if image is None else {tabs: gr.Tabs(selected="extras"), extras["image"]: image}
 
-    png_info["send"]["extras"].click(to_extras, inputs=png_info["image"], outputs=[tabs, extras["image"]],
-                                     queue=False, api_visibility="private")
+    send["extras"].click(to_extras, inputs=source, outputs=[tabs, extras["image"]], **private)
     for target in ("img2img", "inpaint"):
-        def to_img2img(path: str | None, text: str, target=target) -> dict:
-            image = load(path)
+        def to_img2img(key, parameters: str, target=target) -> dict:
+            image = load(key)
             if image is None:
                 return {}
-            return _into_img2img(tabs, img2img, target, image.convert("RGBA"), paste.control_values(text))
+            return _into_img2img(tabs, img2img, target, image.convert("RGBA"),
+                                 paste.control_values(parameters))
 
-        png_info["send"][target].click(to_img2img, inputs=[png_info["image"], png_info["text"]],
-                                       outputs=_img2img_outputs(tabs, img2img), queue=False,
-                                       api_visibility="private")
+        send[target].click(to_img2img, inputs=[source, text], outputs=_img2img_outputs(tabs, img2img),
+                           **private)
