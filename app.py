@@ -25,6 +25,7 @@ def build(flags):
     """Everything the server needs, from parsed flags."""
     from engine import memory_guard
     from engine.addons import AddOns
+    from engine.checkpoint_cache import CheckpointCache
     from engine.devices import DeviceConfig
     from engine.downloads import ModelDownloader, sd15_offer
     from engine.engine import Engine
@@ -47,7 +48,8 @@ def build(flags):
     hashes = HashCache(data_dir / "cache.json")
     registry = ModelRegistry(folders, hashes, explicit, include_demo=flags.demo)
     device = DeviceConfig.choose(use_cpu=uses_cpu(flags), no_half=flags.no_half)
-    models = ModelManager(registry, device, allow_unsafe=flags.allow_unsafe_checkpoints)
+    models = ModelManager(registry, device, allow_unsafe=flags.allow_unsafe_checkpoints,
+                          cache=CheckpointCache(lambda: settings["sd_checkpoint_cache"]))
     # A crash mid-write leaves a temporary file beside the whole old one: tidy those away.
     if remove_unfinished(data_dir / "outputs") + remove_unfinished(data_dir, recursive=False):
         log.info("removed the temporary files of writes a crash cut short")

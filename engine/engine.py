@@ -32,7 +32,7 @@ from .uploads import check_pixel_limit
 log = logging.getLogger(__name__)
 
 # Settings that change the app for everyone at once, never for one request.
-SHARED_SETTINGS = frozenset({"disabled_extensions", "hidden_tabs"})
+SHARED_SETTINGS = frozenset({"disabled_extensions", "hidden_tabs", "sd_checkpoint_cache"})
 FACE_PROMPT = "a detailed face, sharp focus"  # what the face detailer asks for outside a job
 
 

@@ -141,12 +141,35 @@ def predicts_v(unet) -> bool:
     return (out.float() - sample.float()).mean().item() < -1
 
 
+# safetensors' names for the floating point types a checkpoint stores.
+_STORED_FLOATS = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+
+
+def stored_dtype(path: Path) -> torch.dtype | None:
+    """The one floating point type a .safetensors file stores its weights in (read from its
+    header), or None: another kind of file, or several types (a half precision file with a
+    float32 VAE, say), which must be converted straight to the device's type so nothing is
+    rounded on the way."""
+    if path.suffix.lower() != ".safetensors":
+        return None
+    with safe_open(str(path), framework="pt") as handle:
+        found = {handle.get_slice(key).get_dtype() for key in handle.keys()}
+    floats = {name for name in found if name.startswith(("F", "BF"))}  # F8_E4M3 and the like too
+    return _STORED_FLOATS.get(floats.pop()) if len(floats) == 1 else None
+
+
 def load_single_file(info: CheckpointInfo, device: DeviceConfig, config_root: Path,
                      allow_unsafe: bool) -> LoadedPipeline:
+    """Load a checkpoint file. A .safetensors file is memory-mapped and read in the precision it
+    is stored in, so on the CPU the weights stay the file's pages (no copy is made; pages are read
+    when first used); the one conversion to the device's precision happens tensor by tensor as
+    the pipeline moves to the device, so no second whole copy of the model is ever in RAM."""
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     path = Path(info.path)
     layout = detect_layout(read_shapes(path, allow_unsafe), info.name)
+    # Converting while loading would put a whole converted copy in RAM before the move.
+    load_dtype = stored_dtype(path) or device.dtype
     config_dir = config_root / layout.family
     if not config_dir.is_dir():
         raise CheckpointError(f"Missing config folder {config_dir} for {FAMILY_LABELS[layout.family]}")
@@ -162,19 +185,27 @@ def load_single_file(info: CheckpointInfo, device: DeviceConfig, config_root: Pa
             from diffusers import UNet2DConditionModel
             extra["unet"] = UNet2DConditionModel.from_single_file(
                 str(path), config=str(config_dir), subfolder="unet", local_files_only=True,
-                in_channels=layout.unet_in_channels, dtype=device.dtype)
+                in_channels=layout.unet_in_channels, dtype=load_dtype)
         pipe = pipeline_class.from_single_file(
-            str(path), config=str(config_dir), local_files_only=True, dtype=device.dtype, **extra)
+            str(path), config=str(config_dir), local_files_only=True, dtype=load_dtype, **extra)
     except CheckpointError:
         raise
     except Exception as error:
         raise CheckpointError(
             f"Could not load '{info.name}' as {FAMILY_LABELS[layout.family]}: {_short(error)}",
             "checkpoint") from error
-    pipe.to(device.device)
+    _move(pipe, device)
     if layout.family == "sd2":
         _set_sd2_prediction(pipe, path)
     return LoadedPipeline(pipe, layout.family, config_dir)
+
+
+def _move(pipe, device: DeviceConfig) -> None:
+    for module in pipe.components.values():
+        if isinstance(module, torch.nn.Module):
+            # nn.Module.to converts one tensor at a time (diffusers' own .to warns on every
+            # dtype change about float32 modules these models do not have).
+            torch.nn.Module.to(module, device.device, device.dtype)
 
 
 def _set_sd2_prediction(pipe, path: Path) -> None:

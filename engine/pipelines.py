@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from .checkpoint_cache import CheckpointCache, file_signature, size_on_disk
 from .devices import DeviceConfig, free_memory
 from .errors import CheckpointError, NoModelError
 from .loading import CONFIG_ROOT, check_loadable, load_checkpoint
@@ -33,6 +36,9 @@ class LoadedModel:
     _derived: dict[str, Any] = field(default_factory=dict)
     vae_file: Any = None         # the VaeFile in use, None for the checkpoint's own
     _own_vae: Any = None
+    # The file as it was when read (checkpoint_cache.file_signature): a cached copy of a file
+    # changed since is stale.
+    signature: tuple | None = None
 
     def use_vae(self, choice: str, library) -> Any:
         """Put the chosen VAE into this model's pipelines; returns its VaeFile or None."""
@@ -52,6 +58,23 @@ class LoadedModel:
         # Pipelines made with from_pipe hold their own reference to the VAE: update them all.
         for pipe in [self.base, *self._derived.values()]:
             pipe.vae = module
+
+    @property
+    def device(self) -> torch.device:
+        return self.base.unet.device
+
+    def modules(self) -> list[torch.nn.Module]:
+        """Every torch module of this model, once: the pipeline's and the checkpoint's own VAE
+        while another one is in use (task pipelines share the base's modules)."""
+        found = [m for m in self.base.components.values() if isinstance(m, torch.nn.Module)]
+        if self._own_vae is not None and all(self._own_vae is not m for m in found):
+            found.append(self._own_vae)
+        return found
+
+    def move_to(self, device: torch.device) -> None:
+        for module in self.modules():
+            # nn.Module.to: diffusers' own .to warns about float32 modules on every move.
+            torch.nn.Module.to(module, device)
 
     @property
     def vae_scale_factor(self) -> int:
@@ -80,14 +103,18 @@ class LoadedModel:
 
 
 class ModelManager:
-    """Loads, switches and unloads checkpoints. Only the GPU lane calls load/unload."""
+    """Loads, switches and unloads checkpoints. Only the GPU lane calls load/unload.
+
+    A checkpoint switched away from is kept in `cache` (checkpoint_cache.py) when the
+    `sd_checkpoint_cache` setting and free RAM allow; switching back to it reads nothing."""
 
     def __init__(self, registry: ModelRegistry, device: DeviceConfig, config_root: Path = CONFIG_ROOT,
-                 allow_unsafe: bool = False):
+                 allow_unsafe: bool = False, cache: CheckpointCache | None = None):
         self.registry = registry
         self.device = device
         self.config_root = Path(config_root)
         self.allow_unsafe = allow_unsafe
+        self.cache = cache if cache is not None else CheckpointCache()
         self._lock = threading.RLock()
         self._current: LoadedModel | None = None
         self.last_error: str | None = None
@@ -114,14 +141,18 @@ class ModelManager:
             if self._current and self._current.info.path == info.path and \
                     self._current.info.kind == info.kind:
                 return self._current
+            cached = self.cache.take(info)
+            if cached is not None:
+                return self._switch_to(cached)
             try:
                 check_loadable(info, self.allow_unsafe)
                 info = self.registry.with_hash(info)
             except CheckpointError as error:
                 self.last_error = error.message
                 raise
-            previous = self._current.info if self._current else None
-            self.unload()
+            previous = self._set_aside()
+            # Room for the new one: the oldest cached models go first.
+            self.cache.trim(reserve=size_on_disk(info))
             try:
                 self._current = self._load(info)
                 self.last_error = None
@@ -130,23 +161,65 @@ class ModelManager:
                 if previous is not None:
                     self._restore(previous)
                 raise
+            self.cache.trim()  # what the new model really took may leave too little free
             return self._current
+
+    def _set_aside(self) -> CheckpointInfo | None:
+        """Move the current model into the cache (or let it go); returns what it was."""
+        model, self._current = self._current, None
+        if model is None:
+            return None
+        info = model.info
+        log.info("switching away from %s", info.title)
+        kept = self.cache.keep(model)
+        del model
+        if not kept:  # that was the last reference: give its memory back now
+            free_memory()
+        return info
+
+    def _switch_to(self, model: LoadedModel) -> LoadedModel:
+        previous = self._set_aside()
+        try:
+            model.move_to(self.device.device)
+        except BaseException:
+            log.exception("could not move %s back to %s", model.info.title, self.device.device)
+            del model
+            free_memory()
+            if previous is not None:
+                self._restore(previous)
+            raise
+        log.info("switched to %s from RAM", model.info.title)
+        self._current = model
+        self.last_error = None
+        self.cache.trim()
+        return model
 
     def _load(self, info: CheckpointInfo) -> LoadedModel:
         log.info("loading checkpoint %s", info.title)
+        # Taken before reading: a file rewritten during the load then counts as changed.
+        signature = file_signature(info)
         loaded = load_checkpoint(info, self.device, self.config_root, self.allow_unsafe)
         config = dict(loaded.pipe.scheduler.config)
-        return LoadedModel(info, loaded.family, loaded.pipe, config, config_root=self.config_root)
+        return LoadedModel(info, loaded.family, loaded.pipe, config, config_root=self.config_root,
+                           signature=signature)
 
     def _restore(self, info: CheckpointInfo) -> None:
+        """Bring back the model a failed switch left, from the cache if it is there."""
+        cached = self.cache.take(info)
         try:
-            self._current = self._load(info)
+            if cached is not None:
+                cached.move_to(self.device.device)
+                self._current = cached
+            else:
+                self._current = self._load(info)
         except BaseException:
             log.exception("could not reload the previous checkpoint %s", info.title)
 
     def unload(self) -> None:
+        """Free the loaded model and every cached one."""
         with self._lock:
             if self._current is not None:
                 log.info("unloading checkpoint %s", self._current.info.title)
             self._current = None
+            self.cache.clear()
             free_memory()

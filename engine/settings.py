@@ -32,6 +32,13 @@ __all__ = ["OPTIONS", "Option", "Settings"]
 
 OPTIONS: tuple[Option, ...] = SAVING_OPTIONS + (
     Option("sd_model_checkpoint", "", "Stable Diffusion checkpoint", "Stable Diffusion"),
+    # 1: flipping between two checkpoints (or a request's override_settings and back) costs
+    # nothing after the first time, and one extra SD 1.5 model is about 2 GB of RAM in half
+    # precision (the free-RAM bound in engine/checkpoint_cache.py covers bigger ones).
+    Option("sd_checkpoint_cache", 1,
+           "Checkpoints to keep in RAM besides the loaded one, so switching back to one takes well "
+           "under a second (fewer are kept when free RAM runs short; 0: off)", "Stable Diffusion",
+           minimum=0, maximum=10),
     # Which VAE: "Automatic", "None" or a file in models/VAE (checked against the files on disk).
     Option("sd_vae", "Automatic", "SD VAE", "Stable Diffusion"),
     Option("CLIP_stop_at_last_layers", 1, "Clip skip", "Stable Diffusion", minimum=1, maximum=12),

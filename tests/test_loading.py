@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 from engine.errors import CheckpointError, NotFoundError
 from engine.models import HashCache, ModelRegistry
 from tests.conftest import FAMILIES, make_engine
-from tests.support.ldm_export import ldm_state_dict
+from tests.support.ldm_export import UNET_PREFIX, ldm_state_dict, save_ldm_state_dict
 
 COMPONENTS = {"sd1": ("unet", "vae", "text_encoder"), "sd2": ("unet", "vae", "text_encoder"),
               "sdxl": ("unet", "vae", "text_encoder", "text_encoder_2")}
@@ -39,6 +39,49 @@ def test_single_file_checkpoint_loads_offline_with_identical_weights(family, tin
             assert model.scheduler_config["prediction_type"] == "epsilon"  # from the .yaml beside it
     finally:
         engine.shutdown()
+
+
+def _load_on_cpu(path, tiny_models):
+    """A single file loaded by the app's loader, without an engine around it."""
+    from engine.devices import DeviceConfig
+    from engine.loading import load_single_file
+    from engine.models import CheckpointInfo
+    return load_single_file(CheckpointInfo(path.name, str(path), "safetensors"),
+                            DeviceConfig.choose(use_cpu=True), tiny_models.config_root, False).pipe
+
+
+def test_a_safetensors_file_on_the_cpu_is_used_in_place_not_copied(tiny_models):
+    """The weights are the file's memory-mapped pages: loading makes no copy of the model."""
+    path = tiny_models.checkpoint("sd1")
+    pipe = _load_on_cpu(path, tiny_models)
+    with open("/proc/self/maps") as maps:
+        mapped = [tuple(int(end, 16) for end in line.split()[0].split("-"))
+                  for line in maps if line.rstrip().endswith(str(path))]
+    assert mapped, "the file is memory-mapped"
+    for name in COMPONENTS["sd1"]:
+        for key, tensor in getattr(pipe, name).state_dict().items():
+            assert any(start <= tensor.data_ptr() < end for start, end in mapped), f"{name}.{key} is a copy"
+
+
+def test_half_precision_and_mixed_files_load_without_extra_rounding(tiny_models, tmp_path):
+    """A float16 file becomes float32 weights equal to its values; in a file that mixes types
+    (a float16 UNet, a float32 VAE and text encoder) nothing float32 goes through float16."""
+    reference = tiny_models.reference_pipeline("sd1")
+    state = ldm_state_dict(reference, "sd1")
+    half = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    mixed = {k: v.half() if k.startswith(UNET_PREFIX) else v for k, v in state.items()}
+    for name, tensors, halved in (("half", half, COMPONENTS["sd1"]), ("mixed", mixed, ("unet",))):
+        path = tmp_path / f"{name}.safetensors"
+        save_ldm_state_dict(tensors, path)
+        loaded = _load_on_cpu(path, tiny_models)
+        for part in COMPONENTS["sd1"]:
+            ours = getattr(loaded, part).state_dict()
+            for key, value in getattr(reference, part).state_dict().items():
+                if key.endswith("position_ids"):
+                    continue
+                expected = value.half().float() if part in halved else value
+                assert ours[key].dtype == torch.float32
+                assert torch.equal(ours[key], expected), f"{name}: {part}.{key}"
 
 
 def test_sd2_v_prediction_is_taken_from_the_yaml_beside_the_file(tiny_models, tmp_path):

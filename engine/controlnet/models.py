@@ -386,8 +386,10 @@ class ControlNetLibrary:
 
     def clear(self) -> None:
         with self._lock:
+            held = bool(self._loaded)
             self._loaded.clear()
-        free_memory()
+        if held:  # a full garbage collection takes most of a second with a checkpoint loaded
+            free_memory()
 
     def _load(self, entry: ControlNetFile):
         if entry.kind == "diffusers":
