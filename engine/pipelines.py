@@ -10,12 +10,16 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+import torch
 
 from .devices import DeviceConfig, free_memory
 from .errors import CheckpointError, NoModelError
 from .loading import CONFIG_ROOT, check_loadable, load_checkpoint
+from .memory_modes import NONE, mode_for_model
 from .models import CheckpointInfo, ModelRegistry
+from .offload import Placement
 from .vae import load_vae_file
 
 log = logging.getLogger(__name__)
@@ -33,6 +37,29 @@ class LoadedModel:
     _derived: dict[str, Any] = field(default_factory=dict)
     vae_file: Any = None         # the VaeFile in use, None for the checkpoint's own
     _own_vae: Any = None
+    # Where the modules live (the memory mode); by default all on the device the base is on.
+    placement: Placement | None = None
+
+    def __post_init__(self) -> None:
+        if self.placement is None:
+            self.placement = Placement(self.base.device)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model computes: with an offload mode its weights wait in RAM between uses,
+        so use this, not the pipeline's or a module's device, for tensors the model works on."""
+        return self.placement.device
+
+    def use_memory_mode(self, mode: str | None) -> bool:
+        """Put the weights as the `memory_mode` setting says (a no-op when they are already, or
+        on the CPU; None: as they are); True when something was moved. Called before each job:
+        a VAE chosen since the last one is also placed here."""
+        mode = self.placement.mode if mode is None else mode_for_model(mode, self.is_sdxl)
+        return self.placement.ensure(mode, self.pipelines())
+
+    def pipelines(self) -> list:
+        """The base pipeline, then those made from it (which share its modules)."""
+        return [self.base, *self._derived.values()]
 
     def use_vae(self, choice: str, library) -> Any:
         """Put the chosen VAE into this model's pipelines; returns its VaeFile or None."""
@@ -42,8 +69,9 @@ class LoadedModel:
         if wanted is None:
             self._set_vae(self._own_vae)
         elif self.vae_file is None or self.vae_file.path != wanted.path:
+            # Loaded where the weights rest (RAM in an offload mode); use_memory_mode places it.
             module = load_vae_file(wanted, self.config_root / self.family, self._own_vae.dtype,
-                                   self._own_vae.device)
+                                   self.placement.resting_device)
             self._set_vae(module)
         self.vae_file = wanted
         return wanted
@@ -83,9 +111,11 @@ class ModelManager:
     """Loads, switches and unloads checkpoints. Only the GPU lane calls load/unload."""
 
     def __init__(self, registry: ModelRegistry, device: DeviceConfig, config_root: Path = CONFIG_ROOT,
-                 allow_unsafe: bool = False):
+                 allow_unsafe: bool = False, memory_mode: Callable[[], str] | None = None):
         self.registry = registry
         self.device = device
+        # The `memory_mode` setting as it is now: a checkpoint loads straight into it.
+        self.memory_mode = memory_mode or (lambda: NONE)
         self.config_root = Path(config_root)
         self.allow_unsafe = allow_unsafe
         self._lock = threading.RLock()
@@ -134,9 +164,17 @@ class ModelManager:
 
     def _load(self, info: CheckpointInfo) -> LoadedModel:
         log.info("loading checkpoint %s", info.title)
-        loaded = load_checkpoint(info, self.device, self.config_root, self.allow_unsafe)
+        mode, placement = self.memory_mode(), Placement(self.device.device)
+        # In an offload mode the weights load into RAM: a model that needs offloading may not fit
+        # in VRAM even for a moment. (medvram-sdxl loads there too: the family is not known yet.)
+        into = self.device if placement.effective(mode) == NONE else \
+            DeviceConfig(torch.device("cpu"), self.device.dtype)
+        loaded = load_checkpoint(info, into, self.config_root, self.allow_unsafe)
         config = dict(loaded.pipe.scheduler.config)
-        return LoadedModel(info, loaded.family, loaded.pipe, config, config_root=self.config_root)
+        model = LoadedModel(info, loaded.family, loaded.pipe, config, config_root=self.config_root,
+                            placement=placement)
+        model.use_memory_mode(mode)
+        return model
 
     def _restore(self, info: CheckpointInfo) -> None:
         try:
