@@ -29,7 +29,7 @@ def build(flags):
     from engine.devices import DeviceConfig
     from engine.downloads import ModelDownloader, sd15_offer
     from engine.engine import Engine
-    from engine.flags import uses_cpu
+    from engine.flags import memory_mode, uses_cpu
     from engine.jobs import JobQueue
     from engine.models import BUILTIN_DEMO, HashCache, ModelRegistry
     from engine.outputs import OutputWriter, remove_unfinished
@@ -41,6 +41,8 @@ def build(flags):
     data_dir = Path(flags.data_dir).resolve() if flags.data_dir else APP_DIR
     data_dir.mkdir(parents=True, exist_ok=True)
     settings = Settings(data_dir / "config.json")
+    if memory_mode(flags):  # the flag sets the setting, which Settings can change while running
+        settings.update({"memory_mode": memory_mode(flags)})
     checkpoint_dir = data_dir / "models" / "Stable-diffusion"
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     folders = [checkpoint_dir] + ([Path(flags.ckpt_dir)] if flags.ckpt_dir else [])
@@ -49,7 +51,8 @@ def build(flags):
     registry = ModelRegistry(folders, hashes, explicit, include_demo=flags.demo)
     device = DeviceConfig.choose(use_cpu=uses_cpu(flags), no_half=flags.no_half)
     models = ModelManager(registry, device, allow_unsafe=flags.allow_unsafe_checkpoints,
-                          cache=CheckpointCache(lambda: settings["sd_checkpoint_cache"]))
+                          cache=CheckpointCache(lambda: settings["sd_checkpoint_cache"]),
+                          memory_mode=lambda: settings["memory_mode"])
     # A crash mid-write leaves a temporary file beside the whole old one: tidy those away.
     if remove_unfinished(data_dir / "outputs") + remove_unfinished(data_dir, recursive=False):
         log.info("removed the temporary files of writes a crash cut short")

@@ -150,7 +150,7 @@ class CheckpointCache:
             return False
         if not on_cpu:
             try:
-                model.move_to(torch.device("cpu"))
+                model.set_aside()
             except Exception:  # out of RAM after all, or a module that will not move: drop it
                 log.warning("could not move %s to RAM; dropping it", model.info.title, exc_info=True)
                 return False

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import prompt_parser
+from .offload import compute_device
 
 CHUNK_TOKENS = 75
 COMMA_BACKTRACK = 20  # a chunk that fills up moves text after a comma this close to its end
@@ -213,8 +214,8 @@ class PromptEncoder:
         outputs = []
         pooled = None
         for index, encoder in enumerate(self.encoders):
-            device = next(encoder.parameters()).device
-            ids = self._ids(chunks, self.pad_ids[index]).to(device)
+            # Where it computes: in an offload mode its weights wait in RAM.
+            ids = self._ids(chunks, self.pad_ids[index]).to(compute_device(encoder))
             with self._inject_embeddings(encoder, index, chunks):
                 output = encoder(ids, output_hidden_states=True)
             outputs.append(self._select_layer(encoder, output))

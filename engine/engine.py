@@ -184,7 +184,8 @@ class Engine:
             preview_every=preview_every,
             preview_method=settings["show_progress_type"],
             memory=MemoryModes(vae_tiling=settings["sd_vae_tiling"],
-                               attention_slicing=settings["attention_slicing"]),
+                               attention_slicing=settings["attention_slicing"],
+                               memory_mode=settings["memory_mode"]),
         )
 
     def _run(self, job: Job, request: GenerationRequest, policy: OutputPolicy) -> GenerationResult:
@@ -224,7 +225,7 @@ class Engine:
 
     def _device(self):
         model = self.models.current
-        return model.base.device if model is not None else self.models.device.device
+        return model.device if model is not None else self.models.device.device
 
     def _restore_faces(self, job: Job, image, visibility: float):
         """Extras' face restoration: the face detailer with a neutral prompt, blended in."""

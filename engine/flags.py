@@ -75,6 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     compute.add_argument("--no-half", action="store_true",
                          help="keep the model in 32-bit floats (slower, more memory; for cards "
                               "that produce black images in half precision)")
+    compute.add_argument("--medvram", action="store_true",
+                         help="keep each model (text encoder, UNet, VAE) in RAM until it runs: less VRAM, "
+                              "a little slower (sets the memory_mode setting)")
+    compute.add_argument("--medvram-sdxl", action="store_true",
+                         help="--medvram for SDXL models only")
+    compute.add_argument("--lowvram", action="store_true",
+                         help="bring the weights to the GPU layer by layer: least VRAM, slower "
+                              "(sets the memory_mode setting)")
     return parser
 
 
@@ -119,6 +127,15 @@ def is_exposed(flags: argparse.Namespace) -> bool:
 
 def cors_origins(flags: argparse.Namespace) -> list[str]:
     return [o.strip() for o in (getattr(flags, "cors_allow_origins", None) or "").split(",") if o.strip()]
+
+
+def memory_mode(flags: argparse.Namespace) -> str | None:
+    """The memory_mode the flags ask for, None when they say nothing. The strongest wins, as in
+    the web UI these flags come from."""
+    for flag, mode in (("lowvram", "lowvram"), ("medvram", "medvram"), ("medvram_sdxl", "medvram-sdxl")):
+        if getattr(flags, flag, False):
+            return mode
+    return None
 
 
 def uses_cpu(flags: argparse.Namespace) -> bool:

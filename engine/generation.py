@@ -159,6 +159,8 @@ class Txt2ImgRun:
         request, job = self.request, self.job
         job.set_total(self.sampling_steps * request.n_iter, request.n_iter)
         vae_file = self.model.use_vae(request.vae, self.addons.vaes)
+        with memory_guard.stage("model_placement"):  # a no-op unless the mode (or the VAE) changed
+            self.model.use_memory_mode(self.policy.memory.memory_mode)
         prompt, negative = self.addons.styles.apply(request.prompt, request.negative_prompt,
                                                     request.styles)
         text, networks = extract_extra_networks(prompt)
@@ -241,12 +243,14 @@ class Txt2ImgRun:
         units = [(index, unit.replace(image=self._frame_control(unit.image), mask=self._frame_control(unit.mask)))
                  for index, unit in units]
         image, mask = self._control_fallback()
+        placement = self.model.placement
         prepared = control.prepare(units, library, request.width, request.height,
-                                   unet.device, unet.dtype, image, mask, library.folder)
+                                   placement.resting_device, unet.dtype, image, mask, library.folder)
         # An LCM-style UNet (guidance embedded) has no negative half in its batch.
         cfg = request.cfg_scale > 1 and getattr(unet.config, "time_cond_proj_dim", None) is None
-        return control.attached(unet, prepared, cfg=cfg, progress=self._control_progress,
-                                vae_scale=self.model.vae_scale_factor)
+        return _both(placement.controlnets(item.net for item in prepared),
+                     control.attached(unet, prepared, cfg=cfg, progress=self._control_progress,
+                                      vae_scale=self.model.vae_scale_factor))
 
     def _control_progress(self) -> tuple[int, int] | None:
         """(step, steps) of the pass now sampling, or None while control is off (an inner pass
@@ -309,7 +313,7 @@ class Txt2ImgRun:
     def _sample(self, seeds, subseeds, cond: ScheduledConditioning, uncond: ScheduledConditioning,
                 batch: int) -> list[Image.Image]:
         request, pipe = self.request, self.pipe
-        device, dtype = pipe.device, pipe.unet.dtype
+        device, dtype = self.model.device, pipe.unet.dtype
         count = len(seeds)
         draw_on = noise_device(request.randn_source, device)
         noise = initial_latents(request, seeds, subseeds, self.model.vae_scale_factor, draw_on)
@@ -393,6 +397,13 @@ class Txt2ImgRun:
             return tensors
 
         return on_step_end
+
+
+@contextlib.contextmanager
+def _both(first, second):
+    """Two contexts as one: `second` inside `first`, undone in reverse."""
+    with first, second:
+        yield
 
 
 def _switch_conditioning(pipe, tensors: dict, cond, uncond, count: int, is_sdxl: bool) -> None:

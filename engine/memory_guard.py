@@ -36,8 +36,8 @@ _OOM_TEXT = re.compile(r"\bout of memory\b|DefaultCPUAllocator: (can't allocate|
 FAULTS_ENV = "SD_STUDIO_FAULTS"  # for tests only: "denoise:1,vae_decode:2"
 
 SMALLER = "make the picture smaller (width, height) or lower the batch size"
-SETTINGS_HINT = ("The memory-saving settings `sd_vae_tiling` and `attention_slicing` "
-                 "(Settings > Memory and speed) help too.")
+SETTINGS_HINT = ("The memory-saving settings `sd_vae_tiling`, `attention_slicing` and `memory_mode` "
+                 "(medvram or lowvram; Settings > Memory and speed) help too.")
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,8 @@ class Stage:
 
 
 STAGES = {
+    "model_placement": Stage("moving the model to the GPU", "moving the model",
+                             ("set `memory_mode` to medvram or lowvram",)),
     "text_encoding": Stage("encoding the prompt", "prompt encoding",
                            ("lower the batch size or shorten the prompt",)),
     "denoise": Stage("denoising", "denoising", (SMALLER,)),

@@ -1,8 +1,11 @@
-"""Memory-saving modes a job runs with: VAE tiling and attention slicing.
+"""Memory-saving modes a job runs with: VAE tiling, attention slicing, and where the weights
+live (the `memory_mode` setting: none, medvram, medvram-sdxl, lowvram).
 
-Both come from settings and are applied to the pipeline for one job, then undone, so toggling
-them takes effect on the next job with no restart. The pipelines of a checkpoint share their
-modules (from_pipe), so leaving a mode switched on would leak it into every later job.
+Tiling and slicing come from settings and are applied to the pipeline for one job, then undone, so
+toggling them takes effect on the next job with no restart. The pipelines of a checkpoint share
+their modules (from_pipe), so leaving a mode switched on would leak it into every later job.
+The memory mode is different: moving whole models between RAM and VRAM costs seconds, so it is
+applied when it changes (engine/offload.py), not per job.
 """
 
 from __future__ import annotations
@@ -11,11 +14,25 @@ import contextlib
 from dataclasses import dataclass
 from typing import Iterator
 
+NONE, MEDVRAM, MEDVRAM_SDXL, LOWVRAM = "none", "medvram", "medvram-sdxl", "lowvram"
+# The choices of the `memory_mode` setting, named after the flags users of the mature web UIs type.
+MEMORY_MODES = (NONE, MEDVRAM, MEDVRAM_SDXL, LOWVRAM)
+
+
+def mode_for_model(mode: str, is_sdxl: bool) -> str:
+    """The mode a model runs in: medvram-sdxl is medvram for SDXL and none for smaller models."""
+    if mode == MEDVRAM_SDXL:
+        return MEDVRAM if is_sdxl else NONE
+    return mode
+
 
 @dataclass(frozen=True)
 class MemoryModes:
     vae_tiling: bool = False         # the `sd_vae_tiling` setting
     attention_slicing: bool = False  # the `attention_slicing` setting
+    # The `memory_mode` setting (placed by LoadedModel.use_memory_mode, not by `applied`); None
+    # leaves the weights as they are, for work outside a job that has no say in it.
+    memory_mode: str | None = None
 
 
 @contextlib.contextmanager

@@ -10,15 +10,18 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
+
 
 from .checkpoint_cache import CheckpointCache, file_signature, size_on_disk
 from .devices import DeviceConfig, free_memory
 from .errors import CheckpointError, NoModelError
 from .loading import CONFIG_ROOT, check_loadable, load_checkpoint
+from .memory_modes import NONE, mode_for_model
 from .models import CheckpointInfo, ModelRegistry
+from .offload import CPU, Placement
 from .vae import load_vae_file
 
 log = logging.getLogger(__name__)
@@ -39,6 +42,29 @@ class LoadedModel:
     # The file as it was when read (checkpoint_cache.file_signature): a cached copy of a file
     # changed since is stale.
     signature: tuple | None = None
+    # Where the modules live (the memory mode); by default all on the device the base is on.
+    placement: Placement | None = None
+
+    def __post_init__(self) -> None:
+        if self.placement is None:
+            self.placement = Placement(self.base.device)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model computes: with an offload mode its weights wait in RAM between uses,
+        so use this, not the pipeline's or a module's device, for tensors the model works on."""
+        return self.placement.device
+
+    def use_memory_mode(self, mode: str | None) -> bool:
+        """Put the weights as the `memory_mode` setting says (a no-op when they are already, or
+        on the CPU; None: as they are); True when something was moved. Called before each job:
+        a VAE chosen since the last one is also placed here."""
+        mode = self.placement.mode if mode is None else mode_for_model(mode, self.is_sdxl)
+        return self.placement.ensure(mode, self.pipelines())
+
+    def pipelines(self) -> list:
+        """The base pipeline, then those made from it (which share its modules)."""
+        return [self.base, *self._derived.values()]
 
     def use_vae(self, choice: str, library) -> Any:
         """Put the chosen VAE into this model's pipelines; returns its VaeFile or None."""
@@ -48,8 +74,9 @@ class LoadedModel:
         if wanted is None:
             self._set_vae(self._own_vae)
         elif self.vae_file is None or self.vae_file.path != wanted.path:
+            # Loaded where the weights rest (RAM in an offload mode); use_memory_mode places it.
             module = load_vae_file(wanted, self.config_root / self.family, self._own_vae.dtype,
-                                   self._own_vae.device)
+                                   self.placement.resting_device)
             self._set_vae(module)
         self.vae_file = wanted
         return wanted
@@ -59,10 +86,6 @@ class LoadedModel:
         for pipe in [self.base, *self._derived.values()]:
             pipe.vae = module
 
-    @property
-    def device(self) -> torch.device:
-        return self.base.unet.device
-
     def modules(self) -> list[torch.nn.Module]:
         """Every torch module of this model, once: the pipeline's and the checkpoint's own VAE
         while another one is in use (task pipelines share the base's modules)."""
@@ -71,10 +94,13 @@ class LoadedModel:
             found.append(self._own_vae)
         return found
 
-    def move_to(self, device: torch.device) -> None:
+    def set_aside(self) -> None:
+        """Into CPU RAM for the checkpoint cache, every offload hook off (mode none): the mode
+        may differ when it comes back, and use_memory_mode then places it from RAM."""
+        self.placement.release(self.pipelines())
         for module in self.modules():
             # nn.Module.to: diffusers' own .to warns about float32 modules on every move.
-            torch.nn.Module.to(module, device)
+            torch.nn.Module.to(module, CPU)
 
     @property
     def vae_scale_factor(self) -> int:
@@ -109,9 +135,12 @@ class ModelManager:
     `sd_checkpoint_cache` setting and free RAM allow; switching back to it reads nothing."""
 
     def __init__(self, registry: ModelRegistry, device: DeviceConfig, config_root: Path = CONFIG_ROOT,
-                 allow_unsafe: bool = False, cache: CheckpointCache | None = None):
+                 allow_unsafe: bool = False, cache: CheckpointCache | None = None,
+                 memory_mode: Callable[[], str] | None = None):
         self.registry = registry
         self.device = device
+        # The `memory_mode` setting as it is now: a checkpoint loads straight into it.
+        self.memory_mode = memory_mode or (lambda: NONE)
         self.config_root = Path(config_root)
         self.allow_unsafe = allow_unsafe
         self.cache = cache if cache is not None else CheckpointCache()
@@ -180,7 +209,7 @@ class ModelManager:
     def _switch_to(self, model: LoadedModel) -> LoadedModel:
         previous = self._set_aside()
         try:
-            model.move_to(self.device.device)
+            model.use_memory_mode(self.memory_mode())
         except BaseException:
             log.exception("could not move %s back to %s", model.info.title, self.device.device)
             del model
@@ -198,17 +227,24 @@ class ModelManager:
         log.info("loading checkpoint %s", info.title)
         # Taken before reading: a file rewritten during the load then counts as changed.
         signature = file_signature(info)
-        loaded = load_checkpoint(info, self.device, self.config_root, self.allow_unsafe)
+        mode, placement = self.memory_mode(), Placement(self.device.device)
+        # In an offload mode the weights load into RAM: a model that needs offloading may not fit
+        # in VRAM even for a moment. (medvram-sdxl loads there too: the family is not known yet.)
+        into = self.device if placement.effective(mode) == NONE else \
+            DeviceConfig(torch.device("cpu"), self.device.dtype)
+        loaded = load_checkpoint(info, into, self.config_root, self.allow_unsafe)
         config = dict(loaded.pipe.scheduler.config)
-        return LoadedModel(info, loaded.family, loaded.pipe, config, config_root=self.config_root,
-                           signature=signature)
+        model = LoadedModel(info, loaded.family, loaded.pipe, config, config_root=self.config_root,
+                            placement=placement, signature=signature)
+        model.use_memory_mode(mode)
+        return model
 
     def _restore(self, info: CheckpointInfo) -> None:
         """Bring back the model a failed switch left, from the cache if it is there."""
         cached = self.cache.take(info)
         try:
             if cached is not None:
-                cached.move_to(self.device.device)
+                cached.use_memory_mode(self.memory_mode())
                 self._current = cached
             else:
                 self._current = self._load(info)

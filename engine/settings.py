@@ -18,6 +18,7 @@ from typing import Any, Iterable, Iterator
 from .conditioning import EMPHASIS_MODES
 from .errors import RequestError
 from .faces import RESTORERS
+from .memory_modes import MEMORY_MODES
 from .option import Option
 from .options_saving import SAVING_OPTIONS
 from .options_ui import UI_OPTIONS
@@ -75,6 +76,11 @@ OPTIONS: tuple[Option, ...] = SAVING_OPTIONS + (
            "API"),
     Option("attention_slicing", False, "Attention slicing: compute attention in slices (less memory, "
            "slower)", "Memory and speed"),
+    # --medvram, --medvram-sdxl and --lowvram set it at start (app.py).
+    Option("memory_mode", "none", "Memory mode (GPU only): medvram keeps each model in RAM until it runs "
+           "(less VRAM, a little slower); medvram-sdxl does so for SDXL models only; lowvram brings "
+           "the weights to the GPU layer by layer (least VRAM, slower)", "Memory and speed",
+           choices=MEMORY_MODES),
 ) + UI_OPTIONS
 
 

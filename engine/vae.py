@@ -3,8 +3,10 @@
 The choice is "Automatic" (a VAE file named like the checkpoint, e.g. model.vae.safetensors
 beside model.safetensors or in models/VAE, else the checkpoint's own), "None" (the checkpoint's
 own) or a file name. An fp16 VAE that overflows to NaN is switched to fp32 for the rest of the
-session and the decode is repeated, rather than returning a black image. A decode that runs out
-of memory is repeated in tiles, one image at a time, before the job gives up.
+session and the decode is repeated, rather than returning a black image. A decode or encode that
+would not fit in the memory free runs one image at a time or in tiles from the start
+(engine/vae_budget.py); one that runs out of memory all the same is repeated in tiles, one image
+at a time, before the job gives up.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ from pathlib import Path
 
 import torch
 
-from . import memory_guard
+from . import memory_guard, vae_budget
 from .devices import free_memory
 from .errors import CheckpointError, NotFoundError, OutOfMemoryUserError
 from .models import HashCache
+from .offload import compute_device
 
 log = logging.getLogger(__name__)
 
@@ -144,14 +147,47 @@ def _unscaled(vae, latents: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def decode(vae, latents: torch.Tensor) -> torch.Tensor:
     """Latents to images in [-1, 1]. Upcasts to fp32 when the VAE asks for it or overflows."""
-    wants_fp32 = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
-    if not wants_fp32:
-        images = vae.decode(_scaled(vae, latents.to(vae.dtype)), return_dict=False)[0]
-        if not torch.isnan(images).any():
-            return images
-        log.warning("The VAE produced NaNs in %s; decoding in fp32 from now on.", vae.dtype)
-    vae.to(torch.float32)
-    return vae.decode(_scaled(vae, latents.float()), return_dict=False)[0]
+    # Where the VAE computes, not where its weights are (RAM, in an offload mode).
+    latents = latents.to(compute_device(vae))
+    scale = vae_scale(vae)
+    with fitted(vae, latents.shape[0], latents.shape[-2] * scale, latents.shape[-1] * scale, latents.device,
+                decoding=True):
+        wants_fp32 = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
+        if not wants_fp32:
+            images = vae.decode(_scaled(vae, latents.to(vae.dtype)), return_dict=False)[0]
+            if not torch.isnan(images).any():
+                return images
+            log.warning("The VAE produced NaNs in %s; decoding in fp32 from now on.", vae.dtype)
+        vae.to(torch.float32)
+        return vae.decode(_scaled(vae, latents.float()), return_dict=False)[0]
+
+
+def vae_scale(vae) -> int:
+    """Pixels per latent along a side (8 for the Stable Diffusion VAEs)."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+@contextlib.contextmanager
+def fitted(vae, batch: int, height: int, width: int, device, decoding: bool):
+    """For the block: the VAE's slicing and tiling switched on as far as the memory free needs
+    (see engine/vae_budget.py); nothing changes when it fits, or when tiling is on already."""
+    if getattr(vae, "use_tiling", False) or not hasattr(vae, "use_slicing"):
+        yield
+        return
+    plan = vae_budget.plan(vae, batch, height, width, device, decoding)
+    if not plan.changes_anything:
+        yield
+        return
+    log.info("VAE %s of %d image(s) of %dx%d needs about %.1f GiB, %.1f GiB free: %s",
+             "decode" if decoding else "encode", batch, width, height, plan.need / 2**30,
+             (plan.free or 0) / 2**30, "in tiles" if plan.tiles else "one image at a time")
+    saved = vae.use_slicing, vae.use_tiling
+    vae.use_slicing = vae.use_slicing or plan.one_at_a_time
+    vae.use_tiling = plan.tiles
+    try:
+        yield
+    finally:
+        vae.use_slicing, vae.use_tiling = saved
 
 
 def decode_fitting(vae, latents: torch.Tensor, notes: list[str]) -> torch.Tensor:
@@ -201,12 +237,14 @@ def encode(vae, images: torch.Tensor) -> torch.Tensor:
 
 
 def _encode(vae, images: torch.Tensor) -> torch.Tensor:
-    wants_fp32 = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
-    if not wants_fp32:
-        latents = vae.encode(images.to(vae.device, vae.dtype)).latent_dist.mode()
-        if not torch.isnan(latents).any():
-            return _unscaled(vae, latents)
-        log.warning("The VAE produced NaNs in %s; encoding in fp32 from now on.", vae.dtype)
-    vae.to(torch.float32)
-    latents = vae.encode(images.to(vae.device, torch.float32)).latent_dist.mode()
-    return _unscaled(vae, latents)
+    device = compute_device(vae)
+    with fitted(vae, images.shape[0], images.shape[-2], images.shape[-1], device, decoding=False):
+        wants_fp32 = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
+        if not wants_fp32:
+            latents = vae.encode(images.to(device, vae.dtype)).latent_dist.mode()
+            if not torch.isnan(latents).any():
+                return _unscaled(vae, latents)
+            log.warning("The VAE produced NaNs in %s; encoding in fp32 from now on.", vae.dtype)
+        vae.to(torch.float32)
+        latents = vae.encode(images.to(device, torch.float32)).latent_dist.mode()
+        return _unscaled(vae, latents)

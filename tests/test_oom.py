@@ -12,18 +12,14 @@ from PIL import Image, ImageDraw
 
 from engine import memory_guard
 from engine import vae as vae_module
-from engine.addons import AddOns
 from engine.conditioning import PromptEncoder
-from engine.controlnet.models import build_tiny_controlnet, save_original_layout
 from engine.controlnet.units import ControlUnit
-from engine.engine import Engine
 from engine.errors import OutOfMemoryUserError
 from engine.extras import ExtrasRequest
 from engine.jobs import Job
-from engine.models import HashCache
 from engine.request import GenerationRequest
+from tests.support.addon_engines import engine_with_addons
 from tests.support.face_image import picture_with_a_face
-from tests.support.lora_files import write_kohya_lora
 from tests.support.server import AppServer
 
 BASE = GenerationRequest(prompt="a red cube", steps=3, width=64, height=64, sampler_name="Euler",
@@ -54,13 +50,7 @@ def no_faults_left():
 @pytest.fixture(scope="module")
 def oom_engine(engine, tmp_path_factory):
     """The session engine's model and queue, with a LoRA and a tiny ControlNet of its own."""
-    data = tmp_path_factory.mktemp("oom")
-    pipe = engine.models.require().base
-    (data / "models" / "Lora").mkdir(parents=True)
-    write_kohya_lora(pipe, data / "models" / "Lora" / "oom-lora.safetensors")
-    save_original_layout(build_tiny_controlnet(pipe.unet, seed=1), data / "models" / "ControlNet" / "tiny-cn.safetensors")
-    return Engine(engine.models, engine.writer, engine.settings,
-                  AddOns.in_data_dir(data, HashCache(data / "cache.json")), queue=engine.queue)
+    return engine_with_addons(engine, tmp_path_factory.mktemp("oom"), lora="oom-lora", controlnet="tiny-cn")
 
 
 def full_request():

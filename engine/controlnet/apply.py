@@ -130,35 +130,38 @@ def attached(unet: torch.nn.Module, units: list[PreparedUnit], cfg: bool,
     """For the duration: `unet` adds the active units' residuals on every call. `progress`
     gives (step index, steps in this pass), or None for no control in this call; `cfg`: the
     batch is [negative, positive]."""
-    previous = unet.__dict__.get("forward")  # an instance-level forward (e.g. an offload hook)
-    inner = unet.forward
 
-    def forward(sample, timestep, encoder_hidden_states=None, *args, **kwargs):
+    # A forward pre-hook, not a replaced `forward`: offload hooks replace `forward` themselves,
+    # and diffusers takes them off and puts them back at the end of a pipeline call (model
+    # offload), which would drop a replaced forward in the middle of a job.
+    def add_residuals(module, args, kwargs):
         where = progress()
         if where is None:
-            return inner(sample, timestep, encoder_hidden_states, *args, **kwargs)
+            return None
         step, total = where
+        sample, timestep = _argument(args, kwargs, 0, "sample"), _argument(args, kwargs, 1, "timestep")
+        hidden = _argument(args, kwargs, 2, "encoder_hidden_states")
         down_sum, mid_sum = None, None
         for item in units:
             if item.unit.weight == 0 or not item.active_at(step, total):
                 continue  # skipped outright: the result is exactly that of no unit
-            down, mid = _residuals(item, sample, timestep, encoder_hidden_states,
-                                   kwargs.get("added_cond_kwargs"), cfg, vae_scale)
+            down, mid = _residuals(item, sample, timestep, hidden, kwargs.get("added_cond_kwargs"), cfg, vae_scale)
             if down_sum is None:
                 down_sum, mid_sum = down, mid
             else:
                 down_sum = [a + b for a, b in zip(down_sum, down)]
                 mid_sum = mid_sum + mid
-        if down_sum is not None:
-            kwargs["down_block_additional_residuals"] = tuple(down_sum)
-            kwargs["mid_block_additional_residual"] = mid_sum
-        return inner(sample, timestep, encoder_hidden_states, *args, **kwargs)
+        if down_sum is None:
+            return None
+        return args, {**kwargs, "down_block_additional_residuals": tuple(down_sum),
+                      "mid_block_additional_residual": mid_sum}
 
-    unet.forward = forward
+    handle = unet.register_forward_pre_hook(add_residuals, with_kwargs=True)
     try:
         yield
     finally:
-        if previous is None:
-            del unet.forward
-        else:
-            unet.forward = previous
+        handle.remove()
+
+
+def _argument(args: tuple, kwargs: dict, index: int, name: str):
+    return args[index] if len(args) > index else kwargs.get(name)

@@ -80,7 +80,7 @@ class HiresFix(Extension):
         if upscaler in LATENT_UPSCALE_MODES:
             init, resize_mode = image, LATENT_UPSCALE
         elif upscaler not in PIXEL_UPSCALERS:  # a model upscaler
-            device = ctx.run.model.base.device
+            device = ctx.run.model.device
             init, resize_mode = self.upscalers.upscale(image, upscaler, width, height, device), JUST_RESIZE
         else:
             init, resize_mode = image.resize((width, height), PIXEL_UPSCALERS[upscaler]), JUST_RESIZE

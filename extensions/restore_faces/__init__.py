@@ -42,7 +42,7 @@ class RestoreFaces(Extension):
         if options["restorer"] == FACE_DETAILER:
             return detail_faces(image, request.replace(steps=max(request.steps, 4)), options["strength"],
                                 ctx.second_pass)
-        return restore_with_model(image, self.library, options["restorer"], ctx.run.model.base.device,
+        return restore_with_model(image, self.library, options["restorer"], ctx.run.model.device,
                                   fidelity=options["codeformer_weight"])
 
     def infotext(self, request, options):
