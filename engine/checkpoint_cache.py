@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import psutil
-import torch
 
 from .devices import free_memory
 

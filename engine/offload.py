@@ -93,6 +93,12 @@ class Placement:
         log.info("memory mode: %s", mode)
         return True
 
+    def release(self, pipes: list) -> None:
+        """Every hook off and the mode forgotten, the weights left where they are: for a model set
+        aside in RAM, which the next ensure() places from scratch."""
+        self._clear(pipes, pipeline_modules(pipes[0]).values())
+        self.mode, self._modules = NONE, []
+
     def _clear(self, pipes: list, modules: Iterable[torch.nn.Module]) -> None:
         """Take every offload hook off; the weights stay where they are (RAM, mostly)."""
         for pipe in pipes:

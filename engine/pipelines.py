@@ -14,7 +14,6 @@ from typing import Any, Callable
 
 import torch
 
-
 from .checkpoint_cache import CheckpointCache, file_signature, size_on_disk
 from .devices import DeviceConfig, free_memory
 from .errors import CheckpointError, NoModelError

@@ -241,3 +241,19 @@ def test_a_checkpoint_loads_into_ram_then_into_its_mode(tiny_models, tmp_path, m
     model = manager.load("tiny-sd1")  # not SDXL: none, after loading into RAM like any other
     assert loaded_on[-1] == torch.device("cpu")
     assert model.placement.mode == NONE and hooks_on(model.base.unet) == NONE
+
+
+@pytest.mark.parametrize("mode", OFFLOAD_MODES)
+def test_a_model_set_aside_for_the_checkpoint_cache_comes_back_in_the_current_mode(offloading, mode):
+    """What the checkpoint cache does on a GPU: set the model aside in RAM with its hooks off,
+    then place it again, maybe in another mode; the picture stays the same."""
+    expected = image_in(offloading, NONE)
+    model = offloading.models.require()
+    model.use_memory_mode(mode)
+    model.set_aside()
+    assert_no_hooks(model)
+    other = LOWVRAM if mode == MEDVRAM else MEDVRAM
+    offloading.settings.update({"memory_mode": other})
+    assert model.use_memory_mode(other)
+    assert hooks_on(model.base.unet) == other
+    assert np.array_equal(image_in(offloading, other), expected)
