@@ -17,6 +17,7 @@ from .controlnet.checks import check_units
 from .errors import RequestError, UserError
 from .extras import UPSCALERS, ExtrasRequest, ExtrasResult, upscale
 from .faces import check_restorer, detail_faces, restore_with_model
+from .fast_path import FastPath, JobTraits
 from .generation import GenerationResult, ImageContext, OutputPolicy, Txt2ImgRun
 from .img2img import Img2ImgRun
 from .jobs import Job, JobQueue
@@ -44,6 +45,7 @@ class Engine:
         self.settings = settings
         self.addons = addons
         self.queue = queue or JobQueue()
+        self.fast_path = FastPath(models.device.device, settings.data_dir / "cache" / "torch-compile")
         self.sync_extensions()
         for entry in addons.extensions.loaded():
             entry.extension.attach(addons)
@@ -192,7 +194,9 @@ class Engine:
         run = Img2ImgRun if request.mode == "img2img" else Txt2ImgRun
         if request.mode == "img2img" and request.sd_upscale_scale > 0:
             run = SdUpscaleRun
-        return run(job, request, model, policy, self.addons).run(self.writer)
+        traits = JobTraits.of(request, self.addons, policy.memory)
+        with self.fast_path.job(model, job, self.settings, traits):
+            return run(job, request, model, policy, self.addons).run(self.writer)
 
     # Post-processing.
     def extras(self, request: ExtrasRequest, owner: str = "", save: bool = True) -> Job:

@@ -18,6 +18,7 @@ from typing import Any, Iterable, Iterator
 from .conditioning import EMPHASIS_MODES
 from .errors import RequestError
 from .faces import RESTORERS
+from .fast_path import FAST_PATH_OPTIONS
 from .option import Option
 from .options_saving import SAVING_OPTIONS
 from .options_ui import UI_OPTIONS
@@ -68,7 +69,7 @@ OPTIONS: tuple[Option, ...] = SAVING_OPTIONS + (
            "API"),
     Option("attention_slicing", False, "Attention slicing: compute attention in slices (less memory, "
            "slower)", "Memory and speed"),
-) + UI_OPTIONS
+) + FAST_PATH_OPTIONS + UI_OPTIONS
 
 
 class Settings:
