@@ -21,8 +21,9 @@ APP_DIR = Path(__file__).resolve().parent
 log = logging.getLogger("sd-studio")
 
 
-def build(flags):
-    """Everything the server needs, from parsed flags."""
+def build(flags, config_root: Path | None = None):
+    """Everything the server needs, from parsed flags. `config_root`: other model config folders
+    than the repo's (the benchmark's tiny mode)."""
     from engine import memory_guard
     from engine.addons import AddOns
     from engine.checkpoint_cache import CheckpointCache
@@ -52,7 +53,8 @@ def build(flags):
     device = DeviceConfig.choose(use_cpu=uses_cpu(flags), no_half=flags.no_half)
     models = ModelManager(registry, device, allow_unsafe=flags.allow_unsafe_checkpoints,
                           cache=CheckpointCache(lambda: settings["sd_checkpoint_cache"]),
-                          memory_mode=lambda: settings["memory_mode"])
+                          memory_mode=lambda: settings["memory_mode"],
+                          **({"config_root": config_root} if config_root else {}))
     # A crash mid-write leaves a temporary file beside the whole old one: tidy those away.
     if remove_unfinished(data_dir / "outputs") + remove_unfinished(data_dir, recursive=False):
         log.info("removed the temporary files of writes a crash cut short")

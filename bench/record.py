@@ -21,10 +21,10 @@ def environment() -> dict:
             "threads": torch.get_num_threads(), "machine": platform.machine()}
 
 
-def write(name: str, data: dict) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
+def write(name: str, data: dict, folder: Path = RESULTS) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = RESULTS / f"{name}-{stamp}.json"
+    path = folder / f"{name}-{stamp}.json"
     path.write_text(json.dumps({"benchmark": name, "time": stamp, "environment": environment(),
                                 **data}, indent=2))
     return path

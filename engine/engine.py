@@ -17,10 +17,11 @@ from .controlnet.checks import check_units
 from .errors import RequestError, UserError
 from .extras import UPSCALERS, ExtrasRequest, ExtrasResult, upscale
 from .faces import check_restorer, detail_faces, restore_with_model
+from .fast_path import FastPath, JobTraits
 from .generation import GenerationResult, ImageContext, OutputPolicy, Txt2ImgRun
 from .img2img import Img2ImgRun
 from .jobs import Job, JobQueue
-from .memory_modes import MemoryModes
+from .memory_modes import NONE, MemoryModes, mode_for_model
 from .outputs import OutputWriter
 from .pipelines import LoadedModel, ModelManager
 from .prompt_parser import extract_extra_networks, prompt_schedule
@@ -44,6 +45,7 @@ class Engine:
         self.settings = settings
         self.addons = addons
         self.queue = queue or JobQueue()
+        self.fast_path = FastPath(models.device.device, settings.data_dir / "cache" / "torch-compile")
         self.sync_extensions()
         for entry in addons.extensions.loaded():
             entry.extension.attach(addons)
@@ -193,7 +195,15 @@ class Engine:
         run = Img2ImgRun if request.mode == "img2img" else Txt2ImgRun
         if request.mode == "img2img" and request.sd_upscale_scale > 0:
             run = SdUpscaleRun
-        return run(job, request, model, policy, self.addons).run(self.writer)
+        traits = JobTraits.of(request, self.addons, policy.memory)
+        # The memory mode first, with the fast path's module changes off while weights move: the
+        # offload hooks must wrap the plain modules (the fast path stays off in offload modes).
+        mode = policy.memory.memory_mode
+        if mode is not None and model.placement.effective(mode_for_model(mode, model.is_sdxl)) != NONE:
+            self.fast_path.undo(model)
+        model.use_memory_mode(mode)
+        with self.fast_path.job(model, job, self.settings, traits):
+            return run(job, request, model, policy, self.addons).run(self.writer)
 
     # Post-processing.
     def extras(self, request: ExtrasRequest, owner: str = "", save: bool = True) -> Job:

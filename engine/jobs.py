@@ -69,7 +69,7 @@ class Job:
         self.batch_index = 0
         self.batch_count = 1
         self.textinfo = ""
-        self.preview = None  # latest live preview (PIL image) or None
+        self._preview = None  # latest live preview: an image, or a callable that makes it
         self.preview_id = 0
         self.interrupted = False
         self.skipped = False
@@ -99,9 +99,24 @@ class Job:
             self.step = min(self.step + steps, self.total_steps)
 
     def set_preview(self, image) -> None:
+        """`image`: a PIL image, or a callable returning one (called when someone looks, on
+        their thread, so that making it never holds up the worker)."""
         with self._lock:
-            self.preview = image
+            self._preview = image
             self.preview_id += 1
+
+    @property
+    def preview(self):
+        """The latest live preview (a PIL image) or None."""
+        with self._lock:
+            pending = self._preview
+        if not callable(pending):
+            return pending
+        image = pending()
+        with self._lock:
+            if self._preview is pending:
+                self._preview = image
+        return image
 
     def snapshot(self, queue_position: int | None = None) -> ProgressSnapshot:
         with self._lock:

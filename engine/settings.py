@@ -18,6 +18,7 @@ from typing import Any, Iterable, Iterator
 from .conditioning import EMPHASIS_MODES
 from .errors import RequestError
 from .faces import RESTORERS
+from .fast_path import FAST_PATH_OPTIONS
 from .memory_modes import MEMORY_MODES
 from .option import Option
 from .options_saving import SAVING_OPTIONS
@@ -81,7 +82,7 @@ OPTIONS: tuple[Option, ...] = SAVING_OPTIONS + (
            "(less VRAM, a little slower); medvram-sdxl does so for SDXL models only; lowvram brings "
            "the weights to the GPU layer by layer (least VRAM, slower)", "Memory and speed",
            choices=MEMORY_MODES),
-) + UI_OPTIONS
+) + FAST_PATH_OPTIONS + UI_OPTIONS
 
 
 class Settings:

@@ -33,6 +33,9 @@ VAE_SUFFIXES = (".safetensors",)
 # The smallest tile (in latents) a retry shrinks to: much smaller tiles see too little of the
 # picture for the VAE's group norms, and their colours drift apart.
 MIN_RETRY_TILE = 32
+# An attribute the fast path sets on a VAE: decode in fp16 first even where its config asks for
+# fp32 (force_upcast), since the NaN check below catches the images that overflow.
+HALF_FIRST = "sd_studio_half_first"
 TILED_NOTE = ("The image did not fit in memory to decode at once, so it was decoded in tiles "
               "(turning on `sd_vae_tiling` in Settings > Memory and speed does this from the start).")
 
@@ -152,7 +155,8 @@ def decode(vae, latents: torch.Tensor) -> torch.Tensor:
     scale = vae_scale(vae)
     with fitted(vae, latents.shape[0], latents.shape[-2] * scale, latents.shape[-1] * scale, latents.device,
                 decoding=True):
-        wants_fp32 = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
+        wants_fp32 = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False) \
+            and not getattr(vae, HALF_FIRST, False)
         if not wants_fp32:
             images = vae.decode(_scaled(vae, latents.to(vae.dtype)), return_dict=False)[0]
             if not torch.isnan(images).any():

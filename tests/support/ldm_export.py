@@ -11,8 +11,9 @@ This is the layout of the CompVis / Stability checkpoints that A1111 users downl
   ``conditioner.embedders.0.transformer.text_model.`` (HF CLIP) and
   ``conditioner.embedders.1.model.`` (OpenCLIP).
 
-Test-only code: it exists so that the single-file loading path can be tested on files the tests
-make, since no real checkpoint can be downloaded here.
+Test and benchmark code (``python -m bench`` writes its random full-size model with it): it
+exists so that the single-file loading path can be tested on files the tests make, since no real
+checkpoint can be downloaded here. The app itself never imports it.
 """
 
 from __future__ import annotations
