@@ -10,7 +10,7 @@ import contextlib
 import logging
 from typing import Iterator
 
-from . import image_prep, outpainting
+from . import image_prep, memory_guard, outpainting
 from .addons import AddOns
 from .conditioning import CHUNK_TOKENS, PromptEncoder
 from .controlnet.checks import check_units
@@ -201,7 +201,8 @@ class Engine:
         mode = policy.memory.memory_mode
         if mode is not None and model.placement.effective(mode_for_model(mode, model.is_sdxl)) != NONE:
             self.fast_path.undo(model)
-        model.use_memory_mode(mode)
+        with memory_guard.stage("model_placement"):  # as generation.py places it: OOM gets its message
+            model.use_memory_mode(mode)
         with self.fast_path.job(model, job, self.settings, traits):
             return run(job, request, model, policy, self.addons).run(self.writer)
 

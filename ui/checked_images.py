@@ -73,7 +73,7 @@ class CheckedImageEditor(gr.ImageEditor):
 
     def convert_and_format_image(self, file, flatten_on_white: bool = False):
         # Called for the background, each layer and the composite the browser sends.
-        if file is not None and (isinstance(file, (bytes, bytearray, memoryview)) or isinstance(file, FileData)):
+        if isinstance(file, (bytes, bytearray, memoryview, FileData)):
             check_upload(file, self.label or "Image", self.limit_megapixels())
         return super().convert_and_format_image(file, flatten_on_white=flatten_on_white)
 
