@@ -24,33 +24,42 @@ log = logging.getLogger("sd-studio")
 def build(flags, config_root: Path | None = None):
     """Everything the server needs, from parsed flags. `config_root`: other model config folders
     than the repo's (the benchmark's tiny mode)."""
-    from engine import memory_guard
+    import torch
+
+    from engine import a1111_flags, memory_guard
     from engine.addons import AddOns
     from engine.checkpoint_cache import CheckpointCache
     from engine.devices import DeviceConfig
     from engine.downloads import ModelDownloader, sd15_offer
     from engine.engine import Engine
-    from engine.flags import memory_mode, uses_cpu
+    from engine.flags import uses_cpu
+    from engine.folders import Folders
     from engine.jobs import JobQueue
     from engine.models import BUILTIN_DEMO, HashCache, ModelRegistry
     from engine.outputs import OutputWriter, remove_unfinished
     from engine.pipelines import ModelManager
     from engine.settings import Settings
     from ui.context import UIContext
+    from ui.server_control import ServerControl
 
     memory_guard.inject_from_env(os.environ.get(memory_guard.FAULTS_ENV))  # set by tests only
     data_dir = Path(flags.data_dir).resolve() if flags.data_dir else APP_DIR
     data_dir.mkdir(parents=True, exist_ok=True)
-    settings = Settings(data_dir / "config.json")
-    if memory_mode(flags):  # the flag sets the setting, which Settings can change while running
-        settings.update({"memory_mode": memory_mode(flags)})
-    checkpoint_dir = data_dir / "models" / "Stable-diffusion"
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    folders = [checkpoint_dir] + ([Path(flags.ckpt_dir)] if flags.ckpt_dir else [])
+    folders = Folders.in_data_dir(data_dir, flags)
+    folders.fill_flags(flags)  # /sdapi/v1/cmd-flags shows the folders in use
+    for flag, note in a1111_flags.given(flags):
+        log.info("%s: %s", flag, note)
+    settings = Settings(folders.settings_file, data_dir=data_dir)
+    apply_setting_flags(settings, flags)
+    folders.checkpoints.mkdir(parents=True, exist_ok=True)
+    checkpoint_folders = [folders.checkpoints] + ([Path(flags.ckpt_dir)] if flags.ckpt_dir else [])
     explicit = [Path(flags.ckpt)] if flags.ckpt and Path(flags.ckpt).is_file() else []
     hashes = HashCache(data_dir / "cache.json")
-    registry = ModelRegistry(folders, hashes, explicit, include_demo=flags.demo)
-    device = DeviceConfig.choose(use_cpu=uses_cpu(flags), no_half=flags.no_half)
+    registry = ModelRegistry(checkpoint_folders, hashes, explicit, include_demo=flags.demo,
+                             hashing=not flags.no_hashing)
+    device = DeviceConfig.choose(use_cpu=uses_cpu(flags), no_half=flags.no_half, no_half_vae=flags.no_half_vae,
+                                 precision=flags.precision, device_id=flags.device_id,
+                                 upcast_sampling=flags.upcast_sampling)
     models = ModelManager(registry, device, allow_unsafe=flags.allow_unsafe_checkpoints,
                           cache=CheckpointCache(lambda: settings["sd_checkpoint_cache"]),
                           memory_mode=lambda: settings["memory_mode"],
@@ -58,30 +67,60 @@ def build(flags, config_root: Path | None = None):
     # A crash mid-write leaves a temporary file beside the whole old one: tidy those away.
     if remove_unfinished(data_dir / "outputs") + remove_unfinished(data_dir, recursive=False):
         log.info("removed the temporary files of writes a crash cut short")
-    engine = Engine(models, OutputWriter(data_dir / "outputs", settings), settings,
-                    AddOns.in_data_dir(data_dir, hashes, device=device,
-                                       allow_unsafe=flags.allow_unsafe_checkpoints),
-                    queue=JobQueue(max_waiting=flags.queue_size))
+    extensions = "none" if flags.disable_all_extensions else "builtin" if flags.disable_extra_extensions else "all"
+    addons = AddOns.from_folders(folders, hashes, device=device, allow_unsafe=flags.allow_unsafe_checkpoints,
+                                 extensions=extensions,
+                                 controlnet_dtype=torch.float32 if flags.no_half_controlnet else None)
+    engine = Engine(models, OutputWriter(data_dir / "outputs", settings, name_limit=flags.filenames_max_length),
+                    settings, addons, queue=JobQueue(max_waiting=flags.queue_size))
     if flags.demo:
         from engine.controlnet.demo import ensure_demo_controlnet
         ensure_demo_controlnet(engine.addons.controlnets.folder)
         engine.addons.controlnets.refresh()
     from engine.controlnet import annotators
     annotators.use_device(str(device.device))
-    downloader = ModelDownloader(sd15_offer(os.environ.get("HF_ENDPOINT")), checkpoint_dir)
-    ctx = UIContext(engine, registry, settings, flags, downloader)
+    downloader = ModelDownloader(sd15_offer(os.environ.get("HF_ENDPOINT")), folders.checkpoints)
+    ctx = UIContext(engine, registry, settings, flags, downloader, control=ServerControl())
 
     wanted = flags.ckpt or (BUILTIN_DEMO if flags.demo else None)
     first = engine.initial_checkpoint(str(Path(flags.ckpt).resolve()) if explicit else wanted)
-    if first:
+    if flags.skip_load_model_at_start:
+        log.info("no checkpoint loaded at start (--skip-load-model-at-start); one loads when chosen")
+    elif first:
         engine.load_checkpoint(first)  # on the GPU lane; the page is served meanwhile
     else:
         log.warning("No checkpoint found in %s. Put a .safetensors model there, or start with --demo.",
-                    checkpoint_dir)
-    log.info("device: %s, %s", device.name, str(device.dtype).replace("torch.", ""))
+                    folders.checkpoints)
+    log.info("device: %s, %s%s", device.name, str(device.dtype).replace("torch.", ""),
+             f" (VAE {str(device.vae).replace('torch.', '')})" if device.vae != device.dtype else "")
     if settings.load_warning:
         log.warning(settings.load_warning)
     return ctx
+
+
+def apply_setting_flags(settings, flags) -> None:
+    """What start flags say about settings: memory modes (saved, as a choice the user can change
+    later), and for this run only the theme, API logging and the frozen settings."""
+    from engine.flags import memory_mode
+    from engine.options_saving import DIRECTORY_KEYS
+
+    if memory_mode(flags):  # the flag sets the setting, which Settings can change while running
+        settings.update({"memory_mode": memory_mode(flags)})
+    if flags.theme:
+        settings.pin({"ui_theme": flags.theme}, "the theme is set by --theme at start")
+    if flags.api_log:
+        settings.pin({"api_log_requests": True}, "API logging is set by --api-log at start")
+    if flags.hide_ui_dir_config:
+        settings.lock(DIRECTORY_KEYS, "folders and file names are fixed by --hide-ui-dir-config")
+    if flags.freeze_specific_settings:
+        keys = [key.strip() for key in flags.freeze_specific_settings.split(",") if key.strip()]
+        settings.lock(keys, "it is frozen by --freeze-specific-settings")
+    if flags.freeze_settings_in_sections:
+        sections = {part.strip().lower().replace("-", " ") for part in flags.freeze_settings_in_sections.split(",")}
+        keys = [o.key for o in settings.options.values() if o.section.lower().replace("-", " ") in sections]
+        settings.lock(keys, "its section is frozen by --freeze-settings-in-sections")
+    if flags.freeze_settings:
+        settings.lock(None, "settings are frozen by --freeze-settings")
 
 
 def lan_addresses() -> list[str]:
@@ -103,8 +142,10 @@ def lan_addresses() -> list[str]:
 
 
 def announce(flags, scheme: str) -> str:
-    local = f"{scheme}://127.0.0.1:{flags.port}/"
+    local = f"{scheme}://127.0.0.1:{flags.port}{getattr(flags, 'subpath', None) or ''}/"
     print(f"Running on local URL:  {local}", flush=True)
+    if getattr(flags, "server_name", None) and flags.server_name not in ("127.0.0.1", "localhost"):
+        print(f"Listening on:          {scheme}://{flags.server_name}:{flags.port}/", flush=True)
     if flags.listen:
         for address in lan_addresses():
             print(f"On your network:       {scheme}://{address}:{flags.port}/", flush=True)
@@ -113,6 +154,8 @@ def announce(flags, scheme: str) -> str:
                   "can use this UI.", flush=True)
     if flags.api:
         print(f"API docs:              {local}docs", flush=True)
+    if getattr(flags, "nowebui", False):
+        print("API only (--nowebui): no web page is served", flush=True)
     return local
 
 
@@ -130,15 +173,15 @@ def open_share_link(port: int) -> None:
 def serve(ctx) -> None:
     import uvicorn
 
+    from engine.flags import listen_host
     from ui.server import create_server
 
     flags = ctx.flags
     app = create_server(ctx)
-    host = "0.0.0.0" if flags.listen else "127.0.0.1"
     scheme = "https" if flags.tls_certfile else "http"
-    config = uvicorn.Config(app, host=host, port=flags.port, log_level="warning",
+    config = uvicorn.Config(app, host=listen_host(flags), port=flags.port, log_level="warning",
                             ssl_keyfile=flags.tls_keyfile, ssl_certfile=flags.tls_certfile,
-                            timeout_graceful_shutdown=2)
+                            timeout_keep_alive=flags.timeout_keep_alive, timeout_graceful_shutdown=2)
     server = uvicorn.Server(config)
 
     def after_start() -> None:
@@ -156,10 +199,13 @@ def serve(ctx) -> None:
             webbrowser.open(local)
 
     threading.Thread(target=after_start, daemon=True).start()
+    ctx.control.attach(lambda: setattr(server, "should_exit", True))
     try:
         server.run()
     finally:
         ctx.engine.shutdown()
+    if ctx.control.restart_requested:
+        ctx.control.exec_again()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,7 +220,14 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("httpx", "httpcore", "diffusers", "transformers", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     flags = parse(sys.argv[1:] if argv is None else argv)
-    serve(build(flags))
+    if flags.loglevel:
+        logging.getLogger().setLevel(flags.loglevel)
+    try:
+        ctx = build(flags)
+    except ValueError as error:  # a flag the machine cannot honour (--device-id 7 on one GPU)
+        print(f"app.py: error: {error}", file=sys.stderr)
+        return 2
+    serve(ctx)
     return 0
 
 

@@ -10,7 +10,7 @@ import contextlib
 import logging
 from typing import Iterator
 
-from . import image_prep, memory_guard, outpainting
+from . import image_prep, memory_guard, outpainting, samplers
 from .addons import AddOns
 from .conditioning import CHUNK_TOKENS, PromptEncoder
 from .controlnet.checks import check_units
@@ -18,8 +18,9 @@ from .errors import RequestError, UserError
 from .extras import UPSCALERS, ExtrasRequest, ExtrasResult, upscale
 from .faces import check_restorer, detail_faces, restore_with_model
 from .fast_path import FastPath, JobTraits
-from .generation import GenerationResult, ImageContext, OutputPolicy, Txt2ImgRun
+from .generation import ImageContext, Txt2ImgRun
 from .img2img import Img2ImgRun
+from .job_results import GenerationResult, OutputPolicy, RunOptions
 from .jobs import Job, JobQueue
 from .memory_modes import NONE, MemoryModes, mode_for_model
 from .outputs import OutputWriter
@@ -34,6 +35,9 @@ log = logging.getLogger(__name__)
 
 # Settings that change the app for everyone at once, never for one request.
 SHARED_SETTINGS = frozenset({"disabled_extensions", "hidden_tabs", "sd_checkpoint_cache"})
+# Settings kept for client programs whose feature comes in a later version, with the value that
+# means "not used": any other value is reported as not used.
+NOT_USED_YET = {"sd_model_refiner": "None"}
 FACE_PROMPT = "a detailed face, sharp focus"  # what the face detailer asks for outside a job
 
 
@@ -63,12 +67,7 @@ class Engine:
 
         `overrides` are settings for this job only (the API's override_settings); a checkpoint
         among them is loaded for the job and, with `restore_overrides`, the previous one after it."""
-        overrides = dict(overrides or {})
-        shared = sorted(set(overrides) & SHARED_SETTINGS)
-        if shared:
-            raise RequestError(f"override_settings: {', '.join(shared)} cannot be set for one request "
-                               "(it changes the app for everyone); set it with POST /sdapi/v1/options",
-                               "override_settings")
+        overrides, ignored = self._split_overrides(overrides or {})
         checkpoint = overrides.pop("sd_model_checkpoint", None)
         if checkpoint is not None:
             if not isinstance(checkpoint, str):
@@ -80,11 +79,40 @@ class Engine:
 
         def work(job: Job) -> GenerationResult:
             with self.settings.overridden(overrides), self._checkpoint_for(checkpoint, restore_overrides):
-                return self._run(job, request, policy)
+                result = self._run(job, request, policy)
+            if not restore_overrides:
+                self._keep_overrides(overrides, result)
+            if ignored:
+                result.ignored_settings = ignored
+                result.warnings.append("Settings not used here (left as they are): " + ", ".join(ignored))
+            return result
 
         job = Job(work, owner=owner, job_id=job_id, description=f"{request.mode}: {request.prompt[:60]}",
                   if_stopped_early=lambda: self._nothing_made(request))
         return self.queue.submit(job)
+
+    def _split_overrides(self, overrides: dict) -> tuple[dict, list[str]]:
+        """The overrides this job applies, and the names of those it leaves alone: settings of other
+        web UIs (client programs send many), features not in this version, and settings that
+        change the app for everyone (set those with POST /sdapi/v1/options)."""
+        known, ignored = self.settings.known(dict(overrides))
+        for key in sorted(set(known) & SHARED_SETTINGS):
+            ignored.append(key)
+            del known[key]
+        for key, unused_value in NOT_USED_YET.items():
+            if key in known and known.pop(key) not in (None, "", unused_value):
+                ignored.append(key)
+        return known, ignored
+
+    def _keep_overrides(self, overrides: dict, result: GenerationResult) -> None:
+        """override_settings_restore_afterwards=false: the settings stay as the job had them
+        (those a start flag freezes excepted)."""
+        kept = {key: value for key, value in overrides.items() if not self.settings.locked_reason(key)}
+        frozen = sorted(set(overrides) - set(kept))
+        if kept:
+            self.settings.update(kept)
+        if frozen:
+            result.warnings.append("Settings frozen by a start flag, used for this job only: " + ", ".join(frozen))
 
     def _nothing_made(self, request: GenerationRequest) -> GenerationResult:
         """What a generation interrupted while it waited returns: an interrupted result with no
@@ -122,8 +150,8 @@ class Engine:
         so a queued job is fixed and a bad name fails before it waits in the queue."""
         settings = self.settings
         self.sync_extensions()
-        self.addons.styles.apply("", "", request.styles)  # unknown style names fail here
         request = request.replace(
+            **samplers.parameters_from_settings(request, settings),
             clip_skip=request.clip_skip or settings["CLIP_stop_at_last_layers"],
             emphasis=request.emphasis or settings["emphasis"],
             randn_source=request.randn_source or settings["randn_source"],
@@ -137,6 +165,9 @@ class Engine:
                                    f"Available: {', '.join(self.upscaler_names())}", "sd_upscale_upscaler")
             request = self._check_mask(outpainting.expand(request),
                                        settings["img2img_empty_mask_as_img2img"])
+        hires_checkpoint = request.extensions.get("hires_fix", {}).get("checkpoint")
+        if hires_checkpoint and hires_checkpoint != "Use same checkpoint":
+            self.models.registry.find(hires_checkpoint)  # an unknown name fails now, not mid-job
         if request.active_controlnet_units:
             if request.sd_upscale_scale:
                 raise RequestError("ControlNet units cannot be used with the SD upscale script (its "
@@ -188,6 +219,15 @@ class Engine:
             memory=MemoryModes(vae_tiling=settings["sd_vae_tiling"],
                                attention_slicing=settings["attention_slicing"],
                                memory_mode=settings["memory_mode"]),
+            run=RunOptions(
+                eta_defaults={"eta_ancestral": settings["eta_ancestral"], "eta_ddim": settings["eta_ddim"]},
+                img2img_fix_steps=settings["img2img_fix_steps"],
+                img2img_color_correction=settings["img2img_color_correction"],
+                upscaler_for_img2img=settings["upscaler_for_img2img"],
+                enable_pnginfo=settings["enable_pnginfo"],
+                save_before=frozenset(stage for stage in ("face-restoration", "highres-fix", "color-correction")
+                                      if settings["save_images_before_" + stage.replace("-", "_")]),
+            ),
         )
 
     def _run(self, job: Job, request: GenerationRequest, policy: OutputPolicy) -> GenerationResult:
@@ -204,7 +244,9 @@ class Engine:
         with memory_guard.stage("model_placement"):  # as generation.py places it: OOM gets its message
             model.use_memory_mode(mode)
         with self.fast_path.job(model, job, self.settings, traits):
-            return run(job, request, model, policy, self.addons).run(self.writer)
+            runner = run(job, request, model, policy, self.addons)
+            runner.borrow_model = self.models.borrowed
+            return runner.run(self.writer)
 
     # Post-processing.
     def extras(self, request: ExtrasRequest, owner: str = "", save: bool = True) -> Job:

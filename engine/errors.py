@@ -26,6 +26,12 @@ class NotFoundError(UserError):
     status = 400
 
 
+class ForbiddenError(UserError):
+    """The request is understood but not allowed here (a setting frozen by a start flag)."""
+
+    status = 403
+
+
 class CheckpointError(UserError):
     """A checkpoint file is missing, unreadable, refused or not a model we know."""
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -16,96 +15,21 @@ from . import extensions, infotext, memory_guard, samplers
 from .addons import AddOns
 from .conditioning import PromptEncoder, ScheduledConditioning
 from .controlnet import apply as control
+from .devices import latent_dtype
 from .errors import RequestError
 from .filenames import ImageFields
+from .job_results import GenerationResult, OutputPolicy, hash_list, image_params
 from .jobs import Job
 from .lora import AppliedLoras, applied_loras
-from .memory_modes import MemoryModes
 from .memory_modes import applied as memory_modes_applied
-from .models import CheckpointInfo
+from .negative_guidance import skipping_negative
 from .outputs import OutputWriter, make_grid
 from .pipelines import LoadedModel
-from .preview import APPROX_CHEAP, preview_image
+from .preview import preview_image
 from .prompt_parser import extract_extra_networks
-from .request import GenerationRequest
+from .request import LATENT_UPSCALE_MODES, GenerationRequest
 from .seeds import JobSeeds, initial_latents, job_seeds, noise_device, step_generators
 from .vae import decode_fitting, encode
-from .version import VERSION
-
-
-@dataclass(frozen=True)
-class OutputPolicy:
-    """What to do with finished images (from the settings and the request)."""
-
-    save_images: bool = True
-    save_grid: bool = True
-    make_grid: bool = True
-    preview_every: int = 0  # 0: no live previews
-    preview_method: str = APPROX_CHEAP  # engine.preview.PREVIEW_METHODS
-    memory: MemoryModes = MemoryModes()
-
-    def inner_pass(self) -> "OutputPolicy":
-        """For a pass inside a job (hires fix, a tile): nothing saved, previews and memory
-        modes as the job's."""
-        return OutputPolicy(save_images=False, save_grid=False, make_grid=False,
-                            preview_every=self.preview_every, preview_method=self.preview_method,
-                            memory=self.memory)
-
-
-@dataclass
-class GenerationResult:
-    request: GenerationRequest
-    model: CheckpointInfo
-    images: list[Image.Image]
-    seeds: list[int]
-    subseeds: list[int]
-    infotexts: list[str]
-    paths: list[Path | None] = field(default_factory=list)
-    grid: Image.Image | None = None
-    grid_path: Path | None = None
-    interrupted: bool = False
-    job_timestamp: str = ""
-    prompt: str = ""            # after styles: what the images were made from
-    negative_prompt: str = ""
-    extra_params: dict[str, Any] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-    inpainting_model: bool = False  # made by a dedicated (9-channel) inpainting model
-
-    def gallery(self) -> list[tuple[Image.Image, str]]:
-        """(image, infotext) pairs as a gallery shows them: the grid first when there is one."""
-        items = list(zip(self.images, self.infotexts))
-        if self.grid is not None:
-            items.insert(0, (self.grid, self.infotexts[0]))
-        return items
-
-
-def image_params(request: GenerationRequest, model: LoadedModel, seed: int, subseed: int,
-                 extra: dict[str, Any]) -> dict[str, Any]:
-    """The `Key: value` part of one image's infotext."""
-    sampler, schedule = samplers.resolve(request.sampler_name, request.scheduler)
-    effective = samplers.effective_schedule(sampler, schedule)
-    params: dict[str, Any] = {
-        "Steps": request.steps,
-        "Sampler": sampler.name,
-        "Schedule type": None if effective == "model" else effective,
-        "CFG scale": request.cfg_scale,
-        "Seed": seed,
-        "Size": f"{request.width}x{request.height}",
-        "Model hash": model.info.short_hash,
-        "Model": model.info.model_name,
-    }
-    if request.subseed_strength > 0:
-        params["Variation seed"] = subseed
-        params["Variation seed strength"] = request.subseed_strength
-    if request.seed_resize:
-        params["Seed resize from"] = "{}x{}".format(*request.seed_resize)
-    params.update(extra)
-    params["Version"] = VERSION
-    return params
-
-
-def _hash_list(hashes: dict[str, str]) -> str | None:
-    return ", ".join(f"{name}: {short}" for name, short in hashes.items()) or None
 
 
 @dataclass(frozen=True)
@@ -116,11 +40,25 @@ class ImageContext:
     seed: int
     subseed: int
 
-    def second_pass(self, request: GenerationRequest, keep_control: bool = False) -> Image.Image:
+    def second_pass(self, request: GenerationRequest, keep_control: bool = False,
+                    checkpoint: str | None = None, exact_steps: bool = False) -> Image.Image:
         """Run `request` (an img2img request) as part of this job, with this image's seeds and
         the job's prompts unless the request brings its own; return its image. `keep_control`:
-        the job's ControlNet units act in it (only for a pass over the same frame)."""
-        return self.run.second_pass(request, self.seed, self.subseed, keep_control)
+        the job's ControlNet units act in it (only for a pass over the same frame).
+        `checkpoint`: another checkpoint runs it (the job's model is back afterwards).
+        `exact_steps`: it runs request.steps steps (of a longer schedule), not steps x strength."""
+        return self.run.second_pass(request, self.seed, self.subseed, keep_control, checkpoint, exact_steps)
+
+    def vae_roundtrip(self, image: Image.Image, width: int, height: int,
+                      latent_mode: str | None = None) -> Image.Image:
+        """The picture encoded and decoded by the job's VAE, its latents scaled to width x height
+        with `latent_mode` (a latent upscaler's name) when given: what a second pass at denoising
+        strength 0 gives."""
+        return self.run.vae_roundtrip(image, width, height, latent_mode)
+
+    def save_before(self, stage: str, image: Image.Image) -> None:
+        """Keep a copy of the image as it is before `stage` when the settings ask for one."""
+        self.run.save_before(stage, image, self.seed, self.subseed)
 
 
 class Txt2ImgRun:
@@ -139,11 +77,17 @@ class Txt2ImgRun:
         self._batch_steps = self.sampling_steps
         self._blank_conditioning = None
         self.active = addons.extensions.active(request.mode, request.extensions)
-        # What a second pass prompts with; run() sets them after styles and LoRA tags.
+        # What a second pass prompts with; run() sets them after styles and LoRA tags (styled:
+        # with the tags still in, for a pass by another checkpoint).
         self.final_prompt, self.final_negative = request.prompt, request.negative_prompt
+        self.styled_prompt, self.styled_negative = request.prompt, request.negative_prompt
+        # Engine: a context manager making another checkpoint current for a while (hires fix).
+        self.borrow_model = None
         self._control_step = 0  # sampling steps done in this pass, for the ControlNet windows
         self._control_pass: "Txt2ImgRun | None" = self  # whose steps the ControlNet windows follow
         self.memory_notes: list[str] = []  # what was done to fit in memory (shared with inner passes)
+        self.negative_skips = 0  # UNet calls that left out the negative prompt (s_min_uncond)
+        self._writing: tuple[OutputWriter, GenerationResult] | None = None  # for save_before
 
     @property
     def task(self) -> str:
@@ -165,13 +109,16 @@ class Txt2ImgRun:
                                                     request.styles)
         text, networks = extract_extra_networks(prompt)
         negative_text, _ = extract_extra_networks(negative)
+        if request.disable_extra_networks:  # the tags are still taken out of the text
+            networks = []
         # What a second pass (hires fix) prompts with: styles applied, networks already loaded.
         self.final_prompt, self.final_negative = text, negative_text
+        self.styled_prompt, self.styled_negative = prompt, negative
         result = GenerationResult(
             request.replace(seed=self.seeds.seeds[0], subseed=self.seeds.subseeds[0]),
             self.model.info, [], [], [], [], prompt=prompt, negative_prompt=negative,
             job_timestamp=dt.datetime.now().strftime("%Y%m%d%H%M%S"),
-            inpainting_model=self.model.is_inpainting)
+            inpainting_model=self.model.is_inpainting, pnginfo=self.policy.run.enable_pnginfo)
         registry = self.addons.extensions
         with memory_modes_applied(self.pipe, self.policy.memory), \
                 extensions.patched(registry, self.active, self.pipe, request), \
@@ -184,6 +131,10 @@ class Txt2ImgRun:
                 cond, uncond = encoder.encode_schedules(text, negative_text, self.sampling_steps)
             result.extra_params = self._extra_params(loras, encoder, vae_file)
             result.warnings = list(loras.warnings)
+            styles_note = self.addons.styles.unknown_note(request.styles)
+            if styles_note:
+                result.warnings.append(styles_note)
+            result.warnings += samplers.parameter_notes(self.sampler, request.replace(eta=self.eta))[1]
             for batch in range(request.n_iter):
                 if job.interrupted:
                     break
@@ -210,12 +161,15 @@ class Txt2ImgRun:
             extra["Emphasis"] = request.emphasis
         if request.randn_source not in ("", "CPU"):
             extra["RNG"] = request.randn_source
+        extra.update(samplers.parameter_notes(self.sampler, request.replace(eta=self.eta))[0])
+        if request.eta_noise_seed_delta and self.sampler.uses_ensd and self.eta != 0:
+            extra["ENSD"] = request.eta_noise_seed_delta
         extra.update(self._task_params())
         for index, unit in self.request.active_controlnet_units:
             extra[f"ControlNet {index}"] = unit.infotext_value()
         extra.update(extensions.infotext(self.addons.extensions, self.active, request))
-        extra["Lora hashes"] = _hash_list(loras.hashes)
-        extra["TI hashes"] = _hash_list(self.addons.embeddings.hashes(encoder.used_embeddings))
+        extra["Lora hashes"] = hash_list(loras.hashes)
+        extra["TI hashes"] = hash_list(self.addons.embeddings.hashes(encoder.used_embeddings))
         return {key: value for key, value in extra.items() if value is not None}
 
     def _task_params(self) -> dict[str, Any]:
@@ -260,27 +214,49 @@ class Txt2ImgRun:
             return None
         return run._control_step, max(1, getattr(run.pipe, "_num_timesteps", 0) or run.sampling_steps)
 
-    def second_pass(self, request: GenerationRequest, seed: int, subseed: int,
-                    keep_control: bool = False) -> Image.Image:
+    def second_pass(self, request: GenerationRequest, seed: int, subseed: int, keep_control: bool = False,
+                    checkpoint: str | None = None, exact_steps: bool = False) -> Image.Image:
         """An img2img pass inside this job (on the lane already, so it is not queued): the
         prompts are the job's (after styles, with its LoRAs still loaded) unless given.
         `keep_control`: the job's ControlNet units act in it too (a pass over the same frame,
-        like hires fix); otherwise they are off for it."""
+        like hires fix); otherwise they are off for it. `checkpoint`: run by that checkpoint,
+        which takes the job's LoRAs from the prompt's tags (ControlNet stays with the job's)."""
         from .img2img import Img2ImgRun  # img2img builds on this module
 
-        request = request.replace(
-            mode="img2img", seed=seed, subseed=subseed, batch_size=1, n_iter=1, styles=(),
-            prompt=extract_extra_networks(request.prompt)[0] if request.prompt else self.final_prompt,
-            negative_prompt=extract_extra_networks(request.negative_prompt)[0]
-            if request.negative_prompt else self.final_negative,
-            extensions={}, controlnet_units=(), save_images=False, save_grid=False).validate()
-        inner = Img2ImgRun(self.job, request, self.model, self.policy.inner_pass(), self.addons)
-        inner.memory_notes = self.memory_notes
-        outer, self._control_pass = self._control_pass, (inner if keep_control else None)
-        try:
-            return inner.run(None).images[0]
-        finally:
-            self._control_pass = outer
+        if checkpoint and self.borrow_model is None:
+            raise RequestError("A second pass with another checkpoint is not possible here", "checkpoint")
+        borrowing = self.borrow_model(checkpoint) if checkpoint else contextlib.nullcontext(self.model)
+        with borrowing as model:
+            own = model is self.model
+            plain = (lambda text: extract_extra_networks(text)[0]) if own else (lambda text: text)
+            request = request.replace(
+                mode="img2img", seed=seed, subseed=subseed, batch_size=1, n_iter=1, styles=(),
+                prompt=plain(request.prompt) if request.prompt else
+                self.final_prompt if own else self.styled_prompt,
+                negative_prompt=plain(request.negative_prompt) if request.negative_prompt else
+                self.final_negative if own else self.styled_negative,
+                extensions={}, controlnet_units=(), save_images=False, save_grid=False).validate()
+            inner = Img2ImgRun(self.job, request, model, self.policy.inner_pass(exact_steps), self.addons)
+            inner.memory_notes = self.memory_notes
+            outer, self._control_pass = self._control_pass, (inner if keep_control and own else None)
+            try:
+                return inner.run(None).images[0]
+            finally:
+                self._control_pass = outer
+
+    def vae_roundtrip(self, image: Image.Image, width: int, height: int,
+                      latent_mode: str | None = None) -> Image.Image:
+        from .img2img import image_tensor
+
+        scale = self.model.vae_scale_factor
+        with torch.inference_mode():
+            latents = encode(self.pipe.vae, image_tensor(image))
+            if latent_mode is not None:
+                mode, antialias = LATENT_UPSCALE_MODES[latent_mode]
+                latents = torch.nn.functional.interpolate(latents.float(), size=(height // scale, width // scale),
+                                                          mode=mode, antialias=antialias)
+            images = decode_fitting(self.pipe.vae, latents, self.memory_notes)
+            return self.pipe.image_processor.postprocess(images, output_type="pil")[0]
 
     def _run_batch(self, batch: int, cond: ScheduledConditioning, uncond: ScheduledConditioning,
                    result: GenerationResult, writer: OutputWriter) -> None:
@@ -289,14 +265,17 @@ class Txt2ImgRun:
         job.batch_index = batch
         self._control_step = 0
         seeds, subseeds = self.seeds.batch(batch, request.batch_size)
+        self._writing = (writer, result)
         images = self._finish(self._sample(seeds, subseeds, cond, uncond, batch), batch)
+        if self.negative_skips:  # written once it has happened, as the ecosystem does
+            result.extra_params["NGMS"] = request.s_min_uncond
         images = [extensions.process(self.addons.extensions, self.active, image, request,
                                      ImageContext(self, seed, subseed))
                   for image, seed, subseed in zip(images, seeds, subseeds)]
         for image, seed, subseed in zip(images, seeds, subseeds):
-            text = infotext.build(result.prompt, result.negative_prompt,
-                                  image_params(request, self.model, seed, subseed, result.extra_params))
-            image.info[infotext.INFOTEXT_KEY] = text
+            text = self._infotext(result, seed, subseed)
+            if result.pnginfo:
+                image.info[infotext.INFOTEXT_KEY] = text
             result.images.append(image)
             result.seeds.append(seed)
             result.subseeds.append(subseed)
@@ -304,6 +283,21 @@ class Txt2ImgRun:
             saved = writer.save_image(image, request.mode, seed, text, self._name_fields(result, -1)) \
                 if self.policy.save_images else None
             result.paths.append(saved)
+
+    def _infotext(self, result: GenerationResult, seed: int, subseed: int) -> str:
+        return infotext.build(result.prompt, result.negative_prompt,
+                              image_params(self.request, self.model, seed, subseed, result.extra_params))
+
+    def save_before(self, stage: str, image: Image.Image, seed: int, subseed: int) -> None:
+        """Save a copy of an image as it is before `stage` ("face-restoration", "highres-fix",
+        "color-correction") when the save_images_before_* setting asks for it."""
+        if stage not in self.policy.run.save_before or not self.policy.save_images or self._writing is None:
+            return
+        writer, result = self._writing
+        fields = ImageFields.of(self.request, self.model.info, seed, image, result.prompt,
+                                result.negative_prompt, result.job_timestamp)
+        writer.save_image(image, self.request.mode, seed, self._infotext(result, seed, subseed), fields,
+                          suffix=f"-before-{stage}")
 
     def _name_fields(self, result: GenerationResult, index: int) -> ImageFields:
         """What a saved file's name may tell about image `index` of the result."""
@@ -313,20 +307,21 @@ class Txt2ImgRun:
     def _sample(self, seeds, subseeds, cond: ScheduledConditioning, uncond: ScheduledConditioning,
                 batch: int) -> list[Image.Image]:
         request, pipe = self.request, self.pipe
-        device, dtype = self.model.device, pipe.unet.dtype
+        device, dtype = self.model.device, latent_dtype(pipe.unet)
         count = len(seeds)
         draw_on = noise_device(request.randn_source, device)
         noise = initial_latents(request, seeds, subseeds, self.model.vae_scale_factor, draw_on)
-        pipe.scheduler = samplers.build_scheduler(self.sampler, self.schedule,
-                                                  self.model.scheduler_config, seeds[0])
+        eta = self.eta
+        pipe.scheduler = samplers.build_scheduler(self.sampler, self.schedule, self.model.scheduler_config,
+                                                  seeds[0], samplers.SamplerParams.of(request.replace(eta=eta)))
         first_cond, first_uncond = cond.at(1), uncond.at(1)
         switching = not (cond.is_constant and uncond.is_constant)
         tensor_inputs = ["latents"] + (["prompt_embeds"] if switching else [])
         kwargs = dict(
             prompt_embeds=first_cond.embeds.expand(count, -1, -1),
             negative_prompt_embeds=first_uncond.embeds.expand(count, -1, -1),
-            num_inference_steps=request.steps, guidance_scale=request.cfg_scale,
-            generator=step_generators(seeds, draw_on),
+            num_inference_steps=self._schedule_steps(), guidance_scale=request.cfg_scale, eta=eta,
+            generator=step_generators(seeds, draw_on, tuple(noise.shape[1:]), request.eta_noise_seed_delta or 0),
             callback_on_step_end=self._callback(batch, cond, uncond, count),
             output_type="latent",
         )
@@ -338,11 +333,26 @@ class Txt2ImgRun:
             if switching:
                 tensor_inputs.append("add_text_embeds")
         kwargs["callback_on_step_end_tensor_inputs"] = tensor_inputs
+        alphas = getattr(pipe.scheduler, "alphas_cumprod", None)
+        negative_skip = skipping_negative(
+            pipe.unet, (request.s_min_uncond or 0.0) if alphas is not None else 0.0, alphas,
+            guiding=lambda: pipe.do_classifier_free_guidance, on_skip=self._negative_skipped)
         with torch.inference_mode():
-            with memory_guard.stage("denoise"):
+            with memory_guard.stage("denoise"), negative_skip:
                 latents = pipe(**kwargs).images
             images = decode_fitting(pipe.vae, latents, self.memory_notes)
             return list(pipe.image_processor.postprocess(images, output_type="pil"))
+
+    @property
+    def eta(self) -> float:
+        return samplers.eta_for(self.sampler, self.request.eta, self.policy.run.eta_defaults)
+
+    def _schedule_steps(self) -> int:
+        """The steps the sampler's schedule is made for (img2img may run only the last part)."""
+        return self.request.steps
+
+    def _negative_skipped(self) -> None:
+        self.negative_skips += 1
 
     def _task_inputs(self, noise: torch.Tensor, batch: int) -> dict[str, Any]:
         """The pipeline arguments that say what to start from (here: pure noise)."""

@@ -8,6 +8,7 @@ tested without a model.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps
@@ -30,17 +31,23 @@ def flatten(image: Image.Image, background=BACKGROUND) -> Image.Image:
     return image.convert("RGB")
 
 
-def resize_image(image: Image.Image, mode: int, width: int, height: int) -> Image.Image:
-    """The image at width x height, framed as the resize mode says."""
+# An upscaler for pictures to be enlarged: (image, width, height) -> image of about that size.
+Upscale = Callable[[Image.Image, int, int], Image.Image]
+
+
+def resize_image(image: Image.Image, mode: int, width: int, height: int,
+                 upscale: Upscale | None = None) -> Image.Image:
+    """The image at width x height, framed as the resize mode says; `upscale` (the
+    upscaler_for_img2img setting) enlarges a colour picture before the final Lanczos fit."""
     if mode in (JUST_RESIZE, LATENT_UPSCALE):
-        return _resize(image, width, height)
+        return _resize(image, width, height, upscale)
     src_w, src_h = image.size
     fit_width = (width / height > src_w / src_h) == (mode == CROP_AND_RESIZE)
     if fit_width:
         new_w, new_h = width, max(1, round(src_h * width / src_w))
     else:
         new_w, new_h = max(1, round(src_w * height / src_h)), height
-    resized = _resize(image, new_w, new_h)
+    resized = _resize(image, new_w, new_h, upscale)
     canvas = Image.new(image.mode, (width, height))
     left, top = (width - new_w) // 2, (height - new_h) // 2
     canvas.paste(resized, (left, top))
@@ -49,9 +56,13 @@ def resize_image(image: Image.Image, mode: int, width: int, height: int) -> Imag
     return canvas
 
 
-def _resize(image: Image.Image, width: int, height: int) -> Image.Image:
+def _resize(image: Image.Image, width: int, height: int, upscale: Upscale | None = None) -> Image.Image:
     if image.size == (width, height):
         return image.copy()
+    if upscale is not None and image.mode != "L" and max(width / image.width, height / image.height) > 1:
+        image = upscale(image, width, height)
+        if image.size == (width, height):
+            return image
     return image.resize((width, height), Image.Resampling.LANCZOS)
 
 
@@ -208,15 +219,15 @@ def prepare_mask(mask: Image.Image, image_size: tuple[int, int], width: int, hei
 
 
 def prepare_init(image: Image.Image, width: int, height: int, resize_mode: int,
-                 mask: PreparedMask | None, masked_content: int) -> InitImage:
+                 mask: PreparedMask | None, masked_content: int, upscale: Upscale | None = None) -> InitImage:
     """One init image at the processing size, with its overlay when there is a mask."""
     image = flatten(image)
     if mask is not None and mask.crop is not None:
         overlay = _overlay(image, mask.overlay)
-        cropped = resize_image(image.crop(mask.crop), RESIZE_AND_FILL, width, height)
+        cropped = resize_image(image.crop(mask.crop), RESIZE_AND_FILL, width, height, upscale)
         prepared = InitImage(cropped, overlay, mask.crop, image)
     else:
-        resized = resize_image(image, resize_mode, width, height)
+        resized = resize_image(image, resize_mode, width, height, upscale if resize_mode != LATENT_UPSCALE else None)
         if resize_mode == LATENT_UPSCALE and mask is None:
             # The model sees the image at (nearly) its own size; the latents are scaled later.
             # (With a mask the pixels must line up with it, so it is resized like "Just resize".)

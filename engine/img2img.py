@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import image_prep
+from . import color_correction, image_prep
 from .generation import Txt2ImgRun
 from .image_prep import InitImage, PreparedMask
 from .request import LATENT_UPSCALE_MODES
@@ -55,8 +55,11 @@ class Img2ImgRun(Txt2ImgRun):
             image_prep.prepare_init(image if image.size == first.size else
                                     image.resize(first.size, Image.Resampling.LANCZOS),
                                     request.width, request.height, request.resize_mode,
-                                    self.mask, request.inpainting_fill)
+                                    self.mask, request.inpainting_fill, self._upscaler())
             for image in request.init_images]
+        self._colour_targets = {index: color_correction.correction_target(init.image)
+                                for index, init in enumerate(self.inits)} \
+            if self.policy.run.img2img_color_correction else {}
         self._encoded: dict[int, torch.Tensor] = {}
         self._masked_encoded: dict[int, torch.Tensor] = {}
 
@@ -66,7 +69,23 @@ class Img2ImgRun(Txt2ImgRun):
 
     @property
     def sampling_steps(self) -> int:
+        """img2img runs the last `denoising strength` part of the schedule: steps x strength of
+        it, or with the img2img_fix_steps setting exactly `steps` of a longer schedule."""
+        if self.policy.run.img2img_fix_steps:
+            return self.request.steps
         return self.request.img2img_steps
+
+    def _schedule_steps(self) -> int:
+        request = self.request
+        if self.policy.run.img2img_fix_steps and request.denoising_strength > 0:
+            return int(request.steps / min(request.denoising_strength, 0.999))
+        return request.steps
+
+    def _strength(self) -> float:
+        """What the pipeline is told, so that it runs `sampling_steps` of `_schedule_steps`."""
+        if not self.policy.run.img2img_fix_steps:
+            return self.request.denoising_strength
+        return min(1.0, (self.sampling_steps + 0.5) / self._schedule_steps())
 
     def _task_params(self) -> dict[str, Any]:
         request = self.request
@@ -118,7 +137,7 @@ class Img2ImgRun(Txt2ImgRun):
             elif request.inpainting_fill == image_prep.LATENT_NOTHING:
                 latents = latents * (1 - latent_mask)
         _replace_noise(self.pipe.scheduler, noise)
-        inputs: dict[str, Any] = {"image": latents, "strength": request.denoising_strength}
+        inputs: dict[str, Any] = {"image": latents, "strength": self._strength()}
         if self.task == "inpaint":
             inputs.update(width=request.width, height=request.height,
                           mask_image=self._pipeline_mask(latent_mask))
@@ -129,7 +148,7 @@ class Img2ImgRun(Txt2ImgRun):
                 # Unused by an ordinary UNet, but without it the pipeline would mask `image`,
                 # which here is latents, with a full-size mask.
                 inputs["masked_image_latents"] = latents
-            if request.denoising_strength >= 1.0:
+            if self._strength() >= 1.0:
                 # At full strength the pipeline starts from `latents` alone, unscaled noise.
                 inputs["latents"] = noise
         return inputs
@@ -170,6 +189,26 @@ class Img2ImgRun(Txt2ImgRun):
             self._masked_encoded[index] = self._to_latent_size(encode(self.pipe.vae, pixels))
         return self._masked_encoded[index]
 
+    def _upscaler(self) -> image_prep.Upscale | None:
+        """The upscaler_for_img2img setting as a function, None for plain Lanczos."""
+        name = self.policy.run.upscaler_for_img2img
+        if name in ("None", "Lanczos", ""):
+            return None
+        if name == "Nearest":
+            return lambda image, width, height: image.resize((width, height), Image.Resampling.NEAREST)
+        if name not in self.addons.upscalers.names():
+            self.memory_notes.append(f"Upscaler for img2img '{name}' not found: Lanczos was used")
+            return None
+        return lambda image, width, height: self.addons.upscalers.upscale(image, name, width, height,
+                                                                          self.model.device)
+
     def _finish(self, images: list[Image.Image], batch: int) -> list[Image.Image]:
         indices = self._indices(batch, len(images))
-        return [self.inits[i].restore(image) for i, image in zip(indices, images)]
+        seeds, subseeds = self.seeds.batch(batch, self.request.batch_size)
+        finished = []
+        for i, image, seed, subseed in zip(indices, images, seeds, subseeds):
+            if i in self._colour_targets:
+                self.save_before("color-correction", self.inits[i].restore(image), seed, subseed)
+                image = color_correction.apply(self._colour_targets[i], image)
+            finished.append(self.inits[i].restore(image))
+        return finished

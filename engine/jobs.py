@@ -10,6 +10,7 @@ step callback reads the flags, so stopping never kills a thread.
 from __future__ import annotations
 
 import bisect
+import collections
 import itertools
 import logging
 import math
@@ -177,6 +178,7 @@ class Job:
 # Jobs of these kinds change the model every later job runs with, so they keep their place: each
 # runs after every job submitted before it and before every job submitted after it.
 BARRIER_KINDS = frozenset({"load", "unload"})
+FINISHED_KEPT = 256  # ids of ended jobs remembered, for /internal/progress's "completed"
 
 
 class JobQueue:
@@ -202,6 +204,7 @@ class JobQueue:
         self._counter = itertools.count()
         self.current: Job | None = None
         self.jobs_done = 0
+        self._finished: collections.deque[str] = collections.deque(maxlen=FINISHED_KEPT)
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
@@ -231,6 +234,7 @@ class JobQueue:
                 return False
             self._waiting.remove(job)
             del self._keys[job]
+            self._finished.append(job.id)
         job.finish_unstarted()
         return True
 
@@ -247,6 +251,11 @@ class JobQueue:
 
     def find(self, job_id: str) -> Job | None:
         return next((job for job in self._all() if job.id == job_id), None)
+
+    def finished(self, job_id: str) -> bool:
+        """Whether a job of this id ended lately (the last FINISHED_KEPT jobs are remembered)."""
+        with self._lock:
+            return job_id in self._finished
 
     def _all(self) -> list[Job]:
         """The running job, then the waiting ones in the order they will run."""
@@ -285,3 +294,4 @@ class JobQueue:
             with self._lock:
                 self.current = None
                 self.jobs_done += 1
+                self._finished.append(job.id)

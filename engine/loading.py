@@ -201,11 +201,12 @@ def load_single_file(info: CheckpointInfo, device: DeviceConfig, config_root: Pa
 
 
 def _move(pipe, device: DeviceConfig) -> None:
-    for module in pipe.components.values():
+    for name, module in pipe.components.items():
         if isinstance(module, torch.nn.Module):
             # nn.Module.to converts one tensor at a time (diffusers' own .to warns on every
-            # dtype change about float32 modules these models do not have).
-            torch.nn.Module.to(module, device.device, device.dtype)
+            # dtype change about float32 modules these models do not have). The VAE goes
+            # straight to its own precision, so a 32-bit file's VAE never passes through 16-bit.
+            torch.nn.Module.to(module, device.device, device.vae if name == "vae" else device.dtype)
 
 
 def _set_sd2_prediction(pipe, path: Path) -> None:
@@ -262,7 +263,17 @@ def load_checkpoint(info: CheckpointInfo, device: DeviceConfig, config_root: Pat
     if hasattr(pipe, "safety_checker"):
         pipe.safety_checker = None
     pipe.set_progress_bar_config(disable=True)
+    apply_vae_precision(pipe.vae, device)
     return loaded
+
+
+def apply_vae_precision(vae, device: DeviceConfig) -> None:
+    """The VAE in the precision the start flags ask for: 32-bit with --no-half-vae (or
+    --precision full); never upcast for decoding with --precision half."""
+    if device.vae_dtype is not None and vae.dtype != device.vae_dtype:
+        torch.nn.Module.to(vae, dtype=device.vae_dtype)
+    if device.half_vae_always and getattr(vae.config, "force_upcast", False):
+        vae.register_to_config(force_upcast=False)
 
 
 def check_loadable(info: CheckpointInfo, allow_unsafe: bool) -> None:

@@ -41,8 +41,11 @@ class LoraFile:
 class LoraLibrary:
     """The LoRA files on disk, by name. Thread-safe; refresh() rescans."""
 
-    def __init__(self, folder: Path, hashes: HashCache):
-        self.folder = Path(folder)
+    def __init__(self, folders: Path | list[Path], hashes: HashCache):
+        """`folders`: the LoRA folder, then any others (the old separate LyCORIS folder)."""
+        folders = [folders] if isinstance(folders, (str, Path)) else list(folders)
+        self.folders = [Path(folder) for folder in folders]
+        self.folder = self.folders[0]
         self.hashes = hashes
         self._lock = threading.Lock()
         self._files: dict[str, LoraFile] = {}
@@ -50,8 +53,10 @@ class LoraLibrary:
 
     def refresh(self) -> list[LoraFile]:
         found: dict[str, LoraFile] = {}
-        if self.folder.is_dir():
-            for root, dirs, files in os.walk(self.folder, followlinks=True):
+        for folder in self.folders:
+            if not folder.is_dir():
+                continue
+            for root, dirs, files in os.walk(folder, followlinks=True):
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
                 for file in sorted(files):
                     if file.lower().endswith(".safetensors") and not file.startswith("."):

@@ -55,7 +55,7 @@ class CheckpointInfo:
             return f"{self.name} (built-in demo)"
         return f"{self.name} [{self.short_hash}]" if self.short_hash else self.name
 
-    def matches(self, wanted: str) -> bool:
+    def matches(self, wanted: str, fold_case: bool = False) -> bool:
         wanted = wanted.strip()
         if not wanted:
             return False
@@ -66,7 +66,11 @@ class CheckpointInfo:
             candidates.update({self.short_hash, self.sha256})
         # Titles from another install carry a hash in brackets; the name before it still counts.
         bare = wanted.split(" [")[0]
-        return wanted in candidates or bare in {self.name, self.model_name}
+        names = {self.name, self.model_name}
+        if fold_case:
+            wanted, bare = wanted.lower(), bare.lower()
+            candidates, names = {c.lower() for c in candidates}, {n.lower() for n in names}
+        return wanted in candidates or bare in names
 
 
 class HashCache:
@@ -136,11 +140,12 @@ class ModelRegistry:
     """Scans the checkpoint folders. Cheap: hashes come from the cache or are computed on load."""
 
     def __init__(self, folders: list[Path], hashes: HashCache, extra_files: list[Path] | None = None,
-                 include_demo: bool = False):
+                 include_demo: bool = False, hashing: bool = True):
         self.folders = [Path(f) for f in folders]
         self.extra_files = [Path(f) for f in extra_files or []]
         self.hashes = hashes
         self.include_demo = include_demo
+        self.hashing = hashing  # --no-hashing: never read a whole checkpoint just to hash it
         self._lock = threading.Lock()
         self._checkpoints: list[CheckpointInfo] = []
         self.refresh()
@@ -181,12 +186,16 @@ class ModelRegistry:
         for checkpoint in self.checkpoints:
             if checkpoint.matches(wanted):
                 return checkpoint
+        # Client programs that lower-case names before matching (webuiapi's util_set_model does).
+        folded = [c for c in self.checkpoints if c.matches(wanted, fold_case=True)]
+        if len(folded) == 1:
+            return folded[0]
         known = ", ".join(self.titles()) or "none: put a .safetensors file into models/Stable-diffusion"
         raise NotFoundError(f"Checkpoint not found: '{wanted}'. Available: {known}", "checkpoint")
 
     def with_hash(self, checkpoint: CheckpointInfo) -> CheckpointInfo:
         """The same checkpoint with its sha256 computed (once; cached on disk)."""
-        if checkpoint.sha256 or checkpoint.kind == "builtin":
+        if checkpoint.sha256 or checkpoint.kind == "builtin" or not self.hashing:
             return checkpoint
         target = _hash_target(Path(checkpoint.path), checkpoint.kind)
         if target is None or not target.is_file():

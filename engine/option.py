@@ -37,6 +37,8 @@ class Option:
     def coerce(self, value: Any) -> Any:
         """The value converted to this option's type, or RequestError naming the key."""
         kind = type(self.default)
+        if value is None and self.default == "None":
+            value = "None"  # client programs send null for "no upscaler", "no refiner"
         try:
             if kind is bool:
                 if isinstance(value, str) and value.lower() in ("true", "false"):

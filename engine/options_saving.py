@@ -27,6 +27,9 @@ FOLDER_DEFAULTS: dict[str, str] = {
     "outdir_txt2img_grids": f"{OUTPUTS}/txt2img-grids",
     "outdir_img2img_grids": f"{OUTPUTS}/img2img-grids",
 }
+# What --hide-ui-dir-config hides and keeps from being changed: where pictures go and their names.
+DIRECTORY_KEYS: tuple[str, ...] = tuple(FOLDER_DEFAULTS) + ("samples_filename_pattern",
+                                                             "directories_filename_pattern")
 
 
 def resolve_folder(key: str, value: str, base: Path, jail: Path) -> Path:
@@ -77,6 +80,14 @@ SAVING_OPTIONS: tuple[Option, ...] = (
     Option("grid_format", "png", "File format for grids", SECTION, choices=FORMATS),
     Option("save_txt", False, "Create a text file next to every image with its generation parameters",
            SECTION),
+    Option("enable_pnginfo", True, "Write the generation parameters (infotext) into the images' "
+           "metadata", SECTION),
+    Option("save_images_before_face_restoration", False, "Also save each image as it was before face "
+           "restoration", SECTION),
+    Option("save_images_before_highres_fix", False, "Also save each image as it was before the hires "
+           "fix pass", SECTION),
+    Option("save_images_before_color_correction", False, "Also save each img2img image as it was "
+           "before colour correction", SECTION),
     Option("jpeg_quality", 80, "Quality for saved jpeg and webp images", SECTION, minimum=1, maximum=100),
     Option("webp_lossless", False, "Use lossless compression for webp images", SECTION),
     Option("save_to_dirs", True, "Save images to a subdirectory", SECTION),

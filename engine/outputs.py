@@ -23,7 +23,7 @@ from typing import Any
 from PIL import Image, PngImagePlugin
 
 from .errors import RequestError
-from .filenames import ImageFields, expand, safe_name
+from .filenames import NAME_CHARS, ImageFields, expand, safe_name
 from .infotext import INFOTEXT_KEY
 from .options_saving import FOLDER_DEFAULTS, SAVING_DEFAULTS, resolve_folder
 
@@ -187,9 +187,10 @@ class OutputWriter:
     default one with a warning in the log. Without `settings`, the defaults apply.
     """
 
-    def __init__(self, root: Path, settings=None):
+    def __init__(self, root: Path, settings=None, name_limit: int = NAME_CHARS):
         self.root = Path(root)
         self.settings = settings
+        self.name_limit = name_limit  # --filenames-max-length
         self._lock = threading.Lock()  # a number is taken and its file written as one step
 
     def _option(self, key: str) -> Any:
@@ -222,7 +223,7 @@ class OutputWriter:
         folder = self.base_folder(kind, mode)
         if self._option("grid_save_to_dirs" if kind == "grids" else "save_to_dirs"):
             pattern = self._option("directories_filename_pattern") or "[date]"
-            sub = safe_name(expand(pattern, fields or ImageFields(), now))
+            sub = safe_name(expand(pattern, fields or ImageFields(), now), self.name_limit)
             if sub:
                 folder = folder / sub  # one level: safe_name leaves no separators
         return folder
@@ -235,10 +236,12 @@ class OutputWriter:
 
     # Saving.
     def save_image(self, image: Image.Image, mode: str, seed: int, infotext: str | None,
-                   fields: ImageFields | None = None) -> Path:
-        """NNNNN-<pattern>.<format> in the mode's folder; the pattern defaults to [seed]."""
+                   fields: ImageFields | None = None, suffix: str = "") -> Path:
+        """NNNNN-<pattern><suffix>.<format> in the mode's folder; the pattern defaults to [seed].
+        `suffix`: for a copy of an image at an earlier stage ("-before-face-restoration")."""
         now, fields = dt.datetime.now(), fields or ImageFields(seed=seed)
-        name = safe_name(expand(self._option("samples_filename_pattern") or "[seed]", fields, now))
+        name = safe_name(expand(self._option("samples_filename_pattern") or "[seed]", fields, now),
+                         self.name_limit - len(suffix)) + suffix
         return self._save(self.images_dir(mode, now, fields), name, self._option("save_images_add_number"),
                           image, self._option("samples_format"), infotext)
 
@@ -274,7 +277,9 @@ class OutputWriter:
         if max(image.size) > _MAX_SIDE.get(file_format, max(image.size)):
             log.warning("%dx%d is too large for %s; saving as png", *image.size, file_format)
             file_format, path = "png", path.with_suffix(".png")
-        data = image_bytes(image, file_format, infotext, self._option("jpeg_quality"),
+        # enable_pnginfo off: no parameters in the picture (the .txt beside it still has them).
+        embedded = infotext if self._option("enable_pnginfo") else None
+        data = image_bytes(image, file_format, embedded, self._option("jpeg_quality"),
                            self._option("webp_lossless"), more_text)
         write_atomically(path, data)
         if infotext and self._option("save_txt"):

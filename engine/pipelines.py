@@ -6,16 +6,18 @@ base's modules: the weights are in memory once.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
 from .checkpoint_cache import CheckpointCache, file_signature, size_on_disk
-from .devices import DeviceConfig, free_memory
+from .devices import DeviceConfig, free_memory, upcast_sampling
 from .errors import CheckpointError, NoModelError
 from .loading import CONFIG_ROOT, check_loadable, load_checkpoint
 from .memory_modes import NONE, mode_for_model
@@ -76,6 +78,8 @@ class LoadedModel:
             # Loaded where the weights rest (RAM in an offload mode); use_memory_mode places it.
             module = load_vae_file(wanted, self.config_root / self.family, self._own_vae.dtype,
                                    self.placement.resting_device)
+            if not getattr(self._own_vae.config, "force_upcast", True):  # --precision half
+                module.register_to_config(force_upcast=False)
             self._set_vae(module)
         self.vae_file = wanted
         return wanted
@@ -192,6 +196,37 @@ class ModelManager:
             self.cache.trim()  # what the new model really took may leave too little free
             return self._current
 
+    @contextlib.contextmanager
+    def borrowed(self, wanted: str) -> Iterator[LoadedModel]:
+        """For the block, checkpoint `wanted` is the current model (a hires pass with another
+        checkpoint); afterwards the model current before is back, the very same object, since a
+        running job holds it. Only the GPU lane calls this, inside a job."""
+        with self._lock:
+            home, info = self.require(), self.registry.find(wanted)
+            if home.info.path == info.path and home.info.kind == info.kind:
+                yield home
+                return
+            home.set_aside()  # into RAM, offload hooks off; kept alive by this frame
+            self._current = None
+            other = None
+            try:
+                other = self.cache.take(info)
+                if other is not None:
+                    other.use_memory_mode(self.memory_mode())
+                else:
+                    check_loadable(info, self.allow_unsafe)
+                    self.cache.trim(reserve=size_on_disk(info))
+                    other = self._load(self.registry.with_hash(info))
+                self._current = other
+                yield other
+            finally:
+                self._current = None
+                if other is not None and not self.cache.keep(other):
+                    del other
+                    free_memory()
+                home.use_memory_mode(self.memory_mode())
+                self._current = home
+
     def _set_aside(self) -> CheckpointInfo | None:
         """Move the current model into the cache (or let it go); returns what it was."""
         model, self._current = self._current, None
@@ -230,8 +265,10 @@ class ModelManager:
         # In an offload mode the weights load into RAM: a model that needs offloading may not fit
         # in VRAM even for a moment. (medvram-sdxl loads there too: the family is not known yet.)
         into = self.device if placement.effective(mode) == NONE else \
-            DeviceConfig(torch.device("cpu"), self.device.dtype)
+            dataclasses.replace(self.device, device=torch.device("cpu"))
         loaded = load_checkpoint(info, into, self.config_root, self.allow_unsafe)
+        if self.device.upcast_sampling:
+            upcast_sampling(loaded.pipe.unet)
         config = dict(loaded.pipe.scheduler.config)
         model = LoadedModel(info, loaded.family, loaded.pipe, config, config_root=self.config_root,
                             placement=placement, signature=signature)

@@ -22,6 +22,7 @@ from .image_prep import MASKED_CONTENT, RESIZE_MODES
 MAX_SEED = 2**32 - 1
 MIN_SIZE, MAX_SIZE, SIZE_STEP = 64, 2048, 8
 MAX_STEPS = 150
+MAX_SEED_RESIZE = 8192  # "Resize seed from" any size a picture may have had
 MAX_BATCH_SIZE = 8
 MAX_BATCH_COUNT = 100
 MIN_CFG, MAX_CFG = 1.0, 30.0
@@ -40,6 +41,12 @@ MAX_MASK_BLUR = 64
 MAX_PADDING = 256
 MAX_OUTPAINT = 512
 OUTPAINT_DIRECTIONS = ("left", "right", "up", "down")
+
+# The ranges the ecosystem's sliders allow (its API takes anything; these keep the math sane).
+SAMPLER_PARAMETER_RANGES = {
+    "eta": (0.0, 2.0), "s_churn": (0.0, 100.0), "s_tmin": (0.0, 1000.0), "s_tmax": (0.0, 1000.0),
+    "s_noise": (0.0, 2.0), "s_min_uncond": (0.0, 100.0), "image_cfg_scale": (0.0, 3.0),
+}
 
 # img2img covers every edit of an existing picture: with a mask it is inpainting.
 MODES = ("txt2img", "img2img")
@@ -95,6 +102,20 @@ class GenerationRequest:
     sd_upscale_scale: float = 0.0
     sd_upscale_overlap: int = 64
     sd_upscale_upscaler: str = "Lanczos"
+    # Sampler parameters, for the samplers that use them (samplers.SamplerParams); None: the
+    # setting of the same name (eta: eta_ancestral, or eta_ddim for DDIM), which
+    # Engine.complete fills in so a queued job is fixed.
+    eta: float | None = None
+    s_churn: float | None = None
+    s_tmin: float | None = None
+    s_tmax: float | None = None      # 0: no upper bound
+    s_noise: float | None = None
+    s_min_uncond: float | None = None  # skip the negative prompt below this sigma (0: never)
+    eta_noise_seed_delta: int | None = None  # "ENSD": step noise seeded with seed + this
+    # Instruct-pix2pix models' image guidance; no other model uses it.
+    image_cfg_scale: float | None = None
+    # Leave <lora:...> tags in the prompt unapplied (as text they are removed all the same).
+    disable_extra_networks: bool = False
     # ControlNet units (engine.controlnet.units.ControlUnit); only enabled ones act.
     controlnet_units: tuple = ()
     # Per-extension options: {extension name: {field: value}}.
@@ -124,10 +145,11 @@ class GenerationRequest:
         _check_number(self.subseed_strength, "subseed_strength", 0.0, 1.0)
         for name in ("seed_resize_from_w", "seed_resize_from_h"):
             value = getattr(self, name)
-            _check_int(value, name, -1, MAX_SIZE)
-            if value > 0:
-                _check_size(value, name)
+            _check_int(value, name, -1, MAX_SEED_RESIZE)
+            if value > 0 and value % SIZE_STEP:
+                raise RequestError(f"{name} must be a multiple of {SIZE_STEP}, got {value}", name)
         samplers.resolve(self.sampler_name, self.scheduler)
+        self._validate_sampler_parameters()
         _check_int(self.clip_skip, "clip_skip", 0, MAX_CLIP_SKIP)
         if self.emphasis not in ("",) + EMPHASIS_MODES:
             raise RequestError(f"Unknown emphasis mode '{self.emphasis}'. Choose one of: "
@@ -143,6 +165,15 @@ class GenerationRequest:
             self._validate_img2img()
         self._validate_controlnet()
         return self
+
+    def _validate_sampler_parameters(self) -> None:
+        for name, (low, high) in SAMPLER_PARAMETER_RANGES.items():
+            if getattr(self, name) is not None:
+                _check_number(getattr(self, name), name, low, high)
+        if self.eta_noise_seed_delta is not None:
+            _check_int(self.eta_noise_seed_delta, "eta_noise_seed_delta", 0, MAX_SEED)
+        if not isinstance(self.disable_extra_networks, bool):
+            raise RequestError("disable_extra_networks must be true or false", "disable_extra_networks")
 
     def _validate_controlnet(self) -> None:
         from .controlnet.units import ControlUnit

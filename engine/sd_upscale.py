@@ -15,9 +15,9 @@ from . import infotext
 from .errors import RequestError
 from .extras import UPSCALERS
 from .filenames import ImageFields
-from .generation import GenerationResult, OutputPolicy, image_params
 from .image_prep import flatten
 from .img2img import Img2ImgRun
+from .job_results import GenerationResult, OutputPolicy, image_params
 from .jobs import Job
 from .request import MAX_SIZE, SIZE_STEP, GenerationRequest
 from .seeds import fixed_seed

@@ -125,8 +125,19 @@ def _draw(seed: int, shape, source_shape, device) -> torch.Tensor:
     return cpu_noise(seed, shape, device)
 
 
-def step_generators(seeds: tuple[int, ...], device: torch.device | str = "cpu") -> list[torch.Generator]:
-    """Generators for the noise ancestral/SDE samplers add at each step, one per image, on the
-    device the job draws its noise on."""
-    # Offset so the step noise is not a copy of the starting noise drawn from the same seed.
-    return [torch.Generator(device).manual_seed(_wrap(seed + 0x5EED)) for seed in seeds]
+def step_generators(seeds: tuple[int, ...], device: torch.device | str = "cpu",
+                    shape: tuple[int, ...] | None = None, ensd: int = 0) -> list[torch.Generator]:
+    """Generators for the noise samplers add at each step, one per image, on the device the job
+    draws its noise on, as the web UI these seeds come from makes them: the image's own seed
+    generator carrying on after the starting noise (`shape`, one image's latent), or with an eta
+    noise seed delta (ENSD) a fresh generator seeded with seed + ENSD."""
+    generators = []
+    for seed in seeds:
+        if ensd:
+            generators.append(torch.Generator(device).manual_seed(int(seed) + int(ensd)))
+            continue
+        generator = torch.Generator(device).manual_seed(seed)
+        if shape is not None:  # the draw the starting noise made from this seed
+            torch.randn(shape, generator=generator, dtype=torch.float32, device=device)
+        generators.append(generator)
+    return generators

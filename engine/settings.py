@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from .conditioning import EMPHASIS_MODES
-from .errors import RequestError
+from .errors import ForbiddenError, RequestError
 from .faces import RESTORERS
 from .fast_path import FAST_PATH_OPTIONS
 from .memory_modes import MEMORY_MODES
 from .option import Option
+from .options_sampling import IMG2IMG_OPTIONS, SAMPLING_OPTIONS
 from .options_saving import SAVING_OPTIONS
 from .options_ui import UI_OPTIONS
 from .outputs import write_atomically
@@ -31,6 +32,11 @@ log = logging.getLogger(__name__)
 
 
 __all__ = ["OPTIONS", "Option", "Settings"]
+
+# The settings of AUTOMATIC1111's web UI 1.10 (with its built-in extensions) and their defaults:
+# client programs read and send these names. Ours with the same name are the same setting.
+A1111_DEFAULTS: dict[str, Any] = json.loads(
+    (Path(__file__).with_name("a1111_options.json")).read_text(encoding="utf-8"))
 
 OPTIONS: tuple[Option, ...] = SAVING_OPTIONS + (
     Option("sd_model_checkpoint", "", "Stable Diffusion checkpoint", "Stable Diffusion"),
@@ -43,6 +49,9 @@ OPTIONS: tuple[Option, ...] = SAVING_OPTIONS + (
            minimum=0, maximum=10),
     # Which VAE: "Automatic", "None" or a file in models/VAE (checked against the files on disk).
     Option("sd_vae", "Automatic", "SD VAE", "Stable Diffusion"),
+    # The SDXL refiner arrives with the model-family work; the key is kept (and reported as not
+    # used) so client programs that send it work unchanged.
+    Option("sd_model_refiner", "None", "Refiner checkpoint (not used yet in this version)", "Stable Diffusion"),
     Option("CLIP_stop_at_last_layers", 1, "Clip skip", "Stable Diffusion", minimum=1, maximum=12),
     Option("emphasis", "Original", "Emphasis mode", "Stable Diffusion",
            choices=EMPHASIS_MODES),
@@ -82,19 +91,25 @@ OPTIONS: tuple[Option, ...] = SAVING_OPTIONS + (
            "(less VRAM, a little slower); medvram-sdxl does so for SDXL models only; lowvram brings "
            "the weights to the GPU layer by layer (least VRAM, slower)", "Memory and speed",
            choices=MEMORY_MODES),
-) + FAST_PATH_OPTIONS + UI_OPTIONS
+) + SAMPLING_OPTIONS + IMG2IMG_OPTIONS + FAST_PATH_OPTIONS + UI_OPTIONS
 
 
 class Settings:
     """The current settings; thread-safe; persisted on every change."""
 
-    def __init__(self, path: Path, options: Iterable[Option] = OPTIONS):
+    def __init__(self, path: Path, options: Iterable[Option] = OPTIONS, data_dir: Path | None = None):
         self.path = Path(path)
+        self._data_dir = Path(data_dir) if data_dir is not None else None
         self.options = {option.key: option for option in options}
         self._lock = threading.Lock()
         self._values: dict[str, Any] = {}
         # override_settings of the request this thread is working on; never saved.
         self._overlay = threading.local()
+        # Values a start flag fixes for this run (--theme, --api-log): read first, never saved.
+        self._pinned: dict[str, Any] = {}
+        # Keys users may not change, with the reason (a start flag such as --freeze-settings).
+        self._locks: dict[str, str] = {}
+        self._lock_all: str | None = None
         self.load_warning: str | None = None
         self._load()
 
@@ -127,13 +142,41 @@ class Settings:
 
     @property
     def data_dir(self) -> Path:
-        """The folder that holds config.json (and outputs/): what relative folder settings mean."""
-        return self.path.parent
+        """The data folder (outputs/ is in it): what relative folder settings mean. By default
+        the folder that holds config.json."""
+        return self._data_dir if self._data_dir is not None else self.path.parent
+
+    # Start flags
+
+    def pin(self, values: dict[str, Any], reason: str) -> None:
+        """Fix these values for this run (not saved; config.json keeps its own) and lock them."""
+        coerced = self.validate(values)
+        self._pinned.update(coerced)
+        self.lock(coerced, reason)
+
+    def lock(self, keys: Iterable[str] | None, reason: str) -> None:
+        """Users may no longer change these settings (None: any setting); `reason` says why."""
+        if keys is None:
+            self._lock_all = reason
+        else:
+            self._locks.update({key: reason for key in keys})
+
+    def locked_reason(self, key: str) -> str | None:
+        return self._locks.get(key) or self._lock_all
+
+    def check_editable(self, keys: Iterable[str]) -> None:
+        """ForbiddenError naming the first key a start flag keeps users from changing."""
+        for key in keys:
+            reason = self.locked_reason(key)
+            if reason:
+                raise ForbiddenError(f"Setting {key} cannot be changed: {reason}", key)
 
     def __getitem__(self, key: str) -> Any:
         overlay = getattr(self._overlay, "values", None)
         if overlay and key in overlay:
             return overlay[key]
+        if key in self._pinned:
+            return self._pinned[key]
         with self._lock:
             if key in self._values:
                 return self._values[key]
@@ -149,7 +192,20 @@ class Settings:
         with self._lock:
             values = {key: option.default for key, option in self.options.items()}
             values.update(self._values)
+            values.update(self._pinned)
             return values
+
+    def api_dict(self) -> dict[str, Any]:
+        """What GET /sdapi/v1/options answers: every setting, after the defaults of the settings of
+        the web UI whose client programs call it (read, never used here), so a client reading one
+        of those finds its usual value."""
+        return {**A1111_DEFAULTS, **self.as_dict()}
+
+    def known(self, changes: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+        """The changes split into those of settings this app has and the names of the others
+        (settings of other web UIs, which client programs send along: accepted and ignored)."""
+        known = {key: value for key, value in changes.items() if key in self.options}
+        return known, [key for key in changes if key not in self.options]
 
     def validate(self, changes: dict[str, Any]) -> dict[str, Any]:
         """Coerced values for known keys (unknown keys pass through unchanged)."""
@@ -160,11 +216,7 @@ class Settings:
     def overridden(self, changes: dict[str, Any]) -> Iterator[None]:
         """Within the block, this thread reads `changes` in place of the stored values; nothing
         is written to config.json and other threads see the stored values."""
-        unknown = [key for key in changes if key not in self.options]
-        if unknown:
-            raise RequestError(f"override_settings: unknown setting(s) {', '.join(map(repr, unknown))}; "
-                               "GET /sdapi/v1/options lists them", "override_settings")
-        coerced = self.validate(changes)
+        coerced = self.validate(self.known(changes)[0])
         before = getattr(self._overlay, "values", None)
         self._overlay.values = {**(before or {}), **coerced}
         try:

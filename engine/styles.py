@@ -170,7 +170,7 @@ def _serialise(table: _Table) -> bytes:
     return codecs.BOM_UTF8 + data if table.bom else data
 
 
-class StyleStore:
+class StyleFile:
     """The styles in one `styles.csv`. Safe to share between threads."""
 
     def __init__(self, path: Path):
@@ -216,35 +216,6 @@ class StyleStore:
     def get(self, name: str) -> Style | None:
         name = name.strip()
         return next((style for style in self.styles() if style.name == name), None)
-
-    # Applying
-
-    def apply(self, prompt: str, negative_prompt: str, names) -> tuple[str, str]:
-        """The prompt and negative prompt with the named styles applied in order.
-
-        Raises RequestError (field "styles") naming any style that does not exist.
-        """
-        if isinstance(names, str):
-            names = [names]
-        wanted = [str(name).strip() for name in (names or [])]
-        wanted = [name for name in wanted if name]
-        if not wanted:
-            return prompt, negative_prompt
-        known = {style.name: style for style in self.styles()}
-        unknown = list(dict.fromkeys(name for name in wanted if name not in known))
-        if unknown:
-            listed = ", ".join(repr(name) for name in unknown)
-            plural = "s" if len(unknown) > 1 else ""
-            if known:
-                available = "Known styles: " + ", ".join(repr(name) for name in known) + "."
-            else:
-                available = f"No styles are defined (they live in {self.path.name})."
-            raise RequestError(f"Unknown style{plural} {listed}. {available}", field="styles")
-        for name in wanted:
-            style = known[name]
-            prompt = merge_prompt(style.prompt, prompt)
-            negative_prompt = merge_prompt(style.negative_prompt, negative_prompt)
-        return prompt, negative_prompt
 
     # Writing
 
@@ -294,3 +265,77 @@ class StyleStore:
     def _write(self, table: _Table) -> None:
         write_atomically(self.path, _serialise(table))
         self._signature = None  # read back on next use, so the cache matches the file exactly
+
+
+class StyleStore:
+    """The styles of one or more style files (--styles-file may name several, as in the web UI
+    this flag comes from): a name defined in several files means the last file's style. New
+    styles are saved to the first file; a changed one to the file it came from."""
+
+    def __init__(self, paths: Path | list[Path] | tuple[Path, ...]):
+        paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+        self.files = [StyleFile(Path(path)) for path in paths]
+
+    @property
+    def path(self) -> Path:
+        """The file new styles go to."""
+        return self.files[0].path
+
+    def styles(self) -> list[Style]:
+        """All styles, by name; in file order, a later file's style replacing an earlier one's."""
+        found: dict[str, Style] = {}
+        for file in self.files:
+            for style in file.styles():
+                found[style.name] = style
+        return list(found.values())
+
+    def names(self) -> list[str]:
+        return [style.name for style in self.styles()]
+
+    def get(self, name: str) -> Style | None:
+        name = name.strip()
+        return next((style for style in self.styles() if style.name == name), None)
+
+    # Applying
+
+    @staticmethod
+    def _wanted(names) -> list[str]:
+        if isinstance(names, str):
+            names = [names]
+        return [name for name in (str(name).strip() for name in (names or [])) if name]
+
+    def unknown(self, names) -> list[str]:
+        """The names among `names` that no style has (each once, in order)."""
+        known = set(self.names())
+        return list(dict.fromkeys(name for name in self._wanted(names) if name not in known))
+
+    def apply(self, prompt: str, negative_prompt: str, names) -> tuple[str, str]:
+        """The prompt and negative prompt with the named styles applied in order. Names no style
+        has are skipped, as the web UI these files come from does (`unknown` names them)."""
+        known = {style.name: style for style in self.styles()}
+        for name in self._wanted(names):
+            style = known.get(name)
+            if style is not None:
+                prompt = merge_prompt(style.prompt, prompt)
+                negative_prompt = merge_prompt(style.negative_prompt, negative_prompt)
+        return prompt, negative_prompt
+
+    def unknown_note(self, names) -> str | None:
+        """A warning for a result naming the unknown styles, None when all exist."""
+        unknown = self.unknown(names)
+        if not unknown:
+            return None
+        plural = "s" if len(unknown) > 1 else ""
+        return f"Style{plural} not found, left out: {', '.join(map(repr, unknown))}"
+
+    # Writing
+
+    def save(self, style: Style) -> Style:
+        """Add `style` to the first file, or replace the style of that name where it is."""
+        name = style.name.strip()
+        home = next((file for file in reversed(self.files) if file.get(name) is not None), self.files[0])
+        return home.save(style)
+
+    def delete(self, name: str) -> bool:
+        """Remove the style `name` from every file. Returns whether there was one."""
+        return any([file.delete(name) for file in self.files])

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from engine.errors import NotFoundError, RequestError
+from engine.errors import NotFoundError
 from engine.infotext import parse
 from engine.request import GenerationRequest
 from engine.styles import Style
@@ -144,8 +144,10 @@ def test_styles_apply_to_the_prompt_and_round_trip_through_styles_csv(addon_engi
                                               negative_prompt="photo, blurry"))
     assert same.images[0].tobytes() == result.images[0].tobytes()
     assert "Painterly" in store.path.read_text()
-    with pytest.raises(RequestError, match="Unknown style"):
-        addon_engine.submit(BASE.replace(styles=("Nope",)))
+    # A style that no longer exists is left out (as in the ecosystem), and the result says so.
+    missing = addon_engine.generate(BASE.replace(prompt="a red cube", styles=("Moody", "Nope")))
+    assert parse(missing.infotexts[0])[0] == "a red cube, dark, dramatic"
+    assert "Style not found, left out: 'Nope'" in missing.warnings
 
 
 # VAE and clip skip

@@ -21,7 +21,7 @@ from engine.addons import AddOns
 from engine.checkpoint_cache import CheckpointCache
 from engine.devices import DeviceConfig
 from engine.engine import Engine
-from engine.errors import CheckpointError, RequestError
+from engine.errors import CheckpointError
 from engine.models import CheckpointInfo, HashCache, ModelRegistry
 from engine.outputs import OutputWriter
 from engine.request import GenerationRequest
@@ -169,8 +169,10 @@ def test_lowering_the_setting_applies_at_the_next_switch_and_zero_turns_caching_
 
 def test_the_setting_is_for_the_whole_server_not_one_request(make):
     engine = make(keep=1)
-    with pytest.raises(RequestError, match="sd_checkpoint_cache"):
-        engine.submit(BASE, overrides={"sd_checkpoint_cache": 3})
+    switch(engine, "a")
+    result = engine.generate(BASE, overrides={"sd_checkpoint_cache": 3})
+    assert result.ignored_settings == ["sd_checkpoint_cache"]  # left alone, and named
+    assert engine.settings["sd_checkpoint_cache"] == 1
 
 
 def folder_of(checkpoints, folder, **names):

@@ -107,9 +107,11 @@ def test_every_layout_loads_offline_to_the_same_network(family, layout, controln
     assert loaded is not original
     assert_same_weights(loaded, original)
     assert loaded.device.type == "cpu" and loaded.dtype == torch.float32
-    # Same architecture too, where the tensors cannot show it (norm groups, heads): same outputs.
+    # Same architecture too, where the tensors cannot show it (norm groups, heads): same outputs
+    # (up to float rounding: some CPUs pick another convolution arrangement for another layout
+    # of the same weights in memory; a wrong architecture is off by whole units).
     for ours, theirs in zip(probe(loaded, family), probe(original, family)):
-        assert torch.equal(ours, theirs)
+        assert torch.allclose(ours, theirs, rtol=1e-5, atol=1e-5)
 
 
 def test_fp16_diffusers_folder_and_allowed_pickle(controlnets, tmp_path, no_network):

@@ -9,7 +9,8 @@ from PIL import Image
 
 from engine import faces
 from engine.errors import RequestError
-from engine.generation import ImageContext, OutputPolicy, Txt2ImgRun
+from engine.generation import ImageContext, Txt2ImgRun
+from engine.job_results import OutputPolicy
 from engine.jobs import Job
 from engine.request import GenerationRequest
 from tests.support.face_image import picture_with_a_face

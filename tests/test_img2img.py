@@ -74,7 +74,7 @@ def test_inverted_mask_changes_the_outside_instead(engine):
 def _start_latents(engine, **fields) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     """The init latents an inpainting job would start from, the noise, and the latent mask."""
     request = engine.complete(BASE.replace(init_images=(ORIGINAL,), mask=square_mask(), **fields))
-    from engine.generation import OutputPolicy
+    from engine.job_results import OutputPolicy
     run = Img2ImgRun(Job(lambda job: None), request, engine.models.require(), OutputPolicy(),
                      engine.addons)
     noise = initial_latents(request, (request.seed,), (0,))
@@ -147,7 +147,7 @@ def test_every_resize_mode_generates_at_the_requested_size(engine, mode):
 
 
 def test_latent_upscale_encodes_at_the_pictures_own_size(engine):
-    from engine.generation import OutputPolicy
+    from engine.job_results import OutputPolicy
     request = engine.complete(BASE.replace(init_images=(_stripes(),), resize_mode=3))
     run = Img2ImgRun(Job(lambda job: None), request, engine.models.require(), OutputPolicy(),
                      engine.addons)

@@ -160,8 +160,19 @@ def test_lora_names_are_looked_up_never_opened_as_paths(shared, prompt):
     assert any(w.startswith("LoRA not found") for w in warnings)
 
 
+def test_style_names_are_looked_up_never_opened_as_paths(shared):
+    """As in the mature UI, an unknown style is left out; the result names it."""
+    server, _ = shared
+    response = httpx.post(server.url + "/sdapi/v1/txt2img", auth=API_LOGIN, timeout=60,
+                          json={"prompt": "a cat", "steps": 2, "width": 64, "height": 64,
+                                "styles": ["../../secret", "/etc/passwd"]})
+    assert response.status_code == 200
+    info = json.loads(response.json()["info"])
+    assert "Styles not found, left out: '../../secret', '/etc/passwd'" in info["warnings"]
+    assert info["prompt"] == "a cat"
+
+
 @pytest.mark.parametrize("extra, words", [
-    ({"styles": ["../../secret"]}, "style"),
     ({"override_settings": {"sd_model_checkpoint": "../secret.txt"}}, "Checkpoint not found"),
     ({"override_settings": {"sd_vae": "../../secret.txt"}}, "VAE"),
     ({"enable_hr": True, "hr_upscaler": "../../secret"}, "upscaler"),

@@ -3,6 +3,7 @@
 import hashlib
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -112,7 +113,10 @@ def test_generation_matches_plain_diffusers_on_the_same_weights(engine, tiny_mod
         reference.scheduler.config, timestep_spacing="linspace")
     expected = reference("a cat", num_inference_steps=3, width=64, height=64, guidance_scale=7.0,
                          latents=cpu_noise(42, (4, 8, 8))[None]).images[0]
-    assert result.images[0].tobytes() == expected.tobytes()
+    # The same picture; on some CPUs a value may round differently (the UNet's convolutions run
+    # in another arrangement inside the engine's pipeline), so a pixel may be off by one.
+    difference = np.abs(np.asarray(result.images[0], dtype=int) - np.asarray(expected, dtype=int))
+    assert difference.max() <= 1
 
 
 def _write_pickle(path, state):

@@ -205,7 +205,8 @@ def test_the_setting_takes_the_modes_and_nothing_else(mem_engine):
 
 
 def test_work_outside_a_job_leaves_the_mode_as_it_is(offloading):
-    from engine.generation import OutputPolicy, Txt2ImgRun
+    from engine.generation import Txt2ImgRun
+    from engine.job_results import OutputPolicy
     from engine.jobs import Job
 
     offloading.settings.update({"memory_mode": LOWVRAM})

@@ -17,8 +17,8 @@ def test_sections_come_in_the_mature_order_then_the_others_as_they_appear():
                Option("e", 1, "E", "API"), Option("f", 1, "F", "Stable Diffusion"),
                Option("g", 1, "G", "Saving images")]
     names = [name for name, _ in settings_tab.grouped(options)]
-    assert names == ["Saving images", "Stable Diffusion", "User interface", "API", "Face restoration",
-                     "img2img"]
+    assert names == ["Saving images", "Stable Diffusion", "img2img", "User interface", "API",
+                     "Face restoration"]
     assert [o.key for o in dict(settings_tab.grouped(options))["Saving images"]] == ["c", "g"]
 
 

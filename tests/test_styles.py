@@ -84,21 +84,32 @@ def test_apply_with_no_styles_leaves_prompts_alone(store):
     assert store.apply("a cat", "", "oil") == ("a cat, oil painting", "photo")  # one name as a string
 
 
-def test_unknown_style_names_it_and_lists_known(store):
-    with pytest.raises(RequestError) as caught:
-        store.apply("a cat", "", ["oil", "nope", "missing too"])
-    error = caught.value
-    assert error.field == "styles"
-    assert "'nope'" in error.message and "'missing too'" in error.message
-    for known in ("wrap", "oil", "empty"):
-        assert repr(known) in error.message
-    assert "'oil'" not in error.message.split("Known")[0]
+def test_unknown_style_names_are_left_out_and_named(store):
+    # As in the web UI these files come from: a style that no longer exists does not fail a job.
+    assert store.apply("a cat", "", ["oil", "nope", "missing too"]) == ("a cat, oil painting", "photo")
+    assert store.unknown(["oil", "nope", "missing too", "nope"]) == ["nope", "missing too"]
+    assert store.unknown_note(["oil", "nope"]) == "Style not found, left out: 'nope'"
+    assert store.unknown_note(["oil"]) is None
 
 
 def test_unknown_style_when_there_are_none(tmp_path):
     store = StyleStore(tmp_path / "styles.csv")
-    with pytest.raises(RequestError, match="'x'.*No styles"):
-        store.apply("a", "", ["x"])
+    assert store.apply("a", "", ["x"]) == ("a", "")
+    assert store.unknown(["x"]) == ["x"]
+
+
+def test_several_style_files(tmp_path):
+    first, second = tmp_path / "a.csv", tmp_path / "b.csv"
+    first.write_text("name,prompt,negative_prompt\nshared,from a,\nonly-a,A,\n", encoding="utf-8")
+    second.write_text("name,prompt,negative_prompt\nshared,from b,\nonly-b,B,\n", encoding="utf-8")
+    store = StyleStore([first, second])
+    assert store.names() == ["shared", "only-a", "only-b"]
+    assert store.apply("x", "", ["shared"]) == ("x, from b", "")  # the later file wins
+    store.save(Style("new", "N", ""))            # new styles go to the first file
+    store.save(Style("only-b", "B2", ""))        # a changed one stays where it is
+    assert "new" in StyleStore(first).names() and "new" not in StyleStore(second).names()
+    assert StyleStore(second).get("only-b") == Style("only-b", "B2", "")
+    assert store.delete("shared") and store.names() == ["only-a", "new", "only-b"]
 
 
 # Reading

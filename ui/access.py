@@ -27,6 +27,8 @@ PUBLIC_EXACT = frozenset({"/", "/login", "/login/", "/logout", "/theme.css", "/f
 PUBLIC_PREFIXES = ("/assets/", "/static/", "/svelte/", "/pwa_icon/")
 # Routes that check their own (API) credentials.
 API_PREFIXES = ("/sdapi/", "/controlnet/")
+# The web UI's own helper routes: the API's logins over HTTP Basic, or a UI session.
+INTERNAL_PREFIX = "/internal/"
 
 
 def check_credentials(allowed: Iterable[tuple[str, str]], user: str, password: str) -> bool:
@@ -111,9 +113,11 @@ class AccessGuard:
         await response(scope, receive, send)
 
     def _allowed(self, scope: Scope) -> bool:
-        path = scope.get("path", "")
+        path = route_path(scope)
         headers = dict(scope.get("headers") or [])
-        if path.startswith(API_PREFIXES):
+        if path.startswith(INTERNAL_PREFIX) and self.ui_logins and self._has_session(headers):
+            return True
+        if path.startswith(API_PREFIXES + (INTERNAL_PREFIX,)):
             # The API's logins (the UI's when --api-auth is not given), over HTTP Basic. The API
             # routes check again themselves; this also covers any path under these prefixes that
             # no API route answers.
@@ -145,6 +149,12 @@ class AccessGuard:
             if token and token in tokens:
                 return True
         return False
+
+
+def route_path(scope: Scope) -> str:
+    """The path below where this app is mounted (--subpath mounts it below a prefix)."""
+    path, root = scope.get("path", ""), scope.get("root_path", "")
+    return (path[len(root):] or "/") if root and path.startswith(root) else path
 
 
 def mounted_gradio_app(app) -> object | None:

@@ -101,6 +101,7 @@ def _quick_settings(ctx: UIContext) -> dict:
     def store(key: str):
         def handler(value):
             try:
+                settings.check_editable([key])
                 settings.update({key: value})
             except UserError as error:
                 gr.Warning(error.message)

@@ -20,6 +20,8 @@ class UIContext:
     # (extension name, its accordion) in every tab, so enabling or disabling one in the
     # Extensions tab shows or hides its fields at once.
     extension_accordions: list = field(default_factory=list)
+    # Stops or restarts the running server (--api-server-stop); app.serve connects it.
+    control: "object | None" = None
 
     @property
     def models(self):

@@ -9,7 +9,7 @@ import gradio as gr
 
 from engine import image_prep
 from engine.flags import is_exposed
-from engine.generation import GenerationResult
+from engine.job_results import GenerationResult
 from engine.outputs import png_bytes, write_atomically
 from engine.request import MAX_MASK_BLUR, MAX_OUTPAINT, MAX_PADDING, OUTPAINT_DIRECTIONS
 

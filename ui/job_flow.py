@@ -9,7 +9,7 @@ from typing import Callable, Iterable
 import gradio as gr
 
 from engine.errors import UserError
-from engine.generation import GenerationResult
+from engine.job_results import GenerationResult
 from engine.request import GenerationRequest
 
 from .context import UIContext

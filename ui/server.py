@@ -17,15 +17,18 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Mount, Route
 
 from engine.errors import UserError
 from engine.flags import cors_origins, is_exposed
 from engine.version import VERSION
 
 from .access import AccessGuard, check_credentials, mounted_gradio_app
-from .api import controlnet_api, system_api
+from .api import controlnet_api, internal_api, system_api
 from .api.routes import build_router
 from .context import UIContext
 from .layout import build_app, page_css, page_js
@@ -64,15 +67,57 @@ def api_auth_dependency(allowed: list[tuple[str, str]] | None):
     return require
 
 
-def create_server(ctx: UIContext) -> FastAPI:
+def create_server(ctx: UIContext):
+    """The ASGI app app.py serves: the API, the /internal routes and the page (no page with
+    --nowebui), guarded; under --subpath when given."""
+    app = _create_app(ctx)
+    subpath = getattr(ctx.flags, "subpath", None)
+    return under_subpath(app, subpath) if subpath else app
+
+
+def error_body(error: str, detail: Any, body: Any = "", errors: str = "", **ours: Any) -> dict:
+    """An error answer in the shape the mature API uses ({error, detail, body, errors}), with
+    our own keys (field) beside them."""
+    return {"error": error, "detail": detail, "body": body, "errors": errors or str(detail), **ours}
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(UserError)
+    async def user_error(request: Request, error: UserError) -> JSONResponse:
+        return JSONResponse(status_code=error.status, content=error_body(
+            type(error).__name__, error.message, field=error.field))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_body(request: Request, error: RequestValidationError) -> JSONResponse:
+        """FastAPI's 422 list of problems in `detail`, with the offending input made printable:
+        echoing NaN or a huge body back as-is would turn a bad request into a 500."""
+        errors = jsonable_encoder([{**item, "input": _printable(item.get("input"))} for item in error.errors()])
+        summary = "; ".join(f"{'.'.join(str(p) for p in item.get('loc', ()))}: {item.get('msg', '')}"
+                            for item in errors)
+        return JSONResponse(status_code=422, content=error_body(
+            "RequestValidationError", errors, body=_printable(getattr(error, "body", None)) or "",
+            errors=summary))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(status_code=error.status_code, headers=getattr(error, "headers", None),
+                            content=error_body(type(error).__name__, error.detail,
+                                               errors=f"{error.status_code}: {error.detail}"))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception) -> JSONResponse:
+        # A bug, not the caller's fault: logged with its traceback, answered in the same shape.
+        log.error("%s %s failed", request.method, request.url.path, exc_info=error)
+        return JSONResponse(status_code=500, content=error_body(
+            type(error).__name__, "The server failed on this request (its log has the details)",
+            errors=str(error)[:500]))
+
+
+def _create_app(ctx: UIContext) -> FastAPI:
     flags = ctx.flags
     app = FastAPI(title="SD Studio API", version=VERSION, docs_url="/docs", redoc_url=None,
                   openapi_url="/openapi.json")
-
-    @app.exception_handler(UserError)
-    async def user_error(request: Request, error: UserError) -> JSONResponse:
-        return JSONResponse(status_code=error.status, content={
-            "error": type(error).__name__, "detail": error.message, "field": error.field})
+    _add_error_handlers(app)
 
     @app.middleware("http")
     async def log_api_calls(request: Request, call_next):
@@ -86,34 +131,34 @@ def create_server(ctx: UIContext) -> FastAPI:
                  response.status_code, time.perf_counter() - started)
         return response
 
-    @app.exception_handler(RequestValidationError)
-    async def invalid_body(request: Request, error: RequestValidationError) -> JSONResponse:
-        """FastAPI's 422 shape, with the offending input made printable: echoing NaN or a huge
-        body back as-is would turn a bad request into a 500."""
-        errors = [{**item, "input": _printable(item.get("input"))} for item in error.errors()]
-        return JSONResponse(status_code=422, content={"detail": jsonable_encoder(errors)})
-
     if flags.api:
         # Without --api-auth, a UI login (if any) protects the API too: never an open back door.
         credentials = flags.api_auth or flags.gradio_auth
         app.include_router(build_router(ctx, api_auth_dependency(credentials)))
         app.include_router(system_api.build_router(ctx, api_auth_dependency(credentials)))
         app.include_router(controlnet_api.build_router(ctx, api_auth_dependency(credentials)))
+    app.include_router(internal_api.build_router(ctx))
 
-    blocks = build_app(ctx)
-    blocks.queue(api_open=False, default_concurrency_limit=1)
-    logins = flags.gradio_auth
-    gr.mount_gradio_app(
-        app, blocks, path="",
-        # Our check, so the login form compares in constant time like the API does.
-        auth=(lambda user, password: check_credentials(logins, user, password)) if logins else None,
-        auth_message="Log in to SD Studio" if flags.gradio_auth else None,
-        footer_links=[], css=page_css(), js=page_js(), show_error=True, ssr_mode=False,
-        # Gradio's run history records every call in the browser and can copy them to the Hugging
-        # Face hub: neither belongs in a private studio.
-        run_history=False,
-    )
-    gradio_app = mounted_gradio_app(app)
+    gradio_app = None
+    if not getattr(flags, "nowebui", False):
+        blocks = build_app(ctx)
+        blocks.queue(api_open=False, default_concurrency_limit=1)
+        logins = flags.gradio_auth
+        gr.mount_gradio_app(
+            app, blocks, path="",
+            # Our check, so the login form compares in constant time like the API does.
+            auth=(lambda user, password: check_credentials(logins, user, password)) if logins else None,
+            auth_message="Log in to SD Studio" if flags.gradio_auth else None,
+            footer_links=[], css=page_css(), js=page_js(), show_error=True, ssr_mode=False,
+            # Gradio's run history records every call in the browser and can copy them to the Hugging
+            # Face hub: neither belongs in a private studio.
+            run_history=False,
+        )
+        gradio_app = mounted_gradio_app(app)
+    else:
+        @app.get("/", include_in_schema=False)
+        def api_only() -> dict:
+            return {"detail": "API only (--nowebui): the routes are under /sdapi/v1, documented at /docs"}
     app.add_middleware(AccessGuard, ui_logins=flags.gradio_auth, api_logins=flags.api_auth,
                        gradio_app=lambda: gradio_app, local_only=not is_exposed(flags))
     # Always ours: without it Gradio adds its own, which lets any origin in once the UI is
@@ -121,6 +166,7 @@ def create_server(ctx: UIContext) -> FastAPI:
     # carries credentials.
     origins = cors_origins(flags)
     app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"], allow_headers=["*"],
+                       allow_origin_regex=getattr(flags, "cors_allow_origins_regex", None),
                        allow_credentials="*" not in origins)
 
     @app.on_event("startup")
@@ -131,3 +177,15 @@ def create_server(ctx: UIContext) -> FastAPI:
         limiter.total_tokens = max(limiter.total_tokens, flags.queue_size + 40)
 
     return app
+
+
+def under_subpath(app, subpath: str) -> Starlette:
+    """Everything at `subpath` (e.g. /sd/sdapi/v1/...), as a reverse proxy forwarding that prefix
+    expects; the bare root redirects there and nothing else answers outside it."""
+    async def to_subpath(request: Request) -> RedirectResponse:
+        return RedirectResponse(subpath + "/")
+
+    outer = Starlette(routes=[Route("/", to_subpath), Route(subpath, to_subpath), Mount(subpath, app=app)])
+    # Starting the outer app starts the inner one (its thread pool and Gradio's queue).
+    outer.router.lifespan_context = app.router.lifespan_context
+    return outer

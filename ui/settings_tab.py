@@ -15,14 +15,15 @@ import gradio as gr
 
 from engine.errors import UserError
 from engine.option import Option
+from engine.options_saving import DIRECTORY_KEYS
 from engine.options_ui import HIDEABLE_TABS
 from engine.settings import Settings
 
 from . import ui_defaults
 from .context import UIContext
 
-SECTION_ORDER = ("Saving images", "Stable Diffusion", "Live previews", "Memory and speed", "Extensions",
-                 "User interface", "API")
+SECTION_ORDER = ("Saving images", "Stable Diffusion", "Sampler parameters", "img2img", "Live previews",
+                 "Memory and speed", "Extensions", "User interface", "API")
 EXTENSIONS_KEY = "disabled_extensions"
 THEME_KEY = "ui_theme"
 CHECKPOINT_KEY = "sd_model_checkpoint"
@@ -81,6 +82,7 @@ def apply_changes(settings: Settings, changes: dict[str, Any],
     or None when the changes were refused."""
     try:
         coerced = settings.validate(changes)
+        settings.check_editable(coerced)
         ui_defaults.check({**settings.as_dict(), **coerced}, set(coerced), settings.options)
         if extra_check is not None:
             extra_check(coerced)
@@ -141,6 +143,9 @@ def _component(ctx: UIContext, option: Option):
     common = {"label": option.label, "elem_id": f"setting_{option.key}", "value": _shown_value(ctx, option)}
     if option.restart:
         common["info"] = "Needs a restart to take effect."
+    locked = ctx.settings.locked_reason(option.key)
+    if locked:  # a start flag (--freeze-settings, --theme, ...) fixes it
+        common.update(interactive=False, info=f"Cannot be changed: {locked}.")
     if option.key == EXTENSIONS_KEY:
         common["label"] = "Enabled extensions (in the order they run)"
         return gr.CheckboxGroup(_DYNAMIC_CHOICES[EXTENSIONS_KEY](ctx), **common)
@@ -173,7 +178,8 @@ def build(ctx: UIContext, linked: Mapping[str, gr.components.Component] | None =
     outputs), so its list and every tab's extension fields follow a change made here.
     Returns what wires the tab's page load (it needs the Blocks)."""
     settings = ctx.settings
-    options = [o for o in settings.options.values() if o.key not in _HIDDEN]
+    hidden = _HIDDEN | (set(DIRECTORY_KEYS) if getattr(ctx.flags, "hide_ui_dir_config", False) else set())
+    options = [o for o in settings.options.values() if o.key not in hidden]
     # Kept in view while scrolling (style.css), so Apply and its message are never far away.
     with gr.Column(elem_id="settings_header"):
         with gr.Row(elem_id="settings_top", equal_height=True):

@@ -45,15 +45,29 @@ KINDS = {kind.name: kind for kind in (
 
 
 class FaceModelLibrary:
-    def __init__(self, models_dir: Path):
+    def __init__(self, models_dir: Path, folders: dict[str, Path] | None = None):
         self.models_dir = Path(models_dir)
+        # Folders other than models/<kind folder> (--gfpgan-models-path, --codeformer-models-path).
+        self._folders = {name: Path(folder) for name, folder in (folders or {}).items()}
         self._lock = threading.Lock()
         self._loaded: tuple[Path, float, nn.Module] | None = None
+
+    def folder(self, name: str) -> Path:
+        """Where the weights of `name` ("GFPGAN", "CodeFormer") are looked for."""
+        return self._folders.get(name, self.models_dir / KINDS[name].folder)
+
+    def _shown(self, name: str) -> str:
+        """The folder as messages name it: relative to the models folder when inside it."""
+        folder = self.folder(name)
+        try:
+            return f"models/{folder.relative_to(self.models_dir).as_posix()}"
+        except ValueError:
+            return str(folder)
 
     def weights(self, name: str) -> Path | None:
         """The weight file used for `name`: the last by name, so GFPGANv1.4 wins over v1.3.
         Files are only counted when their name says which network they are."""
-        folder = self.models_dir / KINDS[name].folder
+        folder = self.folder(name)
         if not folder.is_dir():
             return None
         found = [path for path in folder.iterdir() if path.suffix.lower() in SUFFIXES
@@ -63,7 +77,7 @@ class FaceModelLibrary:
     def unavailable_reason(self, name: str) -> str:
         kind = KINDS[name]
         if self.weights(name) is None:
-            return f"no {kind.name} weights in models/{kind.folder} (put {kind.example} there)"
+            return f"no {kind.name} weights in {self._shown(name)} (put {kind.example} there)"
         return ""
 
     def model(self, name: str) -> nn.Module:
@@ -83,7 +97,7 @@ class FaceModelLibrary:
                 except UserError:
                     raise
                 except Exception as error:  # a wrong or damaged file is the user's to replace
-                    raise RequestError(f"'{path.name}' in models/{KINDS[name].folder} is not a {name} "
+                    raise RequestError(f"'{path.name}' in {self._shown(name)} is not a {name} "
                                        f"model this app can read: {error}", "face_restoration_model") from error
                 self._loaded = (path, stamp, network)
             return self._loaded[2]

@@ -14,6 +14,8 @@ PIXEL_UPSCALERS = {"None": Image.Resampling.LANCZOS, "Lanczos": Image.Resampling
                    "Nearest": Image.Resampling.NEAREST}
 UPSCALERS = tuple(LATENT_UPSCALE_MODES) + tuple(PIXEL_UPSCALERS)
 SAME_SAMPLER = "Use same sampler"
+SAME_SCHEDULER = "Use same scheduler"
+SAME_CHECKPOINT = "Use same checkpoint"
 
 
 def target_size(width: int, height: int, options) -> tuple[int, int]:
@@ -53,6 +55,10 @@ class HiresFix(Extension):
             Field("resize_y", "Resize height to", 0, kind="slider", minimum=0, maximum=MAX_SIZE, step=SIZE_STEP),
             Field("sampler", "Hires sampling method", SAME_SAMPLER, kind="dropdown",
                   choices=(SAME_SAMPLER, *samplers.sampler_names())),
+            Field("scheduler", "Hires schedule type", SAME_SCHEDULER, kind="dropdown",
+                  choices=(SAME_SCHEDULER, *samplers.SCHEDULE_TYPES)),
+            # A checkpoint's name for the second pass (the API's hr_checkpoint_name).
+            Field("checkpoint", "Hires checkpoint", SAME_CHECKPOINT, kind="text", in_ui=False),
             Field("prompt", "Hires prompt (empty: the same prompt)", "", kind="text"),
             Field("negative_prompt", "Hires negative prompt (empty: the same)", "", kind="text"),
         )
@@ -74,24 +80,36 @@ class HiresFix(Extension):
     def process(self, image, request, options, ctx):
         width, height = target_size(request.width, request.height, options)
         upscaler = options["upscaler"]
+        ctx.save_before("highres-fix", image)
         if options["resize_x"] and options["resize_y"]:
             # Resize-to with another shape: crop the first pass to the target's shape first.
             image = resize_image(image, CROP_AND_RESIZE, *_fit(image.size, width, height))
+        if options["denoising_strength"] == 0:
+            # Upscale only, as the mature UI does at 0: no sampling, the picture through the VAE.
+            if upscaler in LATENT_UPSCALE_MODES:
+                return ctx.vae_roundtrip(image, width, height, upscaler)
+            return ctx.vae_roundtrip(self._pixel_upscale(image, upscaler, width, height, ctx), width, height)
         if upscaler in LATENT_UPSCALE_MODES:
             init, resize_mode = image, LATENT_UPSCALE
-        elif upscaler not in PIXEL_UPSCALERS:  # a model upscaler
-            device = ctx.run.model.device
-            init, resize_mode = self.upscalers.upscale(image, upscaler, width, height, device), JUST_RESIZE
         else:
-            init, resize_mode = image.resize((width, height), PIXEL_UPSCALERS[upscaler]), JUST_RESIZE
+            init, resize_mode = self._pixel_upscale(image, upscaler, width, height, ctx), JUST_RESIZE
         sampler = options["sampler"] if options["sampler"] != SAME_SAMPLER else request.sampler_name
+        scheduler = options["scheduler"] if options["scheduler"] != SAME_SCHEDULER else \
+            request.scheduler if sampler == request.sampler_name else "Automatic"
         second = request.replace(
             init_images=(init,), width=width, height=height, resize_mode=resize_mode,
             latent_upscale_mode=upscaler if upscaler in LATENT_UPSCALE_MODES else "Latent",
             denoising_strength=options["denoising_strength"], steps=int(options["steps"]) or request.steps,
-            sampler_name=sampler, scheduler=request.scheduler if sampler == request.sampler_name else "Automatic",
+            sampler_name=sampler, scheduler=scheduler,
             prompt=options["prompt"], negative_prompt=options["negative_prompt"])
-        return ctx.second_pass(second, keep_control=True)  # the same frame, only larger
+        checkpoint = options["checkpoint"] if options["checkpoint"] != SAME_CHECKPOINT else None
+        # The same frame, larger; its steps run in full, as the ecosystem's hires pass does.
+        return ctx.second_pass(second, keep_control=True, checkpoint=checkpoint, exact_steps=True)
+
+    def _pixel_upscale(self, image, upscaler, width, height, ctx):
+        if upscaler not in PIXEL_UPSCALERS:  # a model upscaler
+            return self.upscalers.upscale(image, upscaler, width, height, ctx.run.model.device)
+        return image.resize((width, height), PIXEL_UPSCALERS[upscaler])
 
     def infotext(self, request, options):
         params = {"Denoising strength": options["denoising_strength"]}
@@ -104,6 +122,10 @@ class HiresFix(Extension):
         params["Hires upscaler"] = options["upscaler"]
         if options["sampler"] != SAME_SAMPLER:
             params["Hires sampler"] = options["sampler"]
+        if options["scheduler"] != SAME_SCHEDULER:
+            params["Hires schedule type"] = options["scheduler"]
+        if options["checkpoint"] != SAME_CHECKPOINT:
+            params["Hires checkpoint"] = options["checkpoint"]
         if options["prompt"]:
             params["Hires prompt"] = options["prompt"]
         if options["negative_prompt"]:

@@ -39,6 +39,7 @@ class RestoreFaces(Extension):
             check_restorer(options["restorer"], self.library)
 
     def process(self, image, request, options, ctx):
+        ctx.save_before("face-restoration", image)
         if options["restorer"] == FACE_DETAILER:
             return detail_faces(image, request.replace(steps=max(request.steps, 4)), options["strength"],
                                 ctx.second_pass)

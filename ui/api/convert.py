@@ -11,9 +11,9 @@ from engine.errors import RequestError
 from engine.extensions import ExtensionRegistry
 from engine.extras import UPSCALERS, ExtrasRequest
 from engine.faces import FACE_DETAILER
-from engine.generation import GenerationResult
+from engine.job_results import GenerationResult
 from engine.outputs import png_bytes
-from engine.request import GenerationRequest
+from engine.request import SIZE_STEP, GenerationRequest
 from engine.uploads import image_from_base64
 
 from . import controlnet_api
@@ -21,10 +21,10 @@ from .models import Img2ImgBody, Txt2ImgBody
 
 # Fields whose features arrive in later versions: refused with a clear message when used, rather
 # than silently producing something other than what was asked for.
-_NOT_YET = {
-    "script_name": "scripts",
-    "refiner_checkpoint": "the SDXL refiner", "latent_mask": "a separate latent mask",
-}
+_NOT_YET = {"refiner_checkpoint": "the SDXL refiner", "latent_mask": "a separate latent mask"}
+# Selectable scripts client programs look for; "controlnet m2m" (the ControlNet extension's video
+# script) is listed so they find ControlNet, but runs nothing here.
+VIDEO_SCRIPTS = ("controlnet m2m",)
 # The selectable img2img scripts this version has, by their titles (matched case-insensitively).
 OUTPAINTING_SCRIPTS = ("outpainting", "poor man's outpainting", "sd upscale")
 OUTPAINTING_TITLE = "Outpainting"
@@ -170,7 +170,7 @@ def _hires_options(body: Txt2ImgBody) -> dict[str, Any]:
     """The ecosystem's hr_* fields as the hires-fix extension's options."""
     options: dict[str, Any] = {
         "enabled": True, "scale": body.hr_scale, "steps": body.hr_second_pass_steps,
-        "resize_x": body.hr_resize_x, "resize_y": body.hr_resize_y,
+        "resize_x": on_grid(body.hr_resize_x), "resize_y": on_grid(body.hr_resize_y),
         "denoising_strength": 0.7 if body.denoising_strength is None else body.denoising_strength,
         "prompt": body.hr_prompt or "", "negative_prompt": body.hr_negative_prompt or "",
     }
@@ -178,28 +178,58 @@ def _hires_options(body: Txt2ImgBody) -> dict[str, Any]:
         options["upscaler"] = body.hr_upscaler
     if body.hr_sampler_name:
         options["sampler"] = body.hr_sampler_name
+    if body.hr_scheduler:
+        options["scheduler"] = body.hr_scheduler
+    if body.hr_checkpoint_name:
+        options["checkpoint"] = body.hr_checkpoint_name
     return options
+
+
+def on_grid(value: Any) -> Any:
+    """A size the way the mature API takes it: any whole number, rounded down to the 8-pixel grid
+    the model works on (the picture comes out that size). Anything else is left for validation
+    to name."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= SIZE_STEP:
+        return value - value % SIZE_STEP
+    return value
+
+
+def _seed_resize(value: Any) -> Any:
+    """seed_resize_from_w/h: any positive size (rounded down to the grid); less than one latent
+    pixel, zero or negative means off."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return on_grid(value) if value >= SIZE_STEP else 0
+    return value
+
+
+def _check_script(name: str | None, scripts: tuple[str, ...]) -> None:
+    if not name:
+        return
+    if name.lower() in VIDEO_SCRIPTS:
+        raise RequestError(f"Script '{name}' works on videos, which this version does not do", "script_name")
+    if name.lower() not in scripts:
+        raise RequestError(f"Script '{name}' not found", "script_name")
 
 
 def _common_fields(body: Txt2ImgBody, values: dict[str, Any], registry: ExtensionRegistry | None,
                    scripts: tuple[str, ...] = (), limit_megapixels: float = 16.0) -> dict:
     """The request fields txt2img and img2img bodies share."""
+    _check_script(values.get("script_name"), scripts)
     for name, feature in _NOT_YET.items():
-        if name == "script_name" and (values.get(name) or "").lower() in scripts:
-            continue
         if values.get(name):
             raise RequestError(f"{name}: {feature} is not available in this version", name)
+    values = {**values, "width": on_grid(values["width"]), "height": on_grid(values["height"])}
     if getattr(body, "enable_hr", False) and body.firstphase_width > 0 and body.firstphase_height > 0:
         body = body.model_copy(update={"hr_resize_x": values["width"], "hr_resize_y": values["height"]})
-        values = {**values, "width": body.firstphase_width, "height": body.firstphase_height}
+        values = {**values, "width": on_grid(body.firstphase_width), "height": on_grid(body.firstphase_height)}
     sampler = values["sampler_name"] or values["sampler_index"] or samplers.API_DEFAULT_SAMPLER
     save = values["save_images"]
     fields = dict(
         mode="txt2img",
         prompt=values["prompt"], negative_prompt=values["negative_prompt"],
         seed=values["seed"], subseed=values["subseed"], subseed_strength=values["subseed_strength"],
-        seed_resize_from_w=max(0, values["seed_resize_from_w"]),
-        seed_resize_from_h=max(0, values["seed_resize_from_h"]),
+        seed_resize_from_w=_seed_resize(values["seed_resize_from_w"]),
+        seed_resize_from_h=_seed_resize(values["seed_resize_from_h"]),
         sampler_name=sampler, scheduler=values["scheduler"] or "Automatic",
         steps=values["steps"], cfg_scale=values["cfg_scale"],
         width=values["width"], height=values["height"],
@@ -209,6 +239,10 @@ def _common_fields(body: Txt2ImgBody, values: dict[str, Any], registry: Extensio
         save_grid=save and not values["do_not_save_grid"],
         extensions=_extension_options(body, registry),
         controlnet_units=controlnet_api.units_from_scripts(body.alwayson_scripts, limit_megapixels),
+        eta=values["eta"], s_churn=values["s_churn"], s_tmin=values["s_tmin"], s_tmax=values["s_tmax"],
+        s_noise=values["s_noise"], s_min_uncond=values["s_min_uncond"],
+        disable_extra_networks=bool(values["disable_extra_networks"]),
+        image_cfg_scale=values.get("image_cfg_scale"),
     )
     fields.update({k: values[k] for k in ("clip_skip", "emphasis") if k in values})  # from infotext
     return fields
@@ -248,6 +282,7 @@ def info_json(result: GenerationResult) -> str:
         + result.infotexts, "styles": list(request.styles), "job_timestamp": result.job_timestamp,
         "clip_skip": request.clip_skip, "is_using_inpainting_conditioning": result.inpainting_model,
         "interrupted": result.interrupted, "warnings": result.warnings,
+        "ignored_settings": result.ignored_settings,
     }
     return json.dumps(info, ensure_ascii=False)
 
@@ -277,6 +312,6 @@ def png_info(image) -> dict[str, Any]:
 
 def images_response(result: GenerationResult, body: dict, send_images: bool) -> dict:
     images = []
-    if send_images:
-        images = [encode_png(image, text) for image, text in result.gallery()]
+    if send_images:  # enable_pnginfo off: the pictures go without their infotext (info has it)
+        images = [encode_png(image, text if result.pnginfo else None) for image, text in result.gallery()]
     return {"images": images, "parameters": body, "info": info_json(result)}

@@ -117,8 +117,7 @@ def build_router(ctx: UIContext, auth_dependency) -> APIRouter:
     @router.get("/face-restorers")
     def face_restorers() -> list[dict]:
         library = engine.addons.faces
-        folders = {name: kind.folder for name, kind in KINDS.items()}
-        return [{"name": r.name, "cmd_dir": str(library.models_dir / folders[r.name]) if r.name in folders else None,
+        return [{"name": r.name, "cmd_dir": str(library.folder(r.name)) if r.name in KINDS else None,
                  "available": r.available, "reason": r.reason or None} for r in restorers(library)]
 
     @router.get("/upscalers", response_model=list[UpscalerItem])
@@ -201,21 +200,30 @@ def build_router(ctx: UIContext, auth_dependency) -> APIRouter:
 
     @router.get("/options")
     def get_options() -> dict[str, Any]:
-        return settings.as_dict()
+        return settings.api_dict()
 
-    @router.post("/options", responses=ERRORS)
-    def set_options(request: Request, changes: dict[str, Any] = Body(...)) -> None:
-        wanted = changes.get("sd_model_checkpoint")
+    @router.post("/options", responses={**ERRORS, 403: ERRORS[400]})
+    def set_options(request: Request, changes: dict[str, Any] = Body(...)) -> dict | None:
+        """Set the given settings and keep them. Keys of settings this app does not have (other
+        web UIs' and extensions') are accepted and named in the answer as ignored."""
+        known, ignored = settings.known(changes)
+        wanted = known.pop("sd_model_checkpoint", None)
         if wanted is not None and not isinstance(wanted, str):
             raise RequestError("sd_model_checkpoint must be text", "sd_model_checkpoint")
-        settings.validate(changes)  # refuse the whole change if any value is bad
-        if "sd_vae" in changes:
-            engine.addons.vaes.check_choice(changes["sd_vae"])
-        rest = {k: v for k, v in changes.items() if k != "sd_model_checkpoint"}
+        # A checkpoint switch is a choice of model, not a change of settings: --freeze-settings
+        # leaves it possible.
+        settings.check_editable(known)
+        settings.validate(known)  # refuse the whole change if any value is bad
+        if "sd_vae" in known:
+            engine.addons.vaes.check_choice(known["sd_vae"])
         if wanted:
             engine.load_checkpoint(wanted, owner=api_owner(request)).outcome()
-        if rest:
-            settings.update(rest)
+        if known:
+            settings.update(known)
+        if ignored:
+            return {"ignored": ignored, "detail": "Settings this app does not have were ignored: "
+                    + ", ".join(ignored)}
+        return None
 
     addons = engine.addons
 

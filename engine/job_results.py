@@ -1,0 +1,114 @@
+"""What a generation job is told by the settings (RunOptions, OutputPolicy) and what it hands
+back (GenerationResult, with each image's infotext parameters)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from PIL import Image
+
+from . import samplers
+from .memory_modes import MemoryModes
+from .models import CheckpointInfo
+from .pipelines import LoadedModel
+from .preview import APPROX_CHEAP
+from .request import GenerationRequest
+from .version import VERSION
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Settings a run reads, fixed when the job is submitted (with its override_settings)."""
+
+    eta_defaults: Mapping[str, float] = field(default_factory=lambda: {"eta_ancestral": 1.0, "eta_ddim": 0.0})
+    img2img_fix_steps: bool = False
+    img2img_color_correction: bool = False
+    upscaler_for_img2img: str = "None"
+    enable_pnginfo: bool = True
+    # Stages before which a copy of each image is saved: "face-restoration", "highres-fix",
+    # "color-correction" (the save_images_before_* settings).
+    save_before: frozenset = frozenset()
+
+
+@dataclass(frozen=True)
+class OutputPolicy:
+    """What to do with finished images (from the settings and the request)."""
+
+    save_images: bool = True
+    save_grid: bool = True
+    make_grid: bool = True
+    preview_every: int = 0  # 0: no live previews
+    preview_method: str = APPROX_CHEAP  # engine.preview.PREVIEW_METHODS
+    memory: MemoryModes = MemoryModes()
+    run: RunOptions = RunOptions()
+
+    def inner_pass(self, exact_steps: bool = False) -> "OutputPolicy":
+        """For a pass inside a job (hires fix, a tile): nothing saved or colour-corrected;
+        previews, memory modes and sampler settings as the job's. `exact_steps`: the pass runs
+        its steps in full (as the ecosystem's hires pass does), not steps x strength."""
+        run = dataclasses.replace(self.run, img2img_fix_steps=exact_steps, img2img_color_correction=False,
+                                  save_before=frozenset())
+        return OutputPolicy(save_images=False, save_grid=False, make_grid=False,
+                            preview_every=self.preview_every, preview_method=self.preview_method,
+                            memory=self.memory, run=run)
+
+
+@dataclass
+class GenerationResult:
+    request: GenerationRequest
+    model: CheckpointInfo
+    images: list[Image.Image]
+    seeds: list[int]
+    subseeds: list[int]
+    infotexts: list[str]
+    paths: list[Path | None] = field(default_factory=list)
+    grid: Image.Image | None = None
+    grid_path: Path | None = None
+    interrupted: bool = False
+    job_timestamp: str = ""
+    prompt: str = ""            # after styles: what the images were made from
+    negative_prompt: str = ""
+    extra_params: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    inpainting_model: bool = False  # made by a dedicated (9-channel) inpainting model
+    ignored_settings: list[str] = field(default_factory=list)  # override_settings not used
+    pnginfo: bool = True  # the enable_pnginfo setting: images carry their infotext
+
+    def gallery(self) -> list[tuple[Image.Image, str]]:
+        """(image, infotext) pairs as a gallery shows them: the grid first when there is one."""
+        items = list(zip(self.images, self.infotexts))
+        if self.grid is not None:
+            items.insert(0, (self.grid, self.infotexts[0]))
+        return items
+
+
+def image_params(request: GenerationRequest, model: LoadedModel, seed: int, subseed: int,
+                 extra: dict[str, Any]) -> dict[str, Any]:
+    """The `Key: value` part of one image's infotext."""
+    sampler, schedule = samplers.resolve(request.sampler_name, request.scheduler)
+    effective = samplers.effective_schedule(sampler, schedule)
+    params: dict[str, Any] = {
+        "Steps": request.steps,
+        "Sampler": sampler.name,
+        "Schedule type": None if effective == "model" else effective,
+        "CFG scale": request.cfg_scale,
+        "Seed": seed,
+        "Size": f"{request.width}x{request.height}",
+        "Model hash": model.info.short_hash,
+        "Model": model.info.model_name,
+    }
+    if request.subseed_strength > 0:
+        params["Variation seed"] = subseed
+        params["Variation seed strength"] = request.subseed_strength
+    if request.seed_resize:
+        params["Seed resize from"] = "{}x{}".format(*request.seed_resize)
+    params.update(extra)
+    params["Version"] = VERSION
+    return params
+
+
+def hash_list(hashes: dict[str, str]) -> str | None:
+    return ", ".join(f"{name}: {short}" for name, short in hashes.items()) or None
