@@ -64,15 +64,27 @@ def api_auth_dependency(allowed: list[tuple[str, str]] | None):
     return require
 
 
-def create_server(ctx: UIContext) -> FastAPI:
-    flags = ctx.flags
-    app = FastAPI(title="SD Studio API", version=VERSION, docs_url="/docs", redoc_url=None,
-                  openapi_url="/openapi.json")
+def install_error_handlers(app: FastAPI) -> None:
+    """A problem the user can fix answers its status with a JSON body naming it."""
 
     @app.exception_handler(UserError)
     async def user_error(request: Request, error: UserError) -> JSONResponse:
         return JSONResponse(status_code=error.status, content={
             "error": type(error).__name__, "detail": error.message, "field": error.field})
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_body(request: Request, error: RequestValidationError) -> JSONResponse:
+        """FastAPI's 422 shape, with the offending input made printable: echoing NaN or a huge
+        body back as-is would turn a bad request into a 500."""
+        errors = [{**item, "input": _printable(item.get("input"))} for item in error.errors()]
+        return JSONResponse(status_code=422, content={"detail": jsonable_encoder(errors)})
+
+
+def create_server(ctx: UIContext) -> FastAPI:
+    flags = ctx.flags
+    app = FastAPI(title="SD Studio API", version=VERSION, docs_url="/docs", redoc_url=None,
+                  openapi_url="/openapi.json")
+    install_error_handlers(app)
 
     @app.middleware("http")
     async def log_api_calls(request: Request, call_next):
@@ -85,13 +97,6 @@ def create_server(ctx: UIContext) -> FastAPI:
         log.info("API %s %s by %s -> %d in %.2fs", request.method, request.url.path, user,
                  response.status_code, time.perf_counter() - started)
         return response
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid_body(request: Request, error: RequestValidationError) -> JSONResponse:
-        """FastAPI's 422 shape, with the offending input made printable: echoing NaN or a huge
-        body back as-is would turn a bad request into a 500."""
-        errors = [{**item, "input": _printable(item.get("input"))} for item in error.errors()]
-        return JSONResponse(status_code=422, content={"detail": jsonable_encoder(errors)})
 
     if flags.api:
         # Without --api-auth, a UI login (if any) protects the API too: never an open back door.
