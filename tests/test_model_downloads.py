@@ -180,3 +180,30 @@ def test_the_listings_name_the_standard_models_with_where_they_come_from(engine,
     assert [m["name"] for m in realesrgan] == ["R-ESRGAN 4x+", "R-ESRGAN 4x+ Anime6B", "R-ESRGAN General 4xV3",
                                               "R-ESRGAN General WDN 4xV3", "R-ESRGAN AnimeVideo", "R-ESRGAN 2x+"]
     assert realesrgan[0]["path"] == "https://github.com" + REAL_ESRGAN
+
+
+def test_the_ui_offer_names_file_size_and_folder_and_its_button_fetches_only_that(engine, tmp_path, served):
+    import types
+
+    import gradio as gr
+
+    from ui import model_offer
+
+    with FileHost(dict(served)) as host:
+        _, own = _api(engine, tmp_path, _catalogue(host.url, served))
+        with pytest.raises(ModelNotDownloaded) as missing:
+            own.addons.upscalers.require("R-ESRGAN 4x+")
+        text = model_offer.offer_text(missing.value, own.addons.downloads.catalogue)
+        assert "`RealESRGAN_x4plus.pth`" in text and "into `models/RealESRGAN`" in text
+        size = own.addons.downloads.catalogue.get("R-ESRGAN 4x+").size_label
+        assert f"({size})" in text and size.endswith("MB") and host.url + REAL_ESRGAN in text
+        with gr.Blocks() as demo:
+            offer = model_offer.offer_area("t")
+            model_offer.wire(types.SimpleNamespace(engine=own), offer)
+        [download] = [block.fn for block in demo.fns.values()]
+        steps = list(download(["R-ESRGAN 4x+"]))
+        assert steps[-1] == "Downloaded. Run it again."
+        assert (tmp_path / "models" / "RealESRGAN" / "RealESRGAN_x4plus.pth").read_bytes() == served[REAL_ESRGAN]
+        refused = list(download([host.url + GFPGAN]))
+        assert "is not a model this app downloads" in refused[-1]
+        assert host.requested == [REAL_ESRGAN]
