@@ -156,6 +156,7 @@ class Engine:
             options["restore_faces"].setdefault("codeformer_weight", self.settings["code_former_weight"])
         hires = options.get("hires_fix")
         if hires and isinstance(hires.get("upscaler"), str):  # a standard model's file name selects it too
+            self.addons.upscalers.refuse_unsupported(hires["upscaler"], "hr_upscaler")
             hires["upscaler"] = self.addons.upscalers.canonical(hires["upscaler"]) or hires["upscaler"]
         return options
 
@@ -165,6 +166,7 @@ class Engine:
         file is not downloaded yet (the UI offers it, the API may fetch it)."""
         if name in UPSCALERS:
             return name
+        self.addons.upscalers.refuse_unsupported(name, field)
         canonical = self.addons.upscalers.canonical(name)
         if canonical is None:
             raise RequestError(f"{unknown}: '{name}'. Available: {', '.join(self.upscaler_names())}", field)
@@ -250,6 +252,8 @@ class Engine:
         """The request with its upscalers' listed names (a standard model's file name selects it
         too), validated; ModelNotDownloaded if a standard model it uses is not downloaded yet."""
         library = self.addons.upscalers
+        library.refuse_unsupported(request.upscaler, "upscaler")
+        library.refuse_unsupported(request.upscaler_2, "upscaler_2")
         request = dataclasses.replace(request, upscaler=library.canonical(request.upscaler) or request.upscaler,
                                       upscaler_2=library.canonical(request.upscaler_2) or request.upscaler_2)
         request.validate(self.upscaler_names())

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from . import memory_guard
+from .errors import RequestError
 from .esrgan import read_state
 from .model_catalogue import UPSCALER, CatalogueEntry, ModelCatalogue, ModelNotDownloaded
 from .upscaler_models import build_upscaler
@@ -30,6 +31,11 @@ FAMILY_OF_FOLDER = {"ESRGAN": "ESRGAN_4x", "SwinIR": "SwinIR 4x", "ScuNET": "Scu
 TILE = 192  # input pixels per tile side (with TILE_PAD around it)
 TILE_PAD = 16
 MAX_PASSES = 3  # a 2x model run again to reach 4x, as the ecosystem does, at most this often
+# Names the ecosystem lists that this app cannot run, with what to say instead of "not found".
+UNSUPPORTED = {
+    "LDSR": "LDSR (the latent-diffusion upscaler of models/LDSR) is not available in SD Studio: its "
+            "network is not built in. Use R-ESRGAN 4x+, SwinIR 4x or ESRGAN_4x instead",
+}
 
 
 @dataclass(frozen=True)
@@ -111,6 +117,12 @@ class UpscalerLibrary:
         return described
 
     # Using one.
+    @staticmethod
+    def refuse_unsupported(name: str, field: str = "upscaler") -> None:
+        """RequestError saying why, for a name the ecosystem has but this app cannot run."""
+        if isinstance(name, str) and name.strip() in UNSUPPORTED:
+            raise RequestError(UNSUPPORTED[name.strip()], field)
+
     def require(self, name: str, field: str = "upscaler") -> None:
         """ModelNotDownloaded when `name` is a standard model whose file is not on disk yet."""
         entry = self.catalogue.get(self.canonical(name) or "")
