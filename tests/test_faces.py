@@ -8,9 +8,9 @@ import pytest
 from PIL import Image
 
 from engine import faces
-from engine.errors import RequestError
 from engine.generation import ImageContext, OutputPolicy, Txt2ImgRun
 from engine.jobs import Job
+from engine.model_catalogue import ModelNotDownloaded
 from engine.request import GenerationRequest
 from tests.support.face_image import picture_with_a_face
 
@@ -74,7 +74,6 @@ def test_restore_faces_runs_after_the_picture_is_made_and_says_so(engine, tmp_pa
 
 
 def test_unavailable_restorers_are_refused_with_the_reason(engine):
-    from engine.model_catalogue import ModelNotDownloaded
     with pytest.raises(ModelNotDownloaded, match="'GFPGAN' needs GFPGANv1.4.pth .* in models/GFPGAN") as refused:
         engine.submit(BASE.replace(extensions={"restore_faces": {"enabled": True, "restorer": "GFPGAN"}}))
     assert [entry.name for entry in refused.value.entries] == ["GFPGAN"]
