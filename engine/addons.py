@@ -13,11 +13,13 @@ import torch
 
 from .controlnet.models import ControlNetLibrary
 from .devices import DeviceConfig
+from .downloads import CatalogueDownloads
 from .embeddings import EmbeddingLibrary
 from .extensions import ExtensionRegistry
 from .face_models import FaceModelLibrary
 from .folders import Folders
 from .lora import LoraLibrary
+from .model_catalogue import ModelCatalogue
 from .models import HashCache
 from .styles import StyleStore
 from .upscalers import UpscalerLibrary
@@ -36,26 +38,32 @@ class AddOns:
     upscalers: UpscalerLibrary
     faces: FaceModelLibrary
     controlnets: ControlNetLibrary
+    downloads: CatalogueDownloads  # the standard upscaler and face restoration files, on request
 
     @classmethod
     def in_data_dir(cls, data_dir: Path, hashes: HashCache, extension_folders: list[Path] = (),
-                    device: DeviceConfig | None = None, allow_unsafe: bool = False) -> "AddOns":
+                    device: DeviceConfig | None = None, allow_unsafe: bool = False,
+                    catalogue: ModelCatalogue | None = None) -> "AddOns":
         """The ecosystem's folders under `data_dir`: models/Lora, models/embeddings (and the older
         embeddings/), models/VAE and styles.csv; the built-in extensions, then
-        <data dir>/extensions and any other extension folders given."""
+        <data dir>/extensions and any other extension folders given. `catalogue`: the standard
+        models and their hosts (by default from the environment: SD_STUDIO_GITHUB_ENDPOINT,
+        HF_ENDPOINT)."""
         return cls.from_folders(Folders.in_data_dir(data_dir), hashes, extension_folders, device,
-                                allow_unsafe)
+                                allow_unsafe, catalogue=catalogue)
 
     @classmethod
     def from_folders(cls, folders: Folders, hashes: HashCache, extension_folders: list[Path] = (),
                      device: DeviceConfig | None = None, allow_unsafe: bool = False,
-                     extensions: str = "all", controlnet_dtype: torch.dtype | None = None) -> "AddOns":
+                     extensions: str = "all", controlnet_dtype: torch.dtype | None = None,
+                     catalogue: ModelCatalogue | None = None) -> "AddOns":
         """`extensions`: "all", "builtin" (--disable-extra-extensions) or "none"
         (--disable-all-extensions: not even imported). `controlnet_dtype`: other than the
         device's (--no-half-controlnet)."""
         for folder in folders.model_folders():
             folder.mkdir(parents=True, exist_ok=True)
         device = device or DeviceConfig(torch.device("cpu"), torch.float32)
+        catalogue = catalogue or ModelCatalogue.from_environment()
         if controlnet_dtype is not None:
             device_for_controlnets = DeviceConfig(device.device, controlnet_dtype)
         else:
@@ -69,8 +77,11 @@ class AddOns:
             embeddings=EmbeddingLibrary([folders.embeddings, folders.data / "embeddings"]),
             vaes=VaeLibrary(folders.vae, hashes),
             styles=StyleStore(folders.styles_files),
-            upscalers=UpscalerLibrary([folders.esrgan, folders.realesrgan]),
-            faces=FaceModelLibrary(folders.models, {"GFPGAN": folders.gfpgan, "CodeFormer": folders.codeformer}),
+            upscalers=UpscalerLibrary([folders.esrgan, folders.realesrgan, folders.swinir, folders.scunet],
+                                      catalogue, folders.models, folder_of=folders.catalogue_folder),
+            faces=FaceModelLibrary(folders.models, catalogue,
+                                   {"GFPGAN": folders.gfpgan, "CodeFormer": folders.codeformer}),
+            downloads=CatalogueDownloads(catalogue, folders.models, folder_of=folders.catalogue_folder),
             # Loaded where generation runs (the GPU lane's device) when first used.
             controlnets=ControlNetLibrary(folders.controlnet, device_for_controlnets, allow_unsafe=allow_unsafe),
             extensions=ExtensionRegistry(extension_sources),

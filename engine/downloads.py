@@ -1,7 +1,10 @@
-"""Downloading a checkpoint for a user who has none, verified before it is used.
+"""Downloading the standard model files of engine/model_catalogue.py (SD 1.5 for a user with no
+checkpoint, the upscalers and face restorers the ecosystem's names stand for), verified before
+they are used.
 
-The file arrives as `<name>.part` (resumed if a previous try was cut off), its sha256 is checked
-against the published one, and only then is it renamed into models/Stable-diffusion.
+A file arrives as `<name>.part` (resumed if a previous try was cut off), its sha256 is checked
+against the published one, and only then is it renamed into its models/ folder: a cut, a wrong
+or a half-written file is never used.
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from .errors import RequestError, UserError
+from .model_catalogue import SD15_NAME, CatalogueEntry, ModelCatalogue
+
 log = logging.getLogger(__name__)
 
 
@@ -29,21 +35,15 @@ class DownloadOffer:
     size_label: str
 
 
-DEFAULT_ENDPOINT = "https://huggingface.co"
+def offer_of(entry: CatalogueEntry, catalogue: ModelCatalogue) -> DownloadOffer:
+    return DownloadOffer(entry.name, catalogue.url(entry), entry.filename, entry.sha256, entry.size_label)
 
 
 def sd15_offer(endpoint: str | None = None) -> DownloadOffer:
     """The standard SD 1.5 checkpoint, from the Hub or a mirror (HF_ENDPOINT, as huggingface_hub
     uses it); the sha256 check makes a mirror as trustworthy as the original."""
-    base = (endpoint or DEFAULT_ENDPOINT).rstrip("/")
-    return DownloadOffer(
-        label="Stable Diffusion 1.5 (v1-5-pruned-emaonly)",
-        url=f"{base}/stable-diffusion-v1-5/stable-diffusion-v1-5/resolve/main/"
-            "v1-5-pruned-emaonly.safetensors",
-        filename="v1-5-pruned-emaonly.safetensors",
-        sha256="6ce0161689b3853acaa03779ec93eafe75a02f4ced659bee03f50797806fa2fa",
-        size_label="4.3 GB",
-    )
+    catalogue = ModelCatalogue(endpoints={"huggingface": endpoint})
+    return offer_of(catalogue.get(SD15_NAME), catalogue)
 
 
 SD15 = sd15_offer()
@@ -51,8 +51,14 @@ SD15 = sd15_offer()
 CHUNK = 1 << 20
 
 
-class DownloadError(Exception):
-    pass
+class DownloadError(UserError):
+    """The file could not be fetched, or was not the published one. The API answers 502 (Bad
+    Gateway): the request was fine, the host behind this server failed it."""
+
+    status = 502
+
+    def __init__(self, message: str):
+        super().__init__(message, None)
 
 
 class ModelDownloader:
@@ -80,8 +86,10 @@ class ModelDownloader:
             return False
 
     def download(self, progress: Callable[[int, int | None], None] | None = None,
-                 cancel: threading.Event | None = None) -> Path:
-        if not self._busy.acquire(blocking=False):
+                 cancel: threading.Event | None = None, wait: bool = False) -> Path:
+        """The file, downloaded if it is not there yet. `wait`: if another download of it is
+        running, wait for that one (then the file is there) instead of refusing."""
+        if not self._busy.acquire(blocking=wait):
             raise DownloadError("A download is already running")
         try:
             return self._download(progress or (lambda done, total: None), cancel)
@@ -151,3 +159,33 @@ class ModelDownloader:
             digest.update(block)
             done += len(block)
             progress(done, total)
+
+
+class CatalogueDownloads:
+    """The catalogue's files, each downloaded into models/<its folder> on request; one download
+    per file at a time. Only catalogue names are accepted, never a URL."""
+
+    def __init__(self, catalogue: ModelCatalogue, models_dir: Path, timeout: float = 30.0,
+                 folder_of: Callable[[str], Path] | None = None):
+        """`folder_of`: a catalogue folder name to the folder in use (start flags may move some;
+        default: inside `models_dir`)."""
+        self.catalogue = catalogue
+        self.models_dir = Path(models_dir)
+        self.folder_of = folder_of or (lambda name: self.models_dir / name)
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self._downloaders: dict[str, ModelDownloader] = {}
+
+    def downloader(self, name: str) -> ModelDownloader:
+        entry = self.catalogue.get(name) if isinstance(name, str) else None
+        if entry is None:
+            raise RequestError(f"'{name}' is not a model this app downloads", "model")
+        with self._lock:
+            if name not in self._downloaders:
+                self._downloaders[name] = ModelDownloader(offer_of(entry, self.catalogue),
+                                                          self.folder_of(entry.folder), self.timeout)
+            return self._downloaders[name]
+
+    def fetch(self, name: str, progress: Callable[[int, int | None], None] | None = None,
+              cancel: threading.Event | None = None, wait: bool = True) -> Path:
+        return self.downloader(name).download(progress, cancel, wait=wait)

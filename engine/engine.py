@@ -7,6 +7,7 @@ job or polls its progress.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from typing import Iterator
 
@@ -160,9 +161,9 @@ class Engine:
         )
         if request.mode == "img2img":
             self._check_upload_sizes(request)
-            if request.sd_upscale_scale and request.sd_upscale_upscaler not in self.upscaler_names():
-                raise RequestError(f"SD upscale: upscaler not found: '{request.sd_upscale_upscaler}'. "
-                                   f"Available: {', '.join(self.upscaler_names())}", "sd_upscale_upscaler")
+            if request.sd_upscale_scale:
+                request = request.replace(sd_upscale_upscaler=self._upscaler_in_use(
+                    request.sd_upscale_upscaler, "sd_upscale_upscaler", "SD upscale: upscaler not found"))
             request = self._check_mask(outpainting.expand(request),
                                        settings["img2img_empty_mask_as_img2img"])
         hires_checkpoint = request.extensions.get("hires_fix", {}).get("checkpoint")
@@ -184,7 +185,24 @@ class Engine:
             options["restore_faces"].setdefault("restorer", self.settings["face_restoration_model"])
             options["restore_faces"].setdefault("strength", self.settings["face_restoration_strength"])
             options["restore_faces"].setdefault("codeformer_weight", self.settings["code_former_weight"])
+        hires = options.get("hires_fix")
+        if hires and isinstance(hires.get("upscaler"), str):  # a standard model's file name selects it too
+            self.addons.upscalers.refuse_unsupported(hires["upscaler"], "hr_upscaler")
+            hires["upscaler"] = self.addons.upscalers.canonical(hires["upscaler"]) or hires["upscaler"]
         return options
+
+    def _upscaler_in_use(self, name: str, field: str, unknown: str = "Upscaler not found") -> str:
+        """The listed name of an upscaler a job uses (a standard model's file name selects it
+        too). RequestError if there is none; ModelNotDownloaded if it is a standard model whose
+        file is not downloaded yet (the UI offers it, the API may fetch it)."""
+        if name in UPSCALERS:
+            return name
+        self.addons.upscalers.refuse_unsupported(name, field)
+        canonical = self.addons.upscalers.canonical(name)
+        if canonical is None:
+            raise RequestError(f"{unknown}: '{name}'. Available: {', '.join(self.upscaler_names())}", field)
+        self.addons.upscalers.require(canonical, field)
+        return canonical
 
     def _check_upload_sizes(self, request: GenerationRequest) -> None:
         limit = self.settings["upload_max_megapixels"]
@@ -251,7 +269,7 @@ class Engine:
     # Post-processing.
     def extras(self, request: ExtrasRequest, owner: str = "", save: bool = True) -> Job:
         """Upscale a finished picture on the lane (model upscalers will need the GPU)."""
-        request.validate(self.upscaler_names())
+        request = self._checked_extras(request)
         check_pixel_limit(request.image, self.settings["upload_max_megapixels"], "image")
         restoring = {"GFPGAN": request.gfpgan_visibility, "CodeFormer": request.codeformer_visibility}
         for name, visibility in restoring.items():
@@ -271,6 +289,23 @@ class Engine:
             return result
 
         return self.queue.submit(Job(work, owner=owner, kind="extras", description="extras"))
+
+    def _checked_extras(self, request: ExtrasRequest) -> ExtrasRequest:
+        """The request with its upscalers' listed names (a standard model's file name selects it
+        too), validated; ModelNotDownloaded if a standard model it uses is not downloaded yet."""
+        library = self.addons.upscalers
+        library.refuse_unsupported(request.upscaler, "upscaler")
+        library.refuse_unsupported(request.upscaler_2, "upscaler_2")
+        request = dataclasses.replace(request, upscaler=library.canonical(request.upscaler) or request.upscaler,
+                                      upscaler_2=library.canonical(request.upscaler_2) or request.upscaler_2)
+        request.validate(self.upscaler_names())
+        used = [("upscaler", request.upscaler)]
+        if request.second_upscaler_used:
+            used.append(("upscaler_2", request.upscaler_2))
+        for field, name in used:
+            if name not in UPSCALERS:
+                library.require(name, field)
+        return request
 
     def upscaler_names(self) -> tuple[str, ...]:
         """Every upscaler: the resampling ones, then the model files on disk."""

@@ -33,6 +33,7 @@ class Restorer:
     name: str
     available: bool
     reason: str = ""
+    missing_weights: bool = False  # only its weight file is missing (which can be downloaded)
 
 
 def restorers(library: FaceModelLibrary) -> list[Restorer]:
@@ -40,8 +41,9 @@ def restorers(library: FaceModelLibrary) -> list[Restorer]:
     cv2_reason = "" if _cv2_ready() else "needs opencv-python-headless 4.x (pip install 'opencv-python-headless<5')"
     found = [Restorer(FACE_DETAILER, not cv2_reason, cv2_reason)]
     for name in KINDS:
-        reason = cv2_reason or library.unavailable_reason(name)
-        found.append(Restorer(name, not reason, reason))
+        weights_reason = library.unavailable_reason(name)
+        reason = cv2_reason or weights_reason
+        found.append(Restorer(name, not reason, reason, missing_weights=bool(weights_reason) and not cv2_reason))
     return found
 
 
@@ -114,6 +116,8 @@ def detail_faces(image: Image.Image, request: GenerationRequest, strength: float
 def check_restorer(name: str, library: FaceModelLibrary) -> None:
     for restorer in restorers(library):
         if restorer.name == name:
+            if restorer.missing_weights:
+                library.require(name)  # offers the download of the standard file
             if not restorer.available:
                 raise RequestError(f"Face restorer '{name}' is not available: {restorer.reason}",
                                    "face_restoration_model")

@@ -73,6 +73,14 @@ class Folders:
         flags.ui_settings_file = str(self.settings_file)
         flags.styles_file = [str(path) for path in self.styles_files]
 
+    def catalogue_folder(self, name: str) -> Path:
+        """The folder in use for one of the ecosystem's model folder names ("ESRGAN",
+        "GFPGAN", ...), as the download catalogue names them."""
+        for field_name, (_, below) in _UNDER_MODELS.items():
+            if below.lower() == name.lower():
+                return getattr(self, field_name)
+        return self.models / name
+
     def model_folders(self) -> list[Path]:
         return [getattr(self, f.name) for f in fields(self) if f.name in _UNDER_MODELS]
 

@@ -84,6 +84,13 @@ OPTIONS: tuple[Option, ...] = SAVING_OPTIONS + (
            "Memory and speed"),
     Option("api_log_requests", False, "Log every API call (route, caller, status, time) to the console",
            "API"),
+    # On by default, as the ecosystem's web UI fetches these on first use: client scripts written
+    # for it name "R-ESRGAN 4x+" or GFPGAN and expect them to work. Safe on a shared server: only
+    # the catalogue's files, each checked against its published sha256, a few hundred MB at most.
+    Option("auto_download_models", True,
+           "API requests may download the standard upscaler and face restoration models they name "
+           "(R-ESRGAN, ESRGAN_4x, SwinIR 4x, ScuNET, GFPGAN, CodeFormer), checked against the published "
+           "sha256. Off: the API answers 409 naming the file to put where", "API"),
     Option("attention_slicing", False, "Attention slicing: compute attention in slices (less memory, "
            "slower)", "Memory and speed"),
     # --medvram, --medvram-sdxl and --lowvram set it at start (app.py).

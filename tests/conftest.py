@@ -12,6 +12,9 @@ import socket
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+# Standard upscaler and face models a test names but lacks must never be fetched from GitHub
+# (auto_download_models is on by default): nothing answers here, so the fetch fails at once.
+os.environ["SD_STUDIO_GITHUB_ENDPOINT"] = "http://127.0.0.1:9"
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 
 from dataclasses import dataclass  # noqa: E402

@@ -8,10 +8,10 @@ import pytest
 from PIL import Image
 
 from engine import faces
-from engine.errors import RequestError
 from engine.generation import ImageContext, Txt2ImgRun
 from engine.job_results import OutputPolicy
 from engine.jobs import Job
+from engine.model_catalogue import ModelNotDownloaded
 from engine.request import GenerationRequest
 from tests.support.face_image import picture_with_a_face
 
@@ -75,10 +75,13 @@ def test_restore_faces_runs_after_the_picture_is_made_and_says_so(engine, tmp_pa
 
 
 def test_unavailable_restorers_are_refused_with_the_reason(engine):
-    with pytest.raises(RequestError, match="GFPGAN' is not available: no GFPGAN weights in models/GFPGAN"):
+    with pytest.raises(ModelNotDownloaded, match="'GFPGAN' needs GFPGANv1.4.pth .* in models/GFPGAN") as refused:
         engine.submit(BASE.replace(extensions={"restore_faces": {"enabled": True, "restorer": "GFPGAN"}}))
+    assert [entry.name for entry in refused.value.entries] == ["GFPGAN"]
     listed = {r.name: r for r in faces.restorers(engine.addons.faces)}
     assert listed["Face detailer"].available and not listed["CodeFormer"].available
+    # Chosen but switched off, a missing restorer stops nothing.
+    engine.complete(BASE.replace(extensions={"restore_faces": {"enabled": False, "restorer": "GFPGAN"}}))
 
 
 def test_extras_restores_faces_only_where_they_are(engine):

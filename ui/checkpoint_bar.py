@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import html
-import threading
 
 import gradio as gr
 
 from engine.errors import UserError
 
 from .context import UIContext
-from .progress_view import POLL_SECONDS
+from .progress_view import POLL_SECONDS, download_steps
 from .widgets import REFRESH
 
 
@@ -128,33 +127,12 @@ def _download_offer(ctx: UIContext) -> dict:
         return gr.update(visible=visible, value=label)
 
     def run():
-        state = {"done": 0, "total": None, "error": None}
-
-        def work():
-            try:
-                downloader.download(lambda done, total: state.update(done=done, total=total))
-            except Exception as error:  # shown to the user; the app keeps running
-                state["error"] = str(error)
-
-        thread = threading.Thread(target=work, daemon=True)
-        thread.start()
-        while thread.is_alive():
-            thread.join(POLL_SECONDS)
-            yield _bar_html(state["done"], state["total"])
-        if state["error"]:
-            yield f"<b>Download failed:</b> {html.escape(state['error'])}"
+        error = yield from download_steps(downloader.download)
+        if error:
+            yield f"<b>Download failed:</b> {html.escape(error)}"
         else:
             yield f"Downloaded {html.escape(offer.filename)}. Press {REFRESH} to list it."
 
     button.click(run, outputs=bar, concurrency_id="download", concurrency_limit=1,
                  api_visibility="private", show_progress="hidden")
     return {"button": button, "bar": bar, "check": check}
-
-
-def _bar_html(done: int, total: int | None) -> str:
-    mb = done / 1e6
-    if not total:
-        return f"<div class='progress-text'>{mb:,.0f} MB</div>"
-    percent = int(done * 100 / total)
-    return (f"<div class='progress-bar'><div class='progress-fill' style='width:{percent}%'></div></div>"
-            f"<div class='progress-text'>{mb:,.0f} / {total / 1e6:,.0f} MB · {percent}%</div>")

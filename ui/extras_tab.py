@@ -7,11 +7,12 @@ from pathlib import Path
 import gradio as gr
 
 from engine.errors import UserError
-from engine.extras import MAX_SCALE, ExtrasRequest
+from engine.extras import MAX_SCALE, UPSCALERS, ExtrasRequest
 from engine.faces import restorers
+from engine.model_catalogue import ModelNotDownloaded
 from engine.uploads import open_image
 
-from . import checked_images
+from . import checked_images, model_offer
 from .context import UIContext
 from .job_flow import owner_of
 
@@ -64,11 +65,14 @@ def build(ctx: UIContext) -> dict:
                                 elem_id="extras_result", height=420)
             info = gr.Textbox(label="Post-processing", interactive=False, elem_id="extras_info")
             message = gr.Markdown("", elem_id="extras_message", elem_classes=["message"])
+            offer = model_offer.offer_area("extras")
     private = {"queue": False, "api_visibility": "private"}
     by_tab.select(lambda: SCALE_BY, outputs=mode, **private)
     to_tab.select(lambda: SCALE_TO, outputs=mode, **private)
     single_tab.select(lambda: "single", outputs=source, **private)
     batch_tab.select(lambda: "batch", outputs=source, **private)
+
+    catalogue = ctx.engine.addons.downloads.catalogue
 
     def process(where, picture, uploads, how, factor, w, h, crop_to_fit, method, method_2, blend,
                 gfpgan_visibility, codeformer_visibility, fidelity, face_visibility, request: gr.Request):
@@ -89,15 +93,48 @@ def build(ctx: UIContext) -> dict:
                                                       face_detailer_visibility=float(face_visibility), **sized),
                                         owner=owner_of(request))
                 done.append(job.outcome())
+        except ModelNotDownloaded as missing:
+            return {result: [r.image for r in done] or None, info: "", message: "**Cannot process:** a "
+                    "model it uses is not downloaded yet.", **model_offer.shown(offer, missing, catalogue)}
         except UserError as error:
-            return [r.image for r in done] or None, "", f"**Cannot process:** {error.message}"
+            return {result: [r.image for r in done] or None, info: "",
+                    message: f"**Cannot process:** {error.message}", **model_offer.hidden(offer)}
         size = f"{done[0].image.width}x{done[0].image.height}"
-        return [r.image for r in done], f"{done[0].extras} ({size})", ""
+        return {result: [r.image for r in done], info: f"{done[0].extras} ({size})", message: "",
+                **model_offer.hidden(offer)}
 
     run.click(process, inputs=[source, image, files, mode, scale, width, height, crop, upscaler,
                                upscaler_2, visibility, gfpgan, codeformer, codeformer_weight, faces],
-              outputs=[result, info, message], concurrency_id="generate", api_visibility="private")
+              outputs=[result, info, message, *model_offer.outputs(offer)], concurrency_id="generate",
+              api_visibility="private")
+    _offer_when_chosen(ctx, offer, upscaler, upscaler_2, gfpgan, codeformer)
+    model_offer.wire(ctx, offer)
     return {"image": image}
+
+
+def _offer_when_chosen(ctx: UIContext, offer: dict, upscaler, upscaler_2, gfpgan, codeformer) -> None:
+    """Picking a standard model that is not downloaded yet shows the download offer at once."""
+    addons = ctx.engine.addons
+    catalogue = addons.downloads.catalogue
+
+    def check(first: str, second: str, gfpgan_visibility: float, codeformer_visibility: float):
+        try:
+            for name in (first, second):
+                if name not in UPSCALERS and addons.upscalers.canonical(name):
+                    addons.upscalers.require(name)
+            for name, visibility in (("GFPGAN", gfpgan_visibility), ("CodeFormer", codeformer_visibility)):
+                if visibility and visibility > 0:
+                    addons.faces.require(name)
+        except ModelNotDownloaded as missing:
+            return model_offer.shown(offer, missing, catalogue)
+        except UserError:
+            pass  # anything else is said when the picture is processed
+        return model_offer.hidden(offer)
+
+    inputs = [upscaler, upscaler_2, gfpgan, codeformer]
+    for control, event in ((upscaler, "input"), (upscaler_2, "input"), (gfpgan, "release"), (codeformer, "release")):
+        getattr(control, event)(check, inputs=inputs, outputs=model_offer.outputs(offer), queue=False,
+                                api_visibility="private")
 
 
 def _restorer_note(ctx: UIContext) -> str:

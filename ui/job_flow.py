@@ -10,8 +10,10 @@ import gradio as gr
 
 from engine.errors import UserError
 from engine.job_results import GenerationResult
+from engine.model_catalogue import ModelNotDownloaded
 from engine.request import GenerationRequest
 
+from . import model_offer
 from .context import UIContext
 from .progress_view import poll
 
@@ -45,7 +47,8 @@ RequestMaker = Callable[[dict], Iterable[tuple[GenerationRequest, ResultHook | N
 def wire_generate(ctx: UIContext, button: gr.Button, inputs: set, results: dict,
                   last_seeds: gr.State, make_requests: RequestMaker) -> None:
     gallery, progress, info = results["gallery"], results["progress"], results["infotext"]
-    message, infotexts = results["message"], results["infotexts"]
+    message, infotexts, offer = results["message"], results["infotexts"], results["offer"]
+    catalogue = ctx.engine.addons.downloads.catalogue
 
     def generate(data: dict, request: gr.Request):
         images, texts, notes, last = [], [], [], {}
@@ -58,8 +61,10 @@ def wire_generate(ctx: UIContext, button: gr.Button, inputs: set, results: dict,
             while pending is not None:
                 generation, on_result = pending
                 job = ctx.engine.submit(generation, owner=owner_of(request))
-                yield {message: "", progress: ""}
+                yield {message: "", progress: "", **model_offer.hidden(offer)}
                 yield from poll(ctx.engine, job, lambda html_, preview: _live(html_, preview, progress, gallery))
+                if isinstance(job.error, ModelNotDownloaded):
+                    raise job.error  # its file went away after the check: offer it again
                 if job.error is not None:
                     text = getattr(job.error, "message", None) or f"{type(job.error).__name__}: {job.error}"
                     yield {progress: "", message: f"**Generation failed:** {text}"}
@@ -77,6 +82,10 @@ def wire_generate(ctx: UIContext, button: gr.Button, inputs: set, results: dict,
                 if result.seeds:
                     last = {"seed": result.seeds[0], "subseed": result.subseeds[0]}
                 pending = None if result.interrupted else next(requests, None)
+        except ModelNotDownloaded as missing:  # offer the download instead of a dead end
+            yield {message: "**Cannot generate:** a model this job uses is not downloaded yet.", progress: "",
+                   gallery: images or None, infotexts: texts, **model_offer.shown(offer, missing, catalogue)}
+            return
         except UserError as error:
             yield {message: f"**Cannot generate:** {error.message}", progress: "",
                    gallery: images or None, infotexts: texts}
@@ -84,9 +93,10 @@ def wire_generate(ctx: UIContext, button: gr.Button, inputs: set, results: dict,
         yield {progress: "", gallery: images, infotexts: texts, info: texts[0] if texts else "",
                message: "  \n".join(notes), last_seeds: last}
 
-    outputs = [gallery, progress, info, message, infotexts, last_seeds]
+    outputs = [gallery, progress, info, message, infotexts, last_seeds, *model_offer.outputs(offer)]
     button.click(generate, inputs=inputs, outputs=outputs, concurrency_id="generate",
                  concurrency_limit=32, api_visibility="private", show_progress="hidden")
+    model_offer.wire(ctx, offer)
 
 
 def _live(progress_html: str, preview, progress, gallery) -> dict:

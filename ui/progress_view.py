@@ -1,9 +1,11 @@
-"""Progress bar, ETA and queue position as HTML, and the polling loop tabs share."""
+"""Progress bar, ETA and queue position as HTML, the polling loop tabs share, and the progress of
+a model download."""
 
 from __future__ import annotations
 
 import html
-from typing import Callable, Iterator
+import threading
+from typing import Callable, Generator, Iterator
 
 from engine.engine import Engine
 from engine.jobs import Job
@@ -46,3 +48,31 @@ def poll(engine: Engine, job: Job, update: Callable[[str, object], dict]) -> Ite
             seen_preview = job.preview_id
             preview = job.preview
         yield update(progress_html(engine, job), preview)
+
+
+def download_bar_html(done: int, total: int | None) -> str:
+    mb = done / 1e6
+    if not total:
+        return f"<div class='progress-text'>{mb:,.0f} MB</div>"
+    percent = int(done * 100 / total)
+    return (f"<div class='progress-bar'><div class='progress-fill' style='width:{percent}%'></div></div>"
+            f"<div class='progress-text'>{mb:,.0f} / {total / 1e6:,.0f} MB · {percent}%</div>")
+
+
+def download_steps(fetch: Callable[[Callable[[int, int | None], None]], object]) -> Generator[str, None, str | None]:
+    """Run `fetch(progress)` in a thread, yielding a progress bar until it ends; returns the
+    error's text, or None when the file is there."""
+    state = {"done": 0, "total": None, "error": None}
+
+    def work():
+        try:
+            fetch(lambda done, total: state.update(done=done, total=total))
+        except Exception as error:  # shown to the user; the app keeps running
+            state["error"] = getattr(error, "message", None) or str(error)
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(POLL_SECONDS)
+        yield download_bar_html(state["done"], state["total"])
+    return state["error"]

@@ -81,7 +81,7 @@ def error_body(error: str, detail: Any, body: Any = "", errors: str = "", **ours
     return {"error": error, "detail": detail, "body": body, "errors": errors or str(detail), **ours}
 
 
-def _add_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(UserError)
     async def user_error(request: Request, error: UserError) -> JSONResponse:
         return JSONResponse(status_code=error.status, content=error_body(
@@ -117,7 +117,7 @@ def _create_app(ctx: UIContext) -> FastAPI:
     flags = ctx.flags
     app = FastAPI(title="SD Studio API", version=VERSION, docs_url="/docs", redoc_url=None,
                   openapi_url="/openapi.json")
-    _add_error_handlers(app)
+    install_error_handlers(app)
 
     @app.middleware("http")
     async def log_api_calls(request: Request, call_next):

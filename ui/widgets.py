@@ -12,6 +12,8 @@ from engine import request as limits
 from engine import samplers
 from engine.errors import UserError
 
+from . import model_offer
+
 DICE = "\U0001F3B2"     # random seed
 RECYCLE = "\u267B\ufe0f"  # reuse last seed
 SWAP = "\u21C5"          # swap width and height
@@ -160,6 +162,7 @@ def results_panel(tab: str) -> dict[str, gr.components.Component]:
     info = gr.Textbox(label="Generation parameters", lines=4, interactive=False,
                       elem_id=f"{tab}_infotext", buttons=["copy"])
     message = gr.Markdown("", elem_id=f"{tab}_message", elem_classes=["message"])
+    offer = model_offer.offer_area(tab)
     infotexts = gr.State([])
     selected = gr.State(0)
 
@@ -172,4 +175,4 @@ def results_panel(tab: str) -> dict[str, gr.components.Component]:
     # New results: the first one is selected until the user picks another.
     gallery.change(lambda: 0, outputs=selected, queue=False, api_visibility="private")
     return {"progress": progress, "gallery": gallery, "infotext": info, "message": message,
-            "infotexts": infotexts, "selected": selected, "send": send}
+            "infotexts": infotexts, "selected": selected, "send": send, "offer": offer}

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import RequestError, UserError
+from ..model_catalogue import ModelCatalogue, ModelNotDownloaded
 
 SUFFIXES = (".pth", ".safetensors")
 
@@ -24,7 +25,7 @@ SUFFIXES = (".pth", ".safetensors")
 class FaceModelKind:
     name: str        # what users pick ("GFPGAN", "CodeFormer")
     folder: str      # under models/
-    example: str     # the file users download, for the "no weights" message
+    example: str     # the ecosystem's file name for it, for the "no weights" message
     build: Callable[[dict], nn.Module]
 
 
@@ -40,14 +41,17 @@ def _codeformer(state: dict) -> nn.Module:
 
 KINDS = {kind.name: kind for kind in (
     FaceModelKind("GFPGAN", "GFPGAN", "GFPGANv1.4.pth", _gfpgan),
-    FaceModelKind("CodeFormer", "Codeformer", "codeformer.pth", _codeformer),
+    FaceModelKind("CodeFormer", "Codeformer", "codeformer-v0.1.0.pth", _codeformer),
 )}
 
 
 class FaceModelLibrary:
-    def __init__(self, models_dir: Path, folders: dict[str, Path] | None = None):
+    def __init__(self, models_dir: Path, catalogue: ModelCatalogue | None = None,
+                 folders: dict[str, Path] | None = None):
+        """`catalogue`: where the standard files come from, for the download offer; `folders`:
+        other folders than models/<kind folder> (--gfpgan-models-path, --codeformer-models-path)."""
         self.models_dir = Path(models_dir)
-        # Folders other than models/<kind folder> (--gfpgan-models-path, --codeformer-models-path).
+        self.catalogue = catalogue or ModelCatalogue()
         self._folders = {name: Path(folder) for name, folder in (folders or {}).items()}
         self._lock = threading.Lock()
         self._loaded: tuple[Path, float, nn.Module] | None = None
@@ -76,18 +80,27 @@ class FaceModelLibrary:
 
     def unavailable_reason(self, name: str) -> str:
         kind = KINDS[name]
+        if self.weights(name) is not None:
+            return ""
+        entry = self.catalogue.get(name)
+        download = f", or let the app download it: {entry.size_label}" if entry is not None else ""
+        return f"no {kind.name} weights in {self._shown(name)} (put {kind.example} there{download})"
+
+    def require(self, name: str) -> None:
+        """ModelNotDownloaded (the download can be offered) when `name` has no weight file yet."""
         if self.weights(name) is None:
-            return f"no {kind.name} weights in {self._shown(name)} (put {kind.example} there)"
-        return ""
+            entry = self.catalogue.get(name)
+            if entry is not None:
+                raise ModelNotDownloaded([entry], self.catalogue, "face_restoration_model")
+            raise RequestError(self.unavailable_reason(name), "face_restoration_model")
 
     def model(self, name: str) -> nn.Module:
         """The network for `name`, built from its file; RequestError when there is none or the
         file is not one."""
         from ..esrgan import read_state
 
+        self.require(name)
         path = self.weights(name)
-        if path is None:
-            raise RequestError(self.unavailable_reason(name), "face_restoration_model")
         with self._lock:
             stamp = path.stat().st_mtime
             if self._loaded is None or self._loaded[:2] != (path, stamp):

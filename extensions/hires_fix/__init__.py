@@ -72,6 +72,12 @@ class HiresFix(Extension):
         self.fields = self.fields_with(tuple(addons.upscalers.names()))
     description = "Upscales the first pass and refines it with a second img2img pass."
 
+    def check(self, options):
+        # A standard model upscaler not downloaded yet: say so (and offer it) before queueing.
+        upscaler = options.get("upscaler", "Latent")
+        if self.is_active(options) and upscaler not in UPSCALERS and self.upscalers is not None:
+            self.upscalers.require(upscaler, "hr_upscaler")
+
     def summary(self, options, width: int, height: int) -> str:
         new_width, new_height = target_size(width, height, options)
         return f"from {width}x{height} to **{new_width}x{new_height}**"

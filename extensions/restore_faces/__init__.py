@@ -35,7 +35,8 @@ class RestoreFaces(Extension):
         self.library = addons.faces
 
     def check(self, options):
-        if options.get("restorer", FACE_DETAILER) != FACE_DETAILER:
+        # Only when on: a restorer chosen in Settings but missing must not stop other jobs.
+        if self.is_active(options) and options.get("restorer", FACE_DETAILER) != FACE_DETAILER:
             check_restorer(options["restorer"], self.library)
 
     def process(self, image, request, options, ctx):

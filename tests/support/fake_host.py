@@ -1,4 +1,4 @@
-"""A file host on 127.0.0.1 standing in for the model hub: HEAD, GET and byte ranges."""
+"""A file host on 127.0.0.1 standing in for the model hubs: HEAD, GET and byte ranges."""
 
 from __future__ import annotations
 
@@ -9,12 +9,23 @@ PAYLOAD = bytes(range(256)) * 4096  # 1 MiB of known bytes
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
+    def _body(self) -> bytes | None:
+        if FileHost.files is None:
+            return FileHost.payload
+        return FileHost.files.get(self.path.split("?", 1)[0])
+
     def do_HEAD(self):
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(FileHost.payload)))
+        body = self._body()
+        self.send_response(200 if body is not None else 404)
+        self.send_header("Content-Length", str(len(body or b"")))
         self.end_headers()
 
     def do_GET(self):
+        FileHost.requested.append(self.path)
+        body = self._body()
+        if body is None:
+            self.send_error(404)
+            return
         start = 0
         header = self.headers.get("Range")
         if header:
@@ -22,7 +33,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_response(206)
         else:
             self.send_response(200)
-        body = FileHost.payload[start:]
+        body = body[start:]
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if FileHost.cut_after is not None and not header:
@@ -38,10 +49,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 class FileHost:
-    """Serves PAYLOAD at any path. Set `FileHost.cut_after = n` to drop the next full GET after n bytes."""
+    """Serves PAYLOAD at any path, or, when `files` is set, each file at its path (404 for any
+    other). Set `FileHost.cut_after = n` to drop the next full GET after n bytes; `requested`
+    lists the paths asked for."""
 
     payload = PAYLOAD
+    files: dict[str, bytes] | None = None
     cut_after: int | None = None
+    requested: list[str] = []
+
+    def __init__(self, files: dict[str, bytes] | None = None):
+        FileHost.files = files
+        FileHost.requested = []
 
     def __enter__(self) -> "FileHost":
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
@@ -53,3 +72,4 @@ class FileHost:
         self.server.shutdown()
         self.server.server_close()
         FileHost.cut_after = None
+        FileHost.files = None

@@ -17,6 +17,7 @@ from engine.uploads import image_from_base64
 
 from ..context import UIContext
 from . import convert
+from .model_downloads import with_downloads
 from .models import (
     ErrorResponse,
     ExtrasBatchBody,
@@ -34,8 +35,10 @@ from .models import (
     UpscalerItem,
 )
 
-# 429: the queue is full (--queue-size); 503: no checkpoint loaded; 507: the job ran out of memory.
-ERRORS = {status: {"model": ErrorResponse} for status in (400, 422, 429, 503, 507)}
+# 409: a standard model is not downloaded (and auto_download_models is off); 429: the queue is
+# full (--queue-size); 502: downloading a model failed; 503: no checkpoint loaded; 507: the job
+# ran out of memory.
+ERRORS = {status: {"model": ErrorResponse} for status in (400, 409, 422, 429, 502, 503, 507)}
 
 
 def api_owner(request: Request) -> str:
@@ -64,10 +67,13 @@ def build_router(ctx: UIContext, auth_dependency) -> APIRouter:
 
     def _generate(generation, body, request: Request, echo: dict) -> dict:
         # As in the mature API, a grid is made (and returned first) only when it is also saved.
-        job = engine.submit(generation, owner=api_owner(request), job_id=body.force_task_id,
-                            make_grid=generation.save_grid, overrides=body.override_settings,
-                            restore_overrides=body.override_settings_restore_afterwards)
-        return convert.images_response(job.outcome(), echo, body.send_images)
+        def run():
+            job = engine.submit(generation, owner=api_owner(request), job_id=body.force_task_id,
+                                make_grid=generation.save_grid, overrides=body.override_settings,
+                                restore_overrides=body.override_settings_restore_afterwards)
+            return job.outcome()
+
+        return convert.images_response(with_downloads(engine, settings, run), echo, body.send_images)
 
     @router.post("/extra-single-image", responses=ERRORS)
     def extra_single_image(body: ExtrasSingleBody, request: Request) -> dict:
@@ -86,8 +92,8 @@ def build_router(ctx: UIContext, auth_dependency) -> APIRouter:
                 "images": [convert.encode_png(r.image, r.infotext) for r in results]}
 
     def _extras(body, image, request: Request):
-        job = engine.extras(convert.extras_request(body, image), owner=api_owner(request))
-        return job.outcome()
+        extras = convert.extras_request(body, image)
+        return with_downloads(engine, settings, lambda: engine.extras(extras, owner=api_owner(request)).outcome())
 
     @router.get("/scripts")
     def scripts() -> dict:
@@ -122,10 +128,12 @@ def build_router(ctx: UIContext, auth_dependency) -> APIRouter:
 
     @router.get("/upscalers", response_model=list[UpscalerItem])
     def upscalers() -> list[dict]:
+        """As the mature API lists them (scale 4 unless the model says otherwise), standard
+        models included before they are downloaded: model_path is then their URL, as there."""
         listed = [{"name": name, "model_name": None, "model_path": None, "model_url": None,
-                   "scale": None} for name in UPSCALERS]
-        return listed + [{"name": name, "model_name": "ESRGAN", "model_path": path.name, "model_url": None,
-                          "scale": None} for name, path in engine.addons.upscalers.files().items()]
+                   "scale": 4} for name in UPSCALERS]
+        return listed + [{"name": u.name, "model_name": u.family, "model_path": u.path.name if u.path else u.url,
+                          "model_url": u.url, "scale": u.scale} for u in engine.addons.upscalers.describe()]
 
     @router.get("/latent-upscale-modes")
     def latent_upscale_modes() -> list[dict]:
@@ -133,8 +141,10 @@ def build_router(ctx: UIContext, auth_dependency) -> APIRouter:
 
     @router.get("/realesrgan-models")
     def realesrgan_models() -> list[dict]:
-        return [{"name": name, "path": path.name, "scale": None}
-                for name, path in engine.addons.upscalers.files().items() if "realesrgan" in str(path).lower()]
+        """The Real-ESRGAN models there are, downloaded or not, with where they are published."""
+        library = engine.addons.upscalers
+        return [{"name": entry.name, "path": library.catalogue.url(entry), "scale": entry.scale}
+                for entry in library.standard() if entry.folder == "RealESRGAN"]
 
     @router.post("/png-info", response_model=PngInfoResponse, responses=ERRORS)
     def png_info(body: PngInfoBody) -> dict:
