@@ -240,6 +240,7 @@ class Engine:
             run=RunOptions(
                 eta_defaults={"eta_ancestral": settings["eta_ancestral"], "eta_ddim": settings["eta_ddim"]},
                 img2img_fix_steps=settings["img2img_fix_steps"],
+                always_discard=settings["always_discard_next_to_last_sigma"],
                 img2img_color_correction=settings["img2img_color_correction"],
                 upscaler_for_img2img=settings["upscaler_for_img2img"],
                 enable_pnginfo=settings["enable_pnginfo"],

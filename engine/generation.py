@@ -134,7 +134,7 @@ class Txt2ImgRun:
             styles_note = self.addons.styles.unknown_note(request.styles)
             if styles_note:
                 result.warnings.append(styles_note)
-            result.warnings += samplers.parameter_notes(self.sampler, request.replace(eta=self.eta))[1]
+            result.warnings += self._sampler_notes()[1]
             for batch in range(request.n_iter):
                 if job.interrupted:
                     break
@@ -161,7 +161,7 @@ class Txt2ImgRun:
             extra["Emphasis"] = request.emphasis
         if request.randn_source not in ("", "CPU"):
             extra["RNG"] = request.randn_source
-        extra.update(samplers.parameter_notes(self.sampler, request.replace(eta=self.eta))[0])
+        extra.update(self._sampler_notes()[0])
         if request.eta_noise_seed_delta and self.sampler.uses_ensd and self.eta != 0:
             extra["ENSD"] = request.eta_noise_seed_delta
         extra.update(self._task_params())
@@ -313,7 +313,8 @@ class Txt2ImgRun:
         noise = initial_latents(request, seeds, subseeds, self.model.vae_scale_factor, draw_on)
         eta = self.eta
         pipe.scheduler = samplers.build_scheduler(self.sampler, self.schedule, self.model.scheduler_config,
-                                                  seeds[0], samplers.SamplerParams.of(request.replace(eta=eta)))
+                                                  seeds[0], samplers.SamplerParams.of(
+                                                      request.replace(eta=eta), self.policy.run.always_discard))
         first_cond, first_uncond = cond.at(1), uncond.at(1)
         switching = not (cond.is_constant and uncond.is_constant)
         tensor_inputs = ["latents"] + (["prompt_embeds"] if switching else [])
@@ -342,6 +343,11 @@ class Txt2ImgRun:
                 latents = pipe(**kwargs).images
             images = decode_fitting(pipe.vae, latents, self.memory_notes)
             return list(pipe.image_processor.postprocess(images, output_type="pil"))
+
+    def _sampler_notes(self) -> tuple[dict[str, Any], list[str]]:
+        """The sampler parameters' infotext keys, and warnings for those this sampler cannot use."""
+        return samplers.parameter_notes(self.sampler, self.request.replace(eta=self.eta),
+                                        self.policy.run.always_discard)
 
     @property
     def eta(self) -> float:

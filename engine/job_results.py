@@ -25,6 +25,7 @@ class RunOptions:
 
     eta_defaults: Mapping[str, float] = field(default_factory=lambda: {"eta_ancestral": 1.0, "eta_ddim": 0.0})
     img2img_fix_steps: bool = False
+    always_discard: bool = False  # always_discard_next_to_last_sigma
     img2img_color_correction: bool = False
     upscaler_for_img2img: str = "None"
     enable_pnginfo: bool = True

@@ -49,11 +49,14 @@ class SamplerParams:
     s_tmin: float = 0.0
     s_tmax: float = 0.0  # 0: no upper bound
     s_noise: float = 1.0
+    # The always_discard_next_to_last_sigma setting.
+    always_discard: bool = False
 
     @classmethod
-    def of(cls, request) -> "SamplerParams":
+    def of(cls, request, always_discard: bool = False) -> "SamplerParams":
         values = {name: getattr(request, name) for name in ("eta", "s_churn", "s_tmin", "s_tmax", "s_noise")}
-        return cls(**{name: value for name, value in values.items() if value is not None})
+        return cls(**{name: value for name, value in values.items() if value is not None},
+                   always_discard=always_discard)
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,10 @@ class Sampler:
     eta_setting: str = "eta_ancestral"
     # Its step noise is what an eta noise seed delta (ENSD) changes (the infotext says so).
     uses_ensd: bool = False
+    # How the ecosystem runs it: "k" (a k-diffusion sampler over sigmas) or "timesteps" (DDIM,
+    # PLMS, UniPC); and whether it drops the next-to-last sigma of its schedule by default.
+    family: str = "k"
+    discards: bool = False
 
     @property
     def cls(self) -> type:
@@ -104,20 +111,23 @@ SAMPLERS: tuple[Sampler, ...] = (
     Sampler("DPM++ 2M SDE Heun", "DPMSolverMultistepScheduler", ("k_dpmpp_2m_sde_heun",),
             _dpmpp(algorithm_type="sde-dpmsolver++", solver_type="heun"), "Karras", stochastic=True, uses=_SDE),
     Sampler("DPM++ 3M SDE", "DPMSolverMultistepScheduler", ("k_dpmpp_3m_sde",),
-            _dpmpp(algorithm_type="sde-dpmsolver++", solver_order=3), "Exponential", stochastic=True, uses=_SDE),
+            _dpmpp(algorithm_type="sde-dpmsolver++", solver_order=3), "Exponential", stochastic=True, uses=_SDE,
+            discards=True),
     Sampler("Euler a", "EulerAncestralWithEta", ("k_euler_a", "k_euler_ancestral"),
             stochastic=True, uses=frozenset({ETA}), honours=frozenset({ETA}), uses_ensd=True),
     Sampler("Euler", "EulerDiscreteScheduler", ("k_euler",), uses=_CHURNING, honours=_CHURNING),
     Sampler("LMS", "LMSDiscreteScheduler", ("k_lms",)),
     Sampler("Heun", "HeunDiscreteScheduler", ("k_heun",), uses=_CHURNING),
-    Sampler("DPM2", "KDPM2DiscreteScheduler", ("k_dpm_2",), {}, "Karras", uses=_CHURNING),
+    Sampler("DPM2", "KDPM2DiscreteScheduler", ("k_dpm_2",), {}, "Karras", uses=_CHURNING, discards=True),
     Sampler("DPM2 a", "KDPM2AncestralWithEta", ("k_dpm_2_a",), {}, "Karras", stochastic=True,
-            uses=_SDE, honours=_SDE, uses_ensd=True),
+            uses=_SDE, honours=_SDE, uses_ensd=True, discards=True),
     Sampler("DDIM", "DDIMScheduler", ("ddim",), MappingProxyType({"set_alpha_to_one": False}), "model",
-            uses=frozenset({ETA}), honours=frozenset({ETA}), eta_default=0.0, eta_setting="eta_ddim"),
-    Sampler("PLMS", "PNDMScheduler", ("plms",), MappingProxyType({"skip_prk_steps": True}), "model"),
-    Sampler("UniPC", "UniPCMultistepScheduler", ("unipc",), {}, "model"),
-    Sampler("LCM", "LCMScheduler", ("k_lcm",), {}, "model", stochastic=True),
+            uses=frozenset({ETA}), honours=frozenset({ETA}), eta_default=0.0, eta_setting="eta_ddim",
+            family="timesteps"),
+    Sampler("PLMS", "PNDMScheduler", ("plms",), MappingProxyType({"skip_prk_steps": True}), "model",
+            family="timesteps"),
+    Sampler("UniPC", "UniPCMultistepScheduler", ("unipc",), {}, "model", family="timesteps"),
+    Sampler("LCM", "LCMScheduler", ("k_lcm",), {}, "model", stochastic=True, family="lcm"),
 )
 
 # Names of the ecosystem that diffusers has no faithful scheduler for: refused with a clear reason.
@@ -207,7 +217,49 @@ def build_scheduler(sampler: Sampler, schedule: str, model_config: Mapping[str, 
     # Keys another scheduler class used (PNDM's skip_prk_steps, ...) mean nothing to this one.
     accepted = inspect.signature(sampler.cls.__init__).parameters
     scheduler = sampler.cls.from_config({k: v for k, v in config.items() if k in accepted})
-    return _with_params(scheduler, sampler, params or SamplerParams())
+    params = params or SamplerParams()
+    if discards_here(sampler, params):
+        _discarding_penultimate(scheduler)
+    elif params.always_discard and sampler.family == "timesteps":
+        _one_step_more(scheduler)  # what the setting does to these in the ecosystem
+    return _with_params(scheduler, sampler, params)
+
+
+# Schedulers whose schedule is one array of sigmas (and one of timesteps): a sigma can be taken out.
+_PLAIN_SCHEDULES = ("EulerDiscreteScheduler", "EulerAncestralWithEta", "LMSDiscreteScheduler",
+                    "DPMSolverMultistepScheduler")
+
+
+def discards_here(sampler: Sampler, params: SamplerParams) -> bool:
+    """Whether this job's schedule drops its next-to-last sigma here."""
+    wanted = sampler.discards or (params.always_discard and sampler.family == "k")
+    return wanted and sampler.scheduler_class in _PLAIN_SCHEDULES
+
+
+def _discarding_penultimate(scheduler) -> None:
+    """The schedule made for one step more, then its next-to-last sigma taken out: the same
+    number of steps, ending with a longer last one (the ecosystem's discard_next_to_last_sigma)."""
+    original = scheduler.set_timesteps
+
+    @functools.wraps(original)
+    def set_timesteps(num_inference_steps=None, device=None, **kwargs):
+        original(num_inference_steps + 1, device=device, **kwargs)
+        sigmas = scheduler.sigmas
+        scheduler.sigmas = torch.cat([sigmas[:-2], sigmas[-1:]])
+        scheduler.timesteps = scheduler.timesteps[:-1]
+        scheduler.num_inference_steps = num_inference_steps
+
+    scheduler.set_timesteps = set_timesteps
+
+
+def _one_step_more(scheduler) -> None:
+    original = scheduler.set_timesteps
+
+    @functools.wraps(original)
+    def set_timesteps(num_inference_steps=None, device=None, **kwargs):
+        original(num_inference_steps + 1, device=device, **kwargs)
+
+    scheduler.set_timesteps = set_timesteps
 
 
 def _with_params(scheduler, sampler: Sampler, params: SamplerParams):
@@ -243,7 +295,7 @@ def parameters_from_settings(request, settings) -> dict[str, Any]:
     return fields
 
 
-def parameter_notes(sampler: Sampler, request) -> tuple[dict[str, Any], list[str]]:
+def parameter_notes(sampler: Sampler, request, always_discard: bool = False) -> tuple[dict[str, Any], list[str]]:
     """The infotext keys of the parameters this job uses away from their defaults (the
     ecosystem's names), and a warning for each that this sampler does not apply here."""
     params = SamplerParams.of(request)
@@ -257,6 +309,12 @@ def parameter_notes(sampler: Sampler, request) -> tuple[dict[str, Any], list[str
     }
     infotext: dict[str, Any] = {}
     warnings = []
+    if always_discard and not sampler.discards and sampler.family in ("k", "timesteps"):
+        if sampler.family == "timesteps" or discards_here(sampler, SamplerParams(always_discard=True)):
+            infotext["Discard penultimate sigma"] = True
+        else:
+            warnings.append("Discard penultimate sigma: not used by the "
+                            f"{sampler.name} sampler in this version")
     for group in (ETA, CHURN, NOISE):
         if not changed[group] or group not in sampler.uses:
             continue

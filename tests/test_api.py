@@ -265,7 +265,13 @@ def test_hires_fix_fields(api):
 
 
 def test_scripts_and_script_info_list_scripts_and_extensions(api):
-    assert api.get("/scripts").json() == {"txt2img": ["controlnet"], "img2img": ["Outpainting", "SD upscale", "controlnet"]}
+    scripts = api.get("/scripts").json()
+    for tab in ("txt2img", "img2img"):
+        # What clients look for before sending ControlNet units (webuiapi checks "controlnet m2m").
+        assert scripts[tab][-2:] == ["controlnet", "controlnet m2m"]
+        assert all(name == name.lower() for name in scripts[tab])  # titles in lower case, as A1111
+    assert "hires. fix" in scripts["txt2img"] and "hires. fix" not in scripts["img2img"]
+    assert scripts["img2img"][:2] == ["outpainting", "sd upscale"]
     info = api.get("/script-info").json()
     by_key = {(item["name"], item["is_img2img"]): item for item in info}
     assert not by_key[("outpainting", True)]["is_alwayson"] and not by_key[("sd upscale", True)]["is_alwayson"]

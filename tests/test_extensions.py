@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from engine.addons import AddOns
 from engine.engine import Engine
@@ -221,3 +222,32 @@ def test_a_stopped_job_or_a_refused_request_does_not_mark_the_extension_failed(t
     with pytest.raises(getattr(errors, error)):
         extensions.process(registry, active, None, None, None)
     assert registry.find("stopping").error is None and registry.for_mode("txt2img")
+
+
+@pytest.mark.parametrize("upscaler", ["Lanczos", "Latent (bicubic)"])
+def test_hires_fix_at_denoising_0_upscales_without_sampling(ext_engine, upscaler):
+    """As in the mature UI: no second pass, the first picture enlarged and put through the VAE
+    (its latents scaled, for a latent upscaler). Checked against diffusers' VAE used by hand."""
+    import torch
+    import torch.nn.functional as F
+
+    first = ext_engine.generate(BASE)
+    seen, hook = _unet_sizes(ext_engine)
+    try:
+        result = ext_engine.generate(BASE.replace(extensions={"hires_fix": {
+            "enabled": True, "upscaler": upscaler, "denoising_strength": 0.0}}))
+    finally:
+        hook.remove()
+    assert seen == [(8, 8)] * 3  # the first pass only
+    vae = ext_engine.models.require().base.vae
+    image = first.images[0] if upscaler.startswith("Latent") else first.images[0].resize((128, 128),
+                                                                                         Image.Resampling.LANCZOS)
+    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        latents = vae.encode(pixels).latent_dist.mode()
+        if upscaler.startswith("Latent"):
+            latents = F.interpolate(latents, size=(16, 16), mode="bicubic")
+        decoded = vae.decode(latents).sample
+    expected = ((decoded[0].permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).round().numpy()
+    assert result.images[0].size == (128, 128)
+    assert np.abs(np.asarray(result.images[0], dtype=np.float32) - expected).max() <= 1.5

@@ -156,3 +156,25 @@ def test_out_of_range_parameters_are_refused(field, value):
     with pytest.raises(RequestError) as caught:
         BASE.replace(**{field: value}).validate()
     assert caught.value.field == field
+
+
+def test_discarding_the_next_to_last_sigma(engine):
+    """As k-diffusion's discard_next_to_last_sigma: the schedule for one step more, without its
+    next-to-last sigma (by default for DPM++ 3M SDE; for every sampler with the setting)."""
+    config = engine.models.current.scheduler_config
+    euler, _ = samplers.resolve("Euler")
+    plain = samplers.build_scheduler(euler, "Automatic", config, 1)
+    plain.set_timesteps(5)
+    dropped = samplers.build_scheduler(euler, "Automatic", config, 1, samplers.SamplerParams(always_discard=True))
+    dropped.set_timesteps(4)
+    expected = torch.cat([plain.sigmas[:-2], plain.sigmas[-1:]])
+    assert torch.equal(dropped.sigmas, expected) and len(dropped.timesteps) == 4
+    third, _ = samplers.resolve("DPM++ 3M SDE")
+    by_default = samplers.build_scheduler(third, "Automatic", config, 1)
+    by_default.set_timesteps(4)
+    assert len(by_default.timesteps) == 4 and len(by_default.sigmas) == 5
+    with engine.settings.overridden({"always_discard_next_to_last_sigma": True}):
+        result = engine.generate(BASE.replace(sampler_name="Euler"))
+        heun = engine.generate(BASE.replace(sampler_name="Heun"))
+    assert params_of(result)["Discard penultimate sigma"] == "True"
+    assert any("Discard penultimate sigma: not used by the Heun" in w for w in heun.warnings)

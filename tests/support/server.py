@@ -37,8 +37,8 @@ class AppServer:
 
     def start(self) -> "AppServer":
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
-                   COMMANDLINE_ARGS="", **self.extra_env)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+               "COMMANDLINE_ARGS": "", **self.extra_env}
         log = open(self.log_path, "w")
         self.process = subprocess.Popen([sys.executable, str(ROOT / "app.py"), *self.args], cwd=ROOT,
                                         env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -118,9 +118,12 @@ def build_router(ctx, auth_dependency) -> APIRouter:
     @router.post("/detect")
     def detect(controlnet_module: str = Body("none"), controlnet_input_images: list[str] = Body(default_factory=list),
                controlnet_masks: list[str] = Body(default_factory=list), controlnet_processor_res: int = Body(512),
-               controlnet_threshold_a: float = Body(-1), controlnet_threshold_b: float = Body(-1)) -> dict:
+               controlnet_threshold_a: float = Body(-1), controlnet_threshold_b: float = Body(-1),
+               controlnet_images: list[str] = Body(default_factory=list)) -> dict:
+        """`controlnet_images`: what the webuiapi client sends instead of controlnet_input_images."""
         import base64
 
+        controlnet_input_images = controlnet_input_images or controlnet_images
         if not controlnet_input_images:
             raise RequestError("controlnet_input_images: give at least one base64 image", "controlnet_input_images")
         _check_detect_numbers(controlnet_module, controlnet_processor_res, controlnet_threshold_a,

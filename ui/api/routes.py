@@ -97,9 +97,15 @@ def build_router(ctx: UIContext, auth_dependency) -> APIRouter:
 
     @router.get("/scripts")
     def scripts() -> dict:
-        """Selectable scripts per tab, and "controlnet", which client programs look for here
-        (the other always-on extensions are in script-info)."""
-        return {"txt2img": ["controlnet"], "img2img": [convert.OUTPAINTING_TITLE, convert.SD_UPSCALE_TITLE, "controlnet"]}
+        """Per tab, the names of the selectable scripts and the always-on extensions (lower-case
+        titles, as the mature API lists them), then the ControlNet extension's "controlnet" and
+        "controlnet m2m", which client programs look for before sending units."""
+        def extensions(mode: str) -> list[str]:
+            return [entry.extension.title.lower() for entry in engine.addons.extensions.for_mode(mode)]
+        controlnet = ["controlnet", *convert.VIDEO_SCRIPTS]
+        return {"txt2img": extensions("txt2img") + controlnet,
+                "img2img": [convert.OUTPAINTING_TITLE.lower(), convert.SD_UPSCALE_TITLE.lower(),
+                            *extensions("img2img"), *controlnet]}
 
     @router.get("/script-info")
     def script_info() -> list[dict]:

@@ -8,6 +8,7 @@ from typing import Any
 import psutil
 import torch
 from fastapi import APIRouter, Depends, Request
+from fastapi.responses import PlainTextResponse
 
 from engine.errors import NoModelError
 from engine.interrogate import INTERROGATORS, Captioner
@@ -81,6 +82,26 @@ def build_router(ctx: UIContext, auth_dependency) -> APIRouter:
     def interrogate(body: InterrogateBody) -> dict[str, str]:
         image = image_from_base64(body.image, "image", settings["upload_max_megapixels"])
         return {"caption": captioner.caption(image, body.model, engine.queue)}
+
+    if getattr(ctx.flags, "api_server_stop", False):
+        # Only with --api-server-stop, as in the web UI whose client programs call these.
+        @router.post("/server-stop")
+        def server_stop() -> PlainTextResponse:
+            """End the server gracefully (the job running finishes its step first)."""
+            ctx.control.stop()
+            return PlainTextResponse("Stopping.")
+
+        @router.post("/server-restart")
+        def server_restart() -> PlainTextResponse:
+            """Stop, then start again with the same command line."""
+            ctx.control.restart()
+            return PlainTextResponse("Restarting.")
+
+        @router.post("/server-kill")
+        def server_kill() -> PlainTextResponse:
+            """End the process at once, whatever runs."""
+            ctx.control.kill()
+            return PlainTextResponse("Killing.")
 
     @router.get("/interrogators")
     def interrogators() -> list[dict[str, Any]]:
