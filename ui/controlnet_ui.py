@@ -73,6 +73,11 @@ def units_from_values(values: dict[str, Any]) -> tuple[ControlUnit, ...]:
     units = []
     for index in sorted(by_unit):
         fields = dict(by_unit[index])
+        if not fields.get("enabled"):
+            # A disabled unit does nothing, so whatever its hidden or half-typed fields hold
+            # must not stop the job: it goes in with the defaults (keeping the units' numbers).
+            units.append(ControlUnit())
+            continue
         fields["image"], fields["mask"] = control_image(fields.pop("image", None))
         fields["processor_res"] = int(fields.get("processor_res") or 512)
         fields["model"] = fields.get("model") or NO_MODEL
@@ -84,9 +89,16 @@ def units_from_values(values: dict[str, Any]) -> tuple[ControlUnit, ...]:
     return tuple(units)
 
 
+# A threshold slider when its preprocessor has no such threshold: hidden, at -1 ("the
+# preprocessor's default"), in a range that holds -1.
+UNSET_THRESHOLD = {"minimum": -1, "maximum": 255, "value": -1}
+
+
 def _slider_update(slider) -> dict:
     if slider is None:
-        return gr.update(visible=False, value=-1)
+        # The range goes back too: the page keeps the last preprocessor's (canny's starts at 1),
+        # and -1 outside it is a value the slider refuses.
+        return gr.update(visible=False, **UNSET_THRESHOLD)
     return gr.update(visible=True, label=slider.label, minimum=slider.minimum, maximum=slider.maximum,
                      step=slider.step, value=slider.default)
 
