@@ -63,3 +63,48 @@ def test_switching_preprocessors_on_a_disabled_unit_never_blocks_generate(page, 
     assert server_errors == []
 
 
+def _number_boxes_typed(page, tab: str, values: tuple[str, ...]) -> set[str]:
+    """Type each value into every number box of the tab (opening its accordions, sub-tabs and
+    the seed's extra options on the way); returns the ids of the boxes typed into."""
+    root = page.locator(f"#tab_{tab}")
+    typed: set[str] = set()
+    opened: set[str] = set()
+    while True:
+        for box in root.locator("input[type=number]").all():
+            owner = box.evaluate("e => e.closest('[id]').id")
+            if owner in typed or not box.is_visible():
+                continue
+            typed.add(owner)
+            for value in values:
+                box.click()
+                box.press("Control+a")
+                box.press_sequentially(value, delay=40)  # one change per keystroke, as a user types
+                page.wait_for_timeout(150)
+            box.press("Tab")
+        closed = [e for e in root.locator(".label-wrap:not(.open), button[role=tab][aria-selected=false], "
+                                          f"#{tab}_subseed_show input").all()
+                  if e.is_visible() and e.evaluate("e => e.closest('[id]').id") not in opened]
+        if not closed:
+            return typed
+        opened.add(closed[0].evaluate("e => e.closest('[id]').id"))
+        closed[0].click()
+        page.wait_for_timeout(300)
+
+
+@pytest.mark.parametrize("tab", ("txt2img", "img2img", "controlnet", "extras"))
+def test_typing_out_of_range_numbers_never_gets_a_server_error(page, demo_server, tab, server_errors):
+    open_tab(page, demo_server.url, tab)
+    typed = _number_boxes_typed(page, tab, ("-5", "99999", "0"))
+    page.wait_for_timeout(1000)  # the last events answer
+    assert len(typed) >= 5, typed
+    assert server_errors == [], f"{len(server_errors)} server errors while typing into {sorted(typed)}"
+    assert page.locator(".toast-body").count() == 0, page.locator(".toast-body").all_inner_texts()
+    # The boxes clamp what was typed once left, and the tab still generates.
+    if tab == "txt2img":
+        assert page.locator("#txt2img_steps input[type=number]").input_value() == "1"
+        small_job(page, tab, "after typing out of range", "")
+        page.locator("#txt2img_seed input").fill("-1")
+        page.click("#txt2img_generate")
+        wait_for_infotext(page, tab, "after typing out of range")
+
+

@@ -12,6 +12,7 @@ from . import checked_images, controlnet_ui, prompt_tools, widgets
 from .context import UIContext
 from .editor_inputs import inpaint_input
 from .job_flow import wire_generate, wire_stop_buttons
+from .number_inputs import Slider
 from .request_builder import common_fields, named_values
 
 TAB = "controlnet"
@@ -32,7 +33,7 @@ def build(ctx: UIContext) -> dict:
                                      type="pil", sources=["upload", "clipboard"], layers=False,
                                      brush=gr.Brush(colors=["#ffffff"], color_mode="fixed", default_size=24),
                                      visible=False, height=360, elem_id=f"{TAB}_picture")
-            strength = gr.Slider(0.0, 1.0, value=0.75, step=0.01, label="Denoising strength", visible=False,
+            strength = Slider(0.0, 1.0, value=0.75, step=0.01, label="Denoising strength", visible=False,
                                  elem_id=f"{TAB}_denoising_strength")
             controls.update(start_from=start, picture=picture, denoising_strength=strength)
             controls.update(widgets.sampler_row(TAB))

@@ -4,6 +4,7 @@ options, and a preview of the detected map."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import gradio as gr
@@ -24,6 +25,7 @@ from engine.image_prep import flatten
 from . import checked_images
 from .context import UIContext
 from .editor_inputs import strokes_mask
+from .number_inputs import Slider
 
 PREFIX = "cn::"
 FIELDS = ("enabled", "image", "module", "model", "weight", "guidance_start", "guidance_end", "control_mode",
@@ -139,14 +141,14 @@ def _unit(ctx: UIContext, tab: str, index: int, library, modules: list[str], siz
         model = gr.Dropdown([NO_MODEL, *library.names()], value=NO_MODEL, label="Model", elem_id=f"{eid}_model")
         refresh = gr.Button("🔄", size="sm", min_width=40, elem_id=f"{eid}_refresh_models")
     with gr.Row():
-        weight = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Control weight", elem_id=f"{eid}_weight")
-        start = gr.Slider(0.0, 1.0, value=0.0, step=0.01, label="Starting control step", elem_id=f"{eid}_start")
-        end = gr.Slider(0.0, 1.0, value=1.0, step=0.01, label="Ending control step", elem_id=f"{eid}_end")
+        weight = Slider(0.0, 2.0, value=1.0, step=0.05, label="Control weight", elem_id=f"{eid}_weight")
+        start = Slider(0.0, 1.0, value=0.0, step=0.01, label="Starting control step", elem_id=f"{eid}_start")
+        end = Slider(0.0, 1.0, value=1.0, step=0.01, label="Ending control step", elem_id=f"{eid}_end")
     with gr.Row():
-        resolution = gr.Slider(64, 2048, value=512, step=8, label="Preprocessor resolution",
+        resolution = Slider(64, 2048, value=512, step=8, label="Preprocessor resolution",
                                visible=first.uses_resolution, elem_id=f"{eid}_processor_res")
-        threshold_a = gr.Slider(visible=False, value=-1, minimum=-1, maximum=255, elem_id=f"{eid}_threshold_a")
-        threshold_b = gr.Slider(visible=False, value=-1, minimum=-1, maximum=255, elem_id=f"{eid}_threshold_b")
+        threshold_a = Slider(visible=False, elem_id=f"{eid}_threshold_a", **UNSET_THRESHOLD)
+        threshold_b = Slider(visible=False, elem_id=f"{eid}_threshold_b", **UNSET_THRESHOLD)
     control_mode = gr.Radio(list(CONTROL_MODES), value=CONTROL_MODES[0], label="Control mode",
                             elem_id=f"{eid}_control_mode")
     resize_mode = gr.Radio(list(RESIZE_MODES), value="Crop and Resize", label="Resize mode",
@@ -168,11 +170,13 @@ def _unit(ctx: UIContext, tab: str, index: int, library, modules: list[str], siz
         picture, mask = control_image(value)
         if picture is None:
             return None, "**No control image:** upload a picture or draw on the canvas first."
-        width, height = (int(dims[0]), int(dims[1])) if len(dims) == 2 else picture.size
-        unit = ControlUnit(module=name, processor_res=int(res), threshold_a=float(a), threshold_b=float(b),
+        # Empty boxes mean the defaults; out-of-range values are refused by the preprocessor.
+        unit = ControlUnit(module=name, processor_res=-1 if res is None else int(res),
+                           threshold_a=-1.0 if a is None else float(a),
+                           threshold_b=-1.0 if b is None else float(b),
                            pixel_perfect=bool(perfect), resize_mode=how, mask=mask)
         try:
-            return detect_map(unit, picture, width, height, library.folder), ""
+            return detect_map(unit, picture, *_map_size(dims, picture), library.folder), ""
         except UserError as error:
             return None, f"**Cannot preview:** {error.message}"
 
@@ -183,6 +187,14 @@ def _unit(ctx: UIContext, tab: str, index: int, library, modules: list[str], siz
              "resize_mode": resize_mode, "pixel_perfect": pixel_perfect, "processor_res": resolution,
              "threshold_a": threshold_a, "threshold_b": threshold_b}
     return {control_name(index, field): component for field, component in named.items()}
+
+
+def _map_size(dims: tuple, picture: Image.Image) -> tuple[int, int]:
+    """The tab's width and height (pixel-perfect previews use them), or the picture's own size
+    while those boxes hold no usable size."""
+    if len(dims) == 2 and all(isinstance(d, (int, float)) and math.isfinite(d) and d >= 1 for d in dims):
+        return int(dims[0]), int(dims[1])
+    return picture.size
 
 
 def accordion(ctx: UIContext, tab: str, size: tuple | None = None) -> dict:

@@ -14,6 +14,7 @@ from engine.errors import UserError
 from engine.extensions import Field
 
 from .context import UIContext
+from .number_inputs import Number, Slider
 
 PREFIX = "ext::"
 
@@ -37,9 +38,9 @@ def _component(field: Field, elem_id: str):
     if field.kind == "checkbox":
         return gr.Checkbox(**common)
     if field.kind == "slider":
-        return gr.Slider(field.minimum, field.maximum, step=field.step or 1, **common)
+        return Slider(field.minimum, field.maximum, step=field.step or 1, **common)
     if field.kind == "number":
-        return gr.Number(minimum=field.minimum, maximum=field.maximum, **common)
+        return Number(minimum=field.minimum, maximum=field.maximum, **common)
     if field.kind == "dropdown":
         return gr.Dropdown(list(field.choices), **common)
     if field.kind == "radio":

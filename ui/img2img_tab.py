@@ -24,6 +24,7 @@ from . import (
 from . import img2img_requests as build_requests
 from .context import UIContext
 from .job_flow import wire_generate, wire_stop_buttons
+from .number_inputs import Slider
 from .request_builder import named_values
 
 TAB = "img2img"
@@ -43,7 +44,7 @@ def build(ctx: UIContext) -> dict:
             controls.update(widgets.sampler_row(TAB, start))
             controls.update(widgets.batch_sliders(TAB, start))
             controls.update(widgets.cfg_slider(TAB, start))
-            controls["denoising_strength"] = gr.Slider(
+            controls["denoising_strength"] = Slider(
                 0.0, 1.0, step=0.01, label="Denoising strength", elem_id=f"{TAB}_denoising_strength",
                 **widgets.initial(start, "denoising_strength", value=0.75))
             inpaint_group, inpaint_controls = _inpaint_options(start)
@@ -142,7 +143,7 @@ def _resize_controls(controls: dict, start: dict) -> dict:
         with gr.Tab(build_requests.RESIZE_TO, elem_id=f"{TAB}_tab_resize_to") as to_tab:
             size = widgets.size_sliders(TAB, start)
         with gr.Tab(build_requests.RESIZE_BY, elem_id=f"{TAB}_tab_resize_by") as by_tab:
-            scale = gr.Slider(0.05, 4.0, value=1.0, step=0.05, label="Scale", elem_id=f"{TAB}_scale")
+            scale = Slider(0.05, 4.0, value=1.0, step=0.05, label="Scale", elem_id=f"{TAB}_scale")
             scale_label = gr.Markdown("", elem_id=f"{TAB}_scale_label")
     private = {"queue": False, "api_visibility": "private"}
     to_tab.select(lambda: build_requests.RESIZE_TO, outputs=resize_tab, **private)
@@ -169,7 +170,7 @@ def _resize_controls(controls: dict, start: dict) -> dict:
 
 def _inpaint_options(start: dict) -> tuple[gr.Group, dict]:
     with gr.Group(visible=False, elem_id=f"{TAB}_inpaint_controls") as group:
-        mask_blur = gr.Slider(0, MAX_MASK_BLUR, step=1, label="Mask blur", elem_id=f"{TAB}_mask_blur",
+        mask_blur = Slider(0, MAX_MASK_BLUR, step=1, label="Mask blur", elem_id=f"{TAB}_mask_blur",
                               **widgets.initial(start, "mask_blur", value=4))
         mask_mode = gr.Radio(list(image_prep.MASK_MODES), value=image_prep.MASK_MODES[0],
                              label="Mask mode", elem_id=f"{TAB}_mask_mode")
@@ -178,7 +179,7 @@ def _inpaint_options(start: dict) -> tuple[gr.Group, dict]:
         with gr.Row():
             area = gr.Radio(list(image_prep.INPAINT_AREAS), value=image_prep.INPAINT_AREAS[0],
                             label="Inpaint area", elem_id=f"{TAB}_inpaint_full_res")
-            padding = gr.Slider(0, MAX_PADDING, value=32, step=4, label="Only masked padding, pixels",
+            padding = Slider(0, MAX_PADDING, value=32, step=4, label="Only masked padding, pixels",
                                 elem_id=f"{TAB}_inpaint_full_res_padding")
     return group, {"mask_blur": mask_blur, "mask_mode": mask_mode, "inpainting_fill": fill,
                    "inpaint_area": area, "inpaint_full_res_padding": padding}
@@ -188,9 +189,9 @@ def _scripts(upscalers: tuple[str, ...]) -> dict:
     script = gr.Dropdown(list(build_requests.SCRIPTS), value="None", label="Script",
                          elem_id=f"{TAB}_script")
     with gr.Group(visible=False, elem_id=f"{TAB}_outpainting") as group:
-        pixels = gr.Slider(8, MAX_OUTPAINT, value=128, step=8, label="Pixels to expand",
+        pixels = Slider(8, MAX_OUTPAINT, value=128, step=8, label="Pixels to expand",
                            elem_id=f"{TAB}_outpaint_pixels")
-        blur = gr.Slider(0, MAX_MASK_BLUR, value=4, step=1, label="Mask blur",
+        blur = Slider(0, MAX_MASK_BLUR, value=4, step=1, label="Mask blur",
                          elem_id=f"{TAB}_outpaint_mask_blur")
         fill = gr.Radio(list(image_prep.MASKED_CONTENT), value="fill", label="Masked content",
                         elem_id=f"{TAB}_outpaint_fill")
@@ -199,10 +200,10 @@ def _scripts(upscalers: tuple[str, ...]) -> dict:
     with gr.Group(visible=False, elem_id=f"{TAB}_sd_upscale") as upscale_group:
         gr.Markdown("Tiles are the width and height above; the picture is upscaled first, then "
                     "each tile is redrawn with img2img and the tiles are blended.")
-        overlap = gr.Slider(0, 256, value=64, step=16, label="Tile overlap", elem_id=f"{TAB}_sd_upscale_overlap")
+        overlap = Slider(0, 256, value=64, step=16, label="Tile overlap", elem_id=f"{TAB}_sd_upscale_overlap")
         upscaler = gr.Radio(list(upscalers), value="Lanczos", label="Upscaler",
                             elem_id=f"{TAB}_sd_upscale_upscaler")
-        factor = gr.Slider(1.0, 4.0, value=2.0, step=0.05, label="Scale factor", elem_id=f"{TAB}_sd_upscale_scale")
+        factor = Slider(1.0, 4.0, value=2.0, step=0.05, label="Scale factor", elem_id=f"{TAB}_sd_upscale_scale")
     script.change(lambda name: (gr.update(visible=name == build_requests.OUTPAINTING),
                                 gr.update(visible=name == build_requests.SD_UPSCALE)),
                   inputs=script, outputs=[group, upscale_group], queue=False, api_visibility="private")

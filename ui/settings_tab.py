@@ -20,6 +20,7 @@ from engine.settings import Settings
 
 from . import ui_defaults
 from .context import UIContext
+from .number_inputs import Number, Slider
 
 SECTION_ORDER = ("Saving images", "Stable Diffusion", "Live previews", "Memory and speed", "Extensions",
                  "User interface", "API")
@@ -158,9 +159,9 @@ def _component(ctx: UIContext, option: Option):
     if option.choices:
         return gr.Dropdown(list(option.choices), **common)
     if isinstance(option.default, (int, float)) and option.minimum is not None and option.maximum is not None:
-        return gr.Slider(option.minimum, option.maximum, step=_slider_step(option), **common)
+        return Slider(option.minimum, option.maximum, step=_slider_step(option), **common)
     if isinstance(option.default, (int, float)):
-        return gr.Number(precision=0 if isinstance(option.default, int) else None, **common)
+        return Number(precision=0 if isinstance(option.default, int) else None, **common)
     if isinstance(option.default, list):
         common["info"] = "Separate names with commas."
     return gr.Textbox(**common)
