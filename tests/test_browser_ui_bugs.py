@@ -63,6 +63,35 @@ def test_switching_preprocessors_on_a_disabled_unit_never_blocks_generate(page, 
     assert server_errors == []
 
 
+@pytest.mark.parametrize("tab", GENERATION_TABS)
+def test_a_refused_job_says_why_in_the_first_screen_beside_the_parameters(browser, demo_server, tab,
+                                                                          picture):
+    context = browser.new_context(viewport=VIEWPORT)
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    try:
+        open_tab(page, demo_server.url, tab)
+        small_job(page, tab, "a size the engine refuses", picture)
+        set_number(page, f"{tab}_width", 100)  # not a multiple of 8
+        page.evaluate("window.scrollTo(0, 0)")
+        page.click(f"#{tab}_generate")
+        error = page.locator(f"#{tab}_message").get_by_text("width must be a multiple of 8")
+        error.wait_for()
+        assert page.evaluate("window.scrollY") == 0
+        box = error.bounding_box()
+        assert 0 <= box["y"] and box["y"] + box["height"] <= VIEWPORT["height"], box
+        assert 0 <= box["x"] and box["x"] + box["width"] <= VIEWPORT["width"], box
+
+        gallery = page.locator(f"#{tab}_gallery").bounding_box()
+        prompt = page.locator(f"#{tab}_prompt").bounding_box()
+        generate = page.locator(f"#{tab}_generate").bounding_box()
+        assert gallery["y"] < VIEWPORT["height"] - 100, "the gallery starts in the first screen"
+        assert gallery["x"] >= prompt["x"] + prompt["width"], "results to the right of the parameters"
+        assert generate["y"] < box["y"] < gallery["y"], "the error sits under Generate, above the gallery"
+    finally:
+        context.close()
+
+
 def _number_boxes_typed(page, tab: str, values: tuple[str, ...]) -> set[str]:
     """Type each value into every number box of the tab (opening its accordions, sub-tabs and
     the seed's extra options on the way); returns the ids of the boxes typed into."""

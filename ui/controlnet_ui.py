@@ -123,7 +123,7 @@ def _unit(ctx: UIContext, tab: str, index: int, library, modules: list[str], siz
     first = preprocessors.PREPROCESSORS[modules[0]]
     with gr.Row(equal_height=False):
         image = checked_images.image_editor(
-            ctx.settings, scale=3, label="Control image: upload a picture, or draw a scribble on the canvas",
+            ctx.settings, scale=3, label="Control image",
                                type="pil", sources=["upload", "clipboard"], canvas_size=(512, 512),
                                brush=gr.Brush(colors=["#000000", "#ffffff"], default_size=6,
                                               color_mode="fixed"),
@@ -139,7 +139,8 @@ def _unit(ctx: UIContext, tab: str, index: int, library, modules: list[str], siz
     with gr.Row():
         module = gr.Dropdown(modules, value=modules[0], label="Preprocessor", elem_id=f"{eid}_module")
         model = gr.Dropdown([NO_MODEL, *library.names()], value=NO_MODEL, label="Model", elem_id=f"{eid}_model")
-        refresh = gr.Button("🔄", size="sm", min_width=40, elem_id=f"{eid}_refresh_models")
+        refresh = gr.Button("🔄", size="sm", scale=0, min_width=40, elem_classes=["tool"],
+                            elem_id=f"{eid}_refresh_models")
     with gr.Row():
         weight = Slider(0.0, 2.0, value=1.0, step=0.05, label="Control weight", elem_id=f"{eid}_weight")
         start = Slider(0.0, 1.0, value=0.0, step=0.01, label="Starting control step", elem_id=f"{eid}_start")

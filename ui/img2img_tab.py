@@ -17,13 +17,13 @@ from . import (
     checked_images,
     controlnet_ui,
     extension_fields,
-    prompt_tools,
+    generation_columns,
     ui_defaults,
     widgets,
 )
 from . import img2img_requests as build_requests
 from .context import UIContext
-from .job_flow import wire_generate, wire_stop_buttons
+from .job_flow import wire_generate
 from .number_inputs import Slider
 from .request_builder import named_values
 
@@ -35,28 +35,28 @@ def build(ctx: UIContext) -> dict:
     """The tab; returns its controls, image inputs, results and buttons (for "send to")."""
     last_seeds = gr.State({})
     start = ui_defaults.start_values(ctx.settings, TAB)
-    controls, counters, buttons = prompt_tools.prompt_area(ctx, TAB)
-    with gr.Row(equal_height=False):
-        with gr.Column(scale=1):
-            subtabs, inputs = _picture_inputs(ctx, controls)
-            controls.update(inputs)
-            controls.update(_resize_controls(controls, start))
-            controls.update(widgets.sampler_row(TAB, start))
-            controls.update(widgets.batch_sliders(TAB, start))
-            controls.update(widgets.cfg_slider(TAB, start))
-            controls["denoising_strength"] = Slider(
-                0.0, 1.0, step=0.01, label="Denoising strength", elem_id=f"{TAB}_denoising_strength",
-                **widgets.initial(start, "denoising_strength", value=0.75))
-            inpaint_group, inpaint_controls = _inpaint_options(start)
-            controls.update(inpaint_controls)
-            controls.update(widgets.seed_row(TAB, last_seeds))
-            controls.update(controlnet_ui.accordion(ctx, TAB, (controls["width"], controls["height"])))
-            controls.update(extension_fields.render(ctx, TAB, "img2img",
-                                                    (controls["width"], controls["height"])))
-            controls.update(_scripts(ctx.engine.upscaler_names()))
-        with gr.Column(scale=1):
-            results = widgets.results_panel(TAB)
-    prompt_tools.token_counters(ctx, {k: controls[k] for k in counters}, counters, controls["steps"])
+
+    def parameters(controls: dict) -> tuple[gr.Tabs, gr.Group]:
+        subtabs, inputs = _picture_inputs(ctx, controls)
+        controls.update(inputs)
+        controls.update(_resize_controls(controls, start))
+        controls.update(widgets.sampler_row(TAB, start))
+        controls.update(widgets.batch_sliders(TAB, start))
+        controls.update(widgets.cfg_slider(TAB, start))
+        controls["denoising_strength"] = Slider(
+            0.0, 1.0, step=0.01, label="Denoising strength", elem_id=f"{TAB}_denoising_strength",
+            **widgets.initial(start, "denoising_strength", value=0.75))
+        inpaint_group, inpaint_controls = _inpaint_options(start)
+        controls.update(inpaint_controls)
+        controls.update(widgets.seed_row(TAB, last_seeds))
+        size = (controls["width"], controls["height"])
+        controls.update(controlnet_ui.accordion(ctx, TAB, size))
+        controls.update(extension_fields.render(ctx, TAB, "img2img", size))
+        controls.update(_scripts(ctx.engine.upscaler_names()))
+        return subtabs, inpaint_group
+
+    columns, (subtabs, inpaint_group) = generation_columns.build(ctx, TAB, parameters)
+    controls = columns.controls
     _wire_subtabs(subtabs, controls["subtab"], inpaint_group)
 
     def make_requests(data: dict):
@@ -66,10 +66,10 @@ def build(ctx: UIContext) -> dict:
             folder = values.get("batch_output_dir") if name else None
             yield request, (_batch_copier(name, folder) if folder else None)
 
-    wire_generate(ctx, buttons["generate"], set(controls.values()), results, last_seeds, make_requests)
-    wire_stop_buttons(ctx, buttons)
-    return {"controls": controls, "results": results, "buttons": buttons, "subtabs": subtabs,
-            "inpaint_group": inpaint_group}
+    wire_generate(ctx, columns.buttons["generate"], set(controls.values()), columns.results, last_seeds,
+                  make_requests)
+    return {"controls": controls, "results": columns.results, "buttons": columns.buttons,
+            "subtabs": subtabs, "inpaint_group": inpaint_group}
 
 
 def folders_allowed(ctx: UIContext) -> bool:

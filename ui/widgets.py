@@ -151,8 +151,10 @@ def action_buttons(tab: str) -> dict[str, gr.Button]:
 
 
 def results_panel(tab: str) -> dict[str, gr.components.Component]:
-    """Progress, gallery (PNG, so downloads keep their metadata) and the selected image's infotext."""
+    """Progress, messages (why nothing was made, notes), the gallery (PNG, so downloads keep
+    their metadata) and the selected image's infotext; built under the Generate button."""
     progress = gr.HTML("", elem_id=f"{tab}_progress", elem_classes=["progress-view"])
+    message = gr.Markdown("", elem_id=f"{tab}_message", elem_classes=["message"])
     gallery = gr.Gallery(label="Output", format="png", type="pil", columns=4, height="auto",
                          object_fit="contain", elem_id=f"{tab}_gallery", interactive=False,
                          preview=True)
@@ -161,7 +163,6 @@ def results_panel(tab: str) -> dict[str, gr.components.Component]:
                 for target, label in SEND_TARGETS.items()}
     info = gr.Textbox(label="Generation parameters", lines=4, interactive=False,
                       elem_id=f"{tab}_infotext", buttons=["copy"])
-    message = gr.Markdown("", elem_id=f"{tab}_message", elem_classes=["message"])
     infotexts = gr.State([])
     selected = gr.State(0)
 
