@@ -182,6 +182,9 @@ def build(ctx: UIContext, linked: Mapping[str, gr.components.Component] | None =
                        elem_id="settings_search", scale=4)
             apply = gr.Button("Apply settings", variant="primary", elem_id="settings_apply", scale=1)
         result = gr.Markdown("", elem_id="settings_result")
+    # Shown by the search script when nothing matches, instead of an empty page.
+    gr.HTML("<p>No settings match <q class='settings-query'></q>: try another word, or clear the "
+            "search.</p>", elem_id="settings_no_match")
     theme = gr.Textbox(settings[THEME_KEY], visible="hidden", elem_id="settings_applied_theme")
     components: dict[str, gr.components.Component] = {}
     for section, members in grouped(options):
