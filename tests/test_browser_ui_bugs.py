@@ -137,3 +137,38 @@ def test_typing_out_of_range_numbers_never_gets_a_server_error(page, demo_server
         wait_for_infotext(page, tab, "after typing out of range")
 
 
+NOT_A_PICTURE = "not an image this app can read"
+
+
+@pytest.mark.parametrize("tab, field, label", [("img2img", "img2img_image", "Image for img2img"),
+                                               ("extras", "extras_image", "Source"),
+                                               ("pnginfo", "pnginfo_image", "Source")])
+def test_a_text_file_named_png_gets_one_message_naming_the_field(page, demo_server, tmp_path, tab, field,
+                                                                 label):
+    notes = tmp_path / "notes.png"
+    notes.write_text("shopping list: milk, eggs\n" * 20)
+    open_tab(page, demo_server.url, tab)
+    page.locator(f"#{field} input[type=file]").set_input_files(str(notes))
+    message = page.locator(f"#{field}_upload_message")
+    message.get_by_text(f"{label} is {NOT_A_PICTURE}").wait_for()
+    page.locator(f"#{field} img").wait_for(state="detached")  # no broken preview left
+    generate = {"img2img": "#img2img_generate", "extras": "#extras_generate"}.get(tab)
+    if generate:
+        for _ in range(2):  # the same mistake twice: still one message, no toasts piling up
+            page.click(generate)
+            page.wait_for_timeout(1500)
+    texts = page.evaluate("""(words) => {
+        const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+        const found = [];
+        while (walker.nextNode()) if (walker.currentNode.textContent.includes(words)) found.push(walker.currentNode.textContent);
+        return found;
+    }""", NOT_A_PICTURE)
+    assert len(texts) == 1, texts
+    assert page.locator(".toast-body").count() == 0, page.locator(".toast-body").all_inner_texts()
+    assert page.locator(f"#tab_{tab}").get_by_text("Error", exact=True).count() == 0
+
+    good = tmp_path / "good.png"
+    Image.effect_noise((64, 64), 60).convert("RGB").save(good)
+    page.locator(f"#{field} input[type=file]").set_input_files(str(good))
+    page.locator(f"#{field} img").wait_for()
+    message.get_by_text(NOT_A_PICTURE).wait_for(state="detached")
