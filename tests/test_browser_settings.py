@@ -48,6 +48,20 @@ def test_search_shows_only_matching_settings_and_sections(page, server):
     search.fill("")
     page.locator("#setting_samples_save").wait_for()
     assert page.locator("#setting_ui_txt2img_steps").is_visible()
+    assert not page.locator("#settings_no_match").is_visible()
+
+
+def test_a_search_that_matches_nothing_says_so(page, server):
+    open_settings(page, server.url)
+    search = page.locator("#settings_search textarea, #settings_search input").first
+    search.fill("zebra crossing")
+    nothing = page.locator("#settings_no_match")
+    nothing.wait_for()
+    assert "No settings match" in nothing.inner_text() and "zebra crossing" in nothing.inner_text()
+    assert not page.locator("#setting_ui_txt2img_steps").is_visible()
+    search.fill("theme")
+    nothing.wait_for(state="hidden")
+    assert page.locator("#setting_ui_theme").is_visible()
 
 
 def test_change_apply_reload_and_the_new_defaults_are_used(page, server):

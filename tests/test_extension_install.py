@@ -296,3 +296,19 @@ def test_with_insecure_extension_access_the_tab_installs_and_updates(tmp_path, p
         # A second install of the same name is refused with a message, the page keeps working.
         page.click("#extension_install")
         result.get_by_text("already installed").wait_for()
+
+
+def test_a_failed_install_shows_gits_words_as_written(page, demo_server):
+    """git's answer quotes the URL; shown through Markdown, the quote after it once came out as a
+    literal &#x27; (escaped for HTML, then again inside the link Markdown made of the URL)."""
+    from tests.support.server import free_port
+
+    url = f"http://127.0.0.1:{free_port()}/nothing-here.git"  # nothing listens: git is refused
+    _open_extensions_tab(page, demo_server.url)
+    page.locator("#extension_install_url textarea, #extension_install_url input").first.fill(url)
+    page.click("#extension_install")
+    result = page.locator("#extension_install_result")
+    result.get_by_text("Not installed").wait_for()
+    text = result.inner_text()
+    assert f"Could not clone {url}" in text and f"'{url}/'" in text, text
+    assert "&#" not in text and "&amp;" not in text and "&quot;" not in text, text

@@ -2,8 +2,10 @@
 
 Gradio opens an uploaded picture itself, before our handler runs. A 0-byte file, a truncated PNG,
 text renamed to .png or a decompression bomb then fails inside Gradio, and the user sees a bare
-"Error". These components run the same checks as the API (engine/uploads.py) first and turn a
-failure into a message that names the field and the problem.
+"Error". These components run the same checks as the API (engine/uploads.py) first, as soon as
+the file arrives: a bad upload is taken out of the field again (no broken preview is left) and
+one message under the field names it and the problem. A bad picture that reaches a handler all
+the same counts as no picture, so no event fails on it (one error toast per event used to pile up).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from gradio.data_classes import FileData
 from engine.errors import RequestError
 from engine.settings import Settings
 from engine.uploads import open_image
+
+from .markdown_text import literal
 
 # Read at upload time, so a change in Settings applies at once.
 LimitSource = Callable[[], float]
@@ -52,6 +56,15 @@ def check_upload(source, name: str, limit_megapixels: float) -> None:
         raise gr.Error(error.message) from error
 
 
+def upload_problem(source, name: str, limit_megapixels: float) -> str | None:
+    """What is wrong with an upload (the message names `name`), or None when it is a picture."""
+    try:
+        check_upload(source, name, limit_megapixels)
+    except gr.Error as error:
+        return error.message
+    return None
+
+
 def _limit(settings: Settings) -> LimitSource:
     return lambda: float(settings["upload_max_megapixels"])
 
@@ -62,8 +75,8 @@ class CheckedImage(gr.Image):
     limit_megapixels: LimitSource = staticmethod(lambda: 16.0)
 
     def preprocess(self, payload):
-        if payload is not None:
-            check_upload(payload, self.label or "Image", self.limit_megapixels())
+        if payload is not None and upload_problem(payload, self.label or "Image", self.limit_megapixels()):
+            return None  # said under the field when it was uploaded (see _check_when_uploaded)
         return super().preprocess(payload)
 
 
@@ -72,17 +85,42 @@ class CheckedImageEditor(gr.ImageEditor):
     limit_megapixels: LimitSource = staticmethod(lambda: 16.0)
 
     def convert_and_format_image(self, file, flatten_on_white: bool = False):
-        # Called for the background, each layer and the composite the browser sends.
+        # Called for the background, each layer and the composite the browser sends. (The
+        # editor's front end itself drops a file it cannot draw, so only other clients get here.)
         if isinstance(file, (bytes, bytearray, memoryview, FileData)):
             check_upload(file, self.label or "Image", self.limit_megapixels())
         return super().convert_and_format_image(file, flatten_on_white=flatten_on_white)
 
 
 def image(settings: Settings, **kwargs) -> CheckedImage:
-    """gr.Image(**kwargs) whose uploads are checked against `upload_max_megapixels`."""
+    """gr.Image(**kwargs) whose uploads are checked against `upload_max_megapixels`, with the
+    line under it that says what was wrong with a refused one."""
     component = CheckedImage(**kwargs)
     component.limit_megapixels = _limit(settings)
+    _check_when_uploaded(component)
     return component
+
+
+def _check_when_uploaded(component: CheckedImage) -> None:
+    elem_id = f"{component.elem_id}_upload_message" if component.elem_id else None
+    note = gr.Markdown("", elem_id=elem_id, elem_classes=["message"])
+
+    def checked(payload):
+        """The raw upload (not decoded: that is what could fail): refused ones leave the field."""
+        if payload is None:
+            return gr.update(), ""
+        try:
+            upload = FileData.model_validate(payload)
+        except ValueError:
+            upload = None
+        problem = upload_problem(upload, component.label or "Image", component.limit_megapixels())
+        if problem:
+            return None, literal(problem)
+        return gr.update(), ""
+
+    private = {"queue": False, "api_visibility": "private", "show_progress": "hidden"}
+    component.upload(checked, inputs=component, outputs=[component, note], preprocess=False, **private)
+    component.clear(lambda: "", outputs=note, **private)
 
 
 def image_editor(settings: Settings, **kwargs) -> CheckedImageEditor:

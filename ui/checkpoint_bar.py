@@ -9,6 +9,7 @@ import gradio as gr
 from engine.errors import UserError
 
 from .context import UIContext
+from .number_inputs import Slider
 from .progress_view import POLL_SECONDS, download_steps
 from .widgets import REFRESH
 
@@ -94,7 +95,7 @@ def _quick_settings(ctx: UIContext) -> dict:
     settings = ctx.settings
     vae = gr.Dropdown(ctx.engine.addons.vaes.choices(), value=settings["sd_vae"], label="SD VAE",
                       elem_id="sd_vae", scale=3)
-    clip_skip = gr.Slider(1, 12, step=1, value=settings["CLIP_stop_at_last_layers"], label="Clip skip",
+    clip_skip = Slider(1, 12, step=1, value=settings["CLIP_stop_at_last_layers"], label="Clip skip",
                           elem_id="clip_skip", scale=2)
 
     def store(key: str):

@@ -4,6 +4,7 @@ options, and a preview of the detected map."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import gradio as gr
@@ -24,6 +25,7 @@ from engine.image_prep import flatten
 from . import checked_images
 from .context import UIContext
 from .editor_inputs import strokes_mask
+from .number_inputs import Slider
 
 PREFIX = "cn::"
 FIELDS = ("enabled", "image", "module", "model", "weight", "guidance_start", "guidance_end", "control_mode",
@@ -73,6 +75,11 @@ def units_from_values(values: dict[str, Any]) -> tuple[ControlUnit, ...]:
     units = []
     for index in sorted(by_unit):
         fields = dict(by_unit[index])
+        if not fields.get("enabled"):
+            # A disabled unit does nothing, so whatever its hidden or half-typed fields hold
+            # must not stop the job: it goes in with the defaults (keeping the units' numbers).
+            units.append(ControlUnit())
+            continue
         fields["image"], fields["mask"] = control_image(fields.pop("image", None))
         fields["processor_res"] = int(fields.get("processor_res") or 512)
         fields["model"] = fields.get("model") or NO_MODEL
@@ -84,9 +91,16 @@ def units_from_values(values: dict[str, Any]) -> tuple[ControlUnit, ...]:
     return tuple(units)
 
 
+# A threshold slider when its preprocessor has no such threshold: hidden, at -1 ("the
+# preprocessor's default"), in a range that holds -1.
+UNSET_THRESHOLD = {"minimum": -1, "maximum": 255, "value": -1}
+
+
 def _slider_update(slider) -> dict:
     if slider is None:
-        return gr.update(visible=False, value=-1)
+        # The range goes back too: the page keeps the last preprocessor's (canny's starts at 1),
+        # and -1 outside it is a value the slider refuses.
+        return gr.update(visible=False, **UNSET_THRESHOLD)
     return gr.update(visible=True, label=slider.label, minimum=slider.minimum, maximum=slider.maximum,
                      step=slider.step, value=slider.default)
 
@@ -109,7 +123,7 @@ def _unit(ctx: UIContext, tab: str, index: int, library, modules: list[str], siz
     first = preprocessors.PREPROCESSORS[modules[0]]
     with gr.Row(equal_height=False):
         image = checked_images.image_editor(
-            ctx.settings, scale=3, label="Control image: upload a picture, or draw a scribble on the canvas",
+            ctx.settings, scale=3, label="Control image",
                                type="pil", sources=["upload", "clipboard"], canvas_size=(512, 512),
                                brush=gr.Brush(colors=["#000000", "#ffffff"], default_size=6,
                                               color_mode="fixed"),
@@ -125,16 +139,17 @@ def _unit(ctx: UIContext, tab: str, index: int, library, modules: list[str], siz
     with gr.Row():
         module = gr.Dropdown(modules, value=modules[0], label="Preprocessor", elem_id=f"{eid}_module")
         model = gr.Dropdown([NO_MODEL, *library.names()], value=NO_MODEL, label="Model", elem_id=f"{eid}_model")
-        refresh = gr.Button("🔄", size="sm", min_width=40, elem_id=f"{eid}_refresh_models")
+        refresh = gr.Button("🔄", size="sm", scale=0, min_width=40, elem_classes=["tool"],
+                            elem_id=f"{eid}_refresh_models")
     with gr.Row():
-        weight = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Control weight", elem_id=f"{eid}_weight")
-        start = gr.Slider(0.0, 1.0, value=0.0, step=0.01, label="Starting control step", elem_id=f"{eid}_start")
-        end = gr.Slider(0.0, 1.0, value=1.0, step=0.01, label="Ending control step", elem_id=f"{eid}_end")
+        weight = Slider(0.0, 2.0, value=1.0, step=0.05, label="Control weight", elem_id=f"{eid}_weight")
+        start = Slider(0.0, 1.0, value=0.0, step=0.01, label="Starting control step", elem_id=f"{eid}_start")
+        end = Slider(0.0, 1.0, value=1.0, step=0.01, label="Ending control step", elem_id=f"{eid}_end")
     with gr.Row():
-        resolution = gr.Slider(64, 2048, value=512, step=8, label="Preprocessor resolution",
+        resolution = Slider(64, 2048, value=512, step=8, label="Preprocessor resolution",
                                visible=first.uses_resolution, elem_id=f"{eid}_processor_res")
-        threshold_a = gr.Slider(visible=False, value=-1, minimum=-1, maximum=255, elem_id=f"{eid}_threshold_a")
-        threshold_b = gr.Slider(visible=False, value=-1, minimum=-1, maximum=255, elem_id=f"{eid}_threshold_b")
+        threshold_a = Slider(visible=False, elem_id=f"{eid}_threshold_a", **UNSET_THRESHOLD)
+        threshold_b = Slider(visible=False, elem_id=f"{eid}_threshold_b", **UNSET_THRESHOLD)
     control_mode = gr.Radio(list(CONTROL_MODES), value=CONTROL_MODES[0], label="Control mode",
                             elem_id=f"{eid}_control_mode")
     resize_mode = gr.Radio(list(RESIZE_MODES), value="Crop and Resize", label="Resize mode",
@@ -156,11 +171,13 @@ def _unit(ctx: UIContext, tab: str, index: int, library, modules: list[str], siz
         picture, mask = control_image(value)
         if picture is None:
             return None, "**No control image:** upload a picture or draw on the canvas first."
-        width, height = (int(dims[0]), int(dims[1])) if len(dims) == 2 else picture.size
-        unit = ControlUnit(module=name, processor_res=int(res), threshold_a=float(a), threshold_b=float(b),
+        # Empty boxes mean the defaults; out-of-range values are refused by the preprocessor.
+        unit = ControlUnit(module=name, processor_res=-1 if res is None else int(res),
+                           threshold_a=-1.0 if a is None else float(a),
+                           threshold_b=-1.0 if b is None else float(b),
                            pixel_perfect=bool(perfect), resize_mode=how, mask=mask)
         try:
-            return detect_map(unit, picture, width, height, library.folder), ""
+            return detect_map(unit, picture, *_map_size(dims, picture), library.folder), ""
         except UserError as error:
             return None, f"**Cannot preview:** {error.message}"
 
@@ -171,6 +188,14 @@ def _unit(ctx: UIContext, tab: str, index: int, library, modules: list[str], siz
              "resize_mode": resize_mode, "pixel_perfect": pixel_perfect, "processor_res": resolution,
              "threshold_a": threshold_a, "threshold_b": threshold_b}
     return {control_name(index, field): component for field, component in named.items()}
+
+
+def _map_size(dims: tuple, picture: Image.Image) -> tuple[int, int]:
+    """The tab's width and height (pixel-perfect previews use them), or the picture's own size
+    while those boxes hold no usable size."""
+    if len(dims) == 2 and all(isinstance(d, (int, float)) and math.isfinite(d) and d >= 1 for d in dims):
+        return int(dims[0]), int(dims[1])
+    return picture.size
 
 
 def accordion(ctx: UIContext, tab: str, size: tuple | None = None) -> dict:

@@ -14,6 +14,8 @@ from engine.errors import UserError
 from engine.extensions import Field
 
 from .context import UIContext
+from .markdown_text import literal
+from .number_inputs import Number, Slider
 
 PREFIX = "ext::"
 
@@ -37,9 +39,9 @@ def _component(field: Field, elem_id: str):
     if field.kind == "checkbox":
         return gr.Checkbox(**common)
     if field.kind == "slider":
-        return gr.Slider(field.minimum, field.maximum, step=field.step or 1, **common)
+        return Slider(field.minimum, field.maximum, step=field.step or 1, **common)
     if field.kind == "number":
-        return gr.Number(minimum=field.minimum, maximum=field.maximum, **common)
+        return Number(minimum=field.minimum, maximum=field.maximum, **common)
     if field.kind == "dropdown":
         return gr.Dropdown(list(field.choices), **common)
     if field.kind == "radio":
@@ -164,7 +166,7 @@ def _install_section(ctx: UIContext, table, enabled) -> gr.Dropdown:
     allowed = refused is None and folder is not None
     with gr.Accordion("Install from URL", open=True, elem_id="extension_install_section"):
         if refused:
-            gr.Markdown(f"**{html.escape(refused)}**", elem_id="extension_install_refused")
+            gr.Markdown(f"**{literal(refused)}**", elem_id="extension_install_refused")
         url = gr.Textbox(label="URL of the extension's git repository", interactive=allowed,
                          placeholder="https://github.com/someone/some-extension.git",
                          elem_id="extension_install_url")
@@ -183,14 +185,14 @@ def _install_section(ctx: UIContext, table, enabled) -> gr.Dropdown:
         try:
             message = _install(ctx, url_text, name_text)
         except UserError as error:
-            message = f"**Not installed:** {html.escape(error.message)}"
+            message = f"**Not installed:** {literal(error.message)}"
         return _table(ctx), _enabled_choices(ctx), _updatable_choices(ctx), message
 
     def run_update(name_text: str):
         try:
-            message = html.escape(_update(ctx, name_text))
+            message = literal(_update(ctx, name_text))
         except UserError as error:
-            message = f"**Not updated:** {html.escape(error.message)}"
+            message = f"**Not updated:** {literal(error.message)}"
         return _table(ctx), message
 
     # Off the GPU lane (a clone needs no model), one at a time so two installs never race.
@@ -220,14 +222,12 @@ def _install(ctx: UIContext, url: str, name: str) -> str:
     path = extension_install.install_from_url(url, folder, name or None, reserved=builtins)
     extension_install.reload_registry(ctx.engine.addons, set(ctx.settings["disabled_extensions"]))
     entry = next((e for e in registry.entries if e.path == path), None)
-    where = html.escape(str(path))
+    where, name = literal(str(path)), literal(path.name)
     if entry is None or entry.error:
         error = entry.error if entry else "the loader did not find it"
-        return (f"Installed **{html.escape(path.name)}** into `{where}`, but it failed to load: "
-                f"{html.escape(error)}")
-    return (f"Installed **{html.escape(path.name)}** into `{where}`; it is listed above and jobs can use "
-            "it now. Its fields appear in the tabs after a restart of the web UI (the tabs are "
-            "built at start).")
+        return f"Installed **{name}** into {where}, but it failed to load: {literal(error)}"
+    return (f"Installed **{name}** into {where}; it is listed above and jobs can use it now. Its "
+            "fields appear in the tabs after a restart of the web UI (the tabs are built at start).")
 
 
 def _update(ctx: UIContext, name: str) -> str:

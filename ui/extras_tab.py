@@ -15,6 +15,7 @@ from engine.uploads import open_image
 from . import checked_images, model_offer
 from .context import UIContext
 from .job_flow import owner_of
+from .number_inputs import Number, Slider
 
 SCALE_BY, SCALE_TO = "Scale by", "Scale to"
 
@@ -35,28 +36,28 @@ def build(ctx: UIContext) -> dict:
             mode = gr.State(SCALE_BY)
             with gr.Tabs(elem_id="extras_resize_mode"):
                 with gr.Tab(SCALE_BY, elem_id="extras_scale_by_tab") as by_tab:
-                    scale = gr.Slider(1.0, MAX_SCALE, value=2.0, step=0.05, label="Resize",
+                    scale = Slider(1.0, MAX_SCALE, value=2.0, step=0.05, label="Resize",
                                       elem_id="extras_upscaling_resize")
                 with gr.Tab(SCALE_TO, elem_id="extras_scale_to_tab") as to_tab:
                     with gr.Row():
-                        width = gr.Number(label="Width", value=512, precision=0, elem_id="extras_upscaling_resize_w")
-                        height = gr.Number(label="Height", value=512, precision=0, elem_id="extras_upscaling_resize_h")
+                        width = Number(label="Width", value=512, precision=0, elem_id="extras_upscaling_resize_w")
+                        height = Number(label="Height", value=512, precision=0, elem_id="extras_upscaling_resize_h")
                         crop = gr.Checkbox(label="Crop to fit", value=True, elem_id="extras_upscaling_crop")
             with gr.Row():
                 names = list(ctx.engine.upscaler_names())
                 upscaler = gr.Dropdown(names, value="Lanczos", label="Upscaler 1", elem_id="extras_upscaler_1")
                 upscaler_2 = gr.Dropdown(names, value="None", label="Upscaler 2", elem_id="extras_upscaler_2")
-                visibility = gr.Slider(0, 1, value=0, step=0.01, label="Upscaler 2 visibility",
+                visibility = Slider(0, 1, value=0, step=0.01, label="Upscaler 2 visibility",
                                        elem_id="extras_upscaler_2_visibility")
             with gr.Row():
-                gfpgan = gr.Slider(0, 1, value=0, step=0.05, label="GFPGAN visibility",
+                gfpgan = Slider(0, 1, value=0, step=0.05, label="GFPGAN visibility",
                                    elem_id="extras_gfpgan_visibility")
-                codeformer = gr.Slider(0, 1, value=0, step=0.05, label="CodeFormer visibility",
+                codeformer = Slider(0, 1, value=0, step=0.05, label="CodeFormer visibility",
                                        elem_id="extras_codeformer_visibility")
-                codeformer_weight = gr.Slider(0, 1, value=0.5, step=0.05,
+                codeformer_weight = Slider(0, 1, value=0.5, step=0.05,
                                               label="CodeFormer weight (0 = maximum effect, 1 = minimum effect)",
                                               elem_id="extras_codeformer_weight")
-            faces = gr.Slider(0, 1, value=0, step=0.05, label="Restore faces (face detailer) visibility",
+            faces = Slider(0, 1, value=0, step=0.05, label="Restore faces (face detailer) visibility",
                               elem_id="extras_face_detailer_visibility")
             gr.Markdown(_restorer_note(ctx), elem_id="extras_face_restorers")
             run = gr.Button("Generate", variant="primary", elem_id="extras_generate")
@@ -76,21 +77,22 @@ def build(ctx: UIContext) -> dict:
 
     def process(where, picture, uploads, how, factor, w, h, crop_to_fit, method, method_2, blend,
                 gfpgan_visibility, codeformer_visibility, fidelity, face_visibility, request: gr.Request):
-        sized = {"width": int(w or 0), "height": int(h or 0), "crop": bool(crop_to_fit)} \
-            if how == SCALE_TO else {"scale": float(factor)}
         done = []
         try:
+            sized = _target(how, factor, w, h, crop_to_fit)
+            amounts = {name: float(_filled(value, label)) for name, label, value in (
+                ("upscaler_2_visibility", "Upscaler 2 visibility", blend),
+                ("gfpgan_visibility", "GFPGAN visibility", gfpgan_visibility),
+                ("codeformer_visibility", "CodeFormer visibility", codeformer_visibility),
+                ("codeformer_weight", "CodeFormer weight", fidelity),
+                ("face_detailer_visibility", "Restore faces visibility", face_visibility))}
             limit = ctx.settings["upload_max_megapixels"]
             pictures = [picture] if where == "single" else [_read(f, limit) for f in uploads or []]
             if not pictures or pictures[0] is None:
                 raise UserError("No image: upload the picture(s) to post-process", "image")
             for item in pictures:
                 job = ctx.engine.extras(ExtrasRequest(item, upscaler=method, upscaler_2=method_2,
-                                                      upscaler_2_visibility=float(blend),
-                                                      gfpgan_visibility=float(gfpgan_visibility),
-                                                      codeformer_visibility=float(codeformer_visibility),
-                                                      codeformer_weight=float(fidelity),
-                                                      face_detailer_visibility=float(face_visibility), **sized),
+                                                      **amounts, **sized),
                                         owner=owner_of(request))
                 done.append(job.outcome())
         except ModelNotDownloaded as missing:
@@ -135,6 +137,25 @@ def _offer_when_chosen(ctx: UIContext, offer: dict, upscaler, upscaler_2, gfpgan
     for control, event in ((upscaler, "input"), (upscaler_2, "input"), (gfpgan, "release"), (codeformer, "release")):
         getattr(control, event)(check, inputs=inputs, outputs=model_offer.outputs(offer), queue=False,
                                 api_visibility="private")
+
+
+def _filled(value, label: str):
+    """A number box's value; an empty box is refused by its label."""
+    if value is None:
+        raise UserError(f"{label} is empty: enter a number", label)
+    return value
+
+
+def _target(how: str, factor, width, height, crop: bool) -> dict:
+    """The ExtrasRequest fields of "Scale by" or "Scale to"."""
+    if how != SCALE_TO:
+        return {"scale": float(_filled(factor, "Resize"))}
+    sides = {"width": _filled(width, "Width"), "height": _filled(height, "Height")}
+    for name, value in sides.items():
+        if value < 1 or value != int(value):
+            raise UserError(f"Scale to: {name} must be a whole number of pixels, at least 1; got {value:g}",
+                            name)
+    return {**{name: int(value) for name, value in sides.items()}, "crop": bool(crop)}
 
 
 def _restorer_note(ctx: UIContext) -> str:

@@ -13,7 +13,7 @@ from engine.request import MAX_SIZE, MIN_SIZE, SIZE_STEP, GenerationRequest
 from engine.uploads import open_image
 
 from . import editor_inputs
-from .request_builder import common_fields
+from .request_builder import common_fields, whole
 
 SUBTABS = ("img2img", "Sketch", "Inpaint", "Inpaint sketch", "Inpaint upload", "Batch")
 MASKED_SUBTABS = ("Inpaint", "Inpaint sketch", "Inpaint upload", "Batch")
@@ -61,24 +61,24 @@ def request_for(values: dict[str, Any], image: Image.Image, mask: Image.Image | 
     )
     if mask is not None:
         fields.update(
-            mask_blur=int(values["mask_blur"]),
+            mask_blur=whole(values["mask_blur"], "mask_blur"),
             inpainting_mask_invert=values["mask_mode"] == image_prep.MASK_MODES[1],
             inpainting_fill=image_prep.MASKED_CONTENT.index(values["inpainting_fill"]),
             inpaint_full_res=values["inpaint_area"] == image_prep.INPAINT_AREAS[1],
-            inpaint_full_res_padding=int(values["inpaint_full_res_padding"]),
+            inpaint_full_res_padding=whole(values["inpaint_full_res_padding"], "inpaint_full_res_padding"),
         )
     if values.get("script") == OUTPAINTING:
         fields.update(
-            outpaint_pixels=int(values["outpaint_pixels"]),
+            outpaint_pixels=whole(values["outpaint_pixels"], "outpaint_pixels"),
             outpaint_directions=tuple(values.get("outpaint_directions") or ()),
-            mask_blur=int(values["outpaint_mask_blur"]),
+            mask_blur=whole(values["outpaint_mask_blur"], "outpaint_mask_blur"),
             inpainting_fill=image_prep.MASKED_CONTENT.index(values["outpaint_fill"]),
         )
         if not fields["outpaint_directions"]:
             raise RequestError("Outpainting: choose at least one side to expand", "outpaint_directions")
     if values.get("script") == SD_UPSCALE:
-        fields.update(sd_upscale_scale=float(values["sd_upscale_scale"]),
-                      sd_upscale_overlap=int(values["sd_upscale_overlap"]),
+        fields.update(sd_upscale_scale=values["sd_upscale_scale"],
+                      sd_upscale_overlap=whole(values["sd_upscale_overlap"], "sd_upscale_overlap"),
                       sd_upscale_upscaler=values["sd_upscale_upscaler"], mask=None)
     return GenerationRequest(**fields).validate()
 

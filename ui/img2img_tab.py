@@ -17,13 +17,14 @@ from . import (
     checked_images,
     controlnet_ui,
     extension_fields,
-    prompt_tools,
+    generation_columns,
     ui_defaults,
     widgets,
 )
 from . import img2img_requests as build_requests
 from .context import UIContext
-from .job_flow import wire_generate, wire_stop_buttons
+from .job_flow import wire_generate
+from .number_inputs import Slider
 from .request_builder import named_values
 
 TAB = "img2img"
@@ -34,28 +35,28 @@ def build(ctx: UIContext) -> dict:
     """The tab; returns its controls, image inputs, results and buttons (for "send to")."""
     last_seeds = gr.State({})
     start = ui_defaults.start_values(ctx.settings, TAB)
-    controls, counters, buttons = prompt_tools.prompt_area(ctx, TAB)
-    with gr.Row(equal_height=False):
-        with gr.Column(scale=1):
-            subtabs, inputs = _picture_inputs(ctx, controls)
-            controls.update(inputs)
-            controls.update(_resize_controls(controls, start))
-            controls.update(widgets.sampler_row(TAB, start))
-            controls.update(widgets.batch_sliders(TAB, start))
-            controls.update(widgets.cfg_slider(TAB, start))
-            controls["denoising_strength"] = gr.Slider(
-                0.0, 1.0, step=0.01, label="Denoising strength", elem_id=f"{TAB}_denoising_strength",
-                **widgets.initial(start, "denoising_strength", value=0.75))
-            inpaint_group, inpaint_controls = _inpaint_options(start)
-            controls.update(inpaint_controls)
-            controls.update(widgets.seed_row(TAB, last_seeds))
-            controls.update(controlnet_ui.accordion(ctx, TAB, (controls["width"], controls["height"])))
-            controls.update(extension_fields.render(ctx, TAB, "img2img",
-                                                    (controls["width"], controls["height"])))
-            controls.update(_scripts(ctx.engine.upscaler_names()))
-        with gr.Column(scale=1):
-            results = widgets.results_panel(TAB)
-    prompt_tools.token_counters(ctx, {k: controls[k] for k in counters}, counters, controls["steps"])
+
+    def parameters(controls: dict) -> tuple[gr.Tabs, gr.Group]:
+        subtabs, inputs = _picture_inputs(ctx, controls)
+        controls.update(inputs)
+        controls.update(_resize_controls(controls, start))
+        controls.update(widgets.sampler_row(TAB, start))
+        controls.update(widgets.batch_sliders(TAB, start))
+        controls.update(widgets.cfg_slider(TAB, start))
+        controls["denoising_strength"] = Slider(
+            0.0, 1.0, step=0.01, label="Denoising strength", elem_id=f"{TAB}_denoising_strength",
+            **widgets.initial(start, "denoising_strength", value=0.75))
+        inpaint_group, inpaint_controls = _inpaint_options(start)
+        controls.update(inpaint_controls)
+        controls.update(widgets.seed_row(TAB, last_seeds))
+        size = (controls["width"], controls["height"])
+        controls.update(controlnet_ui.accordion(ctx, TAB, size))
+        controls.update(extension_fields.render(ctx, TAB, "img2img", size))
+        controls.update(_scripts(ctx.engine.upscaler_names()))
+        return subtabs, inpaint_group
+
+    columns, (subtabs, inpaint_group) = generation_columns.build(ctx, TAB, parameters)
+    controls = columns.controls
     _wire_subtabs(subtabs, controls["subtab"], inpaint_group)
 
     def make_requests(data: dict):
@@ -65,10 +66,10 @@ def build(ctx: UIContext) -> dict:
             folder = values.get("batch_output_dir") if name else None
             yield request, (_batch_copier(name, folder) if folder else None)
 
-    wire_generate(ctx, buttons["generate"], set(controls.values()), results, last_seeds, make_requests)
-    wire_stop_buttons(ctx, buttons)
-    return {"controls": controls, "results": results, "buttons": buttons, "subtabs": subtabs,
-            "inpaint_group": inpaint_group}
+    wire_generate(ctx, columns.buttons["generate"], set(controls.values()), columns.results, last_seeds,
+                  make_requests)
+    return {"controls": controls, "results": columns.results, "buttons": columns.buttons,
+            "subtabs": subtabs, "inpaint_group": inpaint_group}
 
 
 def folders_allowed(ctx: UIContext) -> bool:
@@ -142,7 +143,7 @@ def _resize_controls(controls: dict, start: dict) -> dict:
         with gr.Tab(build_requests.RESIZE_TO, elem_id=f"{TAB}_tab_resize_to") as to_tab:
             size = widgets.size_sliders(TAB, start)
         with gr.Tab(build_requests.RESIZE_BY, elem_id=f"{TAB}_tab_resize_by") as by_tab:
-            scale = gr.Slider(0.05, 4.0, value=1.0, step=0.05, label="Scale", elem_id=f"{TAB}_scale")
+            scale = Slider(0.05, 4.0, value=1.0, step=0.05, label="Scale", elem_id=f"{TAB}_scale")
             scale_label = gr.Markdown("", elem_id=f"{TAB}_scale_label")
     private = {"queue": False, "api_visibility": "private"}
     to_tab.select(lambda: build_requests.RESIZE_TO, outputs=resize_tab, **private)
@@ -169,7 +170,7 @@ def _resize_controls(controls: dict, start: dict) -> dict:
 
 def _inpaint_options(start: dict) -> tuple[gr.Group, dict]:
     with gr.Group(visible=False, elem_id=f"{TAB}_inpaint_controls") as group:
-        mask_blur = gr.Slider(0, MAX_MASK_BLUR, step=1, label="Mask blur", elem_id=f"{TAB}_mask_blur",
+        mask_blur = Slider(0, MAX_MASK_BLUR, step=1, label="Mask blur", elem_id=f"{TAB}_mask_blur",
                               **widgets.initial(start, "mask_blur", value=4))
         mask_mode = gr.Radio(list(image_prep.MASK_MODES), value=image_prep.MASK_MODES[0],
                              label="Mask mode", elem_id=f"{TAB}_mask_mode")
@@ -178,7 +179,7 @@ def _inpaint_options(start: dict) -> tuple[gr.Group, dict]:
         with gr.Row():
             area = gr.Radio(list(image_prep.INPAINT_AREAS), value=image_prep.INPAINT_AREAS[0],
                             label="Inpaint area", elem_id=f"{TAB}_inpaint_full_res")
-            padding = gr.Slider(0, MAX_PADDING, value=32, step=4, label="Only masked padding, pixels",
+            padding = Slider(0, MAX_PADDING, value=32, step=4, label="Only masked padding, pixels",
                                 elem_id=f"{TAB}_inpaint_full_res_padding")
     return group, {"mask_blur": mask_blur, "mask_mode": mask_mode, "inpainting_fill": fill,
                    "inpaint_area": area, "inpaint_full_res_padding": padding}
@@ -188,9 +189,9 @@ def _scripts(upscalers: tuple[str, ...]) -> dict:
     script = gr.Dropdown(list(build_requests.SCRIPTS), value="None", label="Script",
                          elem_id=f"{TAB}_script")
     with gr.Group(visible=False, elem_id=f"{TAB}_outpainting") as group:
-        pixels = gr.Slider(8, MAX_OUTPAINT, value=128, step=8, label="Pixels to expand",
+        pixels = Slider(8, MAX_OUTPAINT, value=128, step=8, label="Pixels to expand",
                            elem_id=f"{TAB}_outpaint_pixels")
-        blur = gr.Slider(0, MAX_MASK_BLUR, value=4, step=1, label="Mask blur",
+        blur = Slider(0, MAX_MASK_BLUR, value=4, step=1, label="Mask blur",
                          elem_id=f"{TAB}_outpaint_mask_blur")
         fill = gr.Radio(list(image_prep.MASKED_CONTENT), value="fill", label="Masked content",
                         elem_id=f"{TAB}_outpaint_fill")
@@ -199,10 +200,10 @@ def _scripts(upscalers: tuple[str, ...]) -> dict:
     with gr.Group(visible=False, elem_id=f"{TAB}_sd_upscale") as upscale_group:
         gr.Markdown("Tiles are the width and height above; the picture is upscaled first, then "
                     "each tile is redrawn with img2img and the tiles are blended.")
-        overlap = gr.Slider(0, 256, value=64, step=16, label="Tile overlap", elem_id=f"{TAB}_sd_upscale_overlap")
+        overlap = Slider(0, 256, value=64, step=16, label="Tile overlap", elem_id=f"{TAB}_sd_upscale_overlap")
         upscaler = gr.Radio(list(upscalers), value="Lanczos", label="Upscaler",
                             elem_id=f"{TAB}_sd_upscale_upscaler")
-        factor = gr.Slider(1.0, 4.0, value=2.0, step=0.05, label="Scale factor", elem_id=f"{TAB}_sd_upscale_scale")
+        factor = Slider(1.0, 4.0, value=2.0, step=0.05, label="Scale factor", elem_id=f"{TAB}_sd_upscale_scale")
     script.change(lambda name: (gr.update(visible=name == build_requests.OUTPAINTING),
                                 gr.update(visible=name == build_requests.SD_UPSCALE)),
                   inputs=script, outputs=[group, upscale_group], queue=False, api_visibility="private")

@@ -45,11 +45,11 @@ def styles_row(ctx: UIContext, tab: str, prompt: gr.Textbox, negative: gr.Textbo
                              elem_id=f"{tab}_styles", scale=6)
         refresh = gr.Button("\U0001F504", elem_id=f"{tab}_styles_refresh", scale=0, min_width=40,
                             elem_classes=["tool"])
-        with gr.Accordion("Save prompts as a style", open=False, elem_id=f"{tab}_style_save_box"):
-            with gr.Row():
-                name = gr.Textbox(label="Style name", elem_id=f"{tab}_style_name", scale=4)
-                save = gr.Button("Save style", elem_id=f"{tab}_style_save", scale=1)
-            note = gr.Markdown("", elem_id=f"{tab}_style_note")
+    with gr.Accordion("Save prompts as a style", open=False, elem_id=f"{tab}_style_save_box"):
+        with gr.Row():
+            name = gr.Textbox(label="Style name", elem_id=f"{tab}_style_name", scale=4)
+            save = gr.Button("Save style", elem_id=f"{tab}_style_save", scale=1)
+        note = gr.Markdown("", elem_id=f"{tab}_style_note")
 
     def refreshed(chosen: list[str]):
         names = store.names()
@@ -116,19 +116,14 @@ def _listing_label(count: int, folder) -> str:
     return f"No LoRA files found in {folder}"
 
 
+def prompt_area(ctx: UIContext, tab: str) -> tuple[dict, dict]:
+    """The top of a generation tab's parameters: prompts with counters, styles, LoRAs.
 
-def prompt_area(ctx: UIContext, tab: str) -> tuple[dict, dict, dict]:
-    """The top of a generation tab: prompts with counters, the action buttons, styles, LoRAs.
-
-    Returns (controls, counters, buttons); the tab wires the counters once its steps exist.
+    Returns (controls, counters); the counters are wired once the tab's steps exist.
     """
     from . import widgets
 
-    with gr.Row(equal_height=False):
-        with gr.Column(scale=6):
-            controls, counters = widgets.prompt_boxes(tab)
-        with gr.Column(scale=1, min_width=160):
-            buttons = widgets.action_buttons(tab)
+    controls, counters = widgets.prompt_boxes(tab)
     controls["styles"] = styles_row(ctx, tab, controls["prompt"], controls["negative_prompt"])
     lora_browser(ctx, tab, controls["prompt"])
-    return controls, counters, buttons
+    return controls, counters

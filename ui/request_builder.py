@@ -12,7 +12,7 @@ from .controlnet_ui import units_from_values
 from .extension_fields import extension_values
 
 
-def _whole(value: Any, name: str) -> Any:
+def whole(value: Any, name: str) -> Any:
     """Sliders and number boxes send floats; whole floats become ints, anything else is refused."""
     if value is None:
         raise RequestError(f"{name} is empty", name)
@@ -47,7 +47,7 @@ def common_fields(values: dict[str, Any], mode: str) -> dict[str, Any]:
     }
     for name in INT_FIELDS:
         if name in values:
-            fields[name] = _whole(values[name], name)
+            fields[name] = whole(values[name], name)
     if values.get("subseed_show"):
         fields["subseed_strength"] = values.get("subseed_strength") or 0.0
     else:

@@ -21,6 +21,7 @@ from engine.settings import Settings
 
 from . import ui_defaults
 from .context import UIContext
+from .number_inputs import Number, Slider
 
 SECTION_ORDER = ("Saving images", "Stable Diffusion", "Sampler parameters", "img2img", "Live previews",
                  "Memory and speed", "Extensions", "User interface", "API")
@@ -163,9 +164,9 @@ def _component(ctx: UIContext, option: Option):
     if option.choices:
         return gr.Dropdown(list(option.choices), **common)
     if isinstance(option.default, (int, float)) and option.minimum is not None and option.maximum is not None:
-        return gr.Slider(option.minimum, option.maximum, step=_slider_step(option), **common)
+        return Slider(option.minimum, option.maximum, step=_slider_step(option), **common)
     if isinstance(option.default, (int, float)):
-        return gr.Number(precision=0 if isinstance(option.default, int) else None, **common)
+        return Number(precision=0 if isinstance(option.default, int) else None, **common)
     if isinstance(option.default, list):
         common["info"] = "Separate names with commas."
     return gr.Textbox(**common)
@@ -187,6 +188,9 @@ def build(ctx: UIContext, linked: Mapping[str, gr.components.Component] | None =
                        elem_id="settings_search", scale=4)
             apply = gr.Button("Apply settings", variant="primary", elem_id="settings_apply", scale=1)
         result = gr.Markdown("", elem_id="settings_result")
+    # Shown by the search script when nothing matches, instead of an empty page.
+    gr.HTML("<p>No settings match <q class='settings-query'></q>: try another word, or clear the "
+            "search.</p>", elem_id="settings_no_match")
     theme = gr.Textbox(settings[THEME_KEY], visible="hidden", elem_id="settings_applied_theme")
     components: dict[str, gr.components.Component] = {}
     for section, members in grouped(options):

@@ -13,6 +13,7 @@ from engine import samplers
 from engine.errors import UserError
 
 from . import model_offer
+from .number_inputs import Number, Slider
 
 DICE = "\U0001F3B2"     # random seed
 RECYCLE = "\u267B\ufe0f"  # reuse last seed
@@ -46,7 +47,7 @@ def sampler_row(tab: str, start: dict | None = None) -> dict[str, gr.components.
                               **initial(start, "sampler_name", value=samplers.DEFAULT_SAMPLER))
         schedule = gr.Dropdown(list(samplers.SCHEDULE_TYPES), label="Schedule type",
                                elem_id=f"{tab}_scheduler", **initial(start, "scheduler", value="Automatic"))
-        steps = gr.Slider(step=1, label="Sampling steps", elem_id=f"{tab}_steps",
+        steps = Slider(step=1, label="Sampling steps", elem_id=f"{tab}_steps",
                           **initial(start, "steps", minimum=1, maximum=limits.MAX_STEPS, value=20))
 
     def schedules_for(name: str, current: str):
@@ -66,9 +67,9 @@ def size_sliders(tab: str, start: dict | None = None) -> dict[str, gr.components
     size = {"minimum": limits.MIN_SIZE, "maximum": limits.MAX_SIZE, "value": 512}
     with gr.Row():
         with gr.Column(scale=4):
-            width = gr.Slider(step=limits.SIZE_STEP, label="Width", elem_id=f"{tab}_width",
+            width = Slider(step=limits.SIZE_STEP, label="Width", elem_id=f"{tab}_width",
                               **initial(start, "width", **size))
-            height = gr.Slider(step=limits.SIZE_STEP, label="Height", elem_id=f"{tab}_height",
+            height = Slider(step=limits.SIZE_STEP, label="Height", elem_id=f"{tab}_height",
                                **initial(start, "height", **size))
         swap = gr.Button(SWAP, elem_id=f"{tab}_swap_size", scale=0, min_width=40,
                          elem_classes=["tool"])
@@ -79,15 +80,15 @@ def size_sliders(tab: str, start: dict | None = None) -> dict[str, gr.components
 
 def batch_sliders(tab: str, start: dict | None = None) -> dict[str, gr.components.Component]:
     with gr.Row():
-        n_iter = gr.Slider(1, limits.MAX_BATCH_COUNT, step=1, label="Batch count",
+        n_iter = Slider(1, limits.MAX_BATCH_COUNT, step=1, label="Batch count",
                            elem_id=f"{tab}_batch_count", **initial(start, "n_iter", value=1))
-        batch_size = gr.Slider(1, limits.MAX_BATCH_SIZE, step=1, label="Batch size",
+        batch_size = Slider(1, limits.MAX_BATCH_SIZE, step=1, label="Batch size",
                                elem_id=f"{tab}_batch_size", **initial(start, "batch_size", value=1))
     return {"n_iter": n_iter, "batch_size": batch_size}
 
 
 def cfg_slider(tab: str, start: dict | None = None) -> dict[str, gr.components.Component]:
-    return {"cfg_scale": gr.Slider(step=0.5, label="CFG Scale", elem_id=f"{tab}_cfg_scale",
+    return {"cfg_scale": Slider(step=0.5, label="CFG Scale", elem_id=f"{tab}_cfg_scale",
                                    **initial(start, "cfg_scale", minimum=limits.MIN_CFG,
                                              maximum=limits.MAX_CFG, value=7.0))}
 
@@ -105,7 +106,7 @@ def size_and_batch(tab: str, start: dict | None = None) -> dict[str, gr.componen
 def seed_row(tab: str, last_seeds: gr.State) -> dict[str, gr.components.Component]:
     """Seed with dice and reuse buttons, plus variation seed options behind 'Extra'."""
     with gr.Row():
-        seed = gr.Number(label="Seed", value=-1, precision=0, elem_id=f"{tab}_seed", scale=4)
+        seed = Number(label="Seed", value=-1, precision=0, elem_id=f"{tab}_seed", scale=4)
         random_seed = gr.Button(DICE, elem_id=f"{tab}_random_seed", scale=0, min_width=40,
                                 elem_classes=["tool"])
         reuse_seed = gr.Button(RECYCLE, elem_id=f"{tab}_reuse_seed", scale=0, min_width=40,
@@ -113,18 +114,18 @@ def seed_row(tab: str, last_seeds: gr.State) -> dict[str, gr.components.Componen
         extra = gr.Checkbox(label="Extra", value=False, elem_id=f"{tab}_subseed_show", scale=1)
     with gr.Group(visible=False) as extra_group:
         with gr.Row():
-            subseed = gr.Number(label="Variation seed", value=-1, precision=0,
+            subseed = Number(label="Variation seed", value=-1, precision=0,
                                 elem_id=f"{tab}_subseed", scale=4)
             random_subseed = gr.Button(DICE, elem_id=f"{tab}_random_subseed", scale=0, min_width=40,
                                        elem_classes=["tool"])
             reuse_subseed = gr.Button(RECYCLE, elem_id=f"{tab}_reuse_subseed", scale=0,
                                       min_width=40, elem_classes=["tool"])
-            strength = gr.Slider(0, 1, value=0, step=0.01, label="Variation strength",
+            strength = Slider(0, 1, value=0, step=0.01, label="Variation strength",
                                  elem_id=f"{tab}_subseed_strength", scale=4)
         with gr.Row():
-            resize_w = gr.Slider(0, limits.MAX_SIZE, value=0, step=limits.SIZE_STEP,
+            resize_w = Slider(0, limits.MAX_SIZE, value=0, step=limits.SIZE_STEP,
                                  label="Resize seed from width", elem_id=f"{tab}_seed_resize_from_w")
-            resize_h = gr.Slider(0, limits.MAX_SIZE, value=0, step=limits.SIZE_STEP,
+            resize_h = Slider(0, limits.MAX_SIZE, value=0, step=limits.SIZE_STEP,
                                  label="Resize seed from height", elem_id=f"{tab}_seed_resize_from_h")
 
     private = {"queue": False, "api_visibility": "private"}
@@ -151,8 +152,11 @@ def action_buttons(tab: str) -> dict[str, gr.Button]:
 
 
 def results_panel(tab: str) -> dict[str, gr.components.Component]:
-    """Progress, gallery (PNG, so downloads keep their metadata) and the selected image's infotext."""
+    """Progress, messages (why nothing was made, notes), the gallery (PNG, so downloads keep
+    their metadata) and the selected image's infotext; built under the Generate button."""
     progress = gr.HTML("", elem_id=f"{tab}_progress", elem_classes=["progress-view"])
+    message = gr.Markdown("", elem_id=f"{tab}_message", elem_classes=["message"])
+    offer = model_offer.offer_area(tab)  # a missing standard model's download, right by the message
     gallery = gr.Gallery(label="Output", format="png", type="pil", columns=4, height="auto",
                          object_fit="contain", elem_id=f"{tab}_gallery", interactive=False,
                          preview=True)
@@ -161,8 +165,6 @@ def results_panel(tab: str) -> dict[str, gr.components.Component]:
                 for target, label in SEND_TARGETS.items()}
     info = gr.Textbox(label="Generation parameters", lines=4, interactive=False,
                       elem_id=f"{tab}_infotext", buttons=["copy"])
-    message = gr.Markdown("", elem_id=f"{tab}_message", elem_classes=["message"])
-    offer = model_offer.offer_area(tab)
     infotexts = gr.State([])
     selected = gr.State(0)
 

@@ -7,6 +7,7 @@
 
     const filter = (query) => {
         const words = query.toLowerCase().split(/\s+/).filter(Boolean);
+        let found = false;
         for (const section of document.querySelectorAll(".settings-section")) {
             let any = false;
             for (const block of section.querySelectorAll(`[id^='${PREFIX}']`)) {
@@ -16,6 +17,14 @@
                 any ||= match;
             }
             section.classList.toggle("settings-filtered", !any);
+            found ||= any;
+        }
+        // Nothing left to show: say so rather than leave a blank page.
+        const none = document.getElementById("settings_no_match");
+        if (none) {
+            none.classList.toggle("settings-none-found", !found);
+            const shown = none.querySelector(".settings-query");
+            if (shown) shown.textContent = query.trim();
         }
     };
 

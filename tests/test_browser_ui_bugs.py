@@ -1,0 +1,174 @@
+"""UI bugs found by walking every tab in Chromium, each checked in a real browser against
+app.py --demo (the shared demo server)."""
+
+import pytest
+from PIL import Image
+
+from tests.test_browser import set_number
+from tests.test_browser_img2img import open_tab, wait_for_infotext
+
+GENERATION_TABS = ("txt2img", "img2img", "controlnet")
+VIEWPORT = {"width": 1280, "height": 1000}
+
+
+@pytest.fixture
+def picture(tmp_path):
+    path = tmp_path / "picture.png"
+    Image.effect_noise((64, 64), 60).convert("RGB").save(path)
+    return str(path)
+
+
+@pytest.fixture
+def server_errors(page):
+    """Every response of status 500 or more the page gets, as (status, url)."""
+    failed = []
+    page.on("response", lambda response: failed.append((response.status, response.url))
+            if response.status >= 500 else None)
+    return failed
+
+
+def small_job(page, tab: str, prompt: str, picture: str) -> None:
+    page.locator(f"#{tab}_prompt textarea").fill(prompt)
+    for name, value in (("steps", 3), ("width", 64), ("height", 64)):
+        set_number(page, f"{tab}_{name}", value)
+    if tab == "img2img":
+        page.locator("#img2img_image input[type=file]").set_input_files(picture)
+        page.locator("#img2img_image img").wait_for()
+
+
+def choose_preprocessor(page, unit: str, name: str) -> None:
+    page.locator(f"#{unit}_module input").click()
+    page.get_by_role("option", name=name, exact=True).click()
+    page.wait_for_timeout(300)  # the sliders follow the choice
+
+
+@pytest.mark.parametrize("tab", GENERATION_TABS)
+def test_switching_preprocessors_on_a_disabled_unit_never_blocks_generate(page, demo_server, tab,
+                                                                          picture, server_errors):
+    open_tab(page, demo_server.url, tab)
+    if tab != "controlnet":
+        page.locator(f"#{tab}_controlnet").get_by_text("ControlNet", exact=True).first.click()
+    unit = f"{tab}_cn0"
+    for name in ("canny", "none", "scribble", "none", "canny", "scribble"):
+        choose_preprocessor(page, unit, name)
+    assert not page.locator(f"#{unit}_enabled input").is_checked()
+    small_job(page, tab, f"after switching preprocessors in {tab}", picture)
+    page.click(f"#{tab}_generate")
+    wait_for_infotext(page, tab, f"after switching preprocessors in {tab}")
+    page.locator(f"#{tab}_gallery img").first.wait_for()
+    assert "ControlNet" not in page.locator(f"#{tab}_infotext textarea").input_value()
+
+    page.click(f"#{unit}_preview")
+    page.locator(f"#{unit}_message").get_by_text("No control image").wait_for()
+    assert server_errors == []
+
+
+@pytest.mark.parametrize("tab", GENERATION_TABS)
+def test_a_refused_job_says_why_in_the_first_screen_beside_the_parameters(browser, demo_server, tab,
+                                                                          picture):
+    context = browser.new_context(viewport=VIEWPORT)
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    try:
+        open_tab(page, demo_server.url, tab)
+        small_job(page, tab, "a size the engine refuses", picture)
+        set_number(page, f"{tab}_width", 100)  # not a multiple of 8
+        page.evaluate("window.scrollTo(0, 0)")
+        page.click(f"#{tab}_generate")
+        error = page.locator(f"#{tab}_message").get_by_text("width must be a multiple of 8")
+        error.wait_for()
+        assert page.evaluate("window.scrollY") == 0
+        box = error.bounding_box()
+        assert 0 <= box["y"] and box["y"] + box["height"] <= VIEWPORT["height"], box
+        assert 0 <= box["x"] and box["x"] + box["width"] <= VIEWPORT["width"], box
+
+        gallery = page.locator(f"#{tab}_gallery").bounding_box()
+        prompt = page.locator(f"#{tab}_prompt").bounding_box()
+        generate = page.locator(f"#{tab}_generate").bounding_box()
+        assert gallery["y"] < VIEWPORT["height"] - 100, "the gallery starts in the first screen"
+        assert gallery["x"] >= prompt["x"] + prompt["width"], "results to the right of the parameters"
+        assert generate["y"] < box["y"] < gallery["y"], "the error sits under Generate, above the gallery"
+    finally:
+        context.close()
+
+
+def _number_boxes_typed(page, tab: str, values: tuple[str, ...]) -> set[str]:
+    """Type each value into every number box of the tab (opening its accordions, sub-tabs and
+    the seed's extra options on the way); returns the ids of the boxes typed into."""
+    root = page.locator(f"#tab_{tab}")
+    typed: set[str] = set()
+    opened: set[str] = set()
+    while True:
+        for box in root.locator("input[type=number]").all():
+            owner = box.evaluate("e => e.closest('[id]').id")
+            if owner in typed or not box.is_visible():
+                continue
+            typed.add(owner)
+            for value in values:
+                box.click()
+                box.press("Control+a")
+                box.press_sequentially(value, delay=40)  # one change per keystroke, as a user types
+                page.wait_for_timeout(150)
+            box.press("Tab")
+        closed = [e for e in root.locator(".label-wrap:not(.open), button[role=tab][aria-selected=false], "
+                                          f"#{tab}_subseed_show input").all()
+                  if e.is_visible() and e.evaluate("e => e.closest('[id]').id") not in opened]
+        if not closed:
+            return typed
+        opened.add(closed[0].evaluate("e => e.closest('[id]').id"))
+        closed[0].click()
+        page.wait_for_timeout(300)
+
+
+@pytest.mark.parametrize("tab", ("txt2img", "img2img", "controlnet", "extras"))
+def test_typing_out_of_range_numbers_never_gets_a_server_error(page, demo_server, tab, server_errors):
+    open_tab(page, demo_server.url, tab)
+    typed = _number_boxes_typed(page, tab, ("-5", "99999", "0"))
+    page.wait_for_timeout(1000)  # the last events answer
+    assert len(typed) >= 5, typed
+    assert server_errors == [], f"{len(server_errors)} server errors while typing into {sorted(typed)}"
+    assert page.locator(".toast-body").count() == 0, page.locator(".toast-body").all_inner_texts()
+    # The boxes clamp what was typed once left, and the tab still generates.
+    if tab == "txt2img":
+        assert page.locator("#txt2img_steps input[type=number]").input_value() == "1"
+        small_job(page, tab, "after typing out of range", "")
+        page.locator("#txt2img_seed input").fill("-1")
+        page.click("#txt2img_generate")
+        wait_for_infotext(page, tab, "after typing out of range")
+
+
+NOT_A_PICTURE = "not an image this app can read"
+
+
+@pytest.mark.parametrize("tab, field, label", [("img2img", "img2img_image", "Image for img2img"),
+                                               ("extras", "extras_image", "Source"),
+                                               ("pnginfo", "pnginfo_image", "Source")])
+def test_a_text_file_named_png_gets_one_message_naming_the_field(page, demo_server, tmp_path, tab, field,
+                                                                 label):
+    notes = tmp_path / "notes.png"
+    notes.write_text("shopping list: milk, eggs\n" * 20)
+    open_tab(page, demo_server.url, tab)
+    page.locator(f"#{field} input[type=file]").set_input_files(str(notes))
+    message = page.locator(f"#{field}_upload_message")
+    message.get_by_text(f"{label} is {NOT_A_PICTURE}").wait_for()
+    page.locator(f"#{field} img").wait_for(state="detached")  # no broken preview left
+    generate = {"img2img": "#img2img_generate", "extras": "#extras_generate"}.get(tab)
+    if generate:
+        for _ in range(2):  # the same mistake twice: still one message, no toasts piling up
+            page.click(generate)
+            page.wait_for_timeout(1500)
+    texts = page.evaluate("""(words) => {
+        const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+        const found = [];
+        while (walker.nextNode()) if (walker.currentNode.textContent.includes(words)) found.push(walker.currentNode.textContent);
+        return found;
+    }""", NOT_A_PICTURE)
+    assert len(texts) == 1, texts
+    assert page.locator(".toast-body").count() == 0, page.locator(".toast-body").all_inner_texts()
+    assert page.locator(f"#tab_{tab}").get_by_text("Error", exact=True).count() == 0
+
+    good = tmp_path / "good.png"
+    Image.effect_noise((64, 64), 60).convert("RGB").save(good)
+    page.locator(f"#{field} input[type=file]").set_input_files(str(good))
+    page.locator(f"#{field} img").wait_for()
+    message.get_by_text(NOT_A_PICTURE).wait_for(state="detached")
