@@ -49,6 +49,11 @@ def build(flags, config_root: Path | None = None):
     folders.fill_flags(flags)  # /sdapi/v1/cmd-flags shows the folders in use
     for flag, note in a1111_flags.given(flags):
         log.info("%s: %s", flag, note)
+    if flags.allow_unsafe_checkpoints:
+        log.warning("%s: pickled .ckpt/.pt model files will be opened. They are read with "
+                    "torch.load(weights_only=True), which refuses most code, but only open files "
+                    "you trust.", "--disable-safe-unpickle" if flags.disable_safe_unpickle
+                    else "--allow-unsafe-checkpoints")
     settings = Settings(folders.settings_file, data_dir=data_dir)
     apply_setting_flags(settings, flags)
     folders.checkpoints.mkdir(parents=True, exist_ok=True)

@@ -97,7 +97,8 @@ def test_bad_values_are_refused_with_the_reason(args, words, capsys):
 
 def test_start_up_says_what_each_accepted_flag_does_instead(caplog, tmp_path):
     parsed = flags.parse(["--xformers", "--opt-sdp-attention", "--lowram", "--skip-torch-cuda-test",
-                          "--data-dir", str(tmp_path), "--skip-load-model-at-start"], environ={})
+                          "--data-dir", str(tmp_path), "--skip-load-model-at-start",
+                          "--disable-safe-unpickle"], environ={})
     with caplog.at_level(logging.INFO, logger="sd-studio"):
         ctx = app.build(parsed)
     try:
@@ -105,6 +106,9 @@ def test_start_up_says_what_each_accepted_flag_does_instead(caplog, tmp_path):
         for flag in ("--xformers", "--opt-sdp-attention", "--lowram", "--skip-torch-cuda-test"):
             assert sum(line.startswith(flag + ": ") for line in lines) == 1, lines
         assert ctx.engine.models.current is None  # --skip-load-model-at-start
+        assert any(line.startswith("--disable-safe-unpickle: pickled .ckpt/.pt model files will be opened")
+                   for line in lines)
+        assert ctx.engine.models.allow_unsafe
     finally:
         ctx.engine.shutdown()
 
