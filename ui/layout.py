@@ -13,6 +13,7 @@ from . import (
     controlnet_tab,
     extension_fields,
     extras_tab,
+    gradio_cache,
     history_tab,
     img2img_tab,
     png_info_tab,
@@ -27,6 +28,7 @@ ASSETS = Path(__file__).parent / "assets"
 
 
 def build_app(ctx: UIContext) -> gr.Blocks:
+    gradio_cache.install()  # pictures are never served half-written (see ui/gradio_cache.py)
     # Gallery images are copied into Gradio's cache; clear out day-old copies every hour.
     ctx.extension_accordions.clear()  # filled again by the tabs below
     hidden = set(ctx.settings["hidden_tabs"])  # laid out once: a change needs a restart
