@@ -22,7 +22,12 @@ def counter_html(used: int, limit: int) -> str:
 
 
 def token_counters(ctx: UIContext, boxes: dict, counters: dict, steps: gr.Slider) -> None:
-    """Update each prompt box's N/75 counter as the user types (and when steps change)."""
+    """Update each prompt box's N/75 counter as the user types (and when steps change).
+
+    Steps has one handler for all the counters, not one per counter: Gradio's page re-sends a
+    deferred "always_last" event to every handler of its trigger, so two such handlers on one
+    trigger kept re-running each other after a quick double move of the slider, an endless
+    request loop that held the browser at full CPU."""
 
     def count(text: str, step_count) -> str:
         try:
@@ -31,10 +36,16 @@ def token_counters(ctx: UIContext, boxes: dict, counters: dict, steps: gr.Slider
             return ""
         return counter_html(used, limit)
 
+    options = {"queue": False, "trigger_mode": "always_last", "show_progress": "hidden", **PRIVATE}
     for name, box in boxes.items():
-        for event in (box.change, steps.release):
-            event(count, inputs=[box, steps], outputs=counters[name], queue=False,
-                  trigger_mode="always_last", show_progress="hidden", **PRIVATE)
+        box.change(count, inputs=[box, steps], outputs=counters[name], **options)
+    names = list(boxes)
+
+    def count_all(step_count, *texts) -> list[str]:
+        return [count(text, step_count) for text in texts]
+
+    steps.release(count_all, inputs=[steps, *(boxes[n] for n in names)],
+                  outputs=[counters[n] for n in names], **options)
 
 
 def styles_row(ctx: UIContext, tab: str, prompt: gr.Textbox, negative: gr.Textbox) -> gr.Dropdown:
