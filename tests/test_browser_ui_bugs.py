@@ -172,3 +172,27 @@ def test_a_text_file_named_png_gets_one_message_naming_the_field(page, demo_serv
     page.locator(f"#{field} input[type=file]").set_input_files(str(good))
     page.locator(f"#{field} img").wait_for()
     message.get_by_text(NOT_A_PICTURE).wait_for(state="detached")
+
+
+SEND_BUTTONS = {"txt2img": ("img2img", "inpaint", "extras"), "img2img": ("img2img", "inpaint", "extras"),
+                "pnginfo": ("txt2img", "img2img", "inpaint", "extras"),
+                "history": ("txt2img", "img2img", "inpaint", "extras")}
+NOTHING_TO_SEND = {"txt2img": "generate a picture first", "img2img": "generate a picture first",
+                   "pnginfo": "upload a picture first", "history": "click a picture first"}
+
+
+@pytest.mark.parametrize("tab", list(SEND_BUTTONS))
+def test_send_to_with_nothing_to_send_says_so_instead_of_failing(page, demo_server, tab, server_errors):
+    # A handler that sent nothing returned an empty dict, which Gradio counts as one value for
+    # many outputs: every such click was an HTTP 500 and an "Error" toast.
+    open_tab(page, demo_server.url, tab)
+    message = page.locator(f"#{tab}_message")
+    for target in SEND_BUTTONS[tab]:
+        with page.expect_response(lambda r: "/run/predict" in r.url) as answer:
+            page.click(f"#{tab}_send_to_{target}")
+        assert answer.value.status == 200, target
+        message.get_by_text(NOTHING_TO_SEND[tab]).wait_for()
+        assert "Nothing to send" in message.inner_text()
+        assert page.locator(f"#tab_{tab}-button").get_attribute("aria-selected") == "true"
+    assert server_errors == []
+    assert page.locator(".toast-body").count() == 0, page.locator(".toast-body").all_inner_texts()

@@ -91,7 +91,7 @@ def build(ctx: UIContext, tab: gr.Tab) -> dict:
     def pick(shown: list[str], event: gr.SelectData) -> dict:
         index = event.index if isinstance(event.index, int) else -1
         if not 0 <= index < len(shown):
-            return {}
+            return gr.skip()  # one update per output (an empty dict would fail the event)
         try:
             item = saved.find(shown[index])
             parameters = saved.infotext(item) or ""

@@ -48,7 +48,8 @@ def build(ctx: UIContext) -> dict:
             with gr.Row():
                 send = {target: gr.Button(label, elem_id=f"pnginfo_send_to_{target}", size="sm")
                         for target, label in TARGETS.items()}
-    image.change(lambda path: read(path, ctx.settings["upload_max_megapixels"]), inputs=image,
-                 outputs=[text, table], api_visibility="private", concurrency_id="page_load",
+            message = gr.Markdown("", elem_id="pnginfo_message", elem_classes=["message"])
+    image.change(lambda path: (*read(path, ctx.settings["upload_max_megapixels"]), ""), inputs=image,
+                 outputs=[text, table, message], api_visibility="private", concurrency_id="page_load",
                  concurrency_limit=None)
-    return {"image": image, "text": text, "send": send}
+    return {"image": image, "text": text, "send": send, "message": message}

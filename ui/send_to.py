@@ -21,6 +21,8 @@ PASTABLE = ("prompt", "negative_prompt", "steps", "sampler_name", "scheduler", "
             "width", "height", "denoising_strength", "mask_blur", "inpainting_fill", "inpaint_area",
             "inpaint_full_res_padding", "mask_mode", "resize_mode") + paste.CONTROLNET_PASTABLE
 SUBTAB_OF = {"img2img": "img2img", "inpaint": "Inpaint"}
+NOTHING_GENERATED = "Nothing to send yet: generate a picture first."
+NO_PARAMETERS = "Nothing to send to txt2img: this picture holds no generation parameters."
 
 
 def pasted(controls: dict, values: dict) -> dict:
@@ -63,15 +65,21 @@ def _selected(images, index: int, texts: list[str]) -> tuple[Image.Image, str] |
     return image, text
 
 
+# A handler that changes nothing must say so with an update per output (gr.skip()): an empty
+# dict counts as one output value, and Gradio then fails the event (an HTTP 500) for the
+# missing others. These buttons instead say why nothing was sent, in the tab's message area.
+
 def _wire_gallery_to_extras(tabs: gr.Tabs, results: dict, extras: dict, button: gr.Button) -> None:
+    message = results["message"]
+
     def send(images, index: int, texts: list[str]) -> dict:
         chosen = _selected(images, index, texts)
         if chosen is None:
-            return {}
-        return {tabs: gr.Tabs(selected="extras"), extras["image"]: chosen[0]}
+            return {message: NOTHING_GENERATED}
+        return {tabs: gr.Tabs(selected="extras"), extras["image"]: chosen[0], message: ""}
 
     button.click(send, inputs=[results["gallery"], results["selected"], results["infotexts"]],
-                 outputs=[tabs, extras["image"]], queue=False, api_visibility="private")
+                 outputs=[tabs, extras["image"], message], queue=False, api_visibility="private")
 
 
 def _wire_paste_button(tab: dict) -> None:
@@ -112,17 +120,19 @@ def _into_img2img(tabs: gr.Tabs, img2img: dict, target: str, image: Image.Image,
 
 def _wire_gallery_send(ctx: UIContext, tabs: gr.Tabs, results: dict, img2img: dict, target: str,
                        button: gr.Button) -> None:
+    message = results["message"]
+
     def send(images, index: int, texts: list[str]) -> dict:
         chosen = _selected(images, index, texts)
         if chosen is None:
-            return {}
+            return {message: NOTHING_GENERATED}
         image, text = chosen
         settings = ctx.settings
         values = paste.control_values(text, send_seed=settings["send_seed"], send_size=settings["send_size"])
-        return _into_img2img(tabs, img2img, target, image, values)
+        return {**_into_img2img(tabs, img2img, target, image, values), message: ""}
 
     button.click(send, inputs=[results["gallery"], results["selected"], results["infotexts"]],
-                 outputs=_img2img_outputs(tabs, img2img), queue=False, api_visibility="private")
+                 outputs=[*_img2img_outputs(tabs, img2img), message], queue=False, api_visibility="private")
 
 
 def _wire_png_info(ctx: UIContext, tabs: gr.Tabs, png_info: dict, txt2img: dict, img2img: dict,
@@ -136,42 +146,47 @@ def _wire_png_info(ctx: UIContext, tabs: gr.Tabs, png_info: dict, txt2img: dict,
             return None  # PNG Info already shows what is wrong with the file
 
     _wire_picture_sends(tabs, png_info["send"], png_info["image"], png_info["text"], load,
+                        png_info["message"], "Nothing to send: upload a picture first.",
                         txt2img, img2img, extras)
 
 
 def _wire_history(tabs: gr.Tabs, history: dict, txt2img: dict, img2img: dict, extras: dict) -> None:
     _wire_picture_sends(tabs, history["send"], history["chosen"], history["text"], history["load"],
+                        history["message"], "Nothing to send: click a picture first.",
                         txt2img, img2img, extras)
 
 
-def _wire_picture_sends(tabs: gr.Tabs, send: dict, source, text, load, txt2img: dict, img2img: dict,
-                        extras: dict) -> None:
+def _wire_picture_sends(tabs: gr.Tabs, send: dict, source, text, load, message, nothing_chosen: str,
+                        txt2img: dict, img2img: dict, extras: dict) -> None:
     """PNG Info's and History's buttons: `load(source's value)` gives the picture (None when there
     is none), `text` holds its parameters. All of them go along, seed and size included (unlike a
-    gallery's Send to): the picture itself is what is wanted again."""
+    gallery's Send to): the picture itself is what is wanted again. When there is nothing to send,
+    `message` says so (`nothing_chosen` when no picture is there at all)."""
     private = {"queue": False, "api_visibility": "private"}
 
-    def to_txt2img(parameters: str) -> dict:
-        if not (parameters or "").strip():
-            return {}  # nothing to send: leave txt2img's fields as they are
+    def to_txt2img(key, parameters: str) -> dict:
+        if not (parameters or "").strip():  # leave txt2img's fields as they are
+            return {message: NO_PARAMETERS if key else nothing_chosen}
         return {**pasted(txt2img["controls"], paste.control_values(parameters)),
-                tabs: gr.Tabs(selected="txt2img")}
+                tabs: gr.Tabs(selected="txt2img"), message: ""}
 
-    send["txt2img"].click(to_txt2img, inputs=text, outputs=[tabs, *_targets(txt2img["controls"])],
-                          **private)
+    send["txt2img"].click(to_txt2img, inputs=[source, text],
+                          outputs=[tabs, *_targets(txt2img["controls"]), message], **private)
 
     def to_extras(key) -> dict:
         image = load(key)
-        return {} if image is None else {tabs: gr.Tabs(selected="extras"), extras["image"]: image}
+        if image is None:
+            return {message: nothing_chosen}
+        return {tabs: gr.Tabs(selected="extras"), extras["image"]: image, message: ""}
 
-    send["extras"].click(to_extras, inputs=source, outputs=[tabs, extras["image"]], **private)
+    send["extras"].click(to_extras, inputs=source, outputs=[tabs, extras["image"], message], **private)
     for target in ("img2img", "inpaint"):
         def to_img2img(key, parameters: str, target=target) -> dict:
             image = load(key)
             if image is None:
-                return {}
-            return _into_img2img(tabs, img2img, target, image.convert("RGBA"),
-                                 paste.control_values(parameters))
+                return {message: nothing_chosen}
+            return {**_into_img2img(tabs, img2img, target, image.convert("RGBA"),
+                                    paste.control_values(parameters)), message: ""}
 
-        send[target].click(to_img2img, inputs=[source, text], outputs=_img2img_outputs(tabs, img2img),
-                           **private)
+        send[target].click(to_img2img, inputs=[source, text],
+                           outputs=[*_img2img_outputs(tabs, img2img), message], **private)
