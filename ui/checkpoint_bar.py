@@ -31,9 +31,12 @@ def no_model_text(ctx: UIContext) -> str:
 
 def build(ctx: UIContext) -> dict:
     with gr.Row(elem_id="checkpoint_bar"):
+        # Custom values allowed: a name the list no longer holds (a folder model's title gains
+        # its hash once loaded; another page's list may be older) reaches `switch`, which looks
+        # it up and names the problem, instead of Gradio refusing the event with a bare "Error".
         dropdown = gr.Dropdown(ctx.registry.titles(), value=_current_title(ctx),
                                label="Stable Diffusion checkpoint", elem_id="sd_checkpoint",
-                               scale=6, allow_custom_value=False)
+                               scale=6, allow_custom_value=True)
         refresh = gr.Button(REFRESH, elem_id="sd_checkpoint_refresh", scale=0, min_width=40,
                             elem_classes=["tool"])
         quick = _quick_settings(ctx)
@@ -64,12 +67,24 @@ def build(ctx: UIContext) -> dict:
         yield {**refreshed(), status: f"**Could not load:** {html.escape(failure)}" if failure else ""}
 
     def switch(title: str | None, request: gr.Request):
-        if not title or title == _current_title(ctx):
+        """The page sends "input" twice for one pick (on the choice, and again as the list
+        closes): the repeat finds the model loaded, or loading, and changes nothing. A generator
+        that ends without yielding would set every output to None (an empty checkpoint box)."""
+        title = (title or "").strip()
+        try:
+            wanted = ctx.registry.find(title) if title else None
+        except UserError as error:
+            yield {status: f"**{html.escape(error.message)}**", dropdown: gr.update(value=_current_title(ctx))}
+            return
+        current = ctx.models.current
+        if wanted is None or (current is not None and (current.info.path, current.info.kind) ==
+                              (wanted.path, wanted.kind)):
+            yield {status: "", dropdown: gr.update(choices=ctx.registry.titles(), value=_current_title(ctx))}
             return
         try:
             job = ctx.engine.load_checkpoint(title, owner=request.session_hash or "")
         except UserError as error:
-            yield {status: f"**{html.escape(error.message)}**"}
+            yield {status: f"**{html.escape(error.message)}**", dropdown: gr.update(value=_current_title(ctx))}
             return
         yield {status: f"Loading {html.escape(title)}..."}
         while not job.wait(POLL_SECONDS):
