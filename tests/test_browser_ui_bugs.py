@@ -244,3 +244,44 @@ def test_picking_a_checkpoint_whose_title_gains_its_hash_keeps_it_shown(page, de
         httpx.post(demo_server.url + "/sdapi/v1/options", json={"sd_model_checkpoint": "demo-tiny"}, timeout=60)
         shutil.rmtree(copy)
         httpx.post(demo_server.url + "/sdapi/v1/refresh-checkpoints", timeout=60)
+
+
+@pytest.mark.parametrize("tab, subtab, editor, label", [
+    ("img2img", "img2img_tab_sketch", "img2img_sketch", "Sketch"),
+    ("img2img", "img2img_tab_inpaint", "img2img_inpaint", "Paint the part to change"),
+    ("controlnet", None, "controlnet_cn0_image", "Control image")])
+def test_an_image_editor_refuses_a_file_that_is_no_picture_in_words(page, demo_server, tmp_path, tab, subtab,
+                                                                     editor, label, server_errors):
+    # Gradio's editor threw an uncaught error ("The source image could not be decoded") and
+    # stayed empty without a word.
+    errors = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    notes = tmp_path / "notes.png"
+    notes.write_text("shopping list: milk, eggs\n" * 20)
+    good = tmp_path / "good.png"
+    Image.effect_noise((64, 64), 60).convert("RGB").save(good)
+    open_tab(page, demo_server.url, tab)
+    if subtab:
+        page.click(f"#{subtab}-button")
+    field = page.locator(f"#{editor}")
+    field.locator("canvas").first.wait_for()
+    page.wait_for_timeout(1500)  # the editor mounts its canvas before it takes an upload
+    note = page.locator(f"#{editor}_upload_message")
+    field.locator("input[type=file]").first.set_input_files(str(notes))
+    note.get_by_text(f"{label} is {NOT_A_PICTURE} (PNG, JPEG, WEBP, ...): notes.png").wait_for()
+    # Dropped on it: the same.
+    page.evaluate("""([selector, text]) => {
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([text], "dropped.png", { type: "image/png" }));
+        document.querySelector(selector).dispatchEvent(
+            new DragEvent("drop", { dataTransfer: transfer, bubbles: true, cancelable: true }));
+    }""", [f"#{editor} [data-testid=image]", "not a picture"])
+    note.get_by_text("dropped.png").wait_for()
+    field.locator("input[type=file]").first.set_input_files(str(good))
+    note.get_by_text(NOT_A_PICTURE).wait_for(state="detached")
+    page.wait_for_function("""(selector) => {  // the picture reached the editor: its zoom changed
+        const zoom = document.querySelector(`${selector} .zoom-number`);
+        return zoom && zoom.textContent.trim() !== '70%';
+    }""", arg=f"#{editor}")
+    assert errors == []
+    assert server_errors == []

@@ -124,6 +124,13 @@ def _check_when_uploaded(component: CheckedImage) -> None:
 
 
 def image_editor(settings: Settings, **kwargs) -> CheckedImageEditor:
-    component = CheckedImageEditor(**kwargs)
-    component.limit_megapixels = _limit(settings)
+    """gr.ImageEditor(**kwargs) whose uploads are checked: in the browser before the editor draws
+    them (ui/assets/editor_upload_check.js writes what was wrong into the line under it), and
+    here for other clients. Laid out in a column with that line (`scale` is the column's)."""
+    classes = kwargs.pop("elem_classes", None) or []
+    with gr.Column(scale=kwargs.pop("scale", 1), min_width=kwargs.pop("min_width", 160)):
+        component = CheckedImageEditor(elem_classes=[*classes, "checked-editor"], **kwargs)
+        component.limit_megapixels = _limit(settings)
+        if component.elem_id:
+            gr.Markdown("", elem_id=f"{component.elem_id}_upload_message", elem_classes=["message"])
     return component

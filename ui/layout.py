@@ -81,7 +81,7 @@ def page_css() -> str:
     return (ASSETS / "style.css").read_text(encoding="utf-8")
 
 
-SCRIPTS = ("shortcuts.js", "infotext_drop.js", "theme.js", "settings_search.js")
+SCRIPTS = ("shortcuts.js", "infotext_drop.js", "theme.js", "settings_search.js", "editor_upload_check.js")
 
 
 def page_js() -> str:
