@@ -155,6 +155,9 @@ def _create_app(ctx: UIContext) -> FastAPI:
             run_history=False,
         )
         gradio_app = mounted_gradio_app(app)
+        # Gradio accepts a file path in an event only if it came from its upload folder, but
+        # checks that only for Blocks it launched itself; mounted ones must say so.
+        blocks.has_launched = True
     else:
         @app.get("/", include_in_schema=False)
         def api_only() -> dict:
