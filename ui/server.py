@@ -109,8 +109,7 @@ def install_error_handlers(app: FastAPI) -> None:
         # A bug, not the caller's fault: logged with its traceback, answered in the same shape.
         log.error("%s %s failed", request.method, request.url.path, exc_info=error)
         return JSONResponse(status_code=500, content=error_body(
-            type(error).__name__, "The server failed on this request (its log has the details)",
-            errors=str(error)[:500]))
+            type(error).__name__, "The server failed on this request (its log has the details)"))
 
 
 def _create_app(ctx: UIContext) -> FastAPI:
