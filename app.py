@@ -6,6 +6,7 @@ the engine and the server, and hands each what it needs.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import secrets
@@ -24,8 +25,6 @@ log = logging.getLogger("sd-studio")
 def build(flags, config_root: Path | None = None):
     """Everything the server needs, from parsed flags. `config_root`: other model config folders
     than the repo's (the benchmark's tiny mode)."""
-    import torch
-
     from engine import a1111_flags, memory_guard
     from engine.addons import AddOns
     from engine.checkpoint_cache import CheckpointCache
@@ -74,8 +73,7 @@ def build(flags, config_root: Path | None = None):
         log.info("removed the temporary files of writes a crash cut short")
     extensions = "none" if flags.disable_all_extensions else "builtin" if flags.disable_extra_extensions else "all"
     addons = AddOns.from_folders(folders, hashes, device=device, allow_unsafe=flags.allow_unsafe_checkpoints,
-                                 extensions=extensions,
-                                 controlnet_dtype=torch.float32 if flags.no_half_controlnet else None)
+                                 extensions=extensions)
     engine = Engine(models, OutputWriter(data_dir / "outputs", settings, name_limit=flags.filenames_max_length),
                     settings, addons, queue=JobQueue(max_waiting=flags.queue_size))
     if flags.demo:
@@ -103,6 +101,23 @@ def build(flags, config_root: Path | None = None):
     return ctx
 
 
+def settings_in_sections(settings, names: list[str]) -> tuple[list[str], list[str]]:
+    """The keys of our settings in the named sections (AUTOMATIC1111's section ids, such as
+    saving-paths or sampler-params, or ours, such as "Saving images"), and the names that
+    matched none."""
+    from engine.settings import A1111_SECTIONS
+
+    keys, unknown = [], []
+    for name in names:
+        wanted = name.lower().replace("-", " ").replace("_", " ")
+        found = [o.key for o in settings.options.values()
+                 if o.section.lower() == wanted or o.key in A1111_SECTIONS.get(name, ())]
+        keys += found
+        if not found:
+            unknown.append(name)
+    return keys, unknown
+
+
 def apply_setting_flags(settings, flags) -> None:
     """What start flags say about settings: memory modes (saved, as a choice the user can change
     later), and for this run only the theme, API logging and the frozen settings."""
@@ -120,10 +135,16 @@ def apply_setting_flags(settings, flags) -> None:
     if flags.freeze_specific_settings:
         keys = [key.strip() for key in flags.freeze_specific_settings.split(",") if key.strip()]
         settings.lock(keys, "it is frozen by --freeze-specific-settings")
+        unknown = [key for key in keys if key not in settings.options]
+        if unknown:
+            log.warning("--freeze-specific-settings: not settings of this app (nothing to freeze): %s",
+                        ", ".join(unknown))
     if flags.freeze_settings_in_sections:
-        sections = {part.strip().lower().replace("-", " ") for part in flags.freeze_settings_in_sections.split(",")}
-        keys = [o.key for o in settings.options.values() if o.section.lower().replace("-", " ") in sections]
+        names = [part.strip() for part in flags.freeze_settings_in_sections.split(",") if part.strip()]
+        keys, unknown = settings_in_sections(settings, names)
         settings.lock(keys, "its section is frozen by --freeze-settings-in-sections")
+        if unknown:
+            log.warning("--freeze-settings-in-sections: no settings here in %s", ", ".join(unknown))
     if flags.freeze_settings:
         settings.lock(None, "settings are frozen by --freeze-settings")
 
@@ -147,6 +168,8 @@ def lan_addresses() -> list[str]:
 
 
 def announce(flags, scheme: str) -> str:
+    from engine.flags import is_exposed
+
     local = f"{scheme}://127.0.0.1:{flags.port}{getattr(flags, 'subpath', None) or ''}/"
     print(f"Running on local URL:  {local}", flush=True)
     if getattr(flags, "server_name", None) and flags.server_name not in ("127.0.0.1", "localhost"):
@@ -154,9 +177,10 @@ def announce(flags, scheme: str) -> str:
     if flags.listen:
         for address in lan_addresses():
             print(f"On your network:       {scheme}://{address}:{flags.port}/", flush=True)
-        if not flags.gradio_auth:
-            print("Warning: listening on the network without --gradio-auth: anyone on your network "
-                  "can use this UI.", flush=True)
+    # --share says its own warning; this one is for the other ways onto the network.
+    if is_exposed(argparse.Namespace(**{**vars(flags), "share": False})) and not flags.gradio_auth:
+        print("Warning: listening on the network without --gradio-auth: anyone on your network "
+              "can use this UI.", flush=True)
     if flags.api:
         print(f"API docs:              {local}docs", flush=True)
     if getattr(flags, "nowebui", False):

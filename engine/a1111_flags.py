@@ -100,6 +100,8 @@ NOTES: dict[str, tuple[str, str]] = {
                                                   "folder inside the ControlNet folder"),
     "--skip-install": (SWITCH, "webui.sh/webui.bat skip their install step when given it"),
     "--skip-prepare-environment": (SWITCH, "webui.sh/webui.bat skip their install step when given it"),
+    "--no-half-controlnet": (SWITCH, "ControlNet models run in the model's precision (--no-half for "
+                                     "32-bit)"),
     "--controlnet-preprocessor-cache-size": (INT, "the last preprocessor result is reused"),
     "--controlnet-loglevel": (VALUE, "ControlNet logs with the rest of the app (--loglevel)"),
     "--controlnet-tracemalloc": (SWITCH, "memory figures are at GET /sdapi/v1/memory"),

@@ -55,19 +55,13 @@ class AddOns:
     @classmethod
     def from_folders(cls, folders: Folders, hashes: HashCache, extension_folders: list[Path] = (),
                      device: DeviceConfig | None = None, allow_unsafe: bool = False,
-                     extensions: str = "all", controlnet_dtype: torch.dtype | None = None,
-                     catalogue: ModelCatalogue | None = None) -> "AddOns":
+                     extensions: str = "all", catalogue: ModelCatalogue | None = None) -> "AddOns":
         """`extensions`: "all", "builtin" (--disable-extra-extensions) or "none"
-        (--disable-all-extensions: not even imported). `controlnet_dtype`: other than the
-        device's (--no-half-controlnet)."""
+        (--disable-all-extensions: not even imported)."""
         for folder in folders.model_folders():
             folder.mkdir(parents=True, exist_ok=True)
         device = device or DeviceConfig(torch.device("cpu"), torch.float32)
         catalogue = catalogue or ModelCatalogue.from_environment()
-        if controlnet_dtype is not None:
-            device_for_controlnets = DeviceConfig(device.device, controlnet_dtype)
-        else:
-            device_for_controlnets = device
         extension_sources = [(BUILTIN_EXTENSIONS, True), (folders.data / "extensions", False)] + \
             [(Path(folder), False) for folder in extension_folders]
         if extensions != "all":
@@ -83,6 +77,6 @@ class AddOns:
                                    {"GFPGAN": folders.gfpgan, "CodeFormer": folders.codeformer}),
             downloads=CatalogueDownloads(catalogue, folders.models, folder_of=folders.catalogue_folder),
             # Loaded where generation runs (the GPU lane's device) when first used.
-            controlnets=ControlNetLibrary(folders.controlnet, device_for_controlnets, allow_unsafe=allow_unsafe),
+            controlnets=ControlNetLibrary(folders.controlnet, device, allow_unsafe=allow_unsafe),
             extensions=ExtensionRegistry(extension_sources),
         )

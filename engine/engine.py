@@ -160,6 +160,10 @@ class Engine:
             extensions=self.addons.extensions.check(request.mode, self._with_settings(request.extensions)),
         )
         if request.mode == "img2img":
+            request = request.replace(exact_steps=request.exact_steps or settings["img2img_fix_steps"])
+            chosen = self.addons.upscalers.canonical(settings["upscaler_for_img2img"])
+            if chosen is not None and chosen not in UPSCALERS:  # a standard model not downloaded: say so now
+                self.addons.upscalers.require(chosen, "upscaler_for_img2img")
             self._check_upload_sizes(request)
             if request.sd_upscale_scale:
                 request = request.replace(sd_upscale_upscaler=self._upscaler_in_use(
@@ -239,7 +243,6 @@ class Engine:
                                memory_mode=settings["memory_mode"]),
             run=RunOptions(
                 eta_defaults={"eta_ancestral": settings["eta_ancestral"], "eta_ddim": settings["eta_ddim"]},
-                img2img_fix_steps=settings["img2img_fix_steps"],
                 always_discard=settings["always_discard_next_to_last_sigma"],
                 img2img_color_correction=settings["img2img_color_correction"],
                 upscaler_for_img2img=settings["upscaler_for_img2img"],

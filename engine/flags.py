@@ -157,8 +157,6 @@ def build_parser() -> argparse.ArgumentParser:
     compute.add_argument("--no-half-vae", action="store_true",
                          help="keep the VAE in 32-bit floats (against black or NaN images from "
                               "some VAEs in half precision)")
-    compute.add_argument("--no-half-controlnet", action="store_true",
-                         help="keep ControlNet models in 32-bit floats")
     compute.add_argument("--precision", choices=("full", "half", "autocast"), default="autocast",
                          help="full: everything in 32-bit floats (as --no-half --no-half-vae); "
                               "half: everything in 16-bit, the VAE too; autocast (default): 16-bit "
@@ -227,9 +225,13 @@ def parse(argv: Sequence[str] | None = None, environ: dict | None = None) -> arg
         flags.subpath = _clean_subpath(flags.subpath, parser)
     if flags.cors_allow_origins_regex:
         try:
-            re.compile(flags.cors_allow_origins_regex)
+            pattern = re.compile(flags.cors_allow_origins_regex)
         except re.error as error:
             parser.error(f"--cors-allow-origins-regex is not a regular expression: {error}")
+        if pattern.fullmatch("https://any-site-at-all.example"):
+            # Cross-origin calls carry the user's login: a pattern that lets every site in
+            # would let any web page act as them.
+            parser.error("--cors-allow-origins-regex matches any web site; name the sites to allow")
     if flags.nowebui:
         flags.api = True
     if flags.disable_safe_unpickle:
@@ -276,11 +278,13 @@ def listen_host(flags: argparse.Namespace) -> str:
 
 
 def is_exposed(flags: argparse.Namespace) -> bool:
-    """Whether others than this machine's user can reach the UI (--listen, --share, or a
-    --server-name other than this machine's loopback)."""
+    """Whether others than this machine's user can reach the UI (--listen, --share, a
+    --server-name other than this machine's loopback, or --subpath, which means a reverse proxy
+    in front: its requests come from this machine but on behalf of anyone)."""
     host = (getattr(flags, "server_name", None) or "").strip().lower()
     loopback = host in ("", "localhost", "::1", "[::1]") or host.startswith("127.")
-    return bool(getattr(flags, "listen", False) or getattr(flags, "share", False) or not loopback)
+    return bool(getattr(flags, "listen", False) or getattr(flags, "share", False) or not loopback
+                or getattr(flags, "subpath", None))
 
 
 def cors_origins(flags: argparse.Namespace) -> list[str]:

@@ -235,8 +235,9 @@ class Txt2ImgRun:
                 self.final_prompt if own else self.styled_prompt,
                 negative_prompt=plain(request.negative_prompt) if request.negative_prompt else
                 self.final_negative if own else self.styled_negative,
-                extensions={}, controlnet_units=(), save_images=False, save_grid=False).validate()
-            inner = Img2ImgRun(self.job, request, model, self.policy.inner_pass(exact_steps), self.addons)
+                extensions={}, controlnet_units=(), save_images=False, save_grid=False,
+                exact_steps=exact_steps or request.exact_steps).validate()
+            inner = Img2ImgRun(self.job, request, model, self.policy.inner_pass(), self.addons)
             inner.memory_notes = self.memory_notes
             outer, self._control_pass = self._control_pass, (inner if keep_control and own else None)
             try:

@@ -70,20 +70,15 @@ class Img2ImgRun(Txt2ImgRun):
     @property
     def sampling_steps(self) -> int:
         """img2img runs the last `denoising strength` part of the schedule: steps x strength of
-        it, or with the img2img_fix_steps setting exactly `steps` of a longer schedule."""
-        if self.policy.run.img2img_fix_steps:
-            return self.request.steps
+        it, or with exact_steps all `steps` of a longer schedule."""
         return self.request.img2img_steps
 
     def _schedule_steps(self) -> int:
-        request = self.request
-        if self.policy.run.img2img_fix_steps and request.denoising_strength > 0:
-            return int(request.steps / min(request.denoising_strength, 0.999))
-        return request.steps
+        return self.request.schedule_steps
 
     def _strength(self) -> float:
         """What the pipeline is told, so that it runs `sampling_steps` of `_schedule_steps`."""
-        if not self.policy.run.img2img_fix_steps:
+        if not self.request.exact_steps:
             return self.request.denoising_strength
         return min(1.0, (self.sampling_steps + 0.5) / self._schedule_steps())
 
@@ -196,10 +191,13 @@ class Img2ImgRun(Txt2ImgRun):
             return None
         if name == "Nearest":
             return lambda image, width, height: image.resize((width, height), Image.Resampling.NEAREST)
-        if name not in self.addons.upscalers.names():
-            self.memory_notes.append(f"Upscaler for img2img '{name}' not found: Lanczos was used")
+        canonical = self.addons.upscalers.canonical(name)  # a standard model's file name works too
+        if canonical is None:
+            note = f"Upscaler for img2img '{name}' not found: Lanczos was used"
+            if note not in self.memory_notes:
+                self.memory_notes.append(note)
             return None
-        return lambda image, width, height: self.addons.upscalers.upscale(image, name, width, height,
+        return lambda image, width, height: self.addons.upscalers.upscale(image, canonical, width, height,
                                                                           self.model.device)
 
     def _finish(self, images: list[Image.Image], batch: int) -> list[Image.Image]:

@@ -24,7 +24,6 @@ class RunOptions:
     """Settings a run reads, fixed when the job is submitted (with its override_settings)."""
 
     eta_defaults: Mapping[str, float] = field(default_factory=lambda: {"eta_ancestral": 1.0, "eta_ddim": 0.0})
-    img2img_fix_steps: bool = False
     always_discard: bool = False  # always_discard_next_to_last_sigma
     img2img_color_correction: bool = False
     upscaler_for_img2img: str = "None"
@@ -46,12 +45,10 @@ class OutputPolicy:
     memory: MemoryModes = MemoryModes()
     run: RunOptions = RunOptions()
 
-    def inner_pass(self, exact_steps: bool = False) -> "OutputPolicy":
+    def inner_pass(self) -> "OutputPolicy":
         """For a pass inside a job (hires fix, a tile): nothing saved or colour-corrected;
-        previews, memory modes and sampler settings as the job's. `exact_steps`: the pass runs
-        its steps in full (as the ecosystem's hires pass does), not steps x strength."""
-        run = dataclasses.replace(self.run, img2img_fix_steps=exact_steps, img2img_color_correction=False,
-                                  save_before=frozenset())
+        previews, memory modes and sampler settings as the job's."""
+        run = dataclasses.replace(self.run, img2img_color_correction=False, save_before=frozenset())
         return OutputPolicy(save_images=False, save_grid=False, make_grid=False,
                             preview_every=self.preview_every, preview_method=self.preview_method,
                             memory=self.memory, run=run)

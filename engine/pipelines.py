@@ -198,16 +198,16 @@ class ModelManager:
 
     @contextlib.contextmanager
     def borrowed(self, wanted: str) -> Iterator[LoadedModel]:
-        """For the block, checkpoint `wanted` is the current model (a hires pass with another
-        checkpoint); afterwards the model current before is back, the very same object, since a
-        running job holds it. Only the GPU lane calls this, inside a job."""
+        """For the block, checkpoint `wanted` on the device (a hires pass with another
+        checkpoint), while the current model waits in RAM; afterwards it is back, the very same
+        object, since a running job holds it. The current model stays the one everyone else sees
+        (the borrowed one belongs to this job alone). Only the GPU lane calls this, in a job."""
         with self._lock:
             home, info = self.require(), self.registry.find(wanted)
             if home.info.path == info.path and home.info.kind == info.kind:
                 yield home
                 return
-            home.set_aside()  # into RAM, offload hooks off; kept alive by this frame
-            self._current = None
+            home.set_aside()  # into RAM, offload hooks off, so the other fits where it ran
             other = None
             try:
                 other = self.cache.take(info)
@@ -217,15 +217,16 @@ class ModelManager:
                     check_loadable(info, self.allow_unsafe)
                     self.cache.trim(reserve=size_on_disk(info))
                     other = self._load(self.registry.with_hash(info))
-                self._current = other
                 yield other
             finally:
-                self._current = None
-                if other is not None and not self.cache.keep(other):
+                if other is not None:
+                    # Off the device before the job's model comes back (the job may still hold
+                    # references to it); into the cache when it fits there.
+                    other.set_aside()
+                    if not self.cache.keep(other):
+                        free_memory()
                     del other
-                    free_memory()
                 home.use_memory_mode(self.memory_mode())
-                self._current = home
 
     def _set_aside(self) -> CheckpointInfo | None:
         """Move the current model into the cache (or let it go); returns what it was."""

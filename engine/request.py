@@ -22,7 +22,8 @@ from .image_prep import MASKED_CONTENT, RESIZE_MODES
 MAX_SEED = 2**32 - 1
 MIN_SIZE, MAX_SIZE, SIZE_STEP = 64, 2048, 8
 MAX_STEPS = 150
-MAX_SEED_RESIZE = 8192  # "Resize seed from" any size a picture may have had
+MAX_SEED_RESIZE = 8192
+MAX_SCHEDULE_STEPS = 1000  # the models' training timesteps: no schedule has more steps  # "Resize seed from" any size a picture may have had
 MAX_BATCH_SIZE = 8
 MAX_BATCH_COUNT = 100
 MIN_CFG, MAX_CFG = 1.0, 30.0
@@ -92,6 +93,9 @@ class GenerationRequest:
     inpaint_full_res_padding: int = 32
     inpainting_mask_invert: bool = False
     initial_noise_multiplier: float = 1.0
+    # img2img runs exactly `steps` steps, the end of a schedule of steps / strength (the
+    # img2img_fix_steps setting; always in a hires fix pass), rather than steps x strength.
+    exact_steps: bool = False
     # How "Just resize (latent upscale)" scales the latents (a hires-fix latent upscaler name).
     latent_upscale_mode: str = "Latent"
     # The Outpainting script: grow the canvas by this many pixels on these sides, then inpaint.
@@ -207,8 +211,18 @@ class GenerationRequest:
 
     @property
     def img2img_steps(self) -> int:
-        """How many sampling steps an img2img job runs: the last `strength` part of the schedule."""
+        """How many sampling steps an img2img job runs: the last `strength` part of the schedule,
+        or all its steps with `exact_steps`."""
+        if self.exact_steps:
+            return self.steps
         return min(int(self.steps * self.denoising_strength), self.steps)
+
+    @property
+    def schedule_steps(self) -> int:
+        """The steps of the schedule img2img runs the end of (no more than the model's timesteps)."""
+        if self.exact_steps and self.denoising_strength > 0:
+            return min(MAX_SCHEDULE_STEPS, int(self.steps / min(self.denoising_strength, 0.999)))
+        return self.steps
 
     def _validate_img2img(self) -> None:
         if not self.init_images:
@@ -220,6 +234,8 @@ class GenerationRequest:
         if self.mask is not None and not isinstance(self.mask, Image.Image):
             raise RequestError("mask is not an image", "mask")
         _check_number(self.denoising_strength, "denoising_strength", 0.0, 1.0)
+        if self.exact_steps and self.denoising_strength <= 0:
+            raise RequestError("Denoising strength 0 changes nothing: raise it above 0", "denoising_strength")
         if self.img2img_steps < 1:
             raise RequestError(
                 f"Denoising strength {self.denoising_strength:g} with {self.steps} steps runs no "

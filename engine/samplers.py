@@ -14,10 +14,9 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 import diffusers
-import numpy as np
-import torch
 
 from .errors import NotFoundError, RequestError
+from .sampler_schedulers import OWN_SCHEDULERS, PLAIN_SCHEDULES, discard_penultimate
 
 SCHEDULE_TYPES: tuple[str, ...] = ("Automatic", "Uniform", "Karras", "Exponential", "SGM Uniform", "Beta")
 
@@ -83,7 +82,12 @@ class Sampler:
 
     @property
     def cls(self) -> type:
-        return _OWN_SCHEDULERS.get(self.scheduler_class) or getattr(diffusers, self.scheduler_class)
+        return OWN_SCHEDULERS.get(self.scheduler_class) or getattr(diffusers, self.scheduler_class)
+
+    @property
+    def discards_itself(self) -> bool:
+        """Its scheduler class drops the next-to-last sigma on its own (DPM2's interleaved one)."""
+        return self.scheduler_class in ("KDPM2WithDiscard", "KDPM2AncestralWithEta")
 
     def supported_schedules(self) -> tuple[str, ...]:
         params = inspect.signature(self.cls.__init__).parameters
@@ -118,7 +122,7 @@ SAMPLERS: tuple[Sampler, ...] = (
     Sampler("Euler", "EulerDiscreteScheduler", ("k_euler",), uses=_CHURNING, honours=_CHURNING),
     Sampler("LMS", "LMSDiscreteScheduler", ("k_lms",)),
     Sampler("Heun", "HeunDiscreteScheduler", ("k_heun",), uses=_CHURNING),
-    Sampler("DPM2", "KDPM2DiscreteScheduler", ("k_dpm_2",), {}, "Karras", uses=_CHURNING, discards=True),
+    Sampler("DPM2", "KDPM2WithDiscard", ("k_dpm_2",), {}, "Karras", uses=_CHURNING, discards=True),
     Sampler("DPM2 a", "KDPM2AncestralWithEta", ("k_dpm_2_a",), {}, "Karras", stochastic=True,
             uses=_SDE, honours=_SDE, uses_ensd=True, discards=True),
     Sampler("DDIM", "DDIMScheduler", ("ddim",), MappingProxyType({"set_alpha_to_one": False}), "model",
@@ -218,48 +222,16 @@ def build_scheduler(sampler: Sampler, schedule: str, model_config: Mapping[str, 
     accepted = inspect.signature(sampler.cls.__init__).parameters
     scheduler = sampler.cls.from_config({k: v for k, v in config.items() if k in accepted})
     params = params or SamplerParams()
-    if discards_here(sampler, params):
-        _discarding_penultimate(scheduler)
-    elif params.always_discard and sampler.family == "timesteps":
-        _one_step_more(scheduler)  # what the setting does to these in the ecosystem
+    if discards_here(sampler, params) and not sampler.discards_itself:
+        discard_penultimate(scheduler)
     return _with_params(scheduler, sampler, params)
 
 
-# Schedulers whose schedule is one array of sigmas (and one of timesteps): a sigma can be taken out.
-_PLAIN_SCHEDULES = ("EulerDiscreteScheduler", "EulerAncestralWithEta", "LMSDiscreteScheduler",
-                    "DPMSolverMultistepScheduler")
-
-
 def discards_here(sampler: Sampler, params: SamplerParams) -> bool:
-    """Whether this job's schedule drops its next-to-last sigma here."""
+    """Whether this job's schedule drops its next-to-last sigma here (as the ecosystem's does for
+    some samplers, and for every k-diffusion one with the setting)."""
     wanted = sampler.discards or (params.always_discard and sampler.family == "k")
-    return wanted and sampler.scheduler_class in _PLAIN_SCHEDULES
-
-
-def _discarding_penultimate(scheduler) -> None:
-    """The schedule made for one step more, then its next-to-last sigma taken out: the same
-    number of steps, ending with a longer last one (the ecosystem's discard_next_to_last_sigma)."""
-    original = scheduler.set_timesteps
-
-    @functools.wraps(original)
-    def set_timesteps(num_inference_steps=None, device=None, **kwargs):
-        original(num_inference_steps + 1, device=device, **kwargs)
-        sigmas = scheduler.sigmas
-        scheduler.sigmas = torch.cat([sigmas[:-2], sigmas[-1:]])
-        scheduler.timesteps = scheduler.timesteps[:-1]
-        scheduler.num_inference_steps = num_inference_steps
-
-    scheduler.set_timesteps = set_timesteps
-
-
-def _one_step_more(scheduler) -> None:
-    original = scheduler.set_timesteps
-
-    @functools.wraps(original)
-    def set_timesteps(num_inference_steps=None, device=None, **kwargs):
-        original(num_inference_steps + 1, device=device, **kwargs)
-
-    scheduler.set_timesteps = set_timesteps
+    return wanted and (sampler.scheduler_class in PLAIN_SCHEDULES or sampler.discards_itself)
 
 
 def _with_params(scheduler, sampler: Sampler, params: SamplerParams):
@@ -309,8 +281,8 @@ def parameter_notes(sampler: Sampler, request, always_discard: bool = False) -> 
     }
     infotext: dict[str, Any] = {}
     warnings = []
-    if always_discard and not sampler.discards and sampler.family in ("k", "timesteps"):
-        if sampler.family == "timesteps" or discards_here(sampler, SamplerParams(always_discard=True)):
+    if always_discard and not sampler.discards and sampler.family == "k":
+        if discards_here(sampler, SamplerParams(always_discard=True)):
             infotext["Discard penultimate sigma"] = True
         else:
             warnings.append("Discard penultimate sigma: not used by the "
@@ -324,110 +296,6 @@ def parameter_notes(sampler: Sampler, request, always_discard: bool = False) -> 
             warnings.append(f"{', '.join(changed[group])}: not used by the {sampler.name} sampler in "
                             "this version")
     return infotext, warnings
-
-
-class EulerAncestralWithEta(diffusers.EulerAncestralDiscreteScheduler):
-    """Euler a with eta, the ecosystem's knob for how much of each step's noise is fresh: the
-    step goes down to sigma_down and adds noise of sigma_up, where
-    sigma_up = min(sigma_next, eta * sqrt(sigma_next^2 (sigma^2 - sigma_next^2) / sigma^2))
-    and sigma_down = sqrt(sigma_next^2 - sigma_up^2) (eta 1: diffusers' own step)."""
-
-    eta = 1.0
-
-    def step(self, model_output, timestep, sample, generator=None, return_dict: bool = True):
-        if self.eta == 1.0:
-            return super().step(model_output, timestep, sample, generator=generator, return_dict=return_dict)
-        if self.step_index is None:
-            self._init_step_index(timestep)
-        sigma, sigma_next = self.sigmas[self.step_index], self.sigmas[self.step_index + 1]
-        sample = sample.to(torch.float32)
-        denoised = _denoised(self.config.prediction_type, model_output, sample, sigma)
-        sigma_up, sigma_down = ancestral_step(sigma, sigma_next, self.eta)
-        prev = sample + (sample - denoised) / sigma * (sigma_down - sigma)
-        noise = diffusers_randn(model_output.shape, dtype=model_output.dtype, device=model_output.device,
-                                generator=generator)
-        prev = (prev + noise * sigma_up).to(model_output.dtype)
-        self._step_index += 1
-        if not return_dict:
-            return prev, denoised
-        return diffusers.schedulers.scheduling_euler_ancestral_discrete.EulerAncestralDiscreteSchedulerOutput(
-            prev_sample=prev, pred_original_sample=denoised)
-
-
-class KDPM2AncestralWithEta(diffusers.KDPM2AncestralDiscreteScheduler):
-    """DPM2 a with eta and s_noise: its down and up sigmas come from ancestral_step with the job's
-    eta (the midpoint sigmas and their timesteps follow them), and its noise is scaled by s_noise."""
-
-    eta = 1.0
-    s_noise = 1.0
-
-    def set_timesteps(self, num_inference_steps, device=None, num_train_timesteps=None):
-        super().set_timesteps(num_inference_steps, device=device, num_train_timesteps=num_train_timesteps)
-        if self.eta == 1.0:
-            return
-        # diffusers interleaves each step's values: [s0, s1, s1, ..., 0, 0, 0]; take one per
-        # step ([s0, s1, ..., 0]), recompute with eta, interleave the same way.
-        sigmas = torch.cat([self.sigmas[:1], self.sigmas[1:-1:2]])
-        sigma_next = torch.cat([sigmas[1:], sigmas.new_zeros(1)])
-        up, down = ancestral_step(sigmas, sigma_next, self.eta)
-        down[-1] = 0.0
-        interpol = sigmas.log().lerp(down.clamp_min(1e-30).log(), 0.5).exp()
-        interpol[-2:] = 0.0
-
-        def interleave(values):
-            return torch.cat([values[:1], values[1:].repeat_interleave(2), values[-1:]])[:len(self.sigmas)]
-
-        self.sigmas_up, self.sigmas_down, self.sigmas_interpol = interleave(up), interleave(down), interleave(interpol)
-        log_sigmas = self.log_sigmas.cpu().numpy()
-        steps = np.array([self._sigma_to_t(value, log_sigmas) for value in interpol.cpu().numpy()])
-        interpol_t = torch.from_numpy(steps).to(self.timesteps.device, self.timesteps.dtype)
-        timesteps = self.timesteps.clone()
-        timesteps[1::2] = interpol_t[:-2][: len(timesteps[1::2])]  # the midpoint evaluations
-        self.timesteps = timesteps
-
-    def step(self, model_output, timestep, sample, generator=None, return_dict: bool = True):
-        if self.s_noise == 1.0:
-            return super().step(model_output, timestep, sample, generator=generator, return_dict=return_dict)
-        scaled = _ScaledGenerator(generator, self.s_noise)
-        module = diffusers.schedulers.scheduling_k_dpm_2_ancestral_discrete
-        original = module.randn_tensor
-        module.randn_tensor = scaled.randn
-        try:
-            return super().step(model_output, timestep, sample, generator=generator, return_dict=return_dict)
-        finally:
-            module.randn_tensor = original
-
-
-_OWN_SCHEDULERS = {"EulerAncestralWithEta": EulerAncestralWithEta,
-                   "KDPM2AncestralWithEta": KDPM2AncestralWithEta}
-
-
-def ancestral_step(sigma, sigma_next, eta: float):
-    """(sigma_up, sigma_down) of an ancestral step from sigma to sigma_next with this eta."""
-    sigma_up = torch.minimum(torch.as_tensor(sigma_next),
-                             eta * (sigma_next ** 2 * (sigma ** 2 - sigma_next ** 2) / sigma ** 2) ** 0.5)
-    sigma_down = (sigma_next ** 2 - sigma_up ** 2) ** 0.5
-    return sigma_up, sigma_down
-
-
-def _denoised(prediction_type: str, model_output, sample, sigma):
-    if prediction_type == "v_prediction":
-        return model_output * (-sigma / (sigma ** 2 + 1) ** 0.5) + sample / (sigma ** 2 + 1)
-    return sample - sigma * model_output
-
-
-def diffusers_randn(*args, **kwargs):
-    """diffusers' randn_tensor as the scheduler modules see it now (the fast path may swap it)."""
-    return diffusers.schedulers.scheduling_euler_ancestral_discrete.randn_tensor(*args, **kwargs)
-
-
-class _ScaledGenerator:
-    def __init__(self, generator, scale: float):
-        self.generator, self.scale = generator, scale
-        self.original = diffusers.schedulers.scheduling_k_dpm_2_ancestral_discrete.randn_tensor
-
-    def randn(self, *args, **kwargs):
-        return self.original(*args, **kwargs) * self.scale
 
 
 def api_sampler_list() -> list[dict[str, Any]]:

@@ -37,6 +37,10 @@ __all__ = ["OPTIONS", "Option", "Settings"]
 # client programs read and send these names. Ours with the same name are the same setting.
 A1111_DEFAULTS: dict[str, Any] = json.loads(
     (Path(__file__).with_name("a1111_options.json")).read_text(encoding="utf-8"))
+# Its settings by section id (saving-paths, sampler-params, ...), as --freeze-settings-in-sections
+# names them.
+A1111_SECTIONS: dict[str, list[str]] = json.loads(
+    (Path(__file__).with_name("a1111_sections.json")).read_text(encoding="utf-8"))
 
 OPTIONS: tuple[Option, ...] = SAVING_OPTIONS + (
     Option("sd_model_checkpoint", "", "Stable Diffusion checkpoint", "Stable Diffusion"),
@@ -170,6 +174,18 @@ class Settings:
 
     def locked_reason(self, key: str) -> str | None:
         return self._locks.get(key) or self._lock_all
+
+    def changed_keys(self, changes: dict[str, Any]) -> list[str]:
+        """The keys whose value would change (values compared after coercion; bad ones count)."""
+        changed = []
+        for key, value in changes.items():
+            try:
+                same = self.validate({key: value})[key] == self[key]
+            except (RequestError, KeyError):
+                same = False
+            if not same:
+                changed.append(key)
+        return changed
 
     def check_editable(self, keys: Iterable[str]) -> None:
         """ForbiddenError naming the first key a start flag keeps users from changing."""

@@ -162,7 +162,11 @@ class UpscalerLibrary:
         with memory_guard.stage("upscale"):
             model = self.model(name).to(device)
             result = image.convert("RGB")
-            for _ in range(MAX_PASSES):
+            for index in range(MAX_PASSES):
+                if index:  # another pass: from no more than it takes to reach the target once
+                    smaller = (min(result.width, -(-width // model.scale)), min(result.height, -(-height // model.scale)))
+                    if smaller != result.size:
+                        result = result.resize(smaller, Image.Resampling.LANCZOS)
                 result = _through(model, result, device)
                 if model.scale <= 1 or (result.width >= width and result.height >= height):
                     break

@@ -24,7 +24,7 @@ SAMPLE = {"switch": [], "value": ["x"], "int": ["3"], "values": ["all"], "append
 SAMPLE_FOR = {"--precision": ["full"], "--theme": ["dark"], "--loglevel": ["WARNING"],
               "--controlnet-loglevel": ["INFO"], "--gradio-auth": ["ann:pw"], "--api-auth": ["ann:pw"],
               "--device-id": ["0"], "--port": ["7870"], "--subpath": ["sd"], "--timeout-keep-alive": ["5"],
-              "--filenames-max-length": ["100"], "--cors-allow-origins-regex": ["https://.*"]}
+              "--filenames-max-length": ["100"], "--cors-allow-origins-regex": [r"https://.*\.studio\.lan"]}
 
 
 def test_the_list_is_a1111_v1_10_1s_whole_parser():
@@ -88,6 +88,7 @@ def test_nonsense_is_still_refused(capsys):
     (["--subpath", "../x"], "--subpath may hold only"),
     (["--timeout-keep-alive", "0"], "at least 1 second"),
     (["--cors-allow-origins-regex", "("], "not a regular expression"),
+    (["--cors-allow-origins-regex", "https?://.*"], "matches any web site"),
 ])
 def test_bad_values_are_refused_with_the_reason(args, words, capsys):
     with pytest.raises(SystemExit):
@@ -121,21 +122,31 @@ def test_implied_and_same_meaning_flags():
     assert flags.parse(["--subpath", "/sd/ui/"], environ={}).subpath == "/sd/ui"
 
 
+def test_sysinfo_hides_passwords_however_the_flag_was_spelt():
+    from ui.api.internal_api import redacted, secret_values
+
+    parsed = flags.parse(["--api-au", "alice:s3cret", "--gradio-auth=bob:pw2"], environ={})
+    shown = redacted(["app.py", "--api-au", "alice:s3cret", "--gradio-auth=bob:pw2", "--listen"],
+                     secret_values(parsed))
+    assert shown == ["app.py", "--api-au", "<hidden>", "<hidden>", "--listen"]
+
+
 def test_secrets_are_hidden_in_cmd_flags():
     parsed = flags.parse(["--ngrok", "token", "--gradio-auth", "a:b"], environ={})
     shown = flags.public_dict(parsed)
     assert shown["ngrok"] == "<hidden>" and shown["gradio_auth"] == "<hidden>"
 
 
-@pytest.mark.parametrize("args, exposed", [
-    ([], False), (["--listen"], True), (["--server-name", "127.0.0.1"], False),
-    (["--server-name", "localhost"], False), (["--server-name", "192.168.1.5"], True),
+@pytest.mark.parametrize("args, exposed, host", [
+    ([], False, "127.0.0.1"), (["--listen"], True, "0.0.0.0"), (["--server-name", "127.0.0.1"], False, "127.0.0.1"),
+    (["--server-name", "localhost"], False, "localhost"), (["--server-name", "192.168.1.5"], True, "192.168.1.5"),
+    # Behind a reverse proxy: its requests come from this machine on behalf of anyone.
+    (["--subpath", "sd"], True, "127.0.0.1"),
 ])
-def test_server_name_binds_and_counts_as_shared_off_this_machine(args, exposed):
+def test_server_name_binds_and_counts_as_shared_off_this_machine(args, exposed, host):
     parsed = flags.parse(args, environ={})
     assert flags.is_exposed(parsed) == exposed
-    assert flags.listen_host(parsed) == (args[1] if args[:1] == ["--server-name"] else
-                                         "0.0.0.0" if args else "127.0.0.1")
+    assert flags.listen_host(parsed) == host
 
 
 def test_folder_flags_move_each_kind_of_file(tmp_path):
@@ -190,12 +201,29 @@ def test_frozen_settings_name_the_flag(tmp_path):
         everything.check_editable(["CLIP_stop_at_last_layers"])
 
 
-def test_freezing_a_section_by_its_a1111_id(tmp_path):
+@pytest.mark.parametrize("section, frozen, free", [
+    ("saving-images", "samples_format", "CLIP_stop_at_last_layers"),
+    ("saving-paths", "outdir_txt2img_samples", "samples_format"),
+    ("sampler-params", "eta_noise_seed_delta", "samples_format"),
+    ("sd", "CLIP_stop_at_last_layers", "eta_noise_seed_delta"),
+    ("Sampler parameters", "s_churn", "samples_format"),
+])
+def test_freezing_a_section_by_its_a1111_id(tmp_path, section, frozen, free):
     settings = Settings(tmp_path / "config.json")
-    app.apply_setting_flags(settings, flags.parse(["--freeze-settings-in-sections", "saving-images"], environ={}))
+    app.apply_setting_flags(settings, flags.parse(["--freeze-settings-in-sections", section], environ={}))
     with pytest.raises(ForbiddenError):
-        settings.check_editable(["samples_format"])
-    settings.check_editable(["CLIP_stop_at_last_layers"])
+        settings.check_editable([frozen])
+    settings.check_editable([free])
+
+
+def test_freezing_what_is_not_here_is_said_at_start(tmp_path, caplog):
+    settings = Settings(tmp_path / "config.json")
+    with caplog.at_level(logging.WARNING, logger="sd-studio"):
+        app.apply_setting_flags(settings, flags.parse(["--freeze-settings-in-sections", "nowhere,sd",
+                                                       "--freeze-specific-settings", "no_such_key"], environ={}))
+    text = caplog.text
+    assert "--freeze-settings-in-sections: no settings here in nowhere" in text
+    assert "--freeze-specific-settings: not settings of this app (nothing to freeze): no_such_key" in text
 
 
 def test_every_flag_has_its_key_in_cmd_flags(tmp_path):

@@ -68,6 +68,9 @@ def test_folder_style_theme_and_freeze_flags_act(compat_server):
     assert options["ui_theme"] == "dark"
     refused = httpx.post(api + "/options", json={"samples_format": "jpg"})
     assert refused.status_code == 403 and "--freeze-specific-settings" in refused.json()["detail"]
+    # A client sending back what GET gave it changes nothing, so nothing is refused.
+    assert httpx.post(api + "/options", json={"samples_format": options["samples_format"],
+                                               "ui_theme": "dark"}).status_code == 200
     assert httpx.post(api + "/options", json={"jpeg_quality": 81}).status_code == 200
     names = [e["name"] for e in httpx.get(api + "/extensions").json()]
     assert "glow" not in names and "hires_fix" in names  # --disable-extra-extensions

@@ -114,3 +114,17 @@ def test_disable_extra_networks_leaves_lora_tags_unapplied(engine, tmp_path):
     assert "Lora hashes" in parse(applied.infotexts[0])[2]
     assert "Lora hashes" not in parse(skipped.infotexts[0])[2]
     assert skipped.images[0].tobytes() == plain.images[0].tobytes()
+
+
+def test_exact_steps_take_any_strength_and_a_schedule_of_at_most_1000(engine):
+    """Fixed steps at a low strength run (the schedule is then long), capped at the model's
+    1000 timesteps; a hires pass runs its steps in full at any strength."""
+    request = IMG2IMG.replace(init_images=(a_picture(),), steps=50, denoising_strength=0.03,
+                              sampler_name="DDIM")
+    assert request.replace(exact_steps=True).schedule_steps == 1000
+    calls, result = unet_calls(engine, request, img2img_fix_steps=True)
+    assert calls == 50 and result.images
+    hires = GenerationRequest(prompt="a cube", steps=10, width=64, height=64, seed=2, save_images=False,
+                              save_grid=False, extensions={"hires_fix": {"enabled": True, "denoising_strength": 0.05}})
+    calls, result = unet_calls(engine, hires)
+    assert calls == 20 and result.images[0].size == (128, 128)

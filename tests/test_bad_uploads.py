@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import base64
 import re
+from pathlib import Path
 
 import gradio as gr
 import httpx
 import pytest
 from gradio.data_classes import FileData
+from gradio.utils import get_upload_folder
 from PIL import Image
 
 from engine.settings import Settings
@@ -79,7 +81,10 @@ def test_the_same_fields_take_a_good_picture_afterwards(server, field):
 
 
 def _file_data(tmp_path, name: str, data: bytes) -> FileData:
-    path = tmp_path / f"{name}.png"
+    # Uploads are read only from Gradio's upload folder (a forged path elsewhere is never read),
+    # so the file goes where Gradio puts uploads.
+    path = Path(get_upload_folder()) / "sd-studio-tests" / tmp_path.name / f"{name}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
     return FileData(path=str(path), orig_name=path.name)
 

@@ -170,6 +170,7 @@ def test_server_folders_are_only_offered_to_an_unshared_ui():
     assert not folders_allowed(Ctx(flags(listen=True)))
     assert not folders_allowed(Ctx(flags(share=True)))
     assert folders_allowed(Ctx(flags(listen=True, allow_server_folders=True)))
+    assert not folders_allowed(Ctx(flags(hide_ui_dir_config=True)))  # as A1111's flag does
 
 
 def test_outpainting_script_fields_reach_the_request():

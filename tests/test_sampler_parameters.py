@@ -178,3 +178,46 @@ def test_discarding_the_next_to_last_sigma(engine):
         heun = engine.generate(BASE.replace(sampler_name="Heun"))
     assert params_of(result)["Discard penultimate sigma"] == "True"
     assert any("Discard penultimate sigma: not used by the Heun" in w for w in heun.warnings)
+
+
+@pytest.mark.parametrize("name", ["DPM2", "DPM2 a"])
+@pytest.mark.parametrize("schedule", ["Karras", "Uniform"])
+def test_dpm2_schedules_rebuilt_as_diffusers_builds_them(engine, name, schedule):
+    """The rebuilt DPM2 schedule equals diffusers' own for the same sigmas (eta 1, nothing
+    dropped), and with the next-to-last sigma dropped equals diffusers' for one step more minus
+    that sigma: the rebuild is checked against the reference implementation."""
+    import diffusers
+
+    from engine.sampler_schedulers import KDPM2AncestralWithEta, KDPM2WithDiscard
+
+    config = engine.models.current.scheduler_config
+    ours_cls = KDPM2AncestralWithEta if name == "DPM2 a" else KDPM2WithDiscard
+    theirs_cls = diffusers.KDPM2AncestralDiscreteScheduler if name == "DPM2 a" else diffusers.KDPM2DiscreteScheduler
+    flags = {"use_karras_sigmas": schedule == "Karras"}
+    reference = theirs_cls.from_config(config, **flags)
+    reference.set_timesteps(6)
+    ours = ours_cls.from_config(config, **flags)
+    ours.discard = False
+    ours._rebuild(torch.cat([reference.sigmas[:1], reference.sigmas[1:-1:2]]),
+                  torch.cat([reference.timesteps[:1], reference.timesteps[2::2]]))
+    for attr in ("sigmas", "sigmas_interpol", "timesteps") + (("sigmas_up", "sigmas_down") if name == "DPM2 a" else ()):
+        assert torch.allclose(getattr(ours, attr), getattr(reference, attr).to(getattr(ours, attr).device),
+                              equal_nan=True), attr
+    dropping = ours_cls.from_config(config, **flags)
+    dropping.set_timesteps(5)
+    base = torch.cat([reference.sigmas[:1], reference.sigmas[1:-1:2]])
+    assert torch.allclose(torch.cat([dropping.sigmas[:1], dropping.sigmas[1:-1:2]]),
+                          torch.cat([base[:-2], base[-1:]]))
+    assert len(dropping.timesteps) == len(reference.timesteps) - 2  # one step (two calls) fewer
+
+
+def test_dpm2_a_s_noise_scales_only_the_fresh_noise(engine):
+    from engine.sampler_schedulers import KDPM2AncestralWithEta
+
+    config = engine.models.current.scheduler_config
+    plain, quiet = KDPM2AncestralWithEta.from_config(config), KDPM2AncestralWithEta.from_config(config)
+    quiet.s_noise = 0.5
+    plain.set_timesteps(4)
+    quiet.set_timesteps(4)
+    assert torch.allclose(quiet.sigmas_up, plain.sigmas_up * 0.5, equal_nan=True)
+    assert torch.equal(quiet.sigmas, plain.sigmas)

@@ -189,3 +189,20 @@ def test_ldsr_is_refused_with_what_to_use_instead(standard_engine):
         with pytest.raises(RequestError, match="LDSR .* is not available in SD Studio.*Use R-ESRGAN 4x\\+"):
             submit(request)
     assert "LDSR" not in standard_engine.upscaler_names()
+
+
+def test_another_pass_starts_from_no_more_than_it_needs(models):
+    """A 4x model one pass short of a target just under 4x: the second pass starts from the
+    first's result shrunk to target / 4, never from the whole 4x picture (16x in memory)."""
+    _write_standard_files(models)
+    library = library_in(models)
+    seen = []
+    model = library.model("R-ESRGAN 4x+")
+    handle = model.register_forward_pre_hook(lambda module, args: seen.append(tuple(args[0].shape[-2:])))
+    try:
+        result = library.upscale(picture(), "R-ESRGAN 4x+", 4 * picture().width + 8, 4 * picture().height)
+    finally:
+        handle.remove()
+    assert result.size == (4 * picture().width + 8, 4 * picture().height)
+    height, width = seen[-1]
+    assert width * 4 <= 4 * picture().width + 8 + 4 and height <= picture().height + 1

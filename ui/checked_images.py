@@ -24,6 +24,8 @@ from engine.uploads import open_image
 
 from .markdown_text import literal
 
+# Far above any picture the pixel limit lets through; only a guard against reading a huge file.
+MAX_UPLOAD_BYTES = 512 << 20
 # Read at upload time, so a change in Settings applies at once.
 LimitSource = Callable[[], float]
 
@@ -40,10 +42,32 @@ def _bytes_of(source, name: str) -> bytes:
     path = getattr(source, "path", None)
     if not path:
         raise gr.Error(f"{name}: the upload did not arrive; upload the picture again")
+    upload = _uploaded_file(Path(path))
+    if upload is None:
+        # A path the browser did not upload (a crafted request naming a file on the server):
+        # never opened, and nothing said about whether it exists.
+        raise gr.Error(f"{name}: the upload did not arrive; upload the picture again")
     try:
-        return Path(path).read_bytes()
+        with open(upload, "rb") as handle:
+            data = handle.read(MAX_UPLOAD_BYTES + 1)
     except OSError as error:
         raise gr.Error(f"{name}: the upload could not be read ({error.strerror}); upload it again") from error
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise gr.Error(f"{name}: the file is larger than {MAX_UPLOAD_BYTES >> 20} MB; upload a smaller picture")
+    return data
+
+
+def _uploaded_file(path: Path) -> Path | None:
+    """`path` if it is a regular file inside Gradio's upload folder (symlinks resolved)."""
+    from gradio.utils import get_upload_folder
+
+    try:
+        resolved, folder = path.resolve(), Path(get_upload_folder()).resolve()
+    except (OSError, RuntimeError):
+        return None
+    if folder not in resolved.parents or not resolved.is_file():
+        return None
+    return resolved
 
 
 def check_upload(source, name: str, limit_megapixels: float) -> None:

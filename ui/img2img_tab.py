@@ -74,7 +74,10 @@ def build(ctx: UIContext) -> dict:
 
 def folders_allowed(ctx: UIContext) -> bool:
     """Server folders in Batch read and write this machine's disk: only for a UI that is not
-    shared, unless the owner opts in."""
+    shared, unless the owner opts in; never with --hide-ui-dir-config (as in the web UI the flag
+    comes from)."""
+    if getattr(ctx.flags, "hide_ui_dir_config", False):
+        return False
     return not is_exposed(ctx.flags) or getattr(ctx.flags, "allow_server_folders", False)
 
 
@@ -129,6 +132,8 @@ def _batch_inputs(ctx: UIContext) -> dict:
         inputs["batch_output_dir"] = gr.Textbox(
             label="Output folder (optional: also save the results there, under the pictures' names)",
             elem_id=f"{TAB}_batch_output_dir")
+    elif getattr(ctx.flags, "hide_ui_dir_config", False):
+        gr.Markdown("Folders on the server are not offered (--hide-ui-dir-config). Upload the pictures instead.")
     else:
         gr.Markdown("Folders on the server are not offered while the UI is shared on the network "
                     "(start with --allow-server-folders to allow them). Upload the pictures instead.")

@@ -109,8 +109,7 @@ def install_error_handlers(app: FastAPI) -> None:
         # A bug, not the caller's fault: logged with its traceback, answered in the same shape.
         log.error("%s %s failed", request.method, request.url.path, exc_info=error)
         return JSONResponse(status_code=500, content=error_body(
-            type(error).__name__, "The server failed on this request (its log has the details)",
-            errors=str(error)[:500]))
+            type(error).__name__, "The server failed on this request (its log has the details)"))
 
 
 def _create_app(ctx: UIContext) -> FastAPI:
@@ -155,6 +154,9 @@ def _create_app(ctx: UIContext) -> FastAPI:
             run_history=False,
         )
         gradio_app = mounted_gradio_app(app)
+        # Gradio accepts a file path in an event only if it came from its upload folder, but
+        # checks that only for Blocks it launched itself; mounted ones must say so.
+        blocks.has_launched = True
     else:
         @app.get("/", include_in_schema=False)
         def api_only() -> dict:

@@ -83,7 +83,7 @@ def apply_changes(settings: Settings, changes: dict[str, Any],
     or None when the changes were refused."""
     try:
         coerced = settings.validate(changes)
-        settings.check_editable(coerced)
+        settings.check_editable(settings.changed_keys(coerced))
         ui_defaults.check({**settings.as_dict(), **coerced}, set(coerced), settings.options)
         if extra_check is not None:
             extra_check(coerced)

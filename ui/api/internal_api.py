@@ -15,13 +15,14 @@ from typing import Any
 
 import psutil
 import torch
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from engine.flags import SECRET_FLAGS
 from engine.version import VERSION
 
+from ..access import basic_credentials
 from ..context import UIContext
 from .routes import api_owner
 
@@ -48,8 +49,16 @@ class InternalProgressResponse(BaseModel):
     textinfo: str | None = None
 
 
+def _caller(request: Request) -> None:
+    """The API user an /internal request comes as (the access guard has checked the login), so
+    that it is the same owner as for /sdapi/v1."""
+    login = basic_credentials(dict(request.scope.get("headers") or []))
+    if login is not None:
+        request.state.api_user = login[0]
+
+
 def build_router(ctx: UIContext) -> APIRouter:
-    router = APIRouter(prefix="/internal", tags=["internal"])
+    router = APIRouter(prefix="/internal", tags=["internal"], dependencies=[Depends(_caller)])
     engine = ctx.engine
 
     @router.get("/ping")
@@ -117,7 +126,7 @@ def system_info(ctx: UIContext) -> dict[str, Any]:
         "Platform": platform.platform(),
         "Python": sys.version.split()[0],
         "Version": VERSION,
-        "Commandline": redacted(sys.argv),
+        "Commandline": redacted(sys.argv, secret_values(ctx.flags)),
         "Torch env info": {"torch_version": torch.__version__, "cuda_available": torch.cuda.is_available(),
                            "cuda_version": torch.version.cuda,
                            "devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]},
@@ -135,13 +144,26 @@ def system_info(ctx: UIContext) -> dict[str, Any]:
     }
 
 
-def redacted(argv: list[str]) -> list[str]:
-    """The command line with the values of secret flags (--gradio-auth user:pass, ...) hidden."""
+def secret_values(flags) -> list[str]:
+    """The passwords and tokens the flags hold (however the flag was spelt on the command line)."""
+    found = []
+    for key in SECRET_FLAGS:
+        value = getattr(flags, key, None)
+        if isinstance(value, list):
+            found += [password for _, password in value]
+        elif isinstance(value, str) and key != "gradio_auth_path":
+            found.append(value)
+    return [value for value in found if value]
+
+
+def redacted(argv: list[str], secrets: list[str] = ()) -> list[str]:
+    """The command line with the values of secret flags (--gradio-auth user:pass, ...) hidden, and
+    any argument holding one of `secrets` (a flag may be abbreviated: --api-au)."""
     secret = {"--" + key.replace("_", "-") for key in SECRET_FLAGS}
     shown, hide_next = [], False
     for arg in argv:
         name = arg.split("=", 1)[0]
-        if hide_next:
+        if hide_next or any(value in arg for value in secrets):
             shown.append("<hidden>")
             hide_next = False
         elif name in secret:

@@ -227,8 +227,9 @@ def build_router(ctx: UIContext, auth_dependency) -> APIRouter:
         if wanted is not None and not isinstance(wanted, str):
             raise RequestError("sd_model_checkpoint must be text", "sd_model_checkpoint")
         # A checkpoint switch is a choice of model, not a change of settings: --freeze-settings
-        # leaves it possible.
-        settings.check_editable(known)
+        # leaves it possible. A value sent back unchanged (a client returning what GET gave it)
+        # is no change either.
+        settings.check_editable(settings.changed_keys(known))
         settings.validate(known)  # refuse the whole change if any value is bad
         if "sd_vae" in known:
             engine.addons.vaes.check_choice(known["sd_vae"])
