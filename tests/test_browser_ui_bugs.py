@@ -285,3 +285,36 @@ def test_an_image_editor_refuses_a_file_that_is_no_picture_in_words(page, demo_s
     }""", arg=f"#{editor}")
     assert errors == []
     assert server_errors == []
+
+
+@pytest.mark.parametrize("source", ("pnginfo", "history"))
+def test_a_picture_sent_to_inpaint_after_one_sent_to_img2img_is_drawn(page, demo_server, picture,
+                                                                        source, server_errors):
+    """PNG Info -> Send to img2img, back, -> Send to inpaint: the editor, first shown by that send,
+    kept a canvas of no size and showed nothing. From History, coming back to the tab forgot the
+    chosen picture while still showing it large, so Send to said to click one."""
+    canvases = "() => [...document.querySelectorAll('#img2img_inpaint canvas')].map(c => c.width * c.height)"
+    open_tab(page, demo_server.url, "txt2img")
+    if source == "history":
+        small_job(page, "txt2img", "a picture for history", picture)
+        page.click("#txt2img_generate")
+        wait_for_infotext(page, "txt2img", "a picture for history")
+        page.click("#tab_history-button")
+        page.locator("#history_gallery img").first.click()
+        page.wait_for_function("() => document.querySelector('#history_infotext textarea')"
+                               "?.value.includes('a picture for history')")
+    else:
+        page.click("#tab_pnginfo-button")
+        page.locator("#pnginfo_image input[type=file]").set_input_files(picture)
+        page.locator("#pnginfo_html").get_by_text("holds no generation parameters").wait_for()
+    page.click(f"#{source}_send_to_img2img")
+    page.locator("#img2img_image img").wait_for()
+    page.click(f"#tab_{source}-button")
+    if source == "history":  # coming back keeps the chosen picture chosen
+        page.wait_for_timeout(1000)
+        assert "a picture for history" in page.locator("#history_infotext textarea").input_value()
+    page.click(f"#{source}_send_to_inpaint")
+    page.wait_for_function(f"() => ({canvases})().length > 0 && ({canvases})().every(area => area > 0)")
+    page.locator("#img2img_inpaint canvas").first.wait_for()
+    assert page.locator("#img2img_tab_inpaint-button").get_attribute("aria-selected") == "true"
+    assert server_errors == []

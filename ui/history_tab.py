@@ -62,7 +62,10 @@ def build(ctx: UIContext, tab: gr.Tab) -> dict:
                         for target, label in TARGETS.items()}
             message = gr.Markdown("", elem_id="history_message", elem_classes=["message"])
 
-    def show(which: str, wanted: int) -> dict:
+    def show(which: str, wanted: int, keep: str = "") -> dict:
+        """A page of the list. The chosen picture `keep` stays chosen (and shown large) when it is
+        on the page; otherwise nothing is chosen and the gallery shows its grid, so what is shown
+        is always what Send to sends."""
         try:
             listing = saved.page(which, wanted, PAGE_SIZE)
         except UserError as error:
@@ -75,16 +78,21 @@ def build(ctx: UIContext, tab: gr.Tab) -> dict:
                 log.info("History: %s", error.message)
                 continue
             shown.append(item.name)
-        return {gallery: pictures, names: shown, number: listing.number,
-                where: page_label(listing.number, listing.pages, listing.total),
-                newer: gr.update(interactive=listing.number > 1),
-                older: gr.update(interactive=listing.number < listing.pages),
+        out = {names: shown, number: listing.number,
+               where: page_label(listing.number, listing.pages, listing.total),
+               newer: gr.update(interactive=listing.number > 1),
+               older: gr.update(interactive=listing.number < listing.pages)}
+        if keep and keep in shown:
+            return {**out, gallery: gr.Gallery(value=pictures, selected_index=shown.index(keep))}
+        return {**out, gallery: gr.Gallery(value=pictures, selected_index=None),
                 file_name: "", text: "", chosen: "", message: ""}
 
     page_outputs = [gallery, names, number, where, newer, older, file_name, text, chosen, message]
-    tab.select(lambda which: show(which, 1), inputs=kind, outputs=page_outputs, **_EVENTS)
+    # Coming back to the tab shows the newest pictures, or the chosen one's page while one is chosen.
+    tab.select(lambda which, at, keep: show(which, at if keep else 1, keep), inputs=[kind, number, chosen],
+               outputs=page_outputs, **_EVENTS)
     kind.change(lambda which: show(which, 1), inputs=kind, outputs=page_outputs, **_EVENTS)
-    refresh.click(show, inputs=[kind, number], outputs=page_outputs, **_EVENTS)
+    refresh.click(show, inputs=[kind, number, chosen], outputs=page_outputs, **_EVENTS)
     newer.click(lambda which, at: show(which, at - 1), inputs=[kind, number], outputs=page_outputs, **_EVENTS)
     older.click(lambda which, at: show(which, at + 1), inputs=[kind, number], outputs=page_outputs, **_EVENTS)
 

@@ -41,6 +41,8 @@ def _targets(controls: dict) -> list:
 
 def wire(ctx: UIContext, tabs: gr.Tabs, txt2img: dict, img2img: dict, png_info: dict,
          extras: dict, history: dict) -> None:
+    # Where a picture bound for the inpaint editor waits for one step (see _send_into_img2img).
+    img2img = {**img2img, "pending_inpaint": gr.State(None)}
     for tab in (txt2img, img2img):
         _wire_paste_button(tab)
         for target, button in tab["results"]["send"].items():
@@ -99,22 +101,43 @@ def _wire_paste_button(tab: dict) -> None:
 def _img2img_outputs(tabs: gr.Tabs, img2img: dict) -> list:
     controls = img2img["controls"]
     return [tabs, img2img["subtabs"], controls["subtab"], img2img["inpaint_group"],
-            controls["init_image"], controls["inpaint"], *_targets(controls)]
+            controls["init_image"], img2img["pending_inpaint"], *_targets(controls)]
+
+
+def _send_into_img2img(button: gr.Button, send, inputs: list, tabs: gr.Tabs, img2img: dict,
+                       message) -> None:
+    """Wire `button` to `send` (which returns _into_img2img's update). A picture bound for the
+    inpaint editor arrives one step after the img2img tab is shown, with the switch to the Inpaint
+    sub-tab: Gradio mounts the editor when its sub-tab is first shown, and one mounted while the
+    img2img tab itself was still hidden (sent from PNG Info after an earlier Send to img2img)
+    kept a canvas of no size and stayed empty."""
+    pending, controls = img2img["pending_inpaint"], img2img["controls"]
+
+    def deliver(editor_value):
+        if editor_value is None:
+            return [gr.skip()] * 4 + [None]
+        return [gr.Tabs(selected=SUBTAB_OF["inpaint"]), SUBTAB_OF["inpaint"], gr.update(visible=True),
+                editor_value, None]
+
+    button.click(send, inputs=inputs, outputs=[*_img2img_outputs(tabs, img2img), message],
+                 queue=False, api_visibility="private"
+                 ).then(deliver, inputs=pending,
+                        outputs=[img2img["subtabs"], controls["subtab"], img2img["inpaint_group"],
+                                 controls["inpaint"], pending],
+                        queue=False, api_visibility="private")
 
 
 def _into_img2img(tabs: gr.Tabs, img2img: dict, target: str, image: Image.Image, values: dict) -> dict:
     controls = img2img["controls"]
     out = pasted(controls, values)
-    out.update({
-        tabs: gr.Tabs(selected="img2img"),
-        img2img["subtabs"]: gr.Tabs(selected=SUBTAB_OF[target]),
-        controls["subtab"]: SUBTAB_OF[target],
-        img2img["inpaint_group"]: gr.update(visible=target == "inpaint"),
-    })
-    if target == "inpaint":
-        out[controls["inpaint"]] = {"background": image, "layers": [], "composite": image}
+    out[tabs] = gr.Tabs(selected="img2img")
+    if target == "inpaint":  # the sub-tab and the picture follow (see _send_into_img2img)
+        out[img2img["pending_inpaint"]] = {"background": image, "layers": [], "composite": image}
     else:
-        out[controls["init_image"]] = image
+        out.update({img2img["subtabs"]: gr.Tabs(selected=SUBTAB_OF[target]),
+                    controls["subtab"]: SUBTAB_OF[target],
+                    img2img["inpaint_group"]: gr.update(visible=False),
+                    controls["init_image"]: image})
     return out
 
 
@@ -131,8 +154,8 @@ def _wire_gallery_send(ctx: UIContext, tabs: gr.Tabs, results: dict, img2img: di
         values = paste.control_values(text, send_seed=settings["send_seed"], send_size=settings["send_size"])
         return {**_into_img2img(tabs, img2img, target, image, values), message: ""}
 
-    button.click(send, inputs=[results["gallery"], results["selected"], results["infotexts"]],
-                 outputs=[*_img2img_outputs(tabs, img2img), message], queue=False, api_visibility="private")
+    _send_into_img2img(button, send, [results["gallery"], results["selected"], results["infotexts"]],
+                       tabs, img2img, message)
 
 
 def _wire_png_info(ctx: UIContext, tabs: gr.Tabs, png_info: dict, txt2img: dict, img2img: dict,
@@ -185,8 +208,7 @@ def _wire_picture_sends(tabs: gr.Tabs, send: dict, source, text, load, message, 
             image = load(key)
             if image is None:
                 return {message: nothing_chosen}
-            return {**_into_img2img(tabs, img2img, target, image.convert("RGBA"),
+            return {**_into_img2img(tabs, img2img, target, image,
                                     paste.control_values(parameters)), message: ""}
 
-        send[target].click(to_img2img, inputs=[source, text],
-                           outputs=[*_img2img_outputs(tabs, img2img), message], **private)
+        _send_into_img2img(send[target], to_img2img, [source, text], tabs, img2img, message)
