@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -188,11 +189,13 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
         with torch.serialization.safe_globals(allowed):
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        needed = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+        why = (f"it would need the Python object {needed.group(1)}" if needed
+               else f"it is not a PyTorch file of plain weights ({type(error).__name__})")
         raise RequestError(
-            f"LDSR: '{path.name}' was refused: it is not a PyTorch file of plain weights ({first}). "
-            "Pickles that need more than tensors and plain containers can run code, so they are "
-            "not opened; a model.safetensors of the same weights works too.", "upscaler") from None
+            f"LDSR: '{path.name}' was refused: {why}. Pickles that need more than tensors and "
+            "plain containers can run code, so they are not opened; a model.safetensors of the "
+            "same weights works too.", "upscaler") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
