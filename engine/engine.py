@@ -51,6 +51,11 @@ class Engine:
         self.addons = addons
         self.queue = queue or JobQueue()
         self.fast_path = FastPath(models.device.device, settings.data_dir / "cache" / "torch-compile")
+        # LDSR reads its settings (ldsr_steps, ldsr_cached) when it runs, and stops when its job is
+        # interrupted.
+        upscalers = addons.upscalers
+        upscalers.options = lambda: {key: settings[key] for key in ("ldsr_steps", "ldsr_cached")}
+        upscalers.should_stop = lambda: bool(getattr(self.queue.current, "interrupted", False))
         self.sync_extensions()
         for entry in addons.extensions.loaded():
             entry.extension.attach(addons)

@@ -19,6 +19,7 @@ from .conditioning import EMPHASIS_MODES
 from .errors import ForbiddenError, RequestError
 from .faces import RESTORERS
 from .fast_path import FAST_PATH_OPTIONS
+from .ldsr import LDSR_OPTIONS
 from .memory_modes import MEMORY_MODES
 from .option import Option
 from .options_sampling import IMG2IMG_OPTIONS, SAMPLING_OPTIONS
@@ -102,7 +103,7 @@ OPTIONS: tuple[Option, ...] = SAVING_OPTIONS + (
            "(less VRAM, a little slower); medvram-sdxl does so for SDXL models only; lowvram brings "
            "the weights to the GPU layer by layer (least VRAM, slower)", "Memory and speed",
            choices=MEMORY_MODES),
-) + SAMPLING_OPTIONS + IMG2IMG_OPTIONS + FAST_PATH_OPTIONS + UI_OPTIONS
+) + SAMPLING_OPTIONS + IMG2IMG_OPTIONS + FAST_PATH_OPTIONS + UI_OPTIONS + LDSR_OPTIONS
 
 
 class Settings:

@@ -2,6 +2,8 @@
 engine/model_catalogue.py), listed whether or not their file is downloaded yet, and the files
 users put in models/ESRGAN, models/RealESRGAN, models/SwinIR or models/ScuNET, listed by file name.
 A model is loaded when first used (one kept in memory) and run in tiles so big pictures fit.
+LDSR, the ecosystem's latent-diffusion upscaler, is listed when its files are in models/LDSR (or
+the folder --ldsr-models-path names) and runs as the ecosystem runs it (engine/ldsr.py).
 
 A standard model's file is looked for under the ecosystem's own name in its folder (and the other
 names the same file goes by); that name also selects it, since the ecosystem lists a downloaded
@@ -19,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import memory_guard
+from . import ldsr, memory_guard
 from .errors import RequestError
 from .esrgan import read_state
 from .model_catalogue import (
@@ -37,11 +39,6 @@ FAMILY_OF_FOLDER = {"ESRGAN": "ESRGAN_4x", "SwinIR": "SwinIR 4x", "ScuNET": "Scu
 TILE = 192  # input pixels per tile side (with TILE_PAD around it)
 TILE_PAD = 16
 MAX_PASSES = 3  # a 2x model run again to reach 4x, as the ecosystem does, at most this often
-# Names the ecosystem lists that this app cannot run, with what to say instead of "not found".
-UNSUPPORTED = {
-    "LDSR": "LDSR (the latent-diffusion upscaler of models/LDSR) is not available in SD Studio: its "
-            "network is not built in. Use R-ESRGAN 4x+, SwinIR 4x or ESRGAN_4x instead",
-}
 
 
 @dataclass(frozen=True)
@@ -57,16 +54,26 @@ class UpscalerInfo:
 
 class UpscalerLibrary:
     def __init__(self, folders: list[Path], catalogue: ModelCatalogue | None = None,
-                 models_dir: Path | None = None, folder_of: Callable[[str], Path] | None = None):
+                 models_dir: Path | None = None, folder_of: Callable[[str], Path] | None = None,
+                 ldsr_folder: Path | None = None):
         """`folders`: where users' files are listed from; `models_dir`: where the catalogue's
         folders are (default: the first folder's parent); `folder_of`: a catalogue folder name to
-        the folder in use, when start flags moved some (default: inside `models_dir`)."""
+        the folder in use, when start flags moved some (default: inside `models_dir`);
+        `ldsr_folder`: where LDSR's model.ckpt and project.yaml are (default: models_dir/LDSR)."""
         self.folders = [Path(f) for f in folders]
         self.catalogue = catalogue or ModelCatalogue(entries=())
         self.models_dir = Path(models_dir) if models_dir else (self.folders[0].parent if self.folders else Path("."))
         self.folder_of = folder_of or (lambda name: self.models_dir / name)
+        self.ldsr_folder = Path(ldsr_folder) if ldsr_folder else self.models_dir / "LDSR"
+        # The ecosystem's LDSR settings (ldsr_steps, ldsr_cached), read when LDSR runs; the
+        # engine points this at its settings. `should_stop`: whether the running job was
+        # interrupted (LDSR then stops sampling and gives the picture Lanczos-resized).
+        self.options: Callable[[], dict] = lambda: {}
+        self.should_stop: Callable[[], bool] = lambda: False
+        self.ldsr_seed: int | None = None  # fixed noise for LDSR (tests); None: fresh each run
         self._lock = threading.Lock()
         self._loaded: tuple[Path, float, torch.nn.Module] | None = None
+        self._ldsr: tuple[Path, float, ldsr.Ldsr] | None = None
 
     # What there is.
     def standard(self) -> list[CatalogueEntry]:
@@ -97,9 +104,14 @@ class UpscalerLibrary:
                         found.setdefault(path.stem, path)
         return dict(sorted(found.items(), key=lambda item: item[0].lower()))
 
+    def ldsr_file(self) -> Path | None:
+        """LDSR's weights when they are in its folder."""
+        return ldsr.model_file(self.ldsr_folder)
+
     def names(self) -> list[str]:
         """Every model upscaler by name, sorted as the ecosystem sorts them (case ignored)."""
-        return sorted([entry.name for entry in self.standard()] + list(self.files()), key=str.lower)
+        extra = [ldsr.NAME] if self.ldsr_file() else []
+        return sorted([entry.name for entry in self.standard()] + list(self.files()) + extra, key=str.lower)
 
     def canonical(self, name: str) -> str | None:
         """The listed name `name` stands for (a standard model's file name selects it too), or None."""
@@ -109,6 +121,8 @@ class UpscalerLibrary:
             return name
         if name in self.files():
             return name
+        if name == ldsr.NAME and self.ldsr_file():
+            return name
         entry = self._claimed().get(name.lower())
         return entry.name if entry is not None else None
 
@@ -117,7 +131,10 @@ class UpscalerLibrary:
         described = []
         for name in self.names():
             entry = self.catalogue.get(name)
-            if entry is not None:
+            if name == ldsr.NAME and name not in files and entry is None:
+                # The ecosystem lists it with no model_name of its own; scale 4 is its factor.
+                described.append(UpscalerInfo(name, None, self.ldsr_file(), None, 4))
+            elif entry is not None:
                 described.append(UpscalerInfo(name, entry.family, self.standard_file(entry),
                                               self.catalogue.url(entry), entry.scale))
             else:
@@ -125,11 +142,11 @@ class UpscalerLibrary:
         return described
 
     # Using one.
-    @staticmethod
-    def refuse_unsupported(name: str, field: str = "upscaler") -> None:
-        """RequestError saying why, for a name the ecosystem has but this app cannot run."""
-        if isinstance(name, str) and name.strip() in UNSUPPORTED:
-            raise RequestError(UNSUPPORTED[name.strip()], field)
+    def refuse_unsupported(self, name: str, field: str = "upscaler") -> None:
+        """RequestError saying what is missing, for a name the ecosystem has that this app can
+        run only once its files are in place (LDSR without models/LDSR/model.ckpt)."""
+        if isinstance(name, str) and name.strip() == ldsr.NAME and self.ldsr_file() is None:
+            raise RequestError(ldsr.missing_message(self.ldsr_folder), field)
 
     def require(self, name: str, field: str = "upscaler") -> None:
         """ModelNotDownloaded when `name` is a standard model whose file is not on disk yet."""
@@ -159,6 +176,8 @@ class UpscalerLibrary:
                 device: torch.device | str = "cpu") -> Image.Image:
         """The picture through the model (its own factor, tile by tile; again while still smaller
         than asked, as the ecosystem does), then to width x height."""
+        if self.canonical(name) == ldsr.NAME and name not in self.files():
+            return self._ldsr_upscale(image, width, height, device)
         with memory_guard.stage("upscale"):
             model = self.model(name).to(device)
             result = image.convert("RGB")
@@ -170,6 +189,43 @@ class UpscalerLibrary:
                 result = _through(model, result, device)
                 if model.scale <= 1 or (result.width >= width and result.height >= height):
                     break
+        if result.size != (width, height):
+            result = result.resize((width, height), Image.Resampling.LANCZOS)
+        return result
+
+
+    def ldsr_model(self) -> ldsr.Ldsr:
+        """LDSR read from its folder (kept while the ldsr_cached setting is on and the file is
+        unchanged)."""
+        path = self.ldsr_file()
+        if path is None:
+            raise RequestError(ldsr.missing_message(self.ldsr_folder), "upscaler")
+        stamp = path.stat().st_mtime
+        if self._ldsr is not None and self._ldsr[:2] == (path, stamp):
+            return self._ldsr[2]
+        self._ldsr = None
+        model = ldsr.Ldsr.from_folder(self.ldsr_folder)
+        if self.options().get("ldsr_cached", False):
+            self._ldsr = (path, stamp, model)
+        return model
+
+    def _ldsr_upscale(self, image: Image.Image, width: int, height: int, device) -> Image.Image:
+        """One LDSR pass at the scale asked (it lands on it: the ecosystem resizes the picture by
+        scale / 4 first), then to width x height. Not tiled by TILE: LDSR patches its latents itself."""
+        image = image.convert("RGB")
+        scale = max(width / image.width, height / image.height)
+        options = self.options()
+        steps = int(options.get("ldsr_steps", ldsr.DEFAULT_STEPS))
+        with memory_guard.stage("upscale"), self._lock:
+            model = self.ldsr_model().to(device)
+            try:
+                result = model.upscale(image, scale, steps, seed=self.ldsr_seed, should_stop=self.should_stop)
+            finally:
+                if self._ldsr is None:  # not cached: let it go now
+                    model.to("cpu")
+                    del model
+        if result is None:  # interrupted
+            result = image
         if result.size != (width, height):
             result = result.resize((width, height), Image.Resampling.LANCZOS)
         return result

@@ -180,13 +180,14 @@ def test_a_missing_standard_model_is_refused_before_the_queue(standard_engine, m
         submit(request)
 
 
-def test_ldsr_is_refused_with_what_to_use_instead(standard_engine):
+def test_ldsr_without_its_files_says_what_to_put_where(standard_engine):
     from engine.errors import RequestError
     for submit, request in (
             (standard_engine.extras, ExtrasRequest(picture(), upscaler="LDSR", scale=2)),
             (standard_engine.submit, GenerationRequest(prompt="x", steps=3, width=64, height=64, extensions={
                 "hires_fix": {"enabled": True, "upscaler": "LDSR"}}))):
-        with pytest.raises(RequestError, match="LDSR .* is not available in SD Studio.*Use R-ESRGAN 4x\\+"):
+        with pytest.raises(RequestError, match=r"LDSR needs its model files.*model\.ckpt.*project\.yaml.*"
+                                               r"LDSR.*[Uu]se R-ESRGAN 4x\+"):
             submit(request)
     assert "LDSR" not in standard_engine.upscaler_names()
 
