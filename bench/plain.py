@@ -17,9 +17,31 @@ import torch
 
 from engine import samplers
 
-# The engine draws a sampler's step noise from seed + this (engine/seeds.py step_generators);
-# plain diffusers is given a generator seeded the same way, so that both add the same noise.
+# Plain diffusers' step noise comes from a generator of its own (the engine's from each image's
+# seed generator, as A1111 draws it): the pictures of the ancestral samplers differ by that noise.
 STEP_NOISE_OFFSET = 0x5EED
+
+# The diffusers scheduler a diffusers user picks for each sampler name (its documentation's table),
+# with the schedule the name implies.
+_DIFFUSERS_SCHEDULERS = {
+    "Euler a": ("EulerAncestralDiscreteScheduler", {"timestep_spacing": "linspace"}),
+    "Euler": ("EulerDiscreteScheduler", {"timestep_spacing": "linspace"}),
+    "LMS": ("LMSDiscreteScheduler", {"timestep_spacing": "linspace"}),
+    "Heun": ("HeunDiscreteScheduler", {"timestep_spacing": "linspace"}),
+    "DPM++ 2M": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
+    "DDIM": ("DDIMScheduler", {}),
+    "UniPC": ("UniPCMultistepScheduler", {}),
+}
+
+
+def diffusers_scheduler(sampler_name: str, scheduler_config: dict):
+    """The plain diffusers scheduler for a sampler name (Euler a for names it has no entry for)."""
+    import diffusers
+
+    sampler, _ = samplers.resolve(sampler_name)
+    class_name, overrides = _DIFFUSERS_SCHEDULERS.get(sampler.name, _DIFFUSERS_SCHEDULERS["Euler a"])
+    config = {key: value for key, value in scheduler_config.items() if not key.startswith("_")}
+    return getattr(diffusers, class_name).from_config({**config, **overrides})
 
 
 @dataclass(frozen=True)
@@ -51,10 +73,7 @@ def plain_pipeline(base, family: str, scheduler_config: dict, job: Job):
     """A diffusers pipeline of the engine's weights with the job's sampler."""
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    sampler, schedule = samplers.resolve(job.sampler)
-    # The scheduler the engine builds for this sampler name (same class and settings): a
-    # diffusers scheduler, nothing of the engine runs inside it.
-    scheduler = samplers.build_scheduler(sampler, schedule, scheduler_config, job.seed)
+    scheduler = diffusers_scheduler(job.sampler, scheduler_config)
     parts = dict(unet=twin(base.unet), vae=twin(base.vae), text_encoder=twin(base.text_encoder),
                  tokenizer=base.tokenizer, scheduler=scheduler)
     if family == "sdxl":

@@ -249,6 +249,11 @@ class Engine:
             run=RunOptions(
                 eta_defaults={"eta_ancestral": settings["eta_ancestral"], "eta_ddim": settings["eta_ddim"]},
                 always_discard=settings["always_discard_next_to_last_sigma"],
+                schedule_options=samplers.schedule_parameters(settings),
+                uni_pc={"variant": settings["uni_pc_variant"], "skip_type": settings["uni_pc_skip_type"],
+                        "order": settings["uni_pc_order"], "lower_order_final": settings["uni_pc_lower_order_final"]},
+                sgm_noise_multiplier=settings["sgm_noise_multiplier"],
+                img2img_extra_noise=settings["img2img_extra_noise"],
                 img2img_color_correction=settings["img2img_color_correction"],
                 upscaler_for_img2img=settings["upscaler_for_img2img"],
                 enable_pnginfo=settings["enable_pnginfo"],

@@ -7,13 +7,11 @@ Pieces, each switched on per job where it helps and measured by `python -m bench
   added; a job with LoRAs (which wrap the separate projections) runs with unfused processors.
 - half_vae: decode in fp16 even where the VAE's config asks for fp32; a decode with NaN is redone
   in fp32, which then stays (engine/vae.py).
-- async_noise: ancestral and SDE samplers add noise every step, drawn on the CPU so that a seed
-  means the same picture on any device; a plain copy to the GPU makes the CPU wait for the GPU to
-  finish the step first. Drawn the same way, it is copied from pinned memory without waiting.
 - compile: the opt-in `torch_compile` setting: torch.compile of the UNet and the VAE decoder,
   once per shape, announced in the job's progress text (engine/compiled.py).
 
-Live previews do not stall the GPU either (engine/preview.py), and the prompts are encoded once
+Step noise drawn on the CPU (the CPU and NV sources) reaches the GPU from pinned memory without
+making the CPU wait (engine/sampling/noise.py), live previews do not stall the GPU either (engine/preview.py), and the prompts are encoded once
 per job, not per batch (engine/generation.py).
 
 On other devices every piece is off: a CPU gains nothing from them or cannot run them.
@@ -24,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import sys
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +36,7 @@ from .vae import HALF_FIRST
 
 log = logging.getLogger(__name__)
 
-PIECES = ("channels_last", "fused_qkv", "half_vae", "async_noise", "compile")
+PIECES = ("channels_last", "fused_qkv", "half_vae", "compile")
 # Pieces to leave off, for measuring what each gives: SD_STUDIO_FAST_PATH="-fused_qkv,-compile",
 # or "off" for none at all.
 FAST_PATH_ENV = "SD_STUDIO_FAST_PATH"
@@ -124,8 +121,6 @@ class FastPath:
             fused = self._fused.get(pipe.unet)
             if fused is not None and traits.loras:
                 stack.enter_context(fused.unfused())
-            if "async_noise" in pieces:
-                stack.enter_context(noise_without_waiting())
             if "compile" in pieces and not (traits.loras or traits.patched):
                 mode = settings["torch_compile_mode"]
                 self._compile(stack, pipe.unet, "UNet", mode, job)
@@ -233,46 +228,3 @@ def _fuse_sharing_weights(attention) -> None:
         if linear.bias is not None:
             linear.bias = torch.nn.Parameter(fused.bias[start:start + rows], requires_grad=False)
         start += rows
-
-
-# Step noise without a host sync.
-def _original_randn():
-    from diffusers.utils import torch_utils
-
-    return torch_utils.randn_tensor
-
-
-def randn_without_waiting(shape, generator=None, device=None, dtype=None, layout=None):
-    """diffusers' randn_tensor, except that noise drawn on the CPU for a GPU tensor is copied
-    from pinned memory without making the CPU wait for the GPU: the same numbers."""
-    original = _original_randn()
-    target = torch.device(device) if device is not None else None
-    generators = generator if isinstance(generator, list) else [generator]
-    if target is None or target.type != "cuda" or generator is None or \
-            any(g.device.type != "cpu" for g in generators):
-        return original(shape, generator=generator, device=device, dtype=dtype, layout=layout)
-    noise = original(shape, generator=generator, device=torch.device("cpu"), dtype=dtype, layout=layout)
-    return noise.pin_memory().to(target, non_blocking=True)
-
-
-@contextlib.contextmanager
-def noise_without_waiting() -> Iterator[None]:
-    """The schedulers draw their step noise with randn_without_waiting inside the block.
-
-    They call the randn_tensor each imported into its module; only the GPU lane runs pipelines,
-    so swapping those names for one job affects no one else."""
-    from .samplers import SAMPLERS
-
-    for sampler in SAMPLERS:  # diffusers imports a scheduler's module on first use: now
-        with contextlib.suppress(Exception):
-            sampler.cls
-    original = _original_randn()
-    swapped = [module for name, module in list(sys.modules.items())
-               if name.startswith("diffusers.schedulers.") and getattr(module, "randn_tensor", None) is original]
-    for module in swapped:
-        module.randn_tensor = randn_without_waiting
-    try:
-        yield
-    finally:
-        for module in swapped:
-            module.randn_tensor = original

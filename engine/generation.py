@@ -15,20 +15,21 @@ from . import extensions, infotext, memory_guard, samplers
 from .addons import AddOns
 from .conditioning import PromptEncoder, ScheduledConditioning
 from .controlnet import apply as control
-from .devices import latent_dtype
 from .errors import RequestError
 from .filenames import ImageFields
 from .job_results import GenerationResult, OutputPolicy, hash_list, image_params
 from .jobs import Job
 from .lora import AppliedLoras, applied_loras
 from .memory_modes import applied as memory_modes_applied
-from .negative_guidance import skipping_negative
 from .outputs import OutputWriter, make_grid
 from .pipelines import LoadedModel
 from .preview import preview_image
 from .prompt_parser import extract_extra_networks
 from .request import LATENT_UPSCALE_MODES, GenerationRequest
-from .seeds import JobSeeds, initial_latents, job_seeds, noise_device, step_generators
+from .sampling.denoiser import CFGDenoiser, Conditioning, Interrupted, guidance_embedding
+from .sampling.noise import ImageNoise
+from .sampling.runner import BatchSampling, Img2ImgStart, SamplingPlan
+from .seeds import DEFAULT_RANDN_SOURCE, JobSeeds, job_seeds, latent_shape
 from .vae import decode_fitting, encode
 
 
@@ -74,7 +75,7 @@ class Txt2ImgRun:
         self.sampler, self.schedule = samplers.resolve(request.sampler_name, request.scheduler)
         self.seeds: JobSeeds = job_seeds(request)
         self.pipe = model.pipeline_for(self.task)
-        self._batch_steps = self.sampling_steps
+        self._conditioning_state = {"step": 1}  # which prompt-editing step samples now
         self._blank_conditioning = None
         self.active = addons.extensions.active(request.mode, request.extensions)
         # What a second pass prompts with; run() sets them after styles and LoRA tags (styled:
@@ -159,7 +160,7 @@ class Txt2ImgRun:
             extra["Clip skip"] = request.clip_skip
         if request.emphasis not in ("", "Original"):
             extra["Emphasis"] = request.emphasis
-        if request.randn_source not in ("", "CPU"):
+        if request.randn_source not in ("", DEFAULT_RANDN_SOURCE):
             extra["RNG"] = request.randn_source
         extra.update(self._sampler_notes()[0])
         if request.eta_noise_seed_delta and self.sampler.uses_ensd and self.eta != 0:
@@ -212,7 +213,7 @@ class Txt2ImgRun:
         run = self._control_pass
         if run is None:
             return None
-        return run._control_step, max(1, getattr(run.pipe, "_num_timesteps", 0) or run.sampling_steps)
+        return run._control_step, max(1, run.sampling_steps)
 
     def second_pass(self, request: GenerationRequest, seed: int, subseed: int, keep_control: bool = False,
                     checkpoint: str | None = None, exact_steps: bool = False) -> Image.Image:
@@ -308,42 +309,88 @@ class Txt2ImgRun:
     def _sample(self, seeds, subseeds, cond: ScheduledConditioning, uncond: ScheduledConditioning,
                 batch: int) -> list[Image.Image]:
         request, pipe = self.request, self.pipe
-        device, dtype = self.model.device, latent_dtype(pipe.unet)
         count = len(seeds)
-        draw_on = noise_device(request.randn_source, device)
-        noise = initial_latents(request, seeds, subseeds, self.model.vae_scale_factor, draw_on)
-        eta = self.eta
-        pipe.scheduler = samplers.build_scheduler(self.sampler, self.schedule, self.model.scheduler_config,
-                                                  seeds[0], samplers.SamplerParams.of(
-                                                      request.replace(eta=eta), self.policy.run.always_discard))
-        first_cond, first_uncond = cond.at(1), uncond.at(1)
-        switching = not (cond.is_constant and uncond.is_constant)
-        tensor_inputs = ["latents"] + (["prompt_embeds"] if switching else [])
-        kwargs = dict(
-            prompt_embeds=first_cond.embeds.expand(count, -1, -1),
-            negative_prompt_embeds=first_uncond.embeds.expand(count, -1, -1),
-            num_inference_steps=self._schedule_steps(), guidance_scale=request.cfg_scale, eta=eta,
-            generator=step_generators(seeds, draw_on, tuple(noise.shape[1:]), request.eta_noise_seed_delta or 0),
-            callback_on_step_end=self._callback(batch, cond, uncond, count),
-            output_type="latent",
-        )
+        noise = self._noise(seeds, subseeds)
+        denoiser = self._denoiser(cond, uncond, count, batch)
         with torch.inference_mode():
-            kwargs.update(self._task_inputs(noise.to(device, dtype), batch))
-        if self.model.is_sdxl:
-            kwargs["pooled_prompt_embeds"] = first_cond.pooled.expand(count, -1)
-            kwargs["negative_pooled_prompt_embeds"] = first_uncond.pooled.expand(count, -1)
-            if switching:
-                tensor_inputs.append("add_text_embeds")
-        kwargs["callback_on_step_end_tensor_inputs"] = tensor_inputs
-        alphas = getattr(pipe.scheduler, "alphas_cumprod", None)
-        negative_skip = skipping_negative(
-            pipe.unet, (request.s_min_uncond or 0.0) if alphas is not None else 0.0, alphas,
-            guiding=lambda: pipe.do_classifier_free_guidance, on_skip=self._negative_skipped)
-        with torch.inference_mode():
-            with memory_guard.stage("denoise"), negative_skip:
-                latents = pipe(**kwargs).images
+            first_noise = noise.next()
+            start = self._start(batch, first_noise, denoiser, seeds)
+            sampling = BatchSampling(self._plan(), denoiser, noise, seeds, self._callback(batch, denoiser))
+            with memory_guard.stage("denoise"):
+                latents = self._after_sampling(sampling.run(first_noise, start), denoiser)
+            self.negative_skips += denoiser.skipped_uncond
             images = decode_fitting(pipe.vae, latents, self.memory_notes)
             return list(pipe.image_processor.postprocess(images, output_type="pil"))
+
+    def _noise(self, seeds, subseeds) -> ImageNoise:
+        """The noise of one batch: A1111's per-image generators from the source the job names."""
+        request = self.request
+        resize = (request.seed_resize[1], request.seed_resize[0]) if request.seed_resize else None
+        return ImageNoise(latent_shape(request.width, request.height, self.model.vae_scale_factor),
+                          list(seeds), list(subseeds), request.subseed_strength, resize,
+                          source=request.randn_source or DEFAULT_RANDN_SOURCE, device=self.model.device,
+                          eta_noise_seed_delta=request.eta_noise_seed_delta or 0)
+
+    def _plan(self) -> SamplingPlan:
+        request, run = self.request, self.policy.run
+        return SamplingPlan(
+            self.sampler, self.schedule, request.steps,
+            samplers.sampler_parameters(self.sampler, request, self.eta), run.always_discard,
+            run.schedule_options, run.uni_pc, run.sgm_noise_multiplier, self.model.is_sdxl)
+
+    def _denoiser(self, cond: ScheduledConditioning, uncond: ScheduledConditioning, count: int,
+                  batch: int) -> CFGDenoiser:
+        request, unet = self.request, self.pipe.unet
+        device = self.model.device
+        mode = {"k": "k", "timesteps": "eps", "lcm": "lcm"}[self.sampler.kind]
+        table = self.model.sigma_table(lcm=mode == "lcm", device=device)
+        state = self._conditioning_state = {"step": 1}
+
+        def conditioning() -> Conditioning:
+            step = state["step"]
+            positive, negative = cond.at(step), uncond.at(step)
+            return Conditioning(
+                positive.embeds.to(device).expand(count, -1, -1), negative.embeds.to(device).expand(count, -1, -1),
+                None if positive.pooled is None else positive.pooled.to(device).expand(count, -1),
+                None if negative.pooled is None else negative.pooled.to(device).expand(count, -1))
+
+        job = self.job
+
+        def before_call() -> None:
+            if job.should_stop_sampling:
+                raise Interrupted()
+
+        time_ids = None
+        if self.model.is_sdxl:  # original size, crop top-left, target size, as A1111 sends them
+            time_ids = torch.tensor([[request.height, request.width, 0, 0, request.height, request.width]],
+                                    dtype=torch.float32)
+        embedded = getattr(unet.config, "time_cond_proj_dim", None)
+        return CFGDenoiser(unet, table, self.model.prediction_type, request.cfg_scale, conditioning,
+                           mode=mode, image_cond=self._image_conditioning(count, batch), time_ids=time_ids,
+                           s_min_uncond=request.s_min_uncond or 0.0,
+                           guidance_embedding=guidance_embedding(request.cfg_scale, embedded) if embedded else None,
+                           before_call=before_call)
+
+    def _image_conditioning(self, count: int, batch: int) -> torch.Tensor | None:
+        """An inpainting model's extra input channels (mask, masked picture); None for others."""
+        if not self.model.is_inpainting:
+            return None
+        request = self.request
+        scale = self.model.vae_scale_factor
+        if self._blank_conditioning is None:
+            # txt2img on an inpainting model: everything masked, a grey picture behind it.
+            grey = torch.zeros(1, 3, request.height, request.width)
+            encoded = encode(self.pipe.vae, grey).float()
+            self._blank_conditioning = torch.cat([torch.ones_like(encoded[:, :1]), encoded], dim=1)
+        return self._blank_conditioning.expand(count, -1, -1, -1)
+
+    def _start(self, batch: int, first_noise: torch.Tensor, denoiser: CFGDenoiser, seeds) -> Img2ImgStart | None:
+        """What sampling starts from: None for pure noise (txt2img)."""
+        return None
+
+    def _after_sampling(self, latents: torch.Tensor, denoiser: CFGDenoiser) -> torch.Tensor:
+        """The sampled latents before decoding (img2img blends the unmasked part back)."""
+        return latents
 
     def _sampler_notes(self) -> tuple[dict[str, Any], list[str]]:
         """The sampler parameters' infotext keys, and warnings for those this sampler cannot use."""
@@ -354,66 +401,26 @@ class Txt2ImgRun:
     def eta(self) -> float:
         return samplers.eta_for(self.sampler, self.request.eta, self.policy.run.eta_defaults)
 
-    def _schedule_steps(self) -> int:
-        """The steps the sampler's schedule is made for (img2img may run only the last part)."""
-        return self.request.steps
-
     def _negative_skipped(self) -> None:
         self.negative_skips += 1
-
-    def _task_inputs(self, noise: torch.Tensor, batch: int) -> dict[str, Any]:
-        """The pipeline arguments that say what to start from (here: pure noise)."""
-        request = self.request
-        inputs: dict[str, Any] = {"latents": noise, "width": request.width, "height": request.height}
-        if self.model.is_inpainting:
-            inputs.update(self._blank_canvas_inputs(noise))
-        return inputs
-
-    def _blank_canvas_inputs(self, noise: torch.Tensor) -> dict[str, Any]:
-        """An inpainting model's txt2img: everything masked, nothing of a (grey) image kept."""
-        count, _, height, width = noise.shape
-        if self._blank_conditioning is None:
-            scale = self.model.vae_scale_factor
-            grey = torch.zeros(1, 3, height * scale, width * scale)
-            self._blank_conditioning = encode(self.pipe.vae, grey)
-        masked = self._blank_conditioning.to(noise.device, noise.dtype).expand(count, -1, -1, -1)
-        return {"image": torch.zeros_like(noise), "strength": 1.0, "masked_image_latents": masked,
-                "mask_image": Image.new("L", (self.request.width, self.request.height), 255)}
 
     def _finish(self, images: list[Image.Image], batch: int) -> list[Image.Image]:
         """Work on the decoded images before they are saved (img2img pastes them back)."""
         return images
 
-    def _callback(self, batch: int, cond: ScheduledConditioning, uncond: ScheduledConditioning,
-                  count: int):
+    def _callback(self, batch: int, denoiser: CFGDenoiser):
         job, every, family = self.job, self.policy.preview_every, self.model.family
-        preview_method = self.policy.preview_method
-        n_iter, steps, is_sdxl = self.request.n_iter, self.sampling_steps, self.model.is_sdxl
-        switching = not (cond.is_constant and uncond.is_constant)
+        preview_method, pipe = self.policy.preview_method, self.pipe
+        state = self._conditioning_state
 
-        def on_step_end(pipe, index: int, timestep, tensors: dict) -> dict:
+        def on_step(index: int, denoised: torch.Tensor) -> None:
             self._control_step = index + 1
-            if index == 0:
-                # Second-order samplers call the model more often than `steps`: use the real count.
-                self._batch_steps = max(1, pipe.num_timesteps)
-                job.set_total(self._batch_steps * n_iter)
-                job.step = batch * self._batch_steps
+            state["step"] = index + 2  # prompt editing: the step that samples next (1-based)
             job.advance()
-            if every and (index + 1) % every == 0 and "latents" in tensors:
-                job.set_preview(preview_image(preview_method, pipe, tensors["latents"], family))
-            if switching:
-                # Prompt editing: the sampling step that runs next, counted in the user's steps.
-                this_step = index * steps // self._batch_steps + 1
-                next_step = (index + 1) * steps // self._batch_steps + 1
-                if cond.at(next_step) is not cond.at(this_step) or \
-                        uncond.at(next_step) is not uncond.at(this_step):
-                    _switch_conditioning(pipe, tensors, cond.at(next_step), uncond.at(next_step),
-                                         count, is_sdxl)
-            if job.should_stop_sampling:
-                pipe._interrupt = True
-            return tensors
+            if every and (index + 1) % every == 0:
+                job.set_preview(preview_image(preview_method, pipe, denoised, family))
 
-        return on_step_end
+        return on_step
 
 
 @contextlib.contextmanager
@@ -421,16 +428,3 @@ def _both(first, second):
     """Two contexts as one: `second` inside `first`, undone in reverse."""
     with first, second:
         yield
-
-
-def _switch_conditioning(pipe, tensors: dict, cond, uncond, count: int, is_sdxl: bool) -> None:
-    """Replace the embeddings the pipeline uses from the next step on (negative first, with CFG)."""
-    embeds = cond.embeds.expand(count, -1, -1)
-    if pipe.do_classifier_free_guidance:
-        embeds = torch.cat([uncond.embeds.expand(count, -1, -1), embeds])
-    tensors["prompt_embeds"] = embeds.to(tensors["prompt_embeds"].dtype)
-    if is_sdxl:
-        pooled = cond.pooled.expand(count, -1)
-        if pipe.do_classifier_free_guidance:
-            pooled = torch.cat([uncond.pooled.expand(count, -1), pooled])
-        tensors["add_text_embeds"] = pooled.to(tensors["add_text_embeds"].dtype)

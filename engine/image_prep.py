@@ -191,7 +191,8 @@ class PreparedMask:
     def latent(self, scale: int = 8) -> np.ndarray:
         """1 where the model repaints, 0 where it keeps, one value per latent pixel."""
         width, height = self.processing.size
-        small = self.processing.resize((width // scale, height // scale), Image.Resampling.BILINEAR)
+        # A1111 shrinks the blurred mask with PIL's default (bicubic) filter, then rounds.
+        small = self.processing.resize((width // scale, height // scale), Image.Resampling.BICUBIC)
         return np.round(np.asarray(small, dtype=np.float32) / 255.0)
 
     def pixels(self) -> np.ndarray:

@@ -16,6 +16,9 @@ from PIL import Image
 
 from . import color_correction, image_prep
 from .generation import Txt2ImgRun
+from .sampling.denoiser import CFGDenoiser
+from .sampling.noise import ImageNoise
+from .sampling.runner import Img2ImgStart
 from .image_prep import InitImage, PreparedMask
 from .request import LATENT_UPSCALE_MODES
 from .vae import encode
@@ -25,16 +28,6 @@ def image_tensor(image: Image.Image) -> torch.Tensor:
     """An RGB image as a (1, 3, H, W) tensor in [-1, 1]."""
     array = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
     return torch.from_numpy(array).permute(2, 0, 1)[None]
-
-
-def _replace_noise(scheduler, noise: torch.Tensor) -> None:
-    """Make the pipeline noise the init latents with our seeded noise instead of its own."""
-    add_noise = scheduler.add_noise
-
-    def add_our_noise(samples, _their_noise, timesteps):
-        return add_noise(samples, noise.to(samples.device, samples.dtype), timesteps)
-
-    scheduler.add_noise = add_our_noise
 
 
 class Img2ImgRun(Txt2ImgRun):
@@ -73,15 +66,6 @@ class Img2ImgRun(Txt2ImgRun):
         it, or with exact_steps all `steps` of a longer schedule."""
         return self.request.img2img_steps
 
-    def _schedule_steps(self) -> int:
-        return self.request.schedule_steps
-
-    def _strength(self) -> float:
-        """What the pipeline is told, so that it runs `sampling_steps` of `_schedule_steps`."""
-        if not self.request.exact_steps:
-            return self.request.denoising_strength
-        return min(1.0, (self.sampling_steps + 0.5) / self._schedule_steps())
-
     def _task_params(self) -> dict[str, Any]:
         request = self.request
         params: dict[str, Any] = {"Denoising strength": request.denoising_strength}
@@ -118,44 +102,48 @@ class Img2ImgRun(Txt2ImgRun):
         start = batch * self.request.batch_size
         return [(start + j) % len(self.inits) for j in range(count)]
 
-    def _task_inputs(self, noise: torch.Tensor, batch: int) -> dict[str, Any]:
+    def _start(self, batch: int, first_noise: torch.Tensor, denoiser: CFGDenoiser, seeds) -> Img2ImgStart:
+        """The init latents of this batch (masked content applied), with the denoiser told what
+        to keep where there is a mask, as A1111 prepares an img2img pass."""
         request = self.request
-        count = noise.shape[0]
+        count = first_noise.shape[0]
         indices = self._indices(batch, count)
-        noise = noise * request.initial_noise_multiplier
-        latents = torch.cat([self._init_latents(i) for i in indices]).to(noise.device, noise.dtype)
-        latent_mask = None
+        device = first_noise.device
+        latents = torch.cat([self._init_latents(i) for i in indices]).to(device, torch.float32)
+        if request.initial_noise_multiplier != 1.0:
+            first_noise *= request.initial_noise_multiplier
         if self.mask is not None:
-            latent_mask = torch.from_numpy(self.mask.latent()).to(noise.device, noise.dtype)
+            repaint = torch.from_numpy(self.mask.latent()).to(device, torch.float32)
+            keep = 1.0 - repaint
             if request.inpainting_fill == image_prep.LATENT_NOISE:
-                latents = latents * (1 - latent_mask) + noise * latent_mask
+                fresh = ImageNoise(tuple(latents.shape[1:]), list(seeds), source=request.randn_source or "GPU",
+                                   device=device).next()
+                latents = latents * keep + fresh * repaint
             elif request.inpainting_fill == image_prep.LATENT_NOTHING:
-                latents = latents * (1 - latent_mask)
-        _replace_noise(self.pipe.scheduler, noise)
-        inputs: dict[str, Any] = {"image": latents, "strength": self._strength()}
-        if self.task == "inpaint":
-            inputs.update(width=request.width, height=request.height,
-                          mask_image=self._pipeline_mask(latent_mask))
-            if self.model.is_inpainting:
-                inputs["masked_image_latents"] = torch.cat(
-                    [self._masked_latents(i) for i in indices]).to(noise.device, noise.dtype)
-            else:
-                # Unused by an ordinary UNet, but without it the pipeline would mask `image`,
-                # which here is latents, with a full-size mask.
-                inputs["masked_image_latents"] = latents
-            if self._strength() >= 1.0:
-                # At full strength the pipeline starts from `latents` alone, unscaled noise.
-                inputs["latents"] = noise
-        return inputs
+                latents = latents * keep
+            denoiser.set_mask(latents, keep.expand_as(latents))
+        self._batch_inits = latents
+        return Img2ImgStart(latents, request.denoising_strength, fixed_steps=request.exact_steps,
+                            extra_noise=self.policy.run.img2img_extra_noise)
 
-    def _pipeline_mask(self, latent_mask: torch.Tensor | None) -> Image.Image:
-        """The mask at image size, made of whole latent pixels, so the pipeline's downscaled copy
-        is exactly the latent mask used above."""
-        request = self.request
-        if latent_mask is None:  # an inpainting model doing plain img2img: all of it may change
-            return Image.new("L", (request.width, request.height), 255)
-        small = Image.fromarray((latent_mask.cpu().float().numpy() * 255).astype(np.uint8), "L")
-        return small.resize((request.width, request.height), Image.Resampling.NEAREST)
+    def _after_sampling(self, latents: torch.Tensor, denoiser: CFGDenoiser) -> torch.Tensor:
+        """Outside the mask the init latents come back unchanged (A1111 blends them in)."""
+        if denoiser.mask is None:
+            return latents
+        return latents * denoiser.nmask + denoiser.init_latent * denoiser.mask
+
+    def _image_conditioning(self, count: int, batch: int) -> torch.Tensor | None:
+        """An inpainting model's extra channels: the mask (1 where it repaints) and the picture
+        with the masked part blanked, encoded."""
+        if not self.model.is_inpainting:
+            return None
+        indices = self._indices(batch, count)
+        masked = torch.cat([self._masked_latents(i) for i in indices]).float()
+        if self.mask is None:
+            repaint = torch.ones_like(masked[:, :1])
+        else:
+            repaint = torch.from_numpy(self.mask.latent()).float()[None, None].expand(count, 1, -1, -1)
+        return torch.cat([repaint.to(masked.device), masked], dim=1)
 
     def _init_latents(self, index: int) -> torch.Tensor:
         if index not in self._encoded:

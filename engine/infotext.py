@@ -127,6 +127,10 @@ def request_fields(text: str) -> dict[str, Any]:
                 fields[name] = kind(params[key])
             except ValueError:
                 pass
+    if "Seed" in params and "RNG" not in params:
+        # A1111 writes no RNG key for its default source, the GPU's generator: such a picture is
+        # made again only with that source.
+        fields["randn_source"] = "GPU"
     for key, names in (("Size", ("width", "height")),
                        ("Seed resize from", ("seed_resize_from_w", "seed_resize_from_h"))):
         size = _size(params.get(key))

@@ -25,6 +25,12 @@ class RunOptions:
 
     eta_defaults: Mapping[str, float] = field(default_factory=lambda: {"eta_ancestral": 1.0, "eta_ddim": 0.0})
     always_discard: bool = False  # always_discard_next_to_last_sigma
+    # sigma_min, sigma_max, rho (0: the model's / the schedule's own), beta_dist_alpha/beta.
+    schedule_options: Mapping[str, float] = field(default_factory=dict)
+    # UniPC's variant, skip_type, order and lower_order_final (A1111's uni_pc_* settings).
+    uni_pc: Mapping[str, Any] = field(default_factory=dict)
+    sgm_noise_multiplier: bool = False
+    img2img_extra_noise: float = 0.0
     img2img_color_correction: bool = False
     upscaler_for_img2img: str = "None"
     enable_pnginfo: bool = True

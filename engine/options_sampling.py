@@ -31,11 +31,26 @@ SAMPLING_OPTIONS: tuple[Option, ...] = (
            minimum=0, maximum=MAX_SEED),
     Option("always_discard_next_to_last_sigma", False, "Always discard the next-to-last sigma of the "
            "schedule (DPM2, DPM2 a and DPM++ 3M SDE do so anyway)", SAMPLING),
+    Option("sgm_noise_multiplier", False, "SGM noise multiplier: scale the starting noise by "
+           "sqrt(1 + sigma_max^2) rather than sigma_max, as SDXL's reference code does", SAMPLING),
+    Option("sigma_min", 0.0, "Schedule min sigma (0: the model's own)", SAMPLING, minimum=0.0, maximum=100.0),
+    Option("sigma_max", 0.0, "Schedule max sigma (0: the model's own)", SAMPLING, minimum=0.0, maximum=1000.0),
+    Option("rho", 0.0, "Schedule rho of Karras and Polyexponential (0: the schedule's own, 7 and 1)", SAMPLING,
+           minimum=0.0, maximum=100.0),
+    Option("beta_dist_alpha", 0.6, "Beta schedule alpha", SAMPLING, minimum=0.01, maximum=1.0),
+    Option("beta_dist_beta", 0.6, "Beta schedule beta", SAMPLING, minimum=0.01, maximum=1.0),
+    Option("uni_pc_variant", "bh1", "UniPC variant", SAMPLING, choices=("bh1", "bh2", "vary_coeff")),
+    Option("uni_pc_skip_type", "time_uniform", "UniPC skip type", SAMPLING,
+           choices=("time_uniform", "time_quadratic", "logSNR")),
+    Option("uni_pc_order", 3, "UniPC order (below the number of steps)", SAMPLING, minimum=1, maximum=50),
+    Option("uni_pc_lower_order_final", True, "UniPC: lower order on the final step", SAMPLING),
 )
 
 IMG2IMG_OPTIONS: tuple[Option, ...] = (
     Option("img2img_fix_steps", False, "img2img runs exactly the sampling steps asked for (otherwise "
            "steps x denoising strength)", IMG2IMG),
+    Option("img2img_extra_noise", 0.0, "Extra noise added to img2img and hires fix (multiplier of the "
+           "noise; 0: none)", IMG2IMG, minimum=0.0, maximum=1.0),
     Option("img2img_color_correction", False, "Colour correction: match the colours of img2img results "
            "to the original picture", IMG2IMG),
     # A model upscaler's name, or "None" (Lanczos): checked against the upscalers on disk when used.

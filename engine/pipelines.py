@@ -38,6 +38,7 @@ class LoadedModel:
     scheduler_config: dict
     config_root: Path | None = None
     _derived: dict[str, Any] = field(default_factory=dict)
+    _sigma_tables: dict[tuple, Any] = field(default_factory=dict)
     vae_file: Any = None         # the VaeFile in use, None for the checkpoint's own
     _own_vae: Any = None
     # The file as it was when read (checkpoint_cache.file_signature): a cached copy of a file
@@ -49,6 +50,20 @@ class LoadedModel:
     def __post_init__(self) -> None:
         if self.placement is None:
             self.placement = Placement(self.base.device)
+
+    @property
+    def prediction_type(self) -> str:
+        return self.scheduler_config.get("prediction_type", "epsilon")
+
+    def sigma_table(self, lcm: bool = False, device: torch.device | str = "cpu") -> "ModelSigmas":
+        """The model's noise levels as A1111's samplers see them (LCM's 50-entry table with `lcm`)."""
+        key = (lcm, str(device))
+        if key not in self._sigma_tables:
+            from .sampling.schedules import LcmSigmas, ModelSigmas
+
+            alphas = ModelSigmas.from_config(self.scheduler_config).alphas_cumprod.to(device)
+            self._sigma_tables[key] = (LcmSigmas if lcm else ModelSigmas)(alphas)
+        return self._sigma_tables[key]
 
     @property
     def device(self) -> torch.device:

@@ -51,9 +51,10 @@ SAMPLER_PARAMETER_RANGES = {
 
 # img2img covers every edit of an existing picture: with a mask it is inpainting.
 MODES = ("txt2img", "img2img")
-# Where starting and step noise are drawn: CPU (the default: a seed means the same picture on any
-# machine) or GPU (the device the model runs on; the same as CPU where that is the CPU).
-RANDN_SOURCES = ("CPU", "GPU")
+# A1111's noise sources (its `randn_source` setting): GPU (the default: torch's CUDA generator, and
+# on any other device its CPU reproduction, so a seed means the same picture everywhere), CPU
+# (torch's CPU generator) and NV (that reproduction everywhere).
+RANDN_SOURCES = ("GPU", "CPU", "NV")
 
 
 @dataclass(frozen=True)
@@ -211,11 +212,12 @@ class GenerationRequest:
 
     @property
     def img2img_steps(self) -> int:
-        """How many sampling steps an img2img job runs: the last `strength` part of the schedule,
-        or all its steps with `exact_steps`."""
+        """How many sampling steps an img2img job runs, as A1111 counts them: t_enc + 1 steps at
+        the end of a `steps` schedule, t_enc = int(min(strength, 0.999) x steps) (so at least one,
+        and all of them at strength 1), or exactly `steps` with `exact_steps`."""
         if self.exact_steps:
             return self.steps
-        return min(int(self.steps * self.denoising_strength), self.steps)
+        return int(min(self.denoising_strength, 0.999) * self.steps) + 1
 
     @property
     def schedule_steps(self) -> int:
@@ -236,12 +238,6 @@ class GenerationRequest:
         _check_number(self.denoising_strength, "denoising_strength", 0.0, 1.0)
         if self.exact_steps and self.denoising_strength <= 0:
             raise RequestError("Denoising strength 0 changes nothing: raise it above 0", "denoising_strength")
-        if self.img2img_steps < 1:
-            raise RequestError(
-                f"Denoising strength {self.denoising_strength:g} with {self.steps} steps runs no "
-                f"sampling step (img2img runs steps x strength = "
-                f"{self.steps * self.denoising_strength:.2f}, rounded down): raise the denoising "
-                "strength or the sampling steps", "denoising_strength")
         _check_int(self.resize_mode, "resize_mode", 0, len(RESIZE_MODES) - 1)
         _check_int(self.inpainting_fill, "inpainting_fill", 0, len(MASKED_CONTENT) - 1)
         _check_int(self.mask_blur, "mask_blur", 0, MAX_MASK_BLUR)

@@ -60,9 +60,10 @@ OPTIONS: tuple[Option, ...] = SAVING_OPTIONS + (
     Option("CLIP_stop_at_last_layers", 1, "Clip skip", "Stable Diffusion", minimum=1, maximum=12),
     Option("emphasis", "Original", "Emphasis mode", "Stable Diffusion",
            choices=EMPHASIS_MODES),
-    Option("randn_source", "CPU",
-           "Random number generator source (GPU: draw noise where the model runs; same as CPU "
-           "on a machine without a GPU)", "Stable Diffusion", choices=RANDN_SOURCES),
+    Option("randn_source", "GPU",
+           "Random number generator source: GPU is A1111's default (torch's CUDA generator; reproduced "
+           "exactly on machines without one), CPU draws with torch's CPU generator, NV always uses the "
+           "reproduction of the CUDA generator", "Stable Diffusion", choices=RANDN_SOURCES),
     Option("send_seed", True, "Send seed when sending prompt or image to other interface",
            "User interface"),
     Option("send_size", True, "Send size when sending prompt or image to another interface",

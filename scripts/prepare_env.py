@@ -29,12 +29,12 @@ def run(command: str) -> None:
         sys.exit(f"Failed: {command}")
 
 
-def pip_install(requirements: Path) -> None:
+def pip_install(requirements: Path, no_deps: bool = False) -> None:
     marker = Path(sys.prefix) / f".installed-{requirements.name}.sha256"
     digest = hashlib.sha256(requirements.read_bytes()).hexdigest()
     if marker.exists() and marker.read_text().strip() == digest:
         return
-    run(f'"{sys.executable}" -m pip install -r "{requirements}"')
+    run(f'"{sys.executable}" -m pip install {"--no-deps " if no_deps else ""}-r "{requirements}"')
     marker.write_text(digest)
 
 
@@ -46,6 +46,8 @@ def main() -> None:
     pip_install(ROOT / "requirements.txt")
     if "--test" in sys.argv[1:]:
         pip_install(ROOT / "requirements-test.txt")
+        # Test references whose declared dependencies are not needed for what the tests use.
+        pip_install(ROOT / "requirements-test-nodeps.txt", no_deps=True)
 
 
 if __name__ == "__main__":

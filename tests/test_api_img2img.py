@@ -97,7 +97,6 @@ def test_bad_init_images_get_a_4xx_naming_the_problem(api, init, words):
 
 
 @pytest.mark.parametrize("extra, words", [
-    ({"denoising_strength": 0.1}, "runs no sampling step"),
     ({"mask": b64(Image.new("L", (64, 64), 0))}, "mask is empty"),
     ({"resize_mode": 7}, "resize_mode"),
     ({"script_name": "outpainting", "script_args": [16, 4, "sideways"]}, "masked content"),

@@ -10,7 +10,7 @@ from engine import infotext
 from engine.errors import RequestError
 from engine.memory_modes import MemoryModes, applied
 from engine.request import GenerationRequest
-from engine.seeds import initial_latents, noise_device, step_generators
+from engine.sampling.noise import ImageNoise, draw_method
 
 BASE = GenerationRequest(prompt="a red cube", negative_prompt="blurry", steps=3, width=64, height=64,
                          sampler_name="Euler a", seed=4242, save_images=False, save_grid=False)
@@ -35,39 +35,44 @@ def processor_types(pipe) -> dict:
 
 
 # Noise source.
-def test_gpu_noise_on_a_cpu_machine_is_the_cpu_noise():
-    assert noise_device("GPU", "cpu") == torch.device("cpu")
-    assert noise_device("GPU", torch.device("cuda")) == torch.device("cuda")
-    assert noise_device("CPU", torch.device("cuda")) == torch.device("cpu")
-    request = BASE.replace(subseed_strength=0.3, seed_resize_from_w=128, seed_resize_from_h=64)
-    cpu = initial_latents(request, (7, 8), (9, 10))
-    gpu_here = initial_latents(request, (7, 8), (9, 10), device=noise_device("GPU", "cpu"))
-    assert torch.equal(cpu, gpu_here)
+def test_noise_sources_on_a_cpu_machine():
+    """GPU (A1111's default) is the CUDA generator where there is one and its NV reproduction
+    elsewhere; CPU is torch's CPU generator."""
+    assert draw_method("GPU", "cpu") == "nv" and draw_method("GPU", torch.device("cuda")) == "cuda"
+    assert draw_method("CPU", torch.device("cuda")) == "cpu" and draw_method("NV", "cuda") == "nv"
+    gpu_here = ImageNoise((4, 8, 8), [7, 8], source="GPU").next()
+    assert torch.equal(gpu_here, ImageNoise((4, 8, 8), [7, 8], source="NV").next())
+    cpu = ImageNoise((4, 8, 8), [7, 8], source="CPU").next()
+    assert torch.equal(cpu[1], torch.randn((4, 8, 8), generator=torch.Generator().manual_seed(8)))
+    assert not torch.equal(cpu, gpu_here)
     with pytest.raises(ValueError):
-        noise_device("TPU", "cpu")
+        draw_method("TPU", "cpu")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_gpu_noise_on_a_gpu_is_its_own_seeded_noise():
-    cuda = noise_device("GPU", "cuda")
-    first = initial_latents(BASE, (7,), (7,), device=cuda)
-    assert first.device.type == "cpu"  # drawn there, handed back for the rest of the arithmetic
-    assert torch.equal(first, initial_latents(BASE, (7,), (7,), device=cuda))
-    assert not torch.equal(first, initial_latents(BASE, (7,), (7,)))
-    assert step_generators((7,), cuda)[0].device.type == "cuda"
+def test_gpu_noise_on_a_gpu_is_the_cuda_generators_and_nv_reproduces_it():
+    cuda = ImageNoise((4, 8, 8), [7], source="GPU", device="cuda")
+    first, step = cuda.next(), cuda.next()
+    assert first.device.type == "cuda"
+    nv = ImageNoise((4, 8, 8), [7], source="NV")
+    assert torch.allclose(first.cpu(), nv.next(), atol=1e-5) and torch.allclose(step.cpu(), nv.next(), atol=1e-5)
 
 
-def test_randn_source_gpu_on_the_cpu_makes_the_same_image_and_says_rng_gpu(engine, settings):
-    cpu = engine.generate(BASE)
-    settings.update({"randn_source": "GPU"})
+def test_randn_source_default_is_a1111s_and_the_infotext_names_only_the_others(engine, settings):
+    assert settings["randn_source"] == "GPU"
     assert engine.complete(BASE).randn_source == "GPU"  # fixed into the request when queued
-    gpu = engine.generate(BASE)
-    assert gpu.images[0].tobytes() == cpu.images[0].tobytes()
-    assert infotext.parse(gpu.infotexts[0])[2]["RNG"] == "GPU"
-    assert "RNG" not in infotext.parse(cpu.infotexts[0])[2]  # the default is left out
+    default = engine.generate(BASE)
+    assert "RNG" not in infotext.parse(default.infotexts[0])[2]  # as A1111: its infotexts carry none
+    assert infotext.request_fields(default.infotexts[0])["randn_source"] == "GPU"
+    nv = engine.generate(BASE.replace(randn_source="NV"))
+    assert nv.images[0].tobytes() == default.images[0].tobytes()  # no CUDA here: GPU noise is NV's
+    settings.update({"randn_source": "CPU"})
+    cpu = engine.generate(BASE)
+    assert infotext.parse(cpu.infotexts[0])[2]["RNG"] == "CPU"
+    assert np.abs(pixels(cpu.images[0]) - pixels(default.images[0])).max() > 5
     # A request's own choice wins over the setting, and pasting the infotext brings it back.
-    assert "RNG" not in engine.generate(BASE.replace(randn_source="CPU")).infotexts[0]
-    assert infotext.request_fields(gpu.infotexts[0])["randn_source"] == "GPU"
+    assert infotext.parse(engine.generate(BASE.replace(randn_source="NV")).infotexts[0])[2]["RNG"] == "NV"
+    assert infotext.request_fields(cpu.infotexts[0])["randn_source"] == "CPU"
 
 
 def test_unknown_randn_source_is_refused(settings):

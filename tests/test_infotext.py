@@ -69,7 +69,8 @@ def test_request_fields_from_infotext():
         "prompt": "a dog", "negative_prompt": "ugly", "steps": 12, "sampler_name": "DPM++ 2M",
         "scheduler": "Karras", "cfg_scale": 5.5, "seed": 42, "subseed": 7,
         "subseed_strength": 0.25, "width": 640, "height": 384, "seed_resize_from_w": 512,
-        "seed_resize_from_h": 512, "model_hash": "abcdef0123", "model_name": "mine"}
+        "seed_resize_from_h": 512, "model_hash": "abcdef0123", "model_name": "mine",
+        "randn_source": "GPU"}  # A1111 writes no RNG key for its default source
 
 
 def test_infotext_survives_a_png_round_trip():

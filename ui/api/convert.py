@@ -56,7 +56,7 @@ _INFOTEXT_FIELDS = ("prompt", "negative_prompt", "steps", "sampler_name", "sched
                     "seed", "subseed", "subseed_strength", "width", "height",
                     "seed_resize_from_w", "seed_resize_from_h", "clip_skip", "emphasis",
                     "denoising_strength", "mask_blur", "inpainting_fill", "inpaint_full_res",
-                    "inpaint_full_res_padding", "inpainting_mask_invert", "resize_mode")
+                    "inpaint_full_res_padding", "inpainting_mask_invert", "resize_mode", "randn_source")
 
 
 def _apply_infotext(body: Txt2ImgBody) -> dict[str, Any]:
@@ -244,7 +244,7 @@ def _common_fields(body: Txt2ImgBody, values: dict[str, Any], registry: Extensio
         disable_extra_networks=bool(values["disable_extra_networks"]),
         image_cfg_scale=values.get("image_cfg_scale"),
     )
-    fields.update({k: values[k] for k in ("clip_skip", "emphasis") if k in values})  # from infotext
+    fields.update({k: values[k] for k in ("clip_skip", "emphasis", "randn_source") if k in values})  # from infotext
     return fields
 
 

@@ -1,0 +1,186 @@
+"""The diffusers UNet as the sampler functions see it: one call takes the latents of a batch and
+a noise level and gives back what A1111's classifier-free-guidance denoiser gives.
+
+- k-diffusion samplers ("k"): the UNet gets the latents scaled by 1/sqrt(sigma^2+1) and the
+  continuous timestep of sigma (log-sigma interpolated over the model's table); its epsilon or v
+  output becomes the denoised latents of each half, and guidance mixes those.
+- timestep samplers ("eps": DDIM, PLMS, UniPC): the UNet gets the timestep as given and guidance
+  mixes epsilon (v-prediction converted to epsilon at the integer timestep, as A1111 does).
+- LCM ("lcm"): A1111's LCM denoiser: quantised timesteps of a 50-entry table and the consistency
+  model's boundary scalings.
+
+The batch is [negative..., positive...] as diffusers lays it out (ControlNet's per-half control
+relies on that order); guidance is A1111's `uncond + (cond - uncond) * scale`. With a mask
+(inpainting with an ordinary model) the result is blended with the original latents after
+guidance (k and LCM) or the input is blended before the call (timestep samplers), as A1111 does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .schedules import ModelSigmas
+
+
+class Interrupted(Exception):
+    """Raised from a denoiser call when the job is interrupted or skipped: the runner keeps the
+    last denoised latents."""
+
+
+@dataclass
+class Conditioning:
+    """The text conditioning of one UNet call for a batch of B images."""
+
+    cond: torch.Tensor            # (B, tokens, dim)
+    uncond: torch.Tensor          # (B, tokens, dim)
+    cond_pooled: torch.Tensor | None = None    # SDXL (B, 1280)
+    uncond_pooled: torch.Tensor | None = None
+
+
+class CFGDenoiser:
+    """Classifier-free guidance around a diffusers UNet, for one batch of one job."""
+
+    def __init__(self, unet, table: ModelSigmas, prediction_type: str, cfg_scale: float,
+                 conditioning: Callable[[], Conditioning], *, mode: str = "k",
+                 image_cond: torch.Tensor | None = None, time_ids: torch.Tensor | None = None,
+                 s_min_uncond: float = 0.0, guidance_embedding: torch.Tensor | None = None,
+                 before_call: Callable[[], None] | None = None):
+        if mode not in ("k", "eps", "lcm"):
+            raise ValueError(f"unknown denoiser mode {mode!r}")
+        self.unet = unet
+        self.table = table
+        self.prediction_type = prediction_type
+        self.cfg_scale = cfg_scale
+        self.conditioning = conditioning
+        self.mode = mode
+        self.image_cond = image_cond
+        self.time_ids = time_ids
+        self.s_min_uncond = s_min_uncond
+        # A guidance-distilled UNet (LCM's time_cond_proj_dim) takes the scale as an embedding and
+        # has no negative half.
+        self.guidance_embedding = guidance_embedding
+        self.before_call = before_call
+        self.mask: torch.Tensor | None = None
+        self.nmask: torch.Tensor | None = None
+        self.init_latent: torch.Tensor | None = None
+        self.mask_before_denoising = mode == "eps"
+        # What the timestep samplers read or set (DDIM CFG++).
+        self.cond_scale_multiplier = 1.0
+        self.need_last_noise_uncond = False
+        self.last_noise_uncond: torch.Tensor | None = None
+        self.calls = 0
+        self.skipped_uncond = 0
+
+    @property
+    def alphas_cumprod(self) -> torch.Tensor:
+        return self.table.alphas_cumprod
+
+    def set_mask(self, init_latent: torch.Tensor, mask: torch.Tensor) -> None:
+        """`mask`: 1 where the original latents are kept (A1111's `mask`), 0 where they change."""
+        self.init_latent = init_latent
+        self.mask = mask
+        self.nmask = 1.0 - mask
+
+    def _blend(self, latent: torch.Tensor) -> torch.Tensor:
+        return latent * self.nmask + self.init_latent * self.mask
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        if self.before_call is not None:
+            self.before_call()  # progress, interrupt (raises Interrupted)
+        if self.mask_before_denoising and self.mask is not None:
+            x = self._blend(x)
+        count = x.shape[0]
+        texts = self.conditioning()
+        # A1111 runs the negative half at every scale (1 included); a guidance-embedding UNet has none.
+        guided = self.guidance_embedding is None
+        # A1111 leaves the negative half out of every other call below s_min_uncond ("NGMS").
+        skip = bool(self.calls % 2 and self.s_min_uncond > 0 and float(sigma[0]) < self.s_min_uncond)
+        if guided and not skip:
+            x_in, sigma_in = torch.cat([x, x]), torch.cat([sigma, sigma])
+            embeds = torch.cat([texts.uncond, texts.cond])
+            pooled = None if texts.cond_pooled is None else torch.cat([texts.uncond_pooled, texts.cond_pooled])
+        else:
+            x_in, sigma_in, embeds, pooled = x, sigma, texts.cond, texts.cond_pooled
+        out = self._inner(x_in, sigma_in, embeds, pooled)
+        if not guided:
+            denoised = out
+        elif skip:
+            self.skipped_uncond += 1
+            denoised = out.clone()  # guidance of a prediction with itself: the prediction
+            if self.need_last_noise_uncond:
+                self.last_noise_uncond = out.clone()
+        else:
+            uncond_out, cond_out = out[:count], out[count:]
+            if self.need_last_noise_uncond:
+                self.last_noise_uncond = uncond_out.clone()
+            denoised = uncond_out.clone()
+            denoised += (cond_out - uncond_out) * (1.0 * (self.cfg_scale * self.cond_scale_multiplier))
+        if not self.mask_before_denoising and self.mask is not None:
+            denoised = self._blend(denoised)
+        self.calls += 1
+        return denoised
+
+    def _inner(self, x: torch.Tensor, sigma: torch.Tensor, embeds: torch.Tensor,
+               pooled: torch.Tensor | None) -> torch.Tensor:
+        """Per image of the doubled batch: denoised latents ("k", "lcm") or epsilon ("eps")."""
+        if self.mode == "eps":
+            output = self._unet(x, sigma, embeds, pooled)
+            if self.prediction_type == "v_prediction":
+                alphas = self.table.alphas_cumprod.to(x.device)[sigma.to(torch.int)][:, None, None, None]
+                return alphas.sqrt() * output + (1 - alphas).sqrt() * x
+            return output
+        sigma_b = sigma[:, None, None, None]
+        c_in = 1 / (sigma_b ** 2 + 1.0 ** 2) ** 0.5
+        output = self._unet(x * c_in, self.table.sigma_to_t(sigma), embeds, pooled)
+        if self.prediction_type == "v_prediction":
+            c_skip = 1.0 ** 2 / (sigma_b ** 2 + 1.0 ** 2)
+            c_out = -sigma_b * 1.0 / (sigma_b ** 2 + 1.0 ** 2) ** 0.5
+            denoised = output * c_out + x * c_skip
+        else:
+            denoised = x + output * -sigma_b
+        if self.mode == "lcm":
+            denoised = self._consistency_boundary(sigma, denoised, x)
+        return denoised
+
+    def _consistency_boundary(self, sigma: torch.Tensor, output: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The LCM scheduler's c_skip/c_out at the (quantised) timestep, with sigma_data 0.5 and the
+        timestep scaled by 10, as A1111's LCM denoiser applies them."""
+        sigma_data = 0.5
+        scaled = self.table.sigma_to_t(sigma)[:, None, None, None] * 10.0
+        c_skip = sigma_data ** 2 / (scaled ** 2 + sigma_data ** 2)
+        c_out = scaled / (scaled ** 2 + sigma_data ** 2) ** 0.5
+        return c_out * output + c_skip * x
+
+    def _unet(self, x: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor,
+              pooled: torch.Tensor | None) -> torch.Tensor:
+        dtype = self.unet.dtype
+        if self.image_cond is not None:
+            image_cond = self.image_cond.to(x.device, x.dtype)
+            repeats = x.shape[0] // image_cond.shape[0]
+            x = torch.cat([x, image_cond.repeat(repeats, 1, 1, 1)], dim=1)
+        kwargs = {}
+        if pooled is not None:
+            kwargs["added_cond_kwargs"] = {
+                "text_embeds": pooled.to(dtype),
+                "time_ids": self.time_ids.to(x.device, dtype).expand(x.shape[0], -1)}
+        if self.guidance_embedding is not None:
+            kwargs["timestep_cond"] = self.guidance_embedding.to(x.device, dtype).expand(x.shape[0], -1)
+        output = self.unet(x.to(dtype), t.to(x.device), encoder_hidden_states=embeds.to(dtype),
+                           return_dict=False, **kwargs)[0]
+        return output.to(torch.float32)
+
+
+def guidance_embedding(cfg_scale: float, dim: int) -> torch.Tensor:
+    """The guidance scale as a guidance-distilled UNet (LCM) takes it: sinusoidal features of
+    (scale - 1) x 1000, sines then cosines, as that UNet family was trained."""
+    w = torch.tensor([(cfg_scale - 1.0) * 1000.0])
+    half = dim // 2
+    frequencies = torch.exp(torch.arange(half, dtype=torch.float32) * -(torch.log(torch.tensor(10000.0)) / (half - 1)))
+    angles = w[:, None] * frequencies[None, :]
+    features = torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
+    if dim % 2:
+        features = torch.nn.functional.pad(features, (0, 1))
+    return features

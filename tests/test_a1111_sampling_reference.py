@@ -1,0 +1,655 @@
+"""Same seed and settings, same latents as AUTOMATIC1111: every sampler and schedule type of ours
+against k-diffusion's sampler functions (the code A1111 runs) in A1111's configuration, on the
+same tiny SD 1.x UNet and conditioning.
+
+The reference side is written here from A1111's documented behaviour: its classifier-free
+guidance denoiser ([cond, uncond] batch, `uncond + (cond - uncond) * scale`, the mask blend after
+guidance), k-diffusion's CompVisDenoiser/CompVisVDenoiser over the model's float32
+`alphas_cumprod` made the way the LDM code makes it, A1111's per-image noise (each image's
+generator draws the starting noise, then every further `randn_like` of the sampler; with ENSD a
+generator seeded with seed + ENSD), Brownian trees seeded with the image seeds for the SDE
+samplers, and A1111's step arithmetic for img2img. Timestep samplers (DDIM, DDIM CFG++, PLMS,
+UniPC), which k-diffusion does not have, are compared with the reference implementations in
+tests/support/a1111_timesteps_ref.py. Final latents must agree within float32 noise (relative
+difference < 1e-5).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+import numpy as np
+import pytest
+import torch
+
+from engine import samplers
+from engine.sampling.denoiser import CFGDenoiser, Conditioning
+from engine.sampling.noise import ImageNoise
+from engine.sampling.runner import BatchSampling, Img2ImgStart, SamplingPlan
+from engine.sampling.schedules import LcmSigmas, ModelSigmas, sampler_sigmas
+from tests.support import a1111_timesteps_ref, kdiffusion_ref
+
+TOLERANCE = 1e-5
+SEEDS = (1234, 98765)
+LATENT = (4, 8, 8)  # a 64x64 picture
+STEPS = 6
+CFG = 6.5
+
+K_SAMPLERS = [s for s in samplers.SAMPLERS if s.kind != samplers.TIMESTEPS]
+TIMESTEP_SAMPLERS = [s for s in samplers.SAMPLERS if s.kind == samplers.TIMESTEPS]
+# What A1111 1.10 gives each sampler function (its sampler table and sampler_extra_params).
+A1111_FUNCTIONS = {
+    "DPM++ 2M": ("sample_dpmpp_2m", {}), "DPM++ SDE": ("sample_dpmpp_sde", {}),
+    "DPM++ 2M SDE": ("sample_dpmpp_2m_sde", {}), "DPM++ 2M SDE Heun": ("sample_dpmpp_2m_sde", {"solver_type": "heun"}),
+    "DPM++ 2S a": ("sample_dpmpp_2s_ancestral", {}), "DPM++ 3M SDE": ("sample_dpmpp_3m_sde", {}),
+    "Euler a": ("sample_euler_ancestral", {}), "Euler": ("sample_euler", {}), "LMS": ("sample_lms", {}),
+    "Heun": ("sample_heun", {}), "DPM2": ("sample_dpm_2", {}), "DPM2 a": ("sample_dpm_2_ancestral", {}),
+    "DPM fast": ("sample_dpm_fast", {}), "DPM adaptive": ("sample_dpm_adaptive", {}),
+}
+A1111_DEFAULT_SCHEDULE = {"DPM++ 2M": "Karras", "DPM++ SDE": "Karras", "DPM++ 2M SDE": "Exponential",
+                          "DPM++ 2M SDE Heun": "Exponential", "DPM++ 2S a": "Karras", "DPM++ 3M SDE": "Exponential",
+                          "DPM2": "Karras", "DPM2 a": "Karras", "Restart": "Karras"}
+A1111_DISCARDS = {"DPM2", "DPM2 a", "DPM++ 3M SDE"}
+BROWNIAN = {"DPM++ SDE", "DPM++ 2M SDE", "DPM++ 2M SDE Heun", "DPM++ 3M SDE"}
+TAKES_ETA = {"Euler a", "DPM2 a", "DPM fast", "DPM adaptive", "DPM++ 2S a", "DPM++ SDE", "DPM++ 2M SDE",
+             "DPM++ 2M SDE Heun", "DPM++ 3M SDE"}
+TAKES_CHURN = {"Euler", "Heun", "DPM2"}
+TAKES_S_NOISE = TAKES_CHURN | {"DPM fast", "DPM2 a", "DPM++ 2S a", "DPM++ SDE", "DPM++ 2M SDE",
+                               "DPM++ 2M SDE Heun", "DPM++ 3M SDE"}
+
+
+def ldm_alphas_cumprod() -> torch.Tensor:
+    """SD 1.x's alphas_cumprod as the LDM code builds it: float64, then stored as float32."""
+    betas = np.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=np.float64) ** 2
+    return torch.tensor(np.cumprod(1.0 - betas, axis=0), dtype=torch.float32)
+
+
+class LdmStandIn(torch.nn.Module):
+    """What k-diffusion's CompVis wrappers expect of A1111's model: apply_model and the table."""
+
+    def __init__(self, unet):
+        super().__init__()
+        self.unet = unet
+        self.alphas_cumprod = ldm_alphas_cumprod()
+
+    def apply_model(self, x, t, cond):
+        return self.unet(x, t, encoder_hidden_states=cond["c_crossattn"][0], return_dict=False)[0]
+
+
+class A1111Guidance(torch.nn.Module):
+    """A1111's CFG denoiser restated: positive rows first, the negative last; guidance on the
+    wrapped model's outputs; the mask blended in after guidance."""
+
+    def __init__(self, inner, cond, uncond, scale, mask=None, init_latent=None):
+        super().__init__()
+        self.inner, self.cond, self.uncond, self.scale = inner, cond, uncond, scale
+        self.mask, self.init_latent = mask, init_latent
+
+    def forward(self, x, sigma, **_):
+        x_in = torch.cat([x, x])
+        sigma_in = torch.cat([sigma, sigma])
+        out = self.inner(x_in, sigma_in, cond={"c_crossattn": [torch.cat([self.cond, self.uncond])]})
+        batch = x.shape[0]
+        cond_out, uncond_out = out[:batch], out[batch:]
+        denoised = torch.clone(uncond_out)
+        for i in range(batch):
+            denoised[i] += (cond_out[i] - uncond_out[i]) * (1.0 * self.scale)
+        if self.mask is not None:
+            denoised = denoised * (1 - self.mask) + self.init_latent * self.mask
+        return denoised
+
+
+class A1111Noise:
+    """A1111's ImageRNG for the CPU source: a generator per image; the first draw is the starting
+    noise, later draws are step noise; ENSD re-seeds the generators after the first draw."""
+
+    def __init__(self, seeds, ensd=0):
+        self.seeds, self.ensd = seeds, ensd
+        self.generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        self.first = True
+
+    def next(self):
+        noise = torch.stack([torch.randn(LATENT, generator=g) for g in self.generators])
+        if self.first and self.ensd:
+            self.generators = [torch.Generator("cpu").manual_seed(s + self.ensd) for s in self.seeds]
+        self.first = False
+        return noise
+
+
+class HijackedTorch:
+    """A1111 replaces k-diffusion's `torch` so that every randn_like comes from the images' generators."""
+
+    def __init__(self, noise):
+        self.noise = noise
+
+    def __getattr__(self, name):
+        if name == "randn_like":
+            return lambda x: self.noise.next()
+        return getattr(torch, name)
+
+
+@pytest.fixture(scope="module")
+def kdiff():
+    return kdiffusion_ref.load()
+
+
+@pytest.fixture(scope="module")
+def unet(tiny_models):
+    pipe = tiny_models.reference_pipeline("sd1")
+    return pipe.unet.eval()
+
+
+@pytest.fixture(scope="module")
+def texts(unet):
+    generator = torch.Generator().manual_seed(5)
+    dim = unet.config.cross_attention_dim
+    cond = torch.randn((1, 77, dim), generator=generator).expand(len(SEEDS), -1, -1)
+    uncond = torch.randn((1, 77, dim), generator=generator).expand(len(SEEDS), -1, -1)
+    return cond, uncond
+
+
+def relative_difference(ours: torch.Tensor, theirs: torch.Tensor) -> float:
+    return float((ours - theirs).abs().max() / theirs.abs().max())
+
+
+def _ours(unet, texts, sampler, schedule, *, prediction="epsilon", start=None, params=None, ensd=0,
+          always_discard=False, seeds=SEEDS, steps=STEPS):
+    """Final latents of our runner, noise from the CPU source."""
+    cond, uncond = texts
+    mode = {"k": "k", "timesteps": "eps", "lcm": "lcm"}[sampler.kind]
+    alphas = ModelSigmas.from_config({"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
+                                      "beta_schedule": "scaled_linear"}).alphas_cumprod
+    table = (LcmSigmas if mode == "lcm" else ModelSigmas)(alphas)
+    denoiser = CFGDenoiser(unet, table, prediction, CFG, lambda: Conditioning(cond, uncond), mode=mode)
+    noise = ImageNoise(LATENT, list(seeds), source="CPU", eta_noise_seed_delta=ensd)
+    eta = sampler.eta_default if not params or "eta" not in params else params["eta"]
+    request = _Params(**(params or {}))
+    plan = SamplingPlan(sampler, schedule, steps, samplers.sampler_parameters(sampler, request, eta),
+                        always_discard=always_discard, uni_pc={"variant": "bh1", "skip_type": "time_uniform",
+                                                               "order": 3, "lower_order_final": True})
+    with torch.inference_mode():
+        first = noise.next()
+        if start is not None and start.mask is not None:
+            denoiser.set_mask(start.latents, start.mask)
+        latents = BatchSampling(plan, denoiser, noise, seeds).run(first, start and start.img2img)
+        if start is not None and start.mask is not None:
+            latents = latents * denoiser.nmask + denoiser.init_latent * denoiser.mask
+        return latents
+
+
+class _Params:
+    def __init__(self, eta=None, s_churn=None, s_tmin=None, s_tmax=None, s_noise=None):
+        self.eta, self.s_churn, self.s_tmin, self.s_tmax, self.s_noise = eta, s_churn, s_tmin, s_tmax, s_noise
+
+
+class _Start:
+    def __init__(self, latents, strength, fixed=False, mask=None):
+        self.latents, self.mask = latents, mask
+        self.img2img = Img2ImgStart(latents, strength, fixed)
+        self.strength, self.fixed = strength, fixed
+
+
+def _reference_sigmas(kdiff, denoiser, name, schedule, steps):
+    """A1111's get_sigmas: k-diffusion's own schedule functions where A1111 uses them, ours (checked
+    against independent values in test_sampling_schedules.py) for the schedule types k-diffusion lacks."""
+    sampling, _ = kdiff
+    discard = name in A1111_DISCARDS
+    label = A1111_DEFAULT_SCHEDULE.get(name) if schedule == "Automatic" else schedule
+    n = steps + (1 if discard else 0)
+    sigma_min, sigma_max = float(denoiser.sigmas[0]), float(denoiser.sigmas[-1])
+    if label in (None, "Uniform"):
+        sigmas = denoiser.get_sigmas(n)
+    elif label == "Karras":
+        sigmas = sampling.get_sigmas_karras(n, sigma_min, sigma_max)
+    elif label == "Exponential":
+        sigmas = sampling.get_sigmas_exponential(n, sigma_min, sigma_max)
+    elif label == "Polyexponential":
+        sigmas = sampling.get_sigmas_polyexponential(n, sigma_min, sigma_max)
+    else:
+        sigmas = sampler_sigmas(label, n, ModelSigmas(ldm_alphas_cumprod()), discard_next_to_last=False)
+    if discard:
+        sigmas = torch.cat([sigmas[:-2], sigmas[-1:]])
+    return sigmas
+
+
+def _img2img_steps(steps, strength, fixed):
+    if fixed:
+        return int(steps / min(strength, 0.999)), steps - 1
+    return steps, int(min(strength, 0.999) * steps)
+
+
+def _theirs(kdiff, unet, texts, name, schedule, *, prediction="epsilon", start=None, params=None, ensd=0,
+            seeds=SEEDS, steps=STEPS):
+    """Final latents of k-diffusion's sampler function as A1111 calls it."""
+    sampling, external = kdiff
+    cond, uncond = texts
+    model = LdmStandIn(unet)
+    wrapper = (external.CompVisVDenoiser if prediction == "v_prediction" else external.CompVisDenoiser)(model, quantize=False)
+    guidance = A1111Guidance(wrapper, cond, uncond, CFG, start and start.mask, start and start.latents)
+    noise = A1111Noise(list(seeds), ensd)
+    function_name, options = A1111_FUNCTIONS[name]
+    function = getattr(sampling, function_name)
+    kwargs = dict(options)
+    params = params or {}
+    if name in TAKES_ETA:
+        kwargs["eta"] = params.get("eta", 1.0)
+    if name in TAKES_CHURN:
+        kwargs.update(s_churn=params.get("s_churn", 0.0), s_tmin=params.get("s_tmin", 0.0),
+                      s_tmax=params.get("s_tmax") or float("inf"))
+    if name in TAKES_S_NOISE:
+        kwargs["s_noise"] = params.get("s_noise", 1.0)
+    original_torch = sampling.torch
+    sampling.torch = HijackedTorch(noise)
+    try:
+        with torch.inference_mode():
+            first = noise.next()
+            if start is None:
+                sigmas = _reference_sigmas(kdiff, wrapper, name, schedule, steps)
+                x = first * sigmas[0]
+                schedule_run, brownian_x = sigmas, x
+                fast = (float(wrapper.sigmas[0]), float(wrapper.sigmas[-1]), steps)
+            else:
+                total, t_enc = _img2img_steps(steps, start.strength, start.fixed)
+                sigmas = _reference_sigmas(kdiff, wrapper, name, schedule, total)
+                schedule_run = sigmas[total - t_enc - 1:]
+                x = start.latents + first * schedule_run[0]
+                brownian_x = start.latents
+                fast = (schedule_run[-2], schedule_run[0], len(schedule_run) - 1)
+            if name in BROWNIAN:
+                kwargs["noise_sampler"] = sampling.BrownianTreeNoiseSampler(
+                    brownian_x, sigmas[sigmas > 0].min(), sigmas.max(), seed=list(seeds))
+            if name == "DPM fast":
+                result = function(guidance, x, fast[0], fast[1], fast[2], **kwargs)
+            elif name == "DPM adaptive":
+                result = function(guidance, x, fast[0], fast[1], **kwargs)
+            else:
+                result = function(guidance, x, schedule_run, **kwargs)
+            if start is not None and start.mask is not None:
+                result = result * (1 - start.mask) + start.latents * start.mask
+            return result
+    finally:
+        sampling.torch = original_torch
+
+
+# DPM fast and adaptive take only the model's sigma range in txt2img (A1111 gives them no schedule):
+# two schedule types show that; the others add nothing but time.
+CASES = [(s.name, schedule) for s in K_SAMPLERS if s.name in A1111_FUNCTIONS for schedule in samplers.SCHEDULE_TYPES
+         if s.name not in ("DPM fast", "DPM adaptive") or schedule in ("Automatic", "Karras")]
+
+
+@pytest.mark.parametrize("name, schedule", CASES)
+def test_k_sampler_and_schedule_txt2img_epsilon(kdiff, unet, texts, name, schedule):
+    sampler, _ = samplers.resolve(name)
+    ours = _ours(unet, texts, sampler, schedule)
+    theirs = _theirs(kdiff, unet, texts, name, schedule)
+    assert relative_difference(ours, theirs) < TOLERANCE
+
+
+def _lcm_reference_wrapper(external, model):
+    """A1111's LCM denoiser restated on k-diffusion's eps wrapper: a 50-entry noise table (every
+    20th timestep from 999 down), quantised timesteps t = 20 i + 19, and the consistency model's
+    boundary scalings on the denoised output."""
+    skip = 20
+
+    class LcmWrapper(external.DiscreteEpsDDPMDenoiser):
+        def __init__(self):
+            valid = torch.zeros(50, dtype=torch.float32)
+            for x in range(50):
+                valid[49 - x] = model.alphas_cumprod[999 - x * skip]
+            super().__init__(model, valid, quantize=None)
+
+        def get_sigmas(self, n=None):
+            start, end = self.sigma_to_t(self.sigma_max), self.sigma_to_t(self.sigma_min)
+            return torch.cat([self.t_to_sigma(torch.linspace(start, end, n)), torch.zeros(1)])
+
+        def sigma_to_t(self, sigma, quantize=None):
+            dists = sigma.log() - self.log_sigmas[:, None]
+            return dists.abs().argmin(dim=0).view(sigma.shape) * skip + (skip - 1)
+
+        def t_to_sigma(self, timestep):
+            t = torch.clamp(((timestep - (skip - 1)) / skip).float(), min=0, max=(len(self.sigmas) - 1))
+            return super().t_to_sigma(t)
+
+        def get_eps(self, *args, **kwargs):
+            return self.inner_model.apply_model(*args, **kwargs)
+
+        def forward(self, input, sigma, **kwargs):
+            c_out, c_in = [x[:, None, None, None] for x in self.get_scalings(sigma)]
+            eps = self.get_eps(input * c_in, self.sigma_to_t(sigma), **kwargs)
+            output = input + eps * c_out
+            scaled = self.sigma_to_t(sigma)[:, None, None, None] * 10.0
+            c_skip = 0.5 ** 2 / (scaled ** 2 + 0.5 ** 2)
+            c_out2 = scaled / (scaled ** 2 + 0.5 ** 2) ** 0.5
+            return c_out2 * output + c_skip * input
+
+    return LcmWrapper()
+
+
+def _lcm_theirs(kdiff, unet, texts, schedule, seeds=SEEDS, steps=STEPS):
+    sampling, external = kdiff
+    cond, uncond = texts
+    wrapper = _lcm_reference_wrapper(external, LdmStandIn(unet))
+    guidance = A1111Guidance(wrapper, cond, uncond, CFG)
+    noise = A1111Noise(list(seeds))
+    with torch.inference_mode():
+        first = noise.next()
+        if schedule == "Automatic":
+            sigmas = wrapper.get_sigmas(steps)
+        else:
+            table = LcmSigmas(ldm_alphas_cumprod())
+            sigmas = sampler_sigmas(schedule, steps, table, discard_next_to_last=False)
+        x = first * sigmas[0]
+        s_in = x.new_ones([x.shape[0]])
+        for i in range(len(sigmas) - 1):  # A1111's sample_lcm: jump to the prediction, re-noise
+            x = guidance(x, sigmas[i] * s_in)
+            if sigmas[i + 1] > 0:
+                x = x + sigmas[i + 1] * noise.next()
+        return x
+
+
+@pytest.mark.parametrize("schedule", samplers.SCHEDULE_TYPES)
+def test_lcm_with_each_schedule(kdiff, unet, texts, schedule):
+    sampler, _ = samplers.resolve("LCM")
+    ours = _ours(unet, texts, sampler, schedule)
+    assert relative_difference(ours, _lcm_theirs(kdiff, unet, texts, schedule)) < TOLERANCE
+
+
+@pytest.mark.parametrize("name", sorted(A1111_FUNCTIONS))
+def test_v_prediction_with_each_sampler(kdiff, unet, texts, name):
+    sampler, _ = samplers.resolve(name)
+    ours = _ours(unet, texts, sampler, "Automatic", prediction="v_prediction")
+    theirs = _theirs(kdiff, unet, texts, name, "Automatic", prediction="v_prediction")
+    assert relative_difference(ours, theirs) < TOLERANCE
+
+
+def _init_latents():
+    return torch.randn((len(SEEDS), *LATENT), generator=torch.Generator().manual_seed(77)) * 0.8
+
+
+@pytest.mark.parametrize("fixed", [False, True], ids=["steps x strength", "img2img_fix_steps"])
+@pytest.mark.parametrize("name", sorted(A1111_FUNCTIONS))
+def test_img2img_with_each_sampler(kdiff, unet, texts, name, fixed):
+    sampler, _ = samplers.resolve(name)
+    start = _Start(_init_latents(), 0.55, fixed)
+    ours = _ours(unet, texts, sampler, "Automatic", start=start)
+    theirs = _theirs(kdiff, unet, texts, name, "Automatic", start=start)
+    assert relative_difference(ours, theirs) < TOLERANCE
+
+
+def test_inpainting_blend_with_a_mask(kdiff, unet, texts):
+    keep = torch.zeros((len(SEEDS), *LATENT))
+    keep[..., :4] = 1.0  # the left half is kept
+    for name in ("Euler a", "DPM++ 2M"):
+        sampler, _ = samplers.resolve(name)
+        start = _Start(_init_latents(), 0.75, mask=keep)
+        ours = _ours(unet, texts, sampler, "Automatic", start=start)
+        theirs = _theirs(kdiff, unet, texts, name, "Automatic", start=start)
+        assert relative_difference(ours, theirs) < TOLERANCE
+        assert torch.equal(ours[..., :4], start.latents[..., :4])
+
+
+PARAMETER_CASES = [
+    ("Euler a", {"eta": 0.5}), ("DPM2 a", {"eta": 0.4, "s_noise": 0.9}), ("DPM++ 2S a", {"eta": 0.6}),
+    ("DPM++ SDE", {"eta": 0.7, "s_noise": 1.05}), ("DPM++ 2M SDE", {"eta": 0.5}), ("DPM++ 3M SDE", {"s_noise": 0.95}),
+    ("Euler", {"s_churn": 2.0, "s_tmin": 0.5, "s_tmax": 10.0, "s_noise": 1.01}), ("Heun", {"s_churn": 1.0}),
+    ("DPM2", {"s_churn": 1.5, "s_noise": 0.97}), ("DPM fast", {"eta": 0.5, "s_noise": 0.9}),
+    ("DPM adaptive", {"eta": 0.0}),
+]
+
+
+@pytest.mark.parametrize("name, params", PARAMETER_CASES, ids=[f"{n}-{p}" for n, p in PARAMETER_CASES])
+def test_sampler_parameters_act_as_in_a1111(kdiff, unet, texts, name, params):
+    sampler, _ = samplers.resolve(name)
+    ours = _ours(unet, texts, sampler, "Automatic", params=params)
+    theirs = _theirs(kdiff, unet, texts, name, "Automatic", params=params)
+    assert relative_difference(ours, theirs) < TOLERANCE
+    plain = _theirs(kdiff, unet, texts, name, "Automatic")
+    assert relative_difference(ours, plain) > 1e-3, "the parameter must change the result"
+
+
+@pytest.mark.parametrize("name", ["Euler a", "DPM++ 2S a", "DPM fast"])
+def test_eta_noise_seed_delta_reseeds_the_step_noise(kdiff, unet, texts, name):
+    sampler, _ = samplers.resolve(name)
+    ours = _ours(unet, texts, sampler, "Automatic", ensd=31337)
+    assert relative_difference(ours, _theirs(kdiff, unet, texts, name, "Automatic", ensd=31337)) < TOLERANCE
+    assert relative_difference(ours, _theirs(kdiff, unet, texts, name, "Automatic")) > 1e-3
+
+
+def test_always_discard_next_to_last_sigma(kdiff, unet, texts):
+    sampler, _ = samplers.resolve("Euler")
+    ours = _ours(unet, texts, sampler, "Karras", always_discard=True)
+    # A1111 with the setting on: the Karras schedule for one step more without its next-to-last sigma.
+    sampling, external = kdiff
+    cond, uncond = texts
+    wrapper = external.CompVisDenoiser(LdmStandIn(unet), quantize=False)
+    sigmas = sampling.get_sigmas_karras(STEPS + 1, float(wrapper.sigmas[0]), float(wrapper.sigmas[-1]))
+    sigmas = torch.cat([sigmas[:-2], sigmas[-1:]])
+    noise = A1111Noise(list(SEEDS))
+    with torch.inference_mode():
+        theirs = sampling.sample_euler(A1111Guidance(wrapper, cond, uncond, CFG), noise.next() * sigmas[0], sigmas)
+    assert relative_difference(ours, theirs) < TOLERANCE
+
+
+# Timestep samplers.
+def _timestep_reference(unet, texts, name, *, prediction="epsilon", start=None, eta=0.0, steps=STEPS):
+    cond, uncond = texts
+    model = LdmStandIn(unet)
+    guidance = a1111_timesteps_ref.EpsGuidance(model, cond, uncond, CFG, prediction)
+    noise = A1111Noise(list(SEEDS))
+    with torch.inference_mode():
+        first = noise.next()
+        if start is None:
+            timesteps = a1111_timesteps_ref.a1111_timesteps(steps)
+            x, run = first, timesteps
+            total = steps
+        else:
+            total, t_enc = _img2img_steps(steps, start.strength, start.fixed)
+            timesteps = a1111_timesteps_ref.a1111_timesteps(total)
+            alpha = model.alphas_cumprod[timesteps[t_enc]]
+            x = start.latents * torch.sqrt(alpha) + first * torch.sqrt(1 - alpha)
+            run = timesteps[:t_enc]
+        if name == "UniPC":
+            return a1111_timesteps_ref.unipc(guidance, x, total)
+        if name == "PLMS":
+            return a1111_timesteps_ref.plms(guidance, x, run)
+        return a1111_timesteps_ref.ddim(guidance, x, run, total, noise, eta=eta, cfgpp=name == "DDIM CFG++")
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("name", ["DDIM", "DDIM CFG++", "PLMS"])
+def test_timestep_samplers_txt2img(unet, texts, name, prediction):
+    sampler, _ = samplers.resolve(name)
+    ours = _ours(unet, texts, sampler, "Automatic", prediction=prediction)
+    theirs = _timestep_reference(unet, texts, name, prediction=prediction)
+    assert relative_difference(ours, theirs) < TOLERANCE
+    # A1111 has no schedule types for these: the choice changes nothing.
+    assert torch.equal(ours, _ours(unet, texts, sampler, "Karras", prediction=prediction))
+
+
+def test_ddim_eta_draws_from_the_images_generators(unet, texts):
+    sampler, _ = samplers.resolve("DDIM")
+    ours = _ours(unet, texts, sampler, "Automatic", params={"eta": 0.5})
+    assert relative_difference(ours, _timestep_reference(unet, texts, "DDIM", eta=0.5)) < TOLERANCE
+    assert relative_difference(ours, _timestep_reference(unet, texts, "DDIM")) > 1e-3
+
+
+@pytest.mark.parametrize("order", [1, 2, 3])
+def test_unipc_solver_equals_diffusers_on_whole_timesteps(order):
+    """Our UniPC (bh1, data prediction, lower order at the end) against diffusers' UniPC on a smooth
+    test model, for 9 steps from t = 1 to 1/1000: there A1111's continuous times fall on whole
+    timesteps (999, 888, ..., 0), which is what diffusers steps over."""
+    from diffusers import UniPCMultistepScheduler
+
+    from engine.sampling import unipc as solver
+
+    alphas = ldm_alphas_cumprod()
+
+    def noise_model(x, t):
+        return torch.tanh(x * 0.3) + 0.001 * t[:, None, None, None] * torch.sin(x)
+
+    start = torch.randn((2, *LATENT), generator=torch.Generator().manual_seed(3))
+    schedule = solver.DiscreteVP(alphas)
+    ours = solver.UniPC(lambda x, t: noise_model(x, solver.model_time(t, schedule)), schedule).sample(
+        start.clone(), steps=9, order=order)
+    reference = UniPCMultistepScheduler(**a1111_timesteps_ref.SD1_BETAS, solver_order=order, predict_x0=True,
+                                        solver_type="bh1", lower_order_final=True, timestep_spacing="linspace",
+                                        final_sigmas_type="sigma_min")
+    reference.set_timesteps(9)
+    x = start.clone()
+    for t in reference.timesteps:
+        x = reference.step(noise_model(x, torch.full((2,), float(t))), t, x).prev_sample
+    # diffusers builds alphas_cumprod in float32 (we in float64, as the LDM code): ~1e-7 apart.
+    assert relative_difference(ours, x) < TOLERANCE
+
+
+@pytest.mark.parametrize("img2img", [False, True])
+def test_unipc_runs_as_a1111_calls_it(unet, texts, img2img):
+    """A1111 gives UniPC as many steps as it has timesteps (10 for 9 asked: 1000 // 9 = 111 fits
+    ten times), runs it from t = 1 (img2img: from its last timestep's time) to 1/1000, and feeds
+    the model (t - 1/1000) x 1000."""
+    from engine.sampling import unipc as solver
+
+    sampler, _ = samplers.resolve("UniPC")
+    start = _Start(_init_latents(), 0.6) if img2img else None
+    ours = _ours(unet, texts, sampler, "Automatic", steps=9, start=start)
+    cond, uncond = texts
+    model = LdmStandIn(unet)
+    guidance = a1111_timesteps_ref.EpsGuidance(model, cond, uncond, CFG)
+    noise = A1111Noise(list(SEEDS))
+    with torch.inference_mode():
+        first = noise.next()
+        timesteps = a1111_timesteps_ref.a1111_timesteps(9)
+        x, t_start = first, None
+        if img2img:
+            t_enc = int(0.6 * 9)
+            alpha = model.alphas_cumprod[timesteps[t_enc]]
+            x = start.latents * torch.sqrt(alpha) + first * torch.sqrt(1 - alpha)
+            timesteps = timesteps[:t_enc]
+            t_start = torch.tensor(timesteps[-1]) / 1000 + 1 / 1000
+        schedule = solver.DiscreteVP(model.alphas_cumprod)
+        theirs = solver.UniPC(lambda z, t: guidance(z, (t - 1.0 / 1000) * 1000.0), schedule).sample(
+            x, steps=len(timesteps), t_start=t_start, order=3)
+    assert relative_difference(ours, theirs) < TOLERANCE
+
+
+@pytest.mark.parametrize("fixed", [False, True], ids=["steps x strength", "img2img_fix_steps"])
+@pytest.mark.parametrize("name", ["DDIM", "PLMS"])
+def test_timestep_samplers_img2img(unet, texts, name, fixed):
+    sampler, _ = samplers.resolve(name)
+    start = _Start(_init_latents(), 0.55, fixed)
+    ours = _ours(unet, texts, sampler, "Automatic", start=start)
+    assert relative_difference(ours, _timestep_reference(unet, texts, name, start=start)) < TOLERANCE
+
+
+# SDXL: its own conditioning (pooled text, size and crop ids), the same noise levels; Align
+# Your Steps takes the SDXL table.
+class SdxlStandIn(LdmStandIn):
+    def __init__(self, unet, pooled, time_ids):
+        super().__init__(unet)
+        self.pooled, self.time_ids = pooled, time_ids
+
+    def apply_model(self, x, t, cond):
+        added = {"text_embeds": self.pooled, "time_ids": self.time_ids.expand(x.shape[0], -1)}
+        return self.unet(x, t, encoder_hidden_states=cond["c_crossattn"][0], added_cond_kwargs=added,
+                         return_dict=False)[0]
+
+
+@pytest.mark.parametrize("name, schedule", [("Euler", "Align Your Steps"), ("DPM++ 2M", "Automatic"),
+                                            ("Euler a", "Karras")])
+def test_sdxl_with_its_own_table(kdiff, tiny_models, name, schedule):
+    sampling, external = kdiff
+    unet = tiny_models.reference_pipeline("sdxl").unet.eval()
+    generator = torch.Generator().manual_seed(9)
+    count = len(SEEDS)
+    cond = torch.randn((1, 77, unet.config.cross_attention_dim), generator=generator).expand(count, -1, -1)
+    uncond = torch.randn((1, 77, unet.config.cross_attention_dim), generator=generator).expand(count, -1, -1)
+    pooled_dim = unet.add_embedding.linear_1.in_features - 6 * unet.config.addition_time_embed_dim
+    cond_pooled = torch.randn((1, pooled_dim), generator=generator).expand(count, -1)
+    uncond_pooled = torch.randn((1, pooled_dim), generator=generator).expand(count, -1)
+    time_ids = torch.tensor([[64.0, 64.0, 0.0, 0.0, 64.0, 64.0]])
+    sampler, _ = samplers.resolve(name)
+    table = ModelSigmas(ldm_alphas_cumprod())
+    denoiser = CFGDenoiser(unet, table, "epsilon", CFG, lambda: Conditioning(cond, uncond, cond_pooled, uncond_pooled),
+                           time_ids=time_ids)
+    noise = ImageNoise(LATENT, list(SEEDS), source="CPU")
+    plan = SamplingPlan(sampler, schedule, STEPS, samplers.sampler_parameters(sampler, _Params(), 1.0), is_sdxl=True)
+    with torch.inference_mode():
+        ours = BatchSampling(plan, denoiser, noise, SEEDS).run(noise.next())
+        wrapper = external.CompVisDenoiser(SdxlStandIn(unet, torch.cat([cond_pooled, uncond_pooled]), time_ids),
+                                           quantize=False)
+        reference_noise = A1111Noise(list(SEEDS))
+        label = A1111_DEFAULT_SCHEDULE.get(name) if schedule == "Automatic" else schedule
+        if label == "Align Your Steps":
+            ays_sdxl = [14.615, 6.315, 3.771, 2.181, 1.342, 0.862, 0.555, 0.380, 0.234, 0.113, 0.029]
+            xs = np.linspace(0, 1, len(ays_sdxl))
+            log_sigmas = np.interp(np.linspace(0, 1, STEPS), xs, np.log(ays_sdxl[::-1]))
+            sigmas = torch.FloatTensor(np.append(np.exp(log_sigmas)[::-1].copy(), [0.0]))
+        else:
+            sigmas = sampling.get_sigmas_karras(STEPS, float(wrapper.sigmas[0]), float(wrapper.sigmas[-1]))
+        original_torch = sampling.torch
+        sampling.torch = HijackedTorch(reference_noise)
+        try:
+            x = reference_noise.next() * sigmas[0]
+            theirs = getattr(sampling, A1111_FUNCTIONS[name][0])(
+                A1111Guidance(wrapper, cond, uncond, CFG), x, sigmas)
+        finally:
+            sampling.torch = original_torch
+    assert relative_difference(ours, theirs) < TOLERANCE
+
+
+def _restart_reference(kdiff, guidance, x, sigmas, noise):
+    """A1111's Restart sampler restated from its description: Heun steps; from 20 steps on it
+    keeps 9 steps (36+: steps // 4, twice) for a loop that re-noises from sigma ~0.1 up to
+    sigma 2 and comes down again on a Karras schedule of its own."""
+    sampling, _ = kdiff
+    steps = len(sigmas) - 1
+    loops = {}
+    if steps >= 20:
+        loop_steps, times = (steps // 4, 2) if steps >= 36 else (9, 1)
+        sigmas = sampling.get_sigmas_karras(steps - loop_steps * times, sigmas[-2].item(), sigmas[0].item())
+        loops = {int(torch.argmin(abs(sigmas - 0.1), dim=0)): (loop_steps + 1, times, 2)}
+    pairs = []
+    for i in range(len(sigmas) - 1):
+        pairs.append((sigmas[i], sigmas[i + 1]))
+        if i + 1 in loops:
+            count, times, top = loops[i + 1]
+            top_index = int(torch.argmin(abs(sigmas - top), dim=0))
+            if top_index < i + 1:
+                loop = sampling.get_sigmas_karras(count, sigmas[i + 1].item(), sigmas[top_index].item())[:-1]
+                for _ in range(times):
+                    pairs.extend(zip(loop[:-1], loop[1:]))
+    s_in = x.new_ones([x.shape[0]])
+    previous = None
+    for sigma, sigma_next in pairs:
+        if previous is not None and previous < sigma:
+            x = x + noise.next() * (sigma ** 2 - previous ** 2) ** 0.5
+        denoised = guidance(x, sigma * s_in)
+        d = (x - denoised) / sigma
+        if sigma_next == 0:
+            x = x + d * (sigma_next - sigma)
+        else:
+            x_2 = x + d * (sigma_next - sigma)
+            d_2 = (x_2 - guidance(x_2, sigma_next * s_in)) / sigma_next
+            x = x + (d + d_2) / 2 * (sigma_next - sigma)
+        previous = sigma_next
+    return x
+
+
+@pytest.mark.parametrize("steps, schedule", [(6, "Automatic"), (24, "Automatic"), (24, "Exponential")])
+def test_restart_sampler(kdiff, unet, texts, steps, schedule):
+    sampling, external = kdiff
+    sampler, _ = samplers.resolve("Restart")
+    ours = _ours(unet, texts, sampler, schedule, steps=steps)
+    cond, uncond = texts
+    wrapper = external.CompVisDenoiser(LdmStandIn(unet), quantize=False)
+    sigma_min, sigma_max = float(wrapper.sigmas[0]), float(wrapper.sigmas[-1])
+    if schedule == "Automatic":  # Restart's own: Karras
+        sigmas = sampling.get_sigmas_karras(steps, sigma_min, sigma_max)
+    else:
+        sigmas = sampling.get_sigmas_exponential(steps, sigma_min, sigma_max)
+    noise = A1111Noise(list(SEEDS))
+    with torch.inference_mode():
+        x = noise.next() * sigmas[0]
+        theirs = _restart_reference(kdiff, A1111Guidance(wrapper, cond, uncond, CFG), x, sigmas, noise)
+    assert relative_difference(ours, theirs) < TOLERANCE
