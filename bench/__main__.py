@@ -54,7 +54,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per side (default 5; CPU 3)")
     parser.add_argument("--cfg", type=float, default=7.0)
     parser.add_argument("--seed", type=int, default=1234)
-    parser.add_argument("--sampler", default="Euler a")
+    parser.add_argument("--sampler", default="Euler")
     parser.add_argument("--api", action="store_true",
                         help="also time POST /sdapi/v1/txt2img against calling the engine directly")
     parser.add_argument("--no-compile", action="store_true", help="skip the run with torch_compile on")

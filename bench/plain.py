@@ -16,9 +16,11 @@ from dataclasses import dataclass
 import torch
 
 from engine import samplers
+from engine.sampling.noise import ImageNoise
 
 # Plain diffusers' step noise comes from a generator of its own (the engine's from each image's
-# seed generator, as A1111 draws it): the pictures of the ancestral samplers differ by that noise.
+# seed generator, as A1111 draws it): the pictures of the ancestral samplers differ by that noise,
+# so the benchmark's default sampler is Euler, which adds none.
 STEP_NOISE_OFFSET = 0x5EED
 
 # The diffusers scheduler a diffusers user picks for each sampler name (its documentation's table),
@@ -55,7 +57,7 @@ class Job:
     height: int
     steps: int
     cfg_scale: float
-    sampler: str = "Euler a"
+    sampler: str = "Euler"
 
     def with_steps(self, steps: int) -> "Job":
         return Job(self.prompt, self.negative_prompt, self.seed, self.width, self.height, steps,
@@ -91,8 +93,9 @@ def run(pipe, job: Job):
     device, dtype = pipe.unet.device, pipe.unet.dtype
     shape = (1, pipe.unet.config.in_channels, job.height // 8, job.width // 8)
     started = time.perf_counter()
-    # Noise drawn from the seed on the CPU, as diffusers does with a CPU generator.
-    latents = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(job.seed)).to(device, dtype)
+    # The starting noise the engine draws for this seed (A1111's default source), so that both
+    # sides start from the same latents.
+    latents = ImageNoise(shape[1:], [job.seed], source="GPU", device=device).next().to(dtype)
     step_noise = torch.Generator("cpu").manual_seed(job.seed + STEP_NOISE_OFFSET)
     image = pipe(job.prompt, negative_prompt=job.negative_prompt, num_inference_steps=job.steps,
                  guidance_scale=job.cfg_scale, width=job.width, height=job.height, latents=latents,

@@ -26,7 +26,12 @@ from .pipelines import LoadedModel
 from .preview import preview_image
 from .prompt_parser import extract_extra_networks
 from .request import LATENT_UPSCALE_MODES, GenerationRequest
-from .sampling.denoiser import CFGDenoiser, Conditioning, Interrupted, guidance_embedding
+from .sampling.denoiser import (
+    CFGDenoiser,
+    Conditioning,
+    Interrupted,
+    guidance_embedding,
+)
 from .sampling.noise import ImageNoise
 from .sampling.runner import BatchSampling, Img2ImgStart, SamplingPlan
 from .seeds import DEFAULT_RANDN_SOURCE, JobSeeds, job_seeds, latent_shape
@@ -37,7 +42,7 @@ from .vae import decode_fitting, encode
 class ImageContext:
     """What an extension's process hook knows about the image it gets."""
 
-    run: "Txt2ImgRun"
+    run: Txt2ImgRun
     seed: int
     subseed: int
 
@@ -85,7 +90,7 @@ class Txt2ImgRun:
         # Engine: a context manager making another checkpoint current for a while (hires fix).
         self.borrow_model = None
         self._control_step = 0  # sampling steps done in this pass, for the ControlNet windows
-        self._control_pass: "Txt2ImgRun | None" = self  # whose steps the ControlNet windows follow
+        self._control_pass: Txt2ImgRun | None = self  # whose steps the ControlNet windows follow
         self.memory_notes: list[str] = []  # what was done to fit in memory (shared with inner passes)
         self.negative_skips = 0  # UNet calls that left out the negative prompt (s_min_uncond)
         self._writing: tuple[OutputWriter, GenerationResult] | None = None  # for save_before
@@ -163,6 +168,7 @@ class Txt2ImgRun:
         if request.randn_source not in ("", DEFAULT_RANDN_SOURCE):
             extra["RNG"] = request.randn_source
         extra.update(self._sampler_notes()[0])
+        extra.update(self._schedule_params())
         if request.eta_noise_seed_delta and self.sampler.uses_ensd and self.eta != 0:
             extra["ENSD"] = request.eta_noise_seed_delta
         extra.update(self._task_params())
@@ -176,6 +182,28 @@ class Txt2ImgRun:
     def _task_params(self) -> dict[str, Any]:
         """Infotext keys only this kind of job has."""
         return {}
+
+    def _schedule_params(self) -> dict[str, Any]:
+        """The schedule settings A1111 writes when they act (k-diffusion samplers only)."""
+        if not self.sampler.takes_schedule:
+            return {}
+        run, params = self.policy.run, {}
+        options = run.schedule_options
+        label = samplers.effective_schedule(self.sampler, self.schedule)
+        table = self.model.sigma_table()
+        if options.get("sigma_min") and label and abs(options["sigma_min"] - table.sigma_min) > 1e-9:
+            params["Schedule min sigma"] = options["sigma_min"]
+        if options.get("sigma_max") and label and abs(options["sigma_max"] - table.sigma_max) > 1e-9:
+            params["Schedule max sigma"] = options["sigma_max"]
+        if options.get("rho") and label in ("Karras", "Polyexponential") and \
+                options["rho"] != {"Karras": 7.0, "Polyexponential": 1.0}[label]:
+            params["Schedule rho"] = options["rho"]
+        if label == "Beta":
+            params["Beta schedule alpha"] = options.get("beta_dist_alpha", 0.6)
+            params["Beta schedule beta"] = options.get("beta_dist_beta", 0.6)
+        if run.sgm_noise_multiplier and self.request.mode == "txt2img":
+            params["SGM noise multiplier"] = True
+        return params
 
     def _control_fallback(self) -> tuple[Image.Image | None, Image.Image | None]:
         """The picture (and mask) a ControlNet unit without its own image uses: none here."""
@@ -308,7 +336,7 @@ class Txt2ImgRun:
 
     def _sample(self, seeds, subseeds, cond: ScheduledConditioning, uncond: ScheduledConditioning,
                 batch: int) -> list[Image.Image]:
-        request, pipe = self.request, self.pipe
+        pipe = self.pipe
         count = len(seeds)
         noise = self._noise(seeds, subseeds)
         denoiser = self._denoiser(cond, uncond, count, batch)
@@ -376,7 +404,6 @@ class Txt2ImgRun:
         if not self.model.is_inpainting:
             return None
         request = self.request
-        scale = self.model.vae_scale_factor
         if self._blank_conditioning is None:
             # txt2img on an inpainting model: everything masked, a grey picture behind it.
             grey = torch.zeros(1, 3, request.height, request.width)

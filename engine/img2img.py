@@ -16,11 +16,11 @@ from PIL import Image
 
 from . import color_correction, image_prep
 from .generation import Txt2ImgRun
+from .image_prep import InitImage, PreparedMask
+from .request import LATENT_UPSCALE_MODES
 from .sampling.denoiser import CFGDenoiser
 from .sampling.noise import ImageNoise
 from .sampling.runner import Img2ImgStart
-from .image_prep import InitImage, PreparedMask
-from .request import LATENT_UPSCALE_MODES
 from .vae import encode
 
 
@@ -73,6 +73,8 @@ class Img2ImgRun(Txt2ImgRun):
             params["Resize mode"] = image_prep.RESIZE_MODES[request.resize_mode]
         if request.initial_noise_multiplier != 1.0:
             params["Noise multiplier"] = request.initial_noise_multiplier
+        if self.policy.run.img2img_extra_noise > 0:
+            params["Extra noise"] = self.policy.run.img2img_extra_noise
         if request.mask is not None:
             params["Mask blur"] = request.mask_blur
             params["Masked content"] = image_prep.MASKED_CONTENT[request.inpainting_fill]

@@ -9,8 +9,9 @@ live in engine/sampling.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import NotFoundError, RequestError
 from .sampling.schedules import SCHEDULE_TYPES as _SCHEDULES
@@ -215,7 +216,8 @@ def api_sampler_list() -> list[dict[str, Any]]:
             found["scheduler"] = sampler.default_schedule.lower()
         for flag in ("discards", "brownian", "second_order", "uses_ensd"):
             if getattr(sampler, flag):
-                found[{"discards": "discard_next_to_last_sigma", "brownian": "brownian_noise"}.get(flag, flag)] = True
+                # A1111's API gives these as strings ("True"), its pydantic models coerce them.
+                found[{"discards": "discard_next_to_last_sigma", "brownian": "brownian_noise"}.get(flag, flag)] = "True"
         if sampler.solver_type:
             found["solver_type"] = sampler.solver_type
         return found

@@ -9,15 +9,12 @@ guidance), k-diffusion's CompVisDenoiser/CompVisVDenoiser over the model's float
 generator draws the starting noise, then every further `randn_like` of the sampler; with ENSD a
 generator seeded with seed + ENSD), Brownian trees seeded with the image seeds for the SDE
 samplers, and A1111's step arithmetic for img2img. Timestep samplers (DDIM, DDIM CFG++, PLMS,
-UniPC), which k-diffusion does not have, are compared with the reference implementations in
-tests/support/a1111_timesteps_ref.py. Final latents must agree within float32 noise (relative
+UniPC), which k-diffusion does not have, are compared with the references in
+tests/support/a1111_timesteps_ref.py (UniPC's solver in test_sampling_timesteps.py). Final latents must agree within float32 noise (relative
 difference < 1e-5).
 """
 
 from __future__ import annotations
-
-import math
-from collections import deque
 
 import numpy as np
 import pytest
@@ -104,13 +101,13 @@ class A1111Noise:
     """A1111's ImageRNG for the CPU source: a generator per image; the first draw is the starting
     noise, later draws are step noise; ENSD re-seeds the generators after the first draw."""
 
-    def __init__(self, seeds, ensd=0):
-        self.seeds, self.ensd = seeds, ensd
+    def __init__(self, seeds, ensd=0, shape=LATENT):
+        self.seeds, self.ensd, self.shape = seeds, ensd, shape
         self.generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
         self.first = True
 
     def next(self):
-        noise = torch.stack([torch.randn(LATENT, generator=g) for g in self.generators])
+        noise = torch.stack([torch.randn(self.shape, generator=g) for g in self.generators])
         if self.first and self.ensd:
             self.generators = [torch.Generator("cpu").manual_seed(s + self.ensd) for s in self.seeds]
         self.first = False
@@ -220,14 +217,14 @@ def _img2img_steps(steps, strength, fixed):
 
 
 def _theirs(kdiff, unet, texts, name, schedule, *, prediction="epsilon", start=None, params=None, ensd=0,
-            seeds=SEEDS, steps=STEPS):
+            seeds=SEEDS, steps=STEPS, shape=LATENT, cfg=CFG):
     """Final latents of k-diffusion's sampler function as A1111 calls it."""
     sampling, external = kdiff
     cond, uncond = texts
     model = LdmStandIn(unet)
     wrapper = (external.CompVisVDenoiser if prediction == "v_prediction" else external.CompVisDenoiser)(model, quantize=False)
-    guidance = A1111Guidance(wrapper, cond, uncond, CFG, start and start.mask, start and start.latents)
-    noise = A1111Noise(list(seeds), ensd)
+    guidance = A1111Guidance(wrapper, cond, uncond, cfg, start and start.mask, start and start.latents)
+    noise = A1111Noise(list(seeds), ensd, shape)
     function_name, options = A1111_FUNCTIONS[name]
     function = getattr(sampling, function_name)
     kwargs = dict(options)
@@ -449,8 +446,6 @@ def _timestep_reference(unet, texts, name, *, prediction="epsilon", start=None, 
             alpha = model.alphas_cumprod[timesteps[t_enc]]
             x = start.latents * torch.sqrt(alpha) + first * torch.sqrt(1 - alpha)
             run = timesteps[:t_enc]
-        if name == "UniPC":
-            return a1111_timesteps_ref.unipc(guidance, x, total)
         if name == "PLMS":
             return a1111_timesteps_ref.plms(guidance, x, run)
         return a1111_timesteps_ref.ddim(guidance, x, run, total, noise, eta=eta, cfgpp=name == "DDIM CFG++")
@@ -474,41 +469,13 @@ def test_ddim_eta_draws_from_the_images_generators(unet, texts):
     assert relative_difference(ours, _timestep_reference(unet, texts, "DDIM")) > 1e-3
 
 
-@pytest.mark.parametrize("order", [1, 2, 3])
-def test_unipc_solver_equals_diffusers_on_whole_timesteps(order):
-    """Our UniPC (bh1, data prediction, lower order at the end) against diffusers' UniPC on a smooth
-    test model, for 9 steps from t = 1 to 1/1000: there A1111's continuous times fall on whole
-    timesteps (999, 888, ..., 0), which is what diffusers steps over."""
-    from diffusers import UniPCMultistepScheduler
-
-    from engine.sampling import unipc as solver
-
-    alphas = ldm_alphas_cumprod()
-
-    def noise_model(x, t):
-        return torch.tanh(x * 0.3) + 0.001 * t[:, None, None, None] * torch.sin(x)
-
-    start = torch.randn((2, *LATENT), generator=torch.Generator().manual_seed(3))
-    schedule = solver.DiscreteVP(alphas)
-    ours = solver.UniPC(lambda x, t: noise_model(x, solver.model_time(t, schedule)), schedule).sample(
-        start.clone(), steps=9, order=order)
-    reference = UniPCMultistepScheduler(**a1111_timesteps_ref.SD1_BETAS, solver_order=order, predict_x0=True,
-                                        solver_type="bh1", lower_order_final=True, timestep_spacing="linspace",
-                                        final_sigmas_type="sigma_min")
-    reference.set_timesteps(9)
-    x = start.clone()
-    for t in reference.timesteps:
-        x = reference.step(noise_model(x, torch.full((2,), float(t))), t, x).prev_sample
-    # diffusers builds alphas_cumprod in float32 (we in float64, as the LDM code): ~1e-7 apart.
-    assert relative_difference(ours, x) < TOLERANCE
-
-
 @pytest.mark.parametrize("img2img", [False, True])
 def test_unipc_runs_as_a1111_calls_it(unet, texts, img2img):
     """A1111 gives UniPC as many steps as it has timesteps (10 for 9 asked: 1000 // 9 = 111 fits
     ten times), runs it from t = 1 (img2img: from its last timestep's time) to 1/1000, and feeds
-    the model (t - 1/1000) x 1000."""
-    from engine.sampling import unipc as solver
+    the model (t - 1/1000) x 1000. (The solver itself is checked against diffusers' UniPC and an
+    independent float64 restatement in test_sampling_timesteps.py.)"""
+    from engine.sampling import timestep_samplers
 
     sampler, _ = samplers.resolve("UniPC")
     start = _Start(_init_latents(), 0.6) if img2img else None
@@ -520,16 +487,14 @@ def test_unipc_runs_as_a1111_calls_it(unet, texts, img2img):
     with torch.inference_mode():
         first = noise.next()
         timesteps = a1111_timesteps_ref.a1111_timesteps(9)
-        x, t_start = first, None
+        x = first
         if img2img:
             t_enc = int(0.6 * 9)
             alpha = model.alphas_cumprod[timesteps[t_enc]]
             x = start.latents * torch.sqrt(alpha) + first * torch.sqrt(1 - alpha)
             timesteps = timesteps[:t_enc]
-            t_start = torch.tensor(timesteps[-1]) / 1000 + 1 / 1000
-        schedule = solver.DiscreteVP(model.alphas_cumprod)
-        theirs = solver.UniPC(lambda z, t: guidance(z, (t - 1.0 / 1000) * 1000.0), schedule).sample(
-            x, steps=len(timesteps), t_start=t_start, order=3)
+        guidance.alphas_cumprod = model.alphas_cumprod
+        theirs = timestep_samplers.unipc(guidance, x, torch.tensor(timesteps), is_img2img=img2img)
     assert relative_difference(ours, theirs) < TOLERANCE
 
 
@@ -653,3 +618,36 @@ def test_restart_sampler(kdiff, unet, texts, steps, schedule):
         x = noise.next() * sigmas[0]
         theirs = _restart_reference(kdiff, A1111Guidance(wrapper, cond, uncond, CFG), x, sigmas, noise)
     assert relative_difference(ours, theirs) < TOLERANCE
+
+
+def test_engine_txt2img_and_hires_fix_sample_as_a1111(engine, kdiff, monkeypatch):
+    """A whole job through the engine (prompts encoded, batch of two, hires fix): each pass's final
+    latents equal A1111's for the conditioning, seeds and init latents that pass used."""
+    from engine.request import GenerationRequest
+
+    passes = []
+    original = BatchSampling.run
+
+    def recording(self, first_noise, start=None):
+        out = original(self, first_noise, start)
+        passes.append((self, start, out))
+        return out
+
+    monkeypatch.setattr(BatchSampling, "run", recording)
+    request = GenerationRequest(prompt="a red cube", negative_prompt="blurry", steps=5, width=64, height=64,
+                                sampler_name="DPM++ 2M", seed=11, batch_size=2, randn_source="CPU", cfg_scale=6.0,
+                                save_images=False, save_grid=False,
+                                extensions={"hires_fix": {"enabled": True, "denoising_strength": 0.6}})
+    engine.generate(request)
+    unet = engine.models.current.base.unet
+    assert len(passes) == 3  # the batch of two, then each image's hires pass
+    first, *hires = passes
+    texts = first[0].denoiser.conditioning()
+    theirs = _theirs(kdiff, unet, (texts.cond, texts.uncond), "DPM++ 2M", "Automatic", seeds=(11, 12), steps=5, cfg=6.0)
+    assert relative_difference(first[2], theirs) < TOLERANCE
+    for seed, (sampling, start, out) in zip((11, 12), hires):
+        texts = sampling.denoiser.conditioning()
+        assert start.fixed_steps and start.latents.shape[-2:] == (16, 16)
+        theirs = _theirs(kdiff, unet, (texts.cond, texts.uncond), "DPM++ 2M", "Automatic", seeds=(seed,), steps=5,
+                         shape=(4, 16, 16), cfg=6.0, start=_Start(start.latents, 0.6, fixed=True))
+        assert relative_difference(out, theirs) < TOLERANCE

@@ -301,3 +301,11 @@ def test_sd_upscale_tiles_the_scaled_picture_and_blends_it_back(engine):
     assert again.images[0].tobytes() == result.images[0].tobytes()
     with pytest.raises(RequestError, match="sd_upscale_scale must be between 1 and 4"):
         engine.submit(BASE.replace(init_images=(ORIGINAL,), sd_upscale_scale=9.0))
+
+
+def test_dpm_fast_with_a_single_img2img_step_gets_a_clear_message(engine):
+    with pytest.raises(RequestError, match="at least two img2img steps") as caught:
+        engine.generate(BASE.replace(init_images=(ORIGINAL,), steps=4, denoising_strength=0.2, sampler_name="DPM fast"))
+    assert caught.value.field == "denoising_strength"
+    assert engine.generate(BASE.replace(init_images=(ORIGINAL,), steps=4, denoising_strength=0.5,
+                                        sampler_name="DPM fast")).images

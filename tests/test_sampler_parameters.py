@@ -149,3 +149,18 @@ def test_discarding_the_next_to_last_sigma_is_written(engine):
     assert np.abs(pixels(plain.images[0]) - pixels(result.images[0])).max() > 0
     # DPM2 discards by default: nothing written.
     assert "Discard penultimate sigma" not in params_of(engine.generate(BASE.replace(sampler_name="DPM2")))
+
+
+def test_schedule_settings_act_and_are_written_as_a1111_writes_them(engine):
+    karras = BASE.replace(sampler_name="Euler", scheduler="Karras")
+    plain = engine.generate(karras)
+    with engine.settings.overridden({"sigma_max": 10.0, "rho": 5.0, "sgm_noise_multiplier": True}):
+        changed = engine.generate(karras)
+    params = params_of(changed)
+    assert params["Schedule max sigma"] == "10" and params["Schedule rho"] == "5"
+    assert params["SGM noise multiplier"] == "True"
+    assert np.abs(pixels(plain.images[0]) - pixels(changed.images[0])).max() > 5
+    for key in ("Schedule max sigma", "Schedule rho", "SGM noise multiplier"):
+        assert key not in params_of(plain)
+    beta = params_of(engine.generate(BASE.replace(sampler_name="Euler", scheduler="Beta")))
+    assert beta["Beta schedule alpha"] == "0.6" and beta["Schedule type"] == "Beta"

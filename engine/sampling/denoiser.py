@@ -17,8 +17,8 @@ guidance (k and LCM) or the input is blended before the call (timestep samplers)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 

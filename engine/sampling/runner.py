@@ -5,15 +5,17 @@ generators, or Brownian trees seeded with the image seeds for the SDE samplers).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 
 from . import k_samplers, timestep_samplers
+from ..errors import RequestError
 from .denoiser import CFGDenoiser, Interrupted
 from .noise import ImageNoise
-from .schedules import ModelSigmas, sampler_sigmas
+from .schedules import sampler_sigmas
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,10 @@ class BatchSampling:
             x_for_brownian = start.latents
             # DPM fast/adaptive cannot end at sigma 0: they stop at the last positive one.
             fast_range = (schedule[-2], schedule[0], len(schedule) - 1)
+            if plan.sampler.function in ("sample_dpm_fast", "sample_dpm_adaptive") and len(schedule) < 3:
+                raise RequestError(f"{plan.sampler.name} needs at least two img2img steps (it solves between two "
+                                   "noise levels): raise the denoising strength or the sampling steps",
+                                   "denoising_strength")
         if plan.sampler.function in ("sample_dpm_fast", "sample_dpm_adaptive"):
             kwargs.update(sigma_min=fast_range[0], sigma_max=fast_range[1])
             if plan.sampler.function == "sample_dpm_fast":
@@ -145,9 +151,8 @@ class BatchSampling:
             steps, t_enc = img2img_steps(plan.steps, start.denoising_strength, start.fixed_steps)
             timesteps = timestep_samplers.timesteps_for(steps, plan.discards)
             x, timesteps = timestep_samplers.img2img_start(start.latents, first_noise, timesteps, t_enc,
-                                                           self.denoiser.alphas_cumprod.to(first_noise.device))
-            if start.extra_noise > 0:
-                x = x + first_noise * start.extra_noise
+                                                           self.denoiser.alphas_cumprod.to(first_noise.device),
+                                                           extra_noise=start.extra_noise)
             if plan.sampler.function == "unipc":
                 kwargs["is_img2img"] = True
         self.last_denoised = x

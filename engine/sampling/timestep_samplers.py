@@ -27,8 +27,10 @@ dtype of `alphas_cumprod` and `x` (float32 in A1111).
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -297,7 +299,11 @@ def _per_image(values: torch.Tensor) -> torch.Tensor:
 class _UniPCState:
     """What the UniPC update reads: the schedule, the model as a data predictor, the variant."""
 
+    VARIANTS = ("bh1", "bh2", "vary_coeff")
+
     def __init__(self, model: Model, schedule: _ContinuousSchedule, variant: str):
+        if variant not in self.VARIANTS:
+            raise ValueError(f"unknown UniPC variant {variant!r} (one of {', '.join(self.VARIANTS)})")
         self.model = model
         self.schedule = schedule
         self.variant = variant
@@ -308,132 +314,126 @@ class _UniPCState:
         return (x - _per_image(self.schedule.sigma(t)) * eps) / _per_image(self.schedule.alpha(t))
 
     def update(self, x, history, t, order, correct):
-        if self.variant in ("bh1", "bh2"):
-            return _bh_update(self, x, history, t, order, correct)
         if self.variant == "vary_coeff":
             return _vary_coeff_update(self, x, history, t, order, correct)
-        raise ValueError(f"unknown UniPC variant {self.variant!r} (bh1, bh2 or vary_coeff)")
+        return _bh_update(self, x, history, t, order, correct)
 
 
-def _earlier_differences(state: _UniPCState, history, h: torch.Tensor, order: int):
-    """(r_k, D_k) for the order-1 earlier points: each one's step in lambda relative to h, and
-    its x0 difference from the latest x0 divided by that ratio."""
+@dataclass(frozen=True)
+class _StepFrame:
+    """What a UniPC step from the latest point to time t starts from."""
+
+    x0_last: torch.Tensor        # the latest x0 (data prediction)
+    h: torch.Tensor              # lambda_t - lambda_last, per image
+    sigma_ratio: torch.Tensor    # sigma_t / sigma_last, per image
+    alpha_t: torch.Tensor        # per image
+    ratios: torch.Tensor         # r_k of the earlier points (lambda steps relative to h), then 1
+    differences: torch.Tensor | None  # (B, order-1, C, H, W): (x0_k - x0_last) / r_k
+
+
+def _step_frame(state: _UniPCState, history, t: torch.Tensor, order: int, like: torch.Tensor) -> _StepFrame:
     schedule = state.schedule
     t_last, x0_last = history[-1]
     log_snr_last = schedule.log_snr(t_last)
+    h = schedule.log_snr(t) - log_snr_last
     ratios, differences = [], []
     for back in range(1, order):
         t_i, x0_i = history[-(back + 1)]
+        # Every image shares the times: the first image's ratio is the ratio.
         ratio = ((schedule.log_snr(t_i) - log_snr_last) / h)[0]
         ratios.append(ratio)
         differences.append((x0_i - x0_last) / ratio)
-    return ratios, differences
+    ratios.append(torch.ones((), dtype=like.dtype, device=like.device))
+    return _StepFrame(
+        x0_last=x0_last, h=h, sigma_ratio=schedule.sigma(t) / schedule.sigma(t_last),
+        alpha_t=torch.exp(schedule.log_alpha(t)), ratios=torch.stack(ratios),
+        differences=torch.stack(differences, dim=1) if differences else None)
 
 
-def _with_one(ratios: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
-    """The ratios with r = 1 (the step being taken) appended, as one vector."""
-    return torch.stack(ratios + [torch.ones((), dtype=like.dtype, device=like.device)])
+def _phi_sequence(hh: torch.Tensor, count: int) -> list[torch.Tensor]:
+    """phi_0 = e^hh - 1 and phi_(k+1) = phi_k / hh - 1/(k+1)! (= sum_(n>=1) hh^n / (n+k)!), by the
+    recurrence, which is how the rounding goes in A1111's UniPC."""
+    phis = [torch.expm1(hh)]
+    for k in range(1, count):
+        phis.append(phis[-1] / hh - 1 / math.factorial(k))
+    return phis
+
+
+def _exponential_step(frame: _StepFrame, x: torch.Tensor, h_phi_1: torch.Tensor) -> torch.Tensor:
+    """First-order step of the data-prediction ODE: sigma_t/sigma_s x + alpha_t (1 - e^-h) x0."""
+    return _per_image(frame.sigma_ratio) * x - _per_image(frame.alpha_t * h_phi_1) * frame.x0_last
 
 
 def _bh_update(state: _UniPCState, x, history, t, order: int, correct: bool):
     """One UniPC step with the B(h) coefficients (B(h) = h for bh1, e^h - 1 for bh2): the UniP
     predictor to time t, then (if `correct`) the UniC corrector with the model's x0 there.
     Returns (x at t, x0 at the predicted x or None)."""
-    schedule = state.schedule
-    t_last, x0_last = history[-1]
-    h = schedule.log_snr(t) - schedule.log_snr(t_last)
-    sigma_ratio = schedule.sigma(t) / schedule.sigma(t_last)
-    alpha_t = torch.exp(schedule.log_alpha(t))
-    ratios, differences = _earlier_differences(state, history, h, order)
-    rs = _with_one(ratios, x)
-
-    hh = -h[0]  # data prediction integrates in -lambda
-    h_phi_1 = torch.expm1(hh)
+    frame = _step_frame(state, history, t, order, x)
+    hh = -frame.h[0]  # data prediction integrates in -lambda
+    phis = _phi_sequence(hh, order + 1)
     b_h = hh if state.variant == "bh1" else torch.expm1(hh)
-    # Order conditions: sum_k rho_k r_k^(i-1) = i! phi_(i+1)(hh) / B(h) for i = 1..order, with
-    # phi_(i+1) taken by the recurrence phi_(k+1) = phi_k / hh - 1/k!.
-    powers, targets = [], []
-    phi = h_phi_1 / hh - 1
-    factorial = 1
-    for i in range(1, order + 1):
-        powers.append(torch.pow(rs, i - 1))
-        targets.append(phi * factorial / b_h)
-        factorial *= i + 1
-        phi = phi / hh - 1 / factorial
-    system = torch.stack(powers)
-    rhs = torch.stack(targets)
-
+    # Order conditions: sum_k rho_k r_k^(i-1) = i! phi_i(hh) / B(h), i = 1..order.
+    system = torch.stack([torch.pow(frame.ratios, i - 1) for i in range(1, order + 1)])
+    rhs = torch.stack([phis[i] * math.factorial(i) / b_h for i in range(1, order + 1)])
+    # The paper's simplified weights: 1/2 for a second-order predictor and a first-order corrector.
     half = torch.tensor([0.5], dtype=x.dtype, device=x.device)
-    stacked = torch.stack(differences, dim=1) if differences else None
-    # The paper's simplified coefficients: 1/2 for a second-order predictor, first-order corrector.
-    rhos_p = None
-    if stacked is not None:
-        rhos_p = half if order == 2 else torch.linalg.solve(system[:-1, :-1], rhs[:-1])
 
-    scale = _per_image(alpha_t * b_h)
-    base = _per_image(sigma_ratio) * x - _per_image(alpha_t * h_phi_1) * x0_last
+    base = _exponential_step(frame, x, phis[0])
+    scale = _per_image(frame.alpha_t * b_h)
     x_t = base
-    if rhos_p is not None:
-        x_t = base - scale * torch.einsum("k,bkchw->bchw", rhos_p, stacked)
+    if frame.differences is not None:
+        rhos_p = half if order == 2 else torch.linalg.solve(system[:-1, :-1], rhs[:-1])
+        x_t = base - scale * torch.einsum("k,bkchw->bchw", rhos_p, frame.differences)
     if not correct:
         return x_t, None
 
     rhos_c = half if order == 1 else torch.linalg.solve(system, rhs)
     x0_t = state.data_prediction(x_t, t)
-    change = x0_t - x0_last
-    earlier = torch.einsum("k,bkchw->bchw", rhos_c[:-1], stacked) if stacked is not None else 0
-    return base - scale * (earlier + rhos_c[-1] * change), x0_t
+    earlier = 0
+    if frame.differences is not None:
+        earlier = torch.einsum("k,bkchw->bchw", rhos_c[:-1], frame.differences)
+    return base - scale * (earlier + rhos_c[-1] * (x0_t - frame.x0_last)), x0_t
+
+
+def _taylor_matrix(ratios: torch.Tensor) -> torch.Tensor:
+    """C[i, k] = r_i^k / (k+1)!, built column by column."""
+    columns, column = [], torch.ones_like(ratios)
+    for k in range(1, len(ratios) + 1):
+        columns.append(column)
+        column = column * ratios / (k + 1)
+    return torch.stack(columns, dim=1)
 
 
 def _vary_coeff_update(state: _UniPCState, x, history, t, order: int, correct: bool):
-    """One UniPC step with varying coefficients (UniPC-v): the weights come from inverting the
-    Taylor matrix C[i, k] = r_i^k / (k+1)! rather than from B(h).
+    """One UniPC step with varying coefficients (UniPC-v): weights from the inverse of the Taylor
+    matrix rather than from B(h).
 
-    A1111 keeps a per-image ratio here and breaks on batches larger than one; every image has
-    the same times, so the first image's ratio serves all (the same numbers for batch 1). Its
-    corrector weighs the new difference by row K-2 of C^-1 (row 0 when K = 1), as kept here."""
-    schedule = state.schedule
-    t_last, x0_last = history[-1]
-    h = schedule.log_snr(t) - schedule.log_snr(t_last)
-    sigma_ratio = schedule.sigma(t) / schedule.sigma(t_last)
-    alpha_t = torch.exp(schedule.log_alpha(t))
-    ratios, differences = _earlier_differences(state, history, h, order)
-    rs = _with_one(ratios, x)
-    size = len(rs)
+    A1111 keeps per-image ratios and phi values here and so breaks on batches larger than one;
+    every image has the same times, so the first image's ratio serves all (the same numbers for
+    batch 1). Its corrector weighs the new difference by row K-2 of C^-1 (row 0 when K = 1): kept."""
+    frame = _step_frame(state, history, t, order, x)
+    size = len(frame.ratios)
+    taylor = _taylor_matrix(frame.ratios)
+    phis = _phi_sequence(-frame.h, size + 1)
+    base = _exponential_step(frame, x, phis[0])
 
-    columns, column = [], torch.ones_like(rs)
-    for k in range(1, size + 1):
-        columns.append(column)
-        column = column * rs / (k + 1)
-    taylor = torch.stack(columns, dim=1)
-    stacked = torch.stack(differences, dim=1) if differences else None
-    inverse_p = torch.linalg.inv(taylor[:-1, :-1]) if stacked is not None else None
+    def weighted(x_t, inverse, columns):
+        for row in range(size - 1):
+            combined = torch.einsum("bkchw,k->bchw", frame.differences, inverse[row][columns])
+            x_t = x_t - _per_image(frame.alpha_t * phis[row + 1]) * combined
+        return x_t
 
-    hh = -h
-    h_phi_1 = torch.expm1(hh)
-    phis, phi, factorial = [], h_phi_1, 1
-    for k in range(1, size + 2):
-        phis.append(phi)
-        phi = phi / hh - 1 / factorial
-        factorial *= k + 1
-
-    base = _per_image(sigma_ratio) * x - _per_image(alpha_t * h_phi_1) * x0_last
     x_t = base
-    if stacked is not None:
-        for k in range(size - 1):
-            x_t = x_t - _per_image(alpha_t * phis[k + 1]) * torch.einsum("bkchw,k->bchw", stacked, inverse_p[k])
+    if frame.differences is not None:
+        x_t = weighted(base, torch.linalg.inv(taylor[:-1, :-1]), slice(None))
     if not correct:
         return x_t, None
 
-    inverse_c = torch.linalg.inv(taylor)
+    inverse = torch.linalg.inv(taylor)
     x0_t = state.data_prediction(x_t, t)
-    change = x0_t - x0_last
-    x_t = base
-    last_row = 0
-    for last_row in range(size - 1):
-        x_t = x_t - _per_image(alpha_t * phis[last_row + 1]) * torch.einsum(
-            "bkchw,k->bchw", stacked, inverse_c[last_row][:-1])
-    x_t = x_t - _per_image(alpha_t * phis[size]) * (change * inverse_c[last_row][-1])
+    x_t = weighted(base, inverse, slice(None, -1))
+    quirk_row = max(size - 2, 0)
+    x_t = x_t - _per_image(frame.alpha_t * phis[size]) * ((x0_t - frame.x0_last) * inverse[quirk_row][-1])
     return x_t, x0_t
 
 

@@ -1,6 +1,6 @@
-"""References for A1111's timestep samplers (DDIM, DDIM CFG++, PLMS, UniPC), which k-diffusion
-does not have: diffusers' own schedulers stepped over A1111's timesteps where they compute the
-same update (DDIM, UniPC), and short restatements of A1111's documented loops otherwise.
+"""References for A1111's timestep samplers (DDIM, DDIM CFG++, PLMS), which k-diffusion does not
+have: diffusers' DDIM step over A1111's timesteps, and short restatements of A1111's documented
+loops otherwise (UniPC's solver is checked in test_sampling_timesteps.py).
 
 A1111's loops visit the timesteps 1, 1 + k, ..., 1 + (n-1) k (k = 1000 // n) from the top and
 stop one step short: the last update lands on timestep 1's noise level.
@@ -9,7 +9,7 @@ stop one step short: the last update lands on timestep 1's noise level.
 from __future__ import annotations
 
 import torch
-from diffusers import DDIMScheduler, UniPCMultistepScheduler
+from diffusers import DDIMScheduler
 
 SD1_BETAS = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
 
@@ -97,26 +97,4 @@ def plms(guidance: EpsGuidance, x, timesteps: list[int]):
             combined = (55 * eps - 59 * history[-1] + 37 * history[-2] - 9 * history[-3]) / 24
         x = update(x, combined, index)
         history = (history + [eps])[-3:]
-    return x
-
-
-def unipc(guidance: EpsGuidance, x, steps: int):
-    """diffusers' UniPC with A1111's configuration: B(h) = h (bh1), order 3, data prediction, lower
-    order at the end, timesteps evenly from 999 to 0 and the last step landing on timestep 0's
-    noise level. With `steps` dividing 999 the continuous times A1111 uses fall on whole
-    timesteps, where both compute the same update."""
-    scheduler = UniPCMultistepScheduler(**SD1_BETAS, solver_order=3, predict_x0=True, solver_type="bh1",
-                                        lower_order_final=True, timestep_spacing="linspace",
-                                        final_sigmas_type="sigma_min")
-    scheduler.alphas_cumprod = guidance.model.alphas_cumprod.clone()
-    scheduler.alphas = torch.cat([scheduler.alphas_cumprod[:1], scheduler.alphas_cumprod[1:] / scheduler.alphas_cumprod[:-1]])
-    scheduler.alpha_t = torch.sqrt(scheduler.alphas_cumprod)
-    scheduler.sigma_t = torch.sqrt(1 - scheduler.alphas_cumprod)
-    scheduler.lambda_t = torch.log(scheduler.alpha_t) - torch.log(scheduler.sigma_t)
-    scheduler.sigmas = ((1 - scheduler.alphas_cumprod) / scheduler.alphas_cumprod) ** 0.5
-    scheduler.set_timesteps(steps)
-    ones = x.new_ones(x.shape[0])
-    for t in scheduler.timesteps:
-        eps = guidance(x, float(t) * ones)
-        x = scheduler.step(eps, t, x).prev_sample
     return x
