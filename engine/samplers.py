@@ -47,10 +47,6 @@ class Sampler:
     def stochastic(self) -> bool:
         return ETA in self.uses or self.brownian
 
-    def supported_schedules(self) -> tuple[str, ...]:
-        """A1111 offers every schedule type with every sampler (the timestep samplers ignore it)."""
-        return SCHEDULE_TYPES
-
     @property
     def takes_schedule(self) -> bool:
         return self.kind != TIMESTEPS

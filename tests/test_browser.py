@@ -240,3 +240,23 @@ def test_checkpoint_chosen_in_settings_is_loaded(page, demo_server):
             "() => (document.querySelector('#sd_checkpoint input') || {value: ''}).value.startsWith('tiny-folder')")
     finally:
         httpx.post(demo_server.url + "/sdapi/v1/options", json={"sd_model_checkpoint": "demo-tiny"}, timeout=60)
+
+
+def test_a_pasted_infotexts_rng_shows_as_an_override_and_makes_the_picture_with_it(page, demo_server):
+    prepare_small_job(page, demo_server.url, "")
+    page.locator("#txt2img_prompt textarea").fill(
+        "an NV picture\nSteps: 3, Sampler: Euler a, CFG scale: 6, Seed: 8, Size: 64x64, RNG: NV, Clip skip: 2")
+    page.click("#txt2img_paste")
+    overrides = page.locator("#txt2img_override_settings")
+    overrides.wait_for(state="visible")
+    assert "RNG: NV" in overrides.inner_text() and "Clip skip: 2" in overrides.inner_text()
+    page.click("#txt2img_generate")
+    params = parse(wait_for_infotext(page, "an NV picture"))[2]
+    assert (params["RNG"], params["Clip skip"], params["Seed"]) == ("NV", "2", "8")
+    # An infotext without them clears the entries (A1111's default GPU noise is this UI's too).
+    page.locator("#txt2img_prompt textarea").fill(
+        "a GPU picture\nSteps: 3, Sampler: Euler a, CFG scale: 6, Seed: 8, Size: 64x64")
+    page.click("#txt2img_paste")
+    overrides.wait_for(state="hidden")
+    page.click("#txt2img_generate")
+    assert "RNG" not in parse(wait_for_infotext(page, "a GPU picture"))[2]

@@ -72,6 +72,33 @@ def test_pasted_parameters_rebuild_the_same_request_and_image(engine):
     assert png_bytes(again.images[0], again.infotexts[0]) == png_bytes(made.images[0], made.infotexts[0])
 
 
+def test_a_pasted_rng_and_clip_skip_become_override_entries_that_remake_the_picture(engine, tmp_path):
+    from engine.settings import Settings
+    from tests.test_generation import BASE
+    made = engine.generate(BASE.replace(seed=77, randn_source="CPU", clip_skip=2))
+    text = made.infotexts[0]
+    assert "RNG: CPU" in text and "Clip skip: 2" in text
+    values = paste.control_values(text)
+    assert values["override_settings"] == ["RNG: CPU", "Clip skip: 2"]
+    assert "randn_source" not in values and "clip_skip" not in values
+    again = engine.generate(request_from_ui({**UI_DEFAULTS, **values}).replace(save_images=False,
+                                                                                  save_grid=False))
+    assert png_bytes(again.images[0], again.infotexts[0]) == png_bytes(made.images[0], made.infotexts[0])
+    # Entries equal to the current settings are left out; A1111's infotexts name no RNG for its
+    # default (GPU) noise, so a user whose setting is CPU gets "RNG: GPU" back.
+    settings = Settings(tmp_path / "config.json")
+    settings.update({"randn_source": "CPU"})
+    assert paste.control_values(text, settings=settings)["override_settings"] == ["Clip skip: 2"]
+    a1111 = "cat\nSteps: 5, Sampler: Euler, CFG scale: 6, Seed: 9, Size: 64x64"
+    assert paste.control_values(a1111, settings=settings)["override_settings"] == ["RNG: GPU"]
+    assert request_from_ui({**UI_DEFAULTS, "override_settings": ["RNG: NV"]}).randn_source == "NV"
+    for damaged in (["RNG NV"], ["Sampler: Euler"], ["Clip skip: two"]):
+        with pytest.raises(RequestError, match="override setting"):
+            request_from_ui({**UI_DEFAULTS, "override_settings": damaged})
+    with pytest.raises(RequestError, match="random number source"):
+        request_from_ui({**UI_DEFAULTS, "override_settings": ["RNG: Moon"]})
+
+
 def test_send_seed_and_size_settings_are_honoured():
     text = "cat\nSteps: 5, Sampler: DPM++ 2M Karras, CFG scale: 6, Seed: 9, Size: 96x64"
     values = paste.control_values(text, send_seed=False, send_size=False)

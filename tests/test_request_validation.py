@@ -31,7 +31,6 @@ from engine.request import MAX_PROMPT_CHARS, GenerationRequest
     ({"prompt": "x" * (MAX_PROMPT_CHARS + 1)}, "prompt", "too long"),
     ({"negative_prompt": None}, "negative_prompt", "must be text"),
     ({"scheduler": "Sideways"}, "scheduler", "Unknown schedule type"),
-    ({"sampler_name": "DDIM", "scheduler": "Karras"}, "scheduler", "not available with sampler"),
     ({"steps": True}, "steps", "whole number"),
 ])
 def test_bad_fields_are_named(changes, field, words):
@@ -49,9 +48,14 @@ def test_unknown_sampler_is_not_found_with_the_ecosystems_words():
     assert "Euler a" in caught.value.message
 
 
-def test_ecosystem_names_without_diffusers_equivalent_say_so():
-    with pytest.raises(NotFoundError, match="no diffusers equivalent"):
-        GenerationRequest(sampler_name="DPM adaptive").validate()
+def test_every_sampler_takes_every_schedule_type_as_in_a1111():
+    # A1111 offers each schedule type with each sampler; the timestep samplers ignore it, so
+    # their infotext names no schedule type.
+    for sampler_name in ("DDIM", "DPM adaptive", "LCM", "UniPC", "Restart"):
+        request = GenerationRequest(sampler_name=sampler_name, scheduler="Karras").validate()
+        sampler, schedule = samplers.resolve(request.sampler_name, request.scheduler)
+        assert schedule == "Karras"
+        assert samplers.effective_schedule(sampler, schedule) == (None if sampler.kind == "timesteps" else "Karras")
 
 
 def test_defaults_are_valid_and_match_the_ui_defaults():

@@ -64,15 +64,19 @@ def test_a_bad_value_names_the_setting_and_nothing_is_saved(tmp_path):
     assert settings["samples_save"] is True and not path.exists()
 
 
-def test_a_default_above_its_range_or_a_schedule_the_sampler_cannot_use_is_refused(tmp_path):
+def test_a_default_above_its_range_or_an_unknown_schedule_is_refused(tmp_path):
     settings = Settings(tmp_path / "config.json")
     message, changed = settings_tab.apply_changes(settings, {"ui_txt2img_steps": 90, "ui_steps_max": 60})
     assert changed is None and "txt2img: default sampling steps (ui_txt2img_steps)" in message
     assert "(90) is above" in message
     message, changed = settings_tab.apply_changes(settings, {"ui_img2img_sampler": "LCM",
-                                                             "ui_img2img_scheduler": "Karras"})
-    assert changed is None and "ui_img2img_scheduler" in message
+                                                             "ui_img2img_scheduler": "Sideways"})
+    assert changed is None and "ui_img2img_scheduler" in message and "got &#x27;Sideways&#x27;" in message
     assert settings["ui_img2img_sampler"] == "DPM++ 2M"
+    # Any schedule type goes with any sampler, as in A1111.
+    _, changed = settings_tab.apply_changes(settings, {"ui_img2img_sampler": "LCM", "ui_img2img_scheduler": "Karras"})
+    assert changed == ["ui_img2img_sampler", "ui_img2img_scheduler"]
+    settings.update({"ui_img2img_sampler": "DPM++ 2M", "ui_img2img_scheduler": "Automatic"})
     # An old conflict (written by hand or the API) does not block an unrelated change.
     settings.update({"ui_txt2img_steps": 90, "ui_steps_max": 60})
     _, changed = settings_tab.apply_changes(settings, {"samples_save": False})

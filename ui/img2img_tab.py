@@ -49,6 +49,7 @@ def build(ctx: UIContext) -> dict:
         inpaint_group, inpaint_controls = _inpaint_options(start)
         controls.update(inpaint_controls)
         controls.update(widgets.seed_row(TAB, last_seeds))
+        controls.update(widgets.override_settings(TAB))
         size = (controls["width"], controls["height"])
         controls.update(controlnet_ui.accordion(ctx, TAB, size))
         controls.update(extension_fields.render(ctx, TAB, "img2img", size))

@@ -8,7 +8,7 @@ from typing import Any
 
 from engine import image_prep, infotext, samplers
 from engine.controlnet.units import MAX_UNITS
-from engine.errors import UserError
+from engine.errors import RequestError, UserError
 
 SEED_FIELDS = ("seed", "subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h")
 SIZE_FIELDS = ("width", "height")
@@ -33,6 +33,40 @@ CONTROLNET_PASTABLE = tuple(f"cn::{unit}::{field}" for unit in range(MAX_UNITS)
                             for field in ("enabled", *(name for name, _ in _UNIT_KEYS.values())))
 
 
+# Infotext keys A1111 keeps as settings and we take per request: (key, request field, setting,
+# type). A pasted picture carries the ones that differ from the current settings as "Override
+# settings" entries ("RNG: NV"), so that it is made again as it was; the user can remove them.
+OVERRIDES = (("RNG", "randn_source", "randn_source", str),
+             ("Clip skip", "clip_skip", "CLIP_stop_at_last_layers", int),
+             ("Emphasis", "emphasis", "emphasis", str))
+
+
+def override_entries(fields: dict[str, Any], settings=None) -> list[str]:
+    """The "Override settings" entries for the request fields an infotext gave."""
+    return [f"{key}: {fields[field]}" for key, field, setting, _ in OVERRIDES
+            if field in fields and (settings is None or fields[field] != settings[setting])]
+
+
+def override_fields(entries) -> dict[str, Any]:
+    """The request fields of "Override settings" entries; a damaged entry is named."""
+    known = {key.lower(): (field, kind) for key, field, _, kind in OVERRIDES}
+    fields: dict[str, Any] = {}
+    for entry in entries or ():
+        key, colon, text = str(entry).partition(":")
+        field, kind = known.get(key.strip().lower(), (None, None))
+        if not colon or field is None:
+            raise RequestError(f"Unknown override setting '{entry}': it must be one of "
+                               f"{', '.join(key for key, *_ in OVERRIDES)} with a value, like 'RNG: CPU'",
+                               "override_settings")
+        try:
+            fields[field] = kind(text.strip())
+        except ValueError:
+            wanted = "whole number" if kind is int else "text"
+            raise RequestError(f"Unreadable override setting '{entry}': its value must be a {wanted}",
+                               "override_settings") from None
+    return fields
+
+
 def controlnet_values(params: dict[str, str]) -> dict[str, Any]:
     """The units an infotext records, as the unit controls' values (the pictures are not in it)."""
     values: dict[str, Any] = {}
@@ -52,15 +86,17 @@ def controlnet_values(params: dict[str, str]) -> dict[str, Any]:
     return values
 
 
-def control_values(text: str, send_seed: bool = True, send_size: bool = True) -> dict[str, Any]:
-    """{control name: value} for the parameters an infotext holds."""
+def control_values(text: str, send_seed: bool = True, send_size: bool = True,
+                   settings=None) -> dict[str, Any]:
+    """{control name: value} for the parameters an infotext holds; `settings` (the current ones)
+    leave out the override entries that would change nothing."""
     if not text or not text.strip():
         return {}
     fields = infotext.request_fields(text)
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = {"override_settings": override_entries(fields, settings)}
     for name, value in fields.items():
-        if name in ("model_hash", "model_name", "clip_skip", "emphasis"):
-            continue  # not tab controls: the checkpoint bar and settings hold these
+        if name in ("model_hash", "model_name") or any(name == field for _, field, *_ in OVERRIDES):
+            continue  # not tab controls: the checkpoint bar and the override entries hold these
         if (name in SEED_FIELDS and not send_seed) or (name in SIZE_FIELDS and not send_size):
             continue
         if name in CHOICE_NAMES:

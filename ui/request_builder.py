@@ -10,6 +10,7 @@ from engine.request import GenerationRequest
 
 from .controlnet_ui import units_from_values
 from .extension_fields import extension_values
+from .paste import override_fields
 
 
 def whole(value: Any, name: str) -> Any:
@@ -48,6 +49,7 @@ def common_fields(values: dict[str, Any], mode: str) -> dict[str, Any]:
     for name in INT_FIELDS:
         if name in values:
             fields[name] = whole(values[name], name)
+    fields.update(override_fields(values.get("override_settings")))
     if values.get("subseed_show"):
         fields["subseed_strength"] = values.get("subseed_strength") or 0.0
     else:

@@ -19,7 +19,7 @@ CONTROL_NAMES = {"inpaint_full_res": "inpaint_area", "inpainting_mask_invert": "
 PASTABLE = ("prompt", "negative_prompt", "steps", "sampler_name", "scheduler", "cfg_scale", "seed",
             "subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h", "subseed_show",
             "width", "height", "denoising_strength", "mask_blur", "inpainting_fill", "inpaint_area",
-            "inpaint_full_res_padding", "mask_mode", "resize_mode") + paste.CONTROLNET_PASTABLE
+            "inpaint_full_res_padding", "mask_mode", "resize_mode", "override_settings") + paste.CONTROLNET_PASTABLE
 SUBTAB_OF = {"img2img": "img2img", "inpaint": "Inpaint"}
 NOTHING_GENERATED = "Nothing to send yet: generate a picture first."
 NO_PARAMETERS = "Nothing to send to txt2img: this picture holds no generation parameters."
@@ -31,6 +31,8 @@ def pasted(controls: dict, values: dict) -> dict:
     for name, value in values.items():
         name = CONTROL_NAMES.get(name, name)
         if name in controls and name in PASTABLE:
+            if name == "override_settings":  # a new paste replaces the entries; none: hidden
+                value = gr.update(choices=value, value=value, visible=bool(value))
             out[controls[name]] = value
     return out
 
@@ -44,14 +46,14 @@ def wire(ctx: UIContext, tabs: gr.Tabs, txt2img: dict, img2img: dict, png_info: 
     # Where a picture bound for the inpaint editor waits for one step (see _send_into_img2img).
     img2img = {**img2img, "pending_inpaint": gr.State(None)}
     for tab in (txt2img, img2img):
-        _wire_paste_button(tab)
+        _wire_paste_button(ctx, tab)
         for target, button in tab["results"]["send"].items():
             if target == "extras":
                 _wire_gallery_to_extras(tabs, tab["results"], extras, button)
             else:
                 _wire_gallery_send(ctx, tabs, tab["results"], img2img, target, button)
     _wire_png_info(ctx, tabs, png_info, txt2img, img2img, extras)
-    _wire_history(tabs, history, txt2img, img2img, extras)
+    _wire_history(ctx, tabs, history, txt2img, img2img, extras)
 
 
 def _selected(images, index: int, texts: list[str]) -> tuple[Image.Image, str] | None:
@@ -84,14 +86,14 @@ def _wire_gallery_to_extras(tabs: gr.Tabs, results: dict, extras: dict, button: 
                  outputs=[tabs, extras["image"], message], queue=False, api_visibility="private")
 
 
-def _wire_paste_button(tab: dict) -> None:
+def _wire_paste_button(ctx: UIContext, tab: dict) -> None:
     controls, message = tab["controls"], tab["results"]["message"]
 
     def read_prompt_box(text: str) -> dict:
         if not paste.has_parameters(text):
             return {message: "Nothing to read: paste generation parameters (or drop a PNG made "
                              "by a Stable Diffusion UI) into the prompt box first."}
-        return {**pasted(controls, paste.control_values(text)), message: ""}
+        return {**pasted(controls, paste.control_values(text, settings=ctx.settings)), message: ""}
 
     tab["buttons"]["paste"].click(read_prompt_box, inputs=controls["prompt"],
                                   outputs=[*_targets(controls), message], queue=False,
@@ -151,7 +153,8 @@ def _wire_gallery_send(ctx: UIContext, tabs: gr.Tabs, results: dict, img2img: di
             return {message: NOTHING_GENERATED}
         image, text = chosen
         settings = ctx.settings
-        values = paste.control_values(text, send_seed=settings["send_seed"], send_size=settings["send_size"])
+        values = paste.control_values(text, send_seed=settings["send_seed"], send_size=settings["send_size"],
+                                      settings=settings)
         return {**_into_img2img(tabs, img2img, target, image, values), message: ""}
 
     _send_into_img2img(button, send, [results["gallery"], results["selected"], results["infotexts"]],
@@ -168,18 +171,19 @@ def _wire_png_info(ctx: UIContext, tabs: gr.Tabs, png_info: dict, txt2img: dict,
         except UserError:
             return None  # PNG Info already shows what is wrong with the file
 
-    _wire_picture_sends(tabs, png_info["send"], png_info["image"], png_info["text"], load,
+    _wire_picture_sends(ctx, tabs, png_info["send"], png_info["image"], png_info["text"], load,
                         png_info["message"], "Nothing to send: upload a picture first.",
                         txt2img, img2img, extras)
 
 
-def _wire_history(tabs: gr.Tabs, history: dict, txt2img: dict, img2img: dict, extras: dict) -> None:
-    _wire_picture_sends(tabs, history["send"], history["chosen"], history["text"], history["load"],
+def _wire_history(ctx: UIContext, tabs: gr.Tabs, history: dict, txt2img: dict, img2img: dict,
+                  extras: dict) -> None:
+    _wire_picture_sends(ctx, tabs, history["send"], history["chosen"], history["text"], history["load"],
                         history["message"], "Nothing to send: click a picture first.",
                         txt2img, img2img, extras)
 
 
-def _wire_picture_sends(tabs: gr.Tabs, send: dict, source, text, load, message, nothing_chosen: str,
+def _wire_picture_sends(ctx: UIContext, tabs: gr.Tabs, send: dict, source, text, load, message, nothing_chosen: str,
                         txt2img: dict, img2img: dict, extras: dict) -> None:
     """PNG Info's and History's buttons: `load(source's value)` gives the picture (None when there
     is none), `text` holds its parameters. All of them go along, seed and size included (unlike a
@@ -190,7 +194,7 @@ def _wire_picture_sends(tabs: gr.Tabs, send: dict, source, text, load, message, 
     def to_txt2img(key, parameters: str) -> dict:
         if not (parameters or "").strip():  # leave txt2img's fields as they are
             return {message: NO_PARAMETERS if key else nothing_chosen}
-        return {**pasted(txt2img["controls"], paste.control_values(parameters)),
+        return {**pasted(txt2img["controls"], paste.control_values(parameters, settings=ctx.settings)),
                 tabs: gr.Tabs(selected="txt2img"), message: ""}
 
     send["txt2img"].click(to_txt2img, inputs=[source, text],
@@ -209,6 +213,6 @@ def _wire_picture_sends(tabs: gr.Tabs, send: dict, source, text, load, message, 
             if image is None:
                 return {message: nothing_chosen}
             return {**_into_img2img(tabs, img2img, target, image,
-                                    paste.control_values(parameters)), message: ""}
+                                    paste.control_values(parameters, settings=ctx.settings)), message: ""}
 
         _send_into_img2img(send[target], to_img2img, [source, text], tabs, img2img, message)

@@ -21,6 +21,7 @@ def build(ctx: UIContext) -> dict:
         controls.update(widgets.sampler_row(TAB, start))
         controls.update(widgets.size_and_batch(TAB, start))
         controls.update(widgets.seed_row(TAB, last_seeds))
+        controls.update(widgets.override_settings(TAB))
         size = (controls["width"], controls["height"])
         controls.update(controlnet_ui.accordion(ctx, TAB, size))
         controls.update(extension_fields.render(ctx, TAB, "txt2img", size))

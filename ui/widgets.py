@@ -10,7 +10,6 @@ import gradio as gr
 
 from engine import request as limits
 from engine import samplers
-from engine.errors import UserError
 
 from . import model_offer
 from .number_inputs import Number, Slider
@@ -50,16 +49,6 @@ def sampler_row(tab: str, start: dict | None = None) -> dict[str, gr.components.
         steps = Slider(step=1, label="Sampling steps", elem_id=f"{tab}_steps",
                           **initial(start, "steps", minimum=1, maximum=limits.MAX_STEPS, value=20))
 
-    def schedules_for(name: str, current: str):
-        # Offer only the schedule types this sampler can use; keep the choice when it still fits.
-        try:
-            allowed = list(samplers.resolve(name)[0].supported_schedules())
-        except UserError:
-            return gr.update()
-        return gr.update(choices=allowed, value=current if current in allowed else "Automatic")
-
-    sampler.change(schedules_for, inputs=[sampler, schedule], outputs=schedule, queue=False,
-                   api_visibility="private")
     return {"sampler_name": sampler, "scheduler": schedule, "steps": steps}
 
 
@@ -138,6 +127,14 @@ def seed_row(tab: str, last_seeds: gr.State) -> dict[str, gr.components.Componen
                         outputs=subseed, **private)
     return {"seed": seed, "subseed_show": extra, "subseed": subseed, "subseed_strength": strength,
             "seed_resize_from_w": resize_w, "seed_resize_from_h": resize_h}
+
+
+def override_settings(tab: str) -> dict[str, gr.components.Component]:
+    """Settings a pasted infotext asks for that differ from the current ones ("RNG: NV",
+    "Clip skip: 2"): they apply to this tab's jobs until removed or replaced by another paste."""
+    box = gr.Dropdown([], value=[], multiselect=True, label="Override settings", visible=False,
+                      elem_id=f"{tab}_override_settings")
+    return {"override_settings": box}
 
 
 def action_buttons(tab: str) -> dict[str, gr.Button]:

@@ -149,6 +149,9 @@ class BatchSampling:
             x = first_noise
         else:
             steps, t_enc = img2img_steps(plan.steps, start.denoising_strength, start.fixed_steps)
+            # Fixed steps at a low strength ask for a schedule longer than the model's 1000 timesteps
+            # (A1111's timestep samplers fail there); the schedule stops at one step per timestep.
+            steps = min(steps, timestep_samplers.TRAINING_TIMESTEPS)
             timesteps = timestep_samplers.timesteps_for(steps, plan.discards)
             x, timesteps = timestep_samplers.img2img_start(start.latents, first_noise, timesteps, t_enc,
                                                            self.denoiser.alphas_cumprod.to(first_noise.device),
