@@ -88,7 +88,7 @@ def build(flags, config_root: Path | None = None):
     wanted = flags.ckpt or (BUILTIN_DEMO if flags.demo else None)
     first = engine.initial_checkpoint(str(Path(flags.ckpt).resolve()) if explicit else wanted)
     if flags.skip_load_model_at_start:
-        log.info("no checkpoint loaded at start (--skip-load-model-at-start); one loads when chosen")
+        log.info("no checkpoint loaded at start (--skip-load-model-at-start); one loads when chosen or for the first job")
     elif first:
         engine.load_checkpoint(first)  # on the GPU lane; the page is served meanwhile
     else:

@@ -178,6 +178,10 @@ class Engine:
         hires_checkpoint = request.extensions.get("hires_fix", {}).get("checkpoint")
         if hires_checkpoint and hires_checkpoint != "Use same checkpoint":
             self.models.registry.find(hires_checkpoint)  # an unknown name fails now, not mid-job
+        if len(request.active_controlnet_units) > settings["control_net_unit_count"]:
+            raise RequestError(f"At most {settings['control_net_unit_count']} ControlNet units can be used at once "
+                               f"(setting control_net_unit_count), got {len(request.active_controlnet_units)}",
+                               "controlnet_units")
         if request.active_controlnet_units:
             if request.sd_upscale_scale:
                 raise RequestError("ControlNet units cannot be used with the SD upscale script (its "
@@ -263,7 +267,7 @@ class Engine:
         )
 
     def _run(self, job: Job, request: GenerationRequest, policy: OutputPolicy) -> GenerationResult:
-        model = self.models.require()
+        model = self._model_for_job(job)
         run = Img2ImgRun if request.mode == "img2img" else Txt2ImgRun
         if request.mode == "img2img" and request.sd_upscale_scale > 0:
             run = SdUpscaleRun
@@ -335,11 +339,22 @@ class Engine:
 
         base = GenerationRequest(prompt=FACE_PROMPT, negative_prompt="blurry, deformed", steps=20,
                                  seed=0, width=512, height=512, save_images=False, save_grid=False)
-        run = Txt2ImgRun(job, base, self.models.require(), OutputPolicy(save_images=False), self.addons)
+        run = Txt2ImgRun(job, base, self._model_for_job(job), OutputPolicy(save_images=False), self.addons)
         detailed = detail_faces(image, base, 0.4, ImageContext(run, 0, 0).second_pass)
         return Image.blend(image.convert("RGB"), detailed, visibility)
 
     # Checkpoints.
+    def _model_for_job(self, job: Job) -> LoadedModel:
+        """The loaded model, on the GPU lane. With none (after "Unload checkpoint", or a start with
+        --skip-load-model-at-start) the chosen checkpoint loads first, as in the mature UI."""
+        if self.models.current is None:
+            wanted = self.initial_checkpoint(None)
+            if wanted:
+                job.textinfo = f"Loading {wanted}"
+                model = self.models.load(wanted)
+                self.settings.update({"sd_model_checkpoint": model.info.title})
+        return self.models.require()
+
     def load_checkpoint(self, wanted: str, owner: str = "") -> Job:
         """Switch checkpoints on the GPU lane, after any job already waiting."""
         self.models.registry.find(wanted)  # an unknown name fails now, not in the queue

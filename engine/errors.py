@@ -32,6 +32,12 @@ class ForbiddenError(UserError):
     status = 403
 
 
+class TooLargeError(UserError):
+    """A request carries more than the server takes (too many settings, too big a body)."""
+
+    status = 413
+
+
 class CheckpointError(UserError):
     """A checkpoint file is missing, unreadable, refused or not a model we know."""
 

@@ -12,6 +12,17 @@ from typing import Any, Callable
 
 from .errors import RequestError
 
+# What one setting may hold: no real setting comes near (file name patterns, folder paths and
+# lists of names are short), and config.json and every GET /options carry each value.
+MAX_SETTING_CHARS = 10_000
+MAX_SETTING_ITEMS = 1_000
+
+
+def shown(value: Any) -> str:
+    """A value for an error message, cut short: echoing a huge one back would be a problem itself."""
+    text = repr(value)
+    return text if len(text) <= 100 else text[:100] + "..."
+
 
 @dataclass(frozen=True)
 class Option:
@@ -65,9 +76,15 @@ class Option:
                     raise TypeError
                 value = list(value)
         except (TypeError, ValueError, OverflowError):
-            raise RequestError(f"Setting {self.key} must be {kind.__name__}, got {value!r}", self.key)
+            raise RequestError(f"Setting {self.key} must be {kind.__name__}, got {shown(value)}", self.key)
+        if kind is str and len(value) > MAX_SETTING_CHARS:
+            raise RequestError(f"Setting {self.key} is too long: {len(value)} characters, at most "
+                               f"{MAX_SETTING_CHARS}", self.key)
+        if kind is list and (len(value) > MAX_SETTING_ITEMS or any(len(v) > MAX_SETTING_CHARS for v in value)):
+            raise RequestError(f"Setting {self.key} is too long: at most {MAX_SETTING_ITEMS} entries of "
+                               f"{MAX_SETTING_CHARS} characters each", self.key)
         if self.choices is not None and value not in self.choices:
-            raise RequestError(f"Setting {self.key} must be one of {list(self.choices)}, got {value!r}",
+            raise RequestError(f"Setting {self.key} must be one of {list(self.choices)}, got {shown(value)}",
                                self.key)
         if self.minimum is not None and value < self.minimum or \
                 self.maximum is not None and value > self.maximum:

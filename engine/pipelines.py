@@ -174,8 +174,11 @@ class ModelManager:
         model = self._current
         if model is None:
             folder = self.registry.folders[0] if self.registry.folders else "models/Stable-diffusion"
-            hint = (f"No checkpoint is loaded. Put a .safetensors checkpoint into {folder} and pick "
-                    "it in the checkpoint list, or start with --demo.")
+            if self.registry.checkpoints:
+                hint = "No checkpoint is loaded: pick one in the checkpoint list."
+            else:
+                hint = (f"No checkpoint is loaded. Put a .safetensors checkpoint into {folder} and pick "
+                        "it in the checkpoint list, or start with --demo.")
             if self.last_error:
                 hint += f" (Last load failed: {self.last_error})"
             raise NoModelError(hint, "checkpoint")

@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from .conditioning import EMPHASIS_MODES
-from .errors import ForbiddenError, RequestError
+from .errors import ForbiddenError, RequestError, TooLargeError
 from .faces import RESTORERS
 from .fast_path import FAST_PATH_OPTIONS
 from .ldsr import LDSR_OPTIONS
 from .memory_modes import MEMORY_MODES
-from .option import Option
+from .option import Option, shown
 from .options_sampling import IMG2IMG_OPTIONS, SAMPLING_OPTIONS
 from .options_saving import SAVING_OPTIONS
 from .options_ui import UI_OPTIONS
@@ -36,6 +36,11 @@ __all__ = ["OPTIONS", "Option", "Settings"]
 
 # The settings of AUTOMATIC1111's web UI 1.10 (with its built-in extensions) and their defaults:
 # client programs read and send these names. Ours with the same name are the same setting.
+# One change of settings (POST /options, override_settings): a client sending back all that GET
+# /options gave it sends about 450.
+MAX_CHANGES = 1_000
+MAX_KEY_CHARS = 200
+
 A1111_DEFAULTS: dict[str, Any] = json.loads(
     (Path(__file__).with_name("a1111_options.json")).read_text(encoding="utf-8"))
 # Its settings by section id (saving-paths, sampler-params, ...), as --freeze-settings-in-sections
@@ -68,8 +73,11 @@ OPTIONS: tuple[Option, ...] = SAVING_OPTIONS + (
            "User interface"),
     Option("send_size", True, "Send size when sending prompt or image to another interface",
            "User interface"),
-    Option("upload_max_megapixels", 16.0, "Largest image upload, in megapixels", "img2img",
-           minimum=1.0, maximum=256.0),
+    Option("upload_max_megapixels", 16.0, "Largest image upload, in megapixels (an uploaded file may "
+           "be at most 3 bytes per pixel of it, plus 1 MiB)", "img2img", minimum=1.0, maximum=256.0),
+    # The ControlNet extension's name for it, so its clients' settings apply.
+    Option("control_net_unit_count", 3, "ControlNet units a request may use (the tabs show 3)", "ControlNet",
+           minimum=1, maximum=10),
     Option("img2img_empty_mask_as_img2img", False,
            "Inpainting with an empty mask runs plain img2img (instead of asking for a mask)",
            "img2img"),
@@ -228,7 +236,15 @@ class Settings:
 
     def known(self, changes: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         """The changes split into those of settings this app has and the names of the others
-        (settings of other web UIs, which client programs send along: accepted and ignored)."""
+        (settings of other web UIs, which client programs send along: accepted and ignored).
+        More changes than any client sends at once, or a name longer than any setting's, are
+        refused whole."""
+        if len(changes) > MAX_CHANGES:
+            raise TooLargeError(f"At most {MAX_CHANGES} settings can be changed at once, got {len(changes)}",
+                                "settings")
+        for key in changes:
+            if not isinstance(key, str) or len(key) > MAX_KEY_CHARS:
+                raise RequestError(f"A setting name is at most {MAX_KEY_CHARS} characters: {shown(key)}", "settings")
         known = {key: value for key, value in changes.items() if key in self.options}
         return known, [key for key in changes if key not in self.options]
 

@@ -89,10 +89,17 @@ def test_post_routes_answer(api):
     assert len(batch["images"]) == 2 and "html_info" in batch
 
 
-def test_unload_then_reload_the_checkpoint(api):
+def test_after_unload_the_next_job_loads_the_checkpoint_again(api):
+    loaded = api.get("/options").json()["sd_model_checkpoint"]
+    before = api.post("/txt2img", json={**SMALL, "seed": 11}).json()["images"]
     assert api.post("/unload-checkpoint").status_code == 200
-    refused = api.post("/txt2img", json=SMALL)
-    assert refused.status_code == 503 and "No checkpoint is loaded" in refused.json()["detail"]
+    made = api.post("/txt2img", json={**SMALL, "seed": 11})
+    assert made.status_code == 200, made.text
+    assert made.json()["images"] == before  # the same model, loaded again
+    assert api.get("/options").json()["sd_model_checkpoint"] == loaded
+    # Reload after unload still works (and is a no-op when the model is loaded).
+    assert api.post("/unload-checkpoint").status_code == 200
+    assert api.post("/reload-checkpoint").status_code == 200
     assert api.post("/reload-checkpoint").status_code == 200
     assert api.post("/txt2img", json=SMALL).status_code == 200
 

@@ -269,3 +269,23 @@ def test_when_free_ram_runs_short_the_oldest_go_first():
     cache._available = lambda: next(calls)
     cache.trim()
     assert [title.split(".")[0] for title in cache.titles()] == ["c"]
+
+
+def test_after_unload_the_next_job_loads_the_chosen_checkpoint_again(make, reads):
+    engine = make(keep=1)
+    switch(engine, "b")
+    before = image(engine)
+    engine.unload_checkpoint().outcome()
+    assert engine.models.current is None
+    assert image(engine) == before  # the job loaded "b" again first, as the mature UI does
+    assert engine.models.current.info.model_name == "b" and reads == ["b", "b"]
+
+
+def test_with_checkpoints_on_disk_the_no_model_message_does_not_send_the_user_to_demo(make):
+    from engine.errors import NoModelError
+
+    engine = make(keep=1)
+    engine.models.unload()
+    with pytest.raises(NoModelError) as refused:
+        engine.models.require()
+    assert "pick one in the checkpoint list" in refused.value.message and "--demo" not in refused.value.message

@@ -30,8 +30,10 @@ from engine.version import VERSION
 from .access import AccessGuard, check_credentials, mounted_gradio_app
 from .api import controlnet_api, internal_api, system_api
 from .api.routes import build_router
+from .body_limits import OPTIONS_BODY_BYTES, UPLOAD_ROUTES, BodyLimits, api_body_bytes, upload_file_bytes
 from .context import UIContext
 from .layout import build_app, page_css, page_js
+from .login_throttle import LoginThrottle
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +62,9 @@ def api_auth_dependency(allowed: list[tuple[str, str]] | None):
         credentials: HTTPBasicCredentials | None = await basic(request)
         if credentials is None or not check_credentials(allowed, credentials.username,
                                                         credentials.password):
-            raise HTTPException(status_code=401, detail="Incorrect or missing API credentials",
-                                headers={"WWW-Authenticate": "Basic"})
+            # No WWW-Authenticate: a browser that was asked would keep the credentials and send
+            # them with any other site's request (only the docs page asks, ui/access.py).
+            raise HTTPException(status_code=401, detail="Incorrect or missing API credentials")
         request.state.api_user = credentials.username
 
     return require
@@ -138,7 +141,7 @@ def _create_app(ctx: UIContext) -> FastAPI:
         app.include_router(controlnet_api.build_router(ctx, api_auth_dependency(credentials)))
     app.include_router(internal_api.build_router(ctx))
 
-    gradio_app = None
+    gradio_app = gradio_blocks = None
     if not getattr(flags, "nowebui", False):
         blocks = build_app(ctx)
         blocks.queue(api_open=False, default_concurrency_limit=1)
@@ -153,7 +156,7 @@ def _create_app(ctx: UIContext) -> FastAPI:
             # Face hub: neither belongs in a private studio.
             run_history=False,
         )
-        gradio_app = mounted_gradio_app(app)
+        gradio_app, gradio_blocks = mounted_gradio_app(app), blocks
         # Gradio accepts a file path in an event only if it came from its upload folder, but
         # checks that only for Blocks it launched itself; mounted ones must say so.
         blocks.has_launched = True
@@ -161,12 +164,17 @@ def _create_app(ctx: UIContext) -> FastAPI:
         @app.get("/", include_in_schema=False)
         def api_only() -> dict:
             return {"detail": "API only (--nowebui): the routes are under /sdapi/v1, documented at /docs"}
-    app.add_middleware(AccessGuard, ui_logins=flags.gradio_auth, api_logins=flags.api_auth,
-                       gradio_app=lambda: gradio_app, local_only=not is_exposed(flags))
     # Always ours: without it Gradio adds its own, which lets any origin in once the UI is
     # reached by a LAN address. No origin is allowed unless the owner names it; "*" never
     # carries credentials.
     origins = cors_origins(flags)
+    # Inside the guard: a caller who may not get in is refused before anything is read.
+    app.add_middleware(BodyLimits, limit_for=lambda path: _body_limit(path, ctx.settings["upload_max_megapixels"],
+                                                                      blocks=gradio_blocks))
+    app.add_middleware(AccessGuard, ui_logins=flags.gradio_auth, api_logins=flags.api_auth,
+                       gradio_app=lambda: gradio_app, local_only=not is_exposed(flags),
+                       allowed_origins=origins, allowed_origin_regex=getattr(flags, "cors_allow_origins_regex", None),
+                       throttle=LoginThrottle())
     app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"], allow_headers=["*"],
                        allow_origin_regex=getattr(flags, "cors_allow_origins_regex", None),
                        allow_credentials="*" not in origins)
@@ -179,6 +187,19 @@ def _create_app(ctx: UIContext) -> FastAPI:
         limiter.total_tokens = max(limiter.total_tokens, flags.queue_size + 40)
 
     return app
+
+
+def _body_limit(path: str, megapixels: float, blocks) -> int | None:
+    """The most bytes a request to `path` may send (None: the route reads what it needs itself)."""
+    if path.startswith("/sdapi/v1/options"):
+        return OPTIONS_BODY_BYTES
+    if path.startswith(("/sdapi/", "/controlnet/")):
+        return api_body_bytes(megapixels)
+    if path.endswith(UPLOAD_ROUTES) and blocks is not None:
+        # Gradio stops each uploaded file at this size while it streams it (a 413); set per
+        # upload, so a change of the setting applies at once.
+        blocks.max_file_size = upload_file_bytes(megapixels)
+    return None
 
 
 def under_subpath(app, subpath: str) -> Starlette:

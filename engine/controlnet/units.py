@@ -15,7 +15,8 @@ from PIL import Image
 
 from ..errors import RequestError
 
-MAX_UNITS = 3  # what the tabs show; the API takes more
+MAX_UNITS = 3  # what the tabs show; the API takes up to the control_net_unit_count setting
+MOST_UNITS = 10  # the largest control_net_unit_count: more units are refused before any is read
 NO_MODEL = "None"
 CONTROL_MODES = ("Balanced", "My prompt is more important", "ControlNet is more important")
 BALANCED, PROMPT_MORE, CONTROLNET_MORE = CONTROL_MODES

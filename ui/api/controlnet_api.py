@@ -10,10 +10,12 @@ from typing import Any
 from fastapi import APIRouter, Body, Depends
 
 from engine.controlnet import preprocessors
-from engine.controlnet.units import ControlUnit, control_mode_name, resize_mode_name
+from engine.controlnet.units import MOST_UNITS, ControlUnit, control_mode_name, resize_mode_name
 from engine.errors import RequestError, UserError
 from engine.outputs import png_bytes
 from engine.uploads import image_from_base64
+
+from .models import MAX_LIST_ITEMS, Image, Name
 
 SCRIPT_TITLES = ("controlnet",)  # the alwayson_scripts key, case-insensitive
 API_VERSION = 2
@@ -78,6 +80,9 @@ def units_from_scripts(alwayson_scripts: dict | None, limit: float) -> tuple[Con
             args = payload.get("args", []) if isinstance(payload, dict) else payload
             if not isinstance(args, list):
                 raise RequestError("alwayson_scripts.controlnet.args must be a list of units", "alwayson_scripts")
+            if len(args) > MOST_UNITS:
+                raise RequestError(f"At most {MOST_UNITS} ControlNet units per request, got {len(args)}",
+                                   "alwayson_scripts")
             return tuple(unit_from_api(unit, i, limit) for i, unit in enumerate(args))
     return ()
 
@@ -116,10 +121,12 @@ def build_router(ctx, auth_dependency) -> APIRouter:
                 "module_detail": detail}
 
     @router.post("/detect")
-    def detect(controlnet_module: str = Body("none"), controlnet_input_images: list[str] = Body(default_factory=list),
-               controlnet_masks: list[str] = Body(default_factory=list), controlnet_processor_res: int = Body(512),
+    def detect(controlnet_module: Name = Body("none"),
+               controlnet_input_images: list[Image] = Body(default_factory=list, max_length=MAX_LIST_ITEMS),
+               controlnet_masks: list[Image] = Body(default_factory=list, max_length=MAX_LIST_ITEMS),
+               controlnet_processor_res: int = Body(512),
                controlnet_threshold_a: float = Body(-1), controlnet_threshold_b: float = Body(-1),
-               controlnet_images: list[str] = Body(default_factory=list)) -> dict:
+               controlnet_images: list[Image] = Body(default_factory=list, max_length=MAX_LIST_ITEMS)) -> dict:
         """`controlnet_images`: what the webuiapi client sends instead of controlnet_input_images."""
         import base64
 

@@ -24,6 +24,7 @@ from engine.version import VERSION
 
 from ..access import basic_credentials
 from ..context import UIContext
+from .models import Name
 from .routes import api_owner
 
 PACKAGES = ("torch", "diffusers", "transformers", "accelerate", "safetensors", "gradio", "fastapi",
@@ -33,7 +34,7 @@ PACKAGES = ("torch", "diffusers", "transformers", "accelerate", "safetensors", "
 class InternalProgressRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    id_task: str | None = Field(default=None, description="the job's id (force_task_id)")
+    id_task: Name | None = Field(default=None, description="the job's id (force_task_id)")
     id_live_preview: int = Field(default=-1, description="id of the last preview received")
     live_preview: bool = Field(default=True, description="whether to send the live preview")
 

@@ -1,29 +1,43 @@
 """Request and response bodies of the /sdapi/v1 API, with the ecosystem's field names and defaults.
 
-Unknown fields are ignored, as client programs written for the mature web UIs send many.
+Unknown fields are ignored, as client programs written for the mature web UIs send many. Every
+text and list has a cap (a 422 names the field and the limit), so no caller can make the server
+hold or store more than a real request needs.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from engine.request import MAX_BATCH_SIZE, MAX_PROMPT_CHARS
+from engine.settings import MAX_CHANGES
+
+MAX_NAME_CHARS = 256  # sampler, upscaler, checkpoint, script and style names; task ids
+MAX_INFOTEXT_CHARS = 2 * MAX_PROMPT_CHARS + 20_000  # two prompts and their parameters
+MAX_IMAGE_CHARS = 512 * 1024 * 1024  # base64 of the largest picture file the upload limit can allow
+MAX_LIST_ITEMS = 100  # styles, script arguments, extras batch pictures
+
+Name = Annotated[str, Field(max_length=MAX_NAME_CHARS)]
+Prompt = Annotated[str, Field(max_length=MAX_PROMPT_CHARS)]
+Image = Annotated[str, Field(max_length=MAX_IMAGE_CHARS)]
 
 
 class Txt2ImgBody(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    prompt: str = ""
-    negative_prompt: str = ""
-    styles: list[str] = Field(default_factory=list)
+    prompt: Prompt = ""
+    negative_prompt: Prompt = ""
+    styles: list[Name] = Field(default_factory=list, max_length=MAX_LIST_ITEMS)
     seed: int = -1
     subseed: int = -1
     subseed_strength: float = 0.0
     seed_resize_from_h: int = -1
     seed_resize_from_w: int = -1
-    sampler_name: str | None = None
-    sampler_index: str | None = None
-    scheduler: str | None = None
+    sampler_name: Name | None = None
+    sampler_index: Name | None = None
+    scheduler: Name | None = None
     batch_size: int = 1
     n_iter: int = 1
     steps: int = 50
@@ -41,39 +55,40 @@ class Txt2ImgBody(BaseModel):
     s_tmax: float | None = None
     s_tmin: float | None = None
     s_noise: float | None = None
-    override_settings: dict[str, Any] = Field(default_factory=dict)
+    override_settings: dict[str, Any] = Field(default_factory=dict, max_length=MAX_CHANGES)
     override_settings_restore_afterwards: bool = True
-    refiner_checkpoint: str | None = None
+    refiner_checkpoint: Name | None = None
     refiner_switch_at: float | None = None
     disable_extra_networks: bool = False
     enable_hr: bool = False
     firstphase_width: int = 0
     firstphase_height: int = 0
     hr_scale: float = 2.0
-    hr_upscaler: str | None = None
+    hr_upscaler: Name | None = None
     hr_second_pass_steps: int = 0
     hr_resize_x: int = 0
     hr_resize_y: int = 0
-    hr_checkpoint_name: str | None = None
-    hr_sampler_name: str | None = None
-    hr_scheduler: str | None = None
-    hr_prompt: str = ""
-    hr_negative_prompt: str = ""
-    force_task_id: str | None = None
-    script_name: str | None = None
-    script_args: list[Any] = Field(default_factory=list)
+    hr_checkpoint_name: Name | None = None
+    hr_sampler_name: Name | None = None
+    hr_scheduler: Name | None = None
+    hr_prompt: Prompt = ""
+    hr_negative_prompt: Prompt = ""
+    force_task_id: Name | None = None
+    script_name: Name | None = None
+    script_args: list[Any] = Field(default_factory=list, max_length=MAX_LIST_ITEMS)
     send_images: bool = True
     save_images: bool = False
-    alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
-    infotext: str | None = None
+    alwayson_scripts: dict[str, Any] = Field(default_factory=dict, max_length=MAX_LIST_ITEMS)
+    infotext: Annotated[str, Field(max_length=MAX_INFOTEXT_CHARS)] | None = None
 
 
 class Img2ImgBody(Txt2ImgBody):
-    init_images: list[str] = Field(default_factory=list, description="base64 images (or data: URLs)")
+    init_images: list[Image] = Field(default_factory=list, max_length=MAX_BATCH_SIZE,
+                                     description="base64 images (or data: URLs)")
     resize_mode: int = 0
     denoising_strength: float = 0.75
     image_cfg_scale: float | None = None
-    mask: str | None = Field(default=None, description="base64 mask image: white is repainted")
+    mask: Image | None = Field(default=None, description="base64 mask image: white is repainted")
     mask_blur: int | None = None
     mask_blur_x: int = 4
     mask_blur_y: int = 4
@@ -82,7 +97,7 @@ class Img2ImgBody(Txt2ImgBody):
     inpaint_full_res_padding: int = 0
     inpainting_mask_invert: int = 0
     initial_noise_multiplier: float | None = None
-    latent_mask: str | None = None
+    latent_mask: Image | None = None
     include_init_images: bool = False
 
 
@@ -98,23 +113,23 @@ class ExtrasBaseBody(BaseModel):
     upscaling_resize_w: int = 512
     upscaling_resize_h: int = 512
     upscaling_crop: bool = True
-    upscaler_1: str = "None"
-    upscaler_2: str = "None"
+    upscaler_1: Name = "None"
+    upscaler_2: Name = "None"
     extras_upscaler_2_visibility: float = 0.0
     upscale_first: bool = False
 
 
 class ExtrasSingleBody(ExtrasBaseBody):
-    image: str = Field("", description="base64 image (or data: URL)")
+    image: Image = Field("", description="base64 image (or data: URL)")
 
 
 class ExtrasBatchImage(BaseModel):
-    data: str
-    name: str = ""
+    data: Image
+    name: Name = ""
 
 
 class ExtrasBatchBody(ExtrasBaseBody):
-    imageList: list[ExtrasBatchImage] = Field(default_factory=list)  # noqa: N815 (the ecosystem's name)
+    imageList: list[ExtrasBatchImage] = Field(default_factory=list, max_length=MAX_LIST_ITEMS)  # noqa: N815 (the ecosystem's name)
 
 
 class UpscalerItem(BaseModel):
@@ -126,12 +141,12 @@ class UpscalerItem(BaseModel):
 
 
 class PngInfoBody(BaseModel):
-    image: str = Field(description="base64 image (or data: URL)")
+    image: Image = Field(description="base64 image (or data: URL)")
 
 
 class InterrogateBody(BaseModel):
-    image: str = Field(description="base64 image (or data: URL)")
-    model: str = Field("clip", description="'clip' (a BLIP caption) or 'deepdanbooru'")
+    image: Image = Field(description="base64 image (or data: URL)")
+    model: Name = Field("clip", description="'clip' (a BLIP caption) or 'deepdanbooru'")
 
 
 class PngInfoResponse(BaseModel):
