@@ -208,6 +208,24 @@ def test_loras_embeddings_styles_and_vaes_are_listed(api, demo_server):
         {"name": "Noir", "prompt": "{prompt}, black and white", "negative_prompt": "color"}]
 
 
+def test_prompt_styles_lists_a_long_style_and_the_styles_around_a_damaged_row(api, demo_server):
+    path = demo_server.data_dir / "styles.csv"
+    kept = path.read_bytes() if path.exists() else None
+    huge = ("long, \"quoted\"\n" * 15_000)[:200_000]  # past the csv module's 131,072 characters
+    path.write_bytes(b'name,prompt,negative_prompt\r\nbefore,b,\r\nbroken,"never closed\r\n'
+                     + b'huge,"' + huge.replace('"', '""').encode() + b'",-lowres\r\nafter,a,n\r\n')
+    try:
+        assert api.get("/prompt-styles").json() == [
+            {"name": "before", "prompt": "b", "negative_prompt": ""},
+            {"name": "huge", "prompt": huge, "negative_prompt": "-lowres"},
+            {"name": "after", "prompt": "a", "negative_prompt": "n"}]
+    finally:
+        if kept is None:
+            path.unlink()
+        else:
+            path.write_bytes(kept)
+
+
 def test_styles_loras_and_override_settings_in_txt2img(api, demo_server):
     (demo_server.data_dir / "styles.csv").write_text(
         "name,prompt,negative_prompt\nNoir,\"{prompt}, black and white\",color\n")

@@ -9,7 +9,8 @@ import html
 
 import gradio as gr
 
-from engine.styles import Style
+from engine.errors import RequestError
+from engine.styles import Style, StyleStore
 
 from .context import UIContext
 
@@ -67,16 +68,32 @@ def styles_row(ctx: UIContext, tab: str, prompt: gr.Textbox, negative: gr.Textbo
         return gr.update(choices=names, value=[n for n in chosen or [] if n in names])
 
     def saved(style_name: str, prompt_text: str, negative_text: str, chosen: list[str]):
-        style_name = (style_name or "").strip()
-        if not style_name:
-            return gr.update(), "**Give the style a name first.**"
-        store.save(Style(style_name, prompt_text or "", negative_text or ""))
-        return refreshed(chosen), f"Saved style **{html.escape(style_name)}**."
+        done, note = save_style(store, style_name, prompt_text, negative_text)
+        return (refreshed(chosen) if done else gr.update()), note
 
     refresh.click(refreshed, inputs=styles, outputs=styles, queue=False, **PRIVATE)
     save.click(saved, inputs=[name, prompt, negative, styles], outputs=[styles, note], queue=False,
                **PRIVATE)
     return styles
+
+
+def save_style(store: StyleStore, style_name: str, prompt_text: str, negative_text: str
+               ) -> tuple[bool, str]:
+    """Save the prompts as the style `style_name`: whether it was saved, and the note to show.
+    The note also names the rows of the styles file that cannot be read, so whoever saves learns
+    why a style they expected is missing from the list (the save keeps those rows unchanged)."""
+    style_name = (style_name or "").strip()
+    if not style_name:
+        return False, "**Give the style a name first.**"
+    try:
+        store.save(Style(style_name, prompt_text or "", negative_text or ""))
+    except RequestError as error:
+        return False, f"**{html.escape(error.message, quote=False)}**"
+    note = f"Saved style **{html.escape(style_name)}**."
+    problems = store.problems()
+    if problems:
+        note += "\n\n" + "\n".join(f"- {html.escape(problem, quote=False)}" for problem in problems)
+    return True, note
 
 
 def lora_browser(ctx: UIContext, tab: str, prompt: gr.Textbox) -> None:
