@@ -31,6 +31,7 @@ from .access import AccessGuard, check_credentials, mounted_gradio_app
 from .api import controlnet_api, internal_api, system_api
 from .api.routes import build_router
 from .context import UIContext
+from .gradio_endpoints import UnknownEndpointGuard
 from .layout import build_app, page_css, page_js
 
 log = logging.getLogger(__name__)
@@ -161,6 +162,9 @@ def _create_app(ctx: UIContext) -> FastAPI:
         @app.get("/", include_in_schema=False)
         def api_only() -> dict:
             return {"detail": "API only (--nowebui): the routes are under /sdapi/v1, documented at /docs"}
+    if gradio_app is not None:
+        # Inside the guard below: only a caller allowed in learns which events exist.
+        app.add_middleware(UnknownEndpointGuard, blocks=lambda: blocks)
     app.add_middleware(AccessGuard, ui_logins=flags.gradio_auth, api_logins=flags.api_auth,
                        gradio_app=lambda: gradio_app, local_only=not is_exposed(flags))
     # Always ours: without it Gradio adds its own, which lets any origin in once the UI is
