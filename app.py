@@ -72,8 +72,10 @@ def build(flags, config_root: Path | None = None):
     if remove_unfinished(data_dir / "outputs") + remove_unfinished(data_dir, recursive=False):
         log.info("removed the temporary files of writes a crash cut short")
     extensions = "none" if flags.disable_all_extensions else "builtin" if flags.disable_extra_extensions else "all"
+    # Extensions are imported here, once: the built-in ones and the enabled third-party ones
+    # (a disabled or newly installed one waits for a start where it is enabled).
     addons = AddOns.from_folders(folders, hashes, device=device, allow_unsafe=flags.allow_unsafe_checkpoints,
-                                 extensions=extensions)
+                                 extensions=extensions, disabled_extensions=settings["disabled_extensions"])
     engine = Engine(models, OutputWriter(data_dir / "outputs", settings, name_limit=flags.filenames_max_length),
                     settings, addons, queue=JobQueue(max_waiting=flags.queue_size))
     if flags.demo:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 import torch
 
@@ -43,21 +44,24 @@ class AddOns:
     @classmethod
     def in_data_dir(cls, data_dir: Path, hashes: HashCache, extension_folders: list[Path] = (),
                     device: DeviceConfig | None = None, allow_unsafe: bool = False,
-                    catalogue: ModelCatalogue | None = None) -> "AddOns":
+                    catalogue: ModelCatalogue | None = None,
+                    disabled_extensions: Iterable[str] = ()) -> "AddOns":
         """The ecosystem's folders under `data_dir`: models/Lora, models/embeddings (and the older
         embeddings/), models/VAE and styles.csv; the built-in extensions, then
         <data dir>/extensions and any other extension folders given. `catalogue`: the standard
         models and their hosts (by default from the environment: SD_STUDIO_GITHUB_ENDPOINT,
         HF_ENDPOINT)."""
         return cls.from_folders(Folders.in_data_dir(data_dir), hashes, extension_folders, device,
-                                allow_unsafe, catalogue=catalogue)
+                                allow_unsafe, catalogue=catalogue, disabled_extensions=disabled_extensions)
 
     @classmethod
     def from_folders(cls, folders: Folders, hashes: HashCache, extension_folders: list[Path] = (),
                      device: DeviceConfig | None = None, allow_unsafe: bool = False,
-                     extensions: str = "all", catalogue: ModelCatalogue | None = None) -> "AddOns":
+                     extensions: str = "all", catalogue: ModelCatalogue | None = None,
+                     disabled_extensions: Iterable[str] = ()) -> "AddOns":
         """`extensions`: "all", "builtin" (--disable-extra-extensions) or "none"
-        (--disable-all-extensions: not even imported)."""
+        (--disable-all-extensions: not even imported). `disabled_extensions`: the setting of that
+        name; the third-party extensions it names are listed but not imported."""
         for folder in folders.model_folders():
             folder.mkdir(parents=True, exist_ok=True)
         device = device or DeviceConfig(torch.device("cpu"), torch.float32)
@@ -79,5 +83,5 @@ class AddOns:
             downloads=CatalogueDownloads(catalogue, folders.models, folder_of=folders.catalogue_folder),
             # Loaded where generation runs (the GPU lane's device) when first used.
             controlnets=ControlNetLibrary(folders.controlnet, device, allow_unsafe=allow_unsafe),
-            extensions=ExtensionRegistry(extension_sources),
+            extensions=ExtensionRegistry(extension_sources, set(disabled_extensions)),
         )

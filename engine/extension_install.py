@@ -5,14 +5,16 @@ An install clones the repository with `git clone --depth 1` into a hidden tempor
 (an __init__.py at its top), then renames it into place: a failed install leaves nothing behind.
 An update is `git pull --ff-only` in the extension's folder, so local edits are never merged over.
 
-Installing runs code from the internet on this machine, so the UI refuses it while the app is
-reachable from the network (--listen, --share) unless --enable-insecure-extension-access says
-otherwise: see `refusal`.
+Neither runs the extension's code: a new extension is recorded as disabled before its folder
+appears (`keep_disabled`), and the registry lists it without importing it (its code runs at the
+first start after a user enables it); an update's code runs at the next start, if enabled.
+Installing still puts code from the internet on this machine that one click and a restart will
+run, so the UI refuses it while the app is reachable from the network (--listen, --share) unless
+--enable-insecure-extension-access says otherwise: see `refusal`.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import shutil
@@ -20,13 +22,11 @@ import stat
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 from urllib.parse import urlparse
 
 from .errors import RequestError, UserError
 from .flags import is_exposed
-
-log = logging.getLogger(__name__)
 
 GIT_TIMEOUT = 300  # seconds for one clone or pull; a stalled server must not hang the event
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")
@@ -86,9 +86,12 @@ def check_name(name: str) -> str:
 
 
 def install_from_url(url: str, extensions_dir: Path, name: str | None = None,
-                     reserved: Iterable[str] = ()) -> Path:
+                     reserved: Iterable[str] = (),
+                     before_placing: Callable[[str], None] | None = None) -> Path:
     """Clone the extension at `url` into extensions_dir/<name>; returns its folder.
-    `reserved`: names already taken elsewhere (the built-in extensions)."""
+    `reserved`: names already taken elsewhere (the built-in extensions). `before_placing(name)`
+    runs once the clone is checked, before the folder appears under its name: if it raises,
+    nothing is installed."""
     url = check_url(url)
     name = check_name(name.strip() if name and name.strip() else name_from_url(url))
     extensions_dir = Path(extensions_dir)
@@ -109,6 +112,8 @@ def install_from_url(url: str, extensions_dir: Path, name: str | None = None,
                             "url")
         if target.exists():  # installed meanwhile by someone else
             raise UserError(f"An extension named '{name}' is already installed (in {target})", "name")
+        if before_placing is not None:
+            before_placing(name)
         clone.rename(target)
     finally:
         _remove_tree(staging)
@@ -123,7 +128,8 @@ def update(name: str, extensions_dir: Path) -> str:
     after = _head(folder)
     if after == before:
         return f"{name} is already up to date ({before})."
-    return f"Updated {name}: {before} -> {after}. Restart the web UI to use the new code."
+    return (f"Updated {name}: {before} -> {after}. The new code has not run: restart the web UI to use "
+            "it (an extension's code runs at start, when it is enabled).")
 
 
 def check_updates(name: str, extensions_dir: Path) -> bool:
@@ -197,13 +203,29 @@ def _remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def reload_registry(addons: Any, disabled: set[str]) -> None:
-    """Find the extensions again (a new install shows up) and give each its add-ons, as at start."""
-    registry = addons.extensions
-    registry.reload(disabled)
-    for entry in registry.loaded():
-        try:
-            entry.extension.attach(addons)
-        except Exception as error:  # a broken extension is listed as failed, never fatal
-            log.error("extension %s failed in attach", entry.name, exc_info=error)
-            entry.error = f"attach: {type(error).__name__}: {error}"
+def keep_disabled(settings: Any, name: str) -> None:
+    """Add `name` to the `disabled_extensions` setting (saved at once): a new extension is not
+    trusted yet, so no start imports it until a user enables it."""
+    disabled = set(settings["disabled_extensions"])
+    if name not in disabled:
+        settings.update({"disabled_extensions": sorted(disabled | {name})})
+
+
+def source(folder: Path) -> tuple[str, str] | None:
+    """(where it was cloned from, its commit) for an extension folder made by git; None for
+    one made by hand or when git cannot say."""
+    if not (Path(folder) / ".git").exists():
+        return None
+    try:
+        remote = _git(["config", "--get", "remote.origin.url"], folder, "no remote").strip()
+        return _without_credentials(remote), _head(folder)
+    except UserError:
+        return None
+
+
+def _without_credentials(url: str) -> str:
+    """The URL as the UI may show it: a user:token@ part (a private repository) left out."""
+    parsed = urlparse(url)
+    if parsed.scheme and "@" in parsed.netloc:
+        return parsed._replace(netloc=parsed.netloc.rsplit("@", 1)[1]).geturl()
+    return url

@@ -11,6 +11,11 @@ Hooks:
   - `summary(options, width, height)` -> a live line the UI shows under the fields.
 An extension that fails to import or raises in a hook is logged, marked failed and skipped.
 Nothing is ever downloaded or installed by the loader.
+
+When code runs: the registry imports extensions only when it is made, which app.py does once at
+start. It imports the built-in ones (they are the app's own code) and the third-party ones that
+are enabled; a disabled third-party extension, and one installed while the app runs, is listed
+but never imported until it is enabled and the app restarts.
 """
 
 from __future__ import annotations
@@ -121,7 +126,15 @@ class LoadedExtension:
     def status(self) -> str:
         if self.error:
             return "failed"
+        if self.extension is None:
+            return "not loaded"  # found but not imported: its code has not run in this session
         return "enabled" if self.enabled else "disabled"
+
+    @property
+    def waiting(self) -> bool:
+        """Found but not imported (disabled at start, or installed since): it loads at a start
+        where it is enabled."""
+        return self.extension is None and not self.error
 
 
 @dataclass
@@ -140,18 +153,28 @@ class ExtensionRegistry:
     """Finds, loads and orders the extensions; remembers which failed."""
 
     def __init__(self, folders: list[tuple[Path, bool]], disabled: set[str] | None = None):
+        """The start of the app: imports the built-in extensions and the third-party ones
+        `disabled` does not name (folder names); disabled third-party ones are only listed."""
         self.folders = folders            # (folder, holds built-ins)
         self._lock = threading.Lock()
-        self._entries: list[LoadedExtension] = []
-        self.reload(disabled or set())
+        disabled = set(disabled or ())
+        self._entries = sorted((_at_start(path, builtin, disabled) for path, builtin in self._found()),
+                               key=_sort_key)
 
-    def reload(self, disabled: set[str]) -> None:
-        entries = []
+    def _found(self) -> Iterator[tuple[Path, bool]]:
         for folder, builtin in self.folders:
             for path in _extension_folders(folder):
-                entries.append(_load(path, builtin, path.name not in disabled))
+                yield path, builtin
+
+    def discover(self) -> list[LoadedExtension]:
+        """List the extension folders added since start (an install), disabled and not
+        loaded: nothing is imported here, so no new code runs before a restart that enables it.
+        Returns the new entries."""
         with self._lock:
-            self._entries = sorted(entries, key=_sort_key)
+            known = {entry.path for entry in self._entries}
+            new = [_listed(path, builtin) for path, builtin in self._found() if path not in known]
+            self._entries = sorted(self._entries + new, key=_sort_key)
+        return new
 
     @property
     def entries(self) -> list[LoadedExtension]:
@@ -161,6 +184,10 @@ class ExtensionRegistry:
     def loaded(self) -> list[LoadedExtension]:
         """Extensions that loaded (enabled or not), in run order."""
         return [e for e in self.entries if e.extension is not None]
+
+    def choosable(self) -> list[LoadedExtension]:
+        """Those a user can enable or disable: the loaded ones and those waiting for a start."""
+        return [e for e in self.entries if e.extension is not None or e.waiting]
 
     def for_mode(self, mode: str) -> list[LoadedExtension]:
         return [e for e in self.loaded() if e.enabled and not e.error and mode in e.extension.modes]
@@ -190,8 +217,7 @@ class ExtensionRegistry:
         for name, values in (requested or {}).items():
             entry = self.find(name)
             if entry is None:
-                known = ", ".join(e.name for e in self.loaded()) or "none"
-                raise RequestError(f"Extension not found: '{name}'. Installed: {known}", "extensions")
+                self._refuse_unknown(name)
             if not isinstance(values, Mapping):
                 raise RequestError(f"{entry.name}: options must be an object of field values", "extensions")
             fields = {f.name: f for f in entry.extension.fields}
@@ -204,6 +230,14 @@ class ExtensionRegistry:
             entry.extension.check(options)
             checked[entry.name] = options
         return checked
+
+    def _refuse_unknown(self, name: str) -> None:
+        waiting = next((e for e in self.entries if e.waiting and e.name.lower() == name.strip().lower()), None)
+        if waiting is not None:
+            raise RequestError(f"Extension '{waiting.name}' is installed but not loaded: enable it in the "
+                               "Extensions tab and restart the web UI", "extensions")
+        known = ", ".join(e.name for e in self.loaded()) or "none"
+        raise RequestError(f"Extension not found: '{name}'. Installed: {known}", "extensions")
 
     def active(self, mode: str, requested: Mapping[str, Mapping[str, Any]]) -> list[ActiveExtension]:
         """The extensions a job runs, in order, with defaults filled in."""
@@ -230,6 +264,19 @@ def _extension_folders(folder: Path) -> Iterator[Path]:
     for child in sorted(folder.iterdir()):
         if child.is_dir() and not child.name.startswith((".", "_")) and (child / "__init__.py").is_file():
             yield child
+
+
+def _at_start(path: Path, builtin: bool, disabled: set[str]) -> LoadedExtension:
+    """Built-ins are the app's own code: always imported, so enabling one needs no restart.
+    A third-party extension runs code of unknown origin: imported only when enabled."""
+    enabled = path.name not in disabled
+    return _load(path, builtin, enabled) if builtin or enabled else _listed(path, builtin)
+
+
+def _listed(path: Path, builtin: bool) -> LoadedExtension:
+    """An extension found but not imported (its code does not run), disabled until a user
+    enables it; it loads at the next start where it is enabled."""
+    return LoadedExtension(path.name, path, builtin, enabled=False)
 
 
 def _load(path: Path, builtin: bool, enabled: bool) -> LoadedExtension:

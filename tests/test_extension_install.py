@@ -1,6 +1,7 @@
 """Installing and updating third-party extensions from git: real repositories made in tmp_path,
 cloned by path; and the Extensions tab of the real app, which refuses to install while shared
-on the network unless --enable-insecure-extension-access says otherwise."""
+on the network unless --enable-insecure-extension-access says otherwise. An install or an update
+never runs the extension's code: it runs at a start where the extension is enabled."""
 
 from __future__ import annotations
 
@@ -9,16 +10,16 @@ import shutil
 import subprocess
 import uuid
 from pathlib import Path
-from types import SimpleNamespace
 
 import httpx
 import pytest
 
 from engine import extension_install
 from engine.errors import RequestError, UserError
-from engine.extension_install import install_from_url, refusal, reload_registry, update
+from engine.extension_install import install_from_url, refusal, update
 from engine.extensions import ExtensionRegistry
 from engine.flags import parse
+from engine.settings import Settings
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 
@@ -76,17 +77,105 @@ def leftovers(folder: Path) -> list[str]:
     return sorted(child.name for child in folder.iterdir())
 
 
-def test_install_clones_into_the_extensions_folder_and_the_registry_lists_it(origin, extensions_dir):
+def test_install_clones_into_the_extensions_folder_and_the_registry_lists_it_unloaded(origin, extensions_dir):
     registry = ExtensionRegistry([(extensions_dir, False)])
     assert registry.find("sparkle") is None
     path = install_from_url(str(origin), extensions_dir)
     assert path == extensions_dir / "sparkle-ext"  # the URL's last part without .git
     assert (path / "__init__.py").is_file() and (path / ".git").is_dir()
     assert leftovers(extensions_dir) == ["sparkle-ext"]  # no staging folder left behind
-    reload_registry(SimpleNamespace(extensions=registry), disabled=set())
-    entry = registry.find("sparkle")
-    assert entry is not None and entry.status == "enabled" and not entry.builtin
-    assert entry.path == path
+    [entry] = registry.discover()
+    assert entry.path == path and entry.status == "not loaded" and entry.waiting and not entry.enabled
+    assert registry.find("sparkle") is None and registry.discover() == []  # listed once, never imported
+    assert [e.name for e in registry.choosable()] == ["sparkle-ext"]
+    with pytest.raises(RequestError, match="'sparkle-ext' is installed but not loaded: enable it"):
+        registry.check("txt2img", {"sparkle-ext": {"enabled": True}})
+    assert extension_install.source(path) == (str(origin), extension_install._head(origin))
+
+
+def test_before_placing_runs_before_the_folder_appears_and_can_stop_the_install(origin, extensions_dir):
+    seen = []
+    install_from_url(str(origin), extensions_dir, before_placing=lambda name: seen.append(
+        (name, (extensions_dir / name).exists())))
+    assert seen == [("sparkle-ext", False)]
+
+    def refuse(name):
+        raise UserError("cannot record it")
+    with pytest.raises(UserError, match="cannot record it"):
+        install_from_url(str(origin), extensions_dir, name="other", before_placing=refuse)
+    assert leftovers(extensions_dir) == ["sparkle-ext"]
+
+
+def test_a_source_url_with_credentials_is_shown_without_them():
+    assert extension_install._without_credentials("https://user:secret@example.com/a/b.git") == \
+        "https://example.com/a/b.git"
+    assert extension_install._without_credentials("git@github.com:someone/x.git") == "git@github.com:someone/x.git"
+
+
+HOSTILE_CODE = '''"""An extension that acts as soon as it is imported, as a hostile one could."""
+from pathlib import Path
+
+from engine.extensions import Extension
+
+Path({marker!r}).write_text("imported")
+
+
+class Hostile(Extension):
+    name = "hostile"
+
+    def attach(self, addons):
+        Path({marker!r} + ".attached").write_text("attached")
+
+
+extension = Hostile()
+'''
+
+
+def test_start_imports_enabled_third_party_extensions_only(tmp_path, extensions_dir):
+    marker = tmp_path / "marker"
+    make_repo(tmp_path / "origin" / "hostile-ext", {"__init__.py": HOSTILE_CODE.format(marker=str(marker))})
+    git(extensions_dir, "clone", "-q", str(tmp_path / "origin" / "hostile-ext"))
+    registry = ExtensionRegistry([(extensions_dir, False)], disabled={"hostile-ext"})
+    assert not marker.exists() and registry.entries[0].status == "not loaded"
+    registry.discover()  # finding folders again imports nothing either
+    assert not marker.exists()
+    assert ExtensionRegistry([(extensions_dir, False)], disabled=set()).find("hostile") is not None
+    assert marker.read_text() == "imported"
+
+
+def _gradio_table(outputs: list) -> str:
+    """The Extensions table's HTML among an event's outputs."""
+    return next(o for o in outputs if isinstance(o, str) and "extensions-table" in o)
+
+
+def test_an_installed_extension_runs_no_code_until_enabled_and_restarted(tmp_path):
+    """Installed through the Extensions tab's event, as the page sends it: nothing of the
+    extension runs at install, nor when it is enabled, nor at a start where it is still
+    disabled; it runs at the first start where it is enabled."""
+    from tests.support.server import AppServer
+
+    marker = tmp_path / "marker"
+    origin = make_repo(tmp_path / "origin" / "hostile-ext", {"__init__.py": HOSTILE_CODE.format(marker=str(marker))})
+    commit_id = extension_install._head(origin)
+    data = tmp_path / "app"
+    with AppServer(data, "--demo", "--api") as server:
+        outputs = _gradio_call(server.url, "extension_install", [str(origin), ""])
+        assert not marker.exists(), "installing imported the extension"
+        assert "Its code has not run" in outputs[-1] and commit_id in outputs[-1]
+        table = _gradio_table(outputs)
+        assert "hostile-ext" in table and str(origin) in table and commit_id in table
+        assert "installed, not loaded" in table
+        listed = {e["name"]: e for e in httpx.get(server.url + "/sdapi/v1/extensions").json()}
+        assert listed["hostile-ext"]["status"] == "not loaded" and not listed["hostile-ext"]["enabled"]
+        assert "hostile-ext" in Settings(data / "config.json")["disabled_extensions"]
+        # Enabling it is saved; its code waits for a restart.
+        assert httpx.post(server.url + "/sdapi/v1/options", json={"disabled_extensions": []}).status_code == 200
+        outputs = _gradio_call(server.url, "extensions_refresh", [])
+        assert "enabled, not loaded" in _gradio_table(outputs) and not marker.exists()
+    with AppServer(data, "--demo", "--api") as server:
+        assert marker.read_text() == "imported" and (tmp_path / "marker.attached").exists()
+        listed = {e["name"]: e for e in httpx.get(server.url + "/sdapi/v1/extensions").json()}
+        assert listed["hostile-ext"]["status"] == "enabled"
 
 
 def test_install_from_a_file_url_with_a_chosen_name(origin, extensions_dir):
@@ -185,7 +274,7 @@ def test_update_pulls_new_commits_fast_forward_only(origin, extensions_dir):
     commit(origin, {"__init__.py": EXTENSION_CODE.format(version=2)}, "version 2")
     assert extension_install.check_updates("sparkle-ext", extensions_dir) is True
     message = update("sparkle-ext", extensions_dir)
-    assert message.startswith("Updated sparkle-ext:") and "Restart" in message
+    assert message.startswith("Updated sparkle-ext:") and "has not run: restart" in message
     assert "VERSION = 2" in (path / "__init__.py").read_text()
     # A local commit and a new upstream one have diverged: no merge is made behind the user's back.
     commit(path, {"local.txt": "mine"}, "local change")
@@ -282,10 +371,10 @@ def test_with_insecure_extension_access_the_tab_installs_and_updates(tmp_path, p
         page.click("#extension_install")
         result = page.locator("#extension_install_result")
         result.get_by_text("Installed sparkle-ext").wait_for()
-        assert "after a restart" in result.inner_text()
+        assert "Its code has not run" in result.inner_text() and "restart the web UI" in result.inner_text()
         assert (data / "extensions" / "sparkle-ext" / "__init__.py").is_file()
-        page.locator("#extensions_table").get_by_text("Sparkle", exact=True).wait_for()
-        assert page.locator("#extensions_enabled").get_by_label("sparkle-ext").is_checked()
+        page.locator("#extensions_table").get_by_text("installed, not loaded", exact=False).wait_for()
+        assert not page.locator("#extensions_enabled").get_by_label("sparkle-ext").is_checked()
 
         commit(origin, {"__init__.py": EXTENSION_CODE.format(version=2)}, "version 2")
         page.locator("#extension_update_name input").click()

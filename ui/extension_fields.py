@@ -1,5 +1,8 @@
 """Extensions in the UI: an accordion of fields per extension in each tab it applies to, and the
-Extensions tab that lists them all with their status and installs or updates third-party ones."""
+Extensions tab that lists them all with their status and installs or updates third-party ones.
+
+Nothing here runs an extension's code: an install or an update only changes files (and, for an
+install, records the new extension as disabled); code runs at the next start, if enabled."""
 
 from __future__ import annotations
 
@@ -11,11 +14,12 @@ import gradio as gr
 
 from engine import extension_install
 from engine.errors import UserError
-from engine.extensions import Field
+from engine.extensions import Field, LoadedExtension
 
 from .context import UIContext
 from .markdown_text import literal
 from .number_inputs import Number, Slider
+from .settings_tab import disabled_names
 
 PREFIX = "ext::"
 
@@ -50,8 +54,9 @@ def _component(field: Field, elem_id: str):
 
 
 def render(ctx: UIContext, tab: str, mode: str, size: tuple | None = None) -> dict:
-    """The fields of the extensions for this tab, as named controls; disabled ones are drawn
-    hidden, so enabling them needs no restart. `size` (the tab's width and height controls)
+    """The fields of the loaded extensions for this tab, as named controls; disabled ones are
+    drawn hidden, so enabling them needs no restart (one not loaded has none until a start that
+    imports it). `size` (the tab's width and height controls)
     feeds the extensions' live summary lines."""
     controls = {}
     for entry in ctx.engine.addons.extensions.loaded():
@@ -89,26 +94,42 @@ def _live_summary(extension, fields: dict, size: tuple, elem_id: str) -> None:
         component.change(describe, inputs=inputs, outputs=label, queue=False, api_visibility="private")
 
 
+def _status(entry: LoadedExtension) -> str:
+    """The status column: for one not loaded, what it takes to run it."""
+    if not entry.waiting:
+        return entry.status
+    if entry.enabled:
+        return "enabled, not loaded: its code runs from the next restart"
+    return "installed, not loaded: enable it and restart the web UI to run it"
+
+
+def _source(entry: LoadedExtension) -> str:
+    """Where a third-party extension came from and at which commit, when git installed it."""
+    found = None if entry.builtin else extension_install.source(entry.path)
+    return f"{found[0]} @ {found[1]}" if found else ""
+
+
 def _table(ctx: UIContext) -> str:
     rows = []
     for entry in ctx.engine.addons.extensions.entries:
         extension = entry.extension
         cells = [entry.name, extension.title if extension else "", str(extension.order) if extension else "",
                  ", ".join(extension.modes) if extension else "", "built-in" if entry.builtin else "third-party",
-                 entry.status, entry.error or ""]
+                 _source(entry), _status(entry), entry.error or ""]
         rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
-    head = "".join(f"<th>{h}</th>" for h in ("Name", "Title", "Order", "Modes", "Where", "Status", "Error"))
+    head = "".join(f"<th>{h}</th>" for h in ("Name", "Title", "Order", "Modes", "Where", "Source", "Status",
+                                             "Error"))
     return f"<table class='extensions-table'><tr>{head}</tr>{''.join(rows)}</table>"
 
 
-def _loaded_names(ctx: UIContext) -> list[str]:
-    return [e.name for e in ctx.engine.addons.extensions.loaded()]
+def _choosable_names(ctx: UIContext) -> list[str]:
+    return [e.name for e in ctx.engine.addons.extensions.choosable()]
 
 
 def _enabled_choices(ctx: UIContext):
-    """The Enabled box as the registry is now (an install adds a name to it)."""
-    loaded = ctx.engine.addons.extensions.loaded()
-    return gr.update(choices=[e.name for e in loaded], value=[e.name for e in loaded if e.enabled])
+    """The Enabled box as the registry is now (an install adds a name to it, unticked)."""
+    choosable = ctx.engine.addons.extensions.choosable()
+    return gr.update(choices=[e.name for e in choosable], value=[e.name for e in choosable if e.enabled])
 
 
 def extensions_tab(ctx: UIContext) -> tuple:
@@ -117,8 +138,9 @@ def extensions_tab(ctx: UIContext) -> tuple:
     Returns what a page load calls (and its outputs) so every new page shows the current state."""
     registry = ctx.engine.addons.extensions
     table = gr.HTML(_table(ctx), elem_id="extensions_table")
-    enabled = gr.CheckboxGroup(_loaded_names(ctx), value=[e.name for e in registry.loaded() if e.enabled],
-                               label="Enabled (in the order they run)", elem_id="extensions_enabled")
+    enabled = gr.CheckboxGroup(_choosable_names(ctx), value=[e.name for e in registry.choosable() if e.enabled],
+                               label="Enabled (in the order they run; a third-party extension not loaded "
+                                     "yet runs from the next restart)", elem_id="extensions_enabled")
     apply = gr.Button("Apply", elem_id="extensions_apply")
     note = gr.Markdown("", elem_id="extensions_message")
 
@@ -126,9 +148,12 @@ def extensions_tab(ctx: UIContext) -> tuple:
 
     def save(chosen: list[str]):
         chosen = set(chosen or [])
-        ctx.settings.update({"disabled_extensions": sorted(set(_loaded_names(ctx)) - chosen)})
+        # Names this page did not offer (one installed since it opened) keep their state: a new
+        # extension is enabled only by ticking it.
+        ctx.settings.update({"disabled_extensions": disabled_names(
+            _choosable_names(ctx), sorted(chosen), ctx.settings["disabled_extensions"])})
         ctx.engine.sync_extensions()
-        return _table(ctx), "Saved: generation and every tab use the change now.", *_shown(chosen)
+        return _table(ctx), _saved_message(ctx, chosen), *_shown(chosen)
 
     def _shown(chosen: set[str]) -> list:
         return [gr.update(visible=name in chosen) for name, _ in accordions]
@@ -136,7 +161,12 @@ def extensions_tab(ctx: UIContext) -> tuple:
     apply.click(save, inputs=enabled, outputs=[table, note, *(a for _, a in accordions)], queue=False,
                 api_visibility="private")
     refresh = gr.Button("Refresh status", size="sm", elem_id="extensions_refresh")
-    refresh.click(lambda: _table(ctx), outputs=table, queue=False, api_visibility="private")
+
+    def refreshed():
+        ctx.engine.sync_extensions()  # the setting may have changed in Settings or through the API
+        return _table(ctx)
+
+    refresh.click(refreshed, outputs=table, queue=False, api_visibility="private")
     updatable = _install_section(ctx, table, enabled)
 
     def current():
@@ -145,6 +175,15 @@ def extensions_tab(ctx: UIContext) -> tuple:
         return _table(ctx), _enabled_choices(ctx), _updatable_choices(ctx), *_shown(chosen)
 
     return current, [table, enabled, updatable, *(a for _, a in accordions)]
+
+
+def _saved_message(ctx: UIContext, chosen: set[str]) -> str:
+    waiting = [e.name for e in ctx.engine.addons.extensions.entries if e.waiting and e.name in chosen]
+    message = "Saved: generation and every tab use the change now."
+    if waiting:
+        message += (f" Not loaded yet: {literal(', '.join(waiting))}. Their code runs from the next "
+                    "restart of the web UI.")
+    return message
 
 
 def _third_party_folder(ctx: UIContext) -> Path | None:
@@ -216,18 +255,22 @@ def _checked_folder(ctx: UIContext) -> Path:
 
 
 def _install(ctx: UIContext, url: str, name: str) -> str:
+    """Clone, record as disabled, list: the extension's code does not run (not even at the next
+    start) until a user enables it and restarts."""
     folder = _checked_folder(ctx)
     registry = ctx.engine.addons.extensions
     builtins = [e.name for e in registry.entries if e.builtin]
-    path = extension_install.install_from_url(url, folder, name or None, reserved=builtins)
-    extension_install.reload_registry(ctx.engine.addons, set(ctx.settings["disabled_extensions"]))
-    entry = next((e for e in registry.entries if e.path == path), None)
-    where, name = literal(str(path)), literal(path.name)
-    if entry is None or entry.error:
-        error = entry.error if entry else "the loader did not find it"
-        return f"Installed **{name}** into {where}, but it failed to load: {literal(error)}"
-    return (f"Installed **{name}** into {where}; it is listed above and jobs can use it now. Its "
-            "fields appear in the tabs after a restart of the web UI (the tabs are built at start).")
+    # Disabled before the folder appears, so a crash in between cannot leave it enabled.
+    path = extension_install.install_from_url(
+        url, folder, name or None, reserved=builtins,
+        before_placing=lambda new: extension_install.keep_disabled(ctx.settings, new))
+    registry.discover()
+    ctx.engine.sync_extensions()
+    found = extension_install.source(path)
+    origin = f" from {literal(found[0])} at commit {literal(found[1])}" if found else ""
+    return (f"Installed **{literal(path.name)}** into {literal(str(path))}{origin}. Its code has not run: "
+            "it is listed above as installed, not loaded, and disabled. To use it, tick it under "
+            "Enabled, Apply, and restart the web UI; its code runs from then on.")
 
 
 def _update(ctx: UIContext, name: str) -> str:

@@ -32,6 +32,7 @@ from .api import controlnet_api, internal_api, system_api
 from .api.routes import build_router
 from .body_limits import OPTIONS_BODY_BYTES, UPLOAD_ROUTES, BodyLimits, api_body_bytes, upload_file_bytes
 from .context import UIContext
+from .gradio_endpoints import UnknownEndpointGuard
 from .layout import build_app, page_css, page_js
 from .login_throttle import LoginThrottle
 
@@ -164,6 +165,9 @@ def _create_app(ctx: UIContext) -> FastAPI:
         @app.get("/", include_in_schema=False)
         def api_only() -> dict:
             return {"detail": "API only (--nowebui): the routes are under /sdapi/v1, documented at /docs"}
+    if gradio_app is not None:
+        # Inside the guard below: only a caller allowed in learns which events exist.
+        app.add_middleware(UnknownEndpointGuard, blocks=lambda: blocks)
     # Always ours: without it Gradio adds its own, which lets any origin in once the UI is
     # reached by a LAN address. No origin is allowed unless the owner names it; "*" never
     # carries credentials.

@@ -129,7 +129,8 @@ def _setting_value(ctx: UIContext, option: Option, shown: Any) -> Any:
 
 
 def _extension_names(ctx: UIContext) -> list[str]:
-    return [entry.name for entry in ctx.engine.addons.extensions.loaded()]
+    """Those loaded and those waiting for a start where they are enabled (the Extensions tab's)."""
+    return [entry.name for entry in ctx.engine.addons.extensions.choosable()]
 
 
 def _slider_step(option: Option) -> float:
