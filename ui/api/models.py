@@ -27,8 +27,8 @@ Image = Annotated[str, Field(max_length=MAX_IMAGE_CHARS)]
 class Txt2ImgBody(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    prompt: Prompt = ""
-    negative_prompt: Prompt = ""
+    prompt: str = ""  # the engine checks their length and names it in its own words
+    negative_prompt: str = ""
     styles: list[Name] = Field(default_factory=list, max_length=MAX_LIST_ITEMS)
     seed: int = -1
     subseed: int = -1
