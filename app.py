@@ -25,19 +25,20 @@ log = logging.getLogger("sd-studio")
 def build(flags, config_root: Path | None = None):
     """Everything the server needs, from parsed flags. `config_root`: other model config folders
     than the repo's (the benchmark's tiny mode)."""
-    from engine import a1111_flags, memory_guard
+    from engine.settings import a1111_flags
+    from engine.memory import memory_guard
     from engine.addons import AddOns
-    from engine.checkpoint_cache import CheckpointCache
-    from engine.devices import DeviceConfig
-    from engine.downloads import ModelDownloader, sd15_offer
+    from engine.models.checkpoint_cache import CheckpointCache
+    from engine.models.devices import DeviceConfig
+    from engine.models.downloads import ModelDownloader, sd15_offer
     from engine.engine import Engine
-    from engine.flags import uses_cpu
-    from engine.folders import Folders
+    from engine.settings.flags import uses_cpu
+    from engine.settings.folders import Folders
     from engine.jobs import JobQueue
-    from engine.models import BUILTIN_DEMO, HashCache, ModelRegistry
-    from engine.outputs import OutputWriter, remove_unfinished
-    from engine.pipelines import ModelManager
-    from engine.settings import Settings
+    from engine.models.registry import BUILTIN_DEMO, HashCache, ModelRegistry
+    from engine.output.writer import OutputWriter, remove_unfinished
+    from engine.models.pipelines import ModelManager
+    from engine.settings.store import Settings
     from ui.context import UIContext
     from ui.server_control import ServerControl
 
@@ -107,7 +108,7 @@ def settings_in_sections(settings, names: list[str]) -> tuple[list[str], list[st
     """The keys of our settings in the named sections (AUTOMATIC1111's section ids, such as
     saving-paths or sampler-params, or ours, such as "Saving images"), and the names that
     matched none."""
-    from engine.settings import A1111_SECTIONS
+    from engine.settings.store import A1111_SECTIONS
 
     keys, unknown = [], []
     for name in names:
@@ -123,8 +124,8 @@ def settings_in_sections(settings, names: list[str]) -> tuple[list[str], list[st
 def apply_setting_flags(settings, flags) -> None:
     """What start flags say about settings: memory modes (saved, as a choice the user can change
     later), and for this run only the theme, API logging and the frozen settings."""
-    from engine.flags import memory_mode
-    from engine.options_saving import DIRECTORY_KEYS
+    from engine.settings.flags import memory_mode
+    from engine.settings.options_saving import DIRECTORY_KEYS
 
     if memory_mode(flags):  # the flag sets the setting, which Settings can change while running
         settings.update({"memory_mode": memory_mode(flags)})
@@ -170,7 +171,7 @@ def lan_addresses() -> list[str]:
 
 
 def announce(flags, scheme: str) -> str:
-    from engine.flags import is_exposed
+    from engine.settings.flags import is_exposed
 
     local = f"{scheme}://127.0.0.1:{flags.port}{getattr(flags, 'subpath', None) or ''}/"
     print(f"Running on local URL:  {local}", flush=True)
@@ -204,7 +205,7 @@ def open_share_link(port: int) -> None:
 def serve(ctx) -> None:
     import uvicorn
 
-    from engine.flags import listen_host
+    from engine.settings.flags import listen_host
     from ui.server import create_server
 
     flags = ctx.flags
@@ -240,7 +241,7 @@ def serve(ctx) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from engine.flags import parse
+    from engine.settings.flags import parse
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")

@@ -29,9 +29,9 @@ from pathlib import Path
 
 import torch
 
-from engine.fast_path import PIECES
+from engine.memory.fast_path import PIECES
 from engine.jobs import Job as LaneJob
-from engine.loading import CONFIG_ROOT
+from engine.models.loading import CONFIG_ROOT
 
 from . import app_side, plain, random_model
 from .measure import DenoiseTimer, PeakMemory, Runs, SyncCounter, image_difference

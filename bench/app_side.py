@@ -25,7 +25,7 @@ def build_app(data_dir: Path, checkpoint: Path, device: str, config_root: Path |
               api: bool = False):
     """The app's context with the checkpoint loaded, as `python app.py --ckpt <file>` makes it."""
     import app
-    from engine.flags import parse
+    from engine.settings.flags import parse
 
     argv = ["--data-dir", str(data_dir), "--ckpt", str(checkpoint)]
     argv += ["--use-cpu", "all"] if device == "cpu" else []

@@ -31,7 +31,7 @@ import httpx
 import psutil
 from PIL import Image
 
-from engine.infotext import parse
+from engine.output.infotext import parse
 from tests.support.server import AppServer
 
 from .record import write

@@ -3,10 +3,10 @@ architecture with random weights.
 
     python -m bench.memory_modes [--sdxl] [--size N] [--steps N] [--repeats N] [--compare]
 
-The UNet, VAE and text encoder(s) are built from the configs in engine/model_configs with random
+The UNet, VAE and text encoder(s) are built from the configs in engine/models/model_configs with random
 weights (no download); the same txt2img job (prompt encoding, denoising, VAE decode) runs in each
-mode through the app's own code: none, medvram, lowvram (engine/offload.py) and none with VAE
-tiling and attention slicing (engine/memory_modes.py).
+mode through the app's own code: none, medvram, lowvram (engine/memory/offload.py) and none with VAE
+tiling and attention slicing (engine/memory/memory_modes.py).
 
 On CUDA (float16; 512x512 for SD 1.5, 1024x1024 for SDXL, 20 steps): peak VRAM
 (torch.cuda.max_memory_allocated) and seconds per image. --compare adds what lowvram was chosen
@@ -29,10 +29,10 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.loading import CONFIG_ROOT
-from engine.memory_modes import LOWVRAM, MEDVRAM, NONE, MemoryModes, applied
-from engine.offload import Placement, pipeline_modules, remove_offload_hooks
-from engine.vae import decode_fitting
+from engine.models.loading import CONFIG_ROOT
+from engine.memory.memory_modes import LOWVRAM, MEDVRAM, NONE, MemoryModes, applied
+from engine.memory.offload import Placement, pipeline_modules, remove_offload_hooks
+from engine.networks.vae import decode_fitting
 
 from .record import write
 

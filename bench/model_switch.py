@@ -45,7 +45,7 @@ def build_checkpoint(path: Path, seed: int) -> None:
     from safetensors.torch import save_file
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from engine.loading import CONFIG_ROOT
+    from engine.models.loading import CONFIG_ROOT
     from tests.support.ldm_export import ldm_state_dict
 
     config = CONFIG_ROOT / "sd1"
@@ -112,9 +112,9 @@ def timed(action):
 
 def half_precision_load(path: Path, convert_while_reading: bool) -> dict:
     """RAM a half-precision load for a GPU needs on the way (`meta` stands in for the GPU)."""
-    import engine.loading as loading
-    from engine.devices import DeviceConfig
-    from engine.models import CheckpointInfo
+    import engine.models.loading as loading
+    from engine.models.devices import DeviceConfig
+    from engine.models.registry import CheckpointInfo
 
     real = loading.stored_dtype
     if convert_while_reading:  # as before: every tensor converted on the CPU, then moved
@@ -132,14 +132,14 @@ def half_precision_load(path: Path, convert_while_reading: bool) -> dict:
 def switching(workdir: Path) -> tuple[dict, float]:
     """The switches through the engine; returns the figures and the seconds spent hashing."""
     from engine.addons import AddOns
-    from engine.checkpoint_cache import CheckpointCache
-    from engine.devices import DeviceConfig
+    from engine.models.checkpoint_cache import CheckpointCache
+    from engine.models.devices import DeviceConfig
     from engine.engine import Engine
-    from engine.models import HashCache, ModelRegistry
-    from engine.outputs import OutputWriter
-    from engine.pipelines import ModelManager
+    from engine.models.registry import HashCache, ModelRegistry
+    from engine.output.writer import OutputWriter
+    from engine.models.pipelines import ModelManager
     from engine.request import GenerationRequest
-    from engine.settings import Settings
+    from engine.settings.store import Settings
 
     data = Path(tempfile.mkdtemp(prefix="data-", dir=workdir))
     settings = Settings(data / "config.json")

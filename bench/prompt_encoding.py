@@ -14,9 +14,9 @@ import time
 
 import torch
 
-from engine.conditioning import PromptEncoder
-from engine.loading import CONFIG_ROOT
-from engine.tiny_models import build_demo_pipeline
+from engine.prompts.conditioning import PromptEncoder
+from engine.models.loading import CONFIG_ROOT
+from engine.models.tiny_models import build_demo_pipeline
 
 from .record import write
 

@@ -2,7 +2,7 @@
 single-file checkpoint like the ones users download.
 
 Speed does not depend on the weight values, so the benchmark needs no download: the modules are
-built from the repo's own config folders (engine/model_configs), in fp16 (the precision the
+built from the repo's own config folders (engine/models/model_configs), in fp16 (the precision the
 files users download are in, and half the memory to build), and written in the original LDM key
 layout for the app to load through its registry like any user's file.
 """
@@ -18,7 +18,7 @@ from types import SimpleNamespace
 
 import torch
 
-from engine.loading import CONFIG_ROOT
+from engine.models.loading import CONFIG_ROOT
 from tests.support.ldm_export import export_single_file
 
 FAMILIES = ("sd1", "sdxl")
@@ -27,7 +27,7 @@ FAMILIES = ("sd1", "sdxl")
 def tiny_config_root(folder: Path) -> Path:
     """Config folders of the tiny test models (real tokenizers), for a quick run of the whole
     benchmark (`--tiny`): what the test suite checks it with."""
-    from engine.tiny_models import write_config_folder
+    from engine.models.tiny_models import write_config_folder
 
     for family in FAMILIES:
         write_config_folder(family, folder / family, CONFIG_ROOT / "sd1" / "tokenizer",

@@ -12,19 +12,19 @@ from typing import Iterable
 
 import torch
 
-from .controlnet.models import ControlNetLibrary
-from .devices import DeviceConfig
-from .downloads import CatalogueDownloads
-from .embeddings import EmbeddingLibrary
-from .extensions import ExtensionRegistry
-from .face_models import FaceModelLibrary
-from .folders import Folders
-from .lora import LoraLibrary
-from .model_catalogue import ModelCatalogue
-from .models import HashCache
-from .styles import StyleStore
-from .upscalers import UpscalerLibrary
-from .vae import VaeLibrary
+from engine.controlnet.models import ControlNetLibrary
+from engine.models.devices import DeviceConfig
+from engine.models.downloads import CatalogueDownloads
+from engine.networks.embeddings import EmbeddingLibrary
+from engine.extensions.registry import ExtensionRegistry
+from engine.postprocess.face_models import FaceModelLibrary
+from engine.settings.folders import Folders
+from engine.networks.lora import LoraLibrary
+from engine.models.model_catalogue import ModelCatalogue
+from engine.models.registry import HashCache
+from engine.prompts.styles import StyleStore
+from engine.postprocess.upscalers import UpscalerLibrary
+from engine.networks.vae import VaeLibrary
 
 BUILTIN_EXTENSIONS = Path(__file__).resolve().parent.parent / "extensions"
 

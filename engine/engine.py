@@ -11,26 +11,28 @@ import dataclasses
 import logging
 from typing import Iterator
 
-from . import image_prep, memory_guard, outpainting, samplers
-from .addons import AddOns
-from .conditioning import CHUNK_TOKENS, PromptEncoder
-from .controlnet.checks import check_units
-from .errors import RequestError, UserError
-from .extras import UPSCALERS, ExtrasRequest, ExtrasResult, upscale
-from .faces import check_restorer, detail_faces, restore_with_model
-from .fast_path import FastPath, JobTraits
-from .generation import ImageContext, Txt2ImgRun
-from .img2img import Img2ImgRun
-from .job_results import GenerationResult, OutputPolicy, RunOptions
-from .jobs import Job, JobQueue
-from .memory_modes import NONE, MemoryModes, mode_for_model
-from .outputs import OutputWriter
-from .pipelines import LoadedModel, ModelManager
-from .prompt_parser import extract_extra_networks, prompt_schedule
-from .request import GenerationRequest
-from .sd_upscale import SdUpscaleRun
-from .settings import Settings
-from .uploads import check_pixel_limit
+from engine.runs import image_prep, outpainting, samplers
+
+from engine.memory import memory_guard
+from engine.addons import AddOns
+from engine.prompts.conditioning import CHUNK_TOKENS, PromptEncoder
+from engine.controlnet.checks import check_units
+from engine.errors import RequestError, UserError
+from engine.postprocess.extras import UPSCALERS, ExtrasRequest, ExtrasResult, upscale
+from engine.postprocess.faces import check_restorer, detail_faces, restore_with_model
+from engine.memory.fast_path import FastPath, JobTraits
+from engine.runs.generation import ImageContext, Txt2ImgRun
+from engine.runs.img2img import Img2ImgRun
+from engine.job_results import GenerationResult, OutputPolicy, RunOptions
+from engine.jobs import Job, JobQueue
+from engine.memory.memory_modes import NONE, MemoryModes, mode_for_model
+from engine.output.writer import OutputWriter
+from engine.models.pipelines import LoadedModel, ModelManager
+from engine.prompts.prompt_parser import extract_extra_networks, prompt_schedule
+from engine.request import GenerationRequest
+from engine.runs.sd_upscale import SdUpscaleRun
+from engine.settings.store import Settings
+from engine.runs.uploads import check_pixel_limit
 
 log = logging.getLogger(__name__)
 

@@ -10,13 +10,13 @@ from typing import Any, Mapping
 
 from PIL import Image
 
-from . import samplers
-from .memory_modes import MemoryModes
-from .models import CheckpointInfo
-from .pipelines import LoadedModel
-from .preview import APPROX_CHEAP
-from .request import GenerationRequest
-from .version import VERSION
+from engine.runs import samplers
+from engine.memory.memory_modes import MemoryModes
+from engine.models.registry import CheckpointInfo
+from engine.models.pipelines import LoadedModel
+from engine.runs.preview import APPROX_CHEAP
+from engine.request import GenerationRequest
+from engine.version import VERSION
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class OutputPolicy:
     save_grid: bool = True
     make_grid: bool = True
     preview_every: int = 0  # 0: no live previews
-    preview_method: str = APPROX_CHEAP  # engine.preview.PREVIEW_METHODS
+    preview_method: str = APPROX_CHEAP  # engine.runs.preview.PREVIEW_METHODS
     memory: MemoryModes = MemoryModes()
     run: RunOptions = RunOptions()
 

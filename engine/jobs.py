@@ -20,7 +20,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .errors import QueueFullError, UserError
+from engine.errors import QueueFullError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ class Job:
         except BaseException as error:  # the worker must survive anything a job does
             # Imported here, so the queue alone loads no torch. Out of memory: a message saying
             # what to change, and the job's memory given back.
-            from .memory_guard import as_user_error
+            from engine.memory.memory_guard import as_user_error
 
             self.error = error = as_user_error(error)
             self.state = FAILED

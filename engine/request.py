@@ -14,10 +14,10 @@ from typing import Any, Mapping
 
 from PIL import Image
 
-from . import samplers
-from .conditioning import EMPHASIS_MODES
-from .errors import RequestError
-from .image_prep import MASKED_CONTENT, RESIZE_MODES
+from engine.runs import samplers
+from engine.prompts.conditioning import EMPHASIS_MODES
+from engine.errors import RequestError
+from engine.runs.image_prep import MASKED_CONTENT, RESIZE_MODES
 
 MAX_SEED = 2**32 - 1
 MIN_SIZE, MAX_SIZE, SIZE_STEP = 64, 2048, 8
@@ -181,7 +181,7 @@ class GenerationRequest:
             raise RequestError("disable_extra_networks must be true or false", "disable_extra_networks")
 
     def _validate_controlnet(self) -> None:
-        from .controlnet.units import ControlUnit
+        from engine.controlnet.units import ControlUnit
 
         if not isinstance(self.controlnet_units, tuple) or \
                 not all(isinstance(unit, ControlUnit) for unit in self.controlnet_units):

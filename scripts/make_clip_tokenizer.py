@@ -11,7 +11,7 @@ open_clip_torch wheel (`open_clip/bpe_simple_vocab_16e6.txt.gz`), e.g.
 Output folder files: vocab.json, merges.txt, tokenizer_config.json, special_tokens_map.json.
 
     python scripts/make_clip_tokenizer.py /tmp/oc/open_clip/bpe_simple_vocab_16e6.txt.gz \
-        engine/model_configs/sd1/tokenizer --pad-token "<|endoftext|>"
+        engine/models/model_configs/sd1/tokenizer --pad-token "<|endoftext|>"
 
 SD 1.x and SDXL's first tokenizer pad with "<|endoftext|>" (id 49407); SD 2.x and SDXL's
 second tokenizer pad with "!" (id 0).

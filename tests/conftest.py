@@ -27,13 +27,13 @@ from transformers import CLIPTokenizer  # noqa: E402
 torch.set_num_threads(1)
 
 from engine.addons import AddOns  # noqa: E402
-from engine.devices import DeviceConfig  # noqa: E402
+from engine.models.devices import DeviceConfig  # noqa: E402
 from engine.engine import Engine  # noqa: E402
-from engine.models import HashCache, ModelRegistry  # noqa: E402
-from engine.outputs import OutputWriter  # noqa: E402
-from engine.pipelines import ModelManager  # noqa: E402
-from engine.settings import Settings  # noqa: E402
-from engine.tiny_models import build_tiny_pipeline, write_config_folder  # noqa: E402
+from engine.models.registry import HashCache, ModelRegistry  # noqa: E402
+from engine.output.writer import OutputWriter  # noqa: E402
+from engine.models.pipelines import ModelManager  # noqa: E402
+from engine.settings.store import Settings  # noqa: E402
+from engine.models.tiny_models import build_tiny_pipeline, write_config_folder  # noqa: E402
 from tests.support.ldm_export import export_single_file  # noqa: E402
 from tests.support.tiny_tokenizer import write_tiny_clip_tokenizer  # noqa: E402
 
@@ -109,8 +109,8 @@ def demo_server(tmp_path_factory, tiny_models):
     tiny GFPGAN and CodeFormer networks; models/BLIP a tiny captioning model.
     Tests that switch must switch back to the demo model.
     """
-    from engine.loading import CONFIG_ROOT
-    from engine.tiny_models import build_demo_pipeline
+    from engine.models.loading import CONFIG_ROOT
+    from engine.models.tiny_models import build_demo_pipeline
     from tests.support.lora_files import write_kohya_lora
     from tests.support.server import AppServer
 

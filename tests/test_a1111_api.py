@@ -11,7 +11,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from engine.infotext import parse
+from engine.output.infotext import parse
 
 SMALL = {"prompt": "a cat", "steps": 3, "width": 64, "height": 64, "seed": 11, "sampler_name": "Euler a"}
 

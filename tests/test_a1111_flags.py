@@ -12,11 +12,11 @@ import pytest
 import torch
 
 import app
-from engine import a1111_flags, flags
-from engine.devices import precisions
+from engine.settings import a1111_flags, flags
+from engine.models.devices import precisions
 from engine.errors import ForbiddenError
-from engine.folders import Folders
-from engine.settings import Settings
+from engine.settings.folders import Folders
+from engine.settings.store import Settings
 from tests.support.a1111_flag_list import A1111_FLAGS
 
 SAMPLE = {"switch": [], "value": ["x"], "int": ["3"], "values": ["all"], "append": ["x"], "json": ['{"a": 1}']}

@@ -19,8 +19,8 @@ EXTENSIONS = Path(__file__).parent / "support" / "extensions"
 
 @pytest.fixture(scope="module")
 def compat_server(tmp_path_factory, tiny_models):
-    from engine.loading import CONFIG_ROOT
-    from engine.tiny_models import build_demo_pipeline
+    from engine.models.loading import CONFIG_ROOT
+    from engine.models.tiny_models import build_demo_pipeline
     from tests.support.lora_files import write_kohya_lora
 
     root = tmp_path_factory.mktemp("compat-server")

@@ -8,8 +8,8 @@ import colorsys
 import numpy as np
 from PIL import Image
 
-from engine import color_correction
-from engine.infotext import parse
+from engine.runs import color_correction
+from engine.output.infotext import parse
 from engine.request import GenerationRequest
 
 IMG2IMG = GenerationRequest(mode="img2img", prompt="a red cube", steps=10, width=64, height=64,
@@ -94,8 +94,8 @@ def test_save_images_before_face_restoration(engine):
 
 
 def test_disable_extra_networks_leaves_lora_tags_unapplied(engine, tmp_path):
-    from engine.loading import CONFIG_ROOT
-    from engine.tiny_models import build_demo_pipeline
+    from engine.models.loading import CONFIG_ROOT
+    from engine.models.tiny_models import build_demo_pipeline
     from tests.support.lora_files import write_kohya_lora
 
     lora = engine.addons.loras.folder / "probe-lora.safetensors"

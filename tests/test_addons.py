@@ -7,10 +7,10 @@ import torch
 from safetensors.torch import save_file
 
 from engine.errors import NotFoundError
-from engine.infotext import parse
+from engine.output.infotext import parse
 from engine.request import GenerationRequest
-from engine.styles import Style
-from engine.tiny_models import build_tiny_pipeline
+from engine.prompts.styles import Style
+from engine.models.tiny_models import build_tiny_pipeline
 from tests.conftest import make_engine
 from tests.support.ldm_export import vae_to_ldm
 from tests.support.lora_files import write_kohya_lora
@@ -183,7 +183,7 @@ def test_clip_skip_comes_from_settings_or_the_request_and_is_written_when_above_
 
 
 def test_an_fp16_vae_that_overflows_is_decoded_in_fp32(tiny_models):
-    from engine.vae import decode
+    from engine.networks.vae import decode
 
     vae = tiny_models.reference_pipeline("sd1").vae
     with torch.no_grad():

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.infotext import parse
+from engine.output.infotext import parse
 
 SMALL = {"prompt": "a cat", "steps": 3, "width": 64, "height": 64}
 

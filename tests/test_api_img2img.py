@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.infotext import parse
-from engine.outputs import png_bytes
+from engine.output.infotext import parse
+from engine.output.writer import png_bytes
 from tests.support.bad_images import bomb_png, truncated_png
 from tests.test_img2img import noise_image, square_mask
 

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from engine.outputs import png_bytes
+from engine.output.writer import png_bytes
 
 SMALL = {"prompt": "a cat", "steps": 2, "width": 64, "height": 64}
 
@@ -105,8 +105,8 @@ def test_after_unload_the_next_job_loads_the_checkpoint_again(api):
 
 
 def test_interrogate_captions_with_the_installed_model_and_names_what_is_missing(api, tmp_path):
-    from engine.devices import DeviceConfig
-    from engine.interrogate import Captioner
+    from engine.models.devices import DeviceConfig
+    from engine.postprocess.interrogate import Captioner
     from engine.jobs import JobQueue
 
     response = api.post("/interrogate", json={"image": picture_b64(), "model": "clip"})

@@ -15,7 +15,7 @@ from gradio.data_classes import FileData
 from gradio.utils import get_upload_folder
 from PIL import Image
 
-from engine.settings import Settings
+from engine.settings.store import Settings
 from tests.support.bad_images import BAD_FILES, png
 from tests.test_controlnet import drawing
 from ui import checked_images

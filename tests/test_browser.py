@@ -2,7 +2,7 @@
 
 import time
 
-from engine.infotext import parse
+from engine.output.infotext import parse
 
 
 def set_number(page, elem_id: str, value: int) -> None:

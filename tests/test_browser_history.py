@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from engine.infotext import build
-from engine.outputs import png_bytes
+from engine.output.infotext import build
+from engine.output.writer import png_bytes
 from tests.test_browser import prepare_small_job, wait_for_infotext
 
 OLD_DAY = "2001-02-03"

@@ -26,8 +26,8 @@ import pytest
 from PIL import Image
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
-from engine.infotext import build as build_infotext
-from engine.outputs import png_bytes
+from engine.output.infotext import build as build_infotext
+from engine.output.writer import png_bytes
 from tests.support.bad_images import truncated_png
 from tests.test_browser import set_number
 from tests.test_browser_img2img import open_tab

@@ -16,17 +16,17 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-import engine.pipelines as pipelines
+import engine.models.pipelines as pipelines
 from engine.addons import AddOns
-from engine.checkpoint_cache import CheckpointCache
-from engine.devices import DeviceConfig
+from engine.models.checkpoint_cache import CheckpointCache
+from engine.models.devices import DeviceConfig
 from engine.engine import Engine
 from engine.errors import CheckpointError
-from engine.models import CheckpointInfo, HashCache, ModelRegistry
-from engine.outputs import OutputWriter
+from engine.models.registry import CheckpointInfo, HashCache, ModelRegistry
+from engine.output.writer import OutputWriter
 from engine.request import GenerationRequest
-from engine.settings import Settings
-from engine.tiny_models import build_tiny_pipeline
+from engine.settings.store import Settings
+from engine.models.tiny_models import build_tiny_pipeline
 from tests.support.ldm_export import export_single_file, vae_to_ldm
 from tests.support.lora_files import write_kohya_lora
 

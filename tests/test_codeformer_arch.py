@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.face_models.codeformer import (
+from engine.postprocess.face_models.codeformer import (
     CodeFormer,
     codeformer_from_state_dict,
     default_heads,

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from engine.conditioning import CHUNK_TOKENS, PromptEncoder
+from engine.prompts.conditioning import CHUNK_TOKENS, PromptEncoder
 from engine.request import GenerationRequest
 from tests.conftest import make_engine
 

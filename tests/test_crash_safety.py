@@ -64,7 +64,7 @@ def _ignore(call) -> None:
 
 
 def test_start_up_removes_only_the_temporary_files_of_cut_short_writes(tmp_path):
-    from engine.outputs import remove_unfinished
+    from engine.output.writer import remove_unfinished
 
     (tmp_path / "a" / "b").mkdir(parents=True)
     cut_short = [tmp_path / ".tmp-x1.part", tmp_path / "a" / "b" / ".tmp-x2.part"]

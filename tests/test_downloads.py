@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 
-from engine.downloads import SD15, DownloadError, ModelDownloader, sd15_offer
+from engine.models.downloads import SD15, DownloadError, ModelDownloader, sd15_offer
 from tests.support.fake_host import PAYLOAD, FileHost
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from engine.embedding_files import (
+from engine.networks.embedding_files import (
     EmbeddingFile,
     EmbeddingFileError,
     compatible,

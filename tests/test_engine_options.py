@@ -6,9 +6,9 @@ import pytest
 import torch
 from diffusers.models.attention_processor import SlicedAttnProcessor
 
-from engine import infotext
+from engine.output import infotext
 from engine.errors import RequestError
-from engine.memory_modes import MemoryModes, applied
+from engine.memory.memory_modes import MemoryModes, applied
 from engine.request import GenerationRequest
 from engine.sampling.noise import ImageNoise, draw_method
 

@@ -15,7 +15,7 @@ import pytest
 @pytest.fixture(scope="module")
 def page_config(tmp_path_factory):
     import app
-    from engine.flags import parse
+    from engine.settings.flags import parse
     from ui.layout import build_app
 
     ctx = app.build(parse(["--demo", "--data-dir", str(tmp_path_factory.mktemp("page"))], environ={}))

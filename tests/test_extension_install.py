@@ -14,17 +14,17 @@ from pathlib import Path
 import httpx
 import pytest
 
-from engine import extension_install
+from engine.extensions import install as extension_install
 from engine.errors import RequestError, UserError
-from engine.extension_install import install_from_url, refusal, update
-from engine.extensions import ExtensionRegistry
-from engine.flags import parse
-from engine.settings import Settings
+from engine.extensions.install import install_from_url, refusal, update
+from engine.extensions.registry import ExtensionRegistry
+from engine.settings.flags import parse
+from engine.settings.store import Settings
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 
 EXTENSION_CODE = '''"""A test extension installed from git."""
-from engine.extensions import Extension, Field
+from engine.extensions.registry import Extension, Field
 
 VERSION = {version!r}
 
@@ -115,7 +115,7 @@ def test_a_source_url_with_credentials_is_shown_without_them():
 HOSTILE_CODE = '''"""An extension that acts as soon as it is imported, as a hostile one could."""
 from pathlib import Path
 
-from engine.extensions import Extension
+from engine.extensions.registry import Extension
 
 Path({marker!r}).write_text("imported")
 

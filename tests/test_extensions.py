@@ -10,7 +10,7 @@ from PIL import Image
 from engine.addons import AddOns
 from engine.engine import Engine
 from engine.errors import RequestError
-from engine.models import HashCache
+from engine.models.registry import HashCache
 from engine.request import GenerationRequest
 from tests.conftest import make_engine
 
@@ -127,7 +127,7 @@ def test_tiling_is_undone_even_when_the_job_fails():
 def test_the_guides_example_extension_loads_and_works(tmp_path):
     from PIL import Image
 
-    from engine.extensions import ExtensionRegistry
+    from engine.extensions.registry import ExtensionRegistry
     guide = (Path(__file__).parent.parent / "docs" / "extensions.md").read_text()
     code = guide.split("```python\n", 1)[1].split("```", 1)[0]
     (tmp_path / "sepia").mkdir()
@@ -167,7 +167,7 @@ def test_hires_fix_reaches_the_target_size_with_the_requested_second_pass(ext_en
     first, second = seen[:3], seen[3:]
     assert first == [(8, 8)] * 3
     assert second == [(size[1] // 8, size[0] // 8)] * second_pass_calls
-    from engine.infotext import parse
+    from engine.output.infotext import parse
     params = parse(result.infotexts[0])[2]
     assert params["Size"] == "64x64" and params["Hires upscaler"] == options.get("upscaler", "Latent")
     assert params["Denoising strength"] == str(options.get("denoising_strength", 0.7))
@@ -183,7 +183,7 @@ def test_hires_fix_keeps_the_seed_and_is_reproducible(ext_engine):
 
 
 def test_field_values_are_checked_with_clear_words():
-    from engine.extensions import Field
+    from engine.extensions.registry import Field
     at_least_one = Field("count", "Count", 1, kind="number", minimum=1)
     assert at_least_one.coerce(3.0, "Demo") == 3
     for bad, words in ((0, "between 1 and inf"), (float("nan"), "must be a number"), (True, "must be a number")):
@@ -195,7 +195,7 @@ def test_field_values_are_checked_with_clear_words():
 
 STOPPING = """
 from engine.errors import JobInterrupted, RequestError
-from engine.extensions import Extension, Field
+from engine.extensions.registry import Extension, Field
 
 
 class Stopping(Extension):
@@ -214,7 +214,8 @@ extension = Stopping()
 
 @pytest.mark.parametrize("how, error", [("interrupt", "JobInterrupted"), ("refuse", "RequestError")])
 def test_a_stopped_job_or_a_refused_request_does_not_mark_the_extension_failed(tmp_path, how, error):
-    from engine import errors, extensions
+    from engine import errors
+    from engine.extensions import registry as extensions
     (tmp_path / "stopping").mkdir()
     (tmp_path / "stopping" / "__init__.py").write_text(STOPPING)
     registry = extensions.ExtensionRegistry([(tmp_path, False)])

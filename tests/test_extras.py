@@ -5,8 +5,8 @@ import pytest
 from PIL import Image
 
 from engine.errors import RequestError
-from engine.extras import ExtrasRequest
-from engine.outputs import png_bytes
+from engine.postprocess.extras import ExtrasRequest
+from engine.output.writer import png_bytes
 
 TEXT = "a cat\nSteps: 3, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 32x16"
 

@@ -6,12 +6,12 @@ import pytest
 import torch
 from PIL import Image
 
-from engine import faces
+from engine.postprocess import faces
 from engine.errors import RequestError
-from engine.extras import ExtrasRequest
-from engine.face_models import FaceModelLibrary
-from engine.face_models.gfpgan import GFPGAN, gfpgan_from_state_dict
-from engine.model_catalogue import ModelNotDownloaded
+from engine.postprocess.extras import ExtrasRequest
+from engine.postprocess.face_models import FaceModelLibrary
+from engine.postprocess.face_models.gfpgan import GFPGAN, gfpgan_from_state_dict
+from engine.models.model_catalogue import ModelNotDownloaded
 from engine.request import GenerationRequest
 from tests.support.face_image import picture_with_a_face
 from tests.support.face_model_files import (

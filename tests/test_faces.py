@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine import faces
-from engine.generation import ImageContext, Txt2ImgRun
+from engine.postprocess import faces
+from engine.runs.generation import ImageContext, Txt2ImgRun
 from engine.job_results import OutputPolicy
 from engine.jobs import Job
-from engine.model_catalogue import ModelNotDownloaded
+from engine.models.model_catalogue import ModelNotDownloaded
 from engine.request import GenerationRequest
 from tests.support.face_image import picture_with_a_face
 
@@ -54,7 +54,7 @@ def engine_with_face_painter(engine, data_dir):
     """The session engine's model and queue, with add-ons from `data_dir` plus the face painter."""
     from engine.addons import AddOns
     from engine.engine import Engine
-    from engine.models import HashCache
+    from engine.models.registry import HashCache
     shutil.copytree(Path(__file__).parent / "support" / "extensions" / "face_painter",
                     data_dir / "extensions" / "face_painter")
     return Engine(engine.models, engine.writer, engine.settings,
@@ -85,7 +85,7 @@ def test_unavailable_restorers_are_refused_with_the_reason(engine):
 
 
 def test_extras_restores_faces_only_where_they_are(engine):
-    from engine.extras import ExtrasRequest
+    from engine.postprocess.extras import ExtrasRequest
     picture = picture_with_a_face()
     result = engine.extras(ExtrasRequest(picture, upscaler="None", scale=1, face_detailer_visibility=1.0),
                            save=False).outcome()

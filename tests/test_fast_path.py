@@ -1,4 +1,4 @@
-"""The fast path (engine/fast_path.py, engine/compiled.py): on a CUDA device it changes how fast
+"""The fast path (engine/memory/fast_path.py, engine/memory/compiled.py): on a CUDA device it changes how fast
 pictures come, never what they show. Here on the CPU, with the pieces forced on for the tiny
 model: same images, undone cleanly, LoRA jobs unfused, compile plumbing and its warm-up message,
 step noise and previews that do not wait for the GPU."""
@@ -12,13 +12,13 @@ import pytest
 import torch
 from diffusers.models.attention_processor import AttnProcessor2_0, FusedAttnProcessor2_0
 
-from engine import compiled as compiling
-from engine import fast_path
-from engine.fast_path import FastPath, JobTraits, disabled_from_env
+from engine.memory import compiled as compiling
+from engine.memory import fast_path
+from engine.memory.fast_path import FastPath, JobTraits, disabled_from_env
 from engine.jobs import Job
 from engine.request import GenerationRequest
-from engine.settings import OPTIONS
-from engine.vae import HALF_FIRST, decode
+from engine.settings.store import OPTIONS
+from engine.networks.vae import HALF_FIRST, decode
 from tests.conftest import make_engine
 
 BASE = GenerationRequest(prompt="a red cube", negative_prompt="blurry", steps=3, width=64, height=64,
@@ -249,7 +249,7 @@ cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CU
 
 @cuda_only
 def test_on_cuda_previews_are_the_numbers_a_plain_copy_gives():
-    from engine.preview import PendingPreview, latents_to_rgb
+    from engine.runs.preview import PendingPreview, latents_to_rgb
 
     cuda = torch.device("cuda")
     latents = torch.randn(1, 4, 64, 64, device=cuda)
@@ -259,12 +259,12 @@ def test_on_cuda_previews_are_the_numbers_a_plain_copy_gives():
 @cuda_only
 def test_on_cuda_the_fast_path_keeps_the_tiny_models_image(tiny_models, tmp_path):
     from engine.addons import AddOns
-    from engine.devices import DeviceConfig
+    from engine.models.devices import DeviceConfig
     from engine.engine import Engine
-    from engine.models import HashCache, ModelRegistry
-    from engine.outputs import OutputWriter
-    from engine.pipelines import ModelManager
-    from engine.settings import Settings
+    from engine.models.registry import HashCache, ModelRegistry
+    from engine.output.writer import OutputWriter
+    from engine.models.pipelines import ModelManager
+    from engine.settings.store import Settings
 
     hashes = HashCache(tmp_path / "cache.json")
     models = ModelManager(ModelRegistry([tiny_models.models_dir], hashes), DeviceConfig.choose(),

@@ -3,7 +3,7 @@
 import pytest
 
 import app
-from engine import flags
+from engine.settings import flags
 
 
 def test_defaults():

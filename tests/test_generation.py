@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine import samplers
-from engine.infotext import parse
+from engine.runs import samplers
+from engine.output.infotext import parse
 from engine.request import GenerationRequest
 
 BASE = GenerationRequest(prompt="a red cube", negative_prompt="blurry", steps=3, width=64,

@@ -13,10 +13,10 @@ import pytest
 from PIL import Image
 
 from engine.errors import NotFoundError, UserError
-from engine.history import SavedImages
-from engine.infotext import build
-from engine.outputs import OutputWriter, png_bytes
-from engine.settings import Settings
+from engine.output.history import SavedImages
+from engine.output.infotext import build
+from engine.output.writer import OutputWriter, png_bytes
+from engine.settings.store import Settings
 
 TODAY = dt.date.today().isoformat()
 

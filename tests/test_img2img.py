@@ -5,10 +5,10 @@ import pytest
 import torch
 from PIL import Image
 
-from engine import image_prep
+from engine.runs import image_prep
 from engine.errors import RequestError
-from engine.img2img import Img2ImgRun
-from engine.infotext import parse, request_fields
+from engine.runs.img2img import Img2ImgRun
+from engine.output.infotext import parse, request_fields
 from engine.jobs import Job
 from engine.request import GenerationRequest
 from engine.sampling.noise import ImageNoise
@@ -274,7 +274,7 @@ def test_fill_spreads_the_surrounding_colours_into_the_hole():
 
 def test_unknown_unet_widths_are_refused_by_name():
     from engine.errors import CheckpointError
-    from engine.loading import UNET_IN, detect_layout
+    from engine.models.loading import UNET_IN, detect_layout
     shapes = {UNET_IN: (320, 8, 3, 3), "cond_stage_model.transformer.text_model.embeddings."
               "token_embedding.weight": (49408, 768)}
     with pytest.raises(CheckpointError, match="8-channel UNet"):
@@ -282,7 +282,7 @@ def test_unknown_unet_widths_are_refused_by_name():
 
 
 def test_sd_upscale_tiles_the_scaled_picture_and_blends_it_back(engine):
-    from engine.sd_upscale import tile_starts
+    from engine.runs.sd_upscale import tile_starts
     assert tile_starts(128, 64, 16) == [0, 48, 64] and tile_starts(64, 64, 16) == [0]
     seen = []
     hook = engine.models.require().base.unet.register_forward_pre_hook(

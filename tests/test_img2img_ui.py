@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from engine.errors import RequestError
-from engine.outputs import png_bytes
+from engine.output.writer import png_bytes
 from ui import editor_inputs, img2img_requests, paste, png_info_tab
 from ui.img2img_tab import folders_allowed
 from ui.request_builder import request_from_ui
@@ -73,7 +73,7 @@ def test_pasted_parameters_rebuild_the_same_request_and_image(engine):
 
 
 def test_a_pasted_rng_and_clip_skip_become_override_entries_that_remake_the_picture(engine, tmp_path):
-    from engine.settings import Settings
+    from engine.settings.store import Settings
     from tests.test_generation import BASE
     made = engine.generate(BASE.replace(seed=77, randn_source="CPU", clip_skip=2))
     text = made.infotexts[0]

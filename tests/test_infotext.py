@@ -4,8 +4,8 @@ import io
 
 from PIL import Image
 
-from engine import infotext
-from engine.outputs import png_bytes
+from engine.output import infotext
+from engine.output.writer import png_bytes
 
 
 def test_build_matches_the_documented_format():

@@ -8,14 +8,14 @@ import torch
 from transformers import CLIPTokenizer
 
 from engine.addons import AddOns
-from engine.devices import DeviceConfig
+from engine.models.devices import DeviceConfig
 from engine.engine import Engine
-from engine.loading import detect_layout, read_shapes
-from engine.models import HashCache, ModelRegistry
-from engine.outputs import OutputWriter
-from engine.pipelines import ModelManager
-from engine.settings import Settings
-from engine.tiny_models import build_tiny_pipeline
+from engine.models.loading import detect_layout, read_shapes
+from engine.models.registry import HashCache, ModelRegistry
+from engine.output.writer import OutputWriter
+from engine.models.pipelines import ModelManager
+from engine.settings.store import Settings
+from engine.models.tiny_models import build_tiny_pipeline
 from tests.conftest import make_engine
 from tests.support.ldm_export import export_single_file
 from tests.test_img2img import BASE, ORIGINAL, change, square_mask

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from engine.outputs import png_bytes
+from engine.output.writer import png_bytes
 from tests.support.server import AppServer
 
 UI_LOGIN = ("ui", "pass word:1")
@@ -27,7 +27,7 @@ def app_routes(tmp_path_factory, *flags: str) -> list[tuple[str, tuple[str, ...]
     """The route table of the app itself, built in this process with the same flags (the routes do
     not depend on the models), so a route added later is tried too."""
     import app
-    from engine.flags import parse
+    from engine.settings.flags import parse
     from ui.access import route_table
     from ui.server import create_server
 

@@ -14,10 +14,10 @@ import torch
 from diffusers import DDIMScheduler, LDMSuperResolutionPipeline, UNet2DModel, VQModel
 from PIL import Image
 
-from engine import ldsr
+from engine.postprocess import ldsr
 from engine.errors import RequestError
-from engine.extras import ExtrasRequest, upscale
-from engine.upscalers import UpscalerLibrary
+from engine.postprocess.extras import ExtrasRequest, upscale
+from engine.postprocess.upscalers import UpscalerLibrary
 
 TINY_YAML = """\
 model:

@@ -15,15 +15,15 @@ from diffusers import AutoencoderKL
 from diffusers.hooks.group_offloading import _is_group_offload_enabled
 from PIL import Image, ImageDraw
 
-from engine import flags
+from engine.settings import flags
 from engine.controlnet import apply
 from engine.controlnet.units import ControlUnit
 from engine.errors import RequestError
-from engine.loading import CONFIG_ROOT
-from engine.memory_modes import LOWVRAM, MEDVRAM, NONE, mode_for_model
-from engine.offload import Placement, compute_device
+from engine.models.loading import CONFIG_ROOT
+from engine.memory.memory_modes import LOWVRAM, MEDVRAM, NONE, mode_for_model
+from engine.memory.offload import Placement, compute_device
 from engine.request import GenerationRequest
-from engine.tiny_models import build_demo_pipeline
+from engine.models.tiny_models import build_demo_pipeline
 from tests.support.addon_engines import engine_with_addons
 
 BASE = GenerationRequest(prompt="a red cube", negative_prompt="blurry", steps=3, width=64, height=64,
@@ -205,7 +205,7 @@ def test_the_setting_takes_the_modes_and_nothing_else(mem_engine):
 
 
 def test_work_outside_a_job_leaves_the_mode_as_it_is(offloading):
-    from engine.generation import Txt2ImgRun
+    from engine.runs.generation import Txt2ImgRun
     from engine.job_results import OutputPolicy
     from engine.jobs import Job
 
@@ -220,9 +220,9 @@ def test_work_outside_a_job_leaves_the_mode_as_it_is(offloading):
 def test_a_checkpoint_loads_into_ram_then_into_its_mode(tiny_models, tmp_path, monkeypatch):
     import functools
 
-    from engine import pipelines
-    from engine.devices import DeviceConfig
-    from engine.models import HashCache, ModelRegistry
+    from engine.models import pipelines
+    from engine.models.devices import DeviceConfig
+    from engine.models.registry import HashCache, ModelRegistry
 
     loaded_on = []
     load = pipelines.load_checkpoint

@@ -1,4 +1,4 @@
-"""The config-only diffusers folders under engine/model_configs/.
+"""The config-only diffusers folders under engine/models/model_configs/.
 
 `from_single_file(path, config=<folder>, local_files_only=True)` reads these folders instead of
 the Hugging Face hub, so they must describe exactly the architectures of the original
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-CONFIG_ROOT = Path(__file__).resolve().parent.parent / "engine" / "model_configs"
+CONFIG_ROOT = Path(__file__).resolve().parent.parent / "engine" / "models" / "model_configs"
 
 # Parameter counts of the released models (float parameters, buffers excluded).
 # UNets: SD 1.5 859,520,964; SD 2.x 865,910,724 (same for 768-v and 512-base);

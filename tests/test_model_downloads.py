@@ -17,13 +17,13 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from engine.addons import AddOns
-from engine.downloads import DownloadError
+from engine.models.downloads import DownloadError
 from engine.engine import Engine
 from engine.errors import RequestError
-from engine.model_catalogue import ModelCatalogue, ModelNotDownloaded
-from engine.models import HashCache
-from engine.outputs import png_bytes
-from engine.settings import Settings
+from engine.models.model_catalogue import ModelCatalogue, ModelNotDownloaded
+from engine.models.registry import HashCache
+from engine.output.writer import png_bytes
+from engine.settings.store import Settings
 from tests.support.esrgan_files import tiny_rrdbnet
 from tests.support.face_image import picture_with_a_face
 from tests.support.face_model_files import write_gfpgan_file

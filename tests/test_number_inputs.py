@@ -13,7 +13,7 @@ from ui.number_inputs import Number, Slider, typed_number
 def page_blocks(tmp_path_factory):
     """The app's whole page, built in this process as app.py builds it (--demo)."""
     import app
-    from engine.flags import parse
+    from engine.settings.flags import parse
     from ui.layout import build_app
 
     ctx = app.build(parse(["--demo", "--data-dir", str(tmp_path_factory.mktemp("page"))], environ={}))

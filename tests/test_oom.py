@@ -1,6 +1,6 @@
 """Running out of memory (issue 8): whatever the stage, the job ends with a message that says what
 to change, everything the job patched is put back, and the next job makes the image a clean run
-makes. Faults are injected through engine.memory_guard on the tiny CPU models."""
+makes. Faults are injected through engine.memory.memory_guard on the tiny CPU models."""
 
 import weakref
 
@@ -10,12 +10,12 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from engine import memory_guard
-from engine import vae as vae_module
-from engine.conditioning import PromptEncoder
+from engine.memory import memory_guard
+from engine.networks import vae as vae_module
+from engine.prompts.conditioning import PromptEncoder
 from engine.controlnet.units import ControlUnit
 from engine.errors import OutOfMemoryUserError
-from engine.extras import ExtrasRequest
+from engine.postprocess.extras import ExtrasRequest
 from engine.jobs import Job
 from engine.request import GenerationRequest
 from tests.support.addon_engines import engine_with_addons

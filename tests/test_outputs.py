@@ -5,8 +5,8 @@ import datetime as dt
 import pytest
 from PIL import Image
 
-from engine import outputs
-from engine.outputs import OutputWriter, write_atomically
+from engine.output import writer as outputs
+from engine.output.writer import OutputWriter, write_atomically
 
 
 def test_names_use_the_next_free_five_digit_number(tmp_path):

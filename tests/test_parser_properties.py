@@ -8,9 +8,9 @@ import datetime as dt
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine import infotext
+from engine.output import infotext
 from engine.errors import UserError
-from engine.filenames import NAME_BYTES, ImageFields, expand, safe_name
+from engine.output.filenames import NAME_BYTES, ImageFields, expand, safe_name
 from engine.request import GenerationRequest
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.prompt_parser import (
+from engine.prompts.prompt_parser import (
     BREAK,
     MAX_WEIGHT,
     ExtraNetwork,

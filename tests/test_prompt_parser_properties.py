@@ -9,7 +9,7 @@ import math
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.prompt_parser import (
+from engine.prompts.prompt_parser import (
     BREAK,
     MAX_WEIGHT,
     ExtraNetwork,

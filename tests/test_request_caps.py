@@ -10,7 +10,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from engine.outputs import png_bytes
+from engine.output.writer import png_bytes
 from engine.request import MAX_PROMPT_CHARS
 from ui.api.models import MAX_INFOTEXT_CHARS, MAX_LIST_ITEMS, MAX_NAME_CHARS
 from ui.body_limits import OPTIONS_BODY_BYTES, upload_file_bytes

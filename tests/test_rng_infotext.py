@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from engine import infotext
+from engine.output import infotext
 from engine.request import GenerationRequest
 from engine.sampling.noise import ImageNoise
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine import samplers
-from engine.infotext import parse
+from engine.runs import samplers
+from engine.output.infotext import parse
 from engine.request import GenerationRequest
 
 BASE = GenerationRequest(prompt="a red cube", negative_prompt="blurry", steps=4, width=64, height=64,

@@ -13,11 +13,11 @@ import pytest
 from PIL import Image
 
 from engine.errors import RequestError
-from engine.extras import ExtrasRequest
-from engine.filenames import NAME_CHARS, ImageFields, expand, safe_name
-from engine.outputs import OutputWriter, read_infotext
+from engine.postprocess.extras import ExtrasRequest
+from engine.output.filenames import NAME_CHARS, ImageFields, expand, safe_name
+from engine.output.writer import OutputWriter, read_infotext
 from engine.request import GenerationRequest
-from engine.settings import Settings
+from engine.settings.store import Settings
 
 TEXT = "a cat, ünïcode ☃\nNegative prompt: blurry\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 42, Size: 64x48"
 TODAY = dt.date.today().isoformat()

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from engine.errors import RequestError
-from engine.settings import Settings
+from engine.settings.store import Settings
 
 
 def test_defaults_then_update_persists(tmp_path):

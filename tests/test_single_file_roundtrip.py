@@ -16,7 +16,7 @@ import torch
 from safetensors import safe_open
 from transformers import CLIPTokenizer
 
-from engine.tiny_models import (
+from engine.models.tiny_models import (
     FAMILIES,
     build_demo_pipeline,
     build_tiny_pipeline,

@@ -11,11 +11,11 @@ from PIL import Image
 
 from engine.addons import AddOns
 from engine.engine import Engine
-from engine.extras import ExtrasRequest
-from engine.model_catalogue import STANDARD, ModelCatalogue, ModelNotDownloaded
-from engine.models import HashCache
+from engine.postprocess.extras import ExtrasRequest
+from engine.models.model_catalogue import STANDARD, ModelCatalogue, ModelNotDownloaded
+from engine.models.registry import HashCache
 from engine.request import GenerationRequest
-from engine.upscalers import UpscalerLibrary
+from engine.postprocess.upscalers import UpscalerLibrary
 from tests.conftest import make_engine
 from tests.support.esrgan_files import tiny_rrdbnet
 from tests.support.upscaler_files import (

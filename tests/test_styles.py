@@ -12,7 +12,7 @@ import threading
 import pytest
 
 from engine.errors import RequestError
-from engine.styles import Style, StyleStore, merge_prompt
+from engine.prompts.styles import Style, StyleStore, merge_prompt
 
 
 def write_csv(path, rows, *, encoding="utf-8", bom=False, newline="\r\n"):
@@ -124,7 +124,7 @@ def test_names_are_stripped_unique_first_wins(tmp_path, caplog):
     path = tmp_path / "styles.csv"
     write_csv(path, [["name", "prompt", "negative_prompt"],
                      ["  spaced  ", "p1", "n1"], ["spaced", "p2", "n2"], ["", "orphan", ""]])
-    with caplog.at_level(logging.WARNING, logger="engine.styles"):
+    with caplog.at_level(logging.WARNING, logger="engine.prompts.styles"):
         styles = StyleStore(path).styles()
     assert styles == [Style("spaced", "p1", "n1")]
     assert "more than once" in caplog.text
@@ -161,7 +161,7 @@ def test_bom_from_excel_is_read(tmp_path):
 def test_windows_1252_file_from_old_excel(tmp_path, caplog):
     path = tmp_path / "styles.csv"
     path.write_bytes("name,prompt,negative_prompt\r\ncafé,“smart” quotes,\r\n".encode("cp1252"))
-    with caplog.at_level(logging.WARNING, logger="engine.styles"):
+    with caplog.at_level(logging.WARNING, logger="engine.prompts.styles"):
         assert StyleStore(path).styles() == [Style("café", "“smart” quotes", "")]
     assert "not UTF-8" in caplog.text
 
@@ -170,7 +170,7 @@ def test_undecodable_bytes_do_not_raise(tmp_path, caplog):
     path = tmp_path / "styles.csv"
     # 0x81 is undefined in Windows-1252 as well: that row cannot be read; the rest still is.
     path.write_bytes(b"name,prompt,negative_prompt\r\nok,fine,\r\nbad\x81,x\x81y,\r\nafter,p,\r\n")
-    with caplog.at_level(logging.WARNING, logger="engine.styles"):
+    with caplog.at_level(logging.WARNING, logger="engine.prompts.styles"):
         styles = StyleStore(path).styles()
     assert styles == [Style("ok", "fine", ""), Style("after", "p", "")]
     assert "line 3 cannot be read (bytes that are not UTF-8 text)" in caplog.text
@@ -180,7 +180,7 @@ def test_ragged_rows_and_missing_header(tmp_path, caplog):
     path = tmp_path / "styles.csv"
     path.write_text("name,prompt,negative_prompt\nshort,only prompt\nlong,p,n,extra,more\nname-only\n",
                     encoding="utf-8")
-    with caplog.at_level(logging.WARNING, logger="engine.styles"):
+    with caplog.at_level(logging.WARNING, logger="engine.prompts.styles"):
         styles = StyleStore(path).styles()
     assert styles == [Style("short", "only prompt", ""), Style("long", "p", "n"),
                       Style("name-only", "", "")]
@@ -189,7 +189,7 @@ def test_ragged_rows_and_missing_header(tmp_path, caplog):
     headerless = tmp_path / "headerless.csv"
     headerless.write_text("a,pa,na\nb,pb,nb\n", encoding="utf-8")
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="engine.styles"):
+    with caplog.at_level(logging.WARNING, logger="engine.prompts.styles"):
         assert StyleStore(headerless).styles() == [Style("a", "pa", "na"), Style("b", "pb", "nb")]
     assert "no header" in caplog.text
 

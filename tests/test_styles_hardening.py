@@ -13,7 +13,7 @@ import pytest
 
 from engine.errors import RequestError
 from engine.request import MAX_PROMPT_CHARS
-from engine.styles import Style, StyleStore, escape_cell, unescape_cell
+from engine.prompts.styles import Style, StyleStore, escape_cell, unescape_cell
 from ui.prompt_tools import save_style
 
 HEADER = b"name,prompt,negative_prompt\r\n"
@@ -111,7 +111,7 @@ def test_a_damaged_row_survives_a_save_byte_for_byte_and_is_named(tmp_path, capl
     after = b'after,"a, ""q""",n\r\nlast,"multi\r\nline",\r\n'
     path.write_bytes(HEADER + before + damaged + after)
     store = StyleStore(path)
-    with caplog.at_level(logging.WARNING, logger="engine.styles"):
+    with caplog.at_level(logging.WARNING, logger="engine.prompts.styles"):
         styles = store.styles()
     assert styles == [Style("before", "b, quoted", ""), Style("after", 'a, "q"', "n"),
                       Style("last", "multi\r\nline", "")]
@@ -134,7 +134,7 @@ def test_a_damaged_row_survives_a_save_byte_for_byte_and_is_named(tmp_path, capl
 def test_a_quote_never_closed_does_not_hide_the_rows_after_it(tmp_path, caplog):
     path = tmp_path / "styles.csv"
     path.write_bytes(HEADER + b'ok,p,\r\nbroken,"never closed\r\nafter,a,n\r\n')
-    with caplog.at_level(logging.WARNING, logger="engine.styles"):
+    with caplog.at_level(logging.WARNING, logger="engine.prompts.styles"):
         assert StyleStore(path).styles() == [Style("ok", "p", ""), Style("after", "a", "n")]
     assert "line 3 cannot be read (a quote is never closed)" in caplog.text
 
@@ -161,7 +161,7 @@ def test_rows_with_wrong_field_counts_are_read_kept_as_written_and_named(tmp_pat
     # Quoting the csv module would not write: a rewrite of these rows would change their bytes.
     odd = b'"short","only prompt"\r\n"long",p,n,"extra",more\r\n'
     path.write_bytes(HEADER + odd)
-    with caplog.at_level(logging.WARNING, logger="engine.styles"):
+    with caplog.at_level(logging.WARNING, logger="engine.prompts.styles"):
         store = StyleStore(path)
         assert store.styles() == [Style("short", "only prompt", ""), Style("long", "p", "n")]
     assert "2 row(s) do not have 3 fields (line 2, 3)" in caplog.text

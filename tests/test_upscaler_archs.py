@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from engine.errors import RequestError
-from engine.upscaler_models import architecture_of, build_upscaler
-from engine.upscaler_models.compact import CompactNet, compact_from_state
-from engine.upscaler_models.scunet import SCUNet, scunet_from_state
-from engine.upscaler_models.swinir import SwinIR, swinir_from_state
+from engine.postprocess.upscaler_models import architecture_of, build_upscaler
+from engine.postprocess.upscaler_models.compact import CompactNet, compact_from_state
+from engine.postprocess.upscaler_models.scunet import SCUNet, scunet_from_state
+from engine.postprocess.upscaler_models.swinir import SwinIR, swinir_from_state
 from tests.support.upscaler_files import (
     save_published_way,
     tiny_compact,
@@ -111,7 +111,7 @@ TINY = {"SwinIR": (tiny_swinir, "params_ema"), "SCUNet": (tiny_scunet, None), "C
 
 @pytest.mark.parametrize("kind", REFERENCE_OUTPUTS)
 def test_tiny_models_round_trip_and_match_the_reference_outputs(kind, tmp_path):
-    from engine.esrgan import read_state
+    from engine.postprocess.esrgan import read_state
 
     make, wrapper = TINY[kind]
     path = save_published_way(make(0), tmp_path / f"{kind}.pth", wrapper)

@@ -10,11 +10,11 @@ from safetensors.torch import save_file
 
 from engine.addons import AddOns
 from engine.engine import Engine
-from engine.esrgan import build_from_state, read_state
-from engine.extras import ExtrasRequest
-from engine.models import HashCache
+from engine.postprocess.esrgan import build_from_state, read_state
+from engine.postprocess.extras import ExtrasRequest
+from engine.models.registry import HashCache
 from engine.request import GenerationRequest
-from engine.upscalers import UpscalerLibrary
+from engine.postprocess.upscalers import UpscalerLibrary
 from tests.conftest import make_engine
 from tests.support.esrgan_files import tiny_rrdbnet
 

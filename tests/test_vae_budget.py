@@ -6,9 +6,9 @@ import pytest
 import torch
 from diffusers import AutoencoderKL
 
-from engine import vae as vae_module
-from engine import vae_budget
-from engine.loading import CONFIG_ROOT
+from engine.networks import vae as vae_module
+from engine.memory import vae_budget
+from engine.models.loading import CONFIG_ROOT
 from engine.request import GenerationRequest
 
 BASE = GenerationRequest(prompt="a red cube", negative_prompt="blurry", steps=3, width=192, height=192,

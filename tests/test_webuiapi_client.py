@@ -12,7 +12,7 @@ import pytest
 import webuiapi
 from PIL import Image, ImageDraw
 
-from engine.infotext import parse
+from engine.output.infotext import parse
 from tests.test_controlnet import drawing
 
 # Methods of webuiapi.WebUIApi that need something no A1111 install without extra extensions has,

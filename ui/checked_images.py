@@ -2,7 +2,7 @@
 
 Gradio opens an uploaded picture itself, before our handler runs. A 0-byte file, a truncated PNG,
 text renamed to .png or a decompression bomb then fails inside Gradio, and the user sees a bare
-"Error". These components run the same checks as the API (engine/uploads.py) first, as soon as
+"Error". These components run the same checks as the API (engine/runs/uploads.py) first, as soon as
 the file arrives: a bad upload is taken out of the field again (no broken preview is left) and
 one message under the field names it and the problem. A bad picture that reaches a handler all
 the same counts as no picture, so no event fails on it (one error toast per event used to pile up).
@@ -19,8 +19,8 @@ import gradio as gr
 from gradio.data_classes import FileData
 
 from engine.errors import RequestError
-from engine.settings import Settings
-from engine.uploads import open_image
+from engine.settings.store import Settings
+from engine.runs.uploads import open_image
 
 from .markdown_text import literal
 

@@ -6,8 +6,8 @@ import argparse
 from dataclasses import dataclass, field
 
 from engine.engine import Engine
-from engine.models import ModelRegistry
-from engine.settings import Settings
+from engine.models.registry import ModelRegistry
+from engine.settings.store import Settings
 
 
 @dataclass(frozen=True)
@@ -16,7 +16,7 @@ class UIContext:
     registry: ModelRegistry
     settings: Settings
     flags: argparse.Namespace
-    download: "object | None" = None  # engine.downloads.ModelDownloader when offered
+    download: "object | None" = None  # engine.models.downloads.ModelDownloader when offered
     # (extension name, its accordion) in every tab, so enabling or disabling one in the
     # Extensions tab shows or hides its fields at once.
     extension_accordions: list = field(default_factory=list)

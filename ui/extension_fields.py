@@ -12,9 +12,9 @@ from typing import Any
 
 import gradio as gr
 
-from engine import extension_install
+from engine.extensions import install as extension_install
 from engine.errors import UserError
-from engine.extensions import Field, LoadedExtension
+from engine.extensions.registry import Field, LoadedExtension
 
 from .context import UIContext
 from .markdown_text import literal

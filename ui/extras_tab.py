@@ -7,10 +7,10 @@ from pathlib import Path
 import gradio as gr
 
 from engine.errors import UserError
-from engine.extras import MAX_SCALE, UPSCALERS, ExtrasRequest
-from engine.faces import restorers
-from engine.model_catalogue import ModelNotDownloaded
-from engine.uploads import open_image
+from engine.postprocess.extras import MAX_SCALE, UPSCALERS, ExtrasRequest
+from engine.postprocess.faces import restorers
+from engine.models.model_catalogue import ModelNotDownloaded
+from engine.runs.uploads import open_image
 
 from . import checked_images, model_offer
 from .context import UIContext

@@ -13,7 +13,7 @@ import gradio as gr
 from PIL import Image
 
 from engine.errors import UserError
-from engine.history import SavedImages
+from engine.output.history import SavedImages
 
 from .context import UIContext
 from .png_info_tab import TARGETS

@@ -7,10 +7,10 @@ from typing import Any, Iterator
 
 from PIL import Image
 
-from engine import image_prep
+from engine.runs import image_prep
 from engine.errors import RequestError
 from engine.request import MAX_SIZE, MIN_SIZE, SIZE_STEP, GenerationRequest
-from engine.uploads import open_image
+from engine.runs.uploads import open_image
 
 from . import editor_inputs
 from .request_builder import common_fields, whole

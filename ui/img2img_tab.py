@@ -7,10 +7,10 @@ from pathlib import Path
 
 import gradio as gr
 
-from engine import image_prep
-from engine.flags import is_exposed
+from engine.runs import image_prep
+from engine.settings.flags import is_exposed
 from engine.job_results import GenerationResult
-from engine.outputs import png_bytes, write_atomically
+from engine.output.writer import png_bytes, write_atomically
 from engine.request import MAX_MASK_BLUR, MAX_OUTPAINT, MAX_PADDING, OUTPAINT_DIRECTIONS
 
 from . import (

@@ -10,7 +10,7 @@ import gradio as gr
 
 from engine.errors import UserError
 from engine.job_results import GenerationResult
-from engine.model_catalogue import ModelNotDownloaded
+from engine.models.model_catalogue import ModelNotDownloaded
 from engine.request import GenerationRequest
 
 from . import model_offer

@@ -12,7 +12,7 @@ import html
 
 import gradio as gr
 
-from engine.model_catalogue import ModelCatalogue, ModelNotDownloaded
+from engine.models.model_catalogue import ModelCatalogue, ModelNotDownloaded
 
 from .context import UIContext
 from .progress_view import download_steps

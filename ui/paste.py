@@ -6,7 +6,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from engine import image_prep, infotext, samplers
+from engine.runs import image_prep, samplers
+
+from engine.output import infotext
 from engine.controlnet.units import MAX_UNITS
 from engine.errors import RequestError, UserError
 

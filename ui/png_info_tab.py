@@ -7,10 +7,10 @@ from pathlib import Path
 
 import gradio as gr
 
-from engine import infotext
+from engine.output import infotext
 from engine.errors import UserError
-from engine.outputs import read_infotext
-from engine.uploads import open_image
+from engine.output.writer import read_infotext
+from engine.runs.uploads import open_image
 
 from . import checked_images
 from .context import UIContext

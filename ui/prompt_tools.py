@@ -10,7 +10,7 @@ import html
 import gradio as gr
 
 from engine.errors import RequestError
-from engine.styles import Style, StyleStore
+from engine.prompts.styles import Style, StyleStore
 
 from .context import UIContext
 

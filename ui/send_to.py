@@ -9,7 +9,7 @@ import gradio as gr
 from PIL import Image
 
 from engine.errors import UserError
-from engine.uploads import open_image
+from engine.runs.uploads import open_image
 
 from . import paste
 from .context import UIContext

@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Mount, Route
 
 from engine.errors import UserError
-from engine.flags import cors_origins, is_exposed
+from engine.settings.flags import cors_origins, is_exposed
 from engine.version import VERSION
 
 from .access import AccessGuard, check_credentials, mounted_gradio_app

@@ -14,10 +14,10 @@ from typing import Any, Callable, Iterable, Mapping
 import gradio as gr
 
 from engine.errors import UserError
-from engine.option import Option
-from engine.options_saving import DIRECTORY_KEYS
-from engine.options_ui import HIDEABLE_TABS
-from engine.settings import Settings
+from engine.settings.option import Option
+from engine.settings.options_saving import DIRECTORY_KEYS
+from engine.settings.options_ui import HIDEABLE_TABS
+from engine.settings.store import Settings
 
 from . import ui_defaults
 from .context import UIContext

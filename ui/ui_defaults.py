@@ -11,11 +11,11 @@ from typing import Any, Mapping
 
 import gradio as gr
 
-from engine import samplers
+from engine.runs import samplers
 from engine.errors import RequestError, UserError
-from engine.option import Option
-from engine.options_ui import CFG_MAX, SIZE_MAX, STEPS_MAX, default_key
-from engine.settings import Settings
+from engine.settings.option import Option
+from engine.settings.options_ui import CFG_MAX, SIZE_MAX, STEPS_MAX, default_key
+from engine.settings.store import Settings
 
 # The tab's control name (as in its `controls` dict) -> the end of its setting's key.
 CONTROL_SETTINGS = {

@@ -9,7 +9,7 @@ from __future__ import annotations
 import gradio as gr
 
 from engine import request as limits
-from engine import samplers
+from engine.runs import samplers
 
 from . import model_offer
 from .number_inputs import Number, Slider

@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import numpy as np
 
-from ..errors import RequestError
+from engine.errors import RequestError
 
 if TYPE_CHECKING:
-    from .preprocessors import _Job
+    from engine.controlnet.preprocessors import _Job
 
 AUX = "controlnet_aux"
 AUX_DEPS = (("torchvision", "torchvision"), ("timm", "timm"), ("einops", "einops"), ("skimage", "scikit-image"))
@@ -90,7 +90,7 @@ def _build_detector(controlnet_aux, kind: str, folder: str, paths: tuple[str, ..
 
 
 def _run_aux(kind: str, job: _Job, **options) -> np.ndarray:
-    from .preprocessors import PREPROCESSORS  # the table names this module's functions
+    from engine.controlnet.preprocessors import PREPROCESSORS  # the table names this module's functions
 
     preprocessor = PREPROCESSORS[kind]
     detector = _aux_detector(kind, job.annotators, preprocessor._files, preprocessor._subfolder)

@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .. import image_prep
-from ..errors import RequestError
-from . import preprocessors
-from .units import (
+from engine.runs import image_prep
+from engine.errors import RequestError
+from engine.controlnet import preprocessors
+from engine.controlnet.units import (
     CONTROLNET_MORE,
     PROMPT_MORE,
     RESIZE_MODES,

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import re
 
-from ..errors import RequestError
-from ..loading import FAMILY_LABELS
-from . import preprocessors
-from .units import ControlUnit
+from engine.errors import RequestError
+from engine.models.loading import FAMILY_LABELS
+from engine.controlnet import preprocessors
+from engine.controlnet.units import ControlUnit
 
 _HASH_SUFFIX = re.compile(r"\s*\[[0-9a-fA-F]{6,}\]$")  # "control_v11p_sd15_canny [d14c016b]"
 

@@ -10,11 +10,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import CheckpointError
+from engine.errors import CheckpointError
 
 FAMILIES = ("sd1", "sdxl")
 FAMILY_LABELS = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
-CONFIG_ROOT = Path(__file__).resolve().parent.parent / "model_configs"
+CONFIG_ROOT = Path(__file__).resolve().parent.parent / "models" / "model_configs"
 FIELD = "controlnet"
 
 LDM_PREFIX = "control_model."

@@ -29,9 +29,9 @@ from pathlib import Path
 
 import torch
 
-from ..devices import DeviceConfig, free_memory
-from ..errors import CheckpointError, NotFoundError
-from .layouts import (
+from engine.models.devices import DeviceConfig, free_memory
+from engine.errors import CheckpointError, NotFoundError
+from engine.controlnet.layouts import (
     CONFIG_ROOT,
     FAMILIES,
     FAMILY_LABELS,
@@ -84,7 +84,7 @@ def _read_tensors(path: Path, name: str, allow_unsafe: bool) -> dict[str, torch.
         except Exception as error:
             raise CheckpointError(f"'{name}' is not a valid .safetensors file (it may be incomplete "
                                   f"or corrupt: {_short(error)}). Download it again.", FIELD) from error
-    from ..loading import read_pickled_state_dict
+    from engine.models.loading import read_pickled_state_dict
     try:
         state = read_pickled_state_dict(path, allow_unsafe)
     except CheckpointError as error:
@@ -174,7 +174,7 @@ def _family_of_unet(unet) -> str:
 @torch.no_grad()
 def build_tiny_controlnet(unet, seed: int = 0, conditioning_channels=(4, 8, 16, 32),
                           config_root: Path = CONFIG_ROOT):
-    """A ControlNet for ``unet`` (a tiny one from engine.tiny_models) with seeded random weights,
+    """A ControlNet for ``unet`` (a tiny one from engine.models.tiny_models) with seeded random weights,
     float32 on the CPU.
 
     ``conditioning_channels`` are the hint encoder's widths (diffusers'
@@ -186,7 +186,7 @@ def build_tiny_controlnet(unet, seed: int = 0, conditioning_channels=(4, 8, 16, 
     """
     from diffusers import ControlNetModel
 
-    from ..tiny_models import _randomize_
+    from engine.models.tiny_models import _randomize_
 
     family = _family_of_unet(unet)
     base = base_config(family, config_root)

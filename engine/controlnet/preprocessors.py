@@ -32,8 +32,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from ..errors import RequestError
-from . import annotators as weighted
+from engine.errors import RequestError
+from engine.controlnet import annotators as weighted
 
 MIN_RESOLUTION, MAX_RESOLUTION, DEFAULT_RESOLUTION = 64, 2048, 512
 MAX_SIDE = 8192  # longest processing side: a thin strip scaled up would not fit in memory

@@ -13,7 +13,7 @@ from typing import Any
 
 from PIL import Image
 
-from ..errors import RequestError
+from engine.errors import RequestError
 
 MAX_UNITS = 3  # what the tabs show; the API takes up to the control_net_unit_count setting
 MOST_UNITS = 10  # the largest control_net_unit_count: more units are refused before any is read

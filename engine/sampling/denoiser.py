@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .schedules import ModelSigmas
+from engine.sampling.schedules import ModelSigmas
 
 
 class Interrupted(Exception):

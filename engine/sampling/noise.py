@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .philox import PhiloxGenerator
+from engine.sampling.philox import PhiloxGenerator
 
 RANDN_SOURCES = ("GPU", "CPU", "NV")
 DEFAULT_SOURCE = "GPU"

@@ -11,11 +11,11 @@ from typing import Any
 
 import torch
 
-from . import k_samplers, timestep_samplers
-from ..errors import RequestError
-from .denoiser import CFGDenoiser, Interrupted
-from .noise import ImageNoise
-from .schedules import sampler_sigmas
+from engine.sampling import k_samplers, timestep_samplers
+from engine.errors import RequestError
+from engine.sampling.denoiser import CFGDenoiser, Interrupted
+from engine.sampling.noise import ImageNoise
+from engine.sampling.schedules import sampler_sigmas
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class Img2ImgStart:
 class SamplingPlan:
     """How one job samples (the same for every batch)."""
 
-    sampler: Any                 # engine.samplers.Sampler
+    sampler: Any                 # engine.runs.samplers.Sampler
     schedule: str                # the schedule type asked for ("Automatic" or a label)
     steps: int
     parameters: Mapping[str, Any] = field(default_factory=dict)  # eta, s_churn, ... as A1111 passes

@@ -4,7 +4,7 @@ face detailer (the loaded model redraws each face) or GFPGAN / CodeFormer weight
 from __future__ import annotations
 
 from engine.extensions import Extension, Field
-from engine.faces import (
+from engine.postprocess.faces import (
     FACE_DETAILER,
     RESTORERS,
     check_restorer,

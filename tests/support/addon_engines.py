@@ -8,7 +8,7 @@ from pathlib import Path
 from engine.addons import AddOns
 from engine.controlnet.models import build_tiny_controlnet, save_original_layout
 from engine.engine import Engine
-from engine.models import HashCache
+from engine.models.registry import HashCache
 from tests.support.lora_files import write_kohya_lora
 
 

@@ -2,7 +2,7 @@
 
 import torch
 
-from engine.esrgan import RRDBNet
+from engine.postprocess.esrgan import RRDBNet
 
 
 def tiny_rrdbnet(scale: int = 4, seed: int = 0) -> RRDBNet:

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import torch
 
-from engine.face_models.codeformer import CodeFormer
-from engine.face_models.gfpgan import GFPGAN
+from engine.postprocess.face_models.codeformer import CodeFormer
+from engine.postprocess.face_models.gfpgan import GFPGAN
 
 
 def tiny_gfpgan(seed: int = 0) -> GFPGAN:

@@ -8,9 +8,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from engine.upscaler_models.compact import CompactNet
-from engine.upscaler_models.scunet import SCUNet
-from engine.upscaler_models.swinir import SwinIR
+from engine.postprocess.upscaler_models.compact import CompactNet
+from engine.postprocess.upscaler_models.scunet import SCUNet
+from engine.postprocess.upscaler_models.swinir import SwinIR
 
 TINY_SWINIR = dict(in_ch=3, embed_dim=16, depths=(2, 2), heads=(2, 2), window=4, mlp_ratio=2.0, scale=4,
                    upsampler="nearest+conv", three_conv=True, img_size=16)

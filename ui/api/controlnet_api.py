@@ -12,8 +12,8 @@ from fastapi import APIRouter, Body, Depends
 from engine.controlnet import preprocessors
 from engine.controlnet.units import MOST_UNITS, ControlUnit, control_mode_name, resize_mode_name
 from engine.errors import RequestError, UserError
-from engine.outputs import png_bytes
-from engine.uploads import image_from_base64
+from engine.output.writer import png_bytes
+from engine.runs.uploads import image_from_base64
 
 from .models import MAX_LIST_ITEMS, Image, Name
 

@@ -6,15 +6,17 @@ import base64
 import json
 from typing import Any
 
-from engine import image_prep, infotext, samplers
+from engine.runs import image_prep, samplers
+
+from engine.output import infotext
 from engine.errors import RequestError
-from engine.extensions import ExtensionRegistry
-from engine.extras import UPSCALERS, ExtrasRequest
-from engine.faces import FACE_DETAILER
+from engine.extensions.registry import ExtensionRegistry
+from engine.postprocess.extras import UPSCALERS, ExtrasRequest
+from engine.postprocess.faces import FACE_DETAILER
 from engine.job_results import GenerationResult
-from engine.outputs import png_bytes
+from engine.output.writer import png_bytes
 from engine.request import SIZE_STEP, GenerationRequest
-from engine.uploads import image_from_base64
+from engine.runs.uploads import image_from_base64
 
 from . import controlnet_api
 from .models import Img2ImgBody, Txt2ImgBody
@@ -302,7 +304,7 @@ def extras_request(body, image) -> ExtrasRequest:
 
 def png_info(image) -> dict[str, Any]:
     """What /png-info answers: the infotext, the image's other text, and the fields read out."""
-    from engine.outputs import read_infotext
+    from engine.output.writer import read_infotext
 
     text = read_infotext(image) or ""
     items = {key: value for key, value in image.info.items()

@@ -19,7 +19,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from engine.flags import SECRET_FLAGS
+from engine.settings.flags import SECRET_FLAGS
 from engine.version import VERSION
 
 from ..access import basic_credentials

@@ -7,10 +7,10 @@ from __future__ import annotations
 import logging
 from typing import Callable, TypeVar
 
-from engine.downloads import DownloadError
+from engine.models.downloads import DownloadError
 from engine.engine import Engine
-from engine.model_catalogue import ModelNotDownloaded
-from engine.settings import Settings
+from engine.models.model_catalogue import ModelNotDownloaded
+from engine.settings.store import Settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from engine.request import MAX_BATCH_SIZE, MAX_PROMPT_CHARS
-from engine.settings import MAX_CHANGES
+from engine.settings.store import MAX_CHANGES
 
 MAX_NAME_CHARS = 256  # sampler, upscaler, checkpoint, script and style names; task ids
 MAX_INFOTEXT_CHARS = 2 * MAX_PROMPT_CHARS + 20_000  # two prompts and their parameters

@@ -6,14 +6,14 @@ from typing import Any
 
 from fastapi import APIRouter, Body, Depends, Request
 
-from engine import samplers
+from engine.runs import samplers
 from engine.errors import RequestError
-from engine.extras import UPSCALERS
-from engine.face_models import KINDS
-from engine.faces import restorers
-from engine.flags import public_dict
+from engine.postprocess.extras import UPSCALERS
+from engine.postprocess.face_models import KINDS
+from engine.postprocess.faces import restorers
+from engine.settings.flags import public_dict
 from engine.request import LATENT_UPSCALE_MODES
-from engine.uploads import image_from_base64
+from engine.runs.uploads import image_from_base64
 
 from ..context import UIContext
 from . import convert

@@ -11,8 +11,8 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import PlainTextResponse
 
 from engine.errors import NoModelError
-from engine.interrogate import INTERROGATORS, Captioner
-from engine.uploads import image_from_base64
+from engine.postprocess.interrogate import INTERROGATORS, Captioner
+from engine.runs.uploads import image_from_base64
 
 from ..context import UIContext
 from .models import InterrogateBody

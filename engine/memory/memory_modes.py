@@ -1,0 +1,75 @@
+"""Memory-saving modes a job runs with: VAE tiling, attention slicing, and where the weights
+live (the `memory_mode` setting: none, medvram, medvram-sdxl, lowvram).
+
+Tiling and slicing come from settings and are applied to the pipeline for one job, then undone, so
+toggling them takes effect on the next job with no restart. The pipelines of a checkpoint share
+their modules (from_pipe), so leaving a mode switched on would leak it into every later job.
+The memory mode is different: moving whole models between RAM and VRAM costs seconds, so it is
+applied when it changes (engine/memory/offload.py), not per job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Iterator
+
+NONE, MEDVRAM, MEDVRAM_SDXL, LOWVRAM = "none", "medvram", "medvram-sdxl", "lowvram"
+# The choices of the `memory_mode` setting, named after the flags users of the mature web UIs type.
+MEMORY_MODES = (NONE, MEDVRAM, MEDVRAM_SDXL, LOWVRAM)
+
+
+def mode_for_model(mode: str, is_sdxl: bool) -> str:
+    """The mode a model runs in: medvram-sdxl is medvram for SDXL and none for smaller models."""
+    if mode == MEDVRAM_SDXL:
+        return MEDVRAM if is_sdxl else NONE
+    return mode
+
+
+@dataclass(frozen=True)
+class MemoryModes:
+    vae_tiling: bool = False         # the `sd_vae_tiling` setting
+    attention_slicing: bool = False  # the `attention_slicing` setting
+    # The `memory_mode` setting (placed by LoadedModel.use_memory_mode, not by `applied`); None
+    # leaves the weights as they are, for work outside a job that has no say in it.
+    memory_mode: str | None = None
+
+
+@contextlib.contextmanager
+def applied(pipe, modes: MemoryModes) -> Iterator[None]:
+    """Switch the modes on for the pipeline (and every pipeline sharing its modules) inside the
+    block; put back what was there before on exit, even on error."""
+    with contextlib.ExitStack() as stack:
+        if modes.vae_tiling:
+            stack.enter_context(_vae_tiling(pipe.vae))
+        if modes.attention_slicing:
+            stack.enter_context(_attention_slicing(pipe))
+        yield
+
+
+@contextlib.contextmanager
+def _vae_tiling(vae) -> Iterator[None]:
+    # The VAE only tiles images bigger than its tile size; smaller ones decode as before.
+    was_tiling = bool(getattr(vae, "use_tiling", False))
+    vae.enable_tiling()
+    try:
+        yield
+    finally:
+        if not was_tiling:
+            vae.disable_tiling()
+
+
+@contextlib.contextmanager
+def _attention_slicing(pipe) -> Iterator[None]:
+    unet = pipe.unet
+    # Slicing swaps the UNet's attention processors. diffusers' disable_attention_slicing() would
+    # install its defaults, dropping processors someone else put there; save and restore instead.
+    saved = dict(unet.attn_processors)
+    heads = [module.sliceable_head_dim for module in unet.modules()
+             if module is not unet and hasattr(module, "set_attention_slice")]
+    # "auto" halves each layer's heads; a layer with a single head cannot be halved.
+    pipe.enable_attention_slicing("auto" if heads and min(heads) >= 2 else "max")
+    try:
+        yield
+    finally:
+        unet.set_attn_processor(saved)

@@ -1,0 +1,1 @@
+"""Models: the checkpoint registry, loading a file into a diffusers pipeline, the pipeline cache, devices, the catalogue of standard models and their downloads, and the config-only folders (model_configs/)."""

@@ -1,0 +1,289 @@
+"""Turning a checkpoint on disk into a diffusers pipeline, with no network.
+
+Single-file checkpoints (the original LDM key layout users download) are matched to a model family
+by their keys, then loaded with `from_single_file(config=<the family's config folder in the repo>)`.
+Pickled checkpoints can run code when unpickled: they are refused unless the user opts in, and
+even then only read with `weights_only=True`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from engine.models.devices import DeviceConfig
+from engine.errors import CheckpointError
+from engine.models.registry import CheckpointInfo
+
+log = logging.getLogger(__name__)
+
+CONFIG_ROOT = Path(__file__).parent / "model_configs"
+
+UNET_IN = "model.diffusion_model.input_blocks.0.0.weight"
+SD1_TEXT = ("cond_stage_model.transformer.text_model.embeddings.token_embedding.weight",
+            "cond_stage_model.transformer.embeddings.token_embedding.weight")
+SD2_TEXT = "cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight"
+SDXL_TEXT_G = "conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_weight"
+SDXL_REFINER_TEXT = "conditioner.embedders.0.model.transformer.resblocks.0.attn.in_proj_weight"
+
+FAMILY_LABELS = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
+# An inpainting UNet takes the latents plus the mask (1) and the masked image's latents (4).
+INPAINTING_CHANNELS = 9
+
+
+@dataclass(frozen=True)
+class CheckpointLayout:
+    family: str        # "sd1" | "sd2" | "sdxl"
+    unet_in_channels: int
+
+
+@dataclass
+class LoadedPipeline:
+    pipe: object
+    family: str
+    config_dir: Path | None
+
+
+def read_shapes(path: Path, allow_unsafe: bool) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of every tensor in a checkpoint file, reading as little as possible."""
+    if not path.is_file():
+        raise CheckpointError(f"Checkpoint file not found: {path}", "checkpoint")
+    if path.suffix.lower() == ".safetensors":
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+        except Exception as error:  # safetensors raises its own error types for a bad header
+            raise CheckpointError(
+                f"'{path.name}' is not a valid .safetensors file (it may be incomplete or corrupt: "
+                f"{_short(error)}). Download it again.", "checkpoint") from error
+    state = read_pickled_state_dict(path, allow_unsafe)
+    return {key: tuple(value.shape) for key, value in state.items() if hasattr(value, "shape")}
+
+
+def read_pickled_state_dict(path: Path, allow_unsafe: bool) -> dict:
+    if not allow_unsafe:
+        raise CheckpointError(
+            f"'{path.name}' is a pickled checkpoint ({path.suffix}); pickles can run code when "
+            "opened, so they are refused. Use the .safetensors version of this model, or start "
+            "with --allow-unsafe-checkpoints if you trust where the file came from.", "checkpoint")
+    try:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # legacy (non-zip) pickles cannot be memory-mapped
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise CheckpointError(
+            f"'{path.name}' could not be read as plain weights ({_short(error)}). It may be "
+            "corrupt, or hold Python objects that a weights-only load refuses to run.",
+            "checkpoint") from error
+    while isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise CheckpointError(f"'{path.name}' does not hold a state dict", "checkpoint")
+    return state
+
+
+def detect_layout(shapes: dict[str, tuple[int, ...]], name: str) -> CheckpointLayout:
+    if UNET_IN not in shapes:
+        raise CheckpointError(
+            f"'{name}' is not a Stable Diffusion checkpoint in the original single-file layout "
+            "(no UNet weights under model.diffusion_model). LoRA, VAE and embedding files go in "
+            "their own folders (models/Lora, models/VAE, models/embeddings).", "checkpoint")
+    in_channels = shapes[UNET_IN][1]
+    if SDXL_TEXT_G in shapes:
+        family = "sdxl"
+    elif SDXL_REFINER_TEXT in shapes:
+        raise CheckpointError(f"'{name}' is an SDXL refiner; only SDXL base models are supported",
+                              "checkpoint")
+    elif SD2_TEXT in shapes:
+        family = "sd2"
+    elif any(key in shapes for key in SD1_TEXT):
+        family = "sd1"
+    else:
+        raise CheckpointError(
+            f"'{name}' has UNet weights but no text encoder this app recognises "
+            "(SD 1.x, SD 2.x or SDXL)", "checkpoint")
+    if in_channels not in (4, INPAINTING_CHANNELS):
+        raise CheckpointError(
+            f"'{name}' is a {FAMILY_LABELS[family]} model with a {in_channels}-channel UNet "
+            "(an instruct-pix2pix style model?); only ordinary (4-channel) and inpainting "
+            "(9-channel) models are supported.", "checkpoint")
+    return CheckpointLayout(family, in_channels)
+
+
+def sd2_prediction_from_sidecar(path: Path) -> str | None:
+    """The ecosystem's way to mark a v-prediction SD 2.x file: a .yaml config beside it."""
+    sidecar = path.with_suffix(".yaml")
+    if not sidecar.is_file():
+        return None
+    text = sidecar.read_text(encoding="utf-8", errors="replace")
+    return "v_prediction" if re.search(r"parameterization:\s*[\"']?v[\"']?\s*$", text, re.M) else "epsilon"
+
+
+@torch.no_grad()
+def predicts_v(unet) -> bool:
+    """Tell a v-prediction UNet from an epsilon one by its answer on a flat input at the last step.
+
+    An epsilon model returns roughly its input there (the input is nearly all noise); a
+    v-prediction model returns something strongly negative.
+    """
+    param = next(unet.parameters())
+    sample = torch.full((1, 4, 8, 8), 0.5, device=param.device, dtype=param.dtype)
+    context = torch.full((1, 77, unet.config.cross_attention_dim), 0.5, device=param.device,
+                         dtype=param.dtype)
+    timestep = torch.tensor([999], device=param.device)
+    out = unet(sample, timestep, encoder_hidden_states=context).sample
+    return (out.float() - sample.float()).mean().item() < -1
+
+
+# safetensors' names for the floating point types a checkpoint stores.
+_STORED_FLOATS = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+
+
+def stored_dtype(path: Path) -> torch.dtype | None:
+    """The one floating point type a .safetensors file stores its weights in (read from its
+    header), or None: another kind of file, or several types (a half precision file with a
+    float32 VAE, say), which must be converted straight to the device's type so nothing is
+    rounded on the way."""
+    if path.suffix.lower() != ".safetensors":
+        return None
+    with safe_open(str(path), framework="pt") as handle:
+        found = {handle.get_slice(key).get_dtype() for key in handle.keys()}
+    floats = {name for name in found if name.startswith(("F", "BF"))}  # F8_E4M3 and the like too
+    return _STORED_FLOATS.get(floats.pop()) if len(floats) == 1 else None
+
+
+def load_single_file(info: CheckpointInfo, device: DeviceConfig, config_root: Path,
+                     allow_unsafe: bool) -> LoadedPipeline:
+    """Load a checkpoint file. A .safetensors file is memory-mapped and read in the precision it
+    is stored in, so on the CPU the weights stay the file's pages (no copy is made; pages are read
+    when first used); the one conversion to the device's precision happens tensor by tensor as
+    the pipeline moves to the device, so no second whole copy of the model is ever in RAM."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    path = Path(info.path)
+    layout = detect_layout(read_shapes(path, allow_unsafe), info.name)
+    # Converting while loading would put a whole converted copy in RAM before the move.
+    load_dtype = stored_dtype(path) or device.dtype
+    config_dir = config_root / layout.family
+    if not config_dir.is_dir():
+        raise CheckpointError(f"Missing config folder {config_dir} for {FAMILY_LABELS[layout.family]}")
+    pipeline_class = StableDiffusionXLPipeline if layout.family == "sdxl" else StableDiffusionPipeline
+    if layout.family == "sdxl":
+        # The invisible watermark (applied when its package happens to be installed) alters pixels.
+        extra = {"add_watermarker": False}
+    else:
+        extra = {"safety_checker": None, "requires_safety_checker": False}
+    try:
+        if layout.unet_in_channels != 4:
+            # The family's config describes a 4-channel UNet; build this one with its own width.
+            from diffusers import UNet2DConditionModel
+            extra["unet"] = UNet2DConditionModel.from_single_file(
+                str(path), config=str(config_dir), subfolder="unet", local_files_only=True,
+                in_channels=layout.unet_in_channels, dtype=load_dtype)
+        pipe = pipeline_class.from_single_file(
+            str(path), config=str(config_dir), local_files_only=True, dtype=load_dtype, **extra)
+    except CheckpointError:
+        raise
+    except Exception as error:
+        raise CheckpointError(
+            f"Could not load '{info.name}' as {FAMILY_LABELS[layout.family]}: {_short(error)}",
+            "checkpoint") from error
+    _move(pipe, device)
+    if layout.family == "sd2":
+        _set_sd2_prediction(pipe, path)
+    return LoadedPipeline(pipe, layout.family, config_dir)
+
+
+def _move(pipe, device: DeviceConfig) -> None:
+    for name, module in pipe.components.items():
+        if isinstance(module, torch.nn.Module):
+            # nn.Module.to converts one tensor at a time (diffusers' own .to warns on every
+            # dtype change about float32 modules these models do not have). The VAE goes
+            # straight to its own precision, so a 32-bit file's VAE never passes through 16-bit.
+            torch.nn.Module.to(module, device.device, device.vae if name == "vae" else device.dtype)
+
+
+def _set_sd2_prediction(pipe, path: Path) -> None:
+    prediction = sd2_prediction_from_sidecar(path)
+    if prediction is None:
+        prediction = "v_prediction" if predicts_v(pipe.unet) else "epsilon"
+    if pipe.scheduler.config.get("prediction_type") != prediction:
+        pipe.scheduler = pipe.scheduler.__class__.from_config(pipe.scheduler.config,
+                                                              prediction_type=prediction)
+    log.info("%s: SD 2.x with %s", path.name, prediction)
+
+
+def load_diffusers_folder(info: CheckpointInfo, device: DeviceConfig) -> LoadedPipeline:
+    from diffusers import DiffusionPipeline
+
+    try:
+        pipe = DiffusionPipeline.from_pretrained(
+            info.path, dtype=device.dtype, local_files_only=True, safety_checker=None,
+            requires_safety_checker=False)
+    except Exception as error:
+        raise CheckpointError(f"Could not load diffusers folder '{info.name}': {_short(error)}",
+                              "checkpoint") from error
+    family = family_of_pipeline(pipe)
+    pipe.to(device.device)
+    return LoadedPipeline(pipe, family, None)
+
+
+def family_of_pipeline(pipe) -> str:
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        return "sdxl"
+    # SD 2.x's OpenCLIP text encoder uses gelu; SD 1.x's CLIP uses quick_gelu.
+    return "sd2" if pipe.text_encoder.config.hidden_act == "gelu" else "sd1"
+
+
+def load_builtin_demo(device: DeviceConfig, config_root: Path) -> LoadedPipeline:
+    from engine.models.tiny_models import build_demo_pipeline
+
+    pipe = build_demo_pipeline(config_root / "sd1" / "tokenizer")
+    pipe.to(device.device)
+    if device.dtype != torch.float32:
+        pipe.to(dtype=device.dtype)
+    return LoadedPipeline(pipe, "sd1", None)
+
+
+def load_checkpoint(info: CheckpointInfo, device: DeviceConfig, config_root: Path = CONFIG_ROOT,
+                    allow_unsafe: bool = False) -> LoadedPipeline:
+    if info.kind == "builtin":
+        loaded = load_builtin_demo(device, config_root)
+    elif info.kind == "diffusers":
+        loaded = load_diffusers_folder(info, device)
+    else:
+        loaded = load_single_file(info, device, config_root, allow_unsafe)
+    pipe = loaded.pipe
+    if hasattr(pipe, "safety_checker"):
+        pipe.safety_checker = None
+    pipe.set_progress_bar_config(disable=True)
+    apply_vae_precision(pipe.vae, device)
+    return loaded
+
+
+def apply_vae_precision(vae, device: DeviceConfig) -> None:
+    """The VAE in the precision the start flags ask for: 32-bit with --no-half-vae (or
+    --precision full); never upcast for decoding with --precision half."""
+    if device.vae_dtype is not None and vae.dtype != device.vae_dtype:
+        torch.nn.Module.to(vae, dtype=device.vae_dtype)
+    if device.half_vae_always and getattr(vae.config, "force_upcast", False):
+        vae.register_to_config(force_upcast=False)
+
+
+def check_loadable(info: CheckpointInfo, allow_unsafe: bool) -> None:
+    """Cheap checks (exists, readable, known layout) before anything is unloaded to make room."""
+    if info.kind in ("safetensors", "pickle"):
+        detect_layout(read_shapes(Path(info.path), allow_unsafe), info.name)
+    elif info.kind == "diffusers" and not (Path(info.path) / "model_index.json").is_file():
+        raise CheckpointError(f"Diffusers folder not found: {info.path}", "checkpoint")
+
+
+def _short(error: BaseException, limit: int = 300) -> str:
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return text[:limit]

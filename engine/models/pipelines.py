@@ -1,0 +1,316 @@
+"""The loaded checkpoint and the task pipelines derived from it.
+
+One base pipeline per checkpoint. Other tasks get pipelines made with `from_pipe`, which share the
+base's modules: the weights are in memory once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+
+from engine.models.checkpoint_cache import CheckpointCache, file_signature, size_on_disk
+from engine.models.devices import DeviceConfig, free_memory, upcast_sampling
+from engine.errors import CheckpointError, NoModelError
+from engine.models.loading import CONFIG_ROOT, check_loadable, load_checkpoint
+from engine.memory.memory_modes import NONE, mode_for_model
+from engine.models.registry import CheckpointInfo, ModelRegistry
+from engine.memory.offload import CPU, Placement
+from engine.networks.vae import load_vae_file
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedModel:
+    info: CheckpointInfo
+    family: str
+    base: Any
+    # The scheduler config the checkpoint came with: every job's scheduler is built from it, so
+    # a sampler choice never leaks into the next job.
+    scheduler_config: dict
+    config_root: Path | None = None
+    _derived: dict[str, Any] = field(default_factory=dict)
+    _sigma_tables: dict[tuple, Any] = field(default_factory=dict)
+    vae_file: Any = None         # the VaeFile in use, None for the checkpoint's own
+    _own_vae: Any = None
+    # The file as it was when read (checkpoint_cache.file_signature): a cached copy of a file
+    # changed since is stale.
+    signature: tuple | None = None
+    # Where the modules live (the memory mode); by default all on the device the base is on.
+    placement: Placement | None = None
+
+    def __post_init__(self) -> None:
+        if self.placement is None:
+            self.placement = Placement(self.base.device)
+
+    @property
+    def prediction_type(self) -> str:
+        return self.scheduler_config.get("prediction_type", "epsilon")
+
+    def sigma_table(self, lcm: bool = False, device: torch.device | str = "cpu") -> "ModelSigmas":
+        """The model's noise levels as A1111's samplers see them (LCM's 50-entry table with `lcm`)."""
+        key = (lcm, str(device))
+        if key not in self._sigma_tables:
+            from engine.sampling.schedules import LcmSigmas, ModelSigmas
+
+            alphas = ModelSigmas.from_config(self.scheduler_config).alphas_cumprod.to(device)
+            self._sigma_tables[key] = (LcmSigmas if lcm else ModelSigmas)(alphas)
+        return self._sigma_tables[key]
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model computes: with an offload mode its weights wait in RAM between uses,
+        so use this, not the pipeline's or a module's device, for tensors the model works on."""
+        return self.placement.device
+
+    def use_memory_mode(self, mode: str | None) -> bool:
+        """Put the weights as the `memory_mode` setting says (a no-op when they are already, or
+        on the CPU; None: as they are); True when something was moved. Called before each job:
+        a VAE chosen since the last one is also placed here."""
+        mode = self.placement.mode if mode is None else mode_for_model(mode, self.is_sdxl)
+        return self.placement.ensure(mode, self.pipelines())
+
+    def pipelines(self) -> list:
+        """The base pipeline, then those made from it (which share its modules)."""
+        return [self.base, *self._derived.values()]
+
+    def use_vae(self, choice: str, library) -> Any:
+        """Put the chosen VAE into this model's pipelines; returns its VaeFile or None."""
+        wanted = library.resolve(choice, self.info.path)
+        if self._own_vae is None:
+            self._own_vae = self.base.vae
+        if wanted is None:
+            self._set_vae(self._own_vae)
+        elif self.vae_file is None or self.vae_file.path != wanted.path:
+            # Loaded where the weights rest (RAM in an offload mode); use_memory_mode places it.
+            module = load_vae_file(wanted, self.config_root / self.family, self._own_vae.dtype,
+                                   self.placement.resting_device)
+            if not getattr(self._own_vae.config, "force_upcast", True):  # --precision half
+                module.register_to_config(force_upcast=False)
+            self._set_vae(module)
+        self.vae_file = wanted
+        return wanted
+
+    def _set_vae(self, module) -> None:
+        # Pipelines made with from_pipe hold their own reference to the VAE: update them all.
+        for pipe in [self.base, *self._derived.values()]:
+            pipe.vae = module
+
+    def modules(self) -> list[torch.nn.Module]:
+        """Every torch module of this model, once: the pipeline's and the checkpoint's own VAE
+        while another one is in use (task pipelines share the base's modules)."""
+        found = [m for m in self.base.components.values() if isinstance(m, torch.nn.Module)]
+        if self._own_vae is not None and all(self._own_vae is not m for m in found):
+            found.append(self._own_vae)
+        return found
+
+    def set_aside(self) -> None:
+        """Into CPU RAM for the checkpoint cache, every offload hook off (mode none): the mode
+        may differ when it comes back, and use_memory_mode then places it from RAM."""
+        self.placement.release(self.pipelines())
+        for module in self.modules():
+            # nn.Module.to: diffusers' own .to warns about float32 modules on every move.
+            torch.nn.Module.to(module, CPU)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return int(getattr(self.base, "vae_scale_factor", 8))
+
+    @property
+    def is_sdxl(self) -> bool:
+        return self.family == "sdxl"
+
+    @property
+    def is_inpainting(self) -> bool:
+        """A dedicated inpainting model: its UNet also takes the mask and the masked image."""
+        return self.base.unet.config.in_channels == 9
+
+    def pipeline_for(self, task: str):
+        if task == "txt2img":
+            return self.base
+        if task not in self._derived:
+            from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
+
+            maker = {"img2img": AutoPipelineForImage2Image, "inpaint": AutoPipelineForInpainting}[task]
+            pipe = maker.from_pipe(self.base)
+            pipe.set_progress_bar_config(disable=True)
+            self._derived[task] = pipe
+        return self._derived[task]
+
+
+class ModelManager:
+    """Loads, switches and unloads checkpoints. Only the GPU lane calls load/unload.
+
+    A checkpoint switched away from is kept in `cache` (checkpoint_cache.py) when the
+    `sd_checkpoint_cache` setting and free RAM allow; switching back to it reads nothing."""
+
+    def __init__(self, registry: ModelRegistry, device: DeviceConfig, config_root: Path = CONFIG_ROOT,
+                 allow_unsafe: bool = False, cache: CheckpointCache | None = None,
+                 memory_mode: Callable[[], str] | None = None):
+        self.registry = registry
+        self.device = device
+        # The `memory_mode` setting as it is now: a checkpoint loads straight into it.
+        self.memory_mode = memory_mode or (lambda: NONE)
+        self.config_root = Path(config_root)
+        self.allow_unsafe = allow_unsafe
+        self.cache = cache if cache is not None else CheckpointCache()
+        self._lock = threading.RLock()
+        self._current: LoadedModel | None = None
+        self.last_error: str | None = None
+
+    @property
+    def current(self) -> LoadedModel | None:
+        return self._current
+
+    def require(self) -> LoadedModel:
+        model = self._current
+        if model is None:
+            folder = self.registry.folders[0] if self.registry.folders else "models/Stable-diffusion"
+            if self.registry.checkpoints:
+                hint = "No checkpoint is loaded: pick one in the checkpoint list."
+            else:
+                hint = (f"No checkpoint is loaded. Put a .safetensors checkpoint into {folder} and pick "
+                        "it in the checkpoint list, or start with --demo.")
+            if self.last_error:
+                hint += f" (Last load failed: {self.last_error})"
+            raise NoModelError(hint, "checkpoint")
+        return model
+
+    def load(self, wanted: str) -> LoadedModel:
+        """Make `wanted` (a title, name or hash) the current model; keep the old one on failure."""
+        with self._lock:
+            info = self.registry.find(wanted)
+            if self._current and self._current.info.path == info.path and \
+                    self._current.info.kind == info.kind:
+                return self._current
+            cached = self.cache.take(info)
+            if cached is not None:
+                return self._switch_to(cached)
+            try:
+                check_loadable(info, self.allow_unsafe)
+                info = self.registry.with_hash(info)
+            except CheckpointError as error:
+                self.last_error = error.message
+                raise
+            previous = self._set_aside()
+            # Room for the new one: the oldest cached models go first.
+            self.cache.trim(reserve=size_on_disk(info))
+            try:
+                self._current = self._load(info)
+                self.last_error = None
+            except BaseException as error:
+                self.last_error = getattr(error, "message", str(error))
+                if previous is not None:
+                    self._restore(previous)
+                raise
+            self.cache.trim()  # what the new model really took may leave too little free
+            return self._current
+
+    @contextlib.contextmanager
+    def borrowed(self, wanted: str) -> Iterator[LoadedModel]:
+        """For the block, checkpoint `wanted` on the device (a hires pass with another
+        checkpoint), while the current model waits in RAM; afterwards it is back, the very same
+        object, since a running job holds it. The current model stays the one everyone else sees
+        (the borrowed one belongs to this job alone). Only the GPU lane calls this, in a job."""
+        with self._lock:
+            home, info = self.require(), self.registry.find(wanted)
+            if home.info.path == info.path and home.info.kind == info.kind:
+                yield home
+                return
+            home.set_aside()  # into RAM, offload hooks off, so the other fits where it ran
+            other = None
+            try:
+                other = self.cache.take(info)
+                if other is not None:
+                    other.use_memory_mode(self.memory_mode())
+                else:
+                    check_loadable(info, self.allow_unsafe)
+                    self.cache.trim(reserve=size_on_disk(info))
+                    other = self._load(self.registry.with_hash(info))
+                yield other
+            finally:
+                if other is not None:
+                    # Off the device before the job's model comes back (the job may still hold
+                    # references to it); into the cache when it fits there.
+                    other.set_aside()
+                    if not self.cache.keep(other):
+                        free_memory()
+                    del other
+                home.use_memory_mode(self.memory_mode())
+
+    def _set_aside(self) -> CheckpointInfo | None:
+        """Move the current model into the cache (or let it go); returns what it was."""
+        model, self._current = self._current, None
+        if model is None:
+            return None
+        info = model.info
+        log.info("switching away from %s", info.title)
+        kept = self.cache.keep(model)
+        del model
+        if not kept:  # that was the last reference: give its memory back now
+            free_memory()
+        return info
+
+    def _switch_to(self, model: LoadedModel) -> LoadedModel:
+        previous = self._set_aside()
+        try:
+            model.use_memory_mode(self.memory_mode())
+        except BaseException:
+            log.exception("could not move %s back to %s", model.info.title, self.device.device)
+            del model
+            free_memory()
+            if previous is not None:
+                self._restore(previous)
+            raise
+        log.info("switched to %s from RAM", model.info.title)
+        self._current = model
+        self.last_error = None
+        self.cache.trim()
+        return model
+
+    def _load(self, info: CheckpointInfo) -> LoadedModel:
+        log.info("loading checkpoint %s", info.title)
+        # Taken before reading: a file rewritten during the load then counts as changed.
+        signature = file_signature(info)
+        mode, placement = self.memory_mode(), Placement(self.device.device)
+        # In an offload mode the weights load into RAM: a model that needs offloading may not fit
+        # in VRAM even for a moment. (medvram-sdxl loads there too: the family is not known yet.)
+        into = self.device if placement.effective(mode) == NONE else \
+            dataclasses.replace(self.device, device=torch.device("cpu"))
+        loaded = load_checkpoint(info, into, self.config_root, self.allow_unsafe)
+        if self.device.upcast_sampling:
+            upcast_sampling(loaded.pipe.unet)
+        config = dict(loaded.pipe.scheduler.config)
+        model = LoadedModel(info, loaded.family, loaded.pipe, config, config_root=self.config_root,
+                            placement=placement, signature=signature)
+        model.use_memory_mode(mode)
+        return model
+
+    def _restore(self, info: CheckpointInfo) -> None:
+        """Bring back the model a failed switch left, from the cache if it is there."""
+        cached = self.cache.take(info)
+        try:
+            if cached is not None:
+                cached.use_memory_mode(self.memory_mode())
+                self._current = cached
+            else:
+                self._current = self._load(info)
+        except BaseException:
+            log.exception("could not reload the previous checkpoint %s", info.title)
+
+    def unload(self) -> None:
+        """Free the loaded model and every cached one."""
+        with self._lock:
+            if self._current is not None:
+                log.info("unloading checkpoint %s", self._current.info.title)
+            self._current = None
+            self.cache.clear()
+            free_memory()

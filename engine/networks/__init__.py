@@ -1,0 +1,1 @@
+"""Networks added to a model: LoRA, textual-inversion embeddings and VAEs."""

@@ -1,0 +1,463 @@
+"""Running one generation job: prompts, add-on networks, the batch loop, progress, previews,
+decoding, infotext and saving."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from PIL import Image
+
+from engine.extensions import registry as extensions
+
+from engine.output import infotext
+
+from engine.memory import memory_guard
+
+from engine.runs import samplers
+from engine.addons import AddOns
+from engine.prompts.conditioning import PromptEncoder, ScheduledConditioning
+from engine.controlnet import apply as control
+from engine.errors import RequestError
+from engine.output.filenames import ImageFields
+from engine.job_results import GenerationResult, OutputPolicy, hash_list, image_params
+from engine.jobs import Job
+from engine.networks.lora import AppliedLoras, applied_loras
+from engine.memory.memory_modes import applied as memory_modes_applied
+from engine.output.writer import OutputWriter, make_grid
+from engine.models.pipelines import LoadedModel
+from engine.runs.preview import preview_image
+from engine.prompts.prompt_parser import extract_extra_networks
+from engine.request import LATENT_UPSCALE_MODES, GenerationRequest
+from engine.sampling.denoiser import (
+    CFGDenoiser,
+    Conditioning,
+    Interrupted,
+    guidance_embedding,
+)
+from engine.sampling.noise import ImageNoise
+from engine.sampling.runner import BatchSampling, Img2ImgStart, SamplingPlan
+from engine.runs.seeds import DEFAULT_RANDN_SOURCE, JobSeeds, job_seeds, latent_shape
+from engine.networks.vae import decode_fitting, encode
+
+
+@dataclass(frozen=True)
+class ImageContext:
+    """What an extension's process hook knows about the image it gets."""
+
+    run: Txt2ImgRun
+    seed: int
+    subseed: int
+
+    def second_pass(self, request: GenerationRequest, keep_control: bool = False,
+                    checkpoint: str | None = None, exact_steps: bool = False) -> Image.Image:
+        """Run `request` (an img2img request) as part of this job, with this image's seeds and
+        the job's prompts unless the request brings its own; return its image. `keep_control`:
+        the job's ControlNet units act in it (only for a pass over the same frame).
+        `checkpoint`: another checkpoint runs it (the job's model is back afterwards).
+        `exact_steps`: it runs request.steps steps (of a longer schedule), not steps x strength."""
+        return self.run.second_pass(request, self.seed, self.subseed, keep_control, checkpoint, exact_steps)
+
+    def vae_roundtrip(self, image: Image.Image, width: int, height: int,
+                      latent_mode: str | None = None) -> Image.Image:
+        """The picture encoded and decoded by the job's VAE, its latents scaled to width x height
+        with `latent_mode` (a latent upscaler's name) when given: what a second pass at denoising
+        strength 0 gives."""
+        return self.run.vae_roundtrip(image, width, height, latent_mode)
+
+    def save_before(self, stage: str, image: Image.Image) -> None:
+        """Keep a copy of the image as it is before `stage` when the settings ask for one."""
+        self.run.save_before(stage, image, self.seed, self.subseed)
+
+
+class Txt2ImgRun:
+    """One txt2img job on one loaded model."""
+
+    def __init__(self, job: Job, request: GenerationRequest, model: LoadedModel,
+                 policy: OutputPolicy, addons: AddOns):
+        self.job = job
+        self.request = request
+        self.model = model
+        self.policy = policy
+        self.addons = addons
+        self.sampler, self.schedule = samplers.resolve(request.sampler_name, request.scheduler)
+        self.seeds: JobSeeds = job_seeds(request)
+        self.pipe = model.pipeline_for(self.task)
+        self._conditioning_state = {"step": 1}  # which prompt-editing step samples now
+        self._blank_conditioning = None
+        self.active = addons.extensions.active(request.mode, request.extensions)
+        # What a second pass prompts with; run() sets them after styles and LoRA tags (styled:
+        # with the tags still in, for a pass by another checkpoint).
+        self.final_prompt, self.final_negative = request.prompt, request.negative_prompt
+        self.styled_prompt, self.styled_negative = request.prompt, request.negative_prompt
+        # Engine: a context manager making another checkpoint current for a while (hires fix).
+        self.borrow_model = None
+        self._control_step = 0  # sampling steps done in this pass, for the ControlNet windows
+        self._control_pass: Txt2ImgRun | None = self  # whose steps the ControlNet windows follow
+        self.memory_notes: list[str] = []  # what was done to fit in memory (shared with inner passes)
+        self.negative_skips = 0  # UNet calls that left out the negative prompt (s_min_uncond)
+        self._writing: tuple[OutputWriter, GenerationResult] | None = None  # for save_before
+
+    @property
+    def task(self) -> str:
+        # A dedicated inpainting model makes pictures from nothing as an inpaint of an empty canvas.
+        return "inpaint" if self.model.is_inpainting else "txt2img"
+
+    @property
+    def sampling_steps(self) -> int:
+        """The steps that actually run (and that prompt editing counts in)."""
+        return self.request.steps
+
+    def run(self, writer: OutputWriter) -> GenerationResult:
+        request, job = self.request, self.job
+        job.set_total(self.sampling_steps * request.n_iter, request.n_iter)
+        vae_file = self.model.use_vae(request.vae, self.addons.vaes)
+        with memory_guard.stage("model_placement"):  # a no-op unless the mode (or the VAE) changed
+            self.model.use_memory_mode(self.policy.memory.memory_mode)
+        prompt, negative = self.addons.styles.apply(request.prompt, request.negative_prompt,
+                                                    request.styles)
+        text, networks = extract_extra_networks(prompt)
+        negative_text, _ = extract_extra_networks(negative)
+        if request.disable_extra_networks:  # the tags are still taken out of the text
+            networks = []
+        # What a second pass (hires fix) prompts with: styles applied, networks already loaded.
+        self.final_prompt, self.final_negative = text, negative_text
+        self.styled_prompt, self.styled_negative = prompt, negative
+        result = GenerationResult(
+            request.replace(seed=self.seeds.seeds[0], subseed=self.seeds.subseeds[0]),
+            self.model.info, [], [], [], [], prompt=prompt, negative_prompt=negative,
+            job_timestamp=dt.datetime.now().strftime("%Y%m%d%H%M%S"),
+            inpainting_model=self.model.is_inpainting, pnginfo=self.policy.run.enable_pnginfo)
+        registry = self.addons.extensions
+        with memory_modes_applied(self.pipe, self.policy.memory), \
+                extensions.patched(registry, self.active, self.pipe, request), \
+                applied_loras(self.pipe, networks, self.addons.loras) as loras, \
+                self._controlnets():
+            encoder = PromptEncoder(self.pipe, self.model.family, clip_skip=request.clip_skip,
+                                    emphasis=request.emphasis,
+                                    **self.addons.embeddings.encoder_options(self.model))
+            with memory_guard.stage("text_encoding"):
+                cond, uncond = encoder.encode_schedules(text, negative_text, self.sampling_steps)
+            result.extra_params = self._extra_params(loras, encoder, vae_file)
+            result.warnings = list(loras.warnings)
+            styles_note = self.addons.styles.unknown_note(request.styles)
+            if styles_note:
+                result.warnings.append(styles_note)
+            result.warnings += self._sampler_notes()[1]
+            for batch in range(request.n_iter):
+                if job.interrupted:
+                    break
+                self._run_batch(batch, cond, uncond, result, writer)
+        result.warnings += self.memory_notes
+        result.interrupted = job.interrupted
+        if self.policy.make_grid and len(result.images) >= 2:
+            result.grid = make_grid(result.images)
+            result.grid.info[infotext.INFOTEXT_KEY] = result.infotexts[0]
+            if self.policy.save_grid:
+                result.grid_path = writer.save_grid(result.images, request.mode, result.infotexts[0],
+                                                    self._name_fields(result, 0))
+        return result
+
+    def _extra_params(self, loras: AppliedLoras, encoder: PromptEncoder, vae_file) -> dict[str, Any]:
+        request = self.request
+        extra: dict[str, Any] = {}
+        if vae_file is not None:
+            extra["VAE hash"] = self.addons.vaes.short_hash(vae_file)
+            extra["VAE"] = vae_file.name
+        if request.clip_skip > 1 and not self.model.is_sdxl:
+            extra["Clip skip"] = request.clip_skip
+        if request.emphasis not in ("", "Original"):
+            extra["Emphasis"] = request.emphasis
+        if request.randn_source not in ("", DEFAULT_RANDN_SOURCE):
+            extra["RNG"] = request.randn_source
+        extra.update(self._sampler_notes()[0])
+        extra.update(self._schedule_params())
+        if request.eta_noise_seed_delta and self.sampler.uses_ensd and self.eta != 0:
+            extra["ENSD"] = request.eta_noise_seed_delta
+        extra.update(self._task_params())
+        for index, unit in self.request.active_controlnet_units:
+            extra[f"ControlNet {index}"] = unit.infotext_value()
+        extra.update(extensions.infotext(self.addons.extensions, self.active, request))
+        extra["Lora hashes"] = hash_list(loras.hashes)
+        extra["TI hashes"] = hash_list(self.addons.embeddings.hashes(encoder.used_embeddings))
+        return {key: value for key, value in extra.items() if value is not None}
+
+    def _task_params(self) -> dict[str, Any]:
+        """Infotext keys only this kind of job has."""
+        return {}
+
+    def _schedule_params(self) -> dict[str, Any]:
+        """The schedule settings A1111 writes when they act (k-diffusion samplers only)."""
+        if not self.sampler.takes_schedule:
+            return {}
+        run, params = self.policy.run, {}
+        options = run.schedule_options
+        label = samplers.effective_schedule(self.sampler, self.schedule)
+        table = self.model.sigma_table()
+        if options.get("sigma_min") and label and abs(options["sigma_min"] - table.sigma_min) > 1e-9:
+            params["Schedule min sigma"] = options["sigma_min"]
+        if options.get("sigma_max") and label and abs(options["sigma_max"] - table.sigma_max) > 1e-9:
+            params["Schedule max sigma"] = options["sigma_max"]
+        if options.get("rho") and label in ("Karras", "Polyexponential") and \
+                options["rho"] != {"Karras": 7.0, "Polyexponential": 1.0}[label]:
+            params["Schedule rho"] = options["rho"]
+        if label == "Beta":
+            params["Beta schedule alpha"] = options.get("beta_dist_alpha", 0.6)
+            params["Beta schedule beta"] = options.get("beta_dist_beta", 0.6)
+        if run.sgm_noise_multiplier and self.request.mode == "txt2img":
+            params["SGM noise multiplier"] = True
+        return params
+
+    def _control_fallback(self) -> tuple[Image.Image | None, Image.Image | None]:
+        """The picture (and mask) a ControlNet unit without its own image uses: none here."""
+        return None, None
+
+    def _frame_control(self, image: Image.Image | None) -> Image.Image | None:
+        """A unit's own picture (or mask) framed like the region this job generates."""
+        return image
+
+    def _controlnets(self):
+        """The request's ControlNet units attached to the UNet for this job (or nothing)."""
+        units = self.request.active_controlnet_units
+        if not units:
+            return contextlib.nullcontext()
+        request, unet, library = self.request, self.pipe.unet, self.addons.controlnets
+        for index, unit in units:  # the checkpoint may have changed since the request was checked
+            if library.family(unit.model) != self.model.family:
+                raise RequestError(f"ControlNet unit {index}: '{unit.model}' does not fit the loaded "
+                                   f"checkpoint ({self.model.info.model_name}); pick one of its family", "model")
+        units = [(index, unit.replace(image=self._frame_control(unit.image), mask=self._frame_control(unit.mask)))
+                 for index, unit in units]
+        image, mask = self._control_fallback()
+        placement = self.model.placement
+        prepared = control.prepare(units, library, request.width, request.height,
+                                   placement.resting_device, unet.dtype, image, mask, library.folder)
+        # An LCM-style UNet (guidance embedded) has no negative half in its batch.
+        cfg = request.cfg_scale > 1 and getattr(unet.config, "time_cond_proj_dim", None) is None
+        return _both(placement.controlnets(item.net for item in prepared),
+                     control.attached(unet, prepared, cfg=cfg, progress=self._control_progress,
+                                      vae_scale=self.model.vae_scale_factor))
+
+    def _control_progress(self) -> tuple[int, int] | None:
+        """(step, steps) of the pass now sampling, or None while control is off (an inner pass
+        over another frame, like the face detailer's crops)."""
+        run = self._control_pass
+        if run is None:
+            return None
+        return run._control_step, max(1, run.sampling_steps)
+
+    def second_pass(self, request: GenerationRequest, seed: int, subseed: int, keep_control: bool = False,
+                    checkpoint: str | None = None, exact_steps: bool = False) -> Image.Image:
+        """An img2img pass inside this job (on the lane already, so it is not queued): the
+        prompts are the job's (after styles, with its LoRAs still loaded) unless given.
+        `keep_control`: the job's ControlNet units act in it too (a pass over the same frame,
+        like hires fix); otherwise they are off for it. `checkpoint`: run by that checkpoint,
+        which takes the job's LoRAs from the prompt's tags (ControlNet stays with the job's)."""
+        from engine.runs.img2img import Img2ImgRun  # img2img builds on this module
+
+        if checkpoint and self.borrow_model is None:
+            raise RequestError("A second pass with another checkpoint is not possible here", "checkpoint")
+        borrowing = self.borrow_model(checkpoint) if checkpoint else contextlib.nullcontext(self.model)
+        with borrowing as model:
+            own = model is self.model
+            plain = (lambda text: extract_extra_networks(text)[0]) if own else (lambda text: text)
+            request = request.replace(
+                mode="img2img", seed=seed, subseed=subseed, batch_size=1, n_iter=1, styles=(),
+                prompt=plain(request.prompt) if request.prompt else
+                self.final_prompt if own else self.styled_prompt,
+                negative_prompt=plain(request.negative_prompt) if request.negative_prompt else
+                self.final_negative if own else self.styled_negative,
+                extensions={}, controlnet_units=(), save_images=False, save_grid=False,
+                exact_steps=exact_steps or request.exact_steps).validate()
+            inner = Img2ImgRun(self.job, request, model, self.policy.inner_pass(), self.addons)
+            inner.memory_notes = self.memory_notes
+            outer, self._control_pass = self._control_pass, (inner if keep_control and own else None)
+            try:
+                return inner.run(None).images[0]
+            finally:
+                self._control_pass = outer
+
+    def vae_roundtrip(self, image: Image.Image, width: int, height: int,
+                      latent_mode: str | None = None) -> Image.Image:
+        from engine.runs.img2img import image_tensor
+
+        scale = self.model.vae_scale_factor
+        with torch.inference_mode():
+            latents = encode(self.pipe.vae, image_tensor(image))
+            if latent_mode is not None:
+                mode, antialias = LATENT_UPSCALE_MODES[latent_mode]
+                latents = torch.nn.functional.interpolate(latents.float(), size=(height // scale, width // scale),
+                                                          mode=mode, antialias=antialias)
+            images = decode_fitting(self.pipe.vae, latents, self.memory_notes)
+            return self.pipe.image_processor.postprocess(images, output_type="pil")[0]
+
+    def _run_batch(self, batch: int, cond: ScheduledConditioning, uncond: ScheduledConditioning,
+                   result: GenerationResult, writer: OutputWriter) -> None:
+        request, job = self.request, self.job
+        job.skipped = False
+        job.batch_index = batch
+        self._control_step = 0
+        seeds, subseeds = self.seeds.batch(batch, request.batch_size)
+        self._writing = (writer, result)
+        images = self._finish(self._sample(seeds, subseeds, cond, uncond, batch), batch)
+        if self.negative_skips:  # written once it has happened, as the ecosystem does
+            result.extra_params["NGMS"] = request.s_min_uncond
+        images = [extensions.process(self.addons.extensions, self.active, image, request,
+                                     ImageContext(self, seed, subseed))
+                  for image, seed, subseed in zip(images, seeds, subseeds)]
+        for image, seed, subseed in zip(images, seeds, subseeds):
+            text = self._infotext(result, seed, subseed)
+            if result.pnginfo:
+                image.info[infotext.INFOTEXT_KEY] = text
+            result.images.append(image)
+            result.seeds.append(seed)
+            result.subseeds.append(subseed)
+            result.infotexts.append(text)
+            saved = writer.save_image(image, request.mode, seed, text, self._name_fields(result, -1)) \
+                if self.policy.save_images else None
+            result.paths.append(saved)
+
+    def _infotext(self, result: GenerationResult, seed: int, subseed: int) -> str:
+        return infotext.build(result.prompt, result.negative_prompt,
+                              image_params(self.request, self.model, seed, subseed, result.extra_params))
+
+    def save_before(self, stage: str, image: Image.Image, seed: int, subseed: int) -> None:
+        """Save a copy of an image as it is before `stage` ("face-restoration", "highres-fix",
+        "color-correction") when the save_images_before_* setting asks for it."""
+        if stage not in self.policy.run.save_before or not self.policy.save_images or self._writing is None:
+            return
+        writer, result = self._writing
+        fields = ImageFields.of(self.request, self.model.info, seed, image, result.prompt,
+                                result.negative_prompt, result.job_timestamp)
+        writer.save_image(image, self.request.mode, seed, self._infotext(result, seed, subseed), fields,
+                          suffix=f"-before-{stage}")
+
+    def _name_fields(self, result: GenerationResult, index: int) -> ImageFields:
+        """What a saved file's name may tell about image `index` of the result."""
+        return ImageFields.of(self.request, self.model.info, result.seeds[index], result.images[index],
+                              result.prompt, result.negative_prompt, result.job_timestamp)
+
+    def _sample(self, seeds, subseeds, cond: ScheduledConditioning, uncond: ScheduledConditioning,
+                batch: int) -> list[Image.Image]:
+        pipe = self.pipe
+        count = len(seeds)
+        noise = self._noise(seeds, subseeds)
+        denoiser = self._denoiser(cond, uncond, count, batch)
+        with torch.inference_mode():
+            first_noise = noise.next()
+            start = self._start(batch, first_noise, denoiser, seeds)
+            sampling = BatchSampling(self._plan(), denoiser, noise, seeds, self._callback(batch, denoiser))
+            with memory_guard.stage("denoise"):
+                latents = self._after_sampling(sampling.run(first_noise, start), denoiser)
+            self.negative_skips += denoiser.skipped_uncond
+            images = decode_fitting(pipe.vae, latents, self.memory_notes)
+            return list(pipe.image_processor.postprocess(images, output_type="pil"))
+
+    def _noise(self, seeds, subseeds) -> ImageNoise:
+        """The noise of one batch: A1111's per-image generators from the source the job names."""
+        request = self.request
+        resize = (request.seed_resize[1], request.seed_resize[0]) if request.seed_resize else None
+        return ImageNoise(latent_shape(request.width, request.height, self.model.vae_scale_factor),
+                          list(seeds), list(subseeds), request.subseed_strength, resize,
+                          source=request.randn_source or DEFAULT_RANDN_SOURCE, device=self.model.device,
+                          eta_noise_seed_delta=request.eta_noise_seed_delta or 0)
+
+    def _plan(self) -> SamplingPlan:
+        request, run = self.request, self.policy.run
+        return SamplingPlan(
+            self.sampler, self.schedule, request.steps,
+            samplers.sampler_parameters(self.sampler, request, self.eta), run.always_discard,
+            run.schedule_options, run.uni_pc, run.sgm_noise_multiplier, self.model.is_sdxl)
+
+    def _denoiser(self, cond: ScheduledConditioning, uncond: ScheduledConditioning, count: int,
+                  batch: int) -> CFGDenoiser:
+        request, unet = self.request, self.pipe.unet
+        device = self.model.device
+        mode = {"k": "k", "timesteps": "eps", "lcm": "lcm"}[self.sampler.kind]
+        table = self.model.sigma_table(lcm=mode == "lcm", device=device)
+        state = self._conditioning_state = {"step": 1}
+
+        def conditioning() -> Conditioning:
+            step = state["step"]
+            positive, negative = cond.at(step), uncond.at(step)
+            return Conditioning(
+                positive.embeds.to(device).expand(count, -1, -1), negative.embeds.to(device).expand(count, -1, -1),
+                None if positive.pooled is None else positive.pooled.to(device).expand(count, -1),
+                None if negative.pooled is None else negative.pooled.to(device).expand(count, -1))
+
+        job = self.job
+
+        def before_call() -> None:
+            if job.should_stop_sampling:
+                raise Interrupted()
+
+        time_ids = None
+        if self.model.is_sdxl:  # original size, crop top-left, target size, as A1111 sends them
+            time_ids = torch.tensor([[request.height, request.width, 0, 0, request.height, request.width]],
+                                    dtype=torch.float32)
+        embedded = getattr(unet.config, "time_cond_proj_dim", None)
+        return CFGDenoiser(unet, table, self.model.prediction_type, request.cfg_scale, conditioning,
+                           mode=mode, image_cond=self._image_conditioning(count, batch), time_ids=time_ids,
+                           s_min_uncond=request.s_min_uncond or 0.0,
+                           guidance_embedding=guidance_embedding(request.cfg_scale, embedded) if embedded else None,
+                           before_call=before_call)
+
+    def _image_conditioning(self, count: int, batch: int) -> torch.Tensor | None:
+        """An inpainting model's extra input channels (mask, masked picture); None for others."""
+        if not self.model.is_inpainting:
+            return None
+        request = self.request
+        if self._blank_conditioning is None:
+            # txt2img on an inpainting model: everything masked, a grey picture behind it.
+            grey = torch.zeros(1, 3, request.height, request.width)
+            encoded = encode(self.pipe.vae, grey).float()
+            self._blank_conditioning = torch.cat([torch.ones_like(encoded[:, :1]), encoded], dim=1)
+        return self._blank_conditioning.expand(count, -1, -1, -1)
+
+    def _start(self, batch: int, first_noise: torch.Tensor, denoiser: CFGDenoiser, seeds) -> Img2ImgStart | None:
+        """What sampling starts from: None for pure noise (txt2img)."""
+        return None
+
+    def _after_sampling(self, latents: torch.Tensor, denoiser: CFGDenoiser) -> torch.Tensor:
+        """The sampled latents before decoding (img2img blends the unmasked part back)."""
+        return latents
+
+    def _sampler_notes(self) -> tuple[dict[str, Any], list[str]]:
+        """The sampler parameters' infotext keys, and warnings for those this sampler cannot use."""
+        return samplers.parameter_notes(self.sampler, self.request.replace(eta=self.eta),
+                                        self.policy.run.always_discard)
+
+    @property
+    def eta(self) -> float:
+        return samplers.eta_for(self.sampler, self.request.eta, self.policy.run.eta_defaults)
+
+    def _negative_skipped(self) -> None:
+        self.negative_skips += 1
+
+    def _finish(self, images: list[Image.Image], batch: int) -> list[Image.Image]:
+        """Work on the decoded images before they are saved (img2img pastes them back)."""
+        return images
+
+    def _callback(self, batch: int, denoiser: CFGDenoiser):
+        job, every, family = self.job, self.policy.preview_every, self.model.family
+        preview_method, pipe = self.policy.preview_method, self.pipe
+        state = self._conditioning_state
+
+        def on_step(index: int, denoised: torch.Tensor) -> None:
+            self._control_step = index + 1
+            state["step"] = index + 2  # prompt editing: the step that samples next (1-based)
+            job.advance()
+            if every and (index + 1) % every == 0:
+                job.set_preview(preview_image(preview_method, pipe, denoised, family))
+
+        return on_step
+
+
+@contextlib.contextmanager
+def _both(first, second):
+    """Two contexts as one: `second` inside `first`, undone in reverse."""
+    with first, second:
+        yield

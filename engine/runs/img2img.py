@@ -1,0 +1,202 @@
+"""img2img and inpainting jobs: the txt2img batch loop, starting from encoded init images.
+
+The starting noise is ours (seeded on the CPU, as for txt2img), so the pipeline's own noise is
+replaced through this job's scheduler, which is built fresh for every job. Masked content and
+the "only masked" crop are prepared in pixel space by `image_prep`; results are pasted back onto
+the original so that everything outside the mask keeps its pixels.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from engine.runs import color_correction, image_prep
+from engine.runs.generation import Txt2ImgRun
+from engine.runs.image_prep import InitImage, PreparedMask
+from engine.request import LATENT_UPSCALE_MODES
+from engine.sampling.denoiser import CFGDenoiser
+from engine.sampling.noise import ImageNoise
+from engine.sampling.runner import Img2ImgStart
+from engine.networks.vae import encode
+
+
+def image_tensor(image: Image.Image) -> torch.Tensor:
+    """An RGB image as a (1, 3, H, W) tensor in [-1, 1]."""
+    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(array).permute(2, 0, 1)[None]
+
+
+class Img2ImgRun(Txt2ImgRun):
+    """One img2img or inpainting job."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        request = self.request
+        self.mask: PreparedMask | None = None
+        first = image_prep.flatten(request.init_images[0])
+        if request.mask is not None:
+            self.mask = image_prep.prepare_mask(
+                request.mask, first.size, request.width, request.height,
+                invert=request.inpainting_mask_invert, blur=request.mask_blur,
+                only_masked=request.inpaint_full_res, padding=request.inpaint_full_res_padding,
+                resize_mode=request.resize_mode)
+        self.inits: list[InitImage] = [
+            image_prep.prepare_init(image if image.size == first.size else
+                                    image.resize(first.size, Image.Resampling.LANCZOS),
+                                    request.width, request.height, request.resize_mode,
+                                    self.mask, request.inpainting_fill, self._upscaler())
+            for image in request.init_images]
+        self._colour_targets = {index: color_correction.correction_target(init.image)
+                                for index, init in enumerate(self.inits)} \
+            if self.policy.run.img2img_color_correction else {}
+        self._encoded: dict[int, torch.Tensor] = {}
+        self._masked_encoded: dict[int, torch.Tensor] = {}
+
+    @property
+    def task(self) -> str:
+        return "inpaint" if self.request.mask is not None or self.model.is_inpainting else "img2img"
+
+    @property
+    def sampling_steps(self) -> int:
+        """img2img runs the last `denoising strength` part of the schedule: steps x strength of
+        it, or with exact_steps all `steps` of a longer schedule."""
+        return self.request.img2img_steps
+
+    def _task_params(self) -> dict[str, Any]:
+        request = self.request
+        params: dict[str, Any] = {"Denoising strength": request.denoising_strength}
+        if request.resize_mode != image_prep.JUST_RESIZE:
+            params["Resize mode"] = image_prep.RESIZE_MODES[request.resize_mode]
+        if request.initial_noise_multiplier != 1.0:
+            params["Noise multiplier"] = request.initial_noise_multiplier
+        if self.policy.run.img2img_extra_noise > 0:
+            params["Extra noise"] = self.policy.run.img2img_extra_noise
+        if request.mask is not None:
+            params["Mask blur"] = request.mask_blur
+            params["Masked content"] = image_prep.MASKED_CONTENT[request.inpainting_fill]
+            params["Inpaint area"] = image_prep.INPAINT_AREAS[int(request.inpaint_full_res)]
+            if request.inpaint_full_res:
+                params["Masked area padding"] = request.inpaint_full_res_padding
+            if request.inpainting_mask_invert:
+                params["Mask mode"] = image_prep.MASK_MODES[1]
+        return params
+
+    def _control_fallback(self):
+        """The init image and mask as this job sees them (cropped for "only masked", the mask
+        inverted when asked), so units that use them line up with what is generated."""
+        mask = None
+        if self.mask is not None:
+            mask = self.mask.processing.point(lambda v: 255 if v >= 128 else 0)
+        return self.inits[0].image, mask
+
+    def _frame_control(self, image):
+        """"Only masked" generates a crop of the picture: frame a unit's own picture the same way."""
+        if image is None or self.mask is None or self.mask.crop is None:
+            return image
+        size = image_prep.flatten(self.request.init_images[0]).size
+        return image.resize(size, Image.Resampling.LANCZOS).crop(self.mask.crop)
+
+    def _indices(self, batch: int, count: int) -> list[int]:
+        start = batch * self.request.batch_size
+        return [(start + j) % len(self.inits) for j in range(count)]
+
+    def _start(self, batch: int, first_noise: torch.Tensor, denoiser: CFGDenoiser, seeds) -> Img2ImgStart:
+        """The init latents of this batch (masked content applied), with the denoiser told what
+        to keep where there is a mask, as A1111 prepares an img2img pass."""
+        request = self.request
+        count = first_noise.shape[0]
+        indices = self._indices(batch, count)
+        device = first_noise.device
+        latents = torch.cat([self._init_latents(i) for i in indices]).to(device, torch.float32)
+        if request.initial_noise_multiplier != 1.0:
+            first_noise *= request.initial_noise_multiplier
+        if self.mask is not None:
+            repaint = torch.from_numpy(self.mask.latent()).to(device, torch.float32)
+            keep = 1.0 - repaint
+            if request.inpainting_fill == image_prep.LATENT_NOISE:
+                fresh = ImageNoise(tuple(latents.shape[1:]), list(seeds), source=request.randn_source or "GPU",
+                                   device=device).next()
+                latents = latents * keep + fresh * repaint
+            elif request.inpainting_fill == image_prep.LATENT_NOTHING:
+                latents = latents * keep
+            denoiser.set_mask(latents, keep.expand_as(latents))
+        self._batch_inits = latents
+        return Img2ImgStart(latents, request.denoising_strength, fixed_steps=request.exact_steps,
+                            extra_noise=self.policy.run.img2img_extra_noise)
+
+    def _after_sampling(self, latents: torch.Tensor, denoiser: CFGDenoiser) -> torch.Tensor:
+        """Outside the mask the init latents come back unchanged (A1111 blends them in)."""
+        if denoiser.mask is None:
+            return latents
+        return latents * denoiser.nmask + denoiser.init_latent * denoiser.mask
+
+    def _image_conditioning(self, count: int, batch: int) -> torch.Tensor | None:
+        """An inpainting model's extra channels: the mask (1 where it repaints) and the picture
+        with the masked part blanked, encoded."""
+        if not self.model.is_inpainting:
+            return None
+        indices = self._indices(batch, count)
+        masked = torch.cat([self._masked_latents(i) for i in indices]).float()
+        if self.mask is None:
+            repaint = torch.ones_like(masked[:, :1])
+        else:
+            repaint = torch.from_numpy(self.mask.latent()).float()[None, None].expand(count, 1, -1, -1)
+        return torch.cat([repaint.to(masked.device), masked], dim=1)
+
+    def _init_latents(self, index: int) -> torch.Tensor:
+        if index not in self._encoded:
+            latents = encode(self.pipe.vae, image_tensor(self.inits[index].image))
+            self._encoded[index] = self._to_latent_size(latents)
+        return self._encoded[index]
+
+    def _to_latent_size(self, latents: torch.Tensor) -> torch.Tensor:
+        """"Just resize (latent upscale)" encodes at the image's own size and scales the latents."""
+        scale = self.model.vae_scale_factor
+        size = (self.request.height // scale, self.request.width // scale)
+        if latents.shape[-2:] == size:
+            return latents
+        mode, antialias = LATENT_UPSCALE_MODES[self.request.latent_upscale_mode]
+        return torch.nn.functional.interpolate(latents.float(), size=size, mode=mode, antialias=antialias)
+
+    def _masked_latents(self, index: int) -> torch.Tensor:
+        """An inpainting model's view of the picture: the kept part, grey where it repaints."""
+        if index not in self._masked_encoded:
+            pixels = image_tensor(self.inits[index].image)
+            if self.mask is None:
+                pixels = torch.zeros_like(pixels)
+            else:
+                keep = torch.from_numpy(1.0 - self.mask.pixels())[None, None]
+                pixels = pixels * keep
+            self._masked_encoded[index] = self._to_latent_size(encode(self.pipe.vae, pixels))
+        return self._masked_encoded[index]
+
+    def _upscaler(self) -> image_prep.Upscale | None:
+        """The upscaler_for_img2img setting as a function, None for plain Lanczos."""
+        name = self.policy.run.upscaler_for_img2img
+        if name in ("None", "Lanczos", ""):
+            return None
+        if name == "Nearest":
+            return lambda image, width, height: image.resize((width, height), Image.Resampling.NEAREST)
+        canonical = self.addons.upscalers.canonical(name)  # a standard model's file name works too
+        if canonical is None:
+            note = f"Upscaler for img2img '{name}' not found: Lanczos was used"
+            if note not in self.memory_notes:
+                self.memory_notes.append(note)
+            return None
+        return lambda image, width, height: self.addons.upscalers.upscale(image, canonical, width, height,
+                                                                          self.model.device)
+
+    def _finish(self, images: list[Image.Image], batch: int) -> list[Image.Image]:
+        indices = self._indices(batch, len(images))
+        seeds, subseeds = self.seeds.batch(batch, self.request.batch_size)
+        finished = []
+        for i, image, seed, subseed in zip(indices, images, seeds, subseeds):
+            if i in self._colour_targets:
+                self.save_before("color-correction", self.inits[i].restore(image), seed, subseed)
+                image = color_correction.apply(self._colour_targets[i], image)
+            finished.append(self.inits[i].restore(image))
+        return finished
