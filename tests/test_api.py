@@ -91,11 +91,13 @@ def test_listing_routes(api):
 def test_options_get_and_set_persist(api, demo_server):
     options = api.get("/options").json()
     assert options["sd_model_checkpoint"].startswith("demo-tiny")
-    assert api.post("/options", json={"grid_save": False}).status_code == 200
-    assert api.get("/options").json()["grid_save"] is False
-    saved = json.loads((demo_server.data_dir / "config.json").read_text())
-    assert saved["grid_save"] is False
-    api.post("/options", json={"grid_save": True})
+    try:
+        assert api.post("/options", json={"grid_save": False}).status_code == 200
+        assert api.get("/options").json()["grid_save"] is False
+        saved = json.loads((demo_server.data_dir / "config.json").read_text())
+        assert saved["grid_save"] is False
+    finally:  # the server is shared: a failure here must not leave grids off for later tests
+        api.post("/options", json={"grid_save": True})
 
 
 @pytest.mark.parametrize("body, status, words", [
