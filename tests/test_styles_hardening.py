@@ -12,8 +12,9 @@ import logging
 import pytest
 
 from engine.errors import RequestError
+from engine.prompts.styles import Style, StyleStore
+from engine.prompts.styles_csv import escape_cell, unescape_cell
 from engine.request import MAX_PROMPT_CHARS
-from engine.prompts.styles import Style, StyleStore, escape_cell, unescape_cell
 from ui.prompt_tools import save_style
 
 HEADER = b"name,prompt,negative_prompt\r\n"
