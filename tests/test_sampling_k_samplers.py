@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.sampling import k_samplers as ours
+from engine.sampling.brownian import BrownianNoise
 from tests.support import kdiffusion_ref
 
 TOLERANCE = 1e-5
@@ -227,7 +228,7 @@ def brownian_pair(sampling, x, sigmas):
     """Our Brownian noise and k-diffusion's, as A1111 creates it: over the positive range of the
     job's sigmas, one tree per image seed."""
     sigma_min, sigma_max = sigmas[sigmas > 0].min(), sigmas.max()
-    return (ours.BrownianNoise(x, sigma_min, sigma_max, SEEDS),
+    return (BrownianNoise(x, sigma_min, sigma_max, SEEDS),
             sampling.BrownianTreeNoiseSampler(x, sigma_min, sigma_max, seed=list(SEEDS)))
 
 
@@ -526,9 +527,9 @@ def test_brownian_noise_matches_k_diffusion(sampling):
 
 def test_brownian_noise_of_an_image_depends_only_on_its_seed():
     x = torch.zeros(SHAPE)
-    first = ours.BrownianNoise(x, SIGMA_MIN, SIGMA_MAX, [11, 22])
-    second = ours.BrownianNoise(x, SIGMA_MIN, SIGMA_MAX, [33, 22])
-    alone = ours.BrownianNoise(x[1:], SIGMA_MIN, SIGMA_MAX, [22])
+    first = BrownianNoise(x, SIGMA_MIN, SIGMA_MAX, [11, 22])
+    second = BrownianNoise(x, SIGMA_MIN, SIGMA_MAX, [33, 22])
+    alone = BrownianNoise(x[1:], SIGMA_MIN, SIGMA_MAX, [22])
     for a, b in [(14.0, 9.0), (9.0, 3.0), (3.0, 0.1), (0.1, 0.05)]:
         batch_one, batch_two, single = first(a, b), second(a, b), alone(a, b)
         assert torch.equal(batch_one[1], batch_two[1])
@@ -538,11 +539,11 @@ def test_brownian_noise_of_an_image_depends_only_on_its_seed():
 
 def test_brownian_noise_has_unit_variance_and_needs_a_seed_per_image():
     x = torch.zeros((1, 4, 32, 32))
-    noise = ours.BrownianNoise(x, SIGMA_MIN, SIGMA_MAX, [5])
+    noise = BrownianNoise(x, SIGMA_MIN, SIGMA_MAX, [5])
     draw = noise(torch.tensor(8.0), torch.tensor(2.0))
     assert abs(float(draw.std()) - 1) < 0.1
     with pytest.raises(ValueError):
-        ours.BrownianNoise(torch.zeros(SHAPE), SIGMA_MIN, SIGMA_MAX, [5])
+        BrownianNoise(torch.zeros(SHAPE), SIGMA_MIN, SIGMA_MAX, [5])
 
 
 # --- the table the runner builds its calls from -----------------------------------------------------

@@ -11,7 +11,7 @@ Conventions shared by every sampler function:
   per image.
 - `noise_sampler(sigma, sigma_next)` is the only source of randomness. The caller passes the
   images' step-noise generators (which ignore the arguments) or, for the SDE samplers, a
-  `BrownianNoise`. Where k-diffusion draws `randn_like` directly, we call the noise sampler at
+  `BrownianNoise` (engine/sampling/brownian.py). Where k-diffusion draws `randn_like` directly, we call the noise sampler at
   exactly the same moments, so the generators advance exactly as A1111's do.
 - `callback(info)` runs after each step's first model call with x, i, sigma, sigma_hat and
   denoised; an exception it raises ends sampling.
@@ -20,28 +20,26 @@ Conventions shared by every sampler function:
 from __future__ import annotations
 
 import itertools
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torchsde
 from scipy import integrate
 
-Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-NoiseSampler = Callable[[Any, Any], torch.Tensor]
-Callback = Callable[[dict], None]
+from engine.sampling.dpm_solver import sample_dpm_adaptive, sample_dpm_fast
+from engine.sampling.k_common import (
+    Callback,
+    Model,
+    NoiseSampler,
+    ancestral_split,
+    per_image,
+)
 
 INFINITY = float("inf")
 
 
 # --- shared pieces -------------------------------------------------------------------------
-
-
-def _per_image(x: torch.Tensor, sigma) -> torch.Tensor:
-    """The noise level repeated for each image of the batch, as the model expects it."""
-    return sigma * x.new_ones([x.shape[0]])
 
 
 def _slope(x: torch.Tensor, sigma, denoised: torch.Tensor) -> torch.Tensor:
@@ -63,18 +61,6 @@ def _lambda(sigma):
 def _sigma(t):
     """The inverse of `_lambda`."""
     return t.neg().exp()
-
-
-def ancestral_split(sigma, sigma_next, eta: float = 1.0):
-    """(sigma_down, sigma_up) of an ancestral step from sigma to sigma_next: move
-    deterministically down to sigma_down, then add fresh noise of standard deviation sigma_up,
-    so that sigma_down^2 + sigma_up^2 = sigma_next^2. eta scales the fresh share (0: none)."""
-    if not eta:
-        return sigma_next, 0.0
-    variance_share = sigma_next ** 2 * (sigma ** 2 - sigma_next ** 2) / sigma ** 2
-    sigma_up = min(sigma_next, eta * variance_share ** 0.5)
-    sigma_down = (sigma_next ** 2 - sigma_up ** 2) ** 0.5
-    return sigma_down, sigma_up
 
 
 # --- Karras et al.: Euler, Heun, DPM2 with optional churn ---------------------------------------
@@ -101,7 +87,7 @@ def _heun_step(model: Model, x, slope, sigma, sigma_next):
     """Trapezoid rule: average the slope here with the slope at the Euler estimate."""
     dt = sigma_next - sigma
     estimate = x + slope * dt
-    slope_there = _slope(estimate, sigma_next, model(estimate, _per_image(x, sigma_next)))
+    slope_there = _slope(estimate, sigma_next, model(estimate, per_image(x, sigma_next)))
     return x + (slope + slope_there) / 2 * dt
 
 
@@ -109,7 +95,7 @@ def _dpm2_step(model: Model, x, slope, sigma, sigma_next):
     """DPM-Solver-2 in sigma: the slope at the geometric midpoint carries the whole step."""
     sigma_mid = sigma.log().lerp(sigma_next.log(), 0.5).exp()
     halfway = x + slope * (sigma_mid - sigma)
-    slope_mid = _slope(halfway, sigma_mid, model(halfway, _per_image(x, sigma_mid)))
+    slope_mid = _slope(halfway, sigma_mid, model(halfway, per_image(x, sigma_mid)))
     return x + slope_mid * (sigma_next - sigma)
 
 
@@ -118,7 +104,7 @@ def _churning_sampler(model, x, sigmas, noise_sampler, callback, churn, second_o
     where a second evaluation would divide by zero)."""
     for i in range(len(sigmas) - 1):
         x, sigma_hat = _churn(x, sigmas, i, noise_sampler, *churn)
-        denoised = model(x, _per_image(x, sigma_hat))
+        denoised = model(x, per_image(x, sigma_hat))
         slope = _slope(x, sigma_hat, denoised)
         _report(callback, x, i, sigmas[i], sigma_hat, denoised)
         if second_order_step is None or sigmas[i + 1] == 0:
@@ -160,7 +146,7 @@ def _with_fresh_noise(x, noise_sampler, sigma, sigma_next, s_noise, sigma_up):
 def sample_euler_ancestral(model: Model, x, sigmas, *, noise_sampler: NoiseSampler,
                            callback: Callback | None = None, eta=1.0, s_noise=1.0):
     for i in range(len(sigmas) - 1):
-        denoised = model(x, _per_image(x, sigmas[i]))
+        denoised = model(x, per_image(x, sigmas[i]))
         sigma_down, sigma_up = ancestral_split(sigmas[i], sigmas[i + 1], eta)
         _report(callback, x, i, sigmas[i], sigmas[i], denoised)
         x = _euler_step(x, _slope(x, sigmas[i], denoised), sigmas[i], sigma_down)
@@ -173,7 +159,7 @@ def sample_euler_ancestral(model: Model, x, sigmas, *, noise_sampler: NoiseSampl
 def sample_dpm_2_ancestral(model: Model, x, sigmas, *, noise_sampler: NoiseSampler,
                            callback: Callback | None = None, eta=1.0, s_noise=1.0):
     for i in range(len(sigmas) - 1):
-        denoised = model(x, _per_image(x, sigmas[i]))
+        denoised = model(x, per_image(x, sigmas[i]))
         sigma_down, sigma_up = ancestral_split(sigmas[i], sigmas[i + 1], eta)
         _report(callback, x, i, sigmas[i], sigmas[i], denoised)
         slope = _slope(x, sigmas[i], denoised)
@@ -195,7 +181,7 @@ def _dpmpp_2s_step(model: Model, x, denoised, sigma, sigma_to):
     h = t_next - t
     s = t + r * h
     halfway = (_sigma(s) / _sigma(t)) * x - (-h * r).expm1() * denoised
-    denoised_mid = model(halfway, _per_image(x, _sigma(s)))
+    denoised_mid = model(halfway, per_image(x, _sigma(s)))
     return (_sigma(t_next) / _sigma(t)) * x - (-h).expm1() * denoised_mid
 
 
@@ -203,7 +189,7 @@ def _dpmpp_2s_step(model: Model, x, denoised, sigma, sigma_to):
 def sample_dpmpp_2s_ancestral(model: Model, x, sigmas, *, noise_sampler: NoiseSampler,
                               callback: Callback | None = None, eta=1.0, s_noise=1.0):
     for i in range(len(sigmas) - 1):
-        denoised = model(x, _per_image(x, sigmas[i]))
+        denoised = model(x, per_image(x, sigmas[i]))
         sigma_down, sigma_up = ancestral_split(sigmas[i], sigmas[i + 1], eta)
         _report(callback, x, i, sigmas[i], sigmas[i], denoised)
         if sigma_down == 0:
@@ -238,7 +224,7 @@ def sample_lms(model: Model, x, sigmas, *, noise_sampler: NoiseSampler | None = 
     levels = sigmas.detach().cpu().numpy()
     slopes: list[torch.Tensor] = []  # oldest first, at most `order`
     for i in range(len(sigmas) - 1):
-        denoised = model(x, _per_image(x, sigmas[i]))
+        denoised = model(x, per_image(x, sigmas[i]))
         slopes.append(_slope(x, sigmas[i], denoised))
         if len(slopes) > order:
             slopes.pop(0)
@@ -257,7 +243,7 @@ def sample_dpmpp_2m(model: Model, x, sigmas, *, noise_sampler: NoiseSampler | No
                     callback: Callback | None = None):
     previous = None
     for i in range(len(sigmas) - 1):
-        denoised = model(x, _per_image(x, sigmas[i]))
+        denoised = model(x, per_image(x, sigmas[i]))
         _report(callback, x, i, sigmas[i], sigmas[i], denoised)
         t, t_next = _lambda(sigmas[i]), _lambda(sigmas[i + 1])
         h = t_next - t
@@ -285,7 +271,7 @@ def sample_dpmpp_sde(model: Model, x, sigmas, *, noise_sampler: NoiseSampler, ca
                      eta=1.0, s_noise=1.0, r=1 / 2):
     """DPM-Solver++ (stochastic, two stages per step, the second at fraction r of the step)."""
     for i in range(len(sigmas) - 1):
-        denoised = model(x, _per_image(x, sigmas[i]))
+        denoised = model(x, per_image(x, sigmas[i]))
         _report(callback, x, i, sigmas[i], sigmas[i], denoised)
         if sigmas[i + 1] == 0:
             x = _euler_step(x, _slope(x, sigmas[i], denoised), sigmas[i], sigmas[i + 1])
@@ -296,7 +282,7 @@ def sample_dpmpp_sde(model: Model, x, sigmas, *, noise_sampler: NoiseSampler, ca
         weight = 1 / (2 * r)
         staged, sigma_up = _dpmpp_sde_stage(x, denoised, t, s, eta)
         staged = _with_fresh_noise(staged, noise_sampler, _sigma(t), _sigma(s), s_noise, sigma_up)
-        denoised_staged = model(staged, _per_image(x, _sigma(s)))
+        denoised_staged = model(staged, per_image(x, _sigma(s)))
         blended = (1 - weight) * denoised + weight * denoised_staged
         x, sigma_up = _dpmpp_sde_stage(x, blended, t, t_next, eta)
         x = _with_fresh_noise(x, noise_sampler, _sigma(t), _sigma(t_next), s_noise, sigma_up)
@@ -312,7 +298,7 @@ def sample_dpmpp_2m_sde(model: Model, x, sigmas, *, noise_sampler: NoiseSampler,
         raise ValueError(f"solver_type must be 'midpoint' or 'heun', not {solver_type!r}")
     previous, h_previous = None, None
     for i in range(len(sigmas) - 1):
-        denoised = model(x, _per_image(x, sigmas[i]))
+        denoised = model(x, per_image(x, sigmas[i]))
         _report(callback, x, i, sigmas[i], sigmas[i], denoised)
         if sigmas[i + 1] == 0:
             x = denoised  # the last step lands on the prediction
@@ -346,7 +332,7 @@ def sample_dpmpp_3m_sde(model: Model, x, sigmas, *, noise_sampler: NoiseSampler,
     history: list[torch.Tensor] = []   # the previous predictions, newest first (at most 2)
     steps_back: list[torch.Tensor] = []  # the log-SNR steps that followed them, newest first
     for i in range(len(sigmas) - 1):
-        denoised = model(x, _per_image(x, sigmas[i]))
+        denoised = model(x, per_image(x, sigmas[i]))
         _report(callback, x, i, sigmas[i], sigmas[i], denoised)
         if sigmas[i + 1] == 0:
             x = denoised
@@ -388,7 +374,7 @@ def sample_lcm(model: Model, x, sigmas, *, noise_sampler: NoiseSampler, callback
     """Latent consistency sampling (A1111's LCM): jump to the prediction, then re-noise it to
     the next level with fresh noise."""
     for i in range(len(sigmas) - 1):
-        denoised = model(x, _per_image(x, sigmas[i]))
+        denoised = model(x, per_image(x, sigmas[i]))
         _report(callback, x, i, sigmas[i], sigmas[i], denoised)
         x = denoised
         if sigmas[i + 1] > 0:
@@ -458,7 +444,7 @@ def sample_restart(model: Model, x, sigmas, *, noise_sampler: NoiseSampler, call
     for step, (sigma, sigma_next) in enumerate(restart_segments(sigmas, restart_list)):
         if last_sigma is not None and last_sigma < sigma:
             x = x + noise_sampler(last_sigma, sigma) * s_noise * (sigma ** 2 - last_sigma ** 2) ** 0.5
-        denoised = model(x, _per_image(x, sigma))
+        denoised = model(x, per_image(x, sigma))
         slope = _slope(x, sigma, denoised)
         _report(callback, x, step, sigma_next, sigma, denoised)
         if sigma_next == 0:
@@ -467,252 +453,6 @@ def sample_restart(model: Model, x, sigmas, *, noise_sampler: NoiseSampler, call
             x = _heun_step(model, x, slope, sigma, sigma_next)
         last_sigma = sigma_next
     return x
-
-
-# --- DPM-Solver fast and adaptive ------------------------------------------------------------
-
-
-class _PidStepSize:
-    """Adaptive step size from the error estimates (a PID controller in the manner of
-    Söderlind), as k-diffusion's DPM adaptive uses it; factors pass an arctan limiter."""
-
-    def __init__(self, h, pcoeff, icoeff, dcoeff, order, accept_safety, eps=1e-8):
-        self.h = h
-        self.b1 = (pcoeff + icoeff + dcoeff) / order
-        self.b2 = -(pcoeff + 2 * dcoeff) / order
-        self.b3 = dcoeff / order
-        self.accept_safety = accept_safety
-        self.eps = eps
-        self.inverse_errors: list[float] = []  # the current and the last two accepted
-
-    def propose(self, error) -> bool:
-        """Rescale h by this step's error; True when the step is accepted."""
-        inverse = 1 / (float(error) + self.eps)
-        if not self.inverse_errors:
-            self.inverse_errors = [inverse, inverse, inverse]
-        self.inverse_errors[0] = inverse
-        e0, e1, e2 = self.inverse_errors
-        factor = 1 + math.atan(e0 ** self.b1 * e1 ** self.b2 * e2 ** self.b3 - 1)
-        accepted = factor >= self.accept_safety
-        if accepted:
-            self.inverse_errors[2] = self.inverse_errors[1]
-            self.inverse_errors[1] = self.inverse_errors[0]
-        self.h *= factor
-        return accepted
-
-
-class _DpmSolver:
-    """DPM-Solver-1/2/3 (Lu et al. 2022) on the noise prediction, in t = -log sigma. Within a
-    step, the noise predictions are cached by stage so that an embedded lower-order solution
-    shares the model calls of the higher-order one."""
-
-    def __init__(self, model: Model, info_callback: Callback | None):
-        self.model = model
-        self.info_callback = info_callback
-
-    @staticmethod
-    def t(sigma):
-        return -sigma.log()
-
-    @staticmethod
-    def sigma(t):
-        return t.neg().exp()
-
-    def eps(self, cache: dict, stage: str, x, t):
-        if stage not in cache:
-            cache[stage] = (x - self.model(x, _per_image(x, self.sigma(t)))) / self.sigma(t)
-        return cache[stage]
-
-    def first_order(self, x, t, t_next, cache):
-        h = t_next - t
-        return x - self.sigma(t_next) * h.expm1() * self.eps(cache, "eps", x, t)
-
-    def second_order(self, x, t, t_next, cache, r1=1 / 2):
-        h = t_next - t
-        eps = self.eps(cache, "eps", x, t)
-        s1 = t + r1 * h
-        u1 = x - self.sigma(s1) * (r1 * h).expm1() * eps
-        eps_r1 = self.eps(cache, "eps_r1", u1, s1)
-        return x - self.sigma(t_next) * h.expm1() * eps - self.sigma(t_next) / (2 * r1) * h.expm1() * (eps_r1 - eps)
-
-    def third_order(self, x, t, t_next, cache, r1=1 / 3, r2=2 / 3):
-        h = t_next - t
-        eps = self.eps(cache, "eps", x, t)
-        s1, s2 = t + r1 * h, t + r2 * h
-        u1 = x - self.sigma(s1) * (r1 * h).expm1() * eps
-        eps_r1 = self.eps(cache, "eps_r1", u1, s1)
-        u2 = x - self.sigma(s2) * (r2 * h).expm1() * eps - \
-            self.sigma(s2) * (r2 / r1) * ((r2 * h).expm1() / (r2 * h) - 1) * (eps_r1 - eps)
-        eps_r2 = self.eps(cache, "eps_r2", u2, s2)
-        return x - self.sigma(t_next) * h.expm1() * eps - self.sigma(t_next) / r2 * (h.expm1() / h - 1) * (eps_r2 - eps)
-
-    def ancestral_landing(self, t, t_next, t_end, eta):
-        """Where a step from t toward t_next lands deterministically (never past t_end), and the
-        noise that then brings it to the level of t_next."""
-        if not eta:
-            return t_next, 0.0
-        sigma_down, _ = ancestral_split(self.sigma(t), self.sigma(t_next), eta)
-        landing = torch.minimum(t_end, self.t(sigma_down))
-        return landing, (self.sigma(t_next) ** 2 - self.sigma(landing) ** 2) ** 0.5
-
-    def report(self, info: dict) -> None:
-        if self.info_callback is not None:
-            self.info_callback(info)
-
-
-def _fast_orders(evaluations: int) -> list[int]:
-    """Orders of DPM fast's equal steps in t: as many third-order steps as the model-evaluation
-    budget allows, the remainder as one lower-order step (or 2 and 1 when it divides by 3)."""
-    if evaluations < 1:
-        raise ValueError("DPM fast needs at least one step")
-    m = math.floor(evaluations / 3) + 1
-    if evaluations % 3 == 0:
-        return [3] * (m - 2) + [2, 1]
-    return [3] * (m - 1) + [evaluations % 3]
-
-
-def _dpm_fast(solver: _DpmSolver, x, t_start, t_end, evaluations, eta, s_noise, noise_sampler):
-    if not t_end > t_start and eta:
-        raise ValueError("DPM fast: eta must be 0 when sigma_min is not below sigma_max")
-    orders = _fast_orders(evaluations)
-    ts = torch.linspace(t_start, t_end, len(orders) + 1, device=x.device)
-    steppers = {1: solver.first_order, 2: solver.second_order, 3: solver.third_order}
-    for i, order in enumerate(orders):
-        cache: dict = {}
-        t, t_next = ts[i], ts[i + 1]
-        landing, sigma_up = solver.ancestral_landing(t, t_next, t_end, eta)
-        denoised = x - solver.sigma(t) * solver.eps(cache, "eps", x, t)
-        solver.report({"x": x, "i": i, "t": ts[i], "t_up": t, "denoised": denoised})
-        x = steppers[order](x, t, landing, cache)
-        # Drawn on every step, even when sigma_up is 0, as k-diffusion does.
-        x = x + sigma_up * s_noise * noise_sampler(solver.sigma(t), solver.sigma(t_next))
-    return x
-
-
-def _embedded_pair(solver: _DpmSolver, x, s, t, order, cache):
-    """(lower, higher) order solutions of one adaptive step, sharing model calls."""
-    if order == 2:
-        return solver.first_order(x, s, t, cache), solver.second_order(x, s, t, cache)
-    return solver.second_order(x, s, t, cache, r1=1 / 3), solver.third_order(x, s, t, cache)
-
-
-def _dpm_adaptive(solver: _DpmSolver, x, t_start, t_end, order, rtol, atol, h_init, pcoeff, icoeff, dcoeff,
-                  accept_safety, eta, s_noise, noise_sampler):
-    if order not in (2, 3):
-        raise ValueError("DPM adaptive: order must be 2 or 3")
-    forward = t_end > t_start
-    if not forward and eta:
-        raise ValueError("DPM adaptive: eta must be 0 when sigma_min is not below sigma_max")
-    atol, rtol = torch.tensor(atol), torch.tensor(rtol)
-    controller = _PidStepSize(abs(h_init) * (1 if forward else -1), pcoeff, icoeff, dcoeff,
-                              1.5 if eta else order, accept_safety)
-    s, x_previous_low = t_start, x
-    counts = {"steps": 0, "nfe": 0, "n_accept": 0, "n_reject": 0}
-    while (s < t_end - 1e-5) if forward else (s > t_end + 1e-5):
-        cache: dict = {}
-        t = torch.minimum(t_end, s + controller.h) if forward else torch.maximum(t_end, s + controller.h)
-        landing, sigma_up = solver.ancestral_landing(s, t, t_end, eta)
-        denoised = x - solver.sigma(s) * solver.eps(cache, "eps", x, s)
-        low, high = _embedded_pair(solver, x, s, landing, order, cache)
-        # Mixed absolute/relative tolerance against both the new and the previous low solution.
-        scale = torch.maximum(atol, rtol * torch.maximum(low.abs(), x_previous_low.abs()))
-        error = torch.linalg.norm((low - high) / scale) / x.numel() ** 0.5
-        if controller.propose(error):
-            x_previous_low = low
-            x = high + sigma_up * s_noise * noise_sampler(solver.sigma(s), solver.sigma(t))
-            s = t
-            counts["n_accept"] += 1
-        else:
-            counts["n_reject"] += 1
-        counts["nfe"] += order
-        counts["steps"] += 1
-        # Reported after every attempt, rejected ones too (i counts attempts).
-        solver.report({"x": x, "i": counts["steps"] - 1, "t": s, "t_up": s, "denoised": denoised,
-                       "error": error, "h": controller.h, **counts})
-    return x
-
-
-def _dpm_solver(model: Model, callback: Callback | None) -> _DpmSolver:
-    """A solver whose reports reach the callback with sigma and sigma_hat added."""
-    if callback is None:
-        return _DpmSolver(model, None)
-    return _DpmSolver(model, lambda info: callback(
-        {"sigma": _DpmSolver.sigma(info["t"]), "sigma_hat": _DpmSolver.sigma(info["t_up"]), **info}))
-
-
-def _check_range(name: str, sigma_min, sigma_max) -> None:
-    if sigma_min <= 0 or sigma_max <= 0:
-        raise ValueError(f"{name} needs sigma_min and sigma_max above 0")
-
-
-@torch.no_grad()
-def sample_dpm_fast(model: Model, x, sigma_min, sigma_max, n, *, noise_sampler: NoiseSampler,
-                    callback: Callback | None = None, eta=0.0, s_noise=1.0):
-    """DPM-Solver-fast: n model evaluations in equal steps of log sigma from sigma_max down to
-    sigma_min (which must be above 0)."""
-    _check_range("DPM fast", sigma_min, sigma_max)
-    solver = _dpm_solver(model, callback)
-    t_start, t_end = solver.t(torch.as_tensor(sigma_max)), solver.t(torch.as_tensor(sigma_min))
-    return _dpm_fast(solver, x, t_start, t_end, n, eta, s_noise, noise_sampler)
-
-
-@torch.no_grad()
-def sample_dpm_adaptive(model: Model, x, sigma_min, sigma_max, *, noise_sampler: NoiseSampler,
-                        callback: Callback | None = None, order=3, rtol=0.05, atol=0.0078, h_init=0.05,
-                        pcoeff=0.0, icoeff=1.0, dcoeff=0.0, accept_safety=0.81, eta=0.0, s_noise=1.0):
-    """DPM-Solver-12 / 23 with an error-controlled step size, from sigma_max down to sigma_min."""
-    _check_range("DPM adaptive", sigma_min, sigma_max)
-    solver = _dpm_solver(model, callback)
-    t_start, t_end = solver.t(torch.as_tensor(sigma_max)), solver.t(torch.as_tensor(sigma_min))
-    return _dpm_adaptive(solver, x, t_start, t_end, order, rtol, atol, h_init, pcoeff, icoeff, dcoeff,
-                         accept_safety, eta, s_noise, noise_sampler)
-
-
-# --- Brownian noise for the SDE samplers -----------------------------------------------------
-
-
-# torchsde's default resolution, which A1111's trees use; torchsde keeps the interval's ends
-# rounded to as many decimals as it resolves.
-_TREE_TOLERANCE = 1e-6
-
-
-def _tree_rounded(t) -> float:
-    return round(float(t), -int(math.log10(_TREE_TOLERANCE)))
-
-
-def _ordered(a, b):
-    """(low, high, +1) or (high, low, -1)."""
-    return (a, b, 1) if a < b else (b, a, -1)
-
-
-class BrownianNoise:
-    """Noise from a Brownian motion over sigma, one torchsde tree per image seed (A1111's noise
-    sampler for the SDE samplers): an image's noise depends on its seed only, whatever batch it
-    is in, and increments stay consistent however the steps cut the interval. A call gives the
-    increment over [sigma, sigma_next] scaled to unit variance."""
-
-    def __init__(self, x: torch.Tensor, sigma_min, sigma_max, seeds: Sequence[int]):
-        seeds = list(seeds)
-        if len(seeds) != x.shape[0]:
-            raise ValueError(f"BrownianNoise needs one seed per image: {len(seeds)} seeds, {x.shape[0]} images")
-        low, high, self._orientation = _ordered(torch.as_tensor(sigma_min), torch.as_tensor(sigma_max))
-        origin = x.new_zeros(x.shape[1:])
-        self._trees = [torchsde.BrownianTree(low, origin, high, entropy=seed, tol=_TREE_TOLERANCE) for seed in seeds]
-        self._bounds = (_tree_rounded(low), _tree_rounded(high))
-
-    def _clamped(self, t) -> float:
-        """t clamped to the tree's interval as torchsde would clamp it, minus its warning: the
-        float32 ends of A1111's schedules and sigmas after a log-time round trip fall outside
-        the rounded interval by a hair (14.614602088928223 against 14.614602)."""
-        lowest, highest = self._bounds
-        return min(max(float(t), lowest), highest)
-
-    def __call__(self, sigma, sigma_next) -> torch.Tensor:
-        t0, t1 = torch.as_tensor(sigma), torch.as_tensor(sigma_next)
-        a, b, orientation = _ordered(t0, t1)
-        a, b = self._clamped(a), self._clamped(b)
-        increment = torch.stack([tree(a, b) for tree in self._trees]) * (self._orientation * orientation)
-        return increment / (t1 - t0).abs().sqrt()
 
 
 # --- the table the runner uses ---------------------------------------------------------------

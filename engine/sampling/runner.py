@@ -11,8 +11,9 @@ from typing import Any
 
 import torch
 
-from engine.sampling import k_samplers, timestep_samplers
 from engine.errors import RequestError
+from engine.sampling import k_samplers, timestep_samplers
+from engine.sampling.brownian import BrownianNoise
 from engine.sampling.denoiser import CFGDenoiser, Interrupted
 from engine.sampling.noise import ImageNoise
 from engine.sampling.schedules import sampler_sigmas
@@ -128,7 +129,7 @@ class BatchSampling:
             kwargs["solver_type"] = plan.sampler.solver_type
         if plan.sampler.brownian:
             positive = sigmas[sigmas > 0]
-            kwargs["noise_sampler"] = k_samplers.BrownianNoise(x_for_brownian, positive.min(), sigmas.max(), self.seeds)
+            kwargs["noise_sampler"] = BrownianNoise(x_for_brownian, positive.min(), sigmas.max(), self.seeds)
         else:
             kwargs["noise_sampler"] = self.noise.noise_sampler()
         self.last_denoised = x
