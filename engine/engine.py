@@ -33,6 +33,13 @@ from engine.request import GenerationRequest
 from engine.runs.sd_upscale import SdUpscaleRun
 from engine.settings.store import Settings
 from engine.runs.uploads import check_pixel_limit
+from engine.runs.script_host import InstalledNames, JobScriptHost, checkpoint_kept
+from engine.extensions.registry import NOT_EXTENSION_FAULTS
+from engine.extensions.script import checked_options
+from engine.postprocess.interrogate import Captioner
+from engine.postprocess.faces import RESTORERS
+from engine.errors import ScriptError
+from PIL import Image
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +65,13 @@ class Engine:
         upscalers = addons.upscalers
         upscalers.options = lambda: {key: settings[key] for key in ("ldsr_steps", "ldsr_cached")}
         upscalers.should_stop = lambda: bool(getattr(self.queue.current, "interrupted", False))
+        self.captioner = Captioner(addons.faces.models_dir, models.device)
+        self.catalog = InstalledNames(addons, models.registry, self.upscaler_names, RESTORERS,
+                                      lambda name: self._upscaler_in_use(name, "script_args"))
         self.sync_extensions()
         for entry in addons.extensions.loaded():
-            entry.extension.attach(addons)
+            # Scripts get only the names of what is installed; always-on ones the add-on libraries.
+            entry.extension.attach(self.catalog if entry.is_script else addons)
 
     def sync_extensions(self) -> None:
         """Enable the extensions the `disabled_extensions` setting does not name (it may have
@@ -87,7 +98,10 @@ class Engine:
 
         def work(job: Job) -> GenerationResult:
             with self.settings.overridden(overrides), self._checkpoint_for(checkpoint, restore_overrides):
-                result = self._run(job, request, policy)
+                if request.script:
+                    result = self._run_script(job, request, policy)
+                else:
+                    result = self._run(job, request, policy)
             if not restore_overrides:
                 self._keep_overrides(overrides, result)
             if ignored:
@@ -166,6 +180,7 @@ class Engine:
             vae=self.addons.vaes.check_choice(request.vae or settings["sd_vae"]),
             extensions=self.addons.extensions.check(request.mode, self._with_settings(request.extensions)),
         )
+        request = self._complete_script(request)
         if request.mode == "img2img":
             request = request.replace(exact_steps=request.exact_steps or settings["img2img_fix_steps"])
             chosen = self.addons.upscalers.canonical(settings["upscaler_for_img2img"])
@@ -192,6 +207,65 @@ class Engine:
             request = request.replace(controlnet_units=check_units(
                 request.controlnet_units, self.addons.controlnets, current.family if current else None))
         return request
+
+    def _complete_script(self, request: GenerationRequest) -> GenerationRequest:
+        """The request's script found, its options checked and completed with defaults."""
+        if not request.script:
+            return request.replace(script_options={})
+        entry = self.addons.extensions.find_script(request.script, request.mode)
+        script = entry.extension
+        options = checked_options(script, request.mode, request.script_options)
+        script.check(request, options)
+        return request.replace(script=entry.name, script_options=options)
+
+    def _run_script(self, job: Job, request: GenerationRequest, policy: OutputPolicy) -> GenerationResult:
+        """The job as its script runs it: the script gets a host whose `process` runs ordinary
+        jobs on this lane, each completed from the settings (with the script's per-job ones)."""
+        entry = self.addons.extensions.find_script(request.script, request.mode)
+        base = request.replace(script="", script_options={})
+
+        def run_job(one: GenerationRequest, settings: dict, save: bool) -> GenerationResult:
+            settings, _ = self._split_overrides(settings)
+            with self.settings.overridden(settings):
+                one = self.complete(one.replace(script="", script_options={}).validate()).validate()
+                one_policy = self._policy(one, make_grid=False)
+                if not save:
+                    one_policy = dataclasses.replace(one_policy, save_images=False, save_grid=False)
+                return self._run(job, one, one_policy)
+
+        def load(name: str) -> None:
+            job.textinfo = f"Loading {name}"
+            self.addons.controlnets.clear()
+            self.models.load(self.models.registry.find(name).title)
+
+        def current() -> str | None:
+            model = self.models.current
+            return model.info.title if model is not None else None
+
+        def caption(image) -> str:
+            return self.captioner.caption_here(image)
+
+        with checkpoint_kept(current, load) as use_checkpoint:
+            host = JobScriptHost(job, request.mode, self.catalog, self.writer, run_job, use_checkpoint,
+                                 lambda name: self.settings[name], self._upscale_for_script, caption,
+                                 self._device)
+            try:
+                result = entry.extension.run(base, request.script_options, host)
+            except NOT_EXTENSION_FAULTS:
+                raise
+            except Exception as error:  # a fault in the script's code: say so, keep serving
+                log.exception("script %s failed", entry.name)
+                raise ScriptError(f"The script '{entry.extension.title}' failed: {type(error).__name__}: "
+                                  f"{error}") from error
+        if policy.save_grid and result.grid is not None and result.grid_path is None:
+            result.grid_path = host.save_grid(result.grid, request, result.grid_text)
+        return result
+
+    def _upscale_for_script(self, image, upscaler: str, width: int, height: int):
+        name = self._upscaler_in_use(upscaler, "script_args")
+        if name in UPSCALERS:
+            return image.resize((width, height), UPSCALERS[name] or Image.Resampling.LANCZOS)
+        return self.addons.upscalers.upscale(image, name, width, height, self._device())
 
     def _with_settings(self, requested) -> dict:
         """Extension options the settings provide when a request leaves them out."""

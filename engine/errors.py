@@ -71,5 +71,10 @@ class OutOfMemoryUserError(UserError):
         self.needed = needed    # what the failed allocation asked for, when torch said ("2.00 GiB")
 
 
+class ScriptError(UserError):
+    """A script's own code failed (not the request): the job ends with this message; the app
+    keeps serving (a 422 with this message, never an unexplained 500)."""
+
+
 class JobInterrupted(Exception):
     """Raised inside a job when the user interrupts it before anything was produced."""

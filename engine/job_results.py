@@ -80,13 +80,20 @@ class GenerationResult:
     inpainting_model: bool = False  # made by a dedicated (9-channel) inpainting model
     ignored_settings: list[str] = field(default_factory=list)  # override_settings not used
     pnginfo: bool = True  # the enable_pnginfo setting: images carry their infotext
+    grid_infotext: str | None = None  # the grid's own (a script's); None: the first image's
 
     def gallery(self) -> list[tuple[Image.Image, str]]:
         """(image, infotext) pairs as a gallery shows them: the grid first when there is one."""
         items = list(zip(self.images, self.infotexts))
         if self.grid is not None:
-            items.insert(0, (self.grid, self.infotexts[0]))
+            items.insert(0, (self.grid, self.grid_text))
         return items
+
+    @property
+    def grid_text(self) -> str:
+        if self.grid_infotext is not None:
+            return self.grid_infotext
+        return self.infotexts[0] if self.infotexts else ""
 
 
 def image_params(request: GenerationRequest, model: LoadedModel, seed: int, subseed: int,

@@ -69,6 +69,7 @@ class Job:
         self.total_steps = 0
         self.batch_index = 0
         self.batch_count = 1
+        self._parts: tuple[int, int, int] | None = None  # a script's (parts, started, step at start)
         self.textinfo = ""
         self._preview = None  # latest live preview: an image, or a callable that makes it
         self.preview_id = 0
@@ -90,10 +91,34 @@ class Job:
 
     # Progress, written by the worker.
     def set_total(self, total_steps: int, batch_count: int | None = None) -> None:
+        """The steps of the run starting now. Within a script's planned parts: the steps done
+        so far plus this part's steps for it and every part still to come (the estimate)."""
         with self._lock:
+            if self._parts is not None:
+                count, started, part_start = self._parts
+                self.total_steps = max(1, part_start + total_steps * (count - started + 1))
+                self.batch_index, self.batch_count = started - 1, count
+                return
             self.total_steps = max(1, total_steps)
             if batch_count is not None:
                 self.batch_count = batch_count
+
+    def set_batch(self, index: int) -> None:
+        """The batch now sampling (within a script, the display counts the script's parts)."""
+        with self._lock:
+            if self._parts is None:
+                self.batch_index = index
+
+    def plan_parts(self, count: int) -> None:
+        """A script will run `count` jobs inside this one: progress spans them all."""
+        with self._lock:
+            self._parts = (max(1, count), 0, self.step)
+
+    def next_part(self) -> None:
+        with self._lock:
+            if self._parts is not None:
+                count, started, _ = self._parts
+                self._parts = (max(count, started + 1), started + 1, self.step)
 
     def advance(self, steps: int = 1) -> None:
         with self._lock:

@@ -125,6 +125,9 @@ class GenerationRequest:
     controlnet_units: tuple = ()
     # Per-extension options: {extension name: {field: value}}.
     extensions: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: MappingProxyType({}))
+    # The script that runs this job (engine.extensions.script; "": none) and its options.
+    script: str = ""
+    script_options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
     def replace(self, **changes: Any) -> "GenerationRequest":
         return dataclasses.replace(self, **changes)
@@ -169,6 +172,8 @@ class GenerationRequest:
         if self.mode == "img2img":
             self._validate_img2img()
         self._validate_controlnet()
+        if not isinstance(self.script, str) or not isinstance(self.script_options, Mapping):
+            raise RequestError("script must be a script's name, with its options as an object", "script_name")
         return self
 
     def _validate_sampler_parameters(self) -> None:

@@ -1,7 +1,9 @@
-"""Extensions: the contract every add-on implements, and the loader that finds them.
+"""Extensions: the contract every always-on add-on implements, and the loader that finds them.
 
 An extension is a folder under extensions/ (built in) or <data dir>/extensions/ (third party)
-whose module exports one `extension` object, an instance of `Extension`. It declares its fields;
+whose module exports one `extension` object, an instance of `Extension`, or one `script`, an
+instance of `engine.extensions.script.Script` (the second kind: picked one at a time, it runs the
+job its own way; see script.py). It declares its fields;
 the UI renders them and their values reach the extension through `GenerationRequest.extensions`.
 Hooks:
   - `patch(pipe, request, options)` -> a context manager that changes the model for one job and
@@ -33,50 +35,15 @@ from typing import Any, Iterator, Mapping
 import torch
 
 from engine.errors import JobInterrupted, RequestError, UserError
+from engine.extensions.fields import FIELD_KINDS, Field  # noqa: F401  (re-exported)
+from engine.extensions.script import Script
 
 log = logging.getLogger(__name__)
 
-FIELD_KINDS = ("checkbox", "slider", "number", "dropdown", "radio", "text")
 
 # Raised through a hook but not the hook's fault: a stopped job, a refused request, memory
 # running out. They end the job as usual and leave the extension enabled.
 NOT_EXTENSION_FAULTS = (JobInterrupted, UserError, MemoryError, torch.OutOfMemoryError)
-
-
-@dataclass(frozen=True)
-class Field:
-    """One input an extension asks for; the UI draws it, the request carries its value."""
-
-    name: str
-    label: str
-    default: Any
-    kind: str = "checkbox"
-    minimum: float | None = None
-    maximum: float | None = None
-    step: float | None = None
-    choices: tuple = ()
-    in_ui: bool = True  # False: set elsewhere (a setting) but still accepted from the API
-
-    def coerce(self, value: Any, owner: str) -> Any:
-        where = f"{owner}: {self.label}"
-        if self.kind == "checkbox":
-            if not isinstance(value, bool):
-                raise RequestError(f"{where} must be true or false, got {value!r}", "extensions")
-            return value
-        if self.kind in ("slider", "number"):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-                raise RequestError(f"{where} must be a number, got {value!r}", "extensions")
-            low = self.minimum if self.minimum is not None else float("-inf")
-            high = self.maximum if self.maximum is not None else float("inf")
-            if not low <= value <= high:
-                raise RequestError(f"{where} must be between {low:g} and {high:g}, got {value}",
-                                   "extensions")
-            return type(self.default)(value) if isinstance(self.default, int) and float(value).is_integer() else value
-        if self.kind in ("dropdown", "radio") and self.choices and value not in self.choices:
-            raise RequestError(f"{where} must be one of {list(self.choices)}, got {value!r}", "extensions")
-        if not isinstance(value, str):
-            raise RequestError(f"{where} must be text, got {value!r}", "extensions")
-        return value
 
 
 class Extension:
@@ -121,6 +88,10 @@ class LoadedExtension:
     extension: Extension | None = None
     error: str | None = None
     enabled: bool = True
+
+    @property
+    def is_script(self) -> bool:
+        return isinstance(self.extension, Script)
 
     @property
     def status(self) -> str:
@@ -190,14 +161,39 @@ class ExtensionRegistry:
         return [e for e in self.entries if e.extension is not None or e.waiting]
 
     def for_mode(self, mode: str) -> list[LoadedExtension]:
-        return [e for e in self.loaded() if e.enabled and not e.error and mode in e.extension.modes]
+        """The always-on extensions that act in this mode, in run order."""
+        return [e for e in self.loaded() if e.enabled and not e.error and not e.is_script
+                and mode in e.extension.modes]
+
+    def scripts(self, mode: str) -> list[LoadedExtension]:
+        """The scripts a user may pick in this mode, in dropdown order."""
+        found = [e for e in self.loaded() if e.enabled and not e.error and e.is_script
+                 and mode in e.extension.modes]
+        return sorted(found, key=lambda e: (e.extension.order, e.extension.title.lower()))
 
     def find(self, name: str) -> LoadedExtension | None:
+        """An always-on extension by folder name, name or title (any case)."""
         wanted = name.strip().lower()
         for entry in self.loaded():
-            if wanted in (entry.name.lower(), entry.extension.name.lower(), entry.extension.title.lower()):
+            if not entry.is_script and \
+                    wanted in (entry.name.lower(), entry.extension.name.lower(), entry.extension.title.lower()):
                 return entry
         return None
+
+    def find_script(self, name: str, mode: str) -> LoadedExtension:
+        """The script called `name` (its name, title or an alias, any case) for this mode;
+        RequestError naming the scripts there are."""
+        for entry in self.loaded():
+            if entry.is_script and (entry.extension.matches(name) or entry.name.lower() == name.strip().lower()):
+                if entry.error or not entry.enabled:
+                    raise RequestError(f"Script '{entry.extension.title}' is disabled"
+                                       + (f" (it failed: {entry.error})" if entry.error else
+                                          ": enable it in the Extensions tab"), "script_name")
+                if mode not in entry.extension.modes:
+                    raise RequestError(f"Script '{entry.extension.title}' does not work in {mode}", "script_name")
+                return entry
+        known = ", ".join(e.extension.title for e in self.scripts(mode)) or "none"
+        raise RequestError(f"Script '{name}' not found. Scripts in {mode}: {known}", "script_name")
 
     def set_enabled(self, names: set[str]) -> None:
         with self._lock:
@@ -288,9 +284,10 @@ def _load(path: Path, builtin: bool, enabled: bool) -> LoadedExtension:
         module = importlib.util.module_from_spec(spec)
         sys.modules[module_name] = module
         spec.loader.exec_module(module)
-        extension = getattr(module, "extension", None)
-        if not isinstance(extension, Extension):
-            raise TypeError("the module must export `extension`, an engine.extensions.Extension")
+        extension = getattr(module, "extension", None) or getattr(module, "script", None)
+        if not isinstance(extension, (Extension, Script)):
+            raise TypeError("the module must export `extension`, an engine.extensions.Extension, "
+                            "or `script`, an engine.extensions.Script")
         extension.name = extension.name or path.name
         extension.title = extension.title or extension.name
         entry.extension = extension

@@ -252,11 +252,16 @@ class OutputWriter:
 
     def save_grid(self, images: list[Image.Image], mode: str, infotext: str | None,
                   fields: ImageFields | None = None) -> Path:
+        return self.save_grid_image(make_grid(images), mode, infotext, fields)
+
+    def save_grid_image(self, grid: Image.Image, mode: str, infotext: str | None,
+                        fields: ImageFields | None = None) -> Path:
+        """Save a grid already drawn (a script's labelled grid) where grids go."""
         folder = self.grids_dir(mode, None, fields)
         file_format = self._option("grid_format")
         with self._lock:
             path = folder / f"grid-{_next_number(folder, _GRID):04d}{SUFFIXES[file_format]}"
-            return self._write(path, make_grid(images), file_format, infotext)
+            return self._write(path, grid, file_format, infotext)
 
     def _save(self, folder: Path, name: str, numbered: bool, image: Image.Image, file_format: str,
               infotext: str | None, more_text: dict[str, str] | None = None) -> Path:

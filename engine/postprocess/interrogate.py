@@ -70,6 +70,13 @@ class Captioner:
                   description="interrogate")
         return lane.submit(job).outcome()
 
+    def caption_here(self, image: Image.Image) -> str:
+        """A caption made on this thread: for work already on the GPU lane (a script's job)."""
+        folder = self.model_folder()
+        if folder is None:
+            raise NotFoundError(self._missing(), "model")
+        return self._caption(folder, image.convert("RGB"))
+
     @torch.no_grad()
     def _caption(self, folder: Path, image: Image.Image) -> str:
         processor, model = self._model(folder)

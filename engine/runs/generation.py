@@ -298,7 +298,7 @@ class Txt2ImgRun:
                    result: GenerationResult, writer: OutputWriter) -> None:
         request, job = self.request, self.job
         job.skipped = False
-        job.batch_index = batch
+        job.set_batch(batch)
         self._control_step = 0
         seeds, subseeds = self.seeds.batch(batch, request.batch_size)
         self._writing = (writer, result)

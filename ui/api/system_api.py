@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import PlainTextResponse
 
 from engine.errors import NoModelError
-from engine.postprocess.interrogate import INTERROGATORS, Captioner
+from engine.postprocess.interrogate import INTERROGATORS
 from engine.runs.uploads import image_from_base64
 
 from ..context import UIContext
@@ -46,7 +46,7 @@ def memory_report() -> dict[str, Any]:
 def build_router(ctx: UIContext, auth_dependency) -> APIRouter:
     router = APIRouter(prefix="/sdapi/v1", dependencies=[Depends(auth_dependency)], tags=["sdapi"])
     engine, settings = ctx.engine, ctx.settings
-    captioner = Captioner(engine.addons.faces.models_dir, engine.models.device)
+    captioner = engine.captioner
 
     @router.get("/memory")
     def memory() -> dict[str, Any]:
