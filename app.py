@@ -83,8 +83,6 @@ def build(flags, config_root: Path | None = None):
         from engine.controlnet.demo import ensure_demo_controlnet
         ensure_demo_controlnet(engine.addons.controlnets.folder)
         engine.addons.controlnets.refresh()
-    from engine.controlnet import annotators
-    annotators.use_device(str(device.device))
     downloader = ModelDownloader(sd15_offer(os.environ.get("HF_ENDPOINT")), folders.checkpoints)
     ctx = UIContext(engine, registry, settings, flags, downloader, control=ServerControl())
 
