@@ -20,6 +20,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFilter
 
 from engine.memory import memory_guard
+from engine.memory.memory_guard import FaultPlan
 from engine.errors import RequestError
 from engine.postprocess.face_models import KINDS, FaceModelLibrary
 from engine.request import GenerationRequest
@@ -90,10 +91,16 @@ def oval_mask(size: tuple[int, int], inset: float = 0.12, feather: float = 0.06)
     return soft.point(lambda v: 0 if v < 8 else v)  # no faint tail reaching the box's corners
 
 
-@memory_guard.stage("face_restore")
 def detail_faces(image: Image.Image, request: GenerationRequest, strength: float, second_pass,
-                 work_size: int = 512) -> Image.Image:
-    """The face detailer: each face redrawn by `second_pass` (an img2img request -> image)."""
+                 work_size: int = 512, faults: FaultPlan | None = None) -> Image.Image:
+    """The face detailer: each face redrawn by `second_pass` (an img2img request -> image).
+    `faults`: the job's test plan of memory faults."""
+    with memory_guard.stage("face_restore", faults=faults):
+        return _detail_faces(image, request, strength, second_pass, work_size)
+
+
+def _detail_faces(image: Image.Image, request: GenerationRequest, strength: float, second_pass,
+                  work_size: int) -> Image.Image:
     faces = detect_faces(image)
     if not faces:
         return image
@@ -137,11 +144,18 @@ def _aligned_box(box) -> tuple[int, int, int, int]:
     return left, top, left + side, top + side
 
 
-@memory_guard.stage("face_restore")
 def restore_with_model(image: Image.Image, library: FaceModelLibrary, name: str,
-                       device: torch.device | str, fidelity: float = 0.5, visibility: float = 1.0) -> Image.Image:
+                       device: torch.device | str, fidelity: float = 0.5, visibility: float = 1.0,
+                       faults: FaultPlan | None = None) -> Image.Image:
     """Each face through GFPGAN or CodeFormer at the network's size, pasted back with a soft
-    oval, `visibility` of the way. `fidelity` is CodeFormer's weight (0: most restored)."""
+    oval, `visibility` of the way. `fidelity` is CodeFormer's weight (0: most restored).
+    `faults`: the job's test plan of memory faults."""
+    with memory_guard.stage("face_restore", faults=faults):
+        return _restore_with_model(image, library, name, device, fidelity, visibility)
+
+
+def _restore_with_model(image: Image.Image, library: FaceModelLibrary, name: str,
+                        device: torch.device | str, fidelity: float, visibility: float) -> Image.Image:
     faces = detect_faces(image)
     if not faces or visibility <= 0:
         return image

@@ -16,6 +16,7 @@ from engine.extensions import registry as extensions
 from engine.output import infotext
 
 from engine.memory import memory_guard
+from engine.memory.memory_guard import FaultPlan
 
 from engine.runs import samplers
 from engine.addons import AddOns
@@ -72,6 +73,11 @@ class ImageContext:
         """Keep a copy of the image as it is before `stage` when the settings ask for one."""
         self.run.save_before(stage, image, self.seed, self.subseed)
 
+    @property
+    def faults(self) -> FaultPlan | None:
+        """The job's test plan of memory faults, for the extension's own memory_guard.stage()."""
+        return self.run.addons.faults
+
 
 class Txt2ImgRun:
     """One txt2img job on one loaded model."""
@@ -115,7 +121,7 @@ class Txt2ImgRun:
         request, job = self.request, self.job
         job.set_total(self.sampling_steps * request.n_iter, request.n_iter)
         vae_file = self.model.use_vae(request.vae, self.addons.vaes)
-        with memory_guard.stage("model_placement"):  # a no-op unless the mode (or the VAE) changed
+        with memory_guard.stage("model_placement", faults=self.addons.faults):  # a no-op unless the mode (or the VAE) changed
             self.model.use_memory_mode(self.policy.memory.memory_mode)
         prompt, negative = self.addons.styles.apply(request.prompt, request.negative_prompt,
                                                     request.styles)
@@ -139,7 +145,7 @@ class Txt2ImgRun:
             encoder = PromptEncoder(self.pipe, self.model.family, clip_skip=request.clip_skip,
                                     emphasis=request.emphasis,
                                     **self.addons.embeddings.encoder_options(self.model))
-            with memory_guard.stage("text_encoding"):
+            with memory_guard.stage("text_encoding", faults=self.addons.faults):
                 cond, uncond = encoder.encode_schedules(text, negative_text, self.sampling_steps)
             result.extra_params = self._extra_params(loras, encoder, vae_file)
             result.warnings = list(loras.warnings)
@@ -286,12 +292,12 @@ class Txt2ImgRun:
 
         scale = self.model.vae_scale_factor
         with torch.inference_mode():
-            latents = encode(self.pipe.vae, image_tensor(image))
+            latents = encode(self.pipe.vae, image_tensor(image), faults=self.addons.faults)
             if latent_mode is not None:
                 mode, antialias = LATENT_UPSCALE_MODES[latent_mode]
                 latents = torch.nn.functional.interpolate(latents.float(), size=(height // scale, width // scale),
                                                           mode=mode, antialias=antialias)
-            images = decode_fitting(self.pipe.vae, latents, self.memory_notes)
+            images = decode_fitting(self.pipe.vae, latents, self.memory_notes, faults=self.addons.faults)
             return self.pipe.image_processor.postprocess(images, output_type="pil")[0]
 
     def _run_batch(self, batch: int, cond: ScheduledConditioning, uncond: ScheduledConditioning,
@@ -350,10 +356,10 @@ class Txt2ImgRun:
             first_noise = noise.next()
             start = self._start(batch, first_noise, denoiser, seeds)
             sampling = BatchSampling(self._plan(), denoiser, noise, seeds, self._callback(batch, denoiser))
-            with memory_guard.stage("denoise"):
+            with memory_guard.stage("denoise", faults=self.addons.faults):
                 latents = self._after_sampling(sampling.run(first_noise, start), denoiser)
             self.negative_skips += denoiser.skipped_uncond
-            images = decode_fitting(pipe.vae, latents, self.memory_notes)
+            images = decode_fitting(pipe.vae, latents, self.memory_notes, faults=self.addons.faults)
             return list(pipe.image_processor.postprocess(images, output_type="pil"))
 
     def _noise(self, seeds, subseeds) -> ImageNoise:
@@ -413,7 +419,7 @@ class Txt2ImgRun:
         if self._blank_conditioning is None:
             # txt2img on an inpainting model: everything masked, a grey picture behind it.
             grey = torch.zeros(1, 3, request.height, request.width)
-            encoded = encode(self.pipe.vae, grey).float()
+            encoded = encode(self.pipe.vae, grey, faults=self.addons.faults).float()
             self._blank_conditioning = torch.cat([torch.ones_like(encoded[:, :1]), encoded], dim=1)
         return self._blank_conditioning.expand(count, -1, -1, -1)
 

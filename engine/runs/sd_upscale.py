@@ -56,7 +56,7 @@ class SdUpscaleRun:
         size = (max(width, request.width), max(height, request.height))
         if request.sd_upscale_upscaler not in UPSCALERS:  # a model file
             return self.addons.upscalers.upscale(source, request.sd_upscale_upscaler, *size,
-                                                 self.model.device)
+                                                 self.model.device, faults=self.addons.faults)
         return source.resize(size, UPSCALERS[request.sd_upscale_upscaler] or Image.Resampling.LANCZOS)
 
     def run(self, writer) -> GenerationResult:

@@ -84,8 +84,11 @@ class HiresFix(Extension):
         new_width, new_height = target_size(width, height, options)
         return f"from {width}x{height} to **{new_width}x{new_height}**"
 
-    @memory_guard.stage("hires_fix")  # running out of memory here: say so, with hires advice
     def process(self, image, request, options, ctx):
+        with memory_guard.stage("hires_fix", faults=ctx.faults):  # running out here: say so, with hires advice
+            return self._process(image, request, options, ctx)
+
+    def _process(self, image, request, options, ctx):
         width, height = target_size(request.width, request.height, options)
         upscaler = options["upscaler"]
         ctx.save_before("highres-fix", image)
