@@ -342,7 +342,8 @@ class Engine:
         base = GenerationRequest(prompt=FACE_PROMPT, negative_prompt="blurry, deformed", steps=20,
                                  seed=0, width=512, height=512, save_images=False, save_grid=False)
         run = Txt2ImgRun(job, base, self._model_for_job(job), OutputPolicy(save_images=False), self.addons)
-        detailed = detail_faces(image, base, 0.4, ImageContext(run, 0, 0).second_pass, faults=self.addons.faults)
+        detailed = detail_faces(image, base, 0.4, ImageContext(run, 0, 0).second_pass, faults=self.addons.faults,
+                                detector=self.addons.faces.detector)
         return Image.blend(image.convert("RGB"), detailed, visibility)
 
     # Checkpoints.

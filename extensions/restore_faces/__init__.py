@@ -43,7 +43,7 @@ class RestoreFaces(Extension):
         ctx.save_before("face-restoration", image)
         if options["restorer"] == FACE_DETAILER:
             return detail_faces(image, request.replace(steps=max(request.steps, 4)), options["strength"],
-                                ctx.second_pass, faults=ctx.faults)
+                                ctx.second_pass, faults=ctx.faults, detector=self.library.detector)
         return restore_with_model(image, self.library, options["restorer"], ctx.run.model.device,
                                   fidelity=options["codeformer_weight"], faults=ctx.faults)
 
