@@ -21,8 +21,7 @@ from engine.errors import RequestError, UserError
 from engine.postprocess.extras import UPSCALERS, ExtrasRequest, ExtrasResult, upscale
 from engine.postprocess.faces import RESTORERS, check_restorer, detail_faces, restore_with_model
 from engine.memory.fast_path import FastPath, JobTraits
-from engine.runs.generation import ImageContext, Txt2ImgRun
-from engine.runs.img2img import Img2ImgRun
+from engine.runs.generation import GenerationRun, ImageContext
 from engine.job_results import GenerationResult, OutputPolicy, RunOptions
 from engine.jobs import Job, JobQueue
 from engine.memory.memory_modes import NONE, MemoryModes, mode_for_model
@@ -335,7 +334,6 @@ class Engine:
 
     def _run(self, job: Job, request: GenerationRequest, policy: OutputPolicy) -> GenerationResult:
         model = self._model_for_job(job)
-        run = Img2ImgRun if request.mode == "img2img" else Txt2ImgRun
         traits = JobTraits.of(request, self.addons, policy.memory)
         # The memory mode first, with the fast path's module changes off while weights move: the
         # offload hooks must wrap the plain modules (the fast path stays off in offload modes).
@@ -345,7 +343,7 @@ class Engine:
         with memory_guard.stage("model_placement", faults=self.addons.faults):  # as generation.py: OOM gets its message
             model.use_memory_mode(mode)
         with self.fast_path.job(model, job, self.settings, traits):
-            runner = run(job, request, model, policy, self.addons)
+            runner = GenerationRun(job, request, model, policy, self.addons)
             runner.borrow_model = self.models.borrowed
             return runner.run(self.writer)
 
@@ -402,7 +400,7 @@ class Engine:
         """Extras' face restoration: the face detailer with a neutral prompt, blended in."""
         base = GenerationRequest(prompt=FACE_PROMPT, negative_prompt="blurry, deformed", steps=20,
                                  seed=0, width=512, height=512, save_images=False, save_grid=False)
-        run = Txt2ImgRun(job, base, self._model_for_job(job), OutputPolicy(save_images=False), self.addons)
+        run = GenerationRun(job, base, self._model_for_job(job), OutputPolicy(save_images=False), self.addons)
         detailed = detail_faces(image, base, 0.4, ImageContext(run, 0, 0).second_pass, faults=self.addons.faults,
                                 detector=self.addons.faces.detector)
         return Image.blend(image.convert("RGB"), detailed, visibility)

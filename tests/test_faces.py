@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from engine.postprocess import faces
-from engine.runs.generation import ImageContext, Txt2ImgRun
+from engine.runs.generation import GenerationRun, ImageContext
 from engine.job_results import OutputPolicy
 from engine.jobs import Job
 from engine.models.model_catalogue import ModelNotDownloaded
@@ -41,7 +41,7 @@ def test_the_face_library_keeps_its_own_detector(tmp_path):
     assert library.detector._cascade is kept
 
 def _second_pass(engine):
-    run = Txt2ImgRun(Job(lambda job: None), BASE, engine.models.require(), OutputPolicy(), engine.addons)
+    run = GenerationRun(Job(lambda job: None), BASE, engine.models.require(), OutputPolicy(), engine.addons)
     return ImageContext(run, BASE.seed, 0).second_pass
 
 

@@ -7,7 +7,7 @@ from PIL import Image
 
 from engine.runs import image_prep
 from engine.errors import RequestError
-from engine.runs.img2img import Img2ImgRun
+from engine.runs.generation import GenerationRun
 from engine.output.infotext import parse, request_fields
 from engine.jobs import Job
 from engine.request import GenerationRequest
@@ -75,7 +75,7 @@ def _start_latents(engine, **fields) -> tuple[torch.Tensor, torch.Tensor, np.nda
     """The init latents an inpainting job would start from, the noise, and the latent mask."""
     request = engine.complete(BASE.replace(init_images=(ORIGINAL,), mask=square_mask(), **fields))
     from engine.job_results import OutputPolicy
-    run = Img2ImgRun(Job(lambda job: None), request, engine.models.require(), OutputPolicy(),
+    run = GenerationRun(Job(lambda job: None), request, engine.models.require(), OutputPolicy(),
                      engine.addons)
     noise = ImageNoise((4, 8, 8), [request.seed], source=request.randn_source).next()
 
@@ -84,10 +84,10 @@ def _start_latents(engine, **fields) -> tuple[torch.Tensor, torch.Tensor, np.nda
             self.latents, self.keep = latents, keep
 
     recorder = MaskRecorder()
-    start = run._start(0, noise.clone(), recorder, [request.seed])
+    start = run.start.latent_start(0, noise.clone(), recorder, [request.seed])
     assert torch.equal(recorder.latents, start.latents)
-    assert torch.equal(recorder.keep[0, 0], 1 - torch.from_numpy(run.mask.latent()))
-    return start.latents, noise, run.mask.latent()
+    assert torch.equal(recorder.keep[0, 0], 1 - torch.from_numpy(run.start.mask.latent()))
+    return start.latents, noise, run.start.mask.latent()
 
 
 def test_each_masked_content_mode_starts_from_its_own_latent(engine):
@@ -157,10 +157,10 @@ def test_every_resize_mode_generates_at_the_requested_size(engine, mode):
 def test_latent_upscale_encodes_at_the_pictures_own_size(engine):
     from engine.job_results import OutputPolicy
     request = engine.complete(BASE.replace(init_images=(_stripes(),), resize_mode=3))
-    run = Img2ImgRun(Job(lambda job: None), request, engine.models.require(), OutputPolicy(),
+    run = GenerationRun(Job(lambda job: None), request, engine.models.require(), OutputPolicy(),
                      engine.addons)
-    assert run.inits[0].image.size == (128, 64)
-    assert run._init_latents(0).shape[-2:] == (8, 8)
+    assert run.start.inits[0].image.size == (128, 64)
+    assert run.start._init_latents(0).shape[-2:] == (8, 8)
 
 
 def test_outpainting_grows_the_canvas_by_exactly_the_pixels_asked(engine):

@@ -205,14 +205,14 @@ def test_the_setting_takes_the_modes_and_nothing_else(mem_engine):
 
 
 def test_work_outside_a_job_leaves_the_mode_as_it_is(offloading):
-    from engine.runs.generation import Txt2ImgRun
+    from engine.runs.generation import GenerationRun
     from engine.job_results import OutputPolicy
     from engine.jobs import Job
 
     offloading.settings.update({"memory_mode": LOWVRAM})
     offloading.generate(BASE)
     model = offloading.models.require()
-    run = Txt2ImgRun(Job(lambda job: None), BASE, model, OutputPolicy(save_images=False), offloading.addons)
+    run = GenerationRun(Job(lambda job: None), BASE, model, OutputPolicy(save_images=False), offloading.addons)
     run.run(offloading.writer)  # as the extras tab's face detailer does: no memory mode of its own
     assert model.placement.mode == LOWVRAM
 

@@ -1,5 +1,10 @@
 """Running one generation job: prompts, add-on networks, the batch loop, progress, previews,
-decoding, infotext and saving."""
+decoding, infotext and saving.
+
+One run class for every job; what differs between txt2img and img2img/inpainting is where
+sampling starts, a strategy the run is given: NoiseStart (start_noise.py) or ImageStart
+(img2img.py). Passes inside a job (hires fix, the face detailer) are runs of their own with an
+ImageStart, made by `second_pass`."""
 
 from __future__ import annotations
 
@@ -42,9 +47,11 @@ from engine.sampling.denoiser import (
     guidance_embedding,
 )
 from engine.sampling.noise import ImageNoise
-from engine.sampling.runner import BatchSampling, Img2ImgStart, SamplingPlan
+from engine.sampling.runner import BatchSampling, SamplingPlan
 from engine.runs.seeds import DEFAULT_RANDN_SOURCE, JobSeeds, job_seeds, latent_shape
 from engine.networks.vae import decode_fitting, encode
+from engine.runs.img2img import ImageStart, image_tensor
+from engine.runs.start_noise import NoiseStart
 
 
 @dataclass(frozen=True)
@@ -53,7 +60,7 @@ class ImageContext:
     second pass inside the job, a VAE round trip, upscaling, face restoration, the device, a
     logger and a progress note. Never the run itself: what it holds is the engine's own."""
 
-    _run: Txt2ImgRun
+    _run: GenerationRun
     seed: int
     subseed: int
     log = logging.getLogger("engine.extensions")
@@ -113,8 +120,9 @@ class ImageContext:
         return self._run.addons.faults
 
 
-class Txt2ImgRun:
-    """One txt2img job on one loaded model."""
+class GenerationRun:
+    """One generation job on one loaded model: txt2img, or img2img/inpainting when the request
+    has init images (the start strategy differs, nothing else)."""
 
     def __init__(self, job: Job, request: GenerationRequest, model: LoadedModel,
                  policy: OutputPolicy, addons: AddOns):
@@ -123,11 +131,14 @@ class Txt2ImgRun:
         self.model = model
         self.policy = policy
         self.addons = addons
+        self.memory_notes: list[str] = []  # what was done to fit in memory (shared with inner passes)
         self.sampler, self.schedule = samplers.resolve(request.sampler_name, request.scheduler)
         self.seeds: JobSeeds = job_seeds(request)
-        self.pipe = model.pipeline_for(self.task)
+        vae = lambda: self.pipe.vae  # noqa: E731  (the pipeline is made for the start's task)
+        self.start = ImageStart(request, model, policy, addons, vae, self.memory_notes) \
+            if request.mode == "img2img" else NoiseStart(request, model, addons, vae)
+        self.pipe = model.pipeline_for(self.start.task)
         self._conditioning_state = {"step": 1}  # which prompt-editing step samples now
-        self._blank_conditioning = None
         self.active = addons.extensions.active(request.mode, request.extensions)
         # What a second pass prompts with; run() sets them after styles and LoRA tags (styled:
         # with the tags still in, for a pass by another checkpoint).
@@ -136,20 +147,14 @@ class Txt2ImgRun:
         # Engine: a context manager making another checkpoint current for a while (hires fix).
         self.borrow_model = None
         self._control_step = 0  # sampling steps done in this pass, for the ControlNet windows
-        self._control_pass: Txt2ImgRun | None = self  # whose steps the ControlNet windows follow
-        self.memory_notes: list[str] = []  # what was done to fit in memory (shared with inner passes)
+        self._control_pass: GenerationRun | None = self  # whose steps the ControlNet windows follow
         self.negative_skips = 0  # UNet calls that left out the negative prompt (s_min_uncond)
         self._writing: tuple[OutputWriter, GenerationResult] | None = None  # for save_before
 
     @property
-    def task(self) -> str:
-        # A dedicated inpainting model makes pictures from nothing as an inpaint of an empty canvas.
-        return "inpaint" if self.model.is_inpainting else "txt2img"
-
-    @property
     def sampling_steps(self) -> int:
         """The steps that actually run (and that prompt editing counts in)."""
-        return self.request.steps
+        return self.start.sampling_steps()
 
     def run(self, writer: OutputWriter) -> GenerationResult:
         request, job = self.request, self.job
@@ -217,17 +222,13 @@ class Txt2ImgRun:
         extra.update(self._schedule_params())
         if request.eta_noise_seed_delta and self.sampler.uses_ensd and self.eta != 0:
             extra["ENSD"] = request.eta_noise_seed_delta
-        extra.update(self._task_params())
+        extra.update(self.start.task_params())
         for index, unit in self.request.active_controlnet_units:
             extra[f"ControlNet {index}"] = unit.infotext_value()
         extra.update(extensions.infotext(self.addons.extensions, self.active, request))
         extra["Lora hashes"] = hash_list(loras.hashes)
         extra["TI hashes"] = hash_list(self.addons.embeddings.hashes(encoder.used_embeddings))
         return {key: value for key, value in extra.items() if value is not None}
-
-    def _task_params(self) -> dict[str, Any]:
-        """Infotext keys only this kind of job has."""
-        return {}
 
     def _schedule_params(self) -> dict[str, Any]:
         """The schedule settings A1111 writes when they act (k-diffusion samplers only)."""
@@ -251,14 +252,6 @@ class Txt2ImgRun:
             params["SGM noise multiplier"] = True
         return params
 
-    def _control_fallback(self) -> tuple[Image.Image | None, Image.Image | None]:
-        """The picture (and mask) a ControlNet unit without its own image uses: none here."""
-        return None, None
-
-    def _frame_control(self, image: Image.Image | None) -> Image.Image | None:
-        """A unit's own picture (or mask) framed like the region this job generates."""
-        return image
-
     def _controlnets(self):
         """The request's ControlNet units attached to the UNet for this job (or nothing)."""
         units = self.request.active_controlnet_units
@@ -269,9 +262,9 @@ class Txt2ImgRun:
             if library.family(unit.model) != self.model.family:
                 raise RequestError(f"ControlNet unit {index}: '{unit.model}' does not fit the loaded "
                                    f"checkpoint ({self.model.info.model_name}); pick one of its family", "model")
-        units = [(index, unit.replace(image=self._frame_control(unit.image), mask=self._frame_control(unit.mask)))
-                 for index, unit in units]
-        image, mask = self._control_fallback()
+        frame = self.start.frame_control
+        units = [(index, unit.replace(image=frame(unit.image), mask=frame(unit.mask))) for index, unit in units]
+        image, mask = self.start.control_fallback()
         placement = self.model.placement
         prepared = control.prepare(units, library, request.width, request.height,
                                    placement.resting_device, unet.dtype, image, mask, library.folder)
@@ -296,8 +289,6 @@ class Txt2ImgRun:
         `keep_control`: the job's ControlNet units act in it too (a pass over the same frame,
         like hires fix); otherwise they are off for it. `checkpoint`: run by that checkpoint,
         which takes the job's LoRAs from the prompt's tags (ControlNet stays with the job's)."""
-        from engine.runs.img2img import Img2ImgRun  # img2img builds on this module
-
         if checkpoint and self.borrow_model is None:
             raise RequestError("A second pass with another checkpoint is not possible here", "checkpoint")
         borrowing = self.borrow_model(checkpoint) if checkpoint else contextlib.nullcontext(self.model)
@@ -312,7 +303,7 @@ class Txt2ImgRun:
                 self.final_negative if own else self.styled_negative,
                 extensions={}, controlnet_units=(), save_images=False, save_grid=False,
                 exact_steps=exact_steps or request.exact_steps).validate()
-            inner = Img2ImgRun(self.job, request, model, self.policy.inner_pass(), self.addons)
+            inner = GenerationRun(self.job, request, model, self.policy.inner_pass(), self.addons)
             inner.memory_notes = self.memory_notes
             outer, self._control_pass = self._control_pass, (inner if keep_control and own else None)
             try:
@@ -322,8 +313,6 @@ class Txt2ImgRun:
 
     def vae_roundtrip(self, image: Image.Image, width: int, height: int,
                       latent_mode: str | None = None) -> Image.Image:
-        from engine.runs.img2img import image_tensor
-
         scale = self.model.vae_scale_factor
         with torch.inference_mode():
             latents = encode(self.pipe.vae, image_tensor(image), faults=self.addons.faults)
@@ -342,7 +331,8 @@ class Txt2ImgRun:
         self._control_step = 0
         seeds, subseeds = self.seeds.batch(batch, request.batch_size)
         self._writing = (writer, result)
-        images = self._finish(self._sample(seeds, subseeds, cond, uncond, batch), batch)
+        images = self.start.finish(self._sample(seeds, subseeds, cond, uncond, batch), batch, seeds, subseeds,
+                                   self.save_before)
         if self.negative_skips:  # written once it has happened, as the ecosystem does
             result.extra_params["NGMS"] = request.s_min_uncond
         images = [extensions.process(self.addons.extensions, self.active, image, request,
@@ -388,10 +378,10 @@ class Txt2ImgRun:
         denoiser = self._denoiser(cond, uncond, count, batch)
         with torch.inference_mode():
             first_noise = noise.next()
-            start = self._start(batch, first_noise, denoiser, seeds)
+            start = self.start.latent_start(batch, first_noise, denoiser, seeds)
             sampling = BatchSampling(self._plan(), denoiser, noise, seeds, self._callback(batch, denoiser))
             with memory_guard.stage("denoise", faults=self.addons.faults):
-                latents = self._after_sampling(sampling.run(first_noise, start), denoiser)
+                latents = self.start.after_sampling(sampling.run(first_noise, start), denoiser)
             self.negative_skips += denoiser.skipped_uncond
             images = decode_fitting(pipe.vae, latents, self.memory_notes, faults=self.addons.faults)
             return list(pipe.image_processor.postprocess(images, output_type="pil"))
@@ -440,30 +430,10 @@ class Txt2ImgRun:
                                     dtype=torch.float32)
         embedded = getattr(unet.config, "time_cond_proj_dim", None)
         return CFGDenoiser(unet, table, self.model.prediction_type, request.cfg_scale, conditioning,
-                           mode=mode, image_cond=self._image_conditioning(count, batch), time_ids=time_ids,
+                           mode=mode, image_cond=self.start.image_conditioning(count, batch), time_ids=time_ids,
                            s_min_uncond=request.s_min_uncond or 0.0,
                            guidance_embedding=guidance_embedding(request.cfg_scale, embedded) if embedded else None,
                            before_call=before_call)
-
-    def _image_conditioning(self, count: int, batch: int) -> torch.Tensor | None:
-        """An inpainting model's extra input channels (mask, masked picture); None for others."""
-        if not self.model.is_inpainting:
-            return None
-        request = self.request
-        if self._blank_conditioning is None:
-            # txt2img on an inpainting model: everything masked, a grey picture behind it.
-            grey = torch.zeros(1, 3, request.height, request.width)
-            encoded = encode(self.pipe.vae, grey, faults=self.addons.faults).float()
-            self._blank_conditioning = torch.cat([torch.ones_like(encoded[:, :1]), encoded], dim=1)
-        return self._blank_conditioning.expand(count, -1, -1, -1)
-
-    def _start(self, batch: int, first_noise: torch.Tensor, denoiser: CFGDenoiser, seeds) -> Img2ImgStart | None:
-        """What sampling starts from: None for pure noise (txt2img)."""
-        return None
-
-    def _after_sampling(self, latents: torch.Tensor, denoiser: CFGDenoiser) -> torch.Tensor:
-        """The sampled latents before decoding (img2img blends the unmasked part back)."""
-        return latents
 
     def _sampler_notes(self) -> tuple[dict[str, Any], list[str]]:
         """The sampler parameters' infotext keys, and warnings for those this sampler cannot use."""
@@ -476,10 +446,6 @@ class Txt2ImgRun:
 
     def _negative_skipped(self) -> None:
         self.negative_skips += 1
-
-    def _finish(self, images: list[Image.Image], batch: int) -> list[Image.Image]:
-        """Work on the decoded images before they are saved (img2img pastes them back)."""
-        return images
 
     def _callback(self, batch: int, denoiser: CFGDenoiser):
         job, every, family = self.job, self.policy.preview_every, self.model.family

@@ -1,21 +1,21 @@
-"""img2img and inpainting jobs: the txt2img batch loop, starting from encoded init images.
+"""How img2img and inpainting start: the start strategy a generation run (generation.py) takes
+when the request brings init images (txt2img's is start_noise.py).
 
-The starting noise is ours (seeded on the CPU, as for txt2img), so the pipeline's own noise is
-replaced through this job's scheduler, which is built fresh for every job. Masked content and
-the "only masked" crop are prepared in pixel space by `image_prep`; results are pasted back onto
-the original so that everything outside the mask keeps its pixels.
+Sampling starts from the encoded init images (masked content applied), the last `denoising
+strength` part of the schedule. Masked content and the "only masked" crop are prepared in pixel
+space by `image_prep`; results are pasted back onto the original so that everything outside the
+mask keeps its pixels.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from PIL import Image
 
 from engine.runs import color_correction, image_prep
-from engine.runs.generation import Txt2ImgRun
 from engine.runs.image_prep import InitImage, PreparedMask
 from engine.request import LATENT_UPSCALE_MODES
 from engine.sampling.denoiser import CFGDenoiser
@@ -30,12 +30,13 @@ def image_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1)[None]
 
 
-class Img2ImgRun(Txt2ImgRun):
-    """One img2img or inpainting job."""
+class ImageStart:
+    """Sampling from init images (img2img), with a mask (inpainting)."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        request = self.request
+    def __init__(self, request, model, policy, addons, vae: Callable[[], Any], notes: list[str]):
+        """`vae`: the job's VAE (the pipeline's, read when needed); `notes`: the job's warnings."""
+        self.request, self.model, self.policy, self.addons = request, model, policy, addons
+        self._vae, self.memory_notes = vae, notes
         self.mask: PreparedMask | None = None
         first = image_prep.flatten(request.init_images[0])
         if request.mask is not None:
@@ -60,13 +61,12 @@ class Img2ImgRun(Txt2ImgRun):
     def task(self) -> str:
         return "inpaint" if self.request.mask is not None or self.model.is_inpainting else "img2img"
 
-    @property
     def sampling_steps(self) -> int:
         """img2img runs the last `denoising strength` part of the schedule: steps x strength of
         it, or with exact_steps all `steps` of a longer schedule."""
         return self.request.img2img_steps
 
-    def _task_params(self) -> dict[str, Any]:
+    def task_params(self) -> dict[str, Any]:
         request = self.request
         params: dict[str, Any] = {"Denoising strength": request.denoising_strength}
         if request.resize_mode != image_prep.JUST_RESIZE:
@@ -85,7 +85,7 @@ class Img2ImgRun(Txt2ImgRun):
                 params["Mask mode"] = image_prep.MASK_MODES[1]
         return params
 
-    def _control_fallback(self):
+    def control_fallback(self):
         """The init image and mask as this job sees them (cropped for "only masked", the mask
         inverted when asked), so units that use them line up with what is generated."""
         mask = None
@@ -93,7 +93,7 @@ class Img2ImgRun(Txt2ImgRun):
             mask = self.mask.processing.point(lambda v: 255 if v >= 128 else 0)
         return self.inits[0].image, mask
 
-    def _frame_control(self, image):
+    def frame_control(self, image):
         """"Only masked" generates a crop of the picture: frame a unit's own picture the same way."""
         if image is None or self.mask is None or self.mask.crop is None:
             return image
@@ -104,7 +104,7 @@ class Img2ImgRun(Txt2ImgRun):
         start = batch * self.request.batch_size
         return [(start + j) % len(self.inits) for j in range(count)]
 
-    def _start(self, batch: int, first_noise: torch.Tensor, denoiser: CFGDenoiser, seeds) -> Img2ImgStart:
+    def latent_start(self, batch: int, first_noise: torch.Tensor, denoiser: CFGDenoiser, seeds) -> Img2ImgStart:
         """The init latents of this batch (masked content applied), with the denoiser told what
         to keep where there is a mask, as A1111 prepares an img2img pass."""
         request = self.request
@@ -124,17 +124,16 @@ class Img2ImgRun(Txt2ImgRun):
             elif request.inpainting_fill == image_prep.LATENT_NOTHING:
                 latents = latents * keep
             denoiser.set_mask(latents, keep.expand_as(latents))
-        self._batch_inits = latents
         return Img2ImgStart(latents, request.denoising_strength, fixed_steps=request.exact_steps,
                             extra_noise=self.policy.run.img2img_extra_noise)
 
-    def _after_sampling(self, latents: torch.Tensor, denoiser: CFGDenoiser) -> torch.Tensor:
+    def after_sampling(self, latents: torch.Tensor, denoiser: CFGDenoiser) -> torch.Tensor:
         """Outside the mask the init latents come back unchanged (A1111 blends them in)."""
         if denoiser.mask is None:
             return latents
         return latents * denoiser.nmask + denoiser.init_latent * denoiser.mask
 
-    def _image_conditioning(self, count: int, batch: int) -> torch.Tensor | None:
+    def image_conditioning(self, count: int, batch: int) -> torch.Tensor | None:
         """An inpainting model's extra channels: the mask (1 where it repaints) and the picture
         with the masked part blanked, encoded."""
         if not self.model.is_inpainting:
@@ -149,7 +148,7 @@ class Img2ImgRun(Txt2ImgRun):
 
     def _init_latents(self, index: int) -> torch.Tensor:
         if index not in self._encoded:
-            latents = encode(self.pipe.vae, image_tensor(self.inits[index].image), faults=self.addons.faults)
+            latents = encode(self._vae(), image_tensor(self.inits[index].image), faults=self.addons.faults)
             self._encoded[index] = self._to_latent_size(latents)
         return self._encoded[index]
 
@@ -171,7 +170,7 @@ class Img2ImgRun(Txt2ImgRun):
             else:
                 keep = torch.from_numpy(1.0 - self.mask.pixels())[None, None]
                 pixels = pixels * keep
-            self._masked_encoded[index] = self._to_latent_size(encode(self.pipe.vae, pixels,
+            self._masked_encoded[index] = self._to_latent_size(encode(self._vae(), pixels,
                                                                               faults=self.addons.faults))
         return self._masked_encoded[index]
 
@@ -192,13 +191,14 @@ class Img2ImgRun(Txt2ImgRun):
                                                                           self.model.device,
                                                                           faults=self.addons.faults)
 
-    def _finish(self, images: list[Image.Image], batch: int) -> list[Image.Image]:
+    def finish(self, images: list[Image.Image], batch: int, seeds, subseeds,
+               save_before: Callable[[str, Image.Image, int, int], None]) -> list[Image.Image]:
+        """The decoded images pasted back onto the originals (colour-corrected when asked)."""
         indices = self._indices(batch, len(images))
-        seeds, subseeds = self.seeds.batch(batch, self.request.batch_size)
         finished = []
         for i, image, seed, subseed in zip(indices, images, seeds, subseeds):
             if i in self._colour_targets:
-                self.save_before("color-correction", self.inits[i].restore(image), seed, subseed)
+                save_before("color-correction", self.inits[i].restore(image), seed, subseed)
                 image = color_correction.apply(self._colour_targets[i], image)
             finished.append(self.inits[i].restore(image))
         return finished
