@@ -71,18 +71,29 @@ class ScriptHost(Protocol):
     def grid(self, images: Sequence["Image.Image"], rows: int | None = None) -> "Image.Image":
         """The pictures in a grid of `rows` rows (None: as square as the count allows)."""
 
-    def labelled_grid(self, images: Sequence["Image.Image"], rows: int, column_labels: Sequence[str],
-                      row_labels: Sequence[str], margin: int = 0) -> "Image.Image":
-        """A grid with a label above each column and left of each row (empty labels: no band)."""
+    def labelled_grid(self, images: Sequence["Image.Image"], rows: int, column_labels: Sequence[Any],
+                      row_labels: Sequence[Any], margin: int = 0) -> "Image.Image":
+        """A grid with a label above each column and left of each row (empty labels: no band).
+        A label is a text, or a list of (text, on) pairs shown one per line, the "off" ones grey
+        and struck through (the prompt matrix's parts)."""
 
     def save_grid(self, grid: "Image.Image", request: "GenerationRequest", infotext: str) -> Any:
         """Save a grid the script made, as the grid settings say; its path or None."""
 
+    def save_image(self, image: "Image.Image", request: "GenerationRequest", infotext: str,
+                   seed: int) -> Any:
+        """Save a picture the script made itself (not one `process` made and saved), where and
+        as the settings save images, unless the request or the settings say not to; its path or
+        None."""
+
     def result(self, request: "GenerationRequest", results: Sequence["GenerationResult"], *,
                images: Sequence["Image.Image"] | None = None, infotexts: Sequence[str] | None = None,
-               grid: "Image.Image | None" = None, grid_infotext: str | None = None) -> "GenerationResult":
+               grid: "Image.Image | None" = None, grid_infotext: str | None = None,
+               seeds: Sequence[int] | None = None, subseeds: Sequence[int] | None = None,
+               paths: Sequence[Any] | None = None) -> "GenerationResult":
         """What the script hands back: the pictures of `results` (or `images` with their
-        `infotexts`), with `grid` first when given; warnings and interruption carried over."""
+        `infotexts`, and optionally their `seeds`, `subseeds` and saved `paths`), with `grid`
+        first when given; warnings and interruption carried over."""
 
     def upscale(self, image: "Image.Image", upscaler: str, width: int, height: int) -> "Image.Image":
         """`image` at width x height by the named upscaler (a resampling one or a model file)."""

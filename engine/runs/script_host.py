@@ -103,8 +103,8 @@ class JobScriptHost:
             return make_grid(list(images))
         return labelled_grid(list(images), rows, [], [])
 
-    def labelled_grid(self, images: Sequence[Image.Image], rows: int, column_labels: Sequence[str],
-                      row_labels: Sequence[str], margin: int = 0) -> Image.Image:
+    def labelled_grid(self, images: Sequence[Image.Image], rows: int, column_labels: Sequence[Any],
+                      row_labels: Sequence[Any], margin: int = 0) -> Image.Image:
         return labelled_grid(list(images), rows, list(column_labels), list(row_labels), margin)
 
     def save_grid(self, grid: Image.Image, request: GenerationRequest, infotext: str):
@@ -115,9 +115,19 @@ class JobScriptHost:
         fields = ImageFields.of(request, None, request.seed, grid, prompt, negative)
         return self._writer.save_grid_image(grid, self.mode, infotext, fields)
 
+    def save_image(self, image: Image.Image, request: GenerationRequest, infotext: str, seed: int):
+        if not (request.save_images and self._setting("samples_save")):
+            return None
+        prompt, negative, _ = infotext_format.parse(infotext) if infotext else (request.prompt,
+                                                                                 request.negative_prompt, {})
+        fields = ImageFields.of(request, None, seed, image, prompt, negative)
+        return self._writer.save_image(image, self.mode, seed, infotext, fields)
+
     def result(self, request: GenerationRequest, results: Sequence[GenerationResult], *,
                images: Sequence[Image.Image] | None = None, infotexts: Sequence[str] | None = None,
-               grid: Image.Image | None = None, grid_infotext: str | None = None) -> GenerationResult:
+               grid: Image.Image | None = None, grid_infotext: str | None = None,
+               seeds: Sequence[int] | None = None, subseeds: Sequence[int] | None = None,
+               paths: Sequence[Any] | None = None) -> GenerationResult:
         done = [r for r in results if r is not None]
         if not done:
             raise RequestError("The script made no pictures", "script_name")
@@ -130,7 +140,9 @@ class JobScriptHost:
             paths = [path for r in done for path in (r.paths or [None] * len(r.images))]
         else:
             infotexts = list(infotexts or [first.infotexts[0] if first.infotexts else ""] * len(images))
-            seeds, subseeds, paths = [], [], []
+            seeds = list(seeds or [])
+            subseeds = list(subseeds) if subseeds is not None else [request.subseed] * len(seeds)
+            paths = list(paths or [])
         warnings: list[str] = []
         for r in done:
             warnings += [note for note in r.warnings if note not in warnings]
