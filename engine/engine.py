@@ -248,7 +248,7 @@ class Engine:
         with checkpoint_kept(current, load) as use_checkpoint:
             host = JobScriptHost(job, request.mode, self.catalog, self.writer, run_job, use_checkpoint,
                                  lambda name: self.settings[name], self._upscale_for_script, caption,
-                                 self._device)
+                                 self._device, current_checkpoint=current)
             try:
                 result = entry.extension.run(base, request.script_options, host)
             except NOT_EXTENSION_FAULTS:

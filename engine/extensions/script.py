@@ -54,6 +54,9 @@ class ScriptHost(Protocol):
     @property
     def interrupted(self) -> bool: ...  # the user pressed Interrupt: stop starting jobs
 
+    @property
+    def checkpoint(self) -> str | None: ...  # the title of the checkpoint loaded now
+
     def plan(self, jobs: int) -> None:
         """How many `process` calls are coming, so progress and its estimate cover them all."""
 

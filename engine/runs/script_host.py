@@ -69,8 +69,10 @@ class JobScriptHost:
                  run_job: Callable[[GenerationRequest, Mapping[str, Any], bool], GenerationResult],
                  use_checkpoint: Callable[[str], None], settings: Callable[[str], Any],
                  upscale: Callable[[Image.Image, str, int, int], Image.Image],
-                 interrogate: Callable[[Image.Image], str], device: Callable[[], Any]):
+                 interrogate: Callable[[Image.Image], str], device: Callable[[], Any],
+                 current_checkpoint: Callable[[], str | None] = lambda: None):
         self.job, self.mode, self.catalog, self.log = job, mode, catalog, log
+        self._current_checkpoint = current_checkpoint
         self._writer, self._run_job, self._use_checkpoint = writer, run_job, use_checkpoint
         self._setting, self._upscale, self._interrogate, self._device = settings, upscale, interrogate, device
         self._planned = 0
@@ -82,6 +84,10 @@ class JobScriptHost:
     @property
     def interrupted(self) -> bool:
         return self.job.interrupted
+
+    @property
+    def checkpoint(self) -> str | None:
+        return self._current_checkpoint()
 
     def plan(self, jobs: int) -> None:
         self._planned = max(1, int(jobs))
