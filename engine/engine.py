@@ -11,7 +11,7 @@ import dataclasses
 import logging
 from typing import Iterator
 
-from engine.runs import image_prep, outpainting, samplers
+from engine.runs import image_prep, samplers
 
 from engine.memory import memory_guard
 from engine.addons import AddOns
@@ -30,7 +30,6 @@ from engine.output.writer import OutputWriter
 from engine.models.pipelines import LoadedModel, ModelManager
 from engine.prompts.prompt_parser import extract_extra_networks, prompt_schedule
 from engine.request import GenerationRequest
-from engine.runs.sd_upscale import SdUpscaleRun
 from engine.settings.store import Settings
 from engine.runs.uploads import check_pixel_limit
 from engine.runs.script_host import InstalledNames, JobScriptHost, checkpoint_kept
@@ -67,7 +66,7 @@ class Engine:
         upscalers.should_stop = lambda: bool(getattr(self.queue.current, "interrupted", False))
         self.captioner = Captioner(addons.faces.models_dir, models.device)
         self.catalog = InstalledNames(addons, models.registry, self.upscaler_names, RESTORERS,
-                                      lambda name: self._upscaler_in_use(name, "script_args"))
+                                      lambda name: self._upscaler_in_use(name, "script_args"))  # names it
         self.sync_extensions()
         for entry in addons.extensions.loaded():
             # Scripts get only the names of what is installed; always-on ones the add-on libraries.
@@ -187,11 +186,7 @@ class Engine:
             if chosen is not None and chosen not in UPSCALERS:  # a standard model not downloaded: say so now
                 self.addons.upscalers.require(chosen, "upscaler_for_img2img")
             self._check_upload_sizes(request)
-            if request.sd_upscale_scale:
-                request = request.replace(sd_upscale_upscaler=self._upscaler_in_use(
-                    request.sd_upscale_upscaler, "sd_upscale_upscaler", "SD upscale: upscaler not found"))
-            request = self._check_mask(outpainting.expand(request),
-                                       settings["img2img_empty_mask_as_img2img"])
+            request = self._check_mask(request, settings["img2img_empty_mask_as_img2img"])
         hires_checkpoint = request.extensions.get("hires_fix", {}).get("checkpoint")
         if hires_checkpoint and hires_checkpoint != "Use same checkpoint":
             self.models.registry.find(hires_checkpoint)  # an unknown name fails now, not mid-job
@@ -200,9 +195,6 @@ class Engine:
                                f"(setting control_net_unit_count), got {len(request.active_controlnet_units)}",
                                "controlnet_units")
         if request.active_controlnet_units:
-            if request.sd_upscale_scale:
-                raise RequestError("ControlNet units cannot be used with the SD upscale script (its "
-                                   "tiles do not line up with the control image)", "controlnet_units")
             current = self.models.current
             request = request.replace(controlnet_units=check_units(
                 request.controlnet_units, self.addons.controlnets, current.family if current else None))
@@ -248,7 +240,7 @@ class Engine:
         with checkpoint_kept(current, load) as use_checkpoint:
             host = JobScriptHost(job, request.mode, self.catalog, self.writer, run_job, use_checkpoint,
                                  lambda name: self.settings[name], self._upscale_for_script, caption,
-                                 self._device, current_checkpoint=current)
+                                 self._device, lambda: self.models.require().info)
             try:
                 result = entry.extension.run(base, request.script_options, host)
             except NOT_EXTENSION_FAULTS:
@@ -345,8 +337,6 @@ class Engine:
     def _run(self, job: Job, request: GenerationRequest, policy: OutputPolicy) -> GenerationResult:
         model = self._model_for_job(job)
         run = Img2ImgRun if request.mode == "img2img" else Txt2ImgRun
-        if request.mode == "img2img" and request.sd_upscale_scale > 0:
-            run = SdUpscaleRun
         traits = JobTraits.of(request, self.addons, policy.memory)
         # The memory mode first, with the fast path's module changes off while weights move: the
         # offload hooks must wrap the plain modules (the fast path stays off in offload modes).

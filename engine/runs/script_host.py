@@ -70,9 +70,9 @@ class JobScriptHost:
                  use_checkpoint: Callable[[str], None], settings: Callable[[str], Any],
                  upscale: Callable[[Image.Image, str, int, int], Image.Image],
                  interrogate: Callable[[Image.Image], str], device: Callable[[], Any],
-                 current_checkpoint: Callable[[], str | None] = lambda: None):
+               model_info: Callable[[], Any]):
         self.job, self.mode, self.catalog, self.log = job, mode, catalog, log
-        self._current_checkpoint = current_checkpoint
+        self._model_info = model_info
         self._writer, self._run_job, self._use_checkpoint = writer, run_job, use_checkpoint
         self._setting, self._upscale, self._interrogate, self._device = settings, upscale, interrogate, device
         self._planned = 0
@@ -87,7 +87,8 @@ class JobScriptHost:
 
     @property
     def checkpoint(self) -> str | None:
-        return self._current_checkpoint()
+        info = self._model_info()
+        return info.title if info is not None else None
 
     def plan(self, jobs: int) -> None:
         self._planned = max(1, int(jobs))
@@ -121,13 +122,13 @@ class JobScriptHost:
         fields = ImageFields.of(request, None, request.seed, grid, prompt, negative)
         return self._writer.save_grid_image(grid, self.mode, infotext, fields)
 
-    def save_image(self, image: Image.Image, request: GenerationRequest, infotext: str, seed: int):
+    def save_image(self, image: Image.Image, request: GenerationRequest, infotext: str):
         if not (request.save_images and self._setting("samples_save")):
             return None
         prompt, negative, _ = infotext_format.parse(infotext) if infotext else (request.prompt,
                                                                                  request.negative_prompt, {})
-        fields = ImageFields.of(request, None, seed, image, prompt, negative)
-        return self._writer.save_image(image, self.mode, seed, infotext, fields)
+        fields = ImageFields.of(request, self._model_info(), request.seed, image, prompt, negative)
+        return self._writer.save_image(image, self.mode, request.seed, infotext, fields)
 
     def result(self, request: GenerationRequest, results: Sequence[GenerationResult], *,
                images: Sequence[Image.Image] | None = None, infotexts: Sequence[str] | None = None,

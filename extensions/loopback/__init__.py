@@ -31,7 +31,7 @@ from engine.runs.image_prep import ORIGINAL
 
 SEED_RANGE = 2**32
 CURVES = ("Aggressive", "Linear", "Lazy")
-INTERROGATORS = ("None", "CLIP", "DeepBooru")
+INTERROGATORS = ("None", "CLIP")  # the mature UI's "DeepBooru" is refused by name (check)
 
 
 def strength_for_loop(loop: int, loops: int, start: float, final: float, curve: str) -> float:
@@ -51,7 +51,7 @@ def strength_for_loop(loop: int, loops: int, start: float, final: float, curve: 
 class Loopback(Script):
     name = "loopback"
     title = "Loopback"
-    order = 40
+    order = 36  # after the X/Y/Z plot, before the outpainting scripts (the mature UI's order)
     modes = ("img2img",)
     fields = (
         Field("loops", "Loops", 4, kind="slider", minimum=1, maximum=32, step=1),
@@ -60,7 +60,8 @@ class Loopback(Script):
         Field("denoising_curve", "Denoising strength curve", "Linear", kind="dropdown", choices=CURVES,
               info="Aggressive: most of the change in the first loops; Lazy: in the last ones"),
         Field("append_interrogation", "Append interrogated prompt at each iteration", "None",
-              kind="dropdown", choices=INTERROGATORS, info="CLIP: a caption of each loop's input"),
+              kind="dropdown", choices=INTERROGATORS, strict=False,
+              info="CLIP: a caption of each loop's input"),
     )
     description = ("Runs img2img again on its own result, loop after loop, the denoising strength "
                    "moving to the final one along the curve. DeepBooru tagging is not available.")
@@ -69,6 +70,9 @@ class Loopback(Script):
         if options["append_interrogation"] == "DeepBooru":
             raise RequestError("Loopback: DeepBooru interrogation is not supported here (this app has no "
                                "DeepBooru tagger); choose CLIP or None", "script_args")
+        if options["append_interrogation"] not in INTERROGATORS:
+            raise RequestError(f"Loopback: Append interrogated prompt must be one of {list(INTERROGATORS)}, "
+                               f"got {options['append_interrogation']!r}", "script_args")
         if int(options["loops"]) != options["loops"]:
             raise RequestError(f"Loopback: Loops must be a whole number, got {options['loops']}", "script_args")
 

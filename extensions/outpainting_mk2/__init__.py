@@ -28,12 +28,13 @@ from PIL import Image, ImageDraw
 
 from engine.errors import RequestError
 from engine.extensions import Field, Script, ScriptHost
-from engine.request import MAX_MASK_BLUR, MAX_SIZE, OUTPAINT_DIRECTIONS, SIZE_STEP
+from engine.request import MAX_MASK_BLUR, MAX_SIZE, SIZE_STEP
 from engine.runs.image_prep import JUST_RESIZE, ORIGINAL, flatten
 
 from .matched_noise import matched_noise
 
 SEED_RANGE = 2**32
+DIRECTIONS = ("left", "right", "up", "down")  # also the order the sides are grown in
 GRID_STEP = 64   # the grown picture's sides are multiples of this, as in the mature UI
 MIN_SIDE = 64    # the smallest picture a job makes
 BLUR_FACTOR = 4  # the job's mask blur is this many times the seam
@@ -47,7 +48,7 @@ def expansion(width: int, height: int, pixels: int, directions: Sequence[str]) -
     """Pixels to add on each side of a width x height picture: `pixels` on each chosen side, the
     grown width and height rounded up to multiples of 64 with the extra shared between the two
     sides of each axis (the first one getting its share rounded down)."""
-    sides = {side: pixels if side in directions else 0 for side in OUTPAINT_DIRECTIONS}
+    sides = {side: pixels if side in directions else 0 for side in DIRECTIONS}
     for first, second, size in (("left", "right", width), ("up", "down", height)):
         if not (sides[first] or sides[second]):
             continue
@@ -114,14 +115,14 @@ def filled(canvas: Image.Image, mask: Image.Image, noise_q: float, colour_variat
 class OutpaintingMk2(Script):
     name = "outpainting_mk2"
     title = "Outpainting mk2"
-    order = 50
+    order = 38  # after Loopback, before the plain Outpainting (the mature UI's order)
     modes = ("img2img",)
     fields = (
         Field("info", "Information", "", kind="text", in_ui=False),  # the mature UI's note: no value
         Field("pixels", "Pixels to expand", 128, kind="slider", minimum=8, maximum=256, step=8),
         Field("mask_blur", "Mask blur", 8, kind="slider", minimum=0, maximum=64, step=1),
-        Field("direction", "Outpainting direction", OUTPAINT_DIRECTIONS, kind="multiselect",
-              choices=OUTPAINT_DIRECTIONS),
+        Field("direction", "Outpainting direction", list(DIRECTIONS), kind="multiselect",
+              choices=DIRECTIONS),
         Field("noise_q", "Fall-off exponent (lower=higher detail)", 1.0, kind="slider", minimum=0.0,
               maximum=4.0, step=0.01),
         Field("color_variation", "Color variation", 0.05, kind="slider", minimum=0.0, maximum=1.0, step=0.01),
@@ -191,7 +192,7 @@ class OutpaintingMk2(Script):
                 break
         if not finals:  # interrupted in the first batch: what its jobs made
             return host.result(request, made)
-        paths = [host.save_image(image, request, text, image_seed)
+        paths = [host.save_image(image, request.replace(seed=image_seed, width=width, height=height), text)
                  for image, text, image_seed in zip(finals, texts, seeds)]
         grid = host.grid(finals) if len(finals) > 1 else None
         return host.result(request.replace(width=width, height=height), firsts, images=finals,
@@ -209,8 +210,8 @@ class OutpaintingMk2(Script):
             init_images=tuple(canvas.crop(box) for canvas in canvases), mask=mask.crop(box),
             width=box[2] - box[0], height=box[3] - box[1], resize_mode=JUST_RESIZE,
             mask_blur=min(MAX_MASK_BLUR, BLUR_FACTOR * seam), inpainting_fill=ORIGINAL,
-            inpaint_full_res=False, inpainting_mask_invert=False, outpaint_pixels=0,
-            outpaint_directions=(), batch_size=len(images), n_iter=1, seed=seed, save_grid=False)
+            inpaint_full_res=False, inpainting_mask_invert=False, batch_size=len(images), n_iter=1,
+            seed=seed, save_grid=False)
         result = host.process(job, save=False)
         grown_images = []
         for canvas, made in zip(canvases, result.images):

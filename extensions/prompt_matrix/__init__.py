@@ -83,7 +83,10 @@ class PromptMatrix(Script):
                                "that is 10 parts after the first): use fewer |", "script_args")
 
     def estimate(self, request, options) -> str | None:
-        count = 2 ** (len(matrix_parts(self._source(request, options))) - 1)
+        source = self._source(request, options)
+        if "|" not in source:  # the UI asks without the prompt: nothing to say
+            return None
+        count = 2 ** (len(matrix_parts(source)) - 1)
         return f"{count} image{'s' if count != 1 else ''} and a grid"
 
     def run(self, request, options, host: ScriptHost):
