@@ -19,7 +19,7 @@ from engine.prompts.conditioning import CHUNK_TOKENS, PromptEncoder
 from engine.controlnet.checks import check_units
 from engine.errors import RequestError, UserError
 from engine.postprocess.extras import UPSCALERS, ExtrasRequest, ExtrasResult, upscale
-from engine.postprocess.faces import check_restorer, detail_faces, restore_with_model
+from engine.postprocess.faces import RESTORERS, check_restorer, detail_faces, restore_with_model
 from engine.memory.fast_path import FastPath, JobTraits
 from engine.runs.generation import ImageContext, Txt2ImgRun
 from engine.runs.img2img import Img2ImgRun
@@ -36,7 +36,6 @@ from engine.runs.script_host import InstalledNames, JobScriptHost, checkpoint_ke
 from engine.extensions.registry import NOT_EXTENSION_FAULTS
 from engine.extensions.script import checked_options
 from engine.postprocess.interrogate import Captioner
-from engine.postprocess.faces import RESTORERS
 from engine.errors import ScriptError
 from PIL import Image
 
@@ -66,11 +65,11 @@ class Engine:
         upscalers.should_stop = lambda: bool(getattr(self.queue.current, "interrupted", False))
         self.captioner = Captioner(addons.faces.models_dir, models.device)
         self.catalog = InstalledNames(addons, models.registry, self.upscaler_names, RESTORERS,
-                                      lambda name: self._upscaler_in_use(name, "script_args"))  # names it
+                                      self._upscaler_in_use, lambda name: check_restorer(name, addons.faces))
         self.sync_extensions()
         for entry in addons.extensions.loaded():
-            # Scripts get only the names of what is installed; always-on ones the add-on libraries.
-            entry.extension.attach(self.catalog if entry.is_script else addons)
+            # Extensions and scripts get the names of what is installed, never the libraries.
+            entry.extension.attach(self.catalog)
 
     def sync_extensions(self) -> None:
         """Enable the extensions the `disabled_extensions` setting does not name (it may have
@@ -257,7 +256,7 @@ class Engine:
         name = self._upscaler_in_use(upscaler, "script_args")
         if name in UPSCALERS:
             return image.resize((width, height), UPSCALERS[name] or Image.Resampling.LANCZOS)
-        return self.addons.upscalers.upscale(image, name, width, height, self._device())
+        return self.addons.upscalers.upscale(image, name, width, height, self._device(), faults=self.addons.faults)
 
     def _with_settings(self, requested) -> dict:
         """Extension options the settings provide when a request leaves them out."""
@@ -343,7 +342,7 @@ class Engine:
         mode = policy.memory.memory_mode
         if mode is not None and model.placement.effective(mode_for_model(mode, model.is_sdxl)) != NONE:
             self.fast_path.undo(model)
-        with memory_guard.stage("model_placement"):  # as generation.py places it: OOM gets its message
+        with memory_guard.stage("model_placement", faults=self.addons.faults):  # as generation.py: OOM gets its message
             model.use_memory_mode(mode)
         with self.fast_path.job(model, job, self.settings, traits):
             runner = run(job, request, model, policy, self.addons)
@@ -361,11 +360,11 @@ class Engine:
                 check_restorer(name, self.addons.faces)
 
         def work(job: Job) -> ExtrasResult:
-            result = upscale(request, self.addons.upscalers, self._device())
+            result = upscale(request, self.addons.upscalers, self._device(), faults=self.addons.faults)
             for name, visibility in restoring.items():
                 if visibility > 0:
                     result.image = restore_with_model(result.image, self.addons.faces, name, self._device(),
-                                                      request.codeformer_weight, visibility)
+                                                      request.codeformer_weight, visibility, faults=self.addons.faults)
             if request.face_detailer_visibility > 0:
                 result.image = self._restore_faces(job, result.image, request.face_detailer_visibility)
             if save and self.settings["samples_save"]:
@@ -401,12 +400,11 @@ class Engine:
 
     def _restore_faces(self, job: Job, image, visibility: float):
         """Extras' face restoration: the face detailer with a neutral prompt, blended in."""
-        from PIL import Image
-
         base = GenerationRequest(prompt=FACE_PROMPT, negative_prompt="blurry, deformed", steps=20,
                                  seed=0, width=512, height=512, save_images=False, save_grid=False)
         run = Txt2ImgRun(job, base, self._model_for_job(job), OutputPolicy(save_images=False), self.addons)
-        detailed = detail_faces(image, base, 0.4, ImageContext(run, 0, 0).second_pass)
+        detailed = detail_faces(image, base, 0.4, ImageContext(run, 0, 0).second_pass, faults=self.addons.faults,
+                                detector=self.addons.faces.detector)
         return Image.blend(image.convert("RGB"), detailed, visibility)
 
     # Checkpoints.

@@ -10,7 +10,6 @@ the font Pillow ships; either way a grid never fails for want of a font."""
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
@@ -29,7 +28,6 @@ OFF_COLOUR = (153, 153, 153)
 Label = str | Sequence[tuple[str, bool]]
 
 
-@lru_cache(maxsize=16)  # fonts are read-only data: caching them holds no job state
 def font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     for path in FONT_FILES:
         if path.is_file():

@@ -25,13 +25,24 @@ log = logging.getLogger("engine.scripts")
 
 
 class InstalledNames:
-    """The Catalog a script sees: the names of what is installed, read afresh on each call."""
+    """The Catalog extensions and scripts see: the names of what is installed, read afresh on
+    each call, and checks that name a missing one."""
 
     def __init__(self, addons, registry, upscaler_names: Callable[[], Sequence[str]],
-                 face_restorers: Sequence[str], check_upscaler: Callable[[str], str]):
+                 face_restorers: Sequence[str], check_upscaler: Callable[[str, str], str],
+                 check_face_restorer: Callable[[str], None]):
         self._addons, self._registry = addons, registry
         self._upscaler_names, self._face_restorers = upscaler_names, tuple(face_restorers)
-        self.check_upscaler = check_upscaler
+        self._check_upscaler, self._check_face_restorer = check_upscaler, check_face_restorer
+
+    def check_upscaler(self, name: str, field: str = "script_args") -> str:
+        """The upscaler's listed name (a standard model's file name selects it too); refuses an
+        unknown one, and a standard one not downloaded yet (offering it), naming `field`."""
+        return self._check_upscaler(name, field)
+
+    def check_face_restorer(self, name: str) -> None:
+        """Refuses a face restorer that cannot run here (missing weights are offered)."""
+        self._check_face_restorer(name)
 
     def checkpoint_titles(self) -> list[str]:
         return sorted(self._registry.titles(), key=str.casefold)
