@@ -30,7 +30,10 @@ def test_the_scripts_are_listed_per_tab_with_their_args_in_order(api):
     for name in ("loopback", "outpainting mk2"):
         assert name in scripts["img2img"] and name not in scripts["txt2img"]
     info = {(item["name"], item["is_img2img"]): item for item in api.get("/script-info").json()}
-    labels = lambda name, img2img: [arg["label"] for arg in info[(name, img2img)]["args"]]  # noqa: E731
+
+    def labels(name, img2img):
+        return [arg["label"] for arg in info[(name, img2img)]["args"]]
+
     assert labels("prompt matrix", False) == ["Set at prompt start", "Random seeds", "Prompt type",
                                               "Joining char", "Grid margins (px)"]
     assert labels("prompts from file or textbox", True) == [

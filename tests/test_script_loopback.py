@@ -8,7 +8,8 @@ import pytest
 from engine.errors import RequestError
 from engine.output.infotext import parse
 from engine.request import GenerationRequest
-from extensions.loopback import strength_for_loop, script as loopback
+from extensions.loopback import script as loopback
+from extensions.loopback import strength_for_loop
 from tests.test_img2img import noise_image
 
 PICTURE = noise_image(seed=4)

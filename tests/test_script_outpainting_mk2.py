@@ -8,7 +8,8 @@ from PIL import Image
 from engine.errors import RequestError
 from engine.output.infotext import parse
 from engine.request import GenerationRequest
-from extensions.outpainting_mk2 import expansion, filled, side_canvas, script as mk2
+from extensions.outpainting_mk2 import expansion, filled, side_canvas
+from extensions.outpainting_mk2 import script as mk2
 from extensions.outpainting_mk2.matched_noise import matched_noise
 
 

@@ -9,7 +9,8 @@ from engine.errors import RequestError
 from engine.output.grids import OFF_COLOUR, labelled_grid
 from engine.output.infotext import parse
 from engine.request import GenerationRequest
-from extensions.prompt_matrix import grid_layout, matrix_prompts, script as prompt_matrix
+from extensions.prompt_matrix import grid_layout, matrix_prompts
+from extensions.prompt_matrix import script as prompt_matrix
 
 BASE = GenerationRequest(prompt="a house | at night | in snow", negative_prompt="blurry", steps=2, width=64,
                          height=64, sampler_name="Euler", seed=7, save_images=False, save_grid=False)

@@ -7,7 +7,8 @@ import pytest
 from engine.errors import RequestError
 from engine.output.infotext import parse
 from engine.request import GenerationRequest
-from extensions.prompts_from_file import line_options, line_request, script as from_file
+from extensions.prompts_from_file import line_options, line_request
+from extensions.prompts_from_file import script as from_file
 
 BASE = GenerationRequest(prompt="", steps=2, width=64, height=64, sampler_name="Euler", seed=40,
                          save_images=False, save_grid=False)
@@ -44,7 +45,7 @@ def test_each_line_is_a_job_with_its_own_options(engine):
     ])
     result = run_lines(engine, text)
     assert len(result.images) == 4 and result.grid is None  # no grid, as the mature UI returns
-    (p1, n1, a), (p2, n2, b), (p3, _, c), (_, _, d) = params(result)
+    (p1, _, a), (p2, n2, b), (p3, _, c), (_, _, d) = params(result)
     assert (p1, a["Seed"], a["Steps"]) == ("a lighthouse", "40", "2")
     assert (p2, n2, b["Seed"], b["Steps"], b["CFG scale"]) == ("a red barn", "fog", "5", "3", "4")
     assert (p3, c["Seed"], d["Seed"], c["Size"], c["Sampler"]) == ("a green field", "9", "10", "128x64", "Euler a")

@@ -200,12 +200,11 @@ class OutpaintingMk2(Script):
 
     def _grow(self, images, side, amount, seam, request, options, seed, host):
         """Grow each picture of a batch on one side: fill, inpaint the strip, paste it back."""
-        canvases, boxes, mask, box, grown = [], [], None, None, None
+        canvases, mask, box, grown = [], None, None, None
         for number, image in enumerate(images):
             canvas, mask, box, grown = side_canvas(image, side, amount, seam, request.width, request.height)
             canvases.append(filled(canvas, mask, options["noise_q"], options["color_variation"],
                                    (seed + number) % SEED_RANGE))
-            boxes.append(box)
         job = request.replace(
             init_images=tuple(canvas.crop(box) for canvas in canvases), mask=mask.crop(box),
             width=box[2] - box[0], height=box[3] - box[1], resize_mode=JUST_RESIZE,
