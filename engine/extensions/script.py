@@ -56,6 +56,9 @@ class ScriptHost(Protocol):
     @property
     def interrupted(self) -> bool: ...  # the user pressed Interrupt: stop starting jobs
 
+    @property
+    def checkpoint(self) -> str | None: ...  # the title of the checkpoint loaded now
+
     def plan(self, jobs: int) -> None:
         """How many `process` calls are coming, so progress and its estimate cover them all."""
 
@@ -73,9 +76,11 @@ class ScriptHost(Protocol):
     def grid(self, images: Sequence["Image.Image"], rows: int | None = None) -> "Image.Image":
         """The pictures in a grid of `rows` rows (None: as square as the count allows)."""
 
-    def labelled_grid(self, images: Sequence["Image.Image"], rows: int, column_labels: Sequence[str],
-                      row_labels: Sequence[str], margin: int = 0) -> "Image.Image":
-        """A grid with a label above each column and left of each row (empty labels: no band)."""
+    def labelled_grid(self, images: Sequence["Image.Image"], rows: int, column_labels: Sequence[Any],
+                      row_labels: Sequence[Any], margin: int = 0) -> "Image.Image":
+        """A grid with a label above each column and left of each row (empty labels: no band).
+        A label is a text, or a list of (text, on) pairs shown one per line, the "off" ones grey
+        and struck through (the prompt matrix's parts)."""
 
     def save_grid(self, grid: "Image.Image", request: GenerationRequest, infotext: str) -> Any:
         """Save a grid the script made, as the grid settings say; its path or None."""

@@ -1,6 +1,9 @@
 """Grids with labels: pictures in rows and columns, a caption above each column and left of each
 row (the X/Y/Z plot's legend, the prompt matrix's parts).
 
+A label is a text, or a list of (text, on) pairs drawn one under another: the "on" ones in black,
+the "off" ones grey and struck through (the prompt matrix shows each part so, on or off).
+
 The text is drawn with DejaVu Sans when the system has it (Debian's fonts-dejavu-core), else with
 the font Pillow ships; either way a grid never fails for want of a font."""
 
@@ -8,6 +11,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -18,6 +22,10 @@ FONT_FILES = (
     Path("C:/Windows/Fonts/arial.ttf"),
 )
 TEXT_COLOUR, BACKGROUND = (0, 0, 0), (255, 255, 255)
+OFF_COLOUR = (153, 153, 153)
+
+# One label: a text, or (text, on) pairs.
+Label = str | Sequence[tuple[str, bool]]
 
 
 def font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
@@ -46,10 +54,39 @@ def _wrapped(draw: ImageDraw.ImageDraw, text: str, face, width: int) -> list[str
     return lines
 
 
-def labelled_grid(images: list[Image.Image], rows: int, column_labels: list[str], row_labels: list[str],
-                  margin: int = 0) -> Image.Image:
+def _parts(label: Label) -> list[tuple[str, bool]]:
+    """A label as (text, on) pairs: a plain text is one "on" part."""
+    if isinstance(label, str):
+        return [(label, True)]
+    return [(str(text), bool(on)) for text, on in label]
+
+
+def _has_text(label: Label) -> bool:
+    return any(text.strip() for text, _ in _parts(label))
+
+
+def _label_lines(draw: ImageDraw.ImageDraw, label: Label, face, width: int) -> list[tuple[str, bool]]:
+    """The label's lines, wrapped to `width`, each with whether its part is on."""
+    return [(line, on) for text, on in _parts(label) for line in _wrapped(draw, text, face, width)]
+
+
+def _draw_lines(draw: ImageDraw.ImageDraw, lines: list[tuple[str, bool]], centre: float, start: float,
+                line_h: int, face) -> None:
+    for number, (line, on) in enumerate(lines):
+        y = start + number * line_h
+        draw.text((centre, y), line, fill=TEXT_COLOUR if on else OFF_COLOUR, font=face, anchor="ma")
+        if not on and line:
+            half = draw.textlength(line, font=face) / 2
+            middle = y + line_h / 2 - 2
+            draw.line((centre - half, middle, centre + half, middle), fill=OFF_COLOUR,
+                      width=max(1, line_h // 8))
+
+
+def labelled_grid(images: list[Image.Image], rows: int, column_labels: Sequence[Label],
+                  row_labels: Sequence[Label], margin: int = 0) -> Image.Image:
     """`images` row by row in `rows` rows, `margin` pixels apart; `column_labels` above the
-    columns and `row_labels` left of the rows (no band when all of one kind are empty)."""
+    columns and `row_labels` left of the rows (no band when all of one kind are empty). A label
+    is a text or a list of (text, on) pairs (see the module's docstring)."""
     if not images:
         raise ValueError("a grid needs at least one picture")
     rows = max(1, min(rows, len(images)))
@@ -59,10 +96,10 @@ def labelled_grid(images: list[Image.Image], rows: int, column_labels: list[str]
     face = font(max(10, (cell_w + cell_h) // 25))
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     line_h = int(face.getbbox("Ag")[3] - face.getbbox("Ag")[1]) + 4 if hasattr(face, "getbbox") else 14
-    has_top = any(str(label).strip() for label in column_labels)
-    has_left = any(str(label).strip() for label in row_labels)
+    has_top = any(_has_text(label) for label in column_labels)
+    has_left = any(_has_text(label) for label in row_labels)
     left = cell_w * 3 // 4 if has_left else 0
-    top_lines = [_wrapped(probe, label, face, cell_w - 8) for label in column_labels] if has_top else []
+    top_lines = [_label_lines(probe, label, face, cell_w - 8) for label in column_labels] if has_top else []
     top = (max(len(lines) for lines in top_lines) * line_h + line_h) if has_top else 0
     width = left + cols * cell_w + (cols - 1) * margin
     height = top + rows * cell_h + (rows - 1) * margin
@@ -74,14 +111,10 @@ def labelled_grid(images: list[Image.Image], rows: int, column_labels: list[str]
     draw = ImageDraw.Draw(canvas)
     for col, lines in enumerate(top_lines[:cols]):
         centre = left + col * (cell_w + margin) + cell_w / 2
-        start = (top - len(lines) * line_h) / 2
-        for number, line in enumerate(lines):
-            draw.text((centre, start + number * line_h), line, fill=TEXT_COLOUR, font=face, anchor="ma")
+        _draw_lines(draw, lines, centre, (top - len(lines) * line_h) / 2, line_h, face)
     if has_left:
         for row, label in enumerate(row_labels[:rows]):
-            lines = _wrapped(draw, label, face, left - 8)
+            lines = _label_lines(draw, label, face, left - 8)
             middle = top + row * (cell_h + margin) + cell_h / 2
-            start = middle - len(lines) * line_h / 2
-            for number, line in enumerate(lines):
-                draw.text((left / 2, start + number * line_h), line, fill=TEXT_COLOUR, font=face, anchor="ma")
+            _draw_lines(draw, lines, left / 2, middle - len(lines) * line_h / 2, line_h, face)
     return canvas

@@ -96,6 +96,11 @@ class JobScriptHost:
     def interrupted(self) -> bool:
         return self.job.interrupted
 
+    @property
+    def checkpoint(self) -> str | None:
+        info = self._model_info()
+        return info.title if info is not None else None
+
     def plan(self, jobs: int) -> None:
         self._planned = max(1, int(jobs))
         self.job.plan_parts(self._planned)
@@ -116,8 +121,8 @@ class JobScriptHost:
             return make_grid(list(images))
         return labelled_grid(list(images), rows, [], [])
 
-    def labelled_grid(self, images: Sequence[Image.Image], rows: int, column_labels: Sequence[str],
-                      row_labels: Sequence[str], margin: int = 0) -> Image.Image:
+    def labelled_grid(self, images: Sequence[Image.Image], rows: int, column_labels: Sequence[Any],
+                      row_labels: Sequence[Any], margin: int = 0) -> Image.Image:
         return labelled_grid(list(images), rows, list(column_labels), list(row_labels), margin)
 
     def save_grid(self, grid: Image.Image, request: GenerationRequest, infotext: str):
@@ -153,7 +158,9 @@ class JobScriptHost:
             paths = [path for r in done for path in (r.paths or [None] * len(r.images))]
         else:
             infotexts = list(infotexts or [first.infotexts[0] if first.infotexts else ""] * len(images))
-            seeds, subseeds, paths = list(seeds or []), list(subseeds or []), list(paths or [])
+            seeds = list(seeds or [])
+            subseeds = list(subseeds) if subseeds is not None else [request.subseed] * len(seeds)
+            paths = list(paths or [])
         warnings: list[str] = []
         for r in done:
             warnings += [note for note in r.warnings if note not in warnings]
