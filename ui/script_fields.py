@@ -24,16 +24,19 @@ def control_name(script: str, field: str) -> str:
     return f"{PREFIX}{script}::{field}"
 
 
+SIZING = ("prompt", "negative_prompt", "width", "height", "batch_size", "n_iter")
+
+
 def render(ctx: UIContext, tab: str, mode: str, sizing: dict | None = None) -> dict:
     """The dropdown and every script's fields for this tab, as named controls. `sizing`: the
-    tab's width, height, batch_size and n_iter controls, for the scripts' estimate lines."""
+    tab's controls (prompt, size, batch), which the scripts' estimate lines read."""
     entries = ctx.engine.addons.extensions.scripts(mode)
     names = [entry.name for entry in entries]
     # Shown by title, valued by name: the request names the script it runs.
     chosen = gr.Dropdown([(NONE, NONE), *((e.extension.title, e.name) for e in entries)], value=NONE,
                          label="Script", elem_id=f"{tab}_script")
     controls: dict[str, Any] = {CHOICE: chosen}
-    groups = []
+    groups, estimated = [], []
     for entry in entries:
         script = entry.extension
         fields = {}
@@ -43,35 +46,49 @@ def render(ctx: UIContext, tab: str, mode: str, sizing: dict | None = None) -> d
             for field in (f for f in script.fields_for(mode) if f.in_ui):
                 fields[field.name] = component(field, f"{tab}_script_{entry.name}_{field.name}")
                 controls[control_name(entry.name, field.name)] = fields[field.name]
-            if sizing:
-                _estimate(script, mode, fields, sizing, f"{tab}_script_{entry.name}_estimate")
+            label = gr.Markdown("", elem_id=f"{tab}_script_{entry.name}_estimate")
         groups.append(group)
+        estimated.append((script, fields, label))
     chosen.change(lambda picked: [gr.update(visible=picked == name) for name in names], inputs=chosen,
                   outputs=groups, queue=False, api_visibility="private")
+    if sizing and estimated:
+        _estimates(mode, estimated, {name: sizing[name] for name in SIZING if name in sizing})
     return controls
 
 
-def _estimate(script, mode: str, fields: dict, sizing: dict, elem_id: str) -> None:
-    """A line under the fields that says what the script will make (e.g. how many pictures)."""
-    names = list(fields)
-    size_names = [name for name in ("width", "height", "batch_size", "n_iter") if name in sizing]
+def _estimates(mode: str, estimated: list, sizing: dict) -> None:
+    """The line under each script's fields that says what it will make (e.g. how many
+    pictures), from one handler per control covering every script."""
+    size_names = list(sizing)
+    field_lists = [list(fields) for _, fields, _ in estimated]
+
+    def one(script, request, options) -> str:
+        try:
+            return script.estimate(request, checked_options(script, mode, options)) or ""
+        except Exception:  # half-typed values, or a script's bug: an estimate is only a courtesy
+            return ""
 
     def describe(*values):
-        sizes = dict(zip(size_names, values[:len(size_names)]))
-        options = dict(zip(names, values[len(size_names):]))
+        tab = dict(zip(size_names, values[:len(size_names)]))
+        numbers = {k: int(v) for k, v in tab.items() if k not in ("prompt", "negative_prompt") and v}
         try:
-            request = GenerationRequest(mode=mode, **{k: int(v) for k, v in sizes.items() if v})
-            text = script.estimate(request, checked_options(script, mode, options))
-        except (UserError, TypeError, ValueError):  # half-typed values: no estimate yet
-            return ""
-        except Exception:  # an estimate is a courtesy; it must never break the page
-            return ""
-        return text or ""
+            request = GenerationRequest(mode=mode, prompt=tab.get("prompt") or "",
+                                        negative_prompt=tab.get("negative_prompt") or "", **numbers)
+        except (UserError, TypeError, ValueError):
+            return [""] * len(estimated)
+        texts, at = [], len(size_names)
+        for (script, _, _), names in zip(estimated, field_lists):
+            texts.append(one(script, request, dict(zip(names, values[at:at + len(names)]))))
+            at += len(names)
+        return texts
 
-    inputs = [*(sizing[name] for name in size_names), *fields.values()]
-    label = gr.Markdown(describe(*(c.value for c in inputs)), elem_id=elem_id)
+    inputs = [*sizing.values(), *(control for _, fields, _ in estimated for control in fields.values())]
+    outputs = [label for _, _, label in estimated]
+    # "multiple": a quick, unqueued update that must not displace the tab's own "always_last"
+    # handler on the same control (the token counters on the prompts, the size summaries).
     for control in inputs:
-        control.change(describe, inputs=inputs, outputs=label, queue=False, api_visibility="private")
+        control.change(describe, inputs=inputs, outputs=outputs, queue=False, api_visibility="private",
+                       trigger_mode="multiple")
 
 
 def script_fields(values: dict[str, Any]) -> dict[str, Any]:
