@@ -11,7 +11,7 @@ import dataclasses
 import logging
 from typing import Iterator
 
-from engine.runs import image_prep, outpainting, samplers
+from engine.runs import image_prep, samplers
 
 from engine.memory import memory_guard
 from engine.addons import AddOns
@@ -19,7 +19,7 @@ from engine.prompts.conditioning import CHUNK_TOKENS, PromptEncoder
 from engine.controlnet.checks import check_units
 from engine.errors import RequestError, UserError
 from engine.postprocess.extras import UPSCALERS, ExtrasRequest, ExtrasResult, upscale
-from engine.postprocess.faces import check_restorer, detail_faces, restore_with_model
+from engine.postprocess.faces import RESTORERS, check_restorer, detail_faces, restore_with_model
 from engine.memory.fast_path import FastPath, JobTraits
 from engine.runs.generation import ImageContext, Txt2ImgRun
 from engine.runs.img2img import Img2ImgRun
@@ -30,14 +30,12 @@ from engine.output.writer import OutputWriter
 from engine.models.pipelines import LoadedModel, ModelManager
 from engine.prompts.prompt_parser import extract_extra_networks, prompt_schedule
 from engine.request import GenerationRequest
-from engine.runs.sd_upscale import SdUpscaleRun
 from engine.settings.store import Settings
 from engine.runs.uploads import check_pixel_limit
 from engine.runs.script_host import InstalledNames, JobScriptHost, checkpoint_kept
 from engine.extensions.registry import NOT_EXTENSION_FAULTS
 from engine.extensions.script import checked_options
 from engine.postprocess.interrogate import Captioner
-from engine.postprocess.faces import RESTORERS
 from engine.errors import ScriptError
 from PIL import Image
 
@@ -67,11 +65,11 @@ class Engine:
         upscalers.should_stop = lambda: bool(getattr(self.queue.current, "interrupted", False))
         self.captioner = Captioner(addons.faces.models_dir, models.device)
         self.catalog = InstalledNames(addons, models.registry, self.upscaler_names, RESTORERS,
-                                      lambda name: self._upscaler_in_use(name, "script_args"))
+                                      self._upscaler_in_use, lambda name: check_restorer(name, addons.faces))
         self.sync_extensions()
         for entry in addons.extensions.loaded():
-            # Scripts get only the names of what is installed; always-on ones the add-on libraries.
-            entry.extension.attach(self.catalog if entry.is_script else addons)
+            # Extensions and scripts get the names of what is installed, never the libraries.
+            entry.extension.attach(self.catalog)
 
     def sync_extensions(self) -> None:
         """Enable the extensions the `disabled_extensions` setting does not name (it may have
@@ -187,11 +185,7 @@ class Engine:
             if chosen is not None and chosen not in UPSCALERS:  # a standard model not downloaded: say so now
                 self.addons.upscalers.require(chosen, "upscaler_for_img2img")
             self._check_upload_sizes(request)
-            if request.sd_upscale_scale:
-                request = request.replace(sd_upscale_upscaler=self._upscaler_in_use(
-                    request.sd_upscale_upscaler, "sd_upscale_upscaler", "SD upscale: upscaler not found"))
-            request = self._check_mask(outpainting.expand(request),
-                                       settings["img2img_empty_mask_as_img2img"])
+            request = self._check_mask(request, settings["img2img_empty_mask_as_img2img"])
         hires_checkpoint = request.extensions.get("hires_fix", {}).get("checkpoint")
         if hires_checkpoint and hires_checkpoint != "Use same checkpoint":
             self.models.registry.find(hires_checkpoint)  # an unknown name fails now, not mid-job
@@ -200,9 +194,6 @@ class Engine:
                                f"(setting control_net_unit_count), got {len(request.active_controlnet_units)}",
                                "controlnet_units")
         if request.active_controlnet_units:
-            if request.sd_upscale_scale:
-                raise RequestError("ControlNet units cannot be used with the SD upscale script (its "
-                                   "tiles do not line up with the control image)", "controlnet_units")
             current = self.models.current
             request = request.replace(controlnet_units=check_units(
                 request.controlnet_units, self.addons.controlnets, current.family if current else None))
@@ -248,7 +239,7 @@ class Engine:
         with checkpoint_kept(current, load) as use_checkpoint:
             host = JobScriptHost(job, request.mode, self.catalog, self.writer, run_job, use_checkpoint,
                                  lambda name: self.settings[name], self._upscale_for_script, caption,
-                                 self._device)
+                                 self._device, lambda: self.models.require().info)
             try:
                 result = entry.extension.run(base, request.script_options, host)
             except NOT_EXTENSION_FAULTS:
@@ -345,8 +336,6 @@ class Engine:
     def _run(self, job: Job, request: GenerationRequest, policy: OutputPolicy) -> GenerationResult:
         model = self._model_for_job(job)
         run = Img2ImgRun if request.mode == "img2img" else Txt2ImgRun
-        if request.mode == "img2img" and request.sd_upscale_scale > 0:
-            run = SdUpscaleRun
         traits = JobTraits.of(request, self.addons, policy.memory)
         # The memory mode first, with the fast path's module changes off while weights move: the
         # offload hooks must wrap the plain modules (the fast path stays off in offload modes).
@@ -411,8 +400,6 @@ class Engine:
 
     def _restore_faces(self, job: Job, image, visibility: float):
         """Extras' face restoration: the face detailer with a neutral prompt, blended in."""
-        from PIL import Image
-
         base = GenerationRequest(prompt=FACE_PROMPT, negative_prompt="blurry, deformed", steps=20,
                                  seed=0, width=512, height=512, save_images=False, save_grid=False)
         run = Txt2ImgRun(job, base, self._model_for_job(job), OutputPolicy(save_images=False), self.addons)

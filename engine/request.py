@@ -40,8 +40,6 @@ LATENT_UPSCALE_MODES = {
 }
 MAX_MASK_BLUR = 64
 MAX_PADDING = 256
-MAX_OUTPAINT = 512
-OUTPAINT_DIRECTIONS = ("left", "right", "up", "down")
 
 # The ranges the ecosystem's sliders allow (its API takes anything; these keep the math sane).
 SAMPLER_PARAMETER_RANGES = {
@@ -99,14 +97,6 @@ class GenerationRequest:
     exact_steps: bool = False
     # How "Just resize (latent upscale)" scales the latents (a hires-fix latent upscaler name).
     latent_upscale_mode: str = "Latent"
-    # The Outpainting script: grow the canvas by this many pixels on these sides, then inpaint.
-    outpaint_pixels: int = 0
-    outpaint_directions: tuple[str, ...] = ()
-    # The SD upscale script: upscale by this factor (0: off), then img2img in overlapping tiles
-    # of width x height.
-    sd_upscale_scale: float = 0.0
-    sd_upscale_overlap: int = 64
-    sd_upscale_upscaler: str = "Lanczos"
     # Sampler parameters, for the samplers that use them (samplers.SamplerParams); None: the
     # setting of the same name (eta: eta_ancestral, or eta_ddim for DDIM), which
     # Engine.complete fills in so a queued job is fixed.
@@ -202,15 +192,6 @@ class GenerationRequest:
         """(index, unit) of the units that act."""
         return [(index, unit) for index, unit in enumerate(self.controlnet_units) if unit.enabled]
 
-    def _validate_sd_upscale(self) -> None:
-        if self.sd_upscale_scale == 0:
-            return
-        _check_number(self.sd_upscale_scale, "sd_upscale_scale", 1.0, 4.0)
-        _check_int(self.sd_upscale_overlap, "sd_upscale_overlap", 0, min(self.width, self.height) // 2)
-        if not isinstance(self.sd_upscale_upscaler, str) or not self.sd_upscale_upscaler:
-            raise RequestError("SD upscale: name an upscaler", "sd_upscale_upscaler")
-        # Whether the name exists (resampling or a model file on disk) is checked by the engine.
-
     @property
     def is_inpaint(self) -> bool:
         return self.mode == "img2img" and self.mask is not None
@@ -254,15 +235,6 @@ class GenerationRequest:
         for name in ("inpaint_full_res", "inpainting_mask_invert"):
             if not isinstance(getattr(self, name), bool):
                 raise RequestError(f"{name} must be true or false", name)
-        _check_int(self.outpaint_pixels, "outpaint_pixels", 0, MAX_OUTPAINT)
-        if self.outpaint_pixels % SIZE_STEP:
-            raise RequestError(f"outpaint_pixels must be a multiple of {SIZE_STEP}, got "
-                               f"{self.outpaint_pixels}", "outpaint_pixels")
-        self._validate_sd_upscale()
-        unknown = [d for d in self.outpaint_directions if d not in OUTPAINT_DIRECTIONS]
-        if isinstance(self.outpaint_directions, str) or unknown:
-            raise RequestError(f"Unknown outpainting direction {unknown or self.outpaint_directions}."
-                               f" Choose from: {', '.join(OUTPAINT_DIRECTIONS)}", "outpaint_directions")
 
     @property
     def seed_resize(self) -> tuple[int, int] | None:

@@ -291,10 +291,14 @@ def test_scripts_and_script_info_list_scripts_and_extensions(api):
         assert scripts[tab][-2:] == ["controlnet", "controlnet m2m"]
         assert all(name == name.lower() for name in scripts[tab])  # titles in lower case, as A1111
     assert "hires. fix" in scripts["txt2img"] and "hires. fix" not in scripts["img2img"]
-    assert scripts["img2img"][:2] == ["outpainting", "sd upscale"]
+    # Selectable scripts first, then the always-on extensions, as the mature API lists them.
+    assert scripts["img2img"].index("sd upscale") < scripts["img2img"].index("tiling")
+    assert "outpainting" in scripts["img2img"] and "outpainting" not in scripts["txt2img"]
     info = api.get("/script-info").json()
     by_key = {(item["name"], item["is_img2img"]): item for item in info}
     assert not by_key[("outpainting", True)]["is_alwayson"] and not by_key[("sd upscale", True)]["is_alwayson"]
+    assert [a["label"] for a in by_key[("sd upscale", True)]["args"]] == ["(unused)", "Tile overlap", "Upscaler",
+                                                                          "Scale factor"]
     hires = by_key[("hires. fix", False)]
     assert hires["is_alwayson"] and [a["label"] for a in hires["args"]][:2] == ["Hires. fix", "Upscaler"]
     assert ("tiling", True) in by_key and ("glow", False) in by_key

@@ -100,7 +100,8 @@ def test_bad_init_images_get_a_4xx_naming_the_problem(api, init, words):
     ({"mask": b64(Image.new("L", (64, 64), 0))}, "mask is empty"),
     ({"resize_mode": 7}, "resize_mode"),
     ({"script_name": "outpainting", "script_args": [16, 4, "sideways"]}, "masked content"),
-    ({"script_name": "loopback"}, "script_name"),
+    ({"script_name": "img2img alternative test"}, "Script 'img2img alternative test' not found"),
+    ({"script_name": "outpainting", "script_args": [16, 4, "fill", ["sideways"]]}, "unknown 'sideways'"),
 ])
 def test_bad_img2img_options_are_refused(api, extra, words):
     response = api.post("/img2img", json={**SMALL, "init_images": [b64(ORIGINAL)], **extra})

@@ -32,12 +32,17 @@ def ext_engine(tiny_models, tmp_path_factory):
 
 def test_loader_finds_builtins_and_third_party_ones_and_keeps_their_order(ext_engine):
     entries = ext_engine.addons.extensions.entries
-    assert [e.name for e in entries if not e.error] == ["face_painter", "glow", "tiling", "hires_fix", "restore_faces", "broken_hook"]
+    assert [e.name for e in entries if not e.error and not e.is_script] == \
+        ["face_painter", "glow", "tiling", "hires_fix", "restore_faces", "broken_hook"]
+    scripts = [e.name for e in ext_engine.addons.extensions.scripts("img2img")]
+    assert {"outpainting", "sd_upscale"} <= set(scripts)
+    assert [e.name for e in ext_engine.addons.extensions.scripts("txt2img")] == \
+        [name for name in scripts if "txt2img" in ext_engine.addons.extensions.find_script(name, "img2img").extension.modes]
     by_name = {e.name: e for e in entries}
     assert by_name["tiling"].builtin and not by_name["glow"].builtin
     assert by_name["broken_import"].status == "failed"
     assert "broken on purpose" in by_name["broken_import"].error
-    assert "must export `extension`" in by_name["no_export"].error
+    assert "must export `extension`" in by_name["no_export"].error and "or `script`" in by_name["no_export"].error
 
 
 def test_a_third_party_extension_is_called_with_its_options(ext_engine):

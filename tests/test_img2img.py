@@ -164,8 +164,8 @@ def test_latent_upscale_encodes_at_the_pictures_own_size(engine):
 
 
 def test_outpainting_grows_the_canvas_by_exactly_the_pixels_asked(engine):
-    request = BASE.replace(init_images=(ORIGINAL,), outpaint_pixels=16, outpaint_directions=("left", "down"),
-                           mask_blur=2, inpainting_fill=image_prep.FILL)
+    request = BASE.replace(init_images=(ORIGINAL,), script="Outpainting", script_options={
+        "pixels": 16, "directions": ["left", "down"], "mask_blur": 2, "inpainting_fill": "fill"})
     result = engine.generate(request)
     assert result.images[0].size == (64 + 16, 64 + 16)
     kept = change(result.images[0].crop((16, 0, 80, 64)), ORIGINAL)
@@ -177,7 +177,7 @@ def test_outpainting_grows_the_canvas_by_exactly_the_pixels_asked(engine):
 def test_outpainting_beyond_the_largest_size_is_refused(engine):
     with pytest.raises(RequestError, match="2048"):
         engine.submit(BASE.replace(init_images=(ORIGINAL,), width=2048, height=64,
-                                   outpaint_pixels=64, outpaint_directions=("right",)))
+                                   script="outpainting", script_options={"pixels": 64, "directions": ["right"]}))
 
 
 def test_batch_cycles_through_several_init_images(engine):
@@ -282,14 +282,14 @@ def test_unknown_unet_widths_are_refused_by_name():
 
 
 def test_sd_upscale_tiles_the_scaled_picture_and_blends_it_back(engine):
-    from engine.runs.sd_upscale import tile_starts
+    from extensions.sd_upscale.tiles import tile_starts
     assert tile_starts(128, 64, 16) == [0, 48, 64] and tile_starts(64, 64, 16) == [0]
     seen = []
     hook = engine.models.require().base.unet.register_forward_pre_hook(
         lambda module, args: seen.append(tuple(args[0].shape[-2:])))
     try:
         result = engine.generate(BASE.replace(init_images=(ORIGINAL,), denoising_strength=0.5,
-                                              sd_upscale_scale=2.0, sd_upscale_overlap=16))
+                                              script="sd_upscale", script_options={"scale": 2.0, "overlap": 16}))
     finally:
         hook.remove()
     assert result.images[0].size == (128, 128)
@@ -297,10 +297,10 @@ def test_sd_upscale_tiles_the_scaled_picture_and_blends_it_back(engine):
     _, _, params = parse(result.infotexts[0])
     assert params["SD upscale overlap"] == "16" and params["SD upscale upscaler"] == "Lanczos"
     again = engine.generate(BASE.replace(init_images=(ORIGINAL,), denoising_strength=0.5, seed=3,
-                                         sd_upscale_scale=2.0, sd_upscale_overlap=16))
+                                         script="sd_upscale", script_options={"scale": 2.0, "overlap": 16}))
     assert again.images[0].tobytes() == result.images[0].tobytes()
-    with pytest.raises(RequestError, match="sd_upscale_scale must be between 1 and 4"):
-        engine.submit(BASE.replace(init_images=(ORIGINAL,), sd_upscale_scale=9.0))
+    with pytest.raises(RequestError, match="SD upscale: Scale factor must be between 1 and 4"):
+        engine.submit(BASE.replace(init_images=(ORIGINAL,), script="sd_upscale", script_options={"scale": 9.0}))
 
 
 def test_dpm_fast_with_a_single_img2img_step_gets_a_clear_message(engine):

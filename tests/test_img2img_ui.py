@@ -202,16 +202,20 @@ def test_server_folders_are_only_offered_to_an_unshared_ui():
 
 def test_outpainting_script_fields_reach_the_request():
     [(_, request)] = img2img_requests.requests_from_ui(
-        _values(init_image=Image.new("RGB", (64, 64)), width=64, height=64, script="Outpainting",
-                outpaint_pixels=32, outpaint_mask_blur=6, outpaint_fill="latent nothing",
-                outpaint_directions=["up"]), 16.0)
-    assert (request.outpaint_pixels, request.outpaint_directions) == (32, ("up",))
-    assert request.mask_blur == 6 and request.inpainting_fill == 3
+        _values(init_image=Image.new("RGB", (64, 64)), width=64, height=64, script="outpainting",
+                **{"script::outpainting::pixels": 32.0, "script::outpainting::mask_blur": 6.0,
+                   "script::outpainting::inpainting_fill": "latent nothing",
+                   "script::outpainting::directions": ["up"], "script::sd_upscale::scale": 3.0}), 16.0)
+    assert request.script == "outpainting"
+    assert dict(request.script_options) == {"pixels": 32.0, "mask_blur": 6.0, "inpainting_fill": "latent nothing",
+                                            "directions": ["up"]}
     assert np.asarray(request.init_images[0]).shape == (64, 64, 3)
 
 
 def test_sd_upscale_script_fields_reach_the_request():
     [(_, request)] = img2img_requests.requests_from_ui(
-        _values(init_image=Image.new("RGB", (64, 64)), width=64, height=64, script="SD upscale",
-                sd_upscale_scale=2.5, sd_upscale_overlap=32, sd_upscale_upscaler="Nearest"), 16.0)
-    assert (request.sd_upscale_scale, request.sd_upscale_overlap, request.sd_upscale_upscaler) == (2.5, 32, "Nearest")
+        _values(init_image=Image.new("RGB", (64, 64)), width=64, height=64, script="sd_upscale",
+                **{"script::sd_upscale::scale": 2.5, "script::sd_upscale::overlap": 32.0,
+                   "script::sd_upscale::upscaler": "Nearest"}), 16.0)
+    assert (request.script, dict(request.script_options)) == ("sd_upscale", {"scale": 2.5, "overlap": 32.0,
+                                                                             "upscaler": "Nearest"})

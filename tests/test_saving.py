@@ -306,7 +306,7 @@ def test_sd_upscale_names_its_picture_by_its_own_size(saving_engine, settings, d
     settings.update({"samples_filename_pattern": "[seed]-[width]x[height]-[prompt_words]", "save_to_dirs": False})
     request = GenerationRequest(mode="img2img", prompt="a red cube", steps=2, width=64, height=64,
                                 sampler_name="Euler", seed=3, denoising_strength=0.5,
-                                init_images=(noise((64, 64)),), sd_upscale_scale=2.0, sd_upscale_overlap=16)
+                                init_images=(noise((64, 64)),), script="sd_upscale", script_options={"scale": 2.0, "overlap": 16})
     result = saving_engine.generate(request)
     assert result.paths == [data_dir / "outputs" / "img2img-images" / "00000-3-128x128-a red cube.png"]
     assert read_infotext(Image.open(result.paths[0])) == result.infotexts[0]

@@ -159,7 +159,7 @@ def test_extras_hires_fix_and_sd_upscale_take_the_standard_names(standard_engine
     assert hires.images[0].size == (96, 96) and "Hires upscaler: R-ESRGAN 4x+" in hires.infotexts[0]
     img2img = GenerationRequest(mode="img2img", prompt="x", steps=4, width=64, height=64, sampler_name="Euler",
                                 seed=2, init_images=(picture(64, 64),), denoising_strength=0.5,
-                                sd_upscale_scale=2.0, sd_upscale_overlap=16, sd_upscale_upscaler="ScuNET",
+                                script="sd_upscale", script_options={"scale": 2.0, "overlap": 16, "upscaler": "ScuNET"},
                                 save_images=False, save_grid=False)
     upscaled = engine.generate(img2img)
     assert upscaled.images[0].size == (128, 128) and "SD upscale upscaler: ScuNET GAN" in upscaled.infotexts[0]
@@ -170,8 +170,8 @@ def test_extras_hires_fix_and_sd_upscale_take_the_standard_names(standard_engine
     lambda: GenerationRequest(prompt="x", steps=3, width=64, height=64, save_images=False, save_grid=False,
                               extensions={"hires_fix": {"enabled": True, "upscaler": "R-ESRGAN AnimeVideo"}}),
     lambda: GenerationRequest(mode="img2img", prompt="x", steps=4, width=64, height=64, denoising_strength=0.5,
-                              init_images=(picture(64, 64),), sd_upscale_scale=2.0, sd_upscale_overlap=16,
-                              sd_upscale_upscaler="R-ESRGAN AnimeVideo", save_images=False, save_grid=False),
+                              init_images=(picture(64, 64),), script="sd_upscale", script_options={"scale": 2.0, "overlap": 16, "upscaler": "R-ESRGAN AnimeVideo"},
+                              save_images=False, save_grid=False),
 ])
 def test_a_missing_standard_model_is_refused_before_the_queue(standard_engine, make_request):
     request = make_request()

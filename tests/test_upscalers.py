@@ -107,9 +107,9 @@ def test_sd_upscale_with_a_model_upscaler(upscaling_engine):
     from engine.errors import RequestError
     request = GenerationRequest(mode="img2img", prompt="x", steps=4, width=64, height=64, sampler_name="Euler",
                                 seed=2, init_images=(picture(64, 64),), denoising_strength=0.5,
-                                sd_upscale_scale=2.0, sd_upscale_overlap=16, sd_upscale_upscaler="tiny-x4",
+                                script="sd_upscale", script_options={"scale": 2.0, "overlap": 16, "upscaler": "tiny-x4"},
                                 save_images=False, save_grid=False)
     result = upscaling_engine.generate(request)
     assert result.images[0].size == (128, 128) and "SD upscale upscaler: tiny-x4" in result.infotexts[0]
-    with pytest.raises(RequestError, match="SD upscale: upscaler not found: 'tiny-x9'"):
-        upscaling_engine.submit(request.replace(sd_upscale_upscaler="tiny-x9"))
+    with pytest.raises(RequestError, match="Upscaler not found: 'tiny-x9'"):
+        upscaling_engine.submit(request.replace(script_options={"scale": 2.0, "overlap": 16, "upscaler": "tiny-x9"}))

@@ -38,8 +38,11 @@ def extension_values(values: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _component(field: Field, elem_id: str):
+def component(field: Field, elem_id: str):
+    """The control that edits one field (an extension's or a script's)."""
     common = {"label": field.label, "value": field.default, "elem_id": elem_id}
+    if field.info:
+        common["info"] = field.info
     if field.kind == "checkbox":
         return gr.Checkbox(**common)
     if field.kind == "slider":
@@ -50,7 +53,9 @@ def _component(field: Field, elem_id: str):
         return gr.Dropdown(list(field.choices), **common)
     if field.kind == "radio":
         return gr.Radio(list(field.choices), **common)
-    return gr.Textbox(**common)
+    if field.kind == "multiselect":
+        return gr.CheckboxGroup(list(field.choices), **common)
+    return gr.Textbox(lines=field.lines, **common)
 
 
 def render(ctx: UIContext, tab: str, mode: str, size: tuple | None = None) -> dict:
@@ -61,14 +66,14 @@ def render(ctx: UIContext, tab: str, mode: str, size: tuple | None = None) -> di
     controls = {}
     for entry in ctx.engine.addons.extensions.loaded():
         extension = entry.extension
-        if mode not in extension.modes or not any(f.in_ui for f in extension.fields):
+        if entry.is_script or mode not in extension.modes or not any(f.in_ui for f in extension.fields):
             continue
         with gr.Accordion(extension.title, open=False, visible=entry.enabled,
                           elem_id=f"{tab}_ext_{entry.name}") as accordion:
             ctx.extension_accordions.append((entry.name, accordion))
             fields = {}
             for field in (f for f in extension.fields if f.in_ui):
-                fields[field.name] = _component(field, f"{tab}_ext_{entry.name}_{field.name}")
+                fields[field.name] = component(field, f"{tab}_ext_{entry.name}_{field.name}")
                 controls[control_name(entry.name, field.name)] = fields[field.name]
             if size is not None:
                 _live_summary(extension, fields, size, f"{tab}_ext_{entry.name}_summary")

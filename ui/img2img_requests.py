@@ -18,9 +18,6 @@ from .request_builder import common_fields, whole
 SUBTABS = ("img2img", "Sketch", "Inpaint", "Inpaint sketch", "Inpaint upload", "Batch")
 MASKED_SUBTABS = ("Inpaint", "Inpaint sketch", "Inpaint upload", "Batch")
 RESIZE_TO, RESIZE_BY = "Resize to", "Resize by"
-OUTPAINTING = "Outpainting"
-SD_UPSCALE = "SD upscale"
-SCRIPTS = ("None", OUTPAINTING, SD_UPSCALE)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
@@ -67,19 +64,6 @@ def request_for(values: dict[str, Any], image: Image.Image, mask: Image.Image | 
             inpaint_full_res=values["inpaint_area"] == image_prep.INPAINT_AREAS[1],
             inpaint_full_res_padding=whole(values["inpaint_full_res_padding"], "inpaint_full_res_padding"),
         )
-    if values.get("script") == OUTPAINTING:
-        fields.update(
-            outpaint_pixels=whole(values["outpaint_pixels"], "outpaint_pixels"),
-            outpaint_directions=tuple(values.get("outpaint_directions") or ()),
-            mask_blur=whole(values["outpaint_mask_blur"], "outpaint_mask_blur"),
-            inpainting_fill=image_prep.MASKED_CONTENT.index(values["outpaint_fill"]),
-        )
-        if not fields["outpaint_directions"]:
-            raise RequestError("Outpainting: choose at least one side to expand", "outpaint_directions")
-    if values.get("script") == SD_UPSCALE:
-        fields.update(sd_upscale_scale=values["sd_upscale_scale"],
-                      sd_upscale_overlap=whole(values["sd_upscale_overlap"], "sd_upscale_overlap"),
-                      sd_upscale_upscaler=values["sd_upscale_upscaler"], mask=None)
     return GenerationRequest(**fields).validate()
 
 

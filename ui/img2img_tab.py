@@ -11,13 +11,14 @@ from engine.runs import image_prep
 from engine.settings.flags import is_exposed
 from engine.job_results import GenerationResult
 from engine.output.writer import png_bytes, write_atomically
-from engine.request import MAX_MASK_BLUR, MAX_OUTPAINT, MAX_PADDING, OUTPAINT_DIRECTIONS
+from engine.request import MAX_MASK_BLUR, MAX_PADDING
 
 from . import (
     checked_images,
     controlnet_ui,
     extension_fields,
     generation_columns,
+    script_fields,
     ui_defaults,
     widgets,
 )
@@ -53,7 +54,7 @@ def build(ctx: UIContext) -> dict:
         size = (controls["width"], controls["height"])
         controls.update(controlnet_ui.accordion(ctx, TAB, size))
         controls.update(extension_fields.render(ctx, TAB, "img2img", size))
-        controls.update(_scripts(ctx.engine.upscaler_names()))
+        controls.update(script_fields.render(ctx, TAB, "img2img", controls))
         return subtabs, inpaint_group
 
     columns, (subtabs, inpaint_group) = generation_columns.build(ctx, TAB, parameters)
@@ -189,33 +190,6 @@ def _inpaint_options(start: dict) -> tuple[gr.Group, dict]:
                                 elem_id=f"{TAB}_inpaint_full_res_padding")
     return group, {"mask_blur": mask_blur, "mask_mode": mask_mode, "inpainting_fill": fill,
                    "inpaint_area": area, "inpaint_full_res_padding": padding}
-
-
-def _scripts(upscalers: tuple[str, ...]) -> dict:
-    script = gr.Dropdown(list(build_requests.SCRIPTS), value="None", label="Script",
-                         elem_id=f"{TAB}_script")
-    with gr.Group(visible=False, elem_id=f"{TAB}_outpainting") as group:
-        pixels = Slider(8, MAX_OUTPAINT, value=128, step=8, label="Pixels to expand",
-                           elem_id=f"{TAB}_outpaint_pixels")
-        blur = Slider(0, MAX_MASK_BLUR, value=4, step=1, label="Mask blur",
-                         elem_id=f"{TAB}_outpaint_mask_blur")
-        fill = gr.Radio(list(image_prep.MASKED_CONTENT), value="fill", label="Masked content",
-                        elem_id=f"{TAB}_outpaint_fill")
-        directions = gr.CheckboxGroup(list(OUTPAINT_DIRECTIONS), value=list(OUTPAINT_DIRECTIONS),
-                                      label="Outpainting direction", elem_id=f"{TAB}_outpaint_directions")
-    with gr.Group(visible=False, elem_id=f"{TAB}_sd_upscale") as upscale_group:
-        gr.Markdown("Tiles are the width and height above; the picture is upscaled first, then "
-                    "each tile is redrawn with img2img and the tiles are blended.")
-        overlap = Slider(0, 256, value=64, step=16, label="Tile overlap", elem_id=f"{TAB}_sd_upscale_overlap")
-        upscaler = gr.Radio(list(upscalers), value="Lanczos", label="Upscaler",
-                            elem_id=f"{TAB}_sd_upscale_upscaler")
-        factor = Slider(1.0, 4.0, value=2.0, step=0.05, label="Scale factor", elem_id=f"{TAB}_sd_upscale_scale")
-    script.change(lambda name: (gr.update(visible=name == build_requests.OUTPAINTING),
-                                gr.update(visible=name == build_requests.SD_UPSCALE)),
-                  inputs=script, outputs=[group, upscale_group], queue=False, api_visibility="private")
-    return {"script": script, "outpaint_pixels": pixels, "outpaint_mask_blur": blur,
-            "outpaint_fill": fill, "outpaint_directions": directions, "sd_upscale_overlap": overlap,
-            "sd_upscale_upscaler": upscaler, "sd_upscale_scale": factor}
 
 
 def _wire_subtabs(subtabs: gr.Tabs, subtab: gr.State, inpaint_group: gr.Group) -> None:

@@ -26,6 +26,7 @@ class Field:
     in_ui: bool = True  # False: set elsewhere (a setting) but still accepted from the API
     lines: int = 1      # a text field's height in the UI (more: a multi-line box)
     info: str = ""      # a hint the UI shows with the field
+    strict: bool = True  # False: the choices are what the UI offers; the owner checks the value itself
 
     def coerce(self, value: Any, owner: str, error_field: str = "extensions") -> Any:
         where = f"{owner}: {self.label}"
@@ -51,7 +52,7 @@ class Field:
                 raise RequestError(f"{where}: unknown {unknown[0]!r}; choose from {list(self.choices)}",
                                    error_field)
             return list(value)
-        if self.kind in ("dropdown", "radio") and self.choices and value not in self.choices:
+        if self.kind in ("dropdown", "radio") and self.strict and self.choices and value not in self.choices:
             raise RequestError(f"{where} must be one of {list(self.choices)}, got {value!r}", error_field)
         if not isinstance(value, str):
             raise RequestError(f"{where} must be text, got {value!r}", error_field)

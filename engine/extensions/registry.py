@@ -60,8 +60,10 @@ class Extension:
         """Whether this job uses the extension: by default, its "enabled" field."""
         return bool(options.get("enabled", False))
 
-    def attach(self, addons: Any) -> None:
-        """Called once at start with the add-on libraries (LoRAs, VAEs, upscalers, ...)."""
+    def attach(self, catalog: Any) -> None:
+        """Called once at start with the names of what is installed and checks that name a
+        missing one (engine.extensions.script.Catalog): upscalers, face restorers, checkpoints,
+        VAEs, styles, samplers. Never the libraries themselves."""
 
     def check(self, options: Mapping[str, Any]) -> None:
         """Refuse options that cannot work here (raise RequestError) before the job is queued."""

@@ -19,11 +19,12 @@ from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence
 from engine.errors import RequestError
 from engine.extensions.fields import Field
 
-if TYPE_CHECKING:  # types only: a script never imports the generation machinery
+if TYPE_CHECKING:
     from PIL import Image
 
-    from engine.job_results import GenerationResult
-    from engine.request import GenerationRequest
+# The hosting package stays below the generation machinery (see .importlinter), so these two are
+# named, not imported: a GenerationRequest is engine.request's, a GenerationResult engine.job_results'.
+GenerationRequest = GenerationResult = Any
 
 
 class Catalog(Protocol):
@@ -36,7 +37,8 @@ class Catalog(Protocol):
     def sampler_names(self) -> list[str]: ...
     def schedule_types(self) -> list[str]: ...
     def upscaler_names(self) -> list[str]: ...  # resampling ones first, then the model files
-    def check_upscaler(self, name: str) -> str: ...  # its listed name; refuses an unknown or missing one
+    def check_upscaler(self, name: str, field: str = "script_args") -> str: ...  # its listed name; refuses an unknown or missing one
+    def check_face_restorer(self, name: str) -> None: ...  # refuses one that cannot run here
     def latent_upscale_modes(self) -> list[str]: ...
     def face_restorers(self) -> list[str]: ...
 
@@ -60,8 +62,8 @@ class ScriptHost(Protocol):
     def note(self, text: str) -> None:
         """A line the progress display shows (e.g. "X/Y/Z plot: 3 of 12")."""
 
-    def process(self, request: "GenerationRequest", *, settings: Mapping[str, Any] | None = None,
-                checkpoint: str | None = None, save: bool = True) -> "GenerationResult":
+    def process(self, request: GenerationRequest, *, settings: Mapping[str, Any] | None = None,
+                checkpoint: str | None = None, save: bool = True) -> GenerationResult:
         """Run `request` as an ordinary job (validated, completed from the settings, always-on
         extensions acting) and return its result. `settings`: settings for this job only (an
         X/Y/Z axis such as Clip skip). `checkpoint`: made by that checkpoint (loaded if needed;
@@ -75,14 +77,21 @@ class ScriptHost(Protocol):
                       row_labels: Sequence[str], margin: int = 0) -> "Image.Image":
         """A grid with a label above each column and left of each row (empty labels: no band)."""
 
-    def save_grid(self, grid: "Image.Image", request: "GenerationRequest", infotext: str) -> Any:
+    def save_grid(self, grid: "Image.Image", request: GenerationRequest, infotext: str) -> Any:
         """Save a grid the script made, as the grid settings say; its path or None."""
 
-    def result(self, request: "GenerationRequest", results: Sequence["GenerationResult"], *,
+    def save_image(self, image: "Image.Image", request: GenerationRequest, infotext: str) -> Any:
+        """Save a picture the script made (not one `process` saved already) as any job's
+        pictures are saved; its path or None (saving off)."""
+
+    def result(self, request: GenerationRequest, results: Sequence[GenerationResult], *,
                images: Sequence["Image.Image"] | None = None, infotexts: Sequence[str] | None = None,
-               grid: "Image.Image | None" = None, grid_infotext: str | None = None) -> "GenerationResult":
+               grid: "Image.Image | None" = None, grid_infotext: str | None = None,
+               seeds: Sequence[int] | None = None, subseeds: Sequence[int] | None = None,
+               paths: Sequence[Any] | None = None) -> GenerationResult:
         """What the script hands back: the pictures of `results` (or `images` with their
-        `infotexts`), with `grid` first when given; warnings and interruption carried over."""
+        `infotexts`, seeds and saved paths), with `grid` first when given; warnings and
+        interruption carried over."""
 
     def upscale(self, image: "Image.Image", upscaler: str, width: int, height: int) -> "Image.Image":
         """`image` at width x height by the named upscaler (a resampling one or a model file)."""
@@ -123,16 +132,16 @@ class Script:
                                f"({', '.join(f.name for f in fields)}), got {len(args)}", "script_args")
         return {f.name: value for f, value in zip(fields, args) if value is not None}
 
-    def check(self, request: "GenerationRequest", options: Mapping[str, Any]) -> None:
+    def check(self, request: GenerationRequest, options: Mapping[str, Any]) -> None:
         """Refuse options that cannot work for this request (raise RequestError) before the job
         is queued."""
 
-    def estimate(self, request: "GenerationRequest", options: Mapping[str, Any]) -> str | None:
+    def estimate(self, request: GenerationRequest, options: Mapping[str, Any]) -> str | None:
         """A line the UI shows under the fields before starting (e.g. "12 images"), or None."""
         return None
 
-    def run(self, request: "GenerationRequest", options: Mapping[str, Any],
-            host: ScriptHost) -> "GenerationResult":
+    def run(self, request: GenerationRequest, options: Mapping[str, Any],
+            host: ScriptHost) -> GenerationResult:
         raise NotImplementedError
 
     def matches(self, name: str) -> bool:

@@ -107,7 +107,7 @@ def detail_faces(image: Image.Image, request: GenerationRequest, strength: float
             mode="img2img", init_images=(crop.resize((side, side), Image.Resampling.LANCZOS),),
             mask=mask.point(lambda v: 255 if v > 0 else 0), mask_blur=4, inpainting_fill=1,
             inpaint_full_res=False, inpainting_mask_invert=False, denoising_strength=strength,
-            width=side, height=side, resize_mode=0, outpaint_pixels=0, sd_upscale_scale=0.0))
+            width=side, height=side, resize_mode=0))
         size = (crop_box[2] - crop_box[0], crop_box[3] - crop_box[1])
         result.paste(redrawn.resize(size, Image.Resampling.LANCZOS), crop_box[:2], oval_mask(size))
     return result

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,7 @@ from engine.memory.memory_modes import applied as memory_modes_applied
 from engine.output.writer import OutputWriter, make_grid
 from engine.models.pipelines import LoadedModel
 from engine.runs.preview import preview_image
+from engine.postprocess.faces import FACE_DETAILER, detail_faces, restore_with_model
 from engine.prompts.prompt_parser import extract_extra_networks
 from engine.request import LATENT_UPSCALE_MODES, GenerationRequest
 from engine.sampling.denoiser import (
@@ -46,11 +48,36 @@ from engine.networks.vae import decode_fitting, encode
 
 @dataclass(frozen=True)
 class ImageContext:
-    """What an extension's process hook knows about the image it gets."""
+    """The services an always-on extension's process hook gets with each image (its `ctx`): a
+    second pass inside the job, a VAE round trip, upscaling, face restoration, the device, a
+    logger and a progress note. Never the run itself: what it holds is the engine's own."""
 
-    run: Txt2ImgRun
+    _run: Txt2ImgRun
     seed: int
     subseed: int
+    log = logging.getLogger("engine.extensions")
+
+    @property
+    def device(self):
+        """The torch device the job runs on."""
+        return self._run.model.device
+
+    def note(self, text: str) -> None:
+        """A line the progress display shows while the hook works."""
+        self._run.job.textinfo = text
+
+    def upscale(self, image: Image.Image, upscaler: str, width: int, height: int) -> Image.Image:
+        """`image` at width x height by a model upscaler (its listed name) on the job's device."""
+        return self._run.addons.upscalers.upscale(image, upscaler, width, height, self.device)
+
+    def restore_faces(self, image: Image.Image, restorer: str, strength: float = 0.4,
+                      fidelity: float = 0.5) -> Image.Image:
+        """Each face found restored: by the face detailer (the job's model redraws it at
+        `strength`) or by a GFPGAN/CodeFormer model (`fidelity`: CodeFormer's weight)."""
+        if restorer == FACE_DETAILER:
+            request = self._run.request
+            return detail_faces(image, request.replace(steps=max(request.steps, 4)), strength, self.second_pass)
+        return restore_with_model(image, self._run.addons.faces, restorer, self.device, fidelity=fidelity)
 
     def second_pass(self, request: GenerationRequest, keep_control: bool = False,
                     checkpoint: str | None = None, exact_steps: bool = False) -> Image.Image:
@@ -59,18 +86,18 @@ class ImageContext:
         the job's ControlNet units act in it (only for a pass over the same frame).
         `checkpoint`: another checkpoint runs it (the job's model is back afterwards).
         `exact_steps`: it runs request.steps steps (of a longer schedule), not steps x strength."""
-        return self.run.second_pass(request, self.seed, self.subseed, keep_control, checkpoint, exact_steps)
+        return self._run.second_pass(request, self.seed, self.subseed, keep_control, checkpoint, exact_steps)
 
     def vae_roundtrip(self, image: Image.Image, width: int, height: int,
                       latent_mode: str | None = None) -> Image.Image:
         """The picture encoded and decoded by the job's VAE, its latents scaled to width x height
         with `latent_mode` (a latent upscaler's name) when given: what a second pass at denoising
         strength 0 gives."""
-        return self.run.vae_roundtrip(image, width, height, latent_mode)
+        return self._run.vae_roundtrip(image, width, height, latent_mode)
 
     def save_before(self, stage: str, image: Image.Image) -> None:
         """Keep a copy of the image as it is before `stage` when the settings ask for one."""
-        self.run.save_before(stage, image, self.seed, self.subseed)
+        self._run.save_before(stage, image, self.seed, self.subseed)
 
 
 class Txt2ImgRun:

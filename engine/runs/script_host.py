@@ -25,13 +25,24 @@ log = logging.getLogger("engine.scripts")
 
 
 class InstalledNames:
-    """The Catalog a script sees: the names of what is installed, read afresh on each call."""
+    """The Catalog extensions and scripts see: the names of what is installed, read afresh on
+    each call, and checks that name a missing one."""
 
     def __init__(self, addons, registry, upscaler_names: Callable[[], Sequence[str]],
-                 face_restorers: Sequence[str], check_upscaler: Callable[[str], str]):
+                 face_restorers: Sequence[str], check_upscaler: Callable[[str, str], str],
+                 check_face_restorer: Callable[[str], None]):
         self._addons, self._registry = addons, registry
         self._upscaler_names, self._face_restorers = upscaler_names, tuple(face_restorers)
-        self.check_upscaler = check_upscaler
+        self._check_upscaler, self._check_face_restorer = check_upscaler, check_face_restorer
+
+    def check_upscaler(self, name: str, field: str = "script_args") -> str:
+        """The upscaler's listed name (a standard model's file name selects it too); refuses an
+        unknown one, and a standard one not downloaded yet (offering it), naming `field`."""
+        return self._check_upscaler(name, field)
+
+    def check_face_restorer(self, name: str) -> None:
+        """Refuses a face restorer that cannot run here (missing weights are offered)."""
+        self._check_face_restorer(name)
 
     def checkpoint_titles(self) -> list[str]:
         return sorted(self._registry.titles(), key=str.casefold)
@@ -69,8 +80,10 @@ class JobScriptHost:
                  run_job: Callable[[GenerationRequest, Mapping[str, Any], bool], GenerationResult],
                  use_checkpoint: Callable[[str], None], settings: Callable[[str], Any],
                  upscale: Callable[[Image.Image, str, int, int], Image.Image],
-                 interrogate: Callable[[Image.Image], str], device: Callable[[], Any]):
+                 interrogate: Callable[[Image.Image], str], device: Callable[[], Any],
+               model_info: Callable[[], Any]):
         self.job, self.mode, self.catalog, self.log = job, mode, catalog, log
+        self._model_info = model_info
         self._writer, self._run_job, self._use_checkpoint = writer, run_job, use_checkpoint
         self._setting, self._upscale, self._interrogate, self._device = settings, upscale, interrogate, device
         self._planned = 0
@@ -115,9 +128,19 @@ class JobScriptHost:
         fields = ImageFields.of(request, None, request.seed, grid, prompt, negative)
         return self._writer.save_grid_image(grid, self.mode, infotext, fields)
 
+    def save_image(self, image: Image.Image, request: GenerationRequest, infotext: str):
+        if not (request.save_images and self._setting("samples_save")):
+            return None
+        prompt, negative, _ = infotext_format.parse(infotext) if infotext else (request.prompt,
+                                                                                 request.negative_prompt, {})
+        fields = ImageFields.of(request, self._model_info(), request.seed, image, prompt, negative)
+        return self._writer.save_image(image, self.mode, request.seed, infotext, fields)
+
     def result(self, request: GenerationRequest, results: Sequence[GenerationResult], *,
                images: Sequence[Image.Image] | None = None, infotexts: Sequence[str] | None = None,
-               grid: Image.Image | None = None, grid_infotext: str | None = None) -> GenerationResult:
+               grid: Image.Image | None = None, grid_infotext: str | None = None,
+               seeds: Sequence[int] | None = None, subseeds: Sequence[int] | None = None,
+               paths: Sequence[Any] | None = None) -> GenerationResult:
         done = [r for r in results if r is not None]
         if not done:
             raise RequestError("The script made no pictures", "script_name")
@@ -130,7 +153,7 @@ class JobScriptHost:
             paths = [path for r in done for path in (r.paths or [None] * len(r.images))]
         else:
             infotexts = list(infotexts or [first.infotexts[0] if first.infotexts else ""] * len(images))
-            seeds, subseeds, paths = [], [], []
+            seeds, subseeds, paths = list(seeds or []), list(subseeds or []), list(paths or [])
         warnings: list[str] = []
         for r in done:
             warnings += [note for note in r.warnings if note not in warnings]

@@ -42,7 +42,7 @@ class HiresFix(Extension):
     title = "Hires. fix"
     order = 20
     modes = ("txt2img",)
-    upscalers = None  # the model upscaler library, given at start (attach)
+    catalog = None  # the names of what is installed, given at start (attach)
 
     def fields_with(self, model_upscalers: tuple[str, ...]) -> tuple[Field, ...]:
         return (
@@ -68,17 +68,18 @@ class HiresFix(Extension):
     def __init__(self):
         self.fields = self.fields_with(())
 
-    def attach(self, addons):
+    def attach(self, catalog):
         # Model upscalers found in models/ESRGAN (and similar) join the list.
-        self.upscalers = addons.upscalers
-        self.fields = self.fields_with(tuple(addons.upscalers.names()))
+        self.catalog = catalog
+        self.fields = self.fields_with(tuple(name for name in catalog.upscaler_names()
+                                             if name not in PIXEL_UPSCALERS))
     description = "Upscales the first pass and refines it with a second img2img pass."
 
     def check(self, options):
         # A standard model upscaler not downloaded yet: say so (and offer it) before queueing.
         upscaler = options.get("upscaler", "Latent")
-        if self.is_active(options) and upscaler not in UPSCALERS and self.upscalers is not None:
-            self.upscalers.require(upscaler, "hr_upscaler")
+        if self.is_active(options) and upscaler not in UPSCALERS and self.catalog is not None:
+            self.catalog.check_upscaler(upscaler, "hr_upscaler")
 
     def summary(self, options, width: int, height: int) -> str:
         new_width, new_height = target_size(width, height, options)
@@ -116,7 +117,7 @@ class HiresFix(Extension):
 
     def _pixel_upscale(self, image, upscaler, width, height, ctx):
         if upscaler not in PIXEL_UPSCALERS:  # a model upscaler
-            return self.upscalers.upscale(image, upscaler, width, height, ctx.run.model.device)
+            return ctx.upscale(image, upscaler, width, height)
         return image.resize((width, height), PIXEL_UPSCALERS[upscaler])
 
     def infotext(self, request, options):

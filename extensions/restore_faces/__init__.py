@@ -4,13 +4,7 @@ face detailer (the loaded model redraws each face) or GFPGAN / CodeFormer weight
 from __future__ import annotations
 
 from engine.extensions import Extension, Field
-from engine.postprocess.faces import (
-    FACE_DETAILER,
-    RESTORERS,
-    check_restorer,
-    detail_faces,
-    restore_with_model,
-)
+from engine.postprocess.faces import FACE_DETAILER, RESTORERS
 
 
 class RestoreFaces(Extension):
@@ -31,21 +25,20 @@ class RestoreFaces(Extension):
     description = ("Finds faces (OpenCV) and restores each: the face detailer redraws it with the "
                    "loaded model; GFPGAN and CodeFormer use their weight files.")
 
-    def attach(self, addons):
-        self.library = addons.faces
+    catalog = None  # the names of what is installed, given at start (attach)
+
+    def attach(self, catalog):
+        self.catalog = catalog
 
     def check(self, options):
         # Only when on: a restorer chosen in Settings but missing must not stop other jobs.
         if self.is_active(options) and options.get("restorer", FACE_DETAILER) != FACE_DETAILER:
-            check_restorer(options["restorer"], self.library)
+            self.catalog.check_face_restorer(options["restorer"])
 
     def process(self, image, request, options, ctx):
         ctx.save_before("face-restoration", image)
-        if options["restorer"] == FACE_DETAILER:
-            return detail_faces(image, request.replace(steps=max(request.steps, 4)), options["strength"],
-                                ctx.second_pass)
-        return restore_with_model(image, self.library, options["restorer"], ctx.run.model.device,
-                                  fidelity=options["codeformer_weight"])
+        return ctx.restore_faces(image, options["restorer"], strength=options["strength"],
+                                 fidelity=options["codeformer_weight"])
 
     def infotext(self, request, options):
         return {"Face restoration": options["restorer"]}

@@ -6,12 +6,12 @@ import base64
 import json
 from typing import Any
 
-from engine.runs import image_prep, samplers
+from engine.runs import samplers
 
 from engine.output import infotext
 from engine.errors import RequestError
 from engine.extensions.registry import ExtensionRegistry
-from engine.postprocess.extras import UPSCALERS, ExtrasRequest
+from engine.postprocess.extras import ExtrasRequest
 from engine.postprocess.faces import FACE_DETAILER
 from engine.job_results import GenerationResult
 from engine.output.writer import png_bytes
@@ -27,32 +27,20 @@ _NOT_YET = {"refiner_checkpoint": "the SDXL refiner", "latent_mask": "a separate
 # Selectable scripts client programs look for; "controlnet m2m" (the ControlNet extension's video
 # script) is listed so they find ControlNet, but runs nothing here.
 VIDEO_SCRIPTS = ("controlnet m2m",)
-# The selectable img2img scripts this version has, by their titles (matched case-insensitively).
-OUTPAINTING_SCRIPTS = ("outpainting", "poor man's outpainting", "sd upscale")
-OUTPAINTING_TITLE = "Outpainting"
-SD_UPSCALE_TITLE = "SD upscale"
 
 
-def sd_upscale_script_info(upscalers: tuple[str, ...] = tuple(UPSCALERS)) -> dict:
-    return {"name": SD_UPSCALE_TITLE.lower(), "is_alwayson": False, "is_img2img": True, "args": [
-        {"label": "(unused)", "value": None, "minimum": None, "maximum": None, "step": None, "choices": None},
-        {"label": "Tile overlap", "value": 64, "minimum": 0, "maximum": 256, "step": 16, "choices": None},
-        {"label": "Upscaler", "value": "Lanczos", "minimum": None, "maximum": None, "step": None,
-         "choices": list(upscalers)},
-        {"label": "Scale factor", "value": 2.0, "minimum": 1.0, "maximum": 4.0, "step": 0.05, "choices": None},
-    ]}
+def field_info(field) -> dict:
+    """One extension or script field as /script-info lists an argument."""
+    return {"label": field.label, "value": field.default, "minimum": field.minimum, "maximum": field.maximum,
+            "step": field.step, "choices": list(field.choices) or None}
 
 
-def outpainting_script_info() -> dict:
-    """The Outpainting script as /script-info lists it: its positional script_args."""
-    return {"name": OUTPAINTING_TITLE.lower(), "is_alwayson": False, "is_img2img": True, "args": [
-        {"label": "Pixels to expand", "value": 128, "minimum": 8, "maximum": 512, "step": 8, "choices": None},
-        {"label": "Mask blur", "value": 4, "minimum": 0, "maximum": 64, "step": 1, "choices": None},
-        {"label": "Masked content", "value": "fill", "minimum": None, "maximum": None, "step": None,
-         "choices": list(image_prep.MASKED_CONTENT)},
-        {"label": "Outpainting direction", "value": ["left", "right", "up", "down"], "minimum": None,
-         "maximum": None, "step": None, "choices": ["left", "right", "up", "down"]},
-    ]}
+def script_info(entry, mode: str) -> dict:
+    """A script (selectable) or an always-on extension as /script-info lists it for a tab."""
+    item = entry.extension
+    fields = item.fields_for(mode) if entry.is_script else item.fields
+    return {"name": item.title.lower(), "is_alwayson": not entry.is_script, "is_img2img": mode == "img2img",
+            "args": [field_info(f) for f in fields]}
 
 _INFOTEXT_FIELDS = ("prompt", "negative_prompt", "steps", "sampler_name", "scheduler", "cfg_scale",
                     "seed", "subseed", "subseed_strength", "width", "height",
@@ -79,10 +67,9 @@ def txt2img_request(body: Txt2ImgBody, registry: ExtensionRegistry | None = None
 
 
 def img2img_request(body: Img2ImgBody, limit_megapixels: float,
-                    registry: ExtensionRegistry | None = None,
-                    upscalers: tuple[str, ...] = ()) -> GenerationRequest:
+                    registry: ExtensionRegistry | None = None) -> GenerationRequest:
     values = _apply_infotext(body)
-    fields = _common_fields(body, values, registry, scripts=OUTPAINTING_SCRIPTS, limit_megapixels=limit_megapixels)
+    fields = _common_fields(body, values, registry, "img2img", limit_megapixels=limit_megapixels)
     mask_blur = values["mask_blur"] if values["mask_blur"] is not None else \
         max(values["mask_blur_x"], values["mask_blur_y"])
     fields.update(
@@ -97,45 +84,7 @@ def img2img_request(body: Img2ImgBody, limit_megapixels: float,
         inpainting_mask_invert=bool(values["inpainting_mask_invert"]),
         initial_noise_multiplier=values["initial_noise_multiplier"] or 1.0,
     )
-    if body.script_name and body.script_name.lower() == SD_UPSCALE_TITLE.lower():
-        fields.update(_sd_upscale_fields(body.script_args, upscalers or tuple(UPSCALERS)))
-    elif body.script_name:
-        fields.update(_outpainting_fields(body.script_args))
     return GenerationRequest(**fields).validate()
-
-
-def _sd_upscale_fields(args: list[Any], upscalers: tuple[str, ...]) -> dict[str, Any]:
-    """script_args of SD upscale: [unused, overlap, upscaler (name or index), scale]."""
-    _, overlap, upscaler, scale = (list(args) + [None] * 4)[:4]
-    names = list(upscalers)
-    if isinstance(upscaler, int) and not isinstance(upscaler, bool):
-        if not 0 <= upscaler < len(names):
-            raise RequestError(f"script_args: upscaler index {upscaler} out of range; upscalers: "
-                               f"{', '.join(names)}", "script_args")
-        upscaler = names[upscaler]
-    return {"sd_upscale_scale": 2.0 if scale is None else scale,
-            "sd_upscale_overlap": 64 if overlap is None else overlap,
-            "sd_upscale_upscaler": upscaler or "Lanczos"}
-
-
-def _outpainting_fields(args: list[Any]) -> dict[str, Any]:
-    """script_args of the Outpainting script: [pixels, mask_blur, masked content, directions]."""
-    names = ("pixels", "mask_blur", "inpainting_fill", "directions")
-    if len(args) < 1:
-        raise RequestError(f"script_args for outpainting: give [{', '.join(names)}]", "script_args")
-    pixels, blur, fill, directions = (list(args) + [None] * 4)[:4]
-    fields: dict[str, Any] = {"outpaint_pixels": pixels,
-                              "outpaint_directions": tuple(directions or ("left", "right", "up", "down"))}
-    if blur is not None:
-        fields["mask_blur"] = blur
-    if isinstance(fill, str):
-        if fill not in image_prep.MASKED_CONTENT:
-            raise RequestError(f"script_args: unknown masked content '{fill}'. Choose one of: "
-                               f"{', '.join(image_prep.MASKED_CONTENT)}", "script_args")
-        fill = image_prep.MASKED_CONTENT.index(fill)
-    if fill is not None:
-        fields["inpainting_fill"] = fill
-    return fields
 
 
 def _extension_options(body: Txt2ImgBody, registry: ExtensionRegistry | None) -> dict[str, dict]:
@@ -204,19 +153,22 @@ def _seed_resize(value: Any) -> Any:
     return value
 
 
-def _check_script(name: str | None, scripts: tuple[str, ...]) -> None:
+def _script_fields(name: str | None, args: list, mode: str, registry: ExtensionRegistry | None) -> dict:
+    """script_name + script_args (positional, as the mature API takes them) as the request's
+    script and options."""
     if not name:
-        return
-    if name.lower() in VIDEO_SCRIPTS:
+        return {}
+    if name.strip().lower() in VIDEO_SCRIPTS:
         raise RequestError(f"Script '{name}' works on videos, which this version does not do", "script_name")
-    if name.lower() not in scripts:
+    if registry is None:
         raise RequestError(f"Script '{name}' not found", "script_name")
+    entry = registry.find_script(name, mode)
+    return {"script": entry.name, "script_options": entry.extension.options_from_args(args or [], mode)}
 
 
 def _common_fields(body: Txt2ImgBody, values: dict[str, Any], registry: ExtensionRegistry | None,
-                   scripts: tuple[str, ...] = (), limit_megapixels: float = 16.0) -> dict:
+                   mode: str = "txt2img", limit_megapixels: float = 16.0) -> dict:
     """The request fields txt2img and img2img bodies share."""
-    _check_script(values.get("script_name"), scripts)
     for name, feature in _NOT_YET.items():
         if values.get(name):
             raise RequestError(f"{name}: {feature} is not available in this version", name)
@@ -245,6 +197,7 @@ def _common_fields(body: Txt2ImgBody, values: dict[str, Any], registry: Extensio
         s_noise=values["s_noise"], s_min_uncond=values["s_min_uncond"],
         disable_extra_networks=bool(values["disable_extra_networks"]),
         image_cfg_scale=values.get("image_cfg_scale"),
+        **_script_fields(values.get("script_name"), values.get("script_args"), mode, registry),
     )
     fields.update({k: values[k] for k in ("clip_skip", "emphasis", "randn_source") if k in values})  # from infotext
     return fields

@@ -58,8 +58,7 @@ def build_router(ctx: UIContext, auth_dependency) -> APIRouter:
 
     @router.post("/img2img", response_model=ImagesResponse, responses=ERRORS)
     def img2img(body: Img2ImgBody, request: Request) -> dict:
-        generation = convert.img2img_request(body, settings["upload_max_megapixels"],
-                                             engine.addons.extensions, engine.upscaler_names())
+        generation = convert.img2img_request(body, settings["upload_max_megapixels"], engine.addons.extensions)
         echo = body.model_dump()
         if not body.include_init_images:  # as in the mature API: do not echo big uploads back
             echo.update(init_images=None, mask=None)
@@ -100,30 +99,24 @@ def build_router(ctx: UIContext, auth_dependency) -> APIRouter:
         """Per tab, the names of the selectable scripts and the always-on extensions (lower-case
         titles, as the mature API lists them), then the ControlNet extension's "controlnet" and
         "controlnet m2m", which client programs look for before sending units."""
-        def extensions(mode: str) -> list[str]:
-            return [entry.extension.title.lower() for entry in engine.addons.extensions.for_mode(mode)]
+        registry = engine.addons.extensions
+
+        def names(mode: str) -> list[str]:
+            return [entry.extension.title.lower() for entry in registry.scripts(mode) + registry.for_mode(mode)]
         controlnet = ["controlnet", *convert.VIDEO_SCRIPTS]
-        return {"txt2img": extensions("txt2img") + controlnet,
-                "img2img": [convert.OUTPAINTING_TITLE.lower(), convert.SD_UPSCALE_TITLE.lower(),
-                            *extensions("img2img"), *controlnet]}
+        return {"txt2img": names("txt2img") + controlnet, "img2img": names("img2img") + controlnet}
 
     @router.get("/script-info")
     def script_info() -> list[dict]:
-        info = [convert.outpainting_script_info(), convert.sd_upscale_script_info(engine.upscaler_names())]
+        registry = engine.addons.extensions
+        info = []
+        for mode in ("txt2img", "img2img"):
+            info += [convert.script_info(entry, mode) for entry in registry.scripts(mode)]
         info += [{"name": "controlnet", "is_alwayson": True, "is_img2img": img2img,
                   "args": [{"label": f"ControlNet Unit {i}", "value": None} for i in range(3)]}
                  for img2img in (False, True)]
-        for entry in engine.addons.extensions.loaded():
-            extension = entry.extension
-            if not entry.enabled or entry.error:
-                continue
-            for mode in ("txt2img", "img2img"):
-                if mode in extension.modes:
-                    info.append({
-                        "name": extension.title.lower(), "is_alwayson": True, "is_img2img": mode == "img2img",
-                        "args": [{"label": f.label, "value": f.default, "minimum": f.minimum,
-                                  "maximum": f.maximum, "step": f.step, "choices": list(f.choices) or None}
-                                 for f in extension.fields]})
+        for mode in ("txt2img", "img2img"):
+            info += [convert.script_info(entry, mode) for entry in registry.for_mode(mode)]
         return info
 
     @router.get("/face-restorers")
