@@ -68,8 +68,12 @@ class Catalog:
     def upscaler_names(self):
         return ["None", "Lanczos", "Nearest", "4x-Tiny"]
 
-    def check_upscaler(self, name):
+    def check_upscaler(self, name, field="script_args"):
         raise NotFoundError(f"Upscaler not found: '{name}'")
+
+    def check_face_restorer(self, name):
+        if name == "GFPGAN":
+            raise RequestError("Face restorer 'GFPGAN' is not available: no weights")
 
     def latent_upscale_modes(self):
         return ["Latent", "Latent (nearest)"]
@@ -122,6 +126,7 @@ def test_decimal_ranges_as_a1111():
 def test_permutations_and_text():
     assert expand("permutations", ["a", "b", "c"]) == [
         ("a", "b", "c"), ("a", "c", "b"), ("b", "a", "c"), ("b", "c", "a"), ("c", "a", "b"), ("c", "b", "a")]
+    assert expand("permutations", []) == []
     assert expand("text", ["x", ""]) == ["x", ""]  # an empty replacement is a value
 
 
@@ -227,6 +232,7 @@ def test_values_are_checked_and_made_canonical():
     ({"x_type": "Checkpoint name", "x_values": "gamma"}, NotFoundError, "Checkpoint not found: 'gamma'"),
     ({"x_type": "Hires upscaler", "x_values": "Latent, 8x-Missing"}, NotFoundError, "8x-Missing"),
     ({"x_type": "Face restore", "x_values": "maybe"}, NotFoundError, "unknown face restorer"),
+    ({"x_type": "Face restore", "x_values": "true, gfpgan"}, RequestError, "'GFPGAN' is not available"),
     ({"x_type": "Size", "x_values": "64x64, big"}, RequestError, "Size 'big' is not of the form"),
     ({"x_type": "Size", "x_values": "64x100"}, RequestError, "height must be a multiple of 8"),
     ({"x_type": "SGM noise multiplier", "x_values": "True, perhaps"}, NotFoundError, "true or false"),
@@ -347,17 +353,20 @@ class Host:
         image = Image.new("RGB", (request.width, request.height), (request.steps * 10,) * 3)
         return SimpleNamespace(images=[image], infotexts=[f"p\nSteps: {request.steps}, Seed: {request.seed}, "
                                                           "Version: v"],
-                               seeds=[request.seed], subseeds=[request.subseed], request=request)
+                               seeds=[request.seed], subseeds=[request.subseed], request=request,
+                               paths=[f"cell-{len(self.calls)}.png"])
 
     def labelled_grid(self, images, rows, column_labels, row_labels, margin=0):
         return labelled_grid(list(images), rows, list(column_labels), list(row_labels), margin)
 
     def save_grid(self, grid, request, infotext):
         self.saved.append(infotext)
+        return f"grid-{len(self.saved)}.png"
 
-    def result(self, request, results, *, images=None, infotexts=None, grid=None, grid_infotext=None):
+    def result(self, request, results, *, images=None, infotexts=None, grid=None, grid_infotext=None,
+               seeds=None, subseeds=None, paths=None):
         return SimpleNamespace(images=images, infotexts=infotexts, grid=grid, grid_infotext=grid_infotext,
-                               results=results, seeds=None, subseeds=None)
+                               results=results, seeds=seeds, subseeds=subseeds, paths=paths)
 
 
 def test_a_2x3_grid_with_margin_and_legends():
@@ -398,10 +407,12 @@ def test_z_grids_side_by_side_and_what_comes_back():
     assert [image.size for image in result.images] == [(128, 64)] * 2 + [(64, 64)] * 4
     assert "X Type: Steps" in result.infotexts[0] and "Z Type" not in result.infotexts[0]
     assert "Z Type: CFG Scale" in result.grid_infotext
-    assert result.infotexts[2:] == [call_text for call_text in result.infotexts[2:]] and \
-        "X Type" not in result.infotexts[2]
+    assert [parse(text)[2]["Steps"] for text in result.infotexts[2:]] == ["1", "2", "1", "2"]
+    assert all("X Type" not in text for text in result.infotexts[2:])  # each cell's own job's
     assert len(host.saved) == 2  # the sub-grids (the engine saves the big one)
     assert result.seeds == [100] * 6
+    # Paths: the sub-grids as saved, then each cell's own file (cells ran Z outermost: 5,5,6,6).
+    assert result.paths == ["grid-1.png", "grid-2.png", "cell-1.png", "cell-2.png", "cell-3.png", "cell-4.png"]
     # One Z value: one grid only, even with sub-grids asked for.
     single = run_plot(plot_of(x_type="Steps", x_values="1, 2", include_sub_grids=True), BASE, Host())
     assert single.images == [] and single.seeds == [100]

@@ -36,8 +36,9 @@ def _fields(mode: str) -> tuple[Field, ...]:
             Field(f"{name}_type", f"{upper} type", default, kind="dropdown", choices=labels),
             Field(f"{name}_values", f"{upper} values", "", kind="text",
                   info="comma-separated; ranges 1-5, 1-10 (+2), 1-10 [5]; \"quote\" values with commas"),
-            # Values picked from a list for axes that have one; its choices depend on the axis type.
-            Field(f"{name}_values_dropdown", f"{upper} values (from the list)", [], kind="multiselect"),
+            # Values picked from a list, for axes that have one (the API's; the UI types them).
+            Field(f"{name}_values_dropdown", f"{upper} values (from the list)", [], kind="multiselect",
+                  in_ui=False),
         ]
     return (*axis_fields,
             Field("draw_legend", "Draw legend", True),
@@ -48,7 +49,7 @@ def _fields(mode: str) -> tuple[Field, ...]:
             Field("vary_seeds_y", "Vary seeds for Y", False),
             Field("vary_seeds_z", "Vary seeds for Z", False),
             Field("margin_size", "Grid margins (px)", 0, kind="slider", minimum=0, maximum=500, step=2),
-            Field("csv_mode", "Use text inputs instead of dropdowns", False))
+            Field("csv_mode", "Use text inputs instead of dropdowns", False, in_ui=False))
 
 
 def _as_bool(value: Any) -> Any:

@@ -260,7 +260,9 @@ def confirm_face_restore(values: list, request, catalog) -> list:
         elif word in FALSE_WORDS:
             out.append("False")
         else:
-            out.append(pick(value, catalog.face_restorers(), "face restorer (or true / false)"))
+            name = pick(value, catalog.face_restorers(), "face restorer (or true / false)")
+            catalog.check_face_restorer(name)  # one whose weights are missing is refused now
+            out.append(name)
     return out
 
 

@@ -286,6 +286,7 @@ def assemble(plot: Plot, request: "GenerationRequest", host: "ScriptHost", resul
     images: list[Image.Image] = []
     texts: list[str] = []
     seeds: list[tuple[int, int]] = []
+    paths: list[Any] = []
     if plot.include_sub_grids and nz > 1:
         for iz, sub in enumerate(sub_grids):
             source = made.get(iz * nx * ny, first)
@@ -293,17 +294,19 @@ def assemble(plot: Plot, request: "GenerationRequest", host: "ScriptHost", resul
             images.append(sub)
             texts.append(text)
             seeds.append(_seeds_of(source))
-            host.save_grid(sub, request, text)  # as the grid settings say (the engine saves the big one)
+            # Saved as the grid settings say (the engine saves the big one).
+            paths.append(host.save_grid(sub, request, text))
     if plot.include_lone_images:
         for index in sorted(made):
-            images.append(made[index].images[0])
-            texts.append(made[index].infotexts[0] if made[index].infotexts else "")
-            seeds.append(_seeds_of(made[index]))
-    result = host.result(request, results, images=images, infotexts=texts, grid=grid, grid_infotext=grid_text)
+            cell = made[index]
+            images.append(cell.images[0])
+            texts.append(cell.infotexts[0] if cell.infotexts else "")
+            seeds.append(_seeds_of(cell))
+            paths.append(cell.paths[0] if cell.paths else None)
     seeds = seeds or [_seeds_of(first)]
-    result.seeds = [seed for seed, _ in seeds]
-    result.subseeds = [subseed for _, subseed in seeds]
-    return result
+    return host.result(request, results, images=images, infotexts=texts, grid=grid, grid_infotext=grid_text,
+                       seeds=[seed for seed, _ in seeds], subseeds=[subseed for _, subseed in seeds],
+                       paths=paths)
 
 
 def _seeds_of(result: "GenerationResult") -> tuple[int, int]:

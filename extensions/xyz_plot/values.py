@@ -135,7 +135,7 @@ def expand(kind: str, items: Sequence[str]) -> list[Any]:
         if len(tokens) > MAX_PERMUTED:
             raise RequestError(f"Prompt order takes at most {MAX_PERMUTED} values ({math.factorial(MAX_PERMUTED)} "
                                f"orders), got {len(tokens)}", "script_args")
-        values = list(itertools.permutations(tokens))
+        values = list(itertools.permutations(tokens)) if tokens else []
     else:
         values = list(items)
     if len(values) > MAX_AXIS_VALUES:
