@@ -46,8 +46,12 @@ def render(ctx: UIContext, tab: str, mode: str, sizing: dict | None = None) -> d
             if sizing:
                 _estimate(script, mode, fields, sizing, f"{tab}_script_{entry.name}_estimate")
         groups.append(group)
-    chosen.change(lambda picked: [gr.update(visible=picked == name) for name in names], inputs=chosen,
-                  outputs=groups, queue=False, api_visibility="private")
+    def show(picked):
+        updates = [gr.update(visible=picked == name) for name in names]
+        # Gradio takes a list returned for a single output as that output's value: one update alone.
+        return updates[0] if len(updates) == 1 else updates
+
+    chosen.change(show, inputs=chosen, outputs=groups, queue=False, api_visibility="private")
     return controls
 
 
