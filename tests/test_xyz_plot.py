@@ -451,6 +451,9 @@ def test_estimate_counts_cells_and_batches():
     assert script.estimate(request, options(x_type="Steps", x_values="1-3", y_type="CFG Scale", y_values="5,6")) \
         == "36 images (3×2×1 cells × 6), + grid"
     assert "unknown sampler" in script.estimate(request, options(x_type="Sampler", x_values="nope"))
+    # The UI's estimate knows the sizes, not the prompt: Prompt S/R is checked when the job is sent.
+    assert script.estimate(GenerationRequest(), options(x_type="Prompt S/R", x_values="cat, dog")) == \
+        "2 images (2×1×1 cells × 1), + grid"
 
 
 def test_cell_job_does_not_change_the_base_request():

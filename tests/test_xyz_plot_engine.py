@@ -165,3 +165,23 @@ def test_api_style_args_map_axis_indices_per_tab(engine):
     assert options["x_values_dropdown"] == []
     with pytest.raises(UserError, match="not an axis of txt2img"):
         entry.extension.options_from_args([42], "txt2img")
+
+
+def test_txt2img_denoising_and_hires_steps_are_the_hires_passes(engine):
+    hires = {"hires_fix": {"enabled": True, "scale": 1.0, "upscaler": "Latent"}}
+    result = engine.generate(plot(x_type="Denoising", x_values="0.3, 0.6", y_type="Hires steps", y_values="1, 2",
+                                  include_lone_images=True).replace(extensions=hires))
+    params = [parse(text)[2] for text in result.infotexts]
+    assert [(p["Denoising strength"], p["Hires steps"]) for p in params] == \
+        [("0.3", "1"), ("0.6", "1"), ("0.3", "2"), ("0.6", "2")]
+    direct = engine.generate(BASE.replace(extensions={"hires_fix": {**hires["hires_fix"], "denoising_strength": 0.6,
+                                                                    "steps": 2}}))
+    assert differs_by(result.images[3], direct.images[0]) <= 2
+
+
+def test_a_batch_per_cell_puts_its_first_picture_in_the_grid(engine):
+    result = engine.generate(plot(x_type="CFG Scale", x_values="3, 7", include_lone_images=True, draw_legend=False)
+                             .replace(batch_size=2))
+    assert result.grid.size == (128, 64) and len(result.images) == 2
+    assert np.array_equal(pixels(result.grid.crop((64, 0, 128, 64))), pixels(result.images[1]))
+    assert result.seeds == [4321, 4321]

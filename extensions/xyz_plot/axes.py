@@ -60,6 +60,7 @@ class Axis:
     bounds: tuple[float, float] | None = None
     missing: str = ""               # this app lacks the feature: refused, with this said
     seeds: bool = False             # -1 is a random seed, fixed before the first cell
+    reads_prompt: bool = False      # its check needs the job's prompt (not known to the UI's estimate)
 
     @property
     def supported(self) -> bool:
@@ -309,8 +310,9 @@ AXES: tuple[Axis, ...] = (
     Axis("Hires steps", "int", set_option(HIRES, "steps"), modes=(TXT2IMG,), bounds=(0, MAX_STEPS)),
     Axis("CFG Scale", "float", set_field("cfg_scale")),
     Axis("Image CFG Scale", "float", set_field("image_cfg_scale"), modes=(IMG2IMG,)),
-    Axis("Prompt S/R", "text", replace_in_prompts, confirm=confirm_search_replace, legend="value"),
-    Axis("Prompt order", "permutations", set_order, confirm=confirm_order, legend="joined"),
+    Axis("Prompt S/R", "text", replace_in_prompts, confirm=confirm_search_replace, legend="value",
+         reads_prompt=True),
+    Axis("Prompt order", "permutations", set_order, confirm=confirm_order, legend="joined", reads_prompt=True),
     Axis("Sampler", "text", set_field("sampler_name"), modes=(TXT2IMG,), legend="value",
          choices=lambda catalog: catalog.sampler_names(), confirm=picking("sampler", lambda c: c.sampler_names())),
     Axis("Hires sampler", "text", set_option(HIRES, "sampler"), modes=(TXT2IMG,),

@@ -81,7 +81,9 @@ def _in_context(which: str, axis_label: str, work: Callable[[], Any]) -> Any:
 
 def read_axis(which: str, mode: str, options: Mapping[str, Any], request: "GenerationRequest",
               catalog: "Catalog", validate: bool = True) -> PlotAxis:
-    """One axis's values from the options, expanded and checked before any cell runs."""
+    """One axis's values from the options, expanded and checked before any cell runs. Without
+    `validate` (the UI's estimate, whose request holds only the sizes) the values are not tried on
+    the job and nothing that needs its prompt is checked."""
     key = which.lower()
     axis = find_axis(mode, options[f"{key}_type"], which)
     if not axis.supported:
@@ -105,7 +107,7 @@ def read_axis(which: str, mode: str, options: Mapping[str, Any], request: "Gener
             for value in values:
                 if not low <= value <= high:
                     raise RequestError(f"{value} is out of range ({low:g} to {high:g})", "script_args")
-        if axis.confirm is not None:
+        if axis.confirm is not None and (validate or not axis.reads_prompt):
             values = axis.confirm(values, request, catalog)
         if validate:
             for value in values:  # each value alone on the job: refused now rather than mid-plot
