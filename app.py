@@ -42,7 +42,11 @@ def build(flags, config_root: Path | None = None):
     from ui.context import UIContext
     from ui.server_control import ServerControl
 
-    memory_guard.inject_from_env(os.environ.get(memory_guard.FAULTS_ENV))  # set by tests only
+    # Tests only: stages that run out of memory on purpose, read once here and handed to the add-ons.
+    faults = memory_guard.FaultPlan.parse(os.environ.get(memory_guard.FAULTS_ENV))
+    if faults:
+        log.warning("%s=%s: stages will run out of memory on purpose (a test setting)", memory_guard.FAULTS_ENV,
+                    os.environ[memory_guard.FAULTS_ENV])
     data_dir = Path(flags.data_dir).resolve() if flags.data_dir else APP_DIR
     data_dir.mkdir(parents=True, exist_ok=True)
     folders = Folders.in_data_dir(data_dir, flags)
@@ -76,15 +80,14 @@ def build(flags, config_root: Path | None = None):
     # Extensions are imported here, once: the built-in ones and the enabled third-party ones
     # (a disabled or newly installed one waits for a start where it is enabled).
     addons = AddOns.from_folders(folders, hashes, device=device, allow_unsafe=flags.allow_unsafe_checkpoints,
-                                 extensions=extensions, disabled_extensions=settings["disabled_extensions"])
+                                 extensions=extensions, disabled_extensions=settings["disabled_extensions"],
+                                 faults=faults)
     engine = Engine(models, OutputWriter(data_dir / "outputs", settings, name_limit=flags.filenames_max_length),
                     settings, addons, queue=JobQueue(max_waiting=flags.queue_size))
     if flags.demo:
         from engine.controlnet.demo import ensure_demo_controlnet
         ensure_demo_controlnet(engine.addons.controlnets.folder)
         engine.addons.controlnets.refresh()
-    from engine.controlnet import annotators
-    annotators.use_device(str(device.device))
     downloader = ModelDownloader(sd15_offer(os.environ.get("HF_ENDPOINT")), folders.checkpoints)
     ctx = UIContext(engine, registry, settings, flags, downloader, control=ServerControl())
 

@@ -1,5 +1,6 @@
 """The add-ons a generation can use besides the checkpoint: LoRAs, embeddings, VAEs, styles,
-extensions, upscalers, face restoration networks and ControlNets.
+extensions, upscalers, face restoration networks and ControlNets; and, for tests, the plan of
+stages that run out of memory on purpose.
 
 Made once by app.py from the data folder and handed to the engine.
 """
@@ -13,6 +14,7 @@ from typing import Iterable
 import torch
 
 from engine.controlnet.models import ControlNetLibrary
+from engine.memory.memory_guard import FaultPlan
 from engine.models.devices import DeviceConfig
 from engine.models.downloads import CatalogueDownloads
 from engine.networks.embeddings import EmbeddingLibrary
@@ -40,28 +42,32 @@ class AddOns:
     faces: FaceModelLibrary
     controlnets: ControlNetLibrary
     downloads: CatalogueDownloads  # the standard upscaler and face restoration files, on request
+    # Tests only: memory faults the jobs' stages fire (memory_guard.stage); None: none.
+    faults: FaultPlan | None = None
 
     @classmethod
     def in_data_dir(cls, data_dir: Path, hashes: HashCache, extension_folders: list[Path] = (),
                     device: DeviceConfig | None = None, allow_unsafe: bool = False,
                     catalogue: ModelCatalogue | None = None,
-                    disabled_extensions: Iterable[str] = ()) -> "AddOns":
+                    disabled_extensions: Iterable[str] = (), faults: FaultPlan | None = None) -> "AddOns":
         """The ecosystem's folders under `data_dir`: models/Lora, models/embeddings (and the older
         embeddings/), models/VAE and styles.csv; the built-in extensions, then
         <data dir>/extensions and any other extension folders given. `catalogue`: the standard
         models and their hosts (by default from the environment: SD_STUDIO_GITHUB_ENDPOINT,
-        HF_ENDPOINT)."""
+        HF_ENDPOINT). `faults`: for tests, stages that run out of memory on purpose."""
         return cls.from_folders(Folders.in_data_dir(data_dir), hashes, extension_folders, device,
-                                allow_unsafe, catalogue=catalogue, disabled_extensions=disabled_extensions)
+                                allow_unsafe, catalogue=catalogue, disabled_extensions=disabled_extensions,
+                                faults=faults)
 
     @classmethod
     def from_folders(cls, folders: Folders, hashes: HashCache, extension_folders: list[Path] = (),
                      device: DeviceConfig | None = None, allow_unsafe: bool = False,
                      extensions: str = "all", catalogue: ModelCatalogue | None = None,
-                     disabled_extensions: Iterable[str] = ()) -> "AddOns":
+                     disabled_extensions: Iterable[str] = (), faults: FaultPlan | None = None) -> "AddOns":
         """`extensions`: "all", "builtin" (--disable-extra-extensions) or "none"
         (--disable-all-extensions: not even imported). `disabled_extensions`: the setting of that
-        name; the third-party extensions it names are listed but not imported."""
+        name; the third-party extensions it names are listed but not imported. `faults`: for
+        tests, stages that run out of memory on purpose (app.py's from SD_STUDIO_FAULTS)."""
         for folder in folders.model_folders():
             folder.mkdir(parents=True, exist_ok=True)
         device = device or DeviceConfig(torch.device("cpu"), torch.float32)
@@ -84,4 +90,5 @@ class AddOns:
             # Loaded where generation runs (the GPU lane's device) when first used.
             controlnets=ControlNetLibrary(folders.controlnet, device, allow_unsafe=allow_unsafe),
             extensions=ExtensionRegistry(extension_sources, set(disabled_extensions)),
+            faults=faults,
         )

@@ -256,7 +256,7 @@ class Engine:
         name = self._upscaler_in_use(upscaler, "script_args")
         if name in UPSCALERS:
             return image.resize((width, height), UPSCALERS[name] or Image.Resampling.LANCZOS)
-        return self.addons.upscalers.upscale(image, name, width, height, self._device())
+        return self.addons.upscalers.upscale(image, name, width, height, self._device(), faults=self.addons.faults)
 
     def _with_settings(self, requested) -> dict:
         """Extension options the settings provide when a request leaves them out."""
@@ -342,7 +342,7 @@ class Engine:
         mode = policy.memory.memory_mode
         if mode is not None and model.placement.effective(mode_for_model(mode, model.is_sdxl)) != NONE:
             self.fast_path.undo(model)
-        with memory_guard.stage("model_placement"):  # as generation.py places it: OOM gets its message
+        with memory_guard.stage("model_placement", faults=self.addons.faults):  # as generation.py: OOM gets its message
             model.use_memory_mode(mode)
         with self.fast_path.job(model, job, self.settings, traits):
             runner = run(job, request, model, policy, self.addons)
@@ -360,11 +360,11 @@ class Engine:
                 check_restorer(name, self.addons.faces)
 
         def work(job: Job) -> ExtrasResult:
-            result = upscale(request, self.addons.upscalers, self._device())
+            result = upscale(request, self.addons.upscalers, self._device(), faults=self.addons.faults)
             for name, visibility in restoring.items():
                 if visibility > 0:
                     result.image = restore_with_model(result.image, self.addons.faces, name, self._device(),
-                                                      request.codeformer_weight, visibility)
+                                                      request.codeformer_weight, visibility, faults=self.addons.faults)
             if request.face_detailer_visibility > 0:
                 result.image = self._restore_faces(job, result.image, request.face_detailer_visibility)
             if save and self.settings["samples_save"]:
@@ -403,7 +403,8 @@ class Engine:
         base = GenerationRequest(prompt=FACE_PROMPT, negative_prompt="blurry, deformed", steps=20,
                                  seed=0, width=512, height=512, save_images=False, save_grid=False)
         run = Txt2ImgRun(job, base, self._model_for_job(job), OutputPolicy(save_images=False), self.addons)
-        detailed = detail_faces(image, base, 0.4, ImageContext(run, 0, 0).second_pass)
+        detailed = detail_faces(image, base, 0.4, ImageContext(run, 0, 0).second_pass, faults=self.addons.faults,
+                                detector=self.addons.faces.detector)
         return Image.blend(image.convert("RGB"), detailed, visibility)
 
     # Checkpoints.

@@ -133,7 +133,8 @@ def test_unknown_styles_are_left_out(api):
 
 def test_unknown_scripts_are_named(api):
     response = api.post("/txt2img", json={**SMALL, "script_name": "x/y/z plot nope"})
-    assert response.status_code == 422 and response.json()["detail"] == "Script 'x/y/z plot nope' not found"
+    assert response.status_code == 422
+    assert response.json()["detail"].startswith("Script 'x/y/z plot nope' not found. Scripts in txt2img: ")
 
 
 def test_errors_carry_the_a1111_body_and_ours(api):

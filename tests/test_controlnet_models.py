@@ -197,6 +197,15 @@ def test_unknown_name_lists_the_available_ones(controlnets, tmp_path):
         empty.family("canny")
 
 
+
+def test_each_library_keeps_its_own_annotators_on_its_device(tmp_path):
+    # The preprocessors' detectors live in the library (no module-wide cache or device).
+    first, second = ControlNetLibrary(tmp_path, CPU), ControlNetLibrary(tmp_path, CPU)
+    assert first.annotators.device == "cpu"
+    assert first.annotators is not second.annotators
+    gpu = DeviceConfig(torch.device("cuda", 1), torch.float16)  # only named, never used
+    assert ControlNetLibrary(tmp_path / "missing", gpu).annotators.device == "cuda:1"
+
 def test_files_that_are_not_controlnets_are_named_in_the_error(tmp_path):
     lora = {"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 32),
             "lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight": torch.zeros(32, 4)}

@@ -335,10 +335,15 @@ def test_segmentation_runs_an_ade20k_model_folder(tmp_path):
     config = UperNetConfig(backbone_config=backbone, hidden_size=16, use_auxiliary_head=False, num_labels=150)
     UperNet(config).save_pretrained(tmp_path / "ControlNet" / "annotators" / "seg_ade20k")
     assert dict((n, a) for n, a, _ in preprocessors.availability(tmp_path))["seg_ofade20k"]
-    try:
-        result = preprocessors.run("seg_ufade20k", picture(), 100, models_dir=tmp_path)
-    finally:
-        preprocessors.unload()
+    loaded = annotators.Annotators("cpu")
+    result = preprocessors.run("seg_ufade20k", picture(), 100, models_dir=tmp_path, annotators=loaded)
+    [(model, *_)] = loaded._loaded.values()
+    assert next(model.parameters()).device.type == "cpu"
+    again = preprocessors.run("seg_ufade20k", picture(), 100, models_dir=tmp_path, annotators=loaded)
+    assert [entry[0] for entry in loaded._loaded.values()] == [model]  # kept, not read again
+    assert np.array_equal(np.asarray(again), np.asarray(result))
+    loaded.unload()
+    assert not loaded._loaded
     assert result.size == (150, 100) and result.mode == "RGB"
     palette = {tuple(colour) for colour in annotators.ADE20K_PALETTE.tolist()}
     assert len(palette) == 149  # 150 classes; two share a grey in MMSegmentation's table
@@ -396,14 +401,22 @@ def test_depth_runs_controlnet_aux_on_the_local_files(tmp_path, monkeypatch):
                  preprocessors.availability(tmp_path / "models")}
         assert table["depth_midas"] == (True, "")
         assert not table["depth_zoe"][0] and table["depth_zoe"][1].startswith("missing weights in ")
-        depth = preprocessors.run("depth", picture(), 100, models_dir=tmp_path / "models")
-        preprocessors.run("depth_midas", picture(), 100, models_dir=tmp_path / "models")
+        loaded = annotators.Annotators("the-apps-device")
+        depth = preprocessors.run("depth", picture(), 100, models_dir=tmp_path / "models", annotators=loaded)
+        preprocessors.run("depth_midas", picture(), 100, models_dir=tmp_path / "models", annotators=loaded)
         import controlnet_aux
         assert controlnet_aux.calls[0] == ("from_pretrained", str(weights))
+        assert controlnet_aux.calls[1] == ("to", "the-apps-device")
         assert [call[0] for call in controlnet_aux.calls] == ["from_pretrained", "to", "call", "call"]  # kept
         assert controlnet_aux.calls[2][1:] == ((100, 150, 3), 100, 100, "np")
+        # Another owner (another app in the same process) loads its own.
+        preprocessors.run("depth_midas", picture(), 100, models_dir=tmp_path / "models",
+                          annotators=annotators.Annotators("cpu"))
+        assert [call[0] for call in controlnet_aux.calls[4:]] == ["from_pretrained", "to", "call"]
+        assert controlnet_aux.calls[5] == ("to", "cpu")
+        loaded.unload()
+        assert not loaded._loaded
     finally:
-        preprocessors.unload()
         for module in ("controlnet_aux", "torchvision", "timm", "einops", "skimage"):
             sys.modules.pop(module, None)
     assert depth.size == (150, 100) and depth.mode == "RGB"

@@ -26,6 +26,20 @@ def test_the_detector_finds_the_drawn_face_and_nothing_in_a_plain_picture():
     assert faces.detect_faces(Image.linear_gradient("L").resize((320, 240)).convert("RGB")) == []
 
 
+
+def test_the_face_library_keeps_its_own_detector(tmp_path):
+    # The cascade is kept by the library that owns the detector, not by a module-wide cache.
+    from engine.postprocess.face_models import FaceModelLibrary
+
+    library, other = FaceModelLibrary(tmp_path), FaceModelLibrary(tmp_path)
+    assert library.detector is not other.detector and library.detector._cascade is None
+    picture = picture_with_a_face()
+    assert faces.detect_faces(picture, detector=library.detector) == faces.detect_faces(picture)
+    kept = library.detector._cascade
+    assert kept is not None and other.detector._cascade is None
+    faces.detect_faces(picture, detector=library.detector)
+    assert library.detector._cascade is kept
+
 def _second_pass(engine):
     run = Txt2ImgRun(Job(lambda job: None), BASE, engine.models.require(), OutputPolicy(), engine.addons)
     return ImageContext(run, BASE.seed, 0).second_pass

@@ -1,6 +1,7 @@
 """Running out of memory (issue 8): whatever the stage, the job ends with a message that says what
 to change, everything the job patched is put back, and the next job makes the image a clean run
-makes. Faults are injected through engine.memory.memory_guard on the tiny CPU models."""
+makes. Faults are injected on the tiny CPU models through a FaultPlan handed to the engine's
+add-ons, as app.py hands it the one SD_STUDIO_FAULTS describes."""
 
 import weakref
 
@@ -10,7 +11,11 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
+from engine.addons import AddOns
+from engine.engine import Engine
 from engine.memory import memory_guard
+from engine.memory.memory_guard import FaultPlan
+from engine.models.registry import HashCache
 from engine.networks import vae as vae_module
 from engine.prompts.conditioning import PromptEncoder
 from engine.controlnet.units import ControlUnit
@@ -41,16 +46,31 @@ def control_drawing() -> Image.Image:
     return image
 
 
+@pytest.fixture(scope="module")
+def faults() -> FaultPlan:
+    """The plan of memory faults the engines below fire."""
+    return FaultPlan()
+
+
 @pytest.fixture(autouse=True)
-def no_faults_left():
+def no_faults_left(faults):
     yield
-    memory_guard.clear_faults()
+    faults.clear()
 
 
 @pytest.fixture(scope="module")
-def oom_engine(engine, tmp_path_factory):
+def oom_engine(engine, tmp_path_factory, faults):
     """The session engine's model and queue, with a LoRA and a tiny ControlNet of its own."""
-    return engine_with_addons(engine, tmp_path_factory.mktemp("oom"), lora="oom-lora", controlnet="tiny-cn")
+    return engine_with_addons(engine, tmp_path_factory.mktemp("oom"), lora="oom-lora", controlnet="tiny-cn",
+                              faults=faults)
+
+
+@pytest.fixture(scope="module")
+def faulty(engine, tmp_path_factory, faults):
+    """The session engine's model, settings and queue, firing `faults`."""
+    data = tmp_path_factory.mktemp("faulty")
+    return Engine(engine.models, engine.writer, engine.settings,
+                  AddOns.in_data_dir(data, HashCache(data / "cache.json"), faults=faults), queue=engine.queue)
 
 
 def full_request():
@@ -99,22 +119,22 @@ def failure(job: Job) -> OutOfMemoryUserError:
     ("face_restore", 1, ["while restoring faces", "turn face restoration off"]),
 ])
 def test_running_out_in_a_stage_ends_the_job_with_advice_and_undoes_its_patches(
-        oom_engine, clean_full, stage, times, words):
+        oom_engine, clean_full, faults, stage, times, words):
     before = model_state(oom_engine)
-    memory_guard.inject(stage, times)
+    faults.inject(stage, times)
     error = failure(oom_engine.submit(full_request(), overrides=OVERRIDES))
     for phrase in words:
         assert phrase in error.message
     assert model_state(oom_engine) == before
-    assert not memory_guard._faults, "every injected fault fired"
+    assert not faults.pending(), "every injected fault fired"
     again = oom_engine.generate(full_request(), overrides=OVERRIDES)
     assert again.images[0].tobytes() == clean_full
     assert not again.warnings
 
 
-def test_a_decode_that_runs_out_is_done_again_in_tiles_and_says_so(oom_engine, clean_full):
+def test_a_decode_that_runs_out_is_done_again_in_tiles_and_says_so(oom_engine, clean_full, faults):
     before = model_state(oom_engine)
-    memory_guard.inject("vae_decode", 1)
+    faults.inject("vae_decode", 1)
     result = oom_engine.generate(full_request(), overrides=OVERRIDES)
     # 64x64 fits in one of the tiny VAE's tiles, so the retry decodes it whole: the same image.
     assert result.images[0].tobytes() == clean_full
@@ -131,7 +151,8 @@ def count_tiled_decodes(monkeypatch, vae) -> list:
     return calls
 
 
-def test_the_retry_decodes_a_big_image_in_tiles_close_to_the_whole(engine, monkeypatch):
+def test_the_retry_decodes_a_big_image_in_tiles_close_to_the_whole(faulty, faults, monkeypatch):
+    engine = faulty
     vae = engine.models.require().base.vae
     # As in test_vae_tiling_gives_a_close_image_and_is_undone: 128-pixel tiles on 192 pixels.
     monkeypatch.setattr(vae, "tile_sample_min_size", 128)
@@ -139,7 +160,7 @@ def test_the_retry_decodes_a_big_image_in_tiles_close_to_the_whole(engine, monke
     request = BASE.replace(width=192, height=192)
     plain = engine.generate(request)
     calls = count_tiled_decodes(monkeypatch, vae)
-    memory_guard.inject("vae_decode", 1)
+    faults.inject("vae_decode", 1)
     retried = engine.generate(request)
     assert calls, "the retry did not decode in tiles"
     difference = np.abs(np.asarray(retried.images[0], dtype=np.int16) - np.asarray(plain.images[0], dtype=np.int16))
@@ -147,30 +168,33 @@ def test_the_retry_decodes_a_big_image_in_tiles_close_to_the_whole(engine, monke
     assert (vae.use_tiling, vae.use_slicing, vae.tile_latent_min_size) == (False, False, 16)
 
 
-def test_latents_that_fit_one_tile_are_retried_in_smaller_tiles(engine, monkeypatch):
+def test_latents_that_fit_one_tile_are_retried_in_smaller_tiles(faulty, faults, monkeypatch):
+    engine = faulty
     vae = engine.models.require().base.vae
     own = (vae.tile_latent_min_size, vae.tile_sample_min_size)
     monkeypatch.setattr(vae_module, "MIN_RETRY_TILE", 4)  # the tiny VAE's 8-latent tiles, halved
     calls = count_tiled_decodes(monkeypatch, vae)
-    memory_guard.inject("vae_decode", 1)
+    faults.inject("vae_decode", 1)
     assert engine.generate(BASE).images[0].size == (64, 64)
     assert calls
     assert (vae.tile_latent_min_size, vae.tile_sample_min_size) == own
 
 
-def test_extras_upscale_runs_out_then_works(engine):
+def test_extras_upscale_runs_out_then_works(faulty, faults):
+    engine = faulty
     picture = Image.fromarray(np.random.default_rng(5).integers(0, 256, (16, 32, 3), dtype=np.uint8))
     request = ExtrasRequest(picture, upscaler="Lanczos", scale=2)
     clean = engine.extras(request, save=False).outcome().image.tobytes()
-    memory_guard.inject("upscale")
+    faults.inject("upscale")
     error = failure(engine.extras(request, save=False))
     assert "while upscaling" in error.message and "upscale by a smaller factor" in error.message
     assert engine.extras(request, save=False).outcome().image.tobytes() == clean
 
 
-def test_extras_face_restoration_runs_out_then_works(engine):
+def test_extras_face_restoration_runs_out_then_works(faulty, faults):
+    engine = faulty
     request = ExtrasRequest(picture_with_a_face(), upscaler="None", scale=1, face_detailer_visibility=1.0)
-    memory_guard.inject("face_restore")
+    faults.inject("face_restore")
     error = failure(engine.extras(request, save=False))
     assert "while restoring faces" in error.message
     first = engine.extras(request, save=False).outcome().image.tobytes()
@@ -219,16 +243,26 @@ def test_out_of_memory_outside_any_stage_still_becomes_the_message(engine, monke
     assert engine.generate(BASE).images  # the lane goes on
 
 
-def test_faults_are_inert_unless_set_and_read_from_the_environment():
-    assert not memory_guard._faults
-    with memory_guard.stage("denoise"):
+def test_faults_fire_only_from_the_plan_a_stage_is_given():
+    with memory_guard.stage("denoise"):  # no plan: nothing injected
         pass
-    memory_guard.inject_from_env("denoise:2, vae_decode")
-    assert memory_guard._faults == {"denoise": 2, "vae_decode": 1}
+    plan = FaultPlan.parse("denoise:2, vae_decode")  # SD_STUDIO_FAULTS' syntax, as app.py reads it
+    assert plan.pending() == {"denoise": 2, "vae_decode": 1}
     with pytest.raises(ValueError, match="unknown stage 'denoize'"):
-        memory_guard.inject_from_env("denoize:1")
-    memory_guard.inject_from_env("")
-    assert memory_guard._faults == {"denoise": 2, "vae_decode": 1}
+        FaultPlan.parse("denoize:1")
+    assert not FaultPlan.parse("") and not FaultPlan.parse(None) and FaultPlan.parse(None).pending() == {}
+    with memory_guard.stage("denoise"), memory_guard.stage("denoise", faults=FaultPlan()):
+        pass  # another plan (another engine's) and no plan leave this one alone
+    assert plan.pending() == {"denoise": 2, "vae_decode": 1}
+    with pytest.raises(OutOfMemoryUserError, match="^Out of GPU memory while denoising"), \
+            memory_guard.stage("denoise", faults=plan):
+        pass
+    with pytest.raises(OutOfMemoryUserError, match="while decoding the image"), \
+            memory_guard.stage("vae_decode_tiled", fault="vae_decode", faults=plan):
+        pass
+    assert plan.pending() == {"denoise": 1}
+    plan.clear()
+    assert not plan
 
 
 def test_the_message_names_the_innermost_stage_first_and_gives_each_advice_once():

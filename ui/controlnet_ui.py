@@ -177,7 +177,8 @@ def _unit(ctx: UIContext, tab: str, index: int, library, modules: list[str], siz
                            threshold_b=-1.0 if b is None else float(b),
                            pixel_perfect=bool(perfect), resize_mode=how, mask=mask)
         try:
-            return detect_map(unit, picture, *_map_size(dims, picture), library.folder), ""
+            return detect_map(unit, picture, *_map_size(dims, picture), library.folder,
+                              annotators=library.annotators), ""
         except UserError as error:
             return None, f"**Cannot preview:** {error.message}"
 

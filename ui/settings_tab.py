@@ -28,7 +28,8 @@ SECTION_ORDER = ("Saving images", "Stable Diffusion", "Sampler parameters", "img
 EXTENSIONS_KEY = "disabled_extensions"
 THEME_KEY = "ui_theme"
 CHECKPOINT_KEY = "sd_model_checkpoint"
-_HIDDEN: set[str] = set()
+# Options never shown here (a constant: the flags' hidden ones are added per page in build()).
+_HIDDEN: frozenset[str] = frozenset()
 # Options whose choices come from what is on disk, not from the schema (refreshed on page load).
 _DYNAMIC_CHOICES = {"sd_vae": lambda ctx: ctx.engine.addons.vaes.choices(),
                     CHECKPOINT_KEY: lambda ctx: ctx.registry.titles(),

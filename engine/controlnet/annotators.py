@@ -1,7 +1,8 @@
 """The preprocessors that need weights: controlnet_aux's depth, pose and normal detectors on
 the annotator files in models/ControlNet/annotators (lllyasviel/Annotators' files, flat or in the
 ecosystem's sub-folders), and ADE20K segmentation through a transformers model folder there.
-Everything is imported lazily: without the library they are only listed, with the reason."""
+Everything is imported lazily: without the library they are only listed, with the reason.
+What they load is kept by an `Annotators` (its cache and device), which the ControlNet library owns."""
 
 from __future__ import annotations
 
@@ -22,25 +23,47 @@ AUX = "controlnet_aux"
 AUX_DEPS = (("torchvision", "torchvision"), ("timm", "timm"), ("einops", "einops"), ("skimage", "scikit-image"))
 ANNOTATORS = "models/ControlNet/annotators"
 SEG_FOLDER = "seg_ade20k"
-loaded: dict[tuple, Any] = {}
-load_lock = threading.Lock()
 
 
-_chosen_device: str | None = None  # the app's device (--use-cpu etc.); set by use_device()
-
-
-def use_device(device: str) -> None:
-    """Run weight-needing preprocessors where generation runs."""
-    global _chosen_device
-    _chosen_device = device
-
-
-def _device() -> str:
-    if _chosen_device is not None:
-        return _chosen_device
+def default_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class Annotators:
+    """The detectors and segmentation models that weight-needing preprocessors have loaded, kept
+    for the next map, and the device they run on. The ControlNet library holds one, built with
+    the app's device (--use-cpu etc.), so the preprocessors run where generation runs."""
+
+    def __init__(self, device: str | None = None):
+        self.device = str(device) if device is not None else default_device()
+        self._loaded: dict[tuple, Any] = {}
+        self._lock = threading.Lock()
+
+    def unload(self) -> None:
+        """Forget the loaded detectors (frees their memory)."""
+        with self._lock:
+            self._loaded.clear()
+
+    def detector(self, kind: str, annotators: Path, files: tuple[str, ...], subfolder: str):
+        """controlnet_aux's detector for `kind`, built once from the local files and kept."""
+        paths = tuple(find_file(annotators, name, subfolder) for name in files)
+        group = "openpose" if kind.startswith("openpose") else kind  # one detector serves both
+        key = (group, str(annotators), paths)
+        with self._lock:
+            if key not in self._loaded:
+                self._loaded[key] = _aux_detector(kind, annotators, paths, self.device)
+            return self._loaded[key]
+
+    def segmenter(self, folder: Path):
+        """The ADE20K model in `folder` on the device, with its pixel normalisation; kept."""
+        key = ("seg", str(folder))
+        with self._lock:
+            if key not in self._loaded:
+                model, mean, std, rescale = _segmenter(folder)
+                self._loaded[key] = (model.to(self.device), mean, std, rescale)
+            return self._loaded[key]
 
 
 def find_file(annotators: Path, name: str, subfolder: str) -> str | None:
@@ -51,28 +74,21 @@ def find_file(annotators: Path, name: str, subfolder: str) -> str | None:
     return None
 
 
-def _aux_detector(kind: str, annotators: Path, files: tuple[str, ...], subfolder: str):
-    """controlnet_aux's detector for `kind`, built once from the local files and kept."""
-    paths = tuple(find_file(annotators, name, subfolder) for name in files)
-    group = "openpose" if kind.startswith("openpose") else kind  # one detector serves both
-    key = (group, str(annotators), paths)
-    with load_lock:
-        if key in loaded:
-            return loaded[key]
-        try:
-            import controlnet_aux
-        except Exception as error:  # an installed but broken dependency chain
-            raise RequestError(f"Preprocessor '{kind}' is not available: controlnet_aux is installed but "
-                               f"cannot be imported ({error})", "module") from error
-        try:
-            detector = _build_detector(controlnet_aux, kind, str(annotators), paths).to(_device())
-        except RequestError:
-            raise
-        except Exception as error:  # a damaged or wrong file is for the user to replace
-            raise RequestError(f"Preprocessor '{kind}' could not load its weights from {annotators}: "
-                               f"{type(error).__name__}: {error}", "module") from error
-        loaded[key] = detector
-        return detector
+def _aux_detector(kind: str, annotators: Path, paths: tuple[str, ...], device: str):
+    """controlnet_aux's detector for `kind` from the files at `paths` (relative to `annotators`),
+    on `device`."""
+    try:
+        import controlnet_aux
+    except Exception as error:  # an installed but broken dependency chain
+        raise RequestError(f"Preprocessor '{kind}' is not available: controlnet_aux is installed but "
+                           f"cannot be imported ({error})", "module") from error
+    try:
+        return _build_detector(controlnet_aux, kind, str(annotators), paths).to(device)
+    except RequestError:
+        raise
+    except Exception as error:  # a damaged or wrong file is for the user to replace
+        raise RequestError(f"Preprocessor '{kind}' could not load its weights from {annotators}: "
+                           f"{type(error).__name__}: {error}", "module") from error
 
 
 def _build_detector(controlnet_aux, kind: str, folder: str, paths: tuple[str, ...]):
@@ -93,7 +109,7 @@ def _run_aux(kind: str, job: _Job, **options) -> np.ndarray:
     from engine.controlnet.preprocessors import PREPROCESSORS  # the table names this module's functions
 
     preprocessor = PREPROCESSORS[kind]
-    detector = _aux_detector(kind, job.annotators, preprocessor._files, preprocessor._subfolder)
+    detector = job.annotators.detector(kind, job.folder, preprocessor._files, preprocessor._subfolder)
     height, width = job.image.shape[:2]
     side = min(height, width)
     # controlnet_aux rounds its working size to multiples of 64; the map is brought back to ours.
@@ -144,36 +160,32 @@ ADE20K_PALETTE = np.frombuffer(bytes.fromhex(_ADE20K_HEX), dtype=np.uint8).resha
 
 
 def _segmenter(folder: Path):
-    key = ("seg", str(folder))
-    with load_lock:
-        if key not in loaded:
-            try:
-                from transformers import AutoModelForSemanticSegmentation
+    """The ADE20K model read from `folder` (on the CPU), its mean, std and rescale factor."""
+    try:
+        from transformers import AutoModelForSemanticSegmentation
 
-                model = AutoModelForSemanticSegmentation.from_pretrained(str(folder), local_files_only=True)
-            except Exception as error:  # a damaged or unsupported folder is for the user to replace
-                raise RequestError(f"Preprocessor 'seg_ofade20k' could not load the model in {folder}: "
-                                   f"{type(error).__name__}: {error}", "module") from error
-            labels = int(model.config.num_labels)
-            if labels != len(ADE20K_PALETTE):
-                raise RequestError(f"Preprocessor 'seg_ofade20k' is not available: the model in {folder} has "
-                                   f"{labels} classes, not ADE20K's 150", "module")
-            mean, std, rescale = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 1 / 255
-            config_file = folder / "preprocessor_config.json"
-            if config_file.is_file():  # read by hand: transformers' processors want torchvision
-                config = json.loads(config_file.read_text(encoding="utf-8"))
-                mean = config.get("image_mean", mean)
-                std = config.get("image_std", std)
-                rescale = config.get("rescale_factor", rescale) if config.get("do_rescale", True) else 1.0
-            loaded[key] = (model.eval().to(_device()), np.asarray(mean, np.float32),
-                            np.asarray(std, np.float32), float(rescale))
-        return loaded[key]
+        model = AutoModelForSemanticSegmentation.from_pretrained(str(folder), local_files_only=True)
+    except Exception as error:  # a damaged or unsupported folder is for the user to replace
+        raise RequestError(f"Preprocessor 'seg_ofade20k' could not load the model in {folder}: "
+                           f"{type(error).__name__}: {error}", "module") from error
+    labels = int(model.config.num_labels)
+    if labels != len(ADE20K_PALETTE):
+        raise RequestError(f"Preprocessor 'seg_ofade20k' is not available: the model in {folder} has "
+                           f"{labels} classes, not ADE20K's 150", "module")
+    mean, std, rescale = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 1 / 255
+    config_file = folder / "preprocessor_config.json"
+    if config_file.is_file():  # read by hand: transformers' processors want torchvision
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        mean = config.get("image_mean", mean)
+        std = config.get("image_std", std)
+        rescale = config.get("rescale_factor", rescale) if config.get("do_rescale", True) else 1.0
+    return model.eval(), np.asarray(mean, np.float32), np.asarray(std, np.float32), float(rescale)
 
 
 def seg_ade20k(job: _Job) -> np.ndarray:
     import torch
 
-    model, mean, std, rescale = _segmenter(job.annotators / SEG_FOLDER)
+    model, mean, std, rescale = job.annotators.segmenter(job.folder / SEG_FOLDER)
     height, width = job.image.shape[:2]
     # Backbones downsample by up to 32; pad by reflection rather than distort the picture.
     pad_h, pad_w = -height % 32, -width % 32

@@ -22,6 +22,7 @@ from PIL import Image
 from engine.runs import image_prep
 from engine.errors import RequestError
 from engine.controlnet import preprocessors
+from engine.controlnet.annotators import Annotators
 from engine.controlnet.units import (
     CONTROLNET_MORE,
     PROMPT_MORE,
@@ -35,8 +36,10 @@ PROMPT_SOFTNESS = 0.825  # "My prompt is more important": each shallower residua
 
 
 def detect_map(unit: ControlUnit, image: Image.Image, width: int, height: int,
-               models_dir: Path | None = None, mask: Image.Image | None = None) -> Image.Image:
-    """The unit's preprocessor run on `image`, at the resolution the unit asks for."""
+               models_dir: Path | None = None, mask: Image.Image | None = None,
+               annotators: Annotators | None = None) -> Image.Image:
+    """The unit's preprocessor run on `image`, at the resolution the unit asks for.
+    `annotators`: where weight-needing preprocessors keep their detectors (the library's)."""
     if unit.pixel_perfect:
         resolution = pixel_perfect_resolution(image, width, height, unit.resize_mode)
     else:
@@ -44,7 +47,8 @@ def detect_map(unit: ControlUnit, image: Image.Image, width: int, height: int,
     return preprocessors.run(unit.module, image, resolution,
                              unit.threshold_a if unit.threshold_a >= 0 else None,
                              unit.threshold_b if unit.threshold_b >= 0 else None,
-                             mask=unit.mask if unit.mask is not None else mask, models_dir=models_dir)
+                             mask=unit.mask if unit.mask is not None else mask, models_dir=models_dir,
+                             annotators=annotators)
 
 
 def control_tensor(control_map: Image.Image, width: int, height: int, resize_mode: str) -> torch.Tensor:
@@ -97,7 +101,7 @@ def prepare(units: list[tuple[int, ControlUnit]], library, width: int, height: i
         if image is None:
             raise RequestError(f"ControlNet unit {index} is enabled but has no control image", "image")
         detected = detect_map(unit, image.convert("RGBA") if image.mode == "RGBA" else image.convert("RGB"),
-                              width, height, models_dir, fallback_mask)
+                              width, height, models_dir, fallback_mask, library.annotators)
         net = library.load(unit.model)
         if net.device != torch.device(device) or net.dtype != dtype:
             net = net.to(device, dtype)

@@ -31,6 +31,7 @@ import torch
 
 from engine.models.devices import DeviceConfig, free_memory
 from engine.errors import CheckpointError, NotFoundError
+from engine.controlnet.annotators import Annotators
 from engine.controlnet.layouts import (
     CONFIG_ROOT,
     FAMILIES,
@@ -245,6 +246,8 @@ class ControlNetLibrary:
         self._entries: dict[str, ControlNetFile] = {}
         self._families: dict[tuple, str] = {}
         self._loaded: OrderedDict[str, tuple[tuple, object]] = OrderedDict()
+        # The preprocessors' detectors (annotators/ below the folder), on the same device.
+        self.annotators = Annotators(str(device_config.device))
         self.refresh()
 
     # -- listing

@@ -58,7 +58,8 @@ class _Job:
     a: float | None
     b: float | None
     mask: np.ndarray | None    # H x W bool, True = regenerate (inpaint only)
-    annotators: Path
+    folder: Path               # where annotator weights are
+    annotators: weighted.Annotators  # what loads and keeps them, and where they run
 
 
 @dataclass(frozen=True)
@@ -393,13 +394,15 @@ def _resolution(value) -> int:
 
 def run(name: str, image: Image.Image, resolution: int = DEFAULT_RESOLUTION, threshold_a: float | None = None,
         threshold_b: float | None = None, mask: Image.Image | None = None,
-        models_dir: Path | None = None) -> Image.Image:
+        models_dir: Path | None = None, annotators: weighted.Annotators | None = None) -> Image.Image:
     """The control map of `image` (RGB; RGBA with alpha 0 on masked pixels for inpaint).
 
     Thresholds None (or -1, the ecosystem's "unset") mean the slider's default, and are ignored by
     modules without that slider; `resolution` (-1: 512) is only checked (64-2048) where the module
     uses it. Inpaint modules take `mask`
-    (white = regenerate) and, without one, the picture's transparent pixels."""
+    (white = regenerate) and, without one, the picture's transparent pixels. `annotators`: what
+    keeps the detectors of weight-needing modules loaded (the ControlNet library's); without it
+    they are loaded for this map only, on the default device."""
     preprocessor = find(name)
     a = _threshold(preprocessor, preprocessor.threshold_a, threshold_a, "threshold_a")
     b = _threshold(preprocessor, preprocessor.threshold_b, threshold_b, "threshold_b")
@@ -433,12 +436,8 @@ def run(name: str, image: Image.Image, resolution: int = DEFAULT_RESOLUTION, thr
                                "picture", "processor_res")
         pixels = _resize_short_side(pixels, size)
 
-    job = _Job(np.ascontiguousarray(pixels), a, b, masked, annotators_dir(models_dir))
+    job = _Job(np.ascontiguousarray(pixels), a, b, masked, annotators_dir(models_dir),
+               annotators if annotators is not None else weighted.Annotators())
     result = preprocessor._fn(job)
     return Image.fromarray(np.ascontiguousarray(result, dtype=np.uint8), "RGBA" if result.shape[2] == 4 else "RGB")
 
-
-def unload() -> None:
-    """Forget the detectors loaded for weight-needing preprocessors (frees their memory)."""
-    with weighted.load_lock:
-        weighted.loaded.clear()

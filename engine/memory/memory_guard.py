@@ -9,6 +9,10 @@ hires fix pass around its denoising) adds itself to the message. The job's patch
 extensions, memory modes, ControlNet) are context managers, so they are undone as the error
 passes them; the job runner then calls `as_user_error`, which lets go of the failed job's frames
 and hands the allocator's cache back.
+
+For tests, a `FaultPlan` makes named stages run out on purpose. It is an object, not a setting of
+this module: app.py makes one at start (from SD_STUDIO_FAULTS), the add-ons carry it to the job
+runners and libraries, and each `stage()` is handed the plan of the job it runs in.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ MEMORY_ERRORS = (torch.OutOfMemoryError, MemoryError)
 # allocate memory"), a CUDA kernel launch ("CUDA error: out of memory"), MPS.
 _OOM_TEXT = re.compile(r"\bout of memory\b|DefaultCPUAllocator: (can't allocate|not enough) memory",
                        re.IGNORECASE)
-FAULTS_ENV = "SD_STUDIO_FAULTS"  # for tests only: "denoise:1,vae_decode:2"
+FAULTS_ENV = "SD_STUDIO_FAULTS"  # for tests only, read by app.py at start: "denoise:1,vae_decode:2"
 
 SMALLER = "make the picture smaller (width, height) or lower the batch size"
 SETTINGS_HINT = ("The memory-saving settings `sd_vae_tiling`, `attention_slicing` and `memory_mode` "
@@ -108,12 +112,14 @@ def _needed(text: str) -> str:
 
 
 @contextlib.contextmanager
-def stage(name: str, fault: str | None = None) -> Iterator[None]:
+def stage(name: str, fault: str | None = None, faults: FaultPlan | None = None) -> Iterator[None]:
     """Run a block as the named stage: running out of memory in it raises OutOfMemoryUserError
-    saying so. `fault`: the injected fault that fires here (the stage's own name by default)."""
+    saying so. `faults`: the test plan of the job this runs in (None: nothing injected); `fault`:
+    the plan's name for this stage (the stage's own name by default)."""
     failure = None
     try:
-        _injected_fault(fault or name)
+        if faults is not None:
+            faults.fire(fault or name)
         yield
     except OutOfMemoryUserError as error:
         if name in error.stages:
@@ -151,45 +157,55 @@ def forget_frames(error: BaseException) -> None:
         error = error.__cause__ or error.__context__
 
 
-# Fault injection, for tests only. Module level because the stages sit deep in code that holds no
-# handle on the app's objects (vae.decode, extensions); empty, and so inert, unless a test calls
-# inject() or the server starts with SD_STUDIO_FAULTS set.
-_faults: dict[str, int] = {}
-_faults_lock = threading.Lock()
+class FaultPlan:
+    """Stages that run out of memory on purpose, for tests: how many more entries into each fail
+    with torch.OutOfMemoryError. Made once by the composition root (app.py, from SD_STUDIO_FAULTS)
+    or by a test, and handed to whatever runs the stages; an empty plan is inert."""
 
+    def __init__(self, faults: dict[str, int] | None = None):
+        self._left: dict[str, int] = {}
+        self._lock = threading.Lock()
+        for name, times in (faults or {}).items():
+            self.inject(name, times)
 
-def inject(name: str, times: int = 1) -> None:
-    """Make the next `times` entries into stage `name` raise torch.OutOfMemoryError."""
-    if name not in FAULT_STAGES:
-        raise ValueError(f"unknown stage {name!r}; stages: {', '.join(sorted(FAULT_STAGES))}")
-    with _faults_lock:
-        _faults[name] = _faults.get(name, 0) + int(times)
+    @classmethod
+    def parse(cls, text: str | None) -> "FaultPlan":
+        """A plan from "stage:times,..." (times defaults to 1); "" or None: an empty plan."""
+        plan = cls()
+        for item in filter(None, (part.strip() for part in (text or "").split(","))):
+            name, _, times = item.partition(":")
+            plan.inject(name.strip(), int(times) if times.strip() else 1)
+        return plan
 
+    def inject(self, name: str, times: int = 1) -> None:
+        """Make the next `times` entries into stage `name` raise torch.OutOfMemoryError."""
+        if name not in FAULT_STAGES:
+            raise ValueError(f"unknown stage {name!r}; stages: {', '.join(sorted(FAULT_STAGES))}")
+        with self._lock:
+            self._left[name] = self._left.get(name, 0) + int(times)
 
-def clear_faults() -> None:
-    with _faults_lock:
-        _faults.clear()
+    def clear(self) -> None:
+        with self._lock:
+            self._left.clear()
 
+    def pending(self) -> dict[str, int]:
+        """The faults not fired yet, by stage."""
+        with self._lock:
+            return dict(self._left)
 
-def inject_from_env(value: str | None) -> None:
-    """Faults from SD_STUDIO_FAULTS ("stage:times,..."; times defaults to 1). For tests only."""
-    if not value:
-        return
-    for item in filter(None, (part.strip() for part in value.split(","))):
-        name, _, times = item.partition(":")
-        inject(name.strip(), int(times) if times.strip() else 1)
-    log.warning("%s=%s: stages will run out of memory on purpose (a test setting)", FAULTS_ENV, value)
+    def __bool__(self) -> bool:
+        return bool(self._left)
 
-
-def _injected_fault(name: str) -> None:
-    if not _faults:  # the usual case: nothing injected, no lock taken
-        return
-    with _faults_lock:
-        left = _faults.get(name, 0)
-        if not left:
+    def fire(self, name: str) -> None:
+        """Raise torch.OutOfMemoryError if a fault is left for stage `name` (using it up)."""
+        if not self._left:  # the usual case: nothing injected, no lock taken
             return
-        if left == 1:
-            del _faults[name]
-        else:
-            _faults[name] = left - 1
-    raise torch.OutOfMemoryError(f"CUDA out of memory (injected at stage {name!r}, for tests)")
+        with self._lock:
+            left = self._left.get(name, 0)
+            if not left:
+                return
+            if left == 1:
+                del self._left[name]
+            else:
+                self._left[name] = left - 1
+        raise torch.OutOfMemoryError(f"CUDA out of memory (injected at stage {name!r}, for tests)")

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from engine.memory import memory_guard, vae_budget
+from engine.memory.memory_guard import FaultPlan
 from engine.models.devices import free_memory
 from engine.errors import CheckpointError, NotFoundError, OutOfMemoryUserError
 from engine.models.registry import HashCache
@@ -194,11 +195,12 @@ def fitted(vae, batch: int, height: int, width: int, device, decoding: bool):
         vae.use_slicing, vae.use_tiling = saved
 
 
-def decode_fitting(vae, latents: torch.Tensor, notes: list[str]) -> torch.Tensor:
+def decode_fitting(vae, latents: torch.Tensor, notes: list[str], faults: FaultPlan | None = None) -> torch.Tensor:
     """decode(), and when that runs out of memory, once more in tiles and one image at a time
-    (a note for the user is added to `notes`). Out of memory again: OutOfMemoryUserError."""
+    (a note for the user is added to `notes`). Out of memory again: OutOfMemoryUserError.
+    `faults`: the job's test plan of memory faults."""
     try:
-        with memory_guard.stage("vae_decode"):
+        with memory_guard.stage("vae_decode", faults=faults):
             return decode(vae, latents)
     except OutOfMemoryUserError as error:
         if not hasattr(vae, "tiled_decode"):
@@ -206,7 +208,7 @@ def decode_fitting(vae, latents: torch.Tensor, notes: list[str]) -> torch.Tensor
         memory_guard.forget_frames(error)
     # Out of the handler, so the failed attempt's tensors can go before the retry needs room.
     free_memory()
-    with memory_guard.stage("vae_decode_tiled", fault="vae_decode"), _tiling_for_retry(vae, latents):
+    with memory_guard.stage("vae_decode_tiled", fault="vae_decode", faults=faults), _tiling_for_retry(vae, latents):
         images = decode(vae, latents)
     if TILED_NOTE not in notes:
         notes.append(TILED_NOTE)
@@ -233,10 +235,10 @@ def _tiling_for_retry(vae, latents: torch.Tensor):
 
 
 @torch.no_grad()
-def encode(vae, images: torch.Tensor) -> torch.Tensor:
+def encode(vae, images: torch.Tensor, faults: FaultPlan | None = None) -> torch.Tensor:
     """Images in [-1, 1] to UNet latents, deterministically (the distribution's mode), with the
-    same fp32 fallback as decoding."""
-    with memory_guard.stage("vae_encode"):
+    same fp32 fallback as decoding. `faults`: the job's test plan of memory faults."""
+    with memory_guard.stage("vae_encode", faults=faults):
         return _encode(vae, images)
 
 

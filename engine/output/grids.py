@@ -7,7 +7,6 @@ the font Pillow ships; either way a grid never fails for want of a font."""
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
@@ -21,7 +20,6 @@ FONT_FILES = (
 TEXT_COLOUR, BACKGROUND = (0, 0, 0), (255, 255, 255)
 
 
-@lru_cache(maxsize=16)  # fonts are read-only data: caching them holds no job state
 def font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     for path in FONT_FILES:
         if path.is_file():

@@ -12,6 +12,7 @@ from pathlib import Path
 from PIL import Image
 
 from engine.memory import memory_guard
+from engine.memory.memory_guard import FaultPlan
 from engine.errors import RequestError
 from engine.runs.image_prep import CROP_AND_RESIZE, JUST_RESIZE, flatten, resize_image
 from engine.output.writer import read_infotext
@@ -98,23 +99,25 @@ class ExtrasResult:
     path: Path | None = None
 
 
-def upscale(request: ExtrasRequest, models=None, device="cpu") -> ExtrasResult:
-    """`models`: an UpscalerLibrary for upscaler names that are model files."""
-    with memory_guard.stage("upscale"):
+def upscale(request: ExtrasRequest, models=None, device="cpu", faults: FaultPlan | None = None) -> ExtrasResult:
+    """`models`: an UpscalerLibrary for upscaler names that are model files; `faults`: the
+    job's test plan of memory faults."""
+    with memory_guard.stage("upscale", faults=faults):
         source = flatten(request.image)
-        image = _upscaled(source, request, request.upscaler, models, device)
+        image = _upscaled(source, request, request.upscaler, models, device, faults)
         if request.second_upscaler_used:
-            second = _upscaled(source, request, request.upscaler_2, models, device)
+            second = _upscaled(source, request, request.upscaler_2, models, device, faults)
             image = Image.blend(image, second.resize(image.size), request.upscaler_2_visibility)
     return ExtrasResult(image, read_infotext(request.image), request.params)
 
 
-def _upscaled(source: Image.Image, request: ExtrasRequest, upscaler: str, models, device) -> Image.Image:
+def _upscaled(source: Image.Image, request: ExtrasRequest, upscaler: str, models, device,
+              faults: FaultPlan | None = None) -> Image.Image:
     width, height = request.target_size
     if upscaler not in UPSCALERS:  # a model file
         if request.width > 0 and request.height > 0 and request.crop:
             source = _crop_to_shape(source, width, height)
-        return models.upscale(source, upscaler, width, height, device)
+        return models.upscale(source, upscaler, width, height, device, faults=faults)
     method = UPSCALERS[upscaler]
     if method is None:
         return source.copy()

@@ -11,7 +11,6 @@ download). Restorers:
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,8 +19,9 @@ import torch
 from PIL import Image, ImageDraw, ImageFilter
 
 from engine.memory import memory_guard
+from engine.memory.memory_guard import FaultPlan
 from engine.errors import RequestError
-from engine.postprocess.face_models import KINDS, FaceModelLibrary
+from engine.postprocess.face_models import KINDS, FaceDetector, FaceModelLibrary
 from engine.request import GenerationRequest
 
 FACE_DETAILER = "Face detailer"
@@ -52,23 +52,15 @@ def _cv2_ready() -> bool:
         import cv2
     except ImportError:
         return False
-    return Path(cv2.data.haarcascades, "haarcascade_frontalface_default.xml").is_file()
+    return Path(cv2.data.haarcascades, FaceDetector.FILE).is_file()
 
 
-@functools.lru_cache(maxsize=1)
-def _cascade():
-    """The detector, read from disk once (it runs on every image of a job)."""
-    import cv2
-
-    return cv2.CascadeClassifier(str(Path(cv2.data.haarcascades, "haarcascade_frontalface_default.xml")))
-
-
-def detect_faces(image: Image.Image, min_size: int = 32) -> list[tuple[int, int, int, int]]:
-    """(left, top, right, bottom) of each frontal face, largest first."""
-    cascade = _cascade()
-    gray = np.asarray(image.convert("L"))
-    found = cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=4, minSize=(min_size, min_size))
-    boxes = [(int(x), int(y), int(x + w), int(y + h)) for x, y, w, h in found]
+def detect_faces(image: Image.Image, min_size: int = 32,
+                 detector: FaceDetector | None = None) -> list[tuple[int, int, int, int]]:
+    """(left, top, right, bottom) of each frontal face, largest first. `detector`: one that keeps
+    its cascade (the face library's); without one it is read for this call."""
+    found = (detector or FaceDetector())(np.asarray(image.convert("L")), min_size)
+    boxes = [(x, y, x + w, y + h) for x, y, w, h in found]
     return sorted(boxes, key=lambda b: (b[2] - b[0]) * (b[3] - b[1]), reverse=True)
 
 
@@ -90,11 +82,18 @@ def oval_mask(size: tuple[int, int], inset: float = 0.12, feather: float = 0.06)
     return soft.point(lambda v: 0 if v < 8 else v)  # no faint tail reaching the box's corners
 
 
-@memory_guard.stage("face_restore")
 def detail_faces(image: Image.Image, request: GenerationRequest, strength: float, second_pass,
-                 work_size: int = 512) -> Image.Image:
-    """The face detailer: each face redrawn by `second_pass` (an img2img request -> image)."""
-    faces = detect_faces(image)
+                 work_size: int = 512, faults: FaultPlan | None = None,
+                 detector: FaceDetector | None = None) -> Image.Image:
+    """The face detailer: each face redrawn by `second_pass` (an img2img request -> image).
+    `faults`: the job's test plan of memory faults; `detector`: the face library's."""
+    with memory_guard.stage("face_restore", faults=faults):
+        return _detail_faces(image, request, strength, second_pass, work_size, detector)
+
+
+def _detail_faces(image: Image.Image, request: GenerationRequest, strength: float, second_pass,
+                  work_size: int, detector: FaceDetector | None) -> Image.Image:
+    faces = detect_faces(image, detector=detector)
     if not faces:
         return image
     result = image.convert("RGB").copy()
@@ -137,12 +136,19 @@ def _aligned_box(box) -> tuple[int, int, int, int]:
     return left, top, left + side, top + side
 
 
-@memory_guard.stage("face_restore")
 def restore_with_model(image: Image.Image, library: FaceModelLibrary, name: str,
-                       device: torch.device | str, fidelity: float = 0.5, visibility: float = 1.0) -> Image.Image:
+                       device: torch.device | str, fidelity: float = 0.5, visibility: float = 1.0,
+                       faults: FaultPlan | None = None) -> Image.Image:
     """Each face through GFPGAN or CodeFormer at the network's size, pasted back with a soft
-    oval, `visibility` of the way. `fidelity` is CodeFormer's weight (0: most restored)."""
-    faces = detect_faces(image)
+    oval, `visibility` of the way. `fidelity` is CodeFormer's weight (0: most restored).
+    `faults`: the job's test plan of memory faults."""
+    with memory_guard.stage("face_restore", faults=faults):
+        return _restore_with_model(image, library, name, device, fidelity, visibility)
+
+
+def _restore_with_model(image: Image.Image, library: FaceModelLibrary, name: str,
+                        device: torch.device | str, fidelity: float, visibility: float) -> Image.Image:
+    faces = detect_faces(image, detector=library.detector)
     if not faces or visibility <= 0:
         return image
     size = library.model(name).input_size

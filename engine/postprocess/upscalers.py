@@ -24,6 +24,7 @@ from PIL import Image
 from engine.postprocess import ldsr
 
 from engine.memory import memory_guard
+from engine.memory.memory_guard import FaultPlan
 from engine.errors import RequestError
 from engine.postprocess.esrgan import read_state
 from engine.models.model_catalogue import (
@@ -175,12 +176,13 @@ class UpscalerLibrary:
 
     @torch.inference_mode()
     def upscale(self, image: Image.Image, name: str, width: int, height: int,
-                device: torch.device | str = "cpu") -> Image.Image:
+                device: torch.device | str = "cpu", faults: FaultPlan | None = None) -> Image.Image:
         """The picture through the model (its own factor, tile by tile; again while still smaller
-        than asked, as the ecosystem does), then to width x height."""
+        than asked, as the ecosystem does), then to width x height. `faults`: the job's test plan
+        of memory faults."""
         if self.canonical(name) == ldsr.NAME and name not in self.files():
-            return self._ldsr_upscale(image, width, height, device)
-        with memory_guard.stage("upscale"):
+            return self._ldsr_upscale(image, width, height, device, faults)
+        with memory_guard.stage("upscale", faults=faults):
             model = self.model(name).to(device)
             result = image.convert("RGB")
             for index in range(MAX_PASSES):
@@ -211,14 +213,15 @@ class UpscalerLibrary:
             self._ldsr = (path, stamp, model)
         return model
 
-    def _ldsr_upscale(self, image: Image.Image, width: int, height: int, device) -> Image.Image:
+    def _ldsr_upscale(self, image: Image.Image, width: int, height: int, device,
+                      faults: FaultPlan | None = None) -> Image.Image:
         """One LDSR pass at the scale asked (it lands on it: the ecosystem resizes the picture by
         scale / 4 first), then to width x height. Not tiled by TILE: LDSR patches its latents itself."""
         image = image.convert("RGB")
         scale = max(width / image.width, height / image.height)
         options = self.options()
         steps = int(options.get("ldsr_steps", ldsr.DEFAULT_STEPS))
-        with memory_guard.stage("upscale"), self._lock:
+        with memory_guard.stage("upscale", faults=faults), self._lock:
             model = self.ldsr_model().to(device)
             try:
                 result = model.upscale(image, scale, steps, seed=self.ldsr_seed, should_stop=self.should_stop)

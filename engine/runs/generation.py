@@ -17,6 +17,7 @@ from engine.extensions import registry as extensions
 from engine.output import infotext
 
 from engine.memory import memory_guard
+from engine.memory.memory_guard import FaultPlan
 
 from engine.runs import samplers
 from engine.addons import AddOns
@@ -68,7 +69,8 @@ class ImageContext:
 
     def upscale(self, image: Image.Image, upscaler: str, width: int, height: int) -> Image.Image:
         """`image` at width x height by a model upscaler (its listed name) on the job's device."""
-        return self._run.addons.upscalers.upscale(image, upscaler, width, height, self.device)
+        return self._run.addons.upscalers.upscale(image, upscaler, width, height, self.device,
+                                                  faults=self.faults)
 
     def restore_faces(self, image: Image.Image, restorer: str, strength: float = 0.4,
                       fidelity: float = 0.5) -> Image.Image:
@@ -76,8 +78,10 @@ class ImageContext:
         `strength`) or by a GFPGAN/CodeFormer model (`fidelity`: CodeFormer's weight)."""
         if restorer == FACE_DETAILER:
             request = self._run.request
-            return detail_faces(image, request.replace(steps=max(request.steps, 4)), strength, self.second_pass)
-        return restore_with_model(image, self._run.addons.faces, restorer, self.device, fidelity=fidelity)
+            return detail_faces(image, request.replace(steps=max(request.steps, 4)), strength, self.second_pass,
+                                faults=self.faults, detector=self._run.addons.faces.detector)
+        return restore_with_model(image, self._run.addons.faces, restorer, self.device, fidelity=fidelity,
+                                  faults=self.faults)
 
     def second_pass(self, request: GenerationRequest, keep_control: bool = False,
                     checkpoint: str | None = None, exact_steps: bool = False) -> Image.Image:
@@ -98,6 +102,15 @@ class ImageContext:
     def save_before(self, stage: str, image: Image.Image) -> None:
         """Keep a copy of the image as it is before `stage` when the settings ask for one."""
         self._run.save_before(stage, image, self.seed, self.subseed)
+
+    def memory_stage(self, name: str):
+        """A context manager naming the stage for out-of-memory messages (the advice for `name`)."""
+        return memory_guard.stage(name, faults=self.faults)
+
+    @property
+    def faults(self) -> FaultPlan | None:
+        """The job's test plan of memory faults, for the extension's own memory_guard.stage()."""
+        return self._run.addons.faults
 
 
 class Txt2ImgRun:
@@ -142,7 +155,7 @@ class Txt2ImgRun:
         request, job = self.request, self.job
         job.set_total(self.sampling_steps * request.n_iter, request.n_iter)
         vae_file = self.model.use_vae(request.vae, self.addons.vaes)
-        with memory_guard.stage("model_placement"):  # a no-op unless the mode (or the VAE) changed
+        with memory_guard.stage("model_placement", faults=self.addons.faults):  # a no-op unless the mode (or the VAE) changed
             self.model.use_memory_mode(self.policy.memory.memory_mode)
         prompt, negative = self.addons.styles.apply(request.prompt, request.negative_prompt,
                                                     request.styles)
@@ -166,7 +179,7 @@ class Txt2ImgRun:
             encoder = PromptEncoder(self.pipe, self.model.family, clip_skip=request.clip_skip,
                                     emphasis=request.emphasis,
                                     **self.addons.embeddings.encoder_options(self.model))
-            with memory_guard.stage("text_encoding"):
+            with memory_guard.stage("text_encoding", faults=self.addons.faults):
                 cond, uncond = encoder.encode_schedules(text, negative_text, self.sampling_steps)
             result.extra_params = self._extra_params(loras, encoder, vae_file)
             result.warnings = list(loras.warnings)
@@ -313,12 +326,12 @@ class Txt2ImgRun:
 
         scale = self.model.vae_scale_factor
         with torch.inference_mode():
-            latents = encode(self.pipe.vae, image_tensor(image))
+            latents = encode(self.pipe.vae, image_tensor(image), faults=self.addons.faults)
             if latent_mode is not None:
                 mode, antialias = LATENT_UPSCALE_MODES[latent_mode]
                 latents = torch.nn.functional.interpolate(latents.float(), size=(height // scale, width // scale),
                                                           mode=mode, antialias=antialias)
-            images = decode_fitting(self.pipe.vae, latents, self.memory_notes)
+            images = decode_fitting(self.pipe.vae, latents, self.memory_notes, faults=self.addons.faults)
             return self.pipe.image_processor.postprocess(images, output_type="pil")[0]
 
     def _run_batch(self, batch: int, cond: ScheduledConditioning, uncond: ScheduledConditioning,
@@ -377,10 +390,10 @@ class Txt2ImgRun:
             first_noise = noise.next()
             start = self._start(batch, first_noise, denoiser, seeds)
             sampling = BatchSampling(self._plan(), denoiser, noise, seeds, self._callback(batch, denoiser))
-            with memory_guard.stage("denoise"):
+            with memory_guard.stage("denoise", faults=self.addons.faults):
                 latents = self._after_sampling(sampling.run(first_noise, start), denoiser)
             self.negative_skips += denoiser.skipped_uncond
-            images = decode_fitting(pipe.vae, latents, self.memory_notes)
+            images = decode_fitting(pipe.vae, latents, self.memory_notes, faults=self.addons.faults)
             return list(pipe.image_processor.postprocess(images, output_type="pil"))
 
     def _noise(self, seeds, subseeds) -> ImageNoise:
@@ -440,7 +453,7 @@ class Txt2ImgRun:
         if self._blank_conditioning is None:
             # txt2img on an inpainting model: everything masked, a grey picture behind it.
             grey = torch.zeros(1, 3, request.height, request.width)
-            encoded = encode(self.pipe.vae, grey).float()
+            encoded = encode(self.pipe.vae, grey, faults=self.addons.faults).float()
             self._blank_conditioning = torch.cat([torch.ones_like(encoded[:, :1]), encoded], dim=1)
         return self._blank_conditioning.expand(count, -1, -1, -1)
 

@@ -149,7 +149,7 @@ class Img2ImgRun(Txt2ImgRun):
 
     def _init_latents(self, index: int) -> torch.Tensor:
         if index not in self._encoded:
-            latents = encode(self.pipe.vae, image_tensor(self.inits[index].image))
+            latents = encode(self.pipe.vae, image_tensor(self.inits[index].image), faults=self.addons.faults)
             self._encoded[index] = self._to_latent_size(latents)
         return self._encoded[index]
 
@@ -171,7 +171,8 @@ class Img2ImgRun(Txt2ImgRun):
             else:
                 keep = torch.from_numpy(1.0 - self.mask.pixels())[None, None]
                 pixels = pixels * keep
-            self._masked_encoded[index] = self._to_latent_size(encode(self.pipe.vae, pixels))
+            self._masked_encoded[index] = self._to_latent_size(encode(self.pipe.vae, pixels,
+                                                                              faults=self.addons.faults))
         return self._masked_encoded[index]
 
     def _upscaler(self) -> image_prep.Upscale | None:
@@ -188,7 +189,8 @@ class Img2ImgRun(Txt2ImgRun):
                 self.memory_notes.append(note)
             return None
         return lambda image, width, height: self.addons.upscalers.upscale(image, canonical, width, height,
-                                                                          self.model.device)
+                                                                          self.model.device,
+                                                                          faults=self.addons.faults)
 
     def _finish(self, images: list[Image.Image], batch: int) -> list[Image.Image]:
         indices = self._indices(batch, len(images))

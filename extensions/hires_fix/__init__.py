@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from PIL import Image
 
-from engine.memory import memory_guard
-
 from engine.runs import samplers
 from engine.extensions import Extension, Field
 from engine.runs.image_prep import CROP_AND_RESIZE, JUST_RESIZE, LATENT_UPSCALE, resize_image
@@ -85,8 +83,11 @@ class HiresFix(Extension):
         new_width, new_height = target_size(width, height, options)
         return f"from {width}x{height} to **{new_width}x{new_height}**"
 
-    @memory_guard.stage("hires_fix")  # running out of memory here: say so, with hires advice
     def process(self, image, request, options, ctx):
+        with ctx.memory_stage("hires_fix"):  # running out of memory here: say so, with hires advice
+            return self._process(image, request, options, ctx)
+
+    def _process(self, image, request, options, ctx):
         width, height = target_size(request.width, request.height, options)
         upscaler = options["upscaler"]
         ctx.save_before("highres-fix", image)

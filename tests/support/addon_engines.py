@@ -8,17 +8,20 @@ from pathlib import Path
 from engine.addons import AddOns
 from engine.controlnet.models import build_tiny_controlnet, save_original_layout
 from engine.engine import Engine
+from engine.memory.memory_guard import FaultPlan
 from engine.models.registry import HashCache
 from tests.support.lora_files import write_kohya_lora
 
 
-def engine_with_addons(engine: Engine, data: Path, lora: str, controlnet: str, controlnet_seed: int = 1) -> Engine:
+def engine_with_addons(engine: Engine, data: Path, lora: str, controlnet: str, controlnet_seed: int = 1,
+                       faults: FaultPlan | None = None) -> Engine:
     """`data`/models/Lora/<lora>.safetensors and `data`/models/ControlNet/<controlnet>.safetensors
-    written for the loaded model; an engine that finds them."""
+    written for the loaded model; an engine that finds them (and fires `faults`, a test's plan
+    of memory faults)."""
     pipe = engine.models.require().base
     (data / "models" / "Lora").mkdir(parents=True, exist_ok=True)
     write_kohya_lora(pipe, data / "models" / "Lora" / f"{lora}.safetensors")
     save_original_layout(build_tiny_controlnet(pipe.unet, seed=controlnet_seed),
                          data / "models" / "ControlNet" / f"{controlnet}.safetensors")
     return Engine(engine.models, engine.writer, engine.settings,
-                  AddOns.in_data_dir(data, HashCache(data / "cache.json")), queue=engine.queue)
+                  AddOns.in_data_dir(data, HashCache(data / "cache.json"), faults=faults), queue=engine.queue)

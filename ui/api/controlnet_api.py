@@ -144,7 +144,8 @@ def build_router(ctx, auth_dependency) -> APIRouter:
             detected = preprocessors.run(controlnet_module, image, controlnet_processor_res,
                                          controlnet_threshold_a if controlnet_threshold_a >= 0 else None,
                                          controlnet_threshold_b if controlnet_threshold_b >= 0 else None,
-                                         mask=mask, models_dir=engine.addons.controlnets.folder)
+                                         mask=mask, models_dir=engine.addons.controlnets.folder,
+                                         annotators=engine.addons.controlnets.annotators)
             results.append(base64.b64encode(png_bytes(detected, None)).decode())
         return {"images": results, "info": "Success"}
 

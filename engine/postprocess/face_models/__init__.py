@@ -2,7 +2,8 @@
 models/Codeformer), written here so no extra library (nor its weight downloads) is needed.
 
 FaceModelLibrary finds the files, loads the chosen network when first used (one kept in memory)
-and restores one aligned face crop at a time.
+and restores one aligned face crop at a time. It also keeps the face detector (FaceDetector:
+OpenCV's Haar cascade) that finds the faces to restore.
 """
 
 from __future__ import annotations
@@ -39,6 +40,28 @@ def _codeformer(state: dict) -> nn.Module:
     return codeformer_from_state_dict(state)
 
 
+class FaceDetector:
+    """OpenCV's frontal-face Haar cascade (shipped inside opencv-python-headless), read from disk
+    when first used and kept (it runs on every image of a job); one detection at a time."""
+
+    FILE = "haarcascade_frontalface_default.xml"
+
+    def __init__(self):
+        self._cascade = None
+        self._lock = threading.Lock()
+
+    def __call__(self, gray, min_size: int) -> list[tuple[int, int, int, int]]:
+        """(x, y, width, height) of each frontal face in `gray` (an H x W uint8 array)."""
+        import cv2
+
+        with self._lock:
+            if self._cascade is None:
+                self._cascade = cv2.CascadeClassifier(str(Path(cv2.data.haarcascades, self.FILE)))
+            found = self._cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=4,
+                                                   minSize=(min_size, min_size))
+        return [(int(x), int(y), int(w), int(h)) for x, y, w, h in found]
+
+
 KINDS = {kind.name: kind for kind in (
     FaceModelKind("GFPGAN", "GFPGAN", "GFPGANv1.4.pth", _gfpgan),
     FaceModelKind("CodeFormer", "Codeformer", "codeformer-v0.1.0.pth", _codeformer),
@@ -55,6 +78,7 @@ class FaceModelLibrary:
         self._folders = {name: Path(folder) for name, folder in (folders or {}).items()}
         self._lock = threading.Lock()
         self._loaded: tuple[Path, float, nn.Module] | None = None
+        self.detector = FaceDetector()
 
     def folder(self, name: str) -> Path:
         """Where the weights of `name` ("GFPGAN", "CodeFormer") are looked for."""
