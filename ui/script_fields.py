@@ -49,8 +49,12 @@ def render(ctx: UIContext, tab: str, mode: str, sizing: dict | None = None) -> d
             label = gr.Markdown("", elem_id=f"{tab}_script_{entry.name}_estimate")
         groups.append(group)
         estimated.append((script, fields, label))
-    chosen.change(lambda picked: [gr.update(visible=picked == name) for name in names], inputs=chosen,
-                  outputs=groups, queue=False, api_visibility="private")
+    def show(picked):
+        updates = [gr.update(visible=picked == name) for name in names]
+        # Gradio takes a list returned for a single output as that output's value: one update alone.
+        return updates[0] if len(updates) == 1 else updates
+
+    chosen.change(show, inputs=chosen, outputs=groups, queue=False, api_visibility="private")
     if sizing and estimated:
         _estimates(mode, estimated, {name: sizing[name] for name in SIZING if name in sizing})
     return controls
@@ -68,6 +72,9 @@ def _estimates(mode: str, estimated: list, sizing: dict) -> None:
         except Exception:  # half-typed values, or a script's bug: an estimate is only a courtesy
             return ""
 
+    def single(texts: list[str]):
+        return texts[0] if len(texts) == 1 else texts  # one output takes a list as its value
+
     def describe(*values):
         tab = dict(zip(size_names, values[:len(size_names)]))
         numbers = {k: int(v) for k, v in tab.items() if k not in ("prompt", "negative_prompt") and v}
@@ -75,12 +82,12 @@ def _estimates(mode: str, estimated: list, sizing: dict) -> None:
             request = GenerationRequest(mode=mode, prompt=tab.get("prompt") or "",
                                         negative_prompt=tab.get("negative_prompt") or "", **numbers)
         except (UserError, TypeError, ValueError):
-            return [""] * len(estimated)
+            return single([""] * len(estimated))
         texts, at = [], len(size_names)
         for (script, _, _), names in zip(estimated, field_lists):
             texts.append(one(script, request, dict(zip(names, values[at:at + len(names)]))))
             at += len(names)
-        return texts
+        return single(texts)
 
     inputs = [*sizing.values(), *(control for _, fields, _ in estimated for control in fields.values())]
     outputs = [label for _, _, label in estimated]

@@ -233,7 +233,7 @@ def info_json(result: GenerationResult) -> str:
         "seed_resize_from_h": request.seed_resize_from_h or -1,
         "denoising_strength": request.denoising_strength if request.mode == "img2img" else None,
         "extra_generation_params": dict(result.extra_params),
-        "index_of_first_image": first, "infotexts": ([result.infotexts[0]] if first else [])
+        "index_of_first_image": first, "infotexts": ([result.grid_text] if first else [])
         + result.infotexts, "styles": list(request.styles), "job_timestamp": result.job_timestamp,
         "clip_skip": request.clip_skip, "is_using_inpainting_conditioning": result.inpainting_model,
         "interrupted": result.interrupted, "warnings": result.warnings,
