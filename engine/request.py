@@ -7,7 +7,6 @@ refuse bad input with the same words.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
@@ -17,6 +16,7 @@ from PIL import Image
 from engine.runs import samplers
 from engine.prompts.conditioning import EMPHASIS_MODES
 from engine.errors import RequestError
+from engine.validation import Flag, Number, Text, Whole
 from engine.runs.image_prep import MASKED_CONTENT, RESIZE_MODES
 
 MAX_SEED = 2**32 - 1
@@ -172,8 +172,7 @@ class GenerationRequest:
                 _check_number(getattr(self, name), name, low, high)
         if self.eta_noise_seed_delta is not None:
             _check_int(self.eta_noise_seed_delta, "eta_noise_seed_delta", 0, MAX_SEED)
-        if not isinstance(self.disable_extra_networks, bool):
-            raise RequestError("disable_extra_networks must be true or false", "disable_extra_networks")
+        Flag().check(self.disable_extra_networks, "disable_extra_networks")
 
     def _validate_controlnet(self) -> None:
         from engine.controlnet.units import ControlUnit
@@ -233,8 +232,7 @@ class GenerationRequest:
             raise RequestError(f"Unknown latent upscale mode '{self.latent_upscale_mode}'. Choose one "
                                f"of: {', '.join(LATENT_UPSCALE_MODES)}", "latent_upscale_mode")
         for name in ("inpaint_full_res", "inpainting_mask_invert"):
-            if not isinstance(getattr(self, name), bool):
-                raise RequestError(f"{name} must be true or false", name)
+            Flag().check(getattr(self, name), name)
 
     @property
     def seed_resize(self) -> tuple[int, int] | None:
@@ -246,30 +244,16 @@ class GenerationRequest:
 
 
 def _check_text(value: Any, name: str) -> None:
-    if not isinstance(value, str):
-        raise RequestError(f"{name} must be text", name)
-    if len(value) > MAX_PROMPT_CHARS:
-        raise RequestError(
-            f"{name} is too long: {len(value)} characters (at most {MAX_PROMPT_CHARS})", name)
+    Text(MAX_PROMPT_CHARS).check(value, name)
 
 
 def _check_int(value: Any, name: str, low: int, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise RequestError(f"{name} must be a whole number, got {value!r}", name)
-    if not low <= value <= high:
-        raise RequestError(f"{name} must be between {low} and {high}, got {value}", name)
+    Whole(low, high).check(value, name)
 
 
 def _check_number(value: Any, name: str, low: float, high: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise RequestError(f"{name} must be a number, got {value!r}", name)
-    if not low <= value <= high:
-        raise RequestError(f"{name} must be between {low:g} and {high:g}, got {value:g}", name)
+    Number(low, high).check(value, name)
 
 
 def _check_size(value: Any, name: str) -> None:
-    _check_int(value, name, MIN_SIZE, MAX_SIZE)
-    if value % SIZE_STEP:
-        raise RequestError(
-            f"{name} must be a multiple of {SIZE_STEP}, got {value} "
-            f"(nearest: {value - value % SIZE_STEP} or {value - value % SIZE_STEP + SIZE_STEP})", name)
+    Whole(MIN_SIZE, MAX_SIZE, SIZE_STEP).check(value, name)

@@ -191,7 +191,7 @@ def test_field_values_are_checked_with_clear_words():
     from engine.extensions.registry import Field
     at_least_one = Field("count", "Count", 1, kind="number", minimum=1)
     assert at_least_one.coerce(3.0, "Demo") == 3
-    for bad, words in ((0, "between 1 and inf"), (float("nan"), "must be a number"), (True, "must be a number")):
+    for bad, words in ((0, "at least 1, got 0"), (float("nan"), "must be a number"), (True, "must be a number")):
         with pytest.raises(RequestError, match=words):
             at_least_one.coerce(bad, "Demo")
     with pytest.raises(RequestError, match="Demo: Mode must be one of"):

@@ -6,7 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from engine.errors import RequestError
+from engine.validation import Flag, Names, Number, OneOf, Rule, Text
+
+# A text field's value and a list's entries: far beyond any real option (a prompts-from-file
+# box holds many lines), a cap so no request makes the server hold more than that.
+MAX_CHARS = 100_000
+MAX_ITEMS = 1_000
 
 FIELD_KINDS = ("checkbox", "slider", "number", "dropdown", "radio", "text", "multiselect")
 
@@ -28,32 +33,22 @@ class Field:
     info: str = ""      # a hint the UI shows with the field
     strict: bool = True  # False: the choices are what the UI offers; the owner checks the value itself
 
-    def coerce(self, value: Any, owner: str, error_field: str = "extensions") -> Any:
-        where = f"{owner}: {self.label}"
+    def rule(self) -> Rule:
+        """The validation rule of this field's values (engine/validation.py)."""
         if self.kind == "checkbox":
-            if not isinstance(value, bool):
-                raise RequestError(f"{where} must be true or false, got {value!r}", error_field)
-            return value
+            return Flag()
         if self.kind in ("slider", "number"):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-                raise RequestError(f"{where} must be a number, got {value!r}", error_field)
-            low = self.minimum if self.minimum is not None else float("-inf")
-            high = self.maximum if self.maximum is not None else float("inf")
-            if not low <= value <= high:
-                raise RequestError(f"{where} must be between {low:g} and {high:g}, got {value}",
-                                   error_field)
-            return type(self.default)(value) if isinstance(self.default, int) and float(value).is_integer() else value
+            return Number(self.minimum, self.maximum)
         if self.kind == "multiselect":
-            if isinstance(value, str) or not isinstance(value, (list, tuple)) or \
-                    not all(isinstance(item, str) for item in value):
-                raise RequestError(f"{where} must be a list of names, got {value!r}", error_field)
-            unknown = [item for item in value if self.choices and item not in self.choices]
-            if unknown:
-                raise RequestError(f"{where}: unknown {unknown[0]!r}; choose from {list(self.choices)}",
-                                   error_field)
-            return list(value)
-        if self.kind in ("dropdown", "radio") and self.strict and self.choices and value not in self.choices:
-            raise RequestError(f"{where} must be one of {list(self.choices)}, got {value!r}", error_field)
-        if not isinstance(value, str):
-            raise RequestError(f"{where} must be text, got {value!r}", error_field)
+            return Names(self.choices, max_items=MAX_ITEMS, max_chars=MAX_CHARS)
+        if self.kind in ("dropdown", "radio") and self.strict and self.choices:
+            return OneOf(self.choices)
+        return Text(MAX_CHARS)
+
+    def coerce(self, value: Any, owner: str, error_field: str = "extensions") -> Any:
+        """The value checked against this field ("<owner>: <label> must be ..." when it is not);
+        a whole number for a field whose default is one."""
+        value = self.rule().check(value, f"{owner}: {self.label}", error_field)
+        if self.kind in ("slider", "number") and isinstance(self.default, int) and float(value).is_integer():
+            return int(value)
         return value

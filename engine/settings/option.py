@@ -5,23 +5,16 @@ Kept apart from engine/settings/store.py so each group of options can live next 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from engine.errors import RequestError
+from engine.validation import Flag, Names, Number, OneOf, Rule, Text, Whole
 
 # What one setting may hold: no real setting comes near (file name patterns, folder paths and
 # lists of names are short), and config.json and every GET /options carry each value.
 MAX_SETTING_CHARS = 10_000
 MAX_SETTING_ITEMS = 1_000
-
-
-def shown(value: Any) -> str:
-    """A value for an error message, cut short: echoing a huge one back would be a problem itself."""
-    text = repr(value)
-    return text if len(text) <= 100 else text[:100] + "..."
 
 
 @dataclass(frozen=True)
@@ -45,50 +38,32 @@ class Option:
             self.check(self.key, value, data_dir)
         return value
 
+    def rule(self) -> Rule:
+        """The validation rule of this setting's values (engine/validation.py); lenient, as
+        config files and client programs write numbers and flags as text."""
+        kind = type(self.default)
+        if kind is bool:
+            return Flag(lenient=True)
+        if kind is int:
+            return Whole(_whole(self.minimum), _whole(self.maximum), lenient=True)
+        if kind is float:
+            return Number(self.minimum, self.maximum, lenient=True)
+        if kind is list:
+            return Names(max_items=MAX_SETTING_ITEMS, max_chars=MAX_SETTING_CHARS, comma_text=True)
+        return Text(MAX_SETTING_CHARS)
+
     def coerce(self, value: Any) -> Any:
         """The value converted to this option's type, or RequestError naming the key."""
-        kind = type(self.default)
         if value is None and self.default == "None":
             value = "None"  # client programs send null for "no upscaler", "no refiner"
-        try:
-            if kind is bool:
-                if isinstance(value, str) and value.lower() in ("true", "false"):
-                    value = value.lower() == "true"
-                if not isinstance(value, bool):
-                    raise TypeError
-            elif kind is int:
-                if isinstance(value, bool) or not float(value).is_integer():
-                    raise TypeError
-                value = int(value)
-            elif kind is float:
-                if isinstance(value, bool):
-                    raise TypeError
-                value = float(value)
-                if not math.isfinite(value):
-                    raise TypeError
-            elif kind is str:
-                if not isinstance(value, str):
-                    raise TypeError
-            elif kind is list:
-                if isinstance(value, str):
-                    value = [part.strip() for part in value.split(",") if part.strip()]
-                if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-                    raise TypeError
-                value = list(value)
-        except (TypeError, ValueError, OverflowError):
-            raise RequestError(f"Setting {self.key} must be {kind.__name__}, got {shown(value)}", self.key)
-        if kind is str and len(value) > MAX_SETTING_CHARS:
-            raise RequestError(f"Setting {self.key} is too long: {len(value)} characters, at most "
-                               f"{MAX_SETTING_CHARS}", self.key)
-        if kind is list and (len(value) > MAX_SETTING_ITEMS or any(len(v) > MAX_SETTING_CHARS for v in value)):
-            raise RequestError(f"Setting {self.key} is too long: at most {MAX_SETTING_ITEMS} entries of "
-                               f"{MAX_SETTING_CHARS} characters each", self.key)
-        if self.choices is not None and value not in self.choices:
-            raise RequestError(f"Setting {self.key} must be one of {list(self.choices)}, got {shown(value)}",
-                               self.key)
-        if self.minimum is not None and value < self.minimum or \
-                self.maximum is not None and value > self.maximum:
-            raise RequestError(
-                f"Setting {self.key} must be between {self.minimum:g} and {self.maximum:g}, got {value}",
-                self.key)
+        label = f"Setting {self.key}"
+        value = self.rule().check(value, label, self.key)
+        if type(self.default) is float:
+            value = float(value)
+        if self.choices is not None:
+            OneOf(self.choices).check(value, label, self.key)
         return value
+
+
+def _whole(limit: float | None) -> int | None:
+    return None if limit is None else int(limit)

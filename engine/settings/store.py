@@ -21,7 +21,8 @@ from engine.postprocess.faces import RESTORERS
 from engine.memory.fast_path import FAST_PATH_OPTIONS
 from engine.postprocess.ldsr import LDSR_OPTIONS
 from engine.memory.memory_modes import MEMORY_MODES
-from engine.settings.option import Option, shown
+from engine.settings.option import Option
+from engine.validation import shown
 from engine.settings.options_sampling import IMG2IMG_OPTIONS, SAMPLING_OPTIONS
 from engine.settings.options_saving import SAVING_OPTIONS
 from engine.settings.options_ui import UI_OPTIONS
