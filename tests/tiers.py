@@ -29,7 +29,6 @@ SLOW_FILES: dict[str, str] = {
     # App processes of their own (what is tested is the started app: its flags, its login, its
     # listening on the network).
     "test_a1111_server_flags.py": "starts the app once per set of flags",
-    "test_auth_and_no_model.py": "starts the app with a login and without a model",
     "test_lan_security.py": "starts the app listening on the network, with TLS",
     "test_login_hardening.py": "starts the app with a login",
     "test_bench.py": "the benchmark starts the app on a checkpoint it writes",
@@ -51,6 +50,9 @@ SLOW_TESTS: dict[str, str] = {
     "test_oom.py::test_extras_face_restoration_runs_out_then_works": "three face detailer runs",
     "test_faces.py::test_extras_restores_faces_only_where_they_are": "a face detailer run",
     "test_users.py::test_one_browser_sessions_interrupt_leaves_anothers_job_alone": "Chromium",
+    "test_auth_and_no_model.py::test_browser_login_then_the_no_model_notice": "Chromium",
+    "test_auth_and_no_model.py::test_download_offer_streams_with_progress_and_refuses_a_wrong_file":
+        "Chromium and an app process",
 }
 
 

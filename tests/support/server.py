@@ -92,8 +92,12 @@ class InProcessServer:
 
     Same shape as AppServer: url, data_dir, start/stop, a context manager."""
 
-    def __init__(self, data_dir: Path, *args: str, startup_timeout: float = 120):
+    def __init__(self, data_dir: Path, *args: str, startup_timeout: float = 120,
+                 env: dict[str, str] | None = None):
         self.data_dir = Path(data_dir)
+        # Environment variables the app reads while it is built (HF_ENDPOINT): set for the build
+        # only, then put back, since this process is the tests' own.
+        self.build_env = env or {}
         self.port = free_port()
         self.args = [*args, "--port", str(self.port), "--data-dir", str(self.data_dir)]
         self.url = f"http://127.0.0.1:{self.port}"
@@ -111,7 +115,16 @@ class InProcessServer:
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
         # environ={}: COMMANDLINE_ARGS of the shell running the tests must not change the flags.
-        self.ctx = app.build(parse(self.args, environ={}))
+        before = {name: os.environ.get(name) for name in self.build_env}
+        os.environ.update(self.build_env)
+        try:
+            self.ctx = app.build(parse(self.args, environ={}))
+        finally:
+            for name, value in before.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
         config = uvicorn.Config(create_server(self.ctx), host="127.0.0.1", port=self.port, log_level="warning",
                                 timeout_graceful_shutdown=2)
         self._server = uvicorn.Server(config)
