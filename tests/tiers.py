@@ -5,8 +5,10 @@
 that every name still names a test, so a renamed or deleted test cannot silently fall out of a tier.
 
 What makes a test slow here: it drives Chromium, starts the app as its own process (or several),
-or runs a long job (the face detailer on a 512-pixel picture, the sampling reference tables).
-Everything else, including the API tests against the one shared demo server, is fast.
+or runs long (the face detailer on a 512-pixel picture, the sampling reference tables, the API
+fuzz). Everything else is fast, including the API tests against the one shared demo server (one
+app process for the whole run) and those against servers built in the test process
+(tests/support/server.py's InProcessServer).
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ SLOW_FILES: dict[str, str] = {
     "test_browser_settings.py": "Chromium, and an app process of its own",
     "test_browser_ui_bugs.py": "Chromium",
     "test_browser_walk.py": "Chromium",
-    # Long numeric runs.
+    # Long runs.
     "test_a1111_sampling_reference.py": "every sampler against k-diffusion's reference tables",
+    "test_api_fuzz.py": "hostile values in every field of every route, about a minute",
     # App processes of their own (what is tested is the started app: its flags, its login, its
     # listening on the network).
     "test_a1111_server_flags.py": "starts the app once per set of flags",
