@@ -27,11 +27,11 @@ def server(tmp_path_factory):
 
 
 class PreviewGate:
-    """Holds the job with the given id on the server's worker thread each time it has made a
-    live preview, until the test lets it run on to its next one (`run_to_next_preview`) or the
-    job is told to stop (interrupt, skip)."""
+    """Holds the job with the given id (any job, for None) on the server's worker thread each
+    time it has made a live preview, until the test lets it run on to its next one
+    (`run_to_next_preview`) or the job is told to stop (interrupt, skip)."""
 
-    def __init__(self, job_id: str):
+    def __init__(self, job_id: str | None):
         self.job_id = job_id
         self._changed = threading.Condition()
         self._holds = 0        # how many times the job has been held so far
@@ -39,7 +39,7 @@ class PreviewGate:
         self._open = False
 
     def at_preview(self, job: Job) -> None:
-        if job.id != self.job_id:
+        if self.job_id is not None and job.id != self.job_id:
             return
         with self._changed:
             self._holds += 1
@@ -206,14 +206,16 @@ def two_pages(browser):
         context.close()
 
 
-def test_one_browser_sessions_interrupt_leaves_anothers_job_alone(two_pages, server):
+def test_one_browser_sessions_interrupt_leaves_anothers_job_alone(two_pages, server, gate):
+    gate.job_id = None  # the first job to make a preview is the first user's: held there
     first, second = two_pages
     prepare_small_job(first, server.url, "the first user's lighthouse")
     prepare_small_job(second, server.url, "the second user's cat")
     for name, value in (("steps", 150), ("width", 192), ("height", 192), ("batch_count", 3)):
-        set_number(first, f"txt2img_{name}", value)  # long enough to outlast the steps below
+        set_number(first, f"txt2img_{name}", value)  # many previews: it is held at its first one
     first.click("#txt2img_generate")
     first.locator("#txt2img_progress .progress-bar").wait_for()
+    gate.wait_held()
     second.click("#txt2img_generate")
     second.locator("#txt2img_progress").get_by_text("In queue: 1 of 1").wait_for()
     assert first.locator("#txt2img_progress").get_by_text("In queue").count() == 0
