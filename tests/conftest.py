@@ -36,8 +36,14 @@ from engine.settings.store import Settings  # noqa: E402
 from engine.models.tiny_models import build_tiny_pipeline, write_config_folder  # noqa: E402
 from tests.support.ldm_export import export_single_file  # noqa: E402
 from tests.support.tiny_tokenizer import write_tiny_clip_tokenizer  # noqa: E402
+from tests import tiers  # noqa: E402
 
 FAMILIES = ("sd1", "sd2", "sdxl")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The slow tier (tests/tiers.py) gets the `slow` marker: `./test.sh` leaves it out."""
+    tiers.mark(items, pytest.mark.slow)
 
 
 @dataclass(frozen=True)

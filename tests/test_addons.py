@@ -1,7 +1,9 @@
 """LoRA, textual-inversion embeddings, styles and VAEs on the tiny model, through the engine."""
 
 import copy
+import dataclasses
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -12,8 +14,8 @@ from engine.request import GenerationRequest
 from engine.prompts.styles import Style
 from engine.models.tiny_models import build_tiny_pipeline
 from tests.conftest import make_engine
-from tests.support.ldm_export import vae_to_ldm
-from tests.support.lora_files import write_kohya_lora
+from tests.support.ldm_export import export_single_file, vae_to_ldm
+from tests.support.lora_files import kohya_lora_state_dict, merge_kohya_lora, write_kohya_lora
 
 BASE = GenerationRequest(prompt="a red cube", steps=3, width=64, height=64, sampler_name="Euler",
                          seed=11, save_images=False, save_grid=False)
@@ -28,6 +30,10 @@ def addon_engine(tiny_models, tmp_path_factory):
 
 def image_bytes(engine, **changes) -> bytes:
     return engine.generate(BASE.replace(**changes)).images[0].tobytes()
+
+
+def pixels(image) -> np.ndarray:
+    return np.asarray(image, dtype=np.int16)
 
 
 # LoRA
@@ -76,6 +82,43 @@ def test_unknown_lora_is_reported_not_a_crash(addon_engine, lora):
 
 def test_lora_found_by_its_trainer_alias(addon_engine, lora):
     assert addon_engine.addons.loras.find("shiny_v1").name == "shiny"
+
+
+def test_a_lora_makes_the_picture_of_its_weights_merged_by_hand(addon_engine, tiny_models, tmp_path):
+    """Not only "the picture changed": a LoRA (alpha half its rank, the text encoder's and the
+    UNet's weights apart) must make the picture of a checkpoint with W + weight * up @ down *
+    alpha / rank merged into its weights by hand, loaded as a plain checkpoint."""
+    te_weight, unet_weight = 0.6, 1.3
+    state = kohya_lora_state_dict(tiny_models.reference_pipeline("sd1"), seed=3, alpha=2.0)  # alpha/rank 0.5
+    save_file(state, str(addon_engine.addons.loras.folder / "halved.safetensors"))
+    addon_engine.addons.loras.refresh()
+    with_lora = addon_engine.generate(BASE.replace(prompt=f"a red cube <lora:halved:{te_weight}:{unet_weight}>"))
+    plain = addon_engine.generate(BASE)
+
+    models_dir = tmp_path / "models"
+    models_dir.mkdir()
+    merged_models = dataclasses.replace(tiny_models, models_dir=models_dir)
+    for name, weights in (("merged", (te_weight, unet_weight)), ("alpha-ignored", (2 * te_weight, 2 * unet_weight)),
+                          ("weights-swapped", (unet_weight, te_weight))):
+        pipe = tiny_models.reference_pipeline("sd1")
+        assert merge_kohya_lora(pipe, state, *weights) == len(state) // 3
+        export_single_file(pipe, models_dir / f"{name}.safetensors", "sd1")
+    by_hand = make_engine(merged_models, tmp_path / "data", checkpoint="merged")
+    try:
+        expected = by_hand.generate(BASE)
+        by_hand.load_checkpoint("alpha-ignored").outcome()
+        alpha_ignored = by_hand.generate(BASE)
+        by_hand.load_checkpoint("weights-swapped").outcome()
+        weights_swapped = by_hand.generate(BASE)
+    finally:
+        by_hand.shutdown()
+
+    # Merged or applied alongside, the arithmetic rounds differently: a pixel or two at most.
+    difference = np.abs(pixels(with_lora.images[0]) - pixels(expected.images[0]))
+    assert difference.max() <= 3, f"the LoRA's picture is {difference.max()} away from the merge by hand"
+    # And the check can tell a LoRA applied wrongly: each mistake is far outside that.
+    for wrong in (plain, alpha_ignored, weights_swapped):
+        assert np.abs(pixels(with_lora.images[0]) - pixels(wrong.images[0])).max() > 10
 
 
 # Textual-inversion embeddings
@@ -168,6 +211,35 @@ def test_a_vae_file_replaces_the_checkpoints_vae_and_is_named_in_the_infotext(ad
     with pytest.raises(NotFoundError, match="VAE not found"):
         addon_engine.submit(BASE.replace(vae="nope.safetensors"))
 
+    # Not only "the picture changed": it is plain diffusers' picture with that VAE, from the same
+    # seed's latents through the same sampler.
+    request = BASE.replace(randn_source="CPU")
+    swapped = addon_engine.generate(request.replace(vae="bright.vae.safetensors")).images[0]
+    own = addon_engine.generate(request).images[0]
+    expected = plain_diffusers_picture(tiny_models, request, vae=other)
+    difference = np.abs(pixels(swapped) - pixels(expected))
+    # On some CPUs a value may round differently (see test_loading): a pixel off by one.
+    assert difference.max() <= 1, f"{difference.max()} away from diffusers with the same VAE"
+    assert np.abs(pixels(own) - pixels(expected)).max() > 10, "the check could not tell the VAEs apart"
+
+
+def plain_diffusers_picture(tiny_models, request, vae=None):
+    """`request`'s txt2img picture made by diffusers' own StableDiffusionPipeline (Euler over
+    linspace timesteps, the engine's CPU noise for the seed) on tiny-sd1's weights, with `vae`
+    in place of its own when given."""
+    from diffusers import EulerDiscreteScheduler
+
+    reference = tiny_models.reference_pipeline("sd1")
+    reference.set_progress_bar_config(disable=True)
+    if vae is not None:
+        reference.vae = vae
+    reference.scheduler = EulerDiscreteScheduler.from_config(reference.scheduler.config, timestep_spacing="linspace")
+    latents = torch.randn((1, 4, request.height // 8, request.width // 8),
+                          generator=torch.Generator().manual_seed(request.seed))
+    return reference(request.prompt, negative_prompt=request.negative_prompt or None,
+                     num_inference_steps=request.steps, width=request.width, height=request.height,
+                     guidance_scale=request.cfg_scale, latents=latents).images[0]
+
 
 def test_clip_skip_comes_from_settings_or_the_request_and_is_written_when_above_1(addon_engine):
     one = addon_engine.generate(BASE)
@@ -175,11 +247,12 @@ def test_clip_skip_comes_from_settings_or_the_request_and_is_written_when_above_
     two = addon_engine.generate(BASE.replace(clip_skip=2))
     assert parse(two.infotexts[0])[2]["Clip skip"] == "2"
     assert two.images[0].tobytes() != one.images[0].tobytes()
+    before = addon_engine.settings["CLIP_stop_at_last_layers"]
     addon_engine.settings.update({"CLIP_stop_at_last_layers": 2})
     try:
         assert addon_engine.generate(BASE).images[0].tobytes() == two.images[0].tobytes()
     finally:
-        addon_engine.settings.update({"CLIP_stop_at_last_layers": 1})
+        addon_engine.settings.update({"CLIP_stop_at_last_layers": before})
 
 
 def test_an_fp16_vae_that_overflows_is_decoded_in_fp32(tiny_models):

@@ -1,10 +1,12 @@
 """The /sdapi/v1 API through a real server on 127.0.0.1 (app.py --demo --api)."""
 
 import base64
+import contextlib
 import io
 import json
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -20,6 +22,19 @@ SMALL = {"prompt": "a cat", "steps": 3, "width": 64, "height": 64}
 def api(demo_server):
     with httpx.Client(base_url=demo_server.url + "/sdapi/v1", timeout=120) as client:
         yield client
+
+
+@contextlib.contextmanager
+def file_put_back(path: Path):
+    """The server is shared: whatever a test writes to `path` is undone after it, failed or not."""
+    kept = path.read_bytes() if path.exists() else None
+    try:
+        yield path
+    finally:
+        if kept is None:
+            path.unlink(missing_ok=True)
+        else:
+            path.write_bytes(kept)
 
 
 def decode(b64: str) -> Image.Image:
@@ -119,18 +134,23 @@ def test_progress_and_interrupt(api):
 
     worker = threading.Thread(target=long_job)
     worker.start()
-    progress = {}
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        progress = api.get("/progress").json()
-        if progress["state"]["sampling_step"] >= 3:
-            break
-        time.sleep(0.05)
-    assert 0 < progress["progress"] < 1
-    assert progress["state"]["sampling_steps"] == 450
-    assert progress["state"]["job"]
-    assert api.post("/interrupt").status_code == 200
-    worker.join(60)
+    try:
+        progress = {}
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            progress = api.get("/progress").json()
+            if progress["state"]["sampling_step"] >= 3:
+                break
+            time.sleep(0.05)
+        assert 0 < progress["progress"] < 1
+        assert progress["state"]["sampling_steps"] == 450
+        assert progress["state"]["job"]
+        assert api.post("/interrupt").status_code == 200
+        worker.join(60)
+    finally:  # the server is shared: a failure above must not leave the long job running
+        if worker.is_alive():
+            api.post("/interrupt")
+            worker.join(60)
     info = json.loads(outcome["response"].json()["info"])
     assert info["interrupted"] is True and len(info["all_seeds"]) == 1
     idle = api.get("/progress").json()
@@ -204,34 +224,27 @@ def test_loras_embeddings_styles_and_vaes_are_listed(api, demo_server):
     assert api.get("/embeddings").json() == {"loaded": {}, "skipped": {}}
     assert api.get("/sd-vae").json() == []
     assert api.post("/refresh-vae").status_code == 200
-    (demo_server.data_dir / "styles.csv").write_text(
-        "name,prompt,negative_prompt\nNoir,\"{prompt}, black and white\",color\n")
-    assert api.get("/prompt-styles").json() == [
-        {"name": "Noir", "prompt": "{prompt}, black and white", "negative_prompt": "color"}]
+    with file_put_back(demo_server.data_dir / "styles.csv") as styles:
+        styles.write_text("name,prompt,negative_prompt\nNoir,\"{prompt}, black and white\",color\n")
+        assert api.get("/prompt-styles").json() == [
+            {"name": "Noir", "prompt": "{prompt}, black and white", "negative_prompt": "color"}]
 
 
 def test_prompt_styles_lists_a_long_style_and_the_styles_around_a_damaged_row(api, demo_server):
-    path = demo_server.data_dir / "styles.csv"
-    kept = path.read_bytes() if path.exists() else None
     huge = ("long, \"quoted\"\n" * 15_000)[:200_000]  # past the csv module's 131,072 characters
-    path.write_bytes(b'name,prompt,negative_prompt\r\nbefore,b,\r\nbroken,"never closed\r\n'
-                     + b'huge,"' + huge.replace('"', '""').encode() + b'",-lowres\r\nafter,a,n\r\n')
-    try:
+    with file_put_back(demo_server.data_dir / "styles.csv") as path:
+        path.write_bytes(b'name,prompt,negative_prompt\r\nbefore,b,\r\nbroken,"never closed\r\n'
+                         + b'huge,"' + huge.replace('"', '""').encode() + b'",-lowres\r\nafter,a,n\r\n')
         assert api.get("/prompt-styles").json() == [
             {"name": "before", "prompt": "b", "negative_prompt": ""},
             {"name": "huge", "prompt": huge, "negative_prompt": "-lowres"},
             {"name": "after", "prompt": "a", "negative_prompt": "n"}]
-    finally:
-        if kept is None:
-            path.unlink()
-        else:
-            path.write_bytes(kept)
 
 
 def test_styles_loras_and_override_settings_in_txt2img(api, demo_server):
-    (demo_server.data_dir / "styles.csv").write_text(
-        "name,prompt,negative_prompt\nNoir,\"{prompt}, black and white\",color\n")
-    styled = api.post("/txt2img", json={**SMALL, "seed": 4, "styles": ["Noir"]}).json()
+    with file_put_back(demo_server.data_dir / "styles.csv") as styles:
+        styles.write_text("name,prompt,negative_prompt\nNoir,\"{prompt}, black and white\",color\n")
+        styled = api.post("/txt2img", json={**SMALL, "seed": 4, "styles": ["Noir"]}).json()
     info = json.loads(styled["info"])
     assert info["prompt"] == "a cat, black and white" and info["negative_prompt"] == "color"
     assert info["styles"] == ["Noir"]

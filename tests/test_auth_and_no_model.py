@@ -1,18 +1,21 @@
-"""A server with logins and no model: nobody gets in without credentials, and it says what to do."""
+"""A server with logins and no model: nobody gets in without credentials, and it says what to do.
+
+The servers run in this process (InProcessServer): what is tested is what they answer over HTTP,
+not their start; the download offer's test runs the app as its own process."""
 
 import httpx
 import pytest
 
 from tests.support.fake_host import FileHost
-from tests.support.server import AppServer
+from tests.support.server import AppServer, InProcessServer
 
 
 @pytest.fixture(scope="module")
 def locked_server(tmp_path_factory):
     data = tmp_path_factory.mktemp("locked-server")
     # No model hub can be reached (a closed port stands in for it): no download is offered.
-    with AppServer(data, "--api", "--api-auth", "api:secret", "--gradio-auth", "ui:pass",
-                   env={"HF_ENDPOINT": "http://127.0.0.1:9"}) as server:
+    with InProcessServer(data, "--api", "--api-auth", "api:secret", "--gradio-auth", "ui:pass",
+                         env={"HF_ENDPOINT": "http://127.0.0.1:9"}) as server:
         yield server
 
 
@@ -44,7 +47,7 @@ def test_generation_without_a_model_says_how_to_add_one(locked_server):
 
 
 def test_api_uses_the_ui_logins_when_no_api_auth_is_given(tmp_path):
-    with AppServer(tmp_path, "--api", "--gradio-auth", "ui:pass") as server:
+    with InProcessServer(tmp_path, "--api", "--gradio-auth", "ui:pass") as server:
         url = server.url + "/sdapi/v1/options"
         assert httpx.get(url).status_code == 401
         assert httpx.get(url, auth=("ui", "pass")).status_code == 200

@@ -104,6 +104,64 @@ def test_control_modes_differ_from_balanced(cn_engine):
     assert len(set(results.values())) == 3
 
 
+def _first_step(cn_engine, monkeypatch, request):
+    """The job's picture, and what the unit handed the UNet at its first call: the text states of
+    the batch and the down and mid residuals (a first step starts from the seed's noise alone,
+    so it is the same in every mode)."""
+    from engine.controlnet import apply
+
+    calls = []
+    original = apply._residuals
+
+    def spy(item, sample, timestep, hidden, *rest):
+        down, mid = original(item, sample, timestep, hidden, *rest)
+        calls.append((hidden.detach().clone(), [d.detach().clone() for d in down], mid.detach().clone()))
+        return down, mid
+
+    with monkeypatch.context() as patch:
+        patch.setattr(apply, "_residuals", spy)
+        result = cn_engine.generate(request)
+    return result, calls[0]
+
+
+def test_control_modes_act_in_their_direction(cn_engine, monkeypatch):
+    """Beyond "the modes differ": "My prompt is more important" weakens the control, the shallow
+    (fine detail) residuals most, and its picture stays nearer the picture without control;
+    "ControlNet is more important" leaves the negative prompt's half of the batch without
+    control, so that guidance pushes towards the control."""
+    plain = cn_engine.generate(BASE)
+    runs = {mode: _first_step(cn_engine, monkeypatch, BASE.replace(controlnet_units=(unit(control_mode=mode),)))
+            for mode in ("Balanced", "My prompt is more important", "ControlNet is more important")}
+    (balanced, (hidden, b_down, b_mid)) = runs["Balanced"]
+    (prompt_more, (_, p_down, p_mid)) = runs["My prompt is more important"]
+    (_, (_, c_down, c_mid)) = runs["ControlNet is more important"]
+
+    # Which half of the batch is the negative prompt's: the half a different negative prompt changes.
+    _, (other_hidden, _, _) = _first_step(cn_engine, monkeypatch, BASE.replace(
+        negative_prompt="blurry, dark", controlnet_units=(unit(),)))
+    assert hidden.shape[0] == 2
+    negative = [i for i in range(2) if not torch.equal(hidden[i], other_hidden[i])]
+    assert len(negative) == 1, "the batch is not [one prompt, the other]"
+    negative, positive = negative[0], 1 - negative[0]
+
+    # Balanced: the whole control, on both halves.
+    assert all(d[negative].abs().sum() > 0 and d[positive].abs().sum() > 0 for d in b_down)
+    # My prompt is more important: every down residual weaker, the shallowest the most, the
+    # deepest (mid) untouched.
+    ratios = [float(p.norm() / b.norm()) for p, b in zip(p_down, b_down)]
+    assert all(r < 1 for r in ratios) and ratios == sorted(ratios) and ratios[0] < ratios[-1], ratios
+    assert torch.allclose(p_mid, b_mid)
+    # ControlNet is more important: no control on the negative prompt's half, the softened
+    # control on the prompt's.
+    for c, p in zip([*c_down, c_mid], [*p_down, p_mid]):
+        assert c[negative].abs().max() == 0
+        assert torch.allclose(c[positive], p[positive]) and c[positive].abs().sum() > 0
+    # And the pictures: the prompt's mode stays nearer the picture without control than Balanced.
+    distance = {name: float(np.abs(pixels(run) - pixels(plain)).mean())
+                for name, run in (("balanced", balanced), ("prompt", prompt_more))}
+    assert distance["prompt"] < 0.85 * distance["balanced"], distance
+
+
 def test_the_unet_is_shared_and_given_back_unchanged(cn_engine):
     model = cn_engine.models.require()
     unet, pipelines = model.base.unet, dict(model._derived)

@@ -111,6 +111,7 @@ def test_extras_restores_faces_only_where_they_are(engine):
 
 
 def test_the_restorer_and_strength_come_from_the_settings(engine):
+    before = engine.settings["face_restoration_strength"]
     engine.settings.update({"face_restoration_strength": 0.25})
     try:
         request = engine.complete(BASE.replace(extensions={"restore_faces": {"enabled": True}}))
@@ -119,4 +120,4 @@ def test_the_restorer_and_strength_come_from_the_settings(engine):
         given = engine.complete(BASE.replace(extensions={"restore_faces": {"enabled": True, "strength": 0.7}}))
         assert given.extensions["restore_faces"]["strength"] == 0.7
     finally:
-        engine.settings.update({"face_restoration_strength": 0.4})
+        engine.settings.update({"face_restoration_strength": before})

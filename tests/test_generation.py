@@ -125,12 +125,13 @@ def test_progress_counts_sampling_steps(engine):
 
 
 def test_live_previews_are_made_every_n_steps(engine):
+    before = engine.settings["show_progress_every_n_steps"]
     engine.settings.update({"show_progress_every_n_steps": 2})
     try:
         job = engine.submit(BASE.replace(seed=1, steps=4))
         job.outcome()
-    finally:
-        engine.settings.update({"show_progress_every_n_steps": 5})
+    finally:  # the session engine: put back what was there, whatever happened
+        engine.settings.update({"show_progress_every_n_steps": before})
     assert job.preview_id == 2 and job.preview.size == (8, 8)
 
 

@@ -28,13 +28,14 @@ def test_the_estimate_follows_pixels_and_precision(sd_vae):
     assert 0.8 * GiB < one < 1.2 * GiB  # what a float32 512x512 decode was measured to take
     assert vae_budget.bytes_needed(sd_vae, 1024, 1024, decoding=True) == pytest.approx(4 * one, rel=1e-6)
     assert vae_budget.bytes_needed(sd_vae, 512, 512, decoding=False) < one
+    upcast = sd_vae.config.force_upcast
     half = sd_vae.to(torch.float16)  # in place: the module-wide fixture is restored below
     try:
         assert vae_budget.bytes_needed(half, 512, 512, decoding=True) == one  # force_upcast: decodes in fp32
         half.register_to_config(force_upcast=False)
         assert vae_budget.bytes_needed(half, 512, 512, decoding=True) == pytest.approx(one / 2, rel=1e-6)
     finally:
-        half.register_to_config(force_upcast=True)
+        half.register_to_config(force_upcast=upcast)
         sd_vae.to(torch.float32)
 
 

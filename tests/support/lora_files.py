@@ -17,11 +17,11 @@ def _linear_modules(module, suffixes):
 
 
 def kohya_lora_state_dict(pipe, rank: int = 4, scale: float = 0.5, seed: int = 0,
-                          text_encoder: bool = True) -> dict[str, torch.Tensor]:
+                          text_encoder: bool = True, alpha: float | None = None) -> dict[str, torch.Tensor]:
     """Random low-rank updates for the UNet's (and text encoders') attention projections.
 
     Keys look like `lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_down
-    .weight`, `..._to_q.lora_up.weight` and `..._to_q.alpha`.
+    .weight`, `..._to_q.lora_up.weight` and `..._to_q.alpha` (`alpha`, the rank unless given).
     """
     generator = torch.Generator().manual_seed(seed)
     state: dict[str, torch.Tensor] = {}
@@ -32,10 +32,17 @@ def kohya_lora_state_dict(pipe, rank: int = 4, scale: float = 0.5, seed: int = 0
         up = torch.randn(linear.out_features, rank, generator=generator) * scale
         state[f"{key}.lora_down.weight"] = down
         state[f"{key}.lora_up.weight"] = up
-        state[f"{key}.alpha"] = torch.tensor(float(rank))
+        state[f"{key}.alpha"] = torch.tensor(float(rank if alpha is None else alpha))
 
+    for prefix, name, linear in _targets(pipe, text_encoder):
+        add(prefix, name, linear)
+    return state
+
+
+def _targets(pipe, text_encoder: bool = True):
+    """(key prefix, module name as the key spells it, the Linear) for every module a LoRA adapts."""
     for name, linear in _linear_modules(pipe.unet, _UNET_TARGETS):
-        add("lora_unet", name, linear)
+        yield "lora_unet", name, linear
     if text_encoder:
         encoders = [("lora_te" if getattr(pipe, "text_encoder_2", None) is None else "lora_te1",
                      pipe.text_encoder)]
@@ -44,8 +51,26 @@ def kohya_lora_state_dict(pipe, rank: int = 4, scale: float = 0.5, seed: int = 0
         for prefix, encoder in encoders:
             inner = getattr(encoder, "text_model", encoder)
             for name, linear in _linear_modules(inner, _TEXT_TARGETS):
-                add(prefix, f"text_model.{name}", linear)
-    return state
+                yield prefix, f"text_model.{name}", linear
+
+
+@torch.no_grad()
+def merge_kohya_lora(pipe, state: dict[str, torch.Tensor], te_weight: float, unet_weight: float) -> int:
+    """Merge a kohya-layout LoRA into `pipe`'s own weights by hand, as the format defines it:
+    W + weight * up @ down * alpha / rank, with the text encoders' weight and the UNet's apart.
+    Independent of diffusers' and PEFT's loading; returns how many layers were changed."""
+    merged = 0
+    for prefix, name, linear in _targets(pipe):
+        key = f"{prefix}_{name.replace('.', '_')}"
+        if f"{key}.lora_down.weight" not in state:
+            continue
+        down, up = state[f"{key}.lora_down.weight"].double(), state[f"{key}.lora_up.weight"].double()
+        alpha = float(state[f"{key}.alpha"]) if f"{key}.alpha" in state else down.shape[0]
+        weight = unet_weight if prefix == "lora_unet" else te_weight
+        delta = weight * (up @ down) * (alpha / down.shape[0])
+        linear.weight.copy_((linear.weight.double() + delta).to(linear.weight.dtype))
+        merged += 1
+    return merged
 
 
 def write_kohya_lora(pipe, path, metadata: dict[str, str] | None = None, **options) -> str:
