@@ -64,9 +64,14 @@ def is_slow(file_name: str, test_name: str) -> bool:
     return file_name in SLOW_FILES or f"{file_name}::{test_name}" in SLOW_TESTS
 
 
+# Fixtures that start Chromium: a test using one is slow wherever it lives (a new browser test
+# needs no entry above).
+CHROMIUM_FIXTURES = frozenset({"browser", "page"})
+
+
 def mark(items, marker) -> None:
     """Add `marker` (pytest.mark.slow) to the collected items that are in the slow tier."""
     for item in items:
         name = getattr(item, "originalname", None) or item.name.split("[", 1)[0]
-        if is_slow(item.path.name, name):
+        if is_slow(item.path.name, name) or CHROMIUM_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(marker)
