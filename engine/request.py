@@ -47,6 +47,16 @@ SAMPLER_PARAMETER_RANGES = {
     "s_noise": (0.0, 2.0), "s_min_uncond": (0.0, 100.0), "image_cfg_scale": (0.0, 3.0),
 }
 
+# The rules of the fields every request has (checked in this order by validate(); the API's
+# documentation shows them as the bodies' limits).
+FIELD_RULES = {
+    "prompt": Text(MAX_PROMPT_CHARS), "negative_prompt": Text(MAX_PROMPT_CHARS),
+    "width": Whole(MIN_SIZE, MAX_SIZE, SIZE_STEP), "height": Whole(MIN_SIZE, MAX_SIZE, SIZE_STEP),
+    "steps": Whole(1, MAX_STEPS), "batch_size": Whole(1, MAX_BATCH_SIZE), "n_iter": Whole(1, MAX_BATCH_COUNT),
+    "cfg_scale": Number(MIN_CFG, MAX_CFG), "seed": Whole(-1, MAX_SEED), "subseed": Whole(-1, MAX_SEED),
+    "subseed_strength": Number(0.0, 1.0), "clip_skip": Whole(0, MAX_CLIP_SKIP),
+}
+
 # img2img covers every edit of an existing picture: with a mask it is inpainting.
 MODES = ("txt2img", "img2img")
 # A1111's noise sources (its `randn_source` setting): GPU (the default: torch's CUDA generator, and
@@ -130,17 +140,8 @@ class GenerationRequest:
         """Raise RequestError naming the first bad field; return self when all is well."""
         if self.mode not in MODES:
             raise RequestError(f"Unknown mode '{self.mode}'. Known: {', '.join(MODES)}", "mode")
-        _check_text(self.prompt, "prompt")
-        _check_text(self.negative_prompt, "negative_prompt")
-        for name in ("width", "height"):
-            _check_size(getattr(self, name), name)
-        _check_int(self.steps, "steps", 1, MAX_STEPS)
-        _check_int(self.batch_size, "batch_size", 1, MAX_BATCH_SIZE)
-        _check_int(self.n_iter, "n_iter", 1, MAX_BATCH_COUNT)
-        _check_number(self.cfg_scale, "cfg_scale", MIN_CFG, MAX_CFG)
-        _check_int(self.seed, "seed", -1, MAX_SEED)
-        _check_int(self.subseed, "subseed", -1, MAX_SEED)
-        _check_number(self.subseed_strength, "subseed_strength", 0.0, 1.0)
+        for name, rule in FIELD_RULES.items():
+            rule.check(getattr(self, name), name)
         for name in ("seed_resize_from_w", "seed_resize_from_h"):
             value = getattr(self, name)
             _check_int(value, name, -1, MAX_SEED_RESIZE)
@@ -148,7 +149,6 @@ class GenerationRequest:
                 raise RequestError(f"{name} must be a multiple of {SIZE_STEP}, got {value}", name)
         samplers.resolve(self.sampler_name, self.scheduler)
         self._validate_sampler_parameters()
-        _check_int(self.clip_skip, "clip_skip", 0, MAX_CLIP_SKIP)
         if self.emphasis not in ("",) + EMPHASIS_MODES:
             raise RequestError(f"Unknown emphasis mode '{self.emphasis}'. Choose one of: "
                                f"{', '.join(EMPHASIS_MODES)}", "emphasis")

@@ -78,7 +78,7 @@ def test_img2img_with_a_unit_and_hash_suffixed_model_name(server):
     ({"weight": "heavy"}, "weight must be a number"),
     ({"resize_mode": "Squash"}, "Unknown ControlNet resize mode 'Squash'"),
     ({"image": "bm90IGFuIGltYWdl"}, "not an image"),
-    ({"processor_res": 5000}, "processor_res must be -1 (default) or 64-2048"),
+    ({"processor_res": 5000}, "processor_res (-1 for the default) must be between 64 and 2048"),
     ({"enabled": "maybe"}, "enabled must be true or false"),
 ])
 def test_bad_units_get_a_4xx_naming_the_problem(server, fields, words):

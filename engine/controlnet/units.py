@@ -7,13 +7,13 @@ as they are; `from_api` also takes the older spellings of the resize and control
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
 
 from engine.errors import RequestError
+from engine.validation import Flag, Number, Whole
 
 MAX_UNITS = 3  # what the tabs show; the API takes up to the control_net_unit_count setting
 MOST_UNITS = 10  # the largest control_net_unit_count: more units are refused before any is read
@@ -49,19 +49,15 @@ class ControlUnit:
     def validate(self, index: int) -> "ControlUnit":
         """Check the values that need no model or file; raise RequestError naming the unit."""
         where = f"ControlNet unit {index}"
-        if not isinstance(self.weight, (int, float)) or not 0.0 <= float(self.weight) <= 2.0:
-            raise RequestError(f"{where}: weight must be between 0 and 2, got {self.weight}", "weight")
+        Number(0.0, 2.0).check(self.weight, f"{where}: weight", "weight")
         for name in ("guidance_start", "guidance_end"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0 or math.isnan(value):
-                raise RequestError(f"{where}: {name} must be between 0 and 1, got {value}", name)
-        if not isinstance(self.processor_res, int) or not (self.processor_res == -1 or 64 <= self.processor_res <= 2048):
-            raise RequestError(f"{where}: processor_res must be -1 (default) or 64-2048, got {self.processor_res}",
-                               "processor_res")
+            Number(0.0, 1.0).check(getattr(self, name), f"{where}: {name}", name)
+        if self.processor_res != -1:  # -1: the preprocessor's default
+            Whole(64, 2048).check(self.processor_res, f"{where}: processor_res (-1 for the default)",
+                                  "processor_res")
         for name in ("threshold_a", "threshold_b"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise RequestError(f"{where}: {name} must be a number, got {value}", name)
+            Number().check(getattr(self, name), f"{where}: {name}", name)
+        Flag().check(self.enabled, f"{where}: enabled", "enabled")
         if self.guidance_start >= self.guidance_end:
             raise RequestError(f"{where}: guidance_start ({self.guidance_start}) must be below "
                                f"guidance_end ({self.guidance_end})", "guidance_start")

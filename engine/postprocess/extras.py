@@ -14,6 +14,7 @@ from PIL import Image
 from engine.memory import memory_guard
 from engine.memory.memory_guard import FaultPlan
 from engine.errors import RequestError
+from engine.validation import Number
 from engine.runs.image_prep import CROP_AND_RESIZE, JUST_RESIZE, flatten, resize_image
 from engine.output.writer import read_infotext
 
@@ -51,10 +52,8 @@ class ExtrasRequest:
                                    f"{', '.join(known)}", name)
         for name in ("upscaler_2_visibility", "gfpgan_visibility", "codeformer_visibility",
                      "codeformer_weight", "face_detailer_visibility"):
-            if not 0.0 <= float(getattr(self, name)) <= 1.0:
-                raise RequestError(f"{name} must be between 0 and 1", name)
-        if not 1.0 <= float(self.scale) <= MAX_SCALE:
-            raise RequestError(f"scale must be between 1 and {MAX_SCALE:g}, got {self.scale}", "scale")
+            Number(0.0, 1.0).check(getattr(self, name), name)
+        Number(1.0, MAX_SCALE).check(self.scale, "scale")
         width, height = self.target_size
         if not (1 <= width <= MAX_SIDE and 1 <= height <= MAX_SIDE):
             raise RequestError(f"The result would be {width}x{height}; each side must be at most "

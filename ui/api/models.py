@@ -11,7 +11,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from engine.request import MAX_BATCH_SIZE, MAX_PROMPT_CHARS
+from engine.request import FIELD_RULES, MAX_BATCH_SIZE, MAX_PROMPT_CHARS
+from engine.validation import json_schema
 from engine.settings.store import MAX_CHANGES
 
 MAX_NAME_CHARS = 256  # sampler, upscaler, checkpoint, script and style names; task ids
@@ -24,8 +25,18 @@ Prompt = Annotated[str, Field(max_length=MAX_PROMPT_CHARS)]
 Image = Annotated[str, Field(max_length=MAX_IMAGE_CHARS)]
 
 
+def documented_limits(schema: dict[str, Any]) -> None:
+    """The generation bodies' schema with the engine's own limits (engine.request.FIELD_RULES):
+    the engine checks them and names a bad value in its words, so the body only documents them."""
+    for name, rule in FIELD_RULES.items():
+        if name in schema.get("properties", {}):
+            limits = json_schema(rule)
+            limits.pop("multipleOf", None)  # the API takes any size and rounds it down to the grid
+            schema["properties"][name].update(limits)
+
+
 class Txt2ImgBody(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", json_schema_extra=documented_limits)
 
     prompt: str = ""  # the engine checks their length and names it in its own words
     negative_prompt: str = ""
