@@ -29,14 +29,16 @@ def build(flags, config_root: Path | None = None):
     from engine.memory import memory_guard
     from engine.addons import AddOns
     from engine.models.checkpoint_cache import CheckpointCache
-    from engine.models.devices import DeviceConfig
+    from engine.devices import DeviceConfig
     from engine.models.downloads import ModelDownloader, sd15_offer
     from engine.engine import Engine
     from engine.settings.flags import uses_cpu
     from engine.settings.folders import Folders
     from engine.jobs import JobQueue
-    from engine.models.registry import BUILTIN_DEMO, HashCache, ModelRegistry
-    from engine.output.writer import OutputWriter, remove_unfinished
+    from engine.files import HashCache
+    from engine.models.registry import BUILTIN_DEMO, ModelRegistry
+    from engine.files import remove_unfinished
+    from engine.output.writer import OutputWriter
     from engine.models.pipelines import ModelManager
     from engine.settings.store import Settings
     from ui.context import UIContext
@@ -128,7 +130,7 @@ def apply_setting_flags(settings, flags) -> None:
     """What start flags say about settings: memory modes (saved, as a choice the user can change
     later), and for this run only the theme, API logging and the frozen settings."""
     from engine.settings.flags import memory_mode
-    from engine.settings.options_saving import DIRECTORY_KEYS
+    from engine.output.saving_options import DIRECTORY_KEYS
 
     if memory_mode(flags):  # the flag sets the setting, which Settings can change while running
         settings.update({"memory_mode": memory_mode(flags)})

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from engine.memory.fast_path import PIECES
+from engine.runs.fast_path import PIECES
 from engine.jobs import Job as LaneJob
 from engine.models.loading import CONFIG_ROOT
 

@@ -113,7 +113,7 @@ def timed(action):
 def half_precision_load(path: Path, convert_while_reading: bool) -> dict:
     """RAM a half-precision load for a GPU needs on the way (`meta` stands in for the GPU)."""
     import engine.models.loading as loading
-    from engine.models.devices import DeviceConfig
+    from engine.devices import DeviceConfig
     from engine.models.registry import CheckpointInfo
 
     real = loading.stored_dtype
@@ -133,9 +133,10 @@ def switching(workdir: Path) -> tuple[dict, float]:
     """The switches through the engine; returns the figures and the seconds spent hashing."""
     from engine.addons import AddOns
     from engine.models.checkpoint_cache import CheckpointCache
-    from engine.models.devices import DeviceConfig
+    from engine.devices import DeviceConfig
     from engine.engine import Engine
-    from engine.models.registry import HashCache, ModelRegistry
+    from engine.files import HashCache
+    from engine.models.registry import ModelRegistry
     from engine.output.writer import OutputWriter
     from engine.models.pipelines import ModelManager
     from engine.request import GenerationRequest

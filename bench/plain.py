@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.runs import samplers
+from engine.sampling import samplers
 from engine.sampling.noise import ImageNoise
 
 # Plain diffusers' step noise comes from a generator of its own (the engine's from each image's

@@ -15,7 +15,7 @@ import torch
 
 from engine.controlnet.models import ControlNetLibrary
 from engine.memory.memory_guard import FaultPlan
-from engine.models.devices import DeviceConfig
+from engine.devices import DeviceConfig
 from engine.models.downloads import CatalogueDownloads
 from engine.networks.embeddings import EmbeddingLibrary
 from engine.extensions.registry import ExtensionRegistry
@@ -23,7 +23,7 @@ from engine.postprocess.face_models import FaceModelLibrary
 from engine.settings.folders import Folders
 from engine.networks.lora import LoraLibrary
 from engine.models.model_catalogue import ModelCatalogue
-from engine.models.registry import HashCache
+from engine.files import HashCache
 from engine.prompts.styles import StyleStore
 from engine.postprocess.upscalers import UpscalerLibrary
 from engine.networks.vae import VaeLibrary

@@ -11,7 +11,8 @@ import dataclasses
 import logging
 from typing import Iterator
 
-from engine.runs import image_prep, samplers
+from engine.sampling import samplers
+from engine import image_prep
 
 from engine.memory import memory_guard
 from engine.addons import AddOns
@@ -20,7 +21,7 @@ from engine.controlnet.checks import check_units
 from engine.errors import RequestError, UserError
 from engine.postprocess.extras import UPSCALERS, ExtrasRequest, ExtrasResult, upscale
 from engine.postprocess.faces import RESTORERS, check_restorer, detail_faces, restore_with_model
-from engine.memory.fast_path import FastPath, JobTraits
+from engine.runs.fast_path import FastPath, JobTraits
 from engine.runs.generation import GenerationRun, ImageContext
 from engine.job_results import GenerationResult, OutputPolicy, RunOptions
 from engine.jobs import Job, JobQueue

@@ -10,13 +10,18 @@ from typing import Any, Mapping
 
 from PIL import Image
 
-from engine.runs import samplers
+from engine.sampling import samplers
 from engine.memory.memory_modes import MemoryModes
 from engine.models.registry import CheckpointInfo
 from engine.models.pipelines import LoadedModel
-from engine.runs.preview import APPROX_CHEAP
 from engine.request import GenerationRequest
 from engine.version import VERSION
+
+
+# How live previews are made (the show_progress_type setting): a cheap linear approximation of
+# the latents' colours, or the VAE's full decode. engine/runs/preview.py makes them.
+APPROX_CHEAP, FULL = "Approx cheap", "Full"
+PREVIEW_METHODS = (APPROX_CHEAP, FULL)
 
 
 @dataclass(frozen=True)
@@ -47,7 +52,7 @@ class OutputPolicy:
     save_grid: bool = True
     make_grid: bool = True
     preview_every: int = 0  # 0: no live previews
-    preview_method: str = APPROX_CHEAP  # engine.runs.preview.PREVIEW_METHODS
+    preview_method: str = APPROX_CHEAP  # one of PREVIEW_METHODS
     memory: MemoryModes = MemoryModes()
     run: RunOptions = RunOptions()
 

@@ -13,11 +13,11 @@ from typing import Any, Mapping
 
 from PIL import Image
 
-from engine.runs import samplers
-from engine.prompts.conditioning import EMPHASIS_MODES
+from engine.sampling import samplers
+from engine.prompts.conditioning import EMPHASIS_MODES, MAX_PROMPT_CHARS
 from engine.errors import RequestError
 from engine.validation import Flag, Number, Text, Whole
-from engine.runs.image_prep import MASKED_CONTENT, RESIZE_MODES
+from engine.image_prep import MASKED_CONTENT, RESIZE_MODES
 
 MAX_SEED = 2**32 - 1
 MIN_SIZE, MAX_SIZE, SIZE_STEP = 64, 2048, 8
@@ -27,9 +27,6 @@ MAX_SCHEDULE_STEPS = 1000  # the models' training timesteps: no schedule has mor
 MAX_BATCH_SIZE = 8
 MAX_BATCH_COUNT = 100
 MIN_CFG, MAX_CFG = 1.0, 30.0
-# Far beyond any useful prompt (the tokenizer would make hundreds of 75-token chunks); a guard
-# against pasting a file into the box, not a creative limit.
-MAX_PROMPT_CHARS = 20_000
 MAX_CLIP_SKIP = 12
 
 # Latent upscaler name -> (torch interpolation mode, antialias), as the ecosystem names them.

@@ -27,9 +27,10 @@ from transformers import CLIPTokenizer  # noqa: E402
 torch.set_num_threads(1)
 
 from engine.addons import AddOns  # noqa: E402
-from engine.models.devices import DeviceConfig  # noqa: E402
+from engine.devices import DeviceConfig  # noqa: E402
 from engine.engine import Engine  # noqa: E402
-from engine.models.registry import HashCache, ModelRegistry  # noqa: E402
+from engine.files import HashCache
+from engine.models.registry import ModelRegistry  # noqa: E402
 from engine.output.writer import OutputWriter  # noqa: E402
 from engine.models.pipelines import ModelManager  # noqa: E402
 from engine.settings.store import Settings  # noqa: E402

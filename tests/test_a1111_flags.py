@@ -13,7 +13,7 @@ import torch
 
 import app
 from engine.settings import a1111_flags, flags
-from engine.models.devices import precisions
+from engine.devices import precisions
 from engine.errors import ForbiddenError
 from engine.settings.folders import Folders
 from engine.settings.store import Settings

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.runs import samplers
+from engine.sampling import samplers
 from engine.sampling.denoiser import CFGDenoiser, Conditioning
 from engine.sampling.noise import ImageNoise
 from engine.sampling.runner import BatchSampling, Img2ImgStart, SamplingPlan

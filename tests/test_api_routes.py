@@ -105,7 +105,7 @@ def test_after_unload_the_next_job_loads_the_checkpoint_again(api):
 
 
 def test_interrogate_captions_with_the_installed_model_and_names_what_is_missing(api, tmp_path):
-    from engine.models.devices import DeviceConfig
+    from engine.devices import DeviceConfig
     from engine.postprocess.interrogate import Captioner
     from engine.jobs import JobQueue
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from engine.runs.image_prep import JUST_RESIZE, resize_image
+from engine.image_prep import JUST_RESIZE, resize_image
 from engine.output.infotext import parse
 from engine.output.writer import png_bytes
 from tests.support.bad_images import truncated_png

@@ -19,10 +19,11 @@ from safetensors.torch import save_file
 import engine.models.pipelines as pipelines
 from engine.addons import AddOns
 from engine.models.checkpoint_cache import CheckpointCache
-from engine.models.devices import DeviceConfig
+from engine.devices import DeviceConfig
 from engine.engine import Engine
 from engine.errors import CheckpointError
-from engine.models.registry import CheckpointInfo, HashCache, ModelRegistry
+from engine.models.registry import CheckpointInfo
+from engine.files import HashCache, ModelRegistry
 from engine.output.writer import OutputWriter
 from engine.request import GenerationRequest
 from engine.settings.store import Settings

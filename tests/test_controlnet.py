@@ -12,7 +12,7 @@ from engine.controlnet.models import build_tiny_controlnet, save_original_layout
 from engine.controlnet.units import ControlUnit
 from engine.engine import Engine
 from engine.errors import RequestError, UserError
-from engine.models.registry import HashCache
+from engine.files import HashCache
 from engine.request import GenerationRequest
 
 BASE = GenerationRequest(prompt="a house", steps=4, width=64, height=64, sampler_name="Euler", seed=11,

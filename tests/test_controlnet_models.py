@@ -22,7 +22,7 @@ from engine.controlnet.models import (
     build_tiny_controlnet,
     save_original_layout,
 )
-from engine.models.devices import DeviceConfig
+from engine.devices import DeviceConfig
 from engine.errors import CheckpointError, NotFoundError
 
 CPU = DeviceConfig.choose(use_cpu=True)

@@ -67,7 +67,7 @@ def whole_image(path: Path) -> Image.Image:
 @pytest.mark.parametrize("point", stalled_writes.POINTS)
 @pytest.mark.parametrize("what", ["image", "config"])
 def test_a_process_killed_inside_a_write_leaves_the_old_files_whole_and_no_partial_one(tmp_path, what, point):
-    from engine.output.writer import remove_unfinished
+    from engine.files import remove_unfinished
 
     marker = tmp_path / "stalled.jsonl"
     pattern, nth = ("*.png", 3) if what == "image" else ("config.json", 2)
@@ -179,7 +179,7 @@ def _ignore(call) -> None:
 
 
 def test_start_up_removes_only_the_temporary_files_of_cut_short_writes(tmp_path):
-    from engine.output.writer import remove_unfinished
+    from engine.files import remove_unfinished
 
     (tmp_path / "a" / "b").mkdir(parents=True)
     cut_short = [tmp_path / ".tmp-x1.part", tmp_path / "a" / "b" / ".tmp-x2.part"]

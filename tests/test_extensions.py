@@ -10,7 +10,7 @@ from PIL import Image
 from engine.addons import AddOns
 from engine.engine import Engine
 from engine.errors import RequestError
-from engine.models.registry import HashCache
+from engine.files import HashCache
 from engine.request import GenerationRequest
 from tests.conftest import make_engine
 

@@ -68,7 +68,7 @@ def engine_with_face_painter(engine, data_dir):
     """The session engine's model and queue, with add-ons from `data_dir` plus the face painter."""
     from engine.addons import AddOns
     from engine.engine import Engine
-    from engine.models.registry import HashCache
+    from engine.files import HashCache
     shutil.copytree(Path(__file__).parent / "support" / "extensions" / "face_painter",
                     data_dir / "extensions" / "face_painter")
     return Engine(engine.models, engine.writer, engine.settings,

@@ -1,4 +1,4 @@
-"""The fast path (engine/memory/fast_path.py, engine/memory/compiled.py): on a CUDA device it changes how fast
+"""The fast path (engine/runs/fast_path.py, engine/memory/compiled.py): on a CUDA device it changes how fast
 pictures come, never what they show. Here on the CPU, with the pieces forced on for the tiny
 model: same images, undone cleanly, LoRA jobs unfused, compile plumbing and its warm-up message,
 step noise and previews that do not wait for the GPU."""
@@ -13,8 +13,8 @@ import torch
 from diffusers.models.attention_processor import AttnProcessor2_0, FusedAttnProcessor2_0
 
 from engine.memory import compiled as compiling
-from engine.memory import fast_path
-from engine.memory.fast_path import FastPath, JobTraits, disabled_from_env
+from engine.runs import fast_path
+from engine.runs.fast_path import FastPath, JobTraits, disabled_from_env
 from engine.jobs import Job
 from engine.request import GenerationRequest
 from engine.settings.store import OPTIONS
@@ -259,9 +259,10 @@ def test_on_cuda_previews_are_the_numbers_a_plain_copy_gives():
 @cuda_only
 def test_on_cuda_the_fast_path_keeps_the_tiny_models_image(tiny_models, tmp_path):
     from engine.addons import AddOns
-    from engine.models.devices import DeviceConfig
+    from engine.devices import DeviceConfig
     from engine.engine import Engine
-    from engine.models.registry import HashCache, ModelRegistry
+    from engine.files import HashCache
+    from engine.models.registry import ModelRegistry
     from engine.output.writer import OutputWriter
     from engine.models.pipelines import ModelManager
     from engine.settings.store import Settings

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.runs import samplers
+from engine.sampling import samplers
 from engine.output.infotext import parse
 from engine.request import GenerationRequest
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.runs import image_prep
+from engine import image_prep
 from engine.errors import RequestError
 from engine.runs.generation import GenerationRun
 from engine.output.infotext import parse, request_fields

@@ -8,10 +8,11 @@ import torch
 from transformers import CLIPTokenizer
 
 from engine.addons import AddOns
-from engine.models.devices import DeviceConfig
+from engine.devices import DeviceConfig
 from engine.engine import Engine
 from engine.models.loading import detect_layout, read_shapes
-from engine.models.registry import HashCache, ModelRegistry
+from engine.files import HashCache
+from engine.models.registry import ModelRegistry
 from engine.output.writer import OutputWriter
 from engine.models.pipelines import ModelManager
 from engine.settings.store import Settings

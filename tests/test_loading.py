@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import save_file
 
 from engine.errors import CheckpointError, NotFoundError
-from engine.models.registry import HashCache, ModelRegistry
+from engine.files import HashCache
+from engine.models.registry import ModelRegistry
 from tests.conftest import FAMILIES, make_engine
 from tests.support.ldm_export import UNET_PREFIX, ldm_state_dict, save_ldm_state_dict
 
@@ -44,7 +45,7 @@ def test_single_file_checkpoint_loads_offline_with_identical_weights(family, tin
 
 def _load_on_cpu(path, tiny_models):
     """A single file loaded by the app's loader, without an engine around it."""
-    from engine.models.devices import DeviceConfig
+    from engine.devices import DeviceConfig
     from engine.models.loading import load_single_file
     from engine.models.registry import CheckpointInfo
     return load_single_file(CheckpointInfo(path.name, str(path), "safetensors"),

@@ -221,8 +221,9 @@ def test_a_checkpoint_loads_into_ram_then_into_its_mode(tiny_models, tmp_path, m
     import functools
 
     from engine.models import pipelines
-    from engine.models.devices import DeviceConfig
-    from engine.models.registry import HashCache, ModelRegistry
+    from engine.devices import DeviceConfig
+    from engine.files import HashCache
+    from engine.models.registry import ModelRegistry
 
     loaded_on = []
     load = pipelines.load_checkpoint

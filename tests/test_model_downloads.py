@@ -21,7 +21,7 @@ from engine.models.downloads import DownloadError
 from engine.engine import Engine
 from engine.errors import RequestError
 from engine.models.model_catalogue import ModelCatalogue, ModelNotDownloaded
-from engine.models.registry import HashCache
+from engine.files import HashCache
 from engine.output.writer import png_bytes
 from engine.settings.store import Settings
 from tests.support.esrgan_files import tiny_rrdbnet

@@ -15,7 +15,7 @@ from engine.addons import AddOns
 from engine.engine import Engine
 from engine.memory import memory_guard
 from engine.memory.memory_guard import FaultPlan
-from engine.models.registry import HashCache
+from engine.files import HashCache
 from engine.networks import vae as vae_module
 from engine.prompts.conditioning import PromptEncoder
 from engine.controlnet.units import ControlUnit

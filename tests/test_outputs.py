@@ -6,7 +6,8 @@ import pytest
 from PIL import Image
 
 from engine.output import writer as outputs
-from engine.output.writer import OutputWriter, write_atomically
+from engine.files import write_atomically
+from engine.output.writer import OutputWriter
 
 
 def test_names_use_the_next_free_five_digit_number(tmp_path):

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from engine.runs import samplers
+from engine.sampling import samplers
 from engine.errors import NotFoundError, RequestError
 from engine.request import MAX_PROMPT_CHARS, GenerationRequest
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.runs import samplers
+from engine.sampling import samplers
 from engine.output.infotext import parse
 from engine.request import GenerationRequest
 

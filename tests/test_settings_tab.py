@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from engine.settings.option import Option
+from engine.option import Option
 from engine.settings.options_ui import HIDEABLE_TABS, UI_OPTIONS
 from engine.settings.store import OPTIONS, Settings
 from ui import settings_tab, ui_defaults

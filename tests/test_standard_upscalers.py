@@ -13,7 +13,7 @@ from engine.addons import AddOns
 from engine.engine import Engine
 from engine.postprocess.extras import ExtrasRequest
 from engine.models.model_catalogue import STANDARD, ModelCatalogue, ModelNotDownloaded
-from engine.models.registry import HashCache
+from engine.files import HashCache
 from engine.request import GenerationRequest
 from engine.postprocess.upscalers import UpscalerLibrary
 from tests.conftest import make_engine

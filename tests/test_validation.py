@@ -10,7 +10,7 @@ from engine.controlnet.units import ControlUnit
 from engine.errors import RequestError
 from engine.extensions.fields import Field
 from engine.request import GenerationRequest
-from engine.settings.option import Option
+from engine.option import Option
 from engine.validation import Flag, Names, Number, OneOf, Text, Whole, json_schema, shown
 
 

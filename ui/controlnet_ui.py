@@ -20,7 +20,7 @@ from engine.controlnet.units import (
     ControlUnit,
 )
 from engine.errors import UserError
-from engine.runs.image_prep import flatten
+from engine.image_prep import flatten
 
 from . import checked_images
 from .context import UIContext

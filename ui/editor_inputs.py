@@ -9,7 +9,7 @@ from __future__ import annotations
 from PIL import Image, ImageChops
 
 from engine.errors import RequestError
-from engine.runs.image_prep import flatten
+from engine.image_prep import flatten
 
 
 def _image(value, what: str) -> Image.Image:

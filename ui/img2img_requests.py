@@ -7,7 +7,7 @@ from typing import Any, Iterator
 
 from PIL import Image
 
-from engine.runs import image_prep
+from engine import image_prep
 from engine.errors import RequestError
 from engine.request import MAX_SIZE, MIN_SIZE, SIZE_STEP, GenerationRequest
 from engine.runs.uploads import open_image

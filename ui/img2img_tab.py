@@ -7,10 +7,11 @@ from pathlib import Path
 
 import gradio as gr
 
-from engine.runs import image_prep
+from engine import image_prep
 from engine.settings.flags import is_exposed
 from engine.job_results import GenerationResult
-from engine.output.writer import png_bytes, write_atomically
+from engine.files import write_atomically
+from engine.output.writer import png_bytes
 from engine.request import MAX_MASK_BLUR, MAX_PADDING
 
 from . import (

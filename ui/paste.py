@@ -6,7 +6,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from engine.runs import image_prep, samplers
+from engine.sampling import samplers
+from engine import image_prep
 
 from engine.output import infotext
 from engine.controlnet.units import MAX_UNITS

@@ -14,8 +14,8 @@ from typing import Any, Callable, Iterable, Mapping
 import gradio as gr
 
 from engine.errors import UserError
-from engine.settings.option import Option
-from engine.settings.options_saving import DIRECTORY_KEYS
+from engine.option import Option
+from engine.output.saving_options import DIRECTORY_KEYS
 from engine.settings.options_ui import HIDEABLE_TABS
 from engine.settings.store import Settings
 

@@ -11,9 +11,9 @@ from typing import Any, Mapping
 
 import gradio as gr
 
-from engine.runs import samplers
+from engine.sampling import samplers
 from engine.errors import RequestError, UserError
-from engine.settings.option import Option
+from engine.option import Option
 from engine.settings.options_ui import CFG_MAX, SIZE_MAX, STEPS_MAX, default_key
 from engine.settings.store import Settings
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import gradio as gr
 
 from engine import request as limits
-from engine.runs import samplers
+from engine.sampling import samplers
 
 from . import model_offer
 from .number_inputs import Number, Slider

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from engine.runs import image_prep
+from engine import image_prep
 from engine.errors import RequestError
 from engine.controlnet import preprocessors
 from engine.controlnet.annotators import Annotators

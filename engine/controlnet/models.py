@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from engine.models.devices import DeviceConfig, free_memory
+from engine.devices import DeviceConfig, free_memory
 from engine.errors import CheckpointError, NotFoundError
 from engine.controlnet.annotators import Annotators
 from engine.controlnet.layouts import (

@@ -24,6 +24,8 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from engine.option import Option
+
 log = logging.getLogger(__name__)
 
 COMPILE_MODES = ("reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune", "default")
@@ -152,3 +154,14 @@ def installed(module: torch.nn.Module, compiled: CompiledForward, job) -> Iterat
             del module.forward
         else:
             module.forward = previous
+
+
+# The settings of the fast path's compile piece (engine/runs/fast_path.py reads them).
+FAST_PATH_OPTIONS = (
+    Option("torch_compile", False,
+           "Compile the UNet and VAE decoder with torch.compile (CUDA only): faster steps; the first "
+           "job at each new image size waits while it compiles", "Memory and speed"),
+    Option("torch_compile_mode", "reduce-overhead",
+           "torch.compile mode (reduce-overhead and max-autotune replay CUDA graphs; max-autotune "
+           "compiles much longer)", "Memory and speed", choices=COMPILE_MODES),
+)

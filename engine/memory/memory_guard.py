@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.models.devices import free_memory
+from engine.devices import free_memory
 from engine.errors import OutOfMemoryUserError
 
 log = logging.getLogger(__name__)

@@ -31,7 +31,7 @@ from typing import Iterable, Iterator
 
 import torch
 
-from engine.models.devices import free_memory
+from engine.devices import free_memory
 from engine.memory.memory_modes import LOWVRAM, MEDVRAM, NONE
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 import psutil
 
-from engine.models.devices import free_memory
+from engine.devices import free_memory
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from engine.models.devices import DeviceConfig
+from engine.devices import DeviceConfig
 from engine.errors import CheckpointError
 from engine.models.registry import CheckpointInfo
 

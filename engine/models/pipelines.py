@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from engine.models.checkpoint_cache import CheckpointCache, file_signature, size_on_disk
-from engine.models.devices import DeviceConfig, free_memory, upcast_sampling
+from engine.devices import DeviceConfig, free_memory, upcast_sampling
 from engine.errors import CheckpointError, NoModelError
 from engine.models.loading import CONFIG_ROOT, check_loadable, load_checkpoint
 from engine.memory.memory_modes import NONE, mode_for_model

@@ -8,7 +8,6 @@ client programs can name a model the way they always did ("v1-5-pruned-emaonly.s
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import threading
@@ -16,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import NotFoundError
-from engine.output.writer import write_atomically
+from engine.files import HashCache
 
 log = logging.getLogger(__name__)
 
@@ -71,57 +70,6 @@ class CheckpointInfo:
             wanted, bare = wanted.lower(), bare.lower()
             candidates, names = {c.lower() for c in candidates}, {n.lower() for n in names}
         return wanted in candidates or bare in names
-
-
-class HashCache:
-    """sha256 of model files, computed once and kept in cache.json keyed by path, size and mtime."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self._lock = threading.Lock()
-        self._entries: dict[str, dict] = {}
-        if self.path.is_file():
-            try:
-                data = json.loads(self.path.read_text(encoding="utf-8"))
-                self._entries = dict(data.get("hashes", {}))
-            except (OSError, ValueError, AttributeError):
-                log.warning("ignoring unreadable hash cache %s", self.path)
-
-    def _key(self, file: Path) -> tuple[str, float, int]:
-        stat = file.stat()
-        return str(file.resolve()), stat.st_mtime, stat.st_size
-
-    def cached(self, file: Path) -> str | None:
-        try:
-            key, mtime, size = self._key(file)
-        except OSError:
-            return None
-        entry = self._entries.get(key)
-        if entry and entry.get("mtime") == mtime and entry.get("size") == size:
-            return entry.get("sha256")
-        return None
-
-    def sha256(self, file: Path) -> str:
-        found = self.cached(file)
-        if found:
-            return found
-        digest = hashlib.sha256()
-        with open(file, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        value = digest.hexdigest()
-        key, mtime, size = self._key(file)
-        with self._lock:
-            self._entries[key] = {"mtime": mtime, "size": size, "sha256": value}
-            self._save()
-        return value
-
-    def _save(self) -> None:
-        data = json.dumps({"hashes": self._entries}, indent=1).encode("utf-8")
-        try:
-            write_atomically(self.path, data)
-        except OSError as error:
-            log.warning("could not write hash cache %s: %s", self.path, error)
 
 
 def _hash_target(path: Path, kind: str) -> Path | None:

@@ -20,7 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from engine.memory.memory_guard import is_out_of_memory
-from engine.models.registry import HashCache
+from engine.files import HashCache
 from engine.prompts.prompt_parser import ExtraNetwork, lora_weights
 
 log = logging.getLogger(__name__)

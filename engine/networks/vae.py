@@ -22,9 +22,9 @@ import torch
 
 from engine.memory import memory_guard, vae_budget
 from engine.memory.memory_guard import FaultPlan
-from engine.models.devices import free_memory
+from engine.devices import free_memory
 from engine.errors import CheckpointError, NotFoundError, OutOfMemoryUserError
-from engine.models.registry import HashCache
+from engine.files import HashCache
 from engine.memory.offload import compute_device
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,8 @@ from PIL import Image, UnidentifiedImageError
 
 from engine.errors import NotFoundError, UserError
 from engine.output.infotext import INFOTEXT_KEY
-from engine.output.writer import TEMP_PREFIX, OutputWriter, read_infotext
+from engine.files import TEMP_PREFIX
+from engine.output.writer import OutputWriter, read_infotext
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def _inside(path: Path, root: Path) -> bool:
 
 
 def _is_picture_name(name: str) -> bool:
-    # Dot files include the temporary files of unfinished writes (engine.output.writer.TEMP_PREFIX).
+    # Dot files include the temporary files of unfinished writes (engine.files.TEMP_PREFIX).
     return not name.startswith((".", TEMP_PREFIX)) and Path(name).suffix.lower() in IMAGE_SUFFIXES
 
 

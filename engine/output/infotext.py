@@ -13,7 +13,7 @@ import json
 import re
 from typing import Any, Mapping
 
-from engine.runs.image_prep import INPAINT_AREAS, MASK_MODES, MASKED_CONTENT, RESIZE_MODES
+from engine.image_prep import INPAINT_AREAS, MASK_MODES, MASKED_CONTENT, RESIZE_MODES
 
 # The order keys appear in (COMPAT.md); keys not listed follow, in the order given, then Version.
 KEY_ORDER: tuple[str, ...] = (

@@ -3,7 +3,7 @@
 outputs/txt2img-images/YYYY-MM-DD/00012-123456.png
 outputs/txt2img-grids/YYYY-MM-DD/grid-0003.png
 
-Format, names and folders follow the "Saving images" settings (engine/settings/options_saving.py), read at
+Format, names and folders follow the "Saving images" settings (engine/output/saving_options.py), read at
 each save so a change applies to the next image without a restart.
 """
 
@@ -13,9 +13,7 @@ import datetime as dt
 import io
 import logging
 import math
-import os
 import re
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -23,9 +21,10 @@ from typing import Any
 from PIL import Image, PngImagePlugin
 
 from engine.errors import RequestError
+from engine.files import write_atomically
 from engine.output.filenames import NAME_CHARS, ImageFields, expand, safe_name
 from engine.output.infotext import INFOTEXT_KEY
-from engine.settings.options_saving import FOLDER_DEFAULTS, SAVING_DEFAULTS, resolve_folder
+from engine.output.saving_options import FOLDER_DEFAULTS, SAVING_DEFAULTS, resolve_folder
 
 log = logging.getLogger(__name__)
 
@@ -111,44 +110,6 @@ def _decode_user_comment(comment) -> str | None:
         text = max(readings, key=lambda t: sum(ch.isascii() for ch in t))
         return text.rstrip("\x00") or None
     return body.decode("utf-8", errors="replace").rstrip("\x00") or None
-
-
-TEMP_PREFIX, TEMP_SUFFIX = ".tmp-", ".part"
-
-
-def remove_unfinished(folder: Path, recursive: bool = True) -> int:
-    """Delete the temporary files of writes a crash cut short (kill -9, power loss); the files
-    they were going to replace are whole. Returns how many were removed."""
-    removed = 0
-    pattern = f"{TEMP_PREFIX}*{TEMP_SUFFIX}"
-    for path in Path(folder).rglob(pattern) if recursive else Path(folder).glob(pattern):
-        try:
-            path.unlink()
-            removed += 1
-        except OSError:
-            pass
-    return removed
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, flush it to disk, then rename over `path`.
-
-    A crash at any moment leaves either no file or the whole file, never a truncated image.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def _next_number(folder: Path, pattern: re.Pattern) -> int:

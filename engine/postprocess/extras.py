@@ -15,7 +15,7 @@ from engine.memory import memory_guard
 from engine.memory.memory_guard import FaultPlan
 from engine.errors import RequestError
 from engine.validation import Number
-from engine.runs.image_prep import CROP_AND_RESIZE, JUST_RESIZE, flatten, resize_image
+from engine.image_prep import CROP_AND_RESIZE, JUST_RESIZE, flatten, resize_image
 from engine.output.writer import read_infotext
 
 # Resampling upscalers; model upscalers (ESRGAN and the like) come with the extension loader.

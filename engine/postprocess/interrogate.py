@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from engine.models.devices import DeviceConfig
+from engine.devices import DeviceConfig
 from engine.errors import NotFoundError, RequestError
 from engine.jobs import Job, JobQueue
 

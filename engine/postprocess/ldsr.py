@@ -30,7 +30,7 @@ import torch
 from PIL import Image
 
 from engine.errors import RequestError
-from engine.settings.option import Option
+from engine.option import Option
 
 log = logging.getLogger(__name__)
 

@@ -22,6 +22,9 @@ from engine.prompts import prompt_parser
 from engine.memory.offload import compute_device
 
 CHUNK_TOKENS = 75
+# Far beyond any useful prompt (the tokenizer would make hundreds of 75-token chunks); a guard
+# against pasting a file into the box, not a creative limit. The request and saved styles keep it.
+MAX_PROMPT_CHARS = 20_000
 COMMA_BACKTRACK = 20  # a chunk that fills up moves text after a comma this close to its end
 EMPHASIS_MODES = ("Original", "No norm", "Ignore", "None")
 EMBEDDING_PLACEHOLDER = 0

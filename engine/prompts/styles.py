@@ -37,7 +37,7 @@ import threading
 from pathlib import Path
 
 from engine.errors import RequestError
-from engine.output.writer import write_atomically
+from engine.files import write_atomically
 from engine.prompts.styles_csv import (
     COLUMNS,
     Row,
@@ -47,7 +47,7 @@ from engine.prompts.styles_csv import (
     parse_table,
     serialise_table,
 )
-from engine.request import MAX_PROMPT_CHARS
+from engine.prompts.conditioning import MAX_PROMPT_CHARS
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from engine.output import infotext
 from engine.memory import memory_guard
 from engine.memory.memory_guard import FaultPlan
 
-from engine.runs import samplers
+from engine.sampling import samplers
 from engine.addons import AddOns
 from engine.prompts.conditioning import PromptEncoder, ScheduledConditioning
 from engine.controlnet import apply as control

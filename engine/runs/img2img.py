@@ -15,8 +15,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from engine.runs import color_correction, image_prep
-from engine.runs.image_prep import InitImage, PreparedMask
+from engine.runs import color_correction
+from engine import image_prep
+from engine.image_prep import InitImage, PreparedMask
 from engine.request import LATENT_UPSCALE_MODES
 from engine.sampling.denoiser import CFGDenoiser
 from engine.sampling.noise import ImageNoise

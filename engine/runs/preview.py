@@ -14,10 +14,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from engine.job_results import FULL
 from engine.networks.vae import decode
-
-APPROX_CHEAP, FULL = "Approx cheap", "Full"
-PREVIEW_METHODS = (APPROX_CHEAP, FULL)
 
 _SD_FACTORS = ((0.298, 0.207, 0.208), (0.187, 0.286, 0.173),
                (-0.158, 0.189, 0.264), (-0.184, -0.271, -0.473))

@@ -19,7 +19,7 @@ from engine.output.filenames import ImageFields
 from engine.output.grids import labelled_grid
 from engine.output.writer import OutputWriter, make_grid
 from engine.request import LATENT_UPSCALE_MODES, GenerationRequest
-from engine.runs import samplers
+from engine.sampling import samplers
 
 log = logging.getLogger("engine.scripts")
 

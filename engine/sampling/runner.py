@@ -35,7 +35,7 @@ class Img2ImgStart:
 class SamplingPlan:
     """How one job samples (the same for every batch)."""
 
-    sampler: Any                 # engine.runs.samplers.Sampler
+    sampler: Any                 # engine.sampling.samplers.Sampler
     schedule: str                # the schedule type asked for ("Automatic" or a label)
     steps: int
     parameters: Mapping[str, Any] = field(default_factory=dict)  # eta, s_churn, ... as A1111 passes

@@ -4,7 +4,7 @@ steps, colour correction and upscaler."""
 
 from __future__ import annotations
 
-from engine.settings.option import Option
+from engine.option import Option
 from engine.request import MAX_SEED, SAMPLER_PARAMETER_RANGES
 
 SAMPLING = "Sampler parameters"

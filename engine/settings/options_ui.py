@@ -9,8 +9,8 @@ the request would refuse.
 from __future__ import annotations
 
 from engine import request as limits
-from engine.runs import samplers
-from engine.settings.option import Option
+from engine.sampling import samplers
+from engine.option import Option
 
 SECTION = "User interface"
 

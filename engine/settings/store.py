@@ -18,16 +18,16 @@ from typing import Any, Iterable, Iterator
 from engine.prompts.conditioning import EMPHASIS_MODES
 from engine.errors import ForbiddenError, RequestError, TooLargeError
 from engine.postprocess.faces import RESTORERS
-from engine.memory.fast_path import FAST_PATH_OPTIONS
+from engine.memory.compiled import FAST_PATH_OPTIONS
 from engine.postprocess.ldsr import LDSR_OPTIONS
 from engine.memory.memory_modes import MEMORY_MODES
-from engine.settings.option import Option
+from engine.option import Option
 from engine.validation import shown
 from engine.settings.options_sampling import IMG2IMG_OPTIONS, SAMPLING_OPTIONS
-from engine.settings.options_saving import SAVING_OPTIONS
+from engine.output.saving_options import SAVING_OPTIONS
 from engine.settings.options_ui import UI_OPTIONS
-from engine.output.writer import write_atomically
-from engine.runs.preview import PREVIEW_METHODS
+from engine.files import write_atomically
+from engine.job_results import PREVIEW_METHODS
 from engine.request import RANDN_SOURCES
 
 log = logging.getLogger(__name__)

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from PIL import Image
 
-from engine.runs import samplers
+from engine.sampling import samplers
 from engine.extensions import Extension, Field
-from engine.runs.image_prep import CROP_AND_RESIZE, JUST_RESIZE, LATENT_UPSCALE, resize_image
+from engine.image_prep import CROP_AND_RESIZE, JUST_RESIZE, LATENT_UPSCALE, resize_image
 from engine.request import LATENT_UPSCALE_MODES, MAX_SIZE, MAX_STEPS, SIZE_STEP
 
 PIXEL_UPSCALERS = {"None": Image.Resampling.LANCZOS, "Lanczos": Image.Resampling.LANCZOS,

@@ -27,7 +27,7 @@ import random
 
 from engine.errors import RequestError
 from engine.extensions import Field, Script, ScriptHost
-from engine.runs.image_prep import ORIGINAL
+from engine.image_prep import ORIGINAL
 
 SEED_RANGE = 2**32
 CURVES = ("Aggressive", "Linear", "Lazy")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from engine.extensions import Field, Script
 from engine.errors import RequestError
-from engine.runs.image_prep import MASKED_CONTENT
+from engine.image_prep import MASKED_CONTENT
 
 from .canvas import DIRECTIONS, MAX_PIXELS, expand
 

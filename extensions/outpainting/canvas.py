@@ -8,7 +8,7 @@ from PIL import Image, ImageDraw
 
 from engine.errors import RequestError
 from engine.request import MAX_SIZE, GenerationRequest
-from engine.runs import image_prep
+from engine import image_prep
 
 DIRECTIONS = ("left", "right", "up", "down")
 MAX_PIXELS = 512

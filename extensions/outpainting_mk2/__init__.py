@@ -29,7 +29,7 @@ from PIL import Image, ImageDraw
 from engine.errors import RequestError
 from engine.extensions import Field, Script, ScriptHost
 from engine.request import MAX_MASK_BLUR, MAX_SIZE, SIZE_STEP
-from engine.runs.image_prep import JUST_RESIZE, ORIGINAL, flatten
+from engine.image_prep import JUST_RESIZE, ORIGINAL, flatten
 
 from .matched_noise import matched_noise
 

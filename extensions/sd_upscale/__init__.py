@@ -11,7 +11,7 @@ from engine.errors import RequestError
 from engine.extensions import Field, Script
 from engine.output import infotext
 from engine.request import MAX_SIZE
-from engine.runs.image_prep import flatten
+from engine.image_prep import flatten
 from engine.runs.seeds import fixed_seed
 
 from .tiles import feather, tile_starts

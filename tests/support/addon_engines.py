@@ -9,7 +9,7 @@ from engine.addons import AddOns
 from engine.controlnet.models import build_tiny_controlnet, save_original_layout
 from engine.engine import Engine
 from engine.memory.memory_guard import FaultPlan
-from engine.models.registry import HashCache
+from engine.files import HashCache
 from tests.support.lora_files import write_kohya_lora
 
 

@@ -1,8 +1,8 @@
-"""Stop a process's atomic writes (engine.output.writer.write_atomically, which images, config.json,
+"""Stop a process's atomic writes (engine.files.write_atomically, which images, config.json,
 styles.csv and the hash cache go through) at a chosen point, so a test can kill the process
 exactly there instead of hoping a kill lands inside a write.
 
-Set in the environment of the process to stall, before engine.output.writer writes anything:
+Set in the environment of the process to stall, before engine.files writes anything:
 
     SD_STUDIO_TEST_STALL_WRITE="<point>:<file name pattern>:<n>"
     SD_STUDIO_TEST_STALL_MARKER=<a file path>
@@ -35,7 +35,7 @@ _lock = threading.Lock()
 
 
 class _StallingOs:
-    """What engine.output.writer sees as `os`: the real module, but for fdopen and replace."""
+    """What engine.files sees as `os`: the real module, but for fdopen and replace."""
 
     def __init__(self, point: str, pattern: str, nth: int, marker: Path):
         self.point, self.pattern, self.nth, self.marker = point, pattern, nth, marker
@@ -110,13 +110,13 @@ def _target_of_current_write() -> str | None:
 
 
 def install(point: str, pattern: str, nth: int, marker: Path) -> None:
-    """Make engine.output.writer's atomic writes stop as described in the module's docstring."""
+    """Make engine.files' atomic writes stop as described in the module's docstring."""
     if point not in POINTS:
         raise ValueError(f"stall point must be one of {POINTS}, not {point!r}")
-    from engine.output import writer
+    from engine import files
 
-    writer.os = _StallingOs(point, pattern, nth, Path(marker))
-    original = writer.write_atomically
+    files.os = _StallingOs(point, pattern, nth, Path(marker))
+    original = files.write_atomically
 
     def write_atomically(path, data):
         _current.target = str(path)  # which file the temporary file is for, for _HalfWriter
@@ -125,9 +125,9 @@ def install(point: str, pattern: str, nth: int, marker: Path) -> None:
         finally:
             _current.target = None
 
-    # Everything imports it by name from writer (settings, styles, the hash cache): install this
-    # before they are imported, so their name is bound to this one.
-    writer.write_atomically = write_atomically
+    # Everything imports it by name from engine.files (the writer, settings, styles, the hash
+    # cache): install this before they are imported, so their name is bound to this one.
+    files.write_atomically = write_atomically
 
 
 def install_from_env() -> bool:

@@ -6,7 +6,7 @@ import base64
 import json
 from typing import Any
 
-from engine.runs import samplers
+from engine.sampling import samplers
 
 from engine.output import infotext
 from engine.errors import RequestError

@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Body, Depends, Request
 
-from engine.runs import samplers
+from engine.sampling import samplers
 from engine.errors import RequestError
 from engine.postprocess.extras import UPSCALERS
 from engine.postprocess.face_models import KINDS

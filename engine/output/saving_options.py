@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import RequestError
-from engine.settings.option import Option
+from engine.option import Option
 
 SECTION = "Saving images"
 OUTPUTS = "outputs"  # the folder below the data dir that every saved image stays inside

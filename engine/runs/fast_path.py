@@ -31,7 +31,6 @@ import torch
 
 from engine.memory import compiled as compiling
 from engine.memory.memory_modes import NONE
-from engine.settings.option import Option
 from engine.networks.vae import HALF_FIRST
 
 log = logging.getLogger(__name__)
@@ -40,16 +39,6 @@ PIECES = ("channels_last", "fused_qkv", "half_vae", "compile")
 # Pieces to leave off, for measuring what each gives: SD_STUDIO_FAST_PATH="-fused_qkv,-compile",
 # or "off" for none at all.
 FAST_PATH_ENV = "SD_STUDIO_FAST_PATH"
-
-FAST_PATH_OPTIONS = (
-    Option("torch_compile", False,
-           "Compile the UNet and VAE decoder with torch.compile (CUDA only): faster steps; the first "
-           "job at each new image size waits while it compiles", "Memory and speed"),
-    Option("torch_compile_mode", "reduce-overhead",
-           "torch.compile mode (reduce-overhead and max-autotune replay CUDA graphs; max-autotune "
-           "compiles much longer)", "Memory and speed", choices=compiling.COMPILE_MODES),
-)
-
 
 @dataclass(frozen=True)
 class JobTraits:
