@@ -22,8 +22,8 @@ from engine.models.checkpoint_cache import CheckpointCache
 from engine.devices import DeviceConfig
 from engine.engine import Engine
 from engine.errors import CheckpointError
-from engine.models.registry import CheckpointInfo
-from engine.files import HashCache, ModelRegistry
+from engine.models.registry import CheckpointInfo, ModelRegistry
+from engine.files import HashCache
 from engine.output.writer import OutputWriter
 from engine.request import GenerationRequest
 from engine.settings.store import Settings
