@@ -5,7 +5,7 @@ import datetime as dt
 import pytest
 from PIL import Image
 
-from engine.output import writer as outputs
+from engine import files
 from engine.files import write_atomically
 from engine.output.writer import OutputWriter
 
@@ -39,7 +39,7 @@ def test_atomic_write_leaves_nothing_behind_when_it_fails(tmp_path, monkeypatch)
     def broken_fsync(fd):
         raise OSError("disk on fire")
 
-    monkeypatch.setattr(outputs.os, "fsync", broken_fsync)
+    monkeypatch.setattr(files.os, "fsync", broken_fsync)
     with pytest.raises(OSError):
         write_atomically(target, b"data")
     assert not target.exists()
