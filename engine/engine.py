@@ -29,7 +29,7 @@ from engine.memory.memory_modes import NONE, MemoryModes, mode_for_model
 from engine.output.writer import OutputWriter
 from engine.models.pipelines import LoadedModel, ModelManager
 from engine.prompts.prompt_parser import extract_extra_networks, prompt_schedule
-from engine.request import GenerationRequest
+from engine.request import GenerationRequest, ScriptChoice
 from engine.settings.store import Settings
 from engine.runs.uploads import check_pixel_limit
 from engine.runs.script_host import InstalledNames, JobScriptHost, checkpoint_kept
@@ -96,7 +96,7 @@ class Engine:
 
         def work(job: Job) -> GenerationResult:
             with self.settings.overridden(overrides), self._checkpoint_for(checkpoint, restore_overrides):
-                if request.script:
+                if request.script is not None:
                     result = self._run_script(job, request, policy)
                 else:
                     result = self._run(job, request, policy)
@@ -180,7 +180,7 @@ class Engine:
         )
         request = self._complete_script(request)
         if request.mode == "img2img":
-            request = request.replace(exact_steps=request.exact_steps or settings["img2img_fix_steps"])
+            request = request.with_img2img(exact_steps=request.img2img.exact_steps or settings["img2img_fix_steps"])
             chosen = self.addons.upscalers.canonical(settings["upscaler_for_img2img"])
             if chosen is not None and chosen not in UPSCALERS:  # a standard model not downloaded: say so now
                 self.addons.upscalers.require(chosen, "upscaler_for_img2img")
@@ -201,24 +201,24 @@ class Engine:
 
     def _complete_script(self, request: GenerationRequest) -> GenerationRequest:
         """The request's script found, its options checked and completed with defaults."""
-        if not request.script:
-            return request.replace(script_options={})
-        entry = self.addons.extensions.find_script(request.script, request.mode)
+        if request.script is None or not request.script.name:
+            return request.replace(script=None)
+        entry = self.addons.extensions.find_script(request.script.name, request.mode)
         script = entry.extension
-        options = checked_options(script, request.mode, request.script_options)
+        options = checked_options(script, request.mode, request.script.options)
         script.check(request, options)
-        return request.replace(script=entry.name, script_options=options)
+        return request.replace(script=ScriptChoice(entry.name, options))
 
     def _run_script(self, job: Job, request: GenerationRequest, policy: OutputPolicy) -> GenerationResult:
         """The job as its script runs it: the script gets a host whose `process` runs ordinary
         jobs on this lane, each completed from the settings (with the script's per-job ones)."""
-        entry = self.addons.extensions.find_script(request.script, request.mode)
-        base = request.replace(script="", script_options={})
+        entry = self.addons.extensions.find_script(request.script.name, request.mode)
+        base = request.replace(script=None)
 
         def run_job(one: GenerationRequest, settings: dict, save: bool) -> GenerationResult:
             settings, _ = self._split_overrides(settings)
             with self.settings.overridden(settings):
-                one = self.complete(one.replace(script="", script_options={}).validate()).validate()
+                one = self.complete(one.replace(script=None).validate()).validate()
                 one_policy = self._policy(one, make_grid=False)
                 if not save:
                     one_policy = dataclasses.replace(one_policy, save_images=False, save_grid=False)
@@ -241,7 +241,7 @@ class Engine:
                                  lambda name: self.settings[name], self._upscale_for_script, caption,
                                  self._device, lambda: self.models.require().info)
             try:
-                result = entry.extension.run(base, request.script_options, host)
+                result = entry.extension.run(base, request.script.options, host)
             except NOT_EXTENSION_FAULTS:
                 raise
             except Exception as error:  # a fault in the script's code: say so, keep serving
@@ -286,21 +286,23 @@ class Engine:
 
     def _check_upload_sizes(self, request: GenerationRequest) -> None:
         limit = self.settings["upload_max_megapixels"]
-        named = [(f"init_images[{i}]", image) for i, image in enumerate(request.init_images)]
-        named += [("mask", request.mask)] if request.mask is not None else []
+        part = request.img2img
+        named = [(f"init_images[{i}]", image) for i, image in enumerate(part.init_images)]
+        named += [("mask", part.mask)] if part.mask is not None else []
         for name, image in named:
             check_pixel_limit(image, limit, name)
 
     @staticmethod
     def _check_mask(request: GenerationRequest, empty_means_img2img: bool) -> GenerationRequest:
         """An empty mask would change nothing: say so, or run plain img2img if the user chose so."""
-        if request.mask is None:
+        part = request.img2img
+        if part.mask is None:
             return request
-        mask = image_prep.binary_mask(request.mask, request.init_images[0].size)
-        if request.inpainting_mask_invert or not image_prep.is_empty(mask):
+        mask = image_prep.binary_mask(part.mask, part.init_images[0].size)
+        if part.inpainting_mask_invert or not image_prep.is_empty(mask):
             return request
         if empty_means_img2img:
-            return request.replace(mask=None)
+            return request.with_img2img(mask=None)
         raise RequestError("The mask is empty: paint over the part of the picture to change "
                            "(white in an uploaded mask), or use plain img2img. (Setting "
                            "'img2img_empty_mask_as_img2img' runs plain img2img instead.)", "mask")

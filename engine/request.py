@@ -41,8 +41,9 @@ MAX_PADDING = 256
 # The ranges the ecosystem's sliders allow (its API takes anything; these keep the math sane).
 SAMPLER_PARAMETER_RANGES = {
     "eta": (0.0, 2.0), "s_churn": (0.0, 100.0), "s_tmin": (0.0, 1000.0), "s_tmax": (0.0, 1000.0),
-    "s_noise": (0.0, 2.0), "s_min_uncond": (0.0, 100.0), "image_cfg_scale": (0.0, 3.0),
+    "s_noise": (0.0, 2.0), "s_min_uncond": (0.0, 100.0),
 }
+IMAGE_CFG_SCALE_RANGE = (0.0, 3.0)  # instruct-pix2pix's image guidance (an img2img option)
 
 # The rules of the fields every request has (checked in this order by validate(); the API's
 # documentation shows them as the bodies' limits).
@@ -60,6 +61,92 @@ MODES = ("txt2img", "img2img")
 # on any other device its CPU reproduction, so a seed means the same picture everywhere), CPU
 # (torch's CPU generator) and NV (that reproduction everywhere).
 RANDN_SOURCES = ("GPU", "CPU", "NV")
+
+
+@dataclass(frozen=True)
+class Img2ImgOptions:
+    """What an img2img or inpainting job adds to a request (its `img2img` part): the pictures to
+    start from, the mask, and how they are used. Image i of a job starts from init_images[i % n]."""
+
+    init_images: tuple[Image.Image, ...] = ()
+    mask: Image.Image | None = None          # white = repaint
+    resize_mode: int = 0                     # index into image_prep.RESIZE_MODES
+    denoising_strength: float = 0.75
+    mask_blur: int = 4
+    inpainting_fill: int = 1                 # index into image_prep.MASKED_CONTENT
+    inpaint_full_res: bool = False           # "Only masked"
+    inpaint_full_res_padding: int = 32
+    inpainting_mask_invert: bool = False
+    initial_noise_multiplier: float = 1.0
+    # img2img runs exactly `steps` steps, the end of a schedule of steps / strength (the
+    # img2img_fix_steps setting; always in a hires fix pass), rather than steps x strength.
+    exact_steps: bool = False
+    # How "Just resize (latent upscale)" scales the latents (a hires-fix latent upscaler name).
+    latent_upscale_mode: str = "Latent"
+    # Instruct-pix2pix models' image guidance; no other model uses it.
+    image_cfg_scale: float | None = None
+
+    def replace(self, **changes: Any) -> "Img2ImgOptions":
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def is_inpaint(self) -> bool:
+        return self.mask is not None
+
+    def sampling_steps(self, steps: int) -> int:
+        """How many sampling steps a job of `steps` steps runs, as A1111 counts them: t_enc + 1
+        steps at the end of a `steps` schedule, t_enc = int(min(strength, 0.999) x steps) (so at
+        least one, and all of them at strength 1), or exactly `steps` with `exact_steps`."""
+        if self.exact_steps:
+            return steps
+        return int(min(self.denoising_strength, 0.999) * steps) + 1
+
+    def schedule_steps(self, steps: int) -> int:
+        """The steps of the schedule a job of `steps` steps runs the end of (no more than the
+        model's timesteps)."""
+        if self.exact_steps and self.denoising_strength > 0:
+            return min(MAX_SCHEDULE_STEPS, int(steps / min(self.denoising_strength, 0.999)))
+        return steps
+
+    def validate(self) -> "Img2ImgOptions":
+        """Raise RequestError naming the first bad field; return self when all is well."""
+        if not self.init_images:
+            raise RequestError("img2img needs an init image: upload the picture to change",
+                               "init_images")
+        for index, image in enumerate(self.init_images):
+            if not isinstance(image, Image.Image):
+                raise RequestError(f"init_images[{index}] is not an image", "init_images")
+        if self.mask is not None and not isinstance(self.mask, Image.Image):
+            raise RequestError("mask is not an image", "mask")
+        _check_number(self.denoising_strength, "denoising_strength", 0.0, 1.0)
+        if self.exact_steps and self.denoising_strength <= 0:
+            raise RequestError("Denoising strength 0 changes nothing: raise it above 0", "denoising_strength")
+        _check_int(self.resize_mode, "resize_mode", 0, len(RESIZE_MODES) - 1)
+        _check_int(self.inpainting_fill, "inpainting_fill", 0, len(MASKED_CONTENT) - 1)
+        _check_int(self.mask_blur, "mask_blur", 0, MAX_MASK_BLUR)
+        _check_int(self.inpaint_full_res_padding, "inpaint_full_res_padding", 0, MAX_PADDING)
+        _check_number(self.initial_noise_multiplier, "initial_noise_multiplier", 0.0, 1.5)
+        if self.latent_upscale_mode not in LATENT_UPSCALE_MODES:
+            raise RequestError(f"Unknown latent upscale mode '{self.latent_upscale_mode}'. Choose one "
+                               f"of: {', '.join(LATENT_UPSCALE_MODES)}", "latent_upscale_mode")
+        for name in ("inpaint_full_res", "inpainting_mask_invert"):
+            Flag().check(getattr(self, name), name)
+        if self.image_cfg_scale is not None:
+            _check_number(self.image_cfg_scale, "image_cfg_scale", *IMAGE_CFG_SCALE_RANGE)
+        return self
+
+
+@dataclass(frozen=True)
+class ScriptChoice:
+    """The script that runs a job (its name or title, engine.extensions.script) and its options."""
+
+    name: str
+    options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    def validate(self) -> "ScriptChoice":
+        if not isinstance(self.name, str) or not isinstance(self.options, Mapping):
+            raise RequestError("script must be a script's name, with its options as an object", "script_name")
+        return self
 
 
 @dataclass(frozen=True)
@@ -88,22 +175,6 @@ class GenerationRequest:
     randn_source: str = ""
     save_images: bool = True
     save_grid: bool = True
-    # img2img and inpainting (mode "img2img"). Image i of a job starts from init_images[i % n].
-    init_images: tuple[Image.Image, ...] = ()
-    mask: Image.Image | None = None          # white = repaint
-    resize_mode: int = 0                     # index into image_prep.RESIZE_MODES
-    denoising_strength: float = 0.75
-    mask_blur: int = 4
-    inpainting_fill: int = 1                 # index into image_prep.MASKED_CONTENT
-    inpaint_full_res: bool = False           # "Only masked"
-    inpaint_full_res_padding: int = 32
-    inpainting_mask_invert: bool = False
-    initial_noise_multiplier: float = 1.0
-    # img2img runs exactly `steps` steps, the end of a schedule of steps / strength (the
-    # img2img_fix_steps setting; always in a hires fix pass), rather than steps x strength.
-    exact_steps: bool = False
-    # How "Just resize (latent upscale)" scales the latents (a hires-fix latent upscaler name).
-    latent_upscale_mode: str = "Latent"
     # Sampler parameters, for the samplers that use them (samplers.SamplerParams); None: the
     # setting of the same name (eta: eta_ancestral, or eta_ddim for DDIM), which
     # Engine.complete fills in so a queued job is fixed.
@@ -114,20 +185,25 @@ class GenerationRequest:
     s_noise: float | None = None
     s_min_uncond: float | None = None  # skip the negative prompt below this sigma (0: never)
     eta_noise_seed_delta: int | None = None  # "ENSD": step noise seeded with seed + this
-    # Instruct-pix2pix models' image guidance; no other model uses it.
-    image_cfg_scale: float | None = None
     # Leave <lora:...> tags in the prompt unapplied (as text they are removed all the same).
     disable_extra_networks: bool = False
     # ControlNet units (engine.controlnet.units.ControlUnit); only enabled ones act.
     controlnet_units: tuple = ()
     # Per-extension options: {extension name: {field: value}}.
     extensions: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: MappingProxyType({}))
-    # The script that runs this job (engine.extensions.script; "": none) and its options.
-    script: str = ""
-    script_options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    # img2img and inpainting (mode "img2img", which needs it); None for txt2img.
+    img2img: Img2ImgOptions | None = None
+    # The script that runs this job, with its options (None: none).
+    script: ScriptChoice | None = None
 
     def replace(self, **changes: Any) -> "GenerationRequest":
         return dataclasses.replace(self, **changes)
+
+    def with_img2img(self, **changes: Any) -> "GenerationRequest":
+        """This request as an img2img one, its img2img part (a default one if it has none) with
+        `changes` (Img2ImgOptions fields)."""
+        part = self.img2img if self.img2img is not None else Img2ImgOptions()
+        return dataclasses.replace(self, mode="img2img", img2img=part.replace(**changes))
 
     @property
     def images_per_job(self) -> int:
@@ -156,11 +232,12 @@ class GenerationRequest:
             raise RequestError("styles must be a list of style names", "styles")
         if not isinstance(self.vae, str):
             raise RequestError("vae must be a VAE name", "vae")
-        if self.mode == "img2img":
-            self._validate_img2img()
+        self._validate_img2img()
         self._validate_controlnet()
-        if not isinstance(self.script, str) or not isinstance(self.script_options, Mapping):
-            raise RequestError("script must be a script's name, with its options as an object", "script_name")
+        if self.script is not None:
+            if not isinstance(self.script, ScriptChoice):
+                raise RequestError("script must be a script's name, with its options as an object", "script_name")
+            self.script.validate()
         return self
 
     def _validate_sampler_parameters(self) -> None:
@@ -179,7 +256,7 @@ class GenerationRequest:
             raise RequestError("controlnet_units must be a list of ControlNet units", "controlnet_units")
         for index, unit in enumerate(self.controlnet_units):
             unit.validate(index)
-            if unit.enabled and unit.image is None and not self.init_images:
+            if unit.enabled and unit.image is None and not (self.img2img and self.img2img.init_images):
                 raise RequestError(f"ControlNet unit {index} is enabled but has no control image "
                                    "(upload one, or draw a scribble)", "image")
 
@@ -189,47 +266,28 @@ class GenerationRequest:
         return [(index, unit) for index, unit in enumerate(self.controlnet_units) if unit.enabled]
 
     @property
-    def is_inpaint(self) -> bool:
-        return self.mode == "img2img" and self.mask is not None
-
-    @property
     def img2img_steps(self) -> int:
-        """How many sampling steps an img2img job runs, as A1111 counts them: t_enc + 1 steps at
-        the end of a `steps` schedule, t_enc = int(min(strength, 0.999) x steps) (so at least one,
-        and all of them at strength 1), or exactly `steps` with `exact_steps`."""
-        if self.exact_steps:
-            return self.steps
-        return int(min(self.denoising_strength, 0.999) * self.steps) + 1
+        """How many sampling steps this job runs: all `steps` for txt2img, for img2img as its part
+        counts them (Img2ImgOptions.sampling_steps)."""
+        return self.img2img.sampling_steps(self.steps) if self.img2img is not None else self.steps
 
     @property
     def schedule_steps(self) -> int:
-        """The steps of the schedule img2img runs the end of (no more than the model's timesteps)."""
-        if self.exact_steps and self.denoising_strength > 0:
-            return min(MAX_SCHEDULE_STEPS, int(self.steps / min(self.denoising_strength, 0.999)))
-        return self.steps
+        """The steps of the schedule this job runs (the end of, for img2img)."""
+        return self.img2img.schedule_steps(self.steps) if self.img2img is not None else self.steps
 
     def _validate_img2img(self) -> None:
-        if not self.init_images:
-            raise RequestError("img2img needs an init image: upload the picture to change",
-                               "init_images")
-        for index, image in enumerate(self.init_images):
-            if not isinstance(image, Image.Image):
-                raise RequestError(f"init_images[{index}] is not an image", "init_images")
-        if self.mask is not None and not isinstance(self.mask, Image.Image):
-            raise RequestError("mask is not an image", "mask")
-        _check_number(self.denoising_strength, "denoising_strength", 0.0, 1.0)
-        if self.exact_steps and self.denoising_strength <= 0:
-            raise RequestError("Denoising strength 0 changes nothing: raise it above 0", "denoising_strength")
-        _check_int(self.resize_mode, "resize_mode", 0, len(RESIZE_MODES) - 1)
-        _check_int(self.inpainting_fill, "inpainting_fill", 0, len(MASKED_CONTENT) - 1)
-        _check_int(self.mask_blur, "mask_blur", 0, MAX_MASK_BLUR)
-        _check_int(self.inpaint_full_res_padding, "inpaint_full_res_padding", 0, MAX_PADDING)
-        _check_number(self.initial_noise_multiplier, "initial_noise_multiplier", 0.0, 1.5)
-        if self.latent_upscale_mode not in LATENT_UPSCALE_MODES:
-            raise RequestError(f"Unknown latent upscale mode '{self.latent_upscale_mode}'. Choose one "
-                               f"of: {', '.join(LATENT_UPSCALE_MODES)}", "latent_upscale_mode")
-        for name in ("inpaint_full_res", "inpainting_mask_invert"):
-            Flag().check(getattr(self, name), name)
+        if self.mode != "img2img":
+            if self.img2img is not None:
+                raise RequestError(f"img2img options (init images, denoising strength...) do not apply to "
+                                   f"a {self.mode} request", "img2img")
+            return
+        if self.img2img is None:
+            raise RequestError("img2img needs an init image: this img2img request has no img2img "
+                               "options (init images, denoising strength...)", "img2img")
+        if not isinstance(self.img2img, Img2ImgOptions):
+            raise RequestError("img2img must be the img2img options (Img2ImgOptions)", "img2img")
+        self.img2img.validate()
 
     @property
     def seed_resize(self) -> tuple[int, int] | None:

@@ -11,10 +11,11 @@ from PIL import Image
 from engine.runs import color_correction
 from engine.output.infotext import parse
 from engine.request import GenerationRequest
+from tests.support.requests import img2img_request, with_fields
 
-IMG2IMG = GenerationRequest(mode="img2img", prompt="a red cube", steps=10, width=64, height=64,
-                            sampler_name="Euler", seed=3, denoising_strength=0.5, save_images=False,
-                            save_grid=False)
+IMG2IMG = img2img_request(prompt="a red cube", steps=10, width=64, height=64,
+                          sampler_name="Euler", seed=3, denoising_strength=0.5, save_images=False,
+                          save_grid=False)
 
 
 def a_picture(size=(64, 64)) -> Image.Image:
@@ -35,14 +36,14 @@ def unet_calls(engine, request, **overrides) -> tuple[int, object]:
 
 
 def test_img2img_fix_steps_runs_exactly_the_steps(engine):
-    request = IMG2IMG.replace(init_images=(a_picture(),))
+    request = with_fields(IMG2IMG, init_images=(a_picture(),))
     assert unet_calls(engine, request)[0] == 6  # as A1111: int(10 x 0.5) + 1
     assert unet_calls(engine, request, img2img_fix_steps=True)[0] == 10
 
 
 def test_colour_correction_brings_the_colours_back(engine):
     picture = a_picture()
-    request = IMG2IMG.replace(init_images=(picture,), denoising_strength=0.9)
+    request = with_fields(IMG2IMG, init_images=(picture,), denoising_strength=0.9)
     plain = engine.generate(request).images[0]
     with engine.settings.overridden({"img2img_color_correction": True}):
         corrected = engine.generate(request).images[0]
@@ -70,7 +71,7 @@ def test_histogram_matching_and_the_luminosity_blend():
 
 def test_upscaler_for_img2img_enlarges_small_pictures(engine):
     small = a_picture((24, 24))
-    request = IMG2IMG.replace(init_images=(small,))
+    request = with_fields(IMG2IMG, init_images=(small,))
     lanczos = engine.generate(request).images[0]
     with engine.settings.overridden({"upscaler_for_img2img": "Nearest"}):
         nearest = engine.generate(request).images[0]
@@ -119,9 +120,9 @@ def test_disable_extra_networks_leaves_lora_tags_unapplied(engine, tmp_path):
 def test_exact_steps_take_any_strength_and_a_schedule_of_at_most_1000(engine):
     """Fixed steps at a low strength run (the schedule is then long), capped at the model's
     1000 timesteps; a hires pass runs its steps in full at any strength."""
-    request = IMG2IMG.replace(init_images=(a_picture(),), steps=50, denoising_strength=0.03,
-                              sampler_name="DDIM")
-    assert request.replace(exact_steps=True).schedule_steps == 1000
+    request = with_fields(IMG2IMG, init_images=(a_picture(),), steps=50, denoising_strength=0.03,
+                          sampler_name="DDIM")
+    assert with_fields(request, exact_steps=True).schedule_steps == 1000
     calls, result = unet_calls(engine, request, img2img_fix_steps=True)
     assert calls == 48 and result.images  # A1111's DDIM loop: two calls fewer than the steps in img2img
     hires = GenerationRequest(prompt="a cube", steps=10, width=64, height=64, seed=2, save_images=False,

@@ -14,6 +14,7 @@ from engine.engine import Engine
 from engine.errors import RequestError, UserError
 from engine.files import HashCache
 from engine.request import GenerationRequest
+from tests.support.requests import with_fields
 
 BASE = GenerationRequest(prompt="a house", steps=4, width=64, height=64, sampler_name="Euler", seed=11,
                          save_images=False, save_grid=False)
@@ -166,8 +167,8 @@ def test_the_unet_is_shared_and_given_back_unchanged(cn_engine):
     model = cn_engine.models.require()
     unet, pipelines = model.base.unet, dict(model._derived)
     cn_engine.generate(BASE.replace(controlnet_units=(unit(),)))
-    cn_engine.generate(BASE.replace(mode="img2img", init_images=(drawing(),), denoising_strength=0.5,
-                                    controlnet_units=(unit(image=None),)))
+    cn_engine.generate(with_fields(BASE, mode="img2img", init_images=(drawing(),), denoising_strength=0.5,
+                                   controlnet_units=(unit(image=None),)))
     assert model.base.unet is unet and "forward" not in unet.__dict__
     assert all(pipe.unet is unet for pipe in model._derived.values())
     assert set(model._derived) - set(pipelines) <= {"img2img", "inpaint"}  # no ControlNet copies
@@ -177,9 +178,9 @@ def test_img2img_and_inpaint_with_a_unit(cn_engine):
     picture = drawing()
     mask = Image.new("L", (64, 64), 0)
     ImageDraw.Draw(mask).rectangle((20, 20, 44, 44), fill=255)
-    request = BASE.replace(mode="img2img", init_images=(picture,), denoising_strength=0.6)
-    plain = cn_engine.generate(request.replace(mask=mask))
-    controlled = cn_engine.generate(request.replace(mask=mask, controlnet_units=(unit(module="none"),)))
+    request = with_fields(BASE, mode="img2img", init_images=(picture,), denoising_strength=0.6)
+    plain = cn_engine.generate(with_fields(request, mask=mask))
+    controlled = cn_engine.generate(with_fields(request, mask=mask, controlnet_units=(unit(module="none"),)))
     changed = np.abs(pixels(controlled) - pixels(plain)).max(-1) > 0
     assert changed[20:44, 20:44].any() and not changed[:8, :].any()  # only inside the mask (plus blur)
     # A unit without its own picture uses the init image.
@@ -189,7 +190,7 @@ def test_img2img_and_inpaint_with_a_unit(cn_engine):
 def test_inpaint_preprocessor_marks_the_masked_part_for_the_controlnet(cn_engine):
     mask = Image.new("L", (64, 64), 0)
     ImageDraw.Draw(mask).rectangle((0, 0, 31, 63), fill=255)
-    request = BASE.replace(mode="img2img", init_images=(drawing(),), mask=mask, denoising_strength=0.8)
+    request = with_fields(BASE, mode="img2img", init_images=(drawing(),), mask=mask, denoising_strength=0.8)
     result = cn_engine.generate(request.replace(controlnet_units=(unit(module="inpaint_only", image=None),)))
     assert "Module: inpaint_only" in result.infotexts[0]
 
@@ -250,8 +251,8 @@ def test_hires_fix_keeps_control_in_its_second_pass(cn_engine):
 def test_only_masked_inpaint_frames_the_control_like_the_crop(cn_engine):
     mask = Image.new("L", (64, 64), 0)
     ImageDraw.Draw(mask).rectangle((36, 36, 60, 60), fill=255)
-    request = BASE.replace(mode="img2img", init_images=(drawing(),), mask=mask, denoising_strength=0.6,
-                           inpaint_full_res=True, inpaint_full_res_padding=4)
+    request = with_fields(BASE, mode="img2img", init_images=(drawing(),), mask=mask, denoising_strength=0.6,
+                          inpaint_full_res=True, inpaint_full_res_padding=4)
     own = cn_engine.generate(request.replace(controlnet_units=(unit(image=drawing(shape="oval")),)))
     fallback = cn_engine.generate(request.replace(controlnet_units=(unit(module="inpaint_only", image=None),)))
     for result in (own, fallback):

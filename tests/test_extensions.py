@@ -13,6 +13,7 @@ from engine.errors import RequestError
 from engine.files import HashCache
 from engine.request import GenerationRequest
 from tests.conftest import make_engine
+from tests.support.requests import with_fields
 
 THIRD_PARTY = Path(__file__).parent / "support" / "extensions"
 BASE = GenerationRequest(prompt="a texture", steps=3, width=64, height=64, sampler_name="Euler",
@@ -102,7 +103,7 @@ def test_tiling_wraps_the_picture_and_restores_the_model(ext_engine, mode):
     request = BASE.replace(mode=mode, width=128, height=128, steps=6)
     if mode == "img2img":
         noise = np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8)
-        request = request.replace(init_images=(Image.fromarray(noise),), denoising_strength=1.0)
+        request = with_fields(request, init_images=(Image.fromarray(noise),), denoising_strength=1.0)
     model = ext_engine.models.require()
     tiled = ext_engine.generate(request.replace(extensions={"tiling": {"enabled": True}}))
     plain = ext_engine.generate(request)

@@ -10,12 +10,13 @@ from engine.errors import RequestError
 from engine.runs.generation import GenerationRun
 from engine.output.infotext import parse, request_fields
 from engine.jobs import Job
-from engine.request import GenerationRequest
+from engine.request import ScriptChoice
 from engine.sampling.noise import ImageNoise
+from tests.support.requests import img2img_request, with_fields
 
-BASE = GenerationRequest(mode="img2img", prompt="a red cube", steps=4, width=64, height=64,
-                         sampler_name="Euler", seed=3, denoising_strength=0.75,
-                         save_images=False, save_grid=False)
+BASE = img2img_request(prompt="a red cube", steps=4, width=64, height=64,
+                       sampler_name="Euler", seed=3, denoising_strength=0.75,
+                       save_images=False, save_grid=False)
 
 
 def noise_image(width=64, height=64, seed=0) -> Image.Image:
@@ -37,24 +38,24 @@ ORIGINAL = noise_image()
 
 
 def test_img2img_starts_from_the_picture_and_is_reproducible(engine):
-    result = engine.generate(BASE.replace(init_images=(ORIGINAL,)))
-    again = engine.generate(BASE.replace(init_images=(ORIGINAL,)))
+    result = engine.generate(with_fields(BASE, init_images=(ORIGINAL,)))
+    again = engine.generate(with_fields(BASE, init_images=(ORIGINAL,)))
     assert result.images[0].size == (64, 64)
     assert result.images[0].tobytes() == again.images[0].tobytes()
-    other = engine.generate(BASE.replace(init_images=(noise_image(seed=9),)))
+    other = engine.generate(with_fields(BASE, init_images=(noise_image(seed=9),)))
     assert other.images[0].tobytes() != result.images[0].tobytes()
     _, _, params = parse(result.infotexts[0])
     assert params["Denoising strength"] == "0.75"
 
 
 def test_low_strength_stays_closer_to_the_picture(engine):
-    weak = engine.generate(BASE.replace(init_images=(ORIGINAL,), denoising_strength=0.25))
-    strong = engine.generate(BASE.replace(init_images=(ORIGINAL,), denoising_strength=1.0))
+    weak = engine.generate(with_fields(BASE, init_images=(ORIGINAL,), denoising_strength=0.25))
+    strong = engine.generate(with_fields(BASE, init_images=(ORIGINAL,), denoising_strength=1.0))
     assert change(weak.images[0], ORIGINAL).mean() < change(strong.images[0], ORIGINAL).mean()
 
 
 def test_inpaint_keeps_pixels_outside_the_mask_and_changes_inside(engine):
-    result = engine.generate(BASE.replace(init_images=(ORIGINAL,), mask=square_mask(), mask_blur=4))
+    result = engine.generate(with_fields(BASE, init_images=(ORIGINAL,), mask=square_mask(), mask_blur=4))
     diff = change(result.images[0], ORIGINAL)
     # Beyond the blur's reach (about 3 radii) the original pixels are kept exactly.
     far = np.ones_like(diff, dtype=bool)
@@ -64,8 +65,8 @@ def test_inpaint_keeps_pixels_outside_the_mask_and_changes_inside(engine):
 
 
 def test_inverted_mask_changes_the_outside_instead(engine):
-    result = engine.generate(BASE.replace(init_images=(ORIGINAL,), mask=square_mask((64, 64), (12, 12, 52, 52)),
-                                          mask_blur=2, inpainting_mask_invert=True))
+    result = engine.generate(with_fields(BASE, init_images=(ORIGINAL,), mask=square_mask((64, 64), (12, 12, 52, 52)),
+                                         mask_blur=2, inpainting_mask_invert=True))
     diff = change(result.images[0], ORIGINAL)
     assert diff[22:42, 22:42].max() <= 1
     assert diff[:4].mean() > 20 and diff[-4:].mean() > 20
@@ -73,7 +74,7 @@ def test_inverted_mask_changes_the_outside_instead(engine):
 
 def _start_latents(engine, **fields) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     """The init latents an inpainting job would start from, the noise, and the latent mask."""
-    request = engine.complete(BASE.replace(init_images=(ORIGINAL,), mask=square_mask(), **fields))
+    request = engine.complete(with_fields(BASE, init_images=(ORIGINAL,), mask=square_mask(), **fields))
     from engine.job_results import OutputPolicy
     run = GenerationRun(Job(lambda job: None), request, engine.models.require(), OutputPolicy(),
                      engine.addons)
@@ -110,8 +111,8 @@ def test_each_masked_content_mode_starts_from_its_own_latent(engine):
 def test_only_masked_works_on_the_crop_and_pastes_it_back(engine):
     wide = noise_image(128, 96, seed=4)
     mask = square_mask(wide.size, (80, 40, 96, 48))
-    request = BASE.replace(init_images=(wide,), mask=mask, mask_blur=0, inpaint_full_res=True,
-                           inpaint_full_res_padding=8)
+    request = with_fields(BASE, init_images=(wide,), mask=mask, mask_blur=0, inpaint_full_res=True,
+                          inpaint_full_res_padding=8)
     result = engine.generate(request)
     assert result.images[0].size == wide.size
     box = image_prep.match_aspect(image_prep.crop_region(mask, 8), 64, 64, *wide.size)
@@ -150,13 +151,13 @@ def test_resize_modes_frame_the_picture_as_named():
 
 @pytest.mark.parametrize("mode", range(4))
 def test_every_resize_mode_generates_at_the_requested_size(engine, mode):
-    result = engine.generate(BASE.replace(init_images=(_stripes(),), resize_mode=mode, width=64, height=80))
+    result = engine.generate(with_fields(BASE, init_images=(_stripes(),), resize_mode=mode, width=64, height=80))
     assert result.images[0].size == (64, 80)
 
 
 def test_latent_upscale_encodes_at_the_pictures_own_size(engine):
     from engine.job_results import OutputPolicy
-    request = engine.complete(BASE.replace(init_images=(_stripes(),), resize_mode=3))
+    request = engine.complete(with_fields(BASE, init_images=(_stripes(),), resize_mode=3))
     run = GenerationRun(Job(lambda job: None), request, engine.models.require(), OutputPolicy(),
                      engine.addons)
     assert run.start.inits[0].image.size == (128, 64)
@@ -164,8 +165,8 @@ def test_latent_upscale_encodes_at_the_pictures_own_size(engine):
 
 
 def test_outpainting_grows_the_canvas_by_exactly_the_pixels_asked(engine):
-    request = BASE.replace(init_images=(ORIGINAL,), script="Outpainting", script_options={
-        "pixels": 16, "directions": ["left", "down"], "mask_blur": 2, "inpainting_fill": "fill"})
+    request = with_fields(BASE, init_images=(ORIGINAL,), script=ScriptChoice("Outpainting", {
+        "pixels": 16, "directions": ["left", "down"], "mask_blur": 2, "inpainting_fill": "fill"}))
     result = engine.generate(request)
     assert result.images[0].size == (64 + 16, 64 + 16)
     kept = change(result.images[0].crop((16, 0, 80, 64)), ORIGINAL)
@@ -176,15 +177,15 @@ def test_outpainting_grows_the_canvas_by_exactly_the_pixels_asked(engine):
 
 def test_outpainting_beyond_the_largest_size_is_refused(engine):
     with pytest.raises(RequestError, match="2048"):
-        engine.submit(BASE.replace(init_images=(ORIGINAL,), width=2048, height=64,
-                                   script="outpainting", script_options={"pixels": 64, "directions": ["right"]}))
+        engine.submit(with_fields(BASE, init_images=(ORIGINAL,), width=2048, height=64,
+                                  script=ScriptChoice("outpainting", {"pixels": 64, "directions": ["right"]})))
 
 
 def test_batch_cycles_through_several_init_images(engine):
     other = noise_image(seed=5)
-    both = engine.generate(BASE.replace(init_images=(ORIGINAL, other), batch_size=2,
-                                        sampler_name="Euler", seed=10, subseed_strength=0.0))
-    alone = engine.generate(BASE.replace(init_images=(other,), seed=11))
+    both = engine.generate(with_fields(BASE, init_images=(ORIGINAL, other), batch_size=2,
+                                       sampler_name="Euler", seed=10, subseed_strength=0.0))
+    alone = engine.generate(with_fields(BASE, init_images=(other,), seed=11))
     assert change(both.images[1], alone.images[0]).max() <= 2
 
 
@@ -198,8 +199,8 @@ def test_img2img_and_inpaint_pipelines_share_the_loaded_weights(engine):
 
 
 def test_infotext_keys_read_back(engine):
-    result = engine.generate(BASE.replace(init_images=(ORIGINAL,), mask=square_mask(), mask_blur=6,
-                                          inpainting_fill=2, denoising_strength=0.5))
+    result = engine.generate(with_fields(BASE, init_images=(ORIGINAL,), mask=square_mask(), mask_blur=6,
+                                         inpainting_fill=2, denoising_strength=0.5))
     _, _, params = parse(result.infotexts[0])
     assert params["Mask blur"] == "6" and params["Masked content"] == "latent noise"
     assert params["Inpaint area"] == "Whole picture"
@@ -217,8 +218,8 @@ def test_missing_init_image_is_refused(engine):
 
 def test_a_low_strength_still_runs_one_step_as_a1111(engine):
     """A1111 runs int(steps x strength) + 1 steps: 4 x 0.2 runs one, and changes the picture a little."""
-    request = BASE.replace(init_images=(ORIGINAL,), steps=4, denoising_strength=0.2)
-    assert request.img2img_steps == 1 and BASE.replace(steps=10, denoising_strength=0.75).img2img_steps == 8
+    request = with_fields(BASE, init_images=(ORIGINAL,), steps=4, denoising_strength=0.2)
+    assert request.img2img_steps == 1 and with_fields(BASE, steps=10, denoising_strength=0.75).img2img_steps == 8
     calls = []
     hook = engine.models.require().base.unet.register_forward_pre_hook(lambda *args: calls.append(1))
     try:
@@ -229,8 +230,8 @@ def test_a_low_strength_still_runs_one_step_as_a1111(engine):
 
 
 def test_mask_of_another_size_is_stretched_not_refused(engine):
-    result = engine.generate(BASE.replace(init_images=(ORIGINAL,), mask=square_mask((32, 32), (12, 12, 20, 20)),
-                                          mask_blur=0))
+    result = engine.generate(with_fields(BASE, init_images=(ORIGINAL,), mask=square_mask((32, 32), (12, 12, 20, 20)),
+                                         mask_blur=0))
     diff = change(result.images[0], ORIGINAL)
     assert diff[:16].max() <= 1 and diff[28:36, 28:36].mean() > 20
 
@@ -238,11 +239,11 @@ def test_mask_of_another_size_is_stretched_not_refused(engine):
 def test_empty_mask_is_refused_unless_the_setting_says_img2img(engine):
     empty = Image.new("L", (64, 64), 0)
     with pytest.raises(RequestError, match="mask is empty"):
-        engine.submit(BASE.replace(init_images=(ORIGINAL,), mask=empty))
+        engine.submit(with_fields(BASE, init_images=(ORIGINAL,), mask=empty))
     engine.settings.update({"img2img_empty_mask_as_img2img": True})
     try:
-        result = engine.generate(BASE.replace(init_images=(ORIGINAL,), mask=empty))
-        plain = engine.generate(BASE.replace(init_images=(ORIGINAL,)))
+        result = engine.generate(with_fields(BASE, init_images=(ORIGINAL,), mask=empty))
+        plain = engine.generate(with_fields(BASE, init_images=(ORIGINAL,)))
         assert result.images[0].tobytes() == plain.images[0].tobytes()
     finally:
         engine.settings.update({"img2img_empty_mask_as_img2img": False})
@@ -252,10 +253,10 @@ def test_huge_upload_is_refused_naming_the_limit(engine):
     engine.settings.update({"upload_max_megapixels": 1.0})
     try:
         with pytest.raises(RequestError, match="limited to 1 megapixels"):
-            engine.submit(BASE.replace(init_images=(Image.new("RGB", (1200, 1000)),)))
+            engine.submit(with_fields(BASE, init_images=(Image.new("RGB", (1200, 1000)),)))
     finally:
         engine.settings.update({"upload_max_megapixels": 16.0})
-    assert engine.generate(BASE.replace(init_images=(ORIGINAL,))).images
+    assert engine.generate(with_fields(BASE, init_images=(ORIGINAL,))).images
 
 
 def test_fill_spreads_the_surrounding_colours_into_the_hole():
@@ -288,24 +289,25 @@ def test_sd_upscale_tiles_the_scaled_picture_and_blends_it_back(engine):
     hook = engine.models.require().base.unet.register_forward_pre_hook(
         lambda module, args: seen.append(tuple(args[0].shape[-2:])))
     try:
-        result = engine.generate(BASE.replace(init_images=(ORIGINAL,), denoising_strength=0.5,
-                                              script="sd_upscale", script_options={"scale": 2.0, "overlap": 16}))
+        result = engine.generate(with_fields(BASE, init_images=(ORIGINAL,), denoising_strength=0.5,
+                                             script=ScriptChoice("sd_upscale", {"scale": 2.0, "overlap": 16})))
     finally:
         hook.remove()
     assert result.images[0].size == (128, 128)
     assert seen == [(8, 8)] * (9 * 3)  # 3 x 3 tiles of 64x64, int(4 steps x 0.5) + 1 each
     _, _, params = parse(result.infotexts[0])
     assert params["SD upscale overlap"] == "16" and params["SD upscale upscaler"] == "Lanczos"
-    again = engine.generate(BASE.replace(init_images=(ORIGINAL,), denoising_strength=0.5, seed=3,
-                                         script="sd_upscale", script_options={"scale": 2.0, "overlap": 16}))
+    again = engine.generate(with_fields(BASE, init_images=(ORIGINAL,), denoising_strength=0.5, seed=3,
+                                        script=ScriptChoice("sd_upscale", {"scale": 2.0, "overlap": 16})))
     assert again.images[0].tobytes() == result.images[0].tobytes()
     with pytest.raises(RequestError, match="SD upscale: Scale factor must be between 1 and 4"):
-        engine.submit(BASE.replace(init_images=(ORIGINAL,), script="sd_upscale", script_options={"scale": 9.0}))
+        engine.submit(with_fields(BASE, init_images=(ORIGINAL,), script=ScriptChoice("sd_upscale", {"scale": 9.0})))
 
 
 def test_dpm_fast_with_a_single_img2img_step_gets_a_clear_message(engine):
     with pytest.raises(RequestError, match="at least two img2img steps") as caught:
-        engine.generate(BASE.replace(init_images=(ORIGINAL,), steps=4, denoising_strength=0.2, sampler_name="DPM fast"))
+        engine.generate(with_fields(BASE, init_images=(ORIGINAL,), steps=4, denoising_strength=0.2,
+                                    sampler_name="DPM fast"))
     assert caught.value.field == "denoising_strength"
-    assert engine.generate(BASE.replace(init_images=(ORIGINAL,), steps=4, denoising_strength=0.5,
-                                        sampler_name="DPM fast")).images
+    assert engine.generate(with_fields(BASE, init_images=(ORIGINAL,), steps=4, denoising_strength=0.5,
+                                       sampler_name="DPM fast")).images

@@ -166,7 +166,7 @@ def test_resize_by_scales_the_pictures_size_onto_the_grid():
     [(_, request)] = img2img_requests.requests_from_ui(
         _values(init_image=picture, resize_tab="Resize by", scale=1.5), 16.0)
     assert (request.width, request.height) == (448, 304)  # 450 and 300, to the nearest multiple of 8
-    assert request.mask is None and request.mode == "img2img"
+    assert request.img2img.mask is None and request.mode == "img2img"
 
 
 def test_batch_pairs_masks_with_pictures_by_name(tmp_path):
@@ -180,7 +180,7 @@ def test_batch_pairs_masks_with_pictures_by_name(tmp_path):
     jobs = list(img2img_requests.requests_from_ui(
         _values(subtab="Batch", batch_input_dir=str(pictures), batch_mask_dir=str(masks)), 16.0))
     assert [name for name, _ in jobs] == ["a.png", "b.png"]
-    assert jobs[0][1].mask is None and jobs[1][1].mask is not None
+    assert jobs[0][1].img2img.mask is None and jobs[1][1].img2img.mask is not None
     with pytest.raises(RequestError, match="folder not found"):
         list(img2img_requests.requests_from_ui(_values(subtab="Batch", batch_input_dir=str(tmp_path / "x")), 16.0))
 
@@ -206,10 +206,10 @@ def test_outpainting_script_fields_reach_the_request():
                 **{"script::outpainting::pixels": 32.0, "script::outpainting::mask_blur": 6.0,
                    "script::outpainting::inpainting_fill": "latent nothing",
                    "script::outpainting::directions": ["up"], "script::sd_upscale::scale": 3.0}), 16.0)
-    assert request.script == "outpainting"
-    assert dict(request.script_options) == {"pixels": 32.0, "mask_blur": 6.0, "inpainting_fill": "latent nothing",
+    assert request.script.name == "outpainting"
+    assert dict(request.script.options) == {"pixels": 32.0, "mask_blur": 6.0, "inpainting_fill": "latent nothing",
                                             "directions": ["up"]}
-    assert np.asarray(request.init_images[0]).shape == (64, 64, 3)
+    assert np.asarray(request.img2img.init_images[0]).shape == (64, 64, 3)
 
 
 def test_sd_upscale_script_fields_reach_the_request():
@@ -217,5 +217,5 @@ def test_sd_upscale_script_fields_reach_the_request():
         _values(init_image=Image.new("RGB", (64, 64)), width=64, height=64, script="sd_upscale",
                 **{"script::sd_upscale::scale": 2.5, "script::sd_upscale::overlap": 32.0,
                    "script::sd_upscale::upscaler": "Nearest"}), 16.0)
-    assert (request.script, dict(request.script_options)) == ("sd_upscale", {"scale": 2.5, "overlap": 32.0,
-                                                                             "upscaler": "Nearest"})
+    assert (request.script.name, dict(request.script.options)) == ("sd_upscale", {"scale": 2.5, "overlap": 32.0,
+                                                                                  "upscaler": "Nearest"})

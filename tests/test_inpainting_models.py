@@ -20,6 +20,7 @@ from engine.models.tiny_models import build_tiny_pipeline
 from tests.conftest import make_engine
 from tests.support.ldm_export import export_single_file
 from tests.test_img2img import BASE, ORIGINAL, change, square_mask
+from tests.support.requests import with_fields
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +63,7 @@ def test_inpainting_model_gets_mask_and_masked_image(inpainting_engine):
     model = engine.models.require()
     seen, handle = _unet_inputs(model)
     try:
-        result = engine.generate(BASE.replace(init_images=(ORIGINAL,), mask=square_mask(), mask_blur=2))
+        result = engine.generate(with_fields(BASE, init_images=(ORIGINAL,), mask=square_mask(), mask_blur=2))
     finally:
         handle.remove()
     assert seen and set(seen) == {9}
@@ -75,7 +76,8 @@ def test_inpainting_model_gets_mask_and_masked_image(inpainting_engine):
 @pytest.mark.parametrize("mode", ["txt2img", "img2img"])
 def test_inpainting_model_also_does_txt2img_and_img2img(inpainting_engine, mode):
     engine, _ = inpainting_engine
-    request = BASE.replace(mode=mode, init_images=(ORIGINAL,) if mode == "img2img" else ())
+    request = with_fields(BASE, init_images=(ORIGINAL,)) if mode == "img2img" else \
+        BASE.replace(mode="txt2img", img2img=None)
     first = engine.generate(request)
     assert first.images[0].size == (64, 64)
     assert first.images[0].tobytes() == engine.generate(request).images[0].tobytes()
@@ -85,9 +87,9 @@ def test_inpainting_model_also_does_txt2img_and_img2img(inpainting_engine, mode)
 def test_img2img_and_inpaint_on_other_families(tiny_models, tmp_path, family):
     engine = make_engine(tiny_models, tmp_path, checkpoint=f"tiny-{family}")
     try:
-        plain = engine.generate(BASE.replace(init_images=(ORIGINAL,)))
+        plain = engine.generate(with_fields(BASE, init_images=(ORIGINAL,)))
         assert plain.images[0].size == (64, 64)
-        masked = engine.generate(BASE.replace(init_images=(ORIGINAL,), mask=square_mask(), mask_blur=2))
+        masked = engine.generate(with_fields(BASE, init_images=(ORIGINAL,), mask=square_mask(), mask_blur=2))
         diff = change(masked.images[0], ORIGINAL)
         assert diff[:12].max() <= 1 and np.mean(diff[28:36, 28:36]) > 20
         model = engine.models.require()

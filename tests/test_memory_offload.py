@@ -25,6 +25,7 @@ from engine.memory.offload import Placement, compute_device
 from engine.request import GenerationRequest
 from engine.models.tiny_models import build_demo_pipeline
 from tests.support.addon_engines import engine_with_addons
+from tests.support.requests import with_fields
 
 BASE = GenerationRequest(prompt="a red cube", negative_prompt="blurry", steps=3, width=64, height=64,
                          sampler_name="Euler a", seed=4242, save_images=False, save_grid=False)
@@ -82,7 +83,7 @@ def assert_no_hooks(model) -> None:
 
 @pytest.mark.parametrize("mode", OFFLOAD_MODES)
 def test_an_offload_mode_makes_the_same_pictures_as_none(offloading, mode):
-    img2img = BASE.replace(mode="img2img", init_images=(drawing(),), denoising_strength=0.6)
+    img2img = with_fields(BASE, mode="img2img", init_images=(drawing(),), denoising_strength=0.6)
     clip_skip = BASE.replace(clip_skip=2)  # a text encoder layer called outside its forward
     plain, plain_img2img = image_in(offloading, NONE), image_in(offloading, NONE, img2img)
     plain_skip = image_in(offloading, NONE, clip_skip)

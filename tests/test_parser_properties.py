@@ -7,11 +7,12 @@ import datetime as dt
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from PIL import Image
 
 from engine.output import infotext
 from engine.errors import UserError
 from engine.output.filenames import NAME_BYTES, ImageFields, expand, safe_name
-from engine.request import GenerationRequest
+from engine.request import GenerationRequest, Img2ImgOptions
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -58,6 +59,7 @@ def test_any_pattern_and_prompt_make_one_safe_file_name(pattern, prompt, seed):
     assert name == name.strip(" .")
 
 
+PICTURE = Image.new("RGB", (8, 8))
 NUMBER = st.one_of(st.integers(-2**70, 2**70), st.floats(allow_nan=True, allow_infinity=True))
 
 
@@ -65,8 +67,9 @@ NUMBER = st.one_of(st.integers(-2**70, 2**70), st.floats(allow_nan=True, allow_i
 @given(width=NUMBER, height=NUMBER, steps=NUMBER, cfg=NUMBER, seed=NUMBER, batch=NUMBER,
        denoise=NUMBER, prompt=st.text(max_size=100))
 def test_request_checks_accept_or_name_the_field(width, height, steps, cfg, seed, batch, denoise, prompt):
-    request = GenerationRequest(prompt=prompt, width=width, height=height, steps=steps, cfg_scale=cfg,
-                                seed=seed, batch_size=batch, denoising_strength=denoise)
+    request = GenerationRequest(mode="img2img", prompt=prompt, width=width, height=height, steps=steps,
+                                cfg_scale=cfg, seed=seed, batch_size=batch,
+                                img2img=Img2ImgOptions(init_images=(PICTURE,), denoising_strength=denoise))
     try:
         request.validate()
     except UserError as error:

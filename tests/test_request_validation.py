@@ -3,10 +3,11 @@
 import math
 
 import pytest
+from PIL import Image
 
 from engine.sampling import samplers
 from engine.errors import NotFoundError, RequestError
-from engine.request import MAX_PROMPT_CHARS, GenerationRequest
+from engine.request import MAX_PROMPT_CHARS, GenerationRequest, Img2ImgOptions, ScriptChoice
 
 
 @pytest.mark.parametrize("changes, field, words", [
@@ -83,3 +84,87 @@ def test_explicit_schedule_wins_over_the_combined_name():
 def test_api_schedule_labels_are_accepted():
     assert samplers.resolve("Euler", "sgm_uniform")[1] == "SGM Uniform"
     assert samplers.resolve("Euler", "karras")[1] == "Karras"
+
+
+# The request's parts: img2img's options and the script, each checked with the same words as before.
+
+PICTURE = Image.new("RGB", (64, 64))
+
+
+def test_a_txt2img_request_has_no_img2img_part_and_no_script():
+    from ui.api.convert import txt2img_request
+    from ui.api.models import Txt2ImgBody
+
+    request = GenerationRequest().validate()
+    assert request.img2img is None and request.script is None
+    assert request.img2img_steps == request.steps == request.schedule_steps
+    api = txt2img_request(Txt2ImgBody(prompt="x", denoising_strength=0.5))  # the hires pass's strength
+    assert api.img2img is None and api.mode == "txt2img"
+
+
+def test_img2img_without_its_part_is_refused_by_name():
+    with pytest.raises(RequestError) as caught:
+        GenerationRequest(mode="img2img").validate()
+    assert caught.value.field == "img2img"
+    assert "img2img needs an init image" in caught.value.message
+    assert "has no img2img options" in caught.value.message
+
+
+def test_img2img_options_on_a_txt2img_request_are_refused():
+    with pytest.raises(RequestError) as caught:
+        GenerationRequest(img2img=Img2ImgOptions(init_images=(PICTURE,))).validate()
+    assert caught.value.field == "img2img"
+    assert "do not apply to a txt2img request" in caught.value.message
+    with pytest.raises(RequestError, match="must be the img2img options"):
+        GenerationRequest(mode="img2img", img2img={"init_images": (PICTURE,)}).validate()
+
+
+@pytest.mark.parametrize("changes, field, words", [
+    ({"init_images": ()}, "init_images", "img2img needs an init image: upload the picture to change"),
+    ({"init_images": ("not a picture",)}, "init_images", "init_images[0] is not an image"),
+    ({"mask": "white"}, "mask", "mask is not an image"),
+    ({"denoising_strength": 1.5}, "denoising_strength", "denoising_strength must be between 0 and 1, got 1.5"),
+    ({"denoising_strength": "high"}, "denoising_strength", "denoising_strength must be a number"),
+    ({"denoising_strength": 0.0, "exact_steps": True}, "denoising_strength",
+     "Denoising strength 0 changes nothing: raise it above 0"),
+    ({"resize_mode": 4}, "resize_mode", "resize_mode must be between 0 and 3, got 4"),
+    ({"inpainting_fill": -1}, "inpainting_fill", "inpainting_fill must be between 0 and 3, got -1"),
+    ({"mask_blur": 65}, "mask_blur", "mask_blur must be between 0 and 64, got 65"),
+    ({"mask_blur": 2.5}, "mask_blur", "mask_blur must be a whole number"),
+    ({"inpaint_full_res_padding": 257}, "inpaint_full_res_padding", "between 0 and 256"),
+    ({"initial_noise_multiplier": 2.0}, "initial_noise_multiplier", "between 0 and 1.5"),
+    ({"latent_upscale_mode": "Sideways"}, "latent_upscale_mode", "Unknown latent upscale mode 'Sideways'"),
+    ({"inpaint_full_res": 1}, "inpaint_full_res", "inpaint_full_res must be true or false"),
+    ({"inpainting_mask_invert": "yes"}, "inpainting_mask_invert", "inpainting_mask_invert must be true or false"),
+    ({"image_cfg_scale": 3.5}, "image_cfg_scale", "image_cfg_scale must be between 0 and 3, got 3.5"),
+])
+def test_the_img2img_parts_fields_are_named_with_the_same_words(changes, field, words):
+    part = Img2ImgOptions(init_images=(PICTURE,)).replace(**changes)
+    with pytest.raises(RequestError) as alone:
+        part.validate()
+    with pytest.raises(RequestError) as in_request:
+        GenerationRequest(mode="img2img", img2img=part).validate()
+    for caught in (alone, in_request):
+        assert caught.value.field == field
+        assert words in caught.value.message
+
+
+def test_with_img2img_makes_or_changes_the_part():
+    request = GenerationRequest(steps=10).with_img2img(init_images=(PICTURE,), denoising_strength=0.5)
+    assert request.mode == "img2img" and request.img2img == Img2ImgOptions(init_images=(PICTURE,),
+                                                                            denoising_strength=0.5)
+    again = request.with_img2img(mask_blur=8)
+    assert again.img2img.mask_blur == 8 and again.img2img.denoising_strength == 0.5
+    assert request.validate().img2img_steps == 6 and request.img2img.sampling_steps(10) == 6
+    assert not request.img2img.is_inpaint and again.with_img2img(mask=Image.new("L", (64, 64))).img2img.is_inpaint
+
+
+def test_the_script_part_is_a_name_and_its_options():
+    request = GenerationRequest(script=ScriptChoice("Prompt matrix", {"put_at_start": True})).validate()
+    assert request.script.name == "Prompt matrix" and dict(request.script.options) == {"put_at_start": True}
+    assert dict(ScriptChoice("x").options) == {}
+    for bad in ("Prompt matrix", ScriptChoice("Prompt matrix", ["put_at_start"]), ScriptChoice(None)):
+        with pytest.raises(RequestError) as caught:
+            GenerationRequest(script=bad).validate()
+        assert caught.value.field == "script_name"
+        assert caught.value.message == "script must be a script's name, with its options as an object"

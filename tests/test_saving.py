@@ -16,8 +16,9 @@ from engine.errors import RequestError
 from engine.postprocess.extras import ExtrasRequest
 from engine.output.filenames import NAME_CHARS, ImageFields, expand, safe_name
 from engine.output.writer import OutputWriter, read_infotext
-from engine.request import GenerationRequest
+from engine.request import GenerationRequest, ScriptChoice
 from engine.settings.store import Settings
+from tests.support.requests import img2img_request
 
 TEXT = "a cat, ünïcode ☃\nNegative prompt: blurry\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 42, Size: 64x48"
 TODAY = dt.date.today().isoformat()
@@ -304,9 +305,10 @@ def test_extras_save_as_the_settings_say(saving_engine, settings, data_dir):
 
 def test_sd_upscale_names_its_picture_by_its_own_size(saving_engine, settings, data_dir):
     settings.update({"samples_filename_pattern": "[seed]-[width]x[height]-[prompt_words]", "save_to_dirs": False})
-    request = GenerationRequest(mode="img2img", prompt="a red cube", steps=2, width=64, height=64,
-                                sampler_name="Euler", seed=3, denoising_strength=0.5,
-                                init_images=(noise((64, 64)),), script="sd_upscale", script_options={"scale": 2.0, "overlap": 16})
+    request = img2img_request(prompt="a red cube", steps=2, width=64, height=64,
+                              sampler_name="Euler", seed=3, denoising_strength=0.5,
+                              init_images=(noise((64, 64)),),
+                              script=ScriptChoice("sd_upscale", {"scale": 2.0, "overlap": 16}))
     result = saving_engine.generate(request)
     assert result.paths == [data_dir / "outputs" / "img2img-images" / "00000-3-128x128-a red cube.png"]
     assert read_infotext(Image.open(result.paths[0])) == result.infotexts[0]

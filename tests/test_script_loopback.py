@@ -7,19 +7,20 @@ import pytest
 
 from engine.errors import RequestError
 from engine.output.infotext import parse
-from engine.request import GenerationRequest
+from engine.request import GenerationRequest, ScriptChoice
 from extensions.loopback import script as loopback
 from extensions.loopback import strength_for_loop
 from tests.test_img2img import noise_image
+from tests.support.requests import img2img_request, with_fields
 
 PICTURE = noise_image(seed=4)
-BASE = GenerationRequest(mode="img2img", prompt="a pond", steps=4, width=64, height=64, sampler_name="Euler",
-                         seed=11, denoising_strength=0.8, init_images=(PICTURE,), save_images=False,
-                         save_grid=False)
+BASE = img2img_request(prompt="a pond", steps=4, width=64, height=64, sampler_name="Euler",
+                       seed=11, denoising_strength=0.8, init_images=(PICTURE,), save_images=False,
+                       save_grid=False)
 
 
 def loop(engine, request=BASE, **options):
-    return engine.generate(request.replace(script="Loopback", script_options=options))
+    return engine.generate(request.replace(script=ScriptChoice("Loopback", options)))
 
 
 def strengths(result):
@@ -41,8 +42,8 @@ def test_each_loop_starts_from_the_last_with_the_curves_strength_and_the_next_se
     assert strengths(result) == pytest.approx([strength_for_loop(i, 3, 0.8, 0.5, "Aggressive") for i in range(3)])
     assert [parse(text)[2]["Seed"] for text in result.infotexts] == ["11", "12", "13"]
     # Loop 2 is img2img of loop 1's picture, with loop 2's seed and strength.
-    second = engine.generate(BASE.replace(init_images=(result.images[0],), seed=12,
-                                          denoising_strength=strengths(result)[1]))
+    second = engine.generate(with_fields(BASE, init_images=(result.images[0],), seed=12,
+                                         denoising_strength=strengths(result)[1]))
     assert second.images[0].tobytes() == result.images[1].tobytes()
     first = engine.generate(BASE)
     assert first.images[0].tobytes() == result.images[0].tobytes()
@@ -82,7 +83,7 @@ def test_deepbooru_and_txt2img_are_refused(engine):
     with pytest.raises(RequestError, match="must be one of"):
         loop(engine, append_interrogation="BLIP-2")
     with pytest.raises(RequestError, match="does not work in txt2img"):
-        engine.generate(GenerationRequest(prompt="x", steps=2, width=64, height=64, script="Loopback"))
+        engine.generate(GenerationRequest(prompt="x", steps=2, width=64, height=64, script=ScriptChoice("Loopback")))
 
 
 def test_script_args_come_in_the_mature_apis_order():

@@ -7,10 +7,11 @@ from PIL import Image
 
 from engine.errors import RequestError
 from engine.output.infotext import parse
-from engine.request import GenerationRequest
+from engine.request import ScriptChoice
 from extensions.outpainting_mk2 import expansion, filled, side_canvas
 from extensions.outpainting_mk2 import script as mk2
 from extensions.outpainting_mk2.matched_noise import matched_noise
+from tests.support.requests import img2img_request, with_fields
 
 
 def stripes(width=64, height=64) -> Image.Image:
@@ -20,13 +21,13 @@ def stripes(width=64, height=64) -> Image.Image:
 
 
 PICTURE = stripes()
-BASE = GenerationRequest(mode="img2img", prompt="a wall", steps=3, width=128, height=128, sampler_name="Euler",
-                         seed=21, denoising_strength=0.8, init_images=(PICTURE,), save_images=False,
-                         save_grid=False)
+BASE = img2img_request(prompt="a wall", steps=3, width=128, height=128, sampler_name="Euler",
+                       seed=21, denoising_strength=0.8, init_images=(PICTURE,), save_images=False,
+                       save_grid=False)
 
 
 def outpaint(engine, request=BASE, **options):
-    return engine.generate(request.replace(script="Outpainting mk2", script_options=options))
+    return engine.generate(request.replace(script=ScriptChoice("Outpainting mk2", options)))
 
 
 def test_sides_grow_to_multiples_of_64_sharing_the_extra():
@@ -101,7 +102,7 @@ def test_batches_come_back_with_a_grid_and_are_saved_at_the_grown_size(engine, t
     ({"pixels": 256, "direction": ["left", "right"]}, "would make a 2112x2048 picture"),
 ])
 def test_impossible_requests_are_refused(engine, options, words):
-    request = BASE.replace(init_images=(Image.new("RGB", (1600, 2048)),)) if "2112" in words else BASE
+    request = with_fields(BASE, init_images=(Image.new("RGB", (1600, 2048)),)) if "2112" in words else BASE
     with pytest.raises(RequestError, match=words):
         outpaint(engine, request, **options)
 

@@ -8,7 +8,7 @@ from PIL import Image
 from engine.errors import RequestError
 from engine.output.grids import OFF_COLOUR, labelled_grid
 from engine.output.infotext import parse
-from engine.request import GenerationRequest
+from engine.request import GenerationRequest, ScriptChoice
 from extensions.prompt_matrix import grid_layout, matrix_prompts
 from extensions.prompt_matrix import script as prompt_matrix
 
@@ -17,7 +17,7 @@ BASE = GenerationRequest(prompt="a house | at night | in snow", negative_prompt=
 
 
 def matrix(engine, **options):
-    return engine.generate(BASE.replace(script="Prompt matrix", script_options=options))
+    return engine.generate(BASE.replace(script=ScriptChoice("Prompt matrix", options)))
 
 
 def test_every_combination_of_the_optional_parts_in_bit_order():
@@ -61,9 +61,9 @@ def test_random_seeds_and_margins_and_the_negative_prompt(engine):
                     variations_delimiter="space")
     assert [parse(text)[2]["Seed"] for text in result.infotexts] == ["7"]  # the negative has no |
     result = engine.generate(BASE.replace(prompt="a cat", negative_prompt="ugly | dark | noisy",
-                                          script="prompt_matrix",
-                                          script_options={"different_seeds": True, "prompt_type": "negative",
-                                                          "margin_size": 6, "put_at_start": True}))
+                                          script=ScriptChoice("prompt_matrix", {
+                                              "different_seeds": True, "prompt_type": "negative",
+                                              "margin_size": 6, "put_at_start": True})))
     assert [parse(text)[2]["Seed"] for text in result.infotexts] == ["7", "8", "9", "10"]
     assert [parse(text)[1] for text in result.infotexts] == ["ugly ", "dark, ugly ", "noisy, ugly ",
                                                              "dark, noisy, ugly "]
@@ -84,7 +84,7 @@ def test_script_args_come_in_the_mature_apis_order():
 
 def test_too_many_parts_and_a_bad_prompt_type_are_refused(engine):
     with pytest.raises(RequestError, match="too many"):
-        engine.generate(BASE.replace(prompt="a" + "|x" * 11, script="Prompt matrix"))
+        engine.generate(BASE.replace(prompt="a" + "|x" * 11, script=ScriptChoice("Prompt matrix")))
     with pytest.raises(RequestError, match="Prompt type"):
         matrix(engine, prompt_type="both")
 

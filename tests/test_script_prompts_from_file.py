@@ -6,7 +6,7 @@ import pytest
 
 from engine.errors import RequestError
 from engine.output.infotext import parse
-from engine.request import GenerationRequest
+from engine.request import GenerationRequest, ScriptChoice
 from extensions.prompts_from_file import line_options, line_request
 from extensions.prompts_from_file import script as from_file
 
@@ -15,8 +15,8 @@ BASE = GenerationRequest(prompt="", steps=2, width=64, height=64, sampler_name="
 
 
 def run_lines(engine, text, request=BASE, **options):
-    return engine.generate(request.replace(script="Prompts from file or textbox",
-                                           script_options={"prompt_txt": text, **options}))
+    return engine.generate(request.replace(script=ScriptChoice("Prompts from file or textbox",
+                                                               {"prompt_txt": text, **options})))
 
 
 def params(result):

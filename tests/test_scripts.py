@@ -10,8 +10,9 @@ from PIL import Image
 from engine.errors import RequestError, ScriptError
 from engine.jobs import Job
 from engine.output.grids import labelled_grid
-from engine.request import GenerationRequest
+from engine.request import GenerationRequest, ScriptChoice
 from tests.conftest import make_engine
+from tests.support.requests import with_fields
 
 BASE = GenerationRequest(prompt="a red cube", steps=2, width=64, height=64, sampler_name="Euler",
                          seed=11, save_images=False, save_grid=False)
@@ -61,7 +62,7 @@ def test_the_guides_example_script_runs_its_jobs_and_returns_a_labelled_strip(sc
     registry = script_engine.addons.extensions
     assert "seed_strip" in [e.name for e in registry.scripts("txt2img")]
     assert "seed_strip" not in [e.name for e in registry.scripts("img2img")]  # its modes
-    result = script_engine.generate(BASE.replace(script="Seed strip", script_options={"count": 3}))
+    result = script_engine.generate(BASE.replace(script=ScriptChoice("Seed strip", {"count": 3})))
     # Each picture is the job an ordinary request with that seed makes.
     for index, image in enumerate(result.images):
         alone = script_engine.generate(BASE.replace(seed=BASE.seed + index))
@@ -77,28 +78,28 @@ def test_the_guides_example_script_runs_its_jobs_and_returns_a_labelled_strip(sc
 
 def test_script_options_are_checked_against_the_scripts_fields(script_engine):
     with pytest.raises(RequestError, match="Seed strip: Pictures must be between 2 and 16, got 40"):
-        script_engine.submit(BASE.replace(script="seed_strip", script_options={"count": 40}))
+        script_engine.submit(BASE.replace(script=ScriptChoice("seed_strip", {"count": 40})))
     with pytest.raises(RequestError, match="Seed strip: unknown option 'colour'"):
-        script_engine.submit(BASE.replace(script="seed_strip", script_options={"colour": 1}))
+        script_engine.submit(BASE.replace(script=ScriptChoice("seed_strip", {"colour": 1})))
     with pytest.raises(RequestError, match="Script 'Nope' not found. Scripts in txt2img: .*Seed strip"):
-        script_engine.submit(BASE.replace(script="Nope"))
+        script_engine.submit(BASE.replace(script=ScriptChoice("Nope")))
     with pytest.raises(RequestError, match="does not work in img2img"):
-        script_engine.submit(BASE.replace(mode="img2img", init_images=(Image.new("RGB", (64, 64)),),
-                                          script="seed_strip"))
+        script_engine.submit(with_fields(BASE, mode="img2img", init_images=(Image.new("RGB", (64, 64)),),
+                                         script=ScriptChoice("seed_strip")))
 
 
 def test_a_failing_script_ends_its_job_with_a_message_and_the_engine_keeps_serving(script_engine):
     with pytest.raises(RequestError, match="refused on purpose"):
-        script_engine.submit(BASE.replace(script="failing", script_options={"where": "check"}))
+        script_engine.submit(BASE.replace(script=ScriptChoice("failing", {"where": "check"})))
     with pytest.raises(ScriptError, match="The script 'Failing script' failed: ZeroDivisionError"):
-        script_engine.generate(BASE.replace(script="failing"))
+        script_engine.generate(BASE.replace(script=ScriptChoice("failing")))
     entry = script_engine.addons.extensions.find_script("failing", "txt2img")
     assert entry.error is None  # a bug in one job does not disable it
     assert script_engine.generate(BASE).images
 
 
 def test_interrupt_stops_a_script_between_its_jobs(script_engine):
-    job = script_engine.submit(BASE.replace(script="seed_strip", script_options={"count": 16}))
+    job = script_engine.submit(BASE.replace(script=ScriptChoice("seed_strip", {"count": 16})))
     while job.step == 0 and not job.done:  # let the first job start, then stop the script
         job.wait(0.01)
     job.interrupt()

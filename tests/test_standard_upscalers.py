@@ -14,7 +14,7 @@ from engine.engine import Engine
 from engine.postprocess.extras import ExtrasRequest
 from engine.models.model_catalogue import STANDARD, ModelCatalogue, ModelNotDownloaded
 from engine.files import HashCache
-from engine.request import GenerationRequest
+from engine.request import GenerationRequest, ScriptChoice
 from engine.postprocess.upscalers import UpscalerLibrary
 from tests.conftest import make_engine
 from tests.support.esrgan_files import tiny_rrdbnet
@@ -25,6 +25,7 @@ from tests.support.upscaler_files import (
     tiny_swinir,
 )
 from tests.test_upscalers import old_layout
+from tests.support.requests import img2img_request
 
 # The ecosystem's v1.10 names, folders and download names (modules/realesrgan_model.py,
 # esrgan_model.py, extensions-builtin/SwinIR and ScuNET, gfpgan_model.py, codeformer_model.py).
@@ -157,10 +158,10 @@ def test_extras_hires_fix_and_sd_upscale_take_the_standard_names(standard_engine
                                 extensions={"hires_fix": {"enabled": True, "upscaler": "R-ESRGAN 4x+", "scale": 1.5}})
     hires = engine.generate(request)
     assert hires.images[0].size == (96, 96) and "Hires upscaler: R-ESRGAN 4x+" in hires.infotexts[0]
-    img2img = GenerationRequest(mode="img2img", prompt="x", steps=4, width=64, height=64, sampler_name="Euler",
-                                seed=2, init_images=(picture(64, 64),), denoising_strength=0.5,
-                                script="sd_upscale", script_options={"scale": 2.0, "overlap": 16, "upscaler": "ScuNET"},
-                                save_images=False, save_grid=False)
+    img2img = img2img_request(prompt="x", steps=4, width=64, height=64, sampler_name="Euler",
+                              seed=2, init_images=(picture(64, 64),), denoising_strength=0.5,
+                              script=ScriptChoice("sd_upscale", {"scale": 2.0, "overlap": 16, "upscaler": "ScuNET"}),
+                              save_images=False, save_grid=False)
     upscaled = engine.generate(img2img)
     assert upscaled.images[0].size == (128, 128) and "SD upscale upscaler: ScuNET GAN" in upscaled.infotexts[0]
 
@@ -169,9 +170,11 @@ def test_extras_hires_fix_and_sd_upscale_take_the_standard_names(standard_engine
     lambda: ExtrasRequest(picture(), upscaler="R-ESRGAN AnimeVideo", scale=2),
     lambda: GenerationRequest(prompt="x", steps=3, width=64, height=64, save_images=False, save_grid=False,
                               extensions={"hires_fix": {"enabled": True, "upscaler": "R-ESRGAN AnimeVideo"}}),
-    lambda: GenerationRequest(mode="img2img", prompt="x", steps=4, width=64, height=64, denoising_strength=0.5,
-                              init_images=(picture(64, 64),), script="sd_upscale", script_options={"scale": 2.0, "overlap": 16, "upscaler": "R-ESRGAN AnimeVideo"},
-                              save_images=False, save_grid=False),
+    lambda: img2img_request(prompt="x", steps=4, width=64, height=64, denoising_strength=0.5,
+                            init_images=(picture(64, 64),),
+                            script=ScriptChoice("sd_upscale", {"scale": 2.0, "overlap": 16,
+                                                               "upscaler": "R-ESRGAN AnimeVideo"}),
+                            save_images=False, save_grid=False),
 ])
 def test_a_missing_standard_model_is_refused_before_the_queue(standard_engine, make_request):
     request = make_request()

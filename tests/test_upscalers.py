@@ -13,10 +13,11 @@ from engine.engine import Engine
 from engine.postprocess.esrgan import build_from_state, read_state
 from engine.postprocess.extras import ExtrasRequest
 from engine.files import HashCache
-from engine.request import GenerationRequest
+from engine.request import GenerationRequest, ScriptChoice
 from engine.postprocess.upscalers import UpscalerLibrary
 from tests.conftest import make_engine
 from tests.support.esrgan_files import tiny_rrdbnet
+from tests.support.requests import img2img_request
 
 
 def old_layout(state: dict) -> dict:
@@ -105,11 +106,13 @@ def test_extras_and_hires_fix_use_model_upscalers(upscaling_engine):
 
 def test_sd_upscale_with_a_model_upscaler(upscaling_engine):
     from engine.errors import RequestError
-    request = GenerationRequest(mode="img2img", prompt="x", steps=4, width=64, height=64, sampler_name="Euler",
-                                seed=2, init_images=(picture(64, 64),), denoising_strength=0.5,
-                                script="sd_upscale", script_options={"scale": 2.0, "overlap": 16, "upscaler": "tiny-x4"},
-                                save_images=False, save_grid=False)
+    request = img2img_request(prompt="x", steps=4, width=64, height=64, sampler_name="Euler",
+                              seed=2, init_images=(picture(64, 64),), denoising_strength=0.5,
+                              script=ScriptChoice("sd_upscale", {"scale": 2.0, "overlap": 16,
+                                                                 "upscaler": "tiny-x4"}),
+                              save_images=False, save_grid=False)
     result = upscaling_engine.generate(request)
     assert result.images[0].size == (128, 128) and "SD upscale upscaler: tiny-x4" in result.infotexts[0]
     with pytest.raises(RequestError, match="Upscaler not found: 'tiny-x9'"):
-        upscaling_engine.submit(request.replace(script_options={"scale": 2.0, "overlap": 16, "upscaler": "tiny-x9"}))
+        upscaling_engine.submit(request.replace(script=ScriptChoice("sd_upscale", {"scale": 2.0, "overlap": 16,
+                                                                                   "upscaler": "tiny-x9"})))

@@ -21,6 +21,7 @@ from extensions.xyz_plot.plot import (
     with_params,
 )
 from extensions.xyz_plot.values import expand, expand_float, expand_int, join_list, split_list
+from tests.support.requests import with_fields
 
 # A1111 1.10.1's axis list in order (shared/COMPAT.md), with the tab each is limited to.
 A1111_AXES = [
@@ -299,9 +300,9 @@ def test_each_axis_changes_the_right_part_of_the_job():
         assert holds(job), label
     off = cell_job(plot_of(x_type="Face restore", x_values="no"), BASE, (0, 0, 0))
     assert off.request.extensions["restore_faces"] == {"enabled": False}
-    img2img = BASE.replace(mode="img2img", init_images=(Image.new("RGB", (64, 64)),))
+    img2img = with_fields(BASE, mode="img2img", init_images=(Image.new("RGB", (64, 64)),))
     denoise = cell_job(plot_of(img2img, "img2img", x_type="Denoising", x_values="0.3"), img2img, (0, 0, 0))
-    assert denoise.request.denoising_strength == 0.3 and "hires_fix" not in denoise.request.extensions
+    assert denoise.request.img2img.denoising_strength == 0.3 and "hires_fix" not in denoise.request.extensions
 
 
 def test_seeds_vary_along_the_chosen_axes():

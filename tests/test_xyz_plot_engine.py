@@ -6,14 +6,15 @@ from PIL import Image
 
 from engine.errors import NotFoundError, RequestError, UserError
 from engine.output.infotext import parse
-from engine.request import GenerationRequest
+from engine.request import GenerationRequest, ScriptChoice
+from tests.support.requests import with_fields
 
 BASE = GenerationRequest(prompt="a red cube", negative_prompt="blurry", steps=2, width=64, height=64,
                          sampler_name="Euler", seed=4321, save_images=False, save_grid=False)
 
 
 def plot(**options):
-    return BASE.replace(script="X/Y/Z plot", script_options=options)
+    return BASE.replace(script=ScriptChoice("X/Y/Z plot", options))
 
 
 def pixels(image: Image.Image) -> np.ndarray:
@@ -143,16 +144,15 @@ def test_interrupt_after_the_first_cell_returns_what_was_made(engine, monkeypatc
 
 def test_img2img_plot_with_denoising_and_settings_axes(engine):
     picture = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8))
-    request = BASE.replace(mode="img2img", init_images=(picture,), steps=3, scheduler="Karras",
-                           script="xyz_plot",
-                           script_options={"x_type": "Denoising", "x_values": "0.5, 1.0",
-                                           "y_type": "Schedule rho", "y_values": "3, 12",
-                                           "include_lone_images": True})
+    request = with_fields(BASE, mode="img2img", init_images=(picture,), steps=3, scheduler="Karras",
+                          script=ScriptChoice("xyz_plot", {"x_type": "Denoising", "x_values": "0.5, 1.0",
+                                                           "y_type": "Schedule rho", "y_values": "3, 12",
+                                                           "include_lone_images": True}))
     result = engine.generate(request)
     strengths = [parse(text)[2]["Denoising strength"] for text in result.infotexts]
     assert strengths == ["0.5", "1", "0.5", "1"]
     # rho is a setting: each cell runs with its own, as a job with that override would.
-    direct = engine.generate(request.replace(script="", script_options={}, denoising_strength=1.0),
+    direct = engine.generate(with_fields(request, script=None, denoising_strength=1.0),
                              overrides={"rho": 3.0})
     assert differs_by(result.images[1], direct.images[0]) <= 2
     assert differs_by(result.images[3], direct.images[0]) > 2

@@ -7,7 +7,7 @@ from __future__ import annotations
 import gradio as gr
 
 from engine.errors import RequestError
-from engine.request import GenerationRequest
+from engine.request import GenerationRequest, Img2ImgOptions
 
 from . import checked_images, controlnet_ui, generation_columns, widgets
 from .context import UIContext
@@ -69,5 +69,5 @@ def request_from_values(values: dict) -> GenerationRequest:
         if image is None:
             raise RequestError("No picture: upload the picture to change, or start from noise", "init_images")
         mask = None
-    fields.update(init_images=(image,), mask=mask, denoising_strength=values["denoising_strength"])
-    return GenerationRequest(**fields).validate()
+    part = Img2ImgOptions(init_images=(image,), mask=mask, denoising_strength=values["denoising_strength"])
+    return GenerationRequest(**fields, img2img=part).validate()

@@ -9,7 +9,7 @@ from PIL import Image
 
 from engine import image_prep
 from engine.errors import RequestError
-from engine.request import MAX_SIZE, MIN_SIZE, SIZE_STEP, GenerationRequest
+from engine.request import MAX_SIZE, MIN_SIZE, SIZE_STEP, GenerationRequest, Img2ImgOptions
 from engine.runs.uploads import open_image
 
 from . import editor_inputs
@@ -51,20 +51,20 @@ def request_for(values: dict[str, Any], image: Image.Image, mask: Image.Image | 
     fields = common_fields(values, "img2img")
     if values.get("resize_tab") == RESIZE_BY:
         fields["width"], fields["height"] = scaled_size(image.size, float(values.get("scale") or 1))
-    fields.update(
+    part: dict[str, Any] = dict(
         init_images=(image,), mask=mask,
         resize_mode=image_prep.RESIZE_MODES.index(values["resize_mode"]),
         denoising_strength=values["denoising_strength"],
     )
     if mask is not None:
-        fields.update(
+        part.update(
             mask_blur=whole(values["mask_blur"], "mask_blur"),
             inpainting_mask_invert=values["mask_mode"] == image_prep.MASK_MODES[1],
             inpainting_fill=image_prep.MASKED_CONTENT.index(values["inpainting_fill"]),
             inpaint_full_res=values["inpaint_area"] == image_prep.INPAINT_AREAS[1],
             inpaint_full_res_padding=whole(values["inpaint_full_res_padding"], "inpaint_full_res_padding"),
         )
-    return GenerationRequest(**fields).validate()
+    return GenerationRequest(**fields, img2img=Img2ImgOptions(**part)).validate()
 
 
 def requests_from_ui(values: dict[str, Any], limit_megapixels: float

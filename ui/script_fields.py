@@ -9,7 +9,7 @@ import gradio as gr
 
 from engine.errors import UserError
 from engine.extensions.script import checked_options
-from engine.request import GenerationRequest
+from engine.request import GenerationRequest, ScriptChoice
 
 from .context import UIContext
 from .extension_fields import component
@@ -105,4 +105,4 @@ def script_fields(values: dict[str, Any]) -> dict[str, Any]:
         return {}
     prefix = control_name(name, "")
     options = {key[len(prefix):]: value for key, value in values.items() if key.startswith(prefix)}
-    return {"script": name, "script_options": options}
+    return {"script": ScriptChoice(name, options)}

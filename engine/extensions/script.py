@@ -111,7 +111,7 @@ class ScriptHost(Protocol):
 class Script:
     """Subclass and export an instance as `script` from the extension's module."""
 
-    name: str = ""               # the key in request.script and a stable id
+    name: str = ""               # request.script.name once the job is checked, and a stable id
     title: str = ""              # what the Script dropdown shows; the API's script_name (any case)
     aliases: tuple[str, ...] = ()  # other script_name values accepted (the mature UI's older titles)
     order: int = 100             # place in the dropdown

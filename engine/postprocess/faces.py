@@ -102,11 +102,11 @@ def _detail_faces(image: Image.Image, request: GenerationRequest, strength: floa
         crop_box = _padded_square(box, result.size)
         crop = result.crop(crop_box)
         mask = oval_mask((side, side))
-        redrawn = second_pass(request.replace(
-            mode="img2img", init_images=(crop.resize((side, side), Image.Resampling.LANCZOS),),
+        redrawn = second_pass(request.with_img2img(
+            init_images=(crop.resize((side, side), Image.Resampling.LANCZOS),),
             mask=mask.point(lambda v: 255 if v > 0 else 0), mask_blur=4, inpainting_fill=1,
             inpaint_full_res=False, inpainting_mask_invert=False, denoising_strength=strength,
-            width=side, height=side, resize_mode=0))
+            resize_mode=0).replace(width=side, height=side))
         size = (crop_box[2] - crop_box[0], crop_box[3] - crop_box[1])
         result.paste(redrawn.resize(size, Image.Resampling.LANCZOS), crop_box[:2], oval_mask(size))
     return result

@@ -301,8 +301,9 @@ class GenerationRun:
                 self.final_prompt if own else self.styled_prompt,
                 negative_prompt=plain(request.negative_prompt) if request.negative_prompt else
                 self.final_negative if own else self.styled_negative,
-                extensions={}, controlnet_units=(), save_images=False, save_grid=False,
-                exact_steps=exact_steps or request.exact_steps).validate()
+                extensions={}, controlnet_units=(), save_images=False, save_grid=False)
+            fixed = exact_steps or (request.img2img is not None and request.img2img.exact_steps)
+            request = request.with_img2img(exact_steps=fixed).validate()
             inner = GenerationRun(self.job, request, model, self.policy.inner_pass(), self.addons)
             inner.memory_notes = self.memory_notes
             outer, self._control_pass = self._control_pass, (inner if keep_control and own else None)

@@ -37,21 +37,22 @@ class ImageStart:
     def __init__(self, request, model, policy, addons, vae: Callable[[], Any], notes: list[str]):
         """`vae`: the job's VAE (the pipeline's, read when needed); `notes`: the job's warnings."""
         self.request, self.model, self.policy, self.addons = request, model, policy, addons
+        self.options = part = request.img2img  # the request's img2img part
         self._vae, self.memory_notes = vae, notes
         self.mask: PreparedMask | None = None
-        first = image_prep.flatten(request.init_images[0])
-        if request.mask is not None:
+        first = image_prep.flatten(part.init_images[0])
+        if part.mask is not None:
             self.mask = image_prep.prepare_mask(
-                request.mask, first.size, request.width, request.height,
-                invert=request.inpainting_mask_invert, blur=request.mask_blur,
-                only_masked=request.inpaint_full_res, padding=request.inpaint_full_res_padding,
-                resize_mode=request.resize_mode)
+                part.mask, first.size, request.width, request.height,
+                invert=part.inpainting_mask_invert, blur=part.mask_blur,
+                only_masked=part.inpaint_full_res, padding=part.inpaint_full_res_padding,
+                resize_mode=part.resize_mode)
         self.inits: list[InitImage] = [
             image_prep.prepare_init(image if image.size == first.size else
                                     image.resize(first.size, Image.Resampling.LANCZOS),
-                                    request.width, request.height, request.resize_mode,
-                                    self.mask, request.inpainting_fill, self._upscaler())
-            for image in request.init_images]
+                                    request.width, request.height, part.resize_mode,
+                                    self.mask, part.inpainting_fill, self._upscaler())
+            for image in part.init_images]
         self._colour_targets = {index: color_correction.correction_target(init.image)
                                 for index, init in enumerate(self.inits)} \
             if self.policy.run.img2img_color_correction else {}
@@ -60,7 +61,7 @@ class ImageStart:
 
     @property
     def task(self) -> str:
-        return "inpaint" if self.request.mask is not None or self.model.is_inpainting else "img2img"
+        return "inpaint" if self.options.is_inpaint or self.model.is_inpainting else "img2img"
 
     def sampling_steps(self) -> int:
         """img2img runs the last `denoising strength` part of the schedule: steps x strength of
@@ -68,21 +69,21 @@ class ImageStart:
         return self.request.img2img_steps
 
     def task_params(self) -> dict[str, Any]:
-        request = self.request
-        params: dict[str, Any] = {"Denoising strength": request.denoising_strength}
-        if request.resize_mode != image_prep.JUST_RESIZE:
-            params["Resize mode"] = image_prep.RESIZE_MODES[request.resize_mode]
-        if request.initial_noise_multiplier != 1.0:
-            params["Noise multiplier"] = request.initial_noise_multiplier
+        part = self.options
+        params: dict[str, Any] = {"Denoising strength": part.denoising_strength}
+        if part.resize_mode != image_prep.JUST_RESIZE:
+            params["Resize mode"] = image_prep.RESIZE_MODES[part.resize_mode]
+        if part.initial_noise_multiplier != 1.0:
+            params["Noise multiplier"] = part.initial_noise_multiplier
         if self.policy.run.img2img_extra_noise > 0:
             params["Extra noise"] = self.policy.run.img2img_extra_noise
-        if request.mask is not None:
-            params["Mask blur"] = request.mask_blur
-            params["Masked content"] = image_prep.MASKED_CONTENT[request.inpainting_fill]
-            params["Inpaint area"] = image_prep.INPAINT_AREAS[int(request.inpaint_full_res)]
-            if request.inpaint_full_res:
-                params["Masked area padding"] = request.inpaint_full_res_padding
-            if request.inpainting_mask_invert:
+        if part.mask is not None:
+            params["Mask blur"] = part.mask_blur
+            params["Masked content"] = image_prep.MASKED_CONTENT[part.inpainting_fill]
+            params["Inpaint area"] = image_prep.INPAINT_AREAS[int(part.inpaint_full_res)]
+            if part.inpaint_full_res:
+                params["Masked area padding"] = part.inpaint_full_res_padding
+            if part.inpainting_mask_invert:
                 params["Mask mode"] = image_prep.MASK_MODES[1]
         return params
 
@@ -98,7 +99,7 @@ class ImageStart:
         """"Only masked" generates a crop of the picture: frame a unit's own picture the same way."""
         if image is None or self.mask is None or self.mask.crop is None:
             return image
-        size = image_prep.flatten(self.request.init_images[0]).size
+        size = image_prep.flatten(self.options.init_images[0]).size
         return image.resize(size, Image.Resampling.LANCZOS).crop(self.mask.crop)
 
     def _indices(self, batch: int, count: int) -> list[int]:
@@ -108,24 +109,24 @@ class ImageStart:
     def latent_start(self, batch: int, first_noise: torch.Tensor, denoiser: CFGDenoiser, seeds) -> Img2ImgStart:
         """The init latents of this batch (masked content applied), with the denoiser told what
         to keep where there is a mask, as A1111 prepares an img2img pass."""
-        request = self.request
+        request, part = self.request, self.options
         count = first_noise.shape[0]
         indices = self._indices(batch, count)
         device = first_noise.device
         latents = torch.cat([self._init_latents(i) for i in indices]).to(device, torch.float32)
-        if request.initial_noise_multiplier != 1.0:
-            first_noise *= request.initial_noise_multiplier
+        if part.initial_noise_multiplier != 1.0:
+            first_noise *= part.initial_noise_multiplier
         if self.mask is not None:
             repaint = torch.from_numpy(self.mask.latent()).to(device, torch.float32)
             keep = 1.0 - repaint
-            if request.inpainting_fill == image_prep.LATENT_NOISE:
+            if part.inpainting_fill == image_prep.LATENT_NOISE:
                 fresh = ImageNoise(tuple(latents.shape[1:]), list(seeds), source=request.randn_source or "GPU",
                                    device=device).next()
                 latents = latents * keep + fresh * repaint
-            elif request.inpainting_fill == image_prep.LATENT_NOTHING:
+            elif part.inpainting_fill == image_prep.LATENT_NOTHING:
                 latents = latents * keep
             denoiser.set_mask(latents, keep.expand_as(latents))
-        return Img2ImgStart(latents, request.denoising_strength, fixed_steps=request.exact_steps,
+        return Img2ImgStart(latents, part.denoising_strength, fixed_steps=part.exact_steps,
                             extra_noise=self.policy.run.img2img_extra_noise)
 
     def after_sampling(self, latents: torch.Tensor, denoiser: CFGDenoiser) -> torch.Tensor:
@@ -159,7 +160,7 @@ class ImageStart:
         size = (self.request.height // scale, self.request.width // scale)
         if latents.shape[-2:] == size:
             return latents
-        mode, antialias = LATENT_UPSCALE_MODES[self.request.latent_upscale_mode]
+        mode, antialias = LATENT_UPSCALE_MODES[self.options.latent_upscale_mode]
         return torch.nn.functional.interpolate(latents.float(), size=size, mode=mode, antialias=antialias)
 
     def _masked_latents(self, index: int) -> torch.Tensor:

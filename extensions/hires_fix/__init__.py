@@ -106,10 +106,12 @@ class HiresFix(Extension):
         sampler = options["sampler"] if options["sampler"] != SAME_SAMPLER else request.sampler_name
         scheduler = options["scheduler"] if options["scheduler"] != SAME_SCHEDULER else \
             request.scheduler if sampler == request.sampler_name else "Automatic"
-        second = request.replace(
-            init_images=(init,), width=width, height=height, resize_mode=resize_mode,
+        second = request.with_img2img(
+            init_images=(init,), resize_mode=resize_mode,
             latent_upscale_mode=upscaler if upscaler in LATENT_UPSCALE_MODES else "Latent",
-            denoising_strength=options["denoising_strength"], steps=int(options["steps"]) or request.steps,
+            denoising_strength=options["denoising_strength"],
+        ).replace(
+            width=width, height=height, steps=int(options["steps"]) or request.steps,
             sampler_name=sampler, scheduler=scheduler,
             prompt=options["prompt"], negative_prompt=options["negative_prompt"])
         checkpoint = options["checkpoint"] if options["checkpoint"] != SAME_CHECKPOINT else None

@@ -83,22 +83,21 @@ class Loopback(Script):
 
     def run(self, request, options, host: ScriptHost):
         loops, chains = int(options["loops"]), request.n_iter
-        start, final = request.denoising_strength, options["final_denoising_strength"]
+        start, final = request.img2img.denoising_strength, options["final_denoising_strength"]
         curve, interrogation = options["denoising_curve"], options["append_interrogation"]
         seed = request.seed if request.seed != -1 else random.randrange(SEED_RANGE - 1)
         host.plan(loops * chains)
         kept, last_made = [], None
         for chain in range(chains):
-            init, strength, fill = request.init_images, start, request.inpainting_fill
+            init, strength, fill = request.img2img.init_images, start, request.img2img.inpainting_fill
             last = None
             for loop in range(loops):
                 host.note(f"Loopback: loop {loop + 1} of {loops}, batch {chain + 1} of {chains}")
                 prompt = request.prompt
                 if interrogation == "CLIP":
                     prompt = (f"{request.prompt}, " if request.prompt else "") + host.interrogate(init[0])
-                job = request.replace(prompt=prompt, init_images=init, denoising_strength=strength,
-                                      inpainting_fill=fill, seed=seed, batch_size=1, n_iter=1,
-                                      save_grid=False)
+                job = request.with_img2img(init_images=init, denoising_strength=strength, inpainting_fill=fill) \
+                    .replace(prompt=prompt, seed=seed, batch_size=1, n_iter=1, save_grid=False)
                 result = host.process(job)
                 last_made = result
                 if host.interrupted:

@@ -30,16 +30,16 @@ def expand(request: GenerationRequest, options, size_only: bool = False):
             "Expand by fewer pixels or on fewer sides, or lower the width/height.", "script_args")
     if size_only:
         return width, height
+    part = request.img2img
     images = tuple(
-        _grow(image_prep.resize_image(image_prep.flatten(image), request.resize_mode,
+        _grow(image_prep.resize_image(image_prep.flatten(image), part.resize_mode,
                                       request.width, request.height), left, top, right, bottom)
-        for image in request.init_images)
-    return request.replace(
+        for image in part.init_images)
+    return request.with_img2img(
         init_images=images, mask=_new_area_mask(options, width, height),
-        width=width, height=height, resize_mode=image_prep.JUST_RESIZE,
-        mask_blur=int(options["mask_blur"]),
+        resize_mode=image_prep.JUST_RESIZE, mask_blur=int(options["mask_blur"]),
         inpainting_fill=image_prep.MASKED_CONTENT.index(options["inpainting_fill"]),
-        inpaint_full_res=False, inpainting_mask_invert=False)
+        inpaint_full_res=False, inpainting_mask_invert=False).replace(width=width, height=height)
 
 
 def _grow(image: Image.Image, left: int, top: int, right: int, bottom: int) -> Image.Image:

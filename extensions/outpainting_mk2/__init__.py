@@ -137,7 +137,7 @@ class OutpaintingMk2(Script):
         return options
 
     def _plan(self, request, options) -> tuple[dict[str, int], tuple[int, int]]:
-        width, height = request.init_images[0].size
+        width, height = request.img2img.init_images[0].size
         sides = expansion(width, height, int(options["pixels"]), options["direction"])
         return sides, grown_size(width, height, sides)
 
@@ -148,7 +148,7 @@ class OutpaintingMk2(Script):
         if request.active_controlnet_units:
             raise RequestError("ControlNet units cannot be used with Outpainting mk2 (its strips do not "
                                "line up with the control image)", "controlnet_units")
-        if not request.init_images:
+        if request.img2img is None or not request.img2img.init_images:
             return  # the request's own check names the missing picture
         _, (width, height) = self._plan(request, options)
         if max(width, height) > MAX_SIZE:
@@ -157,7 +157,7 @@ class OutpaintingMk2(Script):
                                "upload a smaller picture.", "script_args")
 
     def estimate(self, request, options) -> str | None:
-        if not request.init_images or not options["direction"]:
+        if request.img2img is None or not request.img2img.init_images or not options["direction"]:
             return None
         sides, (width, height) = self._plan(request, options)
         jobs = sum(1 for amount in sides.values() if amount) * request.n_iter
@@ -169,7 +169,7 @@ class OutpaintingMk2(Script):
         first_seed = request.seed if request.seed != -1 else random.randrange(SEED_RANGE - 1)
         steps = [(side, amount) for side, amount in sides.items() if amount]
         host.plan(len(steps) * request.n_iter)
-        picture = flatten(request.init_images[0])
+        picture = flatten(request.img2img.init_images[0])
         finals, texts, seeds, firsts, made = [], [], [], [], []
         for batch in range(request.n_iter):
             seed = (first_seed + batch * request.batch_size) % SEED_RANGE
@@ -205,12 +205,12 @@ class OutpaintingMk2(Script):
             canvas, mask, box, grown = side_canvas(image, side, amount, seam, request.width, request.height)
             canvases.append(filled(canvas, mask, options["noise_q"], options["color_variation"],
                                    (seed + number) % SEED_RANGE))
-        job = request.replace(
+        job = request.with_img2img(
             init_images=tuple(canvas.crop(box) for canvas in canvases), mask=mask.crop(box),
-            width=box[2] - box[0], height=box[3] - box[1], resize_mode=JUST_RESIZE,
-            mask_blur=min(MAX_MASK_BLUR, BLUR_FACTOR * seam), inpainting_fill=ORIGINAL,
-            inpaint_full_res=False, inpainting_mask_invert=False, batch_size=len(images), n_iter=1,
-            seed=seed, save_grid=False)
+            resize_mode=JUST_RESIZE, mask_blur=min(MAX_MASK_BLUR, BLUR_FACTOR * seam),
+            inpainting_fill=ORIGINAL, inpaint_full_res=False, inpainting_mask_invert=False,
+        ).replace(width=box[2] - box[0], height=box[3] - box[1], batch_size=len(images), n_iter=1,
+                  seed=seed, save_grid=False)
         result = host.process(job, save=False)
         grown_images = []
         for canvas, made in zip(canvases, result.images):

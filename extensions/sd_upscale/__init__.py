@@ -60,7 +60,7 @@ class SdUpscale(Script):
         options.pop("info", None)
         if self.catalog is not None:
             options["upscaler"] = self.catalog.check_upscaler(options["upscaler"])
-        if request.mask is not None:
+        if request.img2img is not None and request.img2img.is_inpaint:
             raise RequestError("SD upscale works on the whole picture: clear the mask, or use "
                                "plain img2img", "script_name")
         if request.controlnet_units and any(unit.enabled for unit in request.controlnet_units):
@@ -74,7 +74,7 @@ class SdUpscale(Script):
 
     @staticmethod
     def _size(request, options) -> tuple[int, int]:
-        source = request.init_images[0]
+        source = request.img2img.init_images[0]
         width, height = round(source.width * options["scale"]), round(source.height * options["scale"])
         if width > MAX_SIZE * 4 or height > MAX_SIZE * 4:
             raise RequestError(f"SD upscale would make a {width}x{height} picture; the largest is "
@@ -82,7 +82,7 @@ class SdUpscale(Script):
         return max(width, request.width), max(height, request.height)
 
     def estimate(self, request, options):
-        if not request.init_images:
+        if request.img2img is None or not request.img2img.init_images:
             return None
         width, height = self._size(request, options)
         tiles = len(tile_starts(width, request.width, options["overlap"])) * \
@@ -90,7 +90,8 @@ class SdUpscale(Script):
         return f"{tiles} tiles of {request.width}x{request.height} make a {width}x{height} picture"
 
     def run(self, request, options, host):
-        big = host.upscale(flatten(request.init_images[0]), options["upscaler"], *self._size(request, options))
+        big = host.upscale(flatten(request.img2img.init_images[0]), options["upscaler"],
+                           *self._size(request, options))
         tile_w, tile_h, overlap = request.width, request.height, int(options["overlap"])
         xs, ys = tile_starts(big.width, tile_w, overlap), tile_starts(big.height, tile_h, overlap)
         seed = fixed_seed(request.seed)
@@ -104,8 +105,8 @@ class SdUpscale(Script):
             host.note(f"SD upscale: tile {index + 1} of {len(xs) * len(ys)}")
             tile = big.crop((x, y, x + tile_w, y + tile_h))
             # Per-tile tiling or face restoration would break the blend: no extensions here.
-            part = host.process(request.replace(init_images=(tile,), mask=None, seed=seed + index,
-                                                batch_size=1, n_iter=1, resize_mode=0, extensions={}),
+            part = host.process(request.with_img2img(init_images=(tile,), mask=None, resize_mode=0)
+                                .replace(seed=seed + index, batch_size=1, n_iter=1, extensions={}),
                                 save=False)
             done.append(part)
             if not part.images:
@@ -126,7 +127,7 @@ class SdUpscale(Script):
         """The first tile's infotext with the job's seed and the script's own keys."""
         first = done[0].infotexts[0] if done and done[0].infotexts else ""
         prompt, negative, params = infotext.parse(first) if first else (request.prompt, request.negative_prompt, {})
-        params = {**params, "Seed": seed, "Denoising strength": request.denoising_strength}
+        params = {**params, "Seed": seed, "Denoising strength": request.img2img.denoising_strength}
         version = params.pop("Version", None)
         params.update({"SD upscale overlap": options["overlap"], "SD upscale upscaler": options["upscaler"],
                        "SD upscale scale": options["scale"]})

@@ -36,6 +36,10 @@ class CellJob:
     def change(self, **fields: Any) -> None:
         self.request = self.request.replace(**fields)
 
+    def change_img2img(self, **fields: Any) -> None:
+        """Fields of the request's img2img part (an img2img job's)."""
+        self.request = self.request.with_img2img(**fields)
+
     def extension_option(self, extension: str, name: str, value: Any) -> None:
         """One option of an always-on extension (hires fix, restore faces) for this job."""
         extensions = {key: dict(options) for key, options in self.request.extensions.items()}
@@ -88,6 +92,12 @@ def set_field(name: str) -> Apply:
     return apply
 
 
+def set_img2img_field(name: str) -> Apply:
+    def apply(cell: CellJob, value: Any, values: Sequence[Any]) -> None:
+        cell.change_img2img(**{name: value})
+    return apply
+
+
 def set_setting(name: str) -> Apply:
     def apply(cell: CellJob, value: Any, values: Sequence[Any]) -> None:
         cell.settings[name] = value
@@ -105,7 +115,7 @@ def set_denoising(cell: CellJob, value: float, values: Sequence[Any]) -> None:
     if cell.request.mode == TXT2IMG:
         cell.extension_option(HIRES, "denoising_strength", value)
     else:
-        cell.change(denoising_strength=value)
+        cell.change_img2img(denoising_strength=value)
 
 
 def replace_in_prompts(cell: CellJob, value: str, values: Sequence[Any]) -> None:
@@ -309,7 +319,7 @@ AXES: tuple[Axis, ...] = (
     Axis("Steps", "int", set_field("steps")),
     Axis("Hires steps", "int", set_option(HIRES, "steps"), modes=(TXT2IMG,), bounds=(0, MAX_STEPS)),
     Axis("CFG Scale", "float", set_field("cfg_scale")),
-    Axis("Image CFG Scale", "float", set_field("image_cfg_scale"), modes=(IMG2IMG,)),
+    Axis("Image CFG Scale", "float", set_img2img_field("image_cfg_scale"), modes=(IMG2IMG,)),
     Axis("Prompt S/R", "text", replace_in_prompts, confirm=confirm_search_replace, legend="value",
          reads_prompt=True),
     Axis("Prompt order", "permutations", set_order, confirm=confirm_order, legend="joined", reads_prompt=True),

@@ -15,7 +15,7 @@ from engine.postprocess.extras import ExtrasRequest
 from engine.postprocess.faces import FACE_DETAILER
 from engine.job_results import GenerationResult
 from engine.output.writer import png_bytes
-from engine.request import SIZE_STEP, GenerationRequest
+from engine.request import SIZE_STEP, GenerationRequest, Img2ImgOptions, ScriptChoice
 from engine.runs.uploads import image_from_base64
 
 from . import controlnet_api
@@ -72,8 +72,7 @@ def img2img_request(body: Img2ImgBody, limit_megapixels: float,
     fields = _common_fields(body, values, registry, "img2img", limit_megapixels=limit_megapixels)
     mask_blur = values["mask_blur"] if values["mask_blur"] is not None else \
         max(values["mask_blur_x"], values["mask_blur_y"])
-    fields.update(
-        mode="img2img",
+    part = Img2ImgOptions(
         init_images=tuple(image_from_base64(data, f"init_images[{i}]", limit_megapixels)
                           for i, data in enumerate(body.init_images)),
         mask=image_from_base64(body.mask, "mask", limit_megapixels) if body.mask else None,
@@ -83,7 +82,9 @@ def img2img_request(body: Img2ImgBody, limit_megapixels: float,
         inpaint_full_res_padding=values["inpaint_full_res_padding"],
         inpainting_mask_invert=bool(values["inpainting_mask_invert"]),
         initial_noise_multiplier=values["initial_noise_multiplier"] or 1.0,
+        image_cfg_scale=values["image_cfg_scale"],
     )
+    fields.update(mode="img2img", img2img=part)
     return GenerationRequest(**fields).validate()
 
 
@@ -155,7 +156,7 @@ def _seed_resize(value: Any) -> Any:
 
 def _script_fields(name: str | None, args: list, mode: str, registry: ExtensionRegistry | None) -> dict:
     """script_name + script_args (positional, as the mature API takes them) as the request's
-    script and options."""
+    script (its name and options)."""
     if not name:
         return {}
     if name.strip().lower() in VIDEO_SCRIPTS:
@@ -163,7 +164,7 @@ def _script_fields(name: str | None, args: list, mode: str, registry: ExtensionR
     if registry is None:
         raise RequestError(f"Script '{name}' not found", "script_name")
     entry = registry.find_script(name, mode)
-    return {"script": entry.name, "script_options": entry.extension.options_from_args(args or [], mode)}
+    return {"script": ScriptChoice(entry.name, entry.extension.options_from_args(args or [], mode))}
 
 
 def _common_fields(body: Txt2ImgBody, values: dict[str, Any], registry: ExtensionRegistry | None,
@@ -196,7 +197,6 @@ def _common_fields(body: Txt2ImgBody, values: dict[str, Any], registry: Extensio
         eta=values["eta"], s_churn=values["s_churn"], s_tmin=values["s_tmin"], s_tmax=values["s_tmax"],
         s_noise=values["s_noise"], s_min_uncond=values["s_min_uncond"],
         disable_extra_networks=bool(values["disable_extra_networks"]),
-        image_cfg_scale=values.get("image_cfg_scale"),
         **_script_fields(values.get("script_name"), values.get("script_args"), mode, registry),
     )
     fields.update({k: values[k] for k in ("clip_skip", "emphasis", "randn_source") if k in values})  # from infotext
@@ -231,7 +231,7 @@ def info_json(result: GenerationResult) -> str:
         "sd_vae_name": result.extra_params.get("VAE"), "sd_vae_hash": result.extra_params.get("VAE hash"),
         "seed_resize_from_w": request.seed_resize_from_w or -1,
         "seed_resize_from_h": request.seed_resize_from_h or -1,
-        "denoising_strength": request.denoising_strength if request.mode == "img2img" else None,
+        "denoising_strength": request.img2img.denoising_strength if request.img2img is not None else None,
         "extra_generation_params": dict(result.extra_params),
         "index_of_first_image": first, "infotexts": ([result.grid_text] if first else [])
         + result.infotexts, "styles": list(request.styles), "job_timestamp": result.job_timestamp,
