@@ -69,9 +69,14 @@ def is_slow(file_name: str, test_name: str) -> bool:
 CHROMIUM_FIXTURES = frozenset({"browser", "page"})
 
 
+def item_is_slow(item) -> bool:
+    """A collected test is slow when the lists name it or it uses a Chromium fixture."""
+    name = getattr(item, "originalname", None) or item.name.split("[", 1)[0]
+    return is_slow(item.path.name, name) or bool(CHROMIUM_FIXTURES & set(getattr(item, "fixturenames", ())))
+
+
 def mark(items, marker) -> None:
     """Add `marker` (pytest.mark.slow) to the collected items that are in the slow tier."""
     for item in items:
-        name = getattr(item, "originalname", None) or item.name.split("[", 1)[0]
-        if is_slow(item.path.name, name) or CHROMIUM_FIXTURES & set(getattr(item, "fixturenames", ())):
+        if item_is_slow(item):
             item.add_marker(marker)
