@@ -3,6 +3,7 @@ to change, everything the job patched is put back, and the next job makes the im
 makes. Faults are injected on the tiny CPU models through a FaultPlan handed to the engine's
 add-ons, as app.py hands it the one SD_STUDIO_FAULTS describes."""
 
+import hashlib
 import weakref
 
 import httpx
@@ -92,7 +93,8 @@ def model_state(engine) -> dict:
     return {
         "attention processors": {name: type(p) for name, p in unet.attn_processors.items()},
         "unet forward": unet.__dict__.get("forward"),
-        "adapters": {part: list(names) for part, names in pipe.get_list_adapters().items()},
+        "weights": [hashlib.sha256(b"".join(p.detach().cpu().numpy().tobytes() for p in part.parameters()))
+                    .hexdigest() for part in (unet, pipe.text_encoder)],
         "unet parameters": len(list(unet.parameters())),
         "padding": [conv.padding_mode for conv in convs],
         "vae": (vae.use_tiling, vae.use_slicing, vae.tile_latent_min_size, vae.tile_sample_min_size),

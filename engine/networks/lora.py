@@ -1,26 +1,32 @@
-"""LoRA files from models/Lora, applied for one job through diffusers' PEFT integration.
+"""LoRA files from models/Lora, merged into the model's weights for one job, as A1111 does.
 
-`<lora:name:weight>` (or `<lora:name:te_weight:unet_weight>`) in a prompt loads that file's
-weights as an adapter, several at once with their own weights; when the job ends every adapter
-is removed again, so the next job starts from the untouched model. Only .safetensors files are
-read: they hold tensors and nothing that runs.
+`<lora:name:weight>` (or `<lora:name:te_weight:unet_weight>`) in a prompt adds that file's change
+to the layers it names, several files at once with their own weights, in every format A1111 1.10
+reads (lora_formats.py) and under every key naming (lora_keys.py). When the job ends the original
+weights are copied back, bit for bit, so the next job starts from the untouched model and no
+checkpoint is reloaded. A file that changes nothing in this model is named in the job's warnings
+and left out of the infotext's `Lora hashes`. Only .safetensors files are read: they hold tensors
+and nothing that runs.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
-import re
 import threading
+import weakref
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from engine.memory.memory_guard import is_out_of_memory
 from engine.files import HashCache
+from engine.memory.memory_guard import is_out_of_memory
+from engine.networks.lora_keys import LayerIndex, split_key
+from engine.networks.lora_merge import MergedWeights
 from engine.prompts.prompt_parser import ExtraNetwork, lora_weights
 
 log = logging.getLogger(__name__)
@@ -49,6 +55,9 @@ class LoraLibrary:
         self.hashes = hashes
         self._lock = threading.Lock()
         self._files: dict[str, LoraFile] = {}
+        self._short_hashes: dict[tuple, str] = {}
+        # Per model (keyed by its UNet, which every pipeline made from it shares): what is merged.
+        self._merged: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self.refresh()
 
     def refresh(self) -> list[LoraFile]:
@@ -82,71 +91,172 @@ class LoraLibrary:
         return None
 
     def short_hash(self, lora: LoraFile) -> str:
-        return self.hashes.sha256(Path(lora.path))[:12]
+        """What A1111 writes in `Lora hashes`: the file's `sshs_model_hash` metadata if it has one,
+        else kohya's "addnet" hash (sha256 of the tensor data after the safetensors header), 12
+        hex digits."""
+        stat = os.stat(lora.path)
+        key = (lora.path, stat.st_mtime_ns, stat.st_size)
+        with self._lock:
+            if key in self._short_hashes:
+                return self._short_hashes[key]
+        value = (_metadata(Path(lora.path)).get("sshs_model_hash") or addnet_hash(lora.path))[:12]
+        with self._lock:
+            self._short_hashes[key] = value
+        return value
+
+    def merged_weights(self, pipe) -> MergedWeights:
+        with self._lock:
+            return self._merged.setdefault(pipe.unet, MergedWeights())
+
+
+def addnet_hash(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        header = int.from_bytes(handle.read(8), "little")
+        handle.seek(8 + header)
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _metadata(path: Path) -> dict[str, str]:
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return dict(handle.metadata() or {})
+    except Exception:  # an unreadable file is reported when it is used, not when listed
+        return {}
 
 
 def _alias(path: Path) -> str | None:
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-    except Exception:  # an unreadable file is reported when it is used, not when listed
-        return None
-    return metadata.get("ss_output_name")
+    return _metadata(path).get("ss_output_name")
 
 
-def _adapter_name(index: int, name: str) -> str:
-    return f"lora{index}_" + re.sub(r"\W", "_", name)[:40]
+FAMILY_LABELS = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
+# A1111 takes these out of the name it writes in `Lora hashes` (they separate the entries).
+_HASH_NAME_SYMBOLS = str.maketrans("", "", ":,")
 
 
 @dataclass
 class AppliedLoras:
-    hashes: dict[str, str]    # name -> short hash, for the infotext's "Lora hashes"
-    warnings: list[str]
+    hashes: dict[str, str] = field(default_factory=dict)  # mentioned name -> short hash ("Lora hashes")
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Use:
+    """One `<lora:...>` of the job, resolved to its file."""
+    lora: LoraFile
+    mentioned: str
+    te_weight: float
+    unet_weight: float
+
+    def signature(self) -> tuple:
+        stat = os.stat(self.lora.path)
+        return self.lora.path, stat.st_mtime_ns, stat.st_size, self.te_weight, self.unet_weight
 
 
 @contextmanager
-def applied_loras(pipe, calls: list[ExtraNetwork], library: LoraLibrary):
-    """Load the LoRAs a prompt names into `pipe` for the duration of the block, then remove them."""
-    applied = AppliedLoras({}, [])
-    names, weights = [], []
+def applied_loras(pipe, calls: list[ExtraNetwork], library: LoraLibrary, family: str | None = None):
+    """The LoRAs a prompt names merged into `pipe`'s weights for the block, the originals back after.
+
+    A pass inside the job (hires fix) naming no LoRA of its own keeps the job's; one naming others
+    has its own for its duration, then the job's again."""
+    merged = library.merged_weights(pipe)
+    calls = [call for call in calls if call.kind in LORA_KINDS]
+    if not calls and merged.depth:
+        yield AppliedLoras()
+        return
+    outer_plan = merged.plan
+    merged.depth += 1
     try:
-        for index, call in enumerate(c for c in calls if c.kind in LORA_KINDS):
+        applied, plan = AppliedLoras(), []
+        for call in calls:
             lora = library.find(call.name)
             if lora is None:
                 applied.warnings.append(f"LoRA not found: {call.name}")
                 continue
-            te_weight, unet_weight = lora_weights(call)
-            adapter = _adapter_name(index, lora.name)
-            try:
-                pipe.load_lora_weights(load_file(lora.path), adapter_name=adapter)
-            except Exception as error:  # a file diffusers cannot read must not fail the job
-                if is_out_of_memory(error):  # not the file's fault: the job ends with that message
-                    raise
-                applied.warnings.append(f"LoRA {lora.name} could not be loaded: {_first_line(error)}")
-                log.warning("LoRA %s failed to load", lora.path, exc_info=True)
-                continue
-            names.append(adapter)
-            weights.append(_component_weights(pipe, adapter, te_weight, unet_weight))
-            applied.hashes[lora.name] = library.short_hash(lora)
-        if names:
-            pipe.set_adapters(names, adapter_weights=weights)
-        yield applied
+            plan.append(_Use(lora, call.name, *lora_weights(call)))
+        yield _merge_plan(pipe, merged, plan, library, family, applied)
     finally:
-        if names or _has_adapters(pipe):
-            pipe.unload_lora_weights()
+        merged.depth -= 1
+        if merged.depth == 0:
+            merged.restore()
+        elif merged.plan != outer_plan:
+            _merge_plan(pipe, merged, outer_plan, library, family, AppliedLoras())
 
 
-def _component_weights(pipe, adapter: str, te_weight: float, unet_weight: float) -> dict:
-    parts = {part for part, adapters in pipe.get_list_adapters().items() if adapter in adapters}
-    weights = {"unet": unet_weight, "text_encoder": te_weight, "text_encoder_2": te_weight}
-    return {part: weight for part, weight in weights.items() if part in parts}
-
-
-def _has_adapters(pipe) -> bool:
+def _merge_plan(pipe, merged: MergedWeights, plan: list[_Use], library: LoraLibrary, family: str | None,
+                applied: AppliedLoras) -> AppliedLoras:
+    """Merge `plan` unless it is what is merged already (then its report is reused)."""
     try:
-        return any(pipe.get_list_adapters().values())
-    except Exception:
-        return False
+        signature = tuple(use.signature() for use in plan)
+    except OSError as error:  # a file deleted since the scan: reported below, when it is read
+        signature = (str(error),)
+    if signature != merged.signature or merged.result is None:
+        merged.restore()
+        merged.result = _merge_all(pipe, merged, plan, library, FAMILY_LABELS.get(family or "", "this"))
+        merged.signature, merged.plan = signature, plan
+    applied.hashes.update(merged.result.hashes)
+    applied.warnings.extend(merged.result.warnings)
+    return applied
+
+
+def _merge_all(pipe, merged: MergedWeights, plan: list[_Use], library: LoraLibrary, family: str) -> AppliedLoras:
+    """Merge each file of `plan`. A file with a layer that cannot take its change (the shapes of
+    another model) changes nothing: the weights are restored and the others merged again."""
+    index = LayerIndex(pipe) if plan else None
+    refused: dict[int, str] = {}
+    while True:
+        notes: dict[int, list[str]] = {}
+        hashes: dict[str, str] = {}
+        for number, use in enumerate(plan):
+            if number in refused:
+                continue
+            notes[number] = []
+            outcome = _merge_file(merged, index, use, family, notes[number])
+            if outcome == "refused":
+                refused[number] = notes[number][-1]
+                merged.restore()
+                break
+            if outcome == "applied":
+                hashes[use.mentioned.translate(_HASH_NAME_SYMBOLS)] = library.short_hash(use.lora)
+        else:
+            warnings = [note for number in range(len(plan))
+                        for note in ([refused[number]] if number in refused else notes.get(number, []))]
+            return AppliedLoras(hashes, warnings)
+
+
+def _merge_file(merged: MergedWeights, index: LayerIndex, use: _Use, family: str, warnings: list[str]) -> str:
+    """Merge one file: "applied" when it changed (or, at strength 0, matched) a layer, "skipped"
+    when it matched none, "refused" when a layer could not take its change (it must be undone)."""
+    name = use.lora.name
+    try:
+        tensors = load_file(use.lora.path)
+    except Exception as error:  # a damaged file must not fail the job
+        if is_out_of_memory(error):  # not the file's fault: the job ends with that message
+            raise
+        log.warning("LoRA %s could not be read", use.lora.path, exc_info=True)
+        warnings.append(f"LoRA {name} could not be read: {_first_line(error)}; it was not applied")
+        return "skipped"
+    layers, unmatched = index.group(tensors)
+    outcome = merged.merge(layers, {"unet": use.unet_weight, "text_encoder": use.te_weight,
+                                    "text_encoder_2": use.te_weight})
+    model = f"{family} model" if family == "this" else f"this {family} model"
+    if outcome.failures:
+        warnings.append(f"LoRA {name}: its layers do not fit {model} (made for another model?): "
+                        f"{outcome.failures[0]}; it was not applied")
+        return "refused"
+    if outcome.layers == 0:
+        if any(index.names_layer(key) for key in unmatched) or all(split_key(key) is None for key in unmatched):
+            reason = f"its tensors are of no LoRA format known here (e.g. {unmatched[0]!r})"
+        else:
+            reason = f"none of its {len(tensors)} tensors matched a layer of {model}"
+        warnings.append(f"LoRA {name}: {reason}; it was not applied")
+        return "skipped"
+    if unmatched:
+        warnings.append(f"LoRA {name}: {len(unmatched)} of its {len(tensors)} tensors matched no layer "
+                        f"of {model} and were left out")
+    return "applied"
 
 
 def _first_line(error: BaseException) -> str:

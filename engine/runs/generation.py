@@ -179,7 +179,7 @@ class GenerationRun:
         registry = self.addons.extensions
         with memory_modes_applied(self.pipe, self.policy.memory), \
                 extensions.patched(registry, self.active, self.pipe, request), \
-                applied_loras(self.pipe, networks, self.addons.loras) as loras, \
+                applied_loras(self.pipe, networks, self.addons.loras, self.model.family) as loras, \
                 self._controlnets():
             encoder = PromptEncoder(self.pipe, self.model.family, clip_skip=request.clip_skip,
                                     emphasis=request.emphasis,

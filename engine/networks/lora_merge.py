@@ -1,0 +1,87 @@
+"""Merging LoRA changes into a model's own weights, and putting the originals back exactly.
+
+Each changed layer's weight (and bias) is copied to RAM once, before its first change; the new
+value is written into the same tensor (`copy_`), so whatever holds that tensor keeps seeing it:
+torch.compile'd graphs, the fused q/k/v projections of the fast path (views of one weight), and
+the offload hooks of the memory modes (model offload moves the module's own tensors; group
+offload keeps them in pinned RAM between layers, which is where they are between jobs). Restoring
+copies the saved values back: the model is bit for bit as before.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from engine.networks.lora_formats import LayerError, layer_change
+from engine.networks.lora_keys import LayerFactors
+
+
+@dataclass
+class MergeOutcome:
+    layers: int = 0                                   # layers changed (or matched at strength 0)
+    failures: list[str] = field(default_factory=list)  # why a layer could not take its change
+
+
+class MergedWeights:
+    """The layers of one model that LoRAs changed, with their original values."""
+
+    def __init__(self):
+        self._originals: dict[int, tuple[torch.nn.Module, torch.Tensor, torch.Tensor | None]] = {}
+        self.signature: tuple = ()  # what is merged now: ((path, mtime, size, te, unet), ...)
+        self.plan: list = []        # the same, as the caller resolved it, to merge it again
+        self.result = None          # what merging it reported (the job's hashes and warnings)
+        self.depth = 0              # jobs (and passes inside them) using the merged weights
+
+    @property
+    def changed(self) -> int:
+        return len(self._originals)
+
+    @torch.no_grad()
+    def merge(self, layers: list[LayerFactors], strengths: dict[str, float]) -> MergeOutcome:
+        """Add each layer's change at its component's strength, in place, up to the first layer
+        that cannot take its change (the caller restores, then)."""
+        outcome = MergeOutcome()
+        for layer in layers:
+            strength = strengths.get(layer.component, 0.0)
+            weight = layer.module.weight
+            if weight.device.type == "meta":
+                outcome.failures.append(f"{layer.module_name} is offloaded without its weights")
+                break
+            try:
+                current = weight.detach().float()
+                change, bias_change = layer_change(layer.factors, current, strength)
+            except LayerError as error:
+                outcome.failures.append(f"{layer.module_name}: {error}")
+                break
+            bias = getattr(layer.module, "bias", None)
+            if bias_change is not None and (bias is None or bias.numel() != bias_change.numel()):
+                outcome.failures.append(f"{layer.module_name}: its bias change does not fit the layer")
+                break
+            outcome.layers += 1
+            if strength == 0:
+                continue  # nothing to add; writing would only round the weights through float32
+            self._save(layer.module)
+            weight.data.copy_((current + change).to(weight.dtype))
+            if bias_change is not None:
+                bias.data.copy_((bias.detach().float() + bias_change.reshape(bias.shape)).to(bias.dtype))
+        return outcome
+
+    def _save(self, module: torch.nn.Module) -> None:
+        if id(module) in self._originals:
+            return
+        bias = getattr(module, "bias", None)
+        self._originals[id(module)] = (
+            module, module.weight.detach().to("cpu", copy=True),
+            bias.detach().to("cpu", copy=True) if isinstance(bias, torch.Tensor) else None)
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        """Every changed layer back to its original values, exactly."""
+        for module, weight, bias in self._originals.values():
+            module.weight.data.copy_(weight)
+            if bias is not None:
+                module.bias.data.copy_(bias)
+        self._originals.clear()
+        self.signature, self.plan, self.result = (), [], None
