@@ -30,7 +30,7 @@ BASE = GenerationRequest(prompt="a red cube", steps=2, width=64, height=64, samp
 
 @pytest.fixture(scope="module")
 def pipes(tiny_models):
-    return {family: tiny_models.reference_pipeline(family) for family in ("sd1", "sdxl")}
+    return {family: tiny_models.reference_pipeline(family) for family in ("sd1", "sd2", "sdxl")}
 
 
 @pytest.fixture
@@ -77,7 +77,7 @@ def assert_merged_by_hand(pipe, kind, per_layer, before, te: float, unet: float)
     assert changed_params(pipe, before) == expected_changes
 
 
-@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+@pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
 @pytest.mark.parametrize("kind", KINDS)
 def test_each_format_is_the_merge_by_hand_and_comes_off_bit_for_bit(pipes, library, family, kind):
     pipe = pipes[family]
@@ -108,7 +108,7 @@ def test_key_namings_and_separate_text_encoder_and_unet_weights(pipes, library, 
 
 def test_ldm_names_are_built_from_the_unet_config_for_every_layer(pipes):
     """Every UNet layer the LDM export names is found under that name (not guessed from underscores)."""
-    for family in ("sd1", "sdxl"):
+    for family in ("sd1", "sd2", "sdxl"):
         unet = pipes[family].unet
         index = LayerIndex(pipes[family])
         for name, ldm in ldm_module_names(unet).items():
@@ -238,3 +238,20 @@ def test_a_lora_for_another_family_warns_in_the_job_and_leaves_the_picture(tiny_
         assert result.images[0].tobytes() == plain.images[0].tobytes()
     finally:
         engine.shutdown()
+
+
+def test_dora_magnitude_per_output_channel_when_stored_so():
+    """LyCORIS' `wd_on_out` files store the magnitude per output row, (out, 1): the norm is then
+    taken over each row instead of each input column."""
+    from engine.networks.lora_formats import layer_change
+
+    generator = torch.Generator().manual_seed(3)
+    weight = torch.randn(6, 4, generator=generator)
+    up, down = torch.randn(6, 2, generator=generator), torch.randn(2, 4, generator=generator)
+    magnitude = torch.rand(6, 1, generator=generator) + 0.5
+    factors = {"lora_up.weight": up, "lora_down.weight": down, "alpha": torch.tensor(1.0), "dora_scale": magnitude}
+    change, bias = layer_change(factors, weight, 0.7)
+    merged = (weight + up @ down * 0.5).double()
+    rows = torch.stack([row / row.norm() * m for row, m in zip(merged, magnitude.double().flatten())])
+    assert bias is None
+    assert torch.allclose(weight + change, (weight.double() + 0.7 * (rows - weight.double())).float(), atol=1e-6)

@@ -244,7 +244,8 @@ def _merge_file(merged: MergedWeights, index: LayerIndex, use: _Use, family: str
     model = f"{family} model" if family == "this" else f"this {family} model"
     if outcome.failures:
         warnings.append(f"LoRA {name}: its layers do not fit {model} (made for another model?): "
-                        f"{outcome.failures[0]}; it was not applied")
+                        f"{outcome.failures[0]}; it was not applied" if not outcome.fits else
+                        f"LoRA {name} could not be merged: {outcome.failures[0]}; it was not applied")
         return "refused"
     if outcome.layers == 0:
         if any(index.names_layer(key) for key in unmatched) or all(split_key(key) is None for key in unmatched):

@@ -22,6 +22,7 @@ from engine.networks.lora_keys import LayerFactors
 class MergeOutcome:
     layers: int = 0                                   # layers changed (or matched at strength 0)
     failures: list[str] = field(default_factory=list)  # why a layer could not take its change
+    fits: bool = True                                 # False: a change's shape is not the layer's
 
 
 class MergedWeights:
@@ -47,17 +48,19 @@ class MergedWeights:
             strength = strengths.get(layer.component, 0.0)
             weight = layer.module.weight
             if weight.device.type == "meta":
-                outcome.failures.append(f"{layer.module_name} is offloaded without its weights")
+                outcome.failures.append(f"{layer.module_name} is offloaded to the meta device")
                 break
             try:
                 current = weight.detach().float()
                 change, bias_change = layer_change(layer.factors, current, strength)
             except LayerError as error:
                 outcome.failures.append(f"{layer.module_name}: {error}")
+                outcome.fits = False
                 break
             bias = getattr(layer.module, "bias", None)
             if bias_change is not None and (bias is None or bias.numel() != bias_change.numel()):
                 outcome.failures.append(f"{layer.module_name}: its bias change does not fit the layer")
+                outcome.fits = False
                 break
             outcome.layers += 1
             if strength == 0:
