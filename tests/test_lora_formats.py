@@ -180,6 +180,30 @@ def test_lora_hashes_as_a1111_writes_them(pipes, library):
     assert library.short_hash(library.find("stamped")) == "0123456789ab"
 
 
+def generate_merged_by_hand(engine, request, kind, per_layer, before, strength):
+    """The picture of the engine's model with the factors merged by hand (no LoRA tag), the
+    weights put back after."""
+    pipe = engine.models.current.base
+    with torch.no_grad():
+        for (component, name), f in per_layer.items():
+            module = dict(getattr(pipe, component).named_modules())[name]
+            module.weight.copy_(expected_weight(kind, before[f"{component}.{name}.weight"], f, strength).float())
+    try:
+        return engine.generate(request)
+    finally:
+        with torch.no_grad():
+            for name in snapshot(pipe):
+                part, _, param = name.partition(".")
+                dict(getattr(pipe, part).named_parameters())[param].copy_(before[name])
+
+
+def assert_same_picture(result, by_hand, plain):
+    # Merged in float32 by either side, the weights differ in the last bits at most.
+    image = np.asarray(result.images[0], np.int16)
+    assert np.abs(image - np.asarray(by_hand.images[0], np.int16)).max() <= 2
+    assert np.abs(image - np.asarray(plain.images[0], np.int16)).max() > 10, "the LoRA must show"
+
+
 def test_sdxl_ldm_named_lycoris_through_the_engine_switches_without_reloading(tiny_models, tmp_path):
     """An SDXL LoHa with LDM UNet names and te1/te2 keys makes the picture of its weights merged by
     hand; switching to a LoKr keeps the loaded checkpoint and gives the LoKr alone; afterwards
@@ -199,19 +223,8 @@ def test_sdxl_ldm_named_lycoris_through_the_engine_switches_without_reloading(ti
         assert with_loha.warnings == []
         assert parse(with_loha.infotexts[0])[2]["Lora hashes"] == f"xl-loha: {library.short_hash(library.find('xl-loha'))}"
 
-        # The same picture from the weights merged by hand, no LoRA tag.
-        with torch.no_grad():
-            for (component, name), f in per_loha.items():
-                module = dict(getattr(pipe, component).named_modules())[name]
-                module.weight.copy_(expected_weight("loha", before[f"{component}.{name}.weight"], f, 0.7).float())
-        by_hand = engine.generate(BASE)
-        with torch.no_grad():
-            for name, value in snapshot(pipe).items():
-                part, _, param = name.partition(".")
-                dict(getattr(pipe, part).named_parameters())[param].copy_(before[name])
-        difference = np.abs(np.asarray(with_loha.images[0], np.int16) - np.asarray(by_hand.images[0], np.int16))
-        assert difference.max() <= 2
-        assert np.abs(np.asarray(with_loha.images[0], np.int16) - np.asarray(plain.images[0], np.int16)).max() > 10
+        by_hand = generate_merged_by_hand(engine, BASE, "loha", per_loha, before, 0.7)
+        assert_same_picture(with_loha, by_hand, plain)
 
         with_lokr = engine.generate(BASE.replace(prompt="a red cube <lora:xl-lokr:0.7>"))
         assert engine.models.current is model, "no checkpoint reload"
@@ -255,3 +268,23 @@ def test_dora_magnitude_per_output_channel_when_stored_so():
     rows = torch.stack([row / row.norm() * m for row, m in zip(merged, magnitude.double().flatten())])
     assert bias is None
     assert torch.allclose(weight + change, (weight.double() + 0.7 * (rows - weight.double())).float(), atol=1e-6)
+
+
+def test_hires_fix_pass_keeps_the_jobs_lora(tiny_models, tmp_path):
+    """The hires pass runs inside the job with the LoRA still merged (not removed by the inner
+    pass, not merged twice): the picture of the weights merged by hand, both passes."""
+    engine = make_engine(tiny_models, tmp_path)
+    try:
+        pipe = engine.models.current.base
+        state, per_layer = write_state(pipe, "lokr", seed=8)
+        save(engine.addons.loras, "hires-lokr", state)
+        before = snapshot(pipe)
+        hires = BASE.replace(extensions={"hires_fix": {"enabled": True, "upscaler": "Lanczos", "scale": 1.5,
+                                                       "steps": 2, "denoising_strength": 0.5}})
+        plain = engine.generate(hires)
+        result = engine.generate(hires.replace(prompt="a red cube <lora:hires-lokr:0.7>"))
+        assert result.warnings == []
+        assert_same_picture(result, generate_merged_by_hand(engine, hires, "lokr", per_layer, before, 0.7), plain)
+        assert changed_params(pipe, before) == set()
+    finally:
+        engine.shutdown()
