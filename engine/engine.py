@@ -43,9 +43,6 @@ log = logging.getLogger(__name__)
 
 # Settings that change the app for everyone at once, never for one request.
 SHARED_SETTINGS = frozenset({"disabled_extensions", "hidden_tabs", "sd_checkpoint_cache"})
-# Settings kept for client programs whose feature comes in a later version, with the value that
-# means "not used": any other value is reported as not used.
-NOT_USED_YET = {"sd_model_refiner": "None"}
 FACE_PROMPT = "a detailed face, sharp focus"  # what the face detailer asks for outside a job
 
 
@@ -119,9 +116,6 @@ class Engine:
         for key in sorted(set(known) & SHARED_SETTINGS):
             ignored.append(key)
             del known[key]
-        for key, unused_value in NOT_USED_YET.items():
-            if key in known and known.pop(key) not in (None, "", unused_value):
-                ignored.append(key)
         return known, ignored
 
     def _keep_overrides(self, overrides: dict, result: GenerationResult) -> None:
@@ -332,6 +326,10 @@ class Engine:
                 enable_pnginfo=settings["enable_pnginfo"],
                 save_before=frozenset(stage for stage in ("face-restoration", "highres-fix", "color-correction")
                                       if settings["save_images_before_" + stage.replace("-", "_")]),
+                refiner_by_steps=settings["refiner_switch_by_sample_steps"],
+                hires_refiner_pass=settings["hires_fix_refiner_pass"],
+                refiner_aesthetic_scores=(settings["sdxl_refiner_high_aesthetic_score"],
+                                          settings["sdxl_refiner_low_aesthetic_score"]),
             ),
         )
 

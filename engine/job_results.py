@@ -42,6 +42,12 @@ class RunOptions:
     # Stages before which a copy of each image is saved: "face-restoration", "highres-fix",
     # "color-correction" (the save_images_before_* settings).
     save_before: frozenset = frozenset()
+    # The refiner (engine/runs/refiner.py): switch by the share of steps done rather than by the
+    # noise level reached; which passes of a hires-fix job it acts in; the aesthetic scores an
+    # SDXL refiner is conditioned with (prompt, negative prompt).
+    refiner_by_steps: bool = False
+    hires_refiner_pass: str = "second pass"
+    refiner_aesthetic_scores: tuple[float, float] = (6.0, 2.5)
 
 
 @dataclass(frozen=True)

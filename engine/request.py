@@ -26,6 +26,7 @@ MAX_SEED_RESIZE = 8192
 MAX_SCHEDULE_STEPS = 1000  # the models' training timesteps: no schedule has more steps  # "Resize seed from" any size a picture may have had
 MAX_BATCH_SIZE = 8
 MAX_BATCH_COUNT = 100
+MAX_NAME_CHARS = 1000  # a checkpoint's title (a path under models/ and its hash)
 MIN_CFG, MAX_CFG = 1.0, 30.0
 MAX_CLIP_SKIP = 12
 
@@ -136,6 +137,31 @@ class Img2ImgOptions:
         return self
 
 
+# The refiner's "Switch at": the fraction of the sampling done when it takes over (1: never),
+# A1111's slider range and default.
+REFINER_SWITCH_RANGE = (0.01, 1.0)
+DEFAULT_REFINER_SWITCH_AT = 0.8
+
+
+@dataclass(frozen=True)
+class RefinerChoice:
+    """A refiner as A1111 1.10 has it: `checkpoint` (a title, name or hash) takes over the job's
+    sampling when `switch_at` of it is done, continuing the same schedule (engine/runs/refiner.py)."""
+
+    checkpoint: str
+    switch_at: float = DEFAULT_REFINER_SWITCH_AT
+
+    def validate(self) -> "RefinerChoice":
+        Text(MAX_NAME_CHARS).check(self.checkpoint, "refiner_checkpoint")
+        if not self.checkpoint.strip():
+            raise RequestError("refiner_checkpoint: name the refiner's checkpoint", "refiner_checkpoint")
+        Number(*REFINER_SWITCH_RANGE).check(self.switch_at, "refiner_switch_at")
+        return self
+
+    def replace(self, **changes: Any) -> "RefinerChoice":
+        return dataclasses.replace(self, **changes)
+
+
 @dataclass(frozen=True)
 class ScriptChoice:
     """The script that runs a job (its name or title, engine.extensions.script) and its options."""
@@ -195,6 +221,8 @@ class GenerationRequest:
     img2img: Img2ImgOptions | None = None
     # The script that runs this job, with its options (None: none).
     script: ScriptChoice | None = None
+    # The refiner that takes over part-way (None: none).
+    refiner: RefinerChoice | None = None
 
     def replace(self, **changes: Any) -> "GenerationRequest":
         return dataclasses.replace(self, **changes)
@@ -234,6 +262,10 @@ class GenerationRequest:
             raise RequestError("vae must be a VAE name", "vae")
         self._validate_img2img()
         self._validate_controlnet()
+        if self.refiner is not None:
+            if not isinstance(self.refiner, RefinerChoice):
+                raise RequestError("refiner must be a checkpoint and a switch point", "refiner_checkpoint")
+            self.refiner.validate()
         if self.script is not None:
             if not isinstance(self.script, ScriptChoice):
                 raise RequestError("script must be a script's name, with its options as an object", "script_name")

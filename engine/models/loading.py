@@ -38,8 +38,16 @@ INPAINTING_CHANNELS = 9
 
 @dataclass(frozen=True)
 class CheckpointLayout:
-    family: str        # "sd1" | "sd2" | "sdxl"
+    family: str        # "sd1" | "sd2" | "sdxl" (the SDXL refiner is of the SDXL family: its latent space)
     unet_in_channels: int
+    # An SDXL refiner: one OpenCLIP-G text encoder and aesthetic-score conditioning. It loads
+    # with its own config folder, and makes pictures as any model does (A1111 lets it).
+    refiner: bool = False
+
+    @property
+    def config_name(self) -> str:
+        """The folder under model_configs/ describing this layout."""
+        return "sdxl-refiner" if self.refiner else self.family
 
 
 @dataclass
@@ -95,11 +103,11 @@ def detect_layout(shapes: dict[str, tuple[int, ...]], name: str) -> CheckpointLa
             "(no UNet weights under model.diffusion_model). LoRA, VAE and embedding files go in "
             "their own folders (models/Lora, models/VAE, models/embeddings).", "checkpoint")
     in_channels = shapes[UNET_IN][1]
+    refiner = False
     if SDXL_TEXT_G in shapes:
         family = "sdxl"
     elif SDXL_REFINER_TEXT in shapes:
-        raise CheckpointError(f"'{name}' is an SDXL refiner; only SDXL base models are supported",
-                              "checkpoint")
+        family, refiner = "sdxl", True
     elif SD2_TEXT in shapes:
         family = "sd2"
     elif any(key in shapes for key in SD1_TEXT):
@@ -113,7 +121,7 @@ def detect_layout(shapes: dict[str, tuple[int, ...]], name: str) -> CheckpointLa
             f"'{name}' is a {FAMILY_LABELS[family]} model with a {in_channels}-channel UNet "
             "(an instruct-pix2pix style model?); only ordinary (4-channel) and inpainting "
             "(9-channel) models are supported.", "checkpoint")
-    return CheckpointLayout(family, in_channels)
+    return CheckpointLayout(family, in_channels, refiner)
 
 
 def sd2_prediction_from_sidecar(path: Path) -> str | None:
@@ -170,10 +178,13 @@ def load_single_file(info: CheckpointInfo, device: DeviceConfig, config_root: Pa
     layout = detect_layout(read_shapes(path, allow_unsafe), info.name)
     # Converting while loading would put a whole converted copy in RAM before the move.
     load_dtype = stored_dtype(path) or device.dtype
-    config_dir = config_root / layout.family
+    config_dir = config_root / layout.config_name
     if not config_dir.is_dir():
         raise CheckpointError(f"Missing config folder {config_dir} for {FAMILY_LABELS[layout.family]}")
-    pipeline_class = StableDiffusionXLPipeline if layout.family == "sdxl" else StableDiffusionPipeline
+    if layout.refiner:
+        from diffusers import StableDiffusionXLImg2ImgPipeline as pipeline_class
+    else:
+        pipeline_class = StableDiffusionXLPipeline if layout.family == "sdxl" else StableDiffusionPipeline
     if layout.family == "sdxl":
         # The invisible watermark (applied when its package happens to be installed) alters pixels.
         extra = {"add_watermarker": False}
@@ -232,6 +243,11 @@ def load_diffusers_folder(info: CheckpointInfo, device: DeviceConfig) -> LoadedP
     family = family_of_pipeline(pipe)
     pipe.to(device.device)
     return LoadedPipeline(pipe, family, None)
+
+
+def is_refiner_pipeline(pipe) -> bool:
+    """An SDXL refiner: a second text encoder and no first one."""
+    return getattr(pipe, "text_encoder", None) is None and getattr(pipe, "text_encoder_2", None) is not None
 
 
 def family_of_pipeline(pipe) -> str:

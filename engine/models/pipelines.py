@@ -19,7 +19,7 @@ import torch
 from engine.models.checkpoint_cache import CheckpointCache, file_signature, size_on_disk
 from engine.devices import DeviceConfig, free_memory, upcast_sampling
 from engine.errors import CheckpointError, NoModelError
-from engine.models.loading import CONFIG_ROOT, check_loadable, load_checkpoint
+from engine.models.loading import CONFIG_ROOT, check_loadable, is_refiner_pipeline, load_checkpoint
 from engine.memory.memory_modes import NONE, mode_for_model
 from engine.models.registry import CheckpointInfo, ModelRegistry
 from engine.memory.offload import CPU, Placement
@@ -127,6 +127,17 @@ class LoadedModel:
     @property
     def is_sdxl(self) -> bool:
         return self.family == "sdxl"
+
+    @property
+    def is_refiner(self) -> bool:
+        """An SDXL refiner (one OpenCLIP-G text encoder, aesthetic-score conditioning)."""
+        return is_refiner_pipeline(self.base)
+
+    @property
+    def latent_space(self) -> str:
+        """Models of one latent space can hand latents to each other (a refiner, A1111-style):
+        SD 1.x and 2.x share the SD VAE's, SDXL and its refiner SDXL's."""
+        return "sdxl" if self.is_sdxl else "sd"
 
     @property
     def is_inpainting(self) -> bool:

@@ -21,7 +21,9 @@ import shutil
 
 import torch
 
-FAMILIES = ("sd1", "sd2", "sdxl")
+# "sdxl-refiner" is the SDXL refiner's layout: one (OpenCLIP bigG) text encoder, and the five
+# micro-conditioning numbers of aesthetic-score conditioning.
+FAMILIES = ("sd1", "sd2", "sdxl", "sdxl-refiner")
 
 # The real CLIP BPE tokenizer has 49408 tokens.
 REAL_CLIP_VOCAB_SIZE = 49408
@@ -33,6 +35,7 @@ _PIPELINE_CLASS = {
     "sd1": "StableDiffusionPipeline",
     "sd2": "StableDiffusionPipeline",
     "sdxl": "StableDiffusionXLPipeline",
+    "sdxl-refiner": "StableDiffusionXLImg2ImgPipeline",
 }
 
 _SCHEDULER_CLASS = {
@@ -40,6 +43,7 @@ _SCHEDULER_CLASS = {
     "sd1": "PNDMScheduler",
     "sd2": "DDIMScheduler",
     "sdxl": "EulerDiscreteScheduler",
+    "sdxl-refiner": "EulerDiscreteScheduler",
 }
 
 # Component name -> (library, class name), per family.
@@ -58,6 +62,11 @@ COMPONENT_CLASSES = {
         "unet": ("diffusers", "UNet2DConditionModel"),
         "vae": ("diffusers", "AutoencoderKL"),
         "text_encoder": ("transformers", "CLIPTextModel"),
+        "text_encoder_2": ("transformers", "CLIPTextModelWithProjection"),
+    },
+    "sdxl-refiner": {
+        "unet": ("diffusers", "UNet2DConditionModel"),
+        "vae": ("diffusers", "AutoencoderKL"),
         "text_encoder_2": ("transformers", "CLIPTextModelWithProjection"),
     },
 }
@@ -145,7 +154,7 @@ def tiny_component_configs(family: str, vocab_size: int = REAL_CLIP_VOCAB_SIZE,
         "latent_channels": 4,
         "norm_num_groups": 4,
         "sample_size": TINY_IMAGE_SIZE,
-        "scaling_factor": 0.13025 if family == "sdxl" else 0.18215,
+        "scaling_factor": 0.13025 if family.startswith("sdxl") else 0.18215,
         "force_upcast": True,
     }
     configs = {"unet": unet, "vae": vae}
@@ -170,6 +179,22 @@ def tiny_component_configs(family: str, vocab_size: int = REAL_CLIP_VOCAB_SIZE,
             "use_linear_projection": True,
         })
         configs["text_encoder"] = _clip_text_config(vocab_size, _TE_HIDDEN, "gelu", _TE_HIDDEN, "CLIPTextModel")
+    elif family == "sdxl-refiner":
+        # The refiner: context = the second encoder's hidden states alone, "text_time" with
+        # five numbers (original size, crop, aesthetic score) besides the pooled embedding.
+        unet.update({
+            "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
+            "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
+            "cross_attention_dim": _TE2_HIDDEN,
+            "attention_head_dim": [2, 4],
+            "transformer_layers_per_block": 2,
+            "use_linear_projection": True,
+            "addition_embed_type": "text_time",
+            "addition_time_embed_dim": _SDXL_TIME_EMBED_DIM,
+            "projection_class_embeddings_input_dim": 5 * _SDXL_TIME_EMBED_DIM + _TE2_PROJECTION,
+        })
+        configs["text_encoder_2"] = _clip_text_config(
+            vocab_size_2, _TE2_HIDDEN, "gelu", _TE2_PROJECTION, "CLIPTextModelWithProjection")
     else:
         # SDXL: no attention in the first level, several transformer layers deeper down,
         # context = both encoders' hidden states concatenated, "text_time" added embedding
@@ -207,7 +232,7 @@ def tiny_scheduler_config(family: str, prediction_type: str = "epsilon") -> tupl
         "steps_offset": 1,
         "prediction_type": prediction_type,
     }
-    if family == "sdxl":
+    if family.startswith("sdxl"):
         common.update({
             "interpolation_type": "linear",
             "sample_max_value": 1.0,
@@ -284,10 +309,11 @@ def build_tiny_pipeline(family: str, tokenizer, tokenizer_2=None, seed: int = 0,
     _check_family(family)
     import diffusers
 
-    if family == "sdxl" and tokenizer_2 is None:
+    if family.startswith("sdxl") and tokenizer_2 is None:
         tokenizer_2 = tokenizer
     components = build_tiny_components(
-        family, len(tokenizer), len(tokenizer_2) if tokenizer_2 is not None else None, seed=seed,
+        family, len(tokenizer) if tokenizer is not None else len(tokenizer_2),
+        len(tokenizer_2) if tokenizer_2 is not None else None, seed=seed,
         unet_in_channels=unet_in_channels)
     if torch_dtype is not None and torch_dtype != torch.float32:
         for module in components.values():
@@ -295,7 +321,12 @@ def build_tiny_pipeline(family: str, tokenizer, tokenizer_2=None, seed: int = 0,
             # float32: []" on every dtype cast in 0.42, although these models have none.
             torch.nn.Module.to(module, dtype=torch_dtype)
     scheduler = build_scheduler(family, prediction_type)
-    if family == "sdxl":
+    if family == "sdxl-refiner":
+        pipe = diffusers.StableDiffusionXLImg2ImgPipeline(
+            vae=components["vae"], text_encoder=None, text_encoder_2=components["text_encoder_2"],
+            tokenizer=None, tokenizer_2=tokenizer_2, unet=components["unet"], scheduler=scheduler,
+            requires_aesthetics_score=True, force_zeros_for_empty_prompt=False)
+    elif family == "sdxl":
         pipe = diffusers.StableDiffusionXLPipeline(
             vae=components["vae"],
             text_encoder=components["text_encoder"],
@@ -329,15 +360,17 @@ def _model_index(family: str) -> dict:
         "feature_extractor": [None, None],
         "image_encoder": [None, None],
         "scheduler": ["diffusers", _SCHEDULER_CLASS[family]],
-        "text_encoder": list(te["text_encoder"]),
-        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "text_encoder": list(te.get("text_encoder", [None, None])),
+        "tokenizer": ["transformers", "CLIPTokenizer"] if "text_encoder" in te else [None, None],
         "unet": list(te["unet"]),
         "vae": list(te["vae"]),
     }
-    if family == "sdxl":
-        index["force_zeros_for_empty_prompt"] = True
+    if family.startswith("sdxl"):
+        index["force_zeros_for_empty_prompt"] = family == "sdxl"
         index["text_encoder_2"] = list(te["text_encoder_2"])
         index["tokenizer_2"] = ["transformers", "CLIPTokenizer"]
+        if family == "sdxl-refiner":
+            index["requires_aesthetics_score"] = True
     else:
         index["requires_safety_checker"] = False
         index["safety_checker"] = [None, None]
@@ -374,7 +407,7 @@ def write_config_folder(family: str, dest_dir, tokenizer_dir, tokenizer_2_dir=No
 
     dest_dir = os.fspath(dest_dir)
     tokenizer_dir = os.fspath(tokenizer_dir)
-    if family == "sdxl" and tokenizer_2_dir is None:
+    if family.startswith("sdxl") and tokenizer_2_dir is None:
         tokenizer_2_dir = tokenizer_dir
     vocab_size = len(CLIPTokenizer.from_pretrained(tokenizer_dir))
     vocab_size_2 = len(CLIPTokenizer.from_pretrained(os.fspath(tokenizer_2_dir))) if tokenizer_2_dir else None

@@ -347,6 +347,12 @@ def compatible(embedding: EmbeddingFile, widths: Mapping[str, int]) -> str | Non
     """
     dims = embedding.dims
     model = dict(widths)
+    if set(model) == {CLIP_G}:  # the SDXL refiner: the clip_g half of an SDXL embedding
+        if set(dims) != {CLIP_L, CLIP_G}:
+            return "made for a one-encoder model; the SDXL refiner takes the clip_g half of an SDXL embedding"
+        if dims[CLIP_G] != model[CLIP_G]:
+            return f"clip_g width {dims[CLIP_G]} does not match this model's {model[CLIP_G]}"
+        return None
     if len(model) == 1 and SINGLE not in model:
         model = {SINGLE: next(iter(model.values()))}
     model_is_sdxl = set(model) == {CLIP_L, CLIP_G}

@@ -39,6 +39,8 @@ def _signature(folders: list[Path]) -> tuple:
 
 def model_widths(model) -> dict[str, int]:
     pipe = model.base
+    if model.is_refiner:  # the SDXL refiner: an SDXL embedding's clip_g vectors
+        return {CLIP_G: pipe.text_encoder_2.config.hidden_size}
     if model.is_sdxl:
         return {CLIP_L: pipe.text_encoder.config.hidden_size,
                 CLIP_G: pipe.text_encoder_2.config.hidden_size}
@@ -96,9 +98,11 @@ class EmbeddingLibrary:
         with self._lock:
             index = self._index_cache.get(key)
             if index is None:
-                index = EmbeddingIndex(model.base.tokenizer, usable, lambda e: e.vector_count)
+                index = EmbeddingIndex(model.base.tokenizer or model.base.tokenizer_2, usable,
+                                       lambda e: e.vector_count)
                 self._index_cache = {key: index}
-        keys = (CLIP_L, CLIP_G) if model.is_sdxl else (SINGLE,)
+        # The SDXL refiner has only the second (bigG) encoder.
+        keys = (CLIP_G,) if model.is_refiner else (CLIP_L, CLIP_G) if model.is_sdxl else (SINGLE,)
 
         def vectors_for(embedding: EmbeddingFile, encoder_index: int):
             return embedding.vectors[keys[encoder_index]]

@@ -98,12 +98,15 @@ class PromptEncoder:
         self.family = family
         self.clip_skip = max(1, int(clip_skip))
         self.emphasis = emphasis if emphasis in EMPHASIS_MODES else "Original"
-        self.tokenizer = pipe.tokenizer
-        self.encoders = [pipe.text_encoder]
-        tokenizers = [pipe.tokenizer]
-        if family == "sdxl":
-            self.encoders.append(pipe.text_encoder_2)
-            tokenizers.append(pipe.tokenizer_2)
+        if getattr(pipe, "text_encoder", None) is None:
+            # The SDXL refiner: the second (OpenCLIP bigG) encoder alone.
+            self.encoders, tokenizers = [pipe.text_encoder_2], [pipe.tokenizer_2]
+        else:
+            self.encoders, tokenizers = [pipe.text_encoder], [pipe.tokenizer]
+            if family == "sdxl":
+                self.encoders.append(pipe.text_encoder_2)
+                tokenizers.append(pipe.tokenizer_2)
+        self.tokenizer = tokenizers[0]
         # Chunks are cut with the first tokenizer (all share one BPE); padding differs: SDXL's
         # second tokenizer (and SD 2.x's) pads with "!" (id 0) where CLIP-L repeats the end token.
         self.pad_ids = [t.pad_token_id if t.pad_token_id is not None else t.eos_token_id
@@ -222,8 +225,8 @@ class PromptEncoder:
             with self._inject_embeddings(encoder, index, chunks):
                 output = encoder(ids, output_hidden_states=True)
             outputs.append(self._select_layer(encoder, output))
-            if index == 1:
-                pooled = output.text_embeds[:1]
+            if self.family == "sdxl" and getattr(output, "text_embeds", None) is not None:
+                pooled = output.text_embeds[:1]  # OpenCLIP bigG's projection (base and refiner)
         hidden = torch.cat(outputs, dim=-1)  # (chunks, 77, dim)
         hidden = self._apply_weights(hidden, chunks)
         return Conditioning(hidden.reshape(1, -1, hidden.shape[-1]), pooled)

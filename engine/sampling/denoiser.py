@@ -47,7 +47,9 @@ class CFGDenoiser:
                  conditioning: Callable[[], Conditioning], *, mode: str = "k",
                  image_cond: torch.Tensor | None = None, time_ids: torch.Tensor | None = None,
                  s_min_uncond: float = 0.0, guidance_embedding: torch.Tensor | None = None,
-                 before_call: Callable[[], None] | None = None):
+                 before_call: Callable[[], None] | None = None,
+                 uncond_time_ids: torch.Tensor | None = None,
+                 before_unet: Callable[["CFGDenoiser", torch.Tensor], None] | None = None):
         if mode not in ("k", "eps", "lcm"):
             raise ValueError(f"unknown denoiser mode {mode!r}")
         self.unet = unet
@@ -58,11 +60,17 @@ class CFGDenoiser:
         self.mode = mode
         self.image_cond = image_cond
         self.time_ids = time_ids
+        # SDXL micro-conditioning of the negative half when it differs (the refiner's aesthetic
+        # score); None: the same as the positive half's.
+        self.uncond_time_ids = uncond_time_ids
         self.s_min_uncond = s_min_uncond
         # A guidance-distilled UNet (LCM's time_cond_proj_dim) takes the scale as an embedding and
         # has no negative half.
         self.guidance_embedding = guidance_embedding
         self.before_call = before_call
+        # Called with the noise level before each UNet call; may hand the rest of the sampling
+        # to another model with use_model() (the refiner, engine/runs/refiner.py).
+        self.before_unet = before_unet
         self.mask: torch.Tensor | None = None
         self.nmask: torch.Tensor | None = None
         self.init_latent: torch.Tensor | None = None
@@ -73,6 +81,17 @@ class CFGDenoiser:
         self.last_noise_uncond: torch.Tensor | None = None
         self.calls = 0
         self.skipped_uncond = 0
+
+    def use_model(self, unet, table: ModelSigmas, prediction_type: str,
+                  conditioning: Callable[[], Conditioning], *, time_ids: torch.Tensor | None,
+                  uncond_time_ids: torch.Tensor | None = None, image_cond: torch.Tensor | None = None,
+                  guidance_embedding: torch.Tensor | None = None) -> None:
+        """From the next UNet call on, another model (of the same latent space) denoises: the
+        sampler, its schedule and its state go on as they are."""
+        self.unet, self.table, self.prediction_type = unet, table, prediction_type
+        self.conditioning = conditioning
+        self.time_ids, self.uncond_time_ids = time_ids, uncond_time_ids
+        self.image_cond, self.guidance_embedding = image_cond, guidance_embedding
 
     @property
     def alphas_cumprod(self) -> torch.Tensor:
@@ -90,6 +109,8 @@ class CFGDenoiser:
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         if self.before_call is not None:
             self.before_call()  # progress, interrupt (raises Interrupted)
+        if self.before_unet is not None:
+            self.before_unet(self, sigma)
         if self.mask_before_denoising and self.mask is not None:
             x = self._blend(x)
         count = x.shape[0]
@@ -98,13 +119,17 @@ class CFGDenoiser:
         guided = self.guidance_embedding is None
         # A1111 leaves the negative half out of every other call below s_min_uncond ("NGMS").
         skip = bool(self.calls % 2 and self.s_min_uncond > 0 and float(sigma[0]) < self.s_min_uncond)
+        time_ids = None if self.time_ids is None else self.time_ids.expand(count, -1)
         if guided and not skip:
             x_in, sigma_in = torch.cat([x, x]), torch.cat([sigma, sigma])
             embeds = torch.cat([texts.uncond, texts.cond])
             pooled = None if texts.cond_pooled is None else torch.cat([texts.uncond_pooled, texts.cond_pooled])
+            if time_ids is not None:
+                negative = self.time_ids if self.uncond_time_ids is None else self.uncond_time_ids
+                time_ids = torch.cat([negative.expand(count, -1), time_ids])
         else:
             x_in, sigma_in, embeds, pooled = x, sigma, texts.cond, texts.cond_pooled
-        out = self._inner(x_in, sigma_in, embeds, pooled)
+        out = self._inner(x_in, sigma_in, embeds, pooled, time_ids)
         if not guided:
             denoised = out
         elif skip:
@@ -124,17 +149,17 @@ class CFGDenoiser:
         return denoised
 
     def _inner(self, x: torch.Tensor, sigma: torch.Tensor, embeds: torch.Tensor,
-               pooled: torch.Tensor | None) -> torch.Tensor:
+               pooled: torch.Tensor | None, time_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Per image of the doubled batch: denoised latents ("k", "lcm") or epsilon ("eps")."""
         if self.mode == "eps":
-            output = self._unet(x, sigma, embeds, pooled)
+            output = self._unet(x, sigma, embeds, pooled, time_ids)
             if self.prediction_type == "v_prediction":
                 alphas = self.table.alphas_cumprod.to(x.device)[sigma.to(torch.int)][:, None, None, None]
                 return alphas.sqrt() * output + (1 - alphas).sqrt() * x
             return output
         sigma_b = sigma[:, None, None, None]
         c_in = 1 / (sigma_b ** 2 + 1.0 ** 2) ** 0.5
-        output = self._unet(x * c_in, self.table.sigma_to_t(sigma), embeds, pooled)
+        output = self._unet(x * c_in, self.table.sigma_to_t(sigma), embeds, pooled, time_ids)
         if self.prediction_type == "v_prediction":
             c_skip = 1.0 ** 2 / (sigma_b ** 2 + 1.0 ** 2)
             c_out = -sigma_b * 1.0 / (sigma_b ** 2 + 1.0 ** 2) ** 0.5
@@ -155,7 +180,7 @@ class CFGDenoiser:
         return c_out * output + c_skip * x
 
     def _unet(self, x: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor,
-              pooled: torch.Tensor | None) -> torch.Tensor:
+              pooled: torch.Tensor | None, time_ids: torch.Tensor | None = None) -> torch.Tensor:
         dtype = self.unet.dtype
         if self.image_cond is not None:
             image_cond = self.image_cond.to(x.device, x.dtype)
@@ -163,9 +188,9 @@ class CFGDenoiser:
             x = torch.cat([x, image_cond.repeat(repeats, 1, 1, 1)], dim=1)
         kwargs = {}
         if pooled is not None:
-            kwargs["added_cond_kwargs"] = {
-                "text_embeds": pooled.to(dtype),
-                "time_ids": self.time_ids.to(x.device, dtype).expand(x.shape[0], -1)}
+            if time_ids is None:
+                time_ids = self.time_ids.expand(x.shape[0], -1)
+            kwargs["added_cond_kwargs"] = {"text_embeds": pooled.to(dtype), "time_ids": time_ids.to(x.device, dtype)}
         if self.guidance_embedding is not None:
             kwargs["timestep_cond"] = self.guidance_embedding.to(x.device, dtype).expand(x.shape[0], -1)
         output = self.unet(x.to(dtype), t.to(x.device), encoder_hidden_states=embeds.to(dtype),

@@ -60,9 +60,18 @@ OPTIONS: tuple[Option, ...] = SAVING_OPTIONS + (
            minimum=0, maximum=10),
     # Which VAE: "Automatic", "None" or a file in models/VAE (checked against the files on disk).
     Option("sd_vae", "Automatic", "SD VAE", "Stable Diffusion"),
-    # The SDXL refiner arrives with the model-family work; the key is kept (and reported as not
-    # used) so client programs that send it work unchanged.
-    Option("sd_model_refiner", "None", "Refiner checkpoint (not used yet in this version)", "Stable Diffusion"),
+    # SD.Next's key, which client programs send: the refiner a request gets when it names none
+    # (the API's refiner_checkpoint left out; the Refiner accordion's checkpoint at start).
+    Option("sd_model_refiner", "None", "Refiner checkpoint used when a request names none (None: no refiner)",
+           "Stable Diffusion"),
+    Option("hires_fix_refiner_pass", "second pass", "Hires fix: which pass to enable refiner for",
+           "Stable Diffusion", choices=("first pass", "second pass", "both passes")),
+    Option("refiner_switch_by_sample_steps", False, "Switch to refiner by sampling steps instead of "
+           "by timesteps (old behaviour)", "Stable Diffusion"),
+    Option("sdxl_refiner_low_aesthetic_score", 2.5, "SDXL refiner: aesthetic score of the negative prompt",
+           "Stable Diffusion", minimum=0.0, maximum=10.0),
+    Option("sdxl_refiner_high_aesthetic_score", 6.0, "SDXL refiner: aesthetic score of the prompt",
+           "Stable Diffusion", minimum=0.0, maximum=10.0),
     Option("CLIP_stop_at_last_layers", 1, "Clip skip", "Stable Diffusion", minimum=1, maximum=12),
     Option("emphasis", "Original", "Emphasis mode", "Stable Diffusion",
            choices=EMPHASIS_MODES),

@@ -30,6 +30,8 @@ SD1_CLIP_PREFIX = "cond_stage_model.transformer.text_model."
 SD2_OPENCLIP_PREFIX = "cond_stage_model.model."
 SDXL_CLIP_PREFIX = "conditioner.embedders.0.transformer.text_model."
 SDXL_OPENCLIP_PREFIX = "conditioner.embedders.1.model."
+# The SDXL refiner has one text encoder, OpenCLIP bigG, as embedder 0.
+SDXL_REFINER_OPENCLIP_PREFIX = "conditioner.embedders.0.model."
 
 # OpenCLIP's trained logit scale is clamped at log(100); the real files carry it.
 _OPENCLIP_LOGIT_SCALE = math.log(100.0)
@@ -321,7 +323,7 @@ def open_clip_to_ldm(text_encoder, extra_final_layer: bool = False, seed: int = 
 
 def ldm_state_dict(pipe, family: str) -> dict[str, torch.Tensor]:
     """The whole checkpoint (UNet, VAE, text encoders) under original LDM key names."""
-    if family not in ("sd1", "sd2", "sdxl"):
+    if family not in ("sd1", "sd2", "sdxl", "sdxl-refiner"):
         raise ValueError(f"unknown family {family!r}")
     out = {}
 
@@ -338,6 +340,8 @@ def ldm_state_dict(pipe, family: str) -> dict[str, torch.Tensor]:
         add(SD1_CLIP_PREFIX, hf_clip_to_ldm(pipe.text_encoder))
     elif family == "sd2":
         add(SD2_OPENCLIP_PREFIX, open_clip_to_ldm(pipe.text_encoder, extra_final_layer=True))
+    elif family == "sdxl-refiner":
+        add(SDXL_REFINER_OPENCLIP_PREFIX, open_clip_to_ldm(pipe.text_encoder_2))
     else:
         add(SDXL_CLIP_PREFIX, hf_clip_to_ldm(pipe.text_encoder))
         add(SDXL_OPENCLIP_PREFIX, open_clip_to_ldm(pipe.text_encoder_2))
