@@ -10,8 +10,8 @@ from tests.support.preview_files import published_taesd_decoder_state, tiny_taes
 from tests.support.server import InProcessServer
 from tests.test_browser import prepare_small_job, set_number, wait_for_infotext
 from tests.test_browser_settings import apply_and_read, open_settings
-from tests.test_users import PreviewGate
-from engine.jobs import Job
+# Holds a job at each live preview until the test lets it go (test_users.py's, for any job here).
+from tests.test_users import gate  # noqa: F401
 
 
 @pytest.fixture(scope="module")
@@ -22,22 +22,8 @@ def server(tmp_path_factory):
         yield app
 
 
-@pytest.fixture
-def gate(monkeypatch):
-    """Every job is held at each live preview until the test lets it go."""
-    gate = PreviewGate(None)
-    original = Job.set_preview
-
-    def set_preview(job, image):
-        original(job, image)
-        gate.at_preview(job)
-
-    monkeypatch.setattr(Job, "set_preview", set_preview)
-    yield gate
-    gate.open()
-
-
-def test_choose_taesd_in_settings_and_the_next_job_previews_with_it(page, server, gate):
+def test_choose_taesd_in_settings_and_the_next_job_previews_with_it(page, server, gate):  # noqa: F811
+    gate.job_id = None  # every job
     open_settings(page, server.url)
     page.locator("#setting_show_progress_type input").click()
     page.get_by_role("option", name="TAESD", exact=True).click()
