@@ -25,7 +25,7 @@ from engine.models.model_catalogue import PREVIEW_DECODERS, ModelCatalogue
 from engine.models.preview_models import PreviewModels
 from engine.request import GenerationRequest
 from engine.runs import generation
-from engine.runs.preview import Previewer
+from engine.runs.preview import PendingPreview, Previewer
 from engine.settings.store import Settings
 from tests.support.fake_host import FileHost
 from tests.support.preview_files import (
@@ -126,6 +126,19 @@ def test_a_broken_file_leaves_cheap_previews_with_the_reason(tmp_path):
     write(tmp_path / "models" / "VAE-approx" / "model.pt", {"conv1.weight": torch.zeros(1)})
     decoder, note = library(tmp_path).decoder("Approx NN", "sd1", CPU, torch.float32)
     assert decoder is None and "model.pt is not an Approx NN" in note and "Approx cheap previews instead" in note
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_a_taesd_preview_is_queued_and_gives_the_cpu_numbers(tmp_path, taesd):
+    write(tmp_path / "models" / "VAE-approx" / "taesd_decoder.pth", published_taesd_decoder_state(taesd))
+    previews = library(tmp_path)
+    latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(6))
+    on_cpu, _ = previews.decoder("TAESD", "sd1", CPU, torch.float32)
+    on_cuda, _ = previews.decoder("TAESD", "sd1", torch.device("cuda"), torch.float16)
+    pending = Previewer("TAESD", None, "sd1", on_cuda)(latents.cuda())
+    assert isinstance(pending, PendingPreview)  # the sampling loop does not wait for the copy
+    expected = np.asarray(Previewer("TAESD", None, "sd1", on_cpu)(latents), dtype=np.int16)
+    assert np.abs(np.asarray(pending(), dtype=np.int16) - expected).max() <= 2
 
 
 # In a job.

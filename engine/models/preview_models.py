@@ -73,7 +73,7 @@ class PreviewModels:
         self.downloads = downloads
         self.folder_of = folder_of
         self._lock = threading.Lock()
-        self._loaded: dict[tuple[str, str, torch.dtype], PreviewDecoder] = {}
+        self._loaded: dict[tuple[str, int, str, torch.dtype], PreviewDecoder] = {}
         self._fetching: dict[str, threading.Thread] = {}
         self._failed: dict[str, str] = {}  # catalogue name -> why its last download failed
 
@@ -100,7 +100,7 @@ class PreviewModels:
         path = self.find(method, entry)
         if path is None:
             return None, self._missing(method, entry)
-        key = (str(path), str(device), dtype)
+        key = (str(path), path.stat().st_mtime_ns, str(device), dtype)  # a replaced file is read again
         with self._lock:
             found = self._loaded.get(key)
         if found is not None:

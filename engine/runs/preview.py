@@ -93,9 +93,7 @@ class Previewer:
     def __call__(self, latents: torch.Tensor):
         """The preview of the first latent in the batch: an image, or on a GPU (except for
         Full) a PendingPreview that Job.preview turns into the image."""
-        if self.method == FULL:
-            return preview_image(FULL, self.pipe, latents, self.family)
-        if self.decoder is None:
+        if self.decoder is None:  # Full, Approx cheap, or a decoder that is not there
             return preview_image(self.method, self.pipe, latents, self.family)
         pixels = decoded_pixels(self.decoder, latents[:1])[0]
         if pixels.device.type == "cuda":
