@@ -18,13 +18,11 @@ Where the sha256 values come from (each cross-checked in at least two independen
 
 The live preview decoders (PREVIEW_DECODERS, the files the web UI's "TAESD" and "Approx NN"
 previews fetch on first use):
-  vaeapprox-sdxl.pt: the web UI's v1.0.0-pre release asset; its sha256 is pinned by a public
-    download manifest of that release's files and matches the file as two public repositories
-    carry it (git blob 085337fc, 213 777 bytes).
-  model.pt: the file the web UI itself keeps in its repository (models/VAE-approx/model.pt,
-    git blob 321e2a36, 182 204 bytes), fetched from the commit that added it; the sha256 is of
-    that blob, identical in two public repositories that carry the web UI's history. (Its
-    release asset of the same name is a different 213 777-byte file.)
+  model.pt, vaeapprox-sdxl.pt: the web UI's v1.0.0-pre release assets (where it fetches them
+    itself); the sha256 of each is pinned by a public download manifest of that release's files
+    and matches the file as the web UI's own history carries it (model.pt: git blob 8bda9d6e,
+    added by the commit "added cheap NN approximation for VAE"; vaeapprox-sdxl.pt: git blob
+    085337fc, in two public repositories), 213 777 bytes each.
   taesd_decoder.pth, taesdxl_decoder.pth: madebyollin/taesd at the commit of TAESD 1.3 (the last
     change to both files). No sha256 of them is published anywhere we could find; the check is
     the publisher's own git blob id for each file (SHA-1 over "blob <size>\0" and the bytes,
@@ -136,7 +134,7 @@ SD15_NAME = STANDARD[-1].name
 # The live preview decoders, found in (and downloaded into) models/VAE-approx. The web UI keeps
 # the TAESD ones in models/VAE-taesd; engine/models/preview_models.py looks there too.
 _TAESD_AT = "madebyollin/taesd/raw/7f572ca629c9b0d3c9f71140e5f501e09f9ea280"
-_WEBUI = "AUTOMATIC1111/stable-diffusion-webui"
+_WEBUI_RELEASE = "AUTOMATIC1111/stable-diffusion-webui/releases/download/v1.0.0-pre"
 PREVIEW_DECODERS: tuple[CatalogueEntry, ...] = (
     CatalogueEntry("TAESD decoder (SD 1.x, 2.x)", PREVIEW, "VAE-approx", "taesd_decoder.pth",
                    f"{_TAESD_AT}/taesd_decoder.pth", "", None, size_hint="about 5 MB",
@@ -145,10 +143,10 @@ PREVIEW_DECODERS: tuple[CatalogueEntry, ...] = (
                    f"{_TAESD_AT}/taesdxl_decoder.pth", "", None, size_hint="about 5 MB",
                    git_blob_sha1="477bc7e9604f418029508e72ac8719bb9d048291"),
     CatalogueEntry("Approx NN (SD 1.x, 2.x)", PREVIEW, "VAE-approx", "model.pt",
-                   f"{_WEBUI}/raw/56e557c6ff8a6480887c9c585bf908045ee8e791/models/VAE-approx/model.pt",
-                   "54851f20eab320bfaba5fe9719001e2dd604f324c74d42bb84b0729b97057e42", 182_204),
+                   f"{_WEBUI_RELEASE}/model.pt",
+                   "4f88c9078bb2238cdd0d8864671dd33e3f42e091e41f08903f3c15e4a54a9b39", 213_777),
     CatalogueEntry("Approx NN (SDXL)", PREVIEW, "VAE-approx", "vaeapprox-sdxl.pt",
-                   f"{_WEBUI}/releases/download/v1.0.0-pre/vaeapprox-sdxl.pt",
+                   f"{_WEBUI_RELEASE}/vaeapprox-sdxl.pt",
                    "6c8db511f910184436a613807ce06a729f4cf96bbf7977c7c6c40d5b3e4a8333", 213_777),
 )
 
@@ -156,7 +154,8 @@ PREVIEW_DECODERS: tuple[CatalogueEntry, ...] = (
 class ModelCatalogue:
     """The entries, and the hosts their files are fetched from."""
 
-    def __init__(self, entries: Iterable[CatalogueEntry] = STANDARD + PREVIEW_DECODERS, endpoints: Mapping[str, str | None] | None = None):
+    def __init__(self, entries: Iterable[CatalogueEntry] = STANDARD + PREVIEW_DECODERS,
+                 endpoints: Mapping[str, str | None] | None = None):
         self._entries = {entry.name: entry for entry in entries}
         self.endpoints = {**ENDPOINTS, **{k: v for k, v in (endpoints or {}).items() if v}}
 
