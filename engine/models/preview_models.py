@@ -107,7 +107,7 @@ class PreviewModels:
             return found, None
         try:
             network = _BUILD[method](read_state_dict(path), path.name)
-        except UserError as error:
+        except (UserError, RuntimeError, ValueError) as error:  # a preview never fails the job
             return None, f"{method} previews: {error}; {APPROX_CHEAP} previews instead."
         decoder = PreviewDecoder(method, network.to(device, dtype))
         with self._lock:
