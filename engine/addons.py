@@ -17,6 +17,7 @@ from engine.controlnet.models import ControlNetLibrary
 from engine.memory.memory_guard import FaultPlan
 from engine.devices import DeviceConfig
 from engine.models.downloads import CatalogueDownloads
+from engine.models.preview_models import PreviewModels
 from engine.networks.embeddings import EmbeddingLibrary
 from engine.extensions.registry import ExtensionRegistry
 from engine.postprocess.face_models import FaceModelLibrary
@@ -42,6 +43,7 @@ class AddOns:
     faces: FaceModelLibrary
     controlnets: ControlNetLibrary
     downloads: CatalogueDownloads  # the standard upscaler and face restoration files, on request
+    previews: PreviewModels  # the TAESD and Approx NN live preview decoders, fetched on first use
     # Tests only: memory faults the jobs' stages fire (memory_guard.stage); None: none.
     faults: FaultPlan | None = None
 
@@ -72,6 +74,7 @@ class AddOns:
             folder.mkdir(parents=True, exist_ok=True)
         device = device or DeviceConfig(torch.device("cpu"), torch.float32)
         catalogue = catalogue or ModelCatalogue.from_environment()
+        downloads = CatalogueDownloads(catalogue, folders.models, folder_of=folders.catalogue_folder)
         extension_sources = [(BUILTIN_EXTENSIONS, True), (folders.data / "extensions", False)] + \
             [(Path(folder), False) for folder in extension_folders]
         if extensions != "all":
@@ -86,7 +89,8 @@ class AddOns:
                                       ldsr_folder=folders.ldsr),
             faces=FaceModelLibrary(folders.models, catalogue,
                                    {"GFPGAN": folders.gfpgan, "CodeFormer": folders.codeformer}),
-            downloads=CatalogueDownloads(catalogue, folders.models, folder_of=folders.catalogue_folder),
+            downloads=downloads,
+            previews=PreviewModels(downloads, folders.catalogue_folder),
             # Loaded where generation runs (the GPU lane's device) when first used.
             controlnets=ControlNetLibrary(folders.controlnet, device, allow_unsafe=allow_unsafe),
             extensions=ExtensionRegistry(extension_sources, set(disabled_extensions)),

@@ -12,16 +12,18 @@ from PIL import Image
 
 from engine.sampling import samplers
 from engine.memory.memory_modes import MemoryModes
+from engine.models.preview_models import APPROX_CHEAP, APPROX_NN, TAESD
 from engine.models.registry import CheckpointInfo
 from engine.models.pipelines import LoadedModel
 from engine.request import GenerationRequest
 from engine.version import VERSION
 
 
-# How live previews are made (the show_progress_type setting): a cheap linear approximation of
-# the latents' colours, or the VAE's full decode. engine/runs/preview.py makes them.
-APPROX_CHEAP, FULL = "Approx cheap", "Full"
-PREVIEW_METHODS = (APPROX_CHEAP, FULL)
+# How live previews are made (the show_progress_type setting, with the web UI's values in its
+# order): the VAE's full decode, a small convolutional approximation, a cheap linear one of the
+# latents' colours, or a tiny autoencoder. engine/runs/preview.py makes them.
+FULL = "Full"
+PREVIEW_METHODS = (FULL, APPROX_NN, APPROX_CHEAP, TAESD)
 
 
 @dataclass(frozen=True)

@@ -33,10 +33,23 @@ class DownloadOffer:
     filename: str
     sha256: str
     size_label: str
+    git_blob_sha1: str = ""  # checked instead where no sha256 is published (sha256 "")
+
+    def matches(self, path: Path, sha256: str) -> bool:
+        """Whether the file at `path` (whose sha256 is given) is the published one."""
+        if self.sha256 or not self.git_blob_sha1:
+            return sha256 == self.sha256
+        # Git's blob id: SHA-1 over a header with the size, then the bytes.
+        digest = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(CHUNK), b""):
+                digest.update(block)
+        return digest.hexdigest() == self.git_blob_sha1
 
 
 def offer_of(entry: CatalogueEntry, catalogue: ModelCatalogue) -> DownloadOffer:
-    return DownloadOffer(entry.name, catalogue.url(entry), entry.filename, entry.sha256, entry.size_label)
+    return DownloadOffer(entry.name, catalogue.url(entry), entry.filename, entry.sha256, entry.size_label,
+                         entry.git_blob_sha1)
 
 
 def sd15_offer(endpoint: str | None = None) -> DownloadOffer:
@@ -135,10 +148,11 @@ class ModelDownloader:
         return self._finish(part, digest)
 
     def _finish(self, part: Path, digest) -> Path:
-        if digest.hexdigest() != self.offer.sha256:
+        if not self.offer.matches(part, digest.hexdigest()):
             part.unlink(missing_ok=True)
+            checksum = "sha256" if self.offer.sha256 else "git blob id"
             raise DownloadError(
-                f"The downloaded file's sha256 does not match the published one for "
+                f"The downloaded file's {checksum} does not match the published one for "
                 f"{self.offer.filename}; it was deleted. Try again.")
         os.replace(part, self.target)
         log.info("downloaded %s", self.target)

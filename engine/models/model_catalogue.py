@@ -15,6 +15,18 @@ Where the sha256 values come from (each cross-checked in at least two independen
     codeformer.pth: download manifests of several public projects pinning these release files
     (one of them a resource checker for this very set of web UI files);
   v1-5-pruned-emaonly.safetensors: the Hugging Face repository's LFS pointer.
+
+The live preview decoders (PREVIEW_DECODERS, the files the web UI's "TAESD" and "Approx NN"
+previews fetch on first use):
+  model.pt, vaeapprox-sdxl.pt: the web UI's v1.0.0-pre release assets (where it fetches them
+    itself); the sha256 of each is pinned by a public download manifest of that release's files
+    and matches the file as the web UI's own history carries it (model.pt: git blob 8bda9d6e,
+    added by the commit "added cheap NN approximation for VAE"; vaeapprox-sdxl.pt: git blob
+    085337fc, in two public repositories), 213 777 bytes each.
+  taesd_decoder.pth, taesdxl_decoder.pth: madebyollin/taesd at the commit of TAESD 1.3 (the last
+    change to both files). No sha256 of them is published anywhere we could find; the check is
+    the publisher's own git blob id for each file (SHA-1 over "blob <size>\0" and the bytes,
+    from the repository's tree at that commit), which pins the content just as well.
 """
 
 from __future__ import annotations
@@ -28,23 +40,24 @@ from engine.errors import UserError
 ENDPOINTS = {"github": "https://github.com", "huggingface": "https://huggingface.co"}
 ENDPOINT_ENV = {"github": "SD_STUDIO_GITHUB_ENDPOINT", "huggingface": "HF_ENDPOINT"}
 
-UPSCALER, FACE, CHECKPOINT = "upscaler", "face", "checkpoint"
+UPSCALER, FACE, CHECKPOINT, PREVIEW = "upscaler", "face", "checkpoint", "preview"
 
 
 @dataclass(frozen=True)
 class CatalogueEntry:
     name: str           # what users pick, as the ecosystem names it
-    kind: str           # UPSCALER, FACE or CHECKPOINT
+    kind: str           # UPSCALER, FACE, CHECKPOINT or PREVIEW
     folder: str         # under models/
     filename: str       # what a download is saved as (the ecosystem's own file name)
     path: str           # where it is published, after the host
-    sha256: str
+    sha256: str         # "" where only git_blob_sha1 is published
     size: int | None    # bytes, as published (None: not published; see size_hint)
     host: str = "github"
     scale: int = 4      # as the ecosystem's /upscalers lists it
     aliases: tuple[str, ...] = ()   # other names the same file goes by on disk (also used)
     family: str | None = None       # the ecosystem's model_name for this kind of upscaler
     size_hint: str = ""             # what to say when the exact size is not published
+    git_blob_sha1: str = ""         # the publisher's git blob id, for files with no published sha256
 
     @property
     def file_names(self) -> tuple[str, ...]:
@@ -53,6 +66,10 @@ class CatalogueEntry:
     @property
     def where(self) -> str:
         return f"models/{self.folder}/{self.filename}"
+
+    @property
+    def checksum_label(self) -> str:
+        return f"sha256 {self.sha256}" if self.sha256 else f"git blob {self.git_blob_sha1}"
 
     @property
     def size_label(self) -> str:
@@ -114,11 +131,31 @@ STANDARD: tuple[CatalogueEntry, ...] = (
 )
 SD15_NAME = STANDARD[-1].name
 
+# The live preview decoders, found in (and downloaded into) models/VAE-approx. The web UI keeps
+# the TAESD ones in models/VAE-taesd; engine/models/preview_models.py looks there too.
+_TAESD_AT = "madebyollin/taesd/raw/7f572ca629c9b0d3c9f71140e5f501e09f9ea280"
+_WEBUI_RELEASE = "AUTOMATIC1111/stable-diffusion-webui/releases/download/v1.0.0-pre"
+PREVIEW_DECODERS: tuple[CatalogueEntry, ...] = (
+    CatalogueEntry("TAESD decoder (SD 1.x, 2.x)", PREVIEW, "VAE-approx", "taesd_decoder.pth",
+                   f"{_TAESD_AT}/taesd_decoder.pth", "", None, size_hint="about 5 MB",
+                   git_blob_sha1="5915a429fc08eba4adf62bf74f96705b8b0d5c1f"),
+    CatalogueEntry("TAESD decoder (SDXL)", PREVIEW, "VAE-approx", "taesdxl_decoder.pth",
+                   f"{_TAESD_AT}/taesdxl_decoder.pth", "", None, size_hint="about 5 MB",
+                   git_blob_sha1="477bc7e9604f418029508e72ac8719bb9d048291"),
+    CatalogueEntry("Approx NN (SD 1.x, 2.x)", PREVIEW, "VAE-approx", "model.pt",
+                   f"{_WEBUI_RELEASE}/model.pt",
+                   "4f88c9078bb2238cdd0d8864671dd33e3f42e091e41f08903f3c15e4a54a9b39", 213_777),
+    CatalogueEntry("Approx NN (SDXL)", PREVIEW, "VAE-approx", "vaeapprox-sdxl.pt",
+                   f"{_WEBUI_RELEASE}/vaeapprox-sdxl.pt",
+                   "6c8db511f910184436a613807ce06a729f4cf96bbf7977c7c6c40d5b3e4a8333", 213_777),
+)
+
 
 class ModelCatalogue:
     """The entries, and the hosts their files are fetched from."""
 
-    def __init__(self, entries: Iterable[CatalogueEntry] = STANDARD, endpoints: Mapping[str, str | None] | None = None):
+    def __init__(self, entries: Iterable[CatalogueEntry] = STANDARD + PREVIEW_DECODERS,
+                 endpoints: Mapping[str, str | None] | None = None):
         self._entries = {entry.name: entry for entry in entries}
         self.endpoints = {**ENDPOINTS, **{k: v for k, v in (endpoints or {}).items() if v}}
 
@@ -152,7 +189,7 @@ class ModelNotDownloaded(UserError):
     def __init__(self, entries: Iterable[CatalogueEntry], catalogue: ModelCatalogue, field: str | None = None):
         self.entries = tuple(entries)
         parts = [f"'{e.name}' needs {e.filename} ({e.size_label}) in models/{e.folder}, which is not there yet "
-                 f"(it is published at {catalogue.url(e)}, sha256 {e.sha256})" for e in self.entries]
+                 f"(it is published at {catalogue.url(e)}, {e.checksum_label})" for e in self.entries]
         super().__init__("; ".join(parts) + ". Download it with the Download button, put the file there "
                          "yourself, or turn on the setting auto_download_models to let API requests "
                          "download it.", field)

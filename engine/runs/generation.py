@@ -36,7 +36,7 @@ from engine.networks.lora import AppliedLoras, applied_loras
 from engine.memory.memory_modes import applied as memory_modes_applied
 from engine.output.writer import OutputWriter, make_grid
 from engine.models.pipelines import LoadedModel
-from engine.runs.preview import preview_image
+from engine.runs.preview import Previewer
 from engine.postprocess.faces import FACE_DETAILER, detail_faces, restore_with_model
 from engine.prompts.prompt_parser import extract_extra_networks
 from engine.request import LATENT_UPSCALE_MODES, GenerationRequest
@@ -150,6 +150,7 @@ class GenerationRun:
         self._control_pass: GenerationRun | None = self  # whose steps the ControlNet windows follow
         self.negative_skips = 0  # UNet calls that left out the negative prompt (s_min_uncond)
         self._writing: tuple[OutputWriter, GenerationResult] | None = None  # for save_before
+        self._previewer: Previewer | None = None  # set by run(): how live previews are made
 
     @property
     def sampling_steps(self) -> int:
@@ -192,6 +193,9 @@ class GenerationRun:
             if styles_note:
                 result.warnings.append(styles_note)
             result.warnings += self._sampler_notes()[1]
+            self._previewer, preview_note = self._make_previewer()
+            if preview_note:
+                result.warnings.append(preview_note)
             for batch in range(request.n_iter):
                 if job.interrupted:
                     break
@@ -448,17 +452,24 @@ class GenerationRun:
     def _negative_skipped(self) -> None:
         self.negative_skips += 1
 
+    def _make_previewer(self) -> tuple[Previewer | None, str | None]:
+        """How this run's previews are made (None: no previews), and why not as the setting
+        says when its decoder is missing."""
+        if not self.policy.preview_every:
+            return None, None
+        return Previewer.for_run(self.policy.preview_method, self.pipe, self.model.family, self.addons.previews,
+                                 self.model.device, self.pipe.unet.dtype)
+
     def _callback(self, batch: int, denoiser: CFGDenoiser):
-        job, every, family = self.job, self.policy.preview_every, self.model.family
-        preview_method, pipe = self.policy.preview_method, self.pipe
+        job, every, previewer = self.job, self.policy.preview_every, self._previewer
         state = self._conditioning_state
 
         def on_step(index: int, denoised: torch.Tensor) -> None:
             self._control_step = index + 1
             state["step"] = index + 2  # prompt editing: the step that samples next (1-based)
             job.advance()
-            if every and (index + 1) % every == 0:
-                job.set_preview(preview_image(preview_method, pipe, denoised, family))
+            if previewer is not None and (index + 1) % every == 0:
+                job.set_preview(previewer(denoised))
 
         return on_step
 

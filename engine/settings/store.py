@@ -101,8 +101,13 @@ OPTIONS: tuple[Option, ...] = SAVING_OPTIONS + (
     Option("live_previews_enable", True, "Show live previews of the image being made", "Live previews"),
     Option("show_progress_every_n_steps", 5, "Live preview every N sampling steps", "Live previews",
            minimum=1, maximum=100),
+    # Approx cheap by default: it needs no file. TAESD and Approx NN fetch theirs on first use
+    # (engine/models/preview_models.py), as the ecosystem's web UI does.
     Option("show_progress_type", "Approx cheap",
-           "Live preview method (Full: decode with the VAE, exact but slower)", "Live previews",
+           "Live preview method (Full: decode with the VAE, exact but slower; TAESD: a tiny decoder, full "
+           "size and close to the VAE's colours; Approx NN: a small network, a quarter size; Approx cheap: "
+           "a fixed colour map, an eighth. TAESD and Approx NN download their small file (5 MB, 0.2 MB) "
+           "into models/VAE-approx on first use, checked against the published checksum)", "Live previews",
            choices=PREVIEW_METHODS),
     Option("sd_vae_tiling", False, "VAE tiling: decode and encode large images in tiles (less memory)",
            "Memory and speed"),
