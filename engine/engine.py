@@ -23,6 +23,7 @@ from engine.postprocess.extras import UPSCALERS, ExtrasRequest, ExtrasResult, up
 from engine.postprocess.faces import RESTORERS, check_restorer, detail_faces, restore_with_model
 from engine.runs.fast_path import FastPath, JobTraits
 from engine.runs.generation import GenerationRun, ImageContext
+from engine.runs.refiner import complete_refiner
 from engine.job_results import GenerationResult, OutputPolicy, RunOptions
 from engine.jobs import Job, JobQueue
 from engine.memory.memory_modes import NONE, MemoryModes, mode_for_model
@@ -180,6 +181,7 @@ class Engine:
                 self.addons.upscalers.require(chosen, "upscaler_for_img2img")
             self._check_upload_sizes(request)
             request = self._check_mask(request, settings["img2img_empty_mask_as_img2img"])
+        request = complete_refiner(request, self.models.registry, self.models.current, self.models.allow_unsafe)
         hires_checkpoint = request.extensions.get("hires_fix", {}).get("checkpoint")
         if hires_checkpoint and hires_checkpoint != "Use same checkpoint":
             self.models.registry.find(hires_checkpoint)  # an unknown name fails now, not mid-job

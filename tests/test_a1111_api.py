@@ -57,7 +57,9 @@ def test_post_options_names_what_it_ignores(api):
     ({"s_noise": 0.8}, lambda params, info: "Sigma noise" not in params),  # Euler a does not take it
     ({"always_discard_next_to_last_sigma": True},
      lambda params, info: params["Discard penultimate sigma"] == "True"),
-    ({"sd_model_refiner": "tiny-folder"}, lambda params, info: info["ignored_settings"] == ["sd_model_refiner"]),
+    ({"sd_model_refiner": "tiny-folder"},  # the refiner of a request that names none (SD.Next's key)
+     lambda params, info: params["Refiner"].startswith("tiny-folder") and params["Refiner switch at"] == "0.8"
+     and not info.get("ignored_settings")),
     ({"CLIP_stop_at_last_layers": 2, "grid_extended_filename": True},
      lambda params, info: params["Clip skip"] == "2" and info["ignored_settings"] == ["grid_extended_filename"]),
 ])

@@ -168,7 +168,8 @@ def test_progress_and_interrupt(api):
     ({"sampler_name": "Nope"}, 400, "sampler_name", "Sampler not found"),
     ({"scheduler": "Wobbly"}, 422, "scheduler", "Unknown schedule type"),
     ({"prompt": "x" * 20001}, 422, "prompt", "too long"),
-    ({"refiner_checkpoint": "sdxl-refiner"}, 422, "refiner_checkpoint", "not available"),
+    ({"refiner_checkpoint": "sdxl-refiner"}, 422, "refiner_checkpoint", "Checkpoint not found: 'sdxl-refiner'"),
+    ({"refiner_checkpoint": "tiny-folder", "refiner_switch_at": 0}, 422, "refiner_switch_at", "between 0.01 and 1"),
     ({"enable_hr": True, "hr_scale": 9}, 422, "extensions", "between 1 and 4"),
     ({"override_settings": {"CLIP_stop_at_last_layers": 40}}, 422, "CLIP_stop_at_last_layers", "between 1 and 12"),
 ])

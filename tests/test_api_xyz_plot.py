@@ -84,7 +84,8 @@ def test_img2img_indices_are_img2img_list(api):
 
 
 @pytest.mark.parametrize("script_args, status, message", [
-    (args(37, "tiny"), 422, "'Refiner checkpoint' is not available here"),   # txt2img index 37
+    (args(33, "0.5"), 422, "'Token merging ratio' is not available here"),   # txt2img index 33
+    (args(37, "tiny-nothing"), 400, "Checkpoint not found: 'tiny-nothing'"),   # 37: Refiner checkpoint
     (args(9, "Euler, Eulr"), 400, "unknown sampler 'Eulr'"),
     (args(7, "green, blue"), 422, "Prompt S/R did not find 'green'"),
     (args(42, "1"), 422, "X type 42 is not an axis of txt2img"),

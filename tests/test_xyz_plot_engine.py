@@ -110,8 +110,8 @@ def test_prompt_search_replace_and_its_refusal(engine):
 
 
 def test_unsupported_axis_is_refused_by_name(engine):
-    with pytest.raises(RequestError, match="'Refiner checkpoint' is not available"):
-        engine.submit(plot(x_type="Refiner checkpoint", x_values="tiny-sd1"))
+    with pytest.raises(RequestError, match="'Token merging ratio' is not available"):
+        engine.submit(plot(x_type="Token merging ratio", x_values="0.5"))
 
 
 def test_bad_values_are_refused_before_the_job_is_queued(engine):

@@ -19,6 +19,7 @@ from . import (
     controlnet_ui,
     extension_fields,
     generation_columns,
+    refiner_ui,
     script_fields,
     ui_defaults,
     widgets,
@@ -53,6 +54,7 @@ def build(ctx: UIContext) -> dict:
         controls.update(widgets.seed_row(TAB, last_seeds))
         controls.update(widgets.override_settings(TAB))
         size = (controls["width"], controls["height"])
+        controls.update(refiner_ui.accordion(ctx, TAB))
         controls.update(controlnet_ui.accordion(ctx, TAB, size))
         controls.update(extension_fields.render(ctx, TAB, "img2img", size))
         controls.update(script_fields.render(ctx, TAB, "img2img", controls))

@@ -106,6 +106,8 @@ def control_values(text: str, send_seed: bool = True, send_size: bool = True,
             value = CHOICE_NAMES[name][int(value)]
         values[name] = value
     _resolve_sampler(values)
+    # As A1111's Refiner accordion: on exactly when the parameters name a refiner.
+    values["refiner_enabled"] = "refiner_checkpoint" in fields
     values.update(controlnet_values(infotext.parse(text)[2]))
     if send_seed and (values.get("subseed_strength", 0) > 0 or values.get("seed_resize_from_w", 0) > 0):
         values["subseed_show"] = True

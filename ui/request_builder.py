@@ -11,6 +11,7 @@ from engine.request import GenerationRequest
 from .controlnet_ui import units_from_values
 from .extension_fields import extension_values
 from .paste import override_fields
+from .refiner_ui import refiner_fields
 from .script_fields import script_fields
 
 
@@ -52,6 +53,7 @@ def common_fields(values: dict[str, Any], mode: str) -> dict[str, Any]:
             fields[name] = whole(values[name], name)
     fields.update(override_fields(values.get("override_settings")))
     fields.update(script_fields(values))
+    fields.update(refiner_fields(values))
     if values.get("subseed_show"):
         fields["subseed_strength"] = values.get("subseed_strength") or 0.0
     else:

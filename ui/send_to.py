@@ -19,7 +19,8 @@ CONTROL_NAMES = {"inpaint_full_res": "inpaint_area", "inpainting_mask_invert": "
 PASTABLE = ("prompt", "negative_prompt", "steps", "sampler_name", "scheduler", "cfg_scale", "seed",
             "subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h", "subseed_show",
             "width", "height", "denoising_strength", "mask_blur", "inpainting_fill", "inpaint_area",
-            "inpaint_full_res_padding", "mask_mode", "resize_mode", "override_settings") + paste.CONTROLNET_PASTABLE
+            "inpaint_full_res_padding", "mask_mode", "resize_mode", "override_settings", "refiner_enabled",
+            "refiner_checkpoint", "refiner_switch_at") + paste.CONTROLNET_PASTABLE
 SUBTAB_OF = {"img2img": "img2img", "inpaint": "Inpaint"}
 NOTHING_GENERATED = "Nothing to send yet: generate a picture first."
 NO_PARAMETERS = "Nothing to send to txt2img: this picture holds no generation parameters."

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from . import controlnet_ui, extension_fields, generation_columns, script_fields, ui_defaults, widgets
+from . import controlnet_ui, extension_fields, generation_columns, refiner_ui, script_fields, ui_defaults, widgets
 from .context import UIContext
 from .job_flow import wire_generate
 from .request_builder import named_values, request_from_ui
@@ -23,6 +23,7 @@ def build(ctx: UIContext) -> dict:
         controls.update(widgets.seed_row(TAB, last_seeds))
         controls.update(widgets.override_settings(TAB))
         size = (controls["width"], controls["height"])
+        controls.update(refiner_ui.accordion(ctx, TAB))
         controls.update(controlnet_ui.accordion(ctx, TAB, size))
         controls.update(extension_fields.render(ctx, TAB, "txt2img", size))
         controls.update(script_fields.render(ctx, TAB, "txt2img", controls))

@@ -8,6 +8,7 @@ even then only read with `weights_only=True`.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from dataclasses import dataclass
@@ -290,6 +291,21 @@ def apply_vae_precision(vae, device: DeviceConfig) -> None:
         torch.nn.Module.to(vae, dtype=device.vae_dtype)
     if device.half_vae_always and getattr(vae.config, "force_upcast", False):
         vae.register_to_config(force_upcast=False)
+
+
+def latent_space_of(info: CheckpointInfo, allow_unsafe: bool = False) -> str | None:
+    """"sd" (SD 1.x/2.x) or "sdxl" (SDXL and its refiner) for a checkpoint not loaded, read from
+    its keys (a file) or its model_index.json (a diffusers folder); None when it cannot tell."""
+    if info.kind == "builtin":
+        return "sd"
+    if info.kind in ("safetensors", "pickle"):
+        return "sdxl" if detect_layout(read_shapes(Path(info.path), allow_unsafe), info.name).family == "sdxl" else "sd"
+    index = Path(info.path) / "model_index.json"
+    try:
+        name = json.loads(index.read_text(encoding="utf-8")).get("_class_name", "")
+    except (OSError, ValueError):
+        return None
+    return "sdxl" if "XL" in name else "sd" if name.startswith("StableDiffusion") else None
 
 
 def check_loadable(info: CheckpointInfo, allow_unsafe: bool) -> None:

@@ -65,7 +65,8 @@ class CheckpointInfo:
             candidates.update({self.short_hash, self.sha256})
         # Titles from another install carry a hash in brackets; the name before it still counts.
         bare = wanted.split(" [")[0]
-        names = {self.name, self.model_name}
+        # The file's name alone too: A1111's short titles (a refiner's in the infotext) drop the folders.
+        names = {self.name, self.model_name, self.model_name.rsplit("/", 1)[-1]}
         if fold_case:
             wanted, bare = wanted.lower(), bare.lower()
             candidates, names = {c.lower() for c in candidates}, {n.lower() for n in names}

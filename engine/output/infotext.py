@@ -120,6 +120,7 @@ def request_fields(text: str) -> dict[str, Any]:
         "Resize mode": ("resize_mode", RESIZE_MODES.index),
         "Inpaint area": ("inpaint_full_res", lambda v: bool(INPAINT_AREAS.index(v))),
         "Mask mode": ("inpainting_mask_invert", lambda v: bool(MASK_MODES.index(v))),
+        "Refiner": ("refiner_checkpoint", str), "Refiner switch at": ("refiner_switch_at", float),
     }
     for key, (name, kind) in simple.items():
         if key in params:

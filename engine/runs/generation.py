@@ -52,6 +52,7 @@ from engine.runs.seeds import DEFAULT_RANDN_SOURCE, JobSeeds, job_seeds, latent_
 from engine.networks.vae import decode_fitting, encode
 from engine.runs.img2img import ImageStart, image_tensor
 from engine.runs.start_noise import NoiseStart
+from engine.runs.refiner import RefinerJobState, RefinerPass, RefinerSwitch
 
 
 @dataclass(frozen=True)
@@ -91,13 +92,17 @@ class ImageContext:
                                   faults=self.faults)
 
     def second_pass(self, request: GenerationRequest, keep_control: bool = False,
-                    checkpoint: str | None = None, exact_steps: bool = False) -> Image.Image:
+                    checkpoint: str | None = None, exact_steps: bool = False,
+                    hires: bool = False) -> Image.Image:
         """Run `request` (an img2img request) as part of this job, with this image's seeds and
         the job's prompts unless the request brings its own; return its image. `keep_control`:
         the job's ControlNet units act in it (only for a pass over the same frame).
         `checkpoint`: another checkpoint runs it (the job's model is back afterwards).
-        `exact_steps`: it runs request.steps steps (of a longer schedule), not steps x strength."""
-        return self._run.second_pass(request, self.seed, self.subseed, keep_control, checkpoint, exact_steps)
+        `exact_steps`: it runs request.steps steps (of a longer schedule), not steps x strength.
+        `hires`: it is the job's hires pass, which the job's refiner acts in as the
+        hires_fix_refiner_pass setting says."""
+        return self._run.second_pass(request, self.seed, self.subseed, keep_control, checkpoint, exact_steps,
+                                     hires)
 
     def vae_roundtrip(self, image: Image.Image, width: int, height: int,
                       latent_mode: str | None = None) -> Image.Image:
@@ -151,6 +156,10 @@ class GenerationRun:
         self.negative_skips = 0  # UNet calls that left out the negative prompt (s_min_uncond)
         self._writing: tuple[OutputWriter, GenerationResult] | None = None  # for save_before
         self._previewer: Previewer | None = None  # set by run(): how live previews are made
+        self.networks: list = []  # the prompt's extra networks (LoRAs), for a refiner to take too
+        # The refiner: what the job's passes share, and whether this pass is a hires pass.
+        self.refiner_state = RefinerJobState()
+        self.hires_pass = False
 
     @property
     def sampling_steps(self) -> int:
@@ -169,6 +178,7 @@ class GenerationRun:
         negative_text, _ = extract_extra_networks(negative)
         if request.disable_extra_networks:  # the tags are still taken out of the text
             networks = []
+        self.networks = networks
         # What a second pass (hires fix) prompts with: styles applied, networks already loaded.
         self.final_prompt, self.final_negative = text, negative_text
         self.styled_prompt, self.styled_negative = prompt, negative
@@ -287,12 +297,16 @@ class GenerationRun:
         return run._control_step, max(1, run.sampling_steps)
 
     def second_pass(self, request: GenerationRequest, seed: int, subseed: int, keep_control: bool = False,
-                    checkpoint: str | None = None, exact_steps: bool = False) -> Image.Image:
+                    checkpoint: str | None = None, exact_steps: bool = False, hires: bool = False) -> Image.Image:
         """An img2img pass inside this job (on the lane already, so it is not queued): the
         prompts are the job's (after styles, with its LoRAs still loaded) unless given.
         `keep_control`: the job's ControlNet units act in it too (a pass over the same frame,
         like hires fix); otherwise they are off for it. `checkpoint`: run by that checkpoint,
         which takes the job's LoRAs from the prompt's tags (ControlNet stays with the job's)."""
+        refiner = self.request.refiner if hires else None
+        if refiner is not None and self.refiner_state.first_pass_switched and not checkpoint:
+            # A1111 leaves the refiner loaded after a first pass it took over: the hires pass is its.
+            checkpoint, refiner = refiner.checkpoint, None
         if checkpoint and self.borrow_model is None:
             raise RequestError("A second pass with another checkpoint is not possible here", "checkpoint")
         borrowing = self.borrow_model(checkpoint) if checkpoint else contextlib.nullcontext(self.model)
@@ -305,11 +319,12 @@ class GenerationRun:
                 self.final_prompt if own else self.styled_prompt,
                 negative_prompt=plain(request.negative_prompt) if request.negative_prompt else
                 self.final_negative if own else self.styled_negative,
-                extensions={}, controlnet_units=(), save_images=False, save_grid=False)
+                extensions={}, controlnet_units=(), save_images=False, save_grid=False, refiner=refiner)
             fixed = exact_steps or (request.img2img is not None and request.img2img.exact_steps)
             request = request.with_img2img(exact_steps=fixed).validate()
             inner = GenerationRun(self.job, request, model, self.policy.inner_pass(), self.addons)
             inner.memory_notes = self.memory_notes
+            inner.refiner_state, inner.hires_pass, inner.borrow_model = self.refiner_state, hires, self.borrow_model
             outer, self._control_pass = self._control_pass, (inner if keep_control and own else None)
             try:
                 return inner.run(None).images[0]
@@ -356,8 +371,10 @@ class GenerationRun:
             result.paths.append(saved)
 
     def _infotext(self, result: GenerationResult, seed: int, subseed: int) -> str:
+        # A refiner's switch (in this pass or the hires pass) is known once the image is made.
+        extra = {**result.extra_params, **self.refiner_state.notes}
         return infotext.build(result.prompt, result.negative_prompt,
-                              image_params(self.request, self.model, seed, subseed, result.extra_params))
+                              image_params(self.request, self.model, seed, subseed, extra))
 
     def save_before(self, stage: str, image: Image.Image, seed: int, subseed: int) -> None:
         """Save a copy of an image as it is before `stage` ("face-restoration", "highres-fix",
@@ -377,19 +394,66 @@ class GenerationRun:
 
     def _sample(self, seeds, subseeds, cond: ScheduledConditioning, uncond: ScheduledConditioning,
                 batch: int) -> list[Image.Image]:
-        pipe = self.pipe
         count = len(seeds)
         noise = self._noise(seeds, subseeds)
         denoiser = self._denoiser(cond, uncond, count, batch)
-        with torch.inference_mode():
+        refiner = self._refiner_switch(count)
+        if refiner is not None:
+            denoiser.before_unet = refiner
+        with torch.inference_mode(), refiner or contextlib.nullcontext():
             first_noise = noise.next()
             start = self.start.latent_start(batch, first_noise, denoiser, seeds)
             sampling = BatchSampling(self._plan(), denoiser, noise, seeds, self._callback(batch, denoiser))
             with memory_guard.stage("denoise", faults=self.addons.faults):
                 latents = self.start.after_sampling(sampling.run(first_noise, start), denoiser)
             self.negative_skips += denoiser.skipped_uncond
+            # The model that finished the sampling decodes (the refiner when it took over).
+            pipe = refiner.pipe if refiner is not None and refiner.pipe is not None else self.pipe
             images = decode_fitting(pipe.vae, latents, self.memory_notes, faults=self.addons.faults)
             return list(pipe.image_processor.postprocess(images, output_type="pil"))
+
+    def _refiner_switch(self, count: int) -> RefinerSwitch | None:
+        """This batch's refiner switch, when the job has a refiner this pass may use."""
+        choice, run = self.request.refiner, self.policy.run
+        if choice is None or self.borrow_model is None:
+            return None
+        plan = RefinerPass(choice.checkpoint, choice.switch_at, run.refiner_by_steps,
+                           hires_job=self.hires_pass or any(getattr(e.extension, "hires_pass", False)
+                                                            for e in self.active),
+                           hires_pass=self.hires_pass, hires_setting=run.hires_refiner_pass)
+        if not plan.enabled or self.model.info.matches(choice.checkpoint):
+            return None  # as in A1111: no switch to the model that is already sampling
+        calls = self.sampling_steps * (2 if self.sampler.second_order else 1)
+        return RefinerSwitch(self, plan, calls, count)
+
+    def time_ids(self, model: LoadedModel) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """SDXL's micro-conditioning for `model` (positive, negative; None: as positive): original
+        size, crop top-left and target size as A1111 sends them; for the refiner the size, the crop
+        and the aesthetic score of each prompt."""
+        request = self.request
+        if not model.is_sdxl:
+            return None, None
+        if model.is_refiner:
+            high, low = self.policy.run.refiner_aesthetic_scores
+            return (torch.tensor([[request.height, request.width, 0, 0, high]], dtype=torch.float32),
+                    torch.tensor([[request.height, request.width, 0, 0, low]], dtype=torch.float32))
+        return torch.tensor([[request.height, request.width, 0, 0, request.height, request.width]],
+                            dtype=torch.float32), None
+
+    def conditioning_source(self, cond: ScheduledConditioning, uncond: ScheduledConditioning, count: int,
+                            device) -> Any:
+        """The denoiser's conditioning: the prompts of the step sampling now (prompt editing)."""
+        state = self._conditioning_state
+
+        def conditioning() -> Conditioning:
+            step = state["step"]
+            positive, negative = cond.at(step), uncond.at(step)
+            return Conditioning(
+                positive.embeds.to(device).expand(count, -1, -1), negative.embeds.to(device).expand(count, -1, -1),
+                None if positive.pooled is None else positive.pooled.to(device).expand(count, -1),
+                None if negative.pooled is None else negative.pooled.to(device).expand(count, -1))
+
+        return conditioning
 
     def _noise(self, seeds, subseeds) -> ImageNoise:
         """The noise of one batch: A1111's per-image generators from the source the job names."""
@@ -413,32 +477,21 @@ class GenerationRun:
         device = self.model.device
         mode = {"k": "k", "timesteps": "eps", "lcm": "lcm"}[self.sampler.kind]
         table = self.model.sigma_table(lcm=mode == "lcm", device=device)
-        state = self._conditioning_state = {"step": 1}
-
-        def conditioning() -> Conditioning:
-            step = state["step"]
-            positive, negative = cond.at(step), uncond.at(step)
-            return Conditioning(
-                positive.embeds.to(device).expand(count, -1, -1), negative.embeds.to(device).expand(count, -1, -1),
-                None if positive.pooled is None else positive.pooled.to(device).expand(count, -1),
-                None if negative.pooled is None else negative.pooled.to(device).expand(count, -1))
-
+        self._conditioning_state = {"step": 1}
+        conditioning = self.conditioning_source(cond, uncond, count, device)
         job = self.job
 
         def before_call() -> None:
             if job.should_stop_sampling:
                 raise Interrupted()
 
-        time_ids = None
-        if self.model.is_sdxl:  # original size, crop top-left, target size, as A1111 sends them
-            time_ids = torch.tensor([[request.height, request.width, 0, 0, request.height, request.width]],
-                                    dtype=torch.float32)
+        time_ids, uncond_time_ids = self.time_ids(self.model)
         embedded = getattr(unet.config, "time_cond_proj_dim", None)
         return CFGDenoiser(unet, table, self.model.prediction_type, request.cfg_scale, conditioning,
                            mode=mode, image_cond=self.start.image_conditioning(count, batch), time_ids=time_ids,
                            s_min_uncond=request.s_min_uncond or 0.0,
                            guidance_embedding=guidance_embedding(request.cfg_scale, embedded) if embedded else None,
-                           before_call=before_call)
+                           before_call=before_call, uncond_time_ids=uncond_time_ids)
 
     def _sampler_notes(self) -> tuple[dict[str, Any], list[str]]:
         """The sampler parameters' infotext keys, and warnings for those this sampler cannot use."""
@@ -451,6 +504,10 @@ class GenerationRun:
 
     def _negative_skipped(self) -> None:
         self.negative_skips += 1
+
+    @property
+    def previewer(self) -> Previewer | None:
+        return self._previewer
 
     def _make_previewer(self) -> tuple[Previewer | None, str | None]:
         """How this run's previews are made (None: no previews), and why not as the setting
@@ -469,7 +526,7 @@ class GenerationRun:
             state["step"] = index + 2  # prompt editing: the step that samples next (1-based)
             job.advance()
             if previewer is not None and (index + 1) % every == 0:
-                job.set_preview(previewer(denoised))
+                job.set_preview(previewer(denoised))  # its pipe follows a refiner's switch
 
         return on_step
 

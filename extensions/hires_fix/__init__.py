@@ -40,6 +40,9 @@ class HiresFix(Extension):
     title = "Hires. fix"
     order = 20
     modes = ("txt2img",)
+    # Its second pass is A1111's hires pass: the refiner acts in the passes the
+    # hires_fix_refiner_pass setting names.
+    hires_pass = True
     catalog = None  # the names of what is installed, given at start (attach)
 
     def fields_with(self, model_upscalers: tuple[str, ...]) -> tuple[Field, ...]:
@@ -116,7 +119,7 @@ class HiresFix(Extension):
             prompt=options["prompt"], negative_prompt=options["negative_prompt"])
         checkpoint = options["checkpoint"] if options["checkpoint"] != SAME_CHECKPOINT else None
         # The same frame, larger; its steps run in full, as the ecosystem's hires pass does.
-        return ctx.second_pass(second, keep_control=True, checkpoint=checkpoint, exact_steps=True)
+        return ctx.second_pass(second, keep_control=True, checkpoint=checkpoint, exact_steps=True, hires=True)
 
     def _pixel_upscale(self, image, upscaler, width, height, ctx):
         if upscaler not in PIXEL_UPSCALERS:  # a model upscaler

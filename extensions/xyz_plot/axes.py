@@ -12,7 +12,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from engine.errors import NotFoundError, RequestError
-from engine.request import MAX_CLIP_SKIP, MAX_STEPS, RANDN_SOURCES
+from engine.request import (
+    DEFAULT_REFINER_SWITCH_AT,
+    MAX_CLIP_SKIP,
+    MAX_STEPS,
+    RANDN_SOURCES,
+    REFINER_SWITCH_RANGE,
+    RefinerChoice,
+)
 
 if TYPE_CHECKING:
     from engine.extensions.script import Catalog
@@ -32,6 +39,8 @@ class CellJob:
     request: "GenerationRequest"
     settings: dict[str, Any] = field(default_factory=dict)
     checkpoint: str | None = None
+    # A "Refiner switch at" axis's value, kept for a refiner another axis may choose.
+    refiner_switch_at: float | None = None
 
     def change(self, **fields: Any) -> None:
         self.request = self.request.replace(**fields)
@@ -165,6 +174,23 @@ def set_size(cell: CellJob, value: str, values: Sequence[Any]) -> None:
     cell.change(width=width, height=height)
 
 
+def set_refiner_checkpoint(cell: CellJob, value: str, values: Sequence[Any]) -> None:
+    if value == "None":
+        cell.change(refiner=None)
+        return
+    switch_at = cell.refiner_switch_at
+    if switch_at is None:
+        switch_at = cell.request.refiner.switch_at if cell.request.refiner else DEFAULT_REFINER_SWITCH_AT
+    cell.change(refiner=RefinerChoice(value, switch_at))
+
+
+def set_refiner_switch_at(cell: CellJob, value: float, values: Sequence[Any]) -> None:
+    # As A1111: the switch point of the job's refiner; without one it changes nothing.
+    cell.refiner_switch_at = value
+    if cell.request.refiner is not None:
+        cell.change(refiner=cell.request.refiner.replace(switch_at=value))
+
+
 def set_bool_setting(name: str) -> Apply:
     def apply(cell: CellJob, value: str, values: Sequence[Any]) -> None:
         cell.settings[name] = value == "True"
@@ -193,6 +219,10 @@ def picking(what: str, choices: Callable[["Catalog"], list[str]]) -> Confirm:
 
 def confirm_checkpoints(values: list, request, catalog) -> list:
     return [catalog.find_checkpoint(value) for value in values]
+
+
+def confirm_refiners(values: list, request, catalog) -> list:
+    return ["None" if value.strip() in ("", "None") else catalog.find_checkpoint(value) for value in values]
 
 
 def vae_choices(catalog) -> list[str]:
@@ -362,8 +392,9 @@ AXES: tuple[Axis, ...] = (
          choices=boolean_choices, confirm=confirm_booleans),
     Axis("SGM noise multiplier", "text", set_bool_setting("sgm_noise_multiplier"),
          choices=boolean_choices, confirm=confirm_booleans),
-    _missing("Refiner checkpoint", "text", "the SDXL refiner", cost=1.0),
-    _missing("Refiner switch at", "float", "the SDXL refiner"),
+    Axis("Refiner checkpoint", "text", set_refiner_checkpoint, cost=1.0, legend="basename",
+         choices=lambda catalog: ["None", *catalog.checkpoint_titles()], confirm=confirm_refiners),
+    Axis("Refiner switch at", "float", set_refiner_switch_at, bounds=REFINER_SWITCH_RANGE),
     Axis("RNG source", "text", set_field("randn_source"), choices=lambda catalog: list(RANDN_SOURCES),
          confirm=confirm_rng),
     _missing("FP8 mode", "text", "FP8 weight storage", cost=0.9),

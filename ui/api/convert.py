@@ -15,7 +15,14 @@ from engine.postprocess.extras import ExtrasRequest
 from engine.postprocess.faces import FACE_DETAILER
 from engine.job_results import GenerationResult
 from engine.output.writer import png_bytes
-from engine.request import SIZE_STEP, GenerationRequest, Img2ImgOptions, ScriptChoice
+from engine.request import (
+    DEFAULT_REFINER_SWITCH_AT,
+    SIZE_STEP,
+    GenerationRequest,
+    Img2ImgOptions,
+    RefinerChoice,
+    ScriptChoice,
+)
 from engine.runs.uploads import image_from_base64
 
 from . import controlnet_api
@@ -23,7 +30,7 @@ from .models import Img2ImgBody, Txt2ImgBody
 
 # Fields whose features arrive in later versions: refused with a clear message when used, rather
 # than silently producing something other than what was asked for.
-_NOT_YET = {"refiner_checkpoint": "the SDXL refiner", "latent_mask": "a separate latent mask"}
+_NOT_YET = {"latent_mask": "a separate latent mask"}
 # Selectable scripts client programs look for; "controlnet m2m" (the ControlNet extension's video
 # script) is listed so they find ControlNet, but runs nothing here.
 VIDEO_SCRIPTS = ("controlnet m2m",)
@@ -46,7 +53,8 @@ _INFOTEXT_FIELDS = ("prompt", "negative_prompt", "steps", "sampler_name", "sched
                     "seed", "subseed", "subseed_strength", "width", "height",
                     "seed_resize_from_w", "seed_resize_from_h", "clip_skip", "emphasis",
                     "denoising_strength", "mask_blur", "inpainting_fill", "inpaint_full_res",
-                    "inpaint_full_res_padding", "inpainting_mask_invert", "resize_mode", "randn_source")
+                    "inpaint_full_res_padding", "inpainting_mask_invert", "resize_mode", "randn_source",
+                    "refiner_checkpoint", "refiner_switch_at")
 
 
 def _apply_infotext(body: Txt2ImgBody) -> dict[str, Any]:
@@ -61,15 +69,17 @@ def _apply_infotext(body: Txt2ImgBody) -> dict[str, Any]:
 
 
 def txt2img_request(body: Txt2ImgBody, registry: ExtensionRegistry | None = None,
-                    limit_megapixels: float = 16.0) -> GenerationRequest:
-    return GenerationRequest(**_common_fields(body, _apply_infotext(body), registry,
-                                              limit_megapixels=limit_megapixels)).validate()
+                    limit_megapixels: float = 16.0, default_refiner: str = "None") -> GenerationRequest:
+    """`default_refiner`: the sd_model_refiner setting, for a body that names no refiner."""
+    return GenerationRequest(**_common_fields(body, _apply_infotext(body), registry, limit_megapixels=limit_megapixels,
+                                              default_refiner=default_refiner)).validate()
 
 
 def img2img_request(body: Img2ImgBody, limit_megapixels: float,
-                    registry: ExtensionRegistry | None = None) -> GenerationRequest:
+                    registry: ExtensionRegistry | None = None, default_refiner: str = "None") -> GenerationRequest:
     values = _apply_infotext(body)
-    fields = _common_fields(body, values, registry, "img2img", limit_megapixels=limit_megapixels)
+    fields = _common_fields(body, values, registry, "img2img", limit_megapixels=limit_megapixels,
+                            default_refiner=default_refiner)
     mask_blur = values["mask_blur"] if values["mask_blur"] is not None else \
         max(values["mask_blur_x"], values["mask_blur_y"])
     part = Img2ImgOptions(
@@ -167,8 +177,21 @@ def _script_fields(name: str | None, args: list, mode: str, registry: ExtensionR
     return {"script": ScriptChoice(entry.name, entry.extension.options_from_args(args or [], mode))}
 
 
+def refiner_choice(values: dict[str, Any], default: str = "None") -> RefinerChoice | None:
+    """refiner_checkpoint and refiner_switch_at as the request's refiner: none for "" or "None",
+    the `default` checkpoint (the sd_model_refiner setting) when the body leaves it out, and
+    A1111's slider default (0.8) for a switch point left out."""
+    checkpoint = values.get("refiner_checkpoint")
+    if checkpoint is None:
+        checkpoint = default
+    if not isinstance(checkpoint, str) or checkpoint.strip() in ("", "None"):
+        return None
+    switch_at = values.get("refiner_switch_at")
+    return RefinerChoice(checkpoint.strip(), DEFAULT_REFINER_SWITCH_AT if switch_at is None else switch_at)
+
+
 def _common_fields(body: Txt2ImgBody, values: dict[str, Any], registry: ExtensionRegistry | None,
-                   mode: str = "txt2img", limit_megapixels: float = 16.0) -> dict:
+                   mode: str = "txt2img", limit_megapixels: float = 16.0, default_refiner: str = "None") -> dict:
     """The request fields txt2img and img2img bodies share."""
     for name, feature in _NOT_YET.items():
         if values.get(name):
@@ -198,6 +221,7 @@ def _common_fields(body: Txt2ImgBody, values: dict[str, Any], registry: Extensio
         s_noise=values["s_noise"], s_min_uncond=values["s_min_uncond"],
         disable_extra_networks=bool(values["disable_extra_networks"]),
         **_script_fields(values.get("script_name"), values.get("script_args"), mode, registry),
+        refiner=refiner_choice(values, default_refiner),
     )
     fields.update({k: values[k] for k in ("clip_skip", "emphasis", "randn_source") if k in values})  # from infotext
     return fields

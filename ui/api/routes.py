@@ -51,14 +51,22 @@ def build_router(ctx: UIContext, auth_dependency) -> APIRouter:
     router = APIRouter(prefix="/sdapi/v1", dependencies=[Depends(auth_dependency)], tags=["sdapi"])
     engine, settings, registry = ctx.engine, ctx.settings, ctx.registry
 
+    def _default_refiner(body) -> str:
+        """The sd_model_refiner setting as the job will see it (its override_settings included)."""
+        overrides = body.override_settings or {}
+        chosen = overrides.get("sd_model_refiner", settings["sd_model_refiner"])
+        return chosen if isinstance(chosen, str) else "None"
+
     @router.post("/txt2img", response_model=ImagesResponse, responses=ERRORS)
     def txt2img(body: Txt2ImgBody, request: Request) -> dict:
-        generation = convert.txt2img_request(body, engine.addons.extensions, settings["upload_max_megapixels"])
+        generation = convert.txt2img_request(body, engine.addons.extensions, settings["upload_max_megapixels"],
+                                             _default_refiner(body))
         return _generate(generation, body, request, body.model_dump())
 
     @router.post("/img2img", response_model=ImagesResponse, responses=ERRORS)
     def img2img(body: Img2ImgBody, request: Request) -> dict:
-        generation = convert.img2img_request(body, settings["upload_max_megapixels"], engine.addons.extensions)
+        generation = convert.img2img_request(body, settings["upload_max_megapixels"], engine.addons.extensions,
+                                             _default_refiner(body))
         echo = body.model_dump()
         if not body.include_init_images:  # as in the mature API: do not echo big uploads back
             echo.update(init_images=None, mask=None)
