@@ -46,7 +46,8 @@ _INFOTEXT_FIELDS = ("prompt", "negative_prompt", "steps", "sampler_name", "sched
                     "seed", "subseed", "subseed_strength", "width", "height",
                     "seed_resize_from_w", "seed_resize_from_h", "clip_skip", "emphasis",
                     "denoising_strength", "mask_blur", "inpainting_fill", "inpaint_full_res",
-                    "inpaint_full_res_padding", "inpainting_mask_invert", "resize_mode", "randn_source")
+                    "inpaint_full_res_padding", "inpainting_mask_invert", "resize_mode", "randn_source",
+                    "cfg_rescale", "noise_schedule")
 
 
 def _apply_infotext(body: Txt2ImgBody) -> dict[str, Any]:
@@ -187,6 +188,7 @@ def _common_fields(body: Txt2ImgBody, values: dict[str, Any], registry: Extensio
         seed_resize_from_h=_seed_resize(values["seed_resize_from_h"]),
         sampler_name=sampler, scheduler=values["scheduler"] or "Automatic",
         steps=values["steps"], cfg_scale=values["cfg_scale"],
+        cfg_rescale=_first_given(values["rescale_cfg"], values["cfg_rescale"], 0.0),
         width=values["width"], height=values["height"],
         batch_size=values["batch_size"], n_iter=values["n_iter"],
         styles=tuple(values["styles"]),
@@ -199,8 +201,13 @@ def _common_fields(body: Txt2ImgBody, values: dict[str, Any], registry: Extensio
         disable_extra_networks=bool(values["disable_extra_networks"]),
         **_script_fields(values.get("script_name"), values.get("script_args"), mode, registry),
     )
-    fields.update({k: values[k] for k in ("clip_skip", "emphasis", "randn_source") if k in values})  # from infotext
+    # From the infotext:
+    fields.update({k: values[k] for k in ("clip_skip", "emphasis", "randn_source", "noise_schedule") if k in values})
     return fields
+
+
+def _first_given(*values):
+    return next(value for value in values if value is not None)
 
 
 def encode_png(image, text: str | None) -> str:
