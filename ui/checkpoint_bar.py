@@ -55,7 +55,7 @@ def build(ctx: UIContext) -> dict:
                 quick["sd_vae"]: gr.update(choices=ctx.engine.addons.vaes.choices(),
                                            value=ctx.settings["sd_vae"]),
                 quick["CLIP_stop_at_last_layers"]: ctx.settings["CLIP_stop_at_last_layers"],
-                quick["prediction"]: _prediction_update(ctx)}
+                quick["prediction"]: gr.update(**_prediction_update(ctx))}
 
     def on_page_load():
         """Show the list at once; if a checkpoint is still loading, say so and update when done."""
@@ -82,7 +82,7 @@ def build(ctx: UIContext) -> dict:
         if wanted is None or (current is not None and (current.info.path, current.info.kind) ==
                               (wanted.path, wanted.kind)):
             yield {status: "", dropdown: gr.update(choices=ctx.registry.titles(), value=_current_title(ctx)),
-                   quick["prediction"]: _prediction_update(ctx)}
+                   quick["prediction"]: gr.update(**_prediction_update(ctx))}
             return
         try:
             job = ctx.engine.load_checkpoint(title, owner=request.session_hash or "")
@@ -99,7 +99,7 @@ def build(ctx: UIContext) -> dict:
         else:
             yield {status: "", dropdown: gr.update(choices=ctx.registry.titles(),
                                                    value=_current_title(ctx)),
-                   quick["prediction"]: _prediction_update(ctx)}
+                   quick["prediction"]: gr.update(**_prediction_update(ctx))}
 
     private = {"api_visibility": "private"}
     refresh.click(refreshed, outputs=[dropdown, notice, *quick.values()], queue=False, **private)
@@ -134,14 +134,14 @@ def _quick_settings(ctx: UIContext) -> dict:
         model = ctx.models.current
         if model is None:
             gr.Warning("Load a checkpoint first: the prediction type is kept per checkpoint.")
-            return _prediction_update(ctx)
+            return gr.update(**_prediction_update(ctx))
         key = predictions.OVERRIDES_KEY
         try:
             settings.check_editable([key])
             settings.update({key: predictions.with_override(settings[key], model.info.name, choice)})
         except (UserError, ValueError) as error:
             gr.Warning(getattr(error, "message", str(error)))
-        return _prediction_update(ctx)
+        return gr.update(**_prediction_update(ctx))
 
     vae.input(store("sd_vae"), inputs=vae, queue=False, api_visibility="private")
     clip_skip.release(store("CLIP_stop_at_last_layers"), inputs=clip_skip, queue=False,
