@@ -364,6 +364,43 @@ def test_edm_model_makes_pictures_with_k_samplers_and_hires_fix(engine):
     assert np.asarray(result.images[0]).std() > 0
 
 
+def test_img2img_on_an_edm_model(engine):
+    from PIL import Image
+
+    engine.load_checkpoint("xl-edm").outcome()
+    picture = Image.new("RGB", (64, 64), (200, 120, 40))
+    result = engine.generate(_request(sampler_name="Euler a").with_img2img(init_images=(picture,),
+                                                                           denoising_strength=0.5))
+    assert result.images[0].size == (64, 64)
+
+
+def test_pasted_infotext_brings_cfg_rescale_and_the_noise_schedule():
+    from ui.paste import control_values, override_fields
+
+    text = "a cat\nSteps: 3, Sampler: Euler, CFG scale: 5, Seed: 1, Size: 64x64, " \
+           "Noise Schedule: Zero Terminal SNR, CFG Rescale: 0.7"
+    values = control_values(text)
+    assert values["cfg_rescale"] == 0.7
+    assert "Noise Schedule: Zero Terminal SNR" in values["override_settings"]
+    assert override_fields(values["override_settings"])["noise_schedule"] == "Zero Terminal SNR"
+    # Forge's key for the same setting is read too.
+    assert control_values(text.replace("CFG Rescale", "Rescale CFG"))["cfg_rescale"] == 0.7
+
+
+@pytest.mark.parametrize("yaml_text, kind, zero_snr", [
+    ("model:\n  params:\n    parameterization: v\n", "v_prediction", False),
+    ("model:\n  params:\n    parameterization: eps\n", "epsilon", False),
+    ("model:\n  params:\n    denoiser_config:\n      params:\n        scaling_config:\n"
+     "          target: sgm.modules.diffusionmodules.denoiser_scaling.VScaling\n", "v_prediction", False),
+    ("model:\n  params:\n    parameterization: v\n    use_ztsnr: true\n", "v_prediction", True),
+    ("zero_snr: 1\n", "epsilon", False),  # only a real true counts
+])
+def test_yaml_sidecars(tmp_path, yaml_text, kind, zero_snr):
+    (tmp_path / "model.yaml").write_text(yaml_text)
+    found = predictions.from_sidecar(tmp_path / "model.safetensors")
+    assert (found.prediction_type, found.zero_snr, found.source) == (kind, zero_snr, "model.yaml")
+
+
 def test_bad_choices_are_named():
     with pytest.raises(RequestError, match="noise_schedule|Unknown noise schedule"):
         _request(noise_schedule="Sideways").validate()

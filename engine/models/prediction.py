@@ -123,8 +123,9 @@ def from_sidecar(path: Path) -> ModelPrediction | None:
         return None
     params = _dig(config, "model", "params")
     scaling = str(_dig(params, "denoiser_config", "params", "scaling_config").get("target", ""))
-    v = params.get("parameterization") == "v" or scaling.endswith(".VScaling")
-    zero_snr = any(_finds_true(config, key) for key in _ZERO_SNR_YAML_KEYS)
+    # Where LDM configs have it (model.params), or wherever a hand-made one put it.
+    v = _finds(config, "parameterization", "v") or scaling.endswith(".VScaling")
+    zero_snr = any(_finds(config, key, True) for key in _ZERO_SNR_YAML_KEYS)
     return ModelPrediction(V_PREDICTION if v else EPSILON, zero_snr, source=f"{sidecar.name}")
 
 
@@ -134,11 +135,13 @@ def _dig(tree, *keys) -> dict:
     return tree if isinstance(tree, dict) else {}
 
 
-def _finds_true(tree, key: str) -> bool:
+def _finds(tree, key: str, wanted) -> bool:
+    """Whether `key` holds `wanted` anywhere in a parsed YAML tree (True is not 1 here)."""
     if isinstance(tree, dict):
-        return tree.get(key) is True or any(_finds_true(value, key) for value in tree.values())
+        here = key in tree and type(tree[key]) is type(wanted) and tree[key] == wanted
+        return here or any(_finds(value, key, wanted) for value in tree.values())
     if isinstance(tree, list):
-        return any(_finds_true(value, key) for value in tree)
+        return any(_finds(value, key, wanted) for value in tree)
     return False
 
 
