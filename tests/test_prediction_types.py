@@ -29,9 +29,9 @@ from engine.networks.vae import decode, encode
 from engine.output import infotext
 from engine.output.writer import OutputWriter
 from engine.request import GenerationRequest
-from engine.sampling import k_samplers
+from engine.sampling import k_samplers, samplers
 from engine.sampling.denoiser import CFGDenoiser, Conditioning
-from engine.sampling.schedules import sampler_sigmas
+from engine.sampling.schedules import SCHEDULE_TYPES, sampler_sigmas
 from engine.settings.store import Settings
 from tests.support import kdiffusion_ref
 from tests.support.ldm_export import ldm_state_dict, save_ldm_state_dict
@@ -362,6 +362,32 @@ def test_edm_model_makes_pictures_with_k_samplers_and_hires_fix(engine):
         "hires_fix": {"enabled": True, "scale": 1.5, "steps": 2, "denoising_strength": 0.5}}))
     assert result.images[0].size == (96, 96)
     assert np.asarray(result.images[0]).std() > 0
+
+
+K_SAMPLERS = [sampler.name for sampler in samplers.SAMPLERS if sampler.kind == "k"]
+
+
+@pytest.mark.parametrize("sampler", K_SAMPLERS)
+def test_every_k_sampler_runs_on_an_edm_model(engine, sampler):
+    engine.load_checkpoint("xl-edm").outcome()
+    result = engine.generate(_request(sampler_name=sampler, steps=4))
+    assert np.isfinite(np.asarray(result.images[0], dtype=np.float32)).all()
+
+
+@pytest.mark.parametrize("sampler", ["DDIM", "PLMS", "UniPC", "LCM", "Euler a", "DPM++ 2M SDE"])
+def test_zero_snr_v_model_runs_with_timestep_samplers_too(engine, manager, sampler):
+    engine.load_checkpoint("sd1-yaml-v").outcome()
+    result = engine.generate(_request(sampler_name=sampler, steps=4))
+    assert manager.current.prediction.zero_snr and np.asarray(result.images[0]).std() > 0
+
+
+@pytest.mark.parametrize("schedule", [schedule.label for schedule in SCHEDULE_TYPES if schedule.build])
+def test_every_schedule_type_on_the_edm_table(manager, schedule):
+    table = manager.load("xl-edm").sigma_table()
+    sigmas = sampler_sigmas(schedule, 6, table, discard_next_to_last=False, is_sdxl=True)
+    positive = sigmas[sigmas > 0]
+    assert torch.isfinite(sigmas).all() and (positive.diff() < 0).all()
+    assert positive.max() <= 80.0 + 1e-3 and positive.min() >= 0.002 - 1e-6
 
 
 def test_img2img_on_an_edm_model(engine):
