@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from engine.models import prediction as predictions
+from engine.models.registry import BUILTIN_DEMO
 from tests.support.server import InProcessServer
 
 SMALL = {"prompt": "a cat", "steps": 3, "width": 64, "height": 64, "seed": 1}
@@ -26,8 +27,8 @@ def _post(server, route: str, body: dict) -> httpx.Response:
 
 
 def _edm_override(server) -> dict:
-    name = server.ctx.engine.models.current.info.name
-    return {predictions.OVERRIDES_KEY: {name: predictions.EDM_LABEL}}
+    # By name: the demo model may still be loading when the first request is sent.
+    return {predictions.OVERRIDES_KEY: {BUILTIN_DEMO: predictions.EDM_LABEL}}
 
 
 def test_timestep_sampler_on_an_edm_model_is_refused_by_name(server):
