@@ -29,6 +29,7 @@ from engine.jobs import Job, JobQueue
 from engine.memory.memory_modes import NONE, MemoryModes, mode_for_model
 from engine.output.writer import OutputWriter
 from engine.models.pipelines import LoadedModel, ModelManager
+from engine.models.prediction import OVERRIDES_KEY
 from engine.prompts.prompt_parser import extract_extra_networks, prompt_schedule
 from engine.request import GenerationRequest, ScriptChoice
 from engine.settings.store import Settings
@@ -170,6 +171,7 @@ class Engine:
             clip_skip=request.clip_skip or settings["CLIP_stop_at_last_layers"],
             emphasis=request.emphasis or settings["emphasis"],
             randn_source=request.randn_source or settings["randn_source"],
+            noise_schedule=request.noise_schedule or settings["sd_noise_schedule"],
             vae=self.addons.vaes.check_choice(request.vae or settings["sd_vae"]),
             extensions=self.addons.extensions.check(request.mode, self._with_settings(request.extensions)),
         )
@@ -322,6 +324,7 @@ class Engine:
                 uni_pc={"variant": settings["uni_pc_variant"], "skip_type": settings["uni_pc_skip_type"],
                         "order": settings["uni_pc_order"], "lower_order_final": settings["uni_pc_lower_order_final"]},
                 sgm_noise_multiplier=settings["sgm_noise_multiplier"],
+                prediction_overrides=dict(settings[OVERRIDES_KEY]),
                 img2img_extra_noise=settings["img2img_extra_noise"],
                 img2img_color_correction=settings["img2img_color_correction"],
                 upscaler_for_img2img=settings["upscaler_for_img2img"],

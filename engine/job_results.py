@@ -37,6 +37,8 @@ class RunOptions:
     # UniPC's variant, skip_type, order and lower_order_final (A1111's uni_pc_* settings).
     uni_pc: Mapping[str, Any] = field(default_factory=dict)
     sgm_noise_multiplier: bool = False
+    # The per-checkpoint prediction overrides (engine/models/prediction.py).
+    prediction_overrides: Mapping[str, str] = field(default_factory=dict)
     img2img_extra_noise: float = 0.0
     img2img_color_correction: bool = False
     upscaler_for_img2img: str = "None"

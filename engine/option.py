@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from engine.validation import Flag, Names, Number, OneOf, Rule, Text, Whole
+from engine.validation import Flag, NameMap, Names, Number, OneOf, Rule, Text, Whole
 
 # What one setting may hold: no real setting comes near (file name patterns, folder paths and
 # lists of names are short), and config.json and every GET /options carry each value.
@@ -50,6 +50,8 @@ class Option:
             return Number(self.minimum, self.maximum, lenient=True)
         if kind is list:
             return Names(max_items=MAX_SETTING_ITEMS, max_chars=MAX_SETTING_CHARS, comma_text=True)
+        if kind is dict:  # one value per name (per checkpoint); `choices` are the values'
+            return NameMap(self.choices or (), max_items=MAX_SETTING_ITEMS, max_chars=MAX_SETTING_CHARS)
         return Text(MAX_SETTING_CHARS)
 
     def coerce(self, value: Any) -> Any:
@@ -60,7 +62,7 @@ class Option:
         value = self.rule().check(value, label, self.key)
         if type(self.default) is float:
             value = float(value)
-        if self.choices is not None:
+        if self.choices is not None and not isinstance(self.default, dict):
             OneOf(self.choices).check(value, label, self.key)
         return value
 

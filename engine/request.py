@@ -18,6 +18,7 @@ from engine.prompts.conditioning import EMPHASIS_MODES, MAX_PROMPT_CHARS
 from engine.errors import RequestError
 from engine.validation import Flag, Number, Text, Whole
 from engine.image_prep import MASKED_CONTENT, RESIZE_MODES
+from engine.models.prediction import NOISE_SCHEDULES
 
 MAX_SEED = 2**32 - 1
 MIN_SIZE, MAX_SIZE, SIZE_STEP = 64, 2048, 8
@@ -54,6 +55,8 @@ FIELD_RULES = {
     "steps": Whole(1, MAX_STEPS), "batch_size": Whole(1, MAX_BATCH_SIZE), "n_iter": Whole(1, MAX_BATCH_COUNT),
     "cfg_scale": Number(MIN_CFG, MAX_CFG), "seed": Whole(-1, MAX_SEED), "subseed": Whole(-1, MAX_SEED),
     "subseed_strength": Number(0.0, 1.0), "clip_skip": Whole(0, MAX_CLIP_SKIP),
+    # "CFG Rescale" phi (0: plain guidance), the range of the ecosystem's sliders.
+    "cfg_rescale": Number(0.0, 1.0),
 }
 
 # img2img covers every edit of an existing picture: with a mask it is inpainting.
@@ -189,6 +192,7 @@ class GenerationRequest:
     scheduler: str = "Automatic"
     steps: int = 20
     cfg_scale: float = 7.0
+    cfg_rescale: float = 0.0
     width: int = 512
     height: int = 512
     batch_size: int = 1
@@ -199,6 +203,7 @@ class GenerationRequest:
     emphasis: str = ""
     vae: str = ""
     randn_source: str = ""
+    noise_schedule: str = ""  # A1111's sd_noise_schedule: "Default" or "Zero Terminal SNR"
     save_images: bool = True
     save_grid: bool = True
     # Sampler parameters, for the samplers that use them (samplers.SamplerParams); None: the
@@ -253,6 +258,9 @@ class GenerationRequest:
         if self.emphasis not in ("",) + EMPHASIS_MODES:
             raise RequestError(f"Unknown emphasis mode '{self.emphasis}'. Choose one of: "
                                f"{', '.join(EMPHASIS_MODES)}", "emphasis")
+        if self.noise_schedule not in ("",) + NOISE_SCHEDULES:
+            raise RequestError(f"Unknown noise schedule '{self.noise_schedule}'. Choose one of: "
+                               f"{', '.join(NOISE_SCHEDULES)}", "noise_schedule")
         if self.randn_source not in ("",) + RANDN_SOURCES:
             raise RequestError(f"Unknown random number source '{self.randn_source}'. Choose one of: "
                                f"{', '.join(RANDN_SOURCES)}", "randn_source")

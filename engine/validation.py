@@ -165,7 +165,33 @@ class Names:
         return list(value)
 
 
-Rule = Whole | Number | Flag | Text | OneOf | Names
+@dataclass(frozen=True)
+class NameMap:
+    """An object of names to values, each value one of `choices` when given (a setting kept per
+    checkpoint, say), at most `max_items` entries of at most `max_chars` characters."""
+
+    choices: Sequence[str] = ()
+    max_items: int | None = None
+    max_chars: int | None = None
+
+    def check(self, value: Any, label: str, field: str | None = None) -> dict[str, str]:
+        field = field or label
+        if not isinstance(value, dict) or not all(isinstance(key, str) and isinstance(item, str)
+                                                  for key, item in value.items()):
+            raise _fail(f"{label} must be an object of names to text, got {shown(value)}", field)
+        if self.max_items is not None and len(value) > self.max_items:
+            raise _fail(f"{label} is too long: {len(value)} entries (at most {self.max_items})", field)
+        if self.max_chars is not None and any(len(key) > self.max_chars or len(item) > self.max_chars
+                                              for key, item in value.items()):
+            raise _fail(f"{label}: each name and value must be at most {self.max_chars} characters", field)
+        for key, item in value.items():
+            if self.choices and item not in self.choices:
+                raise _fail(f"{label}: {shown(key)} has unknown value {shown(item)}; choose from "
+                            f"{list(self.choices)}", field)
+        return dict(value)
+
+
+Rule = Whole | Number | Flag | Text | OneOf | Names | NameMap
 
 
 def json_schema(rule: Rule) -> dict[str, Any]:
@@ -181,4 +207,6 @@ def json_schema(rule: Rule) -> dict[str, Any]:
         return {"enum": list(rule.choices)}
     if isinstance(rule, Names) and rule.max_items is not None:
         return {"maxItems": rule.max_items}
+    if isinstance(rule, NameMap) and rule.choices:
+        return {"additionalProperties": {"enum": list(rule.choices)}}
     return {}

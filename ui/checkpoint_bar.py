@@ -7,6 +7,7 @@ import html
 import gradio as gr
 
 from engine.errors import UserError
+from engine.models import prediction as predictions
 
 from .context import UIContext
 from .number_inputs import Slider
@@ -53,7 +54,8 @@ def build(ctx: UIContext) -> dict:
                 notice: gr.update(visible=not titles and ctx.models.current is None),
                 quick["sd_vae"]: gr.update(choices=ctx.engine.addons.vaes.choices(),
                                            value=ctx.settings["sd_vae"]),
-                quick["CLIP_stop_at_last_layers"]: ctx.settings["CLIP_stop_at_last_layers"]}
+                quick["CLIP_stop_at_last_layers"]: ctx.settings["CLIP_stop_at_last_layers"],
+                quick["prediction"]: gr.update(**_prediction_update(ctx))}
 
     def on_page_load():
         """Show the list at once; if a checkpoint is still loading, say so and update when done."""
@@ -79,7 +81,8 @@ def build(ctx: UIContext) -> dict:
         current = ctx.models.current
         if wanted is None or (current is not None and (current.info.path, current.info.kind) ==
                               (wanted.path, wanted.kind)):
-            yield {status: "", dropdown: gr.update(choices=ctx.registry.titles(), value=_current_title(ctx))}
+            yield {status: "", dropdown: gr.update(choices=ctx.registry.titles(), value=_current_title(ctx)),
+                   quick["prediction"]: gr.update(**_prediction_update(ctx))}
             return
         try:
             job = ctx.engine.load_checkpoint(title, owner=request.session_hash or "")
@@ -95,11 +98,12 @@ def build(ctx: UIContext) -> dict:
                    dropdown: gr.update(value=_current_title(ctx))}
         else:
             yield {status: "", dropdown: gr.update(choices=ctx.registry.titles(),
-                                                   value=_current_title(ctx))}
+                                                   value=_current_title(ctx)),
+                   quick["prediction"]: gr.update(**_prediction_update(ctx))}
 
     private = {"api_visibility": "private"}
     refresh.click(refreshed, outputs=[dropdown, notice, *quick.values()], queue=False, **private)
-    dropdown.input(switch, inputs=dropdown, outputs=[status, dropdown], concurrency_id="generate",
+    dropdown.input(switch, inputs=dropdown, outputs=[status, dropdown, quick["prediction"]], concurrency_id="generate",
                    concurrency_limit=32, show_progress="hidden", **private)
     return {"dropdown": dropdown, "notice": notice, "status": status, "on_load": on_page_load,
             "download": download, "quick": quick}
@@ -122,10 +126,40 @@ def _quick_settings(ctx: UIContext) -> dict:
                 gr.Warning(error.message)
         return handler
 
+    prediction = gr.Dropdown(list(predictions.OVERRIDE_CHOICES), label="Prediction", elem_id="sd_prediction",
+                             scale=2, **_prediction_update(ctx))
+
+    def store_prediction(choice: str):
+        """This checkpoint's prediction type (for files that do not say): its next job uses it."""
+        model = ctx.models.current
+        if model is None:
+            gr.Warning("Load a checkpoint first: the prediction type is kept per checkpoint.")
+            return gr.update(**_prediction_update(ctx))
+        key = predictions.OVERRIDES_KEY
+        try:
+            settings.check_editable([key])
+            settings.update({key: predictions.with_override(settings[key], model.info.name, choice)})
+        except (UserError, ValueError) as error:
+            gr.Warning(getattr(error, "message", str(error)))
+        return gr.update(**_prediction_update(ctx))
+
     vae.input(store("sd_vae"), inputs=vae, queue=False, api_visibility="private")
     clip_skip.release(store("CLIP_stop_at_last_layers"), inputs=clip_skip, queue=False,
                       api_visibility="private")
-    return {"sd_vae": vae, "CLIP_stop_at_last_layers": clip_skip}
+    prediction.input(store_prediction, inputs=prediction, outputs=prediction, queue=False,
+                     api_visibility="private")
+    return {"sd_vae": vae, "CLIP_stop_at_last_layers": clip_skip, "prediction": prediction}
+
+
+def _prediction_update(ctx: UIContext) -> dict:
+    """The prediction choice stored for the loaded checkpoint, and what its file says."""
+    model = ctx.models.current
+    if model is None:
+        return {"value": predictions.AUTOMATIC, "info": "For the loaded checkpoint"}
+    info = model.info
+    choice = predictions.override_for(ctx.settings[predictions.OVERRIDES_KEY],
+                                      (info.title, info.name, info.model_name, info.short_hash))
+    return {"value": choice, "info": f"Automatic: {model.detected.describe()}"}
 
 
 def _download_offer(ctx: UIContext) -> dict:

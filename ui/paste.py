@@ -41,7 +41,8 @@ CONTROLNET_PASTABLE = tuple(f"cn::{unit}::{field}" for unit in range(MAX_UNITS)
 # settings" entries ("RNG: NV"), so that it is made again as it was; the user can remove them.
 OVERRIDES = (("RNG", "randn_source", "randn_source", str),
              ("Clip skip", "clip_skip", "CLIP_stop_at_last_layers", int),
-             ("Emphasis", "emphasis", "emphasis", str))
+             ("Emphasis", "emphasis", "emphasis", str),
+             ("Noise Schedule", "noise_schedule", "sd_noise_schedule", str))
 
 
 def override_entries(fields: dict[str, Any], settings=None) -> list[str]:

@@ -44,6 +44,7 @@ def common_fields(values: dict[str, Any], mode: str) -> dict[str, Any]:
         "sampler_name": values["sampler_name"],
         "scheduler": values.get("scheduler") or "Automatic",
         "cfg_scale": values["cfg_scale"],
+        "cfg_rescale": values.get("cfg_rescale") or 0.0,
         "styles": tuple(values.get("styles") or ()),
         "extensions": extension_values(values),
         "controlnet_units": units_from_values(values),

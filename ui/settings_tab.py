@@ -8,6 +8,7 @@ in the checkpoint bar, the Extensions tab or through the API.
 from __future__ import annotations
 
 import html
+import json
 import re
 from typing import Any, Callable, Iterable, Mapping
 
@@ -119,6 +120,8 @@ def _shown_value(ctx: UIContext, option: Option) -> Any:
         return enabled_names(_extension_names(ctx), value)
     if isinstance(option.default, list) and option.key not in _LIST_CHOICES:
         return ", ".join(value)
+    if isinstance(option.default, dict):
+        return json.dumps(value, ensure_ascii=False)
     return value
 
 
@@ -126,6 +129,11 @@ def _setting_value(ctx: UIContext, option: Option, shown: Any) -> Any:
     """A component's value as the setting stores it (checked later by Settings.validate)."""
     if option.key == EXTENSIONS_KEY:
         return disabled_names(_extension_names(ctx), shown, ctx.settings[EXTENSIONS_KEY])
+    if isinstance(option.default, dict):
+        try:
+            return json.loads(shown or "{}")
+        except ValueError:
+            return shown  # not JSON: Settings.validate names the setting and says what it must be
     return shown
 
 
@@ -161,6 +169,10 @@ def _component(ctx: UIContext, option: Option):
         return gr.Dropdown(choices, **common)
     if isinstance(option.default, bool):
         return gr.Checkbox(**common)
+    if isinstance(option.default, dict):  # one value per name, as JSON
+        choices = ", ".join(f'"{choice}"' for choice in option.choices or ())
+        common["info"] = common.get("info") or f'JSON: {{"name": value}}' + (f"; values: {choices}" if choices else "")
+        return gr.Textbox(**common)
     if option.choices and len(option.choices) <= 3:
         return gr.Radio(list(option.choices), **common)
     if option.choices:

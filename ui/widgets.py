@@ -77,9 +77,13 @@ def batch_sliders(tab: str, start: dict | None = None) -> dict[str, gr.component
 
 
 def cfg_slider(tab: str, start: dict | None = None) -> dict[str, gr.components.Component]:
-    return {"cfg_scale": Slider(step=0.5, label="CFG Scale", elem_id=f"{tab}_cfg_scale",
-                                   **initial(start, "cfg_scale", minimum=limits.MIN_CFG,
-                                             maximum=limits.MAX_CFG, value=7.0))}
+    with gr.Row():
+        scale = Slider(step=0.5, label="CFG Scale", elem_id=f"{tab}_cfg_scale", scale=4,
+                       **initial(start, "cfg_scale", minimum=limits.MIN_CFG, maximum=limits.MAX_CFG, value=7.0))
+        # Lin et al.'s rescaled guidance, for v-prediction / zero-terminal-SNR models (0: off).
+        rescale = Slider(0.0, 1.0, step=0.05, value=0.0, label="CFG Rescale", elem_id=f"{tab}_cfg_rescale",
+                         scale=1)
+    return {"cfg_scale": scale, "cfg_rescale": rescale}
 
 
 def size_and_batch(tab: str, start: dict | None = None) -> dict[str, gr.components.Component]:

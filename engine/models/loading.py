@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,8 @@ from safetensors import safe_open
 
 from engine.devices import DeviceConfig
 from engine.errors import CheckpointError
+from engine.models import prediction as predictions
+from engine.models.prediction import ModelPrediction
 from engine.models.registry import CheckpointInfo
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,8 @@ class LoadedPipeline:
     pipe: object
     family: str
     config_dir: Path | None
+    # What the file says the UNet predicts (engine/models/prediction.py).
+    prediction: ModelPrediction = ModelPrediction()
 
 
 def read_shapes(path: Path, allow_unsafe: bool) -> dict[str, tuple[int, ...]]:
@@ -125,13 +128,20 @@ def detect_layout(shapes: dict[str, tuple[int, ...]], name: str) -> CheckpointLa
     return CheckpointLayout(family, in_channels, refiner)
 
 
-def sd2_prediction_from_sidecar(path: Path) -> str | None:
-    """The ecosystem's way to mark a v-prediction SD 2.x file: a .yaml config beside it."""
-    sidecar = path.with_suffix(".yaml")
-    if not sidecar.is_file():
-        return None
-    text = sidecar.read_text(encoding="utf-8", errors="replace")
-    return "v_prediction" if re.search(r"parameterization:\s*[\"']?v[\"']?\s*$", text, re.M) else "epsilon"
+def file_prediction(path: Path, family: str, pipe, allow_unsafe: bool) -> ModelPrediction:
+    """What the file's marker keys, else its .yaml sidecar, say; an SD 2.x file with neither is
+    asked (its UNet probed), others are epsilon models."""
+    found = None
+    if path.suffix.lower() == ".safetensors":
+        with safe_open(str(path), framework="pt") as handle:
+            found = predictions.from_file_keys(set(handle.keys()), handle.get_tensor)
+    else:
+        state = read_pickled_state_dict(path, allow_unsafe)
+        found = predictions.from_file_keys(set(state), state.__getitem__)
+    found = found or predictions.from_sidecar(path)
+    if found is None and family == "sd2" and predicts_v(pipe.unet):
+        found = ModelPrediction(predictions.V_PREDICTION, source="UNet probed")
+    return found or ModelPrediction()
 
 
 @torch.no_grad()
@@ -207,9 +217,10 @@ def load_single_file(info: CheckpointInfo, device: DeviceConfig, config_root: Pa
             f"Could not load '{info.name}' as {FAMILY_LABELS[layout.family]}: {_short(error)}",
             "checkpoint") from error
     _move(pipe, device)
-    if layout.family == "sd2":
-        _set_sd2_prediction(pipe, path)
-    return LoadedPipeline(pipe, layout.family, config_dir)
+    prediction = file_prediction(path, layout.family, pipe, allow_unsafe)
+    _set_scheduler_prediction(pipe, prediction)
+    log.info("%s: %s, %s", path.name, FAMILY_LABELS[layout.family], prediction.describe())
+    return LoadedPipeline(pipe, layout.family, config_dir, prediction)
 
 
 def _move(pipe, device: DeviceConfig) -> None:
@@ -221,14 +232,12 @@ def _move(pipe, device: DeviceConfig) -> None:
             torch.nn.Module.to(module, device.device, device.vae if name == "vae" else device.dtype)
 
 
-def _set_sd2_prediction(pipe, path: Path) -> None:
-    prediction = sd2_prediction_from_sidecar(path)
-    if prediction is None:
-        prediction = "v_prediction" if predicts_v(pipe.unet) else "epsilon"
-    if pipe.scheduler.config.get("prediction_type") != prediction:
-        pipe.scheduler = pipe.scheduler.__class__.from_config(pipe.scheduler.config,
-                                                              prediction_type=prediction)
-    log.info("%s: SD 2.x with %s", path.name, prediction)
+def _set_scheduler_prediction(pipe, prediction: ModelPrediction) -> None:
+    """The pipeline's scheduler told the discrete-schedule kind (an EDM model's own table is made
+    from `prediction`, not from this config)."""
+    kind = prediction.prediction_type if prediction.prediction_type != predictions.EDM else predictions.EPSILON
+    if pipe.scheduler.config.get("prediction_type") != kind:
+        pipe.scheduler = pipe.scheduler.__class__.from_config(pipe.scheduler.config, prediction_type=kind)
 
 
 def load_diffusers_folder(info: CheckpointInfo, device: DeviceConfig) -> LoadedPipeline:
@@ -243,7 +252,9 @@ def load_diffusers_folder(info: CheckpointInfo, device: DeviceConfig) -> LoadedP
                               "checkpoint") from error
     family = family_of_pipeline(pipe)
     pipe.to(device.device)
-    return LoadedPipeline(pipe, family, None)
+    scheduler = pipe.scheduler
+    return LoadedPipeline(pipe, family, None,
+                          predictions.from_scheduler_config(scheduler.config, type(scheduler).__name__))
 
 
 def is_refiner_pipeline(pipe) -> bool:

@@ -20,6 +20,7 @@ from engine.models.checkpoint_cache import CheckpointCache, file_signature, size
 from engine.devices import DeviceConfig, free_memory, upcast_sampling
 from engine.errors import CheckpointError, NoModelError
 from engine.models.loading import CONFIG_ROOT, check_loadable, is_refiner_pipeline, load_checkpoint
+from engine.models.prediction import EDM, LatentFormat, ModelPrediction
 from engine.memory.memory_modes import NONE, mode_for_model
 from engine.models.registry import CheckpointInfo, ModelRegistry
 from engine.memory.offload import CPU, Placement
@@ -46,24 +47,66 @@ class LoadedModel:
     signature: tuple | None = None
     # Where the modules live (the memory mode); by default all on the device the base is on.
     placement: Placement | None = None
+    # What the file says its UNet predicts, and what jobs sample with now (the detected one, or
+    # the user's override for this checkpoint, or zero terminal SNR from the noise schedule
+    # setting): see use_prediction.
+    detected: ModelPrediction = ModelPrediction()
+    prediction: ModelPrediction | None = None
+    # Each VAE's own latent format, kept while an EDM model's is set on it (by id: only this
+    # model's own VAE and the one chosen from models/VAE are ever there).
+    _vae_formats: dict[int, LatentFormat] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.placement is None:
             self.placement = Placement(self.base.device)
+        if self.prediction is None:
+            self.prediction = self.detected
 
     @property
     def prediction_type(self) -> str:
-        return self.scheduler_config.get("prediction_type", "epsilon")
+        """"epsilon", "v_prediction" or "edm" (Karras et al.'s preconditioning)."""
+        return self.prediction.prediction_type
+
+    @property
+    def is_edm(self) -> bool:
+        return self.prediction.prediction_type == EDM
+
+    def use_prediction(self, prediction: ModelPrediction) -> None:
+        """Sample with `prediction` from now on: the noise tables follow it, and the VAE gets an
+        EDM model's latent mean, standard deviation and scale (its own back otherwise)."""
+        self.prediction = prediction
+        self._apply_latent_format(self.base.vae)
 
     def sigma_table(self, lcm: bool = False, device: torch.device | str = "cpu") -> "ModelSigmas":
-        """The model's noise levels as A1111's samplers see them (LCM's 50-entry table with `lcm`)."""
-        key = (lcm, str(device))
+        """The model's noise levels as A1111's samplers see them (LCM's 50-entry table with `lcm`),
+        for the prediction in use: zero terminal SNR rescales the table as A1111 does, an EDM
+        model has continuous sigmas."""
+        prediction = self.prediction
+        key = (lcm, str(device), prediction.zero_snr, prediction.edm)
         if key not in self._sigma_tables:
+            from engine.sampling.noise_tables import EdmSigmas, zero_terminal_snr
             from engine.sampling.schedules import LcmSigmas, ModelSigmas
 
+            if prediction.edm is not None:
+                self._sigma_tables[key] = EdmSigmas(prediction.edm.sigma_min, prediction.edm.sigma_max, device)
+                return self._sigma_tables[key]
             alphas = ModelSigmas.from_config(self.scheduler_config).alphas_cumprod.to(device)
+            if prediction.zero_snr:
+                alphas = zero_terminal_snr(alphas)
             self._sigma_tables[key] = (LcmSigmas if lcm else ModelSigmas)(alphas)
         return self._sigma_tables[key]
+
+    def _apply_latent_format(self, vae) -> None:
+        if id(vae) not in self._vae_formats:
+            config = vae.config
+            mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
+            self._vae_formats[id(vae)] = LatentFormat(
+                None if mean is None else tuple(mean), None if std is None else tuple(std),
+                config.scaling_factor)
+        wanted = self.prediction.latents or self._vae_formats[id(vae)]
+        vae.register_to_config(latents_mean=None if wanted.mean is None else list(wanted.mean),
+                               latents_std=None if wanted.std is None else list(wanted.std),
+                               scaling_factor=wanted.scaling_factor)
 
     @property
     def device(self) -> torch.device:
@@ -100,6 +143,9 @@ class LoadedModel:
         return wanted
 
     def _set_vae(self, module) -> None:
+        if module is not self._own_vae:  # just loaded: what was kept under its id is another's
+            self._vae_formats.pop(id(module), None)
+        self._apply_latent_format(module)
         # Pipelines made with from_pipe hold their own reference to the VAE: update them all.
         for pipe in [self.base, *self._derived.values()]:
             pipe.vae = module
@@ -301,7 +347,7 @@ class ModelManager:
             upcast_sampling(loaded.pipe.unet)
         config = dict(loaded.pipe.scheduler.config)
         model = LoadedModel(info, loaded.family, loaded.pipe, config, config_root=self.config_root,
-                            placement=placement, signature=signature)
+                            placement=placement, signature=signature, detected=loaded.prediction)
         model.use_memory_mode(mode)
         return model
 

@@ -111,6 +111,9 @@ def request_fields(text: str) -> dict[str, Any]:
     simple = {
         "Steps": ("steps", int), "Sampler": ("sampler_name", str), "Schedule type": ("scheduler", str),
         "CFG scale": ("cfg_scale", float), "Seed": ("seed", int), "Variation seed": ("subseed", int),
+        # The A1111 extension's key for rescaled guidance, and Forge's.
+        "CFG Rescale": ("cfg_rescale", float), "Rescale CFG": ("cfg_rescale", float),
+        "Noise Schedule": ("noise_schedule", str),
         "Variation seed strength": ("subseed_strength", float),
         "Clip skip": ("clip_skip", int), "Emphasis": ("emphasis", str), "RNG": ("randn_source", str),
         "Denoising strength": ("denoising_strength", float), "Mask blur": ("mask_blur", int),

@@ -37,6 +37,7 @@ from engine.memory.memory_modes import applied as memory_modes_applied
 from engine.output.writer import OutputWriter, make_grid
 from engine.models.pipelines import LoadedModel
 from engine.runs.preview import Previewer
+from engine.runs import prediction_setup
 from engine.postprocess.faces import FACE_DETAILER, detail_faces, restore_with_model
 from engine.prompts.prompt_parser import extract_extra_networks
 from engine.request import LATENT_UPSCALE_MODES, GenerationRequest
@@ -138,6 +139,8 @@ class GenerationRun:
         self.addons = addons
         self.memory_notes: list[str] = []  # what was done to fit in memory (shared with inner passes)
         self.sampler, self.schedule = samplers.resolve(request.sampler_name, request.scheduler)
+        # Before anything is encoded or sampled: an EDM model's VAE takes its latent format.
+        self.prediction = prediction_setup.use_for_job(model, request, policy.run, self.sampler)
         self.seeds: JobSeeds = job_seeds(request)
         vae = lambda: self.pipe.vae  # noqa: E731  (the pipeline is made for the start's task)
         self.start = ImageStart(request, model, policy, addons, vae, self.memory_notes) \
@@ -233,6 +236,7 @@ class GenerationRun:
         if request.randn_source not in ("", DEFAULT_RANDN_SOURCE):
             extra["RNG"] = request.randn_source
         extra.update(self._sampler_notes()[0])
+        extra.update(prediction_setup.infotext_params(self.prediction, request))
         extra.update(self._schedule_params())
         if request.eta_noise_seed_delta and self.sampler.uses_ensd and self.eta != 0:
             extra["ENSD"] = request.eta_noise_seed_delta
@@ -489,7 +493,7 @@ class GenerationRun:
         embedded = getattr(unet.config, "time_cond_proj_dim", None)
         return CFGDenoiser(unet, table, self.model.prediction_type, request.cfg_scale, conditioning,
                            mode=mode, image_cond=self.start.image_conditioning(count, batch), time_ids=time_ids,
-                           s_min_uncond=request.s_min_uncond or 0.0,
+                           s_min_uncond=request.s_min_uncond or 0.0, cfg_rescale=request.cfg_rescale,
                            guidance_embedding=guidance_embedding(request.cfg_scale, embedded) if embedded else None,
                            before_call=before_call, uncond_time_ids=uncond_time_ids)
 

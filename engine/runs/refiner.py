@@ -30,6 +30,7 @@ from engine.models.loading import latent_space_of
 from engine.networks.lora import applied_loras
 from engine.prompts.conditioning import PromptEncoder
 from engine.request import GenerationRequest
+from engine.runs import prediction_setup
 from engine.sampling.denoiser import CFGDenoiser, guidance_embedding
 
 if TYPE_CHECKING:
@@ -151,6 +152,8 @@ class RefinerSwitch:
             model = self._stack.enter_context(run.borrow_model(self.plan.checkpoint))
             check_same_latent_space(model.info.name, model.latent_space, run.model)
             model.use_vae(run.request.vae, run.addons.vaes)
+            # Its own prediction type and noise table (the user's override for it included).
+            prediction_setup.use_for_job(model, run.request, run.policy.run, run.sampler)
             pipe = model.pipeline_for(run.start.task)
             # The prompt's LoRAs act on the refiner's layers of the same names, as in A1111; a
             # refiner with none of them is not worth a warning.

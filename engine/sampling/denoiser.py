@@ -8,6 +8,15 @@ a noise level and gives back what A1111's classifier-free-guidance denoiser give
   mixes epsilon (v-prediction converted to epsilon at the integer timestep, as A1111 does).
 - LCM ("lcm"): A1111's LCM denoiser: quantised timesteps of a 50-entry table and the consistency
   model's boundary scalings.
+- An EDM model (prediction type "edm", Playground v2.5) with the k-diffusion samplers: Karras et
+  al.'s preconditioning with sigma_data 0.5 (c_in, c_skip, c_out) and the UNet's timestep
+  c_noise = 0.25 * log(sigma) from its table (engine/sampling/noise_tables.py).
+
+"CFG Rescale" (phi > 0, Lin et al. 2023, section 3.4) scales the guided result so that its standard
+deviation is that of the positive prediction, then mixes phi of it with 1 - phi of the plain
+guided result, per image; as the A1111 extension that writes this infotext key does, it acts on
+what guidance mixes: the denoised latents for the k-diffusion samplers, the noise prediction for
+the timestep samplers.
 
 The batch is [negative..., positive...] as diffusers lays it out (ControlNet's per-half control
 relies on that order); guidance is A1111's `uncond + (cond - uncond) * scale`. With a mask
@@ -23,6 +32,10 @@ from dataclasses import dataclass
 import torch
 
 from engine.sampling.schedules import ModelSigmas
+
+# EDM's sigma_data: the standard deviation of the training latents Karras et al. precondition for
+# (Playground v2.5 was trained with 0.5, as the LCM boundary also assumes).
+EDM_SIGMA_DATA = 0.5
 
 
 class Interrupted(Exception):
@@ -47,15 +60,18 @@ class CFGDenoiser:
                  conditioning: Callable[[], Conditioning], *, mode: str = "k",
                  image_cond: torch.Tensor | None = None, time_ids: torch.Tensor | None = None,
                  s_min_uncond: float = 0.0, guidance_embedding: torch.Tensor | None = None,
-                 before_call: Callable[[], None] | None = None,
+                 before_call: Callable[[], None] | None = None, cfg_rescale: float = 0.0,
                  uncond_time_ids: torch.Tensor | None = None,
                  before_unet: Callable[["CFGDenoiser", torch.Tensor], None] | None = None):
         if mode not in ("k", "eps", "lcm"):
             raise ValueError(f"unknown denoiser mode {mode!r}")
+        if prediction_type == "edm" and mode != "k":
+            raise ValueError("an EDM model samples with the k-diffusion samplers only")
         self.unet = unet
         self.table = table
         self.prediction_type = prediction_type
         self.cfg_scale = cfg_scale
+        self.cfg_rescale = cfg_rescale
         self.conditioning = conditioning
         self.mode = mode
         self.image_cond = image_cond
@@ -143,6 +159,8 @@ class CFGDenoiser:
                 self.last_noise_uncond = uncond_out.clone()
             denoised = uncond_out.clone()
             denoised += (cond_out - uncond_out) * (1.0 * (self.cfg_scale * self.cond_scale_multiplier))
+            if self.cfg_rescale > 0:
+                denoised = rescaled_guidance(denoised, cond_out, self.cfg_rescale)
         if not self.mask_before_denoising and self.mask is not None:
             denoised = self._blend(denoised)
         self.calls += 1
@@ -158,8 +176,10 @@ class CFGDenoiser:
                 return alphas.sqrt() * output + (1 - alphas).sqrt() * x
             return output
         sigma_b = sigma[:, None, None, None]
+        if self.prediction_type == "edm":
+            return self._edm(x, sigma, sigma_b, embeds, pooled, time_ids)
         c_in = 1 / (sigma_b ** 2 + 1.0 ** 2) ** 0.5
-        output = self._unet(x * c_in, self.table.sigma_to_t(sigma), embeds, pooled, time_ids)
+        output = self._unet(x * c_in, self.table.unet_timestep(sigma), embeds, pooled, time_ids)
         if self.prediction_type == "v_prediction":
             c_skip = 1.0 ** 2 / (sigma_b ** 2 + 1.0 ** 2)
             c_out = -sigma_b * 1.0 / (sigma_b ** 2 + 1.0 ** 2) ** 0.5
@@ -169,6 +189,16 @@ class CFGDenoiser:
         if self.mode == "lcm":
             denoised = self._consistency_boundary(sigma, denoised, x)
         return denoised
+
+    def _edm(self, x: torch.Tensor, sigma: torch.Tensor, sigma_b: torch.Tensor, embeds: torch.Tensor,
+             pooled: torch.Tensor | None, time_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Karras et al.'s preconditioned denoiser: the UNet's output is the scaled noise."""
+        spread = sigma_b ** 2 + EDM_SIGMA_DATA ** 2
+        c_in = 1 / spread ** 0.5
+        c_skip = EDM_SIGMA_DATA ** 2 / spread
+        c_out = sigma_b * EDM_SIGMA_DATA / spread ** 0.5
+        output = self._unet(x * c_in, self.table.unet_timestep(sigma), embeds, pooled, time_ids)
+        return x * c_skip + output * c_out
 
     def _consistency_boundary(self, sigma: torch.Tensor, output: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """The LCM scheduler's c_skip/c_out at the (quantised) timestep, with sigma_data 0.5 and the
@@ -196,6 +226,14 @@ class CFGDenoiser:
         output = self.unet(x.to(dtype), t.to(x.device), encoder_hidden_states=embeds.to(dtype),
                            return_dict=False, **kwargs)[0]
         return output.to(torch.float32)
+
+
+def rescaled_guidance(guided: torch.Tensor, positive: torch.Tensor, phi: float) -> torch.Tensor:
+    """Lin et al.'s rescaled classifier-free guidance: phi of the guided result scaled to the
+    positive prediction's standard deviation (per image), 1 - phi of it as it is."""
+    dims = tuple(range(1, guided.ndim))
+    rescaled = guided * (positive.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True))
+    return phi * rescaled + (1.0 - phi) * guided
 
 
 def guidance_embedding(cfg_scale: float, dim: int) -> torch.Tensor:

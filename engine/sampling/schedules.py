@@ -126,6 +126,11 @@ class ModelSigmas:
         t = (1 - weight) * low_index + weight * high_index
         return t.reshape(sigma.shape)
 
+    def unet_timestep(self, sigma: torch.Tensor) -> torch.Tensor:
+        """What the UNet is given as its timestep at each sigma: the continuous training
+        timestep (an EDM model's table answers otherwise)."""
+        return self.sigma_to_t(sigma)
+
     def t_to_sigma(self, t: torch.Tensor) -> torch.Tensor:
         """Sigma at each (fractional) timestep: log sigma interpolated between its neighbours."""
         t = t.to(self.device).float()

@@ -21,6 +21,7 @@ from engine.postprocess.faces import RESTORERS
 from engine.memory.compiled import FAST_PATH_OPTIONS
 from engine.postprocess.ldsr import LDSR_OPTIONS
 from engine.memory.memory_modes import MEMORY_MODES
+from engine.models.prediction import PREDICTION_OPTIONS
 from engine.option import Option
 from engine.validation import shown
 from engine.settings.options_sampling import IMG2IMG_OPTIONS, SAMPLING_OPTIONS
@@ -127,7 +128,7 @@ OPTIONS: tuple[Option, ...] = SAVING_OPTIONS + (
            "(less VRAM, a little slower); medvram-sdxl does so for SDXL models only; lowvram brings "
            "the weights to the GPU layer by layer (least VRAM, slower)", "Memory and speed",
            choices=MEMORY_MODES),
-) + SAMPLING_OPTIONS + IMG2IMG_OPTIONS + FAST_PATH_OPTIONS + UI_OPTIONS + LDSR_OPTIONS
+) + PREDICTION_OPTIONS + SAMPLING_OPTIONS + IMG2IMG_OPTIONS + FAST_PATH_OPTIONS + UI_OPTIONS + LDSR_OPTIONS
 
 
 class Settings:

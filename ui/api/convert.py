@@ -54,7 +54,7 @@ _INFOTEXT_FIELDS = ("prompt", "negative_prompt", "steps", "sampler_name", "sched
                     "seed_resize_from_w", "seed_resize_from_h", "clip_skip", "emphasis",
                     "denoising_strength", "mask_blur", "inpainting_fill", "inpaint_full_res",
                     "inpaint_full_res_padding", "inpainting_mask_invert", "resize_mode", "randn_source",
-                    "refiner_checkpoint", "refiner_switch_at")
+                    "refiner_checkpoint", "refiner_switch_at", "cfg_rescale", "noise_schedule")
 
 
 def _apply_infotext(body: Txt2ImgBody) -> dict[str, Any]:
@@ -210,6 +210,7 @@ def _common_fields(body: Txt2ImgBody, values: dict[str, Any], registry: Extensio
         seed_resize_from_h=_seed_resize(values["seed_resize_from_h"]),
         sampler_name=sampler, scheduler=values["scheduler"] or "Automatic",
         steps=values["steps"], cfg_scale=values["cfg_scale"],
+        cfg_rescale=_first_given(values["rescale_cfg"], values["cfg_rescale"], 0.0),
         width=values["width"], height=values["height"],
         batch_size=values["batch_size"], n_iter=values["n_iter"],
         styles=tuple(values["styles"]),
@@ -223,8 +224,13 @@ def _common_fields(body: Txt2ImgBody, values: dict[str, Any], registry: Extensio
         **_script_fields(values.get("script_name"), values.get("script_args"), mode, registry),
         refiner=refiner_choice(values, default_refiner),
     )
-    fields.update({k: values[k] for k in ("clip_skip", "emphasis", "randn_source") if k in values})  # from infotext
+    # From the infotext:
+    fields.update({k: values[k] for k in ("clip_skip", "emphasis", "randn_source", "noise_schedule") if k in values})
     return fields
+
+
+def _first_given(*values):
+    return next(value for value in values if value is not None)
 
 
 def encode_png(image, text: str | None) -> str:

@@ -53,6 +53,9 @@ class Txt2ImgBody(BaseModel):
     n_iter: int = 1
     steps: int = 50
     cfg_scale: float = 7.0
+    # "CFG Rescale" phi: `rescale_cfg` is Forge's API name for it, `cfg_rescale` ours (the infotext's).
+    rescale_cfg: float | None = None
+    cfg_rescale: float | None = None
     width: int = 512
     height: int = 512
     restore_faces: bool | None = None
