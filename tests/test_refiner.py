@@ -376,3 +376,32 @@ def test_infotext_is_read_back_into_the_same_refiner(engine):
     again = txt2img_request(Txt2ImgBody(infotext=result.infotexts[0]))
     assert again.refiner.switch_at == 0.5
     assert engine.generate(again.replace(save_images=False, save_grid=False)).infotexts[0] == result.infotexts[0]
+
+
+def test_img2img_hands_over_too(engine, unet_calls):
+    from PIL import Image
+
+    start = Image.new("RGB", (64, 64), (150, 60, 40))
+    result = engine.generate(job().with_img2img(init_images=(start,), denoising_strength=0.75))
+    widths = [width for width, _, _ in unet_calls]
+    switched = widths.index(REFINER_WIDTH)
+    assert len(widths) == 7 and 0 < switched and set(widths[switched:]) == {REFINER_WIDTH}  # t_enc + 1 steps
+    assert infotext.parse(result.infotexts[0])[2]["Refiner"].startswith("tiny-sdxl-refiner [")
+
+
+def test_a_lora_in_the_prompt_leaves_base_and_refiner_as_loaded(engine, files):
+    from tests.support.lora_files import write_kohya_lora
+
+    folder = engine.addons.loras.folder
+    folder.mkdir(parents=True, exist_ok=True)
+    write_kohya_lora(files.reference_pipeline("sdxl"), folder / "xl-style.safetensors")
+    engine.addons.loras.refresh()
+    unet = engine.models.current.base.unet
+    before = {key: value.clone() for key, value in unet.state_dict().items()}
+    plain = engine.generate(job(steps=4))
+    styled = engine.generate(job(steps=4, prompt=PROMPT + " <lora:xl-style:0.8>"))
+    assert "Lora hashes" in infotext.parse(styled.infotexts[0])[2]
+    assert styled.images[0].tobytes() != plain.images[0].tobytes()
+    assert all(torch.equal(before[key], value) for key, value in unet.state_dict().items())
+    # The same job without the LoRA again: the same picture, so neither model kept any of it.
+    assert engine.generate(job(steps=4)).images[0].tobytes() == plain.images[0].tobytes()

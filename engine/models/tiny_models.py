@@ -21,9 +21,11 @@ import shutil
 
 import torch
 
-# "sdxl-refiner" is the SDXL refiner's layout: one (OpenCLIP bigG) text encoder, and the five
-# micro-conditioning numbers of aesthetic-score conditioning.
-FAMILIES = ("sd1", "sd2", "sdxl", "sdxl-refiner")
+FAMILIES = ("sd1", "sd2", "sdxl")
+# Besides the families: the SDXL refiner's layout, one (OpenCLIP bigG) text encoder and the five
+# micro-conditioning numbers of aesthetic-score conditioning (tests/test_refiner.py).
+SDXL_REFINER = "sdxl-refiner"
+LAYOUTS = FAMILIES + (SDXL_REFINER,)
 
 # The real CLIP BPE tokenizer has 49408 tokens.
 REAL_CLIP_VOCAB_SIZE = 49408
@@ -86,8 +88,8 @@ _SDXL_TIME_EMBED_DIM = 8  # real: 256
 
 
 def _check_family(family: str) -> None:
-    if family not in FAMILIES:
-        raise ValueError(f"unknown model family {family!r}; expected one of {FAMILIES}")
+    if family not in LAYOUTS:
+        raise ValueError(f"unknown model family {family!r}; expected one of {LAYOUTS}")
 
 
 def _clip_text_config(vocab_size, hidden, hidden_act, projection_dim, architecture):
