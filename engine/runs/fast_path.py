@@ -4,7 +4,7 @@ Pieces, each switched on per job where it helps and measured by `python -m bench
 - channels_last: UNet and VAE convolutions in NHWC, the layout tensor cores read directly.
 - fused_qkv: self-attention's q, k and v projections as one matrix product (k and v for cross
   attention). The separate projections become views into the fused weight, so no memory is
-  added; a job with LoRAs (which wrap the separate projections) runs with unfused processors.
+  added; a job with LoRAs (merged into the separate projections' weights) runs with unfused processors.
 - half_vae: decode in fp16 even where the VAE's config asks for fp32; a decode with NaN is redone
   in fp32, which then stays (engine/networks/vae.py).
 - compile: the opt-in `torch_compile` setting: torch.compile of the UNet and the VAE decoder,
@@ -44,8 +44,8 @@ FAST_PATH_ENV = "SD_STUDIO_FAST_PATH"
 class JobTraits:
     """What in a job changes the model, so that a piece must step aside for it."""
 
-    loras: bool = False    # LoRAs wrap the separate q/k/v projections
-    patched: bool = False  # ControlNet, an extension's patch, attention slicing: run uncompiled
+    loras: bool = False    # LoRA jobs run unfused: the merge writes the separate q/k/v weights
+    patched: bool = False  # ControlNet, an extension's patch, attention slicing, a refiner: run uncompiled
     vae_tiling: bool = False  # tiled decodes see odd shapes: decode uncompiled
 
     @classmethod
@@ -58,8 +58,9 @@ class JobTraits:
         loras = bool(extract_extra_networks(prompt)[1] or extract_extra_networks(negative)[1])
         patching = any(type(item.extension).patch is not Extension.patch
                        for item in addons.extensions.active(request.mode, request.extensions))
+        # A refiner moves the job's model off the device mid-sampling: it runs uncompiled.
         return cls(loras=loras, patched=bool(patching or request.active_controlnet_units
-                                             or memory.attention_slicing),
+                                             or memory.attention_slicing or request.refiner is not None),
                    vae_tiling=memory.vae_tiling)
 
 
