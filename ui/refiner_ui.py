@@ -32,9 +32,9 @@ def accordion(ctx: UIContext, tab: str) -> dict[str, gr.components.Component]:
                                      info="switches to this model in the middle of generation")
             refresh = gr.Button(REFRESH, elem_id=f"{tab}_refiner_refresh", scale=0, min_width=40,
                                 elem_classes=["tool"])
-            switch_at = Slider(*REFINER_SWITCH_RANGE, step=0.01, value=DEFAULT_REFINER_SWITCH_AT, label="Switch at",
-                               elem_id=f"{tab}_refiner_switch_at", scale=4,
-                               info="share of the sampling done when the refiner takes over; 1 = never")
+        switch_at = Slider(*REFINER_SWITCH_RANGE, step=0.01, value=DEFAULT_REFINER_SWITCH_AT, label="Switch at",
+                           elem_id=f"{tab}_refiner_switch_at",
+                           info="share of the sampling done when the refiner takes over (1: never)")
 
     def refreshed(current: str):
         ctx.registry.refresh()
