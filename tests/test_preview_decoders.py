@@ -6,7 +6,6 @@ every N steps in a job, and a missing file fetched in the background from a stan
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import shutil
 import subprocess

@@ -171,7 +171,7 @@ def _component(ctx: UIContext, option: Option):
         return gr.Checkbox(**common)
     if isinstance(option.default, dict):  # one value per name, as JSON
         choices = ", ".join(f'"{choice}"' for choice in option.choices or ())
-        common["info"] = common.get("info") or f'JSON: {{"name": value}}' + (f"; values: {choices}" if choices else "")
+        common["info"] = common.get("info") or 'JSON: {"name": value}' + (f"; values: {choices}" if choices else "")
         return gr.Textbox(**common)
     if option.choices and len(option.choices) <= 3:
         return gr.Radio(list(option.choices), **common)

@@ -12,7 +12,7 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import torch
 
@@ -25,6 +25,9 @@ from engine.memory.memory_modes import NONE, mode_for_model
 from engine.models.registry import CheckpointInfo, ModelRegistry
 from engine.memory.offload import CPU, Placement
 from engine.networks.vae import load_vae_file
+
+if TYPE_CHECKING:  # the sampling layer sits below; only the annotation needs it
+    from engine.sampling.schedules import ModelSigmas
 
 log = logging.getLogger(__name__)
 
