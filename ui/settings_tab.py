@@ -34,6 +34,7 @@ _HIDDEN: frozenset[str] = frozenset()
 # Options whose choices come from what is on disk, not from the schema (refreshed on page load).
 _DYNAMIC_CHOICES = {"sd_vae": lambda ctx: ctx.engine.addons.vaes.choices(),
                     CHECKPOINT_KEY: lambda ctx: ctx.registry.titles(),
+                    "sd_model_refiner": lambda ctx: ["None", *ctx.registry.titles()],
                     EXTENSIONS_KEY: lambda ctx: _extension_names(ctx)}
 # List settings offered as a fixed set of checkboxes.
 _LIST_CHOICES = {"hidden_tabs": HIDEABLE_TABS}
