@@ -11,8 +11,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from engine.request import FIELD_RULES, MAX_BATCH_SIZE, MAX_PROMPT_CHARS
-from engine.validation import json_schema
+from engine.request import FIELD_RULES, MAX_BATCH_SIZE, MAX_PROMPT_CHARS, REFINER_SWITCH_RANGE
+from engine.validation import Number, json_schema
 from engine.settings.store import MAX_CHANGES
 
 MAX_NAME_CHARS = 256  # sampler, upscaler, checkpoint, script and style names; task ids
@@ -28,7 +28,8 @@ Image = Annotated[str, Field(max_length=MAX_IMAGE_CHARS)]
 def documented_limits(schema: dict[str, Any]) -> None:
     """The generation bodies' schema with the engine's own limits (engine.request.FIELD_RULES):
     the engine checks them and names a bad value in its words, so the body only documents them."""
-    for name, rule in FIELD_RULES.items():
+    rules = {**FIELD_RULES, "refiner_switch_at": Number(*REFINER_SWITCH_RANGE)}  # the refiner part's own
+    for name, rule in rules.items():
         if name in schema.get("properties", {}):
             limits = json_schema(rule)
             limits.pop("multipleOf", None)  # the API takes any size and rounds it down to the grid
