@@ -18,6 +18,7 @@ from safetensors import safe_open
 
 from engine.devices import DeviceConfig
 from engine.errors import CheckpointError
+from engine.models import families
 from engine.models import prediction as predictions
 from engine.models.prediction import ModelPrediction
 from engine.models.registry import CheckpointInfo
@@ -102,6 +103,9 @@ def read_pickled_state_dict(path: Path, allow_unsafe: bool) -> dict:
 
 def detect_layout(shapes: dict[str, tuple[int, ...]], name: str) -> CheckpointLayout:
     if UNET_IN not in shapes:
+        flow_model = families.recognise_file(shapes)
+        if flow_model is not None:  # FLUX.1 / SD 3.x: named exactly, not generated with yet
+            raise flow_model.refusal(name)
         raise CheckpointError(
             f"'{name}' is not a Stable Diffusion checkpoint in the original single-file layout "
             "(no UNet weights under model.diffusion_model). LoRA, VAE and embedding files go in "
@@ -243,6 +247,7 @@ def _set_scheduler_prediction(pipe, prediction: ModelPrediction) -> None:
 def load_diffusers_folder(info: CheckpointInfo, device: DeviceConfig) -> LoadedPipeline:
     from diffusers import DiffusionPipeline
 
+    refuse_flow_folder(info)
     try:
         pipe = DiffusionPipeline.from_pretrained(
             info.path, dtype=device.dtype, local_files_only=True, safety_checker=None,
@@ -263,6 +268,10 @@ def is_refiner_pipeline(pipe) -> bool:
 
 
 def family_of_pipeline(pipe) -> str:
+    class_name = type(pipe).__name__
+    if class_name.startswith(("Flux", "StableDiffusion3")):
+        # These have a second text encoder too; they are not SDXL.
+        raise CheckpointError(f"A {class_name} is not an SD 1.x, SD 2.x or SDXL pipeline", "checkpoint")
     if getattr(pipe, "text_encoder_2", None) is not None:
         return "sdxl"
     # SD 2.x's OpenCLIP text encoder uses gelu; SD 1.x's CLIP uses quick_gelu.
@@ -311,6 +320,7 @@ def latent_space_of(info: CheckpointInfo, allow_unsafe: bool = False) -> str | N
         return "sd"
     if info.kind in ("safetensors", "pickle"):
         return "sdxl" if detect_layout(read_shapes(Path(info.path), allow_unsafe), info.name).family == "sdxl" else "sd"
+    refuse_flow_folder(info)
     index = Path(info.path) / "model_index.json"
     try:
         name = json.loads(index.read_text(encoding="utf-8")).get("_class_name", "")
@@ -323,8 +333,18 @@ def check_loadable(info: CheckpointInfo, allow_unsafe: bool) -> None:
     """Cheap checks (exists, readable, known layout) before anything is unloaded to make room."""
     if info.kind in ("safetensors", "pickle"):
         detect_layout(read_shapes(Path(info.path), allow_unsafe), info.name)
-    elif info.kind == "diffusers" and not (Path(info.path) / "model_index.json").is_file():
-        raise CheckpointError(f"Diffusers folder not found: {info.path}", "checkpoint")
+    elif info.kind == "diffusers":
+        if not (Path(info.path) / "model_index.json").is_file():
+            raise CheckpointError(f"Diffusers folder not found: {info.path}", "checkpoint")
+        refuse_flow_folder(info)
+
+
+def refuse_flow_folder(info: CheckpointInfo) -> None:
+    """A FLUX.1 / SD 3.x diffusers folder is named by its pipeline class and refused (before its
+    weights are read): it would otherwise pass for SDXL (it has a second text encoder)."""
+    flow_model = families.recognise_folder(Path(info.path))
+    if flow_model is not None:
+        raise flow_model.refusal(info.name)
 
 
 def _short(error: BaseException, limit: int = 300) -> str:
