@@ -21,27 +21,27 @@ NOT_YET = "not available yet in this version"
 # file name -> (how it is written, family, variant, config folder, text encoders inside, VAE inside)
 FILES = {
     "flux1-dev-aio.safetensors": (
-        dict(transformer=flux_keys(), text_encoders=("clip_l", "t5xxl"), vae="vae"),
+        {"transformer": flux_keys(), "text_encoders": ("clip_l", "t5xxl"), "vae": "vae"},
         "flux", "FLUX.1-dev", "flux-dev", ("CLIP-L", "T5-XXL"), True),
     "flux1-dev.safetensors": (  # BFL's own release: bare transformer keys
-        dict(transformer=flux_keys(), prefix=""), "flux", "FLUX.1-dev", "flux-dev", (), False),
+        {"transformer": flux_keys(), "prefix": ""}, "flux", "FLUX.1-dev", "flux-dev", (), False),
     "flux1-schnell-prefixed.safetensors": (
-        dict(transformer=flux_keys(guidance=False)), "flux", "FLUX.1-schnell", "flux-schnell", (), False),
+        {"transformer": flux_keys(guidance=False)}, "flux", "FLUX.1-schnell", "flux-schnell", (), False),
     "flux1-fill-dev.safetensors": (
-        dict(transformer=flux_keys(img_in_channels=384), prefix=""), "flux", "FLUX.1 Fill", None, (), False),
+        {"transformer": flux_keys(img_in_channels=384), "prefix": ""}, "flux", "FLUX.1 Fill", None, (), False),
     "flux1-depth-dev.safetensors": (
-        dict(transformer=flux_keys(img_in_channels=128), prefix=""), "flux", "FLUX.1 Depth/Canny", None, (), False),
+        {"transformer": flux_keys(img_in_channels=128), "prefix": ""}, "flux", "FLUX.1 Depth/Canny", None, (), False),
     "sd3.5_large.safetensors": (  # Stability's release: MMDiT and VAE, no text encoders
-        dict(transformer=sd3_keys(38), vae="first_stage_model"), "sd3", "SD 3.5 Large", "sd3.5-large", (), True),
+        {"transformer": sd3_keys(38), "vae": "first_stage_model"}, "sd3", "SD 3.5 Large", "sd3.5-large", (), True),
     "sd3.5_large_all.safetensors": (
-        dict(transformer=sd3_keys(38), text_encoders=("clip_l", "clip_g", "t5xxl"), vae="first_stage_model"),
+        {"transformer": sd3_keys(38), "text_encoders": ("clip_l", "clip_g", "t5xxl"), "vae": "first_stage_model"},
         "sd3", "SD 3.5 Large", "sd3.5-large", ("CLIP-L", "CLIP-G", "T5-XXL"), True),
     "sd3.5_medium_incl_clips.safetensors": (
-        dict(transformer=sd3_keys(24, dual_attention_blocks=13), text_encoders=("clip_l", "clip_g"),
-             vae="first_stage_model"),
+        {"transformer": sd3_keys(24, dual_attention_blocks=13), "text_encoders": ("clip_l", "clip_g"),
+             "vae": "first_stage_model"},
         "sd3", "SD 3.5 Medium", "sd3.5-medium", ("CLIP-L", "CLIP-G"), True),
     "sd3_medium.safetensors": (
-        dict(transformer=sd3_keys(24), prefix=""), "sd3", "SD 3 Medium", None, (), False),
+        {"transformer": sd3_keys(24), "prefix": ""}, "sd3", "SD 3 Medium", None, (), False),
 }
 
 

@@ -10,14 +10,14 @@ implementation gives for the same spiece.model (see T5_IDS). No network.
 
 from __future__ import annotations
 
-import json
 import struct
 from pathlib import Path
 
 import pytest
-import torch
 
-CONFIG_ROOT = Path(__file__).resolve().parent.parent / "engine" / "models" / "model_configs"
+# The same helpers build the SD 1.x/SDXL folders' models (they read any folder under model_configs/).
+from tests.test_model_configs import CONFIG_ROOT, build_on_meta, components, read_json
+
 FLUX = ("flux-dev", "flux-schnell")
 SD35 = ("sd3.5-large", "sd3.5-medium")
 FOLDERS = FLUX + SD35
@@ -99,30 +99,6 @@ EXPECTED_PARAMS = {
                      "text_encoder": CLIP_L_PROJ, "text_encoder_2": OPENCLIP_BIGG_PROJ,
                      "text_encoder_3": t5_encoder_params()},
 }
-
-
-def read_json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def components(folder: str) -> dict[str, tuple[str, str]]:
-    index = read_json(CONFIG_ROOT / folder / "model_index.json")
-    return {name: (value[0], value[1]) for name, value in index.items()
-            if not name.startswith("_") and isinstance(value, list) and value[0] is not None}
-
-
-def build_on_meta(folder: str, name: str) -> torch.nn.Module:
-    import diffusers
-    import transformers
-
-    library, class_name = components(folder)[name]
-    path = CONFIG_ROOT / folder / name
-    with torch.device("meta"):
-        if library == "diffusers":
-            cls = getattr(diffusers, class_name)
-            return cls.from_config(cls.load_config(path))
-        cls = getattr(transformers, class_name)
-        return cls(cls.config_class.from_pretrained(path, local_files_only=True))
 
 
 def test_hand_counts_agree_with_the_published_figures():

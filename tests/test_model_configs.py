@@ -97,8 +97,7 @@ def build_on_meta(family: str, name: str) -> torch.nn.Module:
             cls = getattr(diffusers, class_name)
             return cls.from_config(cls.load_config(folder))
         cls = getattr(transformers, class_name)
-        config = transformers.CLIPTextConfig.from_pretrained(folder)
-        return cls(config)
+        return cls(cls.config_class.from_pretrained(folder, local_files_only=True))
 
 
 @pytest.mark.parametrize("family", FAMILIES)
