@@ -40,6 +40,9 @@ FILES = {
         {"transformer": sd3_keys(24, dual_attention_blocks=13), "text_encoders": ("clip_l", "clip_g"),
              "vae": "first_stage_model"},
         "sd3", "SD 3.5 Medium", "sd3.5-medium", ("CLIP-L", "CLIP-G"), True),
+    "chroma-unlocked.safetensors": (
+        {"transformer": {**flux_keys(guidance=False), "distilled_guidance_layer.in_proj.weight": (1,)}},
+        "flux", "Chroma (FLUX.1-based)", None, (), False),
     "sd3_medium.safetensors": (
         {"transformer": sd3_keys(24), "prefix": ""}, "sd3", "SD 3 Medium", None, (), False),
 }
@@ -70,6 +73,8 @@ MESSAGES = {
     "flux1-dev.safetensors": "is a FLUX.1-dev transformer-only file: it needs a CLIP-L text encoder, a "
                              "T5-XXL text encoder and the FLUX VAE (ae.safetensors) picked beside it",
     "flux1-schnell-prefixed.safetensors": "is a FLUX.1-schnell transformer-only file",
+    "chroma-unlocked.safetensors": "is a Chroma (FLUX.1-based) transformer-only file: it needs a T5-XXL "
+                                   "text encoder and the FLUX VAE (ae.safetensors) picked beside it",
     "sd3.5_large.safetensors": "is an SD 3.5 Large single file with the VAE; it needs a CLIP-L text encoder, "
                                "a CLIP-G text encoder and a T5-XXL text encoder picked beside it",
     "sd3.5_large_all.safetensors": "is an SD 3.5 Large all-in-one checkpoint",
@@ -84,9 +89,33 @@ def test_the_refusal_names_the_family_and_what_is_missing(flow_files, name):
         detect_layout(read_shapes(flow_files / name, False), name)
     message = caught.value.message
     assert message.startswith(f"'{name}' {MESSAGES[name]}")
-    family = "FLUX.1" if name.startswith("flux") else "Stable Diffusion 3"
+    family = "Stable Diffusion 3" if name.startswith("sd3") else "FLUX.1"
     assert f"Generating with {family} models is {NOT_YET}" in message
     assert caught.value.status == 400
+
+
+# The parts of a FLUX / SD 3 setup, on their own, in the layouts they are published in.
+COMPONENTS = {
+    "t5xxl_fp16.safetensors": ({"shared.weight": (1,), "encoder.block.0.layer.0.SelfAttention.q.weight": (1,)},
+                               "is a T5-XXL text encoder, not a checkpoint: it belongs in models/text_encoder"),
+    "clip_l.safetensors": ({"text_model.encoder.layers.0.self_attn.q_proj.weight": (768, 768)},
+                           "is a CLIP-L text encoder, not a checkpoint: it belongs in models/text_encoder"),
+    "clip_g.safetensors": ({"text_model.encoder.layers.0.self_attn.q_proj.weight": (1280, 1280)},
+                           "is a CLIP-G text encoder, not a checkpoint: it belongs in models/text_encoder"),
+    "ae.safetensors": ({"decoder.conv_in.weight": (512, 16, 3, 3), "encoder.conv_out.weight": (32, 512, 3, 3)},
+                       "is a 16-channel VAE (FLUX.1 / SD 3), not a checkpoint: it belongs in models/VAE"),
+    "sdxl_vae.safetensors": ({"decoder.conv_in.weight": (512, 4, 3, 3)},
+                             "is a VAE (SD 1.x / 2.x / SDXL), not a checkpoint: it belongs in models/VAE"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(COMPONENTS))
+def test_a_text_encoder_or_vae_in_the_checkpoint_folder_is_named(tmp_path, name):
+    keys, words = COMPONENTS[name]
+    path = write_flow_file(tmp_path / name, keys, prefix="")
+    with pytest.raises(CheckpointError) as caught:
+        detect_layout(read_shapes(path, False), name)
+    assert caught.value.message.startswith(f"'{name}' {words}")
 
 
 def copy_config_folder(config_name: str, target: Path) -> Path:

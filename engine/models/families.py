@@ -38,6 +38,7 @@ TEXT_ENCODER_PREFIXES = {CLIP_L: "text_encoders.clip_l.", CLIP_G: "text_encoders
 VAE_KEYS = ("vae.decoder.conv_in.weight", "first_stage_model.decoder.conv_in.weight")
 # What each family's transformer needs beside it.
 NEEDED_TEXT_ENCODERS = {FLUX: (CLIP_L, T5), SD3: (CLIP_L, CLIP_G, T5)}
+CHROMA = "Chroma (FLUX.1-based)"   # FLUX.1-schnell pruned and retrained: T5 only, no CLIP
 VAE_NAMES = {FLUX: "the FLUX VAE (ae.safetensors)", SD3: "the SD3 VAE"}
 
 
@@ -56,7 +57,8 @@ class FlowModelFile:
     def missing(self) -> tuple[str, ...]:
         if self.folder:
             return ()
-        parts = tuple(name for name in NEEDED_TEXT_ENCODERS[self.family] if name not in self.text_encoders)
+        needed = (T5,) if self.variant == CHROMA else NEEDED_TEXT_ENCODERS[self.family]
+        parts = tuple(name for name in needed if name not in self.text_encoders)
         return parts + (() if self.has_vae else (VAE_NAMES[self.family],))
 
     @property
@@ -107,7 +109,7 @@ def recognise_file(shapes: dict[str, tuple[int, ...]]) -> FlowModelFile | None:
 
 def _flux_variant(shapes: dict, prefix: str) -> tuple[str, str | None]:
     if prefix + CHROMA_MARKER in shapes:
-        return "Chroma (FLUX.1-based)", None
+        return CHROMA, None
     img_in = shapes.get(prefix + "img_in.weight", (0, 64))
     if prefix + "guidance_in.in_layer.weight" not in shapes:
         return "FLUX.1-schnell", "flux-schnell"
@@ -162,3 +164,36 @@ def recognise_folder(folder: Path) -> FlowModelFile | None:
     else:
         variant, config_name = "SD 3 Medium", None
     return FlowModelFile(family, variant, config_name, folder=True)
+
+
+# Parts of a FLUX / SD 3 setup that users put beside their checkpoints: key -> what it is, by the
+# width of the tensor (a CLIP text tower's q projection: 768 for CLIP-L, 1280 for CLIP-G).
+T5_ENCODER_KEY = "encoder.block.0.layer.0.SelfAttention.q.weight"
+CLIP_Q_KEY = "text_model.encoder.layers.0.self_attn.q_proj.weight"
+VAE_DECODER_IN = "decoder.conv_in.weight"
+
+
+def recognise_component(shapes: dict[str, tuple[int, ...]]) -> str | None:
+    """A text encoder or VAE file on its own (put in the checkpoints folder by mistake), named, or None."""
+    if T5_ENCODER_KEY in shapes:
+        return f"a {T5} text encoder"
+    width = shapes.get(CLIP_Q_KEY, (0,))[0]
+    if width in (768, 1280):
+        return f"a {CLIP_L if width == 768 else CLIP_G} text encoder"
+    latent_channels = shapes.get(VAE_DECODER_IN, (0, 0))[1]
+    if latent_channels == 16:
+        return "a 16-channel VAE (FLUX.1 / SD 3)"
+    if latent_channels == 4:
+        return "a VAE (SD 1.x / 2.x / SDXL)"
+    return None
+
+
+def component_refusal(name: str, component: str) -> CheckpointError:
+    if component.startswith("a VAE"):
+        return CheckpointError(f"'{name}' is {component}, not a checkpoint: it belongs in models/VAE, "
+                               "where the SD VAE setting picks it.", "checkpoint")
+    folder = "models/VAE" if "VAE" in component else "models/text_encoder"
+    return CheckpointError(
+        f"'{name}' is {component}, not a checkpoint: it belongs in {folder}, to be picked beside a "
+        "FLUX.1 or SD 3 checkpoint (generating with those comes in a later version of SD Studio).",
+        "checkpoint")

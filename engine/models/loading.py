@@ -106,6 +106,9 @@ def detect_layout(shapes: dict[str, tuple[int, ...]], name: str) -> CheckpointLa
         flow_model = families.recognise_file(shapes)
         if flow_model is not None:  # FLUX.1 / SD 3.x: named exactly, not generated with yet
             raise flow_model.refusal(name)
+        component = families.recognise_component(shapes)
+        if component is not None:
+            raise families.component_refusal(name, component)
         raise CheckpointError(
             f"'{name}' is not a Stable Diffusion checkpoint in the original single-file layout "
             "(no UNet weights under model.diffusion_model). LoRA, VAE and embedding files go in "
