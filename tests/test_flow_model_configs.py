@@ -277,3 +277,17 @@ def test_t5_tokenizer_data_is_shared():
     for file in files:
         contents = {(CONFIG_ROOT / f / T5_TOKENIZER[f] / file).read_bytes() for f in FOLDERS}
         assert len(contents) == 1, f"{file} differs between the T5 tokenizer folders"
+
+
+# The CLIP tokenizers of these folders are SD 1.x's (pad "<|endoftext|>") and SDXL's second one (pad "!").
+CLIP_TOKENIZERS = {("flux-dev", "tokenizer"): "sd1/tokenizer", ("flux-schnell", "tokenizer"): "sd1/tokenizer",
+                   ("sd3.5-large", "tokenizer"): "sd1/tokenizer", ("sd3.5-medium", "tokenizer"): "sd1/tokenizer",
+                   ("sd3.5-large", "tokenizer_2"): "sdxl/tokenizer_2",
+                   ("sd3.5-medium", "tokenizer_2"): "sdxl/tokenizer_2"}
+
+
+@pytest.mark.parametrize("folder,name", sorted(CLIP_TOKENIZERS))
+def test_clip_tokenizers_are_the_tested_ones(folder, name):
+    same_as = CONFIG_ROOT / CLIP_TOKENIZERS[folder, name]
+    for file in ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"):
+        assert (CONFIG_ROOT / folder / name / file).read_bytes() == (same_as / file).read_bytes(), file
