@@ -136,6 +136,15 @@ def test_diffusers_folders_are_told_by_their_pipeline_class(tmp_path, config_nam
     assert families.recognise_folder(CONFIG_ROOT / "sd1") is None
 
 
+def test_fill_and_kontext_folders_are_named_by_their_class(tmp_path):
+    for class_name, variant in (("FluxFillPipeline", "FLUX.1 Fill"), ("FluxKontextPipeline", "FLUX.1 Kontext")):
+        folder = copy_config_folder("flux-dev", tmp_path / class_name)
+        index = folder / "model_index.json"
+        index.write_text(index.read_text(encoding="utf-8").replace("FluxPipeline", class_name), encoding="utf-8")
+        found = families.recognise_folder(folder)
+        assert (found.family, found.variant, found.config_name) == ("flux", variant, None)
+
+
 def test_the_engine_refuses_them_and_keeps_the_loaded_model(tiny_models, tmp_path, flow_files):
     models_dir = tmp_path / "models"
     models_dir.mkdir()

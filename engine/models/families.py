@@ -153,6 +153,8 @@ def recognise_folder(folder: Path) -> FlowModelFile | None:
     if family == FLUX:
         if "Fill" in class_name or config.get("in_channels") == 384:
             variant, config_name = "FLUX.1 Fill", None
+        elif "Kontext" in class_name:   # the same transformer as dev: only the pipeline class tells
+            variant, config_name = "FLUX.1 Kontext", None
         elif config.get("guidance_embeds") is False:
             variant, config_name = "FLUX.1-schnell", "flux-schnell"
         else:
