@@ -182,6 +182,8 @@ def recognise_component(shapes: dict[str, tuple[int, ...]]) -> str | None:
     width = shapes.get(CLIP_Q_KEY, (0,))[0]
     if width in (768, 1280):
         return f"a {CLIP_L if width == 768 else CLIP_G} text encoder"
+    if width:   # a CLIP text tower of another width (a fine-tune's or a test's)
+        return "a CLIP text encoder"
     latent_channels = shapes.get(VAE_DECODER_IN, (0, 0))[1]
     if latent_channels == 16:
         return "a 16-channel VAE (FLUX.1 / SD 3)"
