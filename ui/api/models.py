@@ -219,6 +219,11 @@ class SDModelItem(BaseModel):
     sha256: str | None = None
     filename: str
     config: str | None = None
+    family: str | None = Field(
+        None, description="The model family the checkpoint holds, read from its file header or folder: "
+        "\"SD 1.x\", \"SD 2.x\", \"SDXL\", \"SDXL Refiner\", \"FLUX.1-dev\", \"FLUX.1-schnell\", "
+        "\"SD 3.5 Large\", \"SD 3.5 Medium\", ...; null when it cannot be told without reading the whole "
+        "file (a pickled checkpoint). An SD Studio addition: A1111 clients ignore it.")
 
 
 class ErrorResponse(BaseModel):

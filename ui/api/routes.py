@@ -8,6 +8,7 @@ from fastapi import APIRouter, Body, Depends, Request
 
 from engine.sampling import samplers
 from engine.errors import RequestError
+from engine.models.family_labels import FamilyLabels
 from engine.postprocess.extras import UPSCALERS
 from engine.postprocess.face_models import KINDS
 from engine.postprocess.faces import restorers
@@ -50,6 +51,7 @@ def api_owner(request: Request) -> str:
 def build_router(ctx: UIContext, auth_dependency) -> APIRouter:
     router = APIRouter(prefix="/sdapi/v1", dependencies=[Depends(auth_dependency)], tags=["sdapi"])
     engine, settings, registry = ctx.engine, ctx.settings, ctx.registry
+    family_labels = FamilyLabels()   # each checkpoint's family, read once per file signature
 
     def _default_refiner(body) -> str:
         """The sd_model_refiner setting as the job will see it (its override_settings included)."""
@@ -208,7 +210,8 @@ def build_router(ctx: UIContext, auth_dependency) -> APIRouter:
     @router.get("/sd-models", response_model=list[SDModelItem])
     def sd_models() -> list[dict]:
         return [{"title": c.title, "model_name": c.model_name, "hash": c.short_hash,
-                 "sha256": c.sha256, "filename": c.path or c.name, "config": None}
+                 "sha256": c.sha256, "filename": c.path or c.name, "config": None,
+                 "family": family_labels.of(c)}
                 for c in registry.checkpoints]
 
     @router.post("/refresh-checkpoints")
