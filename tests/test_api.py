@@ -97,7 +97,9 @@ def test_listing_routes(api):
     assert [s["label"] for s in schedulers][:3] == ["Automatic", "Uniform", "Karras"]
     models = api.get("/sd-models").json()
     assert models[0]["model_name"] == "demo-tiny" and len(models[0]["hash"]) == 10
-    assert set(models[0]) == {"title", "model_name", "hash", "sha256", "filename", "config"}
+    # A1111's keys, and the family (an SD Studio addition A1111 clients ignore).
+    assert set(models[0]) == {"title", "model_name", "hash", "sha256", "filename", "config", "family"}
+    assert models[0]["family"] == "SD 1.x"
     flags = api.get("/cmd-flags").json()
     assert flags["demo"] is True and flags["api"] is True
     assert api.post("/refresh-checkpoints").status_code == 200
