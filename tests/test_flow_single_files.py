@@ -15,6 +15,7 @@ from diffusers import AutoencoderKL, FluxTransformer2DModel, SD3Transformer2DMod
 from diffusers.loaders.single_file_utils import convert_flux_transformer_checkpoint_to_diffusers
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, T5EncoderModel
 
+from engine.errors import CheckpointError
 from engine.models import families
 from engine.models.loading import CONFIG_ROOT, read_shapes
 from engine.models.tiny_flow_models import (FLOW_COMPONENT_CLASSES, build_tiny_flow_components,
@@ -167,3 +168,60 @@ def test_the_repo_configs_name_the_same_classes():
         for name, (_, class_name) in FLOW_COMPONENT_CLASSES[family].items():
             config = json.loads((CONFIG_ROOT / layout / name / "config.json").read_text(encoding="utf-8"))
             assert config.get("_class_name", (config.get("architectures") or [None])[0]) == class_name
+
+
+def test_a_q8_0_gguf_transformer_loads_through_diffusers_gguf_support(tiny, tmp_path):
+    """The SD 3.5 transformer as a Q8_0 GGUF file, loaded by from_single_file with diffusers'
+    GGUFQuantizationConfig: every weight equals the reference Q8_0 rounding of the original
+    (computed in tests/support/gguf_files.py without gguf), the unquantised ones bit for bit."""
+    pytest.importorskip("gguf")
+    from diffusers import GGUFQuantizationConfig
+
+    from tests.support.flow_writers import sd3_to_original
+    from tests.support.gguf_files import is_quantised, q8_0_round_trip, write_gguf
+    components, config = tiny["sd3.5-medium"]
+    path = write_gguf(sd3_to_original(components["transformer"]), tmp_path / "sd3.5_medium-Q8_0.gguf", "sd3")
+    transformer = SD3Transformer2DModel.from_single_file(
+        str(path), config=str(config), subfolder="transformer", local_files_only=True, torch_dtype=torch.float32,
+        quantization_config=GGUFQuantizationConfig(compute_dtype=torch.float32))
+    from diffusers.quantizers.gguf.utils import dequantize_gguf_tensor
+    loaded = {key: dequantize_gguf_tensor(value) for key, value in transformer.state_dict().items()}
+    original = components["transformer"].state_dict()
+    assert sorted(original) == sorted(loaded)
+    quantised = [key for key, value in original.items() if is_quantised(value)]
+    assert len(quantised) > 40
+    for key, value in original.items():
+        want = q8_0_round_trip(value) if key in quantised else value
+        assert torch.equal(want, loaded[key].float()), key
+    found = families.recognise_file(read_shapes(path, False))
+    assert (found.family, found.variant, found.text_encoders, found.has_vae) == ("sd3", "SD 3.5 Medium", (), False)
+
+
+@pytest.mark.parametrize("layout, variant", [("flux-dev", "FLUX.1-dev"), ("flux-schnell", "FLUX.1-schnell")])
+def test_gguf_flux_transformers_are_recognised(tiny, tmp_path, layout, variant):
+    """FLUX GGUF files (city96's layout: BFL names, no prefix). diffusers reads the tensors back
+    as written: Q8_0 blocks dequantise to the reference rounding."""
+    pytest.importorskip("gguf")
+    from diffusers.models.model_loading_utils import load_gguf_checkpoint
+    from diffusers.quantizers.gguf.utils import dequantize_gguf_tensor
+
+    from tests.support.flow_writers import flux_to_bfl
+    from tests.support.gguf_files import is_quantised, q8_0_round_trip, write_gguf
+    state = flux_to_bfl(tiny[layout][0]["transformer"])
+    path = write_gguf(state, tmp_path / f"{layout}-Q8_0.gguf", "flux")
+    found = families.recognise_file(read_shapes(path, False))
+    assert (found.family, found.variant, found.config_name) == ("flux", variant, layout)
+    shapes = read_shapes(path, False)
+    assert shapes == {key: tuple(value.shape) for key, value in state.items()}
+    loaded = load_gguf_checkpoint(str(path), return_tensors=True)
+    for key, value in state.items():
+        want = q8_0_round_trip(value) if is_quantised(value) else value
+        assert torch.equal(want, dequantize_gguf_tensor(loaded[key]).float().reshape(value.shape)), key
+
+
+def test_a_broken_gguf_file_is_named(tmp_path):
+    pytest.importorskip("gguf")
+    path = tmp_path / "half.gguf"
+    path.write_bytes(b"GGUF\x03\x00\x00\x00" + b"\x00" * 5)
+    with pytest.raises(CheckpointError, match="'half.gguf' is not a valid GGUF file"):
+        read_shapes(path, False)

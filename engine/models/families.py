@@ -89,6 +89,24 @@ def _join(items: list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
+def read_gguf_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Key -> shape (in torch's order) of every tensor in a GGUF file, from its header: the
+    quantised FLUX.1 / SD 3.x transformers keep the original key names, so recognise_file reads
+    them as it reads a .safetensors file's."""
+    try:
+        import gguf   # needed only for GGUF files (diffusers' GGUF loading needs it too)
+    except ImportError as error:
+        raise CheckpointError(f"'{path.name}' is a GGUF file; reading it needs the gguf package "
+                              "(pip install gguf).", "checkpoint") from error
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except Exception as error:  # gguf raises ValueError and struct errors for a bad header
+        raise CheckpointError(f"'{path.name}' is not a valid GGUF file (it may be incomplete or corrupt: "
+                              f"{str(error)[:200]}). Download it again.", "checkpoint") from error
+    # GGUF lists dimensions innermost first (ggml's order): reversed, they are torch's.
+    return {tensor.name: tuple(int(n) for n in reversed(tensor.shape.tolist())) for tensor in reader.tensors}
+
+
 def _transformer_prefix(shapes: dict, marker: str) -> str | None:
     return next((prefix for prefix in TRANSFORMER_PREFIXES if prefix + marker in shapes), None)
 

@@ -66,6 +66,8 @@ def read_shapes(path: Path, allow_unsafe: bool) -> dict[str, tuple[int, ...]]:
     """Key -> shape of every tensor in a checkpoint file, reading as little as possible."""
     if not path.is_file():
         raise CheckpointError(f"Checkpoint file not found: {path}", "checkpoint")
+    if path.suffix.lower() == ".gguf":
+        return families.read_gguf_shapes(path)
     if path.suffix.lower() == ".safetensors":
         try:
             with safe_open(str(path), framework="pt") as handle:
