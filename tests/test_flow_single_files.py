@@ -150,6 +150,7 @@ def test_standalone_encoders_and_ae_are_named_and_load_back(tiny, tmp_path):
     components, config = tiny["flux-dev"]
     files = {"clip_l.safetensors": (encoder_state(components["text_encoder"]), "a CLIP text encoder"),
              "t5xxl_fp16.safetensors": (encoder_state(components["text_encoder_2"]), "a T5-XXL text encoder"),
+             "clip_g.safetensors": (encoder_state(tiny["sd3.5-large"][0]["text_encoder_2"]), "a CLIP text encoder"),
              "ae.safetensors": (vae_to_ldm(components["vae"]), "a 16-channel VAE (FLUX.1 / SD 3)")}
     for name, (state, words) in files.items():
         path = write(state, tmp_path / name)
@@ -157,10 +158,13 @@ def test_standalone_encoders_and_ae_are_named_and_load_back(tiny, tmp_path):
     vae = AutoencoderKL.from_single_file(str(tmp_path / "ae.safetensors"), config=str(config), subfolder="vae",
                                          local_files_only=True)
     assert_same(components["vae"].state_dict(), vae.state_dict())
-    for name, cls, component in (("clip_l", CLIPTextModel, "text_encoder"), ("t5xxl_fp16", T5EncoderModel, "text_encoder_2")):
-        loaded = cls.from_pretrained(None, config=components[component].config, local_files_only=True,
+    sd3 = tiny["sd3.5-large"][0]
+    for name, cls, model in (("clip_l", CLIPTextModel, components["text_encoder"]),
+                             ("clip_g", CLIPTextModelWithProjection, sd3["text_encoder_2"]),
+                             ("t5xxl_fp16", T5EncoderModel, components["text_encoder_2"])):
+        loaded = cls.from_pretrained(None, config=model.config, local_files_only=True,
                                      state_dict=load_file(str(tmp_path / f"{name}.safetensors")))
-        assert_same(components[component].state_dict(), loaded.state_dict())
+        assert_same(model.state_dict(), loaded.state_dict())
 
 
 def test_the_repo_configs_name_the_same_classes():
