@@ -4,6 +4,8 @@ carries the refiner into img2img's accordion."""
 
 from __future__ import annotations
 
+import httpx
+
 from tests.test_browser import set_number
 from tests.test_browser_img2img import open_tab, wait_for_infotext
 
@@ -43,3 +45,15 @@ def test_enabled_without_a_checkpoint_is_named(page, demo_server):
     page.locator("#txt2img_prompt textarea").fill("no refiner chosen")
     page.click("#txt2img_generate")
     page.locator("#txt2img_message").get_by_text("Refiner is enabled but no refiner checkpoint is chosen").wait_for()
+
+
+def test_the_accordion_starts_from_the_sd_model_refiner_setting(page, demo_server):
+    api = f"{demo_server.url}/sdapi/v1/options"
+    assert httpx.post(api, json={"sd_model_refiner": "tiny-folder"}).status_code == 200
+    try:
+        open_tab(page, demo_server.url, "txt2img")
+        _open_refiner(page, "txt2img")
+        page.wait_for_function(
+            "() => document.querySelector('#txt2img_refiner_checkpoint input')?.value.startsWith('tiny-folder')")
+    finally:
+        httpx.post(api, json={"sd_model_refiner": "None"})

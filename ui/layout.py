@@ -17,6 +17,7 @@ from . import (
     history_tab,
     img2img_tab,
     png_info_tab,
+    refiner_ui,
     send_to,
     settings_tab,
     txt2img_tab,
@@ -60,6 +61,7 @@ def build_app(ctx: UIContext) -> gr.Blocks:
         settings_load(blocks)
         ui_defaults.wire_page_load(blocks, ctx.settings, {"txt2img": txt2img["controls"],
                                                           "img2img": img2img["controls"]})
+        refiner_ui.wire_page_load(blocks, ctx, [tab["controls"]["refiner_checkpoint"] for tab in (txt2img, img2img)])
     return blocks
 
 

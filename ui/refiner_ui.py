@@ -44,6 +44,17 @@ def accordion(ctx: UIContext, tab: str) -> dict[str, gr.components.Component]:
     return {"refiner_enabled": enabled, "refiner_checkpoint": checkpoint, "refiner_switch_at": switch_at}
 
 
+def wire_page_load(blocks: gr.Blocks, ctx: UIContext, checkpoints: list) -> None:
+    """Each page load lists the checkpoints there are now and starts from the sd_model_refiner
+    setting as it is now (it may have changed since the page was built)."""
+    def fresh():
+        default = ctx.settings["sd_model_refiner"]
+        update = gr.update(choices=["", *ctx.registry.titles()], value="" if default in NO_REFINER else default)
+        return [update] * len(checkpoints)
+
+    blocks.load(fresh, outputs=checkpoints, queue=False, api_visibility="private", show_progress="hidden")
+
+
 def refiner_fields(values: dict[str, Any]) -> dict[str, Any]:
     """The request's refiner from the accordion's values (none when it is not enabled)."""
     if not values.get("refiner_enabled"):
