@@ -20,7 +20,8 @@ from engine.models import families
 from engine.models.loading import CONFIG_ROOT, read_shapes
 from engine.models.tiny_flow_models import (FLOW_COMPONENT_CLASSES, build_tiny_flow_components,
                                             tiny_flow_configs)
-from tests.support.flow_writers import encoder_state, single_file_state, to_fp8, write
+from tests.support.flow_writers import (assert_same_weights as assert_same, encoder_state, single_file_state, to_fp8,
+                                        write, write_config_folder)
 from tests.support.ldm_export import vae_to_ldm
 
 TRANSFORMERS = {"flux": FluxTransformer2DModel, "sd3": SD3Transformer2DModel}
@@ -39,25 +40,8 @@ def tiny(tmp_path_factory):
     built = {}
     for layout in ("flux-dev", "flux-schnell", "sd3.5-large", "sd3.5-medium"):
         components = build_tiny_flow_components(layout, seed=1)
-        family = "flux" if layout.startswith("flux") else "sd3"
-        for name, config in tiny_flow_configs(layout).items():
-            folder = root / layout / name
-            folder.mkdir(parents=True)
-            class_name = FLOW_COMPONENT_CLASSES[family][name][1]
-            if name in ("transformer", "vae"):
-                config = {"_class_name": class_name, **config}
-                (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
-            else:
-                components[name].config.save_pretrained(folder)
-        built[layout] = (components, root / layout)
+        built[layout] = (components, write_config_folder(layout, components, root / layout))
     return built
-
-
-def assert_same(expected: dict, loaded: dict, cast=None):
-    assert sorted(expected) == sorted(loaded)
-    for key, value in expected.items():
-        want = value if cast is None or value.ndim < 2 else value.to(cast).to(value.dtype)
-        assert torch.equal(want, loaded[key].to(value.dtype)), key
 
 
 @pytest.mark.parametrize("layout", ["sd3.5-large", "sd3.5-medium"])

@@ -17,11 +17,13 @@ The name mappings are the inverse of the conversions diffusers' single-file load
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
+from engine.models.tiny_flow_models import FLOW_COMPONENT_CLASSES, tiny_flow_configs
 from tests.support.ldm_export import vae_to_ldm
 
 TRANSFORMER_PREFIX = "model.diffusion_model."
@@ -174,3 +176,27 @@ def write(state: dict[str, torch.Tensor], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({key: value.contiguous() for key, value in state.items()}, str(path))
     return path
+
+
+def assert_same_weights(expected: dict, loaded: dict, cast=None):
+    """Same names, and every tensor equal bit for bit (`cast`: the matrices equal to their cast
+    to that dtype and back, as fp8 files store them)."""
+    assert sorted(expected) == sorted(loaded)
+    for key, value in expected.items():
+        want = value if cast is None or value.ndim < 2 else value.to(cast).to(value.dtype)
+        assert torch.equal(want, loaded[key].to(value.dtype)), key
+
+
+def write_config_folder(layout: str, components: dict, folder: Path) -> Path:
+    """A diffusers-style config folder for the tiny `layout` (one subfolder per component, configs
+    only), as model_configs/<layout>/ is for the real model."""
+    family = "flux" if layout.startswith("flux") else "sd3"
+    for name, config in tiny_flow_configs(layout).items():
+        sub = folder / name
+        sub.mkdir(parents=True, exist_ok=True)
+        if name in ("transformer", "vae"):
+            config = {"_class_name": FLOW_COMPONENT_CLASSES[family][name][1], **config}
+            (sub / "config.json").write_text(json.dumps(config), encoding="utf-8")
+        else:
+            components[name].config.save_pretrained(sub)
+    return folder

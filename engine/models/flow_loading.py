@@ -1,0 +1,112 @@
+"""Loading the FLUX.1 transformer and the T5 encoder from the single files users download,
+without diffusers' single-file converters:
+
+* the FLUX transformer in Black Forest Labs' layout (bare, or under `model.diffusion_model.` in
+  an all-in-one file) is renamed by engine/models/flux_keys.py at the width the file has, and
+  loaded into a FluxTransformer2DModel built from a config folder (model_configs/flux-dev or
+  flux-schnell for real files) with no weights allocated first (meta device, then the file's
+  tensors assigned); fp8 e4m3fn matrices are kept as stored or upcast to the compute dtype;
+* the T5 encoder: diffusers' single-file route does not re-tie `shared.weight` and
+  `encoder.embed_tokens.weight` (the same matrix in T5EncoderModel), so a file carrying only one
+  of them left the other unloaded; here the missing one is filled from the other and the two
+  are tied again.
+
+Tensors are read one at a time through safetensors' memory map, only those of the part asked for.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from engine.errors import CheckpointError
+from engine.models.flux_keys import BFL_PREFIX, bfl_to_diffusers, flux_widths
+
+T5_PREFIX = "text_encoders.t5xxl.transformer."
+T5_EMBEDDING_KEYS = ("shared.weight", "encoder.embed_tokens.weight")
+FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
+
+
+def _read(path: Path, marker: str, prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors under `prefix` when the file has `prefix + marker`, else every tensor (a
+    component file on its own), with the prefix removed."""
+    if not path.is_file():
+        raise CheckpointError(f"Checkpoint file not found: {path}", "checkpoint")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            keys = list(handle.keys())
+            wanted = prefix if prefix + marker in keys else ""
+            return {key[len(wanted):]: handle.get_tensor(key) for key in keys if key.startswith(wanted)}
+    except (SafetensorError, OSError) as error:
+        raise CheckpointError(f"cannot read {path.name!r} as a safetensors file (it may be incomplete or "
+                              f"corrupt: {error}). Download it again.", "checkpoint") from error
+
+
+def _cast(tensor: torch.Tensor, dtype: torch.dtype, keep_fp8: bool) -> torch.Tensor:
+    if not tensor.is_floating_point() or (keep_fp8 and tensor.dtype in FP8_DTYPES):
+        return tensor
+    return tensor.to(dtype)
+
+
+def _assign(model: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    """Load `state` into a model built on the meta device, naming what does not fit."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [key for key in expected if key in state and tuple(state[key].shape) != tuple(expected[key].shape)]
+    if missing or unexpected or wrong:
+        raise CheckpointError(f"{what} does not fit its config: missing {missing[:5]} ({len(missing)}), "
+                              f"unexpected {unexpected[:5]} ({len(unexpected)}), other shapes {wrong[:5]}")
+    model.load_state_dict(state, strict=True, assign=True)
+
+
+def load_flux_transformer(path: Path, config_folder: Path, dtype: torch.dtype = torch.bfloat16,
+                          keep_fp8: bool = False):
+    """A FluxTransformer2DModel (eval mode) from a BFL-layout safetensors file, built from the
+    config in `config_folder` (the transformer's own folder, with config.json). `keep_fp8`
+    leaves fp8 matrices as stored (the caller upcasts per layer); otherwise every floating
+    tensor becomes `dtype`."""
+    from accelerate import init_empty_weights
+    from diffusers import FluxTransformer2DModel
+
+    source = _read(Path(path), "img_in.weight", BFL_PREFIX)
+    if "img_in.weight" not in source:
+        raise CheckpointError(f"{Path(path).name!r} holds no FLUX.1 transformer in Black Forest Labs' layout "
+                              f"(no 'img_in.weight', bare or under {BFL_PREFIX!r})")
+    config = FluxTransformer2DModel.load_config(str(config_folder))
+    hidden, _ = flux_widths(source)
+    config_hidden = config["num_attention_heads"] * config["attention_head_dim"]
+    if hidden != config_hidden:
+        raise CheckpointError(f"{Path(path).name!r} is a FLUX transformer {hidden} channels wide, "
+                              f"but its config {config_folder} describes {config_hidden}")
+    state = {key: _cast(value, dtype, keep_fp8) for key, value in bfl_to_diffusers(source).items()}
+    with init_empty_weights():
+        model = FluxTransformer2DModel.from_config(config)
+    _assign(model, state, f"FLUX transformer {Path(path).name!r}")
+    return model.eval()
+
+
+def tie_t5_embeddings(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state` with both of T5's embedding names, the missing one taken from the other."""
+    present = [key for key in T5_EMBEDDING_KEYS if key in state]
+    if not present:
+        raise CheckpointError(f"T5 encoder without a token embedding (neither of {T5_EMBEDDING_KEYS})")
+    return {**{key: state[present[0]] for key in T5_EMBEDDING_KEYS}, **state}
+
+
+def load_t5_encoder(path: Path, config_folder: Path, dtype: torch.dtype = torch.bfloat16):
+    """A T5EncoderModel (eval mode) from a standalone T5 file (`t5xxl_fp16.safetensors`) or the
+    `text_encoders.t5xxl.transformer.` part of an all-in-one file, with its embedding tied."""
+    from accelerate import init_empty_weights
+    from transformers import T5Config, T5EncoderModel
+
+    source = _read(Path(path), "encoder.final_layer_norm.weight", T5_PREFIX)
+    state = {key: _cast(value, dtype, keep_fp8=False) for key, value in tie_t5_embeddings(source).items()}
+    with init_empty_weights():
+        model = T5EncoderModel(T5Config.from_pretrained(str(config_folder)))
+    _assign(model, state, f"T5 encoder {Path(path).name!r}")
+    # assign=True gave each name its own Parameter; one matrix again, as the model is built.
+    model.encoder.embed_tokens.weight = model.shared.weight
+    return model.eval()
