@@ -84,10 +84,10 @@ def _pipeline_component(path: Path, config: Path, name: str, cls):
 
 
 def test_flux_bfl_names_are_the_ones_diffusers_converts(tiny):
-    """diffusers' FLUX converter assumes the real width (3072, MLP 12288) when it splits the
-    single blocks' fused linear1, so the tiny model cannot go through it; at full width (two
-    blocks, meta tensors: no memory) the BFL names written here convert to exactly the model's
-    keys and shapes."""
+    """The writer's BFL names are diffusers' own: at full width (two blocks, meta tensors: no
+    memory) diffusers' converter turns them into exactly the model's keys and shapes. (That
+    converter assumes the real width, 3072 with an MLP of 12288, so the tiny files load through
+    the studio's width-aware renaming instead: engine/models/flux_keys.py, test_flux_loading.py.)"""
     from tests.support.flow_writers import flux_to_bfl
     config = {**tiny_flow_configs("flux-dev")["transformer"], "attention_head_dim": 128, "num_attention_heads": 24,
               "joint_attention_dim": 4096, "pooled_projection_dim": 768, "axes_dims_rope": [16, 56, 56]}
