@@ -115,6 +115,23 @@ def _clip_text_config(vocab_size, hidden, hidden_act, projection_dim, architectu
     }
 
 
+def _xl_unet(context_dim: int, time_numbers: int, transformer_layers) -> dict:
+    """The SDXL-style UNet's own keys: no attention in the first level, linear projections, and
+    the "text_time" added embedding (the pooled text embedding + `time_numbers` micro-conditioning
+    numbers)."""
+    return {
+        "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
+        "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
+        "cross_attention_dim": context_dim,
+        "attention_head_dim": [2, 4],
+        "transformer_layers_per_block": transformer_layers,
+        "use_linear_projection": True,
+        "addition_embed_type": "text_time",
+        "addition_time_embed_dim": _SDXL_TIME_EMBED_DIM,
+        "projection_class_embeddings_input_dim": time_numbers * _SDXL_TIME_EMBED_DIM + _TE2_PROJECTION,
+    }
+
+
 def tiny_component_configs(family: str, vocab_size: int = REAL_CLIP_VOCAB_SIZE,
                            vocab_size_2: int | None = None, unet_in_channels: int = 4) -> dict[str, dict]:
     """The config dicts of each model component of the tiny model of ``family``.
@@ -184,34 +201,14 @@ def tiny_component_configs(family: str, vocab_size: int = REAL_CLIP_VOCAB_SIZE,
     elif family == "sdxl-refiner":
         # The refiner: context = the second encoder's hidden states alone, "text_time" with
         # five numbers (original size, crop, aesthetic score) besides the pooled embedding.
-        unet.update({
-            "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
-            "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
-            "cross_attention_dim": _TE2_HIDDEN,
-            "attention_head_dim": [2, 4],
-            "transformer_layers_per_block": 2,
-            "use_linear_projection": True,
-            "addition_embed_type": "text_time",
-            "addition_time_embed_dim": _SDXL_TIME_EMBED_DIM,
-            "projection_class_embeddings_input_dim": 5 * _SDXL_TIME_EMBED_DIM + _TE2_PROJECTION,
-        })
+        unet.update(_xl_unet(_TE2_HIDDEN, time_numbers=5, transformer_layers=2))
         configs["text_encoder_2"] = _clip_text_config(
             vocab_size_2, _TE2_HIDDEN, "gelu", _TE2_PROJECTION, "CLIPTextModelWithProjection")
     else:
         # SDXL: no attention in the first level, several transformer layers deeper down,
         # context = both encoders' hidden states concatenated, "text_time" added embedding
         # (pooled text embedding + 6 micro-conditioning numbers).
-        unet.update({
-            "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
-            "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
-            "cross_attention_dim": _TE_HIDDEN + _TE2_HIDDEN,
-            "attention_head_dim": [2, 4],
-            "transformer_layers_per_block": [1, 2],
-            "use_linear_projection": True,
-            "addition_embed_type": "text_time",
-            "addition_time_embed_dim": _SDXL_TIME_EMBED_DIM,
-            "projection_class_embeddings_input_dim": 6 * _SDXL_TIME_EMBED_DIM + _TE2_PROJECTION,
-        })
+        unet.update(_xl_unet(_TE_HIDDEN + _TE2_HIDDEN, time_numbers=6, transformer_layers=[1, 2]))
         # The first encoder is CLIP ViT-L (quick_gelu), the second OpenCLIP bigG (gelu).
         configs["text_encoder"] = _clip_text_config(vocab_size, _TE_HIDDEN, "quick_gelu", _TE_HIDDEN, "CLIPTextModel")
         configs["text_encoder_2"] = _clip_text_config(
