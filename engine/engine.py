@@ -22,14 +22,14 @@ from engine.errors import RequestError, UserError
 from engine.postprocess.extras import UPSCALERS, ExtrasRequest, ExtrasResult, upscale
 from engine.postprocess.faces import RESTORERS, check_restorer, detail_faces, restore_with_model
 from engine.runs.fast_path import FastPath, JobTraits
-from engine.runs.generation import GenerationRun, ImageContext
+from engine.runs.generation import GenerationRun
+from engine.runs.image_context import ImageContext
 from engine.runs.refiner import complete_refiner
-from engine.job_results import GenerationResult, OutputPolicy, RunOptions
+from engine.job_results import GenerationResult, OutputPolicy, policy_from_settings
 from engine.jobs import Job, JobQueue
-from engine.memory.memory_modes import NONE, MemoryModes, mode_for_model
+from engine.memory.memory_modes import NONE, mode_for_model
 from engine.output.writer import OutputWriter
 from engine.models.pipelines import LoadedModel, ModelManager
-from engine.models.prediction import OVERRIDES_KEY
 from engine.prompts.prompt_parser import extract_extra_networks, prompt_schedule
 from engine.request import GenerationRequest, ScriptChoice
 from engine.settings.store import Settings
@@ -306,37 +306,7 @@ class Engine:
                            "'img2img_empty_mask_as_img2img' runs plain img2img instead.)", "mask")
 
     def _policy(self, request: GenerationRequest, make_grid: bool) -> OutputPolicy:
-        settings = self.settings
-        preview_every = settings["show_progress_every_n_steps"] if settings["live_previews_enable"] else 0
-        return OutputPolicy(
-            save_images=request.save_images and settings["samples_save"],
-            save_grid=request.save_grid and settings["grid_save"],
-            make_grid=make_grid,
-            preview_every=preview_every,
-            preview_method=settings["show_progress_type"],
-            memory=MemoryModes(vae_tiling=settings["sd_vae_tiling"],
-                               attention_slicing=settings["attention_slicing"],
-                               memory_mode=settings["memory_mode"]),
-            run=RunOptions(
-                eta_defaults={"eta_ancestral": settings["eta_ancestral"], "eta_ddim": settings["eta_ddim"]},
-                always_discard=settings["always_discard_next_to_last_sigma"],
-                schedule_options=samplers.schedule_parameters(settings),
-                uni_pc={"variant": settings["uni_pc_variant"], "skip_type": settings["uni_pc_skip_type"],
-                        "order": settings["uni_pc_order"], "lower_order_final": settings["uni_pc_lower_order_final"]},
-                sgm_noise_multiplier=settings["sgm_noise_multiplier"],
-                prediction_overrides=dict(settings[OVERRIDES_KEY]),
-                img2img_extra_noise=settings["img2img_extra_noise"],
-                img2img_color_correction=settings["img2img_color_correction"],
-                upscaler_for_img2img=settings["upscaler_for_img2img"],
-                enable_pnginfo=settings["enable_pnginfo"],
-                save_before=frozenset(stage for stage in ("face-restoration", "highres-fix", "color-correction")
-                                      if settings["save_images_before_" + stage.replace("-", "_")]),
-                refiner_by_steps=settings["refiner_switch_by_sample_steps"],
-                hires_refiner_pass=settings["hires_fix_refiner_pass"],
-                refiner_aesthetic_scores=(settings["sdxl_refiner_high_aesthetic_score"],
-                                          settings["sdxl_refiner_low_aesthetic_score"]),
-            ),
-        )
+        return policy_from_settings(self.settings, request, make_grid)
 
     def _run(self, job: Job, request: GenerationRequest, policy: OutputPolicy) -> GenerationResult:
         model = self._model_for_job(job)

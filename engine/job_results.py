@@ -13,6 +13,7 @@ from PIL import Image
 from engine.sampling import samplers
 from engine.memory.memory_modes import MemoryModes
 from engine.models.preview_models import APPROX_CHEAP, APPROX_NN, TAESD
+from engine.models.prediction import OVERRIDES_KEY
 from engine.models.registry import CheckpointInfo
 from engine.models.pipelines import LoadedModel
 from engine.request import GenerationRequest
@@ -138,3 +139,37 @@ def image_params(request: GenerationRequest, model: LoadedModel, seed: int, subs
 
 def hash_list(hashes: dict[str, str]) -> str | None:
     return ", ".join(f"{name}: {short}" for name, short in hashes.items()) or None
+
+
+def policy_from_settings(settings: Mapping[str, Any], request: GenerationRequest, make_grid: bool) -> OutputPolicy:
+    """What a job is told by the settings as they are now (with its override_settings) and its request."""
+    preview_every = settings["show_progress_every_n_steps"] if settings["live_previews_enable"] else 0
+    return OutputPolicy(
+        save_images=request.save_images and settings["samples_save"],
+        save_grid=request.save_grid and settings["grid_save"],
+        make_grid=make_grid,
+        preview_every=preview_every,
+        preview_method=settings["show_progress_type"],
+        memory=MemoryModes(vae_tiling=settings["sd_vae_tiling"],
+                           attention_slicing=settings["attention_slicing"],
+                           memory_mode=settings["memory_mode"]),
+        run=RunOptions(
+            eta_defaults={"eta_ancestral": settings["eta_ancestral"], "eta_ddim": settings["eta_ddim"]},
+            always_discard=settings["always_discard_next_to_last_sigma"],
+            schedule_options=samplers.schedule_parameters(settings),
+            uni_pc={"variant": settings["uni_pc_variant"], "skip_type": settings["uni_pc_skip_type"],
+                    "order": settings["uni_pc_order"], "lower_order_final": settings["uni_pc_lower_order_final"]},
+            sgm_noise_multiplier=settings["sgm_noise_multiplier"],
+            prediction_overrides=dict(settings[OVERRIDES_KEY]),
+            img2img_extra_noise=settings["img2img_extra_noise"],
+            img2img_color_correction=settings["img2img_color_correction"],
+            upscaler_for_img2img=settings["upscaler_for_img2img"],
+            enable_pnginfo=settings["enable_pnginfo"],
+            save_before=frozenset(stage for stage in ("face-restoration", "highres-fix", "color-correction")
+                                  if settings["save_images_before_" + stage.replace("-", "_")]),
+            refiner_by_steps=settings["refiner_switch_by_sample_steps"],
+            hires_refiner_pass=settings["hires_fix_refiner_pass"],
+            refiner_aesthetic_scores=(settings["sdxl_refiner_high_aesthetic_score"],
+                                      settings["sdxl_refiner_low_aesthetic_score"]),
+        ),
+    )

@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from engine.postprocess import faces
-from engine.runs.generation import GenerationRun, ImageContext
+from engine.runs.generation import GenerationRun
+from engine.runs.image_context import ImageContext
 from engine.job_results import OutputPolicy
 from engine.jobs import Job
 from engine.models.model_catalogue import ModelNotDownloaded
