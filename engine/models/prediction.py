@@ -31,6 +31,10 @@ from engine.option import Option
 log = logging.getLogger(__name__)
 
 EPSILON, V_PREDICTION, EDM = "epsilon", "v_prediction", "edm"
+# Rectified flow (FLUX.1, SD 3.x): x_t = (1 - t) x_0 + t noise, the transformer predicts the
+# velocity noise - x_0; its noise levels are t itself, shifted (engine/sampling/flow_sigmas.py).
+FLOW = "flow"
+FLOW_LABEL = "flow matching"
 
 # A1111's "Noise schedule for sampling" (sd_noise_schedule) and its infotext value.
 DEFAULT_SCHEDULE, ZERO_TERMINAL_SNR = "Default", "Zero Terminal SNR"
@@ -83,6 +87,8 @@ class ModelPrediction:
         """The override choice that means the same (for the UI)."""
         if self.prediction_type == EDM:
             return EDM_LABEL
+        if self.prediction_type == FLOW:
+            return FLOW_LABEL
         if self.prediction_type == V_PREDICTION:
             return V_ZTSNR_LABEL if self.zero_snr else V_LABEL
         return EPSILON_LABEL + (" + zero terminal SNR" if self.zero_snr else "")
