@@ -20,7 +20,7 @@ from engine.models.checkpoint_cache import CheckpointCache, file_signature, size
 from engine.devices import DeviceConfig, free_memory, upcast_sampling
 from engine.errors import CheckpointError, NoModelError
 from engine.models.loading import CONFIG_ROOT, check_loadable, is_refiner_pipeline, load_checkpoint
-from engine.models.prediction import EDM, LatentFormat, ModelPrediction
+from engine.models.prediction import EDM, FLOW, LatentFormat, ModelPrediction
 from engine.memory.memory_modes import NONE, mode_for_model
 from engine.models.registry import CheckpointInfo, ModelRegistry
 from engine.memory.offload import CPU, Placement
@@ -80,12 +80,16 @@ class LoadedModel:
         self.prediction = prediction
         self._apply_latent_format(self.base.vae)
 
-    def sigma_table(self, lcm: bool = False, device: torch.device | str = "cpu") -> "ModelSigmas":
+    def sigma_table(self, lcm: bool = False, device: torch.device | str = "cpu",
+                    shift: float | None = None) -> "ModelSigmas":
         """The model's noise levels as A1111's samplers see them (LCM's 50-entry table with `lcm`),
         for the prediction in use: zero terminal SNR rescales the table as A1111 does, an EDM
-        model has continuous sigmas."""
+        model has continuous sigmas, a flow model the flow times bent by the job's `shift`."""
         prediction = self.prediction
-        key = (lcm, str(device), prediction.zero_snr, prediction.edm)
+        key = (lcm, str(device), prediction.zero_snr, prediction.edm, shift)
+        if prediction.prediction_type == FLOW:
+            from engine.sampling.flow_sigmas import FlowSigmas
+            return self._sigma_tables.setdefault(key, FlowSigmas(shift or 1.0, device))
         if key not in self._sigma_tables:
             from engine.sampling.noise_tables import EdmSigmas, zero_terminal_snr
             from engine.sampling.schedules import LcmSigmas, ModelSigmas

@@ -8,6 +8,9 @@ a noise level and gives back what A1111's classifier-free-guidance denoiser give
   mixes epsilon (v-prediction converted to epsilon at the integer timestep, as A1111 does).
 - LCM ("lcm"): A1111's LCM denoiser: quantised timesteps of a 50-entry table and the consistency
   model's boundary scalings.
+- A rectified-flow model (prediction type "flow": FLUX.1, SD 3.x, through the adapters of
+  engine/families): the transformer gets the latents as they are and the flow time (sigma itself)
+  and predicts the velocity v; the denoised latents are x - sigma v.
 - An EDM model (prediction type "edm", Playground v2.5) with the k-diffusion samplers: Karras et
   al.'s preconditioning with sigma_data 0.5 (c_in, c_skip, c_out) and the UNet's timestep
   c_noise = 0.25 * log(sigma) from its table (engine/sampling/noise_tables.py).
@@ -62,11 +65,12 @@ class CFGDenoiser:
                  s_min_uncond: float = 0.0, guidance_embedding: torch.Tensor | None = None,
                  before_call: Callable[[], None] | None = None, cfg_rescale: float = 0.0,
                  uncond_time_ids: torch.Tensor | None = None,
-                 before_unet: Callable[["CFGDenoiser", torch.Tensor], None] | None = None):
+                 before_unet: Callable[["CFGDenoiser", torch.Tensor], None] | None = None,
+                 uncond_at_scale_one: bool = True):
         if mode not in ("k", "eps", "lcm"):
             raise ValueError(f"unknown denoiser mode {mode!r}")
-        if prediction_type == "edm" and mode != "k":
-            raise ValueError("an EDM model samples with the k-diffusion samplers only")
+        if prediction_type in ("edm", "flow") and mode != "k":
+            raise ValueError(f"a {prediction_type} model samples with the k-diffusion samplers only")
         self.unet = unet
         self.table = table
         self.prediction_type = prediction_type
@@ -80,6 +84,9 @@ class CFGDenoiser:
         # score); None: the same as the positive half's.
         self.uncond_time_ids = uncond_time_ids
         self.s_min_uncond = s_min_uncond
+        # False: at scale 1 the negative half is left out (Forge's and ComfyUI's way for the flow
+        # families); A1111 runs it at every scale for the SD families.
+        self.uncond_at_scale_one = uncond_at_scale_one
         # A guidance-distilled UNet (LCM's time_cond_proj_dim) takes the scale as an embedding and
         # has no negative half.
         self.guidance_embedding = guidance_embedding
@@ -132,7 +139,7 @@ class CFGDenoiser:
         count = x.shape[0]
         texts = self.conditioning()
         # A1111 runs the negative half at every scale (1 included); a guidance-embedding UNet has none.
-        guided = self.guidance_embedding is None
+        guided = self.guidance_embedding is None and (self.uncond_at_scale_one or self.cfg_scale != 1)
         # A1111 leaves the negative half out of every other call below s_min_uncond ("NGMS").
         skip = bool(self.calls % 2 and self.s_min_uncond > 0 and float(sigma[0]) < self.s_min_uncond)
         time_ids = None if self.time_ids is None else self.time_ids.expand(count, -1)
@@ -176,6 +183,9 @@ class CFGDenoiser:
                 return alphas.sqrt() * output + (1 - alphas).sqrt() * x
             return output
         sigma_b = sigma[:, None, None, None]
+        if self.prediction_type == "flow":
+            velocity = self._unet(x, self.table.unet_timestep(sigma), embeds, pooled, time_ids)
+            return x - velocity * sigma_b
         if self.prediction_type == "edm":
             return self._edm(x, sigma, sigma_b, embeds, pooled, time_ids)
         c_in = 1 / (sigma_b ** 2 + 1.0 ** 2) ** 0.5
@@ -218,9 +228,12 @@ class CFGDenoiser:
             x = torch.cat([x, image_cond.repeat(repeats, 1, 1, 1)], dim=1)
         kwargs = {}
         if pooled is not None:
-            if time_ids is None:
+            added = {"text_embeds": pooled.to(dtype)}
+            if time_ids is None and self.time_ids is not None:
                 time_ids = self.time_ids.expand(x.shape[0], -1)
-            kwargs["added_cond_kwargs"] = {"text_embeds": pooled.to(dtype), "time_ids": time_ids.to(x.device, dtype)}
+            if time_ids is not None:  # SDXL's micro-conditioning (a flow transformer has none)
+                added["time_ids"] = time_ids.to(x.device, dtype)
+            kwargs["added_cond_kwargs"] = added
         if self.guidance_embedding is not None:
             kwargs["timestep_cond"] = self.guidance_embedding.to(x.device, dtype).expand(x.shape[0], -1)
         output = self.unet(x.to(dtype), t.to(x.device), encoder_hidden_states=embeds.to(dtype),

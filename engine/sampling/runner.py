@@ -13,6 +13,7 @@ import torch
 
 from engine.errors import RequestError
 from engine.sampling import k_samplers, timestep_samplers
+from engine.sampling.flow_steps import sample_euler_ancestral_flow
 from engine.sampling.brownian import BrownianNoise
 from engine.sampling.denoiser import CFGDenoiser, Interrupted
 from engine.sampling.noise import ImageNoise
@@ -99,6 +100,8 @@ class BatchSampling:
     def _sigmas(self, first_noise: torch.Tensor, start: Img2ImgStart | None) -> torch.Tensor:
         plan, table = self.plan, self.denoiser.table
         function = k_samplers.SAMPLER_FUNCTIONS[plan.sampler.function]
+        if getattr(table, "flow", False) and plan.sampler.function == "sample_euler_ancestral":
+            function = sample_euler_ancestral_flow   # re-noises by mixing, as a flow's latents are
         kwargs: dict[str, Any] = dict(plan.parameters)
         if start is None:
             sigmas = self.sigmas(plan.steps)
@@ -109,7 +112,7 @@ class BatchSampling:
             steps, t_enc = img2img_steps(plan.steps, start.denoising_strength, start.fixed_steps)
             sigmas = self.sigmas(steps)
             schedule = sigmas[steps - t_enc - 1:]
-            x = start.latents + first_noise * schedule[0]
+            x = table.noised(start.latents, first_noise, schedule[0])
             if start.extra_noise > 0:
                 x = x + first_noise * start.extra_noise
             x_for_brownian = start.latents

@@ -84,6 +84,8 @@ class ModelSigmas:
     """A model's discrete noise levels and the continuous timesteps between them, as
     k-diffusion's CompVisDenoiser (a DiscreteSchedule, not quantised) sees them."""
 
+    flow = False  # a rectified flow's table is engine/sampling/flow_sigmas.FlowSigmas
+
     def __init__(self, alphas_cumprod: torch.Tensor):
         self.alphas_cumprod = torch.as_tensor(alphas_cumprod, dtype=torch.float32)
         table = self._table_alphas(self.alphas_cumprod)
@@ -137,6 +139,11 @@ class ModelSigmas:
         low_index, high_index, weight = t.floor().long(), t.ceil().long(), t.frac()
         log_sigma = (1 - weight) * self.log_sigmas[low_index] + weight * self.log_sigmas[high_index]
         return log_sigma.exp()
+
+    @staticmethod
+    def noised(latents: torch.Tensor, noise: torch.Tensor, sigma) -> torch.Tensor:
+        """The latents at noise level sigma (unit-variance `noise`)."""
+        return latents + noise * sigma
 
     def uniform(self, n: int) -> torch.Tensor:
         """n sigmas evenly spaced in timestep from the last table entry to the first, then 0:
