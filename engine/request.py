@@ -30,6 +30,8 @@ MAX_BATCH_COUNT = 100
 MAX_NAME_CHARS = 1000  # a checkpoint's title (a path under models/ and its hash)
 MIN_CFG, MAX_CFG = 1.0, 30.0
 MAX_CLIP_SKIP = 12
+DEFAULT_DISTILLED_CFG = 3.5
+MAX_SHIFT = 100.0
 
 # Latent upscaler name -> (torch interpolation mode, antialias), as the ecosystem names them.
 LATENT_UPSCALE_MODES = {
@@ -57,6 +59,8 @@ FIELD_RULES = {
     "subseed_strength": Number(0.0, 1.0), "clip_skip": Whole(0, MAX_CLIP_SKIP),
     # "CFG Rescale" phi (0: plain guidance), the range of the ecosystem's sliders.
     "cfg_rescale": Number(0.0, 1.0),
+    # FLUX.1-dev's guidance input (Forge's slider range) and the flow shift (0: the family's own).
+    "distilled_cfg_scale": Number(0.0, MAX_CFG), "shift": Number(0.0, MAX_SHIFT),
 }
 
 # img2img covers every edit of an existing picture: with a mask it is inpainting.
@@ -193,6 +197,8 @@ class GenerationRequest:
     steps: int = 20
     cfg_scale: float = 7.0
     cfg_rescale: float = 0.0
+    distilled_cfg_scale: float = DEFAULT_DISTILLED_CFG   # FLUX.1-dev's guidance input
+    shift: float = 0.0    # the flow shift of FLUX.1 / SD 3.x; 0: the family's own
     width: int = 512
     height: int = 512
     batch_size: int = 1

@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 from engine.errors import RequestError
-from engine.request import GenerationRequest
+from engine.request import DEFAULT_DISTILLED_CFG, GenerationRequest
 
 from .controlnet_ui import units_from_values
 from .extension_fields import extension_values
@@ -30,6 +30,10 @@ INT_FIELDS = ("steps", "width", "height", "batch_size", "n_iter", "seed", "subse
               "seed_resize_from_w", "seed_resize_from_h")
 
 
+def _given(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
 def request_from_ui(values: dict[str, Any], mode: str = "txt2img") -> GenerationRequest:
     """Build (and validate) a request from {control name: value}."""
     return GenerationRequest(**common_fields(values, mode)).validate()
@@ -45,6 +49,8 @@ def common_fields(values: dict[str, Any], mode: str) -> dict[str, Any]:
         "scheduler": values.get("scheduler") or "Automatic",
         "cfg_scale": values["cfg_scale"],
         "cfg_rescale": values.get("cfg_rescale") or 0.0,
+        "distilled_cfg_scale": _given(values.get("distilled_cfg_scale"), DEFAULT_DISTILLED_CFG),
+        "shift": values.get("shift") or 0.0,
         "styles": tuple(values.get("styles") or ()),
         "extensions": extension_values(values),
         "controlnet_units": units_from_values(values),

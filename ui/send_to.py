@@ -16,7 +16,8 @@ from .context import UIContext
 
 # Request field -> the img2img control that shows it, where the names differ.
 CONTROL_NAMES = {"inpaint_full_res": "inpaint_area", "inpainting_mask_invert": "mask_mode"}
-PASTABLE = ("prompt", "negative_prompt", "steps", "sampler_name", "scheduler", "cfg_scale", "cfg_rescale", "seed",
+PASTABLE = ("prompt", "negative_prompt", "steps", "sampler_name", "scheduler", "cfg_scale", "cfg_rescale",
+            "distilled_cfg_scale", "shift", "seed",
             "subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h", "subseed_show",
             "width", "height", "denoising_strength", "mask_blur", "inpainting_fill", "inpaint_area",
             "inpaint_full_res_padding", "mask_mode", "resize_mode", "override_settings", "refiner_enabled",

@@ -83,7 +83,14 @@ def cfg_slider(tab: str, start: dict | None = None) -> dict[str, gr.components.C
         # Lin et al.'s rescaled guidance, for v-prediction / zero-terminal-SNR models (0: off).
         rescale = Slider(0.0, 1.0, step=0.05, value=0.0, label="CFG Rescale", elem_id=f"{tab}_cfg_rescale",
                          scale=1)
-    return {"cfg_scale": scale, "cfg_rescale": rescale}
+    with gr.Row():
+        # FLUX.1-dev's guidance input (Forge's slider) and the flow shift of FLUX.1 / SD 3.x; both do
+        # nothing to SD-family checkpoints.
+        distilled = Slider(0.0, limits.MAX_CFG, step=0.1, value=limits.DEFAULT_DISTILLED_CFG,
+                           label="Distilled CFG Scale (FLUX.1-dev)", elem_id=f"{tab}_distilled_cfg_scale", scale=4)
+        shift = Slider(0.0, 10.0, step=0.05, value=0.0, label="Shift (flow models; 0: the model's own)",
+                       elem_id=f"{tab}_shift", scale=2)
+    return {"cfg_scale": scale, "cfg_rescale": rescale, "distilled_cfg_scale": distilled, "shift": shift}
 
 
 def size_and_batch(tab: str, start: dict | None = None) -> dict[str, gr.components.Component]:

@@ -48,6 +48,10 @@ class ModelFamily:
                 raise RequestError(f"{self.label} pictures are made in {step}-pixel steps: {name} {value} is not "
                                    f"a multiple of {step} (try {value // step * step or step}).", name)
 
+    def schedule_for(self, schedule: str) -> str:
+        """The schedule type the job samples with for the one asked for."""
+        return schedule
+
     def shift(self, request, vae_scale: int) -> float | None:
         """The flow shift of this job (None: not a flow model)."""
         return None

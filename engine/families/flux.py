@@ -15,9 +15,9 @@ import torch
 
 from engine.families.base import FamilyDefaults
 from engine.families.flow import FlowFamily
+from engine.request import DEFAULT_DISTILLED_CFG
 from engine.sampling.flow_sigmas import flux_shift
 
-DEFAULT_DISTILLED_CFG = 3.5
 
 
 class FluxDenoisingModel:

@@ -42,7 +42,8 @@ def applied(pipe, modes: MemoryModes) -> Iterator[None]:
     with contextlib.ExitStack() as stack:
         if modes.vae_tiling:
             stack.enter_context(_vae_tiling(pipe.vae))
-        if modes.attention_slicing:
+        if modes.attention_slicing and getattr(pipe, "unet", None) is not None:
+            # (diffusers slices UNet attention only; a flow transformer's runs whole)
             stack.enter_context(_attention_slicing(pipe))
         yield
 

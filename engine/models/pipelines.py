@@ -195,11 +195,12 @@ class LoadedModel:
     @property
     def is_inpainting(self) -> bool:
         """A dedicated inpainting model: its UNet also takes the mask and the masked image."""
-        return self.base.unet.config.in_channels == 9
+        unet = getattr(self.base, "unet", None)  # a flow transformer (FLUX Fill) is told otherwise
+        return unet is not None and unet.config.in_channels == 9
 
     def pipeline_for(self, task: str):
-        if task == "txt2img":
-            return self.base
+        if task == "txt2img" or getattr(self.base, "unet", None) is None:
+            return self.base  # a flow model's jobs use its parts only: the base pipeline is enough
         if task not in self._derived:
             from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
 

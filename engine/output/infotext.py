@@ -114,6 +114,8 @@ def request_fields(text: str) -> dict[str, Any]:
         # The A1111 extension's key for rescaled guidance, and Forge's.
         "CFG Rescale": ("cfg_rescale", float), "Rescale CFG": ("cfg_rescale", float),
         "Noise Schedule": ("noise_schedule", str),
+        # Forge's keys for FLUX.1-dev's guidance input and the flow shift.
+        "Distilled CFG Scale": ("distilled_cfg_scale", float), "Shift": ("shift", float),
         "Variation seed strength": ("subseed_strength", float),
         "Clip skip": ("clip_skip", int), "Emphasis": ("emphasis", str), "RNG": ("randn_source", str),
         "Denoising strength": ("denoising_strength", float), "Mask blur": ("mask_blur", int),

@@ -102,6 +102,9 @@ class FastPath:
         """The model as the pieces want it for this job; job-only changes undone after."""
         pieces = self.pieces(settings)
         pipe = model.base
+        if getattr(pipe, "unet", None) is None:
+            yield  # the pieces are the UNet's: a flow transformer (FLUX.1, SD 3.x) runs as it is
+            return
         placement = getattr(model, "placement", None)
         if getattr(pipe.unet, "_hf_hook", None) is not None or \
                 placement is not None and placement.mode != NONE:
@@ -122,7 +125,8 @@ class FastPath:
 
     def undo(self, model) -> None:
         """Every lasting piece off (the benchmark's plain comparison, tests)."""
-        self._apply_lasting(model.base, set())
+        if getattr(model.base, "unet", None) is not None:
+            self._apply_lasting(model.base, set())
 
     def warmups(self, module) -> list[tuple[tuple, float]]:
         """(shape, seconds) of each compile of `module` so far."""

@@ -29,7 +29,8 @@ from engine.errors import RequestError
 from engine.output.filenames import ImageFields
 from engine.job_results import GenerationResult, OutputPolicy, hash_list, image_params
 from engine.jobs import Job
-from engine.networks.lora import AppliedLoras, applied_loras
+from engine.families import family_of
+from engine.networks.lora import LORA_KINDS, AppliedLoras, applied_loras
 from engine.memory.memory_modes import applied as memory_modes_applied
 from engine.output.writer import OutputWriter, make_grid
 from engine.models.pipelines import LoadedModel
@@ -66,6 +67,10 @@ class GenerationRun:
         self.addons = addons
         self.memory_notes: list[str] = []  # what was done to fit in memory (shared with inner passes)
         self.sampler, self.schedule = samplers.resolve(request.sampler_name, request.scheduler)
+        # What is particular to the model's family: its prompts, its denoising network, its noise.
+        self.family = family_of(model.family)
+        self.family.check_request(request, self.sampler, model.info.model_name)
+        self.schedule = self.family.schedule_for(self.schedule)
         # Before anything is encoded or sampled: an EDM model's VAE takes its latent format.
         self.prediction = prediction_setup.use_for_job(model, request, policy.run, self.sampler)
         self.seeds: JobSeeds = job_seeds(request)
@@ -120,11 +125,10 @@ class GenerationRun:
         registry = self.addons.extensions
         with memory_modes_applied(self.pipe, self.policy.memory), \
                 extensions.patched(registry, self.active, self.pipe, request), \
-                applied_loras(self.pipe, networks, self.addons.loras, self.model.family) as loras, \
+                self._loras(networks) as loras, \
                 self._controlnets():
-            encoder = PromptEncoder(self.pipe, self.model.family, clip_skip=request.clip_skip,
-                                    emphasis=request.emphasis,
-                                    **self.addons.embeddings.encoder_options(self.model))
+            embeddings = {} if self.family.flow else self.addons.embeddings.encoder_options(self.model)
+            encoder = self.family.prompt_encoder(self.pipe, request, embeddings)
             with memory_guard.stage("text_encoding", faults=self.addons.faults):
                 cond, uncond = encoder.encode_schedules(text, negative_text, self.sampling_steps)
             result.extra_params = self._extra_params(loras, encoder, vae_file)
@@ -150,13 +154,24 @@ class GenerationRun:
                                                     self._name_fields(result, 0))
         return result
 
+    def _loras(self, networks: list):
+        """The prompt's LoRAs merged for the block (the SD families'; a flow model's come later)."""
+        if not self.family.flow:
+            return applied_loras(self.pipe, networks, self.addons.loras, self.model.family)
+        applied = AppliedLoras()
+        for call in networks:
+            if call.kind in LORA_KINDS:
+                applied.warnings.append(f"LoRA {call.name} was not applied: LoRAs for {self.family.label} "
+                                        "models are not supported yet in this version.")
+        return contextlib.nullcontext(applied)
+
     def _extra_params(self, loras: AppliedLoras, encoder: PromptEncoder, vae_file) -> dict[str, Any]:
         request = self.request
         extra: dict[str, Any] = {}
         if vae_file is not None:
             extra["VAE hash"] = self.addons.vaes.short_hash(vae_file)
             extra["VAE"] = vae_file.name
-        if request.clip_skip > 1 and not self.model.is_sdxl:
+        if request.clip_skip > 1 and not self.model.is_sdxl and not self.family.flow:
             extra["Clip skip"] = request.clip_skip
         if request.emphasis not in ("", "Original"):
             extra["Emphasis"] = request.emphasis
@@ -164,6 +179,7 @@ class GenerationRun:
             extra["RNG"] = request.randn_source
         extra.update(self._sampler_notes()[0])
         extra.update(prediction_setup.infotext_params(self.prediction, request))
+        extra.update(self.family.infotext_params(request, self.pipe))
         extra.update(self._schedule_params())
         if request.eta_noise_seed_delta and self.sampler.uses_ensd and self.eta != 0:
             extra["ENSD"] = request.eta_noise_seed_delta
@@ -182,7 +198,7 @@ class GenerationRun:
         run, params = self.policy.run, {}
         options = run.schedule_options
         label = samplers.effective_schedule(self.sampler, self.schedule)
-        table = self.model.sigma_table()
+        table = self.model.sigma_table(shift=self.flow_shift)
         if options.get("sigma_min") and label and abs(options["sigma_min"] - table.sigma_min) > 1e-9:
             params["Schedule min sigma"] = options["sigma_min"]
         if options.get("sigma_max") and label and abs(options["sigma_max"] - table.sigma_max) > 1e-9:
@@ -390,7 +406,8 @@ class GenerationRun:
         """The noise of one batch: A1111's per-image generators from the source the job names."""
         request = self.request
         resize = (request.seed_resize[1], request.seed_resize[0]) if request.seed_resize else None
-        return ImageNoise(latent_shape(request.width, request.height, self.model.vae_scale_factor),
+        return ImageNoise(latent_shape(request.width, request.height, self.model.vae_scale_factor,
+                                       self.family.latent_channels),
                           list(seeds), list(subseeds), request.subseed_strength, resize,
                           source=request.randn_source or DEFAULT_RANDN_SOURCE, device=self.model.device,
                           eta_noise_seed_delta=request.eta_noise_seed_delta or 0)
@@ -400,14 +417,14 @@ class GenerationRun:
         return SamplingPlan(
             self.sampler, self.schedule, request.steps,
             samplers.sampler_parameters(self.sampler, request, self.eta), run.always_discard,
-            run.schedule_options, run.uni_pc, run.sgm_noise_multiplier, self.model.is_sdxl)
+            run.schedule_options, run.uni_pc, run.sgm_noise_multiplier and not self.family.flow, self.model.is_sdxl)
 
     def _denoiser(self, cond: ScheduledConditioning, uncond: ScheduledConditioning, count: int,
                   batch: int) -> CFGDenoiser:
-        request, unet = self.request, self.pipe.unet
+        request, unet = self.request, self.family.denoising_module(self.pipe, self.request)
         device = self.model.device
         mode = {"k": "k", "timesteps": "eps", "lcm": "lcm"}[self.sampler.kind]
-        table = self.model.sigma_table(lcm=mode == "lcm", device=device)
+        table = self.model.sigma_table(lcm=mode == "lcm", device=device, shift=self.flow_shift)
         self._conditioning_state = {"step": 1}
         conditioning = self.conditioning_source(cond, uncond, count, device)
         job = self.job
@@ -422,7 +439,13 @@ class GenerationRun:
                            mode=mode, image_cond=self.start.image_conditioning(count, batch), time_ids=time_ids,
                            s_min_uncond=request.s_min_uncond or 0.0, cfg_rescale=request.cfg_rescale,
                            guidance_embedding=guidance_embedding(request.cfg_scale, embedded) if embedded else None,
-                           before_call=before_call, uncond_time_ids=uncond_time_ids)
+                           before_call=before_call, uncond_time_ids=uncond_time_ids,
+                           uncond_at_scale_one=self.family.uncond_at_scale_one)
+
+    @property
+    def flow_shift(self) -> float | None:
+        """The flow shift of this job (None for the SD families)."""
+        return self.family.shift(self.request, self.model.vae_scale_factor)
 
     def _sampler_notes(self) -> tuple[dict[str, Any], list[str]]:
         """The sampler parameters' infotext keys, and warnings for those this sampler cannot use."""
@@ -445,8 +468,11 @@ class GenerationRun:
         says when its decoder is missing."""
         if not self.policy.preview_every:
             return None, None
-        return Previewer.for_run(self.policy.preview_method, self.pipe, self.model.family, self.addons.previews,
-                                 self.model.device, self.pipe.unet.dtype)
+        method = self.policy.preview_method
+        if self.family.flow:
+            method = "Full"  # the approximate decoders are the SD families' latents
+        return Previewer.for_run(method, self.pipe, self.model.family, self.addons.previews,
+                                 self.model.device, self.family.dtype(self.pipe))
 
     def _callback(self, batch: int, denoiser: CFGDenoiser):
         job, every, previewer = self.job, self.policy.preview_every, self._previewer

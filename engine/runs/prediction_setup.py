@@ -10,13 +10,16 @@ from typing import Any
 from engine.errors import RequestError
 from engine.job_results import RunOptions
 from engine.models.pipelines import LoadedModel
-from engine.models.prediction import EDM, ZERO_TERMINAL_SNR, ModelPrediction, in_effect, override_for
+from engine.models.prediction import EDM, FLOW, ZERO_TERMINAL_SNR, ModelPrediction, in_effect, override_for
 from engine.request import GenerationRequest
 
 
 def use_for_job(model: LoadedModel, request: GenerationRequest, run: RunOptions, sampler) -> ModelPrediction:
     """Set what `model` samples with in this job; RequestError when `sampler` cannot sample it."""
     info = model.info
+    if model.detected.prediction_type == FLOW:  # a flow model is what its family is: no override
+        model.use_prediction(model.detected)
+        return model.detected
     override = override_for(run.prediction_overrides, (info.title, info.name, info.model_name, info.short_hash))
     prediction = in_effect(model.detected, override, request.noise_schedule)
     if prediction.prediction_type == EDM and sampler.kind != "k":

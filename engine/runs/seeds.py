@@ -45,5 +45,6 @@ def _wrap(seed: int) -> int:
     return seed % (MAX_SEED + 1)
 
 
-def latent_shape(width: int, height: int, scale: int = 8) -> tuple[int, int, int]:
-    return LATENT_CHANNELS, height // scale, width // scale
+def latent_shape(width: int, height: int, scale: int = 8, channels: int = LATENT_CHANNELS) -> tuple[int, int, int]:
+    """One image's latents: 4 channels for the SD families, 16 for FLUX.1 and SD 3.x."""
+    return channels, height // scale, width // scale

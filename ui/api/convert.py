@@ -16,6 +16,7 @@ from engine.postprocess.faces import FACE_DETAILER
 from engine.job_results import GenerationResult
 from engine.output.writer import png_bytes
 from engine.request import (
+    DEFAULT_DISTILLED_CFG,
     DEFAULT_REFINER_SWITCH_AT,
     SIZE_STEP,
     GenerationRequest,
@@ -54,7 +55,8 @@ _INFOTEXT_FIELDS = ("prompt", "negative_prompt", "steps", "sampler_name", "sched
                     "seed_resize_from_w", "seed_resize_from_h", "clip_skip", "emphasis",
                     "denoising_strength", "mask_blur", "inpainting_fill", "inpaint_full_res",
                     "inpaint_full_res_padding", "inpainting_mask_invert", "resize_mode", "randn_source",
-                    "refiner_checkpoint", "refiner_switch_at", "cfg_rescale", "noise_schedule")
+                    "refiner_checkpoint", "refiner_switch_at", "cfg_rescale", "noise_schedule",
+                    "distilled_cfg_scale", "shift")
 
 
 def _apply_infotext(body: Txt2ImgBody) -> dict[str, Any]:
@@ -211,6 +213,8 @@ def _common_fields(body: Txt2ImgBody, values: dict[str, Any], registry: Extensio
         sampler_name=sampler, scheduler=values["scheduler"] or "Automatic",
         steps=values["steps"], cfg_scale=values["cfg_scale"],
         cfg_rescale=_first_given(values["rescale_cfg"], values["cfg_rescale"], 0.0),
+        distilled_cfg_scale=_first_given(values["distilled_cfg_scale"], DEFAULT_DISTILLED_CFG),
+        shift=values["shift"] or 0.0,
         width=values["width"], height=values["height"],
         batch_size=values["batch_size"], n_iter=values["n_iter"],
         styles=tuple(values["styles"]),

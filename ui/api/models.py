@@ -57,6 +57,10 @@ class Txt2ImgBody(BaseModel):
     # "CFG Rescale" phi: `rescale_cfg` is Forge's API name for it, `cfg_rescale` ours (the infotext's).
     rescale_cfg: float | None = None
     cfg_rescale: float | None = None
+    # FLUX.1-dev's guidance input (Forge's field; 3.5 when left out) and the flow shift of FLUX.1 /
+    # SD 3.x (0 or left out: the family's own, FLUX's growing with the picture's size).
+    distilled_cfg_scale: float | None = None
+    shift: float | None = None
     width: int = 512
     height: int = 512
     restore_faces: bool | None = None
