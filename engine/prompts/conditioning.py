@@ -33,7 +33,7 @@ EMBEDDING_PLACEHOLDER = 0
 @dataclass(frozen=True)
 class Conditioning:
     embeds: torch.Tensor          # (1, 77 * chunks, dim)
-    pooled: torch.Tensor | None   # SDXL's pooled text embedding (1, 1280), else None
+    pooled: torch.Tensor | None   # SDXL's pooled text embedding (1, 1280), FLUX/SD 3's, else None
 
     @property
     def chunks(self) -> int:
@@ -217,19 +217,25 @@ class PromptEncoder:
         return torch.tensor(rows)
 
     def _encode_chunks(self, chunks: list[Chunk]) -> Conditioning:
-        outputs = []
-        pooled = None
+        outputs, raw = [], []
         for index, encoder in enumerate(self.encoders):
             # Where it computes: in an offload mode its weights wait in RAM.
             ids = self._ids(chunks, self.pad_ids[index]).to(compute_device(encoder))
             with self._inject_embeddings(encoder, index, chunks):
                 output = encoder(ids, output_hidden_states=True)
             outputs.append(self._select_layer(encoder, output))
-            if self.family == "sdxl" and getattr(output, "text_embeds", None) is not None:
-                pooled = output.text_embeds[:1]  # OpenCLIP bigG's projection (base and refiner)
+            raw.append(output)
         hidden = torch.cat(outputs, dim=-1)  # (chunks, 77, dim)
         hidden = self._apply_weights(hidden, chunks)
-        return Conditioning(hidden.reshape(1, -1, hidden.shape[-1]), pooled)
+        return Conditioning(hidden.reshape(1, -1, hidden.shape[-1]), self._pooled(raw))
+
+    def _pooled(self, outputs: list) -> torch.Tensor | None:
+        """The pooled text embedding from the encoders' outputs (first chunk), if the family has one."""
+        pooled = None
+        for output in outputs:
+            if self.family == "sdxl" and getattr(output, "text_embeds", None) is not None:
+                pooled = output.text_embeds[:1]  # OpenCLIP bigG's projection (base and refiner)
+        return pooled
 
     def _select_layer(self, encoder, output) -> torch.Tensor:
         if self.family == "sdxl":
@@ -246,17 +252,7 @@ class PromptEncoder:
             return hidden
         rows = [[1.0] + chunk.weights + [1.0] * (CHUNK_TOKENS - len(chunk.weights) + 1)
                 for chunk in chunks]
-        weights = torch.tensor(rows, dtype=hidden.dtype, device=hidden.device)
-        if bool((weights == 1.0).all()):
-            return hidden
-        original_mean = hidden.float().mean(dim=(1, 2), keepdim=True)
-        weighted = hidden * weights.unsqueeze(-1)
-        if self.emphasis == "Original":
-            new_mean = weighted.float().mean(dim=(1, 2), keepdim=True)
-            # An all-zero chunk (every weight 0) has no mean to restore.
-            scale = torch.where(new_mean == 0, torch.ones_like(new_mean), original_mean / new_mean)
-            weighted = (weighted.float() * scale).to(hidden.dtype)
-        return weighted
+        return apply_emphasis(hidden, rows, self.emphasis)
 
     @contextmanager
     def _inject_embeddings(self, encoder, index: int, chunks: list[Chunk]):
@@ -304,6 +300,26 @@ class PromptEncoder:
         """Prompt and negative prompt conditioning with the same number of chunks (no editing)."""
         chunks = max(self.chunks_needed(prompt), self.chunks_needed(negative))
         return self.encode(prompt, chunks), self._negative(negative, chunks)
+
+
+def apply_emphasis(hidden: torch.Tensor, rows: list[list[float]], emphasis: str) -> torch.Tensor:
+    """Encoder output (chunks, tokens, width) with each token's vector multiplied by its weight
+    (`rows`: one weight per token, per chunk). "Original" then restores each chunk's mean, so
+    weights change direction, not loudness; "No norm" keeps the plain product; "Ignore" and
+    "None" leave the output alone."""
+    if emphasis in ("Ignore", "None"):
+        return hidden
+    weights = torch.tensor(rows, dtype=hidden.dtype, device=hidden.device)
+    if bool((weights == 1.0).all()):
+        return hidden
+    original_mean = hidden.float().mean(dim=(1, 2), keepdim=True)
+    weighted = hidden * weights.unsqueeze(-1)
+    if emphasis == "Original":
+        new_mean = weighted.float().mean(dim=(1, 2), keepdim=True)
+        # An all-zero chunk (every weight 0) has no mean to restore.
+        scale = torch.where(new_mean == 0, torch.ones_like(new_mean), original_mean / new_mean)
+        weighted = (weighted.float() * scale).to(hidden.dtype)
+    return weighted
 
 
 def _token_ids(tokenizer, text: str) -> list[int]:
