@@ -16,7 +16,8 @@ from engine import image_prep
 
 from engine.memory import memory_guard
 from engine.addons import AddOns
-from engine.prompts.conditioning import CHUNK_TOKENS, PromptEncoder
+from engine.families import family_of
+from engine.prompts.conditioning import CHUNK_TOKENS
 from engine.controlnet.checks import check_units
 from engine.errors import RequestError, UserError
 from engine.postprocess.extras import UPSCALERS, ExtrasRequest, ExtrasResult, upscale
@@ -414,7 +415,9 @@ class Engine:
         model = self.models.current
         if model is None:
             return 0, CHUNK_TOKENS
-        encoder = PromptEncoder(model.base, model.family, **self.addons.embeddings.encoder_options(model))
+        family = family_of(model.family)
+        embeddings = {} if family.flow else self.addons.embeddings.encoder_options(model)
+        encoder = family.prompt_encoder(model.base, GenerationRequest(), embeddings)
         text, _ = extract_extra_networks(text)
         counts = [encoder.token_count(part) for _, part in prompt_schedule(text, max(1, steps))]
         return max(counts)
