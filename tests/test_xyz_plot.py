@@ -39,6 +39,8 @@ A1111_AXES = [
     ("SGM noise multiplier", None), ("Refiner checkpoint", None), ("Refiner switch at", None),
     ("RNG source", None), ("FP8 mode", None), ("Size", None),
 ]
+# Forge's axes for the flow families, after A1111's so that its indexes stay.
+FORGE_AXES = [("Distilled CFG Scale", None), ("Shift", None)]
 
 BASE = GenerationRequest(prompt="a red cube, blue sky, green grass", negative_prompt="blurry", steps=4,
                          width=64, height=64, sampler_name="Euler", seed=100)
@@ -157,12 +159,12 @@ def test_bad_decimals_and_too_many_tokens_are_named():
 # The axis table and the API's indices -------------------------------------------------------------
 
 def test_axis_table_is_a1111s_list_in_order():
-    assert [(axis.label, None if len(axis.modes) == 2 else axis.modes[0]) for axis in AXES] == A1111_AXES
+    assert [(axis.label, None if len(axis.modes) == 2 else axis.modes[0]) for axis in AXES] == A1111_AXES + FORGE_AXES
 
 
 @pytest.mark.parametrize("mode", ["txt2img", "img2img"])
 def test_each_tab_indexes_its_filtered_list(mode):
-    expected = [label for label, only in A1111_AXES if only in (None, mode)]
+    expected = [label for label, only in A1111_AXES + FORGE_AXES if only in (None, mode)]
     assert list(labels_for(mode)) == expected
     for index, label in enumerate(expected):
         assert find_axis(mode, index).label == label
@@ -175,8 +177,9 @@ def test_known_indices():
     assert find_axis("img2img", 5).label == "CFG Scale" and find_axis("img2img", 6).label == "Image CFG Scale"
     assert find_axis("img2img", 9).label == "Sampler" and find_axis("img2img", 27).label == "Cond. Image Mask Weight"
     assert find_axis("img2img", "4").label == "Steps" and find_axis("img2img", "cfg scale").label == "CFG Scale"
-    with pytest.raises(RequestError, match="X type 42 is not an axis of txt2img"):
-        find_axis("txt2img", 42)
+    assert find_axis("txt2img", 42).label == "Distilled CFG Scale" and find_axis("txt2img", 43).label == "Shift"
+    with pytest.raises(RequestError, match="X type 44 is not an axis of txt2img"):
+        find_axis("txt2img", 44)
     with pytest.raises(NotFoundError, match="unknown Y type 'Hires steps' for img2img"):
         find_axis("img2img", "Hires steps", "Y")
 
@@ -292,6 +295,8 @@ def test_each_axis_changes_the_right_part_of_the_job():
         "Size": ("128x96", lambda j: (j.request.width, j.request.height) == (128, 96)),
         "Checkpoint name": ("alpha", lambda j: j.checkpoint == "alpha.safetensors [abc]"),
         "VAE": ("None", lambda j: j.request.vae == "None"),
+        "Distilled CFG Scale": ("2.5", lambda j: j.request.distilled_cfg_scale == 2.5),
+        "Shift": ("3", lambda j: j.request.shift == 3.0),
     }
     base = BASE.replace(styles=("Old",))
     for label, (text, holds) in cases.items():

@@ -399,6 +399,9 @@ AXES: tuple[Axis, ...] = (
          confirm=confirm_rng),
     _missing("FP8 mode", "text", "FP8 weight storage", cost=0.9),
     Axis("Size", "text", set_size, confirm=confirm_sizes),
+    # Forge's axes for FLUX.1 / SD 3.x (after A1111's, so its API indexes stay as they are).
+    Axis("Distilled CFG Scale", "float", set_field("distilled_cfg_scale"), bounds=(0.0, 30.0)),
+    Axis("Shift", "float", set_field("shift"), bounds=(0.0, 100.0)),
 )
 
 
