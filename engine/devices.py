@@ -72,6 +72,14 @@ def _cuda_index(device_id: str | int | None) -> int:
     return index
 
 
+def device_memory(device: torch.device) -> int | None:
+    """The total memory of a CUDA device in bytes (None for the CPU and other devices)."""
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return None
+    return torch.cuda.get_device_properties(device.index if device.index is not None else
+                                            torch.cuda.current_device()).total_memory
+
+
 def free_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():

@@ -28,7 +28,7 @@ from engine.runs.image_context import ImageContext
 from engine.runs.refiner import complete_refiner
 from engine.job_results import GenerationResult, OutputPolicy, policy_from_settings
 from engine.jobs import Job, JobQueue
-from engine.memory.memory_modes import NONE, mode_for_model
+from engine.memory.memory_modes import NONE
 from engine.output.writer import OutputWriter
 from engine.models.pipelines import LoadedModel, ModelManager
 from engine.prompts.prompt_parser import extract_extra_networks, prompt_schedule
@@ -315,7 +315,7 @@ class Engine:
         # The memory mode first, with the fast path's module changes off while weights move: the
         # offload hooks must wrap the plain modules (the fast path stays off in offload modes).
         mode = policy.memory.memory_mode
-        if mode is not None and model.placement.effective(mode_for_model(mode, model.is_sdxl)) != NONE:
+        if mode is not None and model.placement.effective(model.mode_for(mode)) != NONE:
             self.fast_path.undo(model)
         with memory_guard.stage("model_placement", faults=self.addons.faults):  # as generation.py: OOM gets its message
             model.use_memory_mode(mode)

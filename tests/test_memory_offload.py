@@ -20,7 +20,7 @@ from engine.controlnet import apply
 from engine.controlnet.units import ControlUnit
 from engine.errors import RequestError
 from engine.models.loading import CONFIG_ROOT
-from engine.memory.memory_modes import LOWVRAM, MEDVRAM, NONE, mode_for_model
+from engine.memory.memory_modes import LOWVRAM, MEDVRAM, NONE, auto_mode, mode_for_model
 from engine.memory.offload import Placement, compute_device
 from engine.request import GenerationRequest
 from engine.models.tiny_models import build_demo_pipeline
@@ -173,10 +173,35 @@ def test_on_the_cpu_the_offload_modes_change_nothing():
     assert placement.resting_device == torch.device("cpu")
 
 
-def test_medvram_sdxl_is_medvram_for_sdxl_only():
-    assert mode_for_model("medvram-sdxl", is_sdxl=True) == MEDVRAM
-    assert mode_for_model("medvram-sdxl", is_sdxl=False) == NONE
-    assert mode_for_model(LOWVRAM, is_sdxl=False) == LOWVRAM
+def test_medvram_sdxl_is_medvram_for_the_large_families_only():
+    assert mode_for_model("medvram-sdxl", large=True) == MEDVRAM
+    assert mode_for_model("medvram-sdxl", large=False) == NONE
+    assert mode_for_model(LOWVRAM, large=False) == LOWVRAM
+
+
+GB = 10 ** 9
+
+
+@pytest.mark.parametrize("total, largest, vram, expected", [
+    (2.1 * GB, 1.7 * GB, 8 * 1024 ** 3, "none"),            # SD 1.5 fp16 on an 8 GB card
+    (7.0 * GB, 5.1 * GB, 8 * 1024 ** 3, "medvram"),         # SDXL fp16 on 8 GB: the UNet alone fits
+    (7.0 * GB, 5.1 * GB, 12 * 1024 ** 3, "none"),
+    (34.0 * GB, 23.8 * GB, 24 * 1024 ** 3, "lowvram"),      # FLUX-dev bf16 + T5 fp16 on 24 GB
+    (17.3 * GB, 11.9 * GB, 24 * 1024 ** 3, "none"),         # FLUX-dev fp8 + T5 fp8 on 24 GB
+    (21.8 * GB, 11.9 * GB, 16 * 1024 ** 3, "medvram"),      # FLUX-dev fp8 + T5 fp16 on 16 GB
+    (17.3 * GB, 11.9 * GB, 12 * 1024 ** 3, "lowvram"),
+    (12.0 * GB, 6.8 * GB, 12 * 1024 ** 3, "medvram"),       # FLUX Q4_K GGUF + T5 fp8 on 12 GB
+])
+def test_auto_picks_by_the_models_size_and_the_cards(total, largest, vram, expected):
+    assert auto_mode(int(total), int(largest), vram) == expected
+    assert mode_for_model("auto", large=True, sizes=(int(total), int(largest)), vram=vram) == expected
+
+
+def test_auto_on_the_cpu_is_none(mem_engine):
+    model = mem_engine.models.require()
+    assert model.mode_for("auto") == NONE   # no card: nothing to save
+    total, largest = model.weight_sizes()
+    assert total >= largest > 0
 
 
 @pytest.mark.parametrize("argv, mode", [
@@ -201,7 +226,7 @@ def test_the_flag_sets_the_setting_at_start(tmp_path):
 def test_the_setting_takes_the_modes_and_nothing_else(mem_engine):
     settings = mem_engine.settings
     assert settings.options["memory_mode"].section == "Memory and speed"
-    assert settings.options["memory_mode"].choices == ("none", "medvram", "medvram-sdxl", "lowvram")
+    assert settings.options["memory_mode"].choices == ("none", "medvram", "medvram-sdxl", "lowvram", "auto")
     with pytest.raises(RequestError, match="memory_mode must be one of"):
         settings.validate({"memory_mode": "highvram"})
 

@@ -14,16 +14,38 @@ import contextlib
 from dataclasses import dataclass
 from typing import Iterator
 
-NONE, MEDVRAM, MEDVRAM_SDXL, LOWVRAM = "none", "medvram", "medvram-sdxl", "lowvram"
-# The choices of the `memory_mode` setting, named after the flags users of the mature web UIs type.
-MEMORY_MODES = (NONE, MEDVRAM, MEDVRAM_SDXL, LOWVRAM)
+NONE, MEDVRAM, MEDVRAM_SDXL, LOWVRAM, AUTO = "none", "medvram", "medvram-sdxl", "lowvram", "auto"
+# The choices of the `memory_mode` setting, named after the flags users of the mature web UIs type,
+# and "auto": chosen per model from its size and the card's.
+MEMORY_MODES = (NONE, MEDVRAM, MEDVRAM_SDXL, LOWVRAM, AUTO)
+GIB = 1024 ** 3
+# What auto leaves free beside the weights on the card: the activations of a 1024x1024 picture,
+# the VAE's decode and CUDA's own context (measured for SDXL and FLUX with bench.memory_modes on
+# cards of this project's earlier sessions: 2-3 GB), plus what the desktop keeps.
+AUTO_WORKING_ROOM = 3 * GIB
 
 
-def mode_for_model(mode: str, is_sdxl: bool) -> str:
-    """The mode a model runs in: medvram-sdxl is medvram for SDXL and none for smaller models."""
+def mode_for_model(mode: str, large: bool, sizes: tuple[int, int] | None = None,
+                   vram: int | None = None) -> str:
+    """The mode a model runs in. medvram-sdxl is medvram for the large families (SDXL, and FLUX.1
+    and SD 3.x, which are larger still) and none for SD 1.x/2.x. auto: `auto_mode` of the model's
+    `sizes` (all its weights, its largest module, in bytes) on a card of `vram` bytes."""
     if mode == MEDVRAM_SDXL:
-        return MEDVRAM if is_sdxl else NONE
+        return MEDVRAM if large else NONE
+    if mode == AUTO:
+        return NONE if sizes is None or vram is None else auto_mode(*sizes, vram)
     return mode
+
+
+def auto_mode(total: int, largest: int, vram: int) -> str:
+    """none when every weight fits on the card with working room beside it; medvram when the
+    largest module does (each waits in RAM until it runs: a FLUX transformer while T5 rests);
+    lowvram otherwise (layer by layer)."""
+    if total + AUTO_WORKING_ROOM <= vram:
+        return NONE
+    if largest + AUTO_WORKING_ROOM <= vram:
+        return MEDVRAM
+    return LOWVRAM
 
 
 @dataclass(frozen=True)

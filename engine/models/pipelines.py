@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 import torch
 
 from engine.models.checkpoint_cache import CheckpointCache, file_signature, size_on_disk
-from engine.devices import DeviceConfig, free_memory, upcast_sampling
+from engine.devices import DeviceConfig, device_memory, free_memory, upcast_sampling
 from engine.errors import CheckpointError, NoModelError
 from engine.models.loading import CONFIG_ROOT, check_loadable, is_refiner_pipeline, load_checkpoint
 from engine.models.prediction import EDM, FLOW, LatentFormat, ModelPrediction
@@ -125,8 +125,20 @@ class LoadedModel:
         """Put the weights as the `memory_mode` setting says (a no-op when they are already, or
         on the CPU; None: as they are); True when something was moved. Called before each job:
         a VAE chosen since the last one is also placed here."""
-        mode = self.placement.mode if mode is None else mode_for_model(mode, self.is_sdxl)
+        mode = self.placement.mode if mode is None else self.mode_for(mode)
         return self.placement.ensure(mode, self.pipelines())
+
+    def mode_for(self, mode: str) -> str:
+        """The memory mode this model runs in when the setting is `mode` (medvram-sdxl and auto
+        depend on the model)."""
+        return mode_for_model(mode, self.family != "sd1" and self.family != "sd2", self.weight_sizes(),
+                              device_memory(self.placement.device))
+
+    def weight_sizes(self) -> tuple[int, int]:
+        """(all weights, the largest module's) in bytes, as they are stored now."""
+        sizes = [sum(t.numel() * t.element_size() for t in module.state_dict().values())
+                 for module in self.modules()]
+        return sum(sizes), max(sizes, default=0)
 
     def pipelines(self) -> list:
         """The base pipeline, then those made from it (which share its modules)."""

@@ -125,8 +125,9 @@ OPTIONS: tuple[Option, ...] = SAVING_OPTIONS + (
            "slower)", "Memory and speed"),
     # --medvram, --medvram-sdxl and --lowvram set it at start (app.py).
     Option("memory_mode", "none", "Memory mode (GPU only): medvram keeps each model in RAM until it runs "
-           "(less VRAM, a little slower); medvram-sdxl does so for SDXL models only; lowvram brings "
-           "the weights to the GPU layer by layer (least VRAM, slower)", "Memory and speed",
+           "(less VRAM, a little slower); medvram-sdxl does so for SDXL, FLUX.1 and SD 3 models only; lowvram "
+           "brings the weights to the GPU layer by layer (least VRAM, slower); auto picks one of these per "
+           "model from its size and the card's", "Memory and speed",
            choices=MEMORY_MODES),
 ) + PREDICTION_OPTIONS + SAMPLING_OPTIONS + IMG2IMG_OPTIONS + FAST_PATH_OPTIONS + UI_OPTIONS + LDSR_OPTIONS
 
