@@ -187,3 +187,23 @@ def test_what_a_flow_model_cannot_run_is_refused_by_name(flux_dev, addons, field
 def test_a_lora_tag_is_named_as_not_applied(flux_dev, addons):
     _, result = _run(flux_dev, addons, prompt=PLAIN_PROMPT + " <lora:style:0.8>")
     assert any("style" in warning and "FLUX.1" in warning for warning in result.warnings)
+
+
+@pytest.mark.parametrize("upscaler", ["Latent", "Lanczos"])
+def test_hires_fix_runs_a_second_flow_pass(flux_dev, addons, upscaler):
+    _, result = _run(flux_dev, addons, prompt=PLAIN_PROMPT, extensions={"hires_fix": {
+        "enabled": True, "denoising_strength": 0.6, "upscale_by": 2.0, "upscaler": upscaler, "steps": 2}})
+    assert result.images[0].size == (128, 128)
+    assert "Hires upscale: 2" in result.infotexts[0] and "Distilled CFG Scale: 3.5" in result.infotexts[0]
+
+
+def test_inpainting_keeps_the_unmasked_part(sd35, addons):
+    from PIL import Image
+    init = Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    _, result = _run(sd35, addons, mode="img2img", prompt=PLAIN_PROMPT, cfg_scale=3.0,
+                     img2img=Img2ImgOptions(init_images=(init,), mask=mask, denoising_strength=0.9, mask_blur=0,
+                                            inpainting_fill=1))
+    change = np.abs(_pixels(result.images[0]) - _pixels(init))
+    assert change[20:44, 20:44].mean() > 10 * max(change[:8].mean(), 0.5)
