@@ -206,6 +206,35 @@ def test_a_q8_0_gguf_flux_transformer_loads_and_is_listed(tree, models):
         models.registry.refresh()
 
 
+def test_a_q8_0_gguf_sd35_transformer_takes_every_other_part_from_the_folders(tree, models):
+    pytest.importorskip("gguf")
+    from diffusers.quantizers.gguf.utils import dequantize_gguf_tensor
+
+    from tests.support.flow_writers import sd3_to_original
+    from tests.support.gguf_files import is_quantised, q8_0_round_trip, write_gguf
+    root, tiny, configs = tree
+    medium, dev, large = tiny["sd3.5-medium"], tiny["flux-dev"], tiny["sd3.5-large"]
+    path = write_gguf(sd3_to_original(medium["transformer"]), root / "models" / "Stable-diffusion" /
+                      "sd3.5_medium-Q8_0.gguf", "sd3")
+    try:
+        models.registry.refresh()
+        model = models.load("sd3.5_medium-Q8_0", modules=["clip_l", "clip_g", "t5xxl_fp16", "ae"])
+        assert_flow_model(model, "sd3")
+        assert model.module_files == ("clip_l.safetensors", "clip_g.safetensors", "t5xxl_fp16.safetensors",
+                                      "ae.safetensors")
+        for key, value in medium["transformer"].state_dict().items():
+            want = q8_0_round_trip(value) if is_quantised(value) else value
+            got = dequantize_gguf_tensor(model.base.transformer.state_dict()[key])
+            assert torch.equal(want, got.float().reshape(value.shape)), key
+        assert_same(dev["vae"].state_dict(), model.base.vae.state_dict())
+        assert_same(large["text_encoder_2"].state_dict(), model.base.text_encoder_2.state_dict())
+        assert_same(dev["text_encoder_2"].state_dict(), model.base.text_encoder_3.state_dict())
+    finally:
+        models.unload()
+        path.unlink()
+        models.registry.refresh()
+
+
 def test_a_diffusers_folder_loads(tree, models):
     root, tiny, configs = tree
     components = tiny["flux-schnell"]
@@ -225,7 +254,7 @@ def test_a_diffusers_folder_loads(tree, models):
 
 def test_memory_modes_place_a_flux_pipeline(tree, models):
     _, tiny, configs = tree
-    model = models.load("flux1-dev-aio")
+    model = models.load("flux1-dev-aio", modules=())
     model.placement.offload_on_cpu = True
     reference = reference_pipeline("flux-dev", tiny["flux-dev"], configs)
     try:
@@ -279,6 +308,18 @@ def test_outside_paths_are_refused_by_the_library_itself(tree, tmp_path):
         library.find(str(elsewhere))
     assert library.choices() == ["clip_g.safetensors", "clip_l.safetensors", "t5xxl_fp16.safetensors", "ae.safetensors"]
     assert library.find(str(root / "models" / "VAE" / "ae.safetensors")).name == "ae.safetensors"
+
+
+def test_the_choice_is_kept_across_checkpoints_and_parts_a_model_does_not_use_are_left_out(tree, models):
+    every_part = ["clip_l", "clip_g", "t5xxl_fp16", "ae"]
+    sd3 = models.load("sd3.5_large", modules=every_part)
+    # A chosen part replaces the one in the file (as Forge's modules do): here the VAE.
+    assert sd3.module_files == ("clip_l.safetensors", "clip_g.safetensors", "t5xxl_fp16.safetensors", "ae.safetensors")
+    assert_same(tree[1]["flux-dev"]["vae"].state_dict(), sd3.base.vae.state_dict())
+    flux = models.load("flux1-dev")   # no choice given: the last one, CLIP-G left out
+    assert flux.module_files == ("clip_l.safetensors", "t5xxl_fp16.safetensors", "ae.safetensors")
+    assert flux.modules_choice == tuple(every_part) and models.modules_choice == tuple(every_part)
+    models.load("flux1-dev-aio", modules=())
 
 
 def test_variants_with_no_config_are_not_supported_yet(tree, models):

@@ -68,6 +68,21 @@ def clip_widths(config_dir: Path, family: str) -> dict[str, int]:
     return widths
 
 
+def resolve_flow_modules(info: CheckpointInfo, library, config_root: Path, choice,
+                         allow_unsafe: bool = False) -> dict[str, Path]:
+    """{part: file} a modules choice gives checkpoint `info` from `library` (a
+    TextEncoderLibrary): the parts it lacks, picked automatically when the choice is empty, and
+    only the parts its family uses. {} for a diffusers folder or a checkpoint of another family."""
+    flow_model = flow_model_of(info, allow_unsafe)
+    if flow_model is None or flow_model.folder:
+        return {}
+    config_dir = config_folder(flow_model, config_root, info.name)
+    library.refresh()   # files copied in since the last look count
+    parts = library.resolve_modules(choice, flow_model.missing_parts, clip_widths(config_dir, flow_model.family))
+    used = (*TEXT_ENCODER_COMPONENTS[flow_model.family], VAE)
+    return {part: path for part, path in parts.items() if part in used}
+
+
 def load_flow_checkpoint(info: CheckpointInfo, device: DeviceConfig, config_root: Path,
                          modules: Mapping[str, Path] | tuple = ()) -> LoadedPipeline:
     """A FluxPipeline or StableDiffusion3Pipeline for `info`, on `device`. `modules`: {part:

@@ -20,7 +20,7 @@ from engine.models.checkpoint_cache import CheckpointCache, file_signature, size
 from engine.devices import DeviceConfig, free_memory, upcast_sampling
 from engine.errors import CheckpointError, NoModelError
 from engine.models.families import FLUX, SD3
-from engine.models.loading import CONFIG_ROOT, check_loadable, flow_model_of, is_refiner_pipeline, load_checkpoint
+from engine.models.loading import CONFIG_ROOT, check_loadable, is_refiner_pipeline, load_checkpoint
 from engine.models.prediction import EDM, LatentFormat, ModelPrediction
 from engine.memory.memory_modes import NONE, mode_for_model
 from engine.models.registry import CheckpointInfo, ModelRegistry
@@ -387,18 +387,9 @@ class ModelManager:
 
     def resolve_modules(self, info: CheckpointInfo, choice) -> dict[str, Path]:
         """{part: file} the modules choice gives a FLUX.1 / SD 3.x single file ({} for others)."""
-        from engine.models.flow_pipelines import TEXT_ENCODER_COMPONENTS, clip_widths, config_folder
-        from engine.models.families import VAE
+        from engine.models.flow_pipelines import resolve_flow_modules
 
-        flow_model = flow_model_of(info, self.allow_unsafe)
-        if flow_model is None or flow_model.folder:
-            return {}
-        config_dir = config_folder(flow_model, self.config_root, info.name)
-        self.text_encoders.refresh()
-        parts = self.text_encoders.resolve_modules(choice, flow_model.missing_parts,
-                                                   clip_widths(config_dir, flow_model.family))
-        used = (*TEXT_ENCODER_COMPONENTS[flow_model.family], VAE)
-        return {part: path for part, path in parts.items() if part in used}
+        return resolve_flow_modules(info, self.text_encoders, self.config_root, choice, self.allow_unsafe)
 
     def _load(self, info: CheckpointInfo, choice: tuple[str, ...] = ()) -> LoadedModel:
         log.info("loading checkpoint %s", info.title)
@@ -410,7 +401,7 @@ class ModelManager:
         # in VRAM even for a moment. (medvram-sdxl loads there too: the family is not known yet.)
         into = self.device if placement.effective(mode) == NONE else \
             dataclasses.replace(self.device, device=torch.device("cpu"))
-        loaded = load_checkpoint(info, into, self.config_root, self.allow_unsafe, modules=parts)
+        loaded = load_checkpoint(info, into, self.config_root, self.allow_unsafe, parts)
         if self.device.upcast_sampling and hasattr(loaded.pipe, "unet"):
             upcast_sampling(loaded.pipe.unet)
         config = dict(loaded.pipe.scheduler.config)

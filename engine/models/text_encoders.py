@@ -153,7 +153,8 @@ class TextEncoderLibrary:
         """{part: file} for a checkpoint that lacks the parts `missing` (CLIP_L, CLIP_G, T5, VAE).
 
         A chosen file fills the part it is (and may replace a part the checkpoint has; chosen
-        files of parts this model does not use are left out). With an empty choice each missing
+        files of parts this model does not use are left out: the choice is kept across
+        checkpoints, as Forge's is). With an empty choice each missing
         part is picked automatically when exactly one file of its kind is there. Anything else
         (a file not found, of no usable kind, two of one part, a part with none or several
         candidates) is refused by name."""
@@ -168,6 +169,10 @@ class TextEncoderLibrary:
                 raise CheckpointError(f"Module '{entry}' not found. Available: "
                                       f"{', '.join(self.choices()) or 'none'}", "modules")
             part = module.part(widths)
+            if part is None and module.kind == CLIP_KIND:
+                # A CLIP tower of a width this model's encoders do not have (CLIP-G for FLUX,
+                # in a choice kept across checkpoints): not one of its parts, so not used.
+                continue
             if part is None:
                 raise CheckpointError(f"Module '{module.name}' is {module.describe()}: FLUX.1 and SD 3 models take "
                                       "CLIP-L, CLIP-G and T5-XXL text encoders and a 16-channel VAE.", "modules")
