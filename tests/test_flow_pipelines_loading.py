@@ -322,6 +322,19 @@ def test_the_choice_is_kept_across_checkpoints_and_parts_a_model_does_not_use_ar
     models.load("flux1-dev-aio", modules=())
 
 
+def test_a_cached_flow_model_comes_back_only_for_the_same_modules(tree):
+    from engine.models.checkpoint_cache import CheckpointCache
+    root, _, configs = tree
+    mine = manager(root, configs, cache=CheckpointCache(lambda: 2, margin=0, available=lambda: 2**40))
+    flux = mine.load("flux1-dev", modules=())
+    mine.load("sd3.5_medium_all")
+    assert mine.load("flux1-dev") is flux   # from RAM: the same choice
+    other = mine.load("flux1-dev", modules=["clip_l", "t5xxl_fp16", "ae"])
+    assert other is not flux and other.modules_choice == ("clip_l", "t5xxl_fp16", "ae")
+    assert all(model.info.name != "flux1-dev.safetensors" for model in mine.cache._entries.values())
+    mine.unload()
+
+
 def test_variants_with_no_config_are_not_supported_yet(tree, models):
     with pytest.raises(CheckpointError, match="'flux1-fill-dev.safetensors' is a FLUX.1 Fill transformer-only "
                                               "file.*FLUX.1 Fill models are not supported yet"):

@@ -201,8 +201,9 @@ def load_single_file(info: CheckpointInfo, device: DeviceConfig, config_root: Pa
 
     path = Path(info.path)
     layout = detect_layout(read_shapes(path, allow_unsafe), info.name)
-    if isinstance(layout, families.FlowModelFile):
-        raise CheckpointError(f"'{info.name}' is {layout.describe()}: it loads as a flow model", "checkpoint")
+    if isinstance(layout, families.FlowModelFile):   # only .safetensors / .gguf ones are routed to flow loading
+        raise CheckpointError(f"'{info.name}' is {layout.describe()}, in a pickled file: use its .safetensors "
+                              "or .gguf version.", "checkpoint")
     # Converting while loading would put a whole converted copy in RAM before the move.
     load_dtype = stored_dtype(path) or device.dtype
     config_dir = config_root / layout.config_name
@@ -373,7 +374,7 @@ def flow_model_of(info: CheckpointInfo, allow_unsafe: bool = False) -> families.
     """The FLUX.1 / SD 3.x model a checkpoint holds, or None for any other checkpoint."""
     if info.kind == "diffusers":
         return families.recognise_folder(Path(info.path))
-    if info.kind in ("safetensors", "gguf") or (info.kind == "pickle" and allow_unsafe):
+    if info.kind in ("safetensors", "gguf"):   # a pickle would have to be unpickled whole to tell
         shapes = read_shapes(Path(info.path), allow_unsafe)
         return None if UNET_IN in shapes else families.recognise_file(shapes)
     return None

@@ -76,14 +76,16 @@ class CheckpointInfo:
 
 
 def _hash_target(path: Path, kind: str) -> Path | None:
-    """The file whose sha256 identifies a checkpoint (a diffusers folder: its UNet weights)."""
+    """The file whose sha256 identifies a checkpoint (a diffusers folder: its UNet's weights, or
+    its transformer's for FLUX.1 / SD 3.x when they are in one file)."""
     if kind != "diffusers":
         return path
-    for name in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors",
-                 "diffusion_pytorch_model.bin"):
-        candidate = path / "unet" / name
-        if candidate.is_file():
-            return candidate
+    for folder in ("unet", "transformer"):
+        for name in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors",
+                     "diffusion_pytorch_model.bin"):
+            candidate = path / folder / name
+            if candidate.is_file():
+                return candidate
     return None
 
 
