@@ -40,6 +40,7 @@ def build(flags, config_root: Path | None = None):
     from engine.files import remove_unfinished
     from engine.output.writer import OutputWriter
     from engine.models.pipelines import ModelManager
+    from engine.models.text_encoders import TextEncoderLibrary
     from engine.settings.store import Settings
     from ui.context import UIContext
     from ui.server_control import ServerControl
@@ -71,9 +72,13 @@ def build(flags, config_root: Path | None = None):
     device = DeviceConfig.choose(use_cpu=uses_cpu(flags), no_half=flags.no_half, no_half_vae=flags.no_half_vae,
                                  precision=flags.precision, device_id=flags.device_id,
                                  upcast_sampling=flags.upcast_sampling)
+    # The text encoders and VAEs picked beside FLUX.1 / SD 3.x transformers (Forge's and
+    # ComfyUI's folder name for the encoders).
+    (folders.models / "text_encoder").mkdir(parents=True, exist_ok=True)
+    text_encoders = TextEncoderLibrary(folders.models / "text_encoder", folders.vae)
     models = ModelManager(registry, device, allow_unsafe=flags.allow_unsafe_checkpoints,
                           cache=CheckpointCache(lambda: settings["sd_checkpoint_cache"]),
-                          memory_mode=lambda: settings["memory_mode"],
+                          memory_mode=lambda: settings["memory_mode"], text_encoders=text_encoders,
                           **({"config_root": config_root} if config_root else {}))
     # A crash mid-write leaves a temporary file beside the whole old one: tidy those away.
     if remove_unfinished(data_dir / "outputs") + remove_unfinished(data_dir, recursive=False):

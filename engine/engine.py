@@ -394,8 +394,9 @@ class Engine:
                 self.settings.update({"sd_model_checkpoint": model.info.title})
         return self.models.require()
 
-    def load_checkpoint(self, wanted: str, owner: str = "") -> Job:
-        """Switch checkpoints on the GPU lane, after any job already waiting."""
+    def load_checkpoint(self, wanted: str, owner: str = "", modules=None) -> Job:
+        """Switch checkpoints on the GPU lane, after any job already waiting. `modules`: the files
+        picked beside a FLUX.1 / SD 3.x checkpoint (None: the choice given last)."""
         self.models.registry.find(wanted)  # an unknown name fails now, not in the queue
 
         def work(job: Job) -> LoadedModel:
@@ -403,7 +404,7 @@ class Engine:
             if self.models.current is None or wanted not in (self.models.current.info.title,
                                                               self.models.current.info.model_name):
                 self.addons.controlnets.clear()  # ControlNets of the old family: free their memory
-            model = self.models.load(wanted)
+            model = self.models.load(wanted, modules=modules)
             self.settings.update({"sd_model_checkpoint": model.info.title})
             return model
 

@@ -2,9 +2,9 @@
 download: single files in the original key layouts (all-in-one, or the transformer alone with
 the text encoders and the VAE picked separately) and diffusers folders.
 
-This is the start of the family seam: for now it names what a file is, and what it lacks, exactly,
-so the loader can refuse it with a message that says so; generating with these families comes in
-later versions. Facts used (the key names the publishers' files carry):
+This is the start of the family seam: it names what a file is and what it lacks, exactly, so the
+loader (engine/models/flow_pipelines.py) can take the missing parts from the files the user picked
+beside it, and refuse the variants no config is kept for with a message that says so. Facts used (the key names the publishers' files carry):
 
 * FLUX.1 transformer: `double_blocks.N.img_attn...` / `single_blocks.N...`, bare or under
   `model.diffusion_model.`; FLUX.1-dev (guidance-distilled) has `guidance_in`, schnell does not;
@@ -40,6 +40,7 @@ VAE_KEYS = ("vae.decoder.conv_in.weight", "first_stage_model.decoder.conv_in.wei
 NEEDED_TEXT_ENCODERS = {FLUX: (CLIP_L, T5), SD3: (CLIP_L, CLIP_G, T5)}
 CHROMA = "Chroma (FLUX.1-based)"   # FLUX.1-schnell pruned and retrained: T5 only, no CLIP
 VAE_NAMES = {FLUX: "the FLUX VAE (ae.safetensors)", SD3: "the SD3 VAE"}
+VAE = "VAE"   # the part a missing VAE is, beside the text encoders' names
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,16 @@ class FlowModelFile:
         return parts + (() if self.has_vae else (VAE_NAMES[self.family],))
 
     @property
+    def missing_parts(self) -> tuple[str, ...]:
+        """What `missing` names, as parts: CLIP_L, CLIP_G, T5 and VAE."""
+        return tuple(VAE if name == VAE_NAMES[self.family] else name for name in self.missing)
+
+    @property
+    def supported(self) -> bool:
+        """Whether this variant can be loaded: a config folder is kept for it."""
+        return self.config_name is not None
+
+    @property
     def _a_variant(self) -> str:
         # "an SD 3.5 Large", "a FLUX.1-dev": SD is read letter by letter.
         return ("an " if self.variant.startswith("SD") else "a ") + self.variant
@@ -79,10 +90,12 @@ class FlowModelFile:
         return f"{self._a_variant} single file with {_join(have)}; it needs {_join(needs)} picked beside it"
 
     def refusal(self, name: str) -> CheckpointError:
+        """Why a variant with no config kept (FLUX.1 Fill, Depth/Canny, Kontext, Chroma, SD 3
+        Medium) does not load."""
         return CheckpointError(
-            f"'{name}' is {self.describe()}. Generating with {FAMILY_NAMES[self.family]} models is not "
-            "available yet in this version of SD Studio (SD 1.x, SD 2.x and SDXL checkpoints are); "
-            "the model stays in the checkpoint list and the current model stays loaded.", "checkpoint")
+            f"'{name}' is {self.describe()}. {self.variant} models are not supported yet in this version "
+            "of SD Studio (FLUX.1-dev, FLUX.1-schnell, SD 3.5 Large and SD 3.5 Medium are); the model stays "
+            "in the checkpoint list and the current model stays loaded.", "checkpoint")
 
 
 def _join(items: list[str]) -> str:
@@ -217,5 +230,4 @@ def component_refusal(name: str, component: str) -> CheckpointError:
     folder = "models/VAE" if "VAE" in component else "models/text_encoder"
     return CheckpointError(
         f"'{name}' is {component}, not a checkpoint: it belongs in {folder}, to be picked beside a "
-        "FLUX.1 or SD 3 checkpoint (generating with those comes in a later version of SD Studio).",
-        "checkpoint")
+        "FLUX.1 or SD 3 checkpoint (the modules choice).", "checkpoint")

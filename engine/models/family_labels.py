@@ -20,7 +20,7 @@ def family_label(info: CheckpointInfo) -> str | None:
     would have to be unpickled whole, or a file that is no model this app knows)."""
     if info.kind == "builtin":
         return FAMILY_LABELS["sd1"]
-    if info.kind == "safetensors":
+    if info.kind in ("safetensors", "gguf"):
         return _file_label(Path(info.path), info.name)
     if info.kind == "diffusers":
         return _folder_label(Path(info.path))

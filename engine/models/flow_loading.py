@@ -110,3 +110,39 @@ def load_t5_encoder(path: Path, config_folder: Path, dtype: torch.dtype = torch.
     # assign=True gave each name its own Parameter; one matrix again, as the model is built.
     model.encoder.embed_tokens.weight = model.shared.weight
     return model.eval()
+
+
+CLIP_PREFIXES = {"CLIP-L": "text_encoders.clip_l.transformer.", "CLIP-G": "text_encoders.clip_g.transformer."}
+# Tensors some CLIP files carry that a text tower has no place for (the vision half of a full
+# CLIP, its logit scale, position ids kept as a buffer).
+_CLIP_EXTRAS = ("vision_model.", "visual_projection.", "logit_scale", "text_model.embeddings.position_ids",
+                "embeddings.position_ids")
+
+
+def load_clip_encoder(path: Path, config_folder: Path, part: str, dtype: torch.dtype = torch.bfloat16,
+                      identity_projection: bool = False):
+    """A CLIP text encoder (the class its config's `architectures` names: CLIPTextModel for FLUX,
+    CLIPTextModelWithProjection for SD 3.x) from a standalone file (`text_model.*`, as
+    clip_l.safetensors carries it) or the `text_encoders.clip_l|clip_g.transformer.` part of an
+    all-in-one file. `identity_projection`: SD 3's CLIP-L is used unprojected, whatever the file
+    holds (diffusers' single-file loader does the same)."""
+    import transformers
+    from accelerate import init_empty_weights
+
+    source = _read(Path(path), "text_model.final_layer_norm.weight", CLIP_PREFIXES[part])
+    config = transformers.CLIPTextConfig.from_pretrained(str(config_folder))
+    class_name = (config.architectures or ["CLIPTextModel"])[0]
+    with init_empty_weights():
+        model = getattr(transformers, class_name)(config)
+    wrapped = hasattr(model, "text_model")   # transformers 5 flattened CLIPTextModel, not ...WithProjection
+    state = {}
+    for key, value in source.items():
+        if key.startswith(_CLIP_EXTRAS) or (key.startswith("text_projection.") and not hasattr(model, "text_projection")):
+            continue
+        bare = key.removeprefix("text_model.")
+        name = bare if bare.startswith("text_projection.") or not wrapped else "text_model." + bare
+        state[name] = _cast(value, dtype, keep_fp8=False)
+    if identity_projection and hasattr(model, "text_projection"):
+        state["text_projection.weight"] = torch.eye(config.hidden_size, dtype=dtype)
+    _assign(model, state, f"{part} text encoder {Path(path).name!r}")
+    return model.eval()

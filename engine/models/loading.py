@@ -103,11 +103,16 @@ def read_pickled_state_dict(path: Path, allow_unsafe: bool) -> dict:
     return state
 
 
-def detect_layout(shapes: dict[str, tuple[int, ...]], name: str) -> CheckpointLayout:
+def detect_layout(shapes: dict[str, tuple[int, ...]], name: str) -> CheckpointLayout | families.FlowModelFile:
+    """What a single file is: an SD 1.x / 2.x / SDXL layout, or a FLUX.1 / SD 3.x model (a
+    FlowModelFile, loaded by engine/models/flow_pipelines.py; variants with no config kept are
+    refused here, by name)."""
     if UNET_IN not in shapes:
         flow_model = families.recognise_file(shapes)
-        if flow_model is not None:  # FLUX.1 / SD 3.x: named exactly, not generated with yet
-            raise flow_model.refusal(name)
+        if flow_model is not None:
+            if not flow_model.supported:
+                raise flow_model.refusal(name)
+            return flow_model
         component = families.recognise_component(shapes)
         if component is not None:
             raise families.component_refusal(name, component)
@@ -196,6 +201,9 @@ def load_single_file(info: CheckpointInfo, device: DeviceConfig, config_root: Pa
 
     path = Path(info.path)
     layout = detect_layout(read_shapes(path, allow_unsafe), info.name)
+    if isinstance(layout, families.FlowModelFile):   # only .safetensors / .gguf ones are routed to flow loading
+        raise CheckpointError(f"'{info.name}' is {layout.describe()}, in a pickled file: use its .safetensors "
+                              "or .gguf version.", "checkpoint")
     # Converting while loading would put a whole converted copy in RAM before the move.
     load_dtype = stored_dtype(path) or device.dtype
     config_dir = config_root / layout.config_name
@@ -294,9 +302,13 @@ def load_builtin_demo(device: DeviceConfig, config_root: Path) -> LoadedPipeline
 
 
 def load_checkpoint(info: CheckpointInfo, device: DeviceConfig, config_root: Path = CONFIG_ROOT,
-                    allow_unsafe: bool = False) -> LoadedPipeline:
+                    allow_unsafe: bool = False, modules=()) -> LoadedPipeline:
+    """`modules`: for FLUX.1 / SD 3.x, {part: file} of the parts picked beside the checkpoint."""
     if info.kind == "builtin":
         loaded = load_builtin_demo(device, config_root)
+    elif is_flow_checkpoint(info, allow_unsafe):
+        from engine.models.flow_pipelines import load_flow_checkpoint
+        loaded = load_flow_checkpoint(info, device, config_root, modules)
     elif info.kind == "diffusers":
         loaded = load_diffusers_folder(info, device)
     else:
@@ -323,9 +335,13 @@ def latent_space_of(info: CheckpointInfo, allow_unsafe: bool = False) -> str | N
     its keys (a file) or its model_index.json (a diffusers folder); None when it cannot tell."""
     if info.kind == "builtin":
         return "sd"
-    if info.kind in ("safetensors", "pickle"):
-        return "sdxl" if detect_layout(read_shapes(Path(info.path), allow_unsafe), info.name).family == "sdxl" else "sd"
+    if info.kind in ("safetensors", "pickle", "gguf"):
+        family = detect_layout(read_shapes(Path(info.path), allow_unsafe), info.name).family
+        return family if family in (families.FLUX, families.SD3) else "sdxl" if family == "sdxl" else "sd"
     refuse_flow_folder(info)
+    flow_model = families.recognise_folder(Path(info.path))
+    if flow_model is not None:
+        return flow_model.family
     index = Path(info.path) / "model_index.json"
     try:
         name = json.loads(index.read_text(encoding="utf-8")).get("_class_name", "")
@@ -336,8 +352,10 @@ def latent_space_of(info: CheckpointInfo, allow_unsafe: bool = False) -> str | N
 
 def check_loadable(info: CheckpointInfo, allow_unsafe: bool) -> None:
     """Cheap checks (exists, readable, known layout) before anything is unloaded to make room."""
-    if info.kind in ("safetensors", "pickle"):
-        detect_layout(read_shapes(Path(info.path), allow_unsafe), info.name)
+    if info.kind in ("safetensors", "pickle", "gguf"):
+        layout = detect_layout(read_shapes(Path(info.path), allow_unsafe), info.name)
+        if info.kind == "gguf" and not isinstance(layout, families.FlowModelFile):
+            raise CheckpointError(f"'{info.name}' is a GGUF file but not a FLUX.1 or SD 3.x transformer", "checkpoint")
     elif info.kind == "diffusers":
         if not (Path(info.path) / "model_index.json").is_file():
             raise CheckpointError(f"Diffusers folder not found: {info.path}", "checkpoint")
@@ -345,11 +363,25 @@ def check_loadable(info: CheckpointInfo, allow_unsafe: bool) -> None:
 
 
 def refuse_flow_folder(info: CheckpointInfo) -> None:
-    """A FLUX.1 / SD 3.x diffusers folder is named by its pipeline class and refused (before its
-    weights are read): it would otherwise pass for SDXL (it has a second text encoder)."""
+    """A FLUX.1 / SD 3.x diffusers folder of a variant with no config kept (Fill, Kontext, SD 3
+    Medium) is named by its pipeline class and refused before its weights are read."""
     flow_model = families.recognise_folder(Path(info.path))
-    if flow_model is not None:
+    if flow_model is not None and not flow_model.supported:
         raise flow_model.refusal(info.name)
+
+
+def flow_model_of(info: CheckpointInfo, allow_unsafe: bool = False) -> families.FlowModelFile | None:
+    """The FLUX.1 / SD 3.x model a checkpoint holds, or None for any other checkpoint."""
+    if info.kind == "diffusers":
+        return families.recognise_folder(Path(info.path))
+    if info.kind in ("safetensors", "gguf"):   # a pickle would have to be unpickled whole to tell
+        shapes = read_shapes(Path(info.path), allow_unsafe)
+        return None if UNET_IN in shapes else families.recognise_file(shapes)
+    return None
+
+
+def is_flow_checkpoint(info: CheckpointInfo, allow_unsafe: bool = False) -> bool:
+    return flow_model_of(info, allow_unsafe) is not None
 
 
 def _short(error: BaseException, limit: int = 300) -> str:

@@ -19,11 +19,13 @@ import torch
 from engine.models.checkpoint_cache import CheckpointCache, file_signature, size_on_disk
 from engine.devices import DeviceConfig, device_memory, free_memory, upcast_sampling
 from engine.errors import CheckpointError, NoModelError
+from engine.models.families import FLUX, SD3
 from engine.models.loading import CONFIG_ROOT, check_loadable, is_refiner_pipeline, load_checkpoint
 from engine.models.prediction import EDM, FLOW, LatentFormat, ModelPrediction
-from engine.memory.memory_modes import NONE, mode_for_model
+from engine.memory.memory_modes import AUTO, NONE, mode_for_model
 from engine.models.registry import CheckpointInfo, ModelRegistry
 from engine.memory.offload import CPU, Placement
+from engine.models.text_encoders import TextEncoderLibrary
 from engine.networks.vae import load_vae_file
 
 if TYPE_CHECKING:  # the sampling layer sits below; only the annotation needs it
@@ -58,6 +60,12 @@ class LoadedModel:
     # Each VAE's own latent format, kept while an EDM model's is set on it (by id: only this
     # model's own VAE and the one chosen from models/VAE are ever there).
     _vae_formats: dict[int, LatentFormat] = field(default_factory=dict)
+    # FLUX.1 / SD 3.x: the config folder the parts were built from, the file names of the parts
+    # picked beside the checkpoint (for the infotext), and the modules choice they came from.
+    # (`modules()` is every torch module of the model, so the names live in `module_files`.)
+    config_dir: Path | None = None
+    module_files: tuple[str, ...] = ()
+    modules_choice: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.placement is None:
@@ -131,8 +139,10 @@ class LoadedModel:
     def mode_for(self, mode: str) -> str:
         """The memory mode this model runs in when the setting is `mode` (medvram-sdxl and auto
         depend on the model)."""
-        return mode_for_model(mode, self.family != "sd1" and self.family != "sd2", self.weight_sizes(),
-                              device_memory(self.placement.device))
+        # FLUX.1 and SD 3.x are bigger than SDXL: medvram-sdxl offloads them too.
+        if mode != AUTO:
+            return mode_for_model(mode, self.is_sdxl or self.is_flow)
+        return mode_for_model(mode, True, self.weight_sizes(), device_memory(self.placement.device))
 
     def weight_sizes(self) -> tuple[int, int]:
         """(all weights, the largest module's) in bytes, as they are stored now."""
@@ -153,7 +163,8 @@ class LoadedModel:
             self._set_vae(self._own_vae)
         elif self.vae_file is None or self.vae_file.path != wanted.path:
             # Loaded where the weights rest (RAM in an offload mode); use_memory_mode places it.
-            module = load_vae_file(wanted, self.config_root / self.family, self._own_vae.dtype,
+            config_dir = self.config_dir if self.is_flow else self.config_root / self.family
+            module = load_vae_file(wanted, config_dir, self._own_vae.dtype,
                                    self.placement.resting_device)
             if not getattr(self._own_vae.config, "force_upcast", True):  # --precision half
                 module.register_to_config(force_upcast=False)
@@ -194,6 +205,11 @@ class LoadedModel:
         return self.family == "sdxl"
 
     @property
+    def is_flow(self) -> bool:
+        """A rectified-flow transformer model (FLUX.1, SD 3.x)."""
+        return self.family in (FLUX, SD3)
+
+    @property
     def is_refiner(self) -> bool:
         """An SDXL refiner (one OpenCLIP-G text encoder, aesthetic-score conditioning)."""
         return is_refiner_pipeline(self.base)
@@ -202,17 +218,21 @@ class LoadedModel:
     def latent_space(self) -> str:
         """Models of one latent space can hand latents to each other (a refiner, A1111-style):
         SD 1.x and 2.x share the SD VAE's, SDXL and its refiner SDXL's."""
+        if self.is_flow:
+            return self.family   # FLUX's and SD 3's 16-channel latents are each their own
         return "sdxl" if self.is_sdxl else "sd"
 
     @property
     def is_inpainting(self) -> bool:
         """A dedicated inpainting model: its UNet also takes the mask and the masked image."""
-        unet = getattr(self.base, "unet", None)  # a flow transformer (FLUX Fill) is told otherwise
-        return unet is not None and unet.config.in_channels == 9
+        if self.is_flow:   # FLUX.1 Fill, the one such flow model, is not supported yet
+            return False
+        return self.base.unet.config.in_channels == 9
 
     def pipeline_for(self, task: str):
-        if task == "txt2img" or getattr(self.base, "unet", None) is None:
-            return self.base  # a flow model's jobs use its parts only: the base pipeline is enough
+        if task == "txt2img" or self.is_flow:
+            # Flow models: the sampler drives the base pipeline's parts for every task.
+            return self.base
         if task not in self._derived:
             from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
 
@@ -231,8 +251,18 @@ class ModelManager:
 
     def __init__(self, registry: ModelRegistry, device: DeviceConfig, config_root: Path = CONFIG_ROOT,
                  allow_unsafe: bool = False, cache: CheckpointCache | None = None,
-                 memory_mode: Callable[[], str] | None = None):
+                 memory_mode: Callable[[], str] | None = None,
+                 text_encoders: TextEncoderLibrary | None = None):
         self.registry = registry
+        # The parts picked beside FLUX.1 / SD 3.x transformers: models/text_encoder and
+        # models/VAE, by default beside the first checkpoint folder.
+        if text_encoders is None:
+            models = registry.folders[0].parent if registry.folders else None
+            text_encoders = TextEncoderLibrary(models / "text_encoder" if models else None,
+                                               models / "VAE" if models else None)
+        self.text_encoders = text_encoders
+        # The modules choice in use (Forge's forge_additional_modules): file names or paths.
+        self.modules_choice: tuple[str, ...] = ()
         self.device = device
         # The `memory_mode` setting as it is now: a checkpoint loads straight into it.
         self.memory_mode = memory_mode or (lambda: NONE)
@@ -261,33 +291,47 @@ class ModelManager:
             raise NoModelError(hint, "checkpoint")
         return model
 
-    def load(self, wanted: str) -> LoadedModel:
-        """Make `wanted` (a title, name or hash) the current model; keep the old one on failure."""
+    def load(self, wanted: str, modules=None) -> LoadedModel:
+        """Make `wanted` (a title, name or hash) the current model; keep the old one on failure.
+        `modules`: the files picked beside a FLUX.1 / SD 3.x checkpoint (names or paths in
+        models/text_encoder and models/VAE; empty: picked automatically; None: the choice given
+        last). The same checkpoint with another choice loads again."""
         with self._lock:
             info = self.registry.find(wanted)
+            choice = self.modules_choice if modules is None else _choice_tuple(modules)
             if self._current and self._current.info.path == info.path and \
-                    self._current.info.kind == info.kind:
+                    self._current.info.kind == info.kind and self._fits(self._current, choice):
+                self.modules_choice = choice
                 return self._current
             cached = self.cache.take(info)
-            if cached is not None:
+            if cached is not None and self._fits(cached, choice):
+                self.modules_choice = choice
                 return self._switch_to(cached)
+            del cached  # loaded with other modules: read again below
             try:
                 check_loadable(info, self.allow_unsafe)
+                self.resolve_modules(info, choice)   # a bad choice is refused before anything unloads
                 info = self.registry.with_hash(info)
             except CheckpointError as error:
                 self.last_error = error.message
                 raise
+            previous_choice = self._current.modules_choice if self._current is not None else ()
             previous = self._set_aside()
             # Room for the new one: the oldest cached models go first.
             self.cache.trim(reserve=size_on_disk(info))
             try:
-                self._current = self._load(info)
+                self._current = self._load(info, choice)
                 self.last_error = None
+                self.modules_choice = choice
             except BaseException as error:
                 self.last_error = getattr(error, "message", str(error))
                 if previous is not None:
-                    self._restore(previous)
+                    self._restore(previous, previous_choice)
                 raise
+            if previous is not None and previous.path == info.path:
+                # The same checkpoint with its old modules: not worth its memory any more.
+                self.cache.take(info)
+                free_memory()
             self.cache.trim()  # what the new model really took may leave too little free
             return self._current
 
@@ -311,7 +355,7 @@ class ModelManager:
                 else:
                     check_loadable(info, self.allow_unsafe)
                     self.cache.trim(reserve=size_on_disk(info))
-                    other = self._load(self.registry.with_hash(info))
+                    other = self._load(self.registry.with_hash(info), self.modules_choice)
                 yield other
             finally:
                 if other is not None:
@@ -353,8 +397,20 @@ class ModelManager:
         self.cache.trim()
         return model
 
-    def _load(self, info: CheckpointInfo) -> LoadedModel:
+    @staticmethod
+    def _fits(model: LoadedModel, choice: tuple[str, ...]) -> bool:
+        """Whether a loaded model serves this modules choice (only flow models take modules)."""
+        return not model.is_flow or model.info.kind == "diffusers" or model.modules_choice == choice
+
+    def resolve_modules(self, info: CheckpointInfo, choice) -> dict[str, Path]:
+        """{part: file} the modules choice gives a FLUX.1 / SD 3.x single file ({} for others)."""
+        from engine.models.flow_pipelines import resolve_flow_modules
+
+        return resolve_flow_modules(info, self.text_encoders, self.config_root, choice, self.allow_unsafe)
+
+    def _load(self, info: CheckpointInfo, choice: tuple[str, ...] = ()) -> LoadedModel:
         log.info("loading checkpoint %s", info.title)
+        parts = self.resolve_modules(info, choice)
         # Taken before reading: a file rewritten during the load then counts as changed.
         signature = file_signature(info)
         mode, placement = self.memory_mode(), Placement(self.device.device)
@@ -362,16 +418,18 @@ class ModelManager:
         # in VRAM even for a moment. (medvram-sdxl loads there too: the family is not known yet.)
         into = self.device if placement.effective(mode) == NONE else \
             dataclasses.replace(self.device, device=torch.device("cpu"))
-        loaded = load_checkpoint(info, into, self.config_root, self.allow_unsafe)
-        if self.device.upcast_sampling:
+        loaded = load_checkpoint(info, into, self.config_root, self.allow_unsafe, parts)
+        if self.device.upcast_sampling and hasattr(loaded.pipe, "unet"):
             upcast_sampling(loaded.pipe.unet)
         config = dict(loaded.pipe.scheduler.config)
         model = LoadedModel(info, loaded.family, loaded.pipe, config, config_root=self.config_root,
-                            placement=placement, signature=signature, detected=loaded.prediction)
+                            placement=placement, signature=signature, detected=loaded.prediction,
+                            config_dir=loaded.config_dir, module_files=tuple(path.name for path in parts.values()),
+                            modules_choice=choice)
         model.use_memory_mode(mode)
         return model
 
-    def _restore(self, info: CheckpointInfo) -> None:
+    def _restore(self, info: CheckpointInfo, choice: tuple[str, ...] = ()) -> None:
         """Bring back the model a failed switch left, from the cache if it is there."""
         cached = self.cache.take(info)
         try:
@@ -379,7 +437,7 @@ class ModelManager:
                 cached.use_memory_mode(self.memory_mode())
                 self._current = cached
             else:
-                self._current = self._load(info)
+                self._current = self._load(info, choice)
         except BaseException:
             log.exception("could not reload the previous checkpoint %s", info.title)
 
@@ -391,3 +449,9 @@ class ModelManager:
             self._current = None
             self.cache.clear()
             free_memory()
+
+
+def _choice_tuple(modules) -> tuple[str, ...]:
+    """A modules choice as a tuple of entries (one name or path, or a list of them)."""
+    entries = [modules] if isinstance(modules, (str, Path)) else list(modules)
+    return tuple(str(entry).strip() for entry in entries if str(entry).strip())

@@ -21,7 +21,9 @@ log = logging.getLogger(__name__)
 
 SAFE_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
-CHECKPOINT_SUFFIXES = SAFE_SUFFIXES + (".ckpt",)
+# Quantised FLUX.1 / SD 3.x transformers (city96's and others' GGUF files).
+GGUF_SUFFIXES = (".gguf",)
+CHECKPOINT_SUFFIXES = SAFE_SUFFIXES + (".ckpt",) + GGUF_SUFFIXES
 DIFFUSERS_MARKER = "model_index.json"
 BUILTIN_DEMO = "demo-tiny"
 
@@ -32,7 +34,7 @@ class CheckpointInfo:
 
     name: str
     path: str  # absolute path of the file or diffusers folder; "" for the built-in demo model
-    kind: str  # "safetensors" | "pickle" | "diffusers" | "builtin"
+    kind: str  # "safetensors" | "pickle" | "gguf" | "diffusers" | "builtin"
     sha256: str | None = None
 
     @property
@@ -74,14 +76,16 @@ class CheckpointInfo:
 
 
 def _hash_target(path: Path, kind: str) -> Path | None:
-    """The file whose sha256 identifies a checkpoint (a diffusers folder: its UNet weights)."""
+    """The file whose sha256 identifies a checkpoint (a diffusers folder: its UNet's weights, or
+    its transformer's for FLUX.1 / SD 3.x when they are in one file)."""
     if kind != "diffusers":
         return path
-    for name in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors",
-                 "diffusion_pytorch_model.bin"):
-        candidate = path / "unet" / name
-        if candidate.is_file():
-            return candidate
+    for folder in ("unet", "transformer"):
+        for name in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors",
+                     "diffusion_pytorch_model.bin"):
+            candidate = path / folder / name
+            if candidate.is_file():
+                return candidate
     return None
 
 
@@ -161,6 +165,8 @@ def _kind_of(path: Path) -> str:
         return "diffusers"
     if path.suffix.lower() in SAFE_SUFFIXES:
         return "safetensors"
+    if path.suffix.lower() in GGUF_SUFFIXES:
+        return "gguf"
     return "pickle"
 
 
