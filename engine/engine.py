@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-from typing import Iterator
+from typing import Any, Iterator
 
 from engine.sampling import samplers
 from engine import image_prep
@@ -17,6 +17,7 @@ from engine import image_prep
 from engine.memory import memory_guard
 from engine.addons import AddOns
 from engine.families import family_of
+from engine.models.text_encoders import CHECKPOINT_MODULES_KEY, MODULES_JOIN, MODULES_KEY
 from engine.prompts.conditioning import CHUNK_TOKENS
 from engine.controlnet.checks import check_units
 from engine.errors import RequestError, UserError
@@ -66,6 +67,8 @@ class Engine:
         self.captioner = Captioner(addons.faces.models_dir, models.device)
         self.catalog = InstalledNames(addons, models.registry, self.upscaler_names, RESTORERS,
                                       self._upscaler_in_use, lambda name: check_restorer(name, addons.faces))
+        # A FLUX.1 / SD 3 checkpoint loads with its remembered VAE / text encoder files.
+        models.modules_for = self._remembered_modules
         self.sync_extensions()
         for entry in addons.extensions.loaded():
             # Extensions and scripts get the names of what is installed, never the libraries.
@@ -90,12 +93,15 @@ class Engine:
             if not isinstance(checkpoint, str):
                 raise RequestError("override_settings: sd_model_checkpoint must be text", "override_settings")
             checkpoint = self.models.registry.find(checkpoint).title if checkpoint else None
+        modules = overrides.pop(MODULES_KEY, None)
+        if modules is not None:
+            modules = tuple(self.settings.options[MODULES_KEY].accept(modules, self.settings.data_dir))
         with self.settings.overridden(overrides):
             request = self.complete(request.validate()).validate()
             policy = self._policy(request, make_grid)
 
         def work(job: Job) -> GenerationResult:
-            with self.settings.overridden(overrides), self._checkpoint_for(checkpoint, restore_overrides):
+            with self.settings.overridden(overrides), self._checkpoint_for(checkpoint, restore_overrides, modules):
                 if request.script is not None:
                     result = self._run_script(job, request, policy)
                 else:
@@ -138,26 +144,50 @@ class Engine:
                                 prompt=request.prompt, negative_prompt=request.negative_prompt)
 
     @contextlib.contextmanager
-    def _checkpoint_for(self, wanted: str | None, restore: bool) -> Iterator[None]:
-        """Run with checkpoint `wanted` loaded (None: whatever is loaded)."""
+    def _checkpoint_for(self, wanted: str | None, restore: bool, modules: tuple | None = None) -> Iterator[None]:
+        """Run with checkpoint `wanted` loaded (None: whatever is loaded), with the VAE / text
+        encoder files `modules` (None: its remembered ones)."""
         current = self.models.current
         previous = current.info.title if current else None
-        if wanted is None or wanted == previous:
+        previous_modules = current.modules_choice if current else None
+        if modules is not None and wanted is None:
+            wanted = previous or self.initial_checkpoint(None)
+        if wanted is None or (wanted == previous and (modules is None or modules == previous_modules)):
             yield
             return
         self.addons.controlnets.clear()
-        self.models.load(wanted)
+        model = self.models.load(wanted, modules=modules)
         try:
             yield
             if not restore:
-                self.settings.update({"sd_model_checkpoint": wanted})
+                self._remember(model, modules)
         finally:
             if restore and previous is not None:
                 self.addons.controlnets.clear()
                 try:
-                    self.models.load(previous)
+                    self.models.load(previous, modules=previous_modules)
                 except Exception:  # the job's images are made and saved: do not lose them for this
                     log.exception("could not load %s back after a request's override", previous)
+
+    def _remembered_modules(self, info) -> tuple[str, ...]:
+        """The VAE / text encoder files checkpoint `info` loads with: those remembered for it, else
+        the `forge_additional_modules` setting (Forge's one choice for every checkpoint)."""
+        remembered = self.settings[CHECKPOINT_MODULES_KEY].get(info.name)
+        if remembered is not None:
+            return tuple(name for name in remembered.split(MODULES_JOIN) if name)
+        return tuple(self.settings[MODULES_KEY])
+
+    def _remember(self, model: LoadedModel, modules: tuple | None) -> None:
+        """The settings after a load that stays: the checkpoint, and its modules choice (kept for
+        that checkpoint when it was given)."""
+        changes: dict[str, Any] = {"sd_model_checkpoint": model.info.title}
+        if model.is_flow:
+            changes[MODULES_KEY] = list(model.modules_choice)
+            if modules is not None:
+                per_checkpoint = dict(self.settings[CHECKPOINT_MODULES_KEY])
+                per_checkpoint[model.info.name] = MODULES_JOIN.join(model.modules_choice)
+                changes[CHECKPOINT_MODULES_KEY] = per_checkpoint
+        self.settings.update(changes)
 
     def generate(self, request: GenerationRequest, owner: str = "", **kwargs) -> GenerationResult:
         return self.submit(request, owner, **kwargs).outcome()
@@ -391,7 +421,7 @@ class Engine:
             if wanted:
                 job.textinfo = f"Loading {wanted}"
                 model = self.models.load(wanted)
-                self.settings.update({"sd_model_checkpoint": model.info.title})
+                self._remember(model, None)
         return self.models.require()
 
     def load_checkpoint(self, wanted: str, owner: str = "", modules=None) -> Job:
@@ -405,7 +435,7 @@ class Engine:
                                                               self.models.current.info.model_name):
                 self.addons.controlnets.clear()  # ControlNets of the old family: free their memory
             model = self.models.load(wanted, modules=modules)
-            self.settings.update({"sd_model_checkpoint": model.info.title})
+            self._remember(model, None if modules is None else tuple(modules))
             return model
 
         return self.queue.submit(Job(work, owner=owner, kind="load", description=f"load {wanted}"))

@@ -18,18 +18,14 @@ from engine.devices import DeviceConfig
 from engine.errors import CheckpointError
 from engine.files import HashCache
 from engine.models.flow_pipelines import TOKENIZERS, _scheduler, _tokenizers
-from engine.models.loading import CONFIG_ROOT
 from engine.models.pipelines import ModelManager
 from engine.models.prediction import FLOW
 from engine.models.registry import ModelRegistry
 from engine.models.text_encoders import TextEncoderLibrary
-from engine.models.tiny_flow_models import build_tiny_flow_components
-from tests.support.flow_files import flux_keys, write_flow_file
+from tests.support.flow_tree import write_flow_tree
 from tests.support.flow_writers import (assert_same_weights as assert_same, encoder_state, flux_to_bfl,
-                                        single_file_state, to_fp8, write, write_config_folder)
-from tests.support.ldm_export import vae_to_ldm
+                                        to_fp8, write)
 
-LAYOUTS = ("flux-dev", "flux-schnell", "sd3.5-large", "sd3.5-medium")
 PIPELINES = {"flux": FluxPipeline, "sd3": StableDiffusion3Pipeline}
 
 
@@ -41,29 +37,9 @@ def offline(no_network):
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory):
     """A data folder with checkpoints, text encoders and VAEs written from the tiny models, and a
-    tiny config root (configs written for the tiny widths; tokenizers and schedulers copied from
-    the real config folders)."""
+    tiny config root (tests/support/flow_tree.py)."""
     root = tmp_path_factory.mktemp("flow-load")
-    tiny = {layout: build_tiny_flow_components(layout, seed=5) for layout in LAYOUTS}
-    configs = root / "configs"
-    for layout in LAYOUTS:
-        folder = write_config_folder(layout, tiny[layout], configs / layout)
-        for sub in CONFIG_ROOT.joinpath(layout).iterdir():
-            if sub.name.startswith(("tokenizer", "scheduler", "model_index")) and not (folder / sub.name).exists():
-                (shutil.copytree if sub.is_dir() else shutil.copy)(sub, folder / sub.name)
-    ckpts, encoders, vaes = (root / "models" / name for name in ("Stable-diffusion", "text_encoder", "VAE"))
-    dev, large, medium = tiny["flux-dev"], tiny["sd3.5-large"], tiny["sd3.5-medium"]
-    write(single_file_state("flux", dev, ("clip_l", "t5xxl")), ckpts / "flux1-dev-aio.safetensors")
-    write(single_file_state("flux", dev, vae=False, prefix=""), ckpts / "flux1-dev.safetensors")
-    write(to_fp8(single_file_state("flux", dev, vae=False, prefix="")), ckpts / "flux1-dev-fp8.safetensors")
-    write(single_file_state("sd3", medium, ("clip_l", "clip_g", "t5xxl")), ckpts / "sd3.5_medium_all.safetensors")
-    write(single_file_state("sd3", large), ckpts / "sd3.5_large.safetensors")   # MMDiT + VAE, no encoders
-    write_flow_file(ckpts / "flux1-fill-dev.safetensors", flux_keys(img_in_channels=384), prefix="")
-    write(encoder_state(dev["text_encoder"]), encoders / "clip_l.safetensors")
-    write(encoder_state(large["text_encoder_2"]), encoders / "clip_g.safetensors")
-    write(encoder_state(dev["text_encoder_2"]), encoders / "t5xxl_fp16.safetensors")
-    write(vae_to_ldm(dev["vae"]), vaes / "ae.safetensors")
-    write({"decoder.conv_in.weight": torch.zeros(8, 4, 3, 3)}, vaes / "sd_vae.safetensors")
+    tiny, configs = write_flow_tree(root)
     return root, tiny, configs
 
 

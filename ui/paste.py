@@ -99,7 +99,7 @@ def control_values(text: str, send_seed: bool = True, send_size: bool = True,
     fields = infotext.request_fields(text)
     values: dict[str, Any] = {"override_settings": override_entries(fields, settings)}
     for name, value in fields.items():
-        if name in ("model_hash", "model_name") or any(name == field for _, field, *_ in OVERRIDES):
+        if name in ("model_hash", "model_name", "modules") or any(name == field for _, field, *_ in OVERRIDES):
             continue  # not tab controls: the checkpoint bar and the override entries hold these
         if (name in SEED_FIELDS and not send_seed) or (name in SIZE_FIELDS and not send_size):
             continue

@@ -65,6 +65,7 @@ class LoadedModel:
     # (`modules()` is every torch module of the model, so the names live in `module_files`.)
     config_dir: Path | None = None
     module_files: tuple[str, ...] = ()
+    module_paths: tuple[str, ...] = ()   # the same files' full paths (their hashes go in the infotext)
     modules_choice: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -263,6 +264,9 @@ class ModelManager:
         self.text_encoders = text_encoders
         # The modules choice in use (Forge's forge_additional_modules): file names or paths.
         self.modules_choice: tuple[str, ...] = ()
+        # The choice remembered for a checkpoint (None: the last one given); the Engine sets it
+        # from the settings (checkpoint_modules, forge_additional_modules).
+        self.modules_for: Callable[[CheckpointInfo], tuple[str, ...] | None] = lambda info: None
         self.device = device
         # The `memory_mode` setting as it is now: a checkpoint loads straight into it.
         self.memory_mode = memory_mode or (lambda: NONE)
@@ -298,7 +302,7 @@ class ModelManager:
         last). The same checkpoint with another choice loads again."""
         with self._lock:
             info = self.registry.find(wanted)
-            choice = self.modules_choice if modules is None else _choice_tuple(modules)
+            choice = self._remembered(info) if modules is None else _choice_tuple(modules)
             if self._current and self._current.info.path == info.path and \
                     self._current.info.kind == info.kind and self._fits(self._current, choice):
                 self.modules_choice = choice
@@ -355,7 +359,7 @@ class ModelManager:
                 else:
                     check_loadable(info, self.allow_unsafe)
                     self.cache.trim(reserve=size_on_disk(info))
-                    other = self._load(self.registry.with_hash(info), self.modules_choice)
+                    other = self._load(self.registry.with_hash(info), self._remembered(info))
                 yield other
             finally:
                 if other is not None:
@@ -402,6 +406,10 @@ class ModelManager:
         """Whether a loaded model serves this modules choice (only flow models take modules)."""
         return not model.is_flow or model.info.kind == "diffusers" or model.modules_choice == choice
 
+    def _remembered(self, info: CheckpointInfo) -> tuple[str, ...]:
+        remembered = self.modules_for(info)
+        return self.modules_choice if remembered is None else _choice_tuple(remembered)
+
     def resolve_modules(self, info: CheckpointInfo, choice) -> dict[str, Path]:
         """{part: file} the modules choice gives a FLUX.1 / SD 3.x single file ({} for others)."""
         from engine.models.flow_pipelines import resolve_flow_modules
@@ -425,6 +433,7 @@ class ModelManager:
         model = LoadedModel(info, loaded.family, loaded.pipe, config, config_root=self.config_root,
                             placement=placement, signature=signature, detected=loaded.prediction,
                             config_dir=loaded.config_dir, module_files=tuple(path.name for path in parts.values()),
+                            module_paths=tuple(str(path) for path in parts.values()),
                             modules_choice=choice)
         model.use_memory_mode(mode)
         return model

@@ -32,6 +32,11 @@ PART_WORDS = {CLIP_L: "a CLIP-L text encoder", CLIP_G: "a CLIP-G text encoder", 
 # channels), or unknown.
 T5_KIND, CLIP_KIND, VAE_KIND, UNKNOWN_KIND = "t5", "clip", "vae", "unknown"
 
+# The settings that hold the choice: Forge's global one, and ours per checkpoint (file name ->
+# the chosen files joined by ", ").
+MODULES_KEY, CHECKPOINT_MODULES_KEY = "forge_additional_modules", "checkpoint_modules"
+MODULES_JOIN = ", "
+
 
 @dataclass(frozen=True)
 class ModuleFile:

@@ -146,6 +146,13 @@ def request_fields(text: str) -> dict[str, Any]:
         fields["model_hash"] = params["Model hash"]
     if "Model" in params:
         fields["model_name"] = params["Model"]
+    # Forge's "Module 1: ae, Module 2: clip_l, ...": the VAE / text encoder files, in order.
+    modules, index = [], 1
+    while f"Module {index}" in params:
+        modules.append(params[f"Module {index}"])
+        index += 1
+    if modules:
+        fields["modules"] = tuple(modules)
     return fields
 
 

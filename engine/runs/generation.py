@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -180,6 +181,7 @@ class GenerationRun:
         extra.update(self._sampler_notes()[0])
         extra.update(prediction_setup.infotext_params(self.prediction, request))
         extra.update(self.family.infotext_params(request, self.pipe))
+        extra.update(self._module_params())
         extra.update(self._schedule_params())
         if request.eta_noise_seed_delta and self.sampler.uses_ensd and self.eta != 0:
             extra["ENSD"] = request.eta_noise_seed_delta
@@ -190,6 +192,19 @@ class GenerationRun:
         extra["Lora hashes"] = hash_list(loras.hashes)
         extra["TI hashes"] = hash_list(self.addons.embeddings.hashes(encoder.used_embeddings))
         return {key: value for key, value in extra.items() if value is not None}
+
+    def _module_params(self) -> dict[str, Any]:
+        """Forge's `Module N: <file name without suffix>` for each VAE / text encoder file the model
+        loaded with, and their short sha256 (as `Lora hashes` lists LoRAs')."""
+        params: dict[str, Any] = {}
+        hashes = {}
+        for index, path in enumerate(self.model.module_paths):
+            stem = Path(path).stem
+            params[f"Module {index + 1}"] = stem
+            hashes[stem] = self.addons.vaes.hashes.sha256(Path(path))[:10]
+        if hashes:
+            params["Module hashes"] = hash_list(hashes)
+        return params
 
     def _schedule_params(self) -> dict[str, Any]:
         """The schedule settings A1111 writes when they act (k-diffusion samplers only)."""

@@ -21,6 +21,7 @@ from engine.postprocess.faces import RESTORERS
 from engine.memory.compiled import FAST_PATH_OPTIONS
 from engine.postprocess.ldsr import LDSR_OPTIONS
 from engine.memory.memory_modes import MEMORY_MODES
+from engine.models.text_encoders import CHECKPOINT_MODULES_KEY, MODULES_KEY
 from engine.models.prediction import PREDICTION_OPTIONS
 from engine.option import Option
 from engine.validation import shown
@@ -52,6 +53,13 @@ A1111_SECTIONS: dict[str, list[str]] = json.loads(
 
 OPTIONS: tuple[Option, ...] = SAVING_OPTIONS + (
     Option("sd_model_checkpoint", "", "Stable Diffusion checkpoint", "Stable Diffusion"),
+    # Forge's key: the VAE / text encoder files a FLUX.1 / SD 3 checkpoint loads with, and the
+    # choice remembered per checkpoint (its file name -> the files, joined by ", ").
+    Option(MODULES_KEY, [], "VAE / Text encoder files for FLUX.1 and SD 3 checkpoints (names in models/VAE "
+           "and models/text_encoder; empty: each missing part picked when there is only one file for it)",
+           "Stable Diffusion"),
+    Option(CHECKPOINT_MODULES_KEY, {}, "VAE / Text encoder files remembered per FLUX.1 / SD 3 checkpoint",
+           "Stable Diffusion"),
     # 1: flipping between two checkpoints (or a request's override_settings and back) costs
     # nothing after the first time, and one extra SD 1.5 model is about 2 GB of RAM in half
     # precision (the free-RAM bound in engine/models/checkpoint_cache.py covers bigger ones).

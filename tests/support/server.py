@@ -93,8 +93,9 @@ class InProcessServer:
     Same shape as AppServer: url, data_dir, start/stop, a context manager."""
 
     def __init__(self, data_dir: Path, *args: str, startup_timeout: float = 120,
-                 env: dict[str, str] | None = None):
+                 env: dict[str, str] | None = None, config_root: Path | None = None):
         self.data_dir = Path(data_dir)
+        self.config_root = config_root  # model config folders other than the repo's (tiny models')
         # Environment variables the app reads while it is built (HF_ENDPOINT): set for the build
         # only, then put back, since this process is the tests' own.
         self.build_env = env or {}
@@ -118,7 +119,7 @@ class InProcessServer:
         before = {name: os.environ.get(name) for name in self.build_env}
         os.environ.update(self.build_env)
         try:
-            self.ctx = app.build(parse(self.args, environ={}))
+            self.ctx = app.build(parse(self.args, environ={}), config_root=self.config_root)
         finally:
             for name, value in before.items():
                 if value is None:

@@ -6,6 +6,7 @@ import base64
 import json
 from typing import Any
 
+from engine.models.text_encoders import MODULES_KEY
 from engine.sampling import samplers
 
 from engine.output import infotext
@@ -68,6 +69,17 @@ def _apply_infotext(body: Txt2ImgBody) -> dict[str, Any]:
             if name in _INFOTEXT_FIELDS and name not in given:
                 values[name] = value
     return values
+
+
+def job_overrides(body) -> dict[str, Any]:
+    """The body's override_settings, with the VAE / text encoder files its `infotext` names
+    (Forge's Module N keys) when it does not set forge_additional_modules itself."""
+    overrides = dict(body.override_settings or {})
+    if body.infotext and MODULES_KEY not in overrides:
+        modules = infotext.request_fields(body.infotext).get("modules")
+        if modules:
+            overrides[MODULES_KEY] = list(modules)
+    return overrides
 
 
 def txt2img_request(body: Txt2ImgBody, registry: ExtensionRegistry | None = None,

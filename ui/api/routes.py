@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Body, Depends, Request
 
+from engine.models.text_encoders import MODULES_KEY
 from engine.sampling import samplers
 from engine.errors import RequestError
 from engine.models.family_labels import FamilyLabels
@@ -78,7 +79,7 @@ def build_router(ctx: UIContext, auth_dependency) -> APIRouter:
         # As in the mature API, a grid is made (and returned first) only when it is also saved.
         def run():
             job = engine.submit(generation, owner=api_owner(request), job_id=body.force_task_id,
-                                make_grid=generation.save_grid, overrides=body.override_settings,
+                                make_grid=generation.save_grid, overrides=convert.job_overrides(body),
                                 restore_overrides=body.override_settings_restore_afterwards)
             return job.outcome()
 
@@ -237,8 +238,11 @@ def build_router(ctx: UIContext, auth_dependency) -> APIRouter:
         settings.validate(known)  # refuse the whole change if any value is bad
         if "sd_vae" in known:
             engine.addons.vaes.check_choice(known["sd_vae"])
-        if wanted:
-            engine.load_checkpoint(wanted, owner=api_owner(request)).outcome()
+        modules = known.get(MODULES_KEY)
+        if wanted or (modules is not None and engine.models.current is not None):
+            # Forge's forge_additional_modules: the VAE / text encoder files the checkpoint loads with.
+            target = wanted or engine.models.current.info.title
+            engine.load_checkpoint(target, owner=api_owner(request), modules=modules).outcome()
         if known:
             settings.update(known)
         if ignored:
