@@ -1,7 +1,7 @@
 """LoRA files from models/Lora, merged into the model's weights for one job, as A1111 does.
 
 `<lora:name:weight>` (or `<lora:name:te_weight:unet_weight>`) in a prompt adds that file's change
-to the layers it names, several files at once with their own weights, in every format A1111 1.10
+to the layers it names (of the UNet, or of FLUX.1's / SD 3.x's transformer, and the text encoders), several files at once with their own weights, in every format A1111 1.10
 reads (lora_formats.py) and under every key naming (lora_keys.py). When the job ends the original
 weights are copied back, bit for bit, so the next job starts from the untouched model and no
 checkpoint is reloaded. A file that changes nothing in this model is named in the job's warnings
@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 
 from engine.files import HashCache
 from engine.memory.memory_guard import is_out_of_memory
-from engine.networks.lora_keys import LayerIndex, split_key
+from engine.networks.lora_keys import LayerIndex, denoising_network, split_key
 from engine.networks.lora_merge import MergedWeights
 from engine.prompts.prompt_parser import ExtraNetwork, lora_weights
 
@@ -56,7 +56,8 @@ class LoraLibrary:
         self._lock = threading.Lock()
         self._files: dict[str, LoraFile] = {}
         self._short_hashes: dict[tuple, str] = {}
-        # Per model (keyed by its UNet, which every pipeline made from it shares): what is merged.
+        # Per model (keyed by its UNet or transformer, which every pipeline made from it shares):
+        # what is merged.
         self._merged: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self.refresh()
 
@@ -106,7 +107,7 @@ class LoraLibrary:
 
     def merged_weights(self, pipe) -> MergedWeights:
         with self._lock:
-            return self._merged.setdefault(pipe.unet, MergedWeights())
+            return self._merged.setdefault(denoising_network(pipe), MergedWeights())
 
 
 def addnet_hash(path: str) -> str:
@@ -131,7 +132,7 @@ def _alias(path: Path) -> str | None:
     return _metadata(path).get("ss_output_name")
 
 
-FAMILY_LABELS = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
+FAMILY_LABELS = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", "flux": "FLUX.1", "sd3": "SD 3.x"}
 # A1111 takes these out of the name it writes in `Lora hashes` (they separate the entries).
 _HASH_NAME_SYMBOLS = str.maketrans("", "", ":,")
 
@@ -240,7 +241,7 @@ def _merge_file(merged: MergedWeights, index: LayerIndex, use: _Use, family: str
         return "skipped"
     layers, unmatched = index.group(tensors)
     outcome = merged.merge(layers, {"unet": use.unet_weight, "text_encoder": use.te_weight,
-                                    "text_encoder_2": use.te_weight})
+                                    "text_encoder_2": use.te_weight, "text_encoder_3": use.te_weight})
     model = f"{family} model" if family == "this" else f"this {family} model"
     if outcome.failures:
         warnings.append(f"LoRA {name}: its layers do not fit {model} (made for another model?): "
