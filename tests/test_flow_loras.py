@@ -26,6 +26,7 @@ from engine.request import GenerationRequest
 from engine.runs.generation import GenerationRun
 from tests.support.flow_lora_files import FORMATS, WHOLE, flow_lora_state, module, part_rows, write_flow_lora
 from tests.support.flow_pipelines import tiny_flow_pipeline
+from tests.support.lora_files import kohya_lora_state_dict
 
 PARTS = ("transformer", "text_encoder", "text_encoder_2", "text_encoder_3")
 LAYOUT = {"flux": "flux-dev", "sd3": "sd3.5-medium"}
@@ -121,8 +122,8 @@ def test_a_flow_lora_for_the_other_family_or_with_stray_keys_warns(pipes, librar
     flux, sd3 = pipes["flux"], pipes["sd3"]
     sd3_state = {k: v for k, v in flow_lora_state(sd3, "sd3-kohya").items() if k.startswith("lora_unet_")}
     sd3_file = save(library, "for-sd3", sd3_state)
-    flux_state = {k: v for k, v in flow_lora_state(flux, "flux-bfl").items() if "final_layer" not in k}
-    flux_file = save(library, "for-flux", flux_state)
+    flux_file = save(library, "for-flux", {k: v for k, v in flow_lora_state(flux, "flux-bfl").items()
+                                           if "final_layer" not in k})
     before = snapshot(flux)
     with applied_loras(flux, tag(sd3_file, "1"), library, "flux") as applied:
         # Its final layer has the name FLUX's has, at SD 3's widths: nothing of it is applied.
@@ -133,8 +134,8 @@ def test_a_flow_lora_for_the_other_family_or_with_stray_keys_warns(pipes, librar
     before = snapshot(sd3)
     with applied_loras(sd3, tag(flux_file, "1"), library, "sd3") as applied:
         assert applied.hashes == {}
-        assert applied.warnings == [f"LoRA {flux_file}: none of its {len(flux_state)} tensors matched a layer of "
-                                    "this SD 3.x model; it was not applied"]
+        assert applied.warnings == [f"LoRA {flux_file}: it is made for FLUX.1 models: none of its transformer or "
+                                    "UNet layers is in this SD 3.x model; it was not applied"]
         assert all(torch.equal(value, before[key]) for key, value in snapshot(sd3).items())
     mixed = dict(flow_lora_state(flux, "flux-diffusers"))
     mixed["transformer.transformer_blocks.7.attn.to_q.lora_A.weight"] = torch.zeros(2, 32)
@@ -146,13 +147,24 @@ def test_a_flow_lora_for_the_other_family_or_with_stray_keys_warns(pipes, librar
                                     "model and were left out"]
 
 
-def test_a_flux_lora_on_an_sd_model_warns(tiny_models, library, pipes):
+def test_a_flux_lora_on_an_sd_model_and_an_sd_lora_on_flux_are_named_not_applied(tiny_models, library, pipes):
+    """Their CLIP-L layers would fit by name; without the denoising network nothing is applied."""
     sd = tiny_models.reference_pipeline("sd1")
-    name = save(library, "flux-on-sd", flow_lora_state(pipes["flux"], "flux-kohya"))
-    with applied_loras(sd, tag(name, "1"), library, "sd1") as applied:
+    flux_file = save(library, "flux-on-sd", flow_lora_state(pipes["flux"], "flux-kohya"))
+    sd_file = save(library, "sd-on-flux", kohya_lora_state_dict(sd))
+    before = {**snapshot(pipes["flux"]), **{f"sd.{k}": v.clone() for k, v in sd.unet.state_dict().items()},
+              **{f"sd-te.{k}": v.clone() for k, v in sd.text_encoder.state_dict().items()}}
+    with applied_loras(sd, tag(flux_file, "1"), library, "sd1") as applied:
         assert applied.hashes == {}
-        # Its CLIP-L layer fits SD 1.x's text encoder by name; all of its transformer is left out.
-        assert any(name in warning and "SD 1.x" in warning for warning in applied.warnings)
+        assert applied.warnings == [f"LoRA {flux_file}: it is made for FLUX.1 models: none of its transformer or "
+                                    "UNet layers is in this SD 1.x model; it was not applied"]
+        assert all(torch.equal(v, before[f"sd.{k}"]) for k, v in sd.unet.state_dict().items())
+        assert all(torch.equal(v, before[f"sd-te.{k}"]) for k, v in sd.text_encoder.state_dict().items())
+    with applied_loras(pipes["flux"], tag(sd_file, "1"), library, "flux") as applied:
+        assert applied.hashes == {}
+        assert applied.warnings == [f"LoRA {sd_file}: it is made for SD 1.x / 2.x / SDXL models: none of its "
+                                    "transformer or UNet layers is in this FLUX.1 model; it was not applied"]
+        assert all(torch.equal(value, before[key]) for key, value in snapshot(pipes["flux"]).items())
 
 
 # ---- end to end through the generation run ----------------------------------------------------

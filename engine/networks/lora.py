@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 
 from engine.files import HashCache
 from engine.memory.memory_guard import is_out_of_memory
-from engine.networks.lora_keys import LayerIndex, denoising_network, split_key
+from engine.networks.lora_keys import LayerIndex, denoising_network, made_for, split_key
 from engine.networks.lora_merge import MergedWeights
 from engine.prompts.prompt_parser import ExtraNetwork, lora_weights
 
@@ -240,9 +240,16 @@ def _merge_file(merged: MergedWeights, index: LayerIndex, use: _Use, family: str
         warnings.append(f"LoRA {name} could not be read: {_first_line(error)}; it was not applied")
         return "skipped"
     layers, unmatched = index.group(tensors)
+    model = f"{family} model" if family == "this" else f"this {family} model"
+    other = _other_family(layers, unmatched, family)
+    if other is not None:
+        # Its text-encoder layers may fit by name (CLIP-L is in every family), but without its
+        # denoising network a file made for another kind of model is not what the prompt asked for.
+        warnings.append(f"LoRA {name}: it is made for {other} models: none of its transformer or UNet "
+                        f"layers is in {model}; it was not applied")
+        return "skipped"
     outcome = merged.merge(layers, {"unet": use.unet_weight, "text_encoder": use.te_weight,
                                     "text_encoder_2": use.te_weight, "text_encoder_3": use.te_weight})
-    model = f"{family} model" if family == "this" else f"this {family} model"
     if outcome.failures:
         warnings.append(f"LoRA {name}: its layers do not fit {model} (made for another model?): "
                         f"{outcome.failures[0]}; it was not applied" if not outcome.fits else
@@ -259,6 +266,19 @@ def _merge_file(merged: MergedWeights, index: LayerIndex, use: _Use, family: str
         warnings.append(f"LoRA {name}: {len(unmatched)} of its {len(tensors)} tensors matched no layer "
                         f"of {model} and were left out")
     return "applied"
+
+
+def _other_family(layers, unmatched: list[str], family: str) -> str | None:
+    """The kind of model a file was made for, when its denoising-network keys all miss this model
+    and name another kind's blocks (a FLUX.1 file on SD, an SD file on SD 3.x); else None."""
+    if any(layer.component == "unet" for layer in layers):
+        return None
+    network_keys = [key for key in unmatched if (split_key(key) or ("",))[0] == "unet"]
+    other = made_for(network_keys) if network_keys else None
+    flow = family in ("FLUX.1", "SD 3.x")
+    if other is None or other == family or (other == "SD" and not flow):
+        return None
+    return "SD 1.x / 2.x / SDXL" if other == "SD" else other
 
 
 def _first_line(error: BaseException) -> str:
