@@ -1,12 +1,12 @@
 """LoRA files from models/Lora, merged into the model's weights for one job, as A1111 does.
 
 `<lora:name:weight>` (or `<lora:name:te_weight:unet_weight>`) in a prompt adds that file's change
-to the layers it names (of the UNet, or of FLUX.1's / SD 3.x's transformer, and the text encoders), several files at once with their own weights, in every format A1111 1.10
-reads (lora_formats.py) and under every key naming (lora_keys.py). When the job ends the original
-weights are copied back, bit for bit, so the next job starts from the untouched model and no
-checkpoint is reloaded. A file that changes nothing in this model is named in the job's warnings
-and left out of the infotext's `Lora hashes`. Only .safetensors files are read: they hold tensors
-and nothing that runs.
+to the layers it names (of the UNet, or of FLUX.1's / SD 3.x's transformer, and the text encoders),
+several files at once with their own weights, in every format A1111 1.10 reads (lora_formats.py)
+and under every key naming (lora_keys.py). When the job ends the original weights are copied
+back, bit for bit, so the next job starts from the untouched model and no checkpoint is reloaded.
+A file that changes nothing in this model is named in the job's warnings and left out of the
+infotext's `Lora hashes`. Only .safetensors files are read: they hold tensors and nothing that runs.
 """
 
 from __future__ import annotations
