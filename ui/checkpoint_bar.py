@@ -8,6 +8,7 @@ import gradio as gr
 
 from engine.errors import UserError
 from engine.models import prediction as predictions
+from engine.models.text_encoders import MODULES_KEY
 
 from .context import UIContext
 from .number_inputs import Slider
@@ -55,7 +56,8 @@ def build(ctx: UIContext) -> dict:
                 quick["sd_vae"]: gr.update(choices=ctx.engine.addons.vaes.choices(),
                                            value=ctx.settings["sd_vae"]),
                 quick["CLIP_stop_at_last_layers"]: ctx.settings["CLIP_stop_at_last_layers"],
-                quick["prediction"]: gr.update(**_prediction_update(ctx))}
+                quick["prediction"]: gr.update(**_prediction_update(ctx)),
+                quick["modules"]: gr.update(**_modules_update(ctx))}
 
     def on_page_load():
         """Show the list at once; if a checkpoint is still loading, say so and update when done."""
@@ -99,11 +101,40 @@ def build(ctx: UIContext) -> dict:
         else:
             yield {status: "", dropdown: gr.update(choices=ctx.registry.titles(),
                                                    value=_current_title(ctx)),
-                   quick["prediction"]: gr.update(**_prediction_update(ctx))}
+                   quick["prediction"]: gr.update(**_prediction_update(ctx)),
+                   quick["modules"]: gr.update(**_modules_update(ctx))}
+
+    def pick_modules(chosen: list[str] | None, request: gr.Request):
+        """Forge's VAE / Text Encoder picker: the loaded FLUX.1 / SD 3 checkpoint loads again with
+        these files (and keeps them for the next time it is loaded); with an SD-family checkpoint
+        or none loaded, the choice waits for the next FLUX.1 / SD 3 load."""
+        chosen = list(chosen or [])
+        model = ctx.models.current
+        if model is None or not model.is_flow:
+            try:
+                ctx.settings.update({MODULES_KEY: chosen})
+            except UserError as error:
+                gr.Warning(error.message)
+            yield {status: "", quick["modules"]: gr.update(**_modules_update(ctx))}
+            return
+        try:
+            job = ctx.engine.load_checkpoint(model.info.title, owner=request.session_hash or "", modules=chosen)
+        except UserError as error:
+            yield {status: f"**{html.escape(error.message)}**", quick["modules"]: gr.update(**_modules_update(ctx))}
+            return
+        yield {status: f"Loading {html.escape(model.info.title)} with {html.escape(', '.join(chosen) or 'its own parts')}..."}
+        while not job.wait(POLL_SECONDS):
+            pass
+        failure = getattr(job.error, "message", str(job.error)) if job.error is not None else None
+        yield {status: f"**Could not load:** {html.escape(failure)}" if failure else "",
+               quick["modules"]: gr.update(**_modules_update(ctx))}
 
     private = {"api_visibility": "private"}
+    quick["modules"].input(pick_modules, inputs=quick["modules"], outputs=[status, quick["modules"]],
+                           concurrency_id="generate", concurrency_limit=32, show_progress="hidden", **private)
     refresh.click(refreshed, outputs=[dropdown, notice, *quick.values()], queue=False, **private)
-    dropdown.input(switch, inputs=dropdown, outputs=[status, dropdown, quick["prediction"]], concurrency_id="generate",
+    dropdown.input(switch, inputs=dropdown, outputs=[status, dropdown, quick["prediction"], quick["modules"]],
+                   concurrency_id="generate",
                    concurrency_limit=32, show_progress="hidden", **private)
     return {"dropdown": dropdown, "notice": notice, "status": status, "on_load": on_page_load,
             "download": download, "quick": quick}
@@ -148,7 +179,22 @@ def _quick_settings(ctx: UIContext) -> dict:
                       api_visibility="private")
     prediction.input(store_prediction, inputs=prediction, outputs=prediction, queue=False,
                      api_visibility="private")
-    return {"sd_vae": vae, "CLIP_stop_at_last_layers": clip_skip, "prediction": prediction}
+    # Forge's "VAE / Text Encoder": the files a FLUX.1 / SD 3 checkpoint loads with.
+    modules = gr.Dropdown(label="VAE / Text Encoder", elem_id="sd_modules", multiselect=True, scale=4,
+                          allow_custom_value=True,
+                          **_modules_update(ctx))
+    return {"sd_vae": vae, "CLIP_stop_at_last_layers": clip_skip, "prediction": prediction, "modules": modules}
+
+
+def _modules_update(ctx: UIContext) -> dict:
+    """The files the picker offers, and the loaded checkpoint's choice (the setting's otherwise)."""
+    library = ctx.engine.models.text_encoders
+    library.refresh()
+    model = ctx.models.current
+    chosen = list(model.modules_choice) if model is not None and model.is_flow else list(ctx.settings[MODULES_KEY])
+    hint = ("The files this FLUX.1 / SD 3 checkpoint loads with" if model is not None and model.is_flow
+            else "For FLUX.1 / SD 3 checkpoints: their VAE and text encoders")
+    return {"choices": library.choices(), "value": [name for name in chosen], "info": hint}
 
 
 def _prediction_update(ctx: UIContext) -> dict:

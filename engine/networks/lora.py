@@ -1,12 +1,12 @@
 """LoRA files from models/Lora, merged into the model's weights for one job, as A1111 does.
 
 `<lora:name:weight>` (or `<lora:name:te_weight:unet_weight>`) in a prompt adds that file's change
-to the layers it names, several files at once with their own weights, in every format A1111 1.10
-reads (lora_formats.py) and under every key naming (lora_keys.py). When the job ends the original
-weights are copied back, bit for bit, so the next job starts from the untouched model and no
-checkpoint is reloaded. A file that changes nothing in this model is named in the job's warnings
-and left out of the infotext's `Lora hashes`. Only .safetensors files are read: they hold tensors
-and nothing that runs.
+to the layers it names (of the UNet, or of FLUX.1's / SD 3.x's transformer, and the text encoders),
+several files at once with their own weights, in every format A1111 1.10 reads (lora_formats.py)
+and under every key naming (lora_keys.py). When the job ends the original weights are copied
+back, bit for bit, so the next job starts from the untouched model and no checkpoint is reloaded.
+A file that changes nothing in this model is named in the job's warnings and left out of the
+infotext's `Lora hashes`. Only .safetensors files are read: they hold tensors and nothing that runs.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 
 from engine.files import HashCache
 from engine.memory.memory_guard import is_out_of_memory
-from engine.networks.lora_keys import LayerIndex, split_key
+from engine.networks.lora_keys import LayerIndex, denoising_network, made_for, split_key
 from engine.networks.lora_merge import MergedWeights
 from engine.prompts.prompt_parser import ExtraNetwork, lora_weights
 
@@ -56,7 +56,8 @@ class LoraLibrary:
         self._lock = threading.Lock()
         self._files: dict[str, LoraFile] = {}
         self._short_hashes: dict[tuple, str] = {}
-        # Per model (keyed by its UNet, which every pipeline made from it shares): what is merged.
+        # Per model (keyed by its UNet or transformer, which every pipeline made from it shares):
+        # what is merged.
         self._merged: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self.refresh()
 
@@ -106,7 +107,7 @@ class LoraLibrary:
 
     def merged_weights(self, pipe) -> MergedWeights:
         with self._lock:
-            return self._merged.setdefault(pipe.unet, MergedWeights())
+            return self._merged.setdefault(denoising_network(pipe), MergedWeights())
 
 
 def addnet_hash(path: str) -> str:
@@ -131,7 +132,7 @@ def _alias(path: Path) -> str | None:
     return _metadata(path).get("ss_output_name")
 
 
-FAMILY_LABELS = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
+FAMILY_LABELS = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", "flux": "FLUX.1", "sd3": "SD 3.x"}
 # A1111 takes these out of the name it writes in `Lora hashes` (they separate the entries).
 _HASH_NAME_SYMBOLS = str.maketrans("", "", ":,")
 
@@ -239,9 +240,16 @@ def _merge_file(merged: MergedWeights, index: LayerIndex, use: _Use, family: str
         warnings.append(f"LoRA {name} could not be read: {_first_line(error)}; it was not applied")
         return "skipped"
     layers, unmatched = index.group(tensors)
-    outcome = merged.merge(layers, {"unet": use.unet_weight, "text_encoder": use.te_weight,
-                                    "text_encoder_2": use.te_weight})
     model = f"{family} model" if family == "this" else f"this {family} model"
+    other = _other_family(layers, unmatched, family)
+    if other is not None:
+        # Its text-encoder layers may fit by name (CLIP-L is in every family), but without its
+        # denoising network a file made for another kind of model is not what the prompt asked for.
+        warnings.append(f"LoRA {name}: it is made for {other} models: none of its transformer or UNet "
+                        f"layers is in {model}; it was not applied")
+        return "skipped"
+    outcome = merged.merge(layers, {"unet": use.unet_weight, "text_encoder": use.te_weight,
+                                    "text_encoder_2": use.te_weight, "text_encoder_3": use.te_weight})
     if outcome.failures:
         warnings.append(f"LoRA {name}: its layers do not fit {model} (made for another model?): "
                         f"{outcome.failures[0]}; it was not applied" if not outcome.fits else
@@ -258,6 +266,19 @@ def _merge_file(merged: MergedWeights, index: LayerIndex, use: _Use, family: str
         warnings.append(f"LoRA {name}: {len(unmatched)} of its {len(tensors)} tensors matched no layer "
                         f"of {model} and were left out")
     return "applied"
+
+
+def _other_family(layers, unmatched: list[str], family: str) -> str | None:
+    """The kind of model a file was made for, when its denoising-network keys all miss this model
+    and name another kind's blocks (a FLUX.1 file on SD, an SD file on SD 3.x); else None."""
+    if any(layer.component == "unet" for layer in layers):
+        return None
+    network_keys = [key for key in unmatched if (split_key(key) or ("",))[0] == "unet"]
+    other = made_for(network_keys) if network_keys else None
+    flow = family in ("FLUX.1", "SD 3.x")
+    if other is None or other == family or (other == "SD" and not flow):
+        return None
+    return "SD 1.x / 2.x / SDXL" if other == "SD" else other
 
 
 def _first_line(error: BaseException) -> str:

@@ -7,6 +7,11 @@ names (`input_blocks_4_1_...`); diffusers and PEFT write dotted names (`unet.<mo
 `text_encoder_2.<module>...`, the older `.lora.down.weight`). Underscores are ambiguous
 (`to_out_0`, `transformer_blocks`), so a flattened name is never split by guessing: every layer's
 flattened names are built forward from the model's own module names and looked up whole.
+
+FLUX.1 and SD 3.x: "the UNet" is the denoising network, the pipeline's transformer (`lora_unet_`,
+`transformer.`, `diffusion_model.` name it), under diffusers' names or the original model's
+(flow_lora_keys.py); `lora_te1_` is CLIP-L, `lora_te2_` SD 3's CLIP-G and `lora_te3_` T5-XXL, which
+is FLUX's second text encoder and SD 3's third.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+
+from engine.networks.flow_lora_keys import flow_layer_names
 
 # What follows a layer's name in a key. Several spellings of one factor are kept under one name.
 FACTOR_ALIASES = {
@@ -35,14 +42,21 @@ _SUFFIXES = sorted([*FACTOR_NAMES, *FACTOR_ALIASES], key=len, reverse=True)
 # Key prefix -> the pipeline component it addresses (the order matters: longer prefixes first).
 _PREFIXES = (
     ("lora_unet_", "unet"), ("lora_te1_", "text_encoder_1"), ("lora_te2_", "text_encoder_2"),
-    ("lora_te_", "text_encoder"), ("unet.", "unet"), ("text_encoder_2.", "text_encoder_2"),
+    ("lora_te3_", "text_encoder_3"), ("lora_te_", "text_encoder"), ("lora_transformer_", "unet"),
+    ("unet.", "unet"), ("transformer.", "unet"), ("model.diffusion_model.", "unet"), ("diffusion_model.", "unet"),
+    ("text_encoder_2.", "text_encoder_2"), ("text_encoder_3.", "text_encoder_3"),
     ("text_encoder.", "text_encoder"), ("lora_unet.", "unet"), ("base_model.model.", "unet"),
 )
-COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
-# `lora_te1_` names SDXL's first encoder: on a model with one encoder (as in A1111) it matches nothing.
+COMPONENTS = ("unet", "text_encoder", "text_encoder_2", "text_encoder_3")
+# `lora_te1_` names SDXL's (and the flow models') first encoder: on a model with one encoder (as in
+# A1111) it matches nothing.
 _FIRST_OF_TWO = "text_encoder_1"
+# `lora_te3_` / `text_encoder_3.` name T5-XXL, which FLUX holds as its second encoder.
+_T5 = "text_encoder_3"
 # The old attention-processor layout: `attn1.processor.to_q_lora.down.weight`.
 _PROCESSOR = re.compile(r"\.processor\.(to_q|to_k|to_v|to_out)_lora\.")
+# XLabs' FLUX processors: `double_blocks.0.processor.qkv_lora1.down.weight` (flow_lora_keys.py).
+_XLABS = re.compile(r"(\.processor\.(?:qkv|proj)_lora\d?)\.(down|up)\.weight$")
 
 # diffusers' resnet layers -> their names inside an LDM ResBlock.
 _RESNET_LDM = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
@@ -68,6 +82,7 @@ class LayerFactors:
 def split_key(key: str) -> tuple[str, str, str] | None:
     """`(component, flattened layer name, factor name)` of a key, or None when no factor ends it."""
     key = _PROCESSOR.sub(lambda m: f".{'to_out.0' if m[1] == 'to_out' else m[1]}.lora.", key)
+    key = _XLABS.sub(lambda m: f"{m[1]}.lora_{m[2]}.weight", key)
     for suffix in _SUFFIXES:
         if key.endswith("." + suffix):
             layer = key[:-len(suffix) - 1]
@@ -82,20 +97,55 @@ def split_key(key: str) -> tuple[str, str, str] | None:
     return component, layer.replace(".", "_"), FACTOR_ALIASES.get(suffix, suffix)
 
 
+# Block names that tell which kind of model a file's denoising-network keys were made for.
+_KEY_FAMILIES = (
+    ("FLUX.1", re.compile(r"double_blocks|single_blocks|single_transformer_blocks")),
+    ("SD 3.x", re.compile(r"joint_blocks|context_block|x_block")),
+    ("SD", re.compile(r"down_blocks|up_blocks|mid_block|input_blocks|output_blocks|middle_block")),
+)
+
+
+def made_for(keys: list[str]) -> str | None:
+    """"FLUX.1", "SD 3.x" or "SD" (a UNet: SD 1.x, 2.x, SDXL) when a file's denoising-network keys
+    name blocks only that kind of model has; None when they do not tell."""
+    for label, pattern in _KEY_FAMILIES:
+        if any(pattern.search(key) for key in keys):
+            return label
+    return None
+
+
+def denoising_network(pipe) -> torch.nn.Module:
+    """What `lora_unet_` keys change: the UNet, or a flow model's transformer."""
+    unet = getattr(pipe, "unet", None)
+    return unet if isinstance(unet, torch.nn.Module) else getattr(pipe, "transformer", None)
+
+
+def _component(pipe, component: str):
+    return denoising_network(pipe) if component == "unet" else getattr(pipe, component, None)
+
+
 class LayerIndex:
-    """The layers of a pipeline a LoRA can change, by every flattened name a file may use."""
+    """The layers of a pipeline a LoRA can change, by every flattened name a file may use. A layer
+    is a module, or a FusedRows (flow_lora_keys.py) where a file's layer is several modules here."""
 
     def __init__(self, pipe):
         self.layers: dict[str, dict[str, tuple[str, torch.nn.Module]]] = {}
         for component in COMPONENTS:
-            model = getattr(pipe, component, None)
+            model = _component(pipe, component)
             if isinstance(model, torch.nn.Module):
                 self.layers[component] = _flat_names(component, model)
+        # Key component -> the component it means in this pipeline.
+        self.aliases: dict[str, str] = {}
         if "text_encoder_2" in self.layers and "text_encoder" in self.layers:
-            self.layers[_FIRST_OF_TWO] = self.layers["text_encoder"]
+            self.aliases[_FIRST_OF_TWO] = "text_encoder"
+        if _T5 not in self.layers and "T5" in type(getattr(pipe, "text_encoder_2", None)).__name__:
+            self.aliases[_T5] = "text_encoder_2"
+
+    def resolve(self, component: str) -> str:
+        return self.aliases.get(component, component)
 
     def find(self, component: str, flat: str) -> tuple[str, torch.nn.Module] | None:
-        return self.layers.get(component, {}).get(flat)
+        return self.layers.get(self.resolve(component), {}).get(flat)
 
     def names_layer(self, key: str) -> bool:
         """Whether a kohya-style key (`lora_unet_<layer>.<anything>`) names a layer of this model,
@@ -117,7 +167,7 @@ class LayerIndex:
                 unmatched.append(key)
                 continue
             name, module = found
-            component = "text_encoder" if parts[0] == _FIRST_OF_TWO else parts[0]
+            component = self.resolve(parts[0])
             layer = groups.setdefault((component, name), LayerFactors(component, name, module))
             layer.factors[parts[2]] = tensor
             layer.keys.append(key)
@@ -147,6 +197,9 @@ def _flat_names(component: str, model: torch.nn.Module) -> dict[str, tuple[str, 
             add("text_model_" + name.replace(".", "_"), name, module)
         if name in ldm:
             add(ldm[name].replace(".", "_"), name, module)
+    if component == "unet":
+        for original, (name, layer) in flow_layer_names(model).items():
+            add(original.replace(".", "_"), name, layer)
     for flat in ambiguous:
         del names[flat]
     return names

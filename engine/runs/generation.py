@@ -31,7 +31,7 @@ from engine.output.filenames import ImageFields
 from engine.job_results import GenerationResult, OutputPolicy, hash_list, image_params
 from engine.jobs import Job
 from engine.families import family_of
-from engine.networks.lora import LORA_KINDS, AppliedLoras, applied_loras
+from engine.networks.lora import AppliedLoras, applied_loras
 from engine.memory.memory_modes import applied as memory_modes_applied
 from engine.output.writer import OutputWriter, make_grid
 from engine.models.pipelines import LoadedModel
@@ -156,15 +156,9 @@ class GenerationRun:
         return result
 
     def _loras(self, networks: list):
-        """The prompt's LoRAs merged for the block (the SD families'; a flow model's come later)."""
-        if not self.family.flow:
-            return applied_loras(self.pipe, networks, self.addons.loras, self.model.family)
-        applied = AppliedLoras()
-        for call in networks:
-            if call.kind in LORA_KINDS:
-                applied.warnings.append(f"LoRA {call.name} was not applied: LoRAs for {self.family.label} "
-                                        "models are not supported yet in this version.")
-        return contextlib.nullcontext(applied)
+        """The prompt's LoRAs merged for the block (into the UNet or the flow transformer, and the
+        text encoders), the weights restored after."""
+        return applied_loras(self.pipe, networks, self.addons.loras, self.model.family)
 
     def _extra_params(self, loras: AppliedLoras, encoder: PromptEncoder, vae_file) -> dict[str, Any]:
         request = self.request
