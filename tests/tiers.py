@@ -20,6 +20,7 @@ SLOW_FILES: dict[str, str] = {
     # Chromium through Playwright.
     "test_browser.py": "Chromium",
     "test_browser_controlnet.py": "Chromium",
+    "test_browser_flow.py": "Chromium",
     "test_browser_history.py": "Chromium",
     "test_browser_img2img.py": "Chromium",
     "test_browser_model_offer.py": "Chromium",

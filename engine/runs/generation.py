@@ -71,7 +71,11 @@ class GenerationRun:
         # What is particular to the model's family: its prompts, its denoising network, its noise.
         self.family = family_of(model.family)
         self.family.check_request(request, self.sampler, model.info.model_name)
-        self.schedule = self.family.schedule_for(self.schedule)
+        if self.family.schedule_for(self.schedule) != self.schedule:
+            # Automatic is the family's own schedule (Simple for a flow model, whatever the
+            # sampler's own is): the request names it, so that the infotext says what ran.
+            self.schedule = self.family.schedule_for(self.schedule)
+            request = self.request = request.replace(scheduler=self.schedule)
         # Before anything is encoded or sampled: an EDM model's VAE takes its latent format.
         self.prediction = prediction_setup.use_for_job(model, request, policy.run, self.sampler)
         self.seeds: JobSeeds = job_seeds(request)
