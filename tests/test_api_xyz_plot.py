@@ -88,7 +88,7 @@ def test_img2img_indices_are_img2img_list(api):
     (args(37, "tiny-nothing"), 400, "Checkpoint not found: 'tiny-nothing'"),   # 37: Refiner checkpoint
     (args(9, "Euler, Eulr"), 400, "unknown sampler 'Eulr'"),
     (args(7, "green, blue"), 422, "Prompt S/R did not find 'green'"),
-    (args(42, "1"), 422, "X type 42 is not an axis of txt2img"),
+    (args(44, "1"), 422, "X type 44 is not an axis of txt2img"),   # 42, 43: Forge's Distilled CFG Scale, Shift
     (args(4, "1-1000000"), 422, "an axis takes at most 1000"),
 ])
 def test_bad_plots_are_refused_before_running(api, script_args, status, message):

@@ -164,7 +164,7 @@ def test_api_style_args_map_axis_indices_per_tab(engine):
     assert options["x_type"] == "CFG Scale" and options["y_type"] == "Image CFG Scale"
     assert options["x_values_dropdown"] == []
     with pytest.raises(UserError, match="not an axis of txt2img"):
-        entry.extension.options_from_args([42], "txt2img")
+        entry.extension.options_from_args([44], "txt2img")   # past Forge's two flow axes
 
 
 def test_txt2img_denoising_and_hires_steps_are_the_hires_passes(engine):
