@@ -208,3 +208,20 @@ def test_inpainting_keeps_the_unmasked_part(sd35, addons):
                                             inpainting_fill=1))
     change = np.abs(_pixels(result.images[0]) - _pixels(init))
     assert change[20:44, 20:44].mean() > 10 * max(change[:8].mean(), 0.5)
+
+
+def test_real_cfg_on_flux_dev_is_run_and_noted(flux_dev, addons):
+    calls = []
+    original = flux_dev.base.transformer.forward
+
+    def record(*args, **kwargs):
+        calls.append(kwargs["hidden_states"].shape[0])
+        return original(*args, **kwargs)
+
+    flux_dev.base.transformer.forward = record
+    try:
+        _, result = _run(flux_dev, addons, prompt=PLAIN_PROMPT, negative_prompt=NEGATIVE, cfg_scale=3.0, steps=2)
+    finally:
+        del flux_dev.base.transformer.forward
+    assert calls == [2, 2]   # the negative half beside the positive one
+    assert any("guidance-distilled" in warning and "Distilled CFG Scale (3.5)" in warning for warning in result.warnings)

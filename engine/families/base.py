@@ -60,5 +60,9 @@ class ModelFamily:
         """This family's own infotext keys for the request."""
         return {}
 
+    def notes(self, request, pipe) -> list[str]:
+        """What the job's result should tell about the request on this family (warnings)."""
+        return []
+
     def dtype(self, pipe):
         return self.denoising_module(pipe, None).dtype

@@ -74,6 +74,13 @@ class FluxFamily(FlowFamily):
     def shift(self, request, vae_scale: int) -> float:
         return request.shift or flux_shift(request.width, request.height, vae_scale)
 
+    def notes(self, request, pipe) -> list[str]:
+        if pipe.transformer.config.guidance_embeds and request.cfg_scale > 1:
+            return [f"CFG scale {request.cfg_scale:g} on a guidance-distilled FLUX.1 model runs the negative prompt too "
+                    "(twice the time) and usually burns the picture: its guidance is the Distilled CFG Scale "
+                    f"({request.distilled_cfg_scale:g}); CFG scale 1 is its normal setting."]
+        return []
+
     def infotext_params(self, request, pipe) -> dict[str, Any]:
         params = super().infotext_params(request, pipe)
         if pipe.transformer.config.guidance_embeds:

@@ -142,6 +142,7 @@ class GenerationRun:
             if styles_note:
                 result.warnings.append(styles_note)
             result.warnings += self._sampler_notes()[1]
+            result.warnings += self.family.notes(request, self.pipe)
             self._previewer, preview_note = self._make_previewer()
             if preview_note:
                 result.warnings.append(preview_note)
