@@ -98,3 +98,16 @@ def test_what_cannot_run_is_a_4xx_naming_it(api, flux_picture, body, words):
     assert 400 <= response.status_code < 500, response.text
     assert words in response.text
     assert api.post("/txt2img", json=JOB).status_code == 200   # the studio keeps serving
+
+
+def test_an_xyz_plot_over_forge_s_flow_axes(api, flux_picture):
+    from tests.test_api_xyz_plot import args
+    body = {**JOB, "script_name": "X/Y/Z plot",
+            "script_args": args(42, "2, 5", 43, "0, 4", include_lone_images=True)}  # Distilled CFG Scale, Shift
+    response = api.post("/txt2img", json=body)
+    assert response.status_code == 200, response.text
+    infotexts = __import__("json").loads(response.json()["info"])["infotexts"]
+    cells = [text for text in infotexts[1:]]
+    assert len(cells) == 4
+    assert sum("Distilled CFG Scale: 5" in text for text in cells) == 2
+    assert sum("Shift: 4" in text for text in cells) == 2   # shift 0: the model's own, not written
