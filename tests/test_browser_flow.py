@@ -51,10 +51,14 @@ def test_flux_with_picked_modules_generates_and_round_trips(page, flow_app, tmp_
                            timeout=120_000)
     assert flow_app.engine.models.current.module_files == MODULES
 
+    # Forge's FLUX.1-dev preset came with the model: Euler, Simple, 20 steps, CFG 1, 1024x1024.
     page.click("#tab_txt2img-button")
+    page.wait_for_function("() => document.querySelector('#txt2img_cfg_scale input[type=number]')?.value === '1'")
+    assert page.locator("#txt2img_sampling input").input_value() == "Euler"
+    assert page.locator("#txt2img_scheduler input").input_value() == "Simple"
+    assert page.locator("#txt2img_width input[type=number]").input_value() == "1024"
     page.locator("#txt2img_prompt textarea").fill("a fox in the browser, (snow:1.2)")
-    for name, value in (("txt2img_steps", 3), ("txt2img_width", 64), ("txt2img_height", 64),
-                        ("txt2img_cfg_scale", 1)):
+    for name, value in (("txt2img_steps", 3), ("txt2img_width", 64), ("txt2img_height", 64)):
         set_number(page, name, value)
     page.click("#txt2img_generate")
     text = wait_for_infotext(page, "txt2img", "a fox in the browser")

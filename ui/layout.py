@@ -10,6 +10,7 @@ from engine.version import VERSION
 
 from . import (
     checkpoint_bar,
+    family_presets,
     controlnet_tab,
     extension_fields,
     extras_tab,
@@ -62,6 +63,8 @@ def build_app(ctx: UIContext) -> gr.Blocks:
         ui_defaults.wire_page_load(blocks, ctx.settings, {"txt2img": txt2img["controls"],
                                                           "img2img": img2img["controls"]})
         refiner_ui.wire_page_load(blocks, ctx, [tab["controls"]["refiner_checkpoint"] for tab in (txt2img, img2img)])
+        family_presets.wire(blocks, ctx, bar["dropdown"], {"txt2img": txt2img["controls"],
+                                                           "img2img": img2img["controls"]})
     return blocks
 
 

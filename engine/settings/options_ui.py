@@ -27,6 +27,9 @@ _RANGES = (
            minimum=256, maximum=limits.MAX_SIZE),
     Option(CFG_MAX, limits.MAX_CFG, "CFG Scale: largest value on the sliders", SECTION,
            minimum=2.0, maximum=limits.MAX_CFG),
+    # ui/family_presets.py: Forge's presets when the checkpoint changes between SD and flow models.
+    Option("family_presets", True, "When the loaded checkpoint changes from an SD model to FLUX.1 / SD 3 or "
+           "back, set the sampler, schedule, steps, CFG scale and size to that family's defaults", SECTION),
 )
 
 
