@@ -25,7 +25,7 @@ def no_model_text(ctx: UIContext) -> str:
     folders = ", ".join(f"`{folder}`" for folder in ctx.registry.folders)
     return (
         "### No checkpoint yet\n"
-        f"Put a Stable Diffusion checkpoint (`.safetensors`, SD 1.x, SD 2.x or SDXL) into {folders}, "
+        f"Put a checkpoint (`.safetensors` or `.gguf`: SD 1.x, SD 2.x, SDXL, FLUX.1 or SD 3.5) into {folders}, "
         f"then press {REFRESH} next to the checkpoint list. To try the UI without a download, "
         "restart with `--demo`."
     )
