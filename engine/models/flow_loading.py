@@ -4,8 +4,9 @@ without diffusers' single-file converters:
 * the FLUX transformer in Black Forest Labs' layout (bare, or under `model.diffusion_model.` in
   an all-in-one file) is renamed by engine/models/flux_keys.py at the width the file has, and
   loaded into a FluxTransformer2DModel built from a config folder (model_configs/flux-dev,
-  flux-schnell or flux-fill for real files) with no weights allocated first (meta device, then the file's
-  tensors assigned); fp8 e4m3fn matrices are kept as stored or upcast to the compute dtype;
+  flux-schnell or flux-fill for real files) with no weights allocated first (meta device, then
+  the file's tensors assigned); fp8 e4m3fn matrices are kept as stored or upcast to the compute
+  dtype;
 * the T5 encoder: diffusers' single-file route does not re-tie `shared.weight` and
   `encoder.embed_tokens.weight` (the same matrix in T5EncoderModel), so a file carrying only one
   of them left the other unloaded; here the missing one is filled from the other and the two
