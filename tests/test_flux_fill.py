@@ -264,3 +264,22 @@ def test_sd3_medium_loads_and_equals_sd3_pipeline(sd3_medium, tree, addons):
                      sigmas=sigmas[:-1].tolist(), guidance_scale=4.5, height=64, width=64,
                      max_sequence_length=256).images[0]
     assert np.abs(_pixels(result.images[0]) - _pixels(reference)).max() <= 1
+
+
+def test_hires_fix_and_batches_run_on_fill(fill, addons):
+    _, result = _run(fill, addons, batch_size=2, steps=2, extensions={"hires_fix": {
+        "enabled": True, "denoising_strength": 0.6, "upscale_by": 2.0, "upscaler": "Latent", "steps": 2}})
+    first, second = (_pixels(image) for image in result.images)
+    assert first.shape == (128, 128, 3) and not np.array_equal(first, second)
+
+
+def test_a_fill_file_against_a_config_of_other_inputs_is_named(tree, tmp_path):
+    import json
+    from engine.errors import CheckpointError
+    from engine.models.flow_loading import load_flux_transformer
+    root, _, configs = tree
+    config = json.loads((configs / "flux-fill" / "transformer" / "config.json").read_text(encoding="utf-8"))
+    (tmp_path / "config.json").write_text(json.dumps({**config, "in_channels": 64, "out_channels": None}))
+    path = root / "models" / "Stable-diffusion" / f"{FILL_FILE}.safetensors"
+    with pytest.raises(CheckpointError, match="taking 384 input channels, but its config .* describes 64"):
+        load_flux_transformer(path, tmp_path)
