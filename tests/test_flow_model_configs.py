@@ -163,8 +163,9 @@ def test_family_specific_values():
     fill_transformer = cfg("flux-fill", "transformer")
     assert (fill_transformer["in_channels"], fill_transformer["out_channels"]) == (384, 64)
     assert fill_transformer["guidance_embeds"] is True
-    assert {k: v for k, v in fill_transformer.items() if k not in ("in_channels", "out_channels", "_diffusers_version")} \
-        == {k: v for k, v in cfg("flux-dev", "transformer").items() if k not in ("in_channels", "_diffusers_version")}
+    shared = ("in_channels", "out_channels", "_diffusers_version")   # all else as dev's
+    assert {k: v for k, v in fill_transformer.items() if k not in shared} == \
+        {k: v for k, v in cfg("flux-dev", "transformer").items() if k not in shared}
     for folder in SD3:
         assert cfg(folder, "scheduler", "scheduler_config.json")["shift"] == 3.0
     for folder in SD35:

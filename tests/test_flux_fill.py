@@ -283,3 +283,14 @@ def test_a_fill_file_against_a_config_of_other_inputs_is_named(tree, tmp_path):
     path = root / "models" / "Stable-diffusion" / f"{FILL_FILE}.safetensors"
     with pytest.raises(CheckpointError, match="taking 384 input channels, but its config .* describes 64"):
         load_flux_transformer(path, tmp_path)
+
+
+def test_a_fill_diffusers_folder_loads_as_an_inpainting_model(tree, tmp_path):
+    from diffusers import FluxFillPipeline
+    root, tiny, configs = tree
+    folder = tmp_path / "models" / "FLUX.1-Fill-dev-tiny"
+    tiny_flow_pipeline("flux-fill", seed=SEED).save_pretrained(folder)
+    registry = ModelRegistry([folder.parent], HashCache(tmp_path / "cache.json"))
+    model = ModelManager(registry, DeviceConfig.choose(use_cpu=True), config_root=configs).load("FLUX.1-Fill-dev-tiny")
+    assert isinstance(model.base, FluxFillPipeline) and model.is_inpainting
+    assert_same_weights(tiny["flux-fill"]["transformer"].state_dict(), model.base.transformer.state_dict())

@@ -1,10 +1,10 @@
 """Tiny, architecture-faithful FLUX.1 and Stable Diffusion 3.x models.
 
 The same component classes and block kinds as the real models (FluxTransformer2DModel with
-double- and single-stream blocks, rotary axes and, for dev, the guidance embedder;
-FLUX.1 Fill's transformer taking the masked picture and the mask beside the latents;
-SD3Transformer2DModel with joint blocks, for SD 3.5 RMS q/k norms and, for 3.5 Medium, the second
-attention in its first blocks (SD 3 Medium has neither); a 16-channel four-level AutoencoderKL without quant convs; CLIP-L,
+double- and single-stream blocks, rotary axes and, for dev and Fill, the guidance embedder; Fill's
+taking the masked picture and the mask beside the latents; SD3Transformer2DModel with joint
+blocks, for SD 3.5 RMS q/k norms and, for 3.5 Medium, the second attention in its first blocks
+(SD 3 Medium has neither); a 16-channel four-level AutoencoderKL without quant convs; CLIP-L,
 CLIP-G with its projection, and a gated-GELU T5 encoder with T5's real vocabulary), at widths of
 a few dozen channels. Weights are random but reproducible: the same seed gives bit-identical
 weights (the SD families' tiny_models.py does the same, and its randomiser is shared).
