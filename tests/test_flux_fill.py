@@ -242,6 +242,20 @@ def test_outpainting_hands_fill_the_grown_area_as_its_mask(engine):
     assert torch.equal(mask, expected)
 
 
+def test_outpainting_mk2_grows_the_picture_on_fill(engine):
+    picture = _picture(4)
+    request = GenerationRequest(mode="img2img", prompt=PROMPT, steps=2, width=64, height=64, sampler_name="Euler",
+                                seed=6, cfg_scale=1.0, save_images=False, save_grid=False,
+                                img2img=Img2ImgOptions(init_images=(picture,), denoising_strength=0.8),
+                                script=ScriptChoice("Outpainting mk2", {"pixels": 64, "mask_blur": 2,
+                                                                        "direction": ["down"]}))
+    (image,) = engine.generate(request).images
+    assert image.size == (64, 128)
+    grown = _pixels(image)
+    assert np.abs(grown[:48] - _pixels(picture)[:48]).max() <= 2   # away from the seam: as it was
+    assert grown[72:].std() > 5
+
+
 @pytest.fixture(scope="module")
 def sd3_medium(tree):
     root, _, configs = tree
