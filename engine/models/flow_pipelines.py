@@ -90,9 +90,10 @@ def resolve_flow_modules(info: CheckpointInfo, library, config_root: Path, choic
 
 def load_flow_checkpoint(info: CheckpointInfo, device: DeviceConfig, config_root: Path,
                          modules: Mapping[str, Path] | tuple = ()) -> LoadedPipeline:
-    """A FluxPipeline (FluxFillPipeline) or StableDiffusion3Pipeline for `info`, on `device`. `modules`: {part:
-    file} (CLIP_L, CLIP_G, T5, VAE; from TextEncoderLibrary.resolve_modules) filling the parts the
-    checkpoint lacks, or replacing those it has."""
+    """A FluxPipeline (FluxFillPipeline for Fill) or StableDiffusion3Pipeline for `info`, on
+    `device`. `modules`: {part: file} (CLIP_L, CLIP_G, T5, VAE; from
+    TextEncoderLibrary.resolve_modules) filling the parts the checkpoint lacks, or replacing those
+    it has."""
     flow_model = flow_model_of(info)
     if flow_model is None:
         raise CheckpointError(f"'{info.name}' is not a FLUX.1 or SD 3.x model", "checkpoint")
@@ -198,8 +199,7 @@ def _load_folder(info: CheckpointInfo, flow_model: FlowModelFile, device: Device
     if not flow_model.supported:
         raise flow_model.refusal(info.name)
     try:
-        pipe = pipeline_class(flow_model).from_pretrained(info.path, dtype=device.dtype,
-                                                                 local_files_only=True)
+        pipe = pipeline_class(flow_model).from_pretrained(info.path, dtype=device.dtype, local_files_only=True)
     except Exception as error:
         raise CheckpointError(f"Could not load diffusers folder '{info.name}' as {flow_model.variant}: "
                               f"{_short(error)}", "checkpoint") from error
