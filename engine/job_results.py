@@ -93,7 +93,7 @@ class GenerationResult:
     negative_prompt: str = ""
     extra_params: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
-    inpainting_model: bool = False  # made by a dedicated (9-channel) inpainting model
+    inpainting_model: bool = False  # made by a dedicated inpainting model (9-channel UNet, FLUX.1 Fill)
     ignored_settings: list[str] = field(default_factory=list)  # override_settings not used
     pnginfo: bool = True  # the enable_pnginfo setting: images carry their infotext
     grid_infotext: str | None = None  # the grid's own (a script's); None: the first image's

@@ -91,7 +91,7 @@ def test_an_sd35_checkpoint_for_one_job_then_back(api, flux_picture):
     ({**JOB, "width": 72}, "multiple of 16"),
     ({**JOB, "override_settings": {"forge_additional_modules": ["/etc/passwd"]}}, "outside the module folders"),
     ({**JOB, "override_settings": {"forge_additional_modules": ["nothing-here.safetensors"]}}, "nothing-here"),
-    ({**JOB, "override_settings": {"sd_model_checkpoint": "flux1-fill-dev"}}, "not supported yet"),
+    ({**JOB, "override_settings": {"sd_model_checkpoint": "flux1-depth-dev"}}, "not supported yet"),
 ])
 def test_what_cannot_run_is_a_4xx_naming_it(api, flux_picture, body, words):
     response = api.post("/txt2img", json=body)

@@ -1,5 +1,5 @@
 """The config-only diffusers folders of the flow-matching families (FLUX.1-dev, FLUX.1-schnell,
-SD 3.5 Large, SD 3.5 Medium) and the T5 tokenizer kept beside them.
+FLUX.1 Fill, SD 3.5 Large, SD 3.5 Medium, SD 3 Medium) and the T5 tokenizer kept beside them.
 
 As in test_model_configs.py, each model is built from its config on the meta device (no memory, no
 weights) and its parameter count compared with a count worked out by hand from the architecture
@@ -18,24 +18,25 @@ import pytest
 # The same helpers build the SD 1.x/SDXL folders' models (they read any folder under model_configs/).
 from tests.test_model_configs import CONFIG_ROOT, build_on_meta, components, read_json
 
-FLUX = ("flux-dev", "flux-schnell")
+FLUX = ("flux-dev", "flux-schnell", "flux-fill")
 SD35 = ("sd3.5-large", "sd3.5-medium")
-FOLDERS = FLUX + SD35
-T5_TOKENIZER = {"flux-dev": "tokenizer_2", "flux-schnell": "tokenizer_2",
-                "sd3.5-large": "tokenizer_3", "sd3.5-medium": "tokenizer_3"}
-PIPELINE_CLASS = {"flux-dev": "FluxPipeline", "flux-schnell": "FluxPipeline",
-                  "sd3.5-large": "StableDiffusion3Pipeline", "sd3.5-medium": "StableDiffusion3Pipeline"}
+SD3 = SD35 + ("sd3-medium",)
+FOLDERS = FLUX + SD3
+T5_TOKENIZER = {**{folder: "tokenizer_2" for folder in FLUX}, **{folder: "tokenizer_3" for folder in SD3}}
+PIPELINE_CLASS = {"flux-dev": "FluxPipeline", "flux-schnell": "FluxPipeline", "flux-fill": "FluxFillPipeline",
+                  **{folder: "StableDiffusion3Pipeline" for folder in SD3}}
 
 
 def linear(n_in: int, n_out: int, bias: bool = True) -> int:
     return n_in * n_out + (n_out if bias else 0)
 
 
-def flux_transformer_params(guidance: bool) -> int:
+def flux_transformer_params(guidance: bool, inputs: int = 64) -> int:
     """FLUX.1: width 3072 (24 heads x 128), 19 double-stream and 38 single-stream blocks, MLP 4x,
-    64 latent channels in and out (16 channels x 2x2 patches), T5 context 4096, pooled CLIP 768."""
+    64 latent channels in and out (16 channels x 2x2 patches), T5 context 4096, pooled CLIP 768.
+    `inputs`: Fill takes 384 per patch (+ 64 of the masked picture, + 256 of the mask)."""
     d, head, mlp = 3072, 128, 4 * 3072
-    embed = linear(64, d) + linear(4096, d)
+    embed = linear(inputs, d) + linear(4096, d)
     time = linear(256, d) + linear(d, d) + linear(768, d) + linear(d, d)
     if guidance:
         time += linear(256, d) + linear(d, d)
@@ -48,16 +49,18 @@ def flux_transformer_params(guidance: bool) -> int:
     return embed + time + 19 * double + 38 * single + out
 
 
-def sd3_transformer_params(layers: int, dual_layers: int) -> int:
+def sd3_transformer_params(layers: int, dual_layers: int, qk_norm: bool = True) -> int:
     """MMDiT (SD 3.5): width 64 x layers, one head of 64 per layer, RMS q/k norms, 2x2 patches of
     16 latent channels, T5 context 4096, pooled CLIP-L + bigG 2048. The last block updates only the
-    image stream; `dual_layers` blocks have a second (image-only) attention."""
+    image stream; `dual_layers` blocks have a second (image-only) attention. SD 3 Medium (3.0) has
+    no q/k norms (`qk_norm` False)."""
     d, head = 64 * layers, 64
+    norms = 4 * head if qk_norm else 0
     embed = 16 * d * 2 * 2 + d + linear(4096, d)
     time = linear(256, d) + linear(d, d) + linear(2048, d) + linear(d, d)
     ff = linear(d, 4 * d) + linear(4 * d, d)
-    block = 2 * linear(d, 6 * d) + 8 * linear(d, d) + 4 * head + 2 * ff
-    last = linear(d, 6 * d) + linear(d, 2 * d) + 7 * linear(d, d) + 4 * head + ff
+    block = 2 * linear(d, 6 * d) + 8 * linear(d, d) + norms + 2 * ff
+    last = linear(d, 6 * d) + linear(d, 2 * d) + 7 * linear(d, d) + norms + ff
     dual_extra = 3 * d * d + 3 * d + 4 * linear(d, d) + 2 * head   # 9-way instead of 6-way adaLN
     out = linear(d, 2 * d) + linear(d, 2 * 2 * 16)
     return embed + time + (layers - 1) * block + last + dual_layers * dual_extra + out
@@ -98,6 +101,11 @@ EXPECTED_PARAMS = {
     "sd3.5-medium": {"transformer": sd3_transformer_params(24, 13), "vae": VAE_16,
                      "text_encoder": CLIP_L_PROJ, "text_encoder_2": OPENCLIP_BIGG_PROJ,
                      "text_encoder_3": t5_encoder_params()},
+    "flux-fill": {"transformer": flux_transformer_params(True, inputs=384), "vae": VAE_16,
+                  "text_encoder": CLIP_L, "text_encoder_2": t5_encoder_params()},
+    "sd3-medium": {"transformer": sd3_transformer_params(24, 0, qk_norm=False), "vae": VAE_16,
+                   "text_encoder": CLIP_L_PROJ, "text_encoder_2": OPENCLIP_BIGG_PROJ,
+                   "text_encoder_3": t5_encoder_params()},
 }
 
 
@@ -105,9 +113,13 @@ def test_hand_counts_agree_with_the_published_figures():
     assert EXPECTED_PARAMS["flux-dev"]["transformer"] == FLUX_DEV_PUBLISHED
     assert t5_encoder_params() == T5_XXL_ENCODER_PUBLISHED
     assert CLIP_L == 123_060_480
-    # The rounded sizes the model cards give: FLUX.1 "12B", SD 3.5 Large "8.1B".
+    # The rounded sizes the model cards give: FLUX.1 "12B", SD 3.5 Large "8.1B", SD 3 Medium "2B".
     assert round(EXPECTED_PARAMS["flux-schnell"]["transformer"] / 1e9) == 12
+    assert round(EXPECTED_PARAMS["flux-fill"]["transformer"] / 1e9) == 12
     assert round(EXPECTED_PARAMS["sd3.5-large"]["transformer"] / 1e8) == 81
+    assert round(EXPECTED_PARAMS["sd3-medium"]["transformer"] / 1e9) == 2
+    # Fill's wider img_in is the only difference from dev: 320 more inputs per patch x 3072.
+    assert EXPECTED_PARAMS["flux-fill"]["transformer"] - FLUX_DEV_PUBLISHED == 320 * 3072
 
 
 @pytest.mark.parametrize("folder", FOLDERS)
@@ -141,15 +153,26 @@ def test_family_specific_values():
     def cfg(folder, name, file="config.json"):
         return read_json(CONFIG_ROOT / folder / name / file)
 
-    dev, schnell = (cfg(f, "scheduler", "scheduler_config.json") for f in FLUX)
+    dev, schnell, fill = (cfg(f, "scheduler", "scheduler_config.json") for f in FLUX)
+    assert fill == dev
     assert dev["use_dynamic_shifting"] is True and (dev["base_shift"], dev["max_shift"]) == (0.5, 1.15)
     assert (dev["base_image_seq_len"], dev["max_image_seq_len"]) == (256, 4096)
     assert schnell["use_dynamic_shifting"] is False and schnell["shift"] == 1.0
     assert cfg("flux-dev", "transformer")["guidance_embeds"] is True
     assert cfg("flux-schnell", "transformer")["guidance_embeds"] is False
-    for folder in SD35:
+    fill_transformer = cfg("flux-fill", "transformer")
+    assert (fill_transformer["in_channels"], fill_transformer["out_channels"]) == (384, 64)
+    assert fill_transformer["guidance_embeds"] is True
+    shared = ("in_channels", "out_channels", "_diffusers_version")   # all else as dev's
+    assert {k: v for k, v in fill_transformer.items() if k not in shared} == \
+        {k: v for k, v in cfg("flux-dev", "transformer").items() if k not in shared}
+    for folder in SD3:
         assert cfg(folder, "scheduler", "scheduler_config.json")["shift"] == 3.0
+    for folder in SD35:
         assert cfg(folder, "transformer")["qk_norm"] == "rms_norm"
+    medium = cfg("sd3-medium", "transformer")
+    assert "qk_norm" not in medium and "dual_attention_layers" not in medium
+    assert (medium["num_layers"], medium["caption_projection_dim"], medium["pos_embed_max_size"]) == (24, 1536, 192)
     assert cfg("sd3.5-large", "transformer")["pos_embed_max_size"] == 192
     assert cfg("sd3.5-medium", "transformer")["pos_embed_max_size"] == 384
     assert cfg("sd3.5-medium", "transformer")["dual_attention_layers"] == list(range(13))
@@ -283,7 +306,9 @@ def test_t5_tokenizer_data_is_shared():
 CLIP_TOKENIZERS = {("flux-dev", "tokenizer"): "sd1/tokenizer", ("flux-schnell", "tokenizer"): "sd1/tokenizer",
                    ("sd3.5-large", "tokenizer"): "sd1/tokenizer", ("sd3.5-medium", "tokenizer"): "sd1/tokenizer",
                    ("sd3.5-large", "tokenizer_2"): "sdxl/tokenizer_2",
-                   ("sd3.5-medium", "tokenizer_2"): "sdxl/tokenizer_2"}
+                   ("sd3.5-medium", "tokenizer_2"): "sdxl/tokenizer_2",
+                   ("flux-fill", "tokenizer"): "sd1/tokenizer", ("sd3-medium", "tokenizer"): "sd1/tokenizer",
+                   ("sd3-medium", "tokenizer_2"): "sdxl/tokenizer_2"}
 
 
 @pytest.mark.parametrize("folder,name", sorted(CLIP_TOKENIZERS))

@@ -312,9 +312,9 @@ def test_a_cached_flow_model_comes_back_only_for_the_same_modules(tree):
 
 
 def test_variants_with_no_config_are_not_supported_yet(tree, models):
-    with pytest.raises(CheckpointError, match="'flux1-fill-dev.safetensors' is a FLUX.1 Fill transformer-only "
-                                              "file.*FLUX.1 Fill models are not supported yet"):
-        models.load("flux1-fill-dev")
+    with pytest.raises(CheckpointError, match="'flux1-depth-dev.safetensors' is a FLUX.1 Depth/Canny "
+                                              "transformer-only file.*FLUX.1 Depth/Canny models are not supported yet"):
+        models.load("flux1-depth-dev")
 
 
 def test_the_tokenizers_come_from_the_config_folder(tree, models):

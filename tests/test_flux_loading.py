@@ -1,5 +1,5 @@
 """The studio's own FLUX.1 loading (engine/models/flux_keys.py, flow_loading.py): BFL-layout
-files at any width load bit for bit (fp8: equal to the fp8 cast), agree with diffusers' own
+files (dev, schnell, Fill) at any width load bit for bit (fp8: equal to the fp8 cast), agree with diffusers' own
 converter where that works (full width), GGUF files go through diffusers' GGUF support once
 renamed, and a T5 file carrying one embedding name loads with both tied."""
 
@@ -21,7 +21,7 @@ from engine.models.tiny_flow_models import build_tiny_flow_components, tiny_flow
 from tests.support.flow_writers import (TRANSFORMER_PREFIX, assert_same_weights as assert_same, encoder_state,
                                         flux_to_bfl, single_file_state, to_fp8, write, write_config_folder)
 
-LAYOUTS = ("flux-dev", "flux-schnell")
+LAYOUTS = ("flux-dev", "flux-schnell", "flux-fill")   # Fill: img_in takes 384 inputs, not 64
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def test_bfl_files_load_back_bit_for_bit(tiny, tmp_path, layout, all_in_one):
     path = write(state, tmp_path / "flux.safetensors")
     loaded = load_flux_transformer(path, config, dtype=torch.float32)
     assert_same(components["transformer"].state_dict(), loaded.state_dict())
-    assert loaded.config.guidance_embeds == (layout == "flux-dev")
+    assert loaded.config.guidance_embeds == (layout != "flux-schnell")
     assert not any(p.is_meta for p in loaded.parameters())
 
 
@@ -91,7 +91,7 @@ def test_the_repo_configs_take_the_renamed_real_layout(layout):
     renamed = bfl_to_diffusers(flux_to_bfl(model))
     assert {key: value.shape for key, value in renamed.items()} == {
         key: value.shape for key, value in model.state_dict().items()}
-    assert any(key.startswith("time_text_embed.guidance_embedder") for key in renamed) == (layout == "flux-dev")
+    assert any(key.startswith("time_text_embed.guidance_embedder") for key in renamed) == (layout != "flux-schnell")
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

@@ -18,6 +18,7 @@ class FamilyDefaults:
     height: int = 512
     sampler: str = "DPM++ 2M"
     schedule: str = "Automatic"
+    distilled_cfg_scale: float | None = None   # a guidance-distilled model's guidance input (FLUX.1)
 
 
 class ModelFamily:
@@ -63,6 +64,14 @@ class ModelFamily:
     def notes(self, request, pipe) -> list[str]:
         """What the job's result should tell about the request on this family (warnings)."""
         return []
+
+    def image_conditioning(self, masked_latents: Any, repaint: Any) -> Any:
+        """An inpainting model's extra input channels in this family's own layout, from the latents
+        of the picture with its repainted part blanked (B, C, h, w) and the mask at full resolution
+        (B, 1, H, W; 1 where it repaints), or None: the SD inpainting UNet's layout (a latent-size
+        mask channel, then the picture), which the starts build (engine/runs/img2img.py,
+        start_noise.py)."""
+        return None
 
     def dtype(self, pipe):
         return self.denoising_module(pipe, None).dtype

@@ -5,6 +5,12 @@ FLUX.1-dev is guidance-distilled: the guidance scale is an input of the transfor
 CFG Scale", 3.5 by default), and real classifier-free guidance stays at 1, one transformer call
 per step. schnell has no guidance input and is distilled for 4 steps. The shift of the flow times
 grows with the picture's size unless the request sets one.
+
+FLUX.1 Fill (guidance-distilled like dev, BFL's guidance 30) is an inpainting model: beside each
+2x2 patch of noisy latents its transformer takes the same patch of the masked picture's latents
+and the mask at full resolution (each latent pixel's 8x8 block of it as 64 channels), 64 + 64 +
+256 = 384 inputs. `image_conditioning` builds those extra channels for the studio's inpainting
+path (a txt2img job on it is an inpaint of an empty canvas).
 """
 
 from __future__ import annotations
@@ -15,15 +21,22 @@ import torch
 
 from engine.families.base import FamilyDefaults
 from engine.families.flow import FlowFamily
+from engine.models.families import FLUX_FILL_IN_CHANNELS
 from engine.request import DEFAULT_DISTILLED_CFG
 from engine.sampling.flow_sigmas import flux_shift
 
+FILL_DISTILLED_CFG = 30.0
 
 
 class FluxDenoisingModel:
     """FluxTransformer2DModel as the CFG denoiser calls a UNet: latents (B, 16, h, w) in, the
     velocity in the same shape out. Packing into 2x2 patches, the patches' rotary positions
-    (row, column) and the text's (zeros), and the distilled guidance happen here."""
+    (row, column) and the text's (zeros), and the distilled guidance happen here.
+
+    For FLUX.1 Fill the CFG denoiser hands the latents with Fill's conditioning (FluxFamily.
+    image_conditioning) appended as channels, (B, 16 + 16 + 64, h, w). Packing keeps the channel
+    as the outer index of each patch's features, so the packed input is the packed latents with
+    the packed masked picture and the packed mask appended after them: Fill's 64 + 64 + 256."""
 
     def __init__(self, transformer, guidance: float):
         self.transformer = transformer
@@ -50,7 +63,8 @@ class FluxDenoisingModel:
         velocity = self.transformer(hidden_states=packed, timestep=t.to(dtype), guidance=guidance,
                                     pooled_projections=pooled, encoder_hidden_states=encoder_hidden_states,
                                     txt_ids=text_ids, img_ids=image_ids, return_dict=False)[0]
-        # _unpack_latents takes the picture's size in pixels (latents x 8).
+        # _unpack_latents takes the picture's size in pixels (latents x 8); the velocity has the
+        # latents' 16 channels (x 4 packed) whatever the input had beside them.
         return (FluxPipeline._unpack_latents(velocity, height * 8, width * 8, 8),)
 
 
@@ -60,8 +74,11 @@ class FluxFamily(FlowFamily):
 
     def defaults(self, pipe) -> FamilyDefaults:
         distilled = bool(pipe is not None and pipe.transformer.config.guidance_embeds)
+        # BFL run Fill at guidance 30 (it repaints faithfully to the prompt there), dev at 3.5.
+        fill = distilled and pipe.transformer.config.in_channels == FLUX_FILL_IN_CHANNELS
+        guidance = (FILL_DISTILLED_CFG if fill else DEFAULT_DISTILLED_CFG) if distilled else None
         return FamilyDefaults(steps=20 if distilled else 4, cfg_scale=1.0, width=1024, height=1024,
-                              sampler="Euler", schedule="Simple")
+                              sampler="Euler", schedule="Simple", distilled_cfg_scale=guidance)
 
     def denoising_module(self, pipe, request) -> FluxDenoisingModel:
         guidance = DEFAULT_DISTILLED_CFG if request is None else request.distilled_cfg_scale
@@ -80,6 +97,14 @@ class FluxFamily(FlowFamily):
                     "(twice the time) and usually burns the picture: its guidance is the Distilled CFG Scale "
                     f"({request.distilled_cfg_scale:g}); CFG scale 1 is its normal setting."]
         return []
+
+    def image_conditioning(self, masked_latents: torch.Tensor, repaint: torch.Tensor) -> torch.Tensor:
+        """FLUX.1 Fill's extra inputs in the latents' layout: the masked picture's latents, then the
+        mask's 8x8 pixel blocks unshuffled into 64 channels per latent pixel (row by row within
+        the block, as BFL's reference folds it)."""
+        scale = repaint.shape[-1] // masked_latents.shape[-1]
+        mask = torch.nn.functional.pixel_unshuffle(repaint.to(masked_latents), scale)
+        return torch.cat([masked_latents, mask], dim=1)
 
     def infotext_params(self, request, pipe) -> dict[str, Any]:
         params = super().infotext_params(request, pipe)

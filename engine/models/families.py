@@ -31,6 +31,8 @@ TRANSFORMER_PREFIXES = ("model.diffusion_model.", "")
 FLUX_MARKER = "double_blocks.0.img_attn.qkv.weight"
 SD3_MARKER = "joint_blocks.0.context_block.adaLN_modulation.1.bias"
 CHROMA_MARKER = "distilled_guidance_layer.in_proj.weight"
+# FLUX.1 Fill's img_in per 2x2 patch: 64 noisy latents + 64 masked-picture latents + 256 mask.
+FLUX_FILL_IN_CHANNELS = 384
 
 CLIP_L, CLIP_G, T5 = "CLIP-L", "CLIP-G", "T5-XXL"
 TEXT_ENCODER_PREFIXES = {CLIP_L: "text_encoders.clip_l.", CLIP_G: "text_encoders.clip_g.",
@@ -90,12 +92,11 @@ class FlowModelFile:
         return f"{self._a_variant} single file with {_join(have)}; it needs {_join(needs)} picked beside it"
 
     def refusal(self, name: str) -> CheckpointError:
-        """Why a variant with no config kept (FLUX.1 Fill, Depth/Canny, Kontext, Chroma, SD 3
-        Medium) does not load."""
+        """Why a variant with no config kept (FLUX.1 Depth/Canny, Kontext, Chroma) does not load."""
         return CheckpointError(
             f"'{name}' is {self.describe()}. {self.variant} models are not supported yet in this version "
-            "of SD Studio (FLUX.1-dev, FLUX.1-schnell, SD 3.5 Large and SD 3.5 Medium are); the model stays "
-            "in the checkpoint list and the current model stays loaded.", "checkpoint")
+            "of SD Studio (FLUX.1-dev, FLUX.1-schnell, FLUX.1 Fill, SD 3 Medium, SD 3.5 Large and SD 3.5 Medium "
+            "are); the model stays in the checkpoint list and the current model stays loaded.", "checkpoint")
 
 
 def _join(items: list[str]) -> str:
@@ -144,8 +145,8 @@ def _flux_variant(shapes: dict, prefix: str) -> tuple[str, str | None]:
     img_in = shapes.get(prefix + "img_in.weight", (0, 64))
     if prefix + "guidance_in.in_layer.weight" not in shapes:
         return "FLUX.1-schnell", "flux-schnell"
-    if img_in[1] == 384:
-        return "FLUX.1 Fill", None
+    if img_in[1] == FLUX_FILL_IN_CHANNELS:
+        return "FLUX.1 Fill", "flux-fill"
     if img_in[1] == 128:
         return "FLUX.1 Depth/Canny", None
     return "FLUX.1-dev", "flux-dev"
@@ -160,7 +161,7 @@ def _sd3_variant(shapes: dict, prefix: str) -> tuple[str, str | None]:
     if blocks == 24 and dual:
         return "SD 3.5 Medium", "sd3.5-medium"
     if blocks == 24:
-        return "SD 3 Medium", None
+        return "SD 3 Medium", "sd3-medium"
     return f"SD 3.x ({blocks}-block)", None
 
 
@@ -182,8 +183,8 @@ def recognise_folder(folder: Path) -> FlowModelFile | None:
     except (OSError, ValueError):
         config = {}
     if family == FLUX:
-        if "Fill" in class_name or config.get("in_channels") == 384:
-            variant, config_name = "FLUX.1 Fill", None
+        if "Fill" in class_name or config.get("in_channels") == FLUX_FILL_IN_CHANNELS:
+            variant, config_name = "FLUX.1 Fill", "flux-fill"
         elif "Kontext" in class_name:   # the same transformer as dev: only the pipeline class tells
             variant, config_name = "FLUX.1 Kontext", None
         elif config.get("guidance_embeds") is False:
@@ -195,7 +196,7 @@ def recognise_folder(folder: Path) -> FlowModelFile | None:
     elif config.get("dual_attention_layers"):
         variant, config_name = "SD 3.5 Medium", "sd3.5-medium"
     else:
-        variant, config_name = "SD 3 Medium", None
+        variant, config_name = "SD 3 Medium", "sd3-medium"
     return FlowModelFile(family, variant, config_name, folder=True)
 
 

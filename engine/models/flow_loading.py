@@ -3,9 +3,10 @@ without diffusers' single-file converters:
 
 * the FLUX transformer in Black Forest Labs' layout (bare, or under `model.diffusion_model.` in
   an all-in-one file) is renamed by engine/models/flux_keys.py at the width the file has, and
-  loaded into a FluxTransformer2DModel built from a config folder (model_configs/flux-dev or
-  flux-schnell for real files) with no weights allocated first (meta device, then the file's
-  tensors assigned); fp8 e4m3fn matrices are kept as stored or upcast to the compute dtype;
+  loaded into a FluxTransformer2DModel built from a config folder (model_configs/flux-dev,
+  flux-schnell or flux-fill for real files) with no weights allocated first (meta device, then
+  the file's tensors assigned); fp8 e4m3fn matrices are kept as stored or upcast to the compute
+  dtype;
 * the T5 encoder: diffusers' single-file route does not re-tie `shared.weight` and
   `encoder.embed_tokens.weight` (the same matrix in T5EncoderModel), so a file carrying only one
   of them left the other unloaded; here the missing one is filled from the other and the two
@@ -81,6 +82,12 @@ def load_flux_transformer(path: Path, config_folder: Path, dtype: torch.dtype = 
     if hidden != config_hidden:
         raise CheckpointError(f"{Path(path).name!r} is a FLUX transformer {hidden} channels wide, "
                               f"but its config {config_folder} describes {config_hidden}")
+    # img_in's columns are what the transformer takes per 2x2 patch: 64 (latents), 384 for Fill
+    # (+ masked picture and mask), 128 for Depth/Canny (+ control latents); only its rows are width.
+    inputs, config_inputs = source["img_in.weight"].shape[1], config["in_channels"]
+    if inputs != config_inputs:
+        raise CheckpointError(f"{Path(path).name!r} is a FLUX transformer taking {inputs} input channels, "
+                              f"but its config {config_folder} describes {config_inputs}")
     state = {key: _cast(value, dtype, keep_fp8) for key, value in bfl_to_diffusers(source).items()}
     with init_empty_weights():
         model = FluxTransformer2DModel.from_config(config)

@@ -1,5 +1,5 @@
-"""FLUX.1 and SD 3.5 checkpoints turned into diffusers pipelines (FluxPipeline,
-StableDiffusion3Pipeline), with no network.
+"""FLUX.1 and SD 3.x checkpoints turned into diffusers pipelines (FluxPipeline, FluxFillPipeline
+for FLUX.1 Fill, StableDiffusion3Pipeline), with no network.
 
 Every layout users download loads here: all-in-one single files; transformer-only files (original
 keys, `.safetensors` or quantised `.gguf`) with the missing text encoders and VAE taken from the
@@ -41,10 +41,15 @@ TOKENIZERS = {FLUX: {"tokenizer": "CLIPTokenizer", "tokenizer_2": "T5TokenizerFa
               SD3: {"tokenizer": "CLIPTokenizer", "tokenizer_2": "CLIPTokenizer", "tokenizer_3": "T5TokenizerFast"}}
 
 
-def pipeline_class(family: str):
-    from diffusers import FluxPipeline, StableDiffusion3Pipeline
+def pipeline_class(flow_model: FlowModelFile):
+    """The diffusers pipeline class of a model: FLUX.1 Fill's transformer takes the mask and the
+    masked picture beside the latents, which FluxFillPipeline feeds it (the studio's own sampling
+    drives the parts either way; the class tells what the model is to anyone who calls it)."""
+    from diffusers import FluxFillPipeline, FluxPipeline, StableDiffusion3Pipeline
 
-    return FluxPipeline if family == FLUX else StableDiffusion3Pipeline
+    if flow_model.family != FLUX:
+        return StableDiffusion3Pipeline
+    return FluxFillPipeline if flow_model.config_name == "flux-fill" else FluxPipeline
 
 
 def config_folder(flow_model: FlowModelFile, config_root: Path, name: str) -> Path:
@@ -85,9 +90,10 @@ def resolve_flow_modules(info: CheckpointInfo, library, config_root: Path, choic
 
 def load_flow_checkpoint(info: CheckpointInfo, device: DeviceConfig, config_root: Path,
                          modules: Mapping[str, Path] | tuple = ()) -> LoadedPipeline:
-    """A FluxPipeline or StableDiffusion3Pipeline for `info`, on `device`. `modules`: {part:
-    file} (CLIP_L, CLIP_G, T5, VAE; from TextEncoderLibrary.resolve_modules) filling the parts the
-    checkpoint lacks, or replacing those it has."""
+    """A FluxPipeline (FluxFillPipeline for Fill) or StableDiffusion3Pipeline for `info`, on
+    `device`. `modules`: {part: file} (CLIP_L, CLIP_G, T5, VAE; from
+    TextEncoderLibrary.resolve_modules) filling the parts the checkpoint lacks, or replacing those
+    it has."""
     flow_model = flow_model_of(info)
     if flow_model is None:
         raise CheckpointError(f"'{info.name}' is not a FLUX.1 or SD 3.x model", "checkpoint")
@@ -108,7 +114,7 @@ def load_flow_checkpoint(info: CheckpointInfo, device: DeviceConfig, config_root
         components["vae"] = _vae(parts.get(VAE, path), config_dir, device.vae)
         components.update(_tokenizers(config_dir, family))
         components["scheduler"] = _scheduler(config_dir)
-        pipe = pipeline_class(family)(**components)
+        pipe = pipeline_class(flow_model)(**components)
     except CheckpointError:
         raise
     except Exception as error:
@@ -193,8 +199,7 @@ def _load_folder(info: CheckpointInfo, flow_model: FlowModelFile, device: Device
     if not flow_model.supported:
         raise flow_model.refusal(info.name)
     try:
-        pipe = pipeline_class(flow_model.family).from_pretrained(info.path, dtype=device.dtype,
-                                                                 local_files_only=True)
+        pipe = pipeline_class(flow_model).from_pretrained(info.path, dtype=device.dtype, local_files_only=True)
     except Exception as error:
         raise CheckpointError(f"Could not load diffusers folder '{info.name}' as {flow_model.variant}: "
                               f"{_short(error)}", "checkpoint") from error

@@ -5,7 +5,8 @@ diffusers 0.42's own converter assumes the real model's width (3072 channels, ML
 splits the fused tensors, so it cannot convert any other width (the tiny test models, pruned or
 distilled variants); here every width is read from the tensors themselves:
 
-* hidden size: the rows of `img_in.weight`;
+* hidden size: the rows of `img_in.weight` (its columns are the inputs per 2x2 patch: 64, or 384
+  for Fill, which config in_channels must match);
 * MLP width: the rows of a single block's `linear1` less the 3 x hidden of its fused q, k, v.
 
 Facts (the split orders; the code is this project's): a double block's `img_attn.qkv` /

@@ -363,8 +363,8 @@ def check_loadable(info: CheckpointInfo, allow_unsafe: bool) -> None:
 
 
 def refuse_flow_folder(info: CheckpointInfo) -> None:
-    """A FLUX.1 / SD 3.x diffusers folder of a variant with no config kept (Fill, Kontext, SD 3
-    Medium) is named by its pipeline class and refused before its weights are read."""
+    """A FLUX.1 / SD 3.x diffusers folder of a variant with no config kept (Kontext) is named by
+    its pipeline class and refused before its weights are read."""
     flow_model = families.recognise_folder(Path(info.path))
     if flow_model is not None and not flow_model.supported:
         raise flow_model.refusal(info.name)

@@ -19,7 +19,7 @@ import torch
 from engine.models.checkpoint_cache import CheckpointCache, file_signature, size_on_disk
 from engine.devices import DeviceConfig, device_memory, free_memory, upcast_sampling
 from engine.errors import CheckpointError, NoModelError
-from engine.models.families import FLUX, SD3
+from engine.models.families import FLUX, FLUX_FILL_IN_CHANNELS, SD3
 from engine.models.loading import CONFIG_ROOT, check_loadable, is_refiner_pipeline, load_checkpoint
 from engine.models.prediction import EDM, FLOW, LatentFormat, ModelPrediction
 from engine.memory.memory_modes import AUTO, NONE, mode_for_model
@@ -226,8 +226,8 @@ class LoadedModel:
     @property
     def is_inpainting(self) -> bool:
         """A dedicated inpainting model: its UNet also takes the mask and the masked image."""
-        if self.is_flow:   # FLUX.1 Fill, the one such flow model, is not supported yet
-            return False
+        if self.is_flow:   # FLUX.1 Fill: its transformer takes them beside the packed latents
+            return self.family == FLUX and self.base.transformer.config.in_channels == FLUX_FILL_IN_CHANNELS
         return self.base.unet.config.in_channels == 9
 
     def pipeline_for(self, task: str):

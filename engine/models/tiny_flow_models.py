@@ -1,15 +1,16 @@
 """Tiny, architecture-faithful FLUX.1 and Stable Diffusion 3.x models.
 
 The same component classes and block kinds as the real models (FluxTransformer2DModel with
-double- and single-stream blocks, rotary axes and, for dev, the guidance embedder;
-SD3Transformer2DModel with joint blocks, RMS q/k norms and, for 3.5 Medium, the second
-attention in its first blocks; a 16-channel four-level AutoencoderKL without quant convs; CLIP-L,
+double- and single-stream blocks, rotary axes and, for dev and Fill, the guidance embedder; Fill's
+taking the masked picture and the mask beside the latents; SD3Transformer2DModel with joint
+blocks, for SD 3.5 RMS q/k norms and, for 3.5 Medium, the second attention in its first blocks
+(SD 3 Medium has neither); a 16-channel four-level AutoencoderKL without quant convs; CLIP-L,
 CLIP-G with its projection, and a gated-GELU T5 encoder with T5's real vocabulary), at widths of
 a few dozen channels. Weights are random but reproducible: the same seed gives bit-identical
 weights (the SD families' tiny_models.py does the same, and its randomiser is shared).
 
 SD 3.x keeps the real block counts (38 for Large, 24 for Medium, 13 of them with the second
-attention), since the family is told from the file by counting blocks; at 16 channels that is
+attention in 3.5 Medium), since the family is told from the file by counting blocks; at 16 channels that is
 still only a few hundred thousand weights.
 
 Runtime code: it must not import gradio or pytest.
@@ -23,9 +24,9 @@ import torch
 
 from engine.models.tiny_models import REAL_CLIP_VOCAB_SIZE, _randomize_
 
-FLUX_DEV, FLUX_SCHNELL = "flux-dev", "flux-schnell"
-SD35_LARGE, SD35_MEDIUM = "sd3.5-large", "sd3.5-medium"
-FLOW_LAYOUTS = (FLUX_DEV, FLUX_SCHNELL, SD35_LARGE, SD35_MEDIUM)
+FLUX_DEV, FLUX_SCHNELL, FLUX_FILL = "flux-dev", "flux-schnell", "flux-fill"
+SD35_LARGE, SD35_MEDIUM, SD3_MEDIUM = "sd3.5-large", "sd3.5-medium", "sd3-medium"
+FLOW_LAYOUTS = (FLUX_DEV, FLUX_SCHNELL, FLUX_FILL, SD35_LARGE, SD35_MEDIUM, SD3_MEDIUM)
 REAL_T5_VOCAB_SIZE = 32128
 
 # Widths: CLIP-L 32 (real 768), CLIP-G 64 with a 48 projection (real 1280 / 1280), T5 32 (4096).
@@ -56,20 +57,26 @@ def _vae_config(scaling_factor: float, shift_factor: float) -> dict:
             "use_quant_conv": False, "use_post_quant_conv": False, "force_upcast": True}
 
 
-def _flux_transformer_config(guidance: bool) -> dict:
+def _flux_transformer_config(guidance: bool, fill: bool = False) -> dict:
     # 16 latent channels x 2x2 patches = 64 inputs, as the real model; 2 heads of 16 (real 24 x 128),
-    # rotary axes summing to the head width as (16, 56, 56) does to 128.
-    return {"patch_size": 1, "in_channels": 64, "num_layers": 1, "num_single_layers": 2,
-            "attention_head_dim": 16, "num_attention_heads": 2, "joint_attention_dim": _T5,
-            "pooled_projection_dim": _CLIP_L, "guidance_embeds": guidance, "axes_dims_rope": [4, 6, 6]}
+    # rotary axes summing to the head width as (16, 56, 56) does to 128. Fill packs the masked
+    # picture's 16 latent channels and the mask's 8x8 = 64 pixel channels the same way beside
+    # them: 64 + 64 + 256 = 384 inputs, 64 outputs, as the real Fill.
+    config = {"patch_size": 1, "in_channels": 64, "num_layers": 1, "num_single_layers": 2,
+              "attention_head_dim": 16, "num_attention_heads": 2, "joint_attention_dim": _T5,
+              "pooled_projection_dim": _CLIP_L, "guidance_embeds": guidance, "axes_dims_rope": [4, 6, 6]}
+    if fill:
+        config.update(in_channels=64 + 64 + 256, out_channels=64)
+    return config
 
 
-def _sd3_transformer_config(layers: int, dual_attention_layers: tuple[int, ...]) -> dict:
+def _sd3_transformer_config(layers: int, dual_attention_layers: tuple[int, ...], qk_norm: str | None) -> dict:
     # Pooled input = CLIP-L's projection + CLIP-G's (real 768 + 1280), context = T5's width.
+    # SD 3 Medium has neither the q/k norms nor the second attention SD 3.5 added.
     return {"sample_size": 8, "patch_size": 2, "in_channels": 16, "out_channels": 16, "num_layers": layers,
             "attention_head_dim": 8, "num_attention_heads": 2, "joint_attention_dim": _T5,
             "caption_projection_dim": 16, "pooled_projection_dim": _CLIP_L + _CLIP_G_PROJECTION,
-            "pos_embed_max_size": 16, "qk_norm": "rms_norm", "dual_attention_layers": list(dual_attention_layers)}
+            "pos_embed_max_size": 16, "qk_norm": qk_norm, "dual_attention_layers": list(dual_attention_layers)}
 
 
 # component -> (library, class name), per layout; the names are the diffusers folders' subfolders.
@@ -93,12 +100,13 @@ def tiny_flow_configs(layout: str) -> dict[str, dict]:
     """The config of each component of the tiny model of `layout` (diffusers configs for the
     transformer and VAE, transformers config keyword arguments for the text encoders)."""
     if _check_layout(layout) == "flux":
-        return {"transformer": _flux_transformer_config(guidance=layout == FLUX_DEV),
+        return {"transformer": _flux_transformer_config(guidance=layout != FLUX_SCHNELL, fill=layout == FLUX_FILL),
                 "vae": _vae_config(0.3611, 0.1159),
                 "text_encoder": _clip_config(_CLIP_L, _CLIP_L, "quick_gelu", "CLIPTextModel"),
                 "text_encoder_2": _t5_config()}
-    layers, dual = (38, ()) if layout == SD35_LARGE else (24, tuple(range(13)))
-    return {"transformer": _sd3_transformer_config(layers, dual), "vae": _vae_config(1.5305, 0.0609),
+    layers, dual = (38, ()) if layout == SD35_LARGE else (24, () if layout == SD3_MEDIUM else tuple(range(13)))
+    qk_norm = None if layout == SD3_MEDIUM else "rms_norm"
+    return {"transformer": _sd3_transformer_config(layers, dual, qk_norm), "vae": _vae_config(1.5305, 0.0609),
             "text_encoder": _clip_config(_CLIP_L, _CLIP_L, "quick_gelu", "CLIPTextModelWithProjection"),
             "text_encoder_2": _clip_config(_CLIP_G, _CLIP_G_PROJECTION, "gelu", "CLIPTextModelWithProjection"),
             "text_encoder_3": _t5_config()}
@@ -114,7 +122,8 @@ def _build(library: str, class_name: str, config: dict) -> torch.nn.Module:
 
 
 def build_tiny_flow_components(layout: str, seed: int = 0) -> dict[str, torch.nn.Module]:
-    """The tiny components of `layout` ("flux-dev", "flux-schnell", "sd3.5-large", "sd3.5-medium")
+    """The tiny components of `layout` ("flux-dev", "flux-schnell", "flux-fill", "sd3.5-large",
+    "sd3.5-medium", "sd3-medium")
     with seeded random weights (float32), in eval mode."""
     family = _check_layout(layout)
     generator = torch.Generator().manual_seed(int(seed))

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from engine.families import family_of
 from engine.runs import color_correction
 from engine import image_prep
 from engine.image_prep import InitImage, PreparedMask
@@ -137,11 +138,17 @@ class ImageStart:
 
     def image_conditioning(self, count: int, batch: int) -> torch.Tensor | None:
         """An inpainting model's extra channels: the mask (1 where it repaints) and the picture
-        with the masked part blanked, encoded."""
+        with the masked part blanked, encoded; in the family's own layout when it has one
+        (FLUX.1 Fill), else the SD inpainting UNet's (the mask at latent size first)."""
         if not self.model.is_inpainting:
             return None
         indices = self._indices(batch, count)
         masked = torch.cat([self._masked_latents(i) for i in indices]).float()
+        pixels = torch.ones(1, 1, self.request.height, self.request.width) if self.mask is None else \
+            torch.from_numpy(self.mask.pixels()).float()[None, None]
+        own = family_of(self.model.family).image_conditioning(masked, pixels.expand(count, 1, -1, -1))
+        if own is not None:
+            return own
         if self.mask is None:
             repaint = torch.ones_like(masked[:, :1])
         else:

@@ -8,6 +8,7 @@ from typing import Any, Callable
 import torch
 from PIL import Image
 
+from engine.families import family_of
 from engine.networks.vae import encode
 
 
@@ -52,7 +53,10 @@ class NoiseStart:
         if self._blank_conditioning is None:
             grey = torch.zeros(1, 3, self.request.height, self.request.width)
             encoded = encode(self._vae(), grey, faults=self.addons.faults).float()
-            self._blank_conditioning = torch.cat([torch.ones_like(encoded[:, :1]), encoded], dim=1)
+            # The family's own layout (FLUX.1 Fill: the mask at full resolution) or the SD UNet's.
+            own = family_of(self.model.family).image_conditioning(encoded, torch.ones_like(grey[:, :1]))
+            self._blank_conditioning = own if own is not None else \
+                torch.cat([torch.ones_like(encoded[:, :1]), encoded], dim=1)
         return self._blank_conditioning.expand(count, -1, -1, -1)
 
     def finish(self, images: list[Image.Image], batch: int, seeds, subseeds, save_before) -> list[Image.Image]:

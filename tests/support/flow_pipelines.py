@@ -13,9 +13,10 @@ TOKENIZERS = {"flux": ("tokenizer", "tokenizer_2"), "sd3": ("tokenizer", "tokeni
 
 
 def tiny_flow_pipeline(layout: str, seed: int = 0, config_root: Path = CONFIG_ROOT):
-    """A FluxPipeline ("flux-dev", "flux-schnell") or StableDiffusion3Pipeline ("sd3.5-large",
-    "sd3.5-medium") of the tiny components, float32, on the CPU."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, StableDiffusion3Pipeline
+    """A FluxPipeline ("flux-dev", "flux-schnell"), FluxFillPipeline ("flux-fill") or
+    StableDiffusion3Pipeline ("sd3.5-large", "sd3.5-medium", "sd3-medium") of the tiny components,
+    float32, on the CPU."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxFillPipeline, FluxPipeline, StableDiffusion3Pipeline
     from transformers import AutoTokenizer
 
     family = "flux" if layout.startswith("flux") else "sd3"
@@ -25,6 +26,7 @@ def tiny_flow_pipeline(layout: str, seed: int = 0, config_root: Path = CONFIG_RO
         parts[name] = AutoTokenizer.from_pretrained(str(folder / name), local_files_only=True)
     parts["scheduler"] = FlowMatchEulerDiscreteScheduler.from_pretrained(str(folder / "scheduler"),
                                                                          local_files_only=True)
-    pipe = (FluxPipeline if family == "flux" else StableDiffusion3Pipeline)(**parts)
+    kind = FluxFillPipeline if layout == "flux-fill" else FluxPipeline if family == "flux" else StableDiffusion3Pipeline
+    pipe = kind(**parts)
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -20,7 +20,8 @@ LAYOUTS = ("flux-dev", "flux-schnell", "sd3.5-large", "sd3.5-medium")
 
 
 def write_config_root(tiny: dict, configs: Path) -> Path:
-    for layout in LAYOUTS:
+    """A config folder per layout in `tiny` (its tiny components by layout)."""
+    for layout in tiny:
         folder = write_config_folder(layout, tiny[layout], configs / layout)
         for sub in CONFIG_ROOT.joinpath(layout).iterdir():
             if sub.name.startswith(("tokenizer", "scheduler", "model_index")) and not (folder / sub.name).exists():
@@ -31,7 +32,7 @@ def write_config_root(tiny: dict, configs: Path) -> Path:
 def write_flow_tree(root: Path, seed: int = 5) -> tuple[dict, Path]:
     """(the tiny components by layout, the config root) of the tree written under `root`:
     models/Stable-diffusion/ flux1-dev-aio (all-in-one), flux1-dev (transformer only, BFL keys),
-    flux1-dev-fp8, sd3.5_medium_all (every part), sd3.5_large (MMDiT + VAE), flux1-fill-dev (no
+    flux1-dev-fp8, sd3.5_medium_all (every part), sd3.5_large (MMDiT + VAE), flux1-depth-dev (no
     config kept); models/text_encoder/ clip_l, clip_g, t5xxl_fp16; models/VAE/ ae, sd_vae (4-channel)."""
     tiny = {layout: build_tiny_flow_components(layout, seed=seed) for layout in LAYOUTS}
     configs = write_config_root(tiny, root / "configs")
@@ -42,7 +43,7 @@ def write_flow_tree(root: Path, seed: int = 5) -> tuple[dict, Path]:
     write(to_fp8(single_file_state("flux", dev, vae=False, prefix="")), ckpts / "flux1-dev-fp8.safetensors")
     write(single_file_state("sd3", medium, ("clip_l", "clip_g", "t5xxl")), ckpts / "sd3.5_medium_all.safetensors")
     write(single_file_state("sd3", large), ckpts / "sd3.5_large.safetensors")   # MMDiT + VAE, no encoders
-    write_flow_file(ckpts / "flux1-fill-dev.safetensors", flux_keys(img_in_channels=384), prefix="")
+    write_flow_file(ckpts / "flux1-depth-dev.safetensors", flux_keys(img_in_channels=128), prefix="")
     write(encoder_state(dev["text_encoder"]), encoders / "clip_l.safetensors")
     write(encoder_state(large["text_encoder_2"]), encoders / "clip_g.safetensors")
     write(encoder_state(dev["text_encoder_2"]), encoders / "t5xxl_fp16.safetensors")
