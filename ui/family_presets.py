@@ -9,23 +9,29 @@ from __future__ import annotations
 import gradio as gr
 
 from engine.families import FamilyDefaults, family_of
+from engine.request import DEFAULT_DISTILLED_CFG
 
 from .context import UIContext
 
 PRESET_KEY = "family_presets"
-FIELDS = ("sampler_name", "scheduler", "steps", "cfg_scale", "width", "height")
+FIELDS = ("sampler_name", "scheduler", "steps", "cfg_scale", "distilled_cfg_scale", "width", "height")
 
 
 def preset_values(defaults: FamilyDefaults) -> dict:
     return {"sampler_name": defaults.sampler, "scheduler": defaults.schedule, "steps": defaults.steps,
-            "cfg_scale": defaults.cfg_scale, "width": defaults.width, "height": defaults.height}
+            "cfg_scale": defaults.cfg_scale,
+            "distilled_cfg_scale": DEFAULT_DISTILLED_CFG if defaults.distilled_cfg_scale is None
+            else defaults.distilled_cfg_scale,
+            "width": defaults.width, "height": defaults.height}
 
 
 def wire(blocks: gr.Blocks, ctx: UIContext, dropdown, tabs: dict[str, dict]) -> None:
     """`tabs`: tab name -> its controls. img2img keeps its size (it follows the picture)."""
     targets = [(name, controls[name]) for tab, controls in tabs.items() for name in FIELDS
                if name in controls and not (tab == "img2img" and name in ("width", "height"))]
-    seen = gr.State(None)   # the family this page last saw loaded
+    # The family and preset this page last saw loaded: a change between FLUX.1-dev, schnell and
+    # Fill (one family, other defaults) also applies.
+    seen = gr.State(None)
 
     def follow(_title, previous):
         model = ctx.models.current
@@ -33,13 +39,13 @@ def wire(blocks: gr.Blocks, ctx: UIContext, dropdown, tabs: dict[str, dict]) -> 
         if model is None or not ctx.settings[PRESET_KEY]:
             return [*unchanged, previous]
         family = family_of(model.family)
-        flow_before = previous is not None and family_of(previous).flow
-        first_look = previous is None
-        if model.family == previous or (first_look and not family.flow) or \
-                (not first_look and not family.flow and not flow_before):
-            return [*unchanged, model.family]
         values = preset_values(family.defaults(model.base))
-        return [*(gr.update(value=values[name]) for name, _ in targets), model.family]
+        now = [model.family, sorted(values.items())]
+        flow_before = previous is not None and family_of(previous[0]).flow
+        if now == previous or (previous is None and not family.flow) or \
+                (previous is not None and not family.flow and not flow_before):
+            return [*unchanged, now]
+        return [*(gr.update(value=values[name]) for name, _ in targets), now]
 
     outputs = [control for _, control in targets] + [seen]
     dropdown.change(follow, inputs=[dropdown, seen], outputs=outputs, queue=False, api_visibility="private",
