@@ -41,7 +41,6 @@ import torch
 from engine.runs.fast_path import PIECES
 from engine.jobs import Job as LaneJob
 from engine.models.loading import CONFIG_ROOT
-
 from engine.models.tiny_flow_models import FLOW_LAYOUTS
 
 from . import app_side, flow_model, plain, plain_flow, random_model
@@ -49,6 +48,8 @@ from .measure import CallCounter, DenoiseTimer, PeakMemory, Runs, SyncCounter, i
 from .record import RESULTS, environment, write
 from .report import print_report
 
+# RAM the full-size flow models take on the CPU (float32: the engine's CPU precision), in GiB.
+CPU_FULL_SIZE_GIB = {"flux-dev": 68, "flux-schnell": 68, "sd3.5-large": 54, "sd3.5-medium": 32}
 PROMPT = "a photo of an astronaut riding a horse on the moon, detailed, sharp focus"
 NEGATIVE = "blurry, low quality"
 
@@ -80,6 +81,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="the tiny test architecture instead of the real one: checks the benchmark itself")
     parser.add_argument("--memory-modes", action="store_true",
                         help="also run the engine in each memory mode (none, medvram, lowvram)")
+    parser.add_argument("--force", action="store_true",
+                        help="run a full-size FLUX.1 / SD 3.5 on the CPU even if it does not seem to fit in RAM")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON record")
     args = parser.parse_args(argv)
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -97,7 +100,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.size = args.size or (64 if args.tiny else (1024 if big else 512) if gpu else 128)
     if flow and args.size % 16:
         parser.error(f"--size {args.size}: FLUX.1 and SD 3.5 take sizes in multiples of 16")
-    args.steps = args.steps or (20 if gpu else 3)
+    if flow and not gpu and not args.tiny and args.depth is None and not args.force:
+        import psutil
+
+        need, free = CPU_FULL_SIZE_GIB[args.family], psutil.virtual_memory().available / 2**30
+        if need > free:
+            parser.error(f"full-size {args.family} in float32 takes about {need} GiB of RAM, {free:.0f} GiB is "
+                         "free: add --depth N (the real widths, N blocks of each kind) or --force")
+    args.steps = args.steps or ((4 if args.family == "flux-schnell" else 20) if gpu else 3)
     args.repeats = args.repeats or (5 if gpu else 3)
     return args
 
@@ -302,35 +312,9 @@ class Bench:
                 "all": times, "image_difference_api_vs_engine": image_difference(direct_image, api_image)}
 
     def memory_modes(self) -> dict:
-        """The engine alone in each memory mode the app offers (bench/memory_modes.py's modes that
-        place the weights), as the setting switches it while the app runs: it/s, s/image, peak."""
-        from engine.memory.memory_modes import MemoryModes
+        from .memory_modes import engine_memory_modes
 
-        from .memory_modes import MODES, summary
-
-        modes = [mode for mode in MODES if mode.memory == MemoryModes() and not mode.compare]
-        runs: dict[str, list[dict]] = {mode.name: [] for mode in modes}
-        its: dict[str, list[float]] = {mode.name: [] for mode in modes}
-        for round_ in range(self.args.repeats):  # rounds: drift on the machine hits every mode alike
-            for mode in modes:
-                started = time.perf_counter()
-                self.ctx.settings.update({"memory_mode": mode.placement})
-                if round_ == 0:
-                    say(f"memory mode {mode.name}: warm-up")
-                    self.timed(self.engine_denoiser, self.run_engine, self.job.with_steps(1), None)
-                placing = time.perf_counter() - started
-                say(f"memory mode {mode.name}: run {round_ + 1} of {self.args.repeats}")
-                one = Runs()
-                self.timed(self.engine_denoiser, self.run_engine, self.job, one)
-                runs[mode.name].append({"seconds": one.seconds[0], "peak": one.peak_bytes[0],
-                                        "resident": one.peak_bytes[0] - one.above_bytes[0], "place_seconds": placing})
-                its[mode.name].append(one.its[0])
-        self.ctx.settings.update({"memory_mode": modes[0].placement})
-        results = {name: {**summary(items, runs[modes[0].name]), "denoise_its": statistics.median(its[name])}
-                   for name, items in runs.items()}
-        if self.device.type == "cpu":
-            results["note"] = "on the CPU the offload modes act as none (there is no VRAM to save)"
-        return results
+        return engine_memory_modes(self)
 
     def run(self) -> dict:
         with flow_model.recognised_at_depth(self.args.family, self.args.depth):  # a no-op without --depth

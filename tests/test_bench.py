@@ -36,8 +36,9 @@ def test_tiny_benchmark_records_both_sides_and_the_api(tmp_path, family):
 
 @pytest.mark.parametrize("layout", ["flux-dev", "sd3.5-medium"])
 def test_tiny_flow_benchmark_records_both_sides(tmp_path, layout):
-    record = main(["--tiny", "--family", layout, "--device", "cpu", "--size", "64", "--steps", "2",
-                   "--repeats", "1", "--out", str(tmp_path)])
+    argv = ["--tiny", "--family", layout, "--device", "cpu", "--size", "64", "--steps", "2", "--repeats", "1",
+            "--out", str(tmp_path)]
+    record = main(argv + (["--memory-modes"] if layout == "flux-dev" else []))  # once: not family-specific
 
     [written] = tmp_path.glob(f"pipeline-{layout}-tiny-cpu-*.json")
     assert json.loads(written.read_text())["engine"]["its_ratio"] == record["engine"]["its_ratio"]
@@ -56,6 +57,10 @@ def test_tiny_flow_benchmark_records_both_sides(tmp_path, layout):
     # The same job on the same weights as FluxPipeline / StableDiffusion3Pipeline: the same picture.
     assert engine["image_difference"]["same_size"] and engine["image_difference"]["max_abs"] <= 2
     assert "engine_compiled" not in record and "reduced_depth" not in record
+    if layout == "flux-dev":
+        modes = record["memory_modes"]
+        assert {"none", "medvram", "lowvram"} <= set(modes) and "no VRAM" in modes["note"]
+        assert all(modes[name]["denoise_its"] > 0 and modes[name]["peak_gib"] > 0 for name in ("medvram", "lowvram"))
 
 
 def test_reduced_depth_keeps_the_widths_and_is_recognised(tmp_path):
