@@ -19,11 +19,13 @@ The name mappings are the inverse of the conversions diffusers' single-file load
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
+from engine.models.loading import CONFIG_ROOT
 from engine.models.tiny_flow_models import FLOW_COMPONENT_CLASSES, tiny_flow_configs
 from tests.support.ldm_export import vae_to_ldm
 
@@ -184,4 +186,14 @@ def write_config_folder(layout: str, components: dict, folder: Path) -> Path:
             (sub / "config.json").write_text(json.dumps(config), encoding="utf-8")
         else:
             components[name].config.save_pretrained(sub)
+    return folder
+
+
+def write_tiny_config_folder(layout: str, components: dict, folder: Path) -> Path:
+    """write_config_folder plus the real tokenizers, scheduler config and model index of the
+    layout (engine/models/model_configs): a config folder the app loads the tiny model with."""
+    write_config_folder(layout, components, folder)
+    for sub in (CONFIG_ROOT / layout).iterdir():
+        if sub.name.startswith(("tokenizer", "scheduler", "model_index")) and not (folder / sub.name).exists():
+            (shutil.copytree if sub.is_dir() else shutil.copy)(sub, folder / sub.name)
     return folder

@@ -92,10 +92,7 @@ def reduced_config_root(layout: str, depth: int | None, root: Path) -> Path:
 def tiny_config_root(layout: str, root: Path) -> Path:
     """The tiny test model's config folder (engine/models/tiny_flow_models.py) with the real
     tokenizers and scheduler config, for `--tiny`."""
-    folder = flow_files.write_config_folder(layout, build_tiny_flow_components(layout), root / layout)
-    for sub in (CONFIG_ROOT / layout).iterdir():
-        if sub.name.startswith(("tokenizer", "scheduler", "model_index")) and not (folder / sub.name).exists():
-            (shutil.copytree if sub.is_dir() else shutil.copy)(sub, folder / sub.name)
+    flow_files.write_tiny_config_folder(layout, build_tiny_flow_components(layout), root / layout)
     _link_other_folders(root, layout)
     return root
 
