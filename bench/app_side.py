@@ -42,7 +42,8 @@ def click_request(job: Job) -> GenerationRequest:
     """What the txt2img tab sends for this job with its other fields at their defaults."""
     return GenerationRequest(prompt=job.prompt, negative_prompt=job.negative_prompt, seed=job.seed,
                              width=job.width, height=job.height, steps=job.steps,
-                             cfg_scale=job.cfg_scale, sampler_name=job.sampler)
+                             cfg_scale=job.cfg_scale, sampler_name=job.sampler,
+                             distilled_cfg_scale=job.distilled_cfg_scale)
 
 
 def run_engine(engine, request: GenerationRequest, make_grid: bool = True):
@@ -55,7 +56,8 @@ def run_engine(engine, request: GenerationRequest, make_grid: bool = True):
 def api_body(job: Job) -> dict:
     return {"prompt": job.prompt, "negative_prompt": job.negative_prompt, "seed": job.seed,
             "width": job.width, "height": job.height, "steps": job.steps, "cfg_scale": job.cfg_scale,
-            "sampler_name": job.sampler, "batch_size": 1, "n_iter": 1}
+            "sampler_name": job.sampler, "distilled_cfg_scale": job.distilled_cfg_scale, "batch_size": 1,
+            "n_iter": 1}
 
 
 def api_request_for_engine(ctx, body: dict) -> GenerationRequest:

@@ -2,7 +2,8 @@
 two images.
 
 The denoising time is taken from the first UNet call's start to the last one's end, by hooks on
-the UNet module (outside any compiled code), the same way for plain diffusers and the engine.
+the UNet module (the transformer of FLUX.1 and SD 3.5; outside any compiled code), the same way
+for plain diffusers and the engine.
 On a GPU the ends are CUDA events, so the timing itself never makes the CPU wait.
 """
 
@@ -71,6 +72,23 @@ class DenoiseTimer:
         """UNet calls per second (one call per step: the CFG halves go in one batch)."""
         seconds = self.seconds()
         return self.calls / seconds if seconds > 0 else float("nan")
+
+
+class CallCounter:
+    """Forward calls of named modules (the text encoders): how often each side encodes text."""
+
+    def __init__(self, modules: dict[str, torch.nn.Module]):
+        self.calls = {name: 0 for name in modules}
+        self._handles = [module.register_forward_hook(self._counter(name)) for name, module in modules.items()]
+
+    def _counter(self, name: str):
+        def count(module, args, output):
+            self.calls[name] += 1
+        return count
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
 
 
 class PeakMemory:
@@ -155,14 +173,20 @@ class Runs:
     cpu_seconds: list[float] = field(default_factory=list)
     peak_bytes: list[int] = field(default_factory=list)
     above_bytes: list[int] = field(default_factory=list)  # peak minus what was held before the run
+    calls: list[int] = field(default_factory=list)  # denoiser calls per image (one per step when CFG is batched)
+    encoder_calls: dict[str, int] = field(default_factory=dict)  # text encoder calls in the last image
 
-    def add(self, timer: DenoiseTimer, seconds: float, cpu_seconds: float, memory: PeakMemory) -> None:
+    def add(self, timer: DenoiseTimer, seconds: float, cpu_seconds: float, memory: PeakMemory,
+            encoders: CallCounter | None = None) -> None:
+        if encoders is not None:
+            self.encoder_calls = dict(encoders.calls)
         self.its.append(timer.its())
         self.seconds.append(seconds)
         self.cpu_step_seconds.append(timer.cpu_seconds() / max(1, timer.calls))
         self.cpu_seconds.append(cpu_seconds)
         self.peak_bytes.append(memory.peak)
         self.above_bytes.append(memory.peak - memory.before)
+        self.calls.append(timer.calls)
 
     def summary(self) -> dict:
         median = statistics.median
@@ -170,7 +194,8 @@ class Runs:
                 "cpu_seconds_per_step": median(self.cpu_step_seconds),
                 "cpu_seconds_per_image": median(self.cpu_seconds),
                 "peak_memory_gb": max(self.peak_bytes) / 2**30,
-                "peak_above_start_gb": max(self.above_bytes) / 2**30,
+                "peak_above_start_gb": max(self.above_bytes) / 2**30, "denoiser_calls": max(self.calls),
+                "text_encoder_calls": self.encoder_calls,
                 "all_its": self.its, "all_seconds": self.seconds, "all_cpu_seconds": self.cpu_seconds}
 
 

@@ -1,5 +1,6 @@
 """Peak memory and seconds per image in each memory mode, on the full-size SD 1.5 (or SDXL)
-architecture with random weights.
+architecture with random weights (engine_memory_modes: the same modes in the app, for
+`python -m bench --memory-modes`, which includes FLUX.1 and SD 3.5).
 
     python -m bench.memory_modes [--sdxl] [--size N] [--steps N] [--repeats N] [--compare]
 
@@ -252,3 +253,43 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def engine_memory_modes(bench) -> dict:
+    """The app's engine in each memory mode that places the weights (none, medvram, lowvram), as
+    the memory_mode setting switches it while the app runs: it/s, s/image and peak memory per mode,
+    for `python -m bench --memory-modes` (`bench`: its Bench, the app started on the checkpoint).
+
+    Mode by mode, not in rounds: the setting takes effect at the next job, which then moves the
+    weights, so each mode's warm-up job does the move and the timed jobs find them in place."""
+    import gc
+
+    from .measure import Runs
+
+    modes = [mode for mode in MODES if mode.memory == MemoryModes() and not mode.compare]
+    # The plain pipeline's modules hold the engine's weights where they were first put (on the GPU):
+    # they would stay there while an offload mode moves the engine's own modules away.
+    bench.plain = bench.plain_denoiser = None
+    gc.collect()
+    if bench.device.type == "cuda":
+        torch.cuda.empty_cache()
+    results = {}
+    for mode in modes:
+        started = time.perf_counter()
+        bench.ctx.settings.update({"memory_mode": mode.placement})
+        print(f"memory mode {mode.name}: warm-up (places the weights)", flush=True)
+        bench.timed(bench.engine_denoiser, bench.run_engine, bench.job.with_steps(1), None)
+        placing = time.perf_counter() - started
+        runs = Runs()
+        for index in range(bench.args.repeats):
+            print(f"memory mode {mode.name}: run {index + 1} of {bench.args.repeats}", flush=True)
+            bench.timed(bench.engine_denoiser, bench.run_engine, bench.job, runs)
+        items = [{"seconds": seconds, "peak": peak, "resident": peak - above, "place_seconds": placing}
+                 for seconds, peak, above in zip(runs.seconds, runs.peak_bytes, runs.above_bytes)]
+        results[mode.name] = {"items": items, "denoise_its": statistics.median(runs.its)}
+    bench.ctx.settings.update({"memory_mode": modes[0].placement})
+    none = results[modes[0].name]["items"]
+    results = {name: {**summary(result.pop("items"), none), **result} for name, result in results.items()}
+    if bench.device.type == "cpu":
+        results["note"] = "on the CPU the offload modes act as none (there is no VRAM to save)"
+    return results

@@ -10,6 +10,7 @@ The benchmark calls it on the same worker thread the engine runs its jobs on (se
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -58,10 +59,10 @@ class Job:
     steps: int
     cfg_scale: float
     sampler: str = "Euler"
+    distilled_cfg_scale: float = 3.5   # FLUX.1-dev's guidance input (the other families have none)
 
     def with_steps(self, steps: int) -> "Job":
-        return Job(self.prompt, self.negative_prompt, self.seed, self.width, self.height, steps,
-                   self.cfg_scale, self.sampler)
+        return dataclasses.replace(self, steps=steps)
 
 
 def twin(module: torch.nn.Module) -> torch.nn.Module:

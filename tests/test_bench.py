@@ -32,3 +32,69 @@ def test_tiny_benchmark_records_both_sides_and_the_api(tmp_path, family):
         api = record["api"]
         assert api["api_s"] > 0 and api["engine_direct_s"] > 0
         assert api["image_difference_api_vs_engine"]["identical"]
+
+
+@pytest.mark.parametrize("layout", ["flux-dev", "sd3.5-medium"])
+def test_tiny_flow_benchmark_records_both_sides(tmp_path, layout):
+    argv = ["--tiny", "--family", layout, "--device", "cpu", "--size", "64", "--steps", "2", "--repeats", "1",
+            "--out", str(tmp_path)]
+    record = main(argv + (["--memory-modes"] if layout == "flux-dev" else []))  # once: not family-specific
+
+    [written] = tmp_path.glob(f"pipeline-{layout}-tiny-cpu-*.json")
+    assert json.loads(written.read_text())["engine"]["its_ratio"] == record["engine"]["its_ratio"]
+    settings = record["settings"]
+    assert settings["family"] == layout and settings["sampler"] == "Euler"
+    # FLUX.1-dev: CFG 1 with the distilled guidance; SD 3.5: real CFG 4.5.
+    assert settings["cfg"] == (1.0 if layout == "flux-dev" else 4.5)
+    checkpoint = record["checkpoint"]
+    assert checkpoint["weights_match_file"] is True
+    assert ("FLUX.1-dev" if layout == "flux-dev" else "SD 3.5 Medium") in checkpoint["loaded_as"]
+    engine = record["engine"]
+    for side in (engine, engine["plain"]):
+        assert side["denoise_its"] > 0 and side["seconds_per_image"] > 0 and side["peak_memory_gb"] > 0
+        assert side["denoiser_calls"] == 2   # one transformer call a step (SD 3.5's CFG halves batched)
+    assert engine["its_ratio"] > 0 and engine["seconds_ratio"] > 0
+    # The same job on the same weights as FluxPipeline / StableDiffusion3Pipeline: the same picture.
+    assert engine["image_difference"]["same_size"] and engine["image_difference"]["max_abs"] <= 2
+    assert "engine_compiled" not in record and "reduced_depth" not in record
+    if layout == "flux-dev":
+        modes = record["memory_modes"]
+        assert {"none", "medvram", "lowvram"} <= set(modes) and "no VRAM" in modes["note"]
+        assert all(modes[name]["denoise_its"] > 0 and modes[name]["peak_gib"] > 0 for name in ("medvram", "lowvram"))
+
+
+def test_reduced_depth_keeps_the_widths_and_is_recognised(tmp_path):
+    """--depth: the real widths with N blocks of each kind and N T5 layers, loaded by the app as
+    the layout measured; built on the meta device and filled, tied T5 embedding kept as one."""
+    import torch
+
+    from bench import flow_model
+    from engine.models import families
+    from engine.models.loading import CONFIG_ROOT
+
+    root = flow_model.reduced_config_root("sd3.5-medium", 2, tmp_path / "configs")
+    config = json.loads((root / "sd3.5-medium" / "transformer" / "config.json").read_text())
+    real = json.loads((CONFIG_ROOT / "sd3.5-medium" / "transformer" / "config.json").read_text())
+    assert (config["num_layers"], config["dual_attention_layers"]) == (2, [0, 1])
+    assert config["num_attention_heads"] == real["num_attention_heads"] and (root / "sdxl").is_dir()
+    t5 = json.loads((root / "sd3.5-medium" / "text_encoder_3" / "config.json").read_text())
+    assert t5["num_layers"] == 2 and t5["d_model"] == 4096
+    assert flow_model.depth_note("flux-dev", 1).startswith("reduced depth: 1 of 19/38 blocks")
+
+    shapes = {f"model.diffusion_model.joint_blocks.{i}.x_block.attn.qkv.weight": (3, 3) for i in range(2)}
+    shapes["model.diffusion_model.joint_blocks.0.x_block.attn2.qkv.weight"] = (3, 3)
+    shapes["model.diffusion_model.x_embedder.proj.weight"] = (1, 16, 2, 2)
+    assert families._sd3_variant(shapes, "model.diffusion_model.")[1] is None
+    with flow_model.recognised_at_depth("sd3.5-medium", 2):
+        assert families._sd3_variant(shapes, "model.diffusion_model.") == ("SD 3.5 Medium", "sd3.5-medium")
+    assert families._sd3_variant(shapes, "model.diffusion_model.")[1] is None
+
+    tiny_root = flow_model.tiny_config_root("flux-dev", tmp_path / "tiny")
+    built = flow_model.build_random(tiny_root / "flux-dev", "flux-dev", torch.bfloat16)
+    reference = flow_model.build_tiny_flow_components("flux-dev")
+    for name, module in built.items():
+        params = list(module.parameters())
+        assert all(p.dtype == torch.bfloat16 and p.device.type == "cpu" for p in params)
+        assert sum(p.numel() for p in params) == sum(p.numel() for p in reference[name].parameters())
+    t5 = built["text_encoder_2"]
+    assert t5.shared.weight is t5.encoder.embed_tokens.weight

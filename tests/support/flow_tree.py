@@ -5,15 +5,14 @@ configs copied from engine/models/model_configs). Test-only."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import torch
 
-from engine.models.loading import CONFIG_ROOT
+from bench.flow_files import write_tiny_config_folder
 from engine.models.tiny_flow_models import build_tiny_flow_components
 from tests.support.flow_files import flux_keys, write_flow_file
-from tests.support.flow_writers import encoder_state, single_file_state, to_fp8, write, write_config_folder
+from tests.support.flow_writers import encoder_state, single_file_state, to_fp8, write
 from tests.support.ldm_export import vae_to_ldm
 
 LAYOUTS = ("flux-dev", "flux-schnell", "sd3.5-large", "sd3.5-medium")
@@ -22,10 +21,7 @@ LAYOUTS = ("flux-dev", "flux-schnell", "sd3.5-large", "sd3.5-medium")
 def write_config_root(tiny: dict, configs: Path) -> Path:
     """A config folder per layout in `tiny` (its tiny components by layout)."""
     for layout in tiny:
-        folder = write_config_folder(layout, tiny[layout], configs / layout)
-        for sub in CONFIG_ROOT.joinpath(layout).iterdir():
-            if sub.name.startswith(("tokenizer", "scheduler", "model_index")) and not (folder / sub.name).exists():
-                (shutil.copytree if sub.is_dir() else shutil.copy)(sub, folder / sub.name)
+        write_tiny_config_folder(layout, tiny[layout], configs / layout)
     return configs
 
 
