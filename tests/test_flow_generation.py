@@ -225,3 +225,14 @@ def test_real_cfg_on_flux_dev_is_run_and_noted(flux_dev, addons):
         del flux_dev.base.transformer.forward
     assert calls == [2, 2]   # the negative half beside the positive one
     assert any("guidance-distilled" in warning and "Distilled CFG Scale (3.5)" in warning for warning in result.warnings)
+
+
+def test_at_cfg_1_the_negative_prompt_is_not_encoded(flux_dev, addons):
+    calls = []
+    t5 = flux_dev.base.text_encoder_2
+    handle = t5.register_forward_hook(lambda module, args, output: calls.append(1))
+    try:
+        _run(flux_dev, addons, prompt="an owl at night", negative_prompt="daylight", steps=2)
+    finally:
+        handle.remove()
+    assert calls == [1]   # one T5 chunk, the prompt's

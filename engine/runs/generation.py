@@ -135,7 +135,10 @@ class GenerationRun:
             embeddings = {} if self.family.flow else self.addons.embeddings.encoder_options(self.model)
             encoder = self.family.prompt_encoder(self.pipe, request, embeddings)
             with memory_guard.stage("text_encoding", faults=self.addons.faults):
-                cond, uncond = encoder.encode_schedules(text, negative_text, self.sampling_steps)
+                # A flow model at CFG 1 never runs its negative half: the prompt stands in for it, so
+                # the encoders' cache answers instead of a second T5 pass.
+                unused = not self.family.uncond_at_scale_one and request.cfg_scale == 1
+                cond, uncond = encoder.encode_schedules(text, text if unused else negative_text, self.sampling_steps)
             result.extra_params = self._extra_params(loras, encoder, vae_file)
             result.warnings = list(loras.warnings)
             styles_note = self.addons.styles.unknown_note(request.styles)
