@@ -13,15 +13,13 @@ import torch
 from engine.addons import AddOns
 from engine.errors import RequestError
 from engine.files import HashCache
-from engine.job_results import OutputPolicy
-from engine.jobs import Job
 from engine.models.pipelines import LoadedModel
 from engine.models.prediction import FLOW, ModelPrediction
 from engine.models.registry import CheckpointInfo
 from engine.output import infotext
 from engine.request import GenerationRequest, Img2ImgOptions
-from engine.runs.generation import GenerationRun
 from engine.sampling.schedules import schedule_sigmas
+from tests.support.flow_runs import first_noise, pixels, run_job
 from tests.support.flow_pipelines import tiny_flow_pipeline
 
 PROMPT, NEGATIVE = "a red fox in the snow, (sharp:1.2)", "blurry"
@@ -63,20 +61,7 @@ def sd35():
     return _model("sd3.5-medium", 4)
 
 
-def _run(model, addons, **fields):
-    request = GenerationRequest(**{"width": 64, "height": 64, "steps": 4, "seed": 7, "sampler_name": "Euler",
-                                   "cfg_scale": 1.0, **fields}).validate()
-    run = GenerationRun(Job(lambda job: None), request, model, OutputPolicy(save_images=False, save_grid=False),
-                        addons)
-    return run, run.run(None)
-
-
-def _first_noise(run) -> torch.Tensor:
-    return run._noise(run.seeds.seeds[:1], run.seeds.subseeds[:1]).next()
-
-
-def _pixels(image) -> np.ndarray:
-    return np.asarray(image, dtype=np.int16)
+_run, _first_noise, _pixels = run_job, first_noise, pixels
 
 
 def test_flux_dev_txt2img_equals_flux_pipeline(flux_dev, addons):

@@ -22,17 +22,15 @@ from engine.addons import AddOns
 from engine.engine import Engine
 from engine.families import family_of
 from engine.files import HashCache
-from engine.job_results import OutputPolicy
-from engine.jobs import Job
 from engine.models.pipelines import ModelManager
 from engine.models.registry import ModelRegistry
 from engine.models.tiny_flow_models import build_tiny_flow_components
 from engine.devices import DeviceConfig
 from engine.output.writer import OutputWriter
 from engine.request import GenerationRequest, Img2ImgOptions, ScriptChoice
-from engine.runs.generation import GenerationRun
 from engine.sampling.schedules import schedule_sigmas
 from engine.settings.store import Settings
+from tests.support.flow_runs import first_noise, pixels, run_job
 from tests.support.flow_pipelines import tiny_flow_pipeline
 from tests.support.flow_tree import write_config_root
 from tests.support.flow_writers import assert_same_weights, encoder_state, single_file_state, write
@@ -84,19 +82,10 @@ def addons(tmp_path_factory):
 
 
 def _run(model, addons, **fields):
-    request = GenerationRequest(**{"width": 64, "height": 64, "steps": 4, "seed": 7, "sampler_name": "Euler",
-                                   "cfg_scale": 1.0, "prompt": PROMPT, **fields}).validate()
-    run = GenerationRun(Job(lambda job: None), request, model, OutputPolicy(save_images=False, save_grid=False),
-                        addons)
-    return run, run.run(None)
+    return run_job(model, addons, **{"prompt": PROMPT, **fields})
 
 
-def _first_noise(run) -> torch.Tensor:
-    return run._noise(run.seeds.seeds[:1], run.seeds.subseeds[:1]).next()
-
-
-def _pixels(image) -> np.ndarray:
-    return np.asarray(image, dtype=np.int16)
+_first_noise, _pixels = first_noise, pixels
 
 
 def _picture(seed: int) -> Image.Image:
