@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-from typing import Any, Iterator
+from typing import Iterator
 
 from engine.sampling import samplers
 from engine import image_prep
@@ -17,7 +17,8 @@ from engine import image_prep
 from engine.memory import memory_guard
 from engine.addons import AddOns
 from engine.families import family_of
-from engine.models.text_encoders import CHECKPOINT_MODULES_KEY, MODULES_JOIN, MODULES_KEY
+from engine.models.text_encoders import MODULES_KEY
+from engine.settings.checkpoint_modules import remembered_modules, settings_after_load
 from engine.prompts.conditioning import CHUNK_TOKENS
 from engine.controlnet.checks import check_units
 from engine.errors import RequestError, UserError
@@ -68,7 +69,7 @@ class Engine:
         self.catalog = InstalledNames(addons, models.registry, self.upscaler_names, RESTORERS,
                                       self._upscaler_in_use, lambda name: check_restorer(name, addons.faces))
         # A FLUX.1 / SD 3 checkpoint loads with its remembered VAE / text encoder files.
-        models.modules_for = self._remembered_modules
+        models.modules_for = lambda info: remembered_modules(settings, info)
         self.sync_extensions()
         for entry in addons.extensions.loaded():
             # Extensions and scripts get the names of what is installed, never the libraries.
@@ -169,25 +170,8 @@ class Engine:
                 except Exception:  # the job's images are made and saved: do not lose them for this
                     log.exception("could not load %s back after a request's override", previous)
 
-    def _remembered_modules(self, info) -> tuple[str, ...]:
-        """The VAE / text encoder files checkpoint `info` loads with: those remembered for it, else
-        the `forge_additional_modules` setting (Forge's one choice for every checkpoint)."""
-        remembered = self.settings[CHECKPOINT_MODULES_KEY].get(info.name)
-        if remembered is not None:
-            return tuple(name for name in remembered.split(MODULES_JOIN) if name)
-        return tuple(self.settings[MODULES_KEY])
-
     def _remember(self, model: LoadedModel, modules: tuple | None) -> None:
-        """The settings after a load that stays: the checkpoint, and its modules choice (kept for
-        that checkpoint when it was given)."""
-        changes: dict[str, Any] = {"sd_model_checkpoint": model.info.title}
-        if model.is_flow:
-            changes[MODULES_KEY] = list(model.modules_choice)
-            if modules is not None:
-                per_checkpoint = dict(self.settings[CHECKPOINT_MODULES_KEY])
-                per_checkpoint[model.info.name] = MODULES_JOIN.join(model.modules_choice)
-                changes[CHECKPOINT_MODULES_KEY] = per_checkpoint
-        self.settings.update(changes)
+        self.settings.update(settings_after_load(self.settings, model, modules))
 
     def generate(self, request: GenerationRequest, owner: str = "", **kwargs) -> GenerationResult:
         return self.submit(request, owner, **kwargs).outcome()

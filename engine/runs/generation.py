@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,19 +23,19 @@ from engine.memory import memory_guard
 
 from engine.sampling import samplers
 from engine.addons import AddOns
-from engine.prompts.conditioning import PromptEncoder, ScheduledConditioning
+from engine.prompts.conditioning import ScheduledConditioning
 from engine.controlnet import apply as control
 from engine.errors import RequestError
 from engine.output.filenames import ImageFields
-from engine.job_results import GenerationResult, OutputPolicy, hash_list, image_params
+from engine.job_results import GenerationResult, OutputPolicy, image_params
 from engine.jobs import Job
 from engine.families import family_of
-from engine.networks.lora import AppliedLoras, applied_loras
+from engine.networks.lora import applied_loras
 from engine.memory.memory_modes import applied as memory_modes_applied
 from engine.output.writer import OutputWriter, make_grid
 from engine.models.pipelines import LoadedModel
 from engine.runs.preview import Previewer
-from engine.runs import prediction_setup
+from engine.runs import prediction_setup, run_infotext
 from engine.prompts.prompt_parser import extract_extra_networks
 from engine.request import LATENT_UPSCALE_MODES, GenerationRequest
 from engine.sampling.denoiser import (
@@ -139,7 +138,7 @@ class GenerationRun:
                 # the encoders' cache answers instead of a second T5 pass.
                 unused = not self.family.uncond_at_scale_one and request.cfg_scale == 1
                 cond, uncond = encoder.encode_schedules(text, text if unused else negative_text, self.sampling_steps)
-            result.extra_params = self._extra_params(loras, encoder, vae_file)
+            result.extra_params = run_infotext.extra_params(self, loras, encoder, vae_file)
             result.warnings = list(loras.warnings)
             styles_note = self.addons.styles.unknown_note(request.styles)
             if styles_note:
@@ -167,68 +166,6 @@ class GenerationRun:
         """The prompt's LoRAs merged for the block (into the UNet or the flow transformer, and the
         text encoders), the weights restored after."""
         return applied_loras(self.pipe, networks, self.addons.loras, self.model.family)
-
-    def _extra_params(self, loras: AppliedLoras, encoder: PromptEncoder, vae_file) -> dict[str, Any]:
-        request = self.request
-        extra: dict[str, Any] = {}
-        if vae_file is not None:
-            extra["VAE hash"] = self.addons.vaes.short_hash(vae_file)
-            extra["VAE"] = vae_file.name
-        if request.clip_skip > 1 and not self.model.is_sdxl and not self.family.flow:
-            extra["Clip skip"] = request.clip_skip
-        if request.emphasis not in ("", "Original"):
-            extra["Emphasis"] = request.emphasis
-        if request.randn_source not in ("", DEFAULT_RANDN_SOURCE):
-            extra["RNG"] = request.randn_source
-        extra.update(self._sampler_notes()[0])
-        extra.update(prediction_setup.infotext_params(self.prediction, request))
-        extra.update(self.family.infotext_params(request, self.pipe))
-        extra.update(self._module_params())
-        extra.update(self._schedule_params())
-        if request.eta_noise_seed_delta and self.sampler.uses_ensd and self.eta != 0:
-            extra["ENSD"] = request.eta_noise_seed_delta
-        extra.update(self.start.task_params())
-        for index, unit in self.request.active_controlnet_units:
-            extra[f"ControlNet {index}"] = unit.infotext_value()
-        extra.update(extensions.infotext(self.addons.extensions, self.active, request))
-        extra["Lora hashes"] = hash_list(loras.hashes)
-        extra["TI hashes"] = hash_list(self.addons.embeddings.hashes(encoder.used_embeddings))
-        return {key: value for key, value in extra.items() if value is not None}
-
-    def _module_params(self) -> dict[str, Any]:
-        """Forge's `Module N: <file name without suffix>` for each VAE / text encoder file the model
-        loaded with, and their short sha256 (as `Lora hashes` lists LoRAs')."""
-        params: dict[str, Any] = {}
-        hashes = {}
-        for index, path in enumerate(self.model.module_paths):
-            stem = Path(path).stem
-            params[f"Module {index + 1}"] = stem
-            hashes[stem] = self.addons.vaes.hashes.sha256(Path(path))[:10]
-        if hashes:
-            params["Module hashes"] = hash_list(hashes)
-        return params
-
-    def _schedule_params(self) -> dict[str, Any]:
-        """The schedule settings A1111 writes when they act (k-diffusion samplers only)."""
-        if not self.sampler.takes_schedule:
-            return {}
-        run, params = self.policy.run, {}
-        options = run.schedule_options
-        label = samplers.effective_schedule(self.sampler, self.schedule)
-        table = self.model.sigma_table(shift=self.flow_shift)
-        if options.get("sigma_min") and label and abs(options["sigma_min"] - table.sigma_min) > 1e-9:
-            params["Schedule min sigma"] = options["sigma_min"]
-        if options.get("sigma_max") and label and abs(options["sigma_max"] - table.sigma_max) > 1e-9:
-            params["Schedule max sigma"] = options["sigma_max"]
-        if options.get("rho") and label in ("Karras", "Polyexponential") and \
-                options["rho"] != {"Karras": 7.0, "Polyexponential": 1.0}[label]:
-            params["Schedule rho"] = options["rho"]
-        if label == "Beta":
-            params["Beta schedule alpha"] = options.get("beta_dist_alpha", 0.6)
-            params["Beta schedule beta"] = options.get("beta_dist_beta", 0.6)
-        if run.sgm_noise_multiplier and self.request.mode == "txt2img":
-            params["SGM noise multiplier"] = True
-        return params
 
     def _controlnets(self):
         """The request's ControlNet units attached to the UNet for this job (or nothing)."""
