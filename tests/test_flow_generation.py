@@ -178,7 +178,7 @@ def test_a_missing_lora_is_named(flux_dev, addons):
 @pytest.mark.parametrize("upscaler", ["Latent", "Lanczos"])
 def test_hires_fix_runs_a_second_flow_pass(flux_dev, addons, upscaler):
     _, result = _run(flux_dev, addons, prompt=PLAIN_PROMPT, extensions={"hires_fix": {
-        "enabled": True, "denoising_strength": 0.6, "upscale_by": 2.0, "upscaler": upscaler, "steps": 2}})
+        "enabled": True, "denoising_strength": 0.6, "scale": 2.0, "upscaler": upscaler, "steps": 2}})
     assert result.images[0].size == (128, 128)
     assert "Hires upscale: 2" in result.infotexts[0] and "Distilled CFG Scale: 3.5" in result.infotexts[0]
 
@@ -221,3 +221,10 @@ def test_at_cfg_1_the_negative_prompt_is_not_encoded(flux_dev, addons):
     finally:
         handle.remove()
     assert calls == [1]   # one T5 chunk, the prompt's
+
+
+def test_a_hires_size_off_the_16_pixel_grid_takes_the_nearest_on_it(flux_dev, addons):
+    # 80 x 1.5 = 120: on A1111's 8-pixel grid, not on FLUX's 16-pixel one.
+    _, result = _run(flux_dev, addons, prompt=PLAIN_PROMPT, width=80, height=80, extensions={"hires_fix": {
+        "enabled": True, "denoising_strength": 0.5, "scale": 1.5, "upscaler": "Latent", "steps": 2}})
+    assert result.images[0].size == (128, 128)   # round(120 / 16) * 16

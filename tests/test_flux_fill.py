@@ -271,7 +271,7 @@ def test_sd3_medium_loads_and_equals_sd3_pipeline(sd3_medium, tree, addons):
 
 def test_hires_fix_and_batches_run_on_fill(fill, addons):
     _, result = _run(fill, addons, batch_size=2, steps=2, extensions={"hires_fix": {
-        "enabled": True, "denoising_strength": 0.6, "upscale_by": 2.0, "upscaler": "Latent", "steps": 2}})
+        "enabled": True, "denoising_strength": 0.6, "scale": 2.0, "upscaler": "Latent", "steps": 2}})
     first, second = (_pixels(image) for image in result.images)
     assert first.shape == (128, 128, 3) and not np.array_equal(first, second)
 

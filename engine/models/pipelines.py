@@ -98,7 +98,9 @@ class LoadedModel:
         key = (lcm, str(device), prediction.zero_snr, prediction.edm, shift)
         if prediction.prediction_type == FLOW:
             from engine.sampling.flow_sigmas import FlowSigmas
-            return self._sigma_tables.setdefault(key, FlowSigmas(shift or 1.0, device))
+            if key not in self._sigma_tables:
+                self._sigma_tables[key] = FlowSigmas(shift or 1.0, device)
+            return self._sigma_tables[key]
         if key not in self._sigma_tables:
             from engine.sampling.noise_tables import EdmSigmas, zero_terminal_snr
             from engine.sampling.schedules import LcmSigmas, ModelSigmas

@@ -222,6 +222,11 @@ class GenerationRun:
                 self.final_negative if own else self.styled_negative,
                 extensions={}, controlnet_units=(), save_images=False, save_grid=False, refiner=refiner)
             fixed = exact_steps or (request.img2img is not None and request.img2img.exact_steps)
+            # A pass inside the job is sized on the SD grid (8 pixels); a model with a coarser one
+            # (FLUX.1 and SD 3.x: 16) takes the nearest size on its own, rather than failing the job.
+            step = family_of(model.family).size_step
+            request = request.replace(width=max(step, round(request.width / step) * step),
+                                      height=max(step, round(request.height / step) * step))
             request = request.with_img2img(exact_steps=fixed).validate()
             inner = GenerationRun(self.job, request, model, self.policy.inner_pass(), self.addons)
             inner.memory_notes = self.memory_notes
