@@ -105,21 +105,21 @@ def recognised_at_depth(layout: str, depth: int | None):
     if depth is None or family_of(layout) != "sd3":
         yield
         return
-    from engine.models import families
+    from engine.families.sd3 import SD3
 
-    real = families._sd3_variant
+    real = SD3.variant_of
     variant = {"sd3.5-large": "SD 3.5 Large", "sd3.5-medium": "SD 3.5 Medium"}[layout]
 
     def at_depth(shapes, prefix):
         start = prefix + "joint_blocks."
         blocks = 1 + max(int(key[len(start):].split(".", 1)[0]) for key in shapes if key.startswith(start))
-        return (variant, layout) if blocks == depth else real(shapes, prefix)
+        return variant if blocks == depth else real(shapes, prefix)
 
-    families._sd3_variant = at_depth
+    SD3.variant_of = at_depth   # the instance's, over the class's
     try:
         yield
     finally:
-        families._sd3_variant = real
+        del SD3.variant_of
 
 
 @contextlib.contextmanager

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from engine.models.loading import CONFIG_ROOT
-from engine.memory.memory_modes import LOWVRAM, MEDVRAM, NONE, MemoryModes, applied
+from engine.memory.memory_modes import LOWVRAM, MEDVRAM, NONE, T5_CPU, MemoryModes, applied
 from engine.memory.offload import Placement, pipeline_modules, remove_offload_hooks
 from engine.networks.vae import decode_fitting
 
@@ -256,7 +256,8 @@ if __name__ == "__main__":
 
 
 def engine_memory_modes(bench) -> dict:
-    """The app's engine in each memory mode that places the weights (none, medvram, lowvram), as
+    """The app's engine in each memory mode that places the weights (none, medvram, lowvram, and
+    t5-cpu for a model with T5), as
     the memory_mode setting switches it while the app runs: it/s, s/image and peak memory per mode,
     for `python -m bench --memory-modes` (`bench`: its Bench, the app started on the checkpoint).
 
@@ -267,6 +268,9 @@ def engine_memory_modes(bench) -> dict:
     from .measure import Runs
 
     modes = [mode for mode in MODES if mode.memory == MemoryModes() and not mode.compare]
+    model = bench.engine.models.current
+    if model is not None and model.mode_for(T5_CPU) == T5_CPU:   # FLUX.1 / SD 3.x: T5 kept on the CPU
+        modes.append(Mode("t5-cpu", T5_CPU))
     # The plain pipeline's modules hold the engine's weights where they were first put (on the GPU):
     # they would stay there while an offload mode moves the engine's own modules away.
     bench.plain = bench.plain_denoiser = None

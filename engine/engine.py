@@ -20,6 +20,7 @@ from engine.families import family_of
 from engine.models.text_encoders import MODULES_KEY
 from engine.settings.checkpoint_modules import remembered_modules, settings_after_load
 from engine.prompts.conditioning import CHUNK_TOKENS
+from engine.prompts.encoders import prompt_encoder
 from engine.controlnet.checks import check_units
 from engine.errors import RequestError, UserError
 from engine.postprocess.extras import UPSCALERS, ExtrasRequest, ExtrasResult, upscale
@@ -432,7 +433,7 @@ class Engine:
             return 0, CHUNK_TOKENS
         family = family_of(model.family)
         embeddings = {} if family.flow else self.addons.embeddings.encoder_options(model)
-        encoder = family.prompt_encoder(model.base, GenerationRequest(), embeddings)
+        encoder = prompt_encoder(family, model.base, GenerationRequest(), embeddings)
         text, _ = extract_extra_networks(text)
         counts = [encoder.token_count(part) for _, part in prompt_schedule(text, max(1, steps))]
         return max(counts)

@@ -30,7 +30,6 @@ MAX_BATCH_COUNT = 100
 MAX_NAME_CHARS = 1000  # a checkpoint's title (a path under models/ and its hash)
 MIN_CFG, MAX_CFG = 1.0, 30.0
 MAX_CLIP_SKIP = 12
-DEFAULT_DISTILLED_CFG = 3.5
 MAX_SHIFT = 100.0
 
 # Latent upscaler name -> (torch interpolation mode, antialias), as the ecosystem names them.
@@ -62,6 +61,9 @@ FIELD_RULES = {
     # FLUX.1-dev's guidance input (Forge's slider range) and the flow shift (0: the family's own).
     "distilled_cfg_scale": Number(0.0, MAX_CFG), "shift": Number(0.0, MAX_SHIFT),
 }
+
+# Fields left None stand for the loaded model's own value.
+MODEL_DEFAULT_FIELDS = ("distilled_cfg_scale",)
 
 # img2img covers every edit of an existing picture: with a mask it is inpainting.
 MODES = ("txt2img", "img2img")
@@ -197,7 +199,8 @@ class GenerationRequest:
     steps: int = 20
     cfg_scale: float = 7.0
     cfg_rescale: float = 0.0
-    distilled_cfg_scale: float = DEFAULT_DISTILLED_CFG   # FLUX.1-dev's guidance input
+    # FLUX.1's guidance input; None: the model's own (3.5 for dev, 30 for Fill; engine/families/flux.py).
+    distilled_cfg_scale: float | None = None
     shift: float = 0.0    # the flow shift of FLUX.1 / SD 3.x; 0: the family's own
     width: int = 512
     height: int = 512
@@ -253,6 +256,8 @@ class GenerationRequest:
         if self.mode not in MODES:
             raise RequestError(f"Unknown mode '{self.mode}'. Known: {', '.join(MODES)}", "mode")
         for name, rule in FIELD_RULES.items():
+            if getattr(self, name) is None and name in MODEL_DEFAULT_FIELDS:
+                continue
             rule.check(getattr(self, name), name)
         for name in ("seed_resize_from_w", "seed_resize_from_h"):
             value = getattr(self, name)

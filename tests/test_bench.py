@@ -59,8 +59,9 @@ def test_tiny_flow_benchmark_records_both_sides(tmp_path, layout):
     assert "engine_compiled" not in record and "reduced_depth" not in record
     if layout == "flux-dev":
         modes = record["memory_modes"]
-        assert {"none", "medvram", "lowvram"} <= set(modes) and "no VRAM" in modes["note"]
-        assert all(modes[name]["denoise_its"] > 0 and modes[name]["peak_gib"] > 0 for name in ("medvram", "lowvram"))
+        assert {"none", "medvram", "lowvram", "t5-cpu"} <= set(modes) and "no VRAM" in modes["note"]
+        assert all(modes[name]["denoise_its"] > 0 and modes[name]["peak_gib"] > 0
+                   for name in ("medvram", "lowvram", "t5-cpu"))
 
 
 def test_reduced_depth_keeps_the_widths_and_is_recognised(tmp_path):
@@ -69,7 +70,7 @@ def test_reduced_depth_keeps_the_widths_and_is_recognised(tmp_path):
     import torch
 
     from bench import flow_model
-    from engine.models import families
+    from engine.families import recognise_flow_file
     from engine.models.loading import CONFIG_ROOT
 
     root = flow_model.reduced_config_root("sd3.5-medium", 2, tmp_path / "configs")
@@ -84,10 +85,12 @@ def test_reduced_depth_keeps_the_widths_and_is_recognised(tmp_path):
     shapes = {f"model.diffusion_model.joint_blocks.{i}.x_block.attn.qkv.weight": (3, 3) for i in range(2)}
     shapes["model.diffusion_model.joint_blocks.0.x_block.attn2.qkv.weight"] = (3, 3)
     shapes["model.diffusion_model.x_embedder.proj.weight"] = (1, 16, 2, 2)
-    assert families._sd3_variant(shapes, "model.diffusion_model.")[1] is None
+    shapes["model.diffusion_model.joint_blocks.0.context_block.adaLN_modulation.1.bias"] = (6,)
+    assert not recognise_flow_file(shapes).supported
     with flow_model.recognised_at_depth("sd3.5-medium", 2):
-        assert families._sd3_variant(shapes, "model.diffusion_model.") == ("SD 3.5 Medium", "sd3.5-medium")
-    assert families._sd3_variant(shapes, "model.diffusion_model.")[1] is None
+        found = recognise_flow_file(shapes)
+        assert (found.variant, found.config_name) == ("SD 3.5 Medium", "sd3.5-medium")
+    assert not recognise_flow_file(shapes).supported
 
     tiny_root = flow_model.tiny_config_root("flux-dev", tmp_path / "tiny")
     built = flow_model.build_random(tiny_root / "flux-dev", "flux-dev", torch.bfloat16)

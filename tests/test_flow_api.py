@@ -111,3 +111,15 @@ def test_an_xyz_plot_over_forge_s_flow_axes(api, flux_picture):
     assert len(cells) == 4
     assert sum("Distilled CFG Scale: 5" in text for text in cells) == 2
     assert sum("Shift: 4" in text for text in cells) == 2   # shift 0: the model's own, not written
+
+
+def test_a_distilled_cfg_scale_left_out_is_the_models_own(api, flux_picture):
+    """Forge's clients may leave distilled_cfg_scale out: FLUX.1-dev then runs at its 3.5 (and
+    says so in the infotext), the same picture as asking for 3.5."""
+    omitted = {key: value for key, value in JOB.items() if key != "distilled_cfg_scale"}
+    left_out = api.post("/txt2img", json=omitted)
+    assert left_out.status_code == 200, left_out.text
+    assert "Distilled CFG Scale: 3.5," in __import__("json").loads(left_out.json()["info"])["infotexts"][0]
+    asked = api.post("/txt2img", json={**omitted, "distilled_cfg_scale": 3.5})
+    assert np.array_equal(_image(left_out), _image(asked))
+    assert not np.array_equal(_image(left_out), _image(flux_picture))   # 3.0 there

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from engine.errors import CheckpointError
-from engine.models import families
+from engine import families
 from engine.models.loading import CONFIG_ROOT, detect_layout, read_shapes
 from tests.conftest import make_engine
 from tests.support.flow_files import flux_keys, sd3_keys, write_flow_file
@@ -61,7 +61,7 @@ def flow_files(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("name", sorted(FILES))
 def test_each_file_kind_is_recognised(flow_files, name):
     _, family, variant, config_name, encoders, vae = FILES[name]
-    found = families.recognise_file(read_shapes(flow_files / name, False))
+    found = families.recognise_flow_file(read_shapes(flow_files / name, False))
     assert (found.family, found.variant, found.config_name) == (family, variant, config_name)
     assert (found.text_encoders, found.has_vae) == (encoders, vae)
     if config_name is not None:
@@ -91,7 +91,7 @@ MESSAGES = {
 
 @pytest.mark.parametrize("name", sorted(MESSAGES))
 def test_the_description_names_the_variant_and_what_is_missing(flow_files, name):
-    found = families.recognise_file(read_shapes(flow_files / name, False))
+    found = families.recognise_flow_file(read_shapes(flow_files / name, False))
     assert f"'{name}' is {found.describe()}".startswith(f"'{name}' {MESSAGES[name]}")
     if found.supported:   # loaded by flow_pipelines.py, with the missing parts picked beside it
         assert detect_layout(read_shapes(flow_files / name, False), name) == found
@@ -147,10 +147,10 @@ def copy_config_folder(config_name: str, target: Path) -> Path:
     ("flux-fill", "FLUX.1 Fill"), ("sd3-medium", "SD 3 Medium"),
 ])
 def test_diffusers_folders_are_told_by_their_pipeline_class(tmp_path, config_name, variant):
-    found = families.recognise_folder(copy_config_folder(config_name, tmp_path / config_name))
+    found = families.recognise_flow_folder(copy_config_folder(config_name, tmp_path / config_name))
     assert (found.variant, found.config_name, found.folder) == (variant, config_name, True)
-    assert families.recognise_folder(CONFIG_ROOT / "sdxl") is None   # two text encoders, still SDXL
-    assert families.recognise_folder(CONFIG_ROOT / "sd1") is None
+    assert families.recognise_flow_folder(CONFIG_ROOT / "sdxl") is None   # two text encoders, still SDXL
+    assert families.recognise_flow_folder(CONFIG_ROOT / "sd1") is None
 
 
 def test_fill_and_kontext_folders_are_named_by_their_class(tmp_path):
@@ -159,7 +159,7 @@ def test_fill_and_kontext_folders_are_named_by_their_class(tmp_path):
         folder = copy_config_folder("flux-dev", tmp_path / class_name)
         index = folder / "model_index.json"
         index.write_text(index.read_text(encoding="utf-8").replace("FluxPipeline", class_name), encoding="utf-8")
-        found = families.recognise_folder(folder)
+        found = families.recognise_flow_folder(folder)
         assert (found.family, found.variant, found.config_name) == ("flux", variant, config_name)
 
 

@@ -18,7 +18,7 @@ import torch
 
 from engine.devices import DeviceConfig
 from engine.files import HashCache
-from engine.models.flux_keys import bfl_to_diffusers
+from engine.families.flux_keys import bfl_to_diffusers
 from engine.models.pipelines import ModelManager
 from engine.models.registry import ModelRegistry
 from tests.support.flow_tree import write_flow_tree

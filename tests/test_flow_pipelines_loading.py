@@ -17,7 +17,8 @@ from diffusers import FluxPipeline, StableDiffusion3Pipeline
 from engine.devices import DeviceConfig
 from engine.errors import CheckpointError
 from engine.files import HashCache
-from engine.models.flow_pipelines import TOKENIZERS, _scheduler, _tokenizers
+from engine.families.sd3 import SD3
+from engine.models.flow_pipelines import _scheduler, _tokenizers
 from engine.models.pipelines import ModelManager
 from engine.models.prediction import FLOW
 from engine.models.registry import ModelRegistry
@@ -234,12 +235,39 @@ def test_memory_modes_place_a_flux_pipeline(tree, models):
     model.placement.offload_on_cpu = True
     reference = reference_pipeline("flux-dev", tiny["flux-dev"], configs)
     try:
-        for mode in ("medvram", "lowvram", "none"):
+        for mode in ("medvram", "lowvram", "t5-cpu", "none"):
             model.use_memory_mode(mode)
             assert model.placement.mode == mode
             assert_same_prompt_encoding(model.base, reference)
         model.set_aside()
         assert model.placement.mode == "none"
+    finally:
+        model.placement.offload_on_cpu = False
+        models.unload()
+
+
+def test_auto_keeps_t5_on_the_cpu_when_all_else_fits_on_the_card(tree, models, monkeypatch):
+    """auto on a card that holds every weight but T5's (with the working room left): t5-cpu,
+    which leaves the T5 encoder on the CPU and the rest on the card; the pictures' conditioning
+    is the same as with every weight in one place."""
+    from engine.memory import memory_modes
+    from engine.models import pipelines
+
+    _, tiny, configs = tree
+    model = models.load("flux1-dev-aio", modules=())
+    model.placement.offload_on_cpu = True
+    try:
+        total, largest, t5 = model.weight_sizes()
+        assert t5 == sum(p.numel() * p.element_size() for p in model.base.text_encoder_2.state_dict().values())
+        monkeypatch.setattr(memory_modes, "AUTO_WORKING_ROOM", 0)
+        below = total - t5 - 1
+        for vram, expected in ((total, "none"), (total - t5, "t5-cpu"),
+                               (below, "medvram" if largest <= below else "lowvram")):
+            monkeypatch.setattr(pipelines, "device_memory", lambda device, vram=vram: vram)
+            assert model.mode_for("auto") == expected, vram
+        model.use_memory_mode("t5-cpu")
+        assert model.base.text_encoder_2.device.type == "cpu" and model.placement.resting_device == model.device
+        assert_same_prompt_encoding(model.base, reference_pipeline("flux-dev", tiny["flux-dev"], configs))
     finally:
         model.placement.offload_on_cpu = False
         models.unload()
@@ -320,6 +348,6 @@ def test_variants_with_no_config_are_not_supported_yet(tree, models):
 def test_the_tokenizers_come_from_the_config_folder(tree, models):
     model = models.load("sd3.5_medium_all")
     import transformers
-    for name, class_name in TOKENIZERS["sd3"].items():   # transformers 5: T5TokenizerFast is T5Tokenizer
+    for name, class_name in SD3.tokenizers.items():   # transformers 5: T5TokenizerFast is T5Tokenizer
         assert isinstance(getattr(model.base, name), getattr(transformers, class_name))
     assert model.base.tokenizer("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]

@@ -16,7 +16,8 @@ from engine.families import family_of
 from engine.families.flux import FluxDenoisingModel
 from engine.families.sd3 import SD3DenoisingModel
 from engine.sampling.denoiser import CFGDenoiser, Conditioning
-from engine.sampling.flow_sigmas import FlowSigmas, flux_shift
+from engine.families.flux import flux_shift
+from engine.sampling.flow_sigmas import FlowSigmas
 from engine.sampling.flow_steps import flow_ancestral_split, sample_euler_ancestral_flow
 from engine.sampling.k_samplers import sample_euler
 from engine.sampling.schedules import schedule_sigmas

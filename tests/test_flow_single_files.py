@@ -16,7 +16,8 @@ from diffusers.loaders.single_file_utils import convert_flux_transformer_checkpo
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, T5EncoderModel
 
 from engine.errors import CheckpointError
-from engine.models import families
+from engine import families
+from engine.families import files as family_files
 from engine.models.loading import CONFIG_ROOT, read_shapes
 from engine.models.tiny_flow_models import (FLOW_COMPONENT_CLASSES, build_tiny_flow_components,
                                             tiny_flow_configs)
@@ -54,7 +55,7 @@ def test_sd35_single_files_load_back_bit_for_bit(tiny, tmp_path, layout, encoder
     assert_same(components["transformer"].state_dict(), transformer.state_dict())
     vae = AutoencoderKL.from_single_file(str(path), config=str(config), subfolder="vae", local_files_only=True)
     assert_same(components["vae"].state_dict(), vae.state_dict())
-    found = families.recognise_file(read_shapes(path, False))
+    found = families.recognise_flow_file(read_shapes(path, False))
     variant = "SD 3.5 Large" if layout == "sd3.5-large" else "SD 3.5 Medium"
     assert (found.family, found.variant, found.config_name) == ("sd3", variant, layout)
     assert found.text_encoders == tuple({"clip_l": "CLIP-L", "clip_g": "CLIP-G", "t5xxl": "T5-XXL"}[e]
@@ -87,7 +88,7 @@ def test_flux_bfl_names_are_the_ones_diffusers_converts(tiny):
     """The writer's BFL names are diffusers' own: at full width (two blocks, meta tensors: no
     memory) diffusers' converter turns them into exactly the model's keys and shapes. (That
     converter assumes the real width, 3072 with an MLP of 12288, so the tiny files load through
-    the studio's width-aware renaming instead: engine/models/flux_keys.py, test_flux_loading.py.)"""
+    the studio's width-aware renaming instead: engine/families/flux_keys.py, test_flux_loading.py.)"""
     from tests.support.flow_writers import flux_to_bfl
     config = {**tiny_flow_configs("flux-dev")["transformer"], "attention_head_dim": 128, "num_attention_heads": 24,
               "joint_attention_dim": 4096, "pooled_projection_dim": 768, "axes_dims_rope": [16, 56, 56]}
@@ -107,7 +108,7 @@ def test_flux_files_are_recognised_in_each_layout(tiny, tmp_path, layout, varian
         "fp8": (to_fp8(single_file_state("flux", components, vae=False, prefix="")), (), False),
     }
     for kind, (state, encoders, vae) in files.items():
-        found = families.recognise_file(read_shapes(write(state, tmp_path / f"{kind}.safetensors"), False))
+        found = families.recognise_flow_file(read_shapes(write(state, tmp_path / f"{kind}.safetensors"), False))
         assert (found.family, found.variant, found.config_name) == ("flux", variant, layout), kind
         assert (found.text_encoders, found.has_vae) == (encoders, vae), kind
 
@@ -127,7 +128,7 @@ def test_fp8_files_hold_the_fp8_cast_of_each_matrix(tiny, tmp_path):
     transformer = SD3Transformer2DModel.from_single_file(str(path), config=str(config), subfolder="transformer",
                                                          local_files_only=True, torch_dtype=torch.float32)
     assert_same(components["transformer"].state_dict(), transformer.state_dict(), cast=torch.float8_e4m3fn)
-    assert families.recognise_file(read_shapes(path, False)).variant == "SD 3.5 Medium"
+    assert families.recognise_flow_file(read_shapes(path, False)).variant == "SD 3.5 Medium"
 
 
 def test_standalone_encoders_and_ae_are_named_and_load_back(tiny, tmp_path):
@@ -138,7 +139,7 @@ def test_standalone_encoders_and_ae_are_named_and_load_back(tiny, tmp_path):
              "ae.safetensors": (vae_to_ldm(components["vae"]), "a 16-channel VAE (FLUX.1 / SD 3)")}
     for name, (state, words) in files.items():
         path = write(state, tmp_path / name)
-        assert families.recognise_component(read_shapes(path, False)) == words, name
+        assert family_files.recognise_component(read_shapes(path, False)) == words, name
     vae = AutoencoderKL.from_single_file(str(tmp_path / "ae.safetensors"), config=str(config), subfolder="vae",
                                          local_files_only=True)
     assert_same(components["vae"].state_dict(), vae.state_dict())
@@ -181,7 +182,7 @@ def test_a_q8_0_gguf_transformer_loads_through_diffusers_gguf_support(tiny, tmp_
     for key, value in original.items():
         want = q8_0_round_trip(value) if key in quantised else value
         assert torch.equal(want, loaded[key].float()), key
-    found = families.recognise_file(read_shapes(path, False))
+    found = families.recognise_flow_file(read_shapes(path, False))
     assert (found.family, found.variant, found.text_encoders, found.has_vae) == ("sd3", "SD 3.5 Medium", (), False)
 
 
@@ -197,7 +198,7 @@ def test_gguf_flux_transformers_are_recognised(tiny, tmp_path, layout, variant):
     from tests.support.gguf_files import is_quantised, q8_0_round_trip, write_gguf
     state = flux_to_bfl(tiny[layout][0]["transformer"])
     path = write_gguf(state, tmp_path / f"{layout}-Q8_0.gguf", "flux")
-    found = families.recognise_file(read_shapes(path, False))
+    found = families.recognise_flow_file(read_shapes(path, False))
     assert (found.family, found.variant, found.config_name) == ("flux", variant, layout)
     shapes = read_shapes(path, False)
     assert shapes == {key: tuple(value.shape) for key, value in state.items()}

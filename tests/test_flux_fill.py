@@ -170,7 +170,9 @@ def test_an_inpaint_equals_flux_fill_pipeline_and_keeps_the_rest(fill, addons, v
 
 
 def test_txt2img_on_fill_is_an_inpaint_of_an_empty_canvas(fill, addons, vae_mode):
-    run, result = _run(fill, addons, distilled_cfg_scale=30.0)
+    # No Distilled CFG Scale given (an API call leaving it out): Fill's own, 30, not dev's 3.5.
+    run, result = _run(fill, addons)
+    assert run.request.distilled_cfg_scale is None and "Distilled CFG Scale: 30," in result.infotexts[0]
     pipe = tiny_flow_pipeline("flux-fill", seed=SEED)
     # All masked: diffusers blanks the whole picture, whatever it is, before encoding it.
     reference = pipe(PROMPT, image=_picture(2), mask_image=Image.new("L", (64, 64), 255),

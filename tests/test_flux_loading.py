@@ -1,4 +1,4 @@
-"""The studio's own FLUX.1 loading (engine/models/flux_keys.py, flow_loading.py): BFL-layout
+"""The studio's own FLUX.1 loading (engine/families/flux_keys.py, flow_loading.py): BFL-layout
 files (dev, schnell, Fill) at any width load bit for bit (fp8: equal to the fp8 cast), agree with diffusers' own
 converter where that works (full width), GGUF files go through diffusers' GGUF support once
 renamed, and a T5 file carrying one embedding name loads with both tied."""
@@ -15,7 +15,7 @@ from diffusers.loaders.single_file_utils import convert_flux_transformer_checkpo
 
 from engine.errors import CheckpointError
 from engine.models.flow_loading import load_flux_transformer, load_t5_encoder
-from engine.models.flux_keys import bfl_to_diffusers
+from engine.families.flux_keys import bfl_to_diffusers
 from engine.models.loading import CONFIG_ROOT
 from engine.models.tiny_flow_models import build_tiny_flow_components, tiny_flow_configs
 from tests.support.flow_writers import (TRANSFORMER_PREFIX, assert_same_weights as assert_same, encoder_state,

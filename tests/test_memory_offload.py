@@ -182,26 +182,29 @@ def test_medvram_sdxl_is_medvram_for_the_large_families_only():
 GB = 10 ** 9
 
 
-@pytest.mark.parametrize("total, largest, vram, expected", [
-    (2.1 * GB, 1.7 * GB, 8 * 1024 ** 3, "none"),            # SD 1.5 fp16 on an 8 GB card
-    (7.0 * GB, 5.1 * GB, 8 * 1024 ** 3, "medvram"),         # SDXL fp16 on 8 GB: the UNet alone fits
-    (7.0 * GB, 5.1 * GB, 12 * 1024 ** 3, "none"),
-    (34.0 * GB, 23.8 * GB, 24 * 1024 ** 3, "lowvram"),      # FLUX-dev bf16 + T5 fp16 on 24 GB
-    (17.3 * GB, 11.9 * GB, 24 * 1024 ** 3, "none"),         # FLUX-dev fp8 + T5 fp8 on 24 GB
-    (21.8 * GB, 11.9 * GB, 16 * 1024 ** 3, "medvram"),      # FLUX-dev fp8 + T5 fp16 on 16 GB
-    (17.3 * GB, 11.9 * GB, 12 * 1024 ** 3, "lowvram"),
-    (12.0 * GB, 6.8 * GB, 12 * 1024 ** 3, "medvram"),       # FLUX Q4_K GGUF + T5 fp8 on 12 GB
+@pytest.mark.parametrize("total, largest, t5, vram, expected", [
+    (2.1 * GB, 1.7 * GB, 0, 8 * 1024 ** 3, "none"),                # SD 1.5 fp16 on an 8 GB card
+    (7.0 * GB, 5.1 * GB, 0, 8 * 1024 ** 3, "medvram"),             # SDXL fp16 on 8 GB: the UNet alone fits
+    (7.0 * GB, 5.1 * GB, 0, 12 * 1024 ** 3, "none"),
+    (34.0 * GB, 23.8 * GB, 9.5 * GB, 24 * 1024 ** 3, "lowvram"),   # FLUX-dev bf16 + T5 fp16 on 24 GB
+    (34.0 * GB, 23.8 * GB, 9.5 * GB, 32 * 1024 ** 3, "t5-cpu"),    # ... on 32 GB: all but T5 fits
+    (17.3 * GB, 11.9 * GB, 4.9 * GB, 24 * 1024 ** 3, "none"),      # FLUX-dev fp8 + T5 fp8 on 24 GB
+    (21.8 * GB, 11.9 * GB, 9.5 * GB, 16 * 1024 ** 3, "t5-cpu"),    # FLUX-dev fp8 + T5 fp16 on 16 GB
+    (21.8 * GB, 11.9 * GB, 0, 16 * 1024 ** 3, "medvram"),          # the same sizes without a T5
+    (17.3 * GB, 11.9 * GB, 4.9 * GB, 12 * 1024 ** 3, "lowvram"),
+    (12.0 * GB, 6.8 * GB, 4.9 * GB, 12 * 1024 ** 3, "t5-cpu"),     # FLUX Q4_K GGUF + T5 fp8 on 12 GB
 ])
-def test_auto_picks_by_the_models_size_and_the_cards(total, largest, vram, expected):
-    assert auto_mode(int(total), int(largest), vram) == expected
-    assert mode_for_model("auto", large=True, sizes=(int(total), int(largest)), vram=vram) == expected
+def test_auto_picks_by_the_models_size_and_the_cards(total, largest, t5, vram, expected):
+    assert auto_mode(int(total), int(largest), vram, int(t5)) == expected
+    assert mode_for_model("auto", large=True, sizes=(int(total), int(largest), int(t5)), vram=vram) == expected
 
 
 def test_auto_on_the_cpu_is_none(mem_engine):
     model = mem_engine.models.require()
     assert model.mode_for("auto") == NONE   # no card: nothing to save
-    total, largest = model.weight_sizes()
-    assert total >= largest > 0
+    total, largest, t5 = model.weight_sizes()
+    assert total >= largest > 0 and t5 == 0
+    assert model.mode_for("t5-cpu") == NONE   # an SD model has no T5 to keep on the CPU
 
 
 @pytest.mark.parametrize("argv, mode", [
@@ -226,7 +229,8 @@ def test_the_flag_sets_the_setting_at_start(tmp_path):
 def test_the_setting_takes_the_modes_and_nothing_else(mem_engine):
     settings = mem_engine.settings
     assert settings.options["memory_mode"].section == "Memory and speed"
-    assert settings.options["memory_mode"].choices == ("none", "medvram", "medvram-sdxl", "lowvram", "auto")
+    assert settings.options["memory_mode"].choices == ("none", "medvram", "medvram-sdxl", "lowvram", "auto",
+                                                      "t5-cpu")
     with pytest.raises(RequestError, match="memory_mode must be one of"):
         settings.validate({"memory_mode": "highvram"})
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import gradio as gr
 
 from engine.families import FamilyDefaults, family_of
-from engine.request import DEFAULT_DISTILLED_CFG
+from engine.families.flux import DEFAULT_DISTILLED_CFG
 
 from .context import UIContext
 

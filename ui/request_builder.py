@@ -6,7 +6,8 @@ import math
 from typing import Any
 
 from engine.errors import RequestError
-from engine.request import DEFAULT_DISTILLED_CFG, GenerationRequest
+from engine.families.flux import DEFAULT_DISTILLED_CFG
+from engine.request import GenerationRequest
 
 from .controlnet_ui import units_from_values
 from .extension_fields import extension_values

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gradio as gr
 
 from engine import request as limits
+from engine.families.flux import DEFAULT_DISTILLED_CFG
 from engine.sampling import samplers
 
 from . import model_offer
@@ -86,7 +87,7 @@ def cfg_slider(tab: str, start: dict | None = None) -> dict[str, gr.components.C
     with gr.Row():
         # FLUX.1-dev's guidance input (Forge's slider) and the flow shift of FLUX.1 / SD 3.x; both do
         # nothing to SD-family checkpoints.
-        distilled = Slider(0.0, limits.MAX_CFG, step=0.1, value=limits.DEFAULT_DISTILLED_CFG,
+        distilled = Slider(0.0, limits.MAX_CFG, step=0.1, value=DEFAULT_DISTILLED_CFG,
                            label="Distilled CFG Scale (FLUX.1-dev)", elem_id=f"{tab}_distilled_cfg_scale", scale=4)
         shift = Slider(0.0, 10.0, step=0.05, value=0.0, label="Shift (flow models; 0: the model's own)",
                        elem_id=f"{tab}_shift", scale=2)

@@ -15,6 +15,7 @@ from typing import Any
 
 from engine.errors import RequestError
 from engine.families.base import ModelFamily
+from engine.families.files import FlowModelFile, included_parts, transformer_prefix
 
 FLOW_SAMPLERS = ("Euler", "Euler a", "Heun", "LMS", "DPM2", "DPM++ 2M", "DPM fast", "DPM adaptive")
 # Align Your Steps' published sigmas are SD 1.x / SDXL noise levels, not flow times.
@@ -26,6 +27,34 @@ class FlowFamily(ModelFamily):
     latent_channels = 16
     flow = True
     uncond_at_scale_one = False   # Forge's and ComfyUI's way: CFG 1 is the positive prompt alone
+    prompt_encoding = "flow"      # CLIP's pooled vector and T5's (or CLIP's and T5's) token states
+    marker = ""                   # a key only this family's transformer has (bare, or prefixed)
+
+    # --- its files ---
+
+    def recognise_file(self, shapes: dict) -> FlowModelFile | None:
+        """A single file whose transformer keys carry `marker`: which variant (`variant_of`), which
+        text encoders and whether a VAE it includes."""
+        prefix = transformer_prefix(shapes, self.marker)
+        if prefix is None:
+            return None
+        text_encoders, has_vae = included_parts(shapes)
+        return self.found(self.variant_of(shapes, prefix), text_encoders, has_vae)
+
+    def variant_of(self, shapes: dict, prefix: str) -> str:
+        """The variant a single file's transformer keys (under `prefix`) and shapes tell."""
+        raise NotImplementedError
+
+    def needed_text_encoders(self, variant: str) -> tuple[str, ...]:
+        return tuple(self.text_encoder_components)
+
+    def found(self, variant: str, text_encoders: tuple[str, ...] = (), has_vae: bool = False,
+              folder: bool = False) -> FlowModelFile:
+        """A file or folder of `variant`, with its config folder when one is kept for it."""
+        return FlowModelFile(self.name, variant, self.variants.get(variant), text_encoders, has_vae, folder,
+                             self.needed_text_encoders(variant), self.vae_name)
+
+    # --- its jobs ---
 
     def check_request(self, request, sampler, model_name: str) -> None:
         super().check_request(request, sampler, model_name)
@@ -44,6 +73,9 @@ class FlowFamily(ModelFamily):
         if request.active_controlnet_units:
             raise RequestError(f"ControlNet units for {self.label} are not available yet; turn the units off "
                                f"to generate with {model_name}.", "controlnet_units")
+
+    def is_inpainting(self, pipe) -> bool:
+        return False
 
     def schedule_for(self, schedule: str) -> str:
         """The schedule type a flow model samples with: Automatic is Simple (Forge's default)."""

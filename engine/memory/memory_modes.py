@@ -1,5 +1,5 @@
 """Memory-saving modes a job runs with: VAE tiling, attention slicing, and where the weights
-live (the `memory_mode` setting: none, medvram, medvram-sdxl, lowvram).
+live (the `memory_mode` setting: none, t5-cpu, medvram, medvram-sdxl, lowvram, auto).
 
 Tiling and slicing come from settings and are applied to the pipeline for one job, then undone, so
 toggling them takes effect on the next job with no restart. The pipelines of a checkpoint share
@@ -15,9 +15,13 @@ from dataclasses import dataclass
 from typing import Iterator
 
 NONE, MEDVRAM, MEDVRAM_SDXL, LOWVRAM, AUTO = "none", "medvram", "medvram-sdxl", "lowvram", "auto"
+# Every weight on the card but the T5-XXL text encoder of FLUX.1 / SD 3.x (about 9.5 GB in 16 bits),
+# which encodes prompts on the CPU: a few seconds per new prompt (prompts are cached) instead of
+# moving the transformer to and from RAM at every picture as medvram does. Models without T5: none.
+T5_CPU = "t5-cpu"
 # The choices of the `memory_mode` setting, named after the flags users of the mature web UIs type,
-# and "auto": chosen per model from its size and the card's.
-MEMORY_MODES = (NONE, MEDVRAM, MEDVRAM_SDXL, LOWVRAM, AUTO)
+# t5-cpu, and "auto": chosen per model from its size and the card's.
+MEMORY_MODES = (NONE, MEDVRAM, MEDVRAM_SDXL, LOWVRAM, AUTO, T5_CPU)
 GIB = 1024 ** 3
 # What auto leaves free beside the weights on the card: the activations of a 1024x1024 picture,
 # the VAE's decode and CUDA's own context (measured for SDXL and FLUX with bench.memory_modes on
@@ -25,24 +29,27 @@ GIB = 1024 ** 3
 AUTO_WORKING_ROOM = 3 * GIB
 
 
-def mode_for_model(mode: str, large: bool, sizes: tuple[int, int] | None = None,
+def mode_for_model(mode: str, large: bool, sizes: tuple[int, ...] | None = None,
                    vram: int | None = None) -> str:
     """The mode a model runs in. medvram-sdxl is medvram for the large families (SDXL, and FLUX.1
     and SD 3.x, which are larger still) and none for SD 1.x/2.x. auto: `auto_mode` of the model's
-    `sizes` (all its weights, its largest module, in bytes) on a card of `vram` bytes."""
+    `sizes` (all its weights, its largest module and its T5 encoders, in bytes) on a card of
+    `vram` bytes."""
     if mode == MEDVRAM_SDXL:
         return MEDVRAM if large else NONE
     if mode == AUTO:
-        return NONE if sizes is None or vram is None else auto_mode(*sizes, vram)
+        return NONE if sizes is None or vram is None else auto_mode(sizes[0], sizes[1], vram, *sizes[2:])
     return mode
 
 
-def auto_mode(total: int, largest: int, vram: int) -> str:
-    """none when every weight fits on the card with working room beside it; medvram when the
-    largest module does (each waits in RAM until it runs: a FLUX transformer while T5 rests);
-    lowvram otherwise (layer by layer)."""
+def auto_mode(total: int, largest: int, vram: int, t5: int = 0) -> str:
+    """none when every weight fits on the card with working room beside it; t5-cpu when all but
+    the T5 encoder (`t5` bytes) do; medvram when the largest module does (each waits in RAM until
+    it runs); lowvram otherwise (layer by layer)."""
     if total + AUTO_WORKING_ROOM <= vram:
         return NONE
+    if t5 and total - t5 + AUTO_WORKING_ROOM <= vram:
+        return T5_CPU
     if largest + AUTO_WORKING_ROOM <= vram:
         return MEDVRAM
     return LOWVRAM

@@ -32,7 +32,7 @@ from typing import Iterable, Iterator
 import torch
 
 from engine.devices import free_memory
-from engine.memory.memory_modes import LOWVRAM, MEDVRAM, NONE
+from engine.memory.memory_modes import LOWVRAM, MEDVRAM, NONE, T5_CPU
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class Placement:
     @property
     def resting_device(self) -> torch.device:
         """Where weights wait while they are not computing."""
-        return self.device if self.mode == NONE else CPU
+        return self.device if self.mode in (NONE, T5_CPU) else CPU
 
     def ensure(self, mode: str, pipes: list) -> bool:
         """Put the modules of `pipes` (a base pipeline first, then those made from it) as `mode`
@@ -86,8 +86,9 @@ class Placement:
             for name, module in modules.items():
                 _group_offload(module, self.device, layer_by_layer=name != "vae")
         else:
-            for module in modules.values():
-                module.to(self.device)
+            on_cpu = t5_encoders(modules) if mode == T5_CPU else {}
+            for name, module in modules.items():
+                module.to(CPU if name in on_cpu else self.device)
         free_memory()
         self.mode, self._modules = mode, list(modules.values())
         log.info("memory mode: %s", mode)
@@ -114,7 +115,7 @@ class Placement:
         """For one job: the ControlNets offloaded like the UNet they run beside. They wait in RAM
         before and after (the caller puts them on `resting_device`)."""
         nets = list({id(net): net for net in nets}.values())
-        if self.mode == NONE or not nets:
+        if self.mode in (NONE, T5_CPU) or not nets:
             yield
             return
         hooked = []
@@ -137,6 +138,12 @@ class Placement:
 
 def pipeline_modules(pipe) -> dict[str, torch.nn.Module]:
     return {name: module for name, module in pipe.components.items() if isinstance(module, torch.nn.Module)}
+
+
+def t5_encoders(modules: dict[str, torch.nn.Module]) -> dict[str, torch.nn.Module]:
+    """The T5 text encoders among a pipeline's modules (FLUX.1's and SD 3.x's T5-XXL): what the
+    t5-cpu mode keeps on the CPU."""
+    return {name: module for name, module in modules.items() if type(module).__name__.startswith("T5")}
 
 
 def _same(modules: Iterable[torch.nn.Module], placed: list[torch.nn.Module]) -> bool:

@@ -10,8 +10,9 @@ import threading
 from pathlib import Path
 
 from engine.errors import CheckpointError
-from engine.models import families
-from engine.models.loading import FAMILY_LABELS, detect_layout, read_shapes
+from engine.families import recognise_flow_file, recognise_flow_folder
+from engine.families.stable_diffusion import LABELS, folder_label
+from engine.models.loading import detect_layout, read_shapes
 from engine.models.registry import CheckpointInfo
 
 
@@ -19,7 +20,7 @@ def family_label(info: CheckpointInfo) -> str | None:
     """The family of a checkpoint, or None where it cannot be told cheaply (a pickle, which
     would have to be unpickled whole, or a file that is no model this app knows)."""
     if info.kind == "builtin":
-        return FAMILY_LABELS["sd1"]
+        return LABELS["sd1"]
     if info.kind in ("safetensors", "gguf"):
         return _file_label(Path(info.path), info.name)
     if info.kind == "diffusers":
@@ -32,14 +33,14 @@ def _file_label(path: Path, name: str) -> str | None:
         shapes = read_shapes(path, allow_unsafe=False)
     except CheckpointError:
         return None
-    flow_model = families.recognise_file(shapes)
+    flow_model = recognise_flow_file(shapes)
     if flow_model is not None:
         return flow_model.variant
     try:
         layout = detect_layout(shapes, name)
     except CheckpointError:
         return None
-    return "SDXL Refiner" if layout.refiner else FAMILY_LABELS[layout.family]
+    return layout.label
 
 
 def _read_json(path: Path) -> dict:
@@ -51,18 +52,10 @@ def _read_json(path: Path) -> dict:
 
 
 def _folder_label(folder: Path) -> str | None:
-    flow_model = families.recognise_folder(folder)
+    flow_model = recognise_flow_folder(folder)
     if flow_model is not None:
         return flow_model.variant
-    index = _read_json(folder / "model_index.json")
-    class_name = index.get("_class_name", "")
-    if "XL" in class_name:
-        return "SDXL Refiner" if not index.get("text_encoder", [None])[0] else FAMILY_LABELS["sdxl"]
-    if class_name.startswith("StableDiffusion"):
-        # SD 2.x's OpenCLIP text encoder uses GELU, SD 1.x's CLIP ViT-L quick GELU.
-        hidden_act = _read_json(folder / "text_encoder" / "config.json").get("hidden_act")
-        return FAMILY_LABELS["sd2" if hidden_act == "gelu" else "sd1"]
-    return None
+    return folder_label(_read_json(folder / "model_index.json"), _read_json(folder / "text_encoder" / "config.json"))
 
 
 def _signature(info: CheckpointInfo) -> tuple | None:

@@ -2,7 +2,7 @@
 without diffusers' single-file converters:
 
 * the FLUX transformer in Black Forest Labs' layout (bare, or under `model.diffusion_model.` in
-  an all-in-one file) is renamed by engine/models/flux_keys.py at the width the file has, and
+  an all-in-one file) is renamed by engine/families/flux_keys.py at the width the file has, and
   loaded into a FluxTransformer2DModel built from a config folder (model_configs/flux-dev,
   flux-schnell or flux-fill for real files) with no weights allocated first (meta device, then
   the file's tensors assigned); fp8 e4m3fn matrices are kept as stored or upcast to the compute
@@ -23,7 +23,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from engine.errors import CheckpointError
-from engine.models.flux_keys import BFL_PREFIX, bfl_to_diffusers, flux_widths
+from engine.families.flux_keys import BFL_PREFIX, bfl_to_diffusers, flux_widths
 
 T5_PREFIX = "text_encoders.t5xxl.transformer."
 T5_EMBEDDING_KEYS = ("shared.weight", "encoder.embed_tokens.weight")

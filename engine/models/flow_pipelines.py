@@ -25,8 +25,9 @@ import torch
 
 from engine.devices import DeviceConfig
 from engine.errors import CheckpointError
-from engine.models import families
-from engine.models.families import CLIP_G, CLIP_L, FLUX, SD3, T5, VAE, FlowModelFile
+from engine.families import FlowModelFile, ModelFamily, family_of
+from engine.families.files import T5, VAE, VAE_DECODER_IN
+from engine.families.flux import FLUX
 from engine.models.flow_loading import load_clip_encoder, load_flux_transformer, load_t5_encoder
 from engine.models.loading import LoadedPipeline, flow_model_of, read_shapes
 from engine.models.prediction import FLOW, ModelPrediction
@@ -34,22 +35,9 @@ from engine.models.registry import CheckpointInfo
 
 log = logging.getLogger(__name__)
 
-# Which pipeline component each part is, per family.
-TEXT_ENCODER_COMPONENTS = {FLUX: {CLIP_L: "text_encoder", T5: "text_encoder_2"},
-                           SD3: {CLIP_L: "text_encoder", CLIP_G: "text_encoder_2", T5: "text_encoder_3"}}
-TOKENIZERS = {FLUX: {"tokenizer": "CLIPTokenizer", "tokenizer_2": "T5TokenizerFast"},
-              SD3: {"tokenizer": "CLIPTokenizer", "tokenizer_2": "CLIPTokenizer", "tokenizer_3": "T5TokenizerFast"}}
-
-
 def pipeline_class(flow_model: FlowModelFile):
-    """The diffusers pipeline class of a model: FLUX.1 Fill's transformer takes the mask and the
-    masked picture beside the latents, which FluxFillPipeline feeds it (the studio's own sampling
-    drives the parts either way; the class tells what the model is to anyone who calls it)."""
-    from diffusers import FluxFillPipeline, FluxPipeline, StableDiffusion3Pipeline
-
-    if flow_model.family != FLUX:
-        return StableDiffusion3Pipeline
-    return FluxFillPipeline if flow_model.config_name == "flux-fill" else FluxPipeline
+    """The diffusers pipeline class of a model, as its family names it."""
+    return family_of(flow_model.family).pipeline_class(flow_model)
 
 
 def config_folder(flow_model: FlowModelFile, config_root: Path, name: str) -> Path:
@@ -66,7 +54,7 @@ def clip_widths(config_dir: Path, family: str) -> dict[str, int]:
     """The hidden width of each CLIP text encoder the config folder describes (tells a CLIP file
     of a width other than the real ones apart: CLIP-L or CLIP-G)."""
     widths = {}
-    for part, component in TEXT_ENCODER_COMPONENTS[family].items():
+    for part, component in family_of(family).text_encoder_components.items():
         if part != T5:
             config = json.loads((config_dir / component / "config.json").read_text(encoding="utf-8"))
             widths[part] = int(config.get("hidden_size", 0))
@@ -84,7 +72,7 @@ def resolve_flow_modules(info: CheckpointInfo, library, config_root: Path, choic
     config_dir = config_folder(flow_model, config_root, info.name)
     library.refresh()   # files copied in since the last look count
     parts = library.resolve_modules(choice, flow_model.missing_parts, clip_widths(config_dir, flow_model.family))
-    used = (*TEXT_ENCODER_COMPONENTS[flow_model.family], VAE)
+    used = (*family_of(flow_model.family).text_encoder_components, VAE)
     return {part: path for part, path in parts.items() if part in used}
 
 
@@ -105,14 +93,14 @@ def load_flow_checkpoint(info: CheckpointInfo, device: DeviceConfig, config_root
     if lacking:
         raise CheckpointError(f"'{info.name}' is {flow_model.describe()}: pick "
                               f"{', '.join(lacking)} in the modules choice.", "modules")
-    family, path = flow_model.family, Path(info.path)
+    family, path = family_of(flow_model.family), Path(info.path)
     try:
         components = {"transformer": _transformer(path, info.kind, family, config_dir, device.dtype)}
-        for part, component in TEXT_ENCODER_COMPONENTS[family].items():
+        for part, component in family.text_encoder_components.items():
             components[component] = _text_encoder(part, family, parts.get(part, path), config_dir / component,
                                                   device.dtype)
         components["vae"] = _vae(parts.get(VAE, path), config_dir, device.vae)
-        components.update(_tokenizers(config_dir, family))
+        components.update(_tokenizers(config_dir, family.name))
         components["scheduler"] = _scheduler(config_dir)
         pipe = pipeline_class(flow_model)(**components)
     except CheckpointError:
@@ -123,53 +111,45 @@ def load_flow_checkpoint(info: CheckpointInfo, device: DeviceConfig, config_root
     _move(pipe, device)
     source = f"{flow_model.variant} ({'GGUF ' if info.kind == 'gguf' else ''}single file)"
     log.info("%s: %s, modules %s", path.name, flow_model.variant, {p: f.name for p, f in parts.items()} or "none")
-    return LoadedPipeline(pipe, family, config_dir, ModelPrediction(FLOW, source=source))
+    return LoadedPipeline(pipe, family.name, config_dir, ModelPrediction(FLOW, source=source))
 
 
-def _transformer(path: Path, kind: str, family: str, config_dir: Path, dtype: torch.dtype):
-    if kind == "gguf":
-        return _gguf_transformer(path, family, config_dir, dtype)
-    if family == FLUX:
-        return load_flux_transformer(path, config_dir / "transformer", dtype=dtype, keep_fp8=False)
-    from diffusers import SD3Transformer2DModel
+def _transformer(path: Path, kind: str, family: ModelFamily, config_dir: Path, dtype: torch.dtype):
+    """The family's transformer class from the file. Quantised GGUF weights stay quantised
+    (dequantised layer by layer as they compute, in `dtype`); fp8 ones are upcast to `dtype`."""
+    import diffusers
 
+    quantization = {"quantization_config": diffusers.GGUFQuantizationConfig(compute_dtype=dtype)} if kind == "gguf" else {}
+    if family is FLUX:
+        # diffusers' own FLUX converter assumes the real widths; ours reads them from the tensors
+        # and splits only whole rows, which quantised blocks keep.
+        if not quantization:
+            return load_flux_transformer(path, config_dir / "transformer", dtype=dtype, keep_fp8=False)
+        from diffusers.models.model_loading_utils import load_gguf_checkpoint
+
+        from engine.families.flux_keys import bfl_to_diffusers
+
+        renamed = bfl_to_diffusers(load_gguf_checkpoint(str(path), return_tensors=True))
+        return diffusers.FluxTransformer2DModel.from_single_file(
+            renamed, config=str(config_dir / "transformer"), local_files_only=True, dtype=dtype, **quantization)
     # torch_dtype casts every tensor, fp8 matrices included (the fp8 values, upcast).
-    return SD3Transformer2DModel.from_single_file(str(path), config=str(config_dir), subfolder="transformer",
-                                                  local_files_only=True, dtype=dtype)
+    return getattr(diffusers, family.transformer_class).from_single_file(
+        str(path), config=str(config_dir), subfolder="transformer", local_files_only=True, dtype=dtype,
+        **quantization)
 
 
-def _gguf_transformer(path: Path, family: str, config_dir: Path, dtype: torch.dtype):
-    """Quantised weights stay quantised (dequantised layer by layer as they compute, in `dtype`)."""
-    from diffusers import FluxTransformer2DModel, GGUFQuantizationConfig, SD3Transformer2DModel
-
-    quantization = GGUFQuantizationConfig(compute_dtype=dtype)
-    if family == SD3:
-        return SD3Transformer2DModel.from_single_file(
-            str(path), config=str(config_dir), subfolder="transformer", local_files_only=True,
-            dtype=dtype, quantization_config=quantization)
-    from diffusers.models.model_loading_utils import load_gguf_checkpoint
-
-    from engine.models.flux_keys import bfl_to_diffusers
-
-    # diffusers' own FLUX converter assumes the real widths; ours reads them from the tensors and
-    # splits only whole rows, which quantised blocks keep.
-    renamed = bfl_to_diffusers(load_gguf_checkpoint(str(path), return_tensors=True))
-    return FluxTransformer2DModel.from_single_file(
-        renamed, config=str(config_dir / "transformer"), local_files_only=True, dtype=dtype,
-        quantization_config=quantization)
-
-
-def _text_encoder(part: str, family: str, source: Path, config: Path, dtype: torch.dtype):
+def _text_encoder(part: str, family: ModelFamily, source: Path, config: Path, dtype: torch.dtype):
     if part == T5:
         return load_t5_encoder(source, config, dtype=dtype)
-    return load_clip_encoder(source, config, part, dtype=dtype, identity_projection=family == SD3 and part == CLIP_L)
+    return load_clip_encoder(source, config, part, dtype=dtype,
+                             identity_projection=part in family.identity_projection_parts)
 
 
 def _vae(source: Path, config_dir: Path, dtype: torch.dtype):
     from diffusers import AutoencoderKL
 
     shapes = read_shapes(Path(source), allow_unsafe=False)
-    prefixed = [key for key in shapes if key.endswith(families.VAE_DECODER_IN)]
+    prefixed = [key for key in shapes if key.endswith(VAE_DECODER_IN)]
     channels = shapes[prefixed[0]][1] if prefixed else 0
     if channels != 16:
         what = "no VAE" if not prefixed else f"a {channels}-channel VAE (SD 1.x / 2.x / SDXL)"
@@ -183,7 +163,7 @@ def _tokenizers(config_dir: Path, family: str) -> dict:
     import transformers
 
     found = {}
-    for name, class_name in TOKENIZERS[family].items():
+    for name, class_name in family_of(family).tokenizers.items():
         found[name] = getattr(transformers, class_name).from_pretrained(str(config_dir / name), local_files_only=True)
     return found
 

@@ -18,7 +18,10 @@ from safetensors import safe_open
 
 from engine.devices import DeviceConfig
 from engine.errors import CheckpointError
-from engine.models import families
+from engine.families import FAMILIES, FlowModelFile, recognise_flow_file, recognise_flow_folder
+from engine.families.files import component_refusal, recognise_component
+from engine.families.stable_diffusion import LABELS as FAMILY_LABELS
+from engine.families.stable_diffusion import UNET_IN, CheckpointLayout, family_of_pipeline, recognise_layout
 from engine.models import prediction as predictions
 from engine.models.prediction import ModelPrediction
 from engine.models.registry import CheckpointInfo
@@ -26,32 +29,6 @@ from engine.models.registry import CheckpointInfo
 log = logging.getLogger(__name__)
 
 CONFIG_ROOT = Path(__file__).parent / "model_configs"
-
-UNET_IN = "model.diffusion_model.input_blocks.0.0.weight"
-SD1_TEXT = ("cond_stage_model.transformer.text_model.embeddings.token_embedding.weight",
-            "cond_stage_model.transformer.embeddings.token_embedding.weight")
-SD2_TEXT = "cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight"
-SDXL_TEXT_G = "conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_weight"
-SDXL_REFINER_TEXT = "conditioner.embedders.0.model.transformer.resblocks.0.attn.in_proj_weight"
-
-FAMILY_LABELS = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
-# An inpainting UNet takes the latents plus the mask (1) and the masked image's latents (4).
-INPAINTING_CHANNELS = 9
-
-
-@dataclass(frozen=True)
-class CheckpointLayout:
-    family: str        # "sd1" | "sd2" | "sdxl" (the SDXL refiner is of the SDXL family: its latent space)
-    unet_in_channels: int
-    # An SDXL refiner: one OpenCLIP-G text encoder and aesthetic-score conditioning. It loads
-    # with its own config folder, and makes pictures as any model does (A1111 lets it).
-    refiner: bool = False
-
-    @property
-    def config_name(self) -> str:
-        """The folder under model_configs/ describing this layout."""
-        return "sdxl-refiner" if self.refiner else self.family
-
 
 @dataclass
 class LoadedPipeline:
@@ -67,7 +44,7 @@ def read_shapes(path: Path, allow_unsafe: bool) -> dict[str, tuple[int, ...]]:
     if not path.is_file():
         raise CheckpointError(f"Checkpoint file not found: {path}", "checkpoint")
     if path.suffix.lower() == ".gguf":
-        return families.read_gguf_shapes(path)
+        return read_gguf_shapes(path)
     if path.suffix.lower() == ".safetensors":
         try:
             with safe_open(str(path), framework="pt") as handle:
@@ -78,6 +55,24 @@ def read_shapes(path: Path, allow_unsafe: bool) -> dict[str, tuple[int, ...]]:
                 f"{_short(error)}). Download it again.", "checkpoint") from error
     state = read_pickled_state_dict(path, allow_unsafe)
     return {key: tuple(value.shape) for key, value in state.items() if hasattr(value, "shape")}
+
+
+def read_gguf_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Key -> shape (in torch's order) of every tensor in a GGUF file, from its header: the
+    quantised FLUX.1 / SD 3.x transformers keep the original key names, so their families
+    recognise them as they do a .safetensors file's."""
+    try:
+        import gguf   # needed only for GGUF files (diffusers' GGUF loading needs it too)
+    except ImportError as error:
+        raise CheckpointError(f"'{path.name}' is a GGUF file; reading it needs the gguf package "
+                              "(pip install gguf).", "checkpoint") from error
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except Exception as error:  # gguf raises ValueError and struct errors for a bad header
+        raise CheckpointError(f"'{path.name}' is not a valid GGUF file (it may be incomplete or corrupt: "
+                              f"{str(error)[:200]}). Download it again.", "checkpoint") from error
+    # GGUF lists dimensions innermost first (ggml's order): reversed, they are torch's.
+    return {tensor.name: tuple(int(n) for n in reversed(tensor.shape.tolist())) for tensor in reader.tensors}
 
 
 def read_pickled_state_dict(path: Path, allow_unsafe: bool) -> dict:
@@ -103,43 +98,24 @@ def read_pickled_state_dict(path: Path, allow_unsafe: bool) -> dict:
     return state
 
 
-def detect_layout(shapes: dict[str, tuple[int, ...]], name: str) -> CheckpointLayout | families.FlowModelFile:
-    """What a single file is: an SD 1.x / 2.x / SDXL layout, or a FLUX.1 / SD 3.x model (a
-    FlowModelFile, loaded by engine/models/flow_pipelines.py; variants with no config kept are
-    refused here, by name)."""
-    if UNET_IN not in shapes:
-        flow_model = families.recognise_file(shapes)
-        if flow_model is not None:
-            if not flow_model.supported:
-                raise flow_model.refusal(name)
-            return flow_model
-        component = families.recognise_component(shapes)
-        if component is not None:
-            raise families.component_refusal(name, component)
-        raise CheckpointError(
-            f"'{name}' is not a Stable Diffusion checkpoint in the original single-file layout "
-            "(no UNet weights under model.diffusion_model). LoRA, VAE and embedding files go in "
-            "their own folders (models/Lora, models/VAE, models/embeddings).", "checkpoint")
-    in_channels = shapes[UNET_IN][1]
-    refiner = False
-    if SDXL_TEXT_G in shapes:
-        family = "sdxl"
-    elif SDXL_REFINER_TEXT in shapes:
-        family, refiner = "sdxl", True
-    elif SD2_TEXT in shapes:
-        family = "sd2"
-    elif any(key in shapes for key in SD1_TEXT):
-        family = "sd1"
-    else:
-        raise CheckpointError(
-            f"'{name}' has UNet weights but no text encoder this app recognises "
-            "(SD 1.x, SD 2.x or SDXL)", "checkpoint")
-    if in_channels not in (4, INPAINTING_CHANNELS):
-        raise CheckpointError(
-            f"'{name}' is a {FAMILY_LABELS[family]} model with a {in_channels}-channel UNet "
-            "(an instruct-pix2pix style model?); only ordinary (4-channel) and inpainting "
-            "(9-channel) models are supported.", "checkpoint")
-    return CheckpointLayout(family, in_channels, refiner)
+def detect_layout(shapes: dict[str, tuple[int, ...]], name: str) -> CheckpointLayout | FlowModelFile:
+    """What a single file is, as its family recognises it (engine/families): an SD 1.x / 2.x /
+    SDXL layout, or a FLUX.1 / SD 3.x model (a FlowModelFile, loaded by
+    engine/models/flow_pipelines.py; variants with no config kept are refused here, by name)."""
+    if UNET_IN in shapes:
+        return recognise_layout(shapes, name)
+    flow_model = recognise_flow_file(shapes)
+    if flow_model is not None:
+        if not flow_model.supported:
+            raise flow_model.refusal(name)
+        return flow_model
+    component = recognise_component(shapes)
+    if component is not None:
+        raise component_refusal(name, component)
+    raise CheckpointError(
+        f"'{name}' is not a Stable Diffusion checkpoint in the original single-file layout "
+        "(no UNet weights under model.diffusion_model). LoRA, VAE and embedding files go in "
+        "their own folders (models/Lora, models/VAE, models/embeddings).", "checkpoint")
 
 
 def file_prediction(path: Path, family: str, pipe, allow_unsafe: bool) -> ModelPrediction:
@@ -201,7 +177,7 @@ def load_single_file(info: CheckpointInfo, device: DeviceConfig, config_root: Pa
 
     path = Path(info.path)
     layout = detect_layout(read_shapes(path, allow_unsafe), info.name)
-    if isinstance(layout, families.FlowModelFile):   # only .safetensors / .gguf ones are routed to flow loading
+    if isinstance(layout, FlowModelFile):   # only .safetensors / .gguf ones are routed to flow loading
         raise CheckpointError(f"'{info.name}' is {layout.describe()}, in a pickled file: use its .safetensors "
                               "or .gguf version.", "checkpoint")
     # Converting while loading would put a whole converted copy in RAM before the move.
@@ -280,17 +256,6 @@ def is_refiner_pipeline(pipe) -> bool:
     return getattr(pipe, "text_encoder", None) is None and getattr(pipe, "text_encoder_2", None) is not None
 
 
-def family_of_pipeline(pipe) -> str:
-    class_name = type(pipe).__name__
-    if class_name.startswith(("Flux", "StableDiffusion3")):
-        # These have a second text encoder too; they are not SDXL.
-        raise CheckpointError(f"A {class_name} is not an SD 1.x, SD 2.x or SDXL pipeline", "checkpoint")
-    if getattr(pipe, "text_encoder_2", None) is not None:
-        return "sdxl"
-    # SD 2.x's OpenCLIP text encoder uses gelu; SD 1.x's CLIP uses quick_gelu.
-    return "sd2" if pipe.text_encoder.config.hidden_act == "gelu" else "sd1"
-
-
 def load_builtin_demo(device: DeviceConfig, config_root: Path) -> LoadedPipeline:
     from engine.models.tiny_models import build_demo_pipeline
 
@@ -337,9 +302,9 @@ def latent_space_of(info: CheckpointInfo, allow_unsafe: bool = False) -> str | N
         return "sd"
     if info.kind in ("safetensors", "pickle", "gguf"):
         family = detect_layout(read_shapes(Path(info.path), allow_unsafe), info.name).family
-        return family if family in (families.FLUX, families.SD3) else "sdxl" if family == "sdxl" else "sd"
+        return family if FAMILIES[family].flow else "sdxl" if family == "sdxl" else "sd"
     refuse_flow_folder(info)
-    flow_model = families.recognise_folder(Path(info.path))
+    flow_model = recognise_flow_folder(Path(info.path))
     if flow_model is not None:
         return flow_model.family
     index = Path(info.path) / "model_index.json"
@@ -354,7 +319,7 @@ def check_loadable(info: CheckpointInfo, allow_unsafe: bool) -> None:
     """Cheap checks (exists, readable, known layout) before anything is unloaded to make room."""
     if info.kind in ("safetensors", "pickle", "gguf"):
         layout = detect_layout(read_shapes(Path(info.path), allow_unsafe), info.name)
-        if info.kind == "gguf" and not isinstance(layout, families.FlowModelFile):
+        if info.kind == "gguf" and not isinstance(layout, FlowModelFile):
             raise CheckpointError(f"'{info.name}' is a GGUF file but not a FLUX.1 or SD 3.x transformer", "checkpoint")
     elif info.kind == "diffusers":
         if not (Path(info.path) / "model_index.json").is_file():
@@ -365,18 +330,18 @@ def check_loadable(info: CheckpointInfo, allow_unsafe: bool) -> None:
 def refuse_flow_folder(info: CheckpointInfo) -> None:
     """A FLUX.1 / SD 3.x diffusers folder of a variant with no config kept (Kontext) is named by
     its pipeline class and refused before its weights are read."""
-    flow_model = families.recognise_folder(Path(info.path))
+    flow_model = recognise_flow_folder(Path(info.path))
     if flow_model is not None and not flow_model.supported:
         raise flow_model.refusal(info.name)
 
 
-def flow_model_of(info: CheckpointInfo, allow_unsafe: bool = False) -> families.FlowModelFile | None:
+def flow_model_of(info: CheckpointInfo, allow_unsafe: bool = False) -> FlowModelFile | None:
     """The FLUX.1 / SD 3.x model a checkpoint holds, or None for any other checkpoint."""
     if info.kind == "diffusers":
-        return families.recognise_folder(Path(info.path))
+        return recognise_flow_folder(Path(info.path))
     if info.kind in ("safetensors", "gguf"):   # a pickle would have to be unpickled whole to tell
         shapes = read_shapes(Path(info.path), allow_unsafe)
-        return None if UNET_IN in shapes else families.recognise_file(shapes)
+        return None if UNET_IN in shapes else recognise_flow_file(shapes)
     return None
 
 

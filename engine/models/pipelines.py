@@ -19,12 +19,12 @@ import torch
 from engine.models.checkpoint_cache import CheckpointCache, file_signature, size_on_disk
 from engine.devices import DeviceConfig, device_memory, free_memory, upcast_sampling
 from engine.errors import CheckpointError, NoModelError
-from engine.models.families import FLUX, FLUX_FILL_IN_CHANNELS, SD3
+from engine.families import family_of
 from engine.models.loading import CONFIG_ROOT, check_loadable, is_refiner_pipeline, load_checkpoint
 from engine.models.prediction import EDM, FLOW, LatentFormat, ModelPrediction
-from engine.memory.memory_modes import AUTO, NONE, mode_for_model
+from engine.memory.memory_modes import AUTO, NONE, T5_CPU, mode_for_model
 from engine.models.registry import CheckpointInfo, ModelRegistry
-from engine.memory.offload import CPU, Placement
+from engine.memory.offload import CPU, Placement, pipeline_modules, t5_encoders
 from engine.models.text_encoders import TextEncoderLibrary
 from engine.networks.vae import load_vae_file
 
@@ -142,16 +142,21 @@ class LoadedModel:
     def mode_for(self, mode: str) -> str:
         """The memory mode this model runs in when the setting is `mode` (medvram-sdxl and auto
         depend on the model)."""
+        if mode == T5_CPU and not t5_encoders(pipeline_modules(self.base)):
+            return NONE   # nothing to keep on the CPU: the SD families have no T5
         # FLUX.1 and SD 3.x are bigger than SDXL: medvram-sdxl offloads them too.
         if mode != AUTO:
             return mode_for_model(mode, self.is_sdxl or self.is_flow)
         return mode_for_model(mode, True, self.weight_sizes(), device_memory(self.placement.device))
 
-    def weight_sizes(self) -> tuple[int, int]:
-        """(all weights, the largest module's) in bytes, as they are stored now."""
-        sizes = [sum(t.numel() * t.element_size() for t in module.state_dict().values())
-                 for module in self.modules()]
-        return sum(sizes), max(sizes, default=0)
+    def weight_sizes(self) -> tuple[int, int, int]:
+        """(all weights, the largest module's, the T5 encoders') in bytes, as they are stored now."""
+        def size(module) -> int:
+            return sum(t.numel() * t.element_size() for t in module.state_dict().values())
+
+        sizes = [size(module) for module in self.modules()]
+        t5 = sum(size(module) for module in t5_encoders(pipeline_modules(self.base)).values())
+        return sum(sizes), max(sizes, default=0), t5
 
     def pipelines(self) -> list:
         """The base pipeline, then those made from it (which share its modules)."""
@@ -210,7 +215,7 @@ class LoadedModel:
     @property
     def is_flow(self) -> bool:
         """A rectified-flow transformer model (FLUX.1, SD 3.x)."""
-        return self.family in (FLUX, SD3)
+        return family_of(self.family).flow
 
     @property
     def is_refiner(self) -> bool:
@@ -228,9 +233,7 @@ class LoadedModel:
     @property
     def is_inpainting(self) -> bool:
         """A dedicated inpainting model: its UNet also takes the mask and the masked image."""
-        if self.is_flow:   # FLUX.1 Fill: its transformer takes them beside the packed latents
-            return self.family == FLUX and self.base.transformer.config.in_channels == FLUX_FILL_IN_CHANNELS
-        return self.base.unet.config.in_channels == 9
+        return family_of(self.family).is_inpainting(self.base)
 
     def pipeline_for(self, task: str):
         if task == "txt2img" or self.is_flow:

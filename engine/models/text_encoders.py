@@ -3,7 +3,7 @@
 ...) and 16-channel VAEs in models/VAE (ae.safetensors), and the "modules" choice that picks them
 (Forge's `forge_additional_modules`: a list of files).
 
-Each file is told by its keys and shapes, read from its header (families.py's facts), never by
+Each file is told by its keys and shapes, read from its header (engine/families/files.py's facts), never by
 its name. A CLIP text tower is CLIP-L or CLIP-G by its width: 768 and 1280 for the real ones, or,
 for other widths, the widths of the config folder the checkpoint loads with (the tiny test models).
 
@@ -20,8 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import CheckpointError
-from engine.models import families
-from engine.models.families import CLIP_G, CLIP_L, T5, VAE
+from engine.families.files import CLIP_G, CLIP_L, CLIP_Q_KEY, T5, T5_ENCODER_KEY, VAE, VAE_DECODER_IN
 
 MODULE_SUFFIXES = (".safetensors",)
 REAL_CLIP_WIDTHS = {CLIP_L: 768, CLIP_G: 1280}
@@ -71,13 +70,13 @@ def read_module_kind(path: Path) -> tuple[str, int]:
     from engine.models.loading import read_shapes
 
     shapes = read_shapes(path, allow_unsafe=False)
-    if families.T5_ENCODER_KEY in shapes:
+    if T5_ENCODER_KEY in shapes:
         return T5_KIND, 0
-    for key in (families.CLIP_Q_KEY, families.CLIP_Q_KEY.removeprefix("text_model.")):
+    for key in (CLIP_Q_KEY, CLIP_Q_KEY.removeprefix("text_model.")):
         if key in shapes:
             return CLIP_KIND, shapes[key][0]
-    if families.VAE_DECODER_IN in shapes:
-        return VAE_KIND, shapes[families.VAE_DECODER_IN][1]
+    if VAE_DECODER_IN in shapes:
+        return VAE_KIND, shapes[VAE_DECODER_IN][1]
     return UNKNOWN_KIND, 0
 
 

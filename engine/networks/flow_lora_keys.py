@@ -19,53 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-# FLUX.1: Black Forest Labs' names -> diffusers' FluxTransformer2DModel (engine/models/flux_keys.py
-# converts checkpoints by the same facts; networks sit below models, so they are stated here too).
-_TOP_LEVEL = {
-    "img_in": "x_embedder", "txt_in": "context_embedder", "final_layer.linear": "proj_out",
-    **{f"{original}.{side}_layer": f"time_text_embed.{embedder}.linear_{number}"
-       for original, embedder in (("time_in", "timestep_embedder"), ("vector_in", "text_embedder"),
-                                  ("guidance_in", "guidance_embedder"))
-       for side, number in (("in", 1), ("out", 2))},
-}
-_DOUBLE = {  # inside double_blocks.N -> inside transformer_blocks.N
-    "img_mod.lin": "norm1.linear", "txt_mod.lin": "norm1_context.linear",
-    "img_attn.proj": "attn.to_out.0", "txt_attn.proj": "attn.to_add_out",
-    "img_mlp.0": "ff.net.0.proj", "img_mlp.2": "ff.net.2",
-    "txt_mlp.0": "ff_context.net.0.proj", "txt_mlp.2": "ff_context.net.2",
-    "img_attn.norm.query_norm": "attn.norm_q", "img_attn.norm.key_norm": "attn.norm_k",
-    "txt_attn.norm.query_norm": "attn.norm_added_q", "txt_attn.norm.key_norm": "attn.norm_added_k",
-}
-_DOUBLE_FUSED = {"img_attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
-                 "txt_attn.qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj")}
-_SINGLE = {"linear2": "proj_out", "modulation.lin": "norm.linear",  # inside single_(transformer_)blocks.N
-           "norm.query_norm": "attn.norm_q", "norm.key_norm": "attn.norm_k"}
-_SINGLE_FUSED = ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")  # linear1's rows, in order
-
-# XLabs' LoRA processors, by the original layer they change (their keys: `double_blocks.0.processor.
-# qkv_lora1.down.weight`); 1 is the picture's stream, 2 the text's. A single block's `qkv_lora`
-# changes only the q, k, v rows of `linear1`.
-_XLABS_DOUBLE = {"processor.qkv_lora1": "img_attn.qkv", "processor.qkv_lora2": "txt_attn.qkv",
-                 "processor.proj_lora1": "img_attn.proj", "processor.proj_lora2": "txt_attn.proj"}
-
-# SD 3.x: the MMDiT's names (Stability's reference code, sd-scripts) -> diffusers' SD3Transformer2DModel.
-_MMDIT_TOP = {
-    "x_embedder.proj": "pos_embed.proj", "context_embedder": "context_embedder",
-    "t_embedder.mlp.0": "time_text_embed.timestep_embedder.linear_1",
-    "t_embedder.mlp.2": "time_text_embed.timestep_embedder.linear_2",
-    "y_embedder.mlp.0": "time_text_embed.text_embedder.linear_1",
-    "y_embedder.mlp.2": "time_text_embed.text_embedder.linear_2",
-    "final_layer.linear": "proj_out", "final_layer.adaLN_modulation.1": "norm_out.linear",
-}
-_MMDIT_X = {"attn.proj": "attn.to_out.0", "attn.ln_q": "attn.norm_q", "attn.ln_k": "attn.norm_k",
-            "attn2.proj": "attn2.to_out.0", "attn2.ln_q": "attn2.norm_q", "attn2.ln_k": "attn2.norm_k",
-            "mlp.fc1": "ff.net.0.proj", "mlp.fc2": "ff.net.2", "adaLN_modulation.1": "norm1.linear"}
-_MMDIT_CONTEXT = {"attn.proj": "attn.to_add_out", "attn.ln_q": "attn.norm_added_q",
-                  "attn.ln_k": "attn.norm_added_k", "mlp.fc1": "ff_context.net.0.proj",
-                  "mlp.fc2": "ff_context.net.2", "adaLN_modulation.1": "norm1_context.linear"}
-_MMDIT_FUSED = {"x_block.attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
-                "x_block.attn2.qkv": ("attn2.to_q", "attn2.to_k", "attn2.to_v"),
-                "context_block.attn.qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj")}
+from engine.families import FLOW_FAMILIES
 
 
 @dataclass(frozen=True)
@@ -154,46 +108,13 @@ class _Names:
 
 def flow_layer_names(model: torch.nn.Module) -> dict[str, tuple[str, object]]:
     """Original name (dotted) -> (diffusers name, module or FusedRows) for a FLUX.1 or SD 3.x
-    transformer; empty for any other model."""
+    transformer (the names its family lists, engine/families); empty for any other model."""
     names = _Names(model)
-    if hasattr(model, "single_transformer_blocks") and hasattr(model, "transformer_blocks"):
-        _flux_names(model, names)
-    elif hasattr(model, "transformer_blocks") and hasattr(model, "pos_embed") and hasattr(model, "context_embedder"):
-        _mmdit_names(model, names)
+    classes = {cls.__name__ for cls in type(model).__mro__}
+    family = next((family for family in FLOW_FAMILIES if family.transformer_class in classes), None)
+    for original, targets in (family.original_layers(model) if family else ()):
+        if len(targets) == 1:
+            names.one(original, targets[0])
+        else:
+            names.fused(original, targets)
     return names.found
-
-
-def _flux_names(model, names: _Names) -> None:
-    for original, target in _TOP_LEVEL.items():
-        names.one(original, target)
-    names.one("final_layer.adaLN_modulation.1", "norm_out.linear")
-    for i in range(len(model.transformer_blocks)):
-        block, target = f"double_blocks.{i}", f"transformer_blocks.{i}"
-        for inner, name in _DOUBLE.items():
-            names.one(f"{block}.{inner}", f"{target}.{name}")
-        for inner, parts in _DOUBLE_FUSED.items():
-            names.fused(f"{block}.{inner}", tuple(f"{target}.{part}" for part in parts))
-        for processor, inner in _XLABS_DOUBLE.items():
-            if inner in _DOUBLE_FUSED:
-                names.fused(f"{block}.{processor}", tuple(f"{target}.{part}" for part in _DOUBLE_FUSED[inner]))
-            else:
-                names.one(f"{block}.{processor}", f"{target}.{_DOUBLE[inner]}")
-    for i in range(len(model.single_transformer_blocks)):
-        block, target = f"single_blocks.{i}", f"single_transformer_blocks.{i}"
-        for inner, name in _SINGLE.items():
-            names.one(f"{block}.{inner}", f"{target}.{name}")
-        names.fused(f"{block}.linear1", tuple(f"{target}.{part}" for part in _SINGLE_FUSED))
-        names.fused(f"{block}.processor.qkv_lora", tuple(f"{target}.{part}" for part in _SINGLE_FUSED[:3]))
-        names.one(f"{block}.processor.proj_lora", f"{target}.{_SINGLE['linear2']}")
-
-
-def _mmdit_names(model, names: _Names) -> None:
-    for original, target in _MMDIT_TOP.items():
-        names.one(original, target)
-    for i in range(len(model.transformer_blocks)):
-        block, target = f"joint_blocks.{i}", f"transformer_blocks.{i}"
-        for kind, table in (("x_block", _MMDIT_X), ("context_block", _MMDIT_CONTEXT)):
-            for inner, name in table.items():
-                names.one(f"{block}.{kind}.{inner}", f"{target}.{name}")
-        for inner, parts in _MMDIT_FUSED.items():
-            names.fused(f"{block}.{inner}", tuple(f"{target}.{part}" for part in parts))

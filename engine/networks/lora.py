@@ -25,7 +25,8 @@ from safetensors.torch import load_file
 
 from engine.files import HashCache
 from engine.memory.memory_guard import is_out_of_memory
-from engine.networks.lora_keys import LayerIndex, denoising_network, made_for, split_key
+from engine.families import lora_made_for
+from engine.networks.lora_keys import LayerIndex, denoising_network, split_key
 from engine.networks.lora_merge import MergedWeights
 from engine.prompts.prompt_parser import ExtraNetwork, lora_weights
 
@@ -274,7 +275,8 @@ def _other_family(layers, unmatched: list[str], family: str) -> str | None:
     if any(layer.component == "unet" for layer in layers):
         return None
     network_keys = [key for key in unmatched if (split_key(key) or ("",))[0] == "unet"]
-    other = made_for(network_keys) if network_keys else None
+    made_for = lora_made_for(network_keys) if network_keys else None
+    other = None if made_for is None else "SD" if made_for == "sd" else FAMILY_LABELS[made_for]
     flow = family in ("FLUX.1", "SD 3.x")
     if other is None or other == family or (other == "SD" and not flow):
         return None

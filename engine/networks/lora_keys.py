@@ -97,23 +97,6 @@ def split_key(key: str) -> tuple[str, str, str] | None:
     return component, layer.replace(".", "_"), FACTOR_ALIASES.get(suffix, suffix)
 
 
-# Block names that tell which kind of model a file's denoising-network keys were made for.
-_KEY_FAMILIES = (
-    ("FLUX.1", re.compile(r"double_blocks|single_blocks|single_transformer_blocks")),
-    ("SD 3.x", re.compile(r"joint_blocks|context_block|x_block")),
-    ("SD", re.compile(r"down_blocks|up_blocks|mid_block|input_blocks|output_blocks|middle_block")),
-)
-
-
-def made_for(keys: list[str]) -> str | None:
-    """"FLUX.1", "SD 3.x" or "SD" (a UNet: SD 1.x, 2.x, SDXL) when a file's denoising-network keys
-    name blocks only that kind of model has; None when they do not tell."""
-    for label, pattern in _KEY_FAMILIES:
-        if any(pattern.search(key) for key in keys):
-            return label
-    return None
-
-
 def denoising_network(pipe) -> torch.nn.Module:
     """What `lora_unet_` keys change: the UNet, or a flow model's transformer."""
     unet = getattr(pipe, "unet", None)

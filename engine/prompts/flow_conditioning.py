@@ -185,7 +185,9 @@ class FlowPromptEncoder:
 
     def _encode(self, text: str, counts: ChunkCounts) -> FlowConditioning:
         if self.family == "flux":
-            return FlowConditioning(self._encode_t5(text, counts.t5), self._clip.pooled_output(text), counts)
+            pooled = self._clip.pooled_output(text)
+            # T5 may compute on the CPU (the t5-cpu memory mode): its states go where CLIP's are.
+            return FlowConditioning(self._encode_t5(text, counts.t5).to(pooled.device), pooled, counts)
         clip = self._clip.encode(text, counts.clip)
         t5 = self._encode_t5(text, counts.t5, like=clip.embeds)
         # To T5's width, as diffusers does it (F.pad; a negative pad crops, in narrower test models).

@@ -24,6 +24,7 @@ from engine.memory import memory_guard
 from engine.sampling import samplers
 from engine.addons import AddOns
 from engine.prompts.conditioning import ScheduledConditioning
+from engine.prompts.encoders import prompt_encoder
 from engine.controlnet import apply as control
 from engine.errors import RequestError
 from engine.output.filenames import ImageFields
@@ -132,7 +133,7 @@ class GenerationRun:
                 self._loras(networks) as loras, \
                 self._controlnets():
             embeddings = {} if self.family.flow else self.addons.embeddings.encoder_options(self.model)
-            encoder = self.family.prompt_encoder(self.pipe, request, embeddings)
+            encoder = prompt_encoder(self.family, self.pipe, request, embeddings)
             with memory_guard.stage("text_encoding", faults=self.addons.faults):
                 # A flow model at CFG 1 never runs its negative half: the prompt stands in for it, so
                 # the encoders' cache answers instead of a second T5 pass.

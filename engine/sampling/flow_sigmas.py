@@ -17,27 +17,15 @@ ComfyUI's and diffusers' flow schedulers count them (so "Normal" ends at 1000 si
 
 from __future__ import annotations
 
-import math
 
 import torch
 
 TRAINING_STEPS = 1000
-# FLUX.1's resolution-dependent shift (its scheduler config: base/max image_seq_len and shift).
-FLUX_BASE_PATCHES, FLUX_MAX_PATCHES = 256, 4096
-FLUX_BASE_MU, FLUX_MAX_MU = 0.5, 1.15
 
 
 def shifted(t: torch.Tensor | float, shift: float):
     """The time `t` bent by `shift` (1: unchanged)."""
     return shift * t / (1 + (shift - 1) * t)
-
-
-def flux_shift(width: int, height: int, vae_scale: int = 8) -> float:
-    """FLUX.1's shift for a picture of this size: exp(mu), mu linear in its 2x2 latent patches."""
-    patches = (height // vae_scale // 2) * (width // vae_scale // 2)
-    slope = (FLUX_MAX_MU - FLUX_BASE_MU) / (FLUX_MAX_PATCHES - FLUX_BASE_PATCHES)
-    mu = FLUX_BASE_MU + slope * (patches - FLUX_BASE_PATCHES)
-    return math.exp(mu)
 
 
 class FlowSigmas:

@@ -134,8 +134,10 @@ OPTIONS: tuple[Option, ...] = SAVING_OPTIONS + (
     # --medvram, --medvram-sdxl and --lowvram set it at start (app.py).
     Option("memory_mode", "none", "Memory mode (GPU only): medvram keeps each model in RAM until it runs "
            "(less VRAM, a little slower); medvram-sdxl does so for SDXL, FLUX.1 and SD 3 models only; lowvram "
-           "brings the weights to the GPU layer by layer (least VRAM, slower); auto picks one of these per "
-           "model from its size and the card's", "Memory and speed",
+           "brings the weights to the GPU layer by layer (least VRAM, slower); t5-cpu keeps the T5-XXL text "
+           "encoder of FLUX.1 and SD 3 models on the CPU (about 9.5 GB less VRAM; a new prompt takes seconds "
+           "longer to encode); auto picks one of these per model from its size and the card's",
+           "Memory and speed",
            choices=MEMORY_MODES),
 ) + PREDICTION_OPTIONS + SAMPLING_OPTIONS + IMG2IMG_OPTIONS + FAST_PATH_OPTIONS + UI_OPTIONS + LDSR_OPTIONS
 

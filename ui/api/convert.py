@@ -17,7 +17,6 @@ from engine.postprocess.faces import FACE_DETAILER
 from engine.job_results import GenerationResult
 from engine.output.writer import png_bytes
 from engine.request import (
-    DEFAULT_DISTILLED_CFG,
     DEFAULT_REFINER_SWITCH_AT,
     SIZE_STEP,
     GenerationRequest,
@@ -225,7 +224,7 @@ def _common_fields(body: Txt2ImgBody, values: dict[str, Any], registry: Extensio
         sampler_name=sampler, scheduler=values["scheduler"] or "Automatic",
         steps=values["steps"], cfg_scale=values["cfg_scale"],
         cfg_rescale=_first_given(values["rescale_cfg"], values["cfg_rescale"], 0.0),
-        distilled_cfg_scale=_first_given(values["distilled_cfg_scale"], DEFAULT_DISTILLED_CFG),
+        distilled_cfg_scale=values["distilled_cfg_scale"],   # None: the model's own (3.5, Fill 30)
         shift=values["shift"] or 0.0,
         width=values["width"], height=values["height"],
         batch_size=values["batch_size"], n_iter=values["n_iter"],

@@ -57,11 +57,11 @@ class Txt2ImgBody(BaseModel):
     # "CFG Rescale" phi: `rescale_cfg` is Forge's API name for it, `cfg_rescale` ours (the infotext's).
     rescale_cfg: float | None = None
     cfg_rescale: float | None = None
-    # FLUX.1-dev's guidance input (Forge's field; 3.5 when left out) and the flow shift of FLUX.1 /
+    # FLUX.1's guidance input (Forge's field; the model's own when left out) and the flow shift of FLUX.1 /
     # SD 3.x (0 or left out: the family's own, FLUX's growing with the picture's size).
     distilled_cfg_scale: float | None = Field(
-        None, description="FLUX.1-dev's guidance input (Forge's 'Distilled CFG Scale'; 3.5 when left out). "
-        "Keep cfg_scale at 1 for FLUX.1-dev")
+        None, description="FLUX.1's guidance input (Forge's 'Distilled CFG Scale'; when left out, the model's "
+        "own: 3.5 for FLUX.1-dev, 30 for FLUX.1 Fill). Keep cfg_scale at 1 for FLUX.1-dev")
     shift: float | None = Field(
         None, description="The flow shift of FLUX.1 / SD 3.x (0 or left out: the model's own: 3 for SD 3.x, "
         "for FLUX.1 growing with the picture's size). The VAE / text encoder files of a FLUX.1 / SD 3.x "

@@ -9,7 +9,7 @@ distilled variants); here every width is read from the tensors themselves:
   for Fill, which config in_channels must match);
 * MLP width: the rows of a single block's `linear1` less the 3 x hidden of its fused q, k, v.
 
-Facts (the split orders; the code is this project's): a double block's `img_attn.qkv` /
+Facts (the names and split orders are the family's, engine/families/flux.py): a double block's `img_attn.qkv` /
 `txt_attn.qkv` is q, k, v stacked along the output rows; a single block's `linear1` is q, k, v,
 then the MLP's input projection; the final layer's modulation is stored (shift, scale) where
 diffusers' AdaLayerNormContinuous reads (scale, shift); RMS norms are `.scale`, not `.weight`.
@@ -23,34 +23,10 @@ from __future__ import annotations
 import torch
 
 from engine.errors import CheckpointError
+from engine.families.flux import DOUBLE, DOUBLE_FUSED, FINAL_MODULATION, SINGLE, SINGLE_FUSED, TOP_LEVEL
 
 BFL_PREFIX = "model.diffusion_model."
 _MARKER = "img_in.weight"
-
-# Whole modules renamed one to one (every leaf under them keeps its own name).
-_TOP_LEVEL = {
-    "time_in.in_layer": "time_text_embed.timestep_embedder.linear_1",
-    "time_in.out_layer": "time_text_embed.timestep_embedder.linear_2",
-    "vector_in.in_layer": "time_text_embed.text_embedder.linear_1",
-    "vector_in.out_layer": "time_text_embed.text_embedder.linear_2",
-    "guidance_in.in_layer": "time_text_embed.guidance_embedder.linear_1",
-    "guidance_in.out_layer": "time_text_embed.guidance_embedder.linear_2",
-    "txt_in": "context_embedder", "img_in": "x_embedder", "final_layer.linear": "proj_out",
-}
-_DOUBLE = {
-    "img_mod.lin": "norm1.linear", "txt_mod.lin": "norm1_context.linear",
-    "img_attn.norm.query_norm": "attn.norm_q", "img_attn.norm.key_norm": "attn.norm_k",
-    "txt_attn.norm.query_norm": "attn.norm_added_q", "txt_attn.norm.key_norm": "attn.norm_added_k",
-    "img_mlp.0": "ff.net.0.proj", "img_mlp.2": "ff.net.2",
-    "txt_mlp.0": "ff_context.net.0.proj", "txt_mlp.2": "ff_context.net.2",
-    "img_attn.proj": "attn.to_out.0", "txt_attn.proj": "attn.to_add_out",
-}
-_DOUBLE_FUSED = {"img_attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
-                 "txt_attn.qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj")}
-_SINGLE = {"modulation.lin": "norm.linear", "norm.query_norm": "attn.norm_q", "norm.key_norm": "attn.norm_k",
-           "linear2": "proj_out"}
-_SINGLE_FUSED = ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")
-
 
 def strip_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The transformer's tensors with BFL names, whether bare or under `model.diffusion_model.`
@@ -103,16 +79,16 @@ def bfl_to_diffusers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     for key, tensor in source.items():
         module, _, leaf = key.rpartition(".")
         block, dot, rest = module.partition(".")
-        if module in _TOP_LEVEL:
-            out[f"{_TOP_LEVEL[module]}.{leaf}"] = tensor
-        elif module == "final_layer.adaLN_modulation.1":
-            out[f"norm_out.linear.{leaf}"] = _swap_shift_scale(tensor)
+        if module in TOP_LEVEL:
+            out[f"{TOP_LEVEL[module]}.{leaf}"] = tensor
+        elif module == FINAL_MODULATION[0]:
+            out[f"{FINAL_MODULATION[1]}.{leaf}"] = _swap_shift_scale(tensor)
         elif block in ("double_blocks", "single_blocks") and dot:
             index, _, inner = rest.partition(".")
             if block == "double_blocks":
-                target, fused, renames, sizes = f"transformer_blocks.{index}.", _DOUBLE_FUSED, _DOUBLE, [hidden] * 3
+                target, fused, renames, sizes = f"transformer_blocks.{index}.", DOUBLE_FUSED, DOUBLE, [hidden] * 3
             else:
-                target, fused, renames = f"single_transformer_blocks.{index}.", {"linear1": _SINGLE_FUSED}, _SINGLE
+                target, fused, renames = f"single_transformer_blocks.{index}.", {"linear1": SINGLE_FUSED}, SINGLE
                 sizes = [hidden] * 3 + [mlp]
             if inner in fused:
                 for name, part in zip(fused[inner], _split(tensor, sizes, key)):
