@@ -53,6 +53,9 @@ class RunOptions:
     refiner_by_steps: bool = False
     hires_refiner_pass: str = "second pass"
     refiner_aesthetic_scores: tuple[float, float] = (6.0, 2.5)
+    # The ControlNet units' detected maps: returned after the pictures; saved with them.
+    return_detected_maps: bool = True
+    save_detected_maps: bool = True
 
 
 @dataclass(frozen=True)
@@ -97,13 +100,15 @@ class GenerationResult:
     ignored_settings: list[str] = field(default_factory=list)  # override_settings not used
     pnginfo: bool = True  # the enable_pnginfo setting: images carry their infotext
     grid_infotext: str | None = None  # the grid's own (a script's); None: the first image's
+    detected_maps: list[Image.Image] = field(default_factory=list)  # ControlNet maps, after the pictures
 
     def gallery(self) -> list[tuple[Image.Image, str]]:
-        """(image, infotext) pairs as a gallery shows them: the grid first when there is one."""
+        """(image, infotext) pairs as a gallery shows them: the grid first when there is one, the
+        ControlNet units' detected maps last (no infotext of their own)."""
         items = list(zip(self.images, self.infotexts))
         if self.grid is not None:
             items.insert(0, (self.grid, self.grid_text))
-        return items
+        return items + [(detected, "") for detected in self.detected_maps]
 
     @property
     def grid_text(self) -> str:
@@ -171,5 +176,7 @@ def policy_from_settings(settings: Mapping[str, Any], request: GenerationRequest
             hires_refiner_pass=settings["hires_fix_refiner_pass"],
             refiner_aesthetic_scores=(settings["sdxl_refiner_high_aesthetic_score"],
                                       settings["sdxl_refiner_low_aesthetic_score"]),
+            return_detected_maps=not settings["control_net_no_detectmap"],
+            save_detected_maps=settings["control_net_detectmap_autosaving"],
         ),
     )

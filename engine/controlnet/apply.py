@@ -51,6 +51,11 @@ def detect_map(unit: ControlUnit, image: Image.Image, width: int, height: int,
                              annotators=annotators)
 
 
+def resize_mode_of(resize_mode: str) -> int:
+    """The image_prep resize mode a unit's resize mode names."""
+    return _RESIZE[resize_mode]
+
+
 def control_tensor(control_map: Image.Image, width: int, height: int, resize_mode: str) -> torch.Tensor:
     """The map framed to width x height as the unit's resize mode says, as a (1, 3, H, W) tensor
     in [0, 1]; pixels an inpaint map marks (alpha 0) are -1, as inpaint ControlNets expect."""

@@ -42,6 +42,7 @@ class ControlUnit:
     guidance_end: float = 1.0            # ...and ends
     pixel_perfect: bool = False          # preprocess at the resolution the output needs
     control_mode: str = BALANCED
+    save_detected_map: bool = True       # return (and save) the detected map with the pictures
 
     def replace(self, **changes: Any) -> "ControlUnit":
         return dataclasses.replace(self, **changes)
@@ -58,6 +59,7 @@ class ControlUnit:
         for name in ("threshold_a", "threshold_b"):
             Number().check(getattr(self, name), f"{where}: {name}", name)
         Flag().check(self.enabled, f"{where}: enabled", "enabled")
+        Flag().check(self.save_detected_map, f"{where}: save_detected_map", "save_detected_map")
         if self.guidance_start >= self.guidance_end:
             raise RequestError(f"{where}: guidance_start ({self.guidance_start}) must be below "
                                f"guidance_end ({self.guidance_end})", "guidance_start")

@@ -21,7 +21,7 @@ from PIL import Image, UnidentifiedImageError
 from engine.errors import NotFoundError, UserError
 from engine.output.infotext import INFOTEXT_KEY
 from engine.files import TEMP_PREFIX
-from engine.output.writer import OutputWriter, read_infotext
+from engine.output.writer import DETECTED_MAPS, OutputWriter, read_infotext
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,8 @@ class SavedImages:
     def _walk(self, top: Path, root: Path):
         # followlinks=False: a symlinked folder could lead anywhere, or back into a loop.
         for folder, subfolders, files in os.walk(top, followlinks=False):
-            subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+            # The ControlNet maps saved beside the pictures are not pictures of the studio's.
+            subfolders[:] = [name for name in subfolders if not name.startswith(".") and name != DETECTED_MAPS]
             for name in files:
                 if not _is_picture_name(name):
                     continue

@@ -140,6 +140,10 @@ def _moment(when: dt.date | dt.datetime | None) -> dt.datetime:
     return when if isinstance(when, dt.datetime) else dt.datetime.combine(when, dt.time())
 
 
+# Where the ControlNet units' detected maps are saved, below a samples folder (not History's).
+DETECTED_MAPS = "detected_maps"
+
+
 class OutputWriter:
     """Saves finished pictures below `root` (the data dir's outputs folder), as the settings say.
 
@@ -210,6 +214,12 @@ class OutputWriter:
         """NNNNN.<format> in the extras folder (the ecosystem's short name for these)."""
         return self._save(self.images_dir("extras"), "", True, image, self._option("samples_format"),
                           infotext, {"extras": extras})
+
+    def save_detected_map(self, image: Image.Image, mode: str, module: str) -> Path:
+        """A ControlNet unit's detected map: NNNNN.png in the mode's samples folder's
+        detected_maps/<preprocessor>/ (the ControlNet extension's place for them)."""
+        folder = self.base_folder("samples", mode) / DETECTED_MAPS / (safe_name(module, self.name_limit) or "map")
+        return self._save(folder, "", True, image, "png", None)
 
     def save_grid(self, images: list[Image.Image], mode: str, infotext: str | None,
                   fields: ImageFields | None = None) -> Path:

@@ -53,6 +53,7 @@ from engine.runs.img2img import ImageStart, image_tensor
 from engine.runs.start_noise import NoiseStart
 from engine.runs.refiner import RefinerJobState, RefinerPass, RefinerSwitch
 from engine.runs.image_context import ImageContext
+from engine.runs.detected_maps import DetectedMaps
 
 
 class GenerationRun:
@@ -93,6 +94,7 @@ class GenerationRun:
         self.borrow_model = None
         self._control_step = 0  # sampling steps done in this pass, for the ControlNet windows
         self._control_pass: GenerationRun | None = self  # whose steps the ControlNet windows follow
+        self.detected_maps = DetectedMaps()
         self.negative_skips = 0  # UNet calls that left out the negative prompt (s_min_uncond)
         self._writing: tuple[OutputWriter, GenerationResult] | None = None  # for save_before
         self._previewer: Previewer | None = None  # set by run(): how live previews are made
@@ -155,6 +157,7 @@ class GenerationRun:
                 self._run_batch(batch, cond, uncond, result, writer)
         result.warnings += self.memory_notes
         result.interrupted = job.interrupted
+        self._detected_maps(result, writer)
         if self.policy.make_grid and len(result.images) >= 2:
             result.grid = make_grid(result.images)
             result.grid.info[infotext.INFOTEXT_KEY] = result.infotexts[0]
@@ -162,6 +165,16 @@ class GenerationRun:
                 result.grid_path = writer.save_grid(result.images, request.mode, result.infotexts[0],
                                                     self._name_fields(result, 0))
         return result
+
+    def _detected_maps(self, result: GenerationResult, writer: OutputWriter | None) -> None:
+        """The units' maps after the pictures, and saved with them (engine/runs/detected_maps.py)."""
+        maps = self.detected_maps.images(self.request.width, self.request.height) if result.images else []
+        if self.policy.run.return_detected_maps:
+            result.detected_maps = [image for image, _ in maps]
+        if self.policy.save_images and self.policy.run.save_detected_maps and writer is not None:
+            for image, module in maps:
+                if module != "none":
+                    writer.save_detected_map(image, self.request.mode, module)
 
     def _loras(self, networks: list):
         """The prompt's LoRAs merged for the block (into the UNet or the flow transformer, and the
@@ -184,6 +197,7 @@ class GenerationRun:
         placement = self.model.placement
         prepared = control.prepare(units, library, request.width, request.height,
                                    placement.resting_device, unet.dtype, image, mask, library.folder)
+        self.detected_maps.keep(prepared)
         # An LCM-style UNet (guidance embedded) has no negative half in its batch.
         cfg = request.cfg_scale > 1 and getattr(unet.config, "time_cond_proj_dim", None) is None
         return _both(placement.controlnets(item.net for item in prepared),
@@ -233,6 +247,8 @@ class GenerationRun:
             inner.memory_notes = self.memory_notes
             inner.refiner_state, inner.hires_pass, inner.borrow_model = self.refiner_state, hires, self.borrow_model
             outer, self._control_pass = self._control_pass, (inner if keep_control and own else None)
+            if keep_control and own and hires:
+                self.detected_maps.saw_hires_pass(request.width, request.height)
             try:
                 return inner.run(None).images[0]
             finally:

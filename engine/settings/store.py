@@ -97,6 +97,10 @@ OPTIONS: tuple[Option, ...] = SAVING_OPTIONS + (
     # The ControlNet extension's name for it, so its clients' settings apply.
     Option("control_net_unit_count", 3, "ControlNet units a request may use (the tabs show 3)", "ControlNet",
            minimum=1, maximum=10),
+    Option("control_net_no_detectmap", False, "Do not append the detected maps to the output (the "
+           "ControlNet units' preprocessed pictures, after the generated ones)", "ControlNet"),
+    Option("control_net_detectmap_autosaving", True, "Save the detected maps when the pictures are saved "
+           "(in the samples folder's detected_maps/<preprocessor>/)", "ControlNet"),
     Option("img2img_empty_mask_as_img2img", False,
            "Inpainting with an empty mask runs plain img2img (instead of asking for a mask)",
            "img2img"),

@@ -60,8 +60,9 @@ def unit_from_api(data: Any, index: int, limit: float) -> ControlUnit:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise RequestError(f"{where}.{name} must be a number, got {value!r}", name)
             fields[name] = int(value) if name == "processor_res" else float(value)
-    if "pixel_perfect" in data:
-        fields["pixel_perfect"] = _flag(data["pixel_perfect"], f"{where}.pixel_perfect")
+    for name in ("pixel_perfect", "save_detected_map"):
+        if data.get(name) is not None:
+            fields[name] = _flag(data[name], f"{where}.{name}")
     if data.get("resize_mode") is not None:
         fields["resize_mode"] = resize_mode_name(data["resize_mode"])
     if data.get("control_mode") is not None:
