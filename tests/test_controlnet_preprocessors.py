@@ -232,15 +232,24 @@ def test_aliases_resolve_whatever_the_case():
         assert target in preprocessors.PREPROCESSORS
         assert preprocessors.find(alias).name == target
     assert preprocessors.find("Canny").name == "canny"
-    assert preprocessors.find("SoftEdge_HED").name == "softedge_gradient"
+    assert preprocessors.find("SoftEdge_HED").name == "softedge_hed"
     assert preprocessors.find("invert (from white bg & black line)").name == "invert"
     assert preprocessors.find("lineart_standard (from white bg & black line)").name == "lineart_standard"
-    assert preprocessors.find("scribble_pidinet").name == "scribble_xdog"
+    assert preprocessors.find("pidinet_scribble").name == "scribble_pidinet"
+    assert preprocessors.find("fake_scribble").name == "scribble_hed" and preprocessors.find("hed").name == "softedge_hed"
     assert preprocessors.find("").name == "none"
     for name, preprocessor in preprocessors.PREPROCESSORS.items():
         assert preprocessors.find(preprocessor.title.upper()).name == name
-    mapped = preprocessors.run("scribble_hed", picture(), 128)
-    assert np.array_equal(pixels(mapped), pixels(preprocessors.run("scribble_xdog", picture(), 128)))
+
+
+@pytest.mark.parametrize("name", ["scribble_hed", "softedge_pidinet", "lineart_realistic", "lineart_anime", "mlsd"])
+def test_network_preprocessors_are_never_replaced_by_a_filter(tmp_path, name):
+    """The ControlNet extension runs HED, PiDiNet, the line-art models and M-LSD as networks; without
+    their library or weights the unit is refused with the reason, not given a filter's map."""
+    with pytest.raises(RequestError) as error:
+        preprocessors.run(name, picture(), 128, models_dir=tmp_path / "models")
+    assert error.value.field == "module" and f"Preprocessor '{name}' is not available" in error.value.message
+    assert preprocessors.find(name).requires and "annotators" in error.value.message
 
 
 def test_unknown_modules_are_refused_with_the_known_names():
@@ -422,3 +431,81 @@ def test_depth_runs_controlnet_aux_on_the_local_files(tmp_path, monkeypatch):
     assert depth.size == (150, 100) and depth.mode == "RGB"
     values = np.asarray(depth)
     assert values[50, 0, 0] < 10 and values[50, -1, 0] > 245
+
+
+FAKE_EDGE_AUX = """
+import os
+import numpy as np
+
+calls = []
+
+
+class _Detector:
+    @classmethod
+    def from_pretrained(cls, folder, filename=None, **more):
+        for name in (filename, *more.values()):
+            assert os.path.isfile(os.path.join(folder, name)), name
+        calls.append((cls.__name__, "from_pretrained", filename, tuple(sorted(more.items()))))
+        return cls()
+
+    def to(self, device):
+        return self
+
+    def __call__(self, image, detect_resolution=512, image_resolution=512, output_type=None, **options):
+        calls.append((type(self).__name__, "call", tuple(sorted(options.items()))))
+        return np.full(image.shape[:2], 200, dtype=np.uint8)
+
+
+class HEDdetector(_Detector):
+    pass
+
+
+class PidiNetDetector(_Detector):
+    pass
+
+
+class LineartDetector(_Detector):
+    pass
+
+
+class MLSDdetector(_Detector):
+    pass
+"""
+
+
+def test_hed_pidinet_lineart_and_mlsd_run_their_networks_with_the_extensions_options(tmp_path, monkeypatch):
+    """The glue to controlnet_aux (absent here, so a stand-in with its calling convention): the
+    weight files found in the ecosystem's sub-folders, one detector kept per network for its
+    variants, and the options each module means (safe, scribble, coarse, M-LSD's thresholds)."""
+    packages = tmp_path / "site"
+    for module in ("controlnet_aux", "torchvision", "timm", "einops", "skimage"):
+        (packages / module).mkdir(parents=True)
+        (packages / module / "__init__.py").write_text(FAKE_EDGE_AUX if module == "controlnet_aux" else "")
+    folder = tmp_path / "models" / "ControlNet" / "annotators"
+    for sub, name in (("hed", "ControlNetHED.pth"), ("pidinet", "table5_pidinet.pth"), ("lineart", "sk_model.pth"),
+                      ("lineart", "sk_model2.pth"), ("mlsd", "mlsd_large_512_fp32.pth")):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+        (folder / sub / name).write_bytes(b"")
+    monkeypatch.syspath_prepend(str(packages))
+    importlib.invalidate_caches()
+    try:
+        loaded = annotators.Annotators("cpu")
+
+        def run(name, **fields):
+            return preprocessors.run(name, picture(), 64, models_dir=tmp_path / "models", annotators=loaded, **fields)
+
+        for name in ("softedge_hed", "softedge_hedsafe", "scribble_hed", "scribble_pidinet", "lineart_coarse"):
+            assert np.asarray(run(name)).max() == 200
+        run("mlsd", threshold_a=0.3, threshold_b=2.5)
+        import controlnet_aux
+        calls = [call for call in controlnet_aux.calls]
+        built = [call for call in calls if call[1] == "from_pretrained"]
+        assert [call[0] for call in built] == ["HEDdetector", "PidiNetDetector", "LineartDetector", "MLSDdetector"]
+        assert built[2][2:] == ("lineart/sk_model.pth", (("coarse_filename", "lineart/sk_model2.pth"),))
+        options = [(call[0], dict(call[2])) for call in calls if call[1] == "call"]
+        assert options == [("HEDdetector", {}), ("HEDdetector", {"safe": True}), ("HEDdetector", {"scribble": True}),
+                           ("PidiNetDetector", {"safe": True, "scribble": True}), ("LineartDetector", {"coarse": True}),
+                           ("MLSDdetector", {"thr_v": 0.3, "thr_d": 2.5})]
+    finally:
+        for module in ("controlnet_aux", "torchvision", "timm", "einops", "skimage"):
+            sys.modules.pop(module, None)

@@ -20,6 +20,10 @@ if TYPE_CHECKING:
     from engine.controlnet.preprocessors import _Job
 
 AUX = "controlnet_aux"
+# lllyasviel/Annotators' file names (what the ControlNet extension downloads and users copy in).
+HED_FILE, PIDINET_FILE = "ControlNetHED.pth", "table5_pidinet.pth"
+LINEART_FILES = ("sk_model.pth", "sk_model2.pth")   # realistic, coarse
+LINEART_ANIME_FILE, MLSD_FILE = "netG.pth", "mlsd_large_512_fp32.pth"
 AUX_DEPS = (("torchvision", "torchvision"), ("timm", "timm"), ("einops", "einops"), ("skimage", "scikit-image"))
 ANNOTATORS = "models/ControlNet/annotators"
 SEG_FOLDER = "seg_ade20k"
@@ -49,7 +53,9 @@ class Annotators:
     def detector(self, kind: str, annotators: Path, files: tuple[str, ...], subfolder: str):
         """controlnet_aux's detector for `kind`, built once from the local files and kept."""
         paths = tuple(find_file(annotators, name, subfolder) for name in files)
-        group = "openpose" if kind.startswith("openpose") else kind  # one detector serves both
+        # One detector serves the variants of a network (body / full pose, soft edge / scribble).
+        group = next((name for name in ("openpose", "hed", "pidi", "lineart_anime", "lineart")
+                      if name in kind), kind)
         key = (group, str(annotators), paths)
         with self._lock:
             if key not in self._loaded:
@@ -102,6 +108,16 @@ def _build_detector(controlnet_aux, kind: str, folder: str, paths: tuple[str, ..
             folder, filename=paths[0], hand_filename=paths[1], face_filename=paths[2])
     if kind == "normal_bae":
         return controlnet_aux.NormalBaeDetector.from_pretrained(folder, filename=paths[0])
+    if kind in ("softedge_hed", "softedge_hedsafe", "scribble_hed"):
+        return controlnet_aux.HEDdetector.from_pretrained(folder, filename=paths[0])
+    if kind in ("softedge_pidinet", "softedge_pidisafe", "scribble_pidinet"):
+        return controlnet_aux.PidiNetDetector.from_pretrained(folder, filename=paths[0])
+    if kind in ("lineart_realistic", "lineart_coarse"):
+        return controlnet_aux.LineartDetector.from_pretrained(folder, filename=paths[0], coarse_filename=paths[1])
+    if kind == "lineart_anime":
+        return controlnet_aux.LineartAnimeDetector.from_pretrained(folder, filename=paths[0])
+    if kind == "mlsd":
+        return controlnet_aux.MLSDdetector.from_pretrained(folder, filename=paths[0])
     raise AssertionError(kind)
 
 
@@ -123,24 +139,25 @@ def _run_aux(kind: str, job: _Job, **options) -> np.ndarray:
     return result
 
 
-def depth_midas(job: _Job) -> np.ndarray:
-    return _run_aux("depth_midas", job)
+# The options each module hands its network, as the ControlNet extension means the module.
+_OPTIONS = {
+    "openpose": {"include_body": True, "include_hand": False, "include_face": False},
+    "openpose_full": {"include_body": True, "include_hand": True, "include_face": True},
+    "softedge_hedsafe": {"safe": True}, "softedge_pidisafe": {"safe": True},
+    "scribble_hed": {"scribble": True}, "scribble_pidinet": {"safe": True, "scribble": True},
+    "lineart_coarse": {"coarse": True},
+}
 
 
-def depth_zoe(job: _Job) -> np.ndarray:
-    return _run_aux("depth_zoe", job)
-
-
-def openpose(job: _Job) -> np.ndarray:
-    return _run_aux("openpose", job, include_body=True, include_hand=False, include_face=False)
-
-
-def openpose_full(job: _Job) -> np.ndarray:
-    return _run_aux("openpose_full", job, include_body=True, include_hand=True, include_face=True)
-
-
-def normal_bae(job: _Job) -> np.ndarray:
-    return _run_aux("normal_bae", job)
+def runner(kind: str):
+    """The preprocessor function of a controlnet_aux module (M-LSD takes its two thresholds)."""
+    def run(job: _Job) -> np.ndarray:
+        options = dict(_OPTIONS.get(kind, {}))
+        if kind == "mlsd":
+            options.update(thr_v=job.a, thr_d=job.b)
+        return _run_aux(kind, job, **options)
+    run.__name__ = kind
+    return run
 
 
 # The 150 ADE20K class colours (MMSegmentation's table), which seg ControlNets were trained on.

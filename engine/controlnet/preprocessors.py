@@ -1,9 +1,9 @@
 """ControlNet preprocessors ("annotators"): control maps made from a picture.
 
-Module names follow the ecosystem's (sd-webui-controlnet) where the operation is the same, and
-ALIASES maps the other names its API clients send onto ours; several of those (the HED/PiDiNet
-soft edges and scribbles, the neural line-art models) need network weights there and are
-approximated here by weight-free filters.
+Module names follow the ecosystem's (sd-webui-controlnet), and ALIASES maps the older names its API
+clients send onto them. A preprocessor that needs a network (HED and PiDiNet soft edges and
+scribbles, the line-art models, MLSD, depth, pose, normals, segmentation) runs that network or,
+when its library or weights are missing, is refused with the reason: never replaced by a filter.
 
 Sizes: a preprocessor with `uses_resolution` first resizes the picture so its shorter side is
 `resolution` pixels (the longer side keeps the aspect ratio, rounded to a whole pixel; no padding
@@ -232,9 +232,11 @@ def _inpaint(job: _Job) -> np.ndarray:
 _AUX_REQUIRES = "the controlnet_aux library and its annotator weights ({files}) in " + weighted.ANNOTATORS
 
 
-def _aux(name: str, title: str, fn, files: tuple[str, ...], subfolder: str) -> Preprocessor:
-    return Preprocessor(name, title, True, None, None, requires=_AUX_REQUIRES.format(files=", ".join(files)),
-                        _fn=fn, _backend=weighted.AUX, _files=files, _subfolder=subfolder)
+def _aux(name: str, title: str, files: tuple[str, ...], subfolder: str,
+         slider_a: Slider | None = None, slider_b: Slider | None = None) -> Preprocessor:
+    """A preprocessor running controlnet_aux's network on lllyasviel/Annotators' `files`."""
+    return Preprocessor(name, title, True, slider_a, slider_b, requires=_AUX_REQUIRES.format(files=", ".join(files)),
+                        _fn=weighted.runner(name), _backend=weighted.AUX, _files=files, _subfolder=subfolder)
 
 
 _OPENPOSE_FILES = ("body_pose_model.pth", "hand_pose_model.pth", "facenet.pth")
@@ -250,11 +252,22 @@ PREPROCESSORS: dict[str, Preprocessor] = {p.name: p for p in (
                  None, _fn=_scribble_xdog),
     Preprocessor("softedge_gradient", "Soft edges (gradients)", True, None, None, _fn=_softedge_gradient),
     Preprocessor("lineart_standard", "Line art (standard)", True, None, None, _fn=_lineart_standard),
-    _aux("depth_midas", "Depth (MiDaS)", weighted.depth_midas, ("dpt_hybrid-midas-501f0c75.pt",), "midas"),
-    _aux("depth_zoe", "Depth (ZoeDepth)", weighted.depth_zoe, ("ZoeD_M12_N.pt",), "zoedepth"),
-    _aux("normal_bae", "Normal map (BAE)", weighted.normal_bae, ("scannet.pt",), "normal_bae"),
-    _aux("openpose", "OpenPose (body)", weighted.openpose, _OPENPOSE_FILES, "openpose"),
-    _aux("openpose_full", "OpenPose (body, hands, face)", weighted.openpose_full, _OPENPOSE_FILES, "openpose"),
+    _aux("depth_midas", "Depth (MiDaS)", ("dpt_hybrid-midas-501f0c75.pt",), "midas"),
+    _aux("depth_zoe", "Depth (ZoeDepth)", ("ZoeD_M12_N.pt",), "zoedepth"),
+    _aux("normal_bae", "Normal map (BAE)", ("scannet.pt",), "normal_bae"),
+    _aux("openpose", "OpenPose (body)", _OPENPOSE_FILES, "openpose"),
+    _aux("openpose_full", "OpenPose (body, hands, face)", _OPENPOSE_FILES, "openpose"),
+    _aux("softedge_hed", "Soft edges (HED)", (weighted.HED_FILE,), "hed"),
+    _aux("softedge_hedsafe", "Soft edges (HED, safe)", (weighted.HED_FILE,), "hed"),
+    _aux("softedge_pidinet", "Soft edges (PiDiNet)", (weighted.PIDINET_FILE,), "pidinet"),
+    _aux("softedge_pidisafe", "Soft edges (PiDiNet, safe)", (weighted.PIDINET_FILE,), "pidinet"),
+    _aux("scribble_hed", "Scribble from a photo (HED)", (weighted.HED_FILE,), "hed"),
+    _aux("scribble_pidinet", "Scribble from a photo (PiDiNet)", (weighted.PIDINET_FILE,), "pidinet"),
+    _aux("lineart_realistic", "Line art (realistic)", weighted.LINEART_FILES, "lineart"),
+    _aux("lineart_coarse", "Line art (coarse)", weighted.LINEART_FILES, "lineart"),
+    _aux("lineart_anime", "Line art (anime)", (weighted.LINEART_ANIME_FILE,), "lineart_anime"),
+    _aux("mlsd", "Straight lines (M-LSD)", (weighted.MLSD_FILE,), "mlsd",
+         Slider("MLSD Value Threshold", 0.01, 2.0, 0.1, 0.01), Slider("MLSD Distance Threshold", 0.01, 20.0, 0.1, 0.01)),
     Preprocessor("seg_ofade20k", "Segmentation (ADE20K)", True, None, None,
                  requires=("the transformers library and an ADE20K semantic-segmentation model folder "
                            f"(config.json and weights, e.g. openmmlab/upernet-convnext-small) in "
@@ -272,22 +285,16 @@ PREPROCESSORS: dict[str, Preprocessor] = {p.name: p for p in (
 
 ALIASES: dict[str, str] = {
     "invert (from white bg & black line)": "invert",
-    "scribble_hed": "scribble_xdog",
-    "scribble_pidinet": "scribble_xdog",
-    "pidinet_scribble": "scribble_xdog",
-    "fake_scribble": "scribble_xdog",
-    "softedge_hed": "softedge_gradient",
-    "softedge_pidinet": "softedge_gradient",
-    "softedge_hedsafe": "softedge_gradient",
-    "softedge_pidisafe": "softedge_gradient",
-    "hed": "softedge_gradient",
-    "hed_safe": "softedge_gradient",
-    "pidinet": "softedge_gradient",
-    "pidinet_safe": "softedge_gradient",
+    # The extension's older names for the same operations.
+    "pidinet_scribble": "scribble_pidinet",
+    "fake_scribble": "scribble_hed",
+    "hed": "softedge_hed",
+    "hed_safe": "softedge_hedsafe",
+    "pidinet": "softedge_pidinet",
+    "pidinet_safe": "softedge_pidisafe",
     "lineart_standard (from white bg & black line)": "lineart_standard",
-    "lineart": "lineart_standard",
-    "lineart_realistic": "lineart_standard",
-    "lineart_coarse": "lineart_standard",
+    "lineart": "lineart_realistic",
+    "lineart_anime_denoise": "lineart_anime",
     "depth": "depth_midas",
     "dw_openpose_full": "openpose_full",
     "oneformer_ade20k": "seg_ofade20k",
