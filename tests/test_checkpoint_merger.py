@@ -403,3 +403,15 @@ def test_the_tab_merges_and_offers_the_result_in_the_checkpoint_list(files, tmp_
         assert text.startswith("<p class='merge-error'>Error: custom_name must be a plain file name")
     finally:
         ctx.engine.shutdown()
+
+
+def test_the_merge_benchmark_records_memory_against_the_model_size(tmp_path):
+    from bench.merge import main
+
+    record = main(["--gib", "0.02", "--method", "Add difference", "--workdir", str(tmp_path / "work"),
+                   "--out", str(tmp_path / "results")])
+    assert record["result_checked"] and record["models"] == 3
+    assert record["model_gib"] == pytest.approx(0.02, rel=0.01)
+    assert record["peak_rss_gib"] >= record["rss_before_merge_gib"] > 0
+    saved = json.loads(next((tmp_path / "results").glob("merge-f16-0.02gib-*.json")).read_text())
+    assert saved["merge_rss_per_model"] == record["merge_rss_per_model"]

@@ -54,8 +54,8 @@ MAX_CUSTOM_NAME = 200
 MAX_DISCARD_PATTERN = 1000
 # A1111 never merges this one (integers counting 0..76, the same in every SD 1.x model).
 SKIP_ON_MERGE = ("cond_stage_model.transformer.text_model.embeddings.position_ids",)
-# Elements computed at once (in float64: 64 MiB per input).
-CHUNK_ELEMENTS = 8 * 1024 * 1024
+# Elements computed at once (in float64: 8 MiB per input).
+CHUNK_ELEMENTS = 1024 * 1024
 # Keys of a single-file FLUX.1 / SD 3.x checkpoint that are not its transformer's.
 NOT_TRANSFORMER = ("text_encoders.", "vae.", "first_stage_model.", "cond_stage_model.", "conditioner.")
 INPUT_CHANNEL_KINDS = {9: "inpainting", 8: "instruct-pix2pix"}
@@ -529,13 +529,13 @@ class CheckpointMerger:
 
 
 def _combine(request: MergeRequest, a: torch.Tensor, others: list[torch.Tensor]) -> torch.Tensor:
-    """The method's formula in float64."""
+    """The method's formula in float64, each step rounded as written (in place: copies only)."""
     m = request.multiplier
-    a64 = a.to(torch.float64)
-    b64 = others[0].to(torch.float64)
+    a64 = a.to(torch.float64, copy=True)
+    b64 = others[0].to(torch.float64, copy=True)
     if request.interp_method == WEIGHTED_SUM:
-        return a64 * (1 - m) + b64 * m
-    return a64 + (b64 - others[1].to(torch.float64)) * m
+        return a64.mul_(1 - m).add_(b64.mul_(m))
+    return a64.add_(b64.sub_(others[1].to(torch.float64)).mul_(m))
 
 
 def _json_or_none(text: str | None):
