@@ -70,6 +70,13 @@ class MergeBusyError(UserError):
     status = 409
 
 
+class MergeWriteError(UserError):
+    """The result could not be written (the disk is full, the folder read-only): the request was
+    fine, the server lacks the room (507, as for running out of memory)."""
+
+    status = 507
+
+
 @dataclass(frozen=True)
 class MergeRequest:
     """What the Checkpoint Merger tab and POST /sdapi/v1/merge-checkpoints ask for (A1111's names)."""
@@ -221,6 +228,8 @@ class _Source:
     def read_flat(self, key: str, start: int, count: int) -> torch.Tensor:
         if self._reader:
             return self._reader.read_flat(key, start, count)
+        if not self._state[key].is_contiguous():   # made contiguous once, not once per piece
+            self._state[key] = self._state[key].contiguous()
         return self._state[key].reshape(-1)[start:start + count]
 
     def close(self) -> None:
@@ -438,8 +447,16 @@ class CheckpointMerger:
         plan, result = self._plan(request, sources, vae_reader)
         kind = "inpainting" if result.is_inpainting else "instruct-pix2pix" if result.is_instruct_pix2pix else None
         path = self._output_path(request, sources, kind)
+        needed = sum(math.prod(p.shape) * p.dtype.itemsize for p in plan.values())
+        free = shutil.disk_usage(path.parent).free
+        if free < needed + 2**20:
+            raise MergeWriteError(f"Not enough free disk space in the checkpoints folder for the merged model: it "
+                                  f"needs {needed / 2**30:.2f} GiB, {free / 2**30:.2f} GiB are free.")
         metadata = self._metadata(request, sources, vae, result)
-        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX)
+        try:
+            fd, temp = tempfile.mkstemp(dir=path.parent, prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX)
+        except OSError as error:
+            raise MergeWriteError(f"Cannot write in the checkpoints folder {path.parent}: {error.strerror}") from error
         try:
             with os.fdopen(fd, "wb") as handle:
                 writer = SafetensorsWriter(handle, {k: (p.dtype, p.shape) for k, p in plan.items()}, metadata)
@@ -450,11 +467,14 @@ class CheckpointMerger:
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(temp, path)
-        except BaseException:
+        except BaseException as error:
             try:
                 os.unlink(temp)
             except FileNotFoundError:
                 pass
+            if isinstance(error, OSError):
+                raise MergeWriteError(f"Could not write the merged model '{path.name}': {error.strerror or error}; "
+                                      "nothing was saved.") from error
             raise
         config = self._copy_config(request.config_source, sources, path)
         self.registry.refresh()
@@ -523,7 +543,10 @@ class CheckpointMerger:
             source = by_role.get(role)
             sidecar = source.path.with_suffix(".yaml") if source else None
             if sidecar is not None and sidecar.is_file():
-                shutil.copyfile(sidecar, path.with_suffix(".yaml"))
+                try:
+                    shutil.copyfile(sidecar, path.with_suffix(".yaml"))
+                except OSError as error:
+                    return f"{sidecar.name} failed ({error.strerror}): the model was saved without it"
                 return sidecar.name
         return None
 
