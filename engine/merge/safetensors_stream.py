@@ -81,6 +81,8 @@ class SafetensorsReader:
         if not isinstance(header, dict):
             raise self._bad("unreadable header")
         metadata = header.pop("__metadata__", None) or {}
+        if not isinstance(metadata, dict):
+            raise self._bad("its metadata is not a table of texts")
         entries = {}
         data_size = size - 8 - length
         for key, value in header.items():
