@@ -28,6 +28,10 @@ def test_the_merger_tab_merges_and_the_checkpoint_list_offers_the_result(page, d
         page.locator("#modelmerger_result").get_by_text("Checkpoint saved to").wait_for()
         assert "browser-merged.safetensors" in page.locator("#modelmerger_result").inner_text()
         assert result.is_file()
+        # The models chosen stay chosen (their titles now carry the hashes the recipe read).
+        for box, name in (("primary", "merge-a"), ("secondary", "merge-b")):
+            page.wait_for_function("([box, name]) => document.querySelector(`#modelmerger_${box}_model_name input`)"
+                                   "?.value.startsWith(`${name}.safetensors [`)", arg=[box, name])
         page.locator("#sd_checkpoint input").click()
         page.get_by_role("option", name=re.compile(r"^browser-merged\.safetensors")).wait_for()
     finally:

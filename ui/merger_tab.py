@@ -21,12 +21,20 @@ from engine.merge.checkpoint_merger import (
 from .context import UIContext
 from .widgets import REFRESH
 
-METHOD_HELP = {WEIGHTED_SUM: "Result = A * (1 - M) + B * M", ADD_DIFFERENCE: "Result = A + (B - C) * M",
+METHOD_HELP = {WEIGHTED_SUM: "Result = A × (1 − M) + B × M", ADD_DIFFERENCE: "Result = A + (B − C) × M",
                "No interpolation": "Result = A"}
 
 
 def _titles(ctx: UIContext) -> list[str]:
     return [c.title for c in ctx.registry.checkpoints if c.kind in ("safetensors", "pickle")]
+
+
+def _title_now(ctx: UIContext, chosen: str | None) -> str | None:
+    """The title a chosen model has now (reading its hash for the recipe adds it to the title)."""
+    try:
+        return ctx.registry.find(chosen).title if chosen else None
+    except UserError:
+        return None
 
 
 def _vae_choices(ctx: UIContext) -> list[str]:
@@ -89,22 +97,23 @@ def build(ctx: UIContext, checkpoint_dropdown=None) -> dict:
         with gr.Column(variant="compact"):
             result = gr.HTML("", elem_id="modelmerger_result")
 
-    def refreshed():
+    def refreshed(*chosen):
         ctx.registry.refresh()
         ctx.engine.addons.vaes.refresh()
         choices = _titles(ctx)
-        return (gr.update(choices=choices), gr.update(choices=choices), gr.update(choices=choices),
+        return (*(gr.update(choices=choices, value=_title_now(ctx, value)) for value in chosen),
                 gr.update(choices=_vae_choices(ctx)))
 
     private = {"api_visibility": "private"}
-    refresh.click(refreshed, outputs=[primary, secondary, tertiary, vae], queue=False, **private)
+    refresh.click(refreshed, inputs=[primary, secondary, tertiary], outputs=[primary, secondary, tertiary, vae],
+                  queue=False, **private)
     method.change(lambda chosen: gr.update(info=METHOD_HELP.get(chosen, "")), inputs=method, outputs=method,
                   queue=False, **private)
 
     def on_merge(*values, progress=gr.Progress()):  # noqa: B008 (Gradio's way of asking for its progress bar)
         text, all_titles = run_merge(ctx, *values, progress=progress)
         mergeable = _titles(ctx)
-        updates = [text, *(gr.update(choices=mergeable) for _ in range(3))]
+        updates = [text, *(gr.update(choices=mergeable, value=_title_now(ctx, chosen)) for chosen in values[:3])]
         if checkpoint_dropdown is not None:
             updates.append(gr.update(choices=all_titles))
         return tuple(updates)
