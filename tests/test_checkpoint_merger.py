@@ -181,6 +181,23 @@ def test_weights_missing_from_b_are_kept_from_a_and_said(files, merger):
     assert torch.equal(merged[probe], b[probe])   # M = 1: B's own
 
 
+def test_sdxl_checkpoints_merge_by_the_formula(files, merger, tiny_models):
+    folder = files / "models" / "Stable-diffusion"
+    export_single_file(tiny_models.reference_pipeline("sdxl", seed=1), folder / "xl-b.safetensors", "sdxl")
+    merger.registry.refresh()
+    result = merger.merge(MergeRequest("xl", "xl-b", multiplier=0.6, save_as_half=True))
+    a, b = tensors(files, "xl.safetensors"), tensors(files, "xl-b.safetensors")
+    merged = load_file(str(result.path))
+    assert set(merged) == set(a) and any(k.startswith("conditioner.embedders.1.") for k in merged)
+    for key, value in a.items():
+        if not value.is_floating_point():
+            assert torch.equal(merged[key], value), key
+            continue
+        stored = torch.float16 if value.dtype == torch.float32 else value.dtype
+        expected = (value.double() * (1 - 0.6) + b[key].double() * 0.6).to(stored)
+        assert torch.equal(merged[key], expected), key
+
+
 def test_an_inpainting_a_merges_its_first_four_input_channels(files, merger):
     result = merger.merge(MergeRequest("a9", "b", "c", interp_method="Add difference", multiplier=1.0))
     assert result.path.name == "a9 + 1.0(b - c).inpainting.safetensors" and result.is_inpainting
