@@ -22,6 +22,9 @@ FLUX.1 and SD 3.5 (bench/flow_model.py) are written as the all-in-one single fil
 --memory-modes runs the engine again under each memory mode (none, medvram, lowvram): it/s and
 peak memory per mode (on the CPU the offload modes act as none, so this is for a GPU).
 
+`python -m bench --merge` measures the Checkpoint Merger instead (bench/merge.py: peak RAM against
+the models' sizes, seconds per GB).
+
 On a CPU the defaults are a small image and few steps, so that it ends in a few minutes.
 """
 
@@ -32,6 +35,7 @@ import logging
 import os
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -353,6 +357,10 @@ class Bench:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--merge" in argv:   # the Checkpoint Merger's benchmark (bench/merge.py)
+        from .merge import main as merge_main
+        return merge_main([arg for arg in argv if arg != "--merge"])
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     workdir = Path(tempfile.mkdtemp(prefix="sd-studio-bench-"))

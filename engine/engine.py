@@ -42,6 +42,7 @@ from engine.runs.script_host import InstalledNames, JobScriptHost, checkpoint_ke
 from engine.extensions.registry import NOT_EXTENSION_FAULTS
 from engine.extensions.script import checked_options
 from engine.postprocess.interrogate import Captioner
+from engine.merge.checkpoint_merger import CheckpointMerger, MergeRequest, MergeResult
 from engine.errors import ScriptError
 from PIL import Image
 
@@ -67,6 +68,7 @@ class Engine:
         upscalers.options = lambda: {key: settings[key] for key in ("ldsr_steps", "ldsr_cached")}
         upscalers.should_stop = lambda: bool(getattr(self.queue.current, "interrupted", False))
         self.captioner = Captioner(addons.faces.models_dir, models.device)
+        self.merger = CheckpointMerger(models.registry, addons.vaes, models.allow_unsafe)
         self.catalog = InstalledNames(addons, models.registry, self.upscaler_names, RESTORERS,
                                       self._upscaler_in_use, lambda name: check_restorer(name, addons.faces))
         # A FLUX.1 / SD 3 checkpoint loads with its remembered VAE / text encoder files.
@@ -424,6 +426,12 @@ class Engine:
             return model
 
         return self.queue.submit(Job(work, owner=owner, kind="load", description=f"load {wanted}"))
+
+    def merge_checkpoints(self, request: MergeRequest, progress=None) -> MergeResult:
+        """The Checkpoint Merger: a new file in the checkpoints folder, listed at once. It runs in
+        the caller's thread (reading and writing files, beside any generation), one merge at a time;
+        `progress(done, total)` is told of each tensor written."""
+        return self.merger.merge(request, progress)
 
     def token_count(self, text: str, steps: int = 20) -> tuple[int, int]:
         """(tokens, limit) for a prompt box's counter, as the loaded model's tokenizer counts:

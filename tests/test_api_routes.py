@@ -175,7 +175,7 @@ def test_openapi_documents_every_sdapi_route(demo_server):
               "/hypernetworks", "/face-restorers", "/realesrgan-models", "/prompt-styles", "/embeddings",
               "/loras", "/memory", "/scripts", "/script-info", "/extensions", "/refresh-checkpoints",
               "/refresh-vae", "/png-info", "/interrogate", "/extra-single-image", "/extra-batch-images",
-              "/unload-checkpoint", "/reload-checkpoint"}
+              "/unload-checkpoint", "/reload-checkpoint", "/merge-checkpoints"}
     assert compat <= documented, compat - documented
     assert httpx.get(demo_server.url + "/docs").status_code == 200
 

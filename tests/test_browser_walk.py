@@ -651,6 +651,12 @@ def walk_pnginfo(page, files: dict) -> None:
     generate(page, "txt2img", "a walked picture")
 
 
+def walk_merger(page, files: dict) -> None:
+    Walk(page, "#tab_modelmerger").everything()
+    page.click("#modelmerger_merge")   # no model chosen (the demo server has no single-file one)
+    page.locator("#modelmerger_result").get_by_text("choose the primary model").wait_for()
+
+
 def walk_history(page, files: dict) -> None:
     page.click("#tab_txt2img-button")
     generate(page, "txt2img", "a picture for history")
@@ -747,6 +753,7 @@ WALKS = {
     "ControlNet": ("controlnet", walk_controlnet),
     "Extras": ("extras", walk_extras),
     "PNG Info": ("pnginfo", walk_pnginfo),
+    "Checkpoint Merger": ("modelmerger", walk_merger),
     "History": ("history", walk_history),
     "Extensions": ("extensions", walk_extensions),
     "Settings": ("settings", walk_settings),

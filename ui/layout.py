@@ -17,6 +17,7 @@ from . import (
     gradio_cache,
     history_tab,
     img2img_tab,
+    merger_tab,
     png_info_tab,
     refiner_ui,
     send_to,
@@ -48,6 +49,9 @@ def build_app(ctx: UIContext) -> gr.Blocks:
                 extras = extras_tab.build(ctx)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo", visible="PNG Info" not in hidden):
                 png_info = png_info_tab.build(ctx)
+            with gr.Tab("Checkpoint Merger", id="modelmerger", elem_id="tab_modelmerger",
+                        visible="Checkpoint Merger" not in hidden):
+                merger_tab.build(ctx, bar["dropdown"])
             with gr.Tab("History", id="history", elem_id="tab_history",
                         visible="History" not in hidden) as history_block:
                 history = history_tab.build(ctx, history_block)

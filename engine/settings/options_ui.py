@@ -16,7 +16,7 @@ SECTION = "User interface"
 
 THEMES = ("light", "dark", "system")
 # Tabs that may be hidden; txt2img (the first tab) and Settings (the way back) always stay.
-HIDEABLE_TABS = ("img2img", "ControlNet", "Extras", "PNG Info", "History", "Extensions")
+HIDEABLE_TABS = ("img2img", "ControlNet", "Extras", "PNG Info", "Checkpoint Merger", "History", "Extensions")
 
 # How far the tabs' sliders go.
 STEPS_MAX, SIZE_MAX, CFG_MAX = "ui_steps_max", "ui_size_max", "ui_cfg_max"

@@ -239,3 +239,31 @@ class ErrorResponse(BaseModel):
     error: str
     detail: str
     field: str | None = None
+
+
+class MergeBody(BaseModel):
+    """POST /sdapi/v1/merge-checkpoints: A1111's Checkpoint Merger fields."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    primary_model_name: Name = Field(description="Model A: a title, name or hash from /sd-models")
+    secondary_model_name: Name | None = Field(None, description="Model B (Weighted sum, Add difference)")
+    tertiary_model_name: Name | None = Field(None, description="Model C (Add difference)")
+    interp_method: Name = Field("Weighted sum", description="'Weighted sum' A*(1-M)+B*M, 'Add difference' "
+                                "A+(B-C)*M, or 'No interpolation' (A alone)")
+    multiplier: float = Field(0.3, ge=0, le=1, description="M, from 0 to 1")
+    save_as_half: bool = Field(False, description="Store float32 weights as float16")
+    custom_name: Name = Field("", description="The new file's name (without .safetensors); empty: A1111's "
+                              "name made from the models, method and multiplier")
+    config_source: int | Name = Field(0, description="Copy the .yaml beside: 0 'A, B or C', 1 'B', 2 'C', 3 \"Don't\"")
+    bake_in_vae: Name | None = Field("None", description="A VAE file from /sd-vae to bake in, or 'None'")
+    discard_weights: Annotated[str, Field(max_length=1000)] = Field(
+        "", description="A regular expression: weights whose names match it are left out")
+    overwrite: bool = Field(False, description="Replace a file of the same name in the checkpoints folder")
+
+
+class MergeResponse(BaseModel):
+    filename: str
+    title: str
+    hash: str | None
+    info: str

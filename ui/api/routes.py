@@ -16,6 +16,7 @@ from engine.postprocess.faces import restorers
 from engine.settings.flags import public_dict
 from engine.request import LATENT_UPSCALE_MODES
 from engine.runs.uploads import image_from_base64
+from engine.merge.checkpoint_merger import MergeRequest
 
 from ..context import UIContext
 from . import convert
@@ -26,6 +27,8 @@ from .models import (
     ExtrasSingleBody,
     ImagesResponse,
     Img2ImgBody,
+    MergeBody,
+    MergeResponse,
     PngInfoBody,
     PngInfoResponse,
     ProgressResponse,
@@ -218,6 +221,14 @@ def build_router(ctx: UIContext, auth_dependency) -> APIRouter:
     @router.post("/refresh-checkpoints")
     def refresh_checkpoints() -> None:
         registry.refresh()
+
+    @router.post("/merge-checkpoints", response_model=MergeResponse, responses={**ERRORS, 409: ERRORS[400]})
+    def merge_checkpoints(body: MergeBody) -> dict:
+        """A1111's Checkpoint Merger: a new .safetensors file in the checkpoints folder, listed at
+        once. One merge at a time (409 while another runs); it runs beside generations."""
+        result = engine.merge_checkpoints(MergeRequest(**body.model_dump()))
+        return {"filename": str(result.path), "title": result.checkpoint.title,
+                "hash": result.checkpoint.short_hash, "info": result.info}
 
     @router.get("/options")
     def get_options() -> dict[str, Any]:
