@@ -432,3 +432,19 @@ def test_the_merge_benchmark_records_memory_against_the_model_size(tmp_path):
     assert record["peak_rss_gib"] >= record["rss_before_merge_gib"] > 0
     saved = json.loads(next((tmp_path / "results").glob("merge-f16-0.02gib-*.json")).read_text())
     assert saved["merge_rss_per_model"] == record["merge_rss_per_model"]
+
+
+def test_a_discard_pattern_that_backtracks_without_end_is_stopped(monkeypatch):
+    """discard_weights runs with a time limit per weight name: a pattern that would hold the
+    merge (and the server's merge lock) for ever is refused, naming the field."""
+    from engine.errors import RequestError
+    from engine.merge import checkpoint_merger
+
+    pattern = checkpoint_merger.discard_pattern(r"^(a|[a-z_]|[a-z_.])*\d{5}$")
+    key = "model.diffusion_model.input_blocks.0.0.weight"
+    assert not checkpoint_merger.discards(pattern, key)   # quick enough at the real limit
+    assert checkpoint_merger.discards(checkpoint_merger.discard_pattern("input_blocks"), key)
+    monkeypatch.setattr(checkpoint_merger, "DISCARD_MATCH_SECONDS", 1e-7)
+    with pytest.raises(RequestError) as error:
+        checkpoint_merger.discards(pattern, key)
+    assert error.value.field == "discard_weights" and "too long" in error.value.message

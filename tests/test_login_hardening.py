@@ -15,7 +15,7 @@ UI_LOGIN = ("ui", "hunter2")
 API_LOGIN = ("api", "s3cret")
 FORBIDDEN_WORDS = "Cross-site request refused"
 STATE_CHANGES = ("interrupt", "skip", "unload-checkpoint", "reload-checkpoint", "refresh-checkpoints",
-                 "refresh-loras", "refresh-embeddings", "refresh-vae")
+                 "refresh-loras", "refresh-embeddings", "refresh-vae", "merge-checkpoints")
 
 
 class Clock:

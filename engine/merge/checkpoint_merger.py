@@ -29,13 +29,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import regex
 import torch
 
 from engine.errors import CheckpointError, NotFoundError, RequestError, UserError
 from engine.files import TEMP_PREFIX, TEMP_SUFFIX
 from engine.merge import vae_bake
 from engine.merge.safetensors_stream import SafetensorsReader, SafetensorsWriter
-from engine.models import families
+from engine.families import recognise_flow_file
+from engine.families.flux import FLUX
 from engine.models.loading import (
     FAMILY_LABELS,
     UNET_IN,
@@ -52,6 +54,7 @@ NO_VAE = "None"
 MULTIPLIER_RANGE = (0.0, 1.0)
 MAX_CUSTOM_NAME = 200
 MAX_DISCARD_PATTERN = 1000
+DISCARD_MATCH_SECONDS = 0.1   # per weight name: a sane pattern needs microseconds
 # A1111 never merges this one (integers counting 0..76, the same in every SD 1.x model).
 SKIP_ON_MERGE = ("cond_stage_model.transformer.text_model.embeddings.position_ids",)
 # Elements computed at once (in float64: 8 MiB per input).
@@ -146,13 +149,23 @@ def config_source_name(value) -> str:
                        f"'{str(value)[:60]}'", "config_source")
 
 
-def discard_pattern(text: str | None) -> re.Pattern | None:
+def discard_pattern(text: str | None):
+    """The discard_weights pattern, compiled by `regex` (re's syntax), whose searches can be
+    timed out: a pattern that backtracks without end must not hold the merge (and the server)."""
     if not text:
         return None
     try:
-        return re.compile(text)
-    except re.error as error:
+        return regex.compile(text)
+    except regex.error as error:
         raise RequestError(f"discard_weights is not a valid regular expression: {error}", "discard_weights") from error
+
+
+def discards(pattern, key: str) -> bool:
+    try:
+        return pattern.search(key, timeout=DISCARD_MATCH_SECONDS) is not None
+    except TimeoutError:
+        raise RequestError(f"discard_weights takes too long to match a weight name ('{key}'): the pattern "
+                           "backtracks too much; simplify it", "discard_weights") from None
 
 
 def check_custom_name(name: str | None) -> None:
@@ -208,11 +221,11 @@ class _Source:
             probe[UNET_IN] = (shapes[UNET_IN][0], 4, *shapes[UNET_IN][2:])
             layout = detect_layout(probe, self.info.name)
             return ("sdxl-refiner", "SDXL refiner") if layout.refiner else (layout.family, FAMILY_LABELS[layout.family])
-        flow = families.recognise_file(shapes)
+        flow = recognise_flow_file(shapes)
         if flow is None:
             detect_layout(shapes, self.info.name)   # names what the file is instead
             raise CheckpointError(f"'{self.info.name}' is not a checkpoint this app can merge", self.field)
-        if flow.family == families.FLUX and flow.variant in ("FLUX.1-dev", "FLUX.1-schnell"):
+        if flow.family == FLUX.name and flow.variant in ("FLUX.1-dev", "FLUX.1-schnell"):
             return "flux", flow.variant   # dev and schnell share their transformer's shapes
         return f"{flow.family}:{flow.variant}", flow.variant
 
@@ -365,7 +378,7 @@ class CheckpointMerger:
         plan: dict[str, _Plan] = {}
         half = request.save_as_half
         for key in sorted(a.shapes):
-            if pattern is not None and pattern.search(key):
+            if pattern is not None and discards(pattern, key):
                 result.discarded.append(key)
                 continue
             dtype, shape = a.dtypes[key], a.shapes[key]
