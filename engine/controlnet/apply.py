@@ -23,6 +23,7 @@ from engine import image_prep
 from engine.errors import RequestError
 from engine.controlnet import preprocessors
 from engine.controlnet.annotators import Annotators
+from engine.controlnet.latent_fixes import FIXING_MODULES, LatentFix, latent_mask
 from engine.controlnet.units import (
     CONTROLNET_MORE,
     PROMPT_MORE,
@@ -77,6 +78,12 @@ class PreparedUnit:
     control: torch.Tensor                  # (1, 3, H, W) at the job's size
     detected: Image.Image                  # the map, for showing
     _sized: dict = field(default_factory=dict)
+    fix: LatentFix | None = None           # what it does to the UNet's prediction (latent_fixes.py)
+
+    @property
+    def note(self) -> str:
+        """What the job is told about this unit's preprocessor (a part that is not here)."""
+        return preprocessors.find(self.unit.module).note
 
     def control_for(self, sample: torch.Tensor, scale: int) -> torch.Tensor:
         """The control image at the size of this sample (a hires pass has another), batched."""
@@ -133,12 +140,40 @@ def _residuals(item: PreparedUnit, sample, timestep, hidden, added, cfg: bool, s
     return down, mid
 
 
+def add_latent_fixes(prepared: list[PreparedUnit], width: int, height: int,
+                     encode: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    """Give the units whose preprocessor corrects the UNet's prediction (tile_colorfix,
+    inpaint_only) their LatentFix: the control picture framed to width x height and encoded by
+    `encode` ((1, 3, H, W) in [-1, 1] to latents), and for inpainting the latent-size mask."""
+    for item in prepared:
+        preprocessor = preprocessors.find(item.unit.module)
+        if preprocessor.name not in FIXING_MODULES:
+            continue
+        mode = _RESIZE[item.unit.resize_mode]
+        rgb = image_prep.resize_image(item.detected.convert("RGB"), mode, width, height)
+        latents = encode(torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)[None])
+        mask = None
+        if preprocessor.needs_mask:
+            alpha = image_prep.resize_image(item.detected.getchannel("A"), mode, width, height) \
+                if item.detected.mode == "RGBA" else Image.new("L", (width, height), 255)
+            mask = latent_mask(torch.from_numpy((np.asarray(alpha) < 128).astype(np.float32))[None, None])
+
+        def slider(value: float, default) -> float:
+            return value if value >= 0 else (default.default if default is not None else 0.0)
+
+        item.fix = LatentFix(preprocessor.name, item.unit.weight, latents.float().cpu(),
+                             int(slider(item.unit.threshold_a, preprocessor.threshold_a)),
+                             slider(item.unit.threshold_b, preprocessor.threshold_b), mask)
+
+
 @contextlib.contextmanager
 def attached(unet: torch.nn.Module, units: list[PreparedUnit], cfg: bool,
-             progress: Callable[[], tuple[int, int] | None], vae_scale: int = 8) -> Iterator[None]:
-    """For the duration: `unet` adds the active units' residuals on every call. `progress`
-    gives (step index, steps in this pass), or None for no control in this call; `cfg`: the
-    batch is [negative, positive]."""
+             progress: Callable[[], tuple[int, int] | None], vae_scale: int = 8,
+             alphas_cumprod: torch.Tensor | None = None, prediction_type: str = "epsilon") -> Iterator[None]:
+    """For the duration: `unet` adds the active units' residuals on every call, and the units
+    with a LatentFix correct its prediction after it (given the model's `alphas_cumprod` and
+    `prediction_type`). `progress` gives (step index, steps in this pass), or None for no control
+    in this call; `cfg`: the batch is [negative, positive]."""
 
     # A forward pre-hook, not a replaced `forward`: offload hooks replace `forward` themselves,
     # and diffusers takes them off and puts them back at the end of a pipeline call (model
@@ -165,11 +200,32 @@ def attached(unet: torch.nn.Module, units: list[PreparedUnit], cfg: bool,
         return args, {**kwargs, "down_block_additional_residuals": tuple(down_sum),
                       "mid_block_additional_residual": mid_sum}
 
-    handle = unet.register_forward_pre_hook(add_residuals, with_kwargs=True)
+    def fix_prediction(module, args, kwargs, output):
+        where = progress()
+        fixes = [item.fix for item in units if item.fix is not None and item.unit.weight > 0
+                 and where is not None and item.active_at(*where)]
+        if not fixes or alphas_cumprod is None or prediction_type not in ("epsilon", "v_prediction"):
+            return None
+        sample, timestep = _argument(args, kwargs, 0, "sample"), _argument(args, kwargs, 1, "timestep")
+        predicted = output[0] if isinstance(output, tuple) else output.sample
+        cond_mark = torch.ones(predicted.shape[0], 1, 1, 1, device=predicted.device)
+        if cfg and predicted.shape[0] % 2 == 0:
+            cond_mark[:predicted.shape[0] // 2] = 0   # the negative half
+        for fix in fixes:
+            predicted = fix.apply(sample, timestep, predicted, alphas_cumprod, prediction_type, cond_mark)
+        if isinstance(output, tuple):
+            return (predicted, *output[1:])
+        output.sample = predicted
+        return output
+
+    handles = [unet.register_forward_pre_hook(add_residuals, with_kwargs=True)]
+    if any(item.fix is not None for item in units):
+        handles.append(unet.register_forward_hook(fix_prediction, with_kwargs=True))
     try:
         yield
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
 
 
 def _argument(args: tuple, kwargs: dict, index: int, name: str):

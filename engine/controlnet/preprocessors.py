@@ -71,6 +71,7 @@ class Preprocessor:
     threshold_b: Slider | None
     needs_mask: bool = False
     requires: str = ""
+    note: str = ""     # what a job using it is told (a part of the extension's that is not here)
     _fn: Callable[[_Job], np.ndarray] | None = field(default=None, repr=False, compare=False)
     _backend: str = field(default="", repr=False)          # "", "controlnet_aux" or "transformers"
     _files: tuple[str, ...] = field(default=(), repr=False)  # weight files (or a folder) in annotators/
@@ -281,6 +282,17 @@ PREPROCESSORS: dict[str, Preprocessor] = {p.name: p for p in (
     Preprocessor("inpaint", "Inpaint (global harmonious)", False, None, None, needs_mask=True, _fn=_inpaint),
     Preprocessor("inpaint_only", "Inpaint only (masked area)", False, None, None, needs_mask=True,
                  _fn=_inpaint),
+    # The extension first fills the masked area with LaMa (big-lama.pt): no LaMa here, so the
+    # masked area starts from the picture as inpaint_only's does, and the job says so.
+    Preprocessor("inpaint_only+lama", "Inpaint only + LaMa fill", False, None, None, needs_mask=True,
+                 note="inpaint_only+lama: the LaMa fill of the masked area (big-lama.pt) is not available in "
+                      "this version, so it ran as inpaint_only (the masked area starts from the picture)",
+                 _fn=_inpaint),
+    # The picture itself; the colours are fixed in the prediction at each step (latent_fixes.py).
+    Preprocessor("tile_colorfix", "Tile (colour fix)", False, Slider("Variation", 3, 32, 8, 1), None,
+                 _fn=_none),
+    Preprocessor("tile_colorfix+sharp", "Tile (colour fix + sharp)", False, Slider("Variation", 3, 32, 8, 1),
+                 Slider("Sharpness", 0.0, 2.0, 1.0, 0.01), _fn=_none),
 )}
 
 ALIASES: dict[str, str] = {

@@ -95,6 +95,7 @@ class GenerationRun:
         self._control_step = 0  # sampling steps done in this pass, for the ControlNet windows
         self._control_pass: GenerationRun | None = self  # whose steps the ControlNet windows follow
         self.detected_maps = DetectedMaps()
+        self.control_notes: list[str] = []   # what the units' preprocessors tell the job
         self.negative_skips = 0  # UNet calls that left out the negative prompt (s_min_uncond)
         self._writing: tuple[OutputWriter, GenerationResult] | None = None  # for save_before
         self._previewer: Previewer | None = None  # set by run(): how live previews are made
@@ -142,7 +143,7 @@ class GenerationRun:
                 unused = not self.family.uncond_at_scale_one and request.cfg_scale == 1
                 cond, uncond = encoder.encode_schedules(text, text if unused else negative_text, self.sampling_steps)
             result.extra_params = run_infotext.extra_params(self, loras, encoder, vae_file)
-            result.warnings = list(loras.warnings)
+            result.warnings = list(loras.warnings) + self.control_notes
             styles_note = self.addons.styles.unknown_note(request.styles)
             if styles_note:
                 result.warnings.append(styles_note)
@@ -198,11 +199,16 @@ class GenerationRun:
         prepared = control.prepare(units, library, request.width, request.height,
                                    placement.resting_device, unet.dtype, image, mask, library.folder)
         self.detected_maps.keep(prepared)
+        self.control_notes = [item.note for item in prepared if item.note]
+        control.add_latent_fixes(prepared, request.width, request.height,
+                                 lambda pixels: encode(self.pipe.vae, pixels, faults=self.addons.faults))
         # An LCM-style UNet (guidance embedded) has no negative half in its batch.
         cfg = request.cfg_scale > 1 and getattr(unet.config, "time_cond_proj_dim", None) is None
+        alphas = self.model.sigma_table(device=placement.device).alphas_cumprod
         return _both(placement.controlnets(item.net for item in prepared),
                      control.attached(unet, prepared, cfg=cfg, progress=self._control_progress,
-                                      vae_scale=self.model.vae_scale_factor))
+                                      vae_scale=self.model.vae_scale_factor, alphas_cumprod=alphas,
+                                      prediction_type=self.model.prediction_type))
 
     def _control_progress(self) -> tuple[int, int] | None:
         """(step, steps) of the pass now sampling, or None while control is off (an inner pass
