@@ -201,13 +201,13 @@ def _full_metadata(entry: NetworkEntry) -> str:
 def panel(ctx: UIContext, tab: str, prompt: gr.Textbox, negative: gr.Textbox) -> dict:
     """The toggle button, the panel and the metadata editor; returns what the tab wires later."""
     catalogue = ctx.engine.addons.networks
-    toggle = gr.Button("\U0001F3B4 Extra networks", elem_id=f"{tab}_extra_networks_toggle", size="sm",
+    toggle = gr.Button("Extra networks", elem_id=f"{tab}_extra_networks_toggle", size="sm",
                        elem_classes=["extra-networks-toggle"])
     opened = gr.State(False)
     grids: dict[str, gr.HTML] = {}
     with gr.Column(visible=False, elem_id=f"{tab}_extra_networks", elem_classes=["extra-networks"]) as column:
         with gr.Row():
-            refresh = gr.Button("\U0001F504 Refresh", elem_id=f"{tab}_extra_networks_refresh", size="sm", scale=0)
+            refresh = gr.Button("Refresh", elem_id=f"{tab}_extra_networks_refresh", size="sm", scale=0)
         with gr.Tabs(elem_id=f"{tab}_extra_networks_tabs", selected=LORA):
             for kind in KINDS:
                 with gr.Tab(LABELS[kind], id=kind, elem_id=f"{tab}_extra_tab_{kind}"):

@@ -46,7 +46,7 @@ def png(color: tuple[int, int, int], size: int = 16) -> bytes:
 FOLDERS = ("", "characters", "characters/anime", "styles", "styles/painterly/oil", "concepts")
 
 
-def write_lora_tree(root: Path, count: int, families=("sd1", "sd1", "sdxl", "flux")) -> list[dict]:
+def write_lora_tree(root: Path, count: int, families=("sd1", "sd1", "sdxl", "flux"), prefix: str = "net") -> list[dict]:
     """`count` LoRA files spread over FOLDERS, every 3rd with a preview (kinds of name in turn),
     every 4th with a name.json, every 5th with a civitai.info, every 2nd with ss_* metadata; their
     modification times one minute apart in name order. Returns what was written, per file."""
@@ -54,7 +54,7 @@ def write_lora_tree(root: Path, count: int, families=("sd1", "sd1", "sdxl", "flu
     preview_names = ("{}.preview.png", "{}.png", "{}.jpg", "{}.webp")
     for i in range(count):
         folder = FOLDERS[i % len(FOLDERS)]
-        name = f"net-{i:04d}-{('alpha', 'bravo', 'charlie', 'delta', 'echo')[i % 5]}"
+        name = f"{prefix}-{i:04d}-{('alpha', 'bravo', 'charlie', 'delta', 'echo')[i % 5]}"
         family = families[i % len(families)]
         metadata = None
         if i % 2 == 0:
