@@ -148,3 +148,23 @@ def test_the_settings_are_in_the_options(server):
     assert options["extra_networks_card_width"] == 0 and options["extra_networks_card_height"] == 0
     assert options["extra_networks_hide_incompatible"] is False
     assert options["lora_preferred_name"] == "Alias from file"
+
+
+def test_the_card_settings_reach_the_grid(server):
+    from ui.network_cards import cards_html
+
+    settings = server.ctx.settings
+    before = {key: settings[key] for key in ("extra_networks_hide_incompatible", "extra_networks_card_width",
+                                             "extra_networks_default_multiplier", "lora_preferred_name")}
+    try:
+        settings.update({"extra_networks_hide_incompatible": True, "extra_networks_card_width": 120,
+                         "extra_networks_default_multiplier": 0.6, "lora_preferred_name": "Filename"})
+        page = cards_html(server.ctx, "img2img", "lora")
+        assert 'class="en-pane en-hide-incompatible" id="img2img_lora_cards"' in page
+        assert "--en-card-w:120px;--en-card-h:240px" in page
+        plain = next(r for r in server.written if not r["metadata"] and "user" not in r)
+        assert f'data-prompt="&lt;lora:{plain["name"]}:0.6&gt;"' in page
+        aliased = next(r for r in server.written if r["metadata"])
+        assert f'data-prompt="&lt;lora:{aliased["name"]}:' in page  # the file name, not the alias
+    finally:
+        settings.update(before)
