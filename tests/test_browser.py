@@ -101,6 +101,14 @@ def test_swap_width_and_height(page, demo_server):
     assert page.locator("#txt2img_height input[type=number]").input_value() == "640"
 
 
+def back_to_the_demo_model(page) -> None:
+    """Pick the demo model in the checkpoint list and wait until it is loaded."""
+    page.locator("#sd_checkpoint input").click()
+    page.get_by_role("option", name="demo-tiny (built-in demo)").click()
+    page.wait_for_function(
+        "() => document.querySelector('#sd_checkpoint input').value.startsWith('demo-tiny')")
+
+
 def test_switch_checkpoint_from_the_dropdown(page, demo_server):
     prepare_small_job(page, demo_server.url, "which model")
     try:
@@ -111,10 +119,7 @@ def test_switch_checkpoint_from_the_dropdown(page, demo_server):
         page.click("#txt2img_generate")
         assert "Model: tiny-folder," in wait_for_infotext(page, "which model")
     finally:
-        page.locator("#sd_checkpoint input").click()
-        page.get_by_role("option", name="demo-tiny (built-in demo)").click()
-        page.wait_for_function(
-            "() => document.querySelector('#sd_checkpoint input').value.startsWith('demo-tiny')")
+        back_to_the_demo_model(page)
 
 
 def test_token_counter_follows_the_typing(page, demo_server):

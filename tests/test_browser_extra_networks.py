@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 
 from tests.support.network_cards import png, write_lora_tree
 from tests.support.server import InProcessServer
-from tests.test_browser import set_number
+from tests.test_browser import back_to_the_demo_model, set_number
 
 COUNT = 300
 
@@ -186,10 +186,7 @@ def test_embedding_and_checkpoint_cards_and_the_img2img_panel(page, server):
             "() => document.querySelector('#sd_checkpoint input').value.startsWith('tiny-folder')")
         assert server.engine.models.current.info.name == "tiny-folder"
     finally:
-        page.locator("#sd_checkpoint input").click()
-        page.get_by_role("option", name="demo-tiny (built-in demo)").click()
-        page.wait_for_function(
-            "() => document.querySelector('#sd_checkpoint input').value.startsWith('demo-tiny')")
+        back_to_the_demo_model(page)
 
     page.click("#tab_img2img-button")
     page.click("#img2img_extra_networks_toggle")
