@@ -88,12 +88,19 @@ def test_a_preview_is_served_with_cache_headers(server):
     ("lora", "styles/secret.txt"), ("lora", "styles/orphan.png"), ("lora", "net-0001-bravo.safetensors"),
     ("lora", "characters/net-0001-bravo.safetensors"), ("lora", "..%2F..%2Foutside.png"), ("lora", ""),
     ("textual_inversion", "../Lora/net-0000-alpha.preview.png"), ("nothing", "shiny.preview.png"),
-    ("lora", "shiny.preview.png"), ("checkpoints", "../outside.png"),
+    ("lora", "shiny.preview.png"), ("checkpoints", "../outside.png"), ("lora", "x" * 300 + ".png"),
+    ("lora", "a\x00.png"),
 ])
 def test_anything_but_a_listed_preview_is_a_404(server, kind, file):
     answer = thumb(server.url, kind, file)
     assert answer.status_code == 404, answer.text
     assert answer.json()["detail"] == "No such preview"
+
+
+def test_oversized_parameters_are_refused_not_failed(server):
+    for params in ({"kind": "k" * 41, "file": "a.png"}, {"kind": "lora", "file": "a" * 4097}):
+        answer = httpx.get(server.url + "/sd_extra_networks/thumb", params=params)
+        assert answer.status_code == 422 and "detail" in answer.json()
 
 
 def test_thumbnails_need_the_pages_login(locked):

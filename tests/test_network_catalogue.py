@@ -222,3 +222,12 @@ def test_the_header_metadata_decoding_matches_a1111(tmp_path):
     broken.write_bytes((10**12).to_bytes(8, "little") + b"{}")
     assert network_files.read_safetensors_header(broken) == ({}, {})
     assert network_files.read_safetensors_header(Path(tmp_path / "absent.safetensors")) == ({}, {})
+
+
+def test_a_name_too_long_is_no_preview_and_a_failed_write_is_named(folders):
+    catalogue = catalogue_for(folders)
+    assert catalogue.preview_file(LORA, "x" * 300 + ".png") is None
+    write_lora(folders[0] / "blocked.safetensors")
+    (folders[0] / "blocked.json").mkdir()  # a folder where the file should go
+    with pytest.raises(RequestError, match="Could not write blocked.json"):
+        catalogue.save_user_metadata(LORA, "blocked.safetensors", {"notes": "x"})

@@ -206,7 +206,10 @@ class NetworkCatalogue:
             roots = list(self.folders[kind])
         for root in roots:
             candidate = root / relative
-            if not candidate.is_file() or not _inside(candidate.resolve(), root.resolve()):
+            try:
+                if not candidate.is_file() or not _inside(candidate.resolve(), root.resolve()):
+                    continue
+            except OSError:  # a name too long for the file system, a loop of links
                 continue
             for suffix in files.PREVIEW_SUFFIXES:
                 if not candidate.name.lower().endswith(suffix) or len(candidate.name) == len(suffix):
@@ -236,7 +239,7 @@ class NetworkCatalogue:
         self._check_writable(entry, target)
         data = files.read_json_file(target)
         data.update(clean)
-        write_atomically(target, json.dumps(data, indent=4, ensure_ascii=False).encode("utf-8"))
+        _write(target, json.dumps(data, indent=4, ensure_ascii=False).encode("utf-8"))
         return self.find(kind, relative)
 
     def save_preview(self, kind: str, relative: str, image) -> Path:
@@ -247,7 +250,7 @@ class NetworkCatalogue:
         self._check_writable(entry, target)
         buffer = io.BytesIO()
         image.convert("RGBA" if image.mode in ("RGBA", "LA", "P") else "RGB").save(buffer, format="PNG")
-        write_atomically(target, buffer.getvalue())
+        _write(target, buffer.getvalue())
         return target
 
     def _check_writable(self, entry: NetworkEntry, target: Path) -> None:
@@ -287,6 +290,13 @@ def checked_user_values(values: dict[str, Any]) -> dict[str, Any]:
                 raise RequestError(f"{key} must be text of at most {files.MAX_TEXT_CHARS} characters", key)
             clean[key] = value
     return clean
+
+
+def _write(target: Path, data: bytes) -> None:
+    try:
+        write_atomically(target, data)
+    except OSError as error:  # a read-only folder, a folder where the file should be
+        raise RequestError(f"Could not write {target.name}: {error.strerror or error}", "path") from None
 
 
 def _inside(path: Path, root: Path) -> bool:
