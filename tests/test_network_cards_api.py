@@ -129,6 +129,8 @@ def test_the_cards_html_names_each_lora_with_its_text_and_dims_other_families(se
         assert f'data-prompt="&lt;lora:{reference}:{weight:g}&gt;"' in card
         assert ("en-incompatible" in card) == (record["family"] != "sd1"), record
         assert ('loading="lazy"' in card) == ("preview" in record)
+        if "civitai" in record:  # its trained words are searched too
+            assert f"word{record['name'][4:8].lstrip('0') or '0'}, other" in card
         if "user" in record:
             assert f'data-activation="{record["user"]["activation text"]}"' in card
             assert f'data-negative="{record["user"]["negative text"]}"' in card

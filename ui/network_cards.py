@@ -29,6 +29,7 @@ from engine.networks.network_files import (
     FAMILY_NAMES,
     SD_VERSIONS,
     USER_KEYS,
+    civitai_words,
     preferred_weight,
 )
 
@@ -98,7 +99,8 @@ def _thumb_url(entry: NetworkEntry) -> str | None:
 
 def _card(entry: NetworkEntry, texts: dict[str, str], compatible: bool) -> str:
     description = str(entry.user.get("description") or "")
-    search = " ".join([entry.name, entry.alias, entry.folder, description, texts["activation"]]).lower()
+    words = civitai_words(entry.civitai)
+    search = " ".join([entry.name, entry.alias, entry.folder, description, texts["activation"], words]).lower()
     thumb = _thumb_url(entry)
     picture = (f'<img class="en-thumb" loading="lazy" decoding="async" alt="" src="{_attr(thumb)}">' if thumb
                else f'<div class="en-thumb en-nopreview">{_attr(entry.name[:2].upper())}</div>')
@@ -238,6 +240,10 @@ def panel(ctx: UIContext, tab: str, prompt: gr.Textbox, negative: gr.Textbox) ->
     def render_all():
         return [cards_html(ctx, tab, kind) for kind in KINDS]
 
+    def render_kind(changed: str):
+        """The grid of the kind a card was edited in again; the others as they are."""
+        return [cards_html(ctx, tab, kind) if kind == changed else gr.update() for kind in KINDS]
+
     def toggled(is_open: bool):
         if is_open:
             return [gr.update(visible=False), *[gr.update() for _ in KINDS], False]
@@ -272,7 +278,7 @@ def panel(ctx: UIContext, tab: str, prompt: gr.Textbox, negative: gr.Textbox) ->
             catalogue.save_user_metadata(kind, relative, dict(zip(USER_KEYS, values, strict=True)))
         except UserError as error:
             return [f"**{html.escape(error.message)}**", *[gr.update() for _ in KINDS]]
-        return [f"Saved {html.escape(Path(relative).name)} metadata.", *render_all()]
+        return [f"Saved {html.escape(Path(relative).name)} metadata.", *render_kind(kind)]
 
     editor_outputs = [editor, heading, *fields.values(), summary, full, note]
     toggle.click(toggled, inputs=opened, outputs=[column, *grids.values(), opened], queue=False, **PRIVATE)
@@ -292,7 +298,7 @@ def panel(ctx: UIContext, tab: str, prompt: gr.Textbox, negative: gr.Textbox) ->
                 catalogue.save_preview(kind, relative, picture)
             except UserError as error:
                 return [f"**{html.escape(error.message)}**", *[gr.update() for _ in KINDS]]
-            return [f"Saved the preview of {html.escape(Path(relative).name)}.", *render_all()]
+            return [f"Saved the preview of {html.escape(Path(relative).name)}.", *render_kind(kind)]
 
         replace.click(replaced, inputs=[target, results["gallery"], results["selected"]],
                       outputs=[note, *grids.values()], queue=False, **PRIVATE)
