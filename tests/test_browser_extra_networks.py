@@ -27,6 +27,7 @@ def server(tmp_path_factory, tiny_models):
     written = write_lora_tree(data / "models" / "Lora", COUNT)
     checkpoints = data / "models" / "Stable-diffusion"
     tiny_models.reference_pipeline("sd1").save_pretrained(checkpoints / "tiny-folder")
+    tiny_models.reference_pipeline("sdxl").save_pretrained(checkpoints / "tiny-xl")
     (checkpoints / "tiny-folder.preview.png").write_bytes(png((200, 120, 40), 32))
     (data / "models" / "embeddings").mkdir(parents=True)
     save_file({"emb_params": torch.zeros(2, 32)}, str(data / "models" / "embeddings" / "shiny.safetensors"))
@@ -180,13 +181,25 @@ def test_embedding_and_checkpoint_cards_and_the_img2img_panel(page, server):
     card = checkpoints.locator(".en-card[data-name='tiny-folder']")
     source = card.locator("img").get_attribute("src")
     assert page.request.get(server.url + "/" + source).body() == png((200, 120, 40), 32)
+    sd1 = next(r["name"] for r in server.written if r["family"] == "sd1")
+    sdxl = next(r["name"] for r in server.written if r["family"] == "sdxl")
+    dimmed = "name => document.querySelector(`#txt2img_lora_cards .en-card[data-name='${name}']`)" \
+             ".classList.contains('en-incompatible')"
+    assert page.evaluate(dimmed, sdxl) and not page.evaluate(dimmed, sd1)
     try:
         card.click()
         page.wait_for_function(
             "() => document.querySelector('#sd_checkpoint input').value.startsWith('tiny-folder')")
         assert server.engine.models.current.info.name == "tiny-folder"
+        checkpoints.locator(".en-card[data-name='tiny-xl']").click()
+        page.wait_for_function(
+            "() => document.querySelector('#sd_checkpoint input').value.startsWith('tiny-xl')")
+        # the LoRA cards are dimmed for the SDXL model now, without opening the panel again
+        page.wait_for_function(f"() => ({dimmed})('{sd1}')")
+        assert not page.evaluate(dimmed, sdxl)
     finally:
         back_to_the_demo_model(page)
+    page.wait_for_function(f"() => ({dimmed})('{sdxl}')")
 
     page.click("#tab_img2img-button")
     page.click("#img2img_extra_networks_toggle")

@@ -169,7 +169,7 @@ def test_the_card_settings_reach_the_grid(server):
         settings.update({"extra_networks_hide_incompatible": True, "extra_networks_card_width": 120,
                          "extra_networks_default_multiplier": 0.6, "lora_preferred_name": "Filename"})
         page = cards_html(server.ctx, "img2img", "lora")
-        assert 'class="en-pane en-hide-incompatible" id="img2img_lora_cards"' in page
+        assert 'class="en-pane en-hide-incompatible en-by-family" id="img2img_lora_cards"' in page
         assert "--en-card-w:120px;--en-card-h:240px" in page
         plain = next(r for r in server.written if not r["metadata"] and "user" not in r)
         assert f'data-prompt="&lt;lora:{plain["name"]}:0.6&gt;"' in page

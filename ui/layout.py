@@ -37,7 +37,7 @@ def build_app(ctx: UIContext) -> gr.Blocks:
     hidden = set(ctx.settings["hidden_tabs"])  # laid out once: a change needs a restart
     with gr.Blocks(title="SD Studio", analytics_enabled=False, delete_cache=(3600, 86400)) as blocks:
         bar = checkpoint_bar.build(ctx)
-        network_cards.wire_checkpoint_cards(bar)
+        network_cards.wire_checkpoint_cards(ctx, bar)
         with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
                 txt2img = txt2img_tab.build(ctx)

@@ -107,6 +107,7 @@ def _card(entry: NetworkEntry, texts: dict[str, str], compatible: bool) -> str:
     family = FAMILY_NAMES.get(entry.family or "", "")
     classes = "en-card" + ("" if compatible else " en-incompatible")
     data = {"name": entry.name, "path": entry.relative, "folder": entry.folder, "search": search,
+            "family": "" if entry.kind == CHECKPOINT else entry.family or "",
             "mtime": f"{entry.mtime:.0f}", "size": str(entry.size), "title": entry.title, **texts}
     attributes = " ".join(f'data-{key}="{_attr(value)}"' for key, value in data.items())
     tooltip = f"{entry.relative}" + (f" ({family})" if family else "") + ("" if compatible else
@@ -155,6 +156,7 @@ def cards_html(ctx: UIContext, tab: str, kind: str) -> str:
     width = int(settings["extra_networks_card_width"]) or DEFAULT_CARD[0]
     height = int(settings["extra_networks_card_height"]) or DEFAULT_CARD[1]
     hide = " en-hide-incompatible" if settings["extra_networks_hide_incompatible"] else ""
+    hide += "" if kind == CHECKPOINT else " en-by-family"
     empty = "" if entries else f'<div class="en-empty">No {LABELS[kind].lower()} found.</div>'
     return (f'<div class="en-pane{hide}" id="{tab}_{kind}_cards" data-tab="{tab}" data-kind="{kind}" '
             f'data-separator="{_attr(settings["extra_networks_add_text_separator"])}" '
@@ -315,10 +317,22 @@ def _selected_picture(pictures, index):
     return picture if hasattr(picture, "save") else None
 
 
-def wire_checkpoint_cards(bar: dict) -> None:
+def wire_checkpoint_cards(ctx: UIContext, bar: dict) -> None:
     """A checkpoint card, in any tab, switches the checkpoint as the checkpoint list does: the
-    page puts the card's title in one hidden box and presses one hidden button."""
+    page puts the card's title in one hidden box and presses one hidden button. When the
+    checkpoint changes, the page dims the cards again for the new model's family."""
     chosen = gr.Textbox(visible="hidden", elem_id="extra_networks_checkpoint")
     go = gr.Button(visible="hidden", elem_id="extra_networks_checkpoint_go")
     go.click(bar["switch"], inputs=chosen, outputs=bar["switch_outputs"], concurrency_id="generate",
              concurrency_limit=32, show_progress="hidden", **PRIVATE)
+    family = gr.Textbox(visible="hidden", elem_id="extra_networks_family")
+
+    def loaded_family() -> str:
+        model = ctx.models.current
+        return model.family if model is not None else ""
+
+    # The status line says "Loading ..." while a checkpoint loads and is emptied when it is done
+    # (the list itself changes when the pick is made, before the load).
+    bar["status"].change(loaded_family, outputs=family, queue=False, show_progress="hidden", **PRIVATE).then(
+        None, inputs=family, js="(family) => { window.sdStudioCardsFamily?.(family); return []; }",
+        queue=False, show_progress="hidden", **PRIVATE)

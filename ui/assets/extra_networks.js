@@ -110,6 +110,17 @@
         setTimeout(() => document.getElementById(`${tab}_en_open`)?.click(), 100);
     };
 
+    // The loaded checkpoint changed: dim (or hide) the cards of networks for other families.
+    window.sdStudioCardsFamily = (family) => {
+        for (const pane of document.querySelectorAll(".en-pane.en-by-family")) {
+            for (const card of pane.querySelectorAll(".en-card")) {
+                const other = Boolean(family && card.dataset.family && card.dataset.family !== family);
+                card.classList.toggle("en-incompatible", other);
+            }
+            applyFilter(pane);
+        }
+    };
+
     document.addEventListener("input", (event) => {
         const pane = event.target.closest?.(".en-pane");
         if (pane && event.target.classList.contains("en-search")) applyFilter(pane);
