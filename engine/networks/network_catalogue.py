@@ -84,8 +84,9 @@ class NetworkCatalogue:
                         CHECKPOINT: []}
         self._checkpoint_files: list[tuple[str, Path]] = []
         self._lock = threading.Lock()
-        self._headers: dict[tuple, tuple[str | None, dict[str, str]]] = {}
-        self._sidecars: dict[tuple, dict] = {}
+        # By path: (signature, what was read), so a changed file replaces its old entry.
+        self._headers: dict[str, tuple[tuple, tuple[str | None, dict[str, Any]]]] = {}
+        self._sidecars: dict[str, tuple[tuple, dict]] = {}
 
     # -- listing ---------------------------------------------------------------------------
 
@@ -145,27 +146,31 @@ class NetworkCatalogue:
         decides, chosen = files.user_family(user)
         if decides:
             family = chosen
+        alias = metadata.get("ss_output_name")
         return NetworkEntry(
-            kind=kind, name=stem.name, alias=metadata.get("ss_output_name") or stem.name, path=path,
+            kind=kind, name=stem.name, alias=alias if isinstance(alias, str) and alias else stem.name, path=path,
             relative=relative, folder="" if folder == "." else folder, mtime=stat.st_mtime,
             size=stat.st_size, preview=files.preview_of(stem, here), family=family, user=user,
-            civitai=civitai, metadata=files.decoded_metadata(metadata), title=title or stem.name)
+            civitai=civitai, metadata=metadata, title=title or stem.name)
 
-    def _header(self, kind: str, path: Path, stat: os.stat_result) -> tuple[str | None, dict[str, str]]:
+    def _header(self, kind: str, path: Path, stat: os.stat_result) -> tuple[str | None, dict[str, Any]]:
+        """(family, decoded header metadata) of a .safetensors file, read once per signature."""
         if path.suffix.lower() != ".safetensors":
             return None, {}
-        key = (str(path), stat.st_size, stat.st_mtime_ns)
+        signature = (stat.st_size, stat.st_mtime_ns)
         with self._lock:
-            if key in self._headers:
-                return self._headers[key]
+            cached = self._headers.get(str(path))
+        if cached is not None and cached[0] == signature:
+            return cached[1]
         shapes, metadata = files.read_safetensors_header(path)
         if kind == EMBEDDING:
             family = files.embedding_family(shapes)
         else:
             family = files.family_from_metadata(metadata) or files.family_from_shapes(shapes)
+        read = (family, files.decoded_metadata(metadata))
         with self._lock:
-            self._headers[key] = (family, metadata)
-        return family, metadata
+            self._headers[str(path)] = (signature, read)
+        return read
 
     def _sidecar(self, path: Path, here: set[str]) -> dict:
         if path.name not in here:
@@ -174,13 +179,14 @@ class NetworkCatalogue:
             stat = path.stat()
         except OSError:
             return {}
-        key = (str(path), stat.st_size, stat.st_mtime_ns)
+        signature = (stat.st_size, stat.st_mtime_ns)
         with self._lock:
-            if key in self._sidecars:
-                return dict(self._sidecars[key])
+            cached = self._sidecars.get(str(path))
+        if cached is not None and cached[0] == signature:
+            return dict(cached[1])
         data = files.read_json_file(path)
         with self._lock:
-            self._sidecars[key] = data
+            self._sidecars[str(path)] = (signature, data)
         return dict(data)
 
     def find(self, kind: str, relative: str) -> NetworkEntry:
