@@ -112,6 +112,10 @@ def test_click_inserts_the_lora_with_its_texts_and_a_second_click_takes_them_out
     plain = next(r for r in server.written if not r["metadata"] and "user" not in r and r["family"] == "sd1")
     pane.locator(f".en-card[data-name='{plain['name']}']").click()
     wait_prompt(page, f"left <lora:{plain['name']}:1> right")
+    # from the keyboard: Enter on a focused card takes it out again
+    pane.locator(f".en-card[data-name='{plain['name']}']").focus()
+    page.keyboard.press("Enter")
+    wait_prompt(page, "left right")
     # a card made for another family than the loaded SD 1.x demo is dimmed
     other = next(r for r in server.written if r["family"] == "sdxl")
     assert "en-incompatible" in pane.locator(f".en-card[data-name='{other['name']}']").get_attribute("class")

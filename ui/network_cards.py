@@ -112,7 +112,7 @@ def _card(entry: NetworkEntry, texts: dict[str, str], compatible: bool) -> str:
     attributes = " ".join(f'data-{key}="{_attr(value)}"' for key, value in data.items())
     tooltip = f"{entry.relative}" + (f" ({family})" if family else "") + ("" if compatible else
                                                                           ": made for another model family")
-    return (f'<div class="{classes}" {attributes} title="{_attr(tooltip)}">{picture}'
+    return (f'<div class="{classes}" {attributes} title="{_attr(tooltip)}" tabindex="0" role="button">{picture}'
             f'<div class="en-label"><span class="en-name">{_attr(entry.name)}</span>'
             + (f'<span class="en-family">{_attr(family)}</span>' if family else "")
             + (f'<span class="en-desc">{_attr(description[:300])}</span>' if description else "")

@@ -131,6 +131,15 @@
         if (event.target.classList.contains("en-folder")) applyFilter(pane);
         if (event.target.classList.contains("en-sort")) applySort(pane);
     });
+    // Enter or Space on a focused card does what a click does.
+    document.addEventListener("keydown", (event) => {
+        if ((event.key !== "Enter" && event.key !== " ") || event.ctrlKey || event.metaKey) return;
+        const card = event.target.classList?.contains("en-card") ? event.target : null;
+        const pane = card?.closest(".en-pane");
+        if (!pane) return;
+        event.preventDefault();
+        toggleCard(pane, card);
+    });
     // Keep the prompt's cursor where the user left it: a click on a card must not take the focus.
     document.addEventListener("mousedown", (event) => {
         if (event.target.closest?.(".en-card")) event.preventDefault();
