@@ -130,6 +130,9 @@ def test_the_metadata_editor_saves_name_json(page, server):
     description = page.locator("#txt2img_en_description textarea")
     page.wait_for_function("text => document.querySelector('#txt2img_en_description textarea')?.value === text",
                            arg=record["user"]["description"])
+    screenshots = Path(os.environ.get("SCREENSHOT_DIR", server.data_dir))
+    page.locator("#txt2img_en_description").scroll_into_view_if_needed()
+    page.screenshot(path=str(screenshots / "extra-networks-editor.png"))
     description.fill("edited in the browser")
     page.locator("#txt2img_en_activation textarea, #txt2img_en_activation input").first.fill("new words")
     weight = page.locator("#txt2img_en_weight input")
