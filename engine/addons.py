@@ -23,6 +23,7 @@ from engine.extensions.registry import ExtensionRegistry
 from engine.postprocess.face_models import FaceModelLibrary
 from engine.settings.folders import Folders
 from engine.networks.lora import LoraLibrary
+from engine.networks.network_catalogue import NetworkCatalogue
 from engine.models.model_catalogue import ModelCatalogue
 from engine.files import HashCache
 from engine.prompts.styles import StyleStore
@@ -44,6 +45,9 @@ class AddOns:
     controlnets: ControlNetLibrary
     downloads: CatalogueDownloads  # the standard upscaler and face restoration files, on request
     previews: PreviewModels  # the TAESD and Approx NN live preview decoders, fetched on first use
+    # The extra networks' cards (previews, user metadata, training metadata); the UI tells it
+    # the checkpoints.
+    networks: NetworkCatalogue
     # Tests only: memory faults the jobs' stages fire (memory_guard.stage); None: none.
     faults: FaultPlan | None = None
 
@@ -82,6 +86,7 @@ class AddOns:
         return cls(
             loras=LoraLibrary([folders.lora, folders.lyco], hashes),
             embeddings=EmbeddingLibrary([folders.embeddings, folders.data / "embeddings"]),
+            networks=NetworkCatalogue([folders.lora, folders.lyco], [folders.embeddings, folders.data / "embeddings"]),
             vaes=VaeLibrary(folders.vae, hashes),
             styles=StyleStore(folders.styles_files),
             upscalers=UpscalerLibrary([folders.esrgan, folders.realesrgan, folders.swinir, folders.scunet],

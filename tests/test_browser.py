@@ -101,6 +101,14 @@ def test_swap_width_and_height(page, demo_server):
     assert page.locator("#txt2img_height input[type=number]").input_value() == "640"
 
 
+def back_to_the_demo_model(page) -> None:
+    """Pick the demo model in the checkpoint list and wait until it is loaded."""
+    page.locator("#sd_checkpoint input").click()
+    page.get_by_role("option", name="demo-tiny (built-in demo)").click()
+    page.wait_for_function(
+        "() => document.querySelector('#sd_checkpoint input').value.startsWith('demo-tiny')")
+
+
 def test_switch_checkpoint_from_the_dropdown(page, demo_server):
     prepare_small_job(page, demo_server.url, "which model")
     try:
@@ -111,10 +119,7 @@ def test_switch_checkpoint_from_the_dropdown(page, demo_server):
         page.click("#txt2img_generate")
         assert "Model: tiny-folder," in wait_for_infotext(page, "which model")
     finally:
-        page.locator("#sd_checkpoint input").click()
-        page.get_by_role("option", name="demo-tiny (built-in demo)").click()
-        page.wait_for_function(
-            "() => document.querySelector('#sd_checkpoint input').value.startsWith('demo-tiny')")
+        back_to_the_demo_model(page)
 
 
 def test_token_counter_follows_the_typing(page, demo_server):
@@ -127,11 +132,11 @@ def test_token_counter_follows_the_typing(page, demo_server):
     counter.get_by_text("/150").wait_for()
 
 
-def test_lora_browser_inserts_the_tag_and_the_lora_is_used(page, demo_server):
+def test_a_lora_card_inserts_the_tag_and_the_lora_is_used(page, demo_server):
     prepare_small_job(page, demo_server.url, "a cat")
-    page.locator("#txt2img_lora_browser").get_by_text("LoRA", exact=True).click()
-    page.locator("#txt2img_lora_search input, #txt2img_lora_search textarea").fill("glow")
-    page.locator("#txt2img_lora_list").get_by_text("glowing-edges").click()
+    page.click("#txt2img_extra_networks_toggle")
+    page.locator("#txt2img_lora_cards .en-search").fill("glow")
+    page.locator("#txt2img_lora_cards .en-card[data-name='glowing-edges']").click()
     page.wait_for_function(
         "() => document.querySelector('#txt2img_prompt textarea').value === 'a cat <lora:glowing-edges:1>'")
     page.click("#txt2img_generate")

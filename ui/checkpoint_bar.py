@@ -136,8 +136,10 @@ def build(ctx: UIContext) -> dict:
     dropdown.input(switch, inputs=dropdown, outputs=[status, dropdown, quick["prediction"], quick["modules"]],
                    concurrency_id="generate",
                    concurrency_limit=32, show_progress="hidden", **private)
+    # The extra network cards' checkpoint cards switch through `switch` too (ui/network_cards.py).
     return {"dropdown": dropdown, "notice": notice, "status": status, "on_load": on_page_load,
-            "download": download, "quick": quick}
+            "download": download, "quick": quick, "switch": switch,
+            "switch_outputs": [status, dropdown, quick["prediction"], quick["modules"]]}
 
 
 def _quick_settings(ctx: UIContext) -> dict:

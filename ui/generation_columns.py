@@ -7,8 +7,9 @@ however long the parameters column grows.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import gradio as gr
 
@@ -31,11 +32,13 @@ def build(ctx: UIContext, tab: str, parameters: Callable[[dict], Any]) -> tuple[
     tab wires Generate."""
     with gr.Row(equal_height=False, elem_id=f"{tab}_columns"):
         with gr.Column(scale=1, elem_id=f"{tab}_parameters_column"):
-            controls, counters = prompt_tools.prompt_area(ctx, tab)
+            controls, counters, cards = prompt_tools.prompt_area(ctx, tab)
             extra = parameters(controls)
         with gr.Column(scale=1, elem_id=f"{tab}_results_column"):
             buttons = widgets.action_buttons(tab)
             results = widgets.results_panel(tab)
+    if cards is not None:
+        cards["wire_results"](results)
     prompt_tools.token_counters(ctx, {k: controls[k] for k in counters}, counters, controls["steps"])
     wire_stop_buttons(ctx, buttons)
     return GenerationColumns(controls, buttons, results), extra

@@ -10,14 +10,15 @@ from engine.version import VERSION
 
 from . import (
     checkpoint_bar,
-    family_presets,
     controlnet_tab,
     extension_fields,
     extras_tab,
+    family_presets,
     gradio_cache,
     history_tab,
     img2img_tab,
     merger_tab,
+    network_cards,
     png_info_tab,
     refiner_ui,
     send_to,
@@ -37,6 +38,7 @@ def build_app(ctx: UIContext) -> gr.Blocks:
     hidden = set(ctx.settings["hidden_tabs"])  # laid out once: a change needs a restart
     with gr.Blocks(title="SD Studio", analytics_enabled=False, delete_cache=(3600, 86400)) as blocks:
         bar = checkpoint_bar.build(ctx)
+        network_cards.wire_checkpoint_cards(ctx, bar)
         with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
                 txt2img = txt2img_tab.build(ctx)
@@ -90,7 +92,8 @@ def page_css() -> str:
     return (ASSETS / "style.css").read_text(encoding="utf-8")
 
 
-SCRIPTS = ("shortcuts.js", "infotext_drop.js", "theme.js", "settings_search.js", "editor_upload_check.js")
+SCRIPTS = ("shortcuts.js", "infotext_drop.js", "theme.js", "settings_search.js", "editor_upload_check.js",
+           "extra_networks.js")
 
 
 def page_js() -> str:

@@ -1,4 +1,4 @@
-"""Helpers around the prompt boxes: token counters, styles, and the LoRA browser.
+"""Helpers around the prompt boxes: token counters, styles, the extra network cards and the LoRA list.
 
 Shared by every tab that has prompts; each builder returns the components it made.
 """
@@ -12,9 +12,11 @@ import gradio as gr
 from engine.errors import RequestError
 from engine.prompts.styles import Style, StyleStore
 
+from . import network_cards
 from .context import UIContext
 
 PRIVATE = {"api_visibility": "private"}
+CARD_TABS = ("txt2img", "img2img")  # as in A1111; the ControlNet tab keeps the list of LoRAs
 
 
 def counter_html(used: int, limit: int) -> str:
@@ -144,14 +146,20 @@ def _listing_label(count: int, folder) -> str:
     return f"No LoRA files found in {folder}"
 
 
-def prompt_area(ctx: UIContext, tab: str) -> tuple[dict, dict]:
-    """The top of a generation tab's parameters: prompts with counters, styles, LoRAs.
+def prompt_area(ctx: UIContext, tab: str) -> tuple[dict, dict, dict | None]:
+    """The top of a generation tab's parameters: prompts with counters, the extra network cards
+    (txt2img, img2img; other tabs a list of LoRAs), styles.
 
-    Returns (controls, counters); the counters are wired once the tab's steps exist.
+    Returns (controls, counters, cards); the counters are wired once the tab's steps exist, the
+    cards' "replace preview" once the results exist.
     """
     from . import widgets
 
     controls, counters = widgets.prompt_boxes(tab)
+    cards = None
+    if tab in CARD_TABS:
+        cards = network_cards.panel(ctx, tab, controls["prompt"], controls["negative_prompt"])
     controls["styles"] = styles_row(ctx, tab, controls["prompt"], controls["negative_prompt"])
-    lora_browser(ctx, tab, controls["prompt"])
-    return controls, counters
+    if cards is None:
+        lora_browser(ctx, tab, controls["prompt"])
+    return controls, counters, cards

@@ -28,7 +28,7 @@ from engine.settings.flags import cors_origins, is_exposed
 from engine.version import VERSION
 
 from .access import AccessGuard, check_credentials, mounted_gradio_app
-from .api import controlnet_api, internal_api, system_api
+from .api import controlnet_api, extra_networks_api, internal_api, system_api
 from .api.routes import build_router
 from .body_limits import OPTIONS_BODY_BYTES, UPLOAD_ROUTES, BodyLimits, api_body_bytes, upload_file_bytes
 from .context import UIContext
@@ -141,6 +141,7 @@ def _create_app(ctx: UIContext) -> FastAPI:
         app.include_router(system_api.build_router(ctx, api_auth_dependency(credentials)))
         app.include_router(controlnet_api.build_router(ctx, api_auth_dependency(credentials)))
     app.include_router(internal_api.build_router(ctx))
+    app.include_router(extra_networks_api.build_router(ctx))  # the cards' thumbnails, behind the guard
 
     gradio_app = gradio_blocks = None
     if not getattr(flags, "nowebui", False):

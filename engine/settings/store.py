@@ -23,6 +23,7 @@ from engine.postprocess.ldsr import LDSR_OPTIONS
 from engine.memory.memory_modes import MEMORY_MODES
 from engine.models.text_encoders import CHECKPOINT_MODULES_KEY, MODULES_KEY
 from engine.models.prediction import PREDICTION_OPTIONS
+from engine.networks.network_catalogue import EXTRA_NETWORK_OPTIONS
 from engine.option import Option
 from engine.validation import shown
 from engine.settings.options_sampling import IMG2IMG_OPTIONS, SAMPLING_OPTIONS
@@ -143,7 +144,8 @@ OPTIONS: tuple[Option, ...] = SAVING_OPTIONS + (
            "longer to encode); auto picks one of these per model from its size and the card's",
            "Memory and speed",
            choices=MEMORY_MODES),
-) + PREDICTION_OPTIONS + SAMPLING_OPTIONS + IMG2IMG_OPTIONS + FAST_PATH_OPTIONS + UI_OPTIONS + LDSR_OPTIONS
+) + PREDICTION_OPTIONS + SAMPLING_OPTIONS + IMG2IMG_OPTIONS + FAST_PATH_OPTIONS + UI_OPTIONS + LDSR_OPTIONS \
+    + EXTRA_NETWORK_OPTIONS
 
 
 class Settings:

@@ -265,7 +265,10 @@ def build_router(ctx: UIContext, auth_dependency) -> APIRouter:
 
     @router.get("/loras")
     def loras() -> list[dict]:
-        return [{"name": lora.name, "alias": lora.alias, "path": lora.path, "metadata": {}}
+        """As A1111 answers: each file's name, alias, path and the safetensors header's metadata
+        (its JSON-valued ss_* keys decoded), read from the header only and remembered per file."""
+        metadata = {str(entry.path): entry.metadata for entry in addons.networks.entries("lora")}
+        return [{"name": lora.name, "alias": lora.alias, "path": lora.path, "metadata": metadata.get(lora.path, {})}
                 for lora in addons.loras.files]
 
     @router.post("/refresh-loras")
