@@ -20,6 +20,8 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from engine.families import lora_made_for
+
 PREVIEW_SUFFIXES = tuple(f"{middle}.{ext}" for ext in ("png", "jpg", "jpeg", "webp") for middle in ("", ".preview"))
 USER_KEYS = ("description", "activation text", "preferred weight", "negative text", "sd version", "notes")
 # The "sd version" choices of A1111's editor, and ours for the flow families.
@@ -124,10 +126,9 @@ _WIDTH_FAMILIES = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
 def family_from_shapes(shapes: dict[str, list[int]]) -> str | None:
     """The family a LoRA's tensor names and widths say it was made for, or None."""
     names = list(shapes)
-    if any(re.search(r"double_blocks|single_blocks|single_transformer_blocks", n) for n in names):
-        return "flux"
-    if any(re.search(r"joint_blocks|context_block", n) for n in names):
-        return "sd3"
+    made_for = lora_made_for(names)   # the flow families are told by their block names
+    if made_for is not None and made_for != "sd":
+        return made_for
     for name, shape in shapes.items():
         if _CROSS_ATTENTION.search(name) and name.endswith(_DOWN_FACTORS) and len(shape) == 2:
             family = _WIDTH_FAMILIES.get(int(shape[1]))
