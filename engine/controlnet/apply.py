@@ -24,6 +24,7 @@ from engine.errors import RequestError
 from engine.controlnet import preprocessors
 from engine.controlnet.annotators import Annotators
 from engine.controlnet.latent_fixes import FIXING_MODULES, LatentFix, latent_mask
+from engine.controlnet.layouts import UNION_CONTROL_TYPES
 from engine.controlnet.units import (
     CONTROLNET_MORE,
     PROMPT_MORE,
@@ -79,6 +80,7 @@ class PreparedUnit:
     detected: Image.Image                  # the map, for showing
     _sized: dict = field(default_factory=dict)
     fix: LatentFix | None = None           # what it does to the UNet's prediction (latent_fixes.py)
+    union_type: int | None = None          # a Union / ProMax model's control type (its index)
 
     @property
     def note(self) -> str:
@@ -118,15 +120,23 @@ def prepare(units: list[tuple[int, ControlUnit]], library, width: int, height: i
         if net.device != torch.device(device) or net.dtype != dtype:
             net = net.to(device, dtype)
         prepared.append(PreparedUnit(index, unit, net, control_tensor(detected, width, height, unit.resize_mode),
-                                     detected))
+                                     detected, union_type=union_type(index, unit, net)))
     return prepared
 
 
 def _residuals(item: PreparedUnit, sample, timestep, hidden, added, cfg: bool, scale: int):
     channels = item.net.config.in_channels  # a 9-channel inpainting UNet's extra inputs are not for it
-    down, mid = item.net(sample[:, :channels], timestep, encoder_hidden_states=hidden,
-                         controlnet_cond=item.control_for(sample, scale), conditioning_scale=float(item.unit.weight),
-                         added_cond_kwargs=added, return_dict=False)
+    control = item.control_for(sample, scale)
+    if item.union_type is None:
+        down, mid = item.net(sample[:, :channels], timestep, encoder_hidden_states=hidden, controlnet_cond=control,
+                             conditioning_scale=float(item.unit.weight), added_cond_kwargs=added, return_dict=False)
+    else:   # a Union / ProMax model: one condition, of the unit's control type
+        kinds = torch.zeros(sample.shape[0], item.net.config.num_control_type, device=sample.device,
+                            dtype=item.net.dtype)
+        kinds[:, item.union_type] = 1
+        down, mid = item.net(sample[:, :channels], timestep, encoder_hidden_states=hidden, controlnet_cond=[control],
+                             control_type=kinds, control_type_idx=[item.union_type],
+                             conditioning_scale=float(item.unit.weight), added_cond_kwargs=added, return_dict=False)
     down, mid = list(down), mid
     if item.unit.control_mode in (PROMPT_MORE, CONTROLNET_MORE):  # both soften, as the ecosystem does
         count = len(down) + 1
@@ -138,6 +148,37 @@ def _residuals(item: PreparedUnit, sample, timestep, hidden, added, cfg: bool, s
         keep[:half] = 0
         down, mid = [d * keep for d in down], mid * keep
     return down, mid
+
+
+# The preprocessors whose maps each control type of a Union model was trained on (the extension's
+# tags: openpose, depth, softedge/scribble, canny/lineart/mlsd, normalmap, segmentation, tile, inpaint).
+_UNION_TYPE_OF_MODULE = (("OpenPose", ("openpose",)), ("Depth", ("depth",)),
+                         ("Soft Edge", ("softedge", "scribble", "hed", "pidinet")),
+                         ("Hard Edge", ("canny", "lineart", "mlsd", "invert")),
+                         ("Normal Map", ("normal",)), ("Segmentation", ("seg",)),
+                         ("Tile", ("tile", "blur")), ("Inpaint", ("inpaint",)))
+
+
+def union_type(index: int, unit: ControlUnit, net) -> int | None:
+    """The control type index a Union / ProMax model is run with for `unit` (None: not a Union
+    model): the unit's union_control_type, else the one its preprocessor's maps are."""
+    types = getattr(net.config, "num_control_type", None)
+    if types is None:
+        return None
+    name = unit.union_control_type
+    if not name:
+        module = preprocessors.find(unit.module).name
+        name = next((kind for kind, prefixes in _UNION_TYPE_OF_MODULE if module.startswith(prefixes)), "")
+    if not name:
+        raise RequestError(f"ControlNet unit {index}: '{unit.model}' is a ControlNet Union model, which is told "
+                           f"what kind of map it gets: set union_control_type ({', '.join(UNION_CONTROL_TYPES)}) "
+                           f"or pick a preprocessor of one of those kinds", "union_control_type")
+    position = UNION_CONTROL_TYPES.index(name)
+    if position >= types:
+        raise RequestError(f"ControlNet unit {index}: '{unit.model}' knows the first {types} control types "
+                           f"({', '.join(UNION_CONTROL_TYPES[:types])}), not {name} (ProMax adds Tile and "
+                           "Inpaint)", "union_control_type")
+    return position
 
 
 def add_latent_fixes(prepared: list[PreparedUnit], width: int, height: int,

@@ -158,9 +158,6 @@ def to_diffusers_names(keys, name: str) -> dict[str, str]:
     Raises CheckpointError naming the file when it is no ControlNet this app can read.
     """
     keys = list(keys)
-    if any(k in keys for k in ("task_embedding", "control_add_embedding.linear_1.weight")):
-        raise CheckpointError(f"'{name}' is a ControlNet Union (ProMax) model, which is not supported.",
-                              FIELD)
     try:
         if any(k.startswith(LDM_PREFIX) for k in keys):
             # v1.0 releases carry a whole SD checkpoint beside the ControlNet: keep only the latter.
@@ -274,7 +271,38 @@ def config_from_shapes(shapes: dict[str, tuple[int, ...]], base: dict) -> dict:
     time_shape = shapes.get("time_embedding.linear_1.weight")
     if time_shape != (4 * widths[0], widths[0]):
         raise ValueError(f"time embedding of shape {time_shape} does not fit width {widths[0]}")
+    if is_union(shapes):
+        config.update(union_config(shapes))
     return config
+
+
+# ControlNet Union / ProMax (xinsir's SDXL models, diffusers' ControlNetUnionModel): one network for
+# several kinds of control, told which by a control type per condition. The order of the types is
+# the model's training order (ProMax adds Tile and Inpaint after the first six); the names are the
+# ControlNet extension's (its `union_control_type`).
+UNION_CONTROL_TYPES = ("OpenPose", "Depth", "Soft Edge", "Hard Edge", "Normal Map", "Segmentation", "Tile",
+                       "Inpaint")
+UNION_MARKER = "task_embedding"
+UNION_TRANSFORMER_HEADS = 8   # not in the tensors' shapes: the released models' number
+
+
+def is_union(keys) -> bool:
+    return UNION_MARKER in keys
+
+
+def union_heads(channels: int) -> int:
+    """The control-type transformer's heads (the released models' 8, one for a width 8 does not divide)."""
+    return UNION_TRANSFORMER_HEADS if channels % UNION_TRANSFORMER_HEADS == 0 else 1
+
+
+def union_config(shapes: dict[str, tuple[int, ...]]) -> dict:
+    """The Union-specific config of a ControlNetUnionModel, from its tensors' shapes."""
+    types, channels = shapes[UNION_MARKER]
+    layers = _indices(shapes, r"transformer_layes\.(\d+)\.")   # (sic: diffusers' and xinsir's name)
+    return {"num_control_type": types, "num_trans_channel": channels,
+            "num_trans_head": union_heads(channels),
+            "num_trans_layer": max(layers) + 1 if layers else 0,
+            "num_proj_channel": shapes["spatial_ch_projs.weight"][0]}
 
 
 def global_pooling_from_sidecar(path: Path) -> bool:

@@ -46,7 +46,9 @@ from engine.controlnet.layouts import (
     family_of_shapes,
     global_pooling_from_sidecar,
     heads_like,
+    is_union,
     to_diffusers_names,
+    union_heads,
 )
 
 log = logging.getLogger(__name__)
@@ -57,6 +59,8 @@ SAFE_SUFFIX = ".safetensors"
 PICKLE_SUFFIXES = (".pth", ".ckpt", ".pt")
 DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors")
 IGNORED_FOLDERS = ("annotators",)
+# The diffusers classes a ControlNet folder may hold (a Union / ProMax model is the second).
+FOLDER_CLASSES = ("ControlNetModel", "ControlNetUnionModel")
 
 # ---------------------------------------------------------------------------------------------
 # Reading files
@@ -106,12 +110,14 @@ def _is_diffusers_folder(folder: Path) -> bool:
 
 
 def build_from_state_dict(state: dict[str, torch.Tensor], config: dict, name: str = "ControlNet"):
-    """A ControlNetModel of ``config`` holding exactly ``state`` (diffusers names), strictly."""
-    from diffusers import ControlNetModel
+    """A ControlNetModel (a ControlNetUnionModel for a Union / ProMax file) of ``config`` holding
+    exactly ``state`` (diffusers names), strictly."""
+    import diffusers
 
+    model_class = diffusers.ControlNetUnionModel if is_union(state) else diffusers.ControlNetModel
     try:
         with torch.device("meta"):  # no memory or init work for weights about to be replaced
-            model = ControlNetModel.from_config(copy.deepcopy(config))
+            model = model_class.from_config(copy.deepcopy(config))
     except Exception as error:
         raise CheckpointError(f"'{name}': its tensors describe no valid ControlNet ({_short(error)})",
                               FIELD) from error
@@ -174,7 +180,7 @@ def _family_of_unet(unet) -> str:
 
 @torch.no_grad()
 def build_tiny_controlnet(unet, seed: int = 0, conditioning_channels=(4, 8, 16, 32),
-                          config_root: Path = CONFIG_ROOT):
+                          config_root: Path = CONFIG_ROOT, union_types: int = 0):
     """A ControlNet for ``unet`` (a tiny one from engine.models.tiny_models) with seeded random weights,
     float32 on the CPU.
 
@@ -184,7 +190,10 @@ def build_tiny_controlnet(unet, seed: int = 0, conditioning_channels=(4, 8, 16, 
     heads, SDXL's micro-conditioning width) follows the family's published config, so that a
     saved single file loads back to the same network with no config beside it. The zero
     convolutions get small non-zero weights: all-zero ones would make the control a no-op.
+    `union_types` (SDXL): a ControlNet Union model of that many control types (8: ProMax), its
+    control-type transformer as wide as the UNet's first level.
     """
+    import diffusers
     from diffusers import ControlNetModel
 
     from engine.models.tiny_models import _randomize_
@@ -204,13 +213,19 @@ def build_tiny_controlnet(unet, seed: int = 0, conditioning_channels=(4, 8, 16, 
         time_dim = base["addition_time_embed_dim"]
         config.update(addition_time_embed_dim=time_dim,
                       projection_class_embeddings_input_dim=TIME_IDS * time_dim + pooled)
+    model_class = ControlNetModel
+    if union_types:
+        config.update(num_control_type=union_types, num_trans_channel=widths[0], num_trans_layer=1,
+                      num_proj_channel=widths[0], num_trans_head=union_heads(widths[0]))
+        config.pop("mid_block_type", None)   # the Union class has no choice of middle block
+        model_class = diffusers.ControlNetUnionModel
     generator = torch.Generator().manual_seed(int(seed))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
-        model = ControlNetModel.from_config(config)
+        model = model_class.from_config(config)
     _randomize_(model, generator)
     for name, param in model.named_parameters():
-        if name.startswith(("controlnet_down_blocks.", "controlnet_mid_block.")):
+        if name.startswith(("controlnet_down_blocks.", "controlnet_mid_block.", "spatial_ch_projs.")):
             param.mul_(0.3)  # small, as after little training, but not zero
         elif name.startswith("controlnet_cond_embedding.conv_out."):
             param.mul_(3.0)
@@ -355,7 +370,7 @@ class ControlNetLibrary:
             config = json.loads((entry.path / "config.json").read_text(encoding="utf-8"))
         except (OSError, ValueError) as error:
             raise CheckpointError(f"'{entry.name}': unreadable config.json ({_short(error)})", FIELD) from error
-        if config.get("_class_name", "ControlNetModel") != "ControlNetModel":
+        if config.get("_class_name", "ControlNetModel") not in FOLDER_CLASSES:
             raise CheckpointError(f"'{entry.name}' is a {config.get('_class_name')}, not a Stable "
                                   "Diffusion ControlNet (ControlNetModel).", FIELD)
         return config
@@ -406,15 +421,16 @@ class ControlNetLibrary:
         return model.eval()
 
     def _load_folder(self, entry: ControlNetFile):
-        from diffusers import ControlNetModel
+        import diffusers
 
         config = self._folder_config(entry)
+        model_class = getattr(diffusers, config.get("_class_name", "ControlNetModel"))
         _check_supported(family_of_config(config), entry.name)
         weights = _weights_file(entry.path)
         variant = "fp16" if weights is not None and weights.name.endswith(".fp16.safetensors") else None
         try:
-            return ControlNetModel.from_pretrained(str(entry.path), local_files_only=True, variant=variant,
-                                                   use_safetensors=True)
+            return model_class.from_pretrained(str(entry.path), local_files_only=True, variant=variant,
+                                               use_safetensors=True)
         except Exception as error:
             raise CheckpointError(f"Could not load ControlNet folder '{entry.name}': {_short(error)}",
                                   FIELD) from error

@@ -12,6 +12,7 @@ from typing import Any
 
 from PIL import Image
 
+from engine.controlnet.layouts import UNION_CONTROL_TYPES
 from engine.errors import RequestError
 from engine.validation import Flag, Number, Whole
 
@@ -43,6 +44,7 @@ class ControlUnit:
     pixel_perfect: bool = False          # preprocess at the resolution the output needs
     control_mode: str = BALANCED
     save_detected_map: bool = True       # return (and save) the detected map with the pictures
+    union_control_type: str = ""         # a Union / ProMax model's control type; "": the preprocessor's
 
     def replace(self, **changes: Any) -> "ControlUnit":
         return dataclasses.replace(self, **changes)
@@ -60,6 +62,9 @@ class ControlUnit:
             Number().check(getattr(self, name), f"{where}: {name}", name)
         Flag().check(self.enabled, f"{where}: enabled", "enabled")
         Flag().check(self.save_detected_map, f"{where}: save_detected_map", "save_detected_map")
+        if self.union_control_type and self.union_control_type not in UNION_CONTROL_TYPES:
+            raise RequestError(f"{where}: unknown union_control_type '{self.union_control_type}'. Known: "
+                               f"{', '.join(UNION_CONTROL_TYPES)}", "union_control_type")
         if self.guidance_start >= self.guidance_end:
             raise RequestError(f"{where}: guidance_start ({self.guidance_start}) must be below "
                                f"guidance_end ({self.guidance_end})", "guidance_start")

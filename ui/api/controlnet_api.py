@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import APIRouter, Body, Depends
 
 from engine.controlnet import preprocessors
+from engine.controlnet.layouts import UNION_CONTROL_TYPES
 from engine.controlnet.units import MOST_UNITS, ControlUnit, control_mode_name, resize_mode_name
 from engine.errors import RequestError, UserError
 from engine.output.writer import png_bytes
@@ -49,7 +50,12 @@ def unit_from_api(data: Any, index: int, limit: float) -> ControlUnit:
     if not isinstance(data, dict):
         raise RequestError(f"{where} must be an object (a ControlNet unit)", "alwayson_scripts")
     fields: dict[str, Any] = {"enabled": _flag(data.get("enabled", True), f"{where}.enabled")}
-    for name in ("module", "model"):
+    union = data.get("union_control_type")
+    if isinstance(union, str):   # the extension's names in any case; its "Unknown": the preprocessor's
+        known = {kind.lower(): kind for kind in UNION_CONTROL_TYPES}
+        data = {**data, "union_control_type": known.get(union.strip().lower(), union) if
+                union.strip().lower() != "unknown" else None}
+    for name in ("module", "model", "union_control_type"):
         if name in data and data[name] is not None:
             if not isinstance(data[name], str):
                 raise RequestError(f"{where}.{name} must be a name", name)
