@@ -106,7 +106,7 @@ class PreparedUnit:
 
 def prepare(units: list[tuple[int, ControlUnit]], library, width: int, height: int, device, dtype,
             fallback_image: Image.Image | None = None, fallback_mask: Image.Image | None = None,
-            models_dir: Path | None = None) -> list[PreparedUnit]:
+            models_dir: Path | None = None, unet=None) -> list[PreparedUnit]:
     """Each unit's map and ControlNet, ready for `attached`. `fallback_image`: img2img's init
     image, used by units without their own picture (as the ecosystem does)."""
     prepared = []
@@ -116,7 +116,7 @@ def prepare(units: list[tuple[int, ControlUnit]], library, width: int, height: i
             raise RequestError(f"ControlNet unit {index} is enabled but has no control image", "image")
         detected = detect_map(unit, image.convert("RGBA") if image.mode == "RGBA" else image.convert("RGB"),
                               width, height, models_dir, fallback_mask, library.annotators)
-        net = library.load(unit.model)
+        net = library.load(unit.model, unet=unet)   # `unet`: what a Control-LoRA is built from
         if net.device != torch.device(device) or net.dtype != dtype:
             net = net.to(device, dtype)
         prepared.append(PreparedUnit(index, unit, net, control_tensor(detected, width, height, unit.resize_mode),

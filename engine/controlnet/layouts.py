@@ -139,9 +139,7 @@ def diffusers_to_ldm_keys(keys) -> dict[str, str]:
 
 def _not_a_controlnet(keys: list[str], name: str) -> CheckpointError:
     joined = " ".join(keys[:2000])
-    if "lora_controlnet" in keys:
-        why = "it is a Control-LoRA, which is not supported"
-    elif "lora" in joined.lower():
+    if "lora" in joined.lower():
         why = "it looks like a LoRA (those go in models/Lora)"
     elif any(k.startswith("model.diffusion_model.") for k in keys):
         why = "it looks like a Stable Diffusion checkpoint (those go in models/Stable-diffusion)"

@@ -31,6 +31,7 @@ import torch
 
 from engine.devices import DeviceConfig, free_memory
 from engine.errors import CheckpointError, NotFoundError
+from engine.controlnet import control_lora
 from engine.controlnet.annotators import Annotators
 from engine.controlnet.layouts import (
     CONFIG_ROOT,
@@ -348,8 +349,11 @@ class ControlNetLibrary:
             else:
                 stored = {k: tuple(v.shape) for k, v in
                           _read_tensors(entry.path, entry.path.name, self.allow_unsafe).items()}
-            names = to_diffusers_names(stored, entry.path.name)
-            family = family_of_shapes({new: stored[old] for old, new in names.items()})
+            if control_lora.is_control_lora(stored):
+                family = control_lora.family_of_keys(stored)
+            else:
+                names = to_diffusers_names(stored, entry.path.name)
+                family = family_of_shapes({new: stored[old] for old, new in names.items()})
         with self._lock:
             self._families[stamp] = family
         return family
@@ -377,9 +381,18 @@ class ControlNetLibrary:
 
     # -- loading
 
-    def load(self, name: str):
-        """The ControlNetModel called ``name`` on the configured device and dtype (cached, LRU)."""
+    def load(self, name: str, unet=None):
+        """The ControlNetModel called ``name`` on the configured device and dtype (cached, LRU). A
+        Control-LoRA is built from ``unet`` (the checkpoint's, as it runs), each time, uncached."""
         entry = self.entry(name)
+        if entry.kind != "diffusers" and self.is_control_lora(entry):
+            if unet is None:
+                raise CheckpointError(f"'{entry.name}' is a Control-LoRA: it is built from the loaded "
+                                      "checkpoint's UNet, in a job", FIELD)
+            tensors = _read_tensors(entry.path, entry.path.name, self.allow_unsafe)
+            model = control_lora.build(tensors, unet, entry.name)
+            torch.nn.Module.to(model, device=self.device_config.device, dtype=self.device_config.dtype)
+            return model
         stamp = _stamp(entry)
         with self._lock:
             cached = self._loaded.get(entry.name)
@@ -396,6 +409,11 @@ class ControlNetLibrary:
         if dropped:
             free_memory()
         return model
+
+    def is_control_lora(self, entry: ControlNetFile) -> bool:
+        if entry.kind == "safetensors":
+            return control_lora.is_control_lora(_safetensors_shapes(entry.path, entry.path.name))
+        return control_lora.is_control_lora(_read_tensors(entry.path, entry.path.name, self.allow_unsafe))
 
     def loaded_names(self) -> list[str]:
         """Names of the models held, least recently used first."""

@@ -197,7 +197,7 @@ class GenerationRun:
         image, mask = self.start.control_fallback()
         placement = self.model.placement
         prepared = control.prepare(units, library, request.width, request.height,
-                                   placement.resting_device, unet.dtype, image, mask, library.folder)
+                                   placement.resting_device, unet.dtype, image, mask, library.folder, unet=unet)
         self.detected_maps.keep(prepared)
         self.control_notes = [item.note for item in prepared if item.note]
         control.add_latent_fixes(prepared, request.width, request.height,
