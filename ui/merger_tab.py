@@ -19,6 +19,7 @@ from engine.merge.checkpoint_merger import (
 )
 
 from .context import UIContext
+from .number_inputs import Slider
 from .widgets import REFRESH
 
 METHOD_HELP = {WEIGHTED_SUM: "Result = A × (1 − M) + B × M", ADD_DIFFERENCE: "Result = A + (B − C) × M",
@@ -76,7 +77,7 @@ def build(ctx: UIContext, checkpoint_dropdown=None) -> dict:
                                     elem_classes=["tool"])
             custom_name = gr.Textbox(label="Custom Name (Optional)", elem_id="modelmerger_custom_name",
                                      max_length=200)
-            multiplier = gr.Slider(0.0, 1.0, value=0.3, step=0.05, label="Multiplier (M) - set to 0 to get model A",
+            multiplier = Slider(0.0, 1.0, value=0.3, step=0.05, label="Multiplier (M) - set to 0 to get model A",
                                    elem_id="modelmerger_interp_amount")
             method = gr.Radio(list(INTERP_METHODS), value=WEIGHTED_SUM, label="Interpolation Method",
                               elem_id="modelmerger_interp_method", info=METHOD_HELP[WEIGHTED_SUM])

@@ -34,6 +34,7 @@ from engine.networks.network_files import (
 )
 
 from .context import UIContext
+from .number_inputs import Number
 
 PRIVATE = {"api_visibility": "private"}
 LABELS = {CHECKPOINT: "Checkpoints", EMBEDDING: "Textual Inversion", LORA: "Lora"}
@@ -223,7 +224,7 @@ def panel(ctx: UIContext, tab: str, prompt: gr.Textbox, negative: gr.Textbox) ->
             fields = {
                 "description": gr.Textbox(label="Description", lines=2, elem_id=f"{tab}_en_description"),
                 "activation text": gr.Textbox(label="Activation text", elem_id=f"{tab}_en_activation"),
-                "preferred weight": gr.Number(label="Preferred weight (0: the default multiplier)", value=0,
+                "preferred weight": Number(label="Preferred weight (0: the default multiplier)", value=0,
                                               elem_id=f"{tab}_en_weight"),
                 "negative text": gr.Textbox(label="Negative text", elem_id=f"{tab}_en_negative"),
                 "sd version": gr.Dropdown(list(SD_VERSIONS), value="Unknown", label="SD version",
