@@ -21,7 +21,7 @@ from PIL import Image
 
 from engine import image_prep
 from engine.errors import RequestError
-from engine.controlnet import preprocessors
+from engine.controlnet import preprocessors, t2i_adapter
 from engine.controlnet.annotators import Annotators
 from engine.controlnet.latent_fixes import FIXING_MODULES, LatentFix, latent_mask
 from engine.controlnet.layouts import UNION_CONTROL_TYPES
@@ -97,6 +97,15 @@ class PreparedUnit:
             self._sized[size] = control.to(sample.device, self.net.dtype)
         control = self._sized[size]
         return control.expand(sample.shape[0], -1, -1, -1)
+
+    def adapter_states(self, sample: torch.Tensor, scale: int) -> list[torch.Tensor]:
+        """A T2I-Adapter unit's feature maps for this sample's size, times the unit's weight, batched."""
+        size = ("adapter", sample.shape[-2] * scale, sample.shape[-1] * scale)
+        if size not in self._sized:
+            control = self.control_for(sample[:1], scale)
+            self._sized[size] = [state * float(self.unit.weight) for state in t2i_adapter.features(self.net, control)]
+        return [state.to(sample.device, sample.dtype).expand(sample.shape[0], -1, -1, -1)
+                for state in self._sized[size]]
 
     def active_at(self, step: int, total: int) -> bool:
         """Whether this step lies in the unit's window (as a fraction of the steps that run)."""
@@ -226,20 +235,28 @@ def attached(unet: torch.nn.Module, units: list[PreparedUnit], cfg: bool,
         step, total = where
         sample, timestep = _argument(args, kwargs, 0, "sample"), _argument(args, kwargs, 1, "timestep")
         hidden = _argument(args, kwargs, 2, "encoder_hidden_states")
-        down_sum, mid_sum = None, None
+        down_sum, mid_sum, adapter_sum = None, None, None
         for item in units:
             if item.unit.weight == 0 or not item.active_at(step, total):
                 continue  # skipped outright: the result is exactly that of no unit
+            if t2i_adapter.is_adapter(item.net):
+                states = item.adapter_states(sample, vae_scale)
+                adapter_sum = states if adapter_sum is None else [a + b for a, b in zip(adapter_sum, states)]
+                continue
             down, mid = _residuals(item, sample, timestep, hidden, kwargs.get("added_cond_kwargs"), cfg, vae_scale)
             if down_sum is None:
                 down_sum, mid_sum = down, mid
             else:
                 down_sum = [a + b for a, b in zip(down_sum, down)]
                 mid_sum = mid_sum + mid
-        if down_sum is None:
+        if down_sum is None and adapter_sum is None:
             return None
-        return args, {**kwargs, "down_block_additional_residuals": tuple(down_sum),
-                      "mid_block_additional_residual": mid_sum}
+        extra = {}
+        if down_sum is not None:
+            extra.update(down_block_additional_residuals=tuple(down_sum), mid_block_additional_residual=mid_sum)
+        if adapter_sum is not None:   # a new list each call: the UNet takes its items off as it goes
+            extra["down_intrablock_additional_residuals"] = list(adapter_sum)
+        return args, {**kwargs, **extra}
 
     def fix_prediction(module, args, kwargs, output):
         where = progress()

@@ -31,7 +31,7 @@ import torch
 
 from engine.devices import DeviceConfig, free_memory
 from engine.errors import CheckpointError, NotFoundError
-from engine.controlnet import control_lora
+from engine.controlnet import control_lora, t2i_adapter
 from engine.controlnet.annotators import Annotators
 from engine.controlnet.layouts import (
     CONFIG_ROOT,
@@ -61,7 +61,7 @@ PICKLE_SUFFIXES = (".pth", ".ckpt", ".pt")
 DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors")
 IGNORED_FOLDERS = ("annotators",)
 # The diffusers classes a ControlNet folder may hold (a Union / ProMax model is the second).
-FOLDER_CLASSES = ("ControlNetModel", "ControlNetUnionModel")
+FOLDER_CLASSES = ("ControlNetModel", "ControlNetUnionModel", "T2IAdapter")
 
 # ---------------------------------------------------------------------------------------------
 # Reading files
@@ -137,8 +137,11 @@ def _describe_mismatch(error: RuntimeError) -> str:
 
 def load_single_file(path: Path, name: str, config_root: Path = CONFIG_ROOT,
                      allow_unsafe: bool = False):
-    """A ControlNetModel (float32 or the file's dtype, on the CPU) from a single file."""
+    """A ControlNetModel (float32 or the file's dtype, on the CPU) from a single file (a
+    T2IAdapter for a T2I-Adapter file)."""
     tensors = _read_tensors(path, name, allow_unsafe)
+    if t2i_adapter.is_t2i_adapter(tensors):
+        return t2i_adapter.build(tensors, name)
     names = to_diffusers_names(tensors.keys(), name)
     state = {new: tensors[old] for old, new in names.items()}
     shapes = {k: tuple(v.shape) for k, v in state.items()}
@@ -342,7 +345,9 @@ class ControlNetLibrary:
         if cached is not None:
             return cached
         if entry.kind == "diffusers":
-            family = family_of_config(self._folder_config(entry))
+            config = self._folder_config(entry)
+            family = (t2i_adapter.family_of_config(config) if config.get("_class_name") == "T2IAdapter"
+                      else family_of_config(config))
         else:
             if entry.kind == "safetensors":
                 stored = _safetensors_shapes(entry.path, entry.path.name)
@@ -351,6 +356,8 @@ class ControlNetLibrary:
                           _read_tensors(entry.path, entry.path.name, self.allow_unsafe).items()}
             if control_lora.is_control_lora(stored):
                 family = control_lora.family_of_keys(stored)
+            elif t2i_adapter.is_t2i_adapter(stored):
+                family = t2i_adapter.family_of_keys(stored)
             else:
                 names = to_diffusers_names(stored, entry.path.name)
                 family = family_of_shapes({new: stored[old] for old, new in names.items()})
@@ -443,7 +450,8 @@ class ControlNetLibrary:
 
         config = self._folder_config(entry)
         model_class = getattr(diffusers, config.get("_class_name", "ControlNetModel"))
-        _check_supported(family_of_config(config), entry.name)
+        if config.get("_class_name") != "T2IAdapter":
+            _check_supported(family_of_config(config), entry.name)
         weights = _weights_file(entry.path)
         variant = "fp16" if weights is not None and weights.name.endswith(".fp16.safetensors") else None
         try:
