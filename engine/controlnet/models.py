@@ -31,6 +31,7 @@ import torch
 
 from engine.devices import DeviceConfig, free_memory
 from engine.errors import CheckpointError, NotFoundError
+from engine.controlnet import ip_adapter
 from engine.controlnet.annotators import Annotators
 from engine.controlnet.layouts import (
     CONFIG_ROOT,
@@ -245,6 +246,7 @@ class ControlNetLibrary:
         self._lock = threading.RLock()
         self._entries: dict[str, ControlNetFile] = {}
         self._families: dict[tuple, str] = {}
+        self._ip_adapters: dict[tuple, bool] = {}
         self._loaded: OrderedDict[str, tuple[tuple, object]] = OrderedDict()
         # The preprocessors' detectors (annotators/ below the folder), on the same device.
         self.annotators = Annotators(str(device_config.device))
@@ -264,14 +266,26 @@ class ControlNetLibrary:
             self._entries = dict(sorted(entries.items(), key=lambda item: item[0].lower()))
         return self.files()
 
+    @property
+    def ip_adapter_folder(self) -> Path:
+        """ComfyUI's folder of IP-Adapter files, beside models/ControlNet."""
+        return self.folder.parent / "ipadapter"
+
     def _scan(self):
-        if not self.folder.is_dir():
+        yield from self._scan_folder(self.folder)
+        # IP-Adapter files only there: anything else is not ours to list.
+        for rel, path, kind in self._scan_folder(self.ip_adapter_folder):
+            if kind != "diffusers" and ip_adapter.is_ip_adapter_keys(ip_adapter.key_shapes(path, path.name)):
+                yield rel, path, kind
+
+    def _scan_folder(self, top: Path):
+        if not top.is_dir():
             return
-        for root, dirs, files in os.walk(self.folder, followlinks=True):
+        for root, dirs, files in os.walk(top, followlinks=True):
             here = Path(root)
-            if here != self.folder and _is_diffusers_folder(here):
+            if here != top and _is_diffusers_folder(here):
                 dirs[:] = []
-                yield here.relative_to(self.folder), here, "diffusers"
+                yield here.relative_to(top), here, "diffusers"
                 continue
             dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d.lower() not in IGNORED_FOLDERS)
             for file in sorted(files):
@@ -279,7 +293,7 @@ class ControlNetLibrary:
                 if file.startswith(".") or suffix not in (SAFE_SUFFIX,) + PICKLE_SUFFIXES:
                     continue
                 kind = "safetensors" if suffix == SAFE_SUFFIX else "pickle"
-                yield (here / file).relative_to(self.folder), here / file, kind
+                yield (here / file).relative_to(top), here / file, kind
 
     def files(self) -> dict[str, Path]:
         with self._lock:
@@ -309,7 +323,8 @@ class ControlNetLibrary:
             if candidate in self._entries:
                 return self._entries[candidate]
         for entry in self._entries.values():
-            rel = entry.path.relative_to(self.folder).as_posix()
+            top = self.folder if entry.path.is_relative_to(self.folder) else self.ip_adapter_folder
+            rel = entry.path.relative_to(top).as_posix()
             if bare in (entry.path.name, rel, str(entry.path)):
                 return entry
         return None
@@ -327,6 +342,8 @@ class ControlNetLibrary:
             return cached
         if entry.kind == "diffusers":
             family = family_of_config(self._folder_config(entry))
+        elif self.is_ip_adapter(entry.name):
+            family = ip_adapter.family_of(ip_adapter.key_shapes(entry.path, entry.path.name))
         else:
             if entry.kind == "safetensors":
                 stored = _safetensors_shapes(entry.path, entry.path.name)
@@ -338,6 +355,21 @@ class ControlNetLibrary:
         with self._lock:
             self._families[stamp] = family
         return family
+
+    def is_ip_adapter(self, name: str) -> bool:
+        """Whether the model called ``name`` is an IP-Adapter (image_proj.* and ip_adapter.* tensors),
+        read cheaply and cached per file version."""
+        entry = self.entry(name)
+        if entry.kind == "diffusers":
+            return False
+        stamp = _stamp(entry)
+        with self._lock:
+            cached = self._ip_adapters.get(stamp)
+        if cached is None:
+            cached = ip_adapter.is_ip_adapter_keys(ip_adapter.key_shapes(entry.path, entry.path.name))
+            with self._lock:
+                self._ip_adapters[stamp] = cached
+        return cached
 
     def families(self) -> dict[str, str | None]:
         """name -> family for every model; None where the file cannot be read or is refused."""
@@ -397,6 +429,9 @@ class ControlNetLibrary:
     def _load(self, entry: ControlNetFile):
         if entry.kind == "diffusers":
             model = self._load_folder(entry)
+        elif self.is_ip_adapter(entry.name):
+            raise CheckpointError(f"'{entry.name}' is an IP-Adapter, not a ControlNet: use it with an "
+                                  "ip-adapter_* preprocessor", FIELD)
         else:
             model = load_single_file(entry.path, entry.path.name, self.config_root, self.allow_unsafe)
         device, dtype = self.device_config.device, self.device_config.dtype

@@ -75,6 +75,9 @@ class Preprocessor:
     _backend: str = field(default="", repr=False)          # "", "controlnet_aux" or "transformers"
     _files: tuple[str, ...] = field(default=(), repr=False)  # weight files (or a folder) in annotators/
     _subfolder: str = field(default="", repr=False)        # where the ecosystem keeps them
+    # IP-Adapter modules: the image encoder they read the picture with ("clip_h", "clip_g",
+    # "auto": by the model, "insightface": FaceID, not runnable here); "" for the others.
+    ip_encoder: str = ""
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -237,6 +240,24 @@ def _aux(name: str, title: str, fn, files: tuple[str, ...], subfolder: str) -> P
                         _fn=fn, _backend=weighted.AUX, _files=files, _subfolder=subfolder)
 
 
+def _ip(name: str, title: str, encoder: str) -> Preprocessor:
+    """An IP-Adapter module: its "map" is the reference picture itself; the image encoder turns
+    it into features when the job runs (ip_adapter.py)."""
+    return Preprocessor(name, title, False, None, None, requires=_IP_REQUIRES[encoder], _fn=_none,
+                        _backend="insightface" if encoder == "insightface" else "", ip_encoder=encoder)
+
+
+_IP_REQUIRES = {
+    "auto": "an IP-Adapter model and its CLIP image encoder in " + weighted.ANNOTATORS + "/clip_vision",
+    "clip_h": "an IP-Adapter model and the CLIP ViT-H image encoder (clip_h) in " + weighted.ANNOTATORS
+              + "/clip_vision",
+    "clip_g": "an IP-Adapter model and the CLIP ViT-bigG image encoder (clip_g) in " + weighted.ANNOTATORS
+              + "/clip_vision",
+    "insightface": "face embeddings from insightface's buffalo_l face-analysis model (the insightface library)",
+}
+INSIGHTFACE_REASON = ("needs face embeddings from insightface's buffalo_l face-analysis model (the insightface "
+                      "library), which this studio does not run")
+
 _OPENPOSE_FILES = ("body_pose_model.pth", "hand_pose_model.pth", "facenet.pth")
 
 PREPROCESSORS: dict[str, Preprocessor] = {p.name: p for p in (
@@ -268,6 +289,12 @@ PREPROCESSORS: dict[str, Preprocessor] = {p.name: p for p in (
     Preprocessor("inpaint", "Inpaint (global harmonious)", False, None, None, needs_mask=True, _fn=_inpaint),
     Preprocessor("inpaint_only", "Inpaint only (masked area)", False, None, None, needs_mask=True,
                  _fn=_inpaint),
+    _ip("ip-adapter-auto", "IP-Adapter (image encoder picked by the model)", "auto"),
+    _ip("ip-adapter_clip_sd15", "IP-Adapter, CLIP ViT-H (SD 1.x, SDXL vit-h)", "clip_h"),
+    _ip("ip-adapter_clip_sdxl", "IP-Adapter, CLIP ViT-bigG (SDXL)", "clip_g"),
+    _ip("ip-adapter_clip_sdxl_plus_vith", "IP-Adapter, CLIP ViT-H (SDXL plus vit-h)", "clip_h"),
+    _ip("ip-adapter_face_id", "IP-Adapter FaceID (insightface)", "insightface"),
+    _ip("ip-adapter_face_id_plus", "IP-Adapter FaceID plus (insightface and CLIP ViT-H)", "insightface"),
 )}
 
 ALIASES: dict[str, str] = {
@@ -294,6 +321,10 @@ ALIASES: dict[str, str] = {
     "seg_ufade20k": "seg_ofade20k",
     "segmentation": "seg_ofade20k",
     "inpaint_global_harmonious": "inpaint",
+    "ip-adapter_clip_h": "ip-adapter_clip_sd15",
+    "ip-adapter_clip_g": "ip-adapter_clip_sdxl",
+    "ip-adapter_auto": "ip-adapter-auto",
+    "ip-adapter_face_id_plusv2": "ip-adapter_face_id_plus",
 }
 
 
@@ -351,6 +382,8 @@ def _missing_weights(preprocessor: Preprocessor, annotators: Path) -> list[str]:
 
 
 def _unavailable_reason(preprocessor: Preprocessor, models_dir: Path | None) -> str:
+    if preprocessor._backend == "insightface":
+        return INSIGHTFACE_REASON
     if not preprocessor._backend:
         return ""
     problems = _missing_modules(preprocessor) + _missing_weights(preprocessor, annotators_dir(models_dir))

@@ -43,6 +43,7 @@ class ControlUnit:
     pixel_perfect: bool = False          # preprocess at the resolution the output needs
     control_mode: str = BALANCED
     save_detected_map: bool = True       # return (and save) the detected map with the pictures
+    more_images: tuple = ()              # IP-Adapter units: further reference pictures, averaged
 
     def replace(self, **changes: Any) -> "ControlUnit":
         return dataclasses.replace(self, **changes)
@@ -75,6 +76,8 @@ class ControlUnit:
             value = getattr(self, name)
             if value is not None and not isinstance(value, Image.Image):
                 raise RequestError(f"{where}: {name} is not an image", name)
+        if not all(isinstance(value, Image.Image) for value in self.more_images):
+            raise RequestError(f"{where}: every reference image must be an image", "image")
         return self
 
     def params(self) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from engine.addons import AddOns
 from engine.prompts.conditioning import ScheduledConditioning
 from engine.prompts.encoders import prompt_encoder
 from engine.controlnet import apply as control
+from engine.controlnet import ip_adapter
 from engine.errors import RequestError
 from engine.output.filenames import ImageFields
 from engine.job_results import GenerationResult, OutputPolicy, image_params
@@ -195,14 +196,18 @@ class GenerationRun:
         units = [(index, unit.replace(image=frame(unit.image), mask=frame(unit.mask))) for index, unit in units]
         image, mask = self.start.control_fallback()
         placement = self.model.placement
+        adapters = [(index, unit) for index, unit in units if library.is_ip_adapter(unit.model)]
+        units = [(index, unit) for index, unit in units if not library.is_ip_adapter(unit.model)]
         prepared = control.prepare(units, library, request.width, request.height,
                                    placement.resting_device, unet.dtype, image, mask, library.folder)
-        self.detected_maps.keep(prepared)
+        images = ip_adapter.prepare(adapters, library, placement.resting_device, unet.dtype, image)
+        self.detected_maps.keep(sorted(prepared + images, key=lambda item: item.index))
         # An LCM-style UNet (guidance embedded) has no negative half in its batch.
         cfg = request.cfg_scale > 1 and getattr(unet.config, "time_cond_proj_dim", None) is None
-        return _both(placement.controlnets(item.net for item in prepared),
-                     control.attached(unet, prepared, cfg=cfg, progress=self._control_progress,
-                                      vae_scale=self.model.vae_scale_factor))
+        return _both(_both(placement.controlnets(item.net for item in prepared),
+                           control.attached(unet, prepared, cfg=cfg, progress=self._control_progress,
+                                            vae_scale=self.model.vae_scale_factor)),
+                     ip_adapter.attached(unet, images, cfg=cfg, progress=self._control_progress))
 
     def _control_progress(self) -> tuple[int, int] | None:
         """(step, steps) of the pass now sampling, or None while control is off (an inner pass
