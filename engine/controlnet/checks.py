@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import re
 
-from engine.errors import RequestError
-from engine.models.loading import FAMILY_LABELS
 from engine.controlnet import ip_adapter, preprocessors
 from engine.controlnet.units import ControlUnit
+from engine.errors import RequestError
+from engine.models.loading import FAMILY_LABELS
 
 _HASH_SUFFIX = re.compile(r"\s*\[[0-9a-fA-F]{6,}\]$")  # "control_v11p_sd15_canny [d14c016b]"
 

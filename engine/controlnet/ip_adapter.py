@@ -30,15 +30,15 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
 from PIL import Image
 
-from engine.errors import CheckpointError, RequestError
 from engine.controlnet.units import ControlUnit
+from engine.errors import CheckpointError, RequestError
 
 IMAGE_PROJ, LAYERS = "image_proj.", "ip_adapter."
 CLIP_H, CLIP_G, AUTO, INSIGHTFACE = "clip_h", "clip_g", "auto", "insightface"
@@ -351,7 +351,10 @@ def face_id_message(index: int, module: str) -> str:
 
 
 def _ip_processors(unet) -> list:
-    from diffusers.models.attention_processor import IPAdapterAttnProcessor, IPAdapterAttnProcessor2_0
+    from diffusers.models.attention_processor import (
+        IPAdapterAttnProcessor,
+        IPAdapterAttnProcessor2_0,
+    )
 
     return [p for p in unet.attn_processors.values() if isinstance(p, (IPAdapterAttnProcessor, IPAdapterAttnProcessor2_0))]
 
