@@ -81,6 +81,21 @@ def test_ip_adapters_are_recognised_and_listed_with_their_family(ip_engine):
     assert "clip_vision" not in " ".join(names)  # the encoder is no model of the list
 
 
+def test_module_availability_follows_the_image_encoders(ip_data, tmp_path):
+    from engine.controlnet import preprocessors
+
+    table = {name: (ok, reason) for name, ok, reason in preprocessors.availability(ip_data / "models")}
+    assert table["ip-adapter_clip_sd15"] == (True, "") and table["ip-adapter-auto"] == (True, "")
+    assert not table["ip-adapter_clip_sdxl"][0] and "clip_g.safetensors" in table["ip-adapter_clip_sdxl"][1]
+    assert not table["ip-adapter_face_id_plus"][0] and "insightface" in table["ip-adapter_face_id_plus"][1]
+    bare = {name: (ok, reason) for name, ok, reason in preprocessors.availability(tmp_path / "models")}
+    assert not bare["ip-adapter-auto"][0]
+    assert "clip_h" in bare["ip-adapter-auto"][1] and "clip_g" in bare["ip-adapter-auto"][1]
+    reference = picture()
+    shown = preprocessors.run("ip-adapter_clip_h", reference, models_dir=ip_data / "models")
+    assert shown.tobytes() == reference.tobytes()  # the map shown is the reference picture
+
+
 def test_a_unit_changes_the_picture_weight_zero_is_none_and_the_unet_is_restored(ip_engine):
     unet = ip_engine.models.require().base.unet
     before = {name: type(p) for name, p in unet.attn_processors.items()}

@@ -34,6 +34,7 @@ from PIL import Image
 
 from engine.errors import RequestError
 from engine.controlnet import annotators as weighted
+from engine.controlnet import ip_adapter
 
 MIN_RESOLUTION, MAX_RESOLUTION, DEFAULT_RESOLUTION = 64, 2048, 512
 MAX_SIDE = 8192  # longest processing side: a thin strip scaled up would not fit in memory
@@ -384,9 +385,23 @@ def _missing_weights(preprocessor: Preprocessor, annotators: Path) -> list[str]:
 def _unavailable_reason(preprocessor: Preprocessor, models_dir: Path | None) -> str:
     if preprocessor._backend == "insightface":
         return INSIGHTFACE_REASON
+    if preprocessor.ip_encoder:
+        return _missing_encoder(preprocessor.ip_encoder, annotators_dir(models_dir).parent)
     if not preprocessor._backend:
         return ""
     problems = _missing_modules(preprocessor) + _missing_weights(preprocessor, annotators_dir(models_dir))
+    return "; ".join(problems)
+
+
+def _missing_encoder(encoder: str, controlnet_folder: Path) -> str:
+    """Why an IP-Adapter module cannot run: its CLIP image encoder is not there ("auto": neither is)."""
+    problems = []
+    for kind in (ip_adapter.CLIP_H, ip_adapter.CLIP_G) if encoder == ip_adapter.AUTO else (encoder,):
+        try:
+            ip_adapter.find_encoder(controlnet_folder, kind)
+            return ""
+        except RequestError as error:
+            problems.append(error.message)
     return "; ".join(problems)
 
 
