@@ -183,6 +183,26 @@ def test_the_window_sets_the_steps_the_adapter_attends(ip_engine):
     assert sorted(set(seen)) == [2, 3, 4, 5], seen
 
 
+@pytest.mark.parametrize("mode", ["medvram", "lowvram"])
+def test_offload_modes_give_the_same_picture(ip_engine, mode):
+    """Under the offload hooks (RAM standing in for VRAM, so they really run) the adapter's layers
+    work as without them, and the UNet comes back plain."""
+    model = ip_engine.models.current
+    plain = pixels(ip_engine.generate(BASE))
+    before = pixels(ip_engine.generate(BASE.replace(controlnet_units=(unit(),))))
+    model.placement.offload_on_cpu = True
+    try:
+        ip_engine.settings.update({"memory_mode": mode})
+        offloaded = pixels(ip_engine.generate(BASE.replace(controlnet_units=(unit(),))))
+        assert model.placement.mode == mode
+        assert np.abs(offloaded - before).max() <= 1
+        assert np.abs(pixels(ip_engine.generate(BASE)) - plain).max() <= 1
+    finally:
+        ip_engine.settings.update({"memory_mode": "none"})
+        model.placement.offload_on_cpu = False
+    assert np.array_equal(pixels(ip_engine.generate(BASE)), plain)
+
+
 def test_several_pictures_are_averaged(ip_engine):
     library = ip_engine.addons.controlnets
     red, blue = picture("red"), picture("blue", "oval")
@@ -227,7 +247,8 @@ def test_refusals_name_the_problem(ip_engine, ip_data):
     message = _refused(ip_engine, unit(module="ip-adapter_face_id", model="ip-adapter-faceid_sd15"))
     assert "insightface" in message and "buffalo_l" in message
     assert "insightface" in _refused(ip_engine, unit(module="ip-adapter-auto", model="ip-adapter-faceid_sd15"))
-    assert "SDXL" in _refused(ip_engine, unit(model="ip-adapter_sdxl"))
+    assert "'ip-adapter_sdxl' is a SDXL IP-Adapter, but the loaded checkpoint is SD" in \
+        _refused(ip_engine, unit(model="ip-adapter_sdxl"))
     assert "ip-adapter_" in _refused(ip_engine, unit(module="canny"))
     assert "IP-Adapter models" in _refused(ip_engine, unit(model="tiny-cn"))
 

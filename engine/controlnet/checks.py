@@ -42,10 +42,11 @@ def check_units(units: tuple[ControlUnit, ...], library, family: str | None) -> 
         model = resolve_model(library, unit.model, index)
         model_family = library.family(model)
         if family is not None and model_family != family:
+            what = "IP-Adapter" if library.is_ip_adapter(model) else "ControlNet"
             raise RequestError(
                 f"ControlNet unit {index}: '{model}' is a {FAMILY_LABELS.get(model_family, model_family)} "
-                f"ControlNet, but the loaded checkpoint is {FAMILY_LABELS.get(family, family)}: pick a "
-                "ControlNet made for this checkpoint's family", "model")
+                f"{what}, but the loaded checkpoint is {FAMILY_LABELS.get(family, family)}: pick a "
+                f"{what} made for this checkpoint's family", "model")
         _check_ip_adapter(library, module, model, model_family, index)
         checked.append(unit.replace(module=module, model=model))
     return tuple(checked)

@@ -329,7 +329,7 @@ def prepare(units: list[tuple[int, ControlUnit]], library, device, dtype,
         if path not in encoders:
             encoders[path] = load_encoder(path)
         encoder, processor = encoders[path]
-        encoder.to(device)
+        torch.nn.Module.to(encoder, device=device, dtype=dtype)
         width = encoder.config.hidden_size if kind.hidden_states else encoder.config.projection_dim
         if width != kind.embed_dim:
             raise RequestError(
@@ -339,8 +339,7 @@ def prepare(units: list[tuple[int, ControlUnit]], library, device, dtype,
         cond, uncond = image_features(encoder, processor, images, kind.hidden_states)
         state = {group: {k: v.to(dtype) for k, v in tensors.items()} for group, tensors in state.items()}
         prepared.append(PreparedAdapter(index, unit, state, cond.to("cpu"), uncond.to("cpu"), images[0]))
-    for encoder, _ in encoders.values():
-        encoder.to("cpu")
+    encoders.clear()  # read once per job: a ViT-H/bigG encoder is not kept beside the UNet
     return prepared
 
 
@@ -361,10 +360,12 @@ def _ip_processors(unet) -> list:
 
 @contextlib.contextmanager
 def attached(unet: torch.nn.Module, adapters: list[PreparedAdapter], cfg: bool,
-             progress: Callable[[], tuple[int, int] | None]) -> Iterator[None]:
+             progress: Callable[[], tuple[int, int] | None], device=None) -> Iterator[None]:
     """For the duration: the adapters (those with a weight) loaded into `unet`, each UNet call
     given their features and each adapter's scale for its step. The UNet's own processors,
-    image projection and config come back after."""
+    image projection and config come back after. `device`: where the UNet computes; the
+    adapter's layers are put there (under layer-by-layer offload the UNet's own `to` moves nothing,
+    and the new layers have no offload hooks of their own)."""
     adapters = [item for item in adapters if item.unit.weight != 0]
     if not adapters:
         yield
@@ -376,6 +377,10 @@ def attached(unet: torch.nn.Module, adapters: list[PreparedAdapter], cfg: bool,
     try:
         unet._load_ip_adapter_weights([item.state for item in adapters], low_cpu_mem_usage=False)
         processors = _ip_processors(unet)
+        if device is not None:
+            dtype = next(iter(adapters[0].state["ip_adapter"].values())).dtype
+            for module in (*processors, unet.encoder_hid_proj):
+                torch.nn.Module.to(module, device=device, dtype=dtype)
 
         def give_features(module, args, kwargs):
             where = progress()

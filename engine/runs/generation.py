@@ -200,14 +200,15 @@ class GenerationRun:
         units = [(index, unit) for index, unit in units if not library.is_ip_adapter(unit.model)]
         prepared = control.prepare(units, library, request.width, request.height,
                                    placement.resting_device, unet.dtype, image, mask, library.folder)
-        images = ip_adapter.prepare(adapters, library, placement.resting_device, unet.dtype, image)
+        images = ip_adapter.prepare(adapters, library, placement.device, unet.dtype, image)
         self.detected_maps.keep(sorted(prepared + images, key=lambda item: item.index))
         # An LCM-style UNet (guidance embedded) has no negative half in its batch.
         cfg = request.cfg_scale > 1 and getattr(unet.config, "time_cond_proj_dim", None) is None
         return _both(_both(placement.controlnets(item.net for item in prepared),
                            control.attached(unet, prepared, cfg=cfg, progress=self._control_progress,
                                             vae_scale=self.model.vae_scale_factor)),
-                     ip_adapter.attached(unet, images, cfg=cfg, progress=self._control_progress))
+                     ip_adapter.attached(unet, images, cfg=cfg, progress=self._control_progress,
+                                         device=placement.device))
 
     def _control_progress(self) -> tuple[int, int] | None:
         """(step, steps) of the pass now sampling, or None while control is off (an inner pass
