@@ -235,6 +235,31 @@ def test_a_single_file_encoder_gives_the_folder_s_features(ip_data, ip_engine, t
     torch.testing.assert_close(from_file[0], from_folder[0])
 
 
+def test_a_released_bin_file_is_read_with_allow_unsafe_only(engine, tmp_path):
+    """ip-adapter_sd15.bin as released: torch.save of {"image_proj": {...}, "ip_adapter": {...}}, in
+    ComfyUI's models/ipadapter; pickles are opened only with --allow-unsafe-checkpoints."""
+    from engine.controlnet.models import ControlNetLibrary
+    from engine.errors import CheckpointError
+    from tests.support.ip_adapter_files import ip_adapter_tensors
+
+    flat = ip_adapter_tensors(engine.models.require().base.unet, "plain", seed=4)
+    nested = {group: {k[len(group) + 1:]: v for k, v in flat.items() if k.startswith(group + ".")}
+              for group in ("image_proj", "ip_adapter")}
+    (tmp_path / "models" / "ipadapter").mkdir(parents=True)
+    torch.save(nested, tmp_path / "models" / "ipadapter" / "ip-adapter_sd15.bin")
+    device = engine.addons.controlnets.device_config
+    safe = ControlNetLibrary(tmp_path / "models" / "ControlNet", device)
+    assert safe.names() == ["ip-adapter_sd15"] and not safe.is_ip_adapter("ip-adapter_sd15")
+    with pytest.raises(CheckpointError, match="allow-unsafe-checkpoints"):
+        safe.family("ip-adapter_sd15")
+    trusting = ControlNetLibrary(tmp_path / "models" / "ControlNet", device, allow_unsafe=True)
+    assert trusting.is_ip_adapter("ip-adapter_sd15") and trusting.family("ip-adapter_sd15") == "sd1"
+    state = ip_adapter.read_state(trusting.entry("ip-adapter_sd15").path, "ip-adapter_sd15", allow_unsafe=True)
+    assert all(torch.equal(state[group][key], value) for group in nested for key, value in nested[group].items())
+    with pytest.raises(CheckpointError, match="pickled"):
+        ip_adapter.read_state(trusting.entry("ip-adapter_sd15").path, "ip-adapter_sd15")
+
+
 def _refused(ip_engine, *units, **fields) -> str:
     with pytest.raises(UserError) as error:
         ip_engine.generate(BASE.replace(controlnet_units=units, **fields))

@@ -63,7 +63,7 @@ def _check_ip_adapter(library, module: str, model: str, family: str, index: int)
     if not encoder:
         raise RequestError(f"ControlNet unit {index}: '{model}' is an IP-Adapter: use an ip-adapter_* preprocessor "
                            "(ip-adapter-auto picks the image encoder by the model)", "module")
-    kind = ip_adapter.kind_of_shapes(ip_adapter.key_shapes(library.entry(model).path, model))
+    kind = ip_adapter.kind_of_shapes(ip_adapter.key_shapes(library.entry(model).path, model, library.allow_unsafe))
     if kind.face_id:
         raise RequestError(ip_adapter.face_id_message(index, module), "model")
     ip_adapter.find_encoder(library.folder, ip_adapter.encoder_for(encoder, model, family))

@@ -62,10 +62,15 @@ def is_ip_adapter_keys(keys) -> bool:
     return any(k.startswith(IMAGE_PROJ) for k in keys) and any(k.startswith(LAYERS) for k in keys)
 
 
-def read_state(path: Path, name: str) -> dict[str, dict[str, torch.Tensor]]:
+def read_state(path: Path, name: str, allow_unsafe: bool = False) -> dict[str, dict[str, torch.Tensor]]:
     """{"image_proj": {...}, "ip_adapter": {...}} from a .safetensors (flat, prefixed keys) or a
-    .bin/.pth (the nested dict the original releases were saved as, or flat)."""
+    .bin/.pth (the nested dict the original releases were saved as, or flat; pickles only with
+    --allow-unsafe-checkpoints, as every pickled model here)."""
     path = Path(path)
+    if path.suffix.lower() != ".safetensors" and not allow_unsafe:
+        raise CheckpointError(f"'{name}' is a pickled file ({path.suffix}); pickles are refused. Use the "
+                              ".safetensors version of this IP-Adapter, or start with --allow-unsafe-checkpoints "
+                              "if you trust where the file came from.", "model")
     try:
         if path.suffix.lower() == ".safetensors":
             from safetensors.torch import load_file
@@ -96,8 +101,10 @@ def key_shapes(path: Path, name: str, allow_unsafe: bool = False) -> dict[str, t
         try:
             with safe_open(str(path), framework="pt") as handle:
                 return {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}
-        except Exception:
+        except Exception:  # safetensors has its own error types for a bad header
             return {}
+    if not allow_unsafe:
+        return {}  # a pickle is not opened without --allow-unsafe-checkpoints
     try:
         loaded = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception:
@@ -211,9 +218,9 @@ def _vision_config(shapes: dict[str, tuple[int, ...]], name: str) -> dict:
             "num_attention_heads": max(1, hidden // 64), "hidden_act": "gelu"}
 
 
-def load_encoder(path: Path):
+def load_encoder(path: Path, allow_unsafe: bool = False):
     """(CLIPVisionModelWithProjection in float32 on the CPU, its image processor) from a folder
-    or a single file."""
+    or a single file (a pickled one, like the extension's clip_h.pth, only with allow_unsafe)."""
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     path = Path(path)
@@ -228,8 +235,14 @@ def load_encoder(path: Path):
             if path.suffix.lower() == ".safetensors":
                 from safetensors.torch import load_file
                 state = load_file(str(path), device="cpu")
+            elif not allow_unsafe:
+                raise RequestError(f"Image encoder {path} is a pickled file; pickles are refused. Use a .safetensors "
+                                   "version (or a transformers folder), or start with --allow-unsafe-checkpoints if "
+                                   "you trust where the file came from.", "module")
             else:
                 state = torch.load(str(path), map_location="cpu", weights_only=True)
+        except RequestError:
+            raise
         except Exception as error:
             raise RequestError(f"Image encoder {path} cannot be read ({str(error)[:200]}); download it again",
                                "module") from error
@@ -319,7 +332,7 @@ def prepare(units: list[tuple[int, ControlUnit]], library, device, dtype,
         if not images:
             raise RequestError(f"ControlNet unit {index} is an IP-Adapter unit without a reference image", "image")
         entry = library.entry(unit.model)
-        state = read_state(entry.path, entry.name)
+        state = read_state(entry.path, entry.name, library.allow_unsafe)
         kind = kind_of({k: tuple(v.shape) for k, v in state["image_proj"].items()})
         module = preprocessors.find(unit.module)
         if kind.face_id or module.ip_encoder == INSIGHTFACE:
@@ -327,7 +340,7 @@ def prepare(units: list[tuple[int, ControlUnit]], library, device, dtype,
         encoder_kind = encoder_for(module.ip_encoder, entry.name, library.family(entry.name))
         path = find_encoder(library.folder, encoder_kind)
         if path not in encoders:
-            encoders[path] = load_encoder(path)
+            encoders[path] = load_encoder(path, library.allow_unsafe)
         encoder, processor = encoders[path]
         torch.nn.Module.to(encoder, device=device, dtype=dtype)
         width = encoder.config.hidden_size if kind.hidden_states else encoder.config.projection_dim

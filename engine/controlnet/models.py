@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 MAX_LOADED = 3
 
 SAFE_SUFFIX = ".safetensors"
-PICKLE_SUFFIXES = (".pth", ".ckpt", ".pt")
+PICKLE_SUFFIXES = (".pth", ".ckpt", ".pt", ".bin")  # .bin: IP-Adapters as released (ip-adapter_sd15.bin)
 DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors")
 IGNORED_FOLDERS = ("annotators",)
 
@@ -273,9 +273,9 @@ class ControlNetLibrary:
 
     def _scan(self):
         yield from self._scan_folder(self.folder)
-        # IP-Adapter files only there: anything else is not ours to list.
+        # ComfyUI's folder holds IP-Adapter files (ip-adapter_sd15.bin as released, or .safetensors).
         for rel, path, kind in self._scan_folder(self.ip_adapter_folder):
-            if kind != "diffusers" and ip_adapter.is_ip_adapter_keys(ip_adapter.key_shapes(path, path.name)):
+            if kind != "diffusers":
                 yield rel, path, kind
 
     def _scan_folder(self, top: Path):
@@ -343,7 +343,7 @@ class ControlNetLibrary:
         if entry.kind == "diffusers":
             family = family_of_config(self._folder_config(entry))
         elif self.is_ip_adapter(entry.name):
-            family = ip_adapter.family_of(ip_adapter.key_shapes(entry.path, entry.path.name))
+            family = ip_adapter.family_of(ip_adapter.key_shapes(entry.path, entry.path.name, self.allow_unsafe))
         else:
             if entry.kind == "safetensors":
                 stored = _safetensors_shapes(entry.path, entry.path.name)
@@ -366,7 +366,7 @@ class ControlNetLibrary:
         with self._lock:
             cached = self._ip_adapters.get(stamp)
         if cached is None:
-            cached = ip_adapter.is_ip_adapter_keys(ip_adapter.key_shapes(entry.path, entry.path.name))
+            cached = ip_adapter.is_ip_adapter_keys(ip_adapter.key_shapes(entry.path, entry.path.name, self.allow_unsafe))
             with self._lock:
                 self._ip_adapters[stamp] = cached
         return cached
