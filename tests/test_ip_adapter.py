@@ -356,3 +356,45 @@ def test_api_bad_ip_units_get_a_4xx_naming_the_problem(server, fields, status, w
     response = txt2img(server, ip)
     assert response.status_code == status, response.text
     assert all(word in response.text for word in words), response.text
+
+
+def test_an_sdxl_unet_matches_diffusers_own_ip_adapter_path(tiny_models, ip_data, tmp_path):
+    """SDXL's UNet takes the features beside its text_embeds/time_ids: our hook keeps those."""
+    from engine.controlnet.models import ControlNetLibrary
+    from engine.devices import DeviceConfig
+
+    pipe = tiny_models.reference_pipeline("sdxl")
+    unet = pipe.unet
+    folder = tmp_path / "models" / "ControlNet"
+    write_ip_adapter(unet, folder / "ip-adapter_sdxl_vit-h.safetensors", "plus", seed=6)
+    shutil.copytree(ip_data / "models" / "ControlNet" / "annotators", folder / "annotators")
+    library = ControlNetLibrary(folder, DeviceConfig("cpu", torch.float32))
+    generator = torch.Generator().manual_seed(7)
+    sample = torch.randn(1, 4, 8, 8, generator=generator)
+    text = torch.randn(2, 7, unet.config.cross_attention_dim, generator=generator)
+    pooled_width = unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
+    added = {"text_embeds": torch.randn(2, pooled_width, generator=generator),
+             "time_ids": torch.tensor([[64.0, 64, 0, 0, 64, 64]] * 2)}
+    image = picture("purple")
+    entry = library.entry("ip-adapter_sdxl_vit-h")
+    [prepared] = ip_adapter.prepare([(0, unit(module="ip-adapter-auto", model=entry.name, image=image))],
+                                    library, "cpu", torch.float32)
+    with ip_adapter.attached(unet, [prepared], cfg=True, progress=lambda: (0, 1)), torch.no_grad():
+        ours = unet(torch.cat([sample, sample]), 500, encoder_hidden_states=text, added_cond_kwargs=added).sample
+    assert unet.encoder_hid_proj is None
+
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPVisionModelWithProjection
+
+    encoder = CLIPVisionModelWithProjection.from_pretrained(str(folder / "annotators" / "clip_vision" / "clip_h"))
+    reference = StableDiffusionPipeline(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
+                                        unet=unet, scheduler=pipe.scheduler, safety_checker=None,
+                                        feature_extractor=ip_adapter.image_processor(encoder.config.image_size),
+                                        image_encoder=encoder, requires_safety_checker=False)
+    reference.load_ip_adapter(ip_adapter.read_state(entry.path, entry.name), subfolder="", weight_name="unused",
+                              image_encoder_folder=None)
+    embeds = reference.prepare_ip_adapter_image_embeds([image], None, "cpu", 1, True)
+    with torch.no_grad():
+        expected = unet(torch.cat([sample, sample]), 500, encoder_hidden_states=text,
+                        added_cond_kwargs={**added, "image_embeds": embeds}).sample
+    torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-5)
