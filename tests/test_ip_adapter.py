@@ -98,7 +98,7 @@ def test_module_availability_follows_the_image_encoders(ip_data, tmp_path):
 
 def test_a_unit_changes_the_picture_weight_zero_is_none_and_the_unet_is_restored(ip_engine):
     unet = ip_engine.models.require().base.unet
-    before = {name: type(p) for name, p in unet.attn_processors.items()}
+    before = dict(unet.attn_processors)
     plain = ip_engine.generate(BASE)
     red = ip_engine.generate(BASE.replace(controlnet_units=(unit(),)))
     blue = ip_engine.generate(BASE.replace(controlnet_units=(unit(image=picture("blue", "oval")),)))
@@ -106,7 +106,7 @@ def test_a_unit_changes_the_picture_weight_zero_is_none_and_the_unet_is_restored
     assert np.abs(pixels(red) - pixels(blue)).mean() > 0.2
     weightless = ip_engine.generate(BASE.replace(controlnet_units=(unit(weight=0.0),)))
     assert weightless.images[0].tobytes() == plain.images[0].tobytes()
-    assert {name: type(p) for name, p in unet.attn_processors.items()} == before
+    assert all(unet.attn_processors[name] is processor for name, processor in before.items())
     assert unet.encoder_hid_proj is None and unet.config.encoder_hid_dim_type is None
     assert ip_engine.generate(BASE).images[0].tobytes() == plain.images[0].tobytes()
     assert 'ControlNet 0: "Module: ip-adapter_clip_sd15, Model: ip-adapter_sd15, Weight: 1' in red.infotexts[0]
@@ -276,6 +276,21 @@ def test_refusals_name_the_problem(ip_engine, ip_data):
         _refused(ip_engine, unit(model="ip-adapter_sdxl"))
     assert "ip-adapter_" in _refused(ip_engine, unit(module="canny"))
     assert "IP-Adapter models" in _refused(ip_engine, unit(model="tiny-cn"))
+
+
+def test_an_adapter_made_for_another_unet_is_refused_by_name(engine, tiny_models, ip_data, tmp_path):
+    """Tiny UNets all read as SD 1.x by their context width, so the layers themselves must differ."""
+    shutil.copytree(ip_data / "models" / "ControlNet" / "annotators", tmp_path / "models" / "ControlNet" / "annotators")
+    write_ip_adapter(tiny_models.reference_pipeline("sdxl").unet,
+                     tmp_path / "models" / "ControlNet" / "ip-adapter_other.safetensors")
+    other = Engine(engine.models, engine.writer, engine.settings,
+                   AddOns.in_data_dir(tmp_path, HashCache(tmp_path / "cache.json")), queue=engine.queue)
+    unet = engine.models.require().base.unet
+    before = dict(unet.attn_processors)
+    message = _refused(other, unit(model="ip-adapter_other"))
+    assert "'ip-adapter_other' does not fit the loaded checkpoint's UNet" in message
+    assert all(unet.attn_processors[name] is processor for name, processor in before.items())
+    assert unet.encoder_hid_proj is None
 
 
 def test_a_missing_image_encoder_is_named(engine, tmp_path):

@@ -300,8 +300,7 @@ class PreparedAdapter:
     detected: Image.Image   # what the unit shows: the reference picture
 
     def active_at(self, step: int, total: int) -> bool:
-        total = max(1, total)
-        return not (step / total < self.unit.guidance_start or (step + 1) / total > self.unit.guidance_end)
+        return self.unit.active_at(step, total)
 
     def batch(self, size: int, cfg: bool, device, dtype) -> torch.Tensor:
         """The features for a UNet batch of `size` ([negative, positive] halves when guided), with
@@ -388,7 +387,13 @@ def attached(unet: torch.nn.Module, adapters: list[PreparedAdapter], cfg: bool,
     saved_type = unet.config.encoder_hid_dim_type
     handle = None
     try:
-        unet._load_ip_adapter_weights([item.state for item in adapters], low_cpu_mem_usage=False)
+        try:
+            unet._load_ip_adapter_weights([item.state for item in adapters], low_cpu_mem_usage=False)
+        except (KeyError, RuntimeError, ValueError) as error:
+            names = ", ".join(f"'{item.unit.model}'" for item in adapters)
+            raise RequestError(f"IP-Adapter {names} does not fit the loaded checkpoint's UNet (its layers differ: "
+                               f"{str(error)[:200]}); pick an IP-Adapter made for this checkpoint's family",
+                               "model") from error
         processors = _ip_processors(unet)
         if device is not None:
             dtype = next(iter(adapters[0].state["ip_adapter"].values())).dtype

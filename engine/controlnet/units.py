@@ -80,6 +80,11 @@ class ControlUnit:
             raise RequestError(f"{where}: every reference image must be an image", "image")
         return self
 
+    def active_at(self, step: int, total: int) -> bool:
+        """Whether this step lies in the unit's window (as a fraction of the steps that run)."""
+        total = max(1, total)
+        return not (step / total < self.guidance_start or (step + 1) / total > self.guidance_end)
+
     def params(self) -> dict[str, Any]:
         """What the infotext records of this unit (as the ecosystem writes it)."""
         return {"Module": self.module, "Model": self.model, "Weight": _number(self.weight),
