@@ -62,7 +62,7 @@ def ip_engine(engine, ip_data):
 
 
 def unit(**fields) -> ControlUnit:
-    values = dict(enabled=True, module="ip-adapter_clip_sd15", model="ip-adapter_sd15", image=picture())
+    values = {"enabled": True, "module": "ip-adapter_clip_sd15", "model": "ip-adapter_sd15", "image": picture()}
     values.update(fields)
     return ControlUnit(**values)
 

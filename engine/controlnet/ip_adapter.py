@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import pickle
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -97,17 +98,17 @@ def key_shapes(path: Path, name: str, allow_unsafe: bool = False) -> dict[str, t
     """Tensor names and shapes, read cheaply (a .safetensors header); nested .bin keys flattened."""
     path = Path(path)
     if path.suffix.lower() == ".safetensors":
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
         try:
             with safe_open(str(path), framework="pt") as handle:
-                return {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}
-        except Exception:  # safetensors has its own error types for a bad header
+                return {k: tuple(handle.get_slice(k).get_shape()) for k in handle}
+        except (SafetensorError, OSError, ValueError):  # unreadable: loading it names the problem
             return {}
     if not allow_unsafe:
         return {}  # a pickle is not opened without --allow-unsafe-checkpoints
     try:
         loaded = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception:
+    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError):
         return {}
     if not isinstance(loaded, dict):
         return {}

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-ENCODER = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=1,
-               projection_dim=48, image_size=32, patch_size=8, hidden_act="gelu")
+ENCODER = {"hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 1,
+           "projection_dim": 48, "image_size": 32, "patch_size": 8, "hidden_act": "gelu"}
 TOKENS = 4          # image tokens of a plain adapter (diffusers' fixed count)
 PLUS_QUERIES = 6    # the Resampler's latent queries
 PLUS_WIDTH = 64     # its inner width (one 64-wide head)
