@@ -101,7 +101,7 @@ def key_shapes(path: Path, name: str, allow_unsafe: bool = False) -> dict[str, t
         from safetensors import SafetensorError, safe_open
         try:
             with safe_open(str(path), framework="pt") as handle:
-                return {k: tuple(handle.get_slice(k).get_shape()) for k in handle}
+                return {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}  # noqa: SIM118 (safe_open is not iterable)
         except (SafetensorError, OSError, ValueError):  # unreadable: loading it names the problem
             return {}
     if not allow_unsafe:
