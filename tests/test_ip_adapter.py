@@ -203,16 +203,63 @@ def test_offload_modes_give_the_same_picture(ip_engine, mode):
     assert np.array_equal(pixels(ip_engine.generate(BASE)), plain)
 
 
-def test_several_pictures_are_averaged(ip_engine):
+class _Fixed(torch.nn.Module):
+    """An image projection that returns given context tokens, whatever it is handed."""
+
+    def __init__(self, tokens):
+        super().__init__()
+        self.tokens = tokens
+
+    def forward(self, image_embeds):
+        return [self.tokens]
+
+
+def test_several_pictures_are_averaged_after_their_projection(ip_engine, ip_data):
+    """As the extension averages them: each picture's context tokens (diffusers' own projection of
+    diffusers' own features), then their mean, for the positive and the negative half."""
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPVisionModelWithProjection
+
+    pipe = ip_engine.models.require().base
     library = ip_engine.addons.controlnets
     red, blue = picture("red"), picture("blue", "oval")
-    [both] = ip_adapter.prepare([(0, unit(image=red, more_images=(blue,)))], library, "cpu", torch.float32)
-    [one] = ip_adapter.prepare([(0, unit(image=red))], library, "cpu", torch.float32)
-    [other] = ip_adapter.prepare([(0, unit(image=blue))], library, "cpu", torch.float32)
-    torch.testing.assert_close(both.cond, (one.cond + other.cond) / 2)
-    a = ip_engine.generate(BASE.replace(controlnet_units=(unit(image=red, more_images=(blue,)),)))
-    b = ip_engine.generate(BASE.replace(controlnet_units=(unit(image=red),)))
-    assert a.images[0].tobytes() != b.images[0].tobytes()
+    generator = torch.Generator().manual_seed(9)
+    sample = torch.randn(1, 4, 8, 8, generator=generator)
+    text = torch.randn(2, 7, pipe.unet.config.cross_attention_dim, generator=generator)
+    model = "ip-adapter-plus_sd15"
+    [prepared] = ip_adapter.prepare([(0, unit(model=model, image=red, more_images=(blue,), weight=0.8))],
+                                    library, "cpu", torch.float32)
+    with ip_adapter.attached(pipe.unet, [prepared], cfg=True, progress=lambda: (0, 1)), torch.no_grad():
+        ours = pipe.unet(torch.cat([sample, sample]), 400, encoder_hidden_states=text).sample
+
+    encoder = CLIPVisionModelWithProjection.from_pretrained(
+        str(ip_data / "models" / "ControlNet" / "annotators" / "clip_vision" / "clip_h"))
+    reference = StableDiffusionPipeline(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
+                                        unet=pipe.unet, scheduler=pipe.scheduler, safety_checker=None,
+                                        feature_extractor=ip_adapter.image_processor(encoder.config.image_size),
+                                        image_encoder=encoder, requires_safety_checker=False)
+    saved = dict(pipe.unet.attn_processors)
+    entry = library.entry(model)
+    reference.load_ip_adapter(ip_adapter.read_state(entry.path, model), subfolder="", weight_name="unused",
+                              image_encoder_folder=None)
+    try:
+        reference.set_ip_adapter_scale(0.8)
+        with torch.no_grad():
+            tokens = [pipe.unet.encoder_hid_proj(reference.prepare_ip_adapter_image_embeds([image], None, "cpu", 1,
+                                                                                          True))[0]
+                      for image in (red, blue)]
+            projection = pipe.unet.encoder_hid_proj
+            pipe.unet.encoder_hid_proj = _Fixed((tokens[0] + tokens[1]) / 2)
+            expected = pipe.unet(torch.cat([sample, sample]), 400, encoder_hidden_states=text,
+                                 added_cond_kwargs={"image_embeds": []}).sample
+            pipe.unet.encoder_hid_proj = projection
+    finally:
+        reference.unload_ip_adapter()
+        pipe.unet.set_attn_processor(saved)
+    torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-5)
+    alone = ip_engine.generate(BASE.replace(controlnet_units=(unit(image=red),)))
+    both = ip_engine.generate(BASE.replace(controlnet_units=(unit(image=red, more_images=(blue,)),)))
+    assert alone.images[0].tobytes() != both.images[0].tobytes()
 
 
 def test_two_adapters_and_a_controlnet_together(ip_engine):

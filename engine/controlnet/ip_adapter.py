@@ -14,8 +14,9 @@ transformers' key layout (``clip_h.pth``/``clip_g.pth`` as the extension names t
 ComfyUI's ``CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors``). The "plain" adapters take the
 encoder's projected image embedding, the "plus" and "full face" ones its penultimate hidden
 states, as diffusers' pipelines do; the negative half of a guided batch gets zeros (plain) or the
-features of an all-black picture (plus), also as diffusers does. Several reference pictures in
-one unit are averaged (their encoder features; the extension averages after the projection).
+features of an all-zero (normalised) picture (plus), also as diffusers does. Several reference
+pictures in one unit are averaged after their projection into context tokens, as the extension
+averages them (AveragedProjection).
 
 For one job the adapters are loaded into the pipeline's UNet with diffusers'
 ``_load_ip_adapter_weights`` (several units: several adapters at once) and the UNet's own
@@ -275,7 +276,7 @@ def image_processor(size: int):
 
 @torch.no_grad()
 def image_features(encoder, processor, images: list[Image.Image], hidden_states: bool):
-    """(positive, negative) features of the pictures, averaged over them, each with a batch of 1."""
+    """(positive, negative) features: one per picture, and one for the negative half."""
     pixels = processor(images=[image.convert("RGB") for image in images], return_tensors="pt").pixel_values
     pixels = pixels.to(encoder.device, encoder.dtype)
     if hidden_states:
@@ -284,7 +285,20 @@ def image_features(encoder, processor, images: list[Image.Image], hidden_states:
     else:
         cond = encoder(pixels).image_embeds
         uncond = torch.zeros_like(cond[:1])
-    return cond.mean(dim=0, keepdim=True), uncond
+    return cond, uncond
+
+
+class AveragedProjection(torch.nn.Module):
+    """diffusers' MultiIPAdapterImageProjection with each adapter's pictures averaged after their
+    projection into context tokens, as sd-webui-controlnet averages them (diffusers itself would
+    give attention all the pictures' tokens side by side)."""
+
+    def __init__(self, projection: torch.nn.Module):
+        super().__init__()
+        self.projection = projection
+
+    def forward(self, image_embeds: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [tokens.mean(dim=1, keepdim=True) for tokens in self.projection(image_embeds)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -296,8 +310,8 @@ class PreparedAdapter:
     index: int
     unit: ControlUnit
     state: dict[str, dict[str, torch.Tensor]]
-    cond: torch.Tensor      # (1, D) or (1, tokens, D)
-    uncond: torch.Tensor
+    cond: torch.Tensor      # one per picture: (pictures, D), or (pictures, tokens, D) for the hidden states
+    uncond: torch.Tensor    # the negative half's: (1, ...)
     detected: Image.Image   # what the unit shows: the reference picture
 
     def active_at(self, step: int, total: int) -> bool:
@@ -305,14 +319,13 @@ class PreparedAdapter:
 
     def batch(self, size: int, cfg: bool, device, dtype) -> torch.Tensor:
         """The features for a UNet batch of `size` ([negative, positive] halves when guided), with
-        diffusers' images-per-adapter axis."""
-        cond, uncond = self.cond.to(device, dtype), self.uncond.to(device, dtype)
+        diffusers' images-per-adapter axis holding the pictures (AveragedProjection averages them)."""
+        cond, uncond = self.cond.to(device, dtype)[None], self.uncond.to(device, dtype)[None]
+        uncond = uncond.expand(1, cond.shape[1], *uncond.shape[2:])
         if cfg and size % 2 == 0:
             half = size // 2
-            features = torch.cat([uncond.expand(half, *uncond.shape[1:]), cond.expand(half, *cond.shape[1:])])
-        else:
-            features = cond.expand(size, *cond.shape[1:])
-        return features.unsqueeze(1)
+            return torch.cat([uncond.expand(half, *uncond.shape[1:]), cond.expand(half, *cond.shape[1:])])
+        return cond.expand(size, *cond.shape[1:])
 
 
 def unit_images(unit: ControlUnit, fallback: Image.Image | None) -> list[Image.Image]:
@@ -395,6 +408,7 @@ def attached(unet: torch.nn.Module, adapters: list[PreparedAdapter], cfg: bool,
             raise RequestError(f"IP-Adapter {names} does not fit the loaded checkpoint's UNet (its layers differ: "
                                f"{str(error)[:200]}); pick an IP-Adapter made for this checkpoint's family",
                                "model") from error
+        unet.encoder_hid_proj = AveragedProjection(unet.encoder_hid_proj)
         processors = _ip_processors(unet)
         if device is not None:
             dtype = next(iter(adapters[0].state["ip_adapter"].values())).dtype
