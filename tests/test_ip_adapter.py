@@ -340,6 +340,20 @@ def test_an_adapter_made_for_another_unet_is_refused_by_name(engine, tiny_models
     assert unet.encoder_hid_proj is None
 
 
+def test_an_encoder_of_another_width_is_refused_and_encoders_are_kept_between_jobs(engine, ip_data, tmp_path):
+    shutil.copytree(ip_data / "models" / "ControlNet", tmp_path / "models" / "ControlNet")
+    write_encoder_file(tmp_path / "models" / "clip_vision" / "clip_g.safetensors", projection_dim=40)
+    other = Engine(engine.models, engine.writer, engine.settings,
+                   AddOns.in_data_dir(tmp_path, HashCache(tmp_path / "cache.json")), queue=engine.queue)
+    message = _refused(other, unit(module="ip-adapter_clip_sdxl"))
+    assert "reads 48-wide image features, but the image encoder clip_g.safetensors gives 40" in message
+    library = other.addons.controlnets
+    path = ip_adapter.find_encoder(library.folder, "clip_h")
+    assert library.image_encoder(path)[0] is library.image_encoder(path)[0]
+    other.generate(BASE.replace(controlnet_units=(unit(),)))
+    assert library.image_encoder(path)[0].device == torch.device("cpu")
+
+
 def test_a_missing_image_encoder_is_named(engine, tmp_path):
     unet = engine.models.require().base.unet
     write_ip_adapter(unet, tmp_path / "models" / "ControlNet" / "ip-adapter_sd15.safetensors")

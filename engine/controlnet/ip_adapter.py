@@ -339,7 +339,6 @@ def prepare(units: list[tuple[int, ControlUnit]], library, device, dtype,
     from engine.controlnet import preprocessors
 
     prepared = []
-    encoders: dict[Path, tuple] = {}
     for index, unit in units:
         images = unit_images(unit, fallback_image)
         if not images:
@@ -352,20 +351,20 @@ def prepare(units: list[tuple[int, ControlUnit]], library, device, dtype,
             raise RequestError(face_id_message(index, unit.module), "module")
         encoder_kind = encoder_for(module.ip_encoder, entry.name, library.family(entry.name))
         path = find_encoder(library.folder, encoder_kind)
-        if path not in encoders:
-            encoders[path] = load_encoder(path, library.allow_unsafe)
-        encoder, processor = encoders[path]
-        torch.nn.Module.to(encoder, device=device, dtype=dtype)
+        encoder, processor = library.image_encoder(path)
         width = encoder.config.hidden_size if kind.hidden_states else encoder.config.projection_dim
         if width != kind.embed_dim:
             raise RequestError(
                 f"ControlNet unit {index}: '{entry.name}' ({kind.name} IP-Adapter) reads {kind.embed_dim}-wide image "
                 f"features, but the image encoder {path.name} gives {width}: pick the preprocessor made for this "
                 "model (ip-adapter-auto picks by the model's name)", "module")
-        cond, uncond = image_features(encoder, processor, images, kind.hidden_states)
+        torch.nn.Module.to(encoder, device=device, dtype=dtype)
+        try:
+            cond, uncond = image_features(encoder, processor, images, kind.hidden_states)
+        finally:  # kept in RAM for the next job, not beside the UNet in VRAM
+            torch.nn.Module.to(encoder, device="cpu")
         state = {group: {k: v.to(dtype) for k, v in tensors.items()} for group, tensors in state.items()}
         prepared.append(PreparedAdapter(index, unit, state, cond.to("cpu"), uncond.to("cpu"), images[0]))
-    encoders.clear()  # read once per job: a ViT-H/bigG encoder is not kept beside the UNet
     return prepared
 
 

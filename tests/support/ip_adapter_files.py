@@ -21,12 +21,12 @@ PLUS_QUERIES = 6    # the Resampler's latent queries
 PLUS_WIDTH = 64     # its inner width (one 64-wide head)
 
 
-def tiny_encoder(seed: int = 0):
+def tiny_encoder(seed: int = 0, **changes):
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return CLIPVisionModelWithProjection(CLIPVisionConfig(**ENCODER)).eval()
+        return CLIPVisionModelWithProjection(CLIPVisionConfig(**{**ENCODER, **changes})).eval()
 
 
 def write_encoder_folder(folder: Path, seed: int = 0) -> Path:
@@ -34,10 +34,10 @@ def write_encoder_folder(folder: Path, seed: int = 0) -> Path:
     return Path(folder)
 
 
-def write_encoder_file(path: Path, seed: int = 0) -> Path:
+def write_encoder_file(path: Path, seed: int = 0, **changes) -> Path:
     from safetensors.torch import save_file
 
-    state = {k: v.contiguous() for k, v in tiny_encoder(seed).state_dict().items()}
+    state = {k: v.contiguous() for k, v in tiny_encoder(seed, **changes).state_dict().items()}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(path))
     return Path(path)
