@@ -214,6 +214,19 @@ class _Fixed(torch.nn.Module):
         return [self.tokens]
 
 
+def test_attention_slicing_stays_on_the_other_layers(ip_engine):
+    """The sliced processors (which take arguments) stay where no adapter goes, and come back."""
+    unet = ip_engine.models.require().base.unet
+    plain = pixels(ip_engine.generate(BASE.replace(controlnet_units=(unit(),))))
+    ip_engine.settings.update({"attention_slicing": True})
+    try:
+        sliced = pixels(ip_engine.generate(BASE.replace(controlnet_units=(unit(),))))
+    finally:
+        ip_engine.settings.update({"attention_slicing": False})
+    assert np.abs(sliced - plain).max() <= 1
+    assert all(type(p).__name__ != "IPAdapterAttnProcessor2_0" for p in unet.attn_processors.values())
+
+
 def test_several_pictures_are_averaged_after_their_projection(ip_engine, ip_data):
     """As the extension averages them: each picture's context tokens (diffusers' own projection of
     diffusers' own features), then their mean, for the positive and the negative half."""

@@ -374,6 +374,54 @@ def face_id_message(index: int, module: str) -> str:
             "ip-adapter_clip_sd15) instead")
 
 
+def _load(unet, states: list[dict]) -> None:
+    """The adapters' layers into `unet`, as diffusers' ``_load_ip_adapter_weights`` puts them (its
+    converter for the image projections, its IPAdapterAttnProcessor2_0 with the same names and
+    token counts in every cross-attention layer), except that the other layers keep their own
+    processors (diffusers makes new ones of their class, which fails for ones that take
+    arguments, like attention slicing's) and the UNet is not cast as a whole for a few new layers."""
+    from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0
+    from diffusers.models.embeddings import MultiIPAdapterImageProjection
+
+    unet.encoder_hid_proj = None  # a "plus" projection's attention layers must not count as the UNet's
+    widths = list(unet.config.block_out_channels)
+    tokens = [_token_count(state["image_proj"]) for state in states]
+    processors, key = {}, 1
+    for name, current in unet.attn_processors.items():
+        if name.endswith("attn1.processor") or "motion_modules" in name:
+            processors[name] = current
+            continue
+        if name.startswith("mid_block"):
+            width = widths[-1]
+        elif name.startswith("up_blocks"):
+            width = widths[::-1][int(name.split(".")[1])]
+        else:
+            width = widths[int(name.split(".")[1])]
+        processor = IPAdapterAttnProcessor2_0(hidden_size=width, cross_attention_dim=unet.config.cross_attention_dim,
+                                              scale=1.0, num_tokens=tokens)
+        weights = {}
+        for number, state in enumerate(states):
+            for part in ("to_k_ip", "to_v_ip"):
+                weights[f"{part}.{number}.weight"] = state["ip_adapter"][f"{key}.{part}.weight"]
+        processor.load_state_dict(weights)
+        processors[name] = processor
+        key += 2
+    unet.set_attn_processor(processors)
+    layers = [unet._convert_ip_adapter_image_proj_to_diffusers(state["image_proj"], low_cpu_mem_usage=False)
+              for state in states]
+    unet.encoder_hid_proj = AveragedProjection(MultiIPAdapterImageProjection(layers))
+    unet.config.encoder_hid_dim_type = "ip_image_proj"
+
+
+def _token_count(image_proj: dict[str, torch.Tensor]) -> int:
+    """Context tokens an adapter adds (diffusers' numbers: 4 for plain and FaceID, 257 for full face)."""
+    if "proj.3.weight" in image_proj:
+        return 257
+    if "latents" in image_proj and "perceiver_resampler.proj_in.weight" not in image_proj:
+        return image_proj["latents"].shape[1]
+    return 4
+
+
 def _ip_processors(unet) -> list:
     from diffusers.models.attention_processor import (
         IPAdapterAttnProcessor,
@@ -401,18 +449,16 @@ def attached(unet: torch.nn.Module, adapters: list[PreparedAdapter], cfg: bool,
     handle = None
     try:
         try:
-            unet._load_ip_adapter_weights([item.state for item in adapters], low_cpu_mem_usage=False)
+            _load(unet, [item.state for item in adapters])
         except (KeyError, RuntimeError, ValueError) as error:
             names = ", ".join(f"'{item.unit.model}'" for item in adapters)
             raise RequestError(f"IP-Adapter {names} does not fit the loaded checkpoint's UNet (its layers differ: "
                                f"{str(error)[:200]}); pick an IP-Adapter made for this checkpoint's family",
                                "model") from error
-        unet.encoder_hid_proj = AveragedProjection(unet.encoder_hid_proj)
         processors = _ip_processors(unet)
-        if device is not None:
-            dtype = next(iter(adapters[0].state["ip_adapter"].values())).dtype
-            for module in (*processors, unet.encoder_hid_proj):
-                torch.nn.Module.to(module, device=device, dtype=dtype)
+        dtype = next(iter(adapters[0].state["ip_adapter"].values())).dtype
+        for module in (*processors, unet.encoder_hid_proj):
+            torch.nn.Module.to(module, device=device if device is not None else unet.device, dtype=dtype)
 
         def give_features(module, args, kwargs):
             where = progress()
