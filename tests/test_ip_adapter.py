@@ -81,6 +81,18 @@ def test_ip_adapters_are_recognised_and_listed_with_their_family(ip_engine):
     assert "clip_vision" not in " ".join(names)  # the encoder is no model of the list
 
 
+def test_one_name_in_both_folders_keeps_both(engine, tmp_path):
+    from engine.controlnet.models import ControlNetLibrary
+
+    unet = engine.models.require().base.unet
+    write_ip_adapter(unet, tmp_path / "ControlNet" / "ip-adapter_sd15.safetensors", seed=1)
+    write_ip_adapter(unet, tmp_path / "ipadapter" / "ip-adapter_sd15.safetensors", seed=2)
+    library = ControlNetLibrary(tmp_path / "ControlNet", engine.addons.controlnets.device_config)
+    assert library.names() == ["ip-adapter_sd15.safetensors", "ipadapter/ip-adapter_sd15.safetensors"]
+    assert library.entry("ipadapter/ip-adapter_sd15.safetensors").path == tmp_path / "ipadapter" / "ip-adapter_sd15.safetensors"
+    assert library.entry("ip-adapter_sd15.safetensors").path == tmp_path / "ControlNet" / "ip-adapter_sd15.safetensors"
+
+
 def test_module_availability_follows_the_image_encoders(ip_data, tmp_path):
     from engine.controlnet import preprocessors
 

@@ -276,8 +276,8 @@ class ControlNetLibrary:
         yield from self._scan_folder(self.folder)
         # ComfyUI's folder holds IP-Adapter files (ip-adapter_sd15.bin as released, or .safetensors).
         for rel, path, kind in self._scan_folder(self.ip_adapter_folder):
-            if kind != "diffusers":
-                yield rel, path, kind
+            if kind != "diffusers":  # named ipadapter/<file> where a stem is in both folders
+                yield Path(self.ip_adapter_folder.name) / rel, path, kind
 
     def _scan_folder(self, top: Path):
         if not top.is_dir():
@@ -324,8 +324,10 @@ class ControlNetLibrary:
             if candidate in self._entries:
                 return self._entries[candidate]
         for entry in self._entries.values():
-            top = self.folder if entry.path.is_relative_to(self.folder) else self.ip_adapter_folder
-            rel = entry.path.relative_to(top).as_posix()
+            if entry.path.is_relative_to(self.folder):
+                rel = entry.path.relative_to(self.folder).as_posix()
+            else:
+                rel = (Path(self.ip_adapter_folder.name) / entry.path.relative_to(self.ip_adapter_folder)).as_posix()
             if bare in (entry.path.name, rel, str(entry.path)):
                 return entry
         return None
