@@ -171,28 +171,28 @@ def test_the_unet_output_matches_diffusers_own_ip_adapter_path(ip_engine, ip_dat
     torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-5)
 
 
-def test_the_window_sets_the_steps_the_adapter_attends(ip_engine):
+def test_the_window_sets_the_steps_the_adapter_attends(ip_engine, monkeypatch):
+    """Per UNet call (one per Euler step, guided in one batch): whether the adapter's key
+    projection ran, i.e. its scale was not 0."""
     unet = ip_engine.models.require().base.unet
-    seen = []
+    calls, attended = [], []
     original = ip_adapter._ip_processors
 
     def recording(target):
         processors = original(target)
-        first = processors[0]
-        first.to_k_ip[0].register_forward_hook(lambda *_: seen.append(ip_engine_job["job"].step))
+        processors[0].to_k_ip[0].register_forward_hook(lambda *_: attended.append(len(calls)))
         return processors
 
-    ip_engine_job = {}
-    ip_adapter._ip_processors = recording
+    monkeypatch.setattr(ip_adapter, "_ip_processors", recording)
+    handle = unet.register_forward_hook(lambda *_: calls.append(len(calls)))
     try:
-        job = ip_engine.submit(BASE.replace(steps=8, controlnet_units=(unit(guidance_start=0.25, guidance_end=0.75),)))
-        ip_engine_job["job"] = job
-        job.outcome()
+        ip_engine.generate(BASE.replace(steps=8, controlnet_units=(unit(guidance_start=0.25, guidance_end=0.75),)))
     finally:
-        ip_adapter._ip_processors = original
+        handle.remove()
     assert unet.encoder_hid_proj is None
-    # Steps 2..5 of 8 lie in [0.25, 0.75]; each runs one guided UNet call.
-    assert sorted(set(seen)) == [2, 3, 4, 5], seen
+    assert len(calls) == 8
+    # Steps 2..5 of 8 lie in [0.25, 0.75].
+    assert sorted(set(attended)) == [2, 3, 4, 5], attended
 
 
 @pytest.mark.parametrize("mode", ["medvram", "lowvram"])
@@ -237,6 +237,29 @@ def test_attention_slicing_stays_on_the_other_layers(ip_engine):
         ip_engine.settings.update({"attention_slicing": False})
     assert np.abs(sliced - plain).max() <= 1
     assert all(type(p).__name__ != "IPAdapterAttnProcessor2_0" for p in unet.attn_processors.values())
+
+
+def test_hires_fix_keeps_the_adapter_in_its_second_pass(ip_engine, monkeypatch):
+    unet = ip_engine.models.require().base.unet
+    current, sizes = [], []
+    original = ip_adapter._ip_processors
+
+    def recording(target):
+        processors = original(target)
+        processors[0].to_k_ip[0].register_forward_hook(lambda *_: sizes.append(current[-1]))
+        return processors
+
+    monkeypatch.setattr(ip_adapter, "_ip_processors", recording)
+    handle = unet.register_forward_pre_hook(lambda module, args, kwargs: current.append(tuple(args[0].shape[-2:])),
+                                            with_kwargs=True)
+    try:
+        result = ip_engine.generate(BASE.replace(controlnet_units=(unit(),), extensions={
+            "hires_fix": {"enabled": True, "scale": 2.0, "upscaler": "Lanczos", "steps": 2,
+                          "denoising_strength": 0.5}}))
+    finally:
+        handle.remove()
+    assert result.images[0].size == (128, 128)
+    assert (8, 8) in sizes and (16, 16) in sizes  # the first pass and the hires pass, both prompted
 
 
 def test_several_pictures_are_averaged_after_their_projection(ip_engine, ip_data):
