@@ -371,6 +371,8 @@ def test_refusals_name_the_problem(ip_engine, ip_data):
         _refused(ip_engine, unit(model="ip-adapter_sdxl"))
     assert "ip-adapter_" in _refused(ip_engine, unit(module="canny"))
     assert "IP-Adapter models" in _refused(ip_engine, unit(model="tiny-cn"))
+    several = ControlUnit(enabled=True, module="canny", model="tiny-cn", image=picture(), more_images=(picture(),))
+    assert "several control images are for IP-Adapter units" in _refused(ip_engine, several)
 
 
 def test_an_adapter_made_for_another_unet_is_refused_by_name(engine, tiny_models, ip_data, tmp_path):

@@ -47,15 +47,18 @@ def check_units(units: tuple[ControlUnit, ...], library, family: str | None) -> 
                 f"ControlNet unit {index}: '{model}' is a {FAMILY_LABELS.get(model_family, model_family)} "
                 f"{what}, but the loaded checkpoint is {FAMILY_LABELS.get(family, family)}: pick a "
                 f"{what} made for this checkpoint's family", "model")
-        _check_ip_adapter(library, module, model, model_family, index)
+        _check_ip_adapter(library, module, model, model_family, index, 1 + len(unit.more_images))
         checked.append(unit.replace(module=module, model=model))
     return tuple(checked)
 
 
-def _check_ip_adapter(library, module: str, model: str, family: str, index: int) -> None:
+def _check_ip_adapter(library, module: str, model: str, family: str, index: int, unit_images: int) -> None:
     """An IP-Adapter model goes with an ip-adapter module and its image encoder, and only so."""
     encoder = preprocessors.find(module).ip_encoder
     if not library.is_ip_adapter(model):
+        if unit_images > 1:
+            raise RequestError(f"ControlNet unit {index}: several control images are for IP-Adapter units (their "
+                               f"pictures are averaged); '{model}' is a ControlNet: send one image", "image")
         if encoder:
             raise RequestError(f"ControlNet unit {index}: preprocessor '{module}' is for IP-Adapter models, and "
                                f"'{model}' is a ControlNet: pick an IP-Adapter model", "model")
