@@ -124,9 +124,9 @@ def test_a_unit_changes_the_picture_weight_zero_is_none_and_the_unet_is_restored
     assert 'ControlNet 0: "Module: ip-adapter_clip_sd15, Model: ip-adapter_sd15, Weight: 1' in red.infotexts[0]
 
 
-def _reference_unet_output(pipe, state, encoder_folder, image, scale, sample, timestep, text):
-    """One guided UNet call through diffusers' own IP-Adapter path: load_ip_adapter on a
-    StableDiffusionPipeline sharing the UNet, its prepare_ip_adapter_image_embeds."""
+def _diffusers_pipeline(pipe, encoder_folder, state):
+    """A StableDiffusionPipeline over `pipe`'s modules (its UNet shared) with diffusers' own
+    IP-Adapter loaded from `state` and the encoder folder's CLIPVisionModelWithProjection."""
     from diffusers import StableDiffusionPipeline
     from transformers import CLIPVisionModelWithProjection
 
@@ -135,9 +135,16 @@ def _reference_unet_output(pipe, state, encoder_folder, image, scale, sample, ti
                                         unet=pipe.unet, scheduler=pipe.scheduler, safety_checker=None,
                                         feature_extractor=ip_adapter.image_processor(encoder.config.image_size),
                                         image_encoder=encoder, requires_safety_checker=False)
+    reference.load_ip_adapter(state, subfolder="", weight_name="unused", image_encoder_folder=None)
+    return reference
+
+
+def _reference_unet_output(pipe, state, encoder_folder, image, scale, sample, timestep, text):
+    """One guided UNet call through diffusers' own IP-Adapter path: load_ip_adapter on a
+    StableDiffusionPipeline sharing the UNet, its prepare_ip_adapter_image_embeds."""
     saved = dict(pipe.unet.attn_processors)
+    reference = _diffusers_pipeline(pipe, encoder_folder, state)
     try:
-        reference.load_ip_adapter(state, subfolder="", weight_name="unused", image_encoder_folder=None)
         reference.set_ip_adapter_scale(scale)
         embeds = reference.prepare_ip_adapter_image_embeds([image], None, "cpu", 1, True)
         with torch.no_grad():
@@ -265,9 +272,6 @@ def test_hires_fix_keeps_the_adapter_in_its_second_pass(ip_engine, monkeypatch):
 def test_several_pictures_are_averaged_after_their_projection(ip_engine, ip_data):
     """As the extension averages them: each picture's context tokens (diffusers' own projection of
     diffusers' own features), then their mean, for the positive and the negative half."""
-    from diffusers import StableDiffusionPipeline
-    from transformers import CLIPVisionModelWithProjection
-
     pipe = ip_engine.models.require().base
     library = ip_engine.addons.controlnets
     red, blue = picture("red"), picture("blue", "oval")
@@ -280,16 +284,9 @@ def test_several_pictures_are_averaged_after_their_projection(ip_engine, ip_data
     with ip_adapter.attached(pipe.unet, [prepared], cfg=True, progress=lambda: (0, 1)), torch.no_grad():
         ours = pipe.unet(torch.cat([sample, sample]), 400, encoder_hidden_states=text).sample
 
-    encoder = CLIPVisionModelWithProjection.from_pretrained(
-        str(ip_data / "models" / "ControlNet" / "annotators" / "clip_vision" / "clip_h"))
-    reference = StableDiffusionPipeline(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
-                                        unet=pipe.unet, scheduler=pipe.scheduler, safety_checker=None,
-                                        feature_extractor=ip_adapter.image_processor(encoder.config.image_size),
-                                        image_encoder=encoder, requires_safety_checker=False)
     saved = dict(pipe.unet.attn_processors)
-    entry = library.entry(model)
-    reference.load_ip_adapter(ip_adapter.read_state(entry.path, model), subfolder="", weight_name="unused",
-                              image_encoder_folder=None)
+    reference = _diffusers_pipeline(pipe, ip_data / "models" / "ControlNet" / "annotators" / "clip_vision" / "clip_h",
+                                    ip_adapter.read_state(library.entry(model).path, model))
     try:
         reference.set_ip_adapter_scale(0.8)
         with torch.no_grad():
@@ -509,16 +506,8 @@ def test_an_sdxl_unet_matches_diffusers_own_ip_adapter_path(tiny_models, ip_data
         ours = unet(torch.cat([sample, sample]), 500, encoder_hidden_states=text, added_cond_kwargs=added).sample
     assert unet.encoder_hid_proj is None
 
-    from diffusers import StableDiffusionPipeline
-    from transformers import CLIPVisionModelWithProjection
-
-    encoder = CLIPVisionModelWithProjection.from_pretrained(str(folder / "annotators" / "clip_vision" / "clip_h"))
-    reference = StableDiffusionPipeline(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
-                                        unet=unet, scheduler=pipe.scheduler, safety_checker=None,
-                                        feature_extractor=ip_adapter.image_processor(encoder.config.image_size),
-                                        image_encoder=encoder, requires_safety_checker=False)
-    reference.load_ip_adapter(ip_adapter.read_state(entry.path, entry.name), subfolder="", weight_name="unused",
-                              image_encoder_folder=None)
+    reference = _diffusers_pipeline(pipe, folder / "annotators" / "clip_vision" / "clip_h",
+                                    ip_adapter.read_state(entry.path, entry.name))
     embeds = reference.prepare_ip_adapter_image_embeds([image], None, "cpu", 1, True)
     with torch.no_grad():
         expected = unet(torch.cat([sample, sample]), 500, encoder_hidden_states=text,
