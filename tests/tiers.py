@@ -24,6 +24,7 @@ SLOW_FILES: dict[str, str] = {
     "test_browser_history.py": "Chromium",
     "test_browser_img2img.py": "Chromium",
     "test_browser_merger.py": "Chromium",
+    "test_browser_ip_adapter.py": "Chromium",
     "test_browser_model_offer.py": "Chromium",
     "test_browser_settings.py": "Chromium, and an app process of its own",
     "test_browser_ui_bugs.py": "Chromium",

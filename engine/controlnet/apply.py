@@ -108,9 +108,7 @@ class PreparedUnit:
                 for state in self._sized[size]]
 
     def active_at(self, step: int, total: int) -> bool:
-        """Whether this step lies in the unit's window (as a fraction of the steps that run)."""
-        total = max(1, total)
-        return not (step / total < self.unit.guidance_start or (step + 1) / total > self.unit.guidance_end)
+        return self.unit.active_at(step, total)
 
 
 def prepare(units: list[tuple[int, ControlUnit]], library, width: int, height: int, device, dtype,

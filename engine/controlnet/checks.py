@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import re
 
+from engine.controlnet import ip_adapter, preprocessors
+from engine.controlnet.units import ControlUnit
 from engine.errors import RequestError
 from engine.models.loading import FAMILY_LABELS
-from engine.controlnet import preprocessors
-from engine.controlnet.units import ControlUnit
 
 _HASH_SUFFIX = re.compile(r"\s*\[[0-9a-fA-F]{6,}\]$")  # "control_v11p_sd15_canny [d14c016b]"
 
@@ -33,6 +33,8 @@ def check_units(units: tuple[ControlUnit, ...], library, family: str | None) -> 
             checked.append(unit)
             continue
         module = preprocessors.find(unit.module).name
+        if preprocessors.find(module).ip_encoder == ip_adapter.INSIGHTFACE:
+            raise RequestError(ip_adapter.face_id_message(index, module), "module")
         ok, reason = available.get(module, (True, ""))
         if not ok:
             raise RequestError(f"ControlNet unit {index}: preprocessor '{module}' is not available: {reason}",
@@ -40,9 +42,31 @@ def check_units(units: tuple[ControlUnit, ...], library, family: str | None) -> 
         model = resolve_model(library, unit.model, index)
         model_family = library.family(model)
         if family is not None and model_family != family:
+            what = "IP-Adapter" if library.is_ip_adapter(model) else "ControlNet"
             raise RequestError(
                 f"ControlNet unit {index}: '{model}' is a {FAMILY_LABELS.get(model_family, model_family)} "
-                f"ControlNet, but the loaded checkpoint is {FAMILY_LABELS.get(family, family)}: pick a "
-                "ControlNet made for this checkpoint's family", "model")
+                f"{what}, but the loaded checkpoint is {FAMILY_LABELS.get(family, family)}: pick a "
+                f"{what} made for this checkpoint's family", "model")
+        _check_ip_adapter(library, module, model, model_family, index, 1 + len(unit.more_images))
         checked.append(unit.replace(module=module, model=model))
     return tuple(checked)
+
+
+def _check_ip_adapter(library, module: str, model: str, family: str, index: int, unit_images: int) -> None:
+    """An IP-Adapter model goes with an ip-adapter module and its image encoder, and only so."""
+    encoder = preprocessors.find(module).ip_encoder
+    if not library.is_ip_adapter(model):
+        if unit_images > 1:
+            raise RequestError(f"ControlNet unit {index}: several control images are for IP-Adapter units (their "
+                               f"pictures are averaged); '{model}' is a ControlNet: send one image", "image")
+        if encoder:
+            raise RequestError(f"ControlNet unit {index}: preprocessor '{module}' is for IP-Adapter models, and "
+                               f"'{model}' is a ControlNet: pick an IP-Adapter model", "model")
+        return
+    if not encoder:
+        raise RequestError(f"ControlNet unit {index}: '{model}' is an IP-Adapter: use an ip-adapter_* preprocessor "
+                           "(ip-adapter-auto picks the image encoder by the model)", "module")
+    kind = ip_adapter.kind_of_shapes(ip_adapter.key_shapes(library.entry(model).path, model, library.allow_unsafe))
+    if kind.face_id:
+        raise RequestError(ip_adapter.face_id_message(index, module), "model")
+    ip_adapter.find_encoder(library.folder, ip_adapter.encoder_for(encoder, model, family))

@@ -31,7 +31,7 @@ import torch
 
 from engine.devices import DeviceConfig, free_memory
 from engine.errors import CheckpointError, NotFoundError
-from engine.controlnet import control_lora, t2i_adapter
+from engine.controlnet import control_lora, ip_adapter, t2i_adapter
 from engine.controlnet.annotators import Annotators
 from engine.controlnet.layouts import (
     CONFIG_ROOT,
@@ -57,7 +57,7 @@ log = logging.getLogger(__name__)
 MAX_LOADED = 3
 
 SAFE_SUFFIX = ".safetensors"
-PICKLE_SUFFIXES = (".pth", ".ckpt", ".pt")
+PICKLE_SUFFIXES = (".pth", ".ckpt", ".pt", ".bin")  # .bin: IP-Adapters as released (ip-adapter_sd15.bin)
 DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors")
 IGNORED_FOLDERS = ("annotators",)
 # The diffusers classes a ControlNet folder may hold (a Union / ProMax model is the second).
@@ -264,6 +264,8 @@ class ControlNetLibrary:
         self._lock = threading.RLock()
         self._entries: dict[str, ControlNetFile] = {}
         self._families: dict[tuple, str] = {}
+        self._ip_adapters: dict[tuple, bool] = {}
+        self._encoder: tuple | None = None  # (stamp, (CLIP image encoder, its processor)) for IP-Adapters
         self._loaded: OrderedDict[str, tuple[tuple, object]] = OrderedDict()
         # The preprocessors' detectors (annotators/ below the folder), on the same device.
         self.annotators = Annotators(str(device_config.device))
@@ -283,14 +285,26 @@ class ControlNetLibrary:
             self._entries = dict(sorted(entries.items(), key=lambda item: item[0].lower()))
         return self.files()
 
+    @property
+    def ip_adapter_folder(self) -> Path:
+        """ComfyUI's folder of IP-Adapter files, beside models/ControlNet."""
+        return self.folder.parent / "ipadapter"
+
     def _scan(self):
-        if not self.folder.is_dir():
+        yield from self._scan_folder(self.folder)
+        # ComfyUI's folder holds IP-Adapter files (ip-adapter_sd15.bin as released, or .safetensors).
+        for rel, path, kind in self._scan_folder(self.ip_adapter_folder):
+            if kind != "diffusers":  # named ipadapter/<file> where a stem is in both folders
+                yield Path(self.ip_adapter_folder.name) / rel, path, kind
+
+    def _scan_folder(self, top: Path):
+        if not top.is_dir():
             return
-        for root, dirs, files in os.walk(self.folder, followlinks=True):
+        for root, dirs, files in os.walk(top, followlinks=True):
             here = Path(root)
-            if here != self.folder and _is_diffusers_folder(here):
+            if here != top and _is_diffusers_folder(here):
                 dirs[:] = []
-                yield here.relative_to(self.folder), here, "diffusers"
+                yield here.relative_to(top), here, "diffusers"
                 continue
             dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d.lower() not in IGNORED_FOLDERS)
             for file in sorted(files):
@@ -298,7 +312,7 @@ class ControlNetLibrary:
                 if file.startswith(".") or suffix not in (SAFE_SUFFIX,) + PICKLE_SUFFIXES:
                     continue
                 kind = "safetensors" if suffix == SAFE_SUFFIX else "pickle"
-                yield (here / file).relative_to(self.folder), here / file, kind
+                yield (here / file).relative_to(top), here / file, kind
 
     def files(self) -> dict[str, Path]:
         with self._lock:
@@ -328,7 +342,10 @@ class ControlNetLibrary:
             if candidate in self._entries:
                 return self._entries[candidate]
         for entry in self._entries.values():
-            rel = entry.path.relative_to(self.folder).as_posix()
+            if entry.path.is_relative_to(self.folder):
+                rel = entry.path.relative_to(self.folder).as_posix()
+            else:
+                rel = (Path(self.ip_adapter_folder.name) / entry.path.relative_to(self.ip_adapter_folder)).as_posix()
             if bare in (entry.path.name, rel, str(entry.path)):
                 return entry
         return None
@@ -348,6 +365,8 @@ class ControlNetLibrary:
             config = self._folder_config(entry)
             family = (t2i_adapter.family_of_config(config) if config.get("_class_name") == "T2IAdapter"
                       else family_of_config(config))
+        elif self.is_ip_adapter(entry.name):
+            family = ip_adapter.family_of(ip_adapter.key_shapes(entry.path, entry.path.name, self.allow_unsafe))
         else:
             if entry.kind == "safetensors":
                 stored = _safetensors_shapes(entry.path, entry.path.name)
@@ -364,6 +383,21 @@ class ControlNetLibrary:
         with self._lock:
             self._families[stamp] = family
         return family
+
+    def is_ip_adapter(self, name: str) -> bool:
+        """Whether the model called ``name`` is an IP-Adapter (image_proj.* and ip_adapter.* tensors),
+        read cheaply and cached per file version."""
+        entry = self.entry(name)
+        if entry.kind == "diffusers":
+            return False
+        stamp = _stamp(entry)
+        with self._lock:
+            cached = self._ip_adapters.get(stamp)
+        if cached is None:
+            cached = ip_adapter.is_ip_adapter_keys(ip_adapter.key_shapes(entry.path, entry.path.name, self.allow_unsafe))
+            with self._lock:
+                self._ip_adapters[stamp] = cached
+        return cached
 
     def families(self) -> dict[str, str | None]:
         """name -> family for every model; None where the file cannot be read or is refused."""
@@ -392,7 +426,7 @@ class ControlNetLibrary:
         """The ControlNetModel called ``name`` on the configured device and dtype (cached, LRU). A
         Control-LoRA is built from ``unet`` (the checkpoint's, as it runs), each time, uncached."""
         entry = self.entry(name)
-        if entry.kind != "diffusers" and self.is_control_lora(entry):
+        if self.is_control_lora(entry):
             if unet is None:
                 raise CheckpointError(f"'{entry.name}' is a Control-LoRA: it is built from the loaded "
                                       "checkpoint's UNet, in a job", FIELD)
@@ -418,25 +452,45 @@ class ControlNetLibrary:
         return model
 
     def is_control_lora(self, entry: ControlNetFile) -> bool:
-        if entry.kind == "safetensors":
-            return control_lora.is_control_lora(_safetensors_shapes(entry.path, entry.path.name))
-        return control_lora.is_control_lora(_read_tensors(entry.path, entry.path.name, self.allow_unsafe))
+        # Stability publishes them as .safetensors only: a pickle is not unpickled to ask.
+        return entry.kind == "safetensors" and control_lora.is_control_lora(
+            _safetensors_shapes(entry.path, entry.path.name))
 
     def loaded_names(self) -> list[str]:
         """Names of the models held, least recently used first."""
         with self._lock:
             return list(self._loaded)
 
+    def image_encoder(self, path: Path):
+        """The CLIP image encoder at ``path`` and its image processor (ip_adapter.load_encoder), kept
+        in RAM for the next job: one at a time (a ViT-H is 2.5 GB in float32, a ViT-bigG 7 GB)."""
+        path = Path(path)
+        target = path / "config.json" if path.is_dir() else path
+        stat = target.stat()
+        stamp = (str(path), stat.st_mtime_ns, stat.st_size)
+        with self._lock:
+            if self._encoder is not None and self._encoder[0] == stamp:
+                return self._encoder[1]
+            self._encoder = None
+        loaded = ip_adapter.load_encoder(path, self.allow_unsafe)
+        with self._lock:
+            self._encoder = (stamp, loaded)
+        return loaded
+
     def clear(self) -> None:
         with self._lock:
-            held = bool(self._loaded)
+            held = bool(self._loaded) or self._encoder is not None
             self._loaded.clear()
+            self._encoder = None
         if held:  # a full garbage collection takes most of a second with a checkpoint loaded
             free_memory()
 
     def _load(self, entry: ControlNetFile):
         if entry.kind == "diffusers":
             model = self._load_folder(entry)
+        elif self.is_ip_adapter(entry.name):
+            raise CheckpointError(f"'{entry.name}' is an IP-Adapter, not a ControlNet: use it with an "
+                                  "ip-adapter_* preprocessor", FIELD)
         else:
             model = load_single_file(entry.path, entry.path.name, self.config_root, self.allow_unsafe)
         device, dtype = self.device_config.device, self.device_config.dtype

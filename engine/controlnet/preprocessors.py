@@ -34,6 +34,7 @@ from PIL import Image
 
 from engine.errors import RequestError
 from engine.controlnet import annotators as weighted
+from engine.controlnet import ip_adapter
 
 MIN_RESOLUTION, MAX_RESOLUTION, DEFAULT_RESOLUTION = 64, 2048, 512
 MAX_SIDE = 8192  # longest processing side: a thin strip scaled up would not fit in memory
@@ -76,6 +77,9 @@ class Preprocessor:
     _backend: str = field(default="", repr=False)          # "", "controlnet_aux" or "transformers"
     _files: tuple[str, ...] = field(default=(), repr=False)  # weight files (or a folder) in annotators/
     _subfolder: str = field(default="", repr=False)        # where the ecosystem keeps them
+    # IP-Adapter modules: the image encoder they read the picture with ("clip_h", "clip_g",
+    # "auto": by the model, "insightface": FaceID, not runnable here); "" for the others.
+    ip_encoder: str = ""
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -240,6 +244,24 @@ def _aux(name: str, title: str, files: tuple[str, ...], subfolder: str,
                         _fn=weighted.runner(name), _backend=weighted.AUX, _files=files, _subfolder=subfolder)
 
 
+def _ip(name: str, title: str, encoder: str) -> Preprocessor:
+    """An IP-Adapter module: its "map" is the reference picture itself; the image encoder turns
+    it into features when the job runs (ip_adapter.py)."""
+    return Preprocessor(name, title, False, None, None, requires=_IP_REQUIRES[encoder], _fn=_none,
+                        _backend="insightface" if encoder == "insightface" else "", ip_encoder=encoder)
+
+
+_IP_REQUIRES = {
+    "auto": "an IP-Adapter model and its CLIP image encoder in " + weighted.ANNOTATORS + "/clip_vision",
+    "clip_h": "an IP-Adapter model and the CLIP ViT-H image encoder (clip_h) in " + weighted.ANNOTATORS
+              + "/clip_vision",
+    "clip_g": "an IP-Adapter model and the CLIP ViT-bigG image encoder (clip_g) in " + weighted.ANNOTATORS
+              + "/clip_vision",
+    "insightface": "face embeddings from insightface's buffalo_l face-analysis model (the insightface library)",
+}
+INSIGHTFACE_REASON = ("needs face embeddings from insightface's buffalo_l face-analysis model (the insightface "
+                      "library), which this studio does not run")
+
 _OPENPOSE_FILES = ("body_pose_model.pth", "hand_pose_model.pth", "facenet.pth")
 
 PREPROCESSORS: dict[str, Preprocessor] = {p.name: p for p in (
@@ -293,6 +315,12 @@ PREPROCESSORS: dict[str, Preprocessor] = {p.name: p for p in (
                  _fn=_none),
     Preprocessor("tile_colorfix+sharp", "Tile (colour fix + sharp)", False, Slider("Variation", 3, 32, 8, 1),
                  Slider("Sharpness", 0.0, 2.0, 1.0, 0.01), _fn=_none),
+    _ip("ip-adapter-auto", "IP-Adapter (image encoder picked by the model)", "auto"),
+    _ip("ip-adapter_clip_sd15", "IP-Adapter, CLIP ViT-H (SD 1.x, SDXL vit-h)", "clip_h"),
+    _ip("ip-adapter_clip_sdxl", "IP-Adapter, CLIP ViT-bigG (SDXL)", "clip_g"),
+    _ip("ip-adapter_clip_sdxl_plus_vith", "IP-Adapter, CLIP ViT-H (SDXL plus vit-h)", "clip_h"),
+    _ip("ip-adapter_face_id", "IP-Adapter FaceID (insightface)", "insightface"),
+    _ip("ip-adapter_face_id_plus", "IP-Adapter FaceID plus (insightface and CLIP ViT-H)", "insightface"),
 )}
 
 ALIASES: dict[str, str] = {
@@ -313,6 +341,10 @@ ALIASES: dict[str, str] = {
     "seg_ufade20k": "seg_ofade20k",
     "segmentation": "seg_ofade20k",
     "inpaint_global_harmonious": "inpaint",
+    "ip-adapter_clip_h": "ip-adapter_clip_sd15",
+    "ip-adapter_clip_g": "ip-adapter_clip_sdxl",
+    "ip-adapter_auto": "ip-adapter-auto",
+    "ip-adapter_face_id_plusv2": "ip-adapter_face_id_plus",
 }
 
 
@@ -370,9 +402,25 @@ def _missing_weights(preprocessor: Preprocessor, annotators: Path) -> list[str]:
 
 
 def _unavailable_reason(preprocessor: Preprocessor, models_dir: Path | None) -> str:
+    if preprocessor._backend == "insightface":
+        return INSIGHTFACE_REASON
+    if preprocessor.ip_encoder:
+        return _missing_encoder(preprocessor.ip_encoder, annotators_dir(models_dir).parent)
     if not preprocessor._backend:
         return ""
     problems = _missing_modules(preprocessor) + _missing_weights(preprocessor, annotators_dir(models_dir))
+    return "; ".join(problems)
+
+
+def _missing_encoder(encoder: str, controlnet_folder: Path) -> str:
+    """Why an IP-Adapter module cannot run: its CLIP image encoder is not there ("auto": neither is)."""
+    problems = []
+    for kind in (ip_adapter.CLIP_H, ip_adapter.CLIP_G) if encoder == ip_adapter.AUTO else (encoder,):
+        try:
+            ip_adapter.find_encoder(controlnet_folder, kind)
+            return ""
+        except RequestError as error:
+            problems.append(error.message)
     return "; ".join(problems)
 
 

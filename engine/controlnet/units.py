@@ -45,6 +45,7 @@ class ControlUnit:
     control_mode: str = BALANCED
     save_detected_map: bool = True       # return (and save) the detected map with the pictures
     union_control_type: str = ""         # a Union / ProMax model's control type; "": the preprocessor's
+    more_images: tuple = ()              # IP-Adapter units: further reference pictures, averaged
 
     def replace(self, **changes: Any) -> "ControlUnit":
         return dataclasses.replace(self, **changes)
@@ -80,7 +81,14 @@ class ControlUnit:
             value = getattr(self, name)
             if value is not None and not isinstance(value, Image.Image):
                 raise RequestError(f"{where}: {name} is not an image", name)
+        if not all(isinstance(value, Image.Image) for value in self.more_images):
+            raise RequestError(f"{where}: every reference image must be an image", "image")
         return self
+
+    def active_at(self, step: int, total: int) -> bool:
+        """Whether this step lies in the unit's window (as a fraction of the steps that run)."""
+        total = max(1, total)
+        return not (step / total < self.guidance_start or (step + 1) / total > self.guidance_end)
 
     def params(self) -> dict[str, Any]:
         """What the infotext records of this unit (as the ecosystem writes it)."""

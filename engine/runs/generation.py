@@ -26,6 +26,7 @@ from engine.addons import AddOns
 from engine.prompts.conditioning import ScheduledConditioning
 from engine.prompts.encoders import prompt_encoder
 from engine.controlnet import apply as control
+from engine.controlnet import ip_adapter
 from engine.errors import RequestError
 from engine.output.filenames import ImageFields
 from engine.job_results import GenerationResult, OutputPolicy, image_params
@@ -196,19 +197,24 @@ class GenerationRun:
         units = [(index, unit.replace(image=frame(unit.image), mask=frame(unit.mask))) for index, unit in units]
         image, mask = self.start.control_fallback()
         placement = self.model.placement
+        adapters = [(index, unit) for index, unit in units if library.is_ip_adapter(unit.model)]
+        units = [(index, unit) for index, unit in units if not library.is_ip_adapter(unit.model)]
         prepared = control.prepare(units, library, request.width, request.height,
                                    placement.resting_device, unet.dtype, image, mask, library.folder, unet=unet)
-        self.detected_maps.keep(prepared)
+        images = ip_adapter.prepare(adapters, library, placement.device, unet.dtype, image)
+        self.detected_maps.keep(sorted(prepared + images, key=lambda item: item.index))
         self.control_notes = [item.note for item in prepared if item.note]
         control.add_latent_fixes(prepared, request.width, request.height,
                                  lambda pixels: encode(self.pipe.vae, pixels, faults=self.addons.faults))
         # An LCM-style UNet (guidance embedded) has no negative half in its batch.
         cfg = request.cfg_scale > 1 and getattr(unet.config, "time_cond_proj_dim", None) is None
         alphas = self.model.sigma_table(device=placement.device).alphas_cumprod
-        return _both(placement.controlnets(item.net for item in prepared),
-                     control.attached(unet, prepared, cfg=cfg, progress=self._control_progress,
-                                      vae_scale=self.model.vae_scale_factor, alphas_cumprod=alphas,
-                                      prediction_type=self.model.prediction_type))
+        return _both(_both(placement.controlnets(item.net for item in prepared),
+                           control.attached(unet, prepared, cfg=cfg, progress=self._control_progress,
+                                            vae_scale=self.model.vae_scale_factor, alphas_cumprod=alphas,
+                                            prediction_type=self.model.prediction_type)),
+                     ip_adapter.attached(unet, images, cfg=cfg, progress=self._control_progress,
+                                         device=placement.device))
 
     def _control_progress(self) -> tuple[int, int] | None:
         """(step, steps) of the pass now sampling, or None while control is off (an inner pass

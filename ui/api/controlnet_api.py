@@ -73,11 +73,24 @@ def unit_from_api(data: Any, index: int, limit: float) -> ControlUnit:
         fields["resize_mode"] = resize_mode_name(data["resize_mode"])
     if data.get("control_mode") is not None:
         fields["control_mode"] = control_mode_name(data["control_mode"])
-    image, mask = _image_field(data.get("image", data.get("input_image")), f"{where}.image", limit)
+    given = data.get("image", data.get("input_image"))
+    # IP-Adapter units take several reference pictures (averaged): a list, or batch_images.
+    pictures = list(given) if isinstance(given, list) else [given]
+    batch = data.get("batch_images")
+    if batch not in (None, "", []):
+        if not isinstance(batch, list):
+            raise RequestError(f"{where}.batch_images must be a list of base64 images", "batch_images")
+        pictures += batch
+    if len(pictures) > MOST_UNITS * 2:
+        raise RequestError(f"{where}: at most {MOST_UNITS * 2} reference images per unit", "image")
+    read = [_image_field(picture, f"{where}.image[{i}]" if len(pictures) > 1 else f"{where}.image", limit)
+            for i, picture in enumerate(pictures)]
+    read = [pair for pair in read if pair[0] is not None] or [(None, None)]
+    (image, mask), more = read[0], tuple(pair[0] for pair in read[1:])
     explicit_mask = data.get("mask", data.get("mask_image"))
     if explicit_mask:
         mask = _image_field(explicit_mask, f"{where}.mask", limit)[0]
-    return ControlUnit(image=image, mask=mask, **fields)
+    return ControlUnit(image=image, mask=mask, more_images=more, **fields)
 
 
 def units_from_scripts(alwayson_scripts: dict | None, limit: float) -> tuple[ControlUnit, ...]:
