@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 from engine.controlnet import ip_adapter, preprocessors
-from engine.controlnet.units import ControlUnit
+from engine.controlnet.units import NO_MODEL, ControlUnit
 from engine.errors import RequestError
 from engine.models.loading import FAMILY_LABELS
 
@@ -39,6 +39,9 @@ def check_units(units: tuple[ControlUnit, ...], library, family: str | None) -> 
         if not ok:
             raise RequestError(f"ControlNet unit {index}: preprocessor '{module}' is not available: {reason}",
                                "module")
+        if unit.replace(module=module).model_free:
+            checked.append(unit.replace(module=module, model=NO_MODEL))
+            continue
         model = resolve_model(library, unit.model, index)
         model_family = library.family(model)
         if family is not None and model_family != family:

@@ -315,6 +315,9 @@ PREPROCESSORS: dict[str, Preprocessor] = {p.name: p for p in (
                  _fn=_none),
     Preprocessor("tile_colorfix+sharp", "Tile (colour fix + sharp)", False, Slider("Variation", 3, 32, 8, 1),
                  Slider("Sharpness", 0.0, 2.0, 1.0, 0.01), _fn=_none),
+    # No model: the UNet's self-attention borrows from the picture (reference.py).
+    Preprocessor("reference_only", "Reference only (no model)", False,
+                 Slider("Style Fidelity (only for Balanced mode)", 0.0, 1.0, 0.5, 0.01), None, _fn=_none),
     _ip("ip-adapter-auto", "IP-Adapter (image encoder picked by the model)", "auto"),
     _ip("ip-adapter_clip_sd15", "IP-Adapter, CLIP ViT-H (SD 1.x, SDXL vit-h)", "clip_h"),
     _ip("ip-adapter_clip_sdxl", "IP-Adapter, CLIP ViT-bigG (SDXL)", "clip_g"),

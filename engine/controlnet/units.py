@@ -19,6 +19,8 @@ from engine.validation import Flag, Number, Whole
 MAX_UNITS = 3  # what the tabs show; the API takes up to the control_net_unit_count setting
 MOST_UNITS = 10  # the largest control_net_unit_count: more units are refused before any is read
 NO_MODEL = "None"
+# Preprocessors that act with no model (engine/controlnet/reference.py).
+MODEL_FREE_MODULES = ("reference_only",)
 CONTROL_MODES = ("Balanced", "My prompt is more important", "ControlNet is more important")
 BALANCED, PROMPT_MORE, CONTROLNET_MORE = CONTROL_MODES
 RESIZE_MODES = ("Just Resize", "Crop and Resize", "Resize and Fill")
@@ -46,6 +48,11 @@ class ControlUnit:
     save_detected_map: bool = True       # return (and save) the detected map with the pictures
     union_control_type: str = ""         # a Union / ProMax model's control type; "": the preprocessor's
     more_images: tuple = ()              # IP-Adapter units: further reference pictures, averaged
+
+    @property
+    def model_free(self) -> bool:
+        """A unit whose preprocessor acts on its own (reference_only): its model is ignored."""
+        return self.module.strip().lower() in MODEL_FREE_MODULES
 
     def replace(self, **changes: Any) -> "ControlUnit":
         return dataclasses.replace(self, **changes)
@@ -75,7 +82,7 @@ class ControlUnit:
         if self.control_mode not in CONTROL_MODES:
             raise RequestError(f"{where}: unknown control mode '{self.control_mode}'. Known: "
                                f"{', '.join(CONTROL_MODES)}", "control_mode")
-        if self.enabled and (not self.model or self.model == NO_MODEL):
+        if self.enabled and (not self.model or self.model == NO_MODEL) and not self.model_free:
             raise RequestError(f"{where} is enabled but has no model: pick a ControlNet model", "model")
         for name in ("image", "mask"):
             value = getattr(self, name)

@@ -26,7 +26,7 @@ from engine.addons import AddOns
 from engine.prompts.conditioning import ScheduledConditioning
 from engine.prompts.encoders import prompt_encoder
 from engine.controlnet import apply as control
-from engine.controlnet import ip_adapter
+from engine.controlnet import ip_adapter, reference
 from engine.errors import RequestError
 from engine.output.filenames import ImageFields
 from engine.job_results import GenerationResult, OutputPolicy, image_params
@@ -190,22 +190,28 @@ class GenerationRun:
             return contextlib.nullcontext()
         request, unet, library = self.request, self.pipe.unet, self.addons.controlnets
         for index, unit in units:  # the checkpoint may have changed since the request was checked
-            if library.family(unit.model) != self.model.family:
+            if not unit.model_free and library.family(unit.model) != self.model.family:
                 raise RequestError(f"ControlNet unit {index}: '{unit.model}' does not fit the loaded "
                                    f"checkpoint ({self.model.info.model_name}); pick one of its family", "model")
         frame = self.start.frame_control
         units = [(index, unit.replace(image=frame(unit.image), mask=frame(unit.mask))) for index, unit in units]
         image, mask = self.start.control_fallback()
         placement = self.model.placement
+        references = [(index, unit) for index, unit in units if unit.model_free]
+        units = [(index, unit) for index, unit in units if not unit.model_free]
         adapters = [(index, unit) for index, unit in units if library.is_ip_adapter(unit.model)]
         units = [(index, unit) for index, unit in units if not library.is_ip_adapter(unit.model)]
         prepared = control.prepare(units, library, request.width, request.height,
                                    placement.resting_device, unet.dtype, image, mask, library.folder, unet=unet)
         images = ip_adapter.prepare(adapters, library, placement.device, unet.dtype, image)
-        self.detected_maps.keep(sorted(prepared + images, key=lambda item: item.index))
+
+        def encoded(pixels):
+            return encode(self.pipe.vae, pixels, faults=self.addons.faults)
+
+        referenced = reference.prepare(references, request.width, request.height, image, encoded)
+        self.detected_maps.keep(sorted(prepared + images + referenced, key=lambda item: item.index))
         self.control_notes = [item.note for item in prepared if item.note]
-        control.add_latent_fixes(prepared, request.width, request.height,
-                                 lambda pixels: encode(self.pipe.vae, pixels, faults=self.addons.faults))
+        control.add_latent_fixes(prepared, request.width, request.height, encoded)
         # An LCM-style UNet (guidance embedded) has no negative half in its batch.
         cfg = request.cfg_scale > 1 and getattr(unet.config, "time_cond_proj_dim", None) is None
         alphas = self.model.sigma_table(device=placement.device).alphas_cumprod
@@ -213,8 +219,10 @@ class GenerationRun:
                            control.attached(unet, prepared, cfg=cfg, progress=self._control_progress,
                                             vae_scale=self.model.vae_scale_factor, alphas_cumprod=alphas,
                                             prediction_type=self.model.prediction_type)),
-                     ip_adapter.attached(unet, images, cfg=cfg, progress=self._control_progress,
-                                         device=placement.device))
+                     _both(ip_adapter.attached(unet, images, cfg=cfg, progress=self._control_progress,
+                                               device=placement.device),
+                           reference.attached(unet, referenced, cfg, self._control_progress, alphas,
+                                              self.model.is_sdxl, self.seeds.seeds[0])))
 
     def _control_progress(self) -> tuple[int, int] | None:
         """(step, steps) of the pass now sampling, or None while control is off (an inner pass
