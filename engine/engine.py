@@ -42,7 +42,8 @@ from engine.runs.script_host import InstalledNames, JobScriptHost, checkpoint_ke
 from engine.extensions.registry import NOT_EXTENSION_FAULTS
 from engine.extensions.script import checked_options
 from engine.postprocess.interrogate import Captioner
-from engine.merge.checkpoint_merger import CheckpointMerger, MergeRequest, MergeResult
+from engine.merge.checkpoint_merger import CheckpointMerger
+from engine.merge.merge_request import MergeRequest, MergeResult
 from engine.errors import ScriptError
 from PIL import Image
 

@@ -18,11 +18,8 @@ from safetensors.torch import load_file, save_file
 
 from engine.errors import CheckpointError, NotFoundError, RequestError
 from engine.files import HashCache
-from engine.merge.checkpoint_merger import (
-    CheckpointMerger,
-    MergeBusyError,
-    MergeRequest,
-)
+from engine.merge.checkpoint_merger import CheckpointMerger
+from engine.merge.merge_request import MergeBusyError, MergeRequest
 from engine.merge.safetensors_stream import SafetensorsReader, SafetensorsWriter
 from engine.models.registry import ModelRegistry
 from engine.networks.vae import VaeLibrary
@@ -438,13 +435,13 @@ def test_a_discard_pattern_that_backtracks_without_end_is_stopped(monkeypatch):
     """discard_weights runs with a time limit per weight name: a pattern that would hold the
     merge (and the server's merge lock) for ever is refused, naming the field."""
     from engine.errors import RequestError
-    from engine.merge import checkpoint_merger
+    from engine.merge import merge_request
 
-    pattern = checkpoint_merger.discard_pattern(r"^(a|[a-z_]|[a-z_.])*\d{5}$")
+    pattern = merge_request.discard_pattern(r"^(a|[a-z_]|[a-z_.])*\d{5}$")
     key = "model.diffusion_model.input_blocks.0.0.weight"
-    assert not checkpoint_merger.discards(pattern, key)   # quick enough at the real limit
-    assert checkpoint_merger.discards(checkpoint_merger.discard_pattern("input_blocks"), key)
-    monkeypatch.setattr(checkpoint_merger, "DISCARD_MATCH_SECONDS", 1e-7)
+    assert not merge_request.discards(pattern, key)   # quick enough at the real limit
+    assert merge_request.discards(merge_request.discard_pattern("input_blocks"), key)
+    monkeypatch.setattr(merge_request, "DISCARD_MATCH_SECONDS", 1e-7)
     with pytest.raises(RequestError) as error:
-        checkpoint_merger.discards(pattern, key)
+        merge_request.discards(pattern, key)
     assert error.value.field == "discard_weights" and "too long" in error.value.message

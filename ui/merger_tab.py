@@ -9,7 +9,7 @@ import html
 import gradio as gr
 
 from engine.errors import UserError
-from engine.merge.checkpoint_merger import (
+from engine.merge.merge_request import (
     ADD_DIFFERENCE,
     CONFIG_SOURCES,
     INTERP_METHODS,

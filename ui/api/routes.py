@@ -16,7 +16,7 @@ from engine.postprocess.faces import restorers
 from engine.settings.flags import public_dict
 from engine.request import LATENT_UPSCALE_MODES
 from engine.runs.uploads import image_from_base64
-from engine.merge.checkpoint_merger import MergeRequest
+from engine.merge.merge_request import MergeRequest
 
 from ..context import UIContext
 from . import convert
