@@ -8,7 +8,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from engine.addons import AddOns
-from engine.controlnet.models import build_tiny_controlnet, save_original_layout
+from engine.controlnet.tiny_controlnets import build_tiny_controlnet, save_original_layout
 from engine.controlnet.units import ControlUnit
 from engine.engine import Engine
 from engine.errors import RequestError, UserError

@@ -17,11 +17,8 @@ from engine.controlnet.layouts import (
     diffusers_to_ldm_keys,
     to_diffusers_names,
 )
-from engine.controlnet.models import (
-    ControlNetLibrary,
-    build_tiny_controlnet,
-    save_original_layout,
-)
+from engine.controlnet.models import ControlNetLibrary
+from engine.controlnet.tiny_controlnets import build_tiny_controlnet, save_original_layout
 from engine.devices import DeviceConfig
 from engine.errors import CheckpointError, NotFoundError
 

@@ -14,7 +14,8 @@ from safetensors.torch import save_file
 
 from engine.controlnet.apply import PreparedUnit, _residuals, union_type
 from engine.controlnet.layouts import UNION_CONTROL_TYPES
-from engine.controlnet.models import ControlNetLibrary, build_tiny_controlnet
+from engine.controlnet.models import ControlNetLibrary
+from engine.controlnet.tiny_controlnets import build_tiny_controlnet
 from engine.controlnet.units import ControlUnit
 from engine.devices import DeviceConfig
 from engine.errors import RequestError

@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 
 from engine.addons import AddOns
 from engine.controlnet import ip_adapter
-from engine.controlnet.models import build_tiny_controlnet, save_original_layout
+from engine.controlnet.tiny_controlnets import build_tiny_controlnet, save_original_layout
 from engine.controlnet.units import ControlUnit
 from engine.engine import Engine
 from engine.errors import UserError

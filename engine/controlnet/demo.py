@@ -12,7 +12,7 @@ DEMO_NAME = "demo-controlnet"
 def ensure_demo_controlnet(folder: Path) -> Path:
     from engine.models.loading import CONFIG_ROOT
     from engine.models.tiny_models import build_demo_pipeline
-    from engine.controlnet.models import build_tiny_controlnet, save_original_layout
+    from engine.controlnet.tiny_controlnets import build_tiny_controlnet, save_original_layout
 
     path = Path(folder) / f"{DEMO_NAME}.safetensors"
     if path.is_file():

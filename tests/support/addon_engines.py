@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from engine.addons import AddOns
-from engine.controlnet.models import build_tiny_controlnet, save_original_layout
+from engine.controlnet.tiny_controlnets import build_tiny_controlnet, save_original_layout
 from engine.engine import Engine
 from engine.memory.memory_guard import FaultPlan
 from engine.files import HashCache
