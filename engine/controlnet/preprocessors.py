@@ -34,11 +34,11 @@ from PIL import Image
 
 from engine.errors import RequestError
 from engine.controlnet import annotators as weighted
+from engine.controlnet import filters
 from engine.controlnet import ip_adapter
 
 MIN_RESOLUTION, MAX_RESOLUTION, DEFAULT_RESOLUTION = 64, 2048, 512
 MAX_SIDE = 8192  # longest processing side: a thin strip scaled up would not fit in memory
-SHUFFLE_SEED = 0  # fixed: the same picture always shuffles the same way
 DEFAULT_MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 
 
@@ -84,14 +84,6 @@ class Preprocessor:
 
 # --- helpers -------------------------------------------------------------------------------------
 
-def _gray(rgb: np.ndarray) -> np.ndarray:
-    return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
-
-
-def _three(gray: np.ndarray) -> np.ndarray:
-    return np.repeat(np.clip(gray, 0, 255).astype(np.uint8)[:, :, None], 3, axis=2)
-
-
 def _flatten(image: Image.Image) -> np.ndarray:
     """RGB pixels; transparent ones become white (line art is often drawn on a transparent sheet)."""
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
@@ -125,113 +117,6 @@ def _mask_array(mask: Image.Image, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(gray) >= 128
 
 
-# --- weight-free preprocessors -------------------------------------------------------------------
-
-def _none(job: _Job) -> np.ndarray:
-    return job.image
-
-
-def _invert(job: _Job) -> np.ndarray:
-    return 255 - job.image
-
-
-def _canny(job: _Job) -> np.ndarray:
-    edges = cv2.Canny(job.image, int(round(job.a)), int(round(job.b)))
-    return _three(edges)
-
-
-def _scribble(job: _Job) -> np.ndarray:
-    # The canvas colour is the median of a thin frame; whatever differs from it is a stroke, so
-    # dark-on-light and light-on-dark drawings (and coloured ones) give the same map.
-    rgb = job.image.astype(np.int16)
-    height, width = rgb.shape[:2]
-    edge = max(1, min(height, width) // 50)
-    frame = np.concatenate([rgb[:edge].reshape(-1, 3), rgb[-edge:].reshape(-1, 3),
-                            rgb[:, :edge].reshape(-1, 3), rgb[:, -edge:].reshape(-1, 3)])
-    canvas = np.median(frame, axis=0)
-    ink = np.abs(rgb - canvas).max(axis=2)
-    return _three((ink > job.a) * 255)
-
-
-def _scribble_xdog(job: _Job) -> np.ndarray:
-    # Difference of Gaussians: positive where a pixel is darker than its surroundings (lines,
-    # the dark side of contours); thresholded, then thickened as scribble models expect.
-    gray = _gray(job.image)
-    difference = cv2.GaussianBlur(gray, (0, 0), 5.0) - cv2.GaussianBlur(gray, (0, 0), 0.5)
-    lines = ((2.0 * difference) > job.a).astype(np.uint8) * 255
-    lines = cv2.dilate(lines, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3)))
-    return _three(lines)
-
-
-def _softedge_gradient(job: _Job) -> np.ndarray:
-    # Colour gradient magnitude at three blur scales (scale-normalised, so wide soft contours
-    # count as well as sharp ones), normalised by a high percentile and lifted by a gamma, giving
-    # HED-like grey edges on black.
-    rgb = job.image.astype(np.float32) / 255.0
-    total = np.zeros(rgb.shape[:2], np.float32)
-    for sigma in (1.0, 2.0, 4.0):
-        blurred = cv2.GaussianBlur(rgb, (0, 0), sigma)
-        gx = cv2.Sobel(blurred, cv2.CV_32F, 1, 0, ksize=3)
-        gy = cv2.Sobel(blurred, cv2.CV_32F, 0, 1, ksize=3)
-        total += np.sqrt(gx * gx + gy * gy).max(axis=2) * sigma
-    peak = float(np.percentile(total, 99.5))
-    if peak <= 1e-6:
-        return np.zeros_like(job.image)
-    edges = np.clip(total / peak, 0.0, 1.0)
-    edges = np.clip((edges - 0.04) / 0.96, 0.0, 1.0) ** 0.75  # drop faint noise, lift weak edges
-    return _three(edges * 255.0)
-
-
-def _lineart_standard(job: _Job) -> np.ndarray:
-    # How much darker each pixel is than a wide blur of its neighbourhood, scaled so the typical
-    # line reaches mid-grey: thin white lines on black, like the ecosystem's lineart_standard.
-    gray = _gray(job.image)
-    darker = np.clip(cv2.GaussianBlur(gray, (0, 0), 6.0) - gray, 0, 255)
-    strong = darker[darker > 8]
-    scale = max(16.0, float(np.median(strong))) if strong.size else 16.0
-    return _three(darker / scale * 127.0)
-
-
-def _tile_resample(job: _Job) -> np.ndarray:
-    rate = float(job.a)
-    height, width = job.image.shape[:2]
-    if rate <= 1.0:
-        return job.image
-    small = cv2.resize(job.image, (max(1, int(width / rate)), max(1, int(height / rate))),
-                       interpolation=cv2.INTER_AREA)
-    return cv2.resize(small, (width, height), interpolation=cv2.INTER_CUBIC)
-
-
-def _blur_gaussian(job: _Job) -> np.ndarray:
-    return cv2.GaussianBlur(job.image, (0, 0), float(job.a))
-
-
-def _smooth_noise(rng: np.random.Generator, height: int, width: int, cell: int) -> np.ndarray:
-    """Random values on a coarse grid, interpolated smoothly and stretched to [0, 1]."""
-    coarse = rng.random((height // cell + 3, width // cell + 3)).astype(np.float32)
-    fine = cv2.resize(coarse, (coarse.shape[1] * cell, coarse.shape[0] * cell), interpolation=cv2.INTER_CUBIC)
-    fine = fine[cell:cell + height, cell:cell + width]
-    low, high = float(fine.min()), float(fine.max())
-    return (fine - low) / max(high - low, 1e-6)
-
-
-def _shuffle(job: _Job) -> np.ndarray:
-    # Content shuffle: every output pixel reads the picture at a position given by two smooth
-    # random fields spanning the whole picture, which scrambles layout but keeps colours and
-    # local texture. Seeded with SHUFFLE_SEED, so the same input gives the same map.
-    height, width = job.image.shape[:2]
-    rng = np.random.default_rng(SHUFFLE_SEED)
-    cell = max(8, min(height, width) // 2)
-    map_x = _smooth_noise(rng, height, width, cell) * (width - 1)
-    map_y = _smooth_noise(rng, height, width, cell) * (height - 1)
-    return cv2.remap(job.image, map_x, map_y, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-
-
-def _inpaint(job: _Job) -> np.ndarray:
-    alpha = np.where(job.mask, 0, 255).astype(np.uint8)
-    return np.dstack([job.image, alpha])
-
-
 # --- the table -----------------------------------------------------------------------------------
 
 _AUX_REQUIRES = "the controlnet_aux library and its annotator weights ({files}) in " + weighted.ANNOTATORS
@@ -247,7 +132,7 @@ def _aux(name: str, title: str, files: tuple[str, ...], subfolder: str,
 def _ip(name: str, title: str, encoder: str) -> Preprocessor:
     """An IP-Adapter module: its "map" is the reference picture itself; the image encoder turns
     it into features when the job runs (ip_adapter.py)."""
-    return Preprocessor(name, title, False, None, None, requires=_IP_REQUIRES[encoder], _fn=_none,
+    return Preprocessor(name, title, False, None, None, requires=_IP_REQUIRES[encoder], _fn=filters.none,
                         _backend="insightface" if encoder == "insightface" else "", ip_encoder=encoder)
 
 
@@ -265,16 +150,16 @@ INSIGHTFACE_REASON = ("needs face embeddings from insightface's buffalo_l face-a
 _OPENPOSE_FILES = ("body_pose_model.pth", "hand_pose_model.pth", "facenet.pth")
 
 PREPROCESSORS: dict[str, Preprocessor] = {p.name: p for p in (
-    Preprocessor("none", "None (the picture as it is)", False, None, None, _fn=_none),
-    Preprocessor("invert", "Invert (white background, black lines)", False, None, None, _fn=_invert),
+    Preprocessor("none", "None (the picture as it is)", False, None, None, _fn=filters.none),
+    Preprocessor("invert", "Invert (white background, black lines)", False, None, None, _fn=filters.invert),
     Preprocessor("canny", "Canny edges", True, Slider("Low threshold", 1, 255, 100, 1),
-                 Slider("High threshold", 1, 255, 200, 1), _fn=_canny),
+                 Slider("High threshold", 1, 255, 200, 1), _fn=filters.canny),
     Preprocessor("scribble", "Scribble (your drawing)", True, Slider("Stroke threshold", 1, 255, 32, 1), None,
-                 _fn=_scribble),
+                 _fn=filters.scribble),
     Preprocessor("scribble_xdog", "Scribble from a photo (XDoG)", True, Slider("XDoG threshold", 1, 64, 32, 1),
-                 None, _fn=_scribble_xdog),
-    Preprocessor("softedge_gradient", "Soft edges (gradients)", True, None, None, _fn=_softedge_gradient),
-    Preprocessor("lineart_standard", "Line art (standard)", True, None, None, _fn=_lineart_standard),
+                 None, _fn=filters.scribble_xdog),
+    Preprocessor("softedge_gradient", "Soft edges (gradients)", True, None, None, _fn=filters.softedge_gradient),
+    Preprocessor("lineart_standard", "Line art (standard)", True, None, None, _fn=filters.lineart_standard),
     _aux("depth_midas", "Depth (MiDaS)", ("dpt_hybrid-midas-501f0c75.pt",), "midas"),
     _aux("depth_zoe", "Depth (ZoeDepth)", ("ZoeD_M12_N.pt",), "zoedepth"),
     _aux("normal_bae", "Normal map (BAE)", ("scannet.pt",), "normal_bae"),
@@ -296,28 +181,28 @@ PREPROCESSORS: dict[str, Preprocessor] = {p.name: p for p in (
                            f"(config.json and weights, e.g. openmmlab/upernet-convnext-small) in "
                            f"{weighted.ANNOTATORS}/{weighted.SEG_FOLDER}"),
                  _fn=weighted.seg_ade20k, _backend="transformers", _files=(weighted.SEG_FOLDER,)),
-    Preprocessor("shuffle", "Content shuffle", True, None, None, _fn=_shuffle),
+    Preprocessor("shuffle", "Content shuffle", True, None, None, _fn=filters.shuffle),
     Preprocessor("tile_resample", "Tile (resample)", False, Slider("Down sampling rate", 1, 8, 1, 0.01), None,
-                 _fn=_tile_resample),
+                 _fn=filters.tile_resample),
     Preprocessor("blur_gaussian", "Tile (Gaussian blur)", True, Slider("Sigma", 0.01, 64, 9, 0.01), None,
-                 _fn=_blur_gaussian),
-    Preprocessor("inpaint", "Inpaint (global harmonious)", False, None, None, needs_mask=True, _fn=_inpaint),
+                 _fn=filters.blur_gaussian),
+    Preprocessor("inpaint", "Inpaint (global harmonious)", False, None, None, needs_mask=True, _fn=filters.inpaint),
     Preprocessor("inpaint_only", "Inpaint only (masked area)", False, None, None, needs_mask=True,
-                 _fn=_inpaint),
+                 _fn=filters.inpaint),
     # The extension first fills the masked area with LaMa (big-lama.pt): no LaMa here, so the
     # masked area starts from the picture as inpaint_only's does, and the job says so.
     Preprocessor("inpaint_only+lama", "Inpaint only + LaMa fill", False, None, None, needs_mask=True,
                  note="inpaint_only+lama: the LaMa fill of the masked area (big-lama.pt) is not available in "
                       "this version, so it ran as inpaint_only (the masked area starts from the picture)",
-                 _fn=_inpaint),
+                 _fn=filters.inpaint),
     # The picture itself; the colours are fixed in the prediction at each step (latent_fixes.py).
     Preprocessor("tile_colorfix", "Tile (colour fix)", False, Slider("Variation", 3, 32, 8, 1), None,
-                 _fn=_none),
+                 _fn=filters.none),
     Preprocessor("tile_colorfix+sharp", "Tile (colour fix + sharp)", False, Slider("Variation", 3, 32, 8, 1),
-                 Slider("Sharpness", 0.0, 2.0, 1.0, 0.01), _fn=_none),
+                 Slider("Sharpness", 0.0, 2.0, 1.0, 0.01), _fn=filters.none),
     # No model: the UNet's self-attention borrows from the picture (reference.py).
     Preprocessor("reference_only", "Reference only (no model)", False,
-                 Slider("Style Fidelity (only for Balanced mode)", 0.0, 1.0, 0.5, 0.01), None, _fn=_none),
+                 Slider("Style Fidelity (only for Balanced mode)", 0.0, 1.0, 0.5, 0.01), None, _fn=filters.none),
     _ip("ip-adapter-auto", "IP-Adapter (image encoder picked by the model)", "auto"),
     _ip("ip-adapter_clip_sd15", "IP-Adapter, CLIP ViT-H (SD 1.x, SDXL vit-h)", "clip_h"),
     _ip("ip-adapter_clip_sdxl", "IP-Adapter, CLIP ViT-bigG (SDXL)", "clip_g"),
