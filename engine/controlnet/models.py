@@ -184,6 +184,7 @@ class ControlNetLibrary:
         self._entries: dict[str, ControlNetFile] = {}
         self._families: dict[tuple, str] = {}
         self._ip_adapters: dict[tuple, bool] = {}
+        self._control_loras: dict[tuple, bool] = {}
         self._encoder: tuple | None = None  # (stamp, (CLIP image encoder, its processor)) for IP-Adapters
         self._loaded: OrderedDict[str, tuple[tuple, object]] = OrderedDict()
         # The preprocessors' detectors (annotators/ below the folder), on the same device.
@@ -371,9 +372,18 @@ class ControlNetLibrary:
         return model
 
     def is_control_lora(self, entry: ControlNetFile) -> bool:
-        # Stability publishes them as .safetensors only: a pickle is not unpickled to ask.
-        return entry.kind == "safetensors" and control_lora.is_control_lora(
-            _safetensors_shapes(entry.path, entry.path.name))
+        """Whether the file is a Control-LoRA: its header read once per file version. Stability
+        publishes them as .safetensors only: a pickle is not unpickled to ask."""
+        if entry.kind != "safetensors":
+            return False
+        stamp = _stamp(entry)
+        with self._lock:
+            cached = self._control_loras.get(stamp)
+        if cached is None:
+            cached = control_lora.is_control_lora(_safetensors_shapes(entry.path, entry.path.name))
+            with self._lock:
+                self._control_loras[stamp] = cached
+        return cached
 
     def loaded_names(self) -> list[str]:
         """Names of the models held, least recently used first."""
