@@ -85,7 +85,8 @@ def write_model(path: Path, plan: dict, dtype: torch.dtype, seed: int) -> None:
 def child(spec: str) -> None:
     """In the measured process: import, then (unless only the imports are measured) merge."""
     from engine.files import HashCache
-    from engine.merge.checkpoint_merger import CheckpointMerger, MergeRequest
+    from engine.merge.checkpoint_merger import CheckpointMerger
+    from engine.merge.merge_request import MergeRequest
     from engine.models.registry import ModelRegistry
 
     from .measure import PeakMemory
