@@ -7,9 +7,12 @@ the engine and the server, and hands each what it needs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import logging
 import os
 import secrets
+import shlex
 import socket
 import sys
 import threading
@@ -25,25 +28,68 @@ log = logging.getLogger("sd-studio")
 def build(flags, config_root: Path | None = None):
     """Everything the server needs, from parsed flags. `config_root`: other model config folders
     than the repo's (the benchmark's tiny mode)."""
-    from engine.settings import a1111_flags
-    from engine.memory import memory_guard
-    from engine.addons import AddOns
-    from engine.models.checkpoint_cache import CheckpointCache
-    from engine.devices import DeviceConfig
     from engine.models.downloads import ModelDownloader, sd15_offer
-    from engine.engine import Engine
-    from engine.settings.flags import uses_cpu
-    from engine.settings.folders import Folders
+    from engine.settings.flags import device_ids
     from engine.jobs import JobQueue
-    from engine.files import HashCache
-    from engine.models.registry import BUILTIN_DEMO, ModelRegistry
+    from engine.models.registry import BUILTIN_DEMO
     from engine.files import remove_unfinished
     from engine.output.writer import OutputWriter
-    from engine.models.pipelines import ModelManager
-    from engine.models.text_encoders import TextEncoderLibrary
-    from engine.settings.store import Settings
     from ui.context import UIContext
     from ui.server_control import ServerControl
+
+    parts = shared_parts(flags, config_root)
+    folders, settings, registry = parts.folders, parts.settings, parts.registry
+    data_dir = settings.data_dir
+    # A crash mid-write leaves a temporary file beside the whole old one: tidy those away.
+    if remove_unfinished(data_dir / "outputs") + remove_unfinished(data_dir, recursive=False):
+        log.info("removed the temporary files of writes a crash cut short")
+    devices = device_ids(flags)
+    writer = OutputWriter(data_dir / "outputs", settings, name_limit=flags.filenames_max_length)
+    engine = engine_on(parts, devices[0], writer, JobQueue(max_waiting=flags.queue_size))
+    device = engine.models.device
+    add_workers(flags, engine, parts, devices)
+    downloader = ModelDownloader(sd15_offer(os.environ.get("HF_ENDPOINT")), folders.checkpoints)
+    ctx = UIContext(engine, registry, settings, flags, downloader, control=ServerControl())
+
+    wanted = flags.ckpt or (BUILTIN_DEMO if flags.demo else None)
+    explicit = bool(flags.ckpt) and Path(flags.ckpt).is_file()
+    first = engine.initial_checkpoint(str(Path(flags.ckpt).resolve()) if explicit else wanted)
+    if flags.skip_load_model_at_start:
+        log.info("no checkpoint loaded at start (--skip-load-model-at-start); one loads when chosen or for the first job")
+    elif first:
+        engine.load_checkpoint(first)  # on the GPU lane; the page is served meanwhile
+    else:
+        log.warning("No checkpoint found in %s. Put a .safetensors model there, or start with --demo.",
+                    folders.checkpoints)
+    log.info("device: %s, %s%s", device.name, str(device.dtype).replace("torch.", ""),
+             f" (VAE {str(device.vae).replace('torch.', '')})" if device.vae != device.dtype else "")
+    if settings.load_warning:
+        log.warning(settings.load_warning)
+    return ctx
+
+
+@dataclasses.dataclass(frozen=True)
+class SharedParts:
+    """What every engine of this process shares, whichever GPU it runs on."""
+
+    flags: argparse.Namespace
+    folders: object
+    settings: object
+    registry: object
+    hashes: object
+    faults: object
+    config_root: Path | None = None
+
+
+def shared_parts(flags, config_root: Path | None = None) -> "SharedParts":
+    """The settings, folders and checkpoint list of this data dir, which every engine of the
+    process shares."""
+    from engine.settings import a1111_flags
+    from engine.memory import memory_guard
+    from engine.settings.folders import Folders
+    from engine.files import HashCache
+    from engine.models.registry import ModelRegistry
+    from engine.settings.store import Settings
 
     # Tests only: stages that run out of memory on purpose, read once here and handed to the add-ons.
     faults = memory_guard.FaultPlan.parse(os.environ.get(memory_guard.FAULTS_ENV))
@@ -69,49 +115,103 @@ def build(flags, config_root: Path | None = None):
     hashes = HashCache(data_dir / "cache.json")
     registry = ModelRegistry(checkpoint_folders, hashes, explicit, include_demo=flags.demo,
                              hashing=not flags.no_hashing)
+    return SharedParts(flags, folders, settings, registry, hashes, faults, config_root)
+
+
+def engine_on(parts: SharedParts, device_id: str | None, writer, queue):
+    """An engine on one device: its own models, add-ons (they hold models on the device) and lane."""
+    from engine.addons import AddOns
+    from engine.devices import DeviceConfig
+    from engine.engine import Engine
+    from engine.models.checkpoint_cache import CheckpointCache
+    from engine.models.pipelines import ModelManager
+    from engine.models.text_encoders import TextEncoderLibrary
+    from engine.settings.flags import uses_cpu
+
+    flags, folders, settings = parts.flags, parts.folders, parts.settings
     device = DeviceConfig.choose(use_cpu=uses_cpu(flags), no_half=flags.no_half, no_half_vae=flags.no_half_vae,
-                                 precision=flags.precision, device_id=flags.device_id,
+                                 precision=flags.precision, device_id=device_id,
                                  upcast_sampling=flags.upcast_sampling)
     # The text encoders and VAEs picked beside FLUX.1 / SD 3.x transformers (Forge's and
     # ComfyUI's folder name for the encoders).
     (folders.models / "text_encoder").mkdir(parents=True, exist_ok=True)
     text_encoders = TextEncoderLibrary(folders.models / "text_encoder", folders.vae)
-    models = ModelManager(registry, device, allow_unsafe=flags.allow_unsafe_checkpoints,
+    models = ModelManager(parts.registry, device, allow_unsafe=flags.allow_unsafe_checkpoints,
                           cache=CheckpointCache(lambda: settings["sd_checkpoint_cache"]),
                           memory_mode=lambda: settings["memory_mode"], text_encoders=text_encoders,
-                          **({"config_root": config_root} if config_root else {}))
-    # A crash mid-write leaves a temporary file beside the whole old one: tidy those away.
-    if remove_unfinished(data_dir / "outputs") + remove_unfinished(data_dir, recursive=False):
-        log.info("removed the temporary files of writes a crash cut short")
+                          **({"config_root": parts.config_root} if parts.config_root else {}))
     extensions = "none" if flags.disable_all_extensions else "builtin" if flags.disable_extra_extensions else "all"
     # Extensions are imported here, once: the built-in ones and the enabled third-party ones
     # (a disabled or newly installed one waits for a start where it is enabled).
-    addons = AddOns.from_folders(folders, hashes, device=device, allow_unsafe=flags.allow_unsafe_checkpoints,
+    addons = AddOns.from_folders(folders, parts.hashes, device=device, allow_unsafe=flags.allow_unsafe_checkpoints,
                                  extensions=extensions, disabled_extensions=settings["disabled_extensions"],
-                                 faults=faults)
-    engine = Engine(models, OutputWriter(data_dir / "outputs", settings, name_limit=flags.filenames_max_length),
-                    settings, addons, queue=JobQueue(max_waiting=flags.queue_size))
+                                 faults=parts.faults)
+    engine = Engine(models, writer, settings, addons, queue=queue)
     if flags.demo:
         from engine.controlnet.demo import ensure_demo_controlnet
         ensure_demo_controlnet(engine.addons.controlnets.folder)
         engine.addons.controlnets.refresh()
-    downloader = ModelDownloader(sd15_offer(os.environ.get("HF_ENDPOINT")), folders.checkpoints)
-    ctx = UIContext(engine, registry, settings, flags, downloader, control=ServerControl())
+    return engine
 
-    wanted = flags.ckpt or (BUILTIN_DEMO if flags.demo else None)
-    first = engine.initial_checkpoint(str(Path(flags.ckpt).resolve()) if explicit else wanted)
-    if flags.skip_load_model_at_start:
-        log.info("no checkpoint loaded at start (--skip-load-model-at-start); one loads when chosen or for the first job")
-    elif first:
-        engine.load_checkpoint(first)  # on the GPU lane; the page is served meanwhile
-    else:
-        log.warning("No checkpoint found in %s. Put a .safetensors model there, or start with --demo.",
-                    folders.checkpoints)
-    log.info("device: %s, %s%s", device.name, str(device.dtype).replace("torch.", ""),
-             f" (VAE {str(device.vae).replace('torch.', '')})" if device.vae != device.dtype else "")
-    if settings.load_warning:
-        log.warning(settings.load_warning)
-    return ctx
+
+def worker_engine(parts: SharedParts, device_id: str | None):
+    """An engine for a worker: it saves nothing itself (engine/cluster/recording.py)."""
+    from engine.cluster.recording import RecordingWriter
+    from engine.jobs import JobQueue
+
+    queue = JobQueue(name=f"worker-{device_id or 'default'}")
+    writer = RecordingWriter(parts.settings.data_dir / "outputs", parts.settings,
+                             lambda: queue.current.id if queue.current is not None else None)
+    return engine_on(parts, device_id, writer, queue)
+
+
+def build_worker_engine(argv: list[str], device_id: str | None):
+    """In a worker actor (engine/cluster/ray_cluster.py): its engine, from the worker machine's
+    own flags (`argv`, with --data-dir made absolute)."""
+    from engine.settings.flags import parse
+
+    flags = parse(argv, environ={})
+    return worker_engine(shared_parts(flags), device_id)
+
+
+def serve_as_worker(flags, argv: list[str]) -> int:
+    """--worker: no UI; this machine's GPUs join the studio's cluster as workers."""
+    from engine.cluster.ray_cluster import serve_workers
+    from engine.settings.flags import device_ids
+
+    data_dir = Path(flags.data_dir).resolve() if flags.data_dir else APP_DIR
+    # The flags as parse() read them (COMMANDLINE_ARGS first), for the actors to read again.
+    given = [*shlex.split(os.environ.get("COMMANDLINE_ARGS", "")), *argv, "--data-dir", str(data_dir)]
+    build = functools.partial(build_worker_engine, given)
+    return serve_workers(flags, device_ids(flags), build, flags.worker_name or socket.gethostname())
+
+
+def add_workers(flags, engine, parts: SharedParts, devices: list) -> None:
+    """The other GPUs of this machine as workers in this process, and with --cluster the
+    workers of other machines (Ray is imported only then)."""
+    if len(devices) == 1 and not flags.cluster:
+        return  # one GPU: one lane, as always
+    from engine.cluster.lanes import InProcessClient, StudioLane, WorkerLane
+    from engine.cluster.service import WorkerService
+
+    studio_generates = devices[0] is not None or not flags.cluster
+    engine.has_workers, engine.studio_generates = True, studio_generates
+
+    def loaded():
+        current = engine.models.current
+        return (current.info.title, current.info.sha256) if current is not None else None
+
+    engine.queue.remove_lane(engine.queue.lanes[0])
+    engine.queue.add_lane(StudioLane(studio_generates, loaded))
+    node = flags.worker_name or socket.gethostname()
+    for device_id in devices[1:]:
+        other = worker_engine(parts, device_id)
+        service = WorkerService(other, f"{node}:gpu{device_id}", str(other.models.device.device))
+        engine.queue.add_lane(WorkerLane(InProcessClient(service)))
+    if flags.cluster:
+        from engine.cluster.ray_cluster import StudioCluster
+
+        engine.cluster = StudioCluster.start(flags, engine.queue)
 
 
 def settings_in_sections(settings, names: list[str]) -> tuple[list[str], list[str]]:
@@ -261,9 +361,12 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
     for noisy in ("httpx", "httpcore", "diffusers", "transformers", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    flags = parse(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    flags = parse(argv)
     if flags.loglevel:
         logging.getLogger().setLevel(flags.loglevel)
+    if flags.worker:
+        return serve_as_worker(flags, argv)
     try:
         ctx = build(flags)
     except ValueError as error:  # a flag the machine cannot honour (--device-id 7 on one GPU)

@@ -62,12 +62,19 @@ class Engine:
         self.settings = settings
         self.addons = addons
         self.queue = queue or JobQueue()
+        # Set by app.py when other lanes (GPUs, cluster workers) share the queue: generations
+        # then also carry what a worker needs (engine/cluster); `studio_generates` False: the
+        # studio's own process makes no pictures (a head without a GPU), it only loads for them.
+        self.has_workers = False
+        self.studio_generates = True
+        self._chosen: str | None = None  # the checkpoint the latest switch asked for
+        self.cluster = None  # with --cluster: the Ray side (engine/cluster/ray_cluster.py)
         self.fast_path = FastPath(models.device.device, settings.data_dir / "cache" / "torch-compile")
         # LDSR reads its settings (ldsr_steps, ldsr_cached) when it runs, and stops when its job is
         # interrupted.
         upscalers = addons.upscalers
         upscalers.options = lambda: {key: settings[key] for key in ("ldsr_steps", "ldsr_cached")}
-        upscalers.should_stop = lambda: bool(getattr(self.queue.current, "interrupted", False))
+        upscalers.should_stop = lambda: any(job.interrupted for job in self.queue.running() if job.lane_name == "studio")
         self.captioner = Captioner(addons.faces.models_dir, models.device)
         self.merger = CheckpointMerger(models.registry, addons.vaes, models.allow_unsafe)
         self.catalog = InstalledNames(addons, models.registry, self.upscaler_names, RESTORERS,
@@ -111,6 +118,9 @@ class Engine:
                     result = self._run_script(job, request, policy)
                 else:
                     result = self._run(job, request, policy)
+            return finish(result)
+
+        def finish(result: GenerationResult) -> GenerationResult:
             if not restore_overrides:
                 self._keep_overrides(overrides, result)
             if ignored:
@@ -118,8 +128,13 @@ class Engine:
                 result.warnings.append("Settings not used here (left as they are): " + ", ".join(ignored))
             return result
 
+        remote = None
+        if self.has_workers:
+            from engine.cluster.remote_jobs import remote_work
+
+            remote = remote_work(self, request, owner, checkpoint, overrides, modules, make_grid, finish)
         job = Job(work, owner=owner, job_id=job_id, description=f"{request.mode}: {request.prompt[:60]}",
-                  if_stopped_early=lambda: self._nothing_made(request))
+                  if_stopped_early=lambda: self._nothing_made(request), remote=remote)
         return self.queue.submit(job)
 
     def _split_overrides(self, overrides: dict) -> tuple[dict, list[str]]:
@@ -145,7 +160,12 @@ class Engine:
     def _nothing_made(self, request: GenerationRequest) -> GenerationResult:
         """What a generation interrupted while it waited returns: an interrupted result with no
         images, which the UI and the API already know how to show."""
-        return GenerationResult(request, self.models.require().info, [], [], [], [], interrupted=True,
+        current, chosen = self.models.current, self.chosen_checkpoint()
+        if current is not None or not chosen:
+            info = self.models.require().info
+        else:  # a studio that leaves the pictures to its workers loads nothing
+            info = self.models.registry.find(chosen)
+        return GenerationResult(request, info, [], [], [], [], interrupted=True,
                                 prompt=request.prompt, negative_prompt=request.negative_prompt)
 
     @contextlib.contextmanager
@@ -415,9 +435,12 @@ class Engine:
     def load_checkpoint(self, wanted: str, owner: str = "", modules=None) -> Job:
         """Switch checkpoints on the GPU lane, after any job already waiting. `modules`: the files
         picked beside a FLUX.1 / SD 3.x checkpoint (None: the choice given last)."""
-        self.models.registry.find(wanted)  # an unknown name fails now, not in the queue
+        self._chosen = self.models.registry.find(wanted).title  # an unknown name fails now, not in the queue
 
-        def work(job: Job) -> LoadedModel:
+        def work(job: Job) -> LoadedModel | None:
+            if not self.studio_generates:  # the workers load it, each for its first job with it
+                self.settings.update({"sd_model_checkpoint": self._chosen})
+                return None
             job.textinfo = f"Loading {wanted}"
             if self.models.current is None or wanted not in (self.models.current.info.title,
                                                               self.models.current.info.model_name):
@@ -446,6 +469,14 @@ class Engine:
         text, _ = extract_extra_networks(text)
         counts = [encoder.token_count(part) for _, part in prompt_schedule(text, max(1, steps))]
         return max(counts)
+
+    def chosen_checkpoint(self) -> str | None:
+        """The checkpoint generations are made with now: the one the latest switch asked for
+        (even while it waits in the queue), else the loaded one, else the one to load first."""
+        if self._chosen:
+            return self._chosen
+        current = self.models.current
+        return current.info.title if current is not None else self.initial_checkpoint(None)
 
     def pending_load(self) -> Job | None:
         """The checkpoint switch waiting or running on the lane, if any."""
@@ -486,8 +517,7 @@ class Engine:
         mine = self.generations_of(owner)
         if mine:
             return mine[0]
-        current = self.queue.current
-        return current if current is not None and current.kind == "generate" else None
+        return next((job for job in self.queue.running() if job.kind == "generate"), None)
 
     def interrupt(self, owner: str) -> int:
         """Stop the owner's generations: the running one stops early, waiting ones never start.
@@ -499,12 +529,28 @@ class Engine:
         return len(jobs)
 
     def skip(self, owner: str) -> int:
-        """Skip the image the owner's running generation is making, if one of theirs runs."""
-        current = self.queue.current
-        if current is not None and current.kind == "generate" and current.owner == owner:
-            current.skip()
-            return 1
-        return 0
+        """Skip the image the owner's running generations are making, if any of theirs runs."""
+        running = [job for job in self.queue.running() if job.kind == "generate" and job.owner == owner]
+        for job in running:
+            job.skip()
+        return len(running)
+
+    def workers(self) -> list[dict]:
+        """Every lane that makes pictures, for the UI's Workers table and the API."""
+        listed = []
+        for lane in self.queue.lanes:
+            info = getattr(lane, "info", None)
+            if info is not None:
+                listed.append(info.listing())
+            elif getattr(lane, "generates", True):
+                current = self.models.current
+                listed.append({"name": "studio", "node": "this machine", "device": str(self.models.device.device),
+                               "state": "busy" if any(j.lane_name == lane.name for j in self.queue.running()) else "idle",
+                               "loaded": current.info.title if current else None,
+                               "checkpoints": len(self.models.registry.checkpoints), "jobs_done": None})
+        return listed
 
     def shutdown(self) -> None:
+        if self.cluster is not None:
+            self.cluster.stop()
         self.queue.shutdown()

@@ -146,11 +146,29 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--loglevel", type=str.upper, choices=("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"),
                     help="how much the console log says (default INFO)")
 
+    cluster = parser.add_argument_group("cluster (several machines, on Ray; docs/cluster.md)")
+    cluster.add_argument("--cluster", action="store_true",
+                         help="start a Ray cluster (or join the one at --cluster-address) and send "
+                              "generations to the GPU workers that join it")
+    cluster.add_argument("--worker", action="store_true",
+                         help="serve no UI: add this machine's GPUs as workers of the studio's "
+                              "cluster at --cluster-address")
+    cluster.add_argument("--cluster-address", metavar="HOST:PORT",
+                         help="the Ray cluster to join (the studio's machine and --cluster-port)")
+    cluster.add_argument("--cluster-port", type=int, default=6379,
+                         help="the port of the Ray cluster --cluster starts (default 6379)")
+    cluster.add_argument("--cluster-bind", metavar="IP",
+                         help="the private address Ray listens on and workers reach it at "
+                              "(default 127.0.0.1: this machine only)")
+    cluster.add_argument("--worker-name", metavar="NAME",
+                         help="the name this machine's workers show in the studio (default: host name)")
+
     compute = parser.add_argument_group("compute")
     compute.add_argument("--use-cpu", nargs="+", default=[], metavar="all",
                          help="run on the CPU ('all')")
-    compute.add_argument("--device-id", metavar="N",
-                         help="which CUDA GPU to use (its index, as nvidia-smi numbers them)")
+    compute.add_argument("--device-id", metavar="N[,N...]",
+                         help="which CUDA GPUs to use (indexes as nvidia-smi numbers them, e.g. 0,2; "
+                              "default: every visible GPU, one worker each)")
     compute.add_argument("--no-half", action="store_true",
                          help="keep the model in 32-bit floats (slower, more memory; for cards "
                               "that produce black images in half precision)")
@@ -219,8 +237,13 @@ def parse(argv: Sequence[str] | None = None, environ: dict | None = None) -> arg
         parser.error(f"--timeout-keep-alive must be at least 1 second, got {flags.timeout_keep_alive}")
     if flags.filenames_max_length < 16:
         parser.error(f"--filenames-max-length must be at least 16, got {flags.filenames_max_length}")
-    if flags.device_id is not None and not flags.device_id.isdigit():
-        parser.error(f"--device-id must be a GPU index (0, 1, ...), got {flags.device_id!r}")
+    if flags.device_id is not None:
+        indexes = [part.strip() for part in flags.device_id.split(",")]
+        if not all(part.isdigit() for part in indexes) or len(set(indexes)) != len(indexes):
+            parser.error(f"--device-id must be a GPU index or a list of them (0, 1, or 0,2; each once), "
+                         f"got {flags.device_id!r}")
+        flags.device_id = ",".join(indexes)
+    _check_cluster_flags(flags, parser)
     if flags.subpath is not None:
         flags.subpath = _clean_subpath(flags.subpath, parser)
     if flags.cors_allow_origins_regex:
@@ -275,6 +298,35 @@ def listen_host(flags: argparse.Namespace) -> str:
     if getattr(flags, "server_name", None):
         return flags.server_name
     return "0.0.0.0" if getattr(flags, "listen", False) else "127.0.0.1"
+
+
+def _check_cluster_flags(flags: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    if flags.cluster and flags.worker:
+        parser.error("--cluster starts the studio and --worker adds a machine's GPUs to it: use one")
+    if flags.cluster and flags.share:
+        parser.error("--cluster cannot be used with --share: a Ray cluster has no authentication of its "
+                     "own, so it must stay on a private network (docs/cluster.md)")
+    if flags.worker and not flags.cluster_address:
+        parser.error("--worker needs --cluster-address HOST:PORT (the studio's machine and its --cluster-port)")
+    if flags.cluster_address is not None:
+        host, _, port = flags.cluster_address.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            parser.error(f"--cluster-address must be HOST:PORT, got {flags.cluster_address!r}")
+    if not 0 < flags.cluster_port < 65536:
+        parser.error(f"--cluster-port must be between 1 and 65535, got {flags.cluster_port}")
+
+
+def device_ids(flags: argparse.Namespace) -> list[str | None]:
+    """The devices to make pictures on, one worker each: the --device-id list, else every
+    visible GPU, else [None] (the CPU, or the default device)."""
+    if uses_cpu(flags):
+        return [None]
+    if flags.device_id:
+        return flags.device_id.split(",")
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return [str(index) for index in range(count)] if count > 1 else [None]
 
 
 def is_exposed(flags: argparse.Namespace) -> bool:

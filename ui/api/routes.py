@@ -187,7 +187,7 @@ def build_router(ctx: UIContext, auth_dependency) -> APIRouter:
             textinfo = f"In queue: {place[0]} of {place[1]}"
         state = ProgressState(
             skipped=job.skipped, interrupted=job.interrupted, job=job.id,
-            job_count=(engine.queue.current is not None) + engine.queue.queued_count(),
+            job_count=len(engine.queue.running()) + engine.queue.queued_count(),
             job_no=snap.batch_index, sampling_step=snap.step, sampling_steps=snap.total_steps,
             job_timestamp=str(int(job.created_at)))
         return {"progress": snap.fraction, "eta_relative": snap.eta or 0.0, "state": state.model_dump(),
