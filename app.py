@@ -204,9 +204,10 @@ def add_workers(flags, engine, parts: SharedParts, devices: list) -> None:
     engine.queue.remove_lane(engine.queue.lanes[0])
     engine.queue.add_lane(StudioLane(studio_generates, loaded))
     node = flags.worker_name or socket.gethostname()
-    for device_id in devices[1:]:
+    for number, device_id in enumerate(devices[1:], start=1):
         other = worker_engine(parts, device_id)
-        service = WorkerService(other, f"{node}:gpu{device_id}", str(other.models.device.device))
+        label = f"gpu{device_id}" if device_id is not None else f"lane{number}"
+        service = WorkerService(other, f"{node}:{label}", str(other.models.device.device))
         engine.queue.add_lane(WorkerLane(InProcessClient(service)))
     if flags.cluster:
         from engine.cluster.ray_cluster import StudioCluster

@@ -38,6 +38,7 @@ SLOW_FILES: dict[str, str] = {
     "test_lan_security.py": "starts the app listening on the network, with TLS",
     "test_login_hardening.py": "starts the app with a login",
     "test_bench.py": "the benchmark starts the app on a checkpoint it writes",
+    "test_cluster_ray.py": "a Ray head, the studio and two worker processes",
 }
 
 # Single tests, as "file.py::test_name" (every parametrisation of that test).

@@ -164,6 +164,12 @@ def build_router(ctx: UIContext, auth_dependency) -> APIRouter:
         image = image_from_base64(body.image, "image", settings["upload_max_megapixels"])
         return convert.png_info(image)
 
+    @router.get("/workers")
+    def workers() -> list[dict]:
+        """The lanes that make pictures: this studio's GPU(s) and the cluster's workers, with
+        their device, loaded checkpoint and state (docs/cluster.md)."""
+        return engine.workers()
+
     @router.get("/progress", response_model=ProgressResponse)
     def progress(request: Request, skip_current_image: bool = False, id_task: str | None = None) -> dict:
         """The caller's generation (`id_task` names one), else the running one; only the caller's
