@@ -192,6 +192,20 @@ def test_progress_interrupt_and_queue_position_work_with_two_workers(cluster):
     assert results["b"].status_code == 200 and len(results["b"].json()["images"]) == 1
 
 
+def test_the_workers_tab_shows_each_worker_its_state_and_checkpoint(cluster, page):
+    page.goto(cluster.studio.url)
+    page.get_by_role("tab", name="Workers").click()
+    table = page.locator("#workers_table")
+    page.wait_for_function("() => document.querySelector('#workers_table')?.innerText.split('\\n')"
+                           ".filter(line => ['w1', 'w2'].includes(line.trim())).length === 2")
+    assert "2 workers" in page.locator("#workers_summary").inner_text()
+    # The checkpoint list shows the studio's choice, which the workers load.
+    assert page.locator("#sd_checkpoint input").input_value().startswith("demo-tiny")
+    text = table.inner_text()
+    assert "idle" in text and "cpu" in text
+    page.screenshot(path=str(cluster.root / "workers-tab.png"))
+
+
 def test_a_worker_killed_mid_job_its_job_finishes_on_the_other_without_duplicates(cluster):
     before = len(saved(cluster))
     answer = {}

@@ -18,6 +18,8 @@ from .widgets import REFRESH
 
 def _current_title(ctx: UIContext) -> str | None:
     model = ctx.models.current
+    if model is None and not ctx.engine.studio_generates:  # the workers load it: show the choice
+        return ctx.engine.chosen_checkpoint()
     return model.info.title if model else None
 
 

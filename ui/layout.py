@@ -25,6 +25,7 @@ from . import (
     settings_tab,
     txt2img_tab,
     ui_defaults,
+    workers_tab,
 )
 from .context import UIContext
 
@@ -60,6 +61,9 @@ def build_app(ctx: UIContext) -> gr.Blocks:
             with gr.Tab("Extensions", id="extensions", elem_id="tab_extensions",
                         visible="Extensions" not in hidden):
                 extensions_state = extension_fields.extensions_tab(ctx)
+            if ctx.engine.has_workers:
+                with gr.Tab("Workers", id="workers", elem_id="tab_workers"):
+                    workers_tab.build(ctx)
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
                 settings_load = settings_tab.build(ctx, linked=bar["quick"], extensions=extensions_state)
         send_to.wire(ctx, tabs, txt2img, img2img, png_info, extras, history)
