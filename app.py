@@ -7,12 +7,12 @@ the engine and the server, and hands each what it needs.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import functools
 import logging
 import os
 import secrets
-import shlex
 import socket
 import sys
 import threading
@@ -165,24 +165,23 @@ def worker_engine(parts: SharedParts, device_id: str | None):
     return engine_on(parts, device_id, writer, queue)
 
 
-def build_worker_engine(argv: list[str], device_id: str | None):
-    """In a worker actor (engine/cluster/ray_cluster.py): its engine, from the worker machine's
-    own flags (`argv`, with --data-dir made absolute)."""
-    from engine.settings.flags import parse
-
-    flags = parse(argv, environ={})
-    return worker_engine(shared_parts(flags), device_id)
+def build_worker_engine(flags: argparse.Namespace, device_id: str | None, config_root: Path | None = None):
+    """In a worker process or Ray actor (engine/cluster): its engine, from its machine's flags
+    (with --data-dir made absolute, since the process may start elsewhere)."""
+    return worker_engine(shared_parts(copy.copy(flags), config_root), device_id)
 
 
-def serve_as_worker(flags, argv: list[str]) -> int:
+def _worker_flags(flags: argparse.Namespace) -> argparse.Namespace:
+    data_dir = Path(flags.data_dir).resolve() if flags.data_dir else APP_DIR
+    return argparse.Namespace(**{**vars(flags), "data_dir": str(data_dir)})
+
+
+def serve_as_worker(flags) -> int:
     """--worker: no UI; this machine's GPUs join the studio's cluster as workers."""
     from engine.cluster.ray_cluster import serve_workers
     from engine.settings.flags import device_ids
 
-    data_dir = Path(flags.data_dir).resolve() if flags.data_dir else APP_DIR
-    # The flags as parse() read them (COMMANDLINE_ARGS first), for the actors to read again.
-    given = [*shlex.split(os.environ.get("COMMANDLINE_ARGS", "")), *argv, "--data-dir", str(data_dir)]
-    build = functools.partial(build_worker_engine, given)
+    build = functools.partial(build_worker_engine, _worker_flags(flags))
     return serve_workers(flags, device_ids(flags), build, flags.worker_name or socket.gethostname())
 
 
@@ -191,8 +190,8 @@ def add_workers(flags, engine, parts: SharedParts, devices: list) -> None:
     workers of other machines (Ray is imported only then)."""
     if len(devices) == 1 and not flags.cluster:
         return  # one GPU: one lane, as always
-    from engine.cluster.lanes import InProcessClient, StudioLane, WorkerLane
-    from engine.cluster.service import WorkerService
+    from engine.cluster.lanes import StudioLane, WorkerLane
+    from engine.cluster.process_workers import ProcessClient
 
     studio_generates = devices[0] is not None or not flags.cluster
     engine.has_workers, engine.studio_generates = True, studio_generates
@@ -204,11 +203,12 @@ def add_workers(flags, engine, parts: SharedParts, devices: list) -> None:
     engine.queue.remove_lane(engine.queue.lanes[0])
     engine.queue.add_lane(StudioLane(studio_generates, loaded))
     node = flags.worker_name or socket.gethostname()
+    # The other GPUs: a worker process each (engine/cluster/process_workers.py says why not a thread).
+    build = functools.partial(build_worker_engine, _worker_flags(flags), config_root=parts.config_root)
     for number, device_id in enumerate(devices[1:], start=1):
-        other = worker_engine(parts, device_id)
         label = f"gpu{device_id}" if device_id is not None else f"lane{number}"
-        service = WorkerService(other, f"{node}:{label}", str(other.models.device.device))
-        engine.queue.add_lane(WorkerLane(InProcessClient(service)))
+        client = ProcessClient(build, device_id, f"{node}:{label}")
+        engine.queue.add_lane(WorkerLane(client, client.first_info))
     if flags.cluster:
         from engine.cluster.ray_cluster import StudioCluster
 
@@ -362,12 +362,11 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
     for noisy in ("httpx", "httpcore", "diffusers", "transformers", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    argv = sys.argv[1:] if argv is None else argv
-    flags = parse(argv)
+    flags = parse(sys.argv[1:] if argv is None else argv)
     if flags.loglevel:
         logging.getLogger().setLevel(flags.loglevel)
     if flags.worker:
-        return serve_as_worker(flags, argv)
+        return serve_as_worker(flags)
     try:
         ctx = build(flags)
     except ValueError as error:  # a flag the machine cannot honour (--device-id 7 on one GPU)

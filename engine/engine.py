@@ -12,7 +12,6 @@ import logging
 from typing import Iterator
 
 from engine.sampling import samplers
-from engine import image_prep
 
 from engine.memory import memory_guard
 from engine.addons import AddOns
@@ -31,11 +30,12 @@ from engine.runs.image_context import ImageContext
 from engine.runs.refiner import complete_refiner
 from engine.job_results import GenerationResult, OutputPolicy, policy_from_settings
 from engine.jobs import Job, JobQueue
+from engine.job_controls import JobControls
 from engine.memory.memory_modes import NONE
 from engine.output.writer import OutputWriter
 from engine.models.pipelines import LoadedModel, ModelManager
 from engine.prompts.prompt_parser import extract_extra_networks, prompt_schedule
-from engine.request import GenerationRequest, ScriptChoice
+from engine.request import GenerationRequest, ScriptChoice, checked_mask
 from engine.settings.store import Settings
 from engine.runs.uploads import check_pixel_limit
 from engine.runs.script_host import InstalledNames, JobScriptHost, checkpoint_kept
@@ -54,7 +54,7 @@ SHARED_SETTINGS = frozenset({"disabled_extensions", "hidden_tabs", "sd_checkpoin
 FACE_PROMPT = "a detailed face, sharp focus"  # what the face detailer asks for outside a job
 
 
-class Engine:
+class Engine(JobControls):
     def __init__(self, models: ModelManager, writer: OutputWriter, settings: Settings,
                  addons: AddOns, queue: JobQueue | None = None):
         self.models = models
@@ -221,7 +221,7 @@ class Engine:
             if chosen is not None and chosen not in UPSCALERS:  # a standard model not downloaded: say so now
                 self.addons.upscalers.require(chosen, "upscaler_for_img2img")
             self._check_upload_sizes(request)
-            request = self._check_mask(request, settings["img2img_empty_mask_as_img2img"])
+            request = checked_mask(request, settings["img2img_empty_mask_as_img2img"])
         request = complete_refiner(request, self.models.registry, self.models.current, self.models.allow_unsafe)
         hires_checkpoint = request.extensions.get("hires_fix", {}).get("checkpoint")
         if hires_checkpoint and hires_checkpoint != "Use same checkpoint":
@@ -329,21 +329,6 @@ class Engine:
         for name, image in named:
             check_pixel_limit(image, limit, name)
 
-    @staticmethod
-    def _check_mask(request: GenerationRequest, empty_means_img2img: bool) -> GenerationRequest:
-        """An empty mask would change nothing: say so, or run plain img2img if the user chose so."""
-        part = request.img2img
-        if part.mask is None:
-            return request
-        mask = image_prep.binary_mask(part.mask, part.init_images[0].size)
-        if part.inpainting_mask_invert or not image_prep.is_empty(mask):
-            return request
-        if empty_means_img2img:
-            return request.with_img2img(mask=None)
-        raise RequestError("The mask is empty: paint over the part of the picture to change "
-                           "(white in an uploaded mask), or use plain img2img. (Setting "
-                           "'img2img_empty_mask_as_img2img' runs plain img2img instead.)", "mask")
-
     def _policy(self, request: GenerationRequest, make_grid: bool) -> OutputPolicy:
         return policy_from_settings(self.settings, request, make_grid)
 
@@ -432,9 +417,11 @@ class Engine:
                 self._remember(model, None)
         return self.models.require()
 
-    def load_checkpoint(self, wanted: str, owner: str = "", modules=None) -> Job:
+    def load_checkpoint(self, wanted: str, owner: str = "", modules=None, remember: bool = True) -> Job:
         """Switch checkpoints on the GPU lane, after any job already waiting. `modules`: the files
-        picked beside a FLUX.1 / SD 3.x checkpoint (None: the choice given last)."""
+        picked beside a FLUX.1 / SD 3.x checkpoint (None: the choice given last). `remember`
+        False: the settings keep the previous choice (a worker's switch for one job, whose
+        settings are the studio's)."""
         self._chosen = self.models.registry.find(wanted).title  # an unknown name fails now, not in the queue
 
         def work(job: Job) -> LoadedModel | None:
@@ -446,7 +433,8 @@ class Engine:
                                                               self.models.current.info.model_name):
                 self.addons.controlnets.clear()  # ControlNets of the old family: free their memory
             model = self.models.load(wanted, modules=modules)
-            self._remember(model, None if modules is None else tuple(modules))
+            if remember:
+                self._remember(model, None if modules is None else tuple(modules))
             return model
 
         return self.queue.submit(Job(work, owner=owner, kind="load", description=f"load {wanted}"))
@@ -500,55 +488,6 @@ class Engine:
                     log.warning("checkpoint %r not found; choosing another", wanted)
         checkpoints = registry.checkpoints
         return checkpoints[0].title if checkpoints else None
-
-    # Controls and progress: a caller only ever acts on, or sees the preview of, its own jobs.
-    def current_job(self) -> Job | None:
-        return self.queue.current
-
-    def generations_of(self, owner: str) -> list[Job]:
-        """The owner's generations, running one first, then in the order they will run.
-        (Checkpoint switches and upscales are not generations: Interrupt leaves them be.)"""
-        return [job for job in self.queue.jobs_of(owner) if job.kind == "generate"]
-
-    def job_to_watch(self, owner: str) -> Job | None:
-        """The generation a progress display shows the caller: theirs (running, else the next of
-        theirs to run), else whatever generation is running, so a client without a job of its
-        own still sees the lane busy."""
-        mine = self.generations_of(owner)
-        if mine:
-            return mine[0]
-        return next((job for job in self.queue.running() if job.kind == "generate"), None)
-
-    def interrupt(self, owner: str) -> int:
-        """Stop the owner's generations: the running one stops early, waiting ones never start.
-        Returns how many."""
-        jobs = self.generations_of(owner)
-        for job in jobs:
-            job.interrupt()
-            self.queue.cancel(job)
-        return len(jobs)
-
-    def skip(self, owner: str) -> int:
-        """Skip the image the owner's running generations are making, if any of theirs runs."""
-        running = [job for job in self.queue.running() if job.kind == "generate" and job.owner == owner]
-        for job in running:
-            job.skip()
-        return len(running)
-
-    def workers(self) -> list[dict]:
-        """Every lane that makes pictures, for the UI's Workers table and the API."""
-        listed = []
-        for lane in self.queue.lanes:
-            info = getattr(lane, "info", None)
-            if info is not None:
-                listed.append(info.listing())
-            elif getattr(lane, "generates", True):
-                current = self.models.current
-                listed.append({"name": "studio", "node": "this machine", "device": str(self.models.device.device),
-                               "state": "busy" if any(j.lane_name == lane.name for j in self.queue.running()) else "idle",
-                               "loaded": current.info.title if current else None,
-                               "checkpoints": len(self.models.registry.checkpoints), "jobs_done": None})
-        return listed
 
     def shutdown(self) -> None:
         if self.cluster is not None:

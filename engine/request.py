@@ -17,6 +17,7 @@ from engine.sampling import samplers
 from engine.prompts.conditioning import EMPHASIS_MODES, MAX_PROMPT_CHARS
 from engine.errors import RequestError
 from engine.validation import Flag, Number, Text, Whole
+from engine import image_prep
 from engine.image_prep import MASKED_CONTENT, RESIZE_MODES
 from engine.models.prediction import NOISE_SCHEDULES
 
@@ -363,3 +364,18 @@ def _check_number(value: Any, name: str, low: float, high: float) -> None:
 
 def _check_size(value: Any, name: str) -> None:
     Whole(MIN_SIZE, MAX_SIZE, SIZE_STEP).check(value, name)
+
+
+def checked_mask(request: GenerationRequest, empty_means_img2img: bool) -> GenerationRequest:
+    """An empty mask would change nothing: say so, or run plain img2img if the user chose so."""
+    part = request.img2img
+    if part.mask is None:
+        return request
+    mask = image_prep.binary_mask(part.mask, part.init_images[0].size)
+    if part.inpainting_mask_invert or not image_prep.is_empty(mask):
+        return request
+    if empty_means_img2img:
+        return request.with_img2img(mask=None)
+    raise RequestError("The mask is empty: paint over the part of the picture to change "
+                       "(white in an uploaded mask), or use plain img2img. (Setting "
+                       "'img2img_empty_mask_as_img2img' runs plain img2img instead.)", "mask")

@@ -101,3 +101,17 @@ def test_reduced_depth_keeps_the_widths_and_is_recognised(tmp_path):
         assert sum(p.numel() for p in params) == sum(p.numel() for p in reference[name].parameters())
     t5 = built["text_encoder_2"]
     assert t5.shared.weight is t5.encoder.embed_tokens.weight
+
+
+def test_cluster_benchmark_runs_one_then_two_workers_on_ray_with_the_same_pictures(tmp_path):
+    import json
+
+    from bench.cluster import main as cluster_main
+    from tests.support.server import free_port
+
+    assert cluster_main(["--jobs", "4", "--size", "64", "--steps", "2", "--port", str(free_port()),
+                         "--out", str(tmp_path)]) == 0
+    record = json.loads(next(tmp_path.glob("cluster-*.json")).read_text())
+    assert record["same_pictures"] and record["scaling_ratio"] > 0
+    assert sum(record["one_worker"]["lanes"].values()) == 4 and record["one_worker"]["lanes"] == {"bench1": 4}
+    assert sum(record["2_workers"]["lanes"].values()) == 4

@@ -92,6 +92,26 @@ def test_a_dying_worker_hands_its_job_to_the_other_without_duplicate_files(head,
         steady.engine.shutdown()
 
 
+def test_out_of_memory_on_one_worker_fails_that_job_and_the_other_worker_goes_on(head, tiny_models, tmp_path):
+    from engine.errors import OutOfMemoryUserError
+    from engine.memory.memory_guard import FaultPlan
+
+    short = worker_service(tiny_models, tmp_path / "short", "short", faults=FaultPlan({"denoise": 1}))
+    fine = worker_service(tiny_models, tmp_path / "fine", "fine")
+    add_worker(head, short)
+    try:
+        with pytest.raises(OutOfMemoryUserError, match="denois"):
+            head.generate(small(1))
+        add_worker(head, fine)
+        jobs = [head.submit(small(seed)) for seed in range(2, 6)]
+        assert [job.outcome().seeds for job in jobs] == [[2], [3], [4], [5]]
+        assert {lane.name for lane in head.queue.lanes} == {"studio", "short", "fine"}  # both still serve
+        assert short.jobs_done >= 1
+    finally:
+        short.engine.shutdown()
+        fine.engine.shutdown()
+
+
 def test_without_workers_a_job_waits_saying_why_and_runs_when_one_joins(head, tiny_models, tmp_path):
     head.queue.no_lane_note = lambda job: "Waiting for a GPU worker: none has joined"
     job = head.submit(small(3))
@@ -112,8 +132,9 @@ def test_progress_previews_interrupt_and_skip_work_through_a_worker(head, two_wo
     long = head.submit(small(11, steps=40, batch_size=1, n_iter=3), owner="ann")
     waiting = [head.submit(small(20 + n, steps=40), owner="ben") for n in range(2)]
     queued = head.submit(small(30), owner="cat")
-    while long.step < 2:
+    while long.step < 6 or long.preview is None:  # a live preview every 5 steps (the default)
         threading.Event().wait(0.02)
+    assert long.preview.mode == "RGB" and long.preview_id >= 1
     snapshot = long.snapshot()
     assert snapshot.state == RUNNING and snapshot.total_steps >= 40 and snapshot.step >= 2
     assert head.job_to_watch("ann") is long and head.queue.position(queued) is not None

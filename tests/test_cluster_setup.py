@@ -4,12 +4,17 @@ builds, and that a studio on one GPU never imports Ray."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 import pytest
 
+from engine.jobs import Job
 from engine.request import GenerationRequest
 from engine.settings import flags
 from tests.support.server import ROOT
@@ -62,15 +67,48 @@ def test_two_devices_make_a_studio_lane_and_a_worker_lane_with_the_same_pictures
     try:
         studio.pending_load().outcome()
         assert [lane.name for lane in studio.queue.lanes][0] == "studio" and len(studio.queue.lanes) == 2
-        requests = [GenerationRequest(prompt="a boat", steps=3, width=64, height=64, seed=seed, save_images=True)
-                    for seed in (1, 2)]
-        jobs = [studio.submit(request) for request in requests]
-        results = [job.outcome() for job in jobs]
-        # The studio's lane had the model loaded and took the first; the idle worker the second.
-        assert {job.lane_name for job in jobs} == {lane.name for lane in studio.queue.lanes}
-        assert all(result.paths[0].is_relative_to(tmp_path / "outputs") for result in results)
-        assert np.array_equal(np.asarray(results[0].images[0]),
-                              np.asarray(studio.generate(requests[0].replace(save_images=False)).images[0]))
+        request = GenerationRequest(prompt="a boat", steps=3, width=64, height=64, seed=1, save_images=True)
+        # With the studio's own lane busy, the job goes to the worker lane.
+        gate = threading.Event()
+        held = studio.queue.submit(Job(lambda job: gate.wait(30), kind="extras"))
+        while held.lane_name != "studio":
+            time.sleep(0.01)
+        on_worker = studio.submit(request)
+        result = on_worker.outcome()
+        gate.set()
+        assert on_worker.lane_name == studio.queue.lanes[1].name
+        assert result.paths[0].is_relative_to(tmp_path / "outputs")  # saved by the studio
+        here = studio.generate(request.replace(save_images=False))
+        assert np.array_equal(np.asarray(result.images[0]), np.asarray(here.images[0]))
         assert [worker["name"] for worker in studio.workers()][0] == "studio" and len(studio.workers()) == 2
+
+        # The worker's process killed mid-job: the job runs again on the studio's lane, saved once.
+        worker_lane = studio.queue.lanes[1]
+        gate.clear()
+        held = studio.queue.submit(Job(lambda job: gate.wait(30), kind="extras"))
+        while held.lane_name != "studio":
+            time.sleep(0.01)
+        long = studio.submit(request.replace(seed=5, steps=80, width=128, height=128))
+        while long.step < 2:
+            time.sleep(0.05)
+        os.kill(worker_lane.client.process.pid, signal.SIGKILL)
+        gate.set()
+        again = long.outcome()
+        assert long.lane_name == "studio" and long.retries == 1 and again.seeds == [5]
+        assert [lane.name for lane in studio.queue.lanes] == ["studio"]
+        assert len(list((tmp_path / "outputs").rglob("*-5.png"))) == 1
     finally:
         studio.shutdown()
+
+
+def test_only_the_ray_module_imports_ray():
+    import ast
+
+    importers = []
+    for path in [*(ROOT / "engine").rglob("*.py"), *(ROOT / "ui").rglob("*.py"), ROOT / "app.py"]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            if any(name == "ray" or name.startswith("ray.") for name in names):
+                importers.append(path.relative_to(ROOT).as_posix())
+    assert sorted(set(importers)) == ["engine/cluster/ray_cluster.py"]

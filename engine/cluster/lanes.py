@@ -30,19 +30,6 @@ class WorkerClient(Protocol):
     def close(self) -> None: ...
 
 
-class InProcessClient:
-    """A worker in this process (another GPU of this machine): plain method calls."""
-
-    def __init__(self, service):
-        self.service = service
-
-    def call(self, method: str, *args) -> Any:
-        return getattr(self.service, method)(*args)
-
-    def close(self) -> None:
-        self.service.engine.shutdown()
-
-
 class WorkerLane(Lane):
     def __init__(self, client: WorkerClient, info: WorkerInfo | None = None):
         self.client = client

@@ -65,7 +65,7 @@ class WorkerService:
         switch = None
         if current is None or current.info.title != own or (
                 payload.modules is not None and current.modules_choice != payload.modules):
-            switch = engine.load_checkpoint(own, owner=payload.owner, modules=payload.modules)
+            switch = engine.load_checkpoint(own, owner=payload.owner, modules=payload.modules, remember=False)
         overrides = {**payload.settings, **payload.overrides}
         job = engine.submit(payload.request, owner=payload.owner, job_id=payload.job_id,
                             make_grid=payload.make_grid, overrides=overrides)

@@ -7,21 +7,38 @@ import shutil
 from pathlib import Path
 
 from engine.addons import AddOns
-from engine.cluster.lanes import InProcessClient, StudioLane, WorkerLane
+from engine.cluster.lanes import StudioLane, WorkerLane
 from engine.cluster.recording import RecordingWriter
 from engine.cluster.service import WorkerService
 from engine.devices import DeviceConfig
 from engine.engine import Engine
 from engine.files import HashCache
 from engine.jobs import JobQueue, WorkerLost
+from engine.memory.memory_guard import FaultPlan
 from engine.models.pipelines import ModelManager
 from engine.models.registry import ModelRegistry
 from engine.output.writer import OutputWriter
 from engine.settings.store import Settings
 
 
-def worker_service(tiny_models, data_dir: Path, name: str, checkpoints: tuple[str, ...] = ("sd1",)) -> WorkerService:
-    """A worker whose own models folder holds copies of the named tiny checkpoints."""
+class InProcessClient:
+    """A WorkerClient calling the service directly (the studio runs its workers in processes:
+    engine/cluster/process_workers.py; these tests are about the lanes and the service)."""
+
+    def __init__(self, service):
+        self.service = service
+
+    def call(self, method: str, *args):
+        return getattr(self.service, method)(*args)
+
+    def close(self) -> None:
+        self.service.engine.shutdown()
+
+
+def worker_service(tiny_models, data_dir: Path, name: str, checkpoints: tuple[str, ...] = ("sd1",),
+                   faults: FaultPlan | None = None) -> WorkerService:
+    """A worker whose own models folder holds copies of the named tiny checkpoints; `faults`:
+    stages that run out of memory on it."""
     folder = data_dir / "models" / "Stable-diffusion"
     folder.mkdir(parents=True, exist_ok=True)
     for family in checkpoints:
@@ -32,8 +49,12 @@ def worker_service(tiny_models, data_dir: Path, name: str, checkpoints: tuple[st
     queue = JobQueue(name=f"worker-{name}")
     settings = Settings(data_dir / "config.json")
     writer = RecordingWriter(data_dir / "outputs", settings, lambda: queue.current.id if queue.current else None)
-    return WorkerService(Engine(models, writer, settings, AddOns.in_data_dir(data_dir, hashes), queue=queue),
-                         name, "cpu")
+    addons = AddOns.in_data_dir(data_dir, hashes, faults=faults)
+    engine = Engine(models, writer, settings, addons, queue=queue)
+    # Loaded now, one worker at a time: engines in one process must not build models at once
+    # (accelerate's empty-weight init is process-wide), which is why the app uses processes.
+    engine.load_checkpoint(f"worker-copy-{checkpoints[0]}", remember=False).outcome()
+    return WorkerService(engine, name, "cpu")
 
 
 def studio(tiny_models, data_dir: Path, generates: bool = False) -> Engine:
