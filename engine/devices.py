@@ -26,6 +26,11 @@ class DeviceConfig:
         return self.device.type
 
     @property
+    def label(self) -> str:
+        """How a list of workers shows it: "NVIDIA H100 80GB HBM3 (cuda:0)", "cpu"."""
+        return f"{self.name} ({self.device})" if self.device.type == "cuda" else str(self.device)
+
+    @property
     def vae(self) -> torch.dtype:
         return self.vae_dtype or self.dtype
 

@@ -52,7 +52,7 @@ class JobControls:
                 listed.append(info.listing())
             elif getattr(lane, "generates", True):
                 current = self.models.current
-                listed.append({"name": "studio", "node": "this machine", "device": str(self.models.device.device),
+                listed.append({"name": "studio", "node": "this machine", "device": self.models.device.label,
                                "state": "busy" if any(j.lane_name == lane.name for j in self.queue.running()) else "idle",
                                "loaded": current.info.title if current else None,
                                "checkpoints": len(self.models.registry.checkpoints), "jobs_done": None})

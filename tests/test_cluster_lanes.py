@@ -74,6 +74,31 @@ def test_a_job_for_a_checkpoint_only_one_worker_has_goes_to_that_worker(head, ti
         only_sd1.engine.shutdown()
 
 
+def test_an_idle_worker_that_used_the_jobs_lora_lately_takes_it(head, tiny_models, tmp_path):
+    from tests.support.lora_files import write_kohya_lora
+
+    services = []
+    for name in ("l1", "l2"):
+        (tmp_path / name / "models" / "Lora").mkdir(parents=True)
+        write_kohya_lora(tiny_models.reference_pipeline("sd1"), tmp_path / name / "models" / "Lora" / "glow.safetensors")
+        services.append(worker_service(tiny_models, tmp_path / name, name))
+    lanes = [add_worker(head, service) for service in services]
+    try:
+        first = head.submit(small(1, prompt="a cat <lora:glow:0.8>"))
+        first.outcome()
+        warm = next(lane for lane in lanes if lane.name == first.lane_name)
+        assert warm.info.recent_loras == {"glow"}
+        # Both idle, both with the checkpoint loaded: the one whose LoRA files are warm takes it,
+        # job after job; a job without LoRAs may go to either.
+        for seed in (2, 3, 4):
+            again = head.submit(small(seed, prompt="a dog <lora:glow:0.5>"))
+            again.outcome()
+            assert again.lane_name == warm.name
+    finally:
+        for service in services:
+            service.engine.shutdown()
+
+
 def test_a_dying_worker_hands_its_job_to_the_other_without_duplicate_files(head, tiny_models, tmp_path):
     dying = worker_service(tiny_models, tmp_path / "dying", "dying")
     steady = worker_service(tiny_models, tmp_path / "steady", "steady")

@@ -13,7 +13,7 @@ import threading
 import time
 from typing import Any, Callable, Protocol
 
-from engine.cluster.payload import WorkerInfo
+from engine.cluster.payload import WorkerInfo, affinity
 from engine.jobs import Job, Lane, WorkerLost
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ class WorkerLane(Lane):
     def affinity(self, job: Job) -> int:
         info, wanted = self.info, job.remote.checkpoint
         loaded = info.loaded_sha256 == wanted.sha256 if wanted.sha256 else info.loaded == wanted.title
-        return 2 if info.loaded is not None and loaded else 1
+        return affinity(info.loaded is not None and loaded, bool(job.remote.loras) and job.remote.loras <= info.recent_loras)
 
     # Running.
     def execute(self, job: Job) -> None:
@@ -127,5 +127,5 @@ class StudioLane(Lane):
         if job.remote is None:
             return 0
         loaded, wanted = self._loaded(), job.remote.checkpoint
-        return 2 if loaded is not None and (loaded[0] == wanted.title or
-                                            (wanted.sha256 is not None and loaded[1] == wanted.sha256)) else 1
+        return affinity(loaded is not None and (loaded[0] == wanted.title or
+                                                (wanted.sha256 is not None and loaded[1] == wanted.sha256)), False)

@@ -58,6 +58,7 @@ class RemoteWork:
     payload: Callable[[str], JobPayload]  # given the job's id
     checkpoint: CheckpointRef
     finish: Callable[[Any, list], Any]  # (the worker's result, its save notes) -> the job's result
+    loras: frozenset = frozenset()  # the LoRAs its prompts name
 
 
 @dataclass
@@ -74,11 +75,28 @@ class WorkerInfo:
     checkpoints: dict[str, str] = field(default_factory=dict)  # sha256 -> the worker's title
     titles: frozenset = frozenset()
     jobs_done: int = 0
+    recent_loras: frozenset = frozenset()  # LoRAs of its last jobs (their files are warm there)
 
     def listing(self) -> dict[str, Any]:
         """For the API and the UI's table."""
         return {"name": self.name, "node": self.node, "device": self.device, "state": self.state,
                 "loaded": self.loaded, "checkpoints": len(self.titles), "jobs_done": self.jobs_done}
+
+
+def loras_of(request) -> frozenset:
+    """The LoRA names a request's prompts use (`<lora:name:...>`, `<lyco:...>`)."""
+    from engine.prompts.prompt_parser import extract_extra_networks
+
+    names = set()
+    for text in (request.prompt, request.negative_prompt):
+        names.update(call.name for call in extract_extra_networks(text or "")[1] if call.kind in ("lora", "lyco"))
+    return frozenset(names)
+
+
+def affinity(checkpoint_loaded: bool, loras_warm: bool) -> int:
+    """How well a lane suits a job (the queue gives an idle job to the idle lane that suits it
+    best): its checkpoint loaded counts most, then its LoRAs used lately."""
+    return 1 + 2 * checkpoint_loaded + loras_warm
 
 
 def shipped_settings(values: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:

@@ -29,7 +29,7 @@ def _serve(connection, build: Callable[[str | None], Any], device_id: str | None
     from engine.cluster.service import WorkerService
 
     engine = build(device_id)
-    service = WorkerService(engine, name, str(engine.models.device.device))
+    service = WorkerService(engine, name, engine.models.device.label)
     connection.send(("ready", service.describe()))
     while True:
         try:

@@ -69,7 +69,7 @@ class WorkerActor(WorkerService):
 
     def __init__(self, build: Callable[[str | None], Any], device_id: str | None, name: str):
         engine = build(device_id)
-        super().__init__(engine, name, str(engine.models.device.device))
+        super().__init__(engine, name, engine.models.device.label)
 
 
 def _ray_command() -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from engine.cluster.payload import CheckpointRef, JobPayload, RemoteWork, shipped_settings
+from engine.cluster.payload import CheckpointRef, JobPayload, RemoteWork, loras_of, shipped_settings
 from engine.cluster.recording import replay, swap_paths
 
 
@@ -38,4 +38,4 @@ def remote_work(engine, request, owner: str, checkpoint: str | None, overrides: 
     def saved_here(result, notes: list) -> Any:
         return finish(swap_paths(result, replay(notes, engine.writer)))
 
-    return RemoteWork(payload, ref, saved_here)
+    return RemoteWork(payload, ref, saved_here, loras_of(request))

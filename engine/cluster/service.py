@@ -8,17 +8,20 @@ with the result.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import socket
 import threading
 from typing import Any
 
-from engine.cluster.payload import JobPayload, WorkerInfo, portable_error
+from engine.cluster.payload import JobPayload, WorkerInfo, loras_of, portable_error
 from engine.cluster.recording import RecordingWriter
 from engine.errors import UserError
 
 log = logging.getLogger(__name__)
+
+RECENT_LORAS = 32  # LoRA names of the last jobs a worker reports (their files are in its page cache)
 
 
 class WorkerService:
@@ -31,6 +34,7 @@ class WorkerService:
         self._jobs: dict[str, Any] = {}  # studio job id -> (checkpoint switch or None, generation)
         self._lock = threading.Lock()
         self.jobs_done = 0
+        self._recent_loras: collections.deque = collections.deque(maxlen=RECENT_LORAS)
 
     # The studio's calls.
     def describe(self) -> WorkerInfo:
@@ -49,7 +53,8 @@ class WorkerService:
         return WorkerInfo(self.name, socket.gethostname(), self.device, os.getpid(),
                           loaded.title if loaded else None, loaded.sha256 if loaded else None,
                           "loading" if loading else "busy" if running else "idle", checkpoints,
-                          frozenset(info.title for info in registry.checkpoints), self.jobs_done)
+                          frozenset(info.title for info in registry.checkpoints), self.jobs_done,
+                          frozenset(self._recent_loras))
 
     def start(self, payload: JobPayload) -> None:
         """Queue the job on this worker's lane (after a checkpoint switch if it needs one)."""
@@ -71,6 +76,7 @@ class WorkerService:
                             make_grid=payload.make_grid, overrides=overrides)
         with self._lock:
             self._jobs[payload.job_id] = (switch, job)
+            self._recent_loras.extend(loras_of(payload.request))
 
     def poll(self, job_id: str, preview_seen: int = 0) -> dict[str, Any]:
         """The job's progress; its live preview when newer than `preview_seen`."""
