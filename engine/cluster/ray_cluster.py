@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -96,10 +97,11 @@ class StudioCluster:
             bind = flags.cluster_bind or "127.0.0.1"
             address = f"{bind}:{flags.cluster_port}"
             # --block keeps the head's processes tied to this child: they stop when it does.
+            # In a process group of its own, so stopping the studio stops every process of the head.
             head = subprocess.Popen([_ray_command(), "start", "--head", "--block", f"--port={flags.cluster_port}",
                                      f"--node-ip-address={bind}", "--include-dashboard=false",
                                      "--disable-usage-stats", "--num-gpus=0"],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
         _connect(address, head)
         queue.no_lane_note = lambda job: (
             "Waiting for a GPU worker: none that has this job's checkpoint has joined the cluster "
@@ -150,11 +152,24 @@ class StudioCluster:
         self._stop.set()
         ray.shutdown()
         if self._head is not None:
-            self._head.terminate()
+            _stop_group(self._head)
+
+
+def _stop_group(process: subprocess.Popen) -> None:
+    """Stop a process started with start_new_session and everything it started."""
+    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
             try:
-                self._head.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self._head.kill()
+                os.killpg(process.pid, 0)  # anyone of the group left?
+            except ProcessLookupError:
+                process.poll()
+                return
+            time.sleep(0.2)
 
 
 def _connect(address: str, starting: subprocess.Popen | None = None) -> None:
@@ -182,7 +197,8 @@ def _join_as_node(address: str, flags, device_ids: list[str | None]) -> subproce
     command = [_ray_command(), "start", "--block", f"--address={address}", "--disable-usage-stats"]
     if flags.cluster_bind:
         command.append(f"--node-ip-address={flags.cluster_bind}")
-    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                            start_new_session=True)
 
 
 def serve_workers(flags, device_ids: list[str | None], build: Callable[[str | None], Any], name: str) -> int:
@@ -218,5 +234,5 @@ def serve_workers(flags, device_ids: list[str | None], build: Callable[[str | No
                 actors.remove((label, actor))
     ray.shutdown()
     if node_process is not None:
-        node_process.terminate()
+        _stop_group(node_process)
     return 1
