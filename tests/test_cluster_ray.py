@@ -140,6 +140,8 @@ TWO_WORKERS: dict[int, np.ndarray] = {}
 
 
 def test_twenty_jobs_from_four_users_each_run_once_on_both_workers(cluster):
+    # The studio's login still guards the cluster's routes.
+    assert httpx.get(cluster.studio.url + "/sdapi/v1/workers", timeout=30).status_code == 401
     done_before = {name: worker["jobs_done"] for name, worker in cluster.listed().items()}
     TWO_WORKERS.update(run_jobs(cluster, range(20)))
     listed = cluster.listed()
