@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from typing import Any
 
 from engine.cluster.payload import JobPayload, WorkerInfo, loras_of, portable_error
@@ -21,6 +22,7 @@ from engine.errors import UserError
 
 log = logging.getLogger(__name__)
 
+RESCAN_SECONDS = 30.0  # how stale a worker's list of its checkpoint files may be
 RECENT_LORAS = 32  # LoRA names of the last jobs a worker reports (their files are in its page cache)
 
 
@@ -35,16 +37,12 @@ class WorkerService:
         self._lock = threading.Lock()
         self.jobs_done = 0
         self._recent_loras: collections.deque = collections.deque(maxlen=RECENT_LORAS)
+        self._scanned = -RESCAN_SECONDS  # when the checkpoint folders were last read
 
     # The studio's calls.
     def describe(self) -> WorkerInfo:
         registry = self.engine.models.registry
-        registry.refresh()
-        checkpoints = {}
-        for info in registry.checkpoints:
-            hashed = registry.with_hash(info)
-            if hashed.sha256:
-                checkpoints.setdefault(hashed.sha256, hashed.title)
+        checkpoints, titles = self._checkpoints()
         current = self.engine.models.current
         loaded = registry.with_hash(current.info) if current is not None else None
         with self._lock:
@@ -53,16 +51,13 @@ class WorkerService:
         return WorkerInfo(self.name, socket.gethostname(), self.device, os.getpid(),
                           loaded.title if loaded else None, loaded.sha256 if loaded else None,
                           "loading" if loading else "busy" if running else "idle", checkpoints,
-                          frozenset(info.title for info in registry.checkpoints), self.jobs_done,
+                          frozenset(titles), self.jobs_done,
                           frozenset(self._recent_loras))
 
     def start(self, payload: JobPayload) -> None:
         """Queue the job on this worker's lane (after a checkpoint switch if it needs one)."""
         engine = self.engine
-        registry = engine.models.registry
-        titles = {info.title for info in registry.checkpoints}
-        checkpoints = {registry.with_hash(info).sha256: info.title for info in registry.checkpoints}
-        own = payload.checkpoint.matches(checkpoints, titles)
+        own = payload.checkpoint.matches(*self._checkpoints())
         if own is None:
             raise UserError(f"Worker {self.name} has no checkpoint {payload.checkpoint.title} "
                             f"(sha256 {payload.checkpoint.sha256})")
@@ -110,6 +105,21 @@ class WorkerService:
 
     def skip(self, job_id: str) -> None:
         self._job(job_id)[1].skip()
+
+    def _checkpoints(self) -> tuple[dict[str, str], set[str]]:
+        """{sha256: title} and the titles of this worker's checkpoints. The folders are read again
+        at most every RESCAN_SECONDS (the studio asks for a description every few seconds)."""
+        registry = self.engine.models.registry
+        now = time.monotonic()
+        if now - self._scanned >= RESCAN_SECONDS:
+            registry.refresh()
+            self._scanned = now
+        checkpoints = {}
+        for info in registry.checkpoints:
+            hashed = registry.with_hash(info)  # read once per file; cached on disk
+            if hashed.sha256:
+                checkpoints.setdefault(hashed.sha256, hashed.title)
+        return checkpoints, {info.title for info in registry.checkpoints}
 
     def _job(self, job_id: str):
         with self._lock:
