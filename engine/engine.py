@@ -75,6 +75,8 @@ class Engine(JobControls):
         upscalers = addons.upscalers
         upscalers.options = lambda: {key: settings[key] for key in ("ldsr_steps", "ldsr_cached")}
         upscalers.should_stop = lambda: any(job.interrupted for job in self.queue.running() if job.lane_name == "studio")
+        # ControlNet preprocessors fetch their annotator weights on first use when it allows.
+        addons.controlnets.annotators.may_download = lambda: settings["auto_download_models"]
         self.captioner = Captioner(addons.faces.models_dir, models.device)
         self.merger = CheckpointMerger(models.registry, addons.vaes, models.allow_unsafe)
         self.catalog = InstalledNames(addons, models.registry, self.upscaler_names, RESTORERS,

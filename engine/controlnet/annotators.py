@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import cv2
 import numpy as np
 
+from engine.controlnet.annotator_downloads import AnnotatorFetcher, hub_offline
 from engine.errors import RequestError
 
 if TYPE_CHECKING:
@@ -40,10 +41,17 @@ class Annotators:
     for the next map, and the device they run on. The ControlNet library holds one, built with
     the app's device (--use-cpu etc.), so the preprocessors run where generation runs."""
 
-    def __init__(self, device: str | None = None):
+    def __init__(self, device: str | None = None, may_download: Callable[[], bool] | None = None):
         self.device = str(device) if device is not None else default_device()
+        # Whether missing weight files may be fetched on first use (the app: its
+        # auto_download_models setting); HF_HUB_OFFLINE always forbids it.
+        self.may_download = may_download or (lambda: True)
+        self.fetcher = AnnotatorFetcher()
         self._loaded: dict[tuple, Any] = {}
         self._lock = threading.Lock()
+
+    def downloads_on(self) -> bool:
+        return bool(self.may_download()) and not hub_offline()
 
     def unload(self) -> None:
         """Forget the loaded detectors (frees their memory)."""

@@ -27,7 +27,8 @@ def resolve_model(library, name: str, index: int) -> str:
 def check_units(units: tuple[ControlUnit, ...], library, family: str | None) -> tuple[ControlUnit, ...]:
     """The units with model names resolved; RequestError for the first that cannot run."""
     checked = []
-    available = {name: (ok, reason) for name, ok, reason in preprocessors.availability(library.folder)}
+    available = {name: (ok, reason) for name, ok, reason in preprocessors.availability(
+        library.folder, library.annotators.downloads_on())}
     for index, unit in enumerate(units):
         if not unit.enabled:
             checked.append(unit)

@@ -16,7 +16,7 @@ the value inpaint ControlNets were trained with); everything else is RGB.
 The depth, pose and normal preprocessors run controlnet_aux's detectors on weight files kept in
 models/ControlNet/annotators (the files of the lllyasviel/Annotators repository, flat or in the
 ecosystem's sub-folders); segmentation runs an ADE20K model folder through transformers (see
-annotators.py).
+annotators.py). Weight files not there yet are downloaded on first use (annotator_downloads.py).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image
 
 from engine.errors import RequestError
+from engine.controlnet import annotator_downloads as downloads
 from engine.controlnet import annotators as weighted
 from engine.controlnet import filters
 from engine.controlnet import ip_adapter
@@ -147,6 +148,7 @@ _IP_REQUIRES = {
 INSIGHTFACE_REASON = ("needs face embeddings from insightface's buffalo_l face-analysis model (the insightface "
                       "library), which this studio does not run")
 
+_FIDELITY = Slider("Style Fidelity (only for Balanced mode)", 0.0, 1.0, 0.5, 0.01)
 _OPENPOSE_FILES = ("body_pose_model.pth", "hand_pose_model.pth", "facenet.pth")
 
 PREPROCESSORS: dict[str, Preprocessor] = {p.name: p for p in (
@@ -200,9 +202,11 @@ PREPROCESSORS: dict[str, Preprocessor] = {p.name: p for p in (
                  _fn=filters.none),
     Preprocessor("tile_colorfix+sharp", "Tile (colour fix + sharp)", False, Slider("Variation", 3, 32, 8, 1),
                  Slider("Sharpness", 0.0, 2.0, 1.0, 0.01), _fn=filters.none),
-    # No model: the UNet's self-attention borrows from the picture (reference.py).
-    Preprocessor("reference_only", "Reference only (no model)", False,
-                 Slider("Style Fidelity (only for Balanced mode)", 0.0, 1.0, 0.5, 0.01), None, _fn=filters.none),
+    # No model: the UNet's self-attention and/or block statistics borrow from the picture (reference.py).
+    Preprocessor("reference_only", "Reference only (no model)", False, _FIDELITY, None, _fn=filters.none),
+    Preprocessor("reference_adain", "Reference AdaIN (no model)", False, _FIDELITY, None, _fn=filters.none),
+    Preprocessor("reference_adain+attn", "Reference AdaIN + attention (no model)", False, _FIDELITY, None,
+                 _fn=filters.none),
     _ip("ip-adapter-auto", "IP-Adapter (image encoder picked by the model)", "auto"),
     _ip("ip-adapter_clip_sd15", "IP-Adapter, CLIP ViT-H (SD 1.x, SDXL vit-h)", "clip_h"),
     _ip("ip-adapter_clip_sdxl", "IP-Adapter, CLIP ViT-bigG (SDXL)", "clip_g"),
@@ -289,15 +293,44 @@ def _missing_weights(preprocessor: Preprocessor, annotators: Path) -> list[str]:
     return [f"missing weights in {annotators}: {', '.join(missing)}"]
 
 
-def _unavailable_reason(preprocessor: Preprocessor, models_dir: Path | None) -> str:
+def _wanted(preprocessor: Preprocessor) -> downloads.Wanted | None:
+    """Where a preprocessor's weights are downloaded from on first use (None: nowhere)."""
+    if preprocessor._backend == weighted.AUX:
+        return downloads.Wanted(downloads.ANNOTATORS_REPO, preprocessor._subfolder, preprocessor._files)
+    if preprocessor._backend == "transformers":
+        return downloads.Wanted(downloads.SEG_REPO, weighted.SEG_FOLDER, downloads.SEG_FILES, downloads.SEG_WEIGHTS)
+    return None
+
+
+def _unavailable_reason(preprocessor: Preprocessor, models_dir: Path | None, may_download: bool = False) -> str:
+    """Why the preprocessor cannot run ("" when it can). Missing weights are no reason when they
+    may be downloaded on first use."""
     if preprocessor._backend == "insightface":
         return INSIGHTFACE_REASON
     if preprocessor.ip_encoder:
         return _missing_encoder(preprocessor.ip_encoder, annotators_dir(models_dir).parent)
     if not preprocessor._backend:
         return ""
-    problems = _missing_modules(preprocessor) + _missing_weights(preprocessor, annotators_dir(models_dir))
+    problems = _missing_modules(preprocessor)
+    if not (may_download and _wanted(preprocessor)):
+        problems += _missing_weights(preprocessor, annotators_dir(models_dir))
     return "; ".join(problems)
+
+
+def _fetch_weights(preprocessor: Preprocessor, models_dir: Path | None, annotators: weighted.Annotators) -> None:
+    """Download the preprocessor's missing weight files (first use)."""
+    folder = annotators_dir(models_dir)
+    if not _missing_weights(preprocessor, folder):
+        return
+    wanted = _wanted(preprocessor)
+    names = ", ".join(wanted.files + ((" or ".join(wanted.choices),) if wanted.choices else ()))
+    try:
+        annotators.fetcher.fetch(wanted, folder)
+    except downloads.DownloadError as error:
+        raise downloads.DownloadError(
+            f"Preprocessor '{preprocessor.name}' needs {names} from {wanted.repo}, which could not be "
+            f"downloaded: {error.message.rstrip('.')}. You can put the files into {folder / wanted.folder} "
+            "yourself.") from error
 
 
 def _missing_encoder(encoder: str, controlnet_folder: Path) -> str:
@@ -312,11 +345,12 @@ def _missing_encoder(encoder: str, controlnet_folder: Path) -> str:
     return "; ".join(problems)
 
 
-def availability(models_dir: Path | None) -> list[tuple[str, bool, str]]:
-    """(name, available, reason) for every preprocessor, in display order; reason is "" when available."""
+def availability(models_dir: Path | None, may_download: bool = False) -> list[tuple[str, bool, str]]:
+    """(name, available, reason) for every preprocessor, in display order; reason is "" when
+    available. `may_download`: weights missing but downloadable on first use count as there."""
     result = []
     for preprocessor in PREPROCESSORS.values():
-        reason = _unavailable_reason(preprocessor, models_dir)
+        reason = _unavailable_reason(preprocessor, models_dir, may_download)
         result.append((preprocessor.name, not reason, reason))
     return result
 
@@ -364,7 +398,9 @@ def run(name: str, image: Image.Image, resolution: int = DEFAULT_RESOLUTION, thr
     size = _resolution(resolution) if preprocessor.uses_resolution else None
     if not isinstance(image, Image.Image):
         raise RequestError("The control image is not a picture", "image")
-    reason = _unavailable_reason(preprocessor, models_dir)
+    annotators = annotators if annotators is not None else weighted.Annotators()
+    may_download = annotators.downloads_on()
+    reason = _unavailable_reason(preprocessor, models_dir, may_download)
     if reason:
         raise RequestError(f"Preprocessor '{preprocessor.name}' is not available: {reason}", "module")
 
@@ -391,8 +427,9 @@ def run(name: str, image: Image.Image, resolution: int = DEFAULT_RESOLUTION, thr
                                "picture", "processor_res")
         pixels = _resize_short_side(pixels, size)
 
-    job = _Job(np.ascontiguousarray(pixels), a, b, masked, annotators_dir(models_dir),
-               annotators if annotators is not None else weighted.Annotators())
+    if may_download and _wanted(preprocessor):
+        _fetch_weights(preprocessor, models_dir, annotators)   # first use: after every check above
+    job = _Job(np.ascontiguousarray(pixels), a, b, masked, annotators_dir(models_dir), annotators)
     result = preprocessor._fn(job)
     return Image.fromarray(np.ascontiguousarray(result, dtype=np.uint8), "RGBA" if result.shape[2] == 4 else "RGB")
 

@@ -13,6 +13,14 @@ The layers are ordered widest first (in the UNet's order: encoder, middle, decod
 n takes part when the unit's weight is above i / n: weight 1 uses them all, 0.5 the wider half.
 It is done with attention processors set on the UNet's self-attention modules for the job and
 taken off after (no global patch), so every other job is untouched.
+
+reference_adain matches statistics instead: the write pass keeps, at the outputs of chosen blocks
+of the original UNet (the middle block, the later encoder blocks, the first decoder blocks), each
+channel's mean and variance over the picture; the read pass moves its own output's to them (AdaIN),
+blended for the negative half by Style Fidelity as above. A block takes part when the unit's weight
+is above its threshold (the extension's: 0 for the middle block, rising along the decoder, falling
+along the encoder, on a 0-2 scale), so weight 1 uses the deeper ones. reference_adain+attn does both.
+These are forward hooks on the modules that end those blocks, removed after the job.
 """
 
 from __future__ import annotations
@@ -21,7 +29,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-MODULE = "reference_only"
+MODULES = ("reference_only", "reference_adain", "reference_adain+attn")
+ATTENTION_MODULES = ("reference_only", "reference_adain+attn")
+ADAIN_MODULES = ("reference_adain", "reference_adain+attn")
 
 
 @dataclass
@@ -36,6 +46,8 @@ class ReferenceState:
 
     def __init__(self) -> None:
         self.mode: str | None = None
+        self.attention = True    # what the write keeps: self-attention inputs,
+        self.adain = False       # block output statistics
         self.weight = 1.0
         self.fidelity = 0.5
         self.negative_rows: slice | None = None   # the batch's negative half, when guided
@@ -59,7 +71,7 @@ class ReferenceAttention:
         if encoder_hidden_states is not None or state.mode is None:
             return plain(hidden_states, encoder_hidden_states)
         if state.mode == "write":
-            if state.weight > self.rank:
+            if state.attention and state.weight > self.rank:
                 self.bank.states.append(hidden_states.detach().clone())
                 self.bank.fidelities.append(state.fidelity)
             return plain(hidden_states)
@@ -99,6 +111,98 @@ def fidelity_for(threshold_a: float, control_mode: str, sdxl: bool, hires: bool)
     if control_mode == PROMPT_MORE or hires:
         return 0.0
     return fidelity
+
+
+class AdainBank:
+    """What one block output kept in the write pass(es) of a step: per-channel statistics."""
+
+    def __init__(self) -> None:
+        self.means: list[torch.Tensor] = []
+        self.variances: list[torch.Tensor] = []
+        self.fidelities: list[float] = []
+
+
+ADAIN_EPS = 1e-6
+
+
+def adain_blend(x: torch.Tensor, bank: AdainBank, negative_rows: slice | None) -> torch.Tensor:
+    """`x` with each channel's mean and spread moved to the kept ones (averaged over the write
+    passes); the negative rows blended back towards `x` by the kept Style Fidelity."""
+    fidelity = sum(bank.fidelities) / len(bank.fidelities)
+    variance, mean = torch.var_mean(x, dim=(2, 3), keepdim=True, correction=0)
+    std = variance.clamp_min(ADAIN_EPS) ** 0.5
+    kept_mean = sum(bank.means) / len(bank.means)
+    kept_std = (sum(bank.variances) / len(bank.variances)).clamp_min(ADAIN_EPS) ** 0.5
+    matched = (x - mean) / std * kept_std.to(x.dtype) + kept_mean.to(x.dtype)
+    if negative_rows is None or fidelity <= 1e-5:
+        return matched
+    kept_plain = matched.clone()
+    kept_plain[negative_rows] = x[negative_rows]
+    return fidelity * kept_plain + (1.0 - fidelity) * matched
+
+
+class AdainHook:
+    """The forward hook on the module that ends one block of the original UNet."""
+
+    def __init__(self, state: ReferenceState, threshold: float):
+        self.state, self.threshold = state, threshold
+        self.bank = AdainBank()
+
+    def __call__(self, module, args, output):
+        state = self.state
+        x = output[0] if isinstance(output, tuple) else getattr(output, "sample", output)
+        if state.mode == "write":
+            if state.adain and state.weight > self.threshold:
+                variance, mean = torch.var_mean(x.detach().float(), dim=(2, 3), keepdim=True, correction=0)
+                self.bank.means.append(mean)
+                self.bank.variances.append(variance)
+                self.bank.fidelities.append(state.fidelity)
+            return None
+        if state.mode != "read" or not self.bank.means:
+            return None
+        bank, self.bank = self.bank, AdainBank()
+        y = adain_blend(x.float(), bank, state.negative_rows).to(x.dtype)
+        if isinstance(output, tuple):
+            return (y, *output[1:])
+        return type(output)(sample=y) if hasattr(output, "sample") else y
+
+
+def _original_blocks(unet) -> tuple[list, list]:
+    """The modules whose outputs are the original (LDM) UNet's input_blocks and output_blocks
+    outputs, at the original indices: a level's layer ends with its attention (or its resnet
+    without one), a down-sampler is a block of its own, and an up-sampler ends its level's last
+    block. input_blocks[0] (conv_in) is None: it is never chosen."""
+    inputs: list = [None]
+    for block in unet.down_blocks:
+        attentions = getattr(block, "attentions", None)
+        for j, resnet in enumerate(block.resnets):
+            inputs.append(attentions[j] if attentions else resnet)
+        if getattr(block, "downsamplers", None):
+            inputs.append(block.downsamplers[0])
+    outputs: list = []
+    for block in unet.up_blocks:
+        attentions = getattr(block, "attentions", None)
+        for j, resnet in enumerate(block.resnets):
+            last = j == len(block.resnets) - 1
+            if last and getattr(block, "upsamplers", None):
+                outputs.append(block.upsamplers[0])
+            else:
+                outputs.append(attentions[j] if attentions else resnet)
+    return inputs, outputs
+
+
+def adain_blocks(unet, sdxl: bool) -> list[tuple[object, float]]:
+    """(module, threshold) for each block output AdaIN acts on: the unit's weight must be above
+    the threshold. The blocks and thresholds are the extension's (input blocks 4, 5, 7, 8, 10, 11
+    falling from 2, output blocks 0-7 rising from 0; SDXL: 4, 5, 7, 8 and 0-5), where the UNet has them."""
+    inputs, outputs = _original_blocks(unet)
+    chosen_inputs = (4, 5, 7, 8) if sdxl else (4, 5, 7, 8, 10, 11)
+    chosen_outputs = tuple(range(6 if sdxl else 8))
+    blocks = [(unet.mid_block, 0.0)]
+    blocks += [(inputs[i], 2.0 * (1.0 - w / len(chosen_inputs)))
+               for w, i in enumerate(chosen_inputs) if i < len(inputs)]
+    blocks += [(outputs[i], 2.0 * w / len(chosen_outputs)) for w, i in enumerate(chosen_outputs) if i < len(outputs)]
+    return blocks
 
 
 def install(unet, state: ReferenceState) -> list[tuple[object, object]]:
@@ -155,7 +259,7 @@ def prepare(units, width: int, height: int, fallback_image, encode) -> list[Refe
     for index, unit in units:
         picture = unit.image if unit.image is not None else fallback_image
         if picture is None:
-            raise RequestError(f"ControlNet unit {index} ({MODULE}) is enabled but has no reference picture",
+            raise RequestError(f"ControlNet unit {index} ({unit.module}) is enabled but has no reference picture",
                                "image")
         framed = image_prep.resize_image(picture.convert("RGB"), resize_mode_of(unit.resize_mode), width, height)
         pixels = torch.from_numpy(np.asarray(framed, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)[None]
@@ -180,7 +284,10 @@ def attached(unet, references: list[ReferenceUnit], cfg: bool, progress, alphas_
             yield
             return
         state = ReferenceState()
-        saved = install(unet, state)
+        modules = {ref.unit.module.strip().lower() for ref in references}
+        saved = install(unet, state) if modules & set(ATTENTION_MODULES) else []
+        hooks = [block.register_forward_hook(AdainHook(state, threshold)) for block, threshold
+                 in (adain_blocks(unet, sdxl) if modules & set(ADAIN_MODULES) else ())]
         generator = torch.Generator().manual_seed(int(seed))
 
         def write(module, args, kwargs):
@@ -199,6 +306,8 @@ def attached(unet, references: list[ReferenceUnit], cfg: bool, progress, alphas_
                 latents = ref.latents_for(sample)
                 hires = latents is not ref.latents
                 state.mode, state.weight = "write", float(ref.unit.weight)
+                module_name = ref.unit.module.strip().lower()
+                state.attention, state.adain = module_name in ATTENTION_MODULES, module_name in ADAIN_MODULES
                 state.fidelity = fidelity_for(ref.unit.threshold_a, ref.unit.control_mode, sdxl, hires)
                 noisy = noised(latents, timestep, alphas_cumprod, generator, sample[:, :latents.shape[1]])
                 if sample.shape[1] > latents.shape[1]:   # an inpainting UNet: an empty mask, the picture
@@ -218,7 +327,7 @@ def attached(unet, references: list[ReferenceUnit], cfg: bool, progress, alphas_
         try:
             yield
         finally:
-            for handle in handles:
+            for handle in handles + hooks:
                 handle.remove()
             uninstall(saved)
 

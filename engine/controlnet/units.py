@@ -20,7 +20,7 @@ MAX_UNITS = 3  # what the tabs show; the API takes up to the control_net_unit_co
 MOST_UNITS = 10  # the largest control_net_unit_count: more units are refused before any is read
 NO_MODEL = "None"
 # Preprocessors that act with no model (engine/controlnet/reference.py).
-MODEL_FREE_MODULES = ("reference_only",)
+MODEL_FREE_MODULES = ("reference_only", "reference_adain", "reference_adain+attn")
 CONTROL_MODES = ("Balanced", "My prompt is more important", "ControlNet is more important")
 BALANCED, PROMPT_MORE, CONTROLNET_MORE = CONTROL_MODES
 RESIZE_MODES = ("Just Resize", "Crop and Resize", "Resize and Fill")
@@ -51,7 +51,7 @@ class ControlUnit:
 
     @property
     def model_free(self) -> bool:
-        """A unit whose preprocessor acts on its own (reference_only): its model is ignored."""
+        """A unit whose preprocessor acts on its own (reference_only, reference_adain): its model is ignored."""
         return self.module.strip().lower() in MODEL_FREE_MODULES
 
     def replace(self, **changes: Any) -> "ControlUnit":

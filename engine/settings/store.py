@@ -133,7 +133,9 @@ OPTIONS: tuple[Option, ...] = SAVING_OPTIONS + (
     Option("auto_download_models", True,
            "API requests may download the standard upscaler and face restoration models they name "
            "(R-ESRGAN, ESRGAN_4x, SwinIR 4x, ScuNET, GFPGAN, CodeFormer), checked against the published "
-           "sha256. Off: the API answers 409 naming the file to put where", "API"),
+           "sha256, and ControlNet preprocessors fetch their annotator weights on first use (checked "
+           "against the Hub's checksum). Off: the API answers 409 naming the file to put where, and "
+           "preprocessors without their weights are refused naming them", "API"),
     Option("attention_slicing", False, "Attention slicing: compute attention in slices (less memory, "
            "slower)", "Memory and speed"),
     # --medvram, --medvram-sdxl and --lowvram set it at start (app.py).

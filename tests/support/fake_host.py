@@ -63,13 +63,22 @@ class FileHost:
         FileHost.requested = []
 
     def __enter__(self) -> "FileHost":
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.server, self.url = serve(_Handler)
         return self
 
     def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        stop(self.server)
         FileHost.cut_after = None
         FileHost.files = None
+
+
+def serve(handler) -> tuple[http.server.ThreadingHTTPServer, str]:
+    """A server for `handler` on a free port of 127.0.0.1, answering in a thread; its address."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def stop(server: http.server.ThreadingHTTPServer) -> None:
+    server.shutdown()
+    server.server_close()

@@ -126,7 +126,8 @@ def build_router(ctx, auth_dependency) -> APIRouter:
     @router.get("/module_list")
     def module_list(alias_names: bool = False) -> dict:
         available = {name: (ok, reason) for name, ok, reason in
-                     preprocessors.availability(engine.addons.controlnets.folder)}
+                     preprocessors.availability(
+                         engine.addons.controlnets.folder, engine.addons.controlnets.annotators.downloads_on())}
         detail = {}
         for name, pre in preprocessors.PREPROCESSORS.items():
             sliders = [{"name": "Preprocessor Resolution", "value": 512, "min": 64, "max": 2048}] \
