@@ -50,6 +50,17 @@ def test_weight_files_are_found_flat_or_in_the_ecosystems_folders(tmp_path):
         assert "scannet.pt" in table["normal_bae"]
 
 
+def test_the_singular_annotator_folder_is_read_when_it_is_the_one_there(tmp_path):
+    singular = tmp_path / "models" / "ControlNet" / "annotator"
+    (singular / "midas").mkdir(parents=True)
+    (singular / "midas" / "dpt_hybrid-midas-501f0c75.pt").write_bytes(b"")
+    assert preprocessors.annotators_dir(tmp_path / "models") == singular
+    table = {entry[0]: entry[2] for entry in preprocessors.availability(tmp_path / "models")}
+    assert "missing weights" not in table["depth_midas"] and str(singular) in table["depth_zoe"]
+    (tmp_path / "models" / "ControlNet" / "annotators").mkdir()   # both there: the plural one
+    assert preprocessors.annotators_dir(tmp_path / "models").name == "annotators"
+
+
 def test_segmentation_runs_an_ade20k_model_folder(tmp_path):
     # A tiny random UperNet stands in for a downloaded one: the map must use ADE20K's colours.
     import torch

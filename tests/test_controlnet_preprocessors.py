@@ -13,7 +13,7 @@ from engine.errors import RequestError
 
 WIDTH, HEIGHT = 300, 200
 WEIGHT_FREE = [p.name for p in preprocessors.PREPROCESSORS.values() if not p.requires]
-NEEDS_WEIGHTS = [p.name for p in preprocessors.PREPROCESSORS.values() if p.requires and not p.ip_encoder]
+NEEDS_WEIGHTS = [p.name for p in preprocessors.PREPROCESSORS.values() if p.requires and not (p.ip_encoder or p.clip_encoder)]
 # (IP-Adapter modules need an image encoder or insightface: tests/test_ip_adapter.py)
 
 

@@ -21,7 +21,7 @@ from PIL import Image
 
 from engine import image_prep
 from engine.errors import RequestError
-from engine.controlnet import preprocessors, t2i_adapter
+from engine.controlnet import ip_adapter, preprocessors, style_adapter, t2i_adapter
 from engine.controlnet.annotators import Annotators
 from engine.controlnet.latent_fixes import FIXING_MODULES, LatentFix, latent_mask
 from engine.controlnet.layouts import UNION_CONTROL_TYPES
@@ -81,6 +81,7 @@ class PreparedUnit:
     _sized: dict = field(default_factory=dict)
     fix: LatentFix | None = None           # what it does to the UNet's prediction (latent_fixes.py)
     union_type: int | None = None          # a Union / ProMax model's control type (its index)
+    tokens: torch.Tensor | None = None     # a style adapter's prompt tokens (style_adapter.py)
 
     @property
     def note(self) -> str:
@@ -124,6 +125,11 @@ def prepare(units: list[tuple[int, ControlUnit]], library, width: int, height: i
         detected = detect_map(unit, image.convert("RGBA") if image.mode == "RGBA" else image.convert("RGB"),
                               width, height, models_dir, fallback_mask, library.annotators)
         net = library.load(unit.model, unet=unet)   # `unet`: what a Control-LoRA is built from
+        if style_adapter.is_style(net):   # tokens made once, from the picture, on the CPU
+            encoder, processor = library.image_encoder(ip_adapter.find_encoder(library.folder, ip_adapter.CLIP_L))
+            prepared.append(PreparedUnit(index, unit, net, torch.zeros(1, 3, 1, 1), detected,
+                                         tokens=style_adapter.style_tokens(net, encoder, processor, detected)))
+            continue
         if net.device != torch.device(device) or net.dtype != dtype:
             net = net.to(device, dtype)
         prepared.append(PreparedUnit(index, unit, net, control_tensor(detected, width, height, unit.resize_mode),
@@ -233,10 +239,19 @@ def attached(unet: torch.nn.Module, units: list[PreparedUnit], cfg: bool,
         step, total = where
         sample, timestep = _argument(args, kwargs, 0, "sample"), _argument(args, kwargs, 1, "timestep")
         hidden = _argument(args, kwargs, 2, "encoder_hidden_states")
+        active = [item for item in units if item.unit.weight != 0 and item.active_at(step, total)]
+        # Style tokens first: ControlNets then see the longer context too, as the extension has it.
+        styles = [item.tokens * float(item.unit.weight) for item in active if item.tokens is not None]
+        if styles:
+            hidden = style_adapter.with_style(hidden, styles, cfg)
+            if len(args) > 2:
+                args = (*args[:2], hidden, *args[3:])
+            else:
+                kwargs = {**kwargs, "encoder_hidden_states": hidden}
         down_sum, mid_sum, adapter_sum = None, None, None
-        for item in units:
-            if item.unit.weight == 0 or not item.active_at(step, total):
-                continue  # skipped outright: the result is exactly that of no unit
+        for item in active:   # the others are skipped outright: exactly the result of no unit
+            if item.tokens is not None:
+                continue
             if t2i_adapter.is_adapter(item.net):
                 states = item.adapter_states(sample, vae_scale)
                 adapter_sum = states if adapter_sum is None else [a + b for a, b in zip(adapter_sum, states)]
@@ -248,7 +263,7 @@ def attached(unet: torch.nn.Module, units: list[PreparedUnit], cfg: bool,
                 down_sum = [a + b for a, b in zip(down_sum, down)]
                 mid_sum = mid_sum + mid
         if down_sum is None and adapter_sum is None:
-            return None
+            return (args, kwargs) if styles else None
         extra = {}
         if down_sum is not None:
             extra.update(down_block_additional_residuals=tuple(down_sum), mid_block_additional_residual=mid_sum)

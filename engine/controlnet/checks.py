@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from engine.controlnet import ip_adapter, preprocessors
+from engine.controlnet import ip_adapter, preprocessors, style_adapter
 from engine.controlnet.units import NO_MODEL, ControlUnit
 from engine.errors import RequestError
 from engine.models.loading import FAMILY_LABELS
@@ -52,6 +52,7 @@ def check_units(units: tuple[ControlUnit, ...], library, family: str | None) -> 
                 f"{what}, but the loaded checkpoint is {FAMILY_LABELS.get(family, family)}: pick a "
                 f"{what} made for this checkpoint's family", "model")
         _check_ip_adapter(library, module, model, model_family, index, 1 + len(unit.more_images))
+        _check_style_adapter(library, module, model, index)
         checked.append(unit.replace(module=module, model=model))
     return tuple(checked)
 
@@ -74,3 +75,14 @@ def _check_ip_adapter(library, module: str, model: str, family: str, index: int,
     if kind.face_id:
         raise RequestError(ip_adapter.face_id_message(index, module), "model")
     ip_adapter.find_encoder(library.folder, ip_adapter.encoder_for(encoder, model, family))
+
+
+def _check_style_adapter(library, module: str, model: str, index: int) -> None:
+    """A T2I style adapter reads its picture with CLIP (t2ia_style_clipvision), and only it does."""
+    is_style = library.is_style_adapter(model)
+    if is_style and module != style_adapter.MODULE:
+        raise RequestError(f"ControlNet unit {index}: '{model}' is a T2I style adapter: use the "
+                           f"{style_adapter.MODULE} preprocessor", "module")
+    if not is_style and module == style_adapter.MODULE:
+        raise RequestError(f"ControlNet unit {index}: preprocessor '{module}' is for T2I style adapter models "
+                           f"(t2iadapter_style_*), and '{model}' is not one", "model")

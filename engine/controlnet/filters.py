@@ -98,6 +98,14 @@ def tile_resample(job: "_Job") -> np.ndarray:
     return cv2.resize(small, (width, height), interpolation=cv2.INTER_CUBIC)
 
 
+def color_grid(job: "_Job") -> np.ndarray:
+    """The T2I colour adapter's map: the picture shrunk 64 times (cubic) and blown back up
+    (nearest), flat blocks of its colours."""
+    height, width = job.image.shape[:2]
+    small = cv2.resize(job.image, (max(1, width // 64), max(1, height // 64)), interpolation=cv2.INTER_CUBIC)
+    return cv2.resize(small, (width, height), interpolation=cv2.INTER_NEAREST)
+
+
 def blur_gaussian(job: "_Job") -> np.ndarray:
     return cv2.GaussianBlur(job.image, (0, 0), float(job.a))
 

@@ -44,12 +44,16 @@ from engine.errors import CheckpointError, RequestError
 
 IMAGE_PROJ, LAYERS = "image_proj.", "ip_adapter."
 CLIP_H, CLIP_G, AUTO, INSIGHTFACE = "clip_h", "clip_g", "auto", "insightface"
-ENCODER_LABELS = {CLIP_H: "CLIP ViT-H/14", CLIP_G: "CLIP ViT-bigG/14"}
+CLIP_L = "clip_vitl"   # OpenAI's ViT-L/14: the T2I style adapter's encoder (style_adapter.py)
+ENCODER_LABELS = {CLIP_H: "CLIP ViT-H/14", CLIP_G: "CLIP ViT-bigG/14", CLIP_L: "CLIP ViT-L/14"}
 # What each image encoder is called on disk, by the extension and by ComfyUI (any case).
 ENCODER_NAMES = {
     CLIP_H: ("clip_h", "CLIP-ViT-H-14-laion2B-s32B-b79K", "clip_vision_h", "ViT-H-14"),
     CLIP_G: ("clip_g", "CLIP-ViT-bigG-14-laion2B-39B-b160k", "clip_vision_g", "ViT-bigG-14"),
+    CLIP_L: ("clip_vitl", "clip-vit-large-patch14", "clip_vision_l", "clip_l", "ViT-L-14"),
 }
+# OpenAI's CLIP uses the quick GELU; the OpenCLIP (LAION) encoders the exact one.
+ENCODER_ACTIVATIONS = {CLIP_L: "quick_gelu"}
 ENCODER_SUFFIXES = (".safetensors", ".pth", ".bin", ".pt")
 INSIGHTFACE_MODEL = "insightface's buffalo_l face-analysis model (the insightface library)"
 _FOLDER_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
@@ -251,6 +255,9 @@ def load_encoder(path: Path, allow_unsafe: bool = False):
         state = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)
                  and k.startswith(("vision_model.", "visual_projection."))}
         config = _vision_config({k: tuple(v.shape) for k, v in state.items()}, path.name)
+        kind = next((kind for kind, names in ENCODER_NAMES.items()
+                     if path.stem.lower() in {name.lower() for name in names}), None)
+        config["hidden_act"] = ENCODER_ACTIVATIONS.get(kind, config["hidden_act"])
         sidecar = path.with_suffix(".json")
         if sidecar.is_file():  # a config saved beside the file wins over what shapes say
             config.update(json.loads(sidecar.read_text(encoding="utf-8")))

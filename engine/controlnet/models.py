@@ -31,7 +31,7 @@ import torch
 
 from engine.devices import DeviceConfig, free_memory
 from engine.errors import CheckpointError, NotFoundError
-from engine.controlnet import control_lora, ip_adapter, t2i_adapter
+from engine.controlnet import control_lora, ip_adapter, style_adapter, t2i_adapter
 from engine.controlnet.annotators import Annotators
 from engine.controlnet.layouts import (
     CONFIG_ROOT,
@@ -137,6 +137,8 @@ def load_single_file(path: Path, name: str, config_root: Path = CONFIG_ROOT,
     tensors = _read_tensors(path, name, allow_unsafe)
     if t2i_adapter.is_t2i_adapter(tensors):
         return t2i_adapter.build(tensors, name)
+    if style_adapter.is_style_adapter(tensors):
+        return style_adapter.build(tensors, name)
     names = to_diffusers_names(tensors.keys(), name)
     state = {new: tensors[old] for old, new in names.items()}
     shapes = {k: tuple(v.shape) for k, v in state.items()}
@@ -183,7 +185,7 @@ class ControlNetLibrary:
         self._lock = threading.RLock()
         self._entries: dict[str, ControlNetFile] = {}
         self._families: dict[tuple, str] = {}
-        self._ip_adapters: dict[tuple, bool] = {}
+        self._kinds: dict[tuple, bool] = {}   # (what was asked, file version) -> answer
         self._control_loras: dict[tuple, bool] = {}
         self._encoder: tuple | None = None  # (stamp, (CLIP image encoder, its processor)) for IP-Adapters
         self._loaded: OrderedDict[str, tuple[tuple, object]] = OrderedDict()
@@ -297,6 +299,8 @@ class ControlNetLibrary:
                 family = control_lora.family_of_keys(stored)
             elif t2i_adapter.is_t2i_adapter(stored):
                 family = t2i_adapter.family_of_keys(stored)
+            elif style_adapter.is_style_adapter(stored):
+                family = style_adapter.family_of_keys(stored)
             else:
                 names = to_diffusers_names(stored, entry.path.name)
                 family = family_of_shapes({new: stored[old] for old, new in names.items()})
@@ -305,18 +309,25 @@ class ControlNetLibrary:
         return family
 
     def is_ip_adapter(self, name: str) -> bool:
-        """Whether the model called ``name`` is an IP-Adapter (image_proj.* and ip_adapter.* tensors),
-        read cheaply and cached per file version."""
+        """Whether the model called ``name`` is an IP-Adapter (image_proj.* and ip_adapter.* tensors)."""
+        return self._keys_are(name, ip_adapter.is_ip_adapter_keys)
+
+    def is_style_adapter(self, name: str) -> bool:
+        """Whether the model called ``name`` is a T2I style adapter (style_embedding)."""
+        return self._keys_are(name, style_adapter.is_style_adapter)
+
+    def _keys_are(self, name: str, test) -> bool:
+        """`test` of the single-file model's tensor names, read cheaply and cached per file version."""
         entry = self.entry(name)
         if entry.kind == "diffusers":
             return False
-        stamp = _stamp(entry)
+        stamp = (test.__name__, *_stamp(entry))
         with self._lock:
-            cached = self._ip_adapters.get(stamp)
+            cached = self._kinds.get(stamp)
         if cached is None:
-            cached = ip_adapter.is_ip_adapter_keys(ip_adapter.key_shapes(entry.path, entry.path.name, self.allow_unsafe))
+            cached = test(ip_adapter.key_shapes(entry.path, entry.path.name, self.allow_unsafe))
             with self._lock:
-                self._ip_adapters[stamp] = cached
+                self._kinds[stamp] = cached
         return cached
 
     def families(self) -> dict[str, str | None]:

@@ -81,6 +81,8 @@ class Preprocessor:
     # IP-Adapter modules: the image encoder they read the picture with ("clip_h", "clip_g",
     # "auto": by the model, "insightface": FaceID, not runnable here); "" for the others.
     ip_encoder: str = ""
+    # Another module that reads the picture with a CLIP image encoder (t2ia_style_clipvision).
+    clip_encoder: str = ""
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -186,6 +188,11 @@ PREPROCESSORS: dict[str, Preprocessor] = {p.name: p for p in (
     Preprocessor("shuffle", "Content shuffle", True, None, None, _fn=filters.shuffle),
     Preprocessor("tile_resample", "Tile (resample)", False, Slider("Down sampling rate", 1, 8, 1, 0.01), None,
                  _fn=filters.tile_resample),
+    # The T2I colour adapter's map, and the style adapter's picture (read by CLIP ViT-L/14 in the job).
+    Preprocessor("t2ia_color_grid", "Colour grid (T2I colour adapter)", True, None, None, _fn=filters.color_grid),
+    Preprocessor("t2ia_style_clipvision", "CLIP vision (T2I style adapter)", False, None, None,
+                 requires="a T2I style adapter model and the CLIP ViT-L/14 image encoder (clip_vitl) in "
+                          + weighted.ANNOTATORS + "/clip_vision", _fn=filters.none, clip_encoder="clip_vitl"),
     Preprocessor("blur_gaussian", "Tile (Gaussian blur)", True, Slider("Sigma", 0.01, 64, 9, 0.01), None,
                  _fn=filters.blur_gaussian),
     Preprocessor("inpaint", "Inpaint (global harmonious)", False, None, None, needs_mask=True, _fn=filters.inpaint),
@@ -216,6 +223,8 @@ PREPROCESSORS: dict[str, Preprocessor] = {p.name: p for p in (
 )}
 
 ALIASES: dict[str, str] = {
+    "color": "t2ia_color_grid",
+    "clip_vision": "t2ia_style_clipvision",
     "invert (from white bg & black line)": "invert",
     # The extension's older names for the same operations.
     "pidinet_scribble": "scribble_pidinet",
@@ -257,13 +266,14 @@ def find(name: str) -> Preprocessor:
 
 def annotators_dir(models_dir: Path | None) -> Path:
     """Where annotator weights live. `models_dir` may be the models folder, models/ControlNet or
-    the annotators folder itself; None is the app's own models folder."""
+    the annotators folder itself; None is the app's own models folder. models/ControlNet/annotators,
+    or models/ControlNet/annotator where only that one is there (the singular name is also used)."""
     folder = Path(models_dir) if models_dir is not None else DEFAULT_MODELS_DIR
-    if folder.name.lower() == "annotators":
+    if folder.name.lower() in ("annotators", "annotator"):
         return folder
-    if folder.name.lower() == "controlnet":
-        return folder / "annotators"
-    return folder / "ControlNet" / "annotators"
+    controlnet = folder if folder.name.lower() == "controlnet" else folder / "ControlNet"
+    plural, singular = controlnet / "annotators", controlnet / "annotator"
+    return singular if singular.is_dir() and not plural.is_dir() else plural
 
 
 def _missing_modules(preprocessor: Preprocessor) -> list[str]:
@@ -307,8 +317,8 @@ def _unavailable_reason(preprocessor: Preprocessor, models_dir: Path | None, may
     may be downloaded on first use."""
     if preprocessor._backend == "insightface":
         return INSIGHTFACE_REASON
-    if preprocessor.ip_encoder:
-        return _missing_encoder(preprocessor.ip_encoder, annotators_dir(models_dir).parent)
+    if preprocessor.ip_encoder or preprocessor.clip_encoder:
+        return _missing_encoder(preprocessor.ip_encoder or preprocessor.clip_encoder, annotators_dir(models_dir).parent)
     if not preprocessor._backend:
         return ""
     problems = _missing_modules(preprocessor)

@@ -215,7 +215,7 @@ class GenerationRun:
         # An LCM-style UNet (guidance embedded) has no negative half in its batch.
         cfg = request.cfg_scale > 1 and getattr(unet.config, "time_cond_proj_dim", None) is None
         alphas = self.model.sigma_table(device=placement.device).alphas_cumprod
-        return _both(_both(placement.controlnets(item.net for item in prepared),
+        return _both(_both(placement.controlnets(item.net for item in prepared if item.tokens is None),
                            control.attached(unet, prepared, cfg=cfg, progress=self._control_progress,
                                             vae_scale=self.model.vae_scale_factor, alphas_cumprod=alphas,
                                             prediction_type=self.model.prediction_type)),
