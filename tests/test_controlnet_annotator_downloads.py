@@ -8,19 +8,24 @@ from __future__ import annotations
 import importlib
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from engine.addons import AddOns
 from engine.controlnet import annotator_downloads as downloads
 from engine.controlnet import annotators, preprocessors
 from engine.controlnet.checks import check_units
 from engine.controlnet.units import ControlUnit
+from engine.engine import Engine
 from engine.errors import RequestError
+from engine.files import HashCache
 from engine.models.downloads import DownloadError
 from tests import test_controlnet
 from tests.support.fake_hub import FakeHub, git_blob_id
+from tests.support.ip_adapter_files import write_encoder_file, write_ip_adapter
 from tests.test_controlnet_annotators import FAKE_AUX
 from tests.test_controlnet_preprocessors import picture
 
@@ -177,3 +182,46 @@ def test_the_engine_downloads_only_when_its_setting_allows(cn_engine, online, st
     with cn_engine.settings.overridden({"auto_download_models": False}):
         with pytest.raises(RequestError, match=f"preprocessor 'depth_midas' is not available: missing weights .*{MIDAS}"):
             check_units((depth,), library, "sd1")
+
+
+def _ip_engine(engine, data: Path) -> Engine:
+    unet = engine.models.require().base.unet
+    write_ip_adapter(unet, data / "models" / "ControlNet" / "ip-adapter_sd15.safetensors", "plain", seed=1)
+    return Engine(engine.models, engine.writer, engine.settings,
+                  AddOns.in_data_dir(data, HashCache(data / "cache.json")), queue=engine.queue)
+
+
+def test_an_ip_adapter_unit_downloads_its_image_encoder_on_first_use(engine, tmp_path, online):
+    """The same picture as with the encoder put in place by hand; the file lands where the
+    encoders are looked for, and is fetched once."""
+    by_hand = _ip_engine(engine, tmp_path / "by-hand")
+    encoder = write_encoder_file(by_hand.addons.controlnets.folder / "annotators" / "clip_vision" / "clip_h.safetensors")
+    unit = ControlUnit(enabled=True, module="ip-adapter_clip_sd15", model="ip-adapter_sd15", image=picture())
+    request = test_controlnet.BASE.replace(controlnet_units=(unit,))
+    expected = by_hand.generate(request)
+    fetching = _ip_engine(engine, tmp_path / "fetching")
+    source = ("h94/IP-Adapter", "models/image_encoder/model.safetensors")
+    assert downloads.ENCODER_SOURCES["clip_h"] == source
+    with FakeHub({source[0]: {source[1]: encoder.read_bytes()}}) as hub:
+        online.setenv("HF_ENDPOINT", hub.url)
+        listed = {name: ok for name, ok, _ in preprocessors.availability(
+            fetching.addons.controlnets.folder, may_download=True)}
+        assert listed["ip-adapter_clip_sd15"] and listed["t2ia_style_clipvision"]
+        result = fetching.generate(request)
+        asked = len(hub.requested)
+        fetching.generate(request)
+        assert len(hub.requested) == asked
+    placed = fetching.addons.controlnets.folder / "annotators" / "clip_vision" / "clip_h.safetensors"
+    assert placed.read_bytes() == encoder.read_bytes()
+    assert result.images[0].tobytes() == expected.images[0].tobytes()
+
+
+def test_an_encoder_that_cannot_be_fetched_is_named_with_where_to_put_it(engine, tmp_path, online):
+    fetching = _ip_engine(engine, tmp_path)
+    online.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    unit = ControlUnit(enabled=True, module="ip-adapter_clip_sd15", model="ip-adapter_sd15", image=picture())
+    with pytest.raises(DownloadError) as refused:
+        fetching.generate(test_controlnet.BASE.replace(controlnet_units=(unit,)))
+    message = refused.value.message
+    assert "The CLIP ViT-H/14 image encoder (h94/IP-Adapter, models/image_encoder/model.safetensors) could not be " \
+           "downloaded" in message and "as clip_h.safetensors into" in message

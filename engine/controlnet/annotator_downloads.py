@@ -1,6 +1,7 @@
 """Annotator weights fetched on first use, as the ControlNet extension fetches them: the files of
 lllyasviel/Annotators (and, for segmentation, an ADE20K model folder) from the Hugging Face Hub
-(HF_ENDPOINT names a mirror) into models/ControlNet/annotators/<the ecosystem's sub-folder>.
+(HF_ENDPOINT names a mirror) into models/ControlNet/annotators/<the ecosystem's sub-folder>, and the
+CLIP image encoders of IP-Adapter and style adapter units into annotators/clip_vision.
 
 Only these repositories and file names are ever fetched, never a name a request sends.
 
@@ -35,6 +36,14 @@ ANNOTATORS_REPO = "lllyasviel/Annotators"
 SEG_REPO = "openmmlab/upernet-convnext-small"
 SEG_FILES = ("config.json", "preprocessor_config.json")
 SEG_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+# The CLIP image encoders IP-Adapter and style adapter units read pictures with, where the
+# ControlNet extension fetches them from (as safetensors), saved as clip_vision/<kind>.safetensors.
+ENCODER_SOURCES = {
+    "clip_h": ("h94/IP-Adapter", "models/image_encoder/model.safetensors"),
+    "clip_g": ("h94/IP-Adapter", "sdxl_models/image_encoder/model.safetensors"),
+    "clip_vitl": ("openai/clip-vit-large-patch14", "model.safetensors"),
+}
+ENCODER_FOLDER = "clip_vision"
 REVISION = "main"
 _SHA256, _BLOB = re.compile(r"[0-9a-f]{64}"), re.compile(r"[0-9a-f]{40}")
 
@@ -67,8 +76,9 @@ def _etag(value: str | None) -> str:
     return value.strip('"').lower()
 
 
-def published_offer(repo: str, filename: str, timeout: float = 15.0) -> DownloadOffer:
-    """The file's address and the checksum the Hub publishes for it (a HEAD request)."""
+def published_offer(repo: str, filename: str, timeout: float = 15.0, save_as: str | None = None) -> DownloadOffer:
+    """The file's address and the checksum the Hub publishes for it (a HEAD request); it is saved
+    under its own name or `save_as`."""
     url = file_url(repo, filename)
     opener = urllib.request.build_opener(_NoRedirect)
     try:
@@ -86,10 +96,11 @@ def published_offer(repo: str, filename: str, timeout: float = 15.0) -> Download
     size = headers.get("X-Linked-Size") or headers.get("Content-Length") or ""
     size_label = f"{int(size) / 1e6:.0f} MB" if size.isdigit() else "size not published"
     if _SHA256.fullmatch(linked):
-        return DownloadOffer(f"{repo}/{filename}", url, Path(filename).name, linked, size_label)
+        return DownloadOffer(f"{repo}/{filename}", url, save_as or Path(filename).name, linked, size_label)
     plain = _etag(headers.get("ETag"))
     if not linked and _BLOB.fullmatch(plain):
-        return DownloadOffer(f"{repo}/{filename}", url, Path(filename).name, "", size_label, git_blob_sha1=plain)
+        return DownloadOffer(f"{repo}/{filename}", url, save_as or Path(filename).name, "", size_label,
+                             git_blob_sha1=plain)
     raise DownloadError(f"{hub_endpoint()} publishes no checksum for {repo}/{filename}, so it is not downloaded")
 
 
@@ -127,14 +138,41 @@ class AnnotatorFetcher:
                 raise DownloadError(f"{wanted.repo} has none of {', '.join(wanted.choices)}")
         return paths
 
-    def _one(self, repo: str, name: str, folder: Path) -> Path:
-        target = folder / Path(name).name
+    def encoder(self, kind: str, annotators: Path) -> Path:
+        """The CLIP image encoder `kind` downloaded into annotators/clip_vision/<kind>.safetensors."""
+        repo, name = ENCODER_SOURCES[kind]
+        return self._one(repo, name, Path(annotators) / ENCODER_FOLDER, f"{kind}.safetensors")
+
+    def _one(self, repo: str, name: str, folder: Path, save_as: str | None = None) -> Path:
+        target = folder / (save_as or Path(name).name)
         with self._lock:
             busy = self._busy.setdefault(target, threading.Lock())
         with busy:
             if target.is_file():
                 return target
-            offer = published_offer(repo, name)
+            offer = published_offer(repo, name, save_as=save_as)
             log.info("a preprocessor needs %s: downloading it from %s (%s) into %s", name, repo,
                      offer.size_label, folder)
             return ModelDownloader(offer, folder, self.timeout).download(wait=True)
+
+
+def encoder_path(controlnet_folder: Path, kind: str, fetcher: AnnotatorFetcher, may_download: bool) -> Path:
+    """The CLIP image encoder `kind`'s file or folder in the ControlNet folders, downloaded on
+    first use where `may_download` (RequestError naming what to put where otherwise)."""
+    from engine.controlnet import ip_adapter
+    from engine.errors import RequestError
+
+    try:
+        return ip_adapter.find_encoder(controlnet_folder, kind)
+    except RequestError:
+        if not (may_download and kind in ENCODER_SOURCES):
+            raise
+    repo, name = ENCODER_SOURCES[kind]
+    folder = Path(controlnet_folder) / "annotators"
+    try:
+        return fetcher.encoder(kind, folder)
+    except DownloadError as error:
+        raise DownloadError(
+            f"The {ip_adapter.ENCODER_LABELS[kind]} image encoder ({repo}, {name}) could not be downloaded: "
+            f"{error.message.rstrip('.')}. You can put it as {kind}.safetensors into "
+            f"{folder / ENCODER_FOLDER} yourself.") from error

@@ -126,7 +126,7 @@ def prepare(units: list[tuple[int, ControlUnit]], library, width: int, height: i
                               width, height, models_dir, fallback_mask, library.annotators)
         net = library.load(unit.model, unet=unet)   # `unet`: what a Control-LoRA is built from
         if style_adapter.is_style(net):   # tokens made once, from the picture, on the CPU
-            encoder, processor = library.image_encoder(ip_adapter.find_encoder(library.folder, ip_adapter.CLIP_L))
+            encoder, processor = library.image_encoder(library.encoder_path(ip_adapter.CLIP_L))
             prepared.append(PreparedUnit(index, unit, net, torch.zeros(1, 3, 1, 1), detected,
                                          tokens=style_adapter.style_tokens(net, encoder, processor, detected)))
             continue

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 from engine.controlnet import ip_adapter, preprocessors, style_adapter
+from engine.controlnet.annotator_downloads import ENCODER_SOURCES
 from engine.controlnet.units import NO_MODEL, ControlUnit
 from engine.errors import RequestError
 from engine.models.loading import FAMILY_LABELS
@@ -74,7 +75,9 @@ def _check_ip_adapter(library, module: str, model: str, family: str, index: int,
     kind = ip_adapter.kind_of_shapes(ip_adapter.key_shapes(library.entry(model).path, model, library.allow_unsafe))
     if kind.face_id:
         raise RequestError(ip_adapter.face_id_message(index, module), "model")
-    ip_adapter.find_encoder(library.folder, ip_adapter.encoder_for(encoder, model, family))
+    wanted = ip_adapter.encoder_for(encoder, model, family)
+    if not (library.annotators.downloads_on() and wanted in ENCODER_SOURCES):   # else fetched on first use
+        ip_adapter.find_encoder(library.folder, wanted)
 
 
 def _check_style_adapter(library, module: str, model: str, index: int) -> None:

@@ -357,7 +357,7 @@ def prepare(units: list[tuple[int, ControlUnit]], library, device, dtype,
         if kind.face_id or module.ip_encoder == INSIGHTFACE:
             raise RequestError(face_id_message(index, unit.module), "module")
         encoder_kind = encoder_for(module.ip_encoder, entry.name, library.family(entry.name))
-        path = find_encoder(library.folder, encoder_kind)
+        path = library.encoder_path(encoder_kind)   # downloaded on first use where allowed
         encoder, processor = library.image_encoder(path)
         width = encoder.config.hidden_size if kind.hidden_states else encoder.config.projection_dim
         if width != kind.embed_dim:

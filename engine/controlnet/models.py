@@ -31,7 +31,7 @@ import torch
 
 from engine.devices import DeviceConfig, free_memory
 from engine.errors import CheckpointError, NotFoundError
-from engine.controlnet import control_lora, ip_adapter, style_adapter, t2i_adapter
+from engine.controlnet import annotator_downloads, control_lora, ip_adapter, style_adapter, t2i_adapter
 from engine.controlnet.annotators import Annotators
 from engine.controlnet.layouts import (
     CONFIG_ROOT,
@@ -400,6 +400,11 @@ class ControlNetLibrary:
         """Names of the models held, least recently used first."""
         with self._lock:
             return list(self._loaded)
+
+    def encoder_path(self, kind: str) -> Path:
+        """The CLIP image encoder `kind`, downloaded on first use when the annotators may download."""
+        return annotator_downloads.encoder_path(self.folder, kind, self.annotators.fetcher,
+                                                self.annotators.downloads_on())
 
     def image_encoder(self, path: Path):
         """The CLIP image encoder at ``path`` and its image processor (ip_adapter.load_encoder), kept

@@ -317,8 +317,11 @@ def _unavailable_reason(preprocessor: Preprocessor, models_dir: Path | None, may
     may be downloaded on first use."""
     if preprocessor._backend == "insightface":
         return INSIGHTFACE_REASON
-    if preprocessor.ip_encoder or preprocessor.clip_encoder:
-        return _missing_encoder(preprocessor.ip_encoder or preprocessor.clip_encoder, annotators_dir(models_dir).parent)
+    encoder = preprocessor.ip_encoder or preprocessor.clip_encoder
+    if encoder:
+        if may_download and all(kind in downloads.ENCODER_SOURCES for kind in _encoder_kinds(encoder)):
+            return ""   # fetched when a job first needs it
+        return _missing_encoder(encoder, annotators_dir(models_dir).parent)
     if not preprocessor._backend:
         return ""
     problems = _missing_modules(preprocessor)
@@ -343,10 +346,14 @@ def _fetch_weights(preprocessor: Preprocessor, models_dir: Path | None, annotato
             "yourself.") from error
 
 
+def _encoder_kinds(encoder: str) -> tuple[str, ...]:
+    return (ip_adapter.CLIP_H, ip_adapter.CLIP_G) if encoder == ip_adapter.AUTO else (encoder,)
+
+
 def _missing_encoder(encoder: str, controlnet_folder: Path) -> str:
     """Why an IP-Adapter module cannot run: its CLIP image encoder is not there ("auto": neither is)."""
     problems = []
-    for kind in (ip_adapter.CLIP_H, ip_adapter.CLIP_G) if encoder == ip_adapter.AUTO else (encoder,):
+    for kind in _encoder_kinds(encoder):
         try:
             ip_adapter.find_encoder(controlnet_folder, kind)
             return ""
