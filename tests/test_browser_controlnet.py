@@ -63,3 +63,23 @@ def test_a_unit_in_the_txt2img_accordion_without_an_image_says_so(page, demo_ser
     page.locator("#txt2img_prompt textarea").fill("no control image")
     page.click("#txt2img_generate")
     page.locator("#txt2img_message").get_by_text("ControlNet unit 0 is enabled but has no control image").wait_for()
+
+
+def test_a_reference_adain_unit_generates_without_a_model(page, demo_server, tmp_path):
+    """reference_adain needs no model: picked with the model left at None, the unit steers the job
+    and its infotext names it."""
+    open_tab(page, demo_server.url, "controlnet")
+    draw_scribble(page, page.locator("#controlnet_cn0_image"))
+    page.locator("#controlnet_cn0_module input").click()
+    page.get_by_role("option", name="reference_adain", exact=True).click()
+    page.locator("#controlnet_cn0_threshold_a").get_by_text("Style Fidelity").first.wait_for()
+    page.locator("#controlnet_cn0_enabled input").check()
+    page.locator("#controlnet_prompt textarea").fill("a house after the reference")
+    for name, value in (("controlnet_steps", 3), ("controlnet_width", 64), ("controlnet_height", 64)):
+        set_number(page, name, value)
+    page.click("#controlnet_generate")
+    text = wait_for_infotext(page, "controlnet", "a house after the reference")
+    assert 'ControlNet 0: "Module: reference_adain, Model: None, Weight: 1' in text
+    screenshots = Path(os.environ.get("SCREENSHOT_DIR", tmp_path))
+    screenshots.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(screenshots / "controlnet-reference-adain.png"), full_page=True)
