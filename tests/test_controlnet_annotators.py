@@ -199,6 +199,10 @@ class LineartDetector(_Detector):
 
 class MLSDdetector(_Detector):
     pass
+
+
+class OpenposeDetector(_Detector):
+    pass
 """
 
 
@@ -212,7 +216,9 @@ def test_hed_pidinet_lineart_and_mlsd_run_their_networks_with_the_extensions_opt
         (packages / module / "__init__.py").write_text(FAKE_EDGE_AUX if module == "controlnet_aux" else "")
     folder = tmp_path / "models" / "ControlNet" / "annotators"
     for sub, name in (("hed", "ControlNetHED.pth"), ("pidinet", "table5_pidinet.pth"), ("lineart", "sk_model.pth"),
-                      ("lineart", "sk_model2.pth"), ("mlsd", "mlsd_large_512_fp32.pth")):
+                      ("lineart", "sk_model2.pth"), ("mlsd", "mlsd_large_512_fp32.pth"),
+                      ("openpose", "body_pose_model.pth"), ("openpose", "hand_pose_model.pth"),
+                      ("openpose", "facenet.pth")):
         (folder / sub).mkdir(parents=True, exist_ok=True)
         (folder / sub / name).write_bytes(b"")
     monkeypatch.syspath_prepend(str(packages))
@@ -226,15 +232,21 @@ def test_hed_pidinet_lineart_and_mlsd_run_their_networks_with_the_extensions_opt
         for name in ("softedge_hed", "softedge_hedsafe", "scribble_hed", "scribble_pidinet", "lineart_coarse"):
             assert np.asarray(run(name)).max() == 200
         run("mlsd", threshold_a=0.3, threshold_b=2.5)
+        for name in ("t2ia_sketch_pidi", "openpose_hand", "openpose_face", "openpose_faceonly"):
+            run(name)
         import controlnet_aux
         calls = [call for call in controlnet_aux.calls]
         built = [call for call in calls if call[1] == "from_pretrained"]
-        assert [call[0] for call in built] == ["HEDdetector", "PidiNetDetector", "LineartDetector", "MLSDdetector"]
+        assert [call[0] for call in built] == ["HEDdetector", "PidiNetDetector", "LineartDetector", "MLSDdetector",
+                                               "OpenposeDetector"]   # one per network, kept for its variants
         assert built[2][2:] == ("lineart/sk_model.pth", (("coarse_filename", "lineart/sk_model2.pth"),))
         options = [(call[0], dict(call[2])) for call in calls if call[1] == "call"]
         assert options == [("HEDdetector", {}), ("HEDdetector", {"safe": True}), ("HEDdetector", {"scribble": True}),
                            ("PidiNetDetector", {"safe": True, "scribble": True}), ("LineartDetector", {"coarse": True}),
-                           ("MLSDdetector", {"thr_v": 0.3, "thr_d": 2.5})]
+                           ("MLSDdetector", {"thr_v": 0.3, "thr_d": 2.5}), ("PidiNetDetector", {"apply_filter": True}),
+                           ("OpenposeDetector", {"include_body": True, "include_hand": True, "include_face": False}),
+                           ("OpenposeDetector", {"include_body": True, "include_hand": False, "include_face": True}),
+                           ("OpenposeDetector", {"include_body": False, "include_hand": False, "include_face": True})]
     finally:
         for module in ("controlnet_aux", "torchvision", "timm", "einops", "skimage"):
             sys.modules.pop(module, None)

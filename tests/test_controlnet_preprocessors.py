@@ -292,3 +292,30 @@ def test_values_a_module_does_not_use_are_ignored():
     assert preprocessors.run("invert", image, resolution=4096, threshold_a=-1, threshold_b=64).size == image.size
     preprocessors.run("shuffle", image, 128, threshold_a=64, threshold_b=64)
     preprocessors.run("canny", image, 128.0)
+
+
+def test_threshold_and_recolor_maps_follow_the_extensions_formulas():
+    rng = np.random.default_rng(7)
+    rgb = rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)
+    image = Image.fromarray(rgb)
+    # threshold: white where the darkest channel is above it (at the picture's size: 64 is the short side).
+    binary = np.asarray(preprocessors.run("threshold", image, 64, threshold_a=100))
+    assert np.array_equal(binary[:, :, 0], np.where(rgb.min(axis=2) > 100, 255, 0))
+    assert set(np.unique(binary)) <= {0, 255}
+    # recolor_intensity: HSV's value (the brightest channel) to the power gamma.
+    intensity = np.asarray(preprocessors.run("recolor_intensity", image, threshold_a=0.5))
+    expected = ((rgb.max(axis=2) / 255.0) ** 0.5 * 255.0).astype(np.uint8)
+    assert np.abs(intensity[:, :, 0].astype(int) - expected).max() <= 1
+    assert np.array_equal(intensity[:, :, 0], intensity[:, :, 2])
+    # recolor_luminance: CIE L* of the sRGB colour, with red and blue swapped as the extension's
+    # BGR conversion of an RGB picture does: pure red reads as dark as pure blue does.
+    def lightness(r, g, b):
+        linear = [((c / 255) / 12.92) if c / 255 <= 0.04045 else (((c / 255) + 0.055) / 1.055) ** 2.4 for c in (r, g, b)]
+        y = 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+        return (116 * y ** (1 / 3) - 16 if y > 0.008856 else 903.3 * y) * 255 / 100
+
+    swatches = Image.fromarray(np.array([[[255, 0, 0], [0, 0, 255], [0, 255, 0], [128, 128, 128]]], dtype=np.uint8))
+    luminance = np.asarray(preprocessors.run("recolor_luminance", swatches))[0, :, 0]
+    expected = [lightness(0, 0, 255), lightness(255, 0, 0), lightness(0, 255, 0), lightness(128, 128, 128)]
+    assert np.abs(luminance - np.array(expected)).max() <= 2
+    assert preprocessors.find("pidinet_sketch").name == "t2ia_sketch_pidi"

@@ -110,7 +110,7 @@ def _build_detector(controlnet_aux, kind: str, folder: str, paths: tuple[str, ..
         return controlnet_aux.MidasDetector.from_pretrained(folder, model_type="dpt_hybrid", filename=paths[0])
     if kind == "depth_zoe":
         return controlnet_aux.ZoeDetector.from_pretrained(folder, filename=paths[0])
-    if kind in ("openpose", "openpose_full"):
+    if kind.startswith("openpose"):
         # Body, hand and face files are all read when the detector is built.
         return controlnet_aux.OpenposeDetector.from_pretrained(
             folder, filename=paths[0], hand_filename=paths[1], face_filename=paths[2])
@@ -118,7 +118,7 @@ def _build_detector(controlnet_aux, kind: str, folder: str, paths: tuple[str, ..
         return controlnet_aux.NormalBaeDetector.from_pretrained(folder, filename=paths[0])
     if kind in ("softedge_hed", "softedge_hedsafe", "scribble_hed"):
         return controlnet_aux.HEDdetector.from_pretrained(folder, filename=paths[0])
-    if kind in ("softedge_pidinet", "softedge_pidisafe", "scribble_pidinet"):
+    if kind in ("softedge_pidinet", "softedge_pidisafe", "scribble_pidinet", "t2ia_sketch_pidi"):
         return controlnet_aux.PidiNetDetector.from_pretrained(folder, filename=paths[0])
     if kind in ("lineart_realistic", "lineart_coarse"):
         return controlnet_aux.LineartDetector.from_pretrained(folder, filename=paths[0], coarse_filename=paths[1])
@@ -151,6 +151,10 @@ def _run_aux(kind: str, job: _Job, **options) -> np.ndarray:
 _OPTIONS = {
     "openpose": {"include_body": True, "include_hand": False, "include_face": False},
     "openpose_full": {"include_body": True, "include_hand": True, "include_face": True},
+    "openpose_hand": {"include_body": True, "include_hand": True, "include_face": False},
+    "openpose_face": {"include_body": True, "include_hand": False, "include_face": True},
+    "openpose_faceonly": {"include_body": False, "include_hand": False, "include_face": True},
+    "t2ia_sketch_pidi": {"apply_filter": True},
     "softedge_hedsafe": {"safe": True}, "softedge_pidisafe": {"safe": True},
     "scribble_hed": {"scribble": True}, "scribble_pidinet": {"safe": True, "scribble": True},
     "lineart_coarse": {"coarse": True},

@@ -98,6 +98,26 @@ def tile_resample(job: "_Job") -> np.ndarray:
     return cv2.resize(small, (width, height), interpolation=cv2.INTER_CUBIC)
 
 
+def threshold(job: "_Job") -> np.ndarray:
+    """White where every channel is above the threshold, black elsewhere."""
+    return _three(np.where(job.image.min(axis=2) > job.a, 255, 0).astype(np.uint8))
+
+
+def _gamma(channel: np.ndarray, gamma: float) -> np.ndarray:
+    return _three(((channel.astype(np.float32) / 255.0) ** gamma * 255.0).clip(0, 255).astype(np.uint8))
+
+
+def recolor_luminance(job: "_Job") -> np.ndarray:
+    """Lab lightness, gamma-corrected. The extension converts its RGB picture as if it were BGR,
+    so red and blue swap weights; kept, since recolor models see its maps."""
+    return _gamma(cv2.cvtColor(job.image, cv2.COLOR_BGR2LAB)[:, :, 0], job.a)
+
+
+def recolor_intensity(job: "_Job") -> np.ndarray:
+    """HSV value (the brightest channel), gamma-corrected."""
+    return _gamma(job.image.max(axis=2), job.a)
+
+
 def color_grid(job: "_Job") -> np.ndarray:
     """The T2I colour adapter's map: the picture shrunk 64 times (cubic) and blown back up
     (nearest), flat blocks of its colours."""

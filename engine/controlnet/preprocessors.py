@@ -150,6 +150,7 @@ _IP_REQUIRES = {
 INSIGHTFACE_REASON = ("needs face embeddings from insightface's buffalo_l face-analysis model (the insightface "
                       "library), which this studio does not run")
 
+_GAMMA = Slider("Gamma Correction", 0.1, 2.0, 1.0, 0.001)
 _FIDELITY = Slider("Style Fidelity (only for Balanced mode)", 0.0, 1.0, 0.5, 0.01)
 _OPENPOSE_FILES = ("body_pose_model.pth", "hand_pose_model.pth", "facenet.pth")
 
@@ -169,12 +170,16 @@ PREPROCESSORS: dict[str, Preprocessor] = {p.name: p for p in (
     _aux("normal_bae", "Normal map (BAE)", ("scannet.pt",), "normal_bae"),
     _aux("openpose", "OpenPose (body)", _OPENPOSE_FILES, "openpose"),
     _aux("openpose_full", "OpenPose (body, hands, face)", _OPENPOSE_FILES, "openpose"),
+    _aux("openpose_hand", "OpenPose (body, hands)", _OPENPOSE_FILES, "openpose"),
+    _aux("openpose_face", "OpenPose (body, face)", _OPENPOSE_FILES, "openpose"),
+    _aux("openpose_faceonly", "OpenPose (face only)", _OPENPOSE_FILES, "openpose"),
     _aux("softedge_hed", "Soft edges (HED)", (weighted.HED_FILE,), "hed"),
     _aux("softedge_hedsafe", "Soft edges (HED, safe)", (weighted.HED_FILE,), "hed"),
     _aux("softedge_pidinet", "Soft edges (PiDiNet)", (weighted.PIDINET_FILE,), "pidinet"),
     _aux("softedge_pidisafe", "Soft edges (PiDiNet, safe)", (weighted.PIDINET_FILE,), "pidinet"),
     _aux("scribble_hed", "Scribble from a photo (HED)", (weighted.HED_FILE,), "hed"),
     _aux("scribble_pidinet", "Scribble from a photo (PiDiNet)", (weighted.PIDINET_FILE,), "pidinet"),
+    _aux("t2ia_sketch_pidi", "Sketch (PiDiNet, T2I sketch adapter)", (weighted.PIDINET_FILE,), "pidinet"),
     _aux("lineart_realistic", "Line art (realistic)", weighted.LINEART_FILES, "lineart"),
     _aux("lineart_coarse", "Line art (coarse)", weighted.LINEART_FILES, "lineart"),
     _aux("lineart_anime", "Line art (anime)", (weighted.LINEART_ANIME_FILE,), "lineart_anime"),
@@ -188,6 +193,10 @@ PREPROCESSORS: dict[str, Preprocessor] = {p.name: p for p in (
     Preprocessor("shuffle", "Content shuffle", True, None, None, _fn=filters.shuffle),
     Preprocessor("tile_resample", "Tile (resample)", False, Slider("Down sampling rate", 1, 8, 1, 0.01), None,
                  _fn=filters.tile_resample),
+    Preprocessor("threshold", "Threshold (black and white)", True, Slider("Binarization Threshold", 0, 255, 127, 1),
+                 None, _fn=filters.threshold),
+    Preprocessor("recolor_luminance", "Recolor (luminance)", False, _GAMMA, None, _fn=filters.recolor_luminance),
+    Preprocessor("recolor_intensity", "Recolor (intensity)", False, _GAMMA, None, _fn=filters.recolor_intensity),
     # The T2I colour adapter's map, and the style adapter's picture (read by CLIP ViT-L/14 in the job).
     Preprocessor("t2ia_color_grid", "Colour grid (T2I colour adapter)", True, None, None, _fn=filters.color_grid),
     Preprocessor("t2ia_style_clipvision", "CLIP vision (T2I style adapter)", False, None, None,
@@ -224,6 +233,7 @@ PREPROCESSORS: dict[str, Preprocessor] = {p.name: p for p in (
 
 ALIASES: dict[str, str] = {
     "color": "t2ia_color_grid",
+    "pidinet_sketch": "t2ia_sketch_pidi",
     "clip_vision": "t2ia_style_clipvision",
     "invert (from white bg & black line)": "invert",
     # The extension's older names for the same operations.
