@@ -14,16 +14,15 @@ import numpy as np
 import pytest
 import torch
 
-from engine.addons import AddOns
 from engine.controlnet import annotator_downloads as downloads
 from engine.controlnet import annotators, preprocessors
 from engine.controlnet.checks import check_units
 from engine.controlnet.units import ControlUnit
 from engine.engine import Engine
 from engine.errors import RequestError
-from engine.files import HashCache
 from engine.models.downloads import DownloadError
 from tests import test_controlnet
+from tests.support.addon_engines import engine_over
 from tests.support.fake_hub import FakeHub, git_blob_id
 from tests.support.ip_adapter_files import write_encoder_file, write_ip_adapter
 from tests.test_controlnet_annotators import FAKE_AUX
@@ -187,8 +186,7 @@ def test_the_engine_downloads_only_when_its_setting_allows(cn_engine, online, st
 def _ip_engine(engine, data: Path) -> Engine:
     unet = engine.models.require().base.unet
     write_ip_adapter(unet, data / "models" / "ControlNet" / "ip-adapter_sd15.safetensors", "plain", seed=1)
-    return Engine(engine.models, engine.writer, engine.settings,
-                  AddOns.in_data_dir(data, HashCache(data / "cache.json")), queue=engine.queue)
+    return engine_over(engine, data)
 
 
 def test_an_ip_adapter_unit_downloads_its_image_encoder_on_first_use(engine, tmp_path, online):

@@ -12,14 +12,12 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from engine.addons import AddOns
 from engine.controlnet import ip_adapter
 from engine.controlnet.tiny_controlnets import build_tiny_controlnet, save_original_layout
 from engine.controlnet.units import ControlUnit
-from engine.engine import Engine
 from engine.errors import UserError
-from engine.files import HashCache
 from engine.request import GenerationRequest
+from tests.support.addon_engines import engine_over
 from tests.support.ip_adapter_files import (
     write_encoder_file,
     write_encoder_folder,
@@ -57,8 +55,7 @@ def ip_data(engine, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ip_engine(engine, ip_data):
-    return Engine(engine.models, engine.writer, engine.settings,
-                  AddOns.in_data_dir(ip_data, HashCache(ip_data / "cache.json")), queue=engine.queue)
+    return engine_over(engine, ip_data)
 
 
 def unit(**fields) -> ControlUnit:
@@ -170,6 +167,12 @@ def test_the_unet_output_matches_diffusers_own_ip_adapter_path(ip_engine, ip_dat
                                       sample, timestep, text)
     [prepared] = ip_adapter.prepare([(0, unit(model=model, image=image, weight=0.7))], library, "cpu",
                                     pipe.unet.dtype)
+    assert_attached_call_matches(pipe, prepared, sample, timestep, text, expected)
+
+
+def assert_attached_call_matches(pipe, prepared, sample, timestep, text, expected) -> None:
+    """One guided UNet call with the prepared adapter attached equals `expected`, and differs from
+    the plain call."""
     with ip_adapter.attached(pipe.unet, [prepared], cfg=True, progress=lambda: (0, 1)), torch.no_grad():
         ours = pipe.unet(torch.cat([sample, sample]), timestep, encoder_hidden_states=text).sample
     with torch.no_grad():
@@ -363,7 +366,8 @@ def test_refusals_name_the_problem(ip_engine, ip_data):
     assert "clip_vision" in _refused(ip_engine, unit(module="ip-adapter_clip_sdxl"))
     message = _refused(ip_engine, unit(module="ip-adapter_face_id", model="ip-adapter-faceid_sd15"))
     assert "insightface" in message and "buffalo_l" in message
-    assert "insightface" in _refused(ip_engine, unit(module="ip-adapter-auto", model="ip-adapter-faceid_sd15"))
+    assert "'ip-adapter-faceid_sd15' is a FaceID IP-Adapter: use the ip-adapter_face_id preprocessor" in \
+        _refused(ip_engine, unit(module="ip-adapter-auto", model="ip-adapter-faceid_sd15"))
     assert "'ip-adapter_sdxl' is a SDXL IP-Adapter, but the loaded checkpoint is SD" in \
         _refused(ip_engine, unit(model="ip-adapter_sdxl"))
     assert "ip-adapter_" in _refused(ip_engine, unit(module="canny"))
@@ -377,8 +381,7 @@ def test_an_adapter_made_for_another_unet_is_refused_by_name(engine, tiny_models
     shutil.copytree(ip_data / "models" / "ControlNet" / "annotators", tmp_path / "models" / "ControlNet" / "annotators")
     write_ip_adapter(tiny_models.reference_pipeline("sdxl").unet,
                      tmp_path / "models" / "ControlNet" / "ip-adapter_other.safetensors")
-    other = Engine(engine.models, engine.writer, engine.settings,
-                   AddOns.in_data_dir(tmp_path, HashCache(tmp_path / "cache.json")), queue=engine.queue)
+    other = engine_over(engine, tmp_path)
     unet = engine.models.require().base.unet
     before = dict(unet.attn_processors)
     message = _refused(other, unit(model="ip-adapter_other"))
@@ -390,8 +393,7 @@ def test_an_adapter_made_for_another_unet_is_refused_by_name(engine, tiny_models
 def test_an_encoder_of_another_width_is_refused_and_encoders_are_kept_between_jobs(engine, ip_data, tmp_path):
     shutil.copytree(ip_data / "models" / "ControlNet", tmp_path / "models" / "ControlNet")
     write_encoder_file(tmp_path / "models" / "clip_vision" / "clip_g.safetensors", projection_dim=40)
-    other = Engine(engine.models, engine.writer, engine.settings,
-                   AddOns.in_data_dir(tmp_path, HashCache(tmp_path / "cache.json")), queue=engine.queue)
+    other = engine_over(engine, tmp_path)
     message = _refused(other, unit(module="ip-adapter_clip_sdxl"))
     assert "reads 48-wide image features, but the image encoder clip_g.safetensors gives 40" in message
     library = other.addons.controlnets
@@ -404,8 +406,7 @@ def test_an_encoder_of_another_width_is_refused_and_encoders_are_kept_between_jo
 def test_a_missing_image_encoder_is_named(engine, tmp_path):
     unet = engine.models.require().base.unet
     write_ip_adapter(unet, tmp_path / "models" / "ControlNet" / "ip-adapter_sd15.safetensors")
-    bare = Engine(engine.models, engine.writer, engine.settings,
-                  AddOns.in_data_dir(tmp_path, HashCache(tmp_path / "cache.json")), queue=engine.queue)
+    bare = engine_over(engine, tmp_path)
     message = _refused(bare, unit())
     assert "clip_h.safetensors" in message and str(tmp_path / "models" / "ControlNet" / "annotators" / "clip_vision") in message
 

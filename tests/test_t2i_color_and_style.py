@@ -14,18 +14,17 @@ from diffusers import T2IAdapter, UNet2DConditionModel
 from PIL import Image
 from safetensors.torch import save_file
 
-from engine.addons import AddOns
 from engine.controlnet import preprocessors, style_adapter, t2i_adapter
 from engine.controlnet.apply import PreparedUnit, attached
 from engine.controlnet.checks import check_units
 from engine.controlnet.models import ControlNetLibrary
+from engine.controlnet.tiny_controlnets import build_tiny_controlnet, save_original_layout
 from engine.controlnet.units import ControlUnit
 from engine.devices import DeviceConfig
 from engine.engine import Engine
 from engine.errors import RequestError
-from engine.files import HashCache
+from tests.support.addon_engines import engine_over
 from tests.support.ip_adapter_files import write_encoder_file
-from engine.controlnet.tiny_controlnets import build_tiny_controlnet, save_original_layout
 from tests.test_controlnet import BASE, pixels
 from tests.test_controlnet_models import assert_same_weights
 
@@ -203,8 +202,7 @@ def style_engine(engine, tmp_path_factory):
     save_file(style_tensors(unet.config.cross_attention_dim, seed=3, tokens=4),
               str(folder / "t2iadapter_style_sd14v1.safetensors"))
     save_original_layout(build_tiny_controlnet(unet, seed=1), folder / "tiny-cn.safetensors")
-    return Engine(engine.models, engine.writer, engine.settings,
-                  AddOns.in_data_dir(data, HashCache(data / "cache.json")), queue=engine.queue)
+    return engine_over(engine, data)
 
 
 def _style_unit(**fields) -> ControlUnit:

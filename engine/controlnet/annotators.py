@@ -70,6 +70,16 @@ class Annotators:
                 self._loaded[key] = _aux_detector(kind, annotators, paths, self.device)
             return self._loaded[key]
 
+    def face_analysis(self, folder: Path):
+        """insightface's face analysis over the pack in `folder` (FaceID units); kept."""
+        from engine.controlnet import face_id
+
+        key = ("insightface", str(folder))
+        with self._lock:
+            if key not in self._loaded:
+                self._loaded[key] = face_id.load_analysis(folder)
+            return self._loaded[key]
+
     def segmenter(self, folder: Path):
         """The ADE20K model in `folder` on the device, with its pixel normalisation; kept."""
         key = ("seg", str(folder))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from engine.controlnet import ip_adapter, preprocessors, style_adapter
+from engine.controlnet import face_id, ip_adapter, preprocessors, style_adapter
 from engine.controlnet.annotator_downloads import ENCODER_SOURCES
 from engine.controlnet.units import NO_MODEL, ControlUnit
 from engine.errors import RequestError
@@ -35,8 +35,6 @@ def check_units(units: tuple[ControlUnit, ...], library, family: str | None) -> 
             checked.append(unit)
             continue
         module = preprocessors.find(unit.module).name
-        if preprocessors.find(module).ip_encoder == ip_adapter.INSIGHTFACE:
-            raise RequestError(ip_adapter.face_id_message(index, module), "module")
         ok, reason = available.get(module, (True, ""))
         if not ok:
             raise RequestError(f"ControlNet unit {index}: preprocessor '{module}' is not available: {reason}",
@@ -73,8 +71,13 @@ def _check_ip_adapter(library, module: str, model: str, family: str, index: int,
         raise RequestError(f"ControlNet unit {index}: '{model}' is an IP-Adapter: use an ip-adapter_* preprocessor "
                            "(ip-adapter-auto picks the image encoder by the model)", "module")
     kind = ip_adapter.kind_of_shapes(ip_adapter.key_shapes(library.entry(model).path, model, library.allow_unsafe))
-    if kind.face_id:
-        raise RequestError(ip_adapter.face_id_message(index, module), "model")
+    mismatch = face_id.mismatch(index, module, model, kind)
+    if mismatch:
+        raise RequestError(mismatch, "module")
+    if kind.face_id:   # the face model was checked with the module; FaceID plus also reads CLIP ViT-H
+        encoder = ip_adapter.CLIP_H if kind.name == "faceid plus" else ""
+        if not encoder:
+            return
     wanted = ip_adapter.encoder_for(encoder, model, family)
     if not (library.annotators.downloads_on() and wanted in ENCODER_SOURCES):   # else fetched on first use
         ip_adapter.find_encoder(library.folder, wanted)

@@ -9,14 +9,16 @@ models/ControlNet (as sd-webui-controlnet keeps them) or models/ipadapter (Comfy
 are told from ControlNets by those keys.
 
 The picture is read by a CLIP vision encoder kept in models/ControlNet/annotators/clip_vision or
-models/clip_vision: a transformers ``CLIPVisionModelWithProjection`` folder, or one file in
-transformers' key layout (``clip_h.pth``/``clip_g.pth`` as the extension names them, or
-ComfyUI's ``CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors``). The "plain" adapters take the
+models/clip_vision (clip_encoders.py): a transformers ``CLIPVisionModelWithProjection`` folder, or
+one file in transformers' key layout (``clip_h.pth``/``clip_g.pth`` as the extension names them,
+or ComfyUI's ``CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors``). The "plain" adapters take the
 encoder's projected image embedding, the "plus" and "full face" ones its penultimate hidden
 states, as diffusers' pipelines do; the negative half of a guided batch gets zeros (plain) or the
 features of an all-zero (normalised) picture (plus), also as diffusers does. Several reference
 pictures in one unit are averaged after their projection into context tokens, as the extension
-averages them (AveragedProjection).
+averages them (AveragedProjection). FaceID adapters read a face embedding instead (face_id.py;
+zeros for the negative half), FaceID plus also CLIP ViT-H's hidden states, given to its projection
+layer for each call.
 
 For one job the adapters are loaded into the pipeline's UNet with diffusers'
 ``_load_ip_adapter_weights`` (several units: several adapters at once) and the UNet's own
@@ -29,9 +31,7 @@ weight inside its start/end window, 0 outside it (diffusers then skips that adap
 from __future__ import annotations
 
 import contextlib
-import json
 import pickle
-import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,24 +39,24 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from engine.controlnet.clip_encoders import (  # noqa: F401 (the encoders' names are used through this module too)
+    CLIP_G,
+    CLIP_H,
+    CLIP_L,
+    ENCODER_LABELS,
+    ENCODER_NAMES,
+    encoder_folders,
+    find_encoder,
+    image_features,
+    image_processor,
+    load_encoder,
+)
 from engine.controlnet.units import ControlUnit
 from engine.errors import CheckpointError, RequestError
 
 IMAGE_PROJ, LAYERS = "image_proj.", "ip_adapter."
-CLIP_H, CLIP_G, AUTO, INSIGHTFACE = "clip_h", "clip_g", "auto", "insightface"
-CLIP_L = "clip_vitl"   # OpenAI's ViT-L/14: the T2I style adapter's encoder (style_adapter.py)
-ENCODER_LABELS = {CLIP_H: "CLIP ViT-H/14", CLIP_G: "CLIP ViT-bigG/14", CLIP_L: "CLIP ViT-L/14"}
-# What each image encoder is called on disk, by the extension and by ComfyUI (any case).
-ENCODER_NAMES = {
-    CLIP_H: ("clip_h", "CLIP-ViT-H-14-laion2B-s32B-b79K", "clip_vision_h", "ViT-H-14"),
-    CLIP_G: ("clip_g", "CLIP-ViT-bigG-14-laion2B-39B-b160k", "clip_vision_g", "ViT-bigG-14"),
-    CLIP_L: ("clip_vitl", "clip-vit-large-patch14", "clip_vision_l", "clip_l", "ViT-L-14"),
-}
-# OpenAI's CLIP uses the quick GELU; the OpenCLIP (LAION) encoders the exact one.
-ENCODER_ACTIVATIONS = {CLIP_L: "quick_gelu"}
-ENCODER_SUFFIXES = (".safetensors", ".pth", ".bin", ".pt")
-INSIGHTFACE_MODEL = "insightface's buffalo_l face-analysis model (the insightface library)"
-_FOLDER_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+AUTO, INSIGHTFACE = "auto", "insightface"
+FACE_ID_PLUS_MODULES = ("ip-adapter_face_id_plus",)   # face embeddings and CLIP ViT-H hidden states
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,123 +178,6 @@ def encoder_for(encoder: str, model: str, family: str) -> str:
     return CLIP_G if "vit-g" in lowered else CLIP_H
 
 
-def encoder_folders(controlnet_folder: Path) -> list[Path]:
-    folder = Path(controlnet_folder)
-    return [folder / "annotators" / "clip_vision", folder.parent / "clip_vision"]
-
-
-def find_encoder(controlnet_folder: Path, encoder: str) -> Path:
-    """The image encoder's folder or file; RequestError naming the files and folders looked for."""
-    names = {n.lower() for n in ENCODER_NAMES[encoder]}
-    for folder in encoder_folders(controlnet_folder):
-        if not folder.is_dir():
-            continue
-        for path in sorted(folder.iterdir()):
-            stem = path.name if path.is_dir() else path.stem
-            if stem.lower() not in names:
-                continue
-            if path.is_dir() and (path / "config.json").is_file() and \
-                    any((path / w).is_file() for w in _FOLDER_WEIGHTS):
-                return path
-            if path.is_file() and path.suffix.lower() in ENCODER_SUFFIXES:
-                return path
-    wanted = ENCODER_NAMES[encoder][0]
-    raise RequestError(
-        f"The {ENCODER_LABELS[encoder]} image encoder is missing: put {wanted}.safetensors (or {wanted}.pth, "
-        f"{ENCODER_NAMES[encoder][1]}.safetensors, or a transformers CLIPVisionModelWithProjection folder "
-        f"named {wanted}) into {' or '.join(str(f) for f in encoder_folders(controlnet_folder))}", "module")
-
-
-def _vision_config(shapes: dict[str, tuple[int, ...]], name: str) -> dict:
-    """A CLIPVisionConfig for transformers-named vision tensors (heads: 64 wide, as every
-    released ViT is)."""
-    try:
-        hidden, _, patch, _ = shapes["vision_model.embeddings.patch_embedding.weight"]
-        positions = shapes["vision_model.embeddings.position_embedding.weight"][0]
-        layers = 1 + max(int(m.group(1)) for k in shapes
-                         if (m := re.match(r"vision_model\.encoder\.layers\.(\d+)\.", k)))
-        intermediate = shapes["vision_model.encoder.layers.0.mlp.fc1.weight"][0]
-        projection = shapes["visual_projection.weight"][0]
-    except (KeyError, ValueError) as error:
-        raise RequestError(f"Image encoder '{name}' is not a CLIP vision model in transformers' layout "
-                           f"(vision_model.* and visual_projection.weight): missing {error}", "module") from error
-    side = round((positions - 1) ** 0.5) * patch
-    return {"hidden_size": hidden, "patch_size": patch, "image_size": side, "num_hidden_layers": layers,
-            "intermediate_size": intermediate, "projection_dim": projection,
-            "num_attention_heads": max(1, hidden // 64), "hidden_act": "gelu"}
-
-
-def load_encoder(path: Path, allow_unsafe: bool = False):
-    """(CLIPVisionModelWithProjection in float32 on the CPU, its image processor) from a folder
-    or a single file (a pickled one, like the extension's clip_h.pth, only with allow_unsafe)."""
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
-
-    path = Path(path)
-    if path.is_dir():
-        try:
-            model = CLIPVisionModelWithProjection.from_pretrained(str(path), local_files_only=True)
-        except Exception as error:
-            raise RequestError(f"Image encoder folder {path} cannot be loaded: {str(error)[:300]}",
-                               "module") from error
-    else:
-        try:
-            if path.suffix.lower() == ".safetensors":
-                from safetensors.torch import load_file
-                state = load_file(str(path), device="cpu")
-            elif not allow_unsafe:
-                raise RequestError(f"Image encoder {path} is a pickled file; pickles are refused. Use a .safetensors "
-                                   "version (or a transformers folder), or start with --allow-unsafe-checkpoints if "
-                                   "you trust where the file came from.", "module")
-            else:
-                state = torch.load(str(path), map_location="cpu", weights_only=True)
-        except RequestError:
-            raise
-        except Exception as error:
-            raise RequestError(f"Image encoder {path} cannot be read ({str(error)[:200]}); download it again",
-                               "module") from error
-        state = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)
-                 and k.startswith(("vision_model.", "visual_projection."))}
-        config = _vision_config({k: tuple(v.shape) for k, v in state.items()}, path.name)
-        kind = next((kind for kind, names in ENCODER_NAMES.items()
-                     if path.stem.lower() in {name.lower() for name in names}), None)
-        config["hidden_act"] = ENCODER_ACTIVATIONS.get(kind, config["hidden_act"])
-        sidecar = path.with_suffix(".json")
-        if sidecar.is_file():  # a config saved beside the file wins over what shapes say
-            config.update(json.loads(sidecar.read_text(encoding="utf-8")))
-        with torch.device("meta"):
-            model = CLIPVisionModelWithProjection(CLIPVisionConfig(**config))
-        state.pop("vision_model.embeddings.position_ids", None)
-        try:
-            model.load_state_dict(state, strict=True, assign=True)
-        except RuntimeError as error:
-            raise RequestError(f"Image encoder {path} does not match a CLIP vision model: "
-                               f"{str(error)[:300]}", "module") from error
-        model.vision_model.embeddings.register_buffer(
-            "position_ids", torch.arange(model.vision_model.embeddings.num_positions).expand((1, -1)), persistent=False)
-    return model.float().eval(), image_processor(model.config.image_size)
-
-
-def image_processor(size: int):
-    """CLIP's preprocessing (shortest side to `size`, centre crop, CLIP's mean and std)."""
-    from transformers import CLIPImageProcessor
-
-    return CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
-
-
-@torch.no_grad()
-def image_features(encoder, processor, images: list[Image.Image], hidden_states: bool):
-    """(positive, negative) features: one per picture, and one for the negative half."""
-    pixels = processor(images=[image.convert("RGB") for image in images], return_tensors="pt").pixel_values
-    pixels = pixels.to(encoder.device, encoder.dtype)
-    if hidden_states:
-        cond = encoder(pixels, output_hidden_states=True).hidden_states[-2]
-        uncond = encoder(torch.zeros_like(pixels[:1]), output_hidden_states=True).hidden_states[-2]
-    else:
-        cond = encoder(pixels).image_embeds
-        uncond = torch.zeros_like(cond[:1])
-    return cond, uncond
-
-
 class AveragedProjection(torch.nn.Module):
     """diffusers' MultiIPAdapterImageProjection with each adapter's pictures averaged after their
     projection into context tokens, as sd-webui-controlnet averages them (diffusers itself would
@@ -320,6 +203,8 @@ class PreparedAdapter:
     cond: torch.Tensor      # one per picture: (pictures, D), or (pictures, tokens, D) for the hidden states
     uncond: torch.Tensor    # the negative half's: (1, ...)
     detected: Image.Image   # what the unit shows: the reference picture
+    clip: tuple | None = None   # FaceID plus: CLIP hidden states (pictures, tokens, W) and the negative's
+    shortcut: bool = False      # FaceID plus v2: the face tokens added back after the resampler
 
     def active_at(self, step: int, total: int) -> bool:
         return self.unit.active_at(step, total)
@@ -327,12 +212,20 @@ class PreparedAdapter:
     def batch(self, size: int, cfg: bool, device, dtype) -> torch.Tensor:
         """The features for a UNet batch of `size` ([negative, positive] halves when guided), with
         diffusers' images-per-adapter axis holding the pictures (AveragedProjection averages them)."""
-        cond, uncond = self.cond.to(device, dtype)[None], self.uncond.to(device, dtype)[None]
-        uncond = uncond.expand(1, cond.shape[1], *uncond.shape[2:])
-        if cfg and size % 2 == 0:
-            half = size // 2
-            return torch.cat([uncond.expand(half, *uncond.shape[1:]), cond.expand(half, *cond.shape[1:])])
-        return cond.expand(size, *cond.shape[1:])
+        return _halves(self.cond, self.uncond, size, cfg, device, dtype)
+
+    def clip_batch(self, size: int, cfg: bool, device, dtype) -> torch.Tensor:
+        """FaceID plus: the CLIP hidden states batched as `batch` batches the face embeddings."""
+        return _halves(*self.clip, size, cfg, device, dtype)
+
+
+def _halves(cond: torch.Tensor, uncond: torch.Tensor, size: int, cfg: bool, device, dtype) -> torch.Tensor:
+    cond, uncond = cond.to(device, dtype)[None], uncond.to(device, dtype)[None]
+    uncond = uncond.expand(1, cond.shape[1], *uncond.shape[2:])
+    if cfg and size % 2 == 0:
+        half = size // 2
+        return torch.cat([uncond.expand(half, *uncond.shape[1:]), cond.expand(half, *cond.shape[1:])])
+    return cond.expand(size, *cond.shape[1:])
 
 
 def unit_images(unit: ControlUnit, fallback: Image.Image | None) -> list[Image.Image]:
@@ -355,7 +248,17 @@ def prepare(units: list[tuple[int, ControlUnit]], library, device, dtype,
         kind = kind_of({k: tuple(v.shape) for k, v in state["image_proj"].items()})
         module = preprocessors.find(unit.module)
         if kind.face_id or module.ip_encoder == INSIGHTFACE:
-            raise RequestError(face_id_message(index, unit.module), "module")
+            from engine.controlnet import face_id
+
+            mismatch = face_id.mismatch(index, module.name, entry.name, kind)
+            if mismatch:
+                raise RequestError(mismatch, "module")
+            cond, uncond, clip = face_id.features(state["image_proj"], kind, images, library, device, dtype,
+                                                  f"ControlNet unit {index}")
+            state = {group: {k: v.to(dtype) for k, v in tensors.items()} for group, tensors in state.items()}
+            prepared.append(PreparedAdapter(index, unit, state, cond, uncond, images[0], clip=clip,
+                                            shortcut="v2" in entry.name.lower()))   # the extension's test
+            continue
         encoder_kind = encoder_for(module.ip_encoder, entry.name, library.family(entry.name))
         path = library.encoder_path(encoder_kind)   # downloaded on first use where allowed
         encoder, processor = library.image_encoder(path)
@@ -375,13 +278,7 @@ def prepare(units: list[tuple[int, ControlUnit]], library, device, dtype,
     return prepared
 
 
-def face_id_message(index: int, module: str) -> str:
-    return (f"ControlNet unit {index}: '{module}' needs face embeddings from {INSIGHTFACE_MODEL}, which this "
-            "studio does not run. Use an IP-Adapter with a CLIP preprocessor (such as ip-adapter-plus-face with "
-            "ip-adapter_clip_sd15) instead")
-
-
-def _load(unet, states: list[dict]) -> None:
+def _load(unet, states: list[dict], shortcuts: list[bool]) -> None:
     """The adapters' layers into `unet`, as diffusers' ``_load_ip_adapter_weights`` puts them (its
     converter for the image projections, its IPAdapterAttnProcessor2_0 with the same names and
     token counts in every cross-attention layer), except that the other layers keep their own
@@ -416,6 +313,9 @@ def _load(unet, states: list[dict]) -> None:
     unet.set_attn_processor(processors)
     layers = [unet._convert_ip_adapter_image_proj_to_diffusers(state["image_proj"], low_cpu_mem_usage=False)
               for state in states]
+    for layer, shortcut in zip(layers, shortcuts):
+        if hasattr(layer, "shortcut"):   # FaceID plus
+            layer.shortcut = shortcut
     unet.encoder_hid_proj = AveragedProjection(MultiIPAdapterImageProjection(layers))
     unet.config.encoder_hid_dim_type = "ip_image_proj"
 
@@ -456,7 +356,7 @@ def attached(unet: torch.nn.Module, adapters: list[PreparedAdapter], cfg: bool,
     handle = None
     try:
         try:
-            _load(unet, [item.state for item in adapters])
+            _load(unet, [item.state for item in adapters], [item.shortcut for item in adapters])
         except (KeyError, RuntimeError, ValueError) as error:
             names = ", ".join(f"'{item.unit.model}'" for item in adapters)
             raise RequestError(f"IP-Adapter {names} does not fit the loaded checkpoint's UNet (its layers differ: "
@@ -477,6 +377,9 @@ def attached(unet: torch.nn.Module, adapters: list[PreparedAdapter], cfg: bool,
             dtype = unet.dtype
             added = dict(kwargs.get("added_cond_kwargs") or {})
             added["image_embeds"] = [item.batch(sample.shape[0], cfg, sample.device, dtype) for item in adapters]
+            for item, layer in zip(adapters, unet.encoder_hid_proj.projection.image_projection_layers):
+                if item.clip is not None:   # FaceID plus reads them from its layer, batched alike
+                    layer.clip_embeds = item.clip_batch(sample.shape[0], cfg, sample.device, dtype)
             return args, {**kwargs, "added_cond_kwargs": added}
 
         handle = unet.register_forward_pre_hook(give_features, with_kwargs=True)

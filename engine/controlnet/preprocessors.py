@@ -35,7 +35,7 @@ from PIL import Image
 from engine.errors import RequestError
 from engine.controlnet import annotator_downloads as downloads
 from engine.controlnet import annotators as weighted
-from engine.controlnet import filters
+from engine.controlnet import face_id, filters
 from engine.controlnet import ip_adapter
 
 MIN_RESOLUTION, MAX_RESOLUTION, DEFAULT_RESOLUTION = 64, 2048, 512
@@ -145,10 +145,9 @@ _IP_REQUIRES = {
               + "/clip_vision",
     "clip_g": "an IP-Adapter model and the CLIP ViT-bigG image encoder (clip_g) in " + weighted.ANNOTATORS
               + "/clip_vision",
-    "insightface": "face embeddings from insightface's buffalo_l face-analysis model (the insightface library)",
+    "insightface": "face embeddings from insightface's buffalo_l face-analysis model (the insightface library "
+                   "and onnxruntime; FaceID plus also the CLIP ViT-H/14 image encoder)",
 }
-INSIGHTFACE_REASON = ("needs face embeddings from insightface's buffalo_l face-analysis model (the insightface "
-                      "library), which this studio does not run")
 
 _GAMMA = Slider("Gamma Correction", 0.1, 2.0, 1.0, 0.001)
 _FIDELITY = Slider("Style Fidelity (only for Balanced mode)", 0.0, 1.0, 0.5, 0.01)
@@ -326,7 +325,11 @@ def _unavailable_reason(preprocessor: Preprocessor, models_dir: Path | None, may
     """Why the preprocessor cannot run ("" when it can). Missing weights are no reason when they
     may be downloaded on first use."""
     if preprocessor._backend == "insightface":
-        return INSIGHTFACE_REASON
+        reason = face_id.unavailable_reason(annotators_dir(models_dir).parent)
+        if reason or preprocessor.name not in ip_adapter.FACE_ID_PLUS_MODULES or \
+                (may_download and ip_adapter.CLIP_H in downloads.ENCODER_SOURCES):
+            return reason
+        return _missing_encoder(ip_adapter.CLIP_H, annotators_dir(models_dir).parent)   # plus: CLIP too
     encoder = preprocessor.ip_encoder or preprocessor.clip_encoder
     if encoder:
         if may_download and all(kind in downloads.ENCODER_SOURCES for kind in _encoder_kinds(encoder)):

@@ -13,6 +13,12 @@ from engine.files import HashCache
 from tests.support.lora_files import write_kohya_lora
 
 
+def engine_over(engine: Engine, data: Path) -> Engine:
+    """An engine over the session engine's model, settings and queue that finds its add-ons in `data`."""
+    return Engine(engine.models, engine.writer, engine.settings,
+                  AddOns.in_data_dir(data, HashCache(data / "cache.json")), queue=engine.queue)
+
+
 def engine_with_addons(engine: Engine, data: Path, lora: str, controlnet: str, controlnet_seed: int = 1,
                        faults: FaultPlan | None = None) -> Engine:
     """`data`/models/Lora/<lora>.safetensors and `data`/models/ControlNet/<controlnet>.safetensors

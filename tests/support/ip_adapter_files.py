@@ -2,7 +2,8 @@
 
 * ``write_ip_adapter(unet, path, kind)``: an IP-Adapter ``.safetensors`` with the original release's
   flat keys: ``image_proj.*`` ("plain": proj + norm as in ip-adapter_sd15; "plus": the Resampler
-  of ip-adapter-plus_sd15, ``latents``/``proj_in``/``layers.N.0.to_q``...) and
+  of ip-adapter-plus_sd15, ``latents``/``proj_in``/``layers.N.0.to_q``...; "faceid": proj.0/proj.2 +
+  norm as in ip-adapter-faceid_sd15; "faceid plus": those and ``perceiver_resampler.*``) and
   ``ip_adapter.K.to_k_ip.weight``/``to_v_ip.weight`` for every cross-attention layer K (1, 3, 5...).
 * ``tiny_encoder()``: a seeded CLIPVisionModelWithProjection; ``write_encoder_folder`` /
   ``write_encoder_file`` save it as a transformers folder or as one file in its key layout.
@@ -86,6 +87,28 @@ def ip_adapter_tensors(unet, kind: str = "plain", seed: int = 0, gain: float = 1
             tensors[f"{base}.0.to_q.weight"] = rand(width, width)
             tensors[f"{base}.0.to_kv.weight"] = rand(2 * width, width)
             tensors[f"{base}.0.to_out.weight"] = rand(width, width)
+            tensors[f"{base}.1.0.weight"] = 1 + rand(width, scale=0.1)
+            tensors[f"{base}.1.0.bias"] = rand(width, scale=0.1)
+            tensors[f"{base}.1.1.weight"] = rand(4 * width, width)
+            tensors[f"{base}.1.3.weight"] = rand(width, 4 * width)
+    elif kind == "faceid plus":   # the released layout: proj.0/2 and norm, then perceiver_resampler.*
+        embed, width = ENCODER["hidden_size"], cross
+        tensors.update({"image_proj.proj.0.weight": rand(1024, 512), "image_proj.proj.0.bias": rand(1024),
+                        "image_proj.proj.2.weight": rand(TOKENS * cross, 1024), "image_proj.proj.2.bias": rand(TOKENS * cross),
+                        "image_proj.norm.weight": 1 + rand(cross, scale=0.1), "image_proj.norm.bias": rand(cross)})
+        resampler = "image_proj.perceiver_resampler"
+        tensors.update({f"{resampler}.proj_in.weight": rand(width, embed), f"{resampler}.proj_in.bias": rand(width),
+                        f"{resampler}.proj_out.weight": rand(cross, width), f"{resampler}.proj_out.bias": rand(cross),
+                        f"{resampler}.norm_out.weight": 1 + rand(cross, scale=0.1),
+                        f"{resampler}.norm_out.bias": rand(cross)})
+        for layer in range(4):
+            base = f"{resampler}.layers.{layer}"
+            for norm in ("norm1", "norm2"):
+                tensors[f"{base}.0.{norm}.weight"] = 1 + rand(width, scale=0.1)
+                tensors[f"{base}.0.{norm}.bias"] = rand(width, scale=0.1)
+            tensors[f"{base}.0.to_q.weight"] = rand(64, width)       # one 64-wide head
+            tensors[f"{base}.0.to_kv.weight"] = rand(128, width)
+            tensors[f"{base}.0.to_out.weight"] = rand(width, 64)
             tensors[f"{base}.1.0.weight"] = 1 + rand(width, scale=0.1)
             tensors[f"{base}.1.0.bias"] = rand(width, scale=0.1)
             tensors[f"{base}.1.1.weight"] = rand(4 * width, width)
