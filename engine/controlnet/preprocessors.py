@@ -79,7 +79,7 @@ class Preprocessor:
     _files: tuple[str, ...] = field(default=(), repr=False)  # weight files (or a folder) in annotators/
     _subfolder: str = field(default="", repr=False)        # where the ecosystem keeps them
     # IP-Adapter modules: the image encoder they read the picture with ("clip_h", "clip_g",
-    # "auto": by the model, "insightface": FaceID, not runnable here); "" for the others.
+    # "auto": by the model, "insightface": FaceID's face embeddings, face_id.py); "" for the others.
     ip_encoder: str = ""
     # Another module that reads the picture with a CLIP image encoder (t2ia_style_clipvision).
     clip_encoder: str = ""
