@@ -25,6 +25,15 @@ def draw_scribble(page, editor) -> None:
     page.mouse.up()
 
 
+def generate_small(page, tab: str, prompt: str) -> str:
+    """Generate `prompt` in `tab` at 3 steps and 64 x 64; the infotext once it shows."""
+    page.locator(f"#{tab}_prompt textarea").fill(prompt)
+    for name, value in (("steps", 3), ("width", 64), ("height", 64)):
+        set_number(page, f"{tab}_{name}", value)
+    page.click(f"#{tab}_generate")
+    return wait_for_infotext(page, tab, prompt)
+
+
 def test_scribble_preview_and_generate_in_the_controlnet_tab(page, demo_server, tmp_path):
     open_tab(page, demo_server.url, "controlnet")
     editor = page.locator("#controlnet_cn0_image")
@@ -41,11 +50,7 @@ def test_scribble_preview_and_generate_in_the_controlnet_tab(page, demo_server, 
     page.locator("#controlnet_cn0_enabled input").check()
     page.locator("#controlnet_cn0_model input").click()
     page.get_by_role("option", name="demo-controlnet").click()
-    page.locator("#controlnet_prompt textarea").fill("a scribbled zigzag")
-    for name, value in (("controlnet_steps", 3), ("controlnet_width", 64), ("controlnet_height", 64)):
-        set_number(page, name, value)
-    page.click("#controlnet_generate")
-    text = wait_for_infotext(page, "controlnet", "a scribbled zigzag")
+    text = generate_small(page, "controlnet", "a scribbled zigzag")
     assert 'ControlNet 0: "Module: scribble, Model: demo-controlnet, Weight: 1' in text
     result = Image.open(io.BytesIO(gallery_png(page, "controlnet")))
     assert result.size == (64, 64)
@@ -74,11 +79,7 @@ def test_a_reference_adain_unit_generates_without_a_model(page, demo_server, tmp
     page.get_by_role("option", name="reference_adain", exact=True).click()
     page.locator("#controlnet_cn0_threshold_a").get_by_text("Style Fidelity").first.wait_for()
     page.locator("#controlnet_cn0_enabled input").check()
-    page.locator("#controlnet_prompt textarea").fill("a house after the reference")
-    for name, value in (("controlnet_steps", 3), ("controlnet_width", 64), ("controlnet_height", 64)):
-        set_number(page, name, value)
-    page.click("#controlnet_generate")
-    text = wait_for_infotext(page, "controlnet", "a house after the reference")
+    text = generate_small(page, "controlnet", "a house after the reference")
     assert 'ControlNet 0: "Module: reference_adain, Model: None, Weight: 1' in text
     screenshots = Path(os.environ.get("SCREENSHOT_DIR", tmp_path))
     screenshots.mkdir(parents=True, exist_ok=True)

@@ -6,8 +6,8 @@ import io
 from PIL import Image
 
 from tests.support.ip_adapter_files import write_encoder_folder, write_ip_adapter
-from tests.test_browser import set_number
-from tests.test_browser_img2img import gallery_png, open_tab, wait_for_infotext
+from tests.test_browser_controlnet import generate_small
+from tests.test_browser_img2img import gallery_png, open_tab
 from tests.test_ip_adapter import picture
 
 
@@ -37,11 +37,7 @@ def test_an_ip_adapter_unit_with_a_reference_picture_generates(page, demo_server
     page.wait_for_timeout(1500)
     page.locator("#txt2img_cn0_model input").click()
     page.get_by_role("option", name="ip-adapter_demo_sd15").click()
-    page.locator("#txt2img_prompt textarea").fill("a picture prompted by a picture")
-    for name, value in (("txt2img_steps", 3), ("txt2img_width", 64), ("txt2img_height", 64)):
-        set_number(page, name, value)
-    page.click("#txt2img_generate")
-    text = wait_for_infotext(page, "txt2img", "a picture prompted by a picture")
+    text = generate_small(page, "txt2img", "a picture prompted by a picture")
     assert 'Module: ip-adapter_clip_sd15, Model: ip-adapter_demo_sd15, Weight: 1' in text
     assert Image.open(io.BytesIO(gallery_png(page, "txt2img"))).size == (64, 64)
     adapter.unlink()
