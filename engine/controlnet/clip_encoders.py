@@ -145,3 +145,14 @@ def image_features(encoder, processor, images: list[Image.Image], hidden_states:
         cond = encoder(pixels).image_embeds
         uncond = torch.zeros_like(cond[:1])
     return cond, uncond
+
+
+def features_on(device, dtype, encoder, processor, images: list[Image.Image], hidden_states: bool):
+    """image_features with the encoder moved to `device` for the call and back to the CPU after
+    (it is kept in RAM for the next job, not beside the UNet in VRAM); the features on the CPU."""
+    torch.nn.Module.to(encoder, device=device, dtype=dtype)
+    try:
+        cond, uncond = image_features(encoder, processor, images, hidden_states)
+    finally:
+        torch.nn.Module.to(encoder, device="cpu")
+    return cond.cpu(), uncond.cpu()

@@ -130,9 +130,5 @@ def features(image_proj: dict, kind, images: list[Image.Image], library, device,
     if encoder.config.hidden_size != width:
         raise RequestError(f"{where}: this FaceID plus IP-Adapter reads {width}-wide CLIP hidden states, but the image "
                            f"encoder {path.name} gives {encoder.config.hidden_size}", "module")
-    torch.nn.Module.to(encoder, device=device, dtype=dtype)
-    try:
-        cond, uncond = ip_adapter.image_features(encoder, processor, images, hidden_states=True)
-    finally:  # kept in RAM for the next job, not beside the UNet in VRAM
-        torch.nn.Module.to(encoder, device="cpu")
-    return faces, torch.zeros_like(faces[:1]), (cond.float().cpu(), uncond.float().cpu())
+    cond, uncond = ip_adapter.features_on(device, dtype, encoder, processor, images, hidden_states=True)
+    return faces, torch.zeros_like(faces[:1]), (cond.float(), uncond.float())

@@ -46,6 +46,7 @@ from engine.controlnet.clip_encoders import (  # noqa: F401 (the encoders' names
     ENCODER_LABELS,
     ENCODER_NAMES,
     encoder_folders,
+    features_on,
     find_encoder,
     image_features,
     image_processor,
@@ -268,13 +269,9 @@ def prepare(units: list[tuple[int, ControlUnit]], library, device, dtype,
                 f"ControlNet unit {index}: '{entry.name}' ({kind.name} IP-Adapter) reads {kind.embed_dim}-wide image "
                 f"features, but the image encoder {path.name} gives {width}: pick the preprocessor made for this "
                 "model (ip-adapter-auto picks by the model's name)", "module")
-        torch.nn.Module.to(encoder, device=device, dtype=dtype)
-        try:
-            cond, uncond = image_features(encoder, processor, images, kind.hidden_states)
-        finally:  # kept in RAM for the next job, not beside the UNet in VRAM
-            torch.nn.Module.to(encoder, device="cpu")
+        cond, uncond = features_on(device, dtype, encoder, processor, images, kind.hidden_states)
         state = {group: {k: v.to(dtype) for k, v in tensors.items()} for group, tensors in state.items()}
-        prepared.append(PreparedAdapter(index, unit, state, cond.to("cpu"), uncond.to("cpu"), images[0]))
+        prepared.append(PreparedAdapter(index, unit, state, cond, uncond, images[0]))
     return prepared
 
 

@@ -324,17 +324,14 @@ def _wanted(preprocessor: Preprocessor) -> downloads.Wanted | None:
 def _unavailable_reason(preprocessor: Preprocessor, models_dir: Path | None, may_download: bool = False) -> str:
     """Why the preprocessor cannot run ("" when it can). Missing weights are no reason when they
     may be downloaded on first use."""
-    if preprocessor._backend == "insightface":
-        reason = face_id.unavailable_reason(annotators_dir(models_dir).parent)
-        if reason or preprocessor.name not in ip_adapter.FACE_ID_PLUS_MODULES or \
-                (may_download and ip_adapter.CLIP_H in downloads.ENCODER_SOURCES):
-            return reason
-        return _missing_encoder(ip_adapter.CLIP_H, annotators_dir(models_dir).parent)   # plus: CLIP too
+    controlnet_folder = annotators_dir(models_dir).parent
+    if preprocessor._backend == "insightface":   # FaceID plus also reads the picture with CLIP ViT-H
+        plus = preprocessor.name in ip_adapter.FACE_ID_PLUS_MODULES
+        return face_id.unavailable_reason(controlnet_folder) or \
+            (_encoder_reason(ip_adapter.CLIP_H, controlnet_folder, may_download) if plus else "")
     encoder = preprocessor.ip_encoder or preprocessor.clip_encoder
     if encoder:
-        if may_download and all(kind in downloads.ENCODER_SOURCES for kind in _encoder_kinds(encoder)):
-            return ""   # fetched when a job first needs it
-        return _missing_encoder(encoder, annotators_dir(models_dir).parent)
+        return _encoder_reason(encoder, controlnet_folder, may_download)
     if not preprocessor._backend:
         return ""
     problems = _missing_modules(preprocessor)
@@ -357,6 +354,13 @@ def _fetch_weights(preprocessor: Preprocessor, models_dir: Path | None, annotato
             f"Preprocessor '{preprocessor.name}' needs {names} from {wanted.repo}, which could not be "
             f"downloaded: {error.message.rstrip('.')}. You can put the files into {folder / wanted.folder} "
             "yourself.") from error
+
+
+def _encoder_reason(encoder: str, controlnet_folder: Path, may_download: bool) -> str:
+    """Why a module's image encoder is not usable ("" when it is there or fetched on first use)."""
+    if may_download and all(kind in downloads.ENCODER_SOURCES for kind in _encoder_kinds(encoder)):
+        return ""
+    return _missing_encoder(encoder, controlnet_folder)
 
 
 def _encoder_kinds(encoder: str) -> tuple[str, ...]:
