@@ -14,7 +14,7 @@ from engine.errors import RequestError
 WIDTH, HEIGHT = 300, 200
 WEIGHT_FREE = [p.name for p in preprocessors.PREPROCESSORS.values() if not p.requires]
 NEEDS_WEIGHTS = [p.name for p in preprocessors.PREPROCESSORS.values() if p.requires and not (p.ip_encoder or p.clip_encoder)]
-# (IP-Adapter modules need an image encoder or insightface: tests/test_ip_adapter.py)
+# (IP-Adapter modules need an image encoder or insightface: tests/test_ip_adapter.py, test_ip_adapter_face_id.py)
 
 
 def picture(width: int = WIDTH, height: int = HEIGHT, seed: int = 0) -> Image.Image:
